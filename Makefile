@@ -1,0 +1,89 @@
+# weft: compile and run distributed transformer models (see README.md).
+#
+#   make          build build/weft (installs missing Debian packages first)
+#   make test     build and run the test suite; ends with "N passed, N failed"
+#   make demo     check every model in models/
+#   make asan     the test suite under AddressSanitizer + UBSan (build-asan/)
+#   make fuzz     fuzz the model-file front end with libFuzzer (FUZZ_SECONDS=60)
+#   make clean
+#
+# CI=true turns warnings into errors.
+
+CC        ?= cc
+BUILD     ?= build
+CUDA_HOME ?= /usr/local/cuda
+CFLAGS    ?= -O2 -g
+WARN      := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+             $(if $(filter true,$(CI)),-Werror)
+CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Itools
+XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0)
+XML_LIBS   = $(shell pkg-config --libs libxml-2.0)
+
+IR_OBJ       := $(patsubst %.c,$(BUILD)/%.o,$(wildcard ir/*.c))
+COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/schema.o
+TOOL_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
+TESTS        := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+LIBS         := $(BUILD)/libweft-compiler.a $(BUILD)/libweft-ir.a
+
+.PHONY: all deps test demo asan fuzz clean
+all: deps
+	@$(MAKE) --no-print-directory $(BUILD)/weft
+
+deps:
+	@tools/deps.sh
+
+$(BUILD)/weft: $(TOOL_OBJ) $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(XML_LIBS) -lm
+
+$(BUILD)/libweft-ir.a: $(IR_OBJ)
+	$(AR) rcs $@ $^
+$(BUILD)/libweft-compiler.a: $(COMPILER_OBJ)
+	$(AR) rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -MMD -MP -c $< -o $@
+
+# The schema travels inside the binary: a byte array made from models/weft.rng.
+$(BUILD)/schema.c: models/weft.rng
+	@mkdir -p $(@D)
+	@{ echo '/* generated from models/weft.rng by the Makefile; do not edit */'; \
+	   echo 'extern const char fe_schema_rng[];'; echo 'const char fe_schema_rng[] = {'; \
+	   od -An -v -tx1 $< | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0x00};'; } > $@
+$(BUILD)/schema.o: $(BUILD)/schema.c
+	$(CC) $(WARN) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c tests/testing.h $(LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -Itests -o $@ $< $(LIBS) $(XML_LIBS) -lcmocka -lm
+
+test: deps
+	@$(MAKE) --no-print-directory $(BUILD)/weft $(TESTS)
+	@tests/run.sh $(BUILD)
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BUILD)/weft
+	@for m in models/*.xml; do echo "== build/weft check $$m"; $(BUILD)/weft check $$m || exit 1; echo; done
+
+ASAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN)" LDFLAGS="$(ASAN)" \
+	    build-asan/weft $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run.sh build-asan
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@tools/deps.sh clang libclang-rt-14-dev
+	@mkdir -p build-fuzz/corpus
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang \
+	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a
+	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined $(XML_CFLAGS) \
+	    -o build-fuzz/fuzz_frontend tests/fuzz_frontend.c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
+	cp models/*.xml tests/bad/*.xml build-fuzz/corpus/ 2>/dev/null || true
+	build-fuzz/fuzz_frontend -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=tests/fuzz_frontend.dict \
+	    build-fuzz/corpus 2>&1 | tail -n 25
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,1226 @@
+/* frontend.c: model file -> graph IR.
+ *   requires:  a path or a buffer, options (variant, flag and --set overrides)
+ *   produces:  an unrolled graph in topological order; dims evaluated; params
+ *              and inputs shaped; op attributes complete (see frontend.h)
+ *   reports:   every user error with file:line into the diag
+ *
+ * The steps, in order: read and sniff the bytes; parse (no DTD, no network);
+ * validate against models/weft.rng; evaluate dimensions (file < variant <
+ * flags and --set); then walk the parts.  Each scope (a part, or one
+ * iteration of a <repeat>) is walked twice: `declare` creates the tensors its
+ * params, inputs and ops define, so a use can be told apart from a typo;
+ * `emit` then creates the ops in document order.  A use of a tensor whose op
+ * comes later is either a cycle or a use before production; both are
+ * reported, after the walk, by looking at the whole op graph. */
+#include "frontend.h"
+#include "expr.h"
+#include "util.h"
+
+#include <libxml/parser.h>
+#include <libxml/parserInternals.h>
+#include <libxml/relaxng.h>
+#include <libxml/SAX2.h>
+#include <libxml/tree.h>
+#include <libxml/xmlerror.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WEFT_NS "urn:weft:model:1"
+
+extern const char fe_schema_rng[]; /* models/weft.rng, compiled in (build/schema.c) */
+
+#if LIBXML_VERSION >= 21200
+typedef const xmlError *xml_error_arg;
+#else
+typedef xmlErrorPtr xml_error_arg;
+#endif
+
+/* ---- state ------------------------------------------------------------------- */
+
+struct binding {
+    const char *name;
+    int tensor;
+    int line;
+};
+
+struct scope {
+    struct scope *parent;
+    const char *prefix; /* "decoder.layer.3." */
+    enum ir_part part;
+    int block, iter, layer;
+    struct binding *v;
+    int n, cap;
+    const char **carry; /* names this repeat body carries */
+    int *carry_defs;    /* how many ops of the body redefine each */
+    int n_carry;
+    int *outs;          /* tensors `declare` made for op outputs, in order (-1: carried) */
+    int n_outs, cap_outs, next_out;
+};
+
+struct forward_use {
+    int op, tensor, line;
+};
+
+enum { DIM_NEW, DIM_VISITING, DIM_DONE, DIM_FAILED };
+
+struct fe {
+    struct ir_graph *g;
+    struct diag *d;
+    const char *file;
+    xmlDoc *doc;
+    int *dim_state;
+    int *dim_stack, n_dim_stack;
+    struct scope *parts[IR_PART_COUNT];
+    struct forward_use *fwd;
+    int n_fwd, cap_fwd;
+    struct {
+        const void *node;
+        int block;
+    } *blocks; /* one ir_block per <repeat> element */
+    int n_blocks, cap_blocks;
+};
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static int line_of(const xmlNode *n) { return (int)xmlGetLineNo(n); }
+
+static const char *attr(struct fe *fe, const xmlNode *n, const char *name)
+{
+    xmlChar *v = xmlGetNoNsProp(n, (const xmlChar *)name);
+    if (!v)
+        return NULL;
+    const char *s = arena_strdup(fe->g->arena, (const char *)v);
+    xmlFree(v);
+    return s;
+}
+
+static bool is_elem(const xmlNode *n, const char *name)
+{
+    return n->type == XML_ELEMENT_NODE && !strcmp((const char *)n->name, name);
+}
+
+/* Split on whitespace into arena strings; returns the count. */
+static int words(struct fe *fe, const char *s, const char **out, int max)
+{
+    int n = 0;
+    while (s && *s) {
+        while (isspace((unsigned char)*s))
+            s++;
+        if (!*s)
+            break;
+        size_t len = 0;
+        while (s[len] && !isspace((unsigned char)s[len]))
+            len++;
+        if (n < max)
+            out[n] = arena_strndup(fe->g->arena, s, len);
+        n++;
+        s += len;
+    }
+    return n;
+}
+
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 99;
+    int row[64];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* " (did you mean 'x'?)" for the closest candidate within a small distance. */
+struct suggest {
+    const char *word, *best;
+    int dist;
+};
+
+static void suggest_add(struct suggest *s, const char *cand)
+{
+    int d = edit_distance(s->word, cand);
+    int limit = (int)strlen(s->word) / 3 + 1;
+    if (d <= limit && d < s->dist) {
+        s->dist = d;
+        s->best = cand;
+    }
+}
+
+static const char *suggest_text(const struct suggest *s, char *buf, size_t n)
+{
+    if (s->best)
+        snprintf(buf, n, " (did you mean '%s'?)", s->best);
+    else
+        buf[0] = 0;
+    return buf;
+}
+
+/* ---- reading and parsing ------------------------------------------------------- */
+
+static int sniff(struct fe *fe, const char *buf, size_t len)
+{
+    size_t i = 0;
+    while (i < len && isspace((unsigned char)buf[i]))
+        i++;
+    if (i == len) {
+        diag_error(fe->d, fe->file, 0, "empty file: expected a <model> document");
+        return -1;
+    }
+    int line = 1;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c == '\n')
+            line++;
+        if (c == 0) {
+            diag_error(fe->d, fe->file, line, "binary file: byte %zu is NUL; a model file is XML text", i);
+            return -1;
+        }
+        if (c < 0x80)
+            continue;
+        int more = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
+        bool ok = more > 0 && i + (size_t)more < len;
+        for (int k = 1; ok && k <= more; k++)
+            ok = ((unsigned char)buf[i + (size_t)k] & 0xC0) == 0x80;
+        if (!ok) {
+            diag_error(fe->d, fe->file, line,
+                       "binary file: byte %zu (0x%02x) is not UTF-8 text; a model file is XML text in UTF-8", i, c);
+            return -1;
+        }
+        i += (size_t)more;
+    }
+    return 0;
+}
+
+static struct fe *parsing; /* the load in progress, for libxml2's callbacks */
+
+static void on_xml_error(void *ctx, xml_error_arg e)
+{
+    struct fe *fe = ctx ? ctx : parsing;
+    if (!fe || !e || e->level == XML_ERR_WARNING)
+        return;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", e->message ? e->message : "unknown error");
+    size_t len = strlen(msg);
+    while (len && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+        msg[--len] = 0;
+    const char *what = e->domain == XML_FROM_RELAXNGV ? "does not match the model schema" : "malformed XML";
+    diag_error(fe->d, fe->file, e->line, "%s: %s", what, msg);
+}
+
+static void refuse_dtd(void *ctx, const xmlChar *name, const xmlChar *ext_id, const xmlChar *sys_id)
+{
+    (void)name, (void)ext_id, (void)sys_id;
+    xmlParserCtxtPtr ctxt = ctx;
+    diag_error(parsing->d, parsing->file, xmlSAX2GetLineNumber(ctx),
+               "a DOCTYPE is not allowed in a model file: weft refuses DTDs, so no entity is "
+               "ever expanded and no external file is ever fetched");
+    xmlStopParser(ctxt);
+}
+
+static xmlParserInputPtr refuse_external(const char *url, const char *id, xmlParserCtxtPtr ctxt)
+{
+    (void)id, (void)ctxt;
+    if (parsing)
+        diag_error(parsing->d, parsing->file, 0, "refused to load external resource '%s'",
+                   url ? url : "?");
+    return NULL;
+}
+
+static xmlRelaxNGPtr schema;
+
+static xmlRelaxNGPtr get_schema(void)
+{
+    if (!schema) {
+        xmlRelaxNGParserCtxtPtr pc = xmlRelaxNGNewMemParserCtxt(fe_schema_rng, (int)strlen(fe_schema_rng));
+        schema = xmlRelaxNGParse(pc);
+        xmlRelaxNGFreeParserCtxt(pc);
+        WF_ASSERT(schema);
+    }
+    return schema;
+}
+
+void fe_cleanup(void)
+{
+    if (schema)
+        xmlRelaxNGFree(schema);
+    schema = NULL;
+    xmlCleanupParser();
+}
+
+static xmlDoc *parse(struct fe *fe, const char *buf, size_t len)
+{
+    if (len > (size_t)INT32_MAX) {
+        diag_error(fe->d, fe->file, 0, "file too large");
+        return NULL;
+    }
+    xmlInitParser();
+    xmlSetExternalEntityLoader(refuse_external);
+    xmlSetStructuredErrorFunc(fe, (xmlStructuredErrorFunc)on_xml_error);
+    xmlParserCtxtPtr ctxt = xmlNewParserCtxt();
+    WF_ASSERT(ctxt);
+    ctxt->sax->internalSubset = refuse_dtd;
+    ctxt->sax->externalSubset = refuse_dtd;
+    int errors = fe->d->n_errors;
+    xmlDoc *doc = xmlCtxtReadMemory(ctxt, buf, (int)len, fe->file, NULL,
+                                    XML_PARSE_NONET | XML_PARSE_BIG_LINES);
+    xmlFreeParserCtxt(ctxt);
+    if (doc && fe->d->n_errors == errors) {
+        xmlNode *root = xmlDocGetRootElement(doc);
+        if (!root || !is_elem(root, "model") || !root->ns ||
+            strcmp((const char *)root->ns->href, WEFT_NS)) {
+            diag_error(fe->d, fe->file, root ? line_of(root) : 0,
+                       "the root element must be <model xmlns=\"" WEFT_NS "\">, not <%s%s%s>",
+                       root ? (const char *)root->name : "?",
+                       root && root->ns ? " xmlns=" : "",
+                       root && root->ns ? (const char *)root->ns->href : "");
+        } else {
+            xmlRelaxNGValidCtxtPtr vc = xmlRelaxNGNewValidCtxt(get_schema());
+            xmlRelaxNGSetValidStructuredErrors(vc, (xmlStructuredErrorFunc)on_xml_error, fe);
+            int rc = xmlRelaxNGValidateDoc(vc, doc);
+            xmlRelaxNGFreeValidCtxt(vc);
+            if (rc != 0 && fe->d->n_errors == errors)
+                diag_error(fe->d, fe->file, line_of(root), "does not match the model schema");
+        }
+    } else if (fe->d->n_errors == errors) {
+        diag_error(fe->d, fe->file, 0, "malformed XML");
+    }
+    xmlSetStructuredErrorFunc(NULL, NULL);
+    if (fe->d->n_errors != errors) {
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* ---- dimensions ---------------------------------------------------------------- */
+
+static int find_dim(const struct ir_graph *g, const char *name)
+{
+    for (int i = 0; i < g->n_dims; i++)
+        if (!strcmp(g->dims[i].name, name))
+            return i;
+    return -1;
+}
+
+static int eval_dim(struct fe *fe, int i, int64_t *v, char *err, size_t n);
+
+static int lookup_dim(void *ctx, const char *name, int64_t *v, char *err, size_t n)
+{
+    struct fe *fe = ctx;
+    int i = find_dim(fe->g, name);
+    if (i < 0) {
+        struct suggest s = {name, NULL, 99};
+        for (int k = 0; k < fe->g->n_dims; k++)
+            suggest_add(&s, fe->g->dims[k].name);
+        char hint[128];
+        snprintf(err, n, "unknown dimension '%s'%s", name, suggest_text(&s, hint, sizeof hint));
+        return -1;
+    }
+    return eval_dim(fe, i, v, err, n);
+}
+
+/* Where a dimension's value came from, for messages: "<dim name="x" value="...">"
+ * at its line, or the flag that set it. */
+static void dim_error(struct fe *fe, int i, const char *fmt, const char *why)
+{
+    const struct ir_dim *dm = &fe->g->dims[i];
+    char head[512];
+    if (dm->set_by)
+        snprintf(head, sizeof head, "%s=%s: dimension '%s'", dm->set_by, dm->expr, dm->name);
+    else
+        snprintf(head, sizeof head, "<dim name=\"%s\" value=\"%s\">", dm->name, dm->expr);
+    char msg[1024];
+    snprintf(msg, sizeof msg, fmt, why);
+    diag_error(fe->d, dm->loc.file, dm->loc.line, "%s: %s", head, msg);
+}
+
+/* -1: error written to err; -2: failed because of another dimension, already reported. */
+static int eval_dim(struct fe *fe, int i, int64_t *v, char *err, size_t n)
+{
+    struct ir_dim *dm = &fe->g->dims[i];
+    switch (fe->dim_state[i]) {
+    case DIM_DONE:
+        *v = dm->value;
+        return 0;
+    case DIM_FAILED:
+        snprintf(err, n, "depends on '%s', which is wrong", dm->name);
+        return -2;
+    case DIM_VISITING: {
+        char path[512] = "";
+        size_t len = 0;
+        int from = 0;
+        while (from < fe->n_dim_stack && fe->dim_stack[from] != i)
+            from++;
+        for (int k = from; k < fe->n_dim_stack && len < sizeof path; k++) {
+            len += (size_t)snprintf(path + len, sizeof path - len, "%s -> ", fe->g->dims[fe->dim_stack[k]].name);
+            fe->dim_state[fe->dim_stack[k]] = DIM_FAILED;
+        }
+        if (len < sizeof path)
+            snprintf(path + len, sizeof path - len, "%s", dm->name);
+        snprintf(err, n, "dimensions depend on each other in a cycle: %s", path);
+        return -1;
+    }
+    default:
+        break;
+    }
+    fe->dim_state[i] = DIM_VISITING;
+    fe->dim_stack[fe->n_dim_stack++] = i;
+    int rc = -1;
+    struct expr *e = expr_parse(fe->g->arena, dm->expr, err, n);
+    if (e)
+        rc = expr_eval(e, lookup_dim, fe, v, err, n);
+    fe->n_dim_stack--;
+    if (rc == 0 && *v < 1) {
+        snprintf(err, n, "%s is %" PRId64 "; a dimension must be at least 1", dm->name, *v);
+        rc = -1;
+    }
+    if (fe->dim_state[i] == DIM_FAILED && rc == 0)
+        rc = -1; /* part of a cycle found deeper down */
+    fe->dim_state[i] = rc == 0 ? DIM_DONE : DIM_FAILED;
+    if (rc == 0)
+        dm->value = *v;
+    return rc;
+}
+
+static void set_dim(struct fe *fe, int i, const char *value, const char *set_by)
+{
+    fe->g->dims[i].expr = arena_strdup(fe->g->arena, value);
+    fe->g->dims[i].set_by = arena_strdup(fe->g->arena, set_by);
+}
+
+static const char *flag_list(struct fe *fe)
+{
+    char buf[2048] = "";
+    size_t len = 0;
+    for (int i = 0; i < fe->g->n_dims && len < sizeof buf; i++)
+        if (fe->g->dims[i].flag)
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%s--%s", len ? ", " : "", fe->g->dims[i].flag);
+    return arena_strdup(fe->g->arena, len ? buf : "none");
+}
+
+static const char *dim_list(struct fe *fe)
+{
+    char buf[2048] = "";
+    size_t len = 0;
+    for (int i = 0; i < fe->g->n_dims && len < sizeof buf; i++)
+        len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s", len ? ", " : "", fe->g->dims[i].name);
+    return arena_strdup(fe->g->arena, buf);
+}
+
+static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_options *opt)
+{
+    struct ir_graph *g = fe->g;
+    const xmlNode *variant = NULL;
+    for (const xmlNode *n = root->children; n; n = n->next) {
+        if (is_elem(n, "dim")) {
+            const char *name = attr(fe, n, "name");
+            int prev = find_dim(g, name);
+            if (prev >= 0) {
+                diag_error(fe->d, fe->file, line_of(n), "<dim name=\"%s\">: defined twice (first at line %d)",
+                           name, g->dims[prev].loc.line);
+                continue;
+            }
+            const char *flag = attr(fe, n, "flag");
+            for (int k = 0; flag && k < g->n_dims; k++)
+                if (g->dims[k].flag && !strcmp(g->dims[k].flag, flag))
+                    diag_error(fe->d, fe->file, line_of(n),
+                               "<dim name=\"%s\">: flag --%s is already bound to dimension '%s' (line %d)",
+                               name, flag, g->dims[k].name, g->dims[k].loc.line);
+            ir_graph_add_dim(g, name, attr(fe, n, "value"), flag, (struct ir_loc){fe->file, line_of(n)});
+        } else if (is_elem(n, "variant")) {
+            const char *name = attr(fe, n, "name");
+            WF_GROW(g->variants, g->n_variants, g->cap_variants);
+            g->variants[g->n_variants++] = name;
+            if (opt->variant && !strcmp(name, opt->variant))
+                variant = n;
+        }
+    }
+    if (opt->variant && !variant) {
+        char list[1024] = "";
+        size_t len = 0;
+        for (int i = 0; i < g->n_variants && len < sizeof list; i++)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", g->variants[i]);
+        diag_error(fe->d, NULL, 0, "--variant %s: %s has no such variant (it has: %s)", opt->variant,
+                   fe->file, len ? list : "none");
+    }
+    if (variant) {
+        const char *items[64];
+        const char *set = attr(fe, variant, "set");
+        int n = words(fe, set, items, 64);
+        char by[128];
+        snprintf(by, sizeof by, "variant %s", opt->variant);
+        for (int k = 0; k < n && k < 64; k++) {
+            const char *eq = strchr(items[k], '=');
+            char *key = eq ? arena_strndup(g->arena, items[k], (size_t)(eq - items[k])) : NULL;
+            int i = key ? find_dim(g, key) : -1;
+            if (i < 0)
+                diag_error(fe->d, fe->file, line_of(variant),
+                           "<variant name=\"%s\">: '%s' is not NAME=VALUE for a dimension of this model (dimensions: %s)",
+                           opt->variant, items[k], dim_list(fe));
+            else
+                set_dim(fe, i, eq + 1, by);
+        }
+    }
+    for (int k = 0; k < opt->n_overrides; k++) {
+        const struct fe_override *o = &opt->overrides[k];
+        char by[160];
+        if (o->kind == FE_FLAG) {
+            snprintf(by, sizeof by, "--%s", o->key);
+            bool found = false;
+            for (int i = 0; i < g->n_dims; i++)
+                if (g->dims[i].flag && !strcmp(g->dims[i].flag, o->key)) {
+                    set_dim(fe, i, o->value, by);
+                    found = true;
+                }
+            if (!found)
+                diag_error(fe->d, NULL, 0, "--%s: no dimension of %s is bound to this flag (its flags: %s)",
+                           o->key, fe->file, flag_list(fe));
+        } else {
+            int i = find_dim(g, o->key);
+            snprintf(by, sizeof by, "--set %s", o->key);
+            if (i < 0)
+                diag_error(fe->d, NULL, 0, "--set %s=%s: %s has no dimension '%s' (its dimensions: %s)",
+                           o->key, o->value, fe->file, o->key, dim_list(fe));
+            else
+                set_dim(fe, i, o->value, by);
+        }
+    }
+    fe->dim_state = wf_calloc((size_t)g->n_dims + 1, sizeof *fe->dim_state);
+    fe->dim_stack = wf_calloc((size_t)g->n_dims + 1, sizeof *fe->dim_stack);
+    for (int i = 0; i < g->n_dims; i++) {
+        int64_t v;
+        char err[512];
+        int rc = eval_dim(fe, i, &v, err, sizeof err);
+        if (rc == -1)
+            dim_error(fe, i, "%s", err);
+    }
+}
+
+/* An expression in the model body (a shape axis, a count, an attribute). */
+static int eval_text(struct fe *fe, const char *text, int64_t *v, char *err, size_t n)
+{
+    struct expr *e = expr_parse(fe->g->arena, text, err, n);
+    if (!e)
+        return -1;
+    int rc = expr_eval(e, lookup_dim, fe, v, err, n);
+    if (rc == -2)
+        return -2;
+    if (rc == 0 && *v < 1) {
+        snprintf(err, n, "'%s' is %" PRId64 "; it must be at least 1", text, *v);
+        return -1;
+    }
+    return rc;
+}
+
+static int parse_shape(struct fe *fe, const char *text, struct ir_shape *s, const char *where, int line)
+{
+    const char *ax[IR_MAX_RANK + 1];
+    int n = words(fe, text, ax, IR_MAX_RANK + 1);
+    if (n > IR_MAX_RANK) {
+        diag_error(fe->d, fe->file, line, "%s: shape '%s' has %d axes; at most %d are supported", where, text,
+                   n, IR_MAX_RANK);
+        return -1;
+    }
+    s->rank = n;
+    for (int k = 0; k < n; k++) {
+        char err[512];
+        int rc = eval_text(fe, ax[k], &s->ax[k].size, err, sizeof err);
+        if (rc) {
+            if (rc == -1)
+                diag_error(fe->d, fe->file, line, "%s: shape axis %d '%s': %s", where, k, ax[k], err);
+            return -1;
+        }
+        s->ax[k].label = ax[k];
+    }
+    if (ir_shape_numel(s) < 0) {
+        char buf[512];
+        diag_error(fe->d, fe->file, line, "%s: shape %s has more elements than 64 bits can count", where,
+                   ir_shape_str(s, buf, sizeof buf));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- scopes -------------------------------------------------------------------- */
+
+static struct binding *find_local(struct scope *s, const char *name)
+{
+    for (int i = s->n - 1; i >= 0; i--)
+        if (!strcmp(s->v[i].name, name))
+            return &s->v[i];
+    return NULL;
+}
+
+static struct binding *find(struct scope *s, const char *name)
+{
+    for (; s; s = s->parent) {
+        struct binding *b = find_local(s, name);
+        if (b)
+            return b;
+    }
+    return NULL;
+}
+
+static void bind(struct scope *s, const char *name, int tensor, int line)
+{
+    struct binding *b = find_local(s, name);
+    if (b) {
+        b->tensor = tensor;
+        b->line = line;
+        return;
+    }
+    WF_GROW(s->v, s->n, s->cap);
+    s->v[s->n++] = (struct binding){name, tensor, line};
+}
+
+static int carry_index(const struct scope *s, const char *name)
+{
+    for (int i = 0; i < s->n_carry; i++)
+        if (!strcmp(s->carry[i], name))
+            return i;
+    return -1;
+}
+
+static void scope_free(struct scope *s)
+{
+    free(s->v);
+    free(s->carry_defs);
+    free(s->outs);
+}
+
+static int new_tensor(struct fe *fe, struct scope *s, const char *local, enum ir_tensor_kind kind,
+                      enum ir_dtype dtype, const struct ir_shape *shape, int line)
+{
+    char full[512];
+    snprintf(full, sizeof full, "%s%s", s->prefix, local);
+    int t = ir_graph_add_tensor(fe->g, full, kind, dtype, shape, (struct ir_loc){fe->file, line});
+    struct ir_tensor *x = &fe->g->tensors[t];
+    x->local_name = arena_strdup(fe->g->arena, local);
+    x->part = s->part;
+    x->block = s->block;
+    x->iter = s->iter;
+    x->layer = s->layer;
+    return t;
+}
+
+/* Bind a newly defined name, refusing a second definition in this scope or
+ * one that would hide a name of an enclosing scope. */
+static bool define(struct fe *fe, struct scope *s, const char *name, int tensor, int line, const char *what)
+{
+    struct binding *b = find(s, name);
+    if (b) {
+        bool here = find_local(s, name) == b;
+        diag_error(fe->d, fe->file, line, "%s: '%s' is defined twice (first at line %d%s)", what, name, b->line,
+                   here ? "" : ", in an enclosing scope");
+        return false;
+    }
+    bind(s, name, tensor, line);
+    return true;
+}
+
+/* ---- declare: the tensors a scope defines ------------------------------------- */
+
+static void declare_param(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    int line = line_of(n);
+    const char *name = attr(fe, n, "name");
+    char where[256];
+    snprintf(where, sizeof where, "<param name=\"%s\">", name);
+    struct ir_shape shape;
+    if (parse_shape(fe, attr(fe, n, "shape"), &shape, where, line)) {
+        define(fe, s, name, -1, line, where);
+        return;
+    }
+    const char *dt = attr(fe, n, "dtype");
+    int t = new_tensor(fe, s, name, IR_TENSOR_PARAM, dt ? (enum ir_dtype)ir_dtype_parse(dt) : IR_DTYPE_F32,
+                       &shape, line);
+    struct ir_tensor *x = &fe->g->tensors[t];
+    const char *splits[4];
+    int ns = words(fe, attr(fe, n, "split"), splits, 4);
+    for (int k = 0; k < ns && k < 4; k++) {
+        enum ir_split sp = (enum ir_split)ir_split_parse(splits[k]);
+        if (sp == IR_SPLIT_NONE)
+            continue;
+        bool tp = sp != IR_SPLIT_EXPERT;
+        for (int j = 0; j < x->n_splits; j++) {
+            bool tp_j = x->splits[j] != IR_SPLIT_EXPERT;
+            if (tp == tp_j)
+                diag_error(fe->d, fe->file, line,
+                           "%s: split '%s' contradicts split '%s': %s", where, splits[k], ir_split_name(x->splits[j]),
+                           tp ? "both split the tensor-parallel axis" : "expert is given twice");
+        }
+        if (x->n_splits < 2)
+            x->splits[x->n_splits++] = sp;
+        int need = sp == IR_SPLIT_COL ? 1 : sp == IR_SPLIT_EXPERT ? 2 : 2;
+        if (shape.rank < need || (sp == IR_SPLIT_VOCAB && shape.rank != 2))
+            diag_error(fe->d, fe->file, line, "%s: split '%s' needs %s; the shape has %d", where, splits[k],
+                       sp == IR_SPLIT_COL ? "at least one axis"
+                       : sp == IR_SPLIT_VOCAB ? "a (vocab, hidden) table, two axes"
+                       : sp == IR_SPLIT_EXPERT ? "an expert axis and a matrix, at least two axes"
+                                               : "a matrix, at least two axes", shape.rank);
+    }
+    const char *init = attr(fe, n, "init");
+    x->init = shape.rank >= 2 ? IR_INIT_NORMAL : IR_INIT_ZEROS;
+    x->init_std = 0.02;
+    if (init && !strcmp(init, "zeros"))
+        x->init = IR_INIT_ZEROS;
+    else if (init && !strcmp(init, "ones"))
+        x->init = IR_INIT_ONES;
+    else if (init) {
+        x->init = IR_INIT_NORMAL;
+        if (init[6] == ':') {
+            char *end;
+            x->init_std = strtod(init + 7, &end);
+            if (*end || !(x->init_std >= 0) || !isfinite(x->init_std))
+                diag_error(fe->d, fe->file, line, "%s: init '%s': the standard deviation must be a number >= 0",
+                           where, init);
+        }
+    }
+    define(fe, s, name, t, line, where);
+}
+
+static void declare_input(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    int line = line_of(n);
+    const char *name = attr(fe, n, "name");
+    char where[256];
+    snprintf(where, sizeof where, "<input name=\"%s\">", name);
+    struct ir_shape shape;
+    const char *dt = attr(fe, n, "dtype");
+    int t = -1;
+    if (!parse_shape(fe, attr(fe, n, "shape"), &shape, where, line))
+        t = new_tensor(fe, s, name, IR_TENSOR_INPUT, dt ? (enum ir_dtype)ir_dtype_parse(dt) : IR_DTYPE_F32,
+                       &shape, line);
+    define(fe, s, name, t, line, where);
+}
+
+static void declare_op(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    int line = line_of(n);
+    const char *outs[IR_MAX_OUT + 1];
+    int n_out = words(fe, attr(fe, n, "out"), outs, IR_MAX_OUT + 1);
+    for (int k = 0; k < n_out && k <= IR_MAX_OUT; k++) {
+        char where[256];
+        snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">", attr(fe, n, "kind"), outs[0]);
+        int c = carry_index(s, outs[k]);
+        int t = -1;
+        if (c >= 0) {
+            if (++s->carry_defs[c] == 2)
+                diag_error(fe->d, fe->file, line,
+                           "%s: carried '%s' is redefined a second time in the repeat body; redefine it once",
+                           where, outs[k]);
+        } else {
+            t = new_tensor(fe, s, outs[k], IR_TENSOR_ACT, IR_DTYPE_F32, NULL, line);
+            define(fe, s, outs[k], t, line, where);
+        }
+        WF_GROW(s->outs, s->n_outs, s->cap_outs);
+        s->outs[s->n_outs++] = t;
+    }
+}
+
+static void declare(struct fe *fe, struct scope *s, const xmlNode *parent)
+{
+    for (const xmlNode *n = parent->children; n; n = n->next) {
+        if (is_elem(n, "param"))
+            declare_param(fe, s, n);
+        else if (is_elem(n, "input"))
+            declare_input(fe, s, n);
+        else if (is_elem(n, "op"))
+            declare_op(fe, s, n);
+    }
+}
+
+/* ---- emit: ops in document order ---------------------------------------------- */
+
+static void suggest_scope(struct suggest *sg, struct scope *s)
+{
+    for (; s; s = s->parent)
+        for (int i = 0; i < s->n; i++)
+            suggest_add(sg, s->v[i].name);
+}
+
+/* The tensor a name means here; -1 (reported) if none. */
+static int resolve(struct fe *fe, struct scope *s, const char *name, int line, const char *where)
+{
+    struct binding *b = find(s, name);
+    if (!b && s->part == IR_PART_DECODER && !strncmp(name, "encoder.", 8) && fe->parts[IR_PART_ENCODER])
+        b = find_local(fe->parts[IR_PART_ENCODER], name + 8);
+    if (b)
+        return b->tensor; /* -1 if its definition failed, already reported */
+    struct suggest sg = {name, NULL, 99};
+    suggest_scope(&sg, s);
+    char hint[256];
+    const char *enc = !strncmp(name, "encoder.", 8) ? " (the encoder defines no such tensor)" : "";
+    diag_error(fe->d, fe->file, line, "%s: '%s' is not defined here%s%s", where, name, enc,
+               suggest_text(&sg, hint, sizeof hint));
+    return -1;
+}
+
+static const char *attr_names(const struct ir_op_info *info, char *buf, size_t n)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (int a = 0; a < info->n_attrs && len < n; a++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", a ? ", " : "", ir_attr_name(info->attrs[a].id));
+    if (!info->n_attrs)
+        snprintf(buf, n, "no attributes");
+    return buf;
+}
+
+static int parse_attr_value(struct fe *fe, struct ir_attr *a, const char *v, char *err, size_t n)
+{
+    char *end;
+    switch (ir_attr_type(a->id)) {
+    case IR_ATTR_TYPE_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "false")) {
+            a->i = !strcmp(v, "true");
+            return 0;
+        }
+        snprintf(err, n, "'%s' is not true or false", v);
+        return -1;
+    case IR_ATTR_TYPE_INT:
+        errno = 0;
+        a->i = strtoll(v, &end, 10);
+        if (*v && !*end && !errno)
+            return 0;
+        snprintf(err, n, "'%s' is not an integer", v);
+        return -1;
+    case IR_ATTR_TYPE_FLOAT: {
+        if (!strcmp(v, "auto")) {
+            a->f = NAN;
+            return 0;
+        }
+        bool r = !strncmp(v, "rsqrt(", 6), q = !strncmp(v, "sqrt(", 5);
+        size_t len = strlen(v);
+        if ((r || q) && v[len - 1] == ')') {
+            const char *inner = arena_strndup(fe->g->arena, v + (r ? 6 : 5), len - (r ? 7 : 6));
+            int64_t x;
+            int rc = eval_text(fe, inner, &x, err, n);
+            if (rc)
+                return rc;
+            a->f = r ? 1 / sqrt((double)x) : sqrt((double)x);
+            return 0;
+        }
+        errno = 0;
+        a->f = strtod(v, &end);
+        if (*v && !*end && !errno && isfinite(a->f))
+            return 0;
+        snprintf(err, n, "'%s' is not a number (or auto, sqrt(DIM), rsqrt(DIM))", v);
+        return -1;
+    }
+    case IR_ATTR_TYPE_DIM: {
+        a->label = arena_strdup(fe->g->arena, v);
+        return eval_text(fe, v, &a->i, err, n);
+    }
+    case IR_ATTR_TYPE_SHAPE:
+        a->shape = arena_alloc(fe->g->arena, sizeof *a->shape);
+        return 0; /* parsed by the caller, which reports with the line */
+    }
+    return -1;
+}
+
+static void set_attrs(struct fe *fe, struct ir_op *op, const xmlNode *n, const char *where)
+{
+    const struct ir_op_info *info = ir_op_info(op->kind);
+    int line = line_of(n);
+    const char *given[IR_MAX_ATTRS] = {0};
+    for (const xmlAttr *p = n->properties; p; p = p->next) {
+        const char *name = (const char *)p->name;
+        if (!strcmp(name, "kind") || !strcmp(name, "in") || !strcmp(name, "out"))
+            continue;
+        int slot = -1;
+        for (int a = 0; a < info->n_attrs; a++)
+            if (!strcmp(ir_attr_name(info->attrs[a].id), name))
+                slot = a;
+        if (slot < 0) {
+            struct suggest sg = {name, NULL, 99};
+            for (int a = 0; a < info->n_attrs; a++)
+                suggest_add(&sg, ir_attr_name(info->attrs[a].id));
+            char hint[128], list[512];
+            diag_error(fe->d, fe->file, line, "%s: %s has no attribute '%s'%s; it takes %s", where, info->name,
+                       name, suggest_text(&sg, hint, sizeof hint), attr_names(info, list, sizeof list));
+            continue;
+        }
+        given[slot] = attr(fe, n, name);
+    }
+    for (int a = 0; a < info->n_attrs; a++) {
+        const char *v = given[a] ? given[a] : info->attrs[a].def;
+        enum ir_attr_id id = info->attrs[a].id;
+        if (!v) {
+            diag_error(fe->d, fe->file, line, "%s: %s needs attribute %s", where, info->name, ir_attr_name(id));
+            continue;
+        }
+        struct ir_attr *x = &op->attrs[op->n_attrs++];
+        x->id = id;
+        if (!given[a]) {
+            int other = ir_attr_parse_name(v);
+            const struct ir_attr *src = other >= 0 ? ir_op_attr(op, (enum ir_attr_id)other) : NULL;
+            if (src) { /* groups=heads: the default is another attribute's value */
+                *x = *src;
+                x->id = id;
+                continue;
+            }
+        }
+        char err[512];
+        int rc = parse_attr_value(fe, x, v, err, sizeof err);
+        if (rc == 0 && ir_attr_type(id) == IR_ATTR_TYPE_SHAPE) {
+            char w[300];
+            snprintf(w, sizeof w, "%s: attribute shape", where);
+            rc = parse_shape(fe, v, x->shape, w, line) ? -2 : 0;
+        }
+        if (rc == -1)
+            diag_error(fe->d, fe->file, line, "%s: attribute %s: %s", where, ir_attr_name(id), err);
+        if (rc)
+            op->n_attrs--;
+    }
+}
+
+static void emit(struct fe *fe, struct scope *s, const xmlNode *parent);
+
+static void emit_op(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    int line = line_of(n);
+    const char *kind = attr(fe, n, "kind");
+    const char *ins[IR_MAX_IN + 1], *outs[IR_MAX_OUT + 1];
+    int n_in = words(fe, attr(fe, n, "in"), ins, IR_MAX_IN + 1);
+    int n_out = words(fe, attr(fe, n, "out"), outs, IR_MAX_OUT + 1);
+    int declared[IR_MAX_OUT + 1];
+    for (int k = 0; k < n_out && k <= IR_MAX_OUT; k++)
+        declared[k] = s->outs[s->next_out++];
+    char where[256];
+    snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">", kind, outs[0]);
+    int k_op = ir_op_parse_kind(kind);
+    if (k_op < 0) {
+        struct suggest sg = {kind, NULL, 99};
+        for (int k = 0; k < IR_OP_COUNT; k++)
+            suggest_add(&sg, ir_op_info((enum ir_op_kind)k)->name);
+        char hint[128];
+        diag_error(fe->d, fe->file, line, "%s: unknown op kind '%s'%s (weft ops lists the kinds)", where, kind,
+                   suggest_text(&sg, hint, sizeof hint));
+        return;
+    }
+    const struct ir_op_info *info = ir_op_info((enum ir_op_kind)k_op);
+    char sig[256] = "";
+    for (int k = 0, len = 0; k < info->n_in_names; k++)
+        len += snprintf(sig + len, sizeof sig - (size_t)len, "%s%s", k ? " " : "", info->in_names[k]);
+    if (n_in < info->in_min || n_in > info->in_max) {
+        diag_error(fe->d, fe->file, line, "%s: %s takes %d%s%s input%s (%s), not %d", where, info->name,
+                   info->in_min, info->in_max == info->in_min ? "" : " or more",
+                   info->in_max > info->in_min && info->in_max < IR_MAX_IN ? " (optional last)" : "",
+                   info->in_min == 1 && info->in_max == 1 ? "" : "s", sig, n_in);
+        return;
+    }
+    if (n_out < info->out_min || n_out > info->out_max) {
+        diag_error(fe->d, fe->file, line, "%s: %s gives %d to %d outputs, not %d", where, info->name,
+                   info->out_min, info->out_max, n_out);
+        return;
+    }
+    int op = ir_graph_add_op(fe->g, (enum ir_op_kind)k_op, (struct ir_loc){fe->file, line});
+    struct ir_op *o = &fe->g->ops[op];
+    o->part = s->part;
+    o->block = s->block;
+    o->iter = s->iter;
+    o->layer = s->layer;
+    set_attrs(fe, o, n, where);
+    for (int k = 0; k < n_in; k++) {
+        int t = resolve(fe, s, ins[k], line, where); /* -1: reported; the load fails */
+        if (t < 0)
+            continue;
+        if (fe->g->tensors[t].kind == IR_TENSOR_ACT && fe->g->tensors[t].producer < 0) {
+            WF_GROW(fe->fwd, fe->n_fwd, fe->cap_fwd);
+            fe->fwd[fe->n_fwd++] = (struct forward_use){op, t, line};
+        }
+        ir_op_add_input(fe->g, op, t);
+    }
+    for (int k = 0; k < n_out; k++) {
+        int t = declared[k];
+        if (t < 0) { /* a carried name: the new value starts here */
+            t = new_tensor(fe, s, outs[k], IR_TENSOR_ACT, IR_DTYPE_F32, NULL, line);
+            bind(s, outs[k], t, line);
+        } else if (fe->g->tensors[t].producer >= 0) {
+            t = new_tensor(fe, s, outs[k], IR_TENSOR_ACT, IR_DTYPE_F32, NULL, line); /* a duplicate, reported */
+        }
+        ir_op_add_output(fe->g, op, t);
+    }
+}
+
+static int block_for(struct fe *fe, const xmlNode *n, struct scope *s, const char *name, int64_t count,
+                     const char *count_expr)
+{
+    for (int i = 0; i < fe->n_blocks; i++)
+        if (fe->blocks[i].node == n)
+            return fe->blocks[i].block;
+    char full[512];
+    const char *parent = s->block >= 0 ? fe->g->blocks[s->block].name : ir_part_name(s->part);
+    snprintf(full, sizeof full, "%s.%s", parent, name);
+    int b = ir_graph_add_block(fe->g, full, s->part, s->block, count, count_expr, (struct ir_loc){fe->file, line_of(n)});
+    WF_GROW(fe->blocks, fe->n_blocks, fe->cap_blocks);
+    fe->blocks[fe->n_blocks].node = n;
+    fe->blocks[fe->n_blocks++].block = b;
+    return b;
+}
+
+static void emit_repeat(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    int line = line_of(n);
+    const char *name = attr(fe, n, "name"), *count_expr = attr(fe, n, "count");
+    char where[256], err[512];
+    snprintf(where, sizeof where, "<repeat name=\"%s\">", name);
+    int64_t count;
+    int rc = eval_text(fe, count_expr, &count, err, sizeof err);
+    if (rc) {
+        if (rc == -1)
+            diag_error(fe->d, fe->file, line, "%s: count: %s", where, err);
+        return;
+    }
+    const char *carry[16];
+    int n_carry = words(fe, attr(fe, n, "carry"), carry, 16);
+    if (n_carry > 16) {
+        diag_error(fe->d, fe->file, line, "%s: at most 16 carried names", where);
+        return;
+    }
+    for (int c = 0; c < n_carry; c++)
+        if (!find_local(s, carry[c])) {
+            diag_error(fe->d, fe->file, line, "%s: carried '%s' must be defined before the repeat, in the same scope",
+                       where, carry[c]);
+            return;
+        }
+    int block = block_for(fe, n, s, name, count, count_expr);
+    for (int64_t i = 0; i < count; i++) {
+        struct scope body = {
+            .parent = s,
+            .prefix = arena_printf(fe->g->arena, "%s%s.%" PRId64 ".", s->prefix, name, i),
+            .part = s->part,
+            .block = block,
+            .iter = (int)i,
+            .layer = s->layer >= 0 ? s->layer : (int)i,
+            .carry = carry,
+            .n_carry = n_carry,
+            .carry_defs = wf_calloc((size_t)n_carry + 1, sizeof(int)),
+        };
+        for (int c = 0; c < n_carry; c++) {
+            struct binding *b = find_local(s, carry[c]);
+            bind(&body, carry[c], b->tensor, b->line);
+        }
+        int errors = fe->d->n_errors;
+        declare(fe, &body, n);
+        for (int c = 0; c < n_carry; c++)
+            if (!body.carry_defs[c])
+                diag_error(fe->d, fe->file, line,
+                           "%s: carried '%s' is never redefined in the body; an op must give the next value (out=\"%s\")",
+                           where, carry[c], carry[c]);
+        if (fe->d->n_errors == errors)
+            emit(fe, &body, n);
+        for (int c = 0; c < n_carry; c++)
+            bind(s, carry[c], find_local(&body, carry[c])->tensor, line);
+        scope_free(&body);
+        if (fe->d->n_errors != errors)
+            break; /* each iteration is the same: one report is enough */
+    }
+}
+
+static void emit(struct fe *fe, struct scope *s, const xmlNode *parent)
+{
+    for (const xmlNode *n = parent->children; n; n = n->next) {
+        if (is_elem(n, "op")) {
+            emit_op(fe, s, n);
+        } else if (is_elem(n, "repeat")) {
+            emit_repeat(fe, s, n);
+        } else if (is_elem(n, "output")) {
+            const char *name = attr(fe, n, "name");
+            char where[256];
+            snprintf(where, sizeof where, "<output name=\"%s\">", name);
+            int t = resolve(fe, s, name, line_of(n), where);
+            if (t >= 0)
+                ir_graph_add_output(fe->g, t);
+        }
+    }
+}
+
+/* ---- whole-graph checks ----------------------------------------------------------- */
+
+/* Ops that read a tensor produced later in the file: a cycle, or an op
+ * written before the op it needs.  Cycles are found with a depth-first search
+ * over producer -> consumer edges. */
+static void check_order(struct fe *fe)
+{
+    if (!fe->n_fwd)
+        return;
+    struct ir_graph *g = fe->g;
+    int *color = wf_calloc((size_t)g->n_ops, sizeof *color);
+    int *stack = wf_calloc((size_t)g->n_ops, sizeof *stack);
+    int *edge = wf_calloc((size_t)g->n_ops, sizeof *edge);
+    bool *in_cycle = wf_calloc((size_t)g->n_ops, sizeof *in_cycle);
+    /* Walk consumer -> producer (inputs), which is enough to find every cycle. */
+    for (int root = 0; root < g->n_ops; root++) {
+        if (color[root])
+            continue;
+        int sp = 0;
+        stack[sp++] = root;
+        color[root] = 1;
+        edge[root] = 0;
+        while (sp) {
+            int v = stack[sp - 1];
+            if (edge[v] >= g->ops[v].n_in) {
+                color[v] = 2;
+                sp--;
+                continue;
+            }
+            int t = g->ops[v].in[edge[v]++];
+            int u = t >= 0 ? g->tensors[t].producer : -1;
+            if (u < 0)
+                continue;
+            if (color[u] == 0) {
+                color[u] = 1;
+                edge[u] = 0;
+                stack[sp++] = u;
+            } else if (color[u] == 1) {
+                char path[1024] = "";
+                size_t len = 0;
+                int from = sp - 1;
+                while (from > 0 && stack[from] != u)
+                    from--;
+                for (int k = sp - 1; k >= from && len < sizeof path; k--) {
+                    const struct ir_op *o = &g->ops[stack[k]];
+                    in_cycle[stack[k]] = true;
+                    len += (size_t)snprintf(path + len, sizeof path - len, "%s (line %d) -> ",
+                                            g->tensors[o->out[0]].local_name, o->loc.line);
+                }
+                if (len < sizeof path)
+                    snprintf(path + len, sizeof path - len, "%s", g->tensors[g->ops[v].out[0]].local_name);
+                diag_error(fe->d, fe->file, g->ops[u].loc.line,
+                           "ops depend on each other in a cycle: each output needs the next: %s", path);
+            }
+        }
+    }
+    for (int i = 0; i < fe->n_fwd; i++) {
+        const struct forward_use *f = &fe->fwd[i];
+        if (in_cycle[f->op])
+            continue;
+        const struct ir_tensor *t = &g->tensors[f->tensor];
+        const struct ir_op *o = &g->ops[f->op];
+        diag_error(fe->d, fe->file, f->line,
+                   "<op kind=\"%s\" out=\"%s\">: '%s' is used before it is produced (at line %d); ops run in the order written",
+                   ir_op_info(o->kind)->name, g->tensors[o->out[0]].local_name, t->local_name, t->loc.line);
+    }
+    free(color);
+    free(stack);
+    free(edge);
+    free(in_cycle);
+}
+
+static void warn_unused(struct fe *fe)
+{
+    const struct ir_graph *g = fe->g;
+    for (int i = 0; i < g->n_tensors; i++) {
+        const struct ir_tensor *t = &g->tensors[i];
+        if (t->n_uses)
+            continue;
+        static const char *what[] = {"parameter", "input", "tensor"};
+        diag_warn(fe->d, t->loc.file, t->loc.line, "%s '%s' is never used", what[t->kind], t->local_name);
+    }
+}
+
+/* ---- the pass --------------------------------------------------------------------- */
+
+static void read_parts(struct fe *fe, const xmlNode *root)
+{
+    struct scope shared = {.prefix = "", .part = IR_PART_SHARED, .block = -1, .iter = -1, .layer = -1};
+    struct scope part_scope[IR_PART_COUNT];
+    declare(fe, &shared, root); /* model-level params */
+    fe->parts[IR_PART_SHARED] = &shared;
+    for (const xmlNode *n = root->children; n; n = n->next) {
+        bool enc = is_elem(n, "encoder");
+        if (!enc && !is_elem(n, "decoder"))
+            continue;
+        enum ir_part p = enc ? IR_PART_ENCODER : IR_PART_DECODER;
+        struct scope *s = &part_scope[p];
+        *s = (struct scope){.parent = &shared, .prefix = enc ? "encoder." : "decoder.", .part = p,
+                            .block = -1, .iter = -1, .layer = -1};
+        fe->g->has_part[p] = true;
+        fe->parts[p] = s;
+        declare(fe, s, n);
+        emit(fe, s, n);
+    }
+    if (!fe->g->n_outputs && !fe->d->n_errors)
+        diag_error(fe->d, fe->file, line_of(root),
+                   "<model>: no <output>; name what the model computes, e.g. <output name=\"loss\"/>");
+    check_order(fe);
+    if (!fe->d->n_errors)
+        warn_unused(fe);
+    for (int p = IR_PART_ENCODER; p < IR_PART_COUNT; p++)
+        if (fe->parts[p])
+            scope_free(fe->parts[p]);
+    scope_free(&shared);
+    memset(fe->parts, 0, sizeof fe->parts);
+}
+
+struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, const struct fe_options *opt,
+                                struct diag *d)
+{
+    static const struct fe_options none;
+    struct fe fe = {.d = d, .file = name};
+    struct fe *outer = parsing;
+    parsing = &fe;
+    int errors = d->n_errors;
+    if (!opt)
+        opt = &none;
+    struct ir_graph *g = NULL;
+    if (sniff(&fe, buf, len) == 0 && (fe.doc = parse(&fe, buf, len))) {
+        xmlNode *root = xmlDocGetRootElement(fe.doc);
+        xmlChar *model = xmlGetNoNsProp(root, (const xmlChar *)"name");
+        g = fe.g = ir_graph_new((const char *)model, name);
+        xmlFree(model);
+        fe.file = g->file;
+        if (opt->variant)
+            g->variant = arena_strdup(g->arena, opt->variant);
+        read_dims(&fe, root, opt);
+        if (d->n_errors == errors)
+            read_parts(&fe, root);
+        if (d->n_errors == errors)
+            ir_verify(g, false, d);
+        xmlFreeDoc(fe.doc);
+    }
+    free(fe.dim_state);
+    free(fe.dim_stack);
+    free(fe.fwd);
+    free(fe.blocks);
+    parsing = outer;
+    if (d->n_errors != errors) {
+        ir_graph_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+struct ir_graph *fe_load_file(const char *path, const struct fe_options *opt, struct diag *d)
+{
+    size_t len;
+    char *buf = wf_read_file(path, FE_MAX_FILE_BYTES, &len);
+    if (!buf) {
+        diag_error(d, path, 0, "cannot read: %s", errno == EFBIG ? "larger than 64 MiB" : strerror(errno));
+        return NULL;
+    }
+    struct ir_graph *g = fe_load_memory(path, buf, len, opt, d);
+    free(buf);
+    return g;
+}

@@ -1,0 +1,122 @@
+/* util.c: assertion, checked allocation, number formatting, file reading. */
+#include "util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void wf_assert_fail(const char *file, int line, const char *cond)
+{
+    fprintf(stderr, "%s:%d: internal error: assertion failed: %s\n", file, line, cond);
+    fflush(stderr);
+    abort();
+}
+
+void *wf_calloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "weft: out of memory (%zu x %zu bytes)\n", n, size);
+        abort();
+    }
+    return p;
+}
+
+void *wf_realloc(void *p, size_t size)
+{
+    void *q = realloc(p, size ? size : 1);
+    if (!q) {
+        fprintf(stderr, "weft: out of memory (%zu bytes)\n", size);
+        abort();
+    }
+    return q;
+}
+
+char *wf_commas(int64_t n, char buf[32])
+{
+    char digits[24];
+    uint64_t u = n < 0 ? (uint64_t)0 - (uint64_t)n : (uint64_t)n;
+    int len = snprintf(digits, sizeof digits, "%" PRIu64, u);
+    char *p = buf;
+    if (n < 0)
+        *p++ = '-';
+    for (int i = 0; i < len; i++) {
+        if (i > 0 && (len - i) % 3 == 0)
+            *p++ = ',';
+        *p++ = digits[i];
+    }
+    *p = 0;
+    return buf;
+}
+
+char *wf_bytes(double bytes, char buf[32])
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 5) {
+        bytes /= 1024;
+        u++;
+    }
+    snprintf(buf, 32, u ? "%.1f %s" : "%.0f %s", bytes, unit[u]);
+    return buf;
+}
+
+char *wf_si(double v, const char *unit, char buf[32])
+{
+    static const char *prefix[] = {"", "K", "M", "G", "T", "P", "E"};
+    int p = 0;
+    while (v >= 1000 && p < 6) {
+        v /= 1000;
+        p++;
+    }
+    snprintf(buf, 32, "%.*f %s%s", p ? 2 : 0, v, prefix[p], unit);
+    return buf;
+}
+
+char *wf_read_file(const char *path, size_t max_bytes, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = wf_realloc(NULL, cap);
+    for (;;) {
+        if (n + 1 >= cap) {
+            if (cap > max_bytes) {
+                free(buf);
+                fclose(f);
+                errno = EFBIG;
+                return NULL;
+            }
+            cap *= 2;
+            buf = wf_realloc(buf, cap);
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err || n > max_bytes) {
+        free(buf);
+        errno = err ? EIO : EFBIG;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+uint64_t wf_hash(const void *p, size_t n, uint64_t seed)
+{
+    const unsigned char *b = p;
+    uint64_t h = 14695981039346656037ull ^ seed;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}

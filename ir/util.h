@@ -1,0 +1,48 @@
+/* util.h: the few helpers every part of weft uses.
+ *
+ *   WF_ASSERT(n_in <= IR_MAX_IN);        // a bug, never bad input: prints file:line, aborts
+ *   struct ir_op *ops = wf_calloc(n, sizeof *ops);
+ *   WF_GROW(g->ops, g->n_ops, g->cap_ops);   // make room for one more element
+ */
+#ifndef WEFT_UTIL_H
+#define WEFT_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WF_ASSERT(cond)                                                        \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            wf_assert_fail(__FILE__, __LINE__, #cond);                         \
+    } while (0)
+
+#define WF_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Ensure array `v` (with n used, cap allocated) has room for one more. */
+#define WF_GROW(v, n, cap)                                                     \
+    do {                                                                       \
+        if ((n) >= (cap)) {                                                    \
+            (cap) = (cap) ? 2 * (cap) : 16;                                    \
+            (v) = wf_realloc((v), (size_t)(cap) * sizeof *(v));                \
+        }                                                                      \
+    } while (0)
+
+_Noreturn void wf_assert_fail(const char *file, int line, const char *cond);
+void *wf_calloc(size_t n, size_t size);
+void *wf_realloc(void *p, size_t size);
+
+/* "124,439,808": n with thousands separators, into buf (at least 32 bytes). */
+char *wf_commas(int64_t n, char buf[32]);
+/* "474.7 MiB": a byte count in binary units. */
+char *wf_bytes(double bytes, char buf[32]);
+/* "873.4 GFLOP": a count with SI prefixes and the given unit. */
+char *wf_si(double v, const char *unit, char buf[32]);
+
+/* Read a whole file into memory (NUL-terminated, *len excludes the NUL).
+ * Returns NULL and sets errno on failure; files over max_bytes fail with EFBIG. */
+char *wf_read_file(const char *path, size_t max_bytes, size_t *len);
+
+/* FNV-1a, 64 bit: stable hashes for names and caches. */
+uint64_t wf_hash(const void *p, size_t n, uint64_t seed);
+
+#endif

@@ -1,0 +1,90 @@
+/* cli.c: parse the flags every subcommand shares; load a model with them. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int usage_error(struct cli *c, const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "weft %s: ", c->cmd);
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n(see 'weft %s --help')\n", c->cmd);
+    c->status = EXIT_BAD_INPUT;
+    return -1;
+}
+
+int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
+{
+    memset(c, 0, sizeof *c);
+    c->cmd = cmd;
+    c->fe.overrides = c->overrides;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || !a[1]) {
+            if (c->model)
+                return usage_error(c, "unexpected argument '%s'%s", a, " (one model file at a time)");
+            c->model = a;
+            continue;
+        }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            c->help = true;
+            continue;
+        }
+        if (!strcmp(a, "--json")) {
+            c->json = true;
+            continue;
+        }
+        /* Flags with a value: --name VALUE or --name=VALUE (and -o FILE). */
+        const char *name = a + (a[1] == '-' ? 2 : 1), *eq = strchr(name, '='), *value;
+        char key[128];
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        if (len >= sizeof key || len == 0)
+            return usage_error(c, "bad flag '%s'%s", a, "");
+        memcpy(key, name, len);
+        key[len] = 0;
+        if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            return usage_error(c, "%s needs a value%s", a, "");
+        }
+        if (!strcmp(key, "o") || !strcmp(key, "output")) {
+            c->output = value;
+        } else if (!strcmp(key, "variant")) {
+            c->fe.variant = value;
+        } else if (a[1] != '-') {
+            return usage_error(c, "unknown option '%s'%s", a, "");
+        } else if (c->fe.n_overrides == CLI_MAX_OVERRIDES) {
+            return usage_error(c, "too many dimension flags (at most %s)%s", "64", "");
+        } else if (!strcmp(key, "set")) {
+            const char *e = strchr(value, '=');
+            if (!e || e == value || !e[1])
+                return usage_error(c, "--set %s: expected NAME=VALUE%s", value, "");
+            int k = c->fe.n_overrides++;
+            snprintf(c->keys[k], sizeof c->keys[k], "%.*s", (int)(e - value), value);
+            c->overrides[k] = (struct fe_override){FE_SET, c->keys[k], e + 1};
+        } else {
+            int k = c->fe.n_overrides++;
+            memcpy(c->keys[k], key, len + 1);
+            c->overrides[k] = (struct fe_override){FE_FLAG, c->keys[k], value};
+        }
+    }
+    return 0;
+}
+
+struct ir_graph *cli_load_model(struct cli *c)
+{
+    if (!c->model) {
+        usage_error(c, "no model file given%s%s", "", "");
+        return NULL;
+    }
+    struct diag d;
+    diag_init(&d);
+    struct ir_graph *g = compile_model(c->model, &c->fe, &d);
+    diag_print(&d, stderr);
+    diag_free(&d);
+    if (!g)
+        c->status = EXIT_BAD_INPUT;
+    return g;
+}

@@ -1,0 +1,38 @@
+/* cli.h: the weft command line, shared by every subcommand.
+ *
+ *   struct cli c;
+ *   if (cli_parse(&c, argc, argv, "check")) return c.status;     // usage error: 2
+ *   struct ir_graph *g = cli_load_model(&c);                      // errors printed: NULL
+ *
+ * Megatron's flag names reach the model: any `--NAME VALUE` (or --NAME=VALUE)
+ * the tool does not know itself sets the dimension whose flag="NAME"; the
+ * front end says so when no dimension of the model binds that flag. */
+#ifndef WEFT_CLI_H
+#define WEFT_CLI_H
+
+#include <stdbool.h>
+
+#include "compiler.h"
+
+#define CLI_MAX_OVERRIDES 64
+
+enum { EXIT_OK = 0, EXIT_FAILURE_RUN = 1, EXIT_BAD_INPUT = 2 };
+
+struct cli {
+    const char *cmd;
+    const char *model;  /* the positional argument */
+    const char *output; /* -o */
+    bool json, help;
+    struct fe_options fe;
+    struct fe_override overrides[CLI_MAX_OVERRIDES];
+    char keys[CLI_MAX_OVERRIDES][128]; /* the overrides' names */
+    int status; /* exit status when cli_parse fails */
+};
+
+int cli_parse(struct cli *c, int argc, char **argv, const char *cmd);
+struct ir_graph *cli_load_model(struct cli *c);
+
+int cmd_check(int argc, char **argv);
+int cmd_ops(int argc, char **argv);
+
+#endif

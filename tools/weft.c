@@ -1,0 +1,47 @@
+/* weft.c: the weft command: one subcommand per job (DESIGN.md). */
+#include "cli.h"
+#include "frontend.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#ifndef WEFT_VERSION
+#define WEFT_VERSION "0.1.0"
+#endif
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    {"check", cmd_check, "validate a model file; print its dimensions, parameters and FLOPs"},
+    {"ops", cmd_ops, "list the op kinds a model file can use"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: weft COMMAND [ARGS]   (weft COMMAND --help for each)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_BAD_INPUT : EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("weft %s\n", WEFT_VERSION);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) {
+            int rc = commands[i].run(argc - 2, argv + 2);
+            fe_cleanup();
+            return rc;
+        }
+    fprintf(stderr, "weft: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return EXIT_BAD_INPUT;
+}
