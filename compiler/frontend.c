@@ -914,7 +914,7 @@ static void emit_op(struct fe *fe, struct scope *s, const xmlNode *n)
         for (int k = 0; k < IR_OP_COUNT; k++)
             suggest_add(&sg, ir_op_info((enum ir_op_kind)k)->name);
         char hint[128];
-        diag_error(fe->d, fe->file, line, "%s: unknown op kind '%s'%s (weft ops lists the kinds)", where, kind,
+        diag_error(fe->d, fe->file, line, "%s: unknown op kind '%s'%s; 'weft ops' lists the kinds", where, kind,
                    suggest_text(&sg, hint, sizeof hint));
         return;
     }

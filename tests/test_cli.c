@@ -1,0 +1,120 @@
+/* test_cli.c: the weft command as a user meets it: output, JSON, exit codes. */
+#include "testing.h"
+
+static struct run *R;
+
+static void test_check_text(void **state)
+{
+    (void)state;
+    run_weft(R, "check", "models/gpt2.xml", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "gpt2"));
+    assert_non_null(strstr(R->out, "124,439,808"));     /* total, with separators */
+    assert_non_null(strstr(R->out, "7,087,872 each"));  /* one layer */
+    assert_non_null(strstr(R->out, "--num-layers"));    /* the flags that size it */
+    assert_non_null(strstr(R->out, "FLOPs/token"));
+    assert_non_null(strstr(R->out, "474.7 MiB in fp32, 237.4 MiB in bf16"));
+    assert_string_equal(R->err, "");
+}
+
+static void test_check_json(void **state)
+{
+    (void)state;
+    run_weft(R, "check", "models/llama2.xml", "--json", NULL);
+    assert_int_equal(R->status, 0);
+    assert_true(R->out[0] == '{');
+    assert_non_null(strstr(R->out, "\"params\": 6738415616"));
+    assert_non_null(strstr(R->out, "\"model\": \"llama2\""));
+    assert_non_null(strstr(R->out, "\"parts\": [\"decoder\"]"));
+    assert_non_null(strstr(R->out, "\"flops_per_token\": {\"forward\": "));
+    /* one object, on one line */
+    assert_ptr_equal(strchr(R->out, '\n'), R->out + strlen(R->out) - 1);
+}
+
+static void test_check_flags(void **state)
+{
+    (void)state;
+    run_weft(R, "check", "models/gpt2.xml", "--num-layers", "48", "--hidden-size=1600", "--num-attention-heads",
+             "25", "--json", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "\"params\": 1557611200"));
+    run_weft(R, "check", "models/gpt2.xml", "--set", "layers=1", "--variant", "tiny", "--json", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "\"layers\": 1,"));
+    assert_non_null(strstr(R->out, "\"variant\": \"tiny\""));
+    /* A flag overrides the variant, which overrides the file. */
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--hidden-size", "128", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "set by --hidden-size"));
+    assert_non_null(strstr(R->out, "set by variant tiny"));
+}
+
+static void test_usage_errors(void **state)
+{
+    (void)state;
+    run_weft(R, "check", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "no model file given"));
+    run_weft(R, "check", "models/gpt2.xml", "--num-layers", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--num-layers needs a value"));
+    run_weft(R, "check", "models/gpt2.xml", "--set", "layers", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "expected NAME=VALUE"));
+    run_weft(R, "check", "models/gpt2.xml", "models/t5.xml", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "unexpected argument 'models/t5.xml'"));
+    run_weft(R, "check", "models/no-such-model.xml", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "models/no-such-model.xml: cannot read: No such file or directory"));
+    run_weft(R, "frobnicate", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "unknown command 'frobnicate'"));
+    run_weft(R, NULL);
+    assert_int_equal(R->status, 2);
+}
+
+static void test_help(void **state)
+{
+    (void)state;
+    run_weft(R, "--help", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "check"));
+    run_weft(R, "check", "--help", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "usage: weft check"));
+    run_weft(R, "ops", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "attention"));
+    assert_non_null(strstr(R->out, "in=\"q k v bias?\""));
+}
+
+/* Warnings do not fail a check: an unused parameter is worth a word, not an exit. */
+static void test_warning(void **state)
+{
+    (void)state;
+    static const char xml[] = "<model name=\"w\" xmlns=\"urn:weft:model:1\"><dim name=\"h\" value=\"4\"/>"
+                              "<decoder><input name=\"x\" shape=\"h\"/><param name=\"unused\" shape=\"h\"/>"
+                              "<output name=\"x\"/></decoder></model>\n";
+    char path[] = "/tmp/weft-test-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, xml, sizeof xml - 1), (ssize_t)(sizeof xml - 1));
+    close(fd);
+    run_weft(R, "check", path, NULL);
+    unlink(path);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->err, ":1: warning: parameter 'unused' is never used"));
+}
+
+int main(void)
+{
+    R = malloc(sizeof *R);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
+        cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
+    };
+    int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
+    free(R);
+    return rc;
+}

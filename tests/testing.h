@@ -1,0 +1,152 @@
+/* testing.h: what the weft tests share: cmocka, loading models, running the
+ * weft binary with a deadline, and skipping with a visible reason.
+ *
+ *   struct run r;
+ *   run_weft(&r, "check", "models/gpt2.xml", "--json", NULL);
+ *   assert_int_equal(r.status, 0);
+ *   assert_non_null(strstr(r.out, "\"params\": 124439808"));
+ *
+ * Tests run from the repository root; WEFT_BIN names the binary under test
+ * (tests/run.sh sets it: build/weft, or build-asan/weft under sanitizers). */
+#ifndef WEFT_TESTING_H
+#define WEFT_TESTING_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compiler.h"
+#include "util.h"
+
+/* Skip with the reason on the output, so a skipped test is never silent. */
+#define SKIP_BECAUSE(...)                                                      \
+    do {                                                                       \
+        printf("SKIP %s: ", __func__);                                         \
+        printf(__VA_ARGS__);                                                   \
+        printf("\n");                                                          \
+        fflush(stdout);                                                        \
+        skip();                                                                \
+    } while (0)
+
+static inline const char *weft_bin(void)
+{
+    const char *b = getenv("WEFT_BIN");
+    return b && *b ? b : "build/weft";
+}
+
+#define RUN_CAPTURE (1 << 16)
+#define RUN_DEADLINE_S 60
+
+struct run {
+    int status;      /* exit status; 128+signal if killed */
+    bool timed_out;
+    char out[RUN_CAPTURE], err[RUN_CAPTURE];
+};
+
+/* Run the weft binary with argv (NULL-terminated), capturing stdout and stderr.
+ * A run past RUN_DEADLINE_S is killed and reported as timed out. */
+static inline int run_weftv(struct run *r, const char *const *args)
+{
+    memset(r, 0, sizeof *r);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = weft_bin();
+    for (; args[n - 1] && n < 63; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    int po[2], pe[2];
+    if (pipe(po) || pipe(pe))
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]), close(pe[0]), close(po[1]), close(pe[1]);
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(po[1]), close(pe[1]);
+    size_t no = 0, ne = 0;
+    struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+    time_t start = time(NULL);
+    int open_fds = 2;
+    while (open_fds) {
+        if (time(NULL) - start > RUN_DEADLINE_S) {
+            kill(pid, SIGKILL);
+            r->timed_out = true;
+            break;
+        }
+        if (poll(fds, 2, 1000) <= 0)
+            continue;
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP)))
+                continue;
+            char *buf = i ? r->err : r->out;
+            size_t *len = i ? &ne : &no;
+            char tmp[4096];
+            ssize_t got = read(fds[i].fd, tmp, sizeof tmp);
+            if (got <= 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+                continue;
+            }
+            size_t keep = (size_t)got < RUN_CAPTURE - 1 - *len ? (size_t)got : RUN_CAPTURE - 1 - *len;
+            memcpy(buf + *len, tmp, keep);
+            *len += keep;
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i].fd >= 0)
+            close(fds[i].fd);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return 0;
+}
+
+#define run_weft(r, ...) run_weftv((r), (const char *const[]){__VA_ARGS__})
+
+/* Load and type a model as `weft check` would; NULL if it has errors (printed). */
+static inline struct ir_graph *load_model(const char *path, const char *variant,
+                                          const struct fe_override *ov, int n_ov)
+{
+    struct fe_options opt = {.variant = variant, .overrides = ov, .n_overrides = n_ov};
+    struct diag d;
+    diag_init(&d);
+    struct ir_graph *g = compile_model(path, &opt, &d);
+    if (!g)
+        diag_print(&d, stdout);
+    diag_free(&d);
+    return g;
+}
+
+/* "2x8x16" (sizes only) or "scalar". */
+static inline const char *shape_sizes(const struct ir_shape *s, char *buf, size_t n)
+{
+    if (s->rank == 0) {
+        snprintf(buf, n, "scalar");
+        return buf;
+    }
+    size_t len = 0;
+    for (int i = 0; i < s->rank && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%lld", i ? "x" : "", (long long)s->ax[i].size);
+    return buf;
+}
+
+#endif
