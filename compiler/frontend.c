@@ -737,6 +737,21 @@ static void declare_op(struct fe *fe, struct scope *s, const xmlNode *n)
     }
 }
 
+/* A nested <repeat> that carries a name this body carries gives its next
+ * value, as an op with that output would. */
+static void declare_repeat(struct fe *fe, struct scope *s, const xmlNode *n)
+{
+    const char *carry[16];
+    int n_carry = words(fe, attr(fe, n, "carry"), carry, 16);
+    for (int k = 0; k < n_carry && k < 16; k++) {
+        int c = carry_index(s, carry[k]);
+        if (c >= 0 && ++s->carry_defs[c] == 2)
+            diag_error(fe->d, fe->file, line_of(n),
+                       "<repeat name=\"%s\">: carried '%s' is redefined a second time in the enclosing repeat body; redefine it once",
+                       attr(fe, n, "name"), carry[k]);
+    }
+}
+
 static void declare(struct fe *fe, struct scope *s, const xmlNode *parent)
 {
     for (const xmlNode *n = parent->children; n; n = n->next) {
@@ -746,6 +761,8 @@ static void declare(struct fe *fe, struct scope *s, const xmlNode *parent)
             declare_input(fe, s, n);
         else if (is_elem(n, "op"))
             declare_op(fe, s, n);
+        else if (is_elem(n, "repeat"))
+            declare_repeat(fe, s, n);
     }
 }
 
