@@ -338,6 +338,24 @@ static int lookup_dim(void *ctx, const char *name, int64_t *v, char *err, size_t
     return eval_dim(fe, i, v, err, n);
 }
 
+/* "heads=7 from --num-attention-heads": the overridden dimensions an
+ * expression uses, so an error points at the flag a user typed. */
+struct set_by_flags {
+    struct fe *fe;
+    char text[512];
+    size_t len;
+};
+
+static void note_set_by(void *ctx, const char *name)
+{
+    struct set_by_flags *sb = ctx;
+    int i = find_dim(sb->fe->g, name);
+    if (i < 0 || !sb->fe->g->dims[i].set_by || strstr(sb->text, name) || sb->len >= sizeof sb->text)
+        return;
+    sb->len += (size_t)snprintf(sb->text + sb->len, sizeof sb->text - sb->len, "%s%s=%s from %s",
+                                sb->len ? ", " : "", name, sb->fe->g->dims[i].expr, sb->fe->g->dims[i].set_by);
+}
+
 /* Where a dimension's value came from, for messages: "<dim name="x" value="...">"
  * at its line, or the flag that set it. */
 static void dim_error(struct fe *fe, int i, const char *fmt, const char *why)
@@ -350,7 +368,10 @@ static void dim_error(struct fe *fe, int i, const char *fmt, const char *why)
         snprintf(head, sizeof head, "<dim name=\"%s\" value=\"%s\">", dm->name, dm->expr);
     char msg[1024];
     snprintf(msg, sizeof msg, fmt, why);
-    diag_error(fe->d, dm->loc.file, dm->loc.line, "%s: %s", head, msg);
+    struct set_by_flags sb = {fe, "", 0};
+    char ignored[64];
+    expr_each_name(expr_parse(fe->g->arena, dm->expr, ignored, sizeof ignored), note_set_by, &sb);
+    diag_error(fe->d, dm->loc.file, dm->loc.line, "%s: %s%s%s", head, msg, sb.len ? "; " : "", sb.text);
 }
 
 /* -1: error written to err; -2: failed because of another dimension, already reported. */

@@ -48,7 +48,8 @@ static struct expr *parse_primary(struct parser *ps)
             char what[64];
             size_t len = strspn(ps->p, "0123456789.eE+-");
             snprintf(what, sizeof what, "%.*s", (int)(len < 40 ? len : 40), ps->p);
-            return fail(ps, "'%s' is not an integer (in '%s')", what);
+            return fail(ps, strcmp(what, ps->text) ? "'%s' is not an integer (in '%s')" : "'%s' is not an integer%.0s",
+                        strcmp(what, ps->text) ? what : ps->text);
         }
         ps->p = p;
         struct expr *e = node(ps, EXPR_NUM, NULL, NULL);
@@ -211,7 +212,7 @@ int expr_eval(const struct expr *e, expr_lookup_fn *lookup, void *ctx, int64_t *
         } else if (e->kind == EXPR_DIV) {
             if (l % r) {
                 snprintf(err, n, "%" PRId64 " is not divisible by %" PRId64
-                         " (division in a dimension must be exact; use cdiv(a,b) to round up)", l, r);
+                         " (a dimension divides exactly; cdiv(a,b) rounds up)", l, r);
                 return -1;
             }
             *value = l / r;

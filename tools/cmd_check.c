@@ -82,7 +82,7 @@ static void print_text(const struct ir_graph *g, const struct model_summary *s)
     }
     if (s->params_by_part[IR_PART_SHARED])
         printf("  %-12s%s params shared by the parts\n", "shared", wf_commas(s->params_by_part[IR_PART_SHARED], a));
-    printf("\n  %-14s %13s   %-30s %s\n", "dimension", "value", "flag", "");
+    printf("\n  %-14s %13s   %s\n", "dimension", "value", "flag");
     for (int i = 0; i < g->n_dims; i++) {
         const struct ir_dim *dm = &g->dims[i];
         char flag[160] = "", note[512] = "";
@@ -93,7 +93,11 @@ static void print_text(const struct ir_graph *g, const struct model_summary *s)
             snprintf(note, sizeof note, "set by %s%s%s", dm->set_by, literal ? "" : ": ", literal ? "" : dm->expr);
         else if (!literal)
             snprintf(note, sizeof note, "= %s", dm->expr);
-        printf("  %-14s %13s   %-30s %s\n", dm->name, wf_commas(dm->value, a), flag, note);
+        char line[1024];
+        int len = snprintf(line, sizeof line, "  %-14s %13s   %-30s %s", dm->name, wf_commas(dm->value, a), flag, note);
+        while (len > 0 && line[len - 1] == ' ')
+            line[--len] = 0;
+        puts(line);
     }
     printf("\n  %-14s %s\n", "parameters", wf_commas(s->params, a));
     for (int k = 0; k < s->n_blocks; k++)
