@@ -80,8 +80,8 @@ fuzz:
 	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined $(XML_CFLAGS) \
 	    -o build-fuzz/fuzz_frontend tests/fuzz_frontend.c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
 	cp models/*.xml tests/bad/*.xml build-fuzz/corpus/ 2>/dev/null || true
-	build-fuzz/fuzz_frontend -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=tests/fuzz_frontend.dict \
-	    build-fuzz/corpus 2>&1 | tail -n 25
+	@build-fuzz/fuzz_frontend -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=tests/fuzz_frontend.dict \
+	    build-fuzz/corpus > build-fuzz/fuzz.log 2>&1; rc=$$?; tail -n 25 build-fuzz/fuzz.log; exit $$rc
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -94,7 +94,7 @@ static void print_text(const struct ir_graph *g, const struct model_summary *s)
         else if (!literal)
             snprintf(note, sizeof note, "= %s", dm->expr);
         char line[1024];
-        int len = snprintf(line, sizeof line, "  %-14s %13s   %-30s %s", dm->name, wf_commas(dm->value, a), flag, note);
+        int len = snprintf(line, sizeof line, "  %-14s %13s   %-34s %s", dm->name, wf_commas(dm->value, a), flag, note);
         while (len > 0 && line[len - 1] == ' ')
             line[--len] = 0;
         puts(line);
