@@ -504,7 +504,7 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
     for (int k = 0; k < opt->n_overrides; k++) {
         const struct fe_override *o = &opt->overrides[k];
         char by[160];
-        if (o->kind == FE_FLAG) {
+        if (o->kind == FE_FLAG || o->kind == FE_FLAG_IF_BOUND) {
             snprintf(by, sizeof by, "--%s", o->key);
             bool found = false;
             for (int i = 0; i < g->n_dims; i++)
@@ -512,7 +512,7 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
                     set_dim(fe, i, o->value, by);
                     found = true;
                 }
-            if (!found)
+            if (!found && o->kind == FE_FLAG)
                 diag_error(fe->d, NULL, 0, "--%s: no dimension of %s is bound to this flag (its flags: %s)",
                            o->key, fe->file, flag_list(fe));
         } else {

@@ -24,6 +24,8 @@
 enum fe_override_kind {
     FE_FLAG, /* --hidden-size 1600: the dimension whose flag="hidden-size" */
     FE_SET,  /* --set hidden=1600: the dimension named hidden */
+    FE_FLAG_IF_BOUND, /* as FE_FLAG, but no error when no dimension binds it
+                       * (--micro-batch-size: a layout setting first) */
 };
 
 struct fe_override {

@@ -1,5 +1,9 @@
 /* cli.c: parse the flags every subcommand shares; load a model with them. */
 #include "cli.h"
+#include "partition.h"
+
+#include <errno.h>
+#include <stdlib.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +22,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
     memset(c, 0, sizeof *c);
     c->cmd = cmd;
     c->fe.overrides = c->overrides;
+    c->pc = par_config_default();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || !a[1]) {
@@ -32,6 +37,12 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
         }
         if (!strcmp(a, "--json")) {
             c->json = true;
+            continue;
+        }
+        const struct par_flag *pf = a[1] == '-' ? par_flag_find(a + 2) : NULL;
+        if (pf && pf->is_bool) {
+            *(bool *)((char *)&c->pc + pf->offset) = true;
+            c->parallel_given = true;
             continue;
         }
         /* Flags with a value: --name VALUE or --name=VALUE (and -o FILE). */
@@ -55,6 +66,20 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             c->fe.variant = value;
         } else if (a[1] != '-') {
             return usage_error(c, "unknown option '%s'%s", a, "");
+        } else if (a[1] == '-' && (pf = par_flag_find(key))) {
+            char *end;
+            errno = 0;
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || errno || v < 0 || v > 1 << 30)
+                return usage_error(c, "--%s %s: expected a non-negative integer", key, value);
+            *(int *)((char *)&c->pc + pf->offset) = (int)v;
+            c->parallel_given = true;
+            /* The micro-batch is also the model's batch dimension, where it binds one. */
+            if (!strcmp(pf->name, "micro-batch-size") && c->fe.n_overrides < CLI_MAX_OVERRIDES) {
+                int k = c->fe.n_overrides++;
+                snprintf(c->keys[k], sizeof c->keys[k], "%s", pf->name);
+                c->overrides[k] = (struct fe_override){FE_FLAG_IF_BOUND, c->keys[k], value};
+            }
         } else if (c->fe.n_overrides == CLI_MAX_OVERRIDES) {
             return usage_error(c, "too many dimension flags (at most %s)%s", "64", "");
         } else if (!strcmp(key, "set")) {
@@ -87,4 +112,20 @@ struct ir_graph *cli_load_model(struct cli *c)
     if (!g)
         c->status = EXIT_BAD_INPUT;
     return g;
+}
+
+struct partition *cli_partition(struct cli *c)
+{
+    if (!c->model) {
+        usage_error(c, "no model file given%s%s", "", "");
+        return NULL;
+    }
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model(c->model, &c->fe, &c->pc, &d);
+    diag_print(&d, stderr);
+    diag_free(&d);
+    if (!P)
+        c->status = EXIT_BAD_INPUT;
+    return P;
 }

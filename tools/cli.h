@@ -13,6 +13,7 @@
 #include <stdbool.h>
 
 #include "compiler.h"
+#include "layout.h"
 
 #define CLI_MAX_OVERRIDES 64
 
@@ -24,6 +25,8 @@ struct cli {
     const char *output; /* -o */
     bool json, help;
     struct fe_options fe;
+    struct par_config pc;
+    bool parallel_given; /* any layout flag */
     struct fe_override overrides[CLI_MAX_OVERRIDES];
     char keys[CLI_MAX_OVERRIDES][128]; /* the overrides' names */
     int status; /* exit status when cli_parse fails */
@@ -31,8 +34,11 @@ struct cli {
 
 int cli_parse(struct cli *c, int argc, char **argv, const char *cmd);
 struct ir_graph *cli_load_model(struct cli *c);
+/* Lay the model out by the parallel flags; errors printed: NULL. */
+struct partition *cli_partition(struct cli *c);
 
 int cmd_check(int argc, char **argv);
+int cmd_layout(int argc, char **argv);
 int cmd_ops(int argc, char **argv);
 
 #endif

@@ -1,6 +1,7 @@
 /* cmd_check.c: `weft check MODEL.xml`: validate a model, print what it is. */
 #include "cli.h"
 #include "json.h"
+#include "partition.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -122,6 +123,14 @@ int cmd_check(int argc, char **argv)
     struct ir_graph *g = cli_load_model(&c);
     if (!g)
         return c.status;
+    if (c.parallel_given) { /* also check the layout the flags describe */
+        struct partition *P = cli_partition(&c);
+        if (!P) {
+            ir_graph_free(g);
+            return c.status;
+        }
+        partition_free(P);
+    }
     struct diag d;
     diag_init(&d);
     struct model_summary s;

@@ -15,6 +15,7 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"check", cmd_check, "validate a model file; print its dimensions, parameters and FLOPs"},
+    {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
 

@@ -1,0 +1,360 @@
+/* partition.c: place a typed model on the ranks of a layout.
+ *   requires:  a model file and fe options, a parallel config
+ *   produces:  the typed graph (vocab padded), the rank layout, pipeline
+ *              chunks, and the chunk of every op
+ *   reports:   Megatron's model-dependent start-up rules, each at the line of
+ *              the dimension at fault and naming the flags involved
+ *
+ * Stages follow Megatron: layers split evenly over pipeline stages (an error
+ * when they do not divide) unless the first and last stage sizes are given;
+ * with virtual stages rank p runs chunks p, p+pp, p+2pp, ...  Ops outside the
+ * layers go to the first chunk of their part if a layer needs them (the
+ * embedding), to the last one otherwise (the head and the loss). */
+#include "partition.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct ir_dim *dim_by_flag(const struct ir_graph *g, const char *flag)
+{
+    for (int i = 0; i < g->n_dims; i++)
+        if (g->dims[i].flag && !strcmp(g->dims[i].flag, flag))
+            return &g->dims[i];
+    return NULL;
+}
+
+static void divisors(int64_t v, char *buf, size_t n)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (int64_t k = 1; k <= v && len < n; k++)
+        if (v % k == 0) {
+            if (len > 60) {
+                snprintf(buf + len, n - len, ", ...");
+                return;
+            }
+            len += (size_t)snprintf(buf + len, n - len, "%s%" PRId64, len ? ", " : "", k);
+        }
+}
+
+/* "<dim name="heads">: --tp 5 does not divide --num-attention-heads 12 (...)" */
+static void check_divides(const struct ir_graph *g, struct diag *d, const char *flag, int degree,
+                          const char *degree_flag, const char *why)
+{
+    const struct ir_dim *dm = dim_by_flag(g, flag);
+    if (!dm || degree <= 1 || dm->value % degree == 0)
+        return;
+    char list[128];
+    divisors(dm->value, list, sizeof list);
+    diag_error(d, dm->loc.file, dm->loc.line, "<dim name=\"%s\">: %s does not divide --%s %" PRId64 " (%s: %s)",
+               dm->name, degree_flag, flag, dm->value, why, list);
+}
+
+static bool any_causal(const struct ir_graph *g)
+{
+    for (int i = 0; i < g->n_ops; i++)
+        if (g->ops[i].kind == IR_OP_ATTENTION && ir_op_int(&g->ops[i], IR_ATTR_CAUSAL))
+            return true;
+    return false;
+}
+
+static void check_model_rules(const struct ir_graph *g, const struct par_config *pc, struct diag *d)
+{
+    char f[96];
+    snprintf(f, sizeof f, "--tp %d", pc->tp);
+    check_divides(g, d, "num-attention-heads", pc->tp, f, "tensor parallel size must divide num-attention-heads");
+    check_divides(g, d, "num-query-groups", pc->tp, f, "tensor parallel size must divide num-query-groups");
+    check_divides(g, d, "ffn-hidden-size", pc->tp, f, "tensor parallel size must divide ffn-hidden-size");
+    snprintf(f, sizeof f, "--ep %d", pc->ep);
+    check_divides(g, d, "num-experts", pc->ep, f, "expert parallel size must divide num-experts");
+    /* Context parallelism splits the sequence in 2*cp chunks when attention is
+     * causal, so that every rank gets an equal share of the triangle. */
+    int cp_split = pc->cp > 1 && any_causal(g) ? 2 * pc->cp : pc->cp;
+    snprintf(f, sizeof f, cp_split != pc->cp ? "2 x --cp %d (causal load balancing)" : "--cp %d", pc->cp);
+    static const char *seq_flags[] = {"seq-length", "encoder-seq-length", "decoder-seq-length"};
+    for (size_t i = 0; i < WF_COUNT(seq_flags); i++) {
+        check_divides(g, d, seq_flags[i], cp_split, f, "context parallelism splits the sequence evenly");
+        if (pc->sequence_parallel) {
+            char t[64];
+            snprintf(t, sizeof t, "--tp %d", pc->tp);
+            check_divides(g, d, seq_flags[i], pc->tp * pc->cp, t, "sequence parallelism splits the sequence over tp ranks");
+        }
+    }
+}
+
+int partition_part_layers(const struct ir_graph *g, enum ir_part part)
+{
+    int n = 0;
+    for (int b = 0; b < g->n_blocks; b++)
+        if (g->blocks[b].part == part && g->blocks[b].parent < 0)
+            n += (int)g->blocks[b].count;
+    return n;
+}
+
+/* The layer an op belongs to across all of its part's top-level repeats, or -1. */
+static int op_layer(const struct ir_graph *g, const struct ir_op *op)
+{
+    if (op->block < 0)
+        return -1;
+    int top = op->block;
+    while (g->blocks[top].parent >= 0)
+        top = g->blocks[top].parent;
+    int offset = 0;
+    for (int b = 0; b < top; b++)
+        if (g->blocks[b].part == g->blocks[top].part && g->blocks[b].parent < 0)
+            offset += (int)g->blocks[b].count;
+    return offset + op->layer;
+}
+
+/* The dimension that sets a part's layer count, for messages. */
+static const struct ir_dim *layers_dim(const struct ir_graph *g, enum ir_part part)
+{
+    for (int b = 0; b < g->n_blocks; b++)
+        if (g->blocks[b].part == part && g->blocks[b].parent < 0)
+            return ir_graph_dim(g, g->blocks[b].count_expr);
+    return NULL;
+}
+
+static void layer_error(struct partition *P, struct diag *d, enum ir_part part, const char *fmt, int a, int b)
+{
+    const struct ir_dim *dm = layers_dim(P->g, part);
+    char msg[512];
+    snprintf(msg, sizeof msg, fmt, a, b);
+    if (dm)
+        diag_error(d, dm->loc.file, dm->loc.line, "<dim name=\"%s\">: %s", dm->name, msg);
+    else
+        diag_error(d, P->g->file, 0, "%s", msg);
+}
+
+static void add_chunk(struct partition *P, enum ir_part part, int stage, int vstage, int first, int n)
+{
+    P->chunks = wf_realloc(P->chunks, (size_t)(P->n_chunks + 1) * sizeof *P->chunks);
+    P->chunks[P->n_chunks++] = (struct part_chunk){.part = part, .stage = stage, .vstage = vstage,
+                                                   .first_layer = first, .n_layers = n};
+}
+
+/* Split each part's layers into chunks, Megatron's way. */
+static int make_chunks(struct partition *P, const struct par_config *pc, struct diag *d)
+{
+    int errors = d->n_errors;
+    const struct ir_graph *g = P->g;
+    if (g->has_part[IR_PART_ENCODER]) {
+        int n = partition_part_layers(g, IR_PART_ENCODER), stages = pc->epp > 0 ? pc->epp : 1;
+        if (n % stages)
+            layer_error(P, d, IR_PART_ENCODER, "%d encoder layers are not divisible by --epp %d", n, stages);
+        else
+            for (int s = 0; s < stages; s++)
+                add_chunk(P, IR_PART_ENCODER, s, 0, s * (n / stages), n / stages);
+    }
+    int n = partition_part_layers(g, IR_PART_DECODER), pp = pc->pp, base = pc->epp > 0 ? pc->epp : 0;
+    int first = pc->first_stage_layers, last = pc->last_stage_layers;
+    P->virtual_stages = 1;
+    if (pc->layers_per_virtual_stage) {
+        int per = pc->layers_per_virtual_stage;
+        if (first || last) {
+            diag_error(d, NULL, 0, "--num-layers-per-virtual-pipeline-stage cannot be combined with uneven first or last stages");
+        } else if (pp < 2) {
+            diag_error(d, NULL, 0, "--num-layers-per-virtual-pipeline-stage %d needs --pp 2 or more", per);
+        } else if (n % (pp * per)) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%%d layers are not a multiple of --pp %d x --num-layers-per-virtual-pipeline-stage %%d = %d",
+                     pp, pp * per);
+            layer_error(P, d, IR_PART_DECODER, msg, n, per);
+        } else {
+            P->virtual_stages = n / (pp * per);
+            for (int k = 0; k < pp * P->virtual_stages; k++)
+                add_chunk(P, IR_PART_DECODER, base + k % pp, k / pp, k * per, per);
+        }
+        return d->n_errors == errors ? 0 : -1;
+    }
+    if (!first && !last) {
+        if (n % pp) {
+            layer_error(P, d, IR_PART_DECODER,
+                        "%d layers are not divisible by --pp %d (uneven stages need "
+                        "--decoder-first-pipeline-num-layers or --decoder-last-pipeline-num-layers)", n, pp);
+        } else {
+            for (int s = 0; s < pp; s++)
+                add_chunk(P, IR_PART_DECODER, base + s, 0, s * (n / pp), n / pp);
+        }
+        return d->n_errors == errors ? 0 : -1;
+    }
+    int middle = pp - (first > 0) - (last > 0), rest = n - first - last;
+    if (pp < 2 || first < 0 || last < 0 || rest < 0 || (middle == 0 ? rest != 0 : rest % middle)) {
+        diag_error(d, NULL, 0,
+                   "--decoder-first-pipeline-num-layers %d and --decoder-last-pipeline-num-layers %d leave %d of %d layers "
+                   "for %d middle stage%s of --pp %d, which do not share them evenly",
+                   first, last, rest, n, middle, middle == 1 ? "" : "s", pp);
+        return -1;
+    }
+    int at = 0;
+    for (int s = 0; s < pp; s++) {
+        int k = s == 0 && first ? first : s == pp - 1 && last ? last : rest / middle;
+        add_chunk(P, IR_PART_DECODER, base + s, 0, at, k);
+        at += k;
+    }
+    return 0;
+}
+
+static int chunk_of_layer(const struct partition *P, enum ir_part part, int layer)
+{
+    for (int c = 0; c < P->n_chunks; c++)
+        if (P->chunks[c].part == part && layer >= P->chunks[c].first_layer &&
+            layer < P->chunks[c].first_layer + P->chunks[c].n_layers)
+            return c;
+    return -1;
+}
+
+static int first_chunk(const struct partition *P, enum ir_part part)
+{
+    for (int c = 0; c < P->n_chunks; c++)
+        if (P->chunks[c].part == part)
+            return c;
+    return -1;
+}
+
+static int last_chunk(const struct partition *P, enum ir_part part)
+{
+    for (int c = P->n_chunks - 1; c >= 0; c--)
+        if (P->chunks[c].part == part && P->chunks[c].n_layers > 0)
+            return c;
+    return first_chunk(P, part);
+}
+
+static void place_ops(struct partition *P)
+{
+    const struct ir_graph *g = P->g;
+    P->op_chunk = wf_calloc((size_t)g->n_ops + 1, sizeof *P->op_chunk);
+    /* An op outside the layers that a layer of its part needs runs before
+     * them: walk consumers to producers, from the last op back. */
+    bool *feeds = wf_calloc((size_t)g->n_ops + 1, sizeof *feeds);
+    for (int i = g->n_ops - 1; i >= 0; i--) {
+        const struct ir_op *op = &g->ops[i];
+        if (op_layer(g, op) < 0 && !feeds[i])
+            continue;
+        for (int k = 0; k < op->n_in; k++) {
+            int p = op->in[k] >= 0 ? g->tensors[op->in[k]].producer : -1;
+            if (p >= 0 && g->ops[p].part == op->part)
+                feeds[p] = true;
+        }
+    }
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *op = &g->ops[i];
+        enum ir_part part = op->part == IR_PART_SHARED ? IR_PART_DECODER : op->part;
+        int layer = op_layer(g, op);
+        int c = layer >= 0 ? chunk_of_layer(P, part, layer) : feeds[i] ? first_chunk(P, part) : last_chunk(P, part);
+        WF_ASSERT(c >= 0);
+        P->op_chunk[i] = c;
+        P->chunks[c].flops += ir_op_flops(g, op);
+        if (layer < 0) {
+            if (feeds[i])
+                P->chunks[c].has_embedding = true;
+            else
+                P->chunks[c].has_head = true;
+        }
+    }
+    free(feeds);
+    /* Parameter bytes: each parameter once per chunk that reads it. */
+    int *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
+    for (int c = 0; c < P->n_chunks; c++) {
+        for (int i = 0; i < g->n_ops; i++) {
+            if (P->op_chunk[i] != c)
+                continue;
+            for (int k = 0; k < g->ops[i].n_in; k++) {
+                int t = g->ops[i].in[k];
+                if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t] == c + 1)
+                    continue;
+                seen[t] = c + 1;
+                P->chunks[c].param_bytes +=
+                    ir_shape_numel(&g->tensors[t].shape) * ir_dtype_bytes(g->tensors[t].dtype);
+            }
+        }
+    }
+    free(seen);
+}
+
+static int check_batch(struct partition *P, const struct par_config *pc, struct diag *d)
+{
+    const struct ir_dim *mb = dim_by_flag(P->g, "micro-batch-size");
+    int64_t micro = pc->micro_batch ? pc->micro_batch : mb ? mb->value : 1;
+    int64_t per_step = micro * P->L->pc.dp;
+    if (!pc->global_batch) {
+        P->n_micro = 1;
+    } else if (pc->global_batch % per_step) {
+        diag_error(d, NULL, 0,
+                   "--global-batch-size %d is not a multiple of --micro-batch-size %" PRId64 " x data parallel size %d = %" PRId64,
+                   pc->global_batch, micro, P->L->pc.dp, per_step);
+        return -1;
+    } else {
+        P->n_micro = (int)(pc->global_batch / per_step);
+    }
+    if (P->virtual_stages > 1 && P->n_micro % pc->pp) {
+        diag_error(d, NULL, 0,
+                   "the interleaved schedule needs the micro-batches per step (%d = --global-batch-size %d / (micro-batch %" PRId64
+                   " x dp %d)) to be a multiple of --pp %d",
+                   P->n_micro, pc->global_batch, micro, P->L->pc.dp, pc->pp);
+        return -1;
+    }
+    return 0;
+}
+
+struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
+                                  struct diag *d)
+{
+    struct ir_graph *g = compile_model(path, opt, d);
+    if (!g)
+        return NULL;
+    struct partition *P = wf_calloc(1, sizeof *P);
+    P->g = g;
+    P->L = rank_layout_new(pc, g->has_part[IR_PART_ENCODER], d);
+    if (!P->L) {
+        partition_free(P);
+        return NULL;
+    }
+    /* Megatron pads the vocabulary to a multiple of 128 x tp so that every
+     * tensor-parallel rank holds an equal slice of the embedding and head. */
+    const struct ir_dim *vocab = dim_by_flag(g, "vocab-size");
+    if (vocab) {
+        int64_t m = (int64_t)(pc->vocab_divisible_by > 0 ? pc->vocab_divisible_by : 1) * pc->tp;
+        P->vocab = vocab->value;
+        P->padded_vocab = (vocab->value + m - 1) / m * m;
+        if (P->padded_vocab != P->vocab) {
+            struct fe_override *ov = wf_calloc((size_t)opt->n_overrides + 1, sizeof *ov);
+            memcpy(ov, opt->overrides, (size_t)opt->n_overrides * sizeof *ov);
+            char value[32], name[128]; /* copies: the graph holding vocab->name is freed below */
+            snprintf(value, sizeof value, "%" PRId64, P->padded_vocab);
+            snprintf(name, sizeof name, "%s", vocab->name);
+            ov[opt->n_overrides] = (struct fe_override){FE_SET, name, value};
+            struct fe_options padded = *opt;
+            padded.overrides = ov;
+            padded.n_overrides = opt->n_overrides + 1;
+            ir_graph_free(g);
+            P->g = g = compile_model(path, &padded, d);
+            free(ov);
+            if (!g) {
+                partition_free(P);
+                return NULL;
+            }
+        }
+    }
+    check_model_rules(g, &P->L->pc, d);
+    if (d->n_errors || make_chunks(P, &P->L->pc, d) || check_batch(P, pc, d)) {
+        partition_free(P);
+        return NULL;
+    }
+    place_ops(P);
+    return P;
+}
+
+void partition_free(struct partition *P)
+{
+    if (!P)
+        return;
+    ir_graph_free(P->g);
+    rank_layout_free(P->L);
+    free(P->chunks);
+    free(P->op_chunk);
+    free(P);
+}

@@ -1,0 +1,48 @@
+/* partition.h: put a typed model on ranks: which pipeline stage holds each
+ * layer and op (and, in later steps, each tensor's shard and the transfers).
+ *
+ *   struct par_config pc = par_config_default();  pc.world_size = 16; pc.tp = 2; pc.pp = 4;
+ *   struct partition *P = partition_model("models/gpt2.xml", &fe_opt, &pc, &diag);
+ *   P->chunks[c]        // stage, virtual stage, layers [first, first+n), cost
+ *   P->op_chunk[op]     // the chunk that runs each op
+ *   partition_free(P);
+ *
+ * Megatron's start-up rules that need the model are checked here, found
+ * through the flags a model binds (heads by --num-attention-heads, ...), so no
+ * model needs a rule of its own; each error names the flag, the value and the
+ * model file's line.  The vocabulary is padded as Megatron pads it. */
+#ifndef WEFT_PARTITION_H
+#define WEFT_PARTITION_H
+
+#include "compiler.h"
+#include "layout.h"
+
+/* A pipeline chunk: the layers one pipeline rank runs as one (virtual) stage. */
+struct part_chunk {
+    enum ir_part part;
+    int stage;            /* pipeline stage across the whole pipeline (encoder first) */
+    int vstage;           /* virtual stage index on that rank (interleaved 1F1B), 0 if none */
+    int first_layer, n_layers; /* of the part's layers */
+    bool has_embedding, has_head; /* runs ops before the first / after the last layer */
+    double flops;         /* forward FLOPs per micro-batch */
+    int64_t param_bytes;  /* fp32 */
+};
+
+struct partition {
+    struct ir_graph *g;   /* the typed graph the partition is of (vocab padded) */
+    struct rank_layout *L;
+    int n_chunks;
+    struct part_chunk *chunks; /* ordered by part, then by the order data flows */
+    int *op_chunk;        /* per op */
+    int virtual_stages;   /* per decoder pipeline rank; 1 without interleaving */
+    int n_micro;          /* micro-batches per step */
+    int64_t padded_vocab, vocab; /* 0 when the model binds no --vocab-size */
+};
+
+struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
+                                  struct diag *d);
+void partition_free(struct partition *P);
+/* The layers a part has: iterations of its top-level repeats, in order. */
+int partition_part_layers(const struct ir_graph *g, enum ir_part part);
+
+#endif

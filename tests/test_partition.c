@@ -1,0 +1,185 @@
+/* test_partition.c: models placed on ranks: pipeline chunks, the op of each
+ * chunk, Megatron's model-dependent rules, and `weft layout`. */
+#include "testing.h"
+
+#include "partition.h"
+
+static struct partition *part(const char *file, const char *variant, struct par_config pc, struct diag *d)
+{
+    struct fe_options opt = {.variant = variant};
+    diag_init(d);
+    return partition_model(file, &opt, &pc, d);
+}
+
+static struct partition *must(const char *file, const char *variant, struct par_config pc)
+{
+    struct diag d;
+    struct partition *P = part(file, variant, pc, &d);
+    if (!P)
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+    return P;
+}
+
+static void refused(const char *file, const char *variant, struct par_config pc, const char *fragment)
+{
+    struct diag d;
+    struct partition *P = part(file, variant, pc, &d);
+    if (P)
+        fail_msg("%s: accepted; want an error with \"%s\"", file, fragment);
+    if (!strstr(diag_first_error(&d), fragment))
+        fail_msg("%s: error \"%s\" lacks \"%s\"", file, diag_first_error(&d), fragment);
+    diag_free(&d);
+}
+
+static void test_even_stages(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 16, pc.tp = 2, pc.pp = 4;
+    struct partition *P = must("models/gpt2.xml", NULL, pc);
+    assert_int_equal(P->n_chunks, 4);
+    for (int c = 0; c < 4; c++) {
+        assert_int_equal(P->chunks[c].stage, c);
+        assert_int_equal(P->chunks[c].first_layer, 3 * c);
+        assert_int_equal(P->chunks[c].n_layers, 3);
+    }
+    assert_true(P->chunks[0].has_embedding && !P->chunks[0].has_head);
+    assert_true(P->chunks[3].has_head && !P->chunks[3].has_embedding);
+    /* The embedding on the first stage, the head and loss on the last. */
+    for (int i = 0; i < P->g->n_ops; i++) {
+        const struct ir_op *op = &P->g->ops[i];
+        if (op->kind == IR_OP_EMBEDDING || op->kind == IR_OP_POSITION_EMBEDDING)
+            assert_int_equal(P->op_chunk[i], 0);
+        if (op->kind == IR_OP_CROSS_ENTROPY)
+            assert_int_equal(P->op_chunk[i], 3);
+    }
+    /* Megatron pads 50,257 to a multiple of 128 x 2. */
+    assert_int_equal(P->vocab, 50257);
+    assert_int_equal(P->padded_vocab, 50432);
+    assert_int_equal(ir_graph_dim(P->g, "vocab")->value, 50432);
+    partition_free(P);
+}
+
+static void test_uneven_and_virtual(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.pp = 4, pc.first_stage_layers = 2, pc.last_stage_layers = 2;
+    struct partition *P = must("models/gpt2.xml", NULL, pc);
+    static const int want[] = {2, 4, 4, 2};
+    for (int c = 0; c < 4; c++)
+        assert_int_equal(P->chunks[c].n_layers, want[c]);
+    partition_free(P);
+
+    pc = par_config_default();
+    pc.pp = 4, pc.layers_per_virtual_stage = 1, pc.global_batch = 8;
+    P = must("models/gpt2.xml", NULL, pc);
+    assert_int_equal(P->virtual_stages, 3);
+    assert_int_equal(P->n_chunks, 12);
+    assert_int_equal(P->n_micro, 8);
+    for (int k = 0; k < 12; k++) { /* rank p runs chunks p, p+4, p+8 */
+        assert_int_equal(P->chunks[k].stage, k % 4);
+        assert_int_equal(P->chunks[k].vstage, k / 4);
+        assert_int_equal(P->chunks[k].first_layer, k);
+    }
+    partition_free(P);
+}
+
+static void test_encoder_stages(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 10, pc.tp = 2, pc.pp = 2, pc.etp = 1, pc.epp = 1;
+    struct partition *P = must("models/t5.xml", "tiny", pc);
+    assert_int_equal(P->n_chunks, 3);
+    assert_int_equal(P->chunks[0].part, IR_PART_ENCODER);
+    assert_int_equal(P->chunks[1].stage, 1);
+    assert_int_equal(P->chunks[2].stage, 2);
+    assert_true(P->chunks[1].has_embedding); /* the decoder embeds too */
+    for (int i = 0; i < P->g->n_ops; i++)
+        if (P->g->ops[i].part == IR_PART_ENCODER)
+            assert_int_equal(P->op_chunk[i], 0);
+    partition_free(P);
+    /* Without encoder stages the encoder runs on the decoder's first stage. */
+    pc = par_config_default();
+    pc.tp = 2;
+    P = must("models/t5.xml", "tiny", pc);
+    assert_int_equal(P->chunks[0].part, IR_PART_ENCODER);
+    assert_int_equal(P->chunks[0].stage, 0);
+    assert_int_equal(P->chunks[1].stage, 0);
+    partition_free(P);
+}
+
+static void test_model_rules(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.tp = 5;
+    refused("models/gpt2.xml", NULL, pc, "models/gpt2.xml:11: <dim name=\"heads\">: --tp 5 does not divide --num-attention-heads 12 "
+                                         "(tensor parallel size must divide num-attention-heads: 1, 2, 3, 4, 6, 12)");
+    pc.tp = 16;
+    refused("models/mixtral.xml", NULL, pc, "--tp 16 does not divide --num-query-groups 8"); /* 32 heads divide */
+    pc = par_config_default();
+    pc.tp = 2, pc.ep = 3;
+    pc.world_size = 6;
+    refused("models/mixtral.xml", NULL, pc, "--ep 3 does not divide --num-experts 8");
+    pc = par_config_default();
+    pc.cp = 3;
+    refused("models/gpt2.xml", NULL, pc, "2 x --cp 3 (causal load balancing) does not divide --seq-length 1024");
+    pc = par_config_default();
+    pc.pp = 5;
+    refused("models/gpt2.xml", NULL, pc, "models/gpt2.xml:9: <dim name=\"layers\">: 12 layers are not divisible by --pp 5");
+    pc = par_config_default();
+    pc.pp = 4, pc.first_stage_layers = 1, pc.last_stage_layers = 2;
+    refused("models/gpt2.xml", NULL, pc, "leave 9 of 12 layers for 2 middle stages of --pp 4");
+    pc = par_config_default();
+    pc.world_size = 4, pc.tp = 2, pc.global_batch = 7;
+    refused("models/gpt2.xml", NULL, pc, "--global-batch-size 7 is not a multiple of --micro-batch-size 1 x data parallel size 2 = 2");
+    pc = par_config_default();
+    pc.pp = 4, pc.layers_per_virtual_stage = 1, pc.global_batch = 6;
+    refused("models/gpt2.xml", NULL, pc, "needs the micro-batches per step (6");
+    pc = par_config_default();
+    pc.tp = 4, pc.sequence_parallel = true;
+    refused("models/gpt2.xml", "tiny", pc, "--tp 4 does not divide --seq-length 32"); /* tiny: heads 4 fit, seq 32 % 4 = 0 */
+}
+
+static void test_layout_json(void **state)
+{
+    (void)state;
+    struct run *r = malloc(sizeof *r);
+    run_weft(r, "layout", "models/llava.xml", "--world-size", "24", "--tp", "4", "--pp", "2", "--etp", "2", "--epp", "2",
+             "--json", NULL);
+    assert_int_equal(r->status, 0);
+    static const char *keys[] = {"\"world_size\": 24", "\"groups\": {", "\"tp\": [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9, 10, 11]",
+                                 "\"pp\": [[0, 4, 8, 16], [0, 4, 9, 17], [1, 5, 10, 18]", "\"dp\": [", "\"cp\": [", "\"ep\": [",
+                                 "\"embedding\": [", "\"ranks\": [{\"rank\": 0, \"role\": \"encoder stage 0\""};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!strstr(r->out, keys[i]))
+            fail_msg("layout --json lacks %s", keys[i]);
+    run_weft(r, "layout", "models/gpt2.xml", "--tp", "5", NULL);
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, "--tp 5 does not divide --num-attention-heads 12"));
+    run_weft(r, "layout", "models/gpt2.xml", "--tp", "two", NULL);
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, "--tp two: expected a non-negative integer"));
+    /* Megatron's long names and --micro-batch-size, which also sizes the model's batch. */
+    run_weft(r, "layout", "models/gpt2.xml", "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+             "--world-size", "8", "--micro-batch-size", "4", "--global-batch-size", "64", "--json", NULL);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "\"dp\": 2"));
+    assert_non_null(strstr(r->out, "\"micro_batches\": 8"));
+    free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_even_stages),  cmocka_unit_test(test_uneven_and_virtual),
+        cmocka_unit_test(test_encoder_stages), cmocka_unit_test(test_model_rules),
+        cmocka_unit_test(test_layout_json),
+    };
+    int rc = cmocka_run_group_tests_name("partition", tests, NULL, NULL);
+    fe_cleanup();
+    return rc;
+}
