@@ -322,7 +322,8 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
         P->padded_vocab = (vocab->value + m - 1) / m * m;
         if (P->padded_vocab != P->vocab) {
             struct fe_override *ov = wf_calloc((size_t)opt->n_overrides + 1, sizeof *ov);
-            memcpy(ov, opt->overrides, (size_t)opt->n_overrides * sizeof *ov);
+            if (opt->n_overrides)
+                memcpy(ov, opt->overrides, (size_t)opt->n_overrides * sizeof *ov);
             char value[32], name[128]; /* copies: the graph holding vocab->name is freed below */
             snprintf(value, sizeof value, "%" PRId64, P->padded_vocab);
             snprintf(name, sizeof name, "%s", vocab->name);
