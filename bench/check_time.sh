@@ -2,7 +2,9 @@
 # check_time.sh: wall time of `weft check` on each model file at its default
 # size, and on the largest configurations the flags reach (Llama 2 70B, and a
 # GPT-3 175B-sized GPT-2: 96 layers, hidden 12288, 96 heads).
-# Prints the median of RUNS runs (default 20), in milliseconds, per case.
+# Prints the median of RUNS runs (default 20), in milliseconds, per case, and
+# beside it a baseline from the same run: xmllint parsing the same file and
+# validating it against models/weft.rng, which is libxml2's share of the work.
 #   bench/check_time.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,19 +27,22 @@ median_ms() {
   for ((i = 0; i < runs; i++)); do
     t0=$(date +%s%N)
     # shellcheck disable=SC2086
-    $weft check $1 --json >/dev/null
+    eval "$1" >/dev/null 2>&1
     t1=$(date +%s%N)
     times+=($(( (t1 - t0) / 1000 )))
   done
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'
 }
 
-printf '%-16s %10s %8s %8s  %s\n' "case" "median ms" "ops" "tensors" "command"
+printf '%-16s %9s %11s %7s %6s %8s  %s\n' "case" "weft ms" "xmllint ms" "ratio" "ops" "tensors" "command"
 for c in "${cases[@]}"; do
-  name=${c%%|*} args=${c#*|}
+  name=${c%%|*} args=${c#*|} file=${args%% *}
   # shellcheck disable=SC2086
   json=$($weft check $args --json)
   ops=$(grep -o '"ops": [0-9]*' <<<"$json" | grep -o '[0-9]*$')
   tensors=$(grep -o '"tensors": [0-9]*' <<<"$json" | grep -o '[0-9]*$')
-  printf '%-16s %10s %8s %8s  weft check %s\n' "$name" "$(median_ms "$args")" "$ops" "$tensors" "$args"
+  w=$(median_ms "$weft check $args --json")
+  x=$(median_ms "xmllint --noout --relaxng models/weft.rng $file")
+  printf '%-16s %9s %11s %7s %6s %8s  weft check %s\n' "$name" "$w" "$x" "$(awk "BEGIN {printf \"%.2f\", $w / $x}")" \
+    "$ops" "$tensors" "$args"
 done
