@@ -90,7 +90,7 @@ static void print_text(const struct partition *P)
     if (P->padded_vocab != P->vocab)
         printf(", vocabulary %s padded to %s (a multiple of %d x tp)", wf_commas(P->vocab, a),
                wf_commas(P->padded_vocab, b), pc->vocab_divisible_by);
-    printf("\n\n  %-6s %-8s %-7s %-26s %10s %12s  %s\n", "chunk", "part", "stage", "layers", "params", "fwd FLOPs",
+    printf("\n\n  %-6s %-8s %-7s %-28s %13s %10s  %s\n", "chunk", "part", "stage", "layers", "params", "fwd FLOPs",
            "ranks");
     for (int c = 0; c < P->n_chunks; c++) {
         const struct part_chunk *ch = &P->chunks[c];
@@ -101,7 +101,7 @@ static void print_text(const struct partition *P)
                 rk[n++] = r;
         char rs[256], fl[32];
         ranges(rk, n, rs, sizeof rs);
-        printf("  %-6d %-8s %-7d %-26s %10s %12s  %s\n", c, ir_part_name(ch->part), ch->stage, buf,
+        printf("  %-6d %-8s %-7d %-28s %13s %10s  %s\n", c, ir_part_name(ch->part), ch->stage, buf,
                wf_commas(ch->param_bytes / 4, a), wf_si(ch->flops, "", fl), rs);
     }
     printf("  (params and FLOPs of a whole chunk, before tensor-parallel sharding)\n");
