@@ -346,6 +346,10 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
         return NULL;
     }
     place_ops(P);
+    if (partition_shard(P, d)) {
+        partition_free(P);
+        return NULL;
+    }
     return P;
 }
 
@@ -357,5 +361,7 @@ void partition_free(struct partition *P)
     rank_layout_free(P->L);
     free(P->chunks);
     free(P->op_chunk);
+    free(P->shard);
+    free(P->xfers);
     free(P);
 }

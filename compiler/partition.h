@@ -28,6 +28,38 @@ struct part_chunk {
     int64_t param_bytes;  /* fp32 */
 };
 
+/* How data moves: between pipeline stages (send), within a group (the
+ * collectives), or not at all (slice: a rank keeps its part of a whole tensor). */
+#define PART_XFERS(X)                                                          \
+    X(SEND, "send")                                                            \
+    X(ALL_REDUCE, "all-reduce")                                                \
+    X(ALL_GATHER, "all-gather")                                                \
+    X(REDUCE_SCATTER, "reduce-scatter")                                        \
+    X(ALL_TO_ALL, "all-to-all")                                                \
+    X(SLICE, "slice")
+
+enum part_xfer_kind {
+#define X(id, name) PART_XFER_##id,
+    PART_XFERS(X)
+#undef X
+    PART_XFER_COUNT
+};
+
+const char *part_xfer_name(enum part_xfer_kind k);
+
+struct part_xfer {
+    enum part_xfer_kind kind;
+    enum ir_pdim over;           /* the group, by the pdim it spans; NONE for a send */
+    int tensor;                  /* what moves */
+    int op;                      /* the op that needs it, or whose inside communicates */
+    int from_chunk, to_chunk;    /* the same chunk except for a send */
+    int axis;                    /* gathered or scattered axis; -1 */
+    struct ir_shard before, after;
+    struct ir_shape shape;       /* each rank's shard going in */
+    int64_t bytes;               /* of that shard */
+    const char *why;
+};
+
 struct partition {
     struct ir_graph *g;   /* the typed graph the partition is of (vocab padded) */
     struct rank_layout *L;
@@ -37,7 +69,20 @@ struct partition {
     int virtual_stages;   /* per decoder pipeline rank; 1 without interleaving */
     int n_micro;          /* micro-batches per step */
     int64_t padded_vocab, vocab; /* 0 when the model binds no --vocab-size */
+    struct ir_shard *shard;  /* per tensor: how its producer's ranks hold it */
+    struct part_xfer *xfers; /* every transfer, in op order */
+    int n_xfers;
 };
+
+/* The number of ranks a pdim spans for a part (tp, or etp for the encoder). */
+int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p);
+/* A tensor's shape on one rank, given its shard. */
+struct ir_shape partition_local_shape(const struct partition *P, enum ir_part part, const struct ir_shape *s,
+                                      const struct ir_shard *sh);
+/* The shard pass: run by partition_model after placing ops.
+ *   requires: chunks and op_chunk
+ *   produces: shard (per tensor), xfers (the collectives and sends) */
+int partition_shard(struct partition *P, struct diag *d);
 
 struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
                                   struct diag *d);

@@ -75,6 +75,32 @@ int ir_attr_parse_name(const char *s)
     return -1;
 }
 
+static const char *pdim_names[] = {
+#define X(id, name) name,
+    IR_PDIMS(X)
+#undef X
+};
+
+const char *ir_pdim_name(enum ir_pdim p) { return pdim_names[p]; }
+
+bool ir_shard_equal(const struct ir_shard *a, const struct ir_shard *b)
+{
+    return !memcmp(a->split, b->split, sizeof a->split) && a->partial == b->partial;
+}
+
+char *ir_shard_str(const struct ir_shard *s, int rank, char *buf, size_t n)
+{
+    size_t len = (size_t)snprintf(buf, n, "(");
+    for (int k = 0; k < rank && len < n; k++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", k ? ", " : "", pdim_names[s->split[k]]);
+    if (len < n)
+        len += (size_t)snprintf(buf + len, n - len, ")");
+    for (int p = 1; p < IR_PDIM_COUNT && len < n; p++)
+        if (s->partial & (1u << p))
+            len += (size_t)snprintf(buf + len, n - len, " partial %s", pdim_names[p]);
+    return buf;
+}
+
 /* ---- shapes -------------------------------------------------------------------- */
 
 int64_t ir_shape_numel(const struct ir_shape *s)

@@ -97,6 +97,38 @@ struct ir_loc {
     int line;
 };
 
+/* ---- shards: how a tensor is held across ranks ------------------------------ */
+/* The parallel dimensions a tensor can be split over, or hold partial sums
+ * over: tensor parallel (the rank's part's tp: etp on encoder ranks),
+ * context parallel, expert parallel, tensor parallel within an expert. */
+#define IR_PDIMS(X)                                                            \
+    X(NONE, "-")                                                               \
+    X(TP, "tp")                                                                \
+    X(CP, "cp")                                                                \
+    X(EP, "ep")                                                                \
+    X(XTP, "expert_tp")
+
+enum ir_pdim {
+#define X(id, name) IR_PDIM_##id,
+    IR_PDIMS(X)
+#undef X
+    IR_PDIM_COUNT
+};
+
+const char *ir_pdim_name(enum ir_pdim p);
+
+/* One rank's view of a tensor: axis k is split over split[k] (IR_PDIM_NONE:
+ * whole), and the values are partial sums over each pdim in `partial` (a bit
+ * per pdim), still to be added across that group. */
+struct ir_shard {
+    uint8_t split[IR_MAX_RANK];
+    uint8_t partial;
+};
+
+bool ir_shard_equal(const struct ir_shard *a, const struct ir_shard *b);
+/* "(tp, -, -) partial tp": for messages and dumps. */
+char *ir_shard_str(const struct ir_shard *s, int rank, char *buf, size_t n);
+
 /* ---- model parts --------------------------------------------------------- */
 #define IR_PARTS(X)                                                            \
     X(SHARED, "shared")                                                        \

@@ -1,0 +1,682 @@
+/* shard.c: tensor shards by propagation, and the transfers they imply.
+ *   requires:  a partition with chunks and op_chunk (partition.c)
+ *   produces:  P->shard (each tensor as its producer's ranks hold it) and
+ *              P->xfers (every collective, slice and pipeline send)
+ *   reports:   a split that does not divide an axis, at the tensor's line
+ *
+ * Parameters start from their split annotations, token inputs from context
+ * parallelism; then each op, in order, states what it needs of its inputs
+ * and what it gives.  Where an input is held otherwise than its op needs,
+ * the difference becomes the fewest transfers that close it: partial sums
+ * are all-reduced (or reduce-scattered, when the op wants the result split),
+ * splits are all-gathered, exchanged all-to-all, or sliced locally for free.
+ * Nothing here knows a model: Megatron's column/row pattern, sequence
+ * parallelism, vocab-parallel embedding and cross-entropy, and expert
+ * all-to-alls all follow from the rules of a handful of op classes. */
+#include "partition.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *xfer_names[] = {
+#define X(id, name) name,
+    PART_XFERS(X)
+#undef X
+};
+
+const char *part_xfer_name(enum part_xfer_kind k) { return xfer_names[k]; }
+
+enum shard_class {
+    SC_UNSET, SC_UNARY, SC_LINEAR, SC_ADD, SC_MUL, SC_BIAS_ADD, SC_NORM, SC_SOFTMAX, SC_MATMUL, SC_ATTENTION,
+    SC_ROTARY, SC_SPLIT_HEADS, SC_MERGE_HEADS, SC_EMBEDDING, SC_POSITION_EMBEDDING, SC_CROSS_ENTROPY, SC_ROUTER,
+    SC_DISPATCH, SC_COMBINE, SC_RELPOS_BIAS, SC_CONCAT, SC_WHOLE,
+};
+
+/* Every op kind has a class; shard_classes_complete() checks none is missing. */
+static const enum shard_class classes[IR_OP_COUNT] = {
+    [IR_OP_EMBEDDING] = SC_EMBEDDING,     [IR_OP_POSITION_EMBEDDING] = SC_POSITION_EMBEDDING,
+    [IR_OP_MATMUL] = SC_MATMUL,           [IR_OP_ADD] = SC_ADD,
+    [IR_OP_MUL] = SC_MUL,                 [IR_OP_SCALE] = SC_LINEAR,
+    [IR_OP_BIAS_ADD] = SC_BIAS_ADD,       [IR_OP_GELU] = SC_UNARY,
+    [IR_OP_SILU] = SC_UNARY,              [IR_OP_RELU] = SC_UNARY,
+    [IR_OP_SWIGLU] = SC_MUL,              [IR_OP_LAYERNORM] = SC_NORM,
+    [IR_OP_RMSNORM] = SC_NORM,            [IR_OP_SOFTMAX] = SC_SOFTMAX,
+    [IR_OP_ATTENTION] = SC_ATTENTION,     [IR_OP_ROTARY] = SC_ROTARY,
+    [IR_OP_DROPOUT] = SC_UNARY,           [IR_OP_SPLIT_HEADS] = SC_SPLIT_HEADS,
+    [IR_OP_MERGE_HEADS] = SC_MERGE_HEADS, [IR_OP_RESHAPE] = SC_WHOLE,
+    [IR_OP_CONCAT] = SC_CONCAT,           [IR_OP_CROSS_ENTROPY] = SC_CROSS_ENTROPY,
+    [IR_OP_ROUTER] = SC_ROUTER,           [IR_OP_DISPATCH] = SC_DISPATCH,
+    [IR_OP_COMBINE] = SC_COMBINE,         [IR_OP_RELPOS_BIAS] = SC_RELPOS_BIAS,
+    [IR_OP_PATCHIFY] = SC_WHOLE,
+};
+
+/* ---- degrees and local shapes --------------------------------------------------- */
+
+int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p)
+{
+    const struct par_config *pc = &P->L->pc;
+    switch (p) {
+    case IR_PDIM_TP:
+        return part == IR_PART_ENCODER && pc->epp > 0 ? pc->etp : pc->tp;
+    case IR_PDIM_CP:
+        return pc->cp;
+    case IR_PDIM_EP:
+        return part == IR_PART_ENCODER ? 1 : pc->ep;
+    case IR_PDIM_XTP:
+        return part == IR_PART_ENCODER ? 1 : pc->expert_tp;
+    default:
+        return 1;
+    }
+}
+
+struct ir_shape partition_local_shape(const struct partition *P, enum ir_part part, const struct ir_shape *s,
+                                      const struct ir_shard *sh)
+{
+    struct ir_shape l = *s;
+    for (int k = 0; k < s->rank; k++)
+        if (sh->split[k])
+            l.ax[k].size /= partition_degree(P, part, (enum ir_pdim)sh->split[k]);
+    return l;
+}
+
+/* ---- the context of one op ---------------------------------------------------------- */
+
+struct sctx {
+    struct partition *P;
+    struct diag *d;
+    int op_i;
+    const struct ir_op *op;
+    enum ir_part part;
+    int chunk;
+    const struct ir_tensor *t[IR_MAX_IN];
+    struct ir_shard have[IR_MAX_IN], want[IR_MAX_IN], out[IR_MAX_OUT];
+    const char *why[IR_MAX_IN];
+    int errors;
+    struct part_xfer inner[2]; /* the op's own transfers, recorded after its inputs' */
+    int n_inner;
+};
+
+static int deg(const struct sctx *c, int p) { return partition_degree(c->P, c->part, (enum ir_pdim)p); }
+static int rank_in(const struct sctx *c, int i) { return c->t[i]->shape.rank; }
+static int rank_out(const struct sctx *c, int o) { return c->P->g->tensors[c->op->out[o]].shape.rank; }
+static int64_t size_in(const struct sctx *c, int i, int k) { return c->t[i]->shape.ax[k].size; }
+
+/* Drop splits and partials over groups of one rank: they are no splits at all. */
+static void normalize(const struct sctx *c, struct ir_shard *s)
+{
+    for (int k = 0; k < IR_MAX_RANK; k++)
+        if (s->split[k] && deg(c, s->split[k]) == 1)
+            s->split[k] = IR_PDIM_NONE;
+    for (int p = 1; p < IR_PDIM_COUNT; p++)
+        if (deg(c, p) == 1)
+            s->partial &= (uint8_t)~(1u << p);
+}
+
+/* Partial sums must be added before a non-linear op reads them.  With
+ * sequence parallelism a tensor-parallel sum lands split along the sequence
+ * (reduce-scatter), else whole (all-reduce). */
+static void resolve(struct sctx *c, int i, const char *why)
+{
+    struct ir_shard *w = &c->want[i];
+    if (!w->partial)
+        return;
+    int r = rank_in(c, i), seq = r - 2;
+    if ((w->partial & (1u << IR_PDIM_TP)) && c->P->L->pc.sequence_parallel && r >= 2 && !w->split[seq] &&
+        size_in(c, i, seq) % deg(c, IR_PDIM_TP) == 0)
+        w->split[seq] = IR_PDIM_TP;
+    w->partial = 0;
+    c->why[i] = why;
+}
+
+static void whole_axis(struct sctx *c, int i, int k, const char *why)
+{
+    if (c->want[i].split[k]) {
+        c->want[i].split[k] = IR_PDIM_NONE;
+        c->why[i] = why;
+    }
+}
+
+static void whole(struct sctx *c, int i, const char *why)
+{
+    resolve(c, i, why);
+    for (int k = 0; k < rank_in(c, i); k++)
+        whole_axis(c, i, k, why);
+}
+
+/* Input i's axis k to be split as `p` (slice it if whole, exchange if split otherwise). */
+static void split_like(struct sctx *c, int i, int k, int p, const char *why)
+{
+    if (k < 0 || k >= rank_in(c, i) || c->want[i].split[k] == p)
+        return;
+    if (p && size_in(c, i, k) == 1)
+        return; /* a broadcast axis: every rank reads the one element */
+    c->want[i].split[k] = (uint8_t)p;
+    c->why[i] = why;
+}
+
+/* Broadcast-align inputs a and b (already whole in partials); the output
+ * takes the union of their splits, the other side sliced to match. */
+static void align(struct sctx *c, int a, int b, struct ir_shard *out, int r_out)
+{
+    int ra = rank_in(c, a), rb = rank_in(c, b);
+    for (int k = 0; k < r_out; k++) {
+        int ka = ra - r_out + k, kb = rb - r_out + k;
+        int sa = ka >= 0 && size_in(c, a, ka) > 1 ? c->want[a].split[ka] : 0;
+        int sb = kb >= 0 && size_in(c, b, kb) > 1 ? c->want[b].split[kb] : 0;
+        int s = sa ? sa : sb;
+        if (s) {
+            split_like(c, a, ka, s, "matches the other operand's split");
+            split_like(c, b, kb, s, "matches the other operand's split");
+        }
+        out->split[k] = (uint8_t)s;
+    }
+}
+
+/* ---- the rules, one per class --------------------------------------------------------- */
+
+static void rule_matmul(struct sctx *c)
+{
+    bool ta = ir_op_int(c->op, IR_ATTR_TRANSPOSE_A), tb = ir_op_int(c->op, IR_ATTR_TRANSPOSE_B);
+    int ra = rank_in(c, 0), rb = rank_in(c, 1), ro = rank_out(c, 0);
+    int am = ta ? ra - 1 : ra - 2, ak = ta ? ra - 2 : ra - 1, bk = tb ? rb - 1 : rb - 2, bn = tb ? rb - 2 : rb - 1;
+    resolve(c, 0, "a matmul reads whole values");
+    resolve(c, 1, "a matmul reads whole values");
+    struct ir_shard *a = &c->want[0], *b = &c->want[1];
+    /* The contracted axis: split alike on both sides gives partial sums (row-parallel). */
+    int ka = a->split[ak], kb = b->split[bk];
+    if (ka != kb) {
+        if (ka && !kb)
+            split_like(c, 1, bk, ka, "row-parallel: the weight's rows follow the input's split");
+        else if (kb && !ka)
+            split_like(c, 0, ak, kb, "row-parallel: each rank takes its slice of the input");
+        else {
+            whole_axis(c, 0, ak, "the two operands split the contracted axis differently");
+            whole_axis(c, 1, bk, "the two operands split the contracted axis differently");
+        }
+    }
+    int k = a->split[ak];
+    /* Output rows and columns may not be split over the same group, nor over
+     * the contracted axis's group: gather the input rows (sequence parallel). */
+    int m = a->split[am], n = b->split[bn];
+    if (n && (n == k))
+        whole_axis(c, 1, bn, "a weight split twice over one group");
+    n = b->split[bn];
+    if (m && (m == n || m == k))
+        whole_axis(c, 0, am, m == IR_PDIM_TP ? "sequence parallel: gather the sequence before a column-parallel matmul"
+                                             : "rows and columns cannot split over one group");
+    struct ir_shard o = {0};
+    o.split[ro - 2] = a->split[am];
+    o.split[ro - 1] = b->split[bn];
+    if (k)
+        o.partial = (uint8_t)(1u << k);
+    /* Batch axes broadcast like elementwise ops. */
+    for (int j = 0; j < ro - 2; j++) {
+        int ja = ra - ro + j, jb = rb - ro + j;
+        int sa = ja >= 0 && size_in(c, 0, ja) > 1 ? a->split[ja] : 0, sb = jb >= 0 && size_in(c, 1, jb) > 1 ? b->split[jb] : 0;
+        int s = sa ? sa : sb;
+        if (s) {
+            split_like(c, 0, ja, s, "batch axes split alike");
+            split_like(c, 1, jb, s, "batch axes split alike");
+        }
+        o.split[j] = (uint8_t)s;
+    }
+    c->out[0] = o;
+}
+
+static void rule_attention(struct sctx *c)
+{
+    for (int i = 0; i < c->op->n_in; i++)
+        if (c->t[i])
+            resolve(c, i, "attention reads whole values");
+    whole_axis(c, 0, 3, "attention contracts head_dim");
+    whole_axis(c, 1, 3, "attention contracts head_dim");
+    whole_axis(c, 2, 3, "each head's values whole");
+    for (int i = 1; i < 3; i++) {
+        whole_axis(c, i, 2, "context parallel: every query reads every key");
+        split_like(c, i, 1, c->want[0].split[1], "heads split like the queries'");
+        split_like(c, i, 0, c->want[0].split[0], "batch split like the queries'");
+    }
+    if (c->op->n_in > 3 && c->t[3]) {
+        int r = rank_in(c, 3), o = r - 3;
+        if (o)
+            split_like(c, 3, 0, c->want[0].split[0], "batch split like the queries'");
+        split_like(c, 3, o, c->want[0].split[1], "bias heads split like the queries'");
+        split_like(c, 3, o + 1, c->want[0].split[2], "bias rows split like the queries'");
+        whole_axis(c, 3, o + 2, "every query reads every key");
+    }
+    c->out[0] = c->want[0];
+    c->out[0].split[3] = IR_PDIM_NONE;
+}
+
+static void check_heads(struct sctx *c, enum ir_attr_id id, int p)
+{
+    const struct ir_attr *a = ir_op_attr(c->op, id);
+    if (!a || a->i % deg(c, p) == 0)
+        return;
+    diag_error(c->d, c->op->loc.file, c->op->loc.line,
+               "<op kind=\"split_heads\">: %s %s=%" PRId64 " does not split over %d %s ranks: each rank must hold whole heads",
+               ir_attr_name(id), a->label ? a->label : "", a->i, deg(c, p), ir_pdim_name((enum ir_pdim)p));
+    c->errors++;
+}
+
+static void rule_split_heads(struct sctx *c)
+{
+    resolve(c, 0, "heads are cut from whole values");
+    int f = c->want[0].split[2];
+    if (f) {
+        check_heads(c, IR_ATTR_HEADS, f);
+        if (c->op->n_out > 1)
+            check_heads(c, IR_ATTR_GROUPS, f);
+    }
+    for (int o = 0; o < c->op->n_out; o++) {
+        struct ir_shard s = {0};
+        s.split[0] = c->want[0].split[0];
+        s.split[1] = (uint8_t)f;
+        s.split[2] = c->want[0].split[1];
+        c->out[o] = s;
+    }
+}
+
+static void rule_merge_heads(struct sctx *c)
+{
+    resolve(c, 0, "heads merge whole values");
+    whole_axis(c, 0, 3, "head_dim stays whole within a head");
+    struct ir_shard s = {0};
+    s.split[0] = c->want[0].split[0];
+    s.split[1] = c->want[0].split[2];
+    s.split[2] = c->want[0].split[1];
+    c->out[0] = s;
+}
+
+static void rule_embedding(struct sctx *c)
+{
+    struct ir_shard s = {0};
+    int r = rank_in(c, 1);
+    for (int k = 0; k < r; k++)
+        s.split[k] = c->want[1].split[k];
+    if (c->want[0].split[0]) /* vocab-parallel: each rank looks up its rows, zero elsewhere */
+        s.partial = (uint8_t)(1u << c->want[0].split[0]);
+    s.split[r] = c->want[0].split[1];
+    c->out[0] = s;
+}
+
+static void add_inner(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int axis,
+                      const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why);
+
+static void rule_cross_entropy(struct sctx *c)
+{
+    resolve(c, 0, "the loss reads whole logits");
+    int r = rank_in(c, 0);
+    for (int k = 0; k < r - 1; k++)
+        split_like(c, 1, k, c->want[0].split[k], "labels split like the logits");
+    struct ir_shard s = {0};
+    for (int k = 0; k < r - 1; k++)
+        if (c->want[0].split[k])
+            s.partial |= (uint8_t)(1u << c->want[0].split[k]); /* a mean over this rank's tokens */
+    c->out[0] = s;
+    int v = c->want[0].split[r - 1];
+    if (v) { /* vocab-parallel: no rank holds whole logits; per token, the max, the
+              * sum of exponentials and the target's logit are added over the shards */
+        struct ir_shard per_token = c->want[0];
+        per_token.split[r - 1] = IR_PDIM_NONE;
+        int64_t tokens = ir_shape_numel(&c->t[1]->shape);
+        for (int k = 0; k < r - 1; k++)
+            if (c->want[0].split[k])
+                tokens /= deg(c, c->want[0].split[k]);
+        add_inner(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token,
+                 3 * tokens * 4, "vocab-parallel cross-entropy: max, sum of exp and target logit per token");
+    }
+}
+
+static void rule_dispatch(struct sctx *c)
+{
+    whole(c, 0, "tokens are routed whole");
+    whole(c, 1, "routing reads every choice");
+    struct ir_shard s = {0};
+    s.split[0] = IR_PDIM_EP;
+    normalize(c, &s);
+    c->out[0] = s;
+    if (s.split[0]) { /* the tokens travel to the ranks of their experts */
+        const struct ir_tensor *out = &c->P->g->tensors[c->op->out[0]];
+        int64_t bytes = ir_shape_numel(&out->shape) * ir_dtype_bytes(out->dtype) / deg(c, IR_PDIM_EP);
+        struct ir_shard whole_s = {0};
+        add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->out[0], 0, &whole_s, &s, bytes,
+                 "expert parallel: tokens to their experts' ranks");
+    }
+}
+
+static void rule_combine(struct sctx *c)
+{
+    resolve(c, 0, "expert outputs are added whole");
+    whole_axis(c, 0, 2, "expert outputs return whole");
+    whole(c, 1, "token weights whole");
+    whole(c, 2, "routing reads every choice");
+    if (c->want[0].split[0] == IR_PDIM_EP) { /* the tokens come back */
+        struct ir_shard back = c->want[0];
+        back.split[0] = IR_PDIM_NONE;
+        struct ir_shape l = partition_local_shape(c->P, c->part, &c->t[0]->shape, &c->want[0]);
+        add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->in[0], 0, &c->want[0], &back,
+                 ir_shape_numel(&l) * ir_dtype_bytes(c->t[0]->dtype), "expert parallel: tokens back from their experts");
+    }
+    c->out[0] = (struct ir_shard){0};
+}
+
+static void rule(struct sctx *c)
+{
+    int r0 = c->t[0] ? rank_in(c, 0) : 0;
+    switch (classes[c->op->kind]) {
+    case SC_LINEAR: /* scaling keeps partial sums partial */
+        c->out[0] = c->want[0];
+        break;
+    case SC_UNARY:
+        resolve(c, 0, "a non-linear op reads whole values");
+        c->out[0] = c->want[0];
+        break;
+    case SC_ROTARY:
+        resolve(c, 0, "a non-linear op reads whole values");
+        whole_axis(c, 0, 3, "rotary pairs within head_dim");
+        c->out[0] = c->want[0];
+        break;
+    case SC_ADD:
+        if (c->want[0].partial && c->want[0].partial == c->want[1].partial &&
+            !memcmp(c->want[0].split, c->want[1].split, sizeof c->want[0].split) && r0 == rank_in(c, 1)) {
+            c->out[0] = c->want[0]; /* partial + partial stays partial */
+            break;
+        }
+        /* fall through */
+    case SC_MUL:
+        resolve(c, 0, "added to a whole value");
+        resolve(c, 1, "added to a whole value");
+        align(c, 0, 1, &c->out[0], rank_out(c, 0));
+        break;
+    case SC_BIAS_ADD:
+        resolve(c, 0, "the bias is added once, to the whole sum");
+        split_like(c, 1, 0, c->want[0].split[r0 - 1], "the bias follows the last axis");
+        c->out[0] = c->want[0];
+        break;
+    case SC_NORM:
+        resolve(c, 0, "a norm reads whole values");
+        whole_axis(c, 0, r0 - 1, "a norm reduces over the last axis");
+        for (int i = 1; i < c->op->n_in; i++)
+            if (c->t[i])
+                whole(c, i, "norm weights whole");
+        c->out[0] = c->want[0];
+        break;
+    case SC_SOFTMAX:
+        resolve(c, 0, "softmax reads whole values");
+        whole_axis(c, 0, r0 - 1, "softmax reduces over the last axis");
+        if (c->op->n_in > 1 && c->t[1]) {
+            split_like(c, 1, 0, c->want[0].split[0], "mask batch split like the scores");
+            whole_axis(c, 1, 1, "every key's mask");
+        }
+        c->out[0] = c->want[0];
+        break;
+    case SC_MATMUL: rule_matmul(c); break;
+    case SC_ATTENTION: rule_attention(c); break;
+    case SC_SPLIT_HEADS: rule_split_heads(c); break;
+    case SC_MERGE_HEADS: rule_merge_heads(c); break;
+    case SC_EMBEDDING: rule_embedding(c); break;
+    case SC_POSITION_EMBEDDING:
+        whole_axis(c, 0, 0, "positions are read whole");
+        c->out[0] = (struct ir_shard){.split = {0, c->want[0].split[1]}};
+        break;
+    case SC_CROSS_ENTROPY: rule_cross_entropy(c); break;
+    case SC_ROUTER:
+        resolve(c, 0, "routing reads whole scores");
+        whole_axis(c, 0, r0 - 1, "routing compares every expert");
+        c->out[0] = c->out[1] = c->want[0];
+        break;
+    case SC_DISPATCH: rule_dispatch(c); break;
+    case SC_COMBINE: rule_combine(c); break;
+    case SC_RELPOS_BIAS:
+        whole_axis(c, 0, 0, "every bucket");
+        c->out[0] = (struct ir_shard){.split = {c->want[0].split[1]}};
+        break;
+    case SC_CONCAT: {
+        int ax = (int)ir_op_int(c->op, IR_ATTR_AXIS);
+        ax = ax < 0 ? ax + r0 : ax;
+        for (int i = 0; i < c->op->n_in; i++) {
+            resolve(c, i, "joined whole");
+            whole_axis(c, i, ax, "the concat axis is joined whole");
+        }
+        for (int i = 1; i < c->op->n_in; i++)
+            for (int k = 0; k < r0; k++)
+                if (k != ax)
+                    split_like(c, i, k, c->want[0].split[k], "split like the first input");
+        c->out[0] = c->want[0];
+        break;
+    }
+    case SC_WHOLE:
+        for (int i = 0; i < c->op->n_in; i++)
+            if (c->t[i])
+                whole(c, i, "this op reads whole tensors");
+        for (int o = 0; o < c->op->n_out; o++)
+            c->out[o] = (struct ir_shard){0};
+        break;
+    case SC_UNSET:
+        WF_ASSERT(!"op kind without a shard class");
+    }
+}
+
+/* ---- transfers ----------------------------------------------------------------------- */
+
+static struct part_xfer make_xfer(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int from,
+                                  int axis, const struct ir_shard *before, const struct ir_shard *after, int64_t bytes,
+                                  const char *why)
+{
+    const struct ir_tensor *t = &c->P->g->tensors[tensor];
+    return (struct part_xfer){
+        .kind = kind, .over = over, .tensor = tensor, .op = c->op_i, .from_chunk = from, .to_chunk = c->chunk,
+        .axis = axis, .before = *before, .after = *after,
+        .shape = partition_local_shape(c->P, c->part, &t->shape, before), .bytes = bytes, .why = why};
+}
+
+static void push_xfer(struct partition *P, const struct part_xfer *x)
+{
+    P->xfers = wf_realloc(P->xfers, (size_t)(P->n_xfers + 1) * sizeof *P->xfers);
+    P->xfers[P->n_xfers++] = *x;
+}
+
+static void add_xfer(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int from, int axis,
+                     const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why)
+{
+    struct part_xfer x = make_xfer(c, kind, over, tensor, from, axis, before, after, bytes, why);
+    push_xfer(c->P, &x);
+}
+
+/* A transfer inside the op (vocab-parallel loss, expert all-to-all): it
+ * happens once the op's inputs are ready, so it is recorded after theirs. */
+static void add_inner(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int axis,
+                      const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why)
+{
+    WF_ASSERT(c->n_inner < (int)WF_COUNT(c->inner));
+    c->inner[c->n_inner++] = make_xfer(c, kind, over, tensor, c->chunk, axis, before, after, bytes, why);
+}
+
+static int64_t local_bytes(const struct sctx *c, const struct ir_tensor *t, const struct ir_shard *s)
+{
+    struct ir_shape l = partition_local_shape(c->P, c->part, &t->shape, s);
+    return ir_shape_numel(&l) * ir_dtype_bytes(t->dtype);
+}
+
+/* Turn input i from how it is held into how the op needs it, one group at a time. */
+static void convert(struct sctx *c, int i)
+{
+    struct ir_shard cur = c->have[i];
+    const struct ir_shard *want = &c->want[i];
+    if (ir_shard_equal(&cur, want))
+        return;
+    int tensor = c->op->in[i];
+    /* An earlier op of this chunk may have made the same conversion already. */
+    for (int x = c->P->n_xfers - 1; x >= 0; x--) {
+        const struct part_xfer *px = &c->P->xfers[x];
+        if (px->tensor == tensor && px->to_chunk == c->chunk && px->kind != PART_XFER_SEND &&
+            ir_shard_equal(&px->after, want))
+            return;
+    }
+    int r = rank_in(c, i);
+    /* Partial sums first.  Once added up for one reader they stay added up:
+     * the tensor is held whole (or split, with sequence parallelism) from
+     * here on, as Megatron holds the residual stream. */
+    for (int p = 1; p < IR_PDIM_COUNT; p++) {
+        if (!(cur.partial & (1u << p)))
+            continue;
+        struct ir_shard next = cur;
+        next.partial &= (uint8_t)~(1u << p);
+        int target = -1;
+        for (int k = 0; k < r; k++)
+            if (want->split[k] == p && cur.split[k] != p)
+                target = k;
+        if (target >= 0) {
+            next.split[target] = (uint8_t)p;
+            add_xfer(c, PART_XFER_REDUCE_SCATTER, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
+                     local_bytes(c, c->t[i], &cur), c->why[i]);
+        } else {
+            add_xfer(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)p, tensor, c->chunk, -1, &cur, &next,
+                     local_bytes(c, c->t[i], &cur), c->why[i]);
+        }
+        cur = next;
+    }
+    if (cur.partial != c->have[i].partial)
+        c->P->shard[tensor] = cur;
+    for (int p = 1; p < IR_PDIM_COUNT; p++) {
+        int target = -1, source = -1; /* the axes p splits in want and in cur */
+        for (int k = 0; k < r; k++) {
+            if (want->split[k] == p && cur.split[k] != p)
+                target = k;
+            if (cur.split[k] == p && want->split[k] != p)
+                source = k;
+        }
+        struct ir_shard next = cur;
+        if (source >= 0 && target >= 0) {
+            next.split[source] = IR_PDIM_NONE;
+            next.split[target] = (uint8_t)p;
+            add_xfer(c, PART_XFER_ALL_TO_ALL, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
+                     local_bytes(c, c->t[i], &cur), c->why[i]);
+        } else if (source >= 0) {
+            next.split[source] = IR_PDIM_NONE;
+            add_xfer(c, PART_XFER_ALL_GATHER, (enum ir_pdim)p, tensor, c->chunk, source, &cur, &next,
+                     local_bytes(c, c->t[i], &cur), c->why[i]);
+        } else if (target >= 0) {
+            next.split[target] = (uint8_t)p;
+            add_xfer(c, PART_XFER_SLICE, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next, 0, c->why[i]);
+        }
+        cur = next;
+    }
+    WF_ASSERT(ir_shard_equal(&cur, want));
+}
+
+/* ---- the pass -------------------------------------------------------------------------- */
+
+static bool divides(struct partition *P, struct diag *d, enum ir_part part, const struct ir_tensor *t,
+                    const struct ir_shard *s, struct ir_loc loc, const char *what)
+{
+    for (int k = 0; k < t->shape.rank; k++) {
+        int n = s->split[k] ? partition_degree(P, part, (enum ir_pdim)s->split[k]) : 1;
+        if (t->shape.ax[k].size % n) {
+            char ax[96];
+            diag_error(d, loc.file, loc.line, "%s: axis %d of '%s' (%s) does not split over %d %s ranks", what, k,
+                       t->local_name, ir_axis_str(&t->shape.ax[k], ax, sizeof ax), n,
+                       ir_pdim_name((enum ir_pdim)s->split[k]));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* How a parameter or an input is held before any op reads it. */
+static struct ir_shard initial(const struct sctx *c, const struct ir_tensor *t)
+{
+    struct ir_shard s = {0};
+    int r = t->shape.rank;
+    if (t->kind == IR_TENSOR_PARAM) {
+        bool expert = false;
+        for (int i = 0; i < t->n_splits; i++)
+            expert |= t->splits[i] == IR_SPLIT_EXPERT;
+        int tp = expert ? IR_PDIM_XTP : IR_PDIM_TP;
+        for (int i = 0; i < t->n_splits; i++) {
+            switch (t->splits[i]) {
+            case IR_SPLIT_COL: s.split[r - 1] = (uint8_t)tp; break;
+            case IR_SPLIT_ROW: s.split[r - 2] = (uint8_t)tp; break;
+            case IR_SPLIT_VOCAB: s.split[0] = IR_PDIM_TP; break;
+            case IR_SPLIT_EXPERT: s.split[0] = IR_PDIM_EP; break;
+            default: break;
+            }
+        }
+    } else if (t->kind == IR_TENSOR_INPUT && t->dtype == IR_DTYPE_I32 && r == 2) {
+        s.split[1] = IR_PDIM_CP; /* token ids (batch, seq): context parallelism splits the sequence */
+    }
+    normalize(c, &s);
+    return s;
+}
+
+int partition_shard(struct partition *P, struct diag *d)
+{
+    struct ir_graph *g = P->g;
+    for (int k = 0; k < IR_OP_COUNT; k++)
+        WF_ASSERT(classes[k] != SC_UNSET);
+    P->shard = wf_calloc((size_t)g->n_tensors + 1, sizeof *P->shard);
+    bool *ready = wf_calloc((size_t)g->n_tensors + 1, sizeof *ready);
+    int errors = d->n_errors;
+    for (int i = 0; i < g->n_ops && d->n_errors == errors; i++) {
+        struct sctx c = {.P = P, .d = d, .op_i = i, .op = &g->ops[i], .chunk = P->op_chunk[i]};
+        c.part = P->chunks[c.chunk].part;
+        for (int k = 0; k < c.op->n_in; k++) {
+            int t = c.op->in[k];
+            if (t < 0)
+                continue;
+            c.t[k] = &g->tensors[t];
+            if (!ready[t]) { /* a parameter or input, first read here */
+                P->shard[t] = initial(&c, c.t[k]);
+                ready[t] = true;
+                if (!divides(P, d, c.part, c.t[k], &P->shard[t], c.t[k]->loc,
+                             c.t[k]->kind == IR_TENSOR_PARAM ? "<param>" : "<input>"))
+                    break;
+            }
+            c.have[k] = c.want[k] = P->shard[t];
+            /* Activations from another pipeline stage arrive by a send, as held. */
+            int p = c.t[k]->producer;
+            if (p >= 0) {
+                int from = P->op_chunk[p];
+                if (P->chunks[from].stage != P->chunks[c.chunk].stage) {
+                    bool sent = false;
+                    for (int x = 0; x < P->n_xfers && !sent; x++)
+                        sent = P->xfers[x].kind == PART_XFER_SEND && P->xfers[x].tensor == t &&
+                               P->xfers[x].to_chunk == c.chunk;
+                    if (!sent)
+                        add_xfer(&c, PART_XFER_SEND, IR_PDIM_NONE, t, from, -1, &c.have[k], &c.have[k],
+                                 local_bytes(&c, c.t[k], &c.have[k]), "pipeline: to the next stage that reads it");
+                }
+            }
+        }
+        if (d->n_errors != errors)
+            break;
+        rule(&c);
+        if (c.errors)
+            break;
+        for (int k = 0; k < c.op->n_in; k++)
+            if (c.t[k]) {
+                normalize(&c, &c.want[k]);
+                if (!divides(P, d, c.part, c.t[k], &c.want[k], c.op->loc, "op input"))
+                    break;
+                convert(&c, k);
+            }
+        for (int x = 0; x < c.n_inner; x++)
+            push_xfer(P, &c.inner[x]);
+        for (int o = 0; o < c.op->n_out; o++) {
+            const struct ir_tensor *t = &g->tensors[c.op->out[o]];
+            normalize(&c, &c.out[o]);
+            char where[256];
+            snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">", ir_op_info(c.op->kind)->name, t->local_name);
+            if (!divides(P, d, c.part, t, &c.out[o], c.op->loc, where))
+                break;
+            P->shard[c.op->out[o]] = c.out[o];
+            ready[c.op->out[o]] = true;
+        }
+    }
+    free(ready);
+    return d->n_errors == errors ? 0 : -1;
+}

@@ -1,0 +1,289 @@
+/* test_shard.c: tensor-shard propagation, op by op, and the collectives it
+ * implies; then whole models: Megatron's collective counts per layer. */
+#include "testing.h"
+
+#include "partition.h"
+
+#define HEAD                                                                                 \
+    "<model name=\"t\" xmlns=\"urn:weft:model:1\">"                                          \
+    "<dim name=\"B\" value=\"2\"/><dim name=\"S\" value=\"8\"/><dim name=\"H\" value=\"16\"/>" \
+    "<dim name=\"N\" value=\"4\"/><dim name=\"D\" value=\"4\"/><dim name=\"F\" value=\"32\"/>"  \
+    "<dim name=\"V\" value=\"64\"/><dim name=\"E\" value=\"4\"/><dim name=\"K\" value=\"2\"/>"  \
+    "<dim name=\"C\" value=\"8\"/><decoder>"
+#define TAIL "<output name=\"y\"/></decoder></model>"
+#define IN(n, s) "<input name=\"" n "\" shape=\"" s "\"/>"
+#define INT(n, s) "<input name=\"" n "\" shape=\"" s "\" dtype=\"i32\"/>"
+#define W(n, s, split) "<param name=\"" n "\" shape=\"" s "\" split=\"" split "\"/>"
+
+struct shard_case {
+    const char *name;
+    int tp, ep;
+    const char *body;
+    const char *y;     /* y's shard, as ir_shard_str prints it */
+    const char *xfers; /* the transfers, "kind over tensor" joined by "; " ("" for none) */
+};
+
+static const struct shard_case cases[] = {
+    {"matmul column-parallel", 2, 1, IN("a", "B S H") W("w", "H F", "col") "<op kind=\"matmul\" in=\"a w\" out=\"y\"/>",
+     "(-, -, tp)", ""},
+    {"matmul row-parallel", 2, 1,
+     IN("a", "B S H") W("w1", "H F", "col") W("w2", "F H", "row")
+     "<op kind=\"matmul\" in=\"a w1\" out=\"h\"/><op kind=\"matmul\" in=\"h w2\" out=\"y\"/>",
+     "(-, -, -) partial tp", ""},
+    {"matmul row-parallel slices a whole input", 2, 1, IN("a", "B S F") W("w", "F H", "row") "<op kind=\"matmul\" in=\"a w\" out=\"y\"/>",
+     "(-, -, -) partial tp", "slice tp a"},
+    {"matmul reads a partial input whole", 2, 1,
+     IN("a", "B S H") W("w1", "H F", "col") W("w2", "F H", "row") W("w3", "H F", "col")
+     "<op kind=\"matmul\" in=\"a w1\" out=\"h\"/><op kind=\"matmul\" in=\"h w2\" out=\"p\"/><op kind=\"matmul\" in=\"p w3\" out=\"y\"/>",
+     "(-, -, tp)", "all-reduce tp p"},
+    {"bias after row-parallel: all-reduce", 2, 1,
+     IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>",
+     "(-, -, -)", "slice tp a; all-reduce tp p"},
+    {"column bias follows the split", 2, 1,
+     IN("a", "B S H") W("w", "H F", "col") W("b", "F", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, tp)", ""},
+    {"gelu keeps a split", 2, 1, IN("a", "B S H") W("w", "H F", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"gelu\" in=\"p\" out=\"y\"/>", "(-, -, tp)", ""},
+    {"scale keeps partial sums", 2, 1, IN("a", "B S F") W("w", "F H", "row")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"scale\" in=\"p\" by=\"2\" out=\"y\"/>", "(-, -, -) partial tp", "slice tp a"},
+    {"partial plus partial stays partial", 2, 1, IN("a", "B S F") W("w", "F H", "row") W("v", "F H", "row")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"matmul\" in=\"a v\" out=\"q\"/><op kind=\"add\" in=\"p q\" out=\"y\"/>",
+     "(-, -, -) partial tp", "slice tp a"},
+    {"mul reads partial sums whole", 2, 1, IN("a", "B S F") W("w", "F H", "row") IN("m", "B S H")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"mul\" in=\"p m\" out=\"y\"/>", "(-, -, -)", "slice tp a; all-reduce tp p"},
+    {"layernorm gathers a split last axis", 2, 1, IN("a", "B S H") W("w", "H H", "col") IN("g", "H")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"layernorm\" in=\"p g\" out=\"y\"/>", "(-, -, -)", "all-gather tp p"},
+    {"rmsnorm of whole values", 2, 1, IN("a", "B S H") IN("g", "H") "<op kind=\"rmsnorm\" in=\"a g\" out=\"y\"/>", "(-, -, -)", ""},
+    {"softmax gathers the key axis", 2, 1, IN("a", "B S H") W("w", "H S", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"softmax\" in=\"p\" out=\"y\"/>", "(-, -, -)", "all-gather tp p"},
+    {"split_heads splits heads", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"y k v\"/>", "(-, tp, -, -)", ""},
+    {"attention per head, merged back", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"q k v\"/>"
+     "<op kind=\"attention\" in=\"q k v\" causal=\"true\" out=\"o\"/><op kind=\"merge_heads\" in=\"o\" out=\"y\"/>",
+     "(-, -, tp)", ""},
+    {"attention bias sliced by heads", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col") IN("t", "8 N")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"q k v\"/>"
+     "<op kind=\"relpos_bias\" in=\"t\" q_len=\"S\" k_len=\"S\" out=\"b\"/><op kind=\"attention\" in=\"q k v b\" out=\"y\"/>",
+     "(-, tp, -, -)", "slice tp b"},
+    {"rotary gathers a split head_dim", 2, 1, IN("a", "B N S D") W("w", "D D", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"rotary\" in=\"p\" out=\"y\"/>", "(-, -, -, -)", "all-gather tp p"},
+    {"vocab-parallel embedding: partial", 2, 1, INT("ids", "B S") W("e", "V H", "vocab")
+     "<op kind=\"embedding\" in=\"e ids\" out=\"y\"/>", "(-, -, -) partial tp", ""},
+    {"position embedding keeps a hidden split", 2, 1, W("p", "S H", "col")
+     "<op kind=\"position_embedding\" in=\"p\" length=\"S\" out=\"y\"/>", "(-, tp)", ""},
+    {"vocab-parallel cross-entropy", 2, 1, IN("h", "B S H") W("e", "V H", "vocab") INT("t", "B S")
+     "<op kind=\"matmul\" in=\"h e\" transpose_b=\"true\" out=\"l\"/><op kind=\"cross_entropy\" in=\"l t\" out=\"y\"/>",
+     "()", "all-reduce tp l"},
+    {"router reads whole scores", 2, 1, IN("a", "B S H") W("w", "H E", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"l\"/><op kind=\"router\" in=\"l\" topk=\"K\" out=\"y i\"/>", "(-, -, -)", "all-gather tp l"},
+    {"experts: all-to-all there and back", 1, 2,
+     IN("x", "B S H") IN("l", "B S E") W("w", "E H H", "expert")
+     "<op kind=\"router\" in=\"l\" topk=\"K\" out=\"g i\"/><op kind=\"dispatch\" in=\"x i\" experts=\"E\" capacity=\"C\" out=\"xe\"/>"
+     "<op kind=\"matmul\" in=\"xe w\" out=\"ye\"/><op kind=\"combine\" in=\"ye g i\" out=\"y\"/>",
+     "(-, -, -)", "all-to-all ep xe; all-to-all ep ye"},
+    {"concat of split inputs", 2, 1, IN("a", "B S H") W("w", "H H", "col") W("v", "H H", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"matmul\" in=\"a v\" out=\"q\"/><op kind=\"concat\" in=\"p q\" axis=\"1\" out=\"y\"/>",
+     "(-, -, tp)", ""},
+    {"reshape reads whole tensors", 2, 1, IN("a", "B S H") W("w", "H H", "col")
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"reshape\" in=\"p\" shape=\"B S N D\" out=\"y\"/>", "(-, -, -, -)",
+     "all-gather tp p"},
+    {"patchify reads whole images", 2, 1, IN("img", "B 3 8 8") "<op kind=\"patchify\" in=\"img\" patch=\"4\" out=\"y\"/>",
+     "(-, -, -)", ""},
+    {"one rank: no transfers", 1, 1, IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, -)", ""},
+};
+
+static struct partition *partition_text(const char *xml, int tp, int ep, struct diag *d)
+{
+    char path[] = "/tmp/weft-shard-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, xml, strlen(xml)), (ssize_t)strlen(xml));
+    close(fd);
+    struct par_config pc = par_config_default();
+    pc.tp = tp, pc.ep = ep, pc.world_size = tp * ep;
+    struct fe_options opt = {0};
+    diag_init(d);
+    struct partition *P = partition_model(path, &opt, &pc, d);
+    unlink(path);
+    return P;
+}
+
+static void test_case(void **state)
+{
+    const struct shard_case *c = *state;
+    char xml[8192];
+    snprintf(xml, sizeof xml, HEAD "%s" TAIL, c->body);
+    struct diag d;
+    struct partition *P = partition_text(xml, c->tp, c->ep, &d);
+    if (!P)
+        fail_msg("%s: %s", c->name, diag_first_error(&d));
+    const struct ir_graph *g = P->g;
+    int y = -1;
+    for (int i = 0; i < g->n_tensors; i++)
+        if (!strcmp(g->tensors[i].local_name, "y"))
+            y = i;
+    assert_true(y >= 0);
+    char got[256];
+    ir_shard_str(&P->shard[y], g->tensors[y].shape.rank, got, sizeof got);
+    if (strcmp(got, c->y))
+        fail_msg("%s: y is held %s, want %s", c->name, got, c->y);
+    char xf[1024] = "";
+    size_t n = 0;
+    for (int i = 0; i < P->n_xfers; i++)
+        n += (size_t)snprintf(xf + n, sizeof xf - n, "%s%s %s %s", i ? "; " : "", part_xfer_name(P->xfers[i].kind),
+                              ir_pdim_name(P->xfers[i].over), g->tensors[P->xfers[i].tensor].local_name);
+    if (strcmp(xf, c->xfers))
+        fail_msg("%s: transfers\n  got  %s\n  want %s", c->name, xf, c->xfers);
+    partition_free(P);
+    diag_free(&d);
+}
+
+/* Count transfers by kind and group over a whole model. */
+static int count(const struct partition *P, enum part_xfer_kind kind, enum ir_pdim over)
+{
+    int n = 0;
+    for (int i = 0; i < P->n_xfers; i++)
+        n += P->xfers[i].kind == kind && P->xfers[i].over == over;
+    return n;
+}
+
+static struct partition *model(const char *file, struct par_config pc)
+{
+    struct fe_options opt = {0};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model(file, &opt, &pc, &d);
+    if (!P)
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+    return P;
+}
+
+/* GPT-2 124M at tp=2: two all-reduces per layer in forward (attention out, MLP
+ * out), plus the embedding's and the loss's; with sequence parallelism two
+ * all-gathers and two reduce-scatters per layer instead. */
+static void test_gpt2_tp2_counts(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.tp = 2;
+    struct partition *P = model("models/gpt2.xml", pc);
+    assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 2 * 12 + 2);
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 0);
+    assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 0);
+    int per_layer[12] = {0};
+    for (int i = 0; i < P->n_xfers; i++)
+        if (P->g->ops[P->xfers[i].op].layer >= 0)
+            per_layer[P->g->ops[P->xfers[i].op].layer]++;
+    for (int l = 0; l < 12; l++)
+        assert_int_equal(per_layer[l], 2);
+    partition_free(P);
+
+    pc.sequence_parallel = true;
+    P = model("models/gpt2.xml", pc);
+    /* + the embedding's reduce-scatter; + the gather before the head */
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 1); /* the loss */
+    partition_free(P);
+}
+
+static void test_pipeline_sends(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.pp = 4;
+    struct partition *P = model("models/gpt2.xml", pc);
+    assert_int_equal(count(P, PART_XFER_SEND, IR_PDIM_NONE), 3); /* the residual stream, stage to stage */
+    for (int i = 0; i < P->n_xfers; i++)
+        assert_int_equal(P->chunks[P->xfers[i].to_chunk].stage, P->chunks[P->xfers[i].from_chunk].stage + 1);
+    partition_free(P);
+    /* T5 on its own encoder stage: the encoder's output goes to both decoder stages. */
+    pc = par_config_default();
+    pc.world_size = 3, pc.pp = 2, pc.epp = 1;
+    P = model("models/t5.xml", pc);
+    int to_decoder = 0;
+    for (int i = 0; i < P->n_xfers; i++)
+        if (P->xfers[i].kind == PART_XFER_SEND && !strcmp(P->g->tensors[P->xfers[i].tensor].name, "encoder.out"))
+            to_decoder++;
+    assert_int_equal(to_decoder, 2);
+    partition_free(P);
+}
+
+static void test_experts(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 4, pc.tp = 2, pc.ep = 2;
+    struct fe_options opt = {.variant = "tiny"};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model("models/mixtral.xml", &opt, &pc, &d);
+    if (!P)
+        fail_msg("%s", diag_first_error(&d));
+    assert_int_equal(count(P, PART_XFER_ALL_TO_ALL, IR_PDIM_EP), 2 * 2); /* there and back, per layer */
+    assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_XTP), 2);    /* expert row-parallel output */
+    partition_free(P);
+    diag_free(&d);
+}
+
+static void test_heads_must_divide(void **state)
+{
+    (void)state;
+    struct diag d;
+    char xml[4096];
+    /* 36 features: 3 outputs of 6 heads of 2; the weight splits over 4 ranks, the heads do not. */
+    snprintf(xml, sizeof xml, HEAD IN("a", "B S H") W("w", "H 36", "col")
+             "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"6\" out=\"y k v\"/>" TAIL);
+    struct partition *P = partition_text(xml, 4, 1, &d);
+    assert_null(P);
+    assert_non_null(strstr(diag_first_error(&d), "heads 6=6 does not split over 4 tp ranks: each rank must hold whole heads"));
+    diag_free(&d);
+    snprintf(xml, sizeof xml, HEAD IN("a", "B S H") W("w", "H 6", "col") "<op kind=\"matmul\" in=\"a w\" out=\"y\"/>" TAIL);
+    P = partition_text(xml, 4, 1, &d);
+    assert_null(P);
+    assert_non_null(strstr(diag_first_error(&d), "axis 1 of 'w' (6) does not split over 4 tp ranks"));
+    diag_free(&d);
+}
+
+/* Every model partitions under tp, pp and dp, and T5 and LLaVA with encoder degrees of their own. */
+static void test_every_model(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        int world, tp, pp, etp, epp, ep;
+    } cfg[] = {
+        {"models/gpt2.xml", 8, 2, 2, 0, -1, 1},  {"models/llama2.xml", 16, 4, 2, 0, -1, 1},
+        {"models/mixtral.xml", 16, 2, 2, 0, -1, 2}, {"models/t5.xml", 10, 2, 2, 1, 1, 1},
+        {"models/llava.xml", 24, 4, 2, 2, 2, 1},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
+        pc.ep = cfg[i].ep;
+        struct partition *P = model(cfg[i].file, pc);
+        assert_true(P->n_xfers > 0);
+        assert_int_equal(count(P, PART_XFER_SEND, IR_PDIM_NONE) > 0, 1);
+        partition_free(P);
+    }
+}
+
+int main(void)
+{
+    enum { N = sizeof cases / sizeof cases[0] };
+    struct CMUnitTest tests[N + 5];
+    for (size_t i = 0; i < N; i++)
+        tests[i] = (struct CMUnitTest){cases[i].name, test_case, NULL, NULL, (void *)&cases[i]};
+    tests[N] = (struct CMUnitTest)cmocka_unit_test(test_gpt2_tp2_counts);
+    tests[N + 1] = (struct CMUnitTest)cmocka_unit_test(test_pipeline_sends);
+    tests[N + 2] = (struct CMUnitTest)cmocka_unit_test(test_experts);
+    tests[N + 3] = (struct CMUnitTest)cmocka_unit_test(test_heads_must_divide);
+    tests[N + 4] = (struct CMUnitTest)cmocka_unit_test(test_every_model);
+    int rc = _cmocka_run_group_tests("shard", tests, N + 5, NULL, NULL);
+    fe_cleanup();
+    return rc;
+}
