@@ -5,6 +5,7 @@
 #   make demo     check every model in models/
 #   make asan     the test suite under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz     fuzz the model-file front end with libFuzzer (FUZZ_SECONDS=60)
+#   make pictures redraw the pictures in docs/ that README.md shows
 #   make clean
 #
 # CI=true turns warnings into errors.
@@ -16,8 +17,8 @@ CFLAGS    ?= -O2 -g
 WARN      := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              $(if $(filter true,$(CI)),-Werror)
 CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Itools
-XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0)
-XML_LIBS   = $(shell pkg-config --libs libxml-2.0)
+XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc)
+XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc)
 
 IR_OBJ       := $(patsubst %.c,$(BUILD)/%.o,$(wildcard ir/*.c))
 COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/schema.o
@@ -25,7 +26,7 @@ TOOL_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 TESTS        := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 LIBS         := $(BUILD)/libweft-compiler.a $(BUILD)/libweft-ir.a
 
-.PHONY: all deps test demo asan fuzz clean
+.PHONY: all deps test demo asan fuzz pictures clean
 all: deps
 	@$(MAKE) --no-print-directory $(BUILD)/weft
 
@@ -69,7 +70,8 @@ ASAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitiz
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN)" LDFLAGS="$(ASAN)" \
 	    build-asan/weft $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
-	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run.sh build-asan
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+	    UBSAN_OPTIONS=print_stacktrace=1 tests/run.sh build-asan
 
 FUZZ_SECONDS ?= 60
 fuzz:
@@ -82,6 +84,12 @@ fuzz:
 	cp models/*.xml tests/bad/*.xml build-fuzz/corpus/ 2>/dev/null || true
 	@build-fuzz/fuzz_frontend -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=tests/fuzz_frontend.dict \
 	    build-fuzz/corpus > build-fuzz/fuzz.log 2>&1; rc=$$?; tail -n 25 build-fuzz/fuzz.log; exit $$rc
+
+pictures: all
+	@mkdir -p docs
+	$(BUILD)/weft dot models/gpt2.xml --world-size 8 --tp 2 --pp 2 -o docs/gpt2-tp2-pp2.svg
+	$(BUILD)/weft dot models/gpt2.xml --variant tiny --tp 2 --sequence-parallel --detail op -o docs/gpt2-tiny-sp-ops.svg
+	$(BUILD)/weft dot models/llava.xml --world-size 24 --tp 4 --pp 2 --etp 2 --epp 2 -o docs/llava-etp2-epp2.svg
 
 clean:
 	rm -rf build build-asan build-fuzz

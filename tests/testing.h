@@ -55,17 +55,12 @@ struct run {
     char out[RUN_CAPTURE], err[RUN_CAPTURE];
 };
 
-/* Run the weft binary with argv (NULL-terminated), capturing stdout and stderr.
- * A run past RUN_DEADLINE_S is killed and reported as timed out. */
-static inline int run_weftv(struct run *r, const char *const *args)
+/* Run a program (found on PATH) with argv (NULL-terminated, argv[0] the
+ * program), capturing stdout and stderr.  A run past RUN_DEADLINE_S is killed
+ * and reported as timed out. */
+static inline int run_progv(struct run *r, const char *const *argv)
 {
     memset(r, 0, sizeof *r);
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = weft_bin();
-    for (; args[n - 1] && n < 63; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
     int po[2], pe[2];
     if (pipe(po) || pipe(pe))
         return -1;
@@ -76,7 +71,7 @@ static inline int run_weftv(struct run *r, const char *const *args)
         dup2(po[1], 1);
         dup2(pe[1], 2);
         close(po[0]), close(pe[0]), close(po[1]), close(pe[1]);
-        execv(argv[0], (char *const *)argv);
+        execvp(argv[0], (char *const *)argv);
         fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
@@ -120,7 +115,20 @@ static inline int run_weftv(struct run *r, const char *const *args)
     return 0;
 }
 
+/* Run the weft binary under test with args (NULL-terminated). */
+static inline int run_weftv(struct run *r, const char *const *args)
+{
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = weft_bin();
+    for (; args[n - 1] && n < 63; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    return run_progv(r, argv);
+}
+
 #define run_weft(r, ...) run_weftv((r), (const char *const[]){__VA_ARGS__})
+#define run_prog(r, ...) run_progv((r), (const char *const[]){__VA_ARGS__})
 
 /* Load and type a model as `weft check` would; NULL if it has errors (printed). */
 static inline struct ir_graph *load_model(const char *path, const char *variant,

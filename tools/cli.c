@@ -62,6 +62,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
         }
         if (!strcmp(key, "o") || !strcmp(key, "output")) {
             c->output = value;
+        } else if (!strcmp(key, "detail")) {
+            c->detail = value;
         } else if (!strcmp(key, "variant")) {
             c->fe.variant = value;
         } else if (a[1] != '-') {

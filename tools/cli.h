@@ -23,6 +23,7 @@ struct cli {
     const char *cmd;
     const char *model;  /* the positional argument */
     const char *output; /* -o */
+    const char *detail; /* --detail (weft dot) */
     bool json, help;
     struct fe_options fe;
     struct par_config pc;
@@ -39,6 +40,7 @@ struct partition *cli_partition(struct cli *c);
 
 int cmd_check(int argc, char **argv);
 int cmd_layout(int argc, char **argv);
+int cmd_dot(int argc, char **argv);
 int cmd_ops(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ static const struct {
 } commands[] = {
     {"check", cmd_check, "validate a model file; print its dimensions, parameters and FLOPs"},
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
+    {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
 

@@ -1,0 +1,19 @@
+/* dot.h: the partitioned model as a picture, through Graphviz.
+ *
+ *   dot_write(P, DOT_DETAIL_LAYER, "gpt2.svg", &diag);   // .dot, .svg or .png
+ *
+ * One cluster per pipeline chunk (encoder and decoder in their own colours),
+ * nodes for layers (runs of identical layers folded, so a 96-layer model
+ * still reads) or for single ops, each with the shape one rank holds, and the
+ * transfers as edges labelled with the collective or send, its group and its
+ * bytes; a legend explains the colours. */
+#ifndef WEFT_DOT_H
+#define WEFT_DOT_H
+
+#include "partition.h"
+
+enum dot_detail { DOT_DETAIL_LAYER, DOT_DETAIL_OP };
+
+int dot_write(const struct partition *P, enum dot_detail detail, const char *path, struct diag *d);
+
+#endif
