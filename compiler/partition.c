@@ -68,6 +68,7 @@ static void check_model_rules(const struct ir_graph *g, const struct par_config 
     check_divides(g, d, "num-attention-heads", pc->tp, f, "tensor parallel size must divide num-attention-heads");
     check_divides(g, d, "num-query-groups", pc->tp, f, "tensor parallel size must divide num-query-groups");
     check_divides(g, d, "ffn-hidden-size", pc->tp, f, "tensor parallel size must divide ffn-hidden-size");
+    check_divides(g, d, "hidden-size", pc->tp, f, "tensor parallel size must divide hidden-size");
     snprintf(f, sizeof f, "--ep %d", pc->ep);
     check_divides(g, d, "num-experts", pc->ep, f, "expert parallel size must divide num-experts");
     /* Context parallelism splits the sequence in 2*cp chunks when attention is

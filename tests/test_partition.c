@@ -118,6 +118,28 @@ static void test_model_rules(void **state)
     pc.tp = 5;
     refused("models/gpt2.xml", NULL, pc, "models/gpt2.xml:11: <dim name=\"heads\">: --tp 5 does not divide --num-attention-heads 12 "
                                          "(tensor parallel size must divide num-attention-heads: 1, 2, 3, 4, 6, 12)");
+    pc.tp = 7; /* 12 heads do not divide either; ffn is reported too, at its own line */
+    refused("models/gpt2.xml", NULL, pc, "models/gpt2.xml:11: <dim name=\"heads\">: --tp 7 does not divide --num-attention-heads 12");
+    pc.tp = 2;
+    {
+        struct fe_override ov[] = {{FE_FLAG, "ffn-hidden-size", "3071"}};
+        struct fe_options opt = {.overrides = ov, .n_overrides = 1};
+        struct diag d;
+        diag_init(&d);
+        assert_null(partition_model("models/gpt2.xml", &opt, &pc, &d));
+        assert_non_null(strstr(diag_first_error(&d), "<dim name=\"ffn\">: --tp 2 does not divide --ffn-hidden-size 3071"));
+        diag_free(&d);
+        struct fe_override ov2[] = {{FE_FLAG, "hidden-size", "770"}, {FE_FLAG, "num-attention-heads", "10"}};
+        opt.overrides = ov2, opt.n_overrides = 2;
+        diag_init(&d);
+        pc.tp = 4; /* 10 heads of 77: heads do not divide by 4 either, hidden is reported at its line */
+        assert_null(partition_model("models/gpt2.xml", &opt, &pc, &d));
+        bool hidden = false;
+        for (int i = 0; i < d.n; i++)
+            hidden |= strstr(d.v[i].msg, "<dim name=\"hidden\">: --tp 4 does not divide --hidden-size 770") != NULL;
+        assert_true(hidden);
+        diag_free(&d);
+    }
     pc.tp = 16;
     refused("models/mixtral.xml", NULL, pc, "--tp 16 does not divide --num-query-groups 8"); /* 32 heads divide */
     pc = par_config_default();
