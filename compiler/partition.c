@@ -11,6 +11,7 @@
  * layers go to the first chunk of their part if a layer needs them (the
  * embedding), to the last one otherwise (the head and the loss). */
 #include "partition.h"
+#include "cost.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -301,6 +302,98 @@ static int check_batch(struct partition *P, const struct par_config *pc, struct 
     return 0;
 }
 
+/* Chunks, op placement and shards for a config; each chunk's cost. */
+static int place(struct partition *P, const struct par_config *pc, struct diag *d)
+{
+    if (make_chunks(P, pc, d) || check_batch(P, pc, d))
+        return -1;
+    place_ops(P);
+    if (partition_shard(P, d))
+        return -1;
+    for (int i = 0; i < P->g->n_ops; i++)
+        P->chunks[P->op_chunk[i]].seconds += cost_op_seconds(P, i, &device_default);
+    return 0;
+}
+
+static void unplace(struct partition *P)
+{
+    free(P->chunks);
+    free(P->op_chunk);
+    free(P->shard);
+    free(P->xfers);
+    P->chunks = NULL, P->op_chunk = NULL, P->shard = NULL, P->xfers = NULL;
+    P->n_chunks = P->n_xfers = 0;
+}
+
+/* The first and last decoder stage sizes that make the slowest stage
+ * fastest, with the middle stages even (so Megatron's two flags express it);
+ * ties go to the split nearest an even one.  pre and post: the cost of the
+ * ops before and after the layers (embedding; head and loss). */
+static void choose_stage_sizes(int n, int pp, double pre, const double *layer, double post, int *first, int *last)
+{
+    double best = -1;
+    int best_skew = 0;
+    for (int f = 1; f <= n; f++)
+        for (int l = 1; f + l <= n; l++) {
+            int middle = pp - 2, rest = n - f - l;
+            if (middle == 0 ? rest != 0 : (rest % middle || rest / middle < 1))
+                continue;
+            double worst = pre, t = 0;
+            for (int i = 0; i < f; i++)
+                worst += layer[i];
+            for (int s = 0, at = f; s < middle; s++, at += rest / middle) {
+                t = 0;
+                for (int i = at; i < at + rest / middle; i++)
+                    t += layer[i];
+                worst = t > worst ? t : worst;
+            }
+            t = post;
+            for (int i = n - l; i < n; i++)
+                t += layer[i];
+            worst = t > worst ? t : worst;
+            int skew = abs(f - n / pp) + abs(l - n / pp);
+            if (best < 0 || worst < best * (1 - 1e-9) || (worst <= best * (1 + 1e-9) && skew < best_skew)) {
+                best = worst;
+                best_skew = skew;
+                *first = f;
+                *last = l;
+            }
+        }
+}
+
+/* Measure each decoder layer and the ops around them on one stage, then choose. */
+static int balance(struct partition *P, struct par_config *pc, struct diag *d)
+{
+    struct par_config one = *pc;
+    one.pp = 1;
+    one.global_batch = 0;
+    if (place(P, &one, d))
+        return -1;
+    int n = partition_part_layers(P->g, IR_PART_DECODER);
+    double *layer = wf_calloc((size_t)n + 1, sizeof *layer), pre = 0, post = 0;
+    bool after_layers = false; /* ops outside the layers: the embedding before them, the head after */
+    for (int i = 0; i < P->g->n_ops; i++) {
+        if (P->chunks[P->op_chunk[i]].part != IR_PART_DECODER)
+            continue;
+        double t = cost_op_seconds(P, i, &device_default);
+        int l = op_layer(P->g, &P->g->ops[i]);
+        if (l >= 0) {
+            layer[l] += t;
+            after_layers = true;
+        } else if (after_layers) {
+            post += t;
+        } else {
+            pre += t;
+        }
+    }
+    unplace(P);
+    choose_stage_sizes(n, pc->pp, pre, layer, post, &pc->first_stage_layers, &pc->last_stage_layers);
+    free(layer);
+    P->balanced_first = pc->first_stage_layers;
+    P->balanced_last = pc->last_stage_layers;
+    return 0;
+}
+
 struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
                                   struct diag *d)
 {
@@ -342,12 +435,15 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
         }
     }
     check_model_rules(g, &P->L->pc, d);
-    if (d->n_errors || make_chunks(P, &P->L->pc, d) || check_batch(P, pc, d)) {
-        partition_free(P);
-        return NULL;
+    struct par_config use = P->L->pc;
+    if (!d->n_errors && use.balance_pipeline) {
+        if (use.first_stage_layers || use.last_stage_layers || use.layers_per_virtual_stage)
+            diag_error(d, NULL, 0, "--balance-pipeline chooses the first and last stage sizes itself: drop "
+                                   "--decoder-first/last-pipeline-num-layers and virtual stages");
+        else if (use.pp > 1 && balance(P, &use, d) == 0)
+            P->L->pc = use;
     }
-    place_ops(P);
-    if (partition_shard(P, d)) {
+    if (d->n_errors || place(P, &use, d)) {
         partition_free(P);
         return NULL;
     }
@@ -360,9 +456,6 @@ void partition_free(struct partition *P)
         return;
     ir_graph_free(P->g);
     rank_layout_free(P->L);
-    free(P->chunks);
-    free(P->op_chunk);
-    free(P->shard);
-    free(P->xfers);
+    unplace(P);
     free(P);
 }

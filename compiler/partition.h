@@ -24,7 +24,8 @@ struct part_chunk {
     int vstage;           /* virtual stage index on that rank (interleaved 1F1B), 0 if none */
     int first_layer, n_layers; /* of the part's layers */
     bool has_embedding, has_head; /* runs ops before the first / after the last layer */
-    double flops;         /* forward FLOPs per micro-batch */
+    double flops;         /* forward FLOPs per micro-batch, whole (before sharding) */
+    double seconds;       /* one rank's forward time per micro-batch on the default device (cost.h) */
     int64_t param_bytes;  /* fp32 */
 };
 
@@ -69,6 +70,7 @@ struct partition {
     int virtual_stages;   /* per decoder pipeline rank; 1 without interleaving */
     int n_micro;          /* micro-batches per step */
     int64_t padded_vocab, vocab; /* 0 when the model binds no --vocab-size */
+    int balanced_first, balanced_last; /* stage sizes --balance-pipeline chose; 0 if it did not run */
     struct ir_shard *shard;  /* per tensor: how its producer's ranks hold it */
     struct part_xfer *xfers; /* every transfer, in op order */
     int n_xfers;

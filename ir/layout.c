@@ -27,6 +27,7 @@ const struct par_flag par_flags[] = {
     {"global-batch-size", NULL, F(global_batch), false, "samples per step over all data-parallel ranks"},
     {"decoder-first-pipeline-num-layers", NULL, F(first_stage_layers), false, "layers on the first decoder stage"},
     {"decoder-last-pipeline-num-layers", NULL, F(last_stage_layers), false, "layers on the last decoder stage"},
+    {"balance-pipeline", NULL, F(balance_pipeline), true, "choose the first and last stage sizes by the cost model"},
     {"make-vocab-size-divisible-by", NULL, F(vocab_divisible_by), false, "pad the vocabulary to a multiple of this times tp"},
 };
 #undef F

@@ -38,6 +38,7 @@ struct par_config {
     int layers_per_virtual_stage;   /* --num-layers-per-virtual-pipeline-stage */
     int micro_batch, global_batch;  /* --micro-batch-size --global-batch-size */
     int first_stage_layers, last_stage_layers; /* --decoder-first/last-pipeline-num-layers */
+    bool balance_pipeline;          /* --balance-pipeline: choose those two by the cost model */
     int vocab_divisible_by;         /* --make-vocab-size-divisible-by; 128 */
     /* derived by rank_layout_new: */
     int dp, expert_dp;

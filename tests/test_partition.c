@@ -166,6 +166,39 @@ static void test_model_rules(void **state)
     refused("models/gpt2.xml", NULL, pc, "--tp 3 does not divide --seq-length 1024 (sequence parallelism splits the sequence over tp ranks");
 }
 
+static double slowest(const struct partition *P)
+{
+    double t = 0;
+    for (int c = 0; c < P->n_chunks; c++)
+        t = P->chunks[c].seconds > t ? P->chunks[c].seconds : t;
+    return t;
+}
+
+/* --balance-pipeline: GPT-2's large head makes the last of 4 even stages the
+ * slowest; balancing moves layers off it and the slowest stage gets faster. */
+static void test_balance(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.pp = 4;
+    struct partition *even = must("models/gpt2.xml", NULL, pc);
+    pc.balance_pipeline = true;
+    struct partition *bal = must("models/gpt2.xml", NULL, pc);
+    assert_true(bal->balanced_first > 0 && bal->balanced_last > 0);
+    assert_true(bal->balanced_last < 3); /* the head's stage holds fewer layers */
+    int sum = 0;
+    for (int c = 0; c < bal->n_chunks; c++)
+        sum += bal->chunks[c].n_layers;
+    assert_int_equal(sum, 12);
+    assert_true(slowest(bal) < slowest(even));
+    for (int c = 0; c < even->n_chunks; c++)
+        assert_true(even->chunks[c].seconds > 0);
+    partition_free(even);
+    partition_free(bal);
+    pc.first_stage_layers = 2;
+    refused("models/gpt2.xml", NULL, pc, "--balance-pipeline chooses the first and last stage sizes itself");
+}
+
 static void test_layout_json(void **state)
 {
     (void)state;
@@ -199,7 +232,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_even_stages),  cmocka_unit_test(test_uneven_and_virtual),
         cmocka_unit_test(test_encoder_stages), cmocka_unit_test(test_model_rules),
-        cmocka_unit_test(test_layout_json),
+        cmocka_unit_test(test_balance),      cmocka_unit_test(test_layout_json),
     };
     int rc = cmocka_run_group_tests_name("partition", tests, NULL, NULL);
     fe_cleanup();

@@ -87,11 +87,14 @@ static void print_text(const struct partition *P)
     printf("  %d micro-batch%s a step", P->n_micro, P->n_micro == 1 ? "" : "es");
     if (pc->sequence_parallel)
         printf(", sequence parallel");
+    if (P->balanced_first)
+        printf(", stages balanced by cost: --decoder-first-pipeline-num-layers %d --decoder-last-pipeline-num-layers %d",
+               P->balanced_first, P->balanced_last);
     if (P->padded_vocab != P->vocab)
         printf(", vocabulary %s padded to %s (a multiple of %d x tp)", wf_commas(P->vocab, a),
                wf_commas(P->padded_vocab, b), pc->vocab_divisible_by);
-    printf("\n\n  %-6s %-8s %-7s %-28s %13s %10s  %s\n", "chunk", "part", "stage", "layers", "params", "fwd FLOPs",
-           "ranks");
+    printf("\n\n  %-6s %-8s %-7s %-28s %13s %10s %9s  %s\n", "chunk", "part", "stage", "layers", "params", "fwd FLOPs",
+           "fwd ms", "ranks");
     for (int c = 0; c < P->n_chunks; c++) {
         const struct part_chunk *ch = &P->chunks[c];
         int one[1] = {c}, rk[4096], n = 0;
@@ -101,10 +104,11 @@ static void print_text(const struct partition *P)
                 rk[n++] = r;
         char rs[256], fl[32];
         ranges(rk, n, rs, sizeof rs);
-        printf("  %-6d %-8s %-7d %-28s %13s %10s  %s\n", c, ir_part_name(ch->part), ch->stage, buf,
-               wf_commas(ch->param_bytes / 4, a), wf_si(ch->flops, "", fl), rs);
+        printf("  %-6d %-8s %-7d %-28s %13s %10s %9.3f  %s\n", c, ir_part_name(ch->part), ch->stage, buf,
+               wf_commas(ch->param_bytes / 4, a), wf_si(ch->flops, "", fl), ch->seconds * 1e3, rs);
     }
-    printf("  (params and FLOPs of a whole chunk, before tensor-parallel sharding)\n");
+    printf("  (params and FLOPs of a whole chunk, before tensor-parallel sharding; fwd ms: one rank's forward\n"
+           "   time per micro-batch on an H100 by a roofline of each op's FLOPs and bytes)\n");
     printf("\n  %-5s %-8s %5s %4s %4s %4s %4s  %s\n", "rank", "part", "stage", "tp", "cp", "dp", "ep", "layers");
     for (int r = 0; r < L->n_ranks; r++) {
         const struct rank_coords *rc = &L->ranks[r];
@@ -160,6 +164,10 @@ static void print_json(const struct partition *P)
     json_bool(&j, "sequence_parallel", pc->sequence_parallel);
     json_int(&j, "virtual_stages", P->virtual_stages);
     json_int(&j, "micro_batches", P->n_micro);
+    if (P->balanced_first) {
+        json_int(&j, "balanced_first_stage_layers", P->balanced_first);
+        json_int(&j, "balanced_last_stage_layers", P->balanced_last);
+    }
     if (P->vocab) {
         json_int(&j, "vocab", P->vocab);
         json_int(&j, "padded_vocab", P->padded_vocab);
@@ -176,6 +184,7 @@ static void print_json(const struct partition *P)
         json_bool(&j, "embedding", ch->has_embedding);
         json_bool(&j, "head", ch->has_head);
         json_double(&j, "flops", ch->flops);
+        json_double(&j, "forward_seconds", ch->seconds);
         json_int(&j, "param_bytes", ch->param_bytes);
         json_end_object(&j);
     }
