@@ -50,14 +50,8 @@ static int item_for(struct items *it, const struct partition *P, int op, enum do
         layer = op; /* one item per op */
         last = op;
     } else if (o->block >= 0) {
-        /* the layer across the part's top-level repeats; the middle of a long chunk folds */
-        int l = 0, top = o->block;
-        while (P->g->blocks[top].parent >= 0)
-            top = P->g->blocks[top].parent;
-        for (int b = 0; b < top; b++)
-            if (P->g->blocks[b].part == P->g->blocks[top].part && P->g->blocks[b].parent < 0)
-                l += (int)P->g->blocks[b].count;
-        l += o->layer;
+        /* the middle layers of a long chunk fold into one item */
+        int l = partition_op_layer(P->g, o);
         int first = ch->first_layer, end = ch->first_layer + ch->n_layers - 1;
         if (ch->n_layers > 2 * LAYERS_SHOWN + 1 && l >= first + LAYERS_SHOWN && l <= end - LAYERS_SHOWN) {
             layer = first + LAYERS_SHOWN;
@@ -85,11 +79,9 @@ static int item_for(struct items *it, const struct partition *P, int op, enum do
 
 static void ranks_text(const struct partition *P, int chunk, char *buf, size_t cap)
 {
-    const struct part_chunk *ch = &P->chunks[chunk];
     int lo = -1, hi = -1, n = 0;
     for (int r = 0; r < P->L->n_ranks; r++)
-        if (P->L->ranks[r].stage == ch->stage &&
-            (P->L->ranks[r].part == ch->part || (P->L->pc.epp == 0 && ch->stage == 0))) {
+        if (partition_rank_runs(P, r, chunk)) {
             if (lo < 0)
                 lo = r;
             hi = r;

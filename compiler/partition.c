@@ -96,8 +96,7 @@ int partition_part_layers(const struct ir_graph *g, enum ir_part part)
     return n;
 }
 
-/* The layer an op belongs to across all of its part's top-level repeats, or -1. */
-static int op_layer(const struct ir_graph *g, const struct ir_op *op)
+int partition_op_layer(const struct ir_graph *g, const struct ir_op *op)
 {
     if (op->block < 0)
         return -1;
@@ -109,6 +108,13 @@ static int op_layer(const struct ir_graph *g, const struct ir_op *op)
         if (g->blocks[b].part == g->blocks[top].part && g->blocks[b].parent < 0)
             offset += (int)g->blocks[b].count;
     return offset + op->layer;
+}
+
+bool partition_rank_runs(const struct partition *P, int r, int c)
+{
+    const struct rank_coords *rc = &P->L->ranks[r];
+    const struct part_chunk *ch = &P->chunks[c];
+    return rc->stage == ch->stage && (rc->part == ch->part || (P->L->pc.epp == 0 && ch->stage == 0));
 }
 
 /* The dimension that sets a part's layer count, for messages. */
@@ -234,7 +240,7 @@ static void place_ops(struct partition *P)
     bool *feeds = wf_calloc((size_t)g->n_ops + 1, sizeof *feeds);
     for (int i = g->n_ops - 1; i >= 0; i--) {
         const struct ir_op *op = &g->ops[i];
-        if (op_layer(g, op) < 0 && !feeds[i])
+        if (partition_op_layer(g, op) < 0 && !feeds[i])
             continue;
         for (int k = 0; k < op->n_in; k++) {
             int p = op->in[k] >= 0 ? g->tensors[op->in[k]].producer : -1;
@@ -245,7 +251,7 @@ static void place_ops(struct partition *P)
     for (int i = 0; i < g->n_ops; i++) {
         const struct ir_op *op = &g->ops[i];
         enum ir_part part = op->part == IR_PART_SHARED ? IR_PART_DECODER : op->part;
-        int layer = op_layer(g, op);
+        int layer = partition_op_layer(g, op);
         int c = layer >= 0 ? chunk_of_layer(P, part, layer) : feeds[i] ? first_chunk(P, part) : last_chunk(P, part);
         WF_ASSERT(c >= 0);
         P->op_chunk[i] = c;
@@ -376,7 +382,7 @@ static int balance(struct partition *P, struct par_config *pc, struct diag *d)
         if (P->chunks[P->op_chunk[i]].part != IR_PART_DECODER)
             continue;
         double t = cost_op_seconds(P, i, &device_default);
-        int l = op_layer(P->g, &P->g->ops[i]);
+        int l = partition_op_layer(P->g, &P->g->ops[i]);
         if (l >= 0) {
             layer[l] += t;
             after_layers = true;

@@ -91,5 +91,10 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
 void partition_free(struct partition *P);
 /* The layers a part has: iterations of its top-level repeats, in order. */
 int partition_part_layers(const struct ir_graph *g, enum ir_part part);
+/* The layer an op belongs to across its part's top-level repeats, or -1. */
+int partition_op_layer(const struct ir_graph *g, const struct ir_op *op);
+/* Whether rank r runs chunk c (an encoder without stages of its own runs on
+ * the decoder's first stage). */
+bool partition_rank_runs(const struct partition *P, int r, int c);
 
 #endif

@@ -41,11 +41,9 @@ static void ranges(const int *v, int n, char *buf, size_t cap)
 /* The chunks a rank runs: every chunk of its part and stage. */
 static int rank_chunks(const struct partition *P, int r, int *out)
 {
-    const struct rank_coords *rc = &P->L->ranks[r];
     int n = 0;
     for (int c = 0; c < P->n_chunks; c++)
-        if (P->chunks[c].stage == rc->stage &&
-            (P->chunks[c].part == rc->part || (P->L->pc.epp == 0 && rc->stage == 0)))
+        if (partition_rank_runs(P, r, c))
             out[n++] = c;
     return n;
 }
@@ -74,7 +72,7 @@ static void print_text(const struct partition *P)
     const struct rank_layout *L = P->L;
     const struct par_config *pc = &L->pc;
     char a[32], b[32], buf[512];
-    printf("%s on %d ranks: tp %d x pp %d x dp %d", P->g->name, L->n_ranks, pc->tp, pc->pp, pc->dp);
+    printf("%s on %d rank%s: tp %d x pp %d x dp %d", P->g->name, L->n_ranks, L->n_ranks == 1 ? "" : "s", pc->tp, pc->pp, pc->dp);
     if (pc->cp > 1)
         printf(" x cp %d", pc->cp);
     if (pc->ep > 1)
@@ -100,7 +98,7 @@ static void print_text(const struct partition *P)
         int one[1] = {c}, rk[4096], n = 0;
         layers_text(P, one, 1, buf, sizeof buf);
         for (int r = 0; r < L->n_ranks && n < 4096; r++)
-            if (L->ranks[r].stage == ch->stage && (L->ranks[r].part == ch->part || (pc->epp == 0 && ch->stage == 0)))
+            if (partition_rank_runs(P, r, c))
                 rk[n++] = r;
         char rs[256], fl[32];
         ranges(rk, n, rs, sizeof rs);
