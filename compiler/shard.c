@@ -637,18 +637,29 @@ int partition_shard(struct partition *P, struct diag *d)
                     break;
             }
             c.have[k] = c.want[k] = P->shard[t];
-            /* Activations from another pipeline stage arrive by a send, as held. */
+            /* Activations from another pipeline stage arrive by sends, as held,
+             * from chunk to next chunk: a stage between producer and reader
+             * relays the tensor, as Megatron passes T5's encoder output down
+             * the decoder pipeline, so that stages talk only to neighbours. */
             int p = c.t[k]->producer;
-            if (p >= 0) {
-                int from = P->op_chunk[p];
-                if (P->chunks[from].stage != P->chunks[c.chunk].stage) {
+            if (p >= 0 && P->chunks[P->op_chunk[p]].stage != P->chunks[c.chunk].stage) {
+                for (int to = P->op_chunk[p] + 1; to <= c.chunk; to++) {
+                    int from = to - 1;
+                    while (from > P->op_chunk[p] && P->chunks[from].stage == P->chunks[to].stage)
+                        from--; /* chunks sharing a stage (an encoder on the decoder's first) need no send */
+                    if (P->chunks[from].stage == P->chunks[to].stage)
+                        continue;
                     bool sent = false;
                     for (int x = 0; x < P->n_xfers && !sent; x++)
-                        sent = P->xfers[x].kind == PART_XFER_SEND && P->xfers[x].tensor == t &&
-                               P->xfers[x].to_chunk == c.chunk;
-                    if (!sent)
-                        add_xfer(&c, PART_XFER_SEND, IR_PDIM_NONE, t, from, -1, &c.have[k], &c.have[k],
-                                 local_bytes(&c, c.t[k], &c.have[k]), "pipeline: to the next stage that reads it");
+                        sent = P->xfers[x].kind == PART_XFER_SEND && P->xfers[x].tensor == t && P->xfers[x].to_chunk == to;
+                    if (sent)
+                        continue;
+                    struct sctx relay = c;
+                    relay.chunk = to;
+                    add_xfer(&relay, PART_XFER_SEND, IR_PDIM_NONE, t, from, -1, &c.have[k], &c.have[k],
+                             local_bytes(&c, c.t[k], &c.have[k]),
+                             to == c.chunk ? "pipeline: to the next stage, which reads it"
+                                           : "pipeline: relayed through a stage that does not read it");
                 }
             }
         }
