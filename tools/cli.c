@@ -1,6 +1,7 @@
 /* cli.c: parse the flags every subcommand shares; load a model with them. */
 #include "cli.h"
 #include "partition.h"
+#include "program.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -62,6 +63,10 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
         }
         if (!strcmp(key, "o") || !strcmp(key, "output")) {
             c->output = value;
+        } else if (!strcmp(key, "pipeline-schedule")) {
+            if (ir_sched_parse(value) < 0)
+                return usage_error(c, "--pipeline-schedule %s: expected gpipe, 1f1b or interleaved%s", value, "");
+            c->schedule = value;
         } else if (!strcmp(key, "detail")) {
             c->detail = value;
         } else if (!strcmp(key, "variant")) {

@@ -24,6 +24,7 @@ struct cli {
     const char *model;  /* the positional argument */
     const char *output; /* -o */
     const char *detail; /* --detail (weft dot) */
+    const char *schedule; /* --pipeline-schedule */
     bool json, help;
     struct fe_options fe;
     struct par_config pc;

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "json.h"
 #include "partition.h"
+#include "schedule.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -67,7 +68,7 @@ static void layers_text(const struct partition *P, const int *chunks, int n, cha
     }
 }
 
-static void print_text(const struct partition *P)
+static void print_text(const struct partition *P, const struct ir_schedule *S)
 {
     const struct rank_layout *L = P->L;
     const struct par_config *pc = &L->pc;
@@ -105,6 +106,12 @@ static void print_text(const struct partition *P)
         printf("  %-6d %-8s %-7d %-28s %13s %10s %9.3f  %s\n", c, ir_part_name(ch->part), ch->stage, buf,
                wf_commas(ch->param_bytes / 4, a), wf_si(ch->flops, "", fl), ch->seconds * 1e3, rs);
     }
+    int most = 0;
+    for (int s = 0; s < S->n_stages; s++)
+        most = S->programs[s].n > most ? S->programs[s].n : most;
+    printf("  schedule %s: up to %d instructions a stage; verified on all %d ranks: every send meets its\n"
+           "  receive and every collective its whole group, in one order, so the step cannot hang\n",
+           ir_sched_name(S->kind), most, L->n_ranks);
     printf("  (params and FLOPs of a whole chunk, before tensor-parallel sharding; fwd ms: one rank's forward\n"
            "   time per micro-batch on an H100 by a roofline of each op's FLOPs and bytes)\n");
     printf("\n  %-5s %-8s %5s %4s %4s %4s %4s  %s\n", "rank", "part", "stage", "tp", "cp", "dp", "ep", "layers");
@@ -140,7 +147,7 @@ static void print_text(const struct partition *P)
     }
 }
 
-static void print_json(const struct partition *P)
+static void print_json(const struct partition *P, const struct ir_schedule *S)
 {
     const struct rank_layout *L = P->L;
     const struct par_config *pc = &L->pc;
@@ -162,6 +169,8 @@ static void print_json(const struct partition *P)
     json_bool(&j, "sequence_parallel", pc->sequence_parallel);
     json_int(&j, "virtual_stages", P->virtual_stages);
     json_int(&j, "micro_batches", P->n_micro);
+    json_string(&j, "schedule", ir_sched_name(S->kind));
+    json_bool(&j, "verified", true);
     if (P->balanced_first) {
         json_int(&j, "balanced_first_stage_layers", P->balanced_first);
         json_int(&j, "balanced_last_stage_layers", P->balanced_last);
@@ -242,10 +251,23 @@ int cmd_layout(int argc, char **argv)
     struct partition *P = cli_partition(&c);
     if (!P)
         return c.status;
-    if (c.json)
-        print_json(P);
-    else
-        print_text(P);
+    /* Build the step's schedule and prove it cannot hang before showing anything. */
+    struct diag d;
+    diag_init(&d);
+    struct ir_schedule S;
+    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
+    int rc = schedule_build(P, kind, &S, &d);
+    if (rc == 0)
+        rc = ir_schedule_verify(&S, P->L, &d);
+    diag_print(&d, stderr);
+    diag_free(&d);
+    if (rc == 0) {
+        if (c.json)
+            print_json(P, &S);
+        else
+            print_text(P, &S);
+        ir_schedule_free(&S);
+    }
     partition_free(P);
-    return EXIT_OK;
+    return rc ? EXIT_BAD_INPUT : EXIT_OK;
 }

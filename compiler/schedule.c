@@ -1,0 +1,237 @@
+/* schedule.c: build every stage's instruction stream from a partition. */
+#include "schedule.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum ir_sched_kind schedule_default(const struct partition *P)
+{
+    return P->virtual_stages > 1 ? IR_SCHED_INTERLEAVED : IR_SCHED_1F1B;
+}
+
+struct step {
+    bool backward;
+    int vstage, micro;
+    bool with_next; /* runs with the next step as one unit: no transfers between them */
+};
+
+/* Megatron's order of forward and backward steps on one pipeline rank. */
+static int order(enum ir_sched_kind kind, int stages, int rank, int m, int v, struct step *out)
+{
+    int n = 0;
+    if (kind == IR_SCHED_GPIPE) {
+        for (int i = 0; i < m; i++)
+            out[n++] = (struct step){.backward = false, .vstage = 0, .micro = i};
+        for (int i = 0; i < m; i++)
+            out[n++] = (struct step){.backward = true, .vstage = 0, .micro = i};
+        return n;
+    }
+    if (kind == IR_SCHED_1F1B) {
+        int warmup = stages - rank - 1 < m ? stages - rank - 1 : m;
+        for (int i = 0; i < warmup; i++)
+            out[n++] = (struct step){.backward = false, .vstage = 0, .micro = i};
+        for (int i = 0; i < m - warmup; i++) {
+            out[n++] = (struct step){.backward = false, .vstage = 0, .micro = warmup + i};
+            out[n++] = (struct step){.backward = true, .vstage = 0, .micro = i};
+        }
+        for (int i = m - warmup; i < m; i++)
+            out[n++] = (struct step){.backward = true, .vstage = 0, .micro = i};
+        return n;
+    }
+    /* Interleaved: virtual micro-batch k runs model chunk (k mod pp*v) / pp of
+     * micro-batch group k / (pp*v); backward walks the chunks in reverse. */
+    int total = m * v, group = stages * v;
+    int warmup = (stages - rank - 1) * 2 + (v - 1) * stages;
+    if (warmup > total)
+        warmup = total;
+#define FWD(k) ((struct step){.backward = false, .vstage = ((k) % group) / stages, .micro = ((k) / group) * stages + (k) % stages})
+#define BWD(k) ((struct step){.backward = true, .vstage = v - 1 - ((k) % group) / stages, .micro = ((k) / group) * stages + (k) % stages})
+    for (int k = 0; k < warmup; k++)
+        out[n++] = FWD(k);
+    /* In the steady state a forward and a backward run back to back, then one
+     * group moves both directions (Megatron's
+     * send_forward_backward_recv_forward_backward); a group between them
+     * would wait on a neighbour that waits on us. */
+    for (int k = 0; k < total - warmup; k++) {
+        out[n] = FWD(warmup + k);
+        out[n++].with_next = true;
+        out[n++] = BWD(k);
+    }
+    for (int k = total - warmup; k < total; k++)
+        out[n++] = BWD(k);
+#undef FWD
+#undef BWD
+    return n;
+}
+
+static bool in_step(const struct partition *P, int stage, const struct step *s, int chunk)
+{
+    return P->chunks[chunk].stage == stage && P->chunks[chunk].vstage == s->vstage;
+}
+
+/* The transfers a step receives (before) or sends (after), as p2p halves. */
+static int p2p_of(const struct partition *P, int stage, const struct step *s, bool sends, struct ir_p2p *out, int n)
+{
+    for (int x = 0; x < P->n_xfers; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->kind != PART_XFER_SEND)
+            continue;
+        /* forward: activations arrive at to_chunk and leave from_chunk;
+         * backward: their gradients travel the other way */
+        int here = s->backward == sends ? px->to_chunk : px->from_chunk;
+        int there = here == px->to_chunk ? px->from_chunk : px->to_chunk;
+        if (!in_step(P, stage, s, here))
+            continue;
+        WF_ASSERT(n < IR_MAX_P2P);
+        out[n++] = (struct ir_p2p){.send = sends, .grad = s->backward, .tensor = px->tensor, .chunk = here,
+                                   .peer_chunk = there, .micro = s->micro, .bytes = px->bytes};
+    }
+    return n;
+}
+
+static enum ir_group group_of_pdim(enum ir_pdim p)
+{
+    switch (p) {
+    case IR_PDIM_CP: return IR_GROUP_CP;
+    case IR_PDIM_EP: return IR_GROUP_EP;
+    case IR_PDIM_XTP: return IR_GROUP_EXPERT_TP;
+    default: return IR_GROUP_TP;
+    }
+}
+
+static enum ir_coll coll_of(enum part_xfer_kind k)
+{
+    switch (k) {
+    case PART_XFER_ALL_GATHER: return IR_COLL_ALL_GATHER;
+    case PART_XFER_REDUCE_SCATTER: return IR_COLL_REDUCE_SCATTER;
+    case PART_XFER_ALL_TO_ALL: return IR_COLL_ALL_TO_ALL;
+    default: return IR_COLL_ALL_REDUCE;
+    }
+}
+
+enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20 };
+
+/* Parameters read on more than one stage (a tied embedding, T5's shared
+ * table) sum their gradients over the stages that hold them: the holders
+ * are derived, not named per model. */
+static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t **bytes)
+{
+    const struct ir_graph *g = P->g;
+    uint8_t *on = wf_calloc((size_t)S->n_stages + 1, 1);
+    *bytes = NULL;
+    for (int t = 0; t < g->n_tensors; t++) {
+        if (g->tensors[t].kind != IR_TENSOR_PARAM)
+            continue;
+        memset(on, 0, (size_t)S->n_stages);
+        int n = 0;
+        for (int i = 0; i < g->n_ops; i++)
+            for (int k = 0; k < g->ops[i].n_in; k++)
+                if (g->ops[i].in[k] == t && !on[P->chunks[P->op_chunk[i]].stage]) {
+                    on[P->chunks[P->op_chunk[i]].stage] = 1;
+                    n++;
+                }
+        if (n < 2)
+            continue;
+        int set = -1;
+        for (int k = 0; k < S->n_tied && set < 0; k++)
+            if (!memcmp(S->tied_stages[k], on, (size_t)S->n_stages))
+                set = k;
+        if (set < 0) {
+            set = S->n_tied++;
+            S->tied_stages = wf_realloc(S->tied_stages, (size_t)S->n_tied * sizeof *S->tied_stages);
+            *bytes = wf_realloc(*bytes, (size_t)S->n_tied * sizeof **bytes);
+            S->tied_stages[set] = wf_calloc((size_t)S->n_stages + 1, 1);
+            memcpy(S->tied_stages[set], on, (size_t)S->n_stages);
+            (*bytes)[set] = 0;
+        }
+        (*bytes)[set] += ir_shape_numel(&g->tensors[t].shape) * 4; /* the whole tensor, in fp32 */
+    }
+    free(on);
+}
+
+int schedule_build(const struct partition *P, enum ir_sched_kind kind, struct ir_schedule *S, struct diag *d)
+{
+    memset(S, 0, sizeof *S);
+    int v = P->virtual_stages, m = P->n_micro;
+    if (kind == IR_SCHED_INTERLEAVED && v < 2) {
+        diag_error(d, NULL, 0, "--pipeline-schedule interleaved needs virtual stages (--num-layers-per-virtual-pipeline-stage)");
+        return -1;
+    }
+    if (kind != IR_SCHED_INTERLEAVED && v > 1) {
+        diag_error(d, NULL, 0, "--pipeline-schedule %s runs one chunk per stage; virtual stages need interleaved",
+                   ir_sched_name(kind));
+        return -1;
+    }
+    S->kind = kind;
+    S->n_micro = m;
+    S->virtual_stages = v;
+    S->n_chunks = P->n_chunks;
+    S->chunk_stage = wf_calloc((size_t)P->n_chunks, sizeof *S->chunk_stage);
+    for (int c = 0; c < P->n_chunks; c++) {
+        S->chunk_stage[c] = P->chunks[c].stage;
+        if (P->chunks[c].stage + 1 > S->n_stages)
+            S->n_stages = P->chunks[c].stage + 1;
+    }
+    if (kind == IR_SCHED_INTERLEAVED && P->L->pc.epp > 0) {
+        diag_error(d, NULL, 0, "the interleaved schedule with encoder stages of their own is not supported: use --epp 0 or no virtual stages");
+        ir_schedule_free(S);
+        return -1;
+    }
+    int64_t *tied_bytes;
+    find_tied(P, S, &tied_bytes);
+    S->programs = wf_calloc((size_t)S->n_stages, sizeof *S->programs);
+    struct step *steps = wf_calloc((size_t)(2 * m * v + 2), sizeof *steps);
+    for (int s = 0; s < S->n_stages; s++) {
+        struct ir_program *prog = &S->programs[s];
+        prog->stage = s;
+        int n = order(kind, S->n_stages, s, m, v, steps);
+        struct ir_ins pending = {.kind = IR_INS_P2P};
+        for (int i = 0; i < n;) {
+            int end = i; /* a unit: steps i..end */
+            while (steps[end].with_next && end + 1 < n)
+                end++;
+            for (int k = i; k <= end; k++)
+                pending.n_p2p = p2p_of(P, s, &steps[k], false, pending.p2p, pending.n_p2p);
+            if (pending.n_p2p)
+                ir_program_push(prog, &pending);
+            pending = (struct ir_ins){.kind = IR_INS_P2P};
+            for (int k = i; k <= end; k++) {
+                const struct step *st = &steps[k];
+                ir_program_push(prog, &(struct ir_ins){.kind = st->backward ? IR_INS_BACKWARD : IR_INS_FORWARD,
+                                                       .vstage = st->vstage, .micro = st->micro});
+                for (int x = 0; !st->backward && x < P->n_xfers; x++) {
+                    const struct part_xfer *px = &P->xfers[x];
+                    if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || !in_step(P, s, st, px->to_chunk))
+                        continue;
+                    ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
+                                                           .group = group_of_pdim(px->over), .tag = x, .bytes = px->bytes});
+                }
+                pending.n_p2p = p2p_of(P, s, st, true, pending.p2p, pending.n_p2p);
+            }
+            i = end + 1;
+        }
+        if (pending.n_p2p)
+            ir_program_push(prog, &pending);
+        /* The step's end: gradients reduced over data (and context) parallel
+         * ranks chunk by chunk, tied parameters summed over their holders,
+         * the global norm for clipping, then the update. */
+        if (P->L->pc.dp * P->L->pc.cp > 1)
+            for (int c = P->n_chunks - 1; c >= 0; c--)
+                if (P->chunks[c].stage == s)
+                    ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                           .group = IR_GROUP_DP_CP, .tag = TAG_GRADS + c,
+                                                           .bytes = P->chunks[c].param_bytes});
+        for (int t = 0; t < S->n_tied; t++)
+            if (S->tied_stages[t][s])
+                ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                       .group = IR_GROUP_TIED, .tag = t, .bytes = tied_bytes[t]});
+        if (P->L->pc.tp * P->L->pc.pp > 1 || P->L->pc.epp > 0)
+            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                   .group = IR_GROUP_MP, .tag = TAG_NORM, .bytes = 4});
+        ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_OPTIMIZER});
+    }
+    free(steps);
+    free(tied_bytes);
+    return 0;
+}

@@ -1,0 +1,432 @@
+/* program.c: instruction streams, and the verifier that runs them all.
+ *
+ * The verifier steps every rank of the layout through its stage's program
+ * with rendezvous semantics: compute always proceeds; a P2P group is done
+ * when each of its transfers has met its counterpart (posted by the peer at
+ * the same time, same tensor, micro-batch, chunks and bytes); a collective is
+ * done when every member of its group has entered the same one.  If a sweep
+ * over all ranks moves nothing while some have not finished, no order of
+ * events can finish them: the schedule hangs, and the waits are reported. */
+#include "program.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *coll_names[] = {
+#define X(id, name) name,
+    IR_COLLS(X)
+#undef X
+};
+static const char *group_names[] = {
+#define X(id, name) name,
+    IR_GROUPS(X)
+#undef X
+};
+static const char *sched_names[] = {
+#define X(id, name) name,
+    IR_SCHEDULES(X)
+#undef X
+};
+
+const char *ir_coll_name(enum ir_coll c) { return coll_names[c]; }
+const char *ir_group_name(enum ir_group g) { return group_names[g]; }
+const char *ir_sched_name(enum ir_sched_kind k) { return sched_names[k]; }
+
+int ir_sched_parse(const char *s)
+{
+    for (int i = 0; i < IR_SCHED_COUNT; i++)
+        if (!strcmp(sched_names[i], s))
+            return i;
+    return -1;
+}
+
+void ir_program_push(struct ir_program *p, const struct ir_ins *ins)
+{
+    WF_GROW(p->ins, p->n, p->cap);
+    p->ins[p->n++] = *ins;
+}
+
+void ir_schedule_free(struct ir_schedule *S)
+{
+    for (int s = 0; s < S->n_stages; s++)
+        free(S->programs[s].ins);
+    free(S->programs);
+    free(S->chunk_stage);
+    for (int t = 0; t < S->n_tied; t++)
+        free(S->tied_stages[t]);
+    free(S->tied_stages);
+    memset(S, 0, sizeof *S);
+}
+
+char *ir_ins_str(const struct ir_ins *ins, char *buf, size_t n)
+{
+    size_t len = 0;
+    switch (ins->kind) {
+    case IR_INS_FORWARD:
+    case IR_INS_BACKWARD:
+        snprintf(buf, n, "%s virtual stage %d, micro-batch %d", ins->kind == IR_INS_FORWARD ? "forward" : "backward",
+                 ins->vstage, ins->micro);
+        break;
+    case IR_INS_P2P:
+        for (int i = 0; i < ins->n_p2p && len < n; i++) {
+            const struct ir_p2p *p = &ins->p2p[i];
+            len += (size_t)snprintf(buf + len, n - len, "%s%s %s %d of chunk %d micro-batch %d %s chunk %d (%" PRId64 " B)",
+                                    i ? "; " : "", p->send ? "send" : "receive", p->grad ? "gradient" : "activation",
+                                    p->tensor, p->send ? p->chunk : p->peer_chunk, p->micro, p->send ? "to" : "for",
+                                    p->send ? p->peer_chunk : p->chunk, p->bytes);
+        }
+        break;
+    case IR_INS_COLLECTIVE:
+        snprintf(buf, n, "%s over %s #%d (%" PRId64 " B)", coll_names[ins->coll], group_names[ins->group], ins->tag,
+                 ins->bytes);
+        break;
+    case IR_INS_OPTIMIZER:
+        snprintf(buf, n, "optimizer step");
+        break;
+    }
+    return buf;
+}
+
+/* ---- the verifier ---------------------------------------------------------------- */
+
+struct vrank {
+    int pc;
+    uint64_t matched[IR_MAX_P2P]; /* per transfer of the current P2P: peers met, one bit each */
+    int waits_for;                /* the rank this one waits on, for the diagnosis */
+};
+
+struct verifier {
+    const struct ir_schedule *S;
+    const struct rank_layout *L;
+    struct diag *d;
+    struct vrank *r;
+    int **pp_of;   /* per rank: the pp groups holding it, -1 ended */
+    int *component; /* per pp group: pipelines joined by a shared (encoder) rank */
+    int *group_of[IR_GROUP_COUNT];
+};
+
+static const struct ir_ins *cur(const struct verifier *v, int r)
+{
+    const struct ir_program *p = &v->S->programs[v->L->ranks[r].stage];
+    return v->r[r].pc < p->n ? &p->ins[v->r[r].pc] : NULL;
+}
+
+/* The ranks at the stage of `chunk` in r's pipelines (one, or several where
+ * an encoder rank feeds several decoder ranks). */
+static int peers(const struct verifier *v, int r, int chunk, int *out, int max)
+{
+    int stage = v->S->chunk_stage[chunk], n = 0;
+    const struct rank_groups *pp = &v->L->groups[PAR_GROUP_PP];
+    for (int k = 0; v->pp_of[r][k] >= 0; k++) {
+        int g = v->pp_of[r][k];
+        if (stage >= pp->sizes[g])
+            continue;
+        int q = pp->ranks[g][stage];
+        bool seen = false;
+        for (int i = 0; i < n; i++)
+            seen |= out[i] == q;
+        if (!seen && n < max)
+            out[n++] = q;
+    }
+    return n;
+}
+
+static bool counterpart(const struct ir_p2p *a, const struct ir_p2p *b)
+{
+    return a->send != b->send && a->grad == b->grad && a->tensor == b->tensor && a->micro == b->micro &&
+           a->chunk == b->peer_chunk && a->peer_chunk == b->chunk;
+}
+
+/* The members of r's group of a kind, into out. */
+static int members(const struct verifier *v, int r, const struct ir_ins *ins, int *out, int max)
+{
+    if (ins->group == IR_GROUP_TIED) {
+        const struct rank_groups *pp = &v->L->groups[PAR_GROUP_PP];
+        int comp = v->component[v->pp_of[r][0]], n = 0;
+        for (int g = 0; g < pp->n_groups; g++) {
+            if (v->component[g] != comp)
+                continue;
+            for (int s = 0; s < pp->sizes[g]; s++) {
+                int q = pp->ranks[g][s];
+                if (!v->S->tied_stages[ins->tag][v->L->ranks[q].stage])
+                    continue;
+                bool seen = false;
+                for (int i = 0; i < n; i++)
+                    seen |= out[i] == q;
+                if (!seen && n < max)
+                    out[n++] = q;
+            }
+        }
+        return n;
+    }
+    static const enum par_group_kind kind[IR_GROUP_COUNT] = {
+        [IR_GROUP_TP] = PAR_GROUP_TP, [IR_GROUP_CP] = PAR_GROUP_CP, [IR_GROUP_EP] = PAR_GROUP_EP,
+        [IR_GROUP_EXPERT_TP] = PAR_GROUP_EXPERT_TP, [IR_GROUP_DP_CP] = PAR_GROUP_DP_CP, [IR_GROUP_MP] = PAR_GROUP_MP};
+    const struct rank_groups *G = &v->L->groups[kind[ins->group]];
+    int g = v->group_of[ins->group][r];
+    int n = 0;
+    for (int i = 0; g >= 0 && i < G->sizes[g] && n < max; i++)
+        out[n++] = G->ranks[g][i];
+    return n;
+}
+
+static void where(const struct verifier *v, int r, char *buf, size_t n)
+{
+    const struct rank_coords *c = &v->L->ranks[r];
+    char ins[512] = "finished";
+    if (cur(v, r))
+        ir_ins_str(cur(v, r), ins, sizeof ins);
+    snprintf(buf, n, "rank %d (%s stage %d, tp %d, dp %d) at instruction %d: %s", r, ir_part_name(c->part), c->stage,
+             c->tp, c->dp, v->r[r].pc, ins);
+}
+
+/* One step of rank r if it can make one; -1 on a definite error. */
+static int step(struct verifier *v, int r, bool *moved)
+{
+    const struct ir_ins *ins = cur(v, r);
+    struct vrank *me = &v->r[r];
+    int buf[1024];
+    if (!ins)
+        return 0;
+    switch (ins->kind) {
+    case IR_INS_FORWARD:
+    case IR_INS_BACKWARD:
+    case IR_INS_OPTIMIZER:
+        me->pc++;
+        *moved = true;
+        return 0;
+    case IR_INS_P2P: {
+        bool done = true;
+        for (int i = 0; i < ins->n_p2p; i++) {
+            int np = peers(v, r, ins->p2p[i].peer_chunk, buf, 64);
+            if (np == 0) {
+                char a[1024];
+                where(v, r, a, sizeof a);
+                diag_error(v->d, NULL, 0, "schedule: %s: no rank runs chunk %d in this rank's pipeline", a,
+                           ins->p2p[i].peer_chunk);
+                return -1;
+            }
+            for (int k = 0; k < np; k++) {
+                if (me->matched[i] & (1ull << k))
+                    continue;
+                int q = buf[k];
+                const struct ir_ins *other = cur(v, q);
+                bool met = false;
+                for (int j = 0; other && other->kind == IR_INS_P2P && j < other->n_p2p && !met; j++) {
+                    if (!counterpart(&ins->p2p[i], &other->p2p[j]))
+                        continue;
+                    if (other->p2p[j].bytes != ins->p2p[i].bytes) {
+                        char a[1024], b[1024];
+                        where(v, r, a, sizeof a);
+                        where(v, q, b, sizeof b);
+                        diag_error(v->d, NULL, 0, "schedule: sizes differ: %s; but %s", a, b);
+                        return -1;
+                    }
+                    met = true;
+                    /* mark the counterpart's bit for r */
+                    int back[64], nb = peers(v, q, other->p2p[j].peer_chunk, back, 64);
+                    for (int m = 0; m < nb; m++)
+                        if (back[m] == r)
+                            v->r[q].matched[j] |= 1ull << m;
+                }
+                if (met) {
+                    me->matched[i] |= 1ull << k;
+                    *moved = true;
+                } else {
+                    done = false;
+                    me->waits_for = q;
+                }
+            }
+        }
+        if (done) {
+            memset(me->matched, 0, sizeof me->matched);
+            me->pc++;
+            *moved = true;
+        }
+        return 0;
+    }
+    case IR_INS_COLLECTIVE: {
+        int n = members(v, r, ins, buf, 1024);
+        for (int i = 0; i < n; i++)
+            if (buf[i] < r)
+                return 0; /* its smallest member decides for the group */
+        for (int i = 0; i < n; i++) {
+            const struct ir_ins *o = cur(v, buf[i]);
+            if (o && o->kind == IR_INS_COLLECTIVE && o->group == ins->group &&
+                (o->tag != ins->tag || o->coll != ins->coll || o->bytes != ins->bytes)) {
+                char a[1024], b[1024];
+                where(v, r, a, sizeof a);
+                where(v, buf[i], b, sizeof b);
+                diag_error(v->d, NULL, 0, "schedule: one %s group enters different collectives: %s; but %s",
+                           group_names[ins->group], a, b);
+                return -1;
+            }
+            if (!o || o->kind != IR_INS_COLLECTIVE || o->group != ins->group) {
+                me->waits_for = buf[i];
+                return 0;
+            }
+        }
+        /* Every member is here; each must see the same group, or it is not one group. */
+        int mine[1024];
+        for (int i = 0; i < n; i++) {
+            int m = members(v, buf[i], cur(v, buf[i]), mine, 1024);
+            if (m != n) {
+                char a[1024], b[1024];
+                where(v, r, a, sizeof a);
+                where(v, buf[i], b, sizeof b);
+                diag_error(v->d, NULL, 0, "schedule: ranks disagree on a %s group (%d and %d members): %s; and %s",
+                           group_names[ins->group], n, m, a, b);
+                return -1;
+            }
+        }
+        for (int i = 0; i < n; i++)
+            v->r[buf[i]].pc++;
+        *moved = true;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static void diagnose(struct verifier *v)
+{
+    int first = -1;
+    for (int r = 0; r < v->L->n_ranks && first < 0; r++)
+        if (cur(v, r))
+            first = r;
+    char a[1024];
+    diag_error(v->d, NULL, 0, "schedule: it hangs: no rank can move; the waits:");
+    /* Follow who waits on whom until a rank repeats (the cycle) or 8 steps. */
+    int seen[9], n = 0, r = first;
+    while (r >= 0 && n < 8) {
+        for (int i = 0; i < n; i++)
+            if (seen[i] == r) {
+                diag_note(v->d, NULL, 0, "... and so on around: rank %d waits again", r);
+                return;
+            }
+        seen[n++] = r;
+        where(v, r, a, sizeof a);
+        int q = v->r[r].waits_for;
+        char b[64] = "";
+        if (q >= 0)
+            snprintf(b, sizeof b, ", waiting for rank %d", q);
+        diag_note(v->d, NULL, 0, "%s%s", a, b);
+        r = cur(v, q >= 0 ? q : r) ? q : -1;
+    }
+}
+
+/* Before running anything: every transfer has exactly one counterpart in
+ * its peer stage's program, else say which is missing. */
+static int check_pairs(const struct ir_schedule *S, struct diag *d)
+{
+    int errors = 0;
+    for (int s = 0; s < S->n_stages; s++) {
+        const struct ir_program *p = &S->programs[s];
+        for (int i = 0; i < p->n; i++) {
+            const struct ir_ins *ins = &p->ins[i];
+            for (int k = 0; ins->kind == IR_INS_P2P && k < ins->n_p2p; k++) {
+                const struct ir_p2p *x = &ins->p2p[k];
+                int t = x->peer_chunk >= 0 && x->peer_chunk < S->n_chunks ? S->chunk_stage[x->peer_chunk] : -1;
+                int found = 0;
+                for (int j = 0; t >= 0 && j < S->programs[t].n; j++) {
+                    const struct ir_ins *o = &S->programs[t].ins[j];
+                    for (int m = 0; o->kind == IR_INS_P2P && m < o->n_p2p; m++)
+                        found += counterpart(x, &o->p2p[m]);
+                }
+                if (found == 1)
+                    continue;
+                char what[512];
+                ir_ins_str(&(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = 1, .p2p = {*x}}, what, sizeof what);
+                diag_error(d, NULL, 0, "schedule: stage %d, instruction %d: %s; but stage %d %s", s, i, what, t,
+                           found ? "has more than one counterpart" : x->send ? "never receives it" : "never sends it");
+                if (++errors == 8)
+                    return -1;
+            }
+        }
+    }
+    return errors ? -1 : 0;
+}
+
+int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d)
+{
+    if (check_pairs(S, d))
+        return -1;
+    struct verifier v = {S, L, d, wf_calloc((size_t)L->n_ranks, sizeof *v.r), NULL, NULL, {0}};
+    const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
+    v.pp_of = wf_calloc((size_t)L->n_ranks, sizeof *v.pp_of);
+    int *count = wf_calloc((size_t)L->n_ranks, sizeof *count);
+    for (int g = 0; g < pp->n_groups; g++)
+        for (int s = 0; s < pp->sizes[g]; s++)
+            count[pp->ranks[g][s]]++;
+    for (int r = 0; r < L->n_ranks; r++) {
+        v.pp_of[r] = wf_calloc((size_t)count[r] + 1, sizeof **v.pp_of);
+        v.pp_of[r][count[r]] = -1;
+        count[r] = 0;
+        v.r[r].waits_for = -1;
+    }
+    for (int g = 0; g < pp->n_groups; g++)
+        for (int s = 0; s < pp->sizes[g]; s++) {
+            int q = pp->ranks[g][s];
+            v.pp_of[q][count[q]++] = g;
+        }
+    /* Pipelines sharing a rank form one component (the tied group spans it). */
+    v.component = wf_calloc((size_t)pp->n_groups + 1, sizeof *v.component);
+    for (int g = 0; g < pp->n_groups; g++)
+        v.component[g] = g;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (int r = 0; r < L->n_ranks; r++)
+            for (int k = 1; v.pp_of[r][k] >= 0; k++) {
+                int a = v.component[v.pp_of[r][0]], b = v.component[v.pp_of[r][k]];
+                if (a != b) {
+                    int lo = a < b ? a : b;
+                    for (int g = 0; g < pp->n_groups; g++)
+                        if (v.component[g] == a || v.component[g] == b)
+                            v.component[g] = lo;
+                    changed = true;
+                }
+            }
+    }
+    static const enum par_group_kind kind[IR_GROUP_COUNT] = {
+        [IR_GROUP_TP] = PAR_GROUP_TP, [IR_GROUP_CP] = PAR_GROUP_CP, [IR_GROUP_EP] = PAR_GROUP_EP,
+        [IR_GROUP_EXPERT_TP] = PAR_GROUP_EXPERT_TP, [IR_GROUP_DP_CP] = PAR_GROUP_DP_CP, [IR_GROUP_MP] = PAR_GROUP_MP};
+    for (int k = 0; k < IR_GROUP_COUNT; k++) {
+        if (k == IR_GROUP_TIED)
+            continue;
+        v.group_of[k] = wf_calloc((size_t)L->n_ranks, sizeof *v.group_of[k]);
+        for (int r = 0; r < L->n_ranks; r++)
+            v.group_of[k][r] = -1;
+        const struct rank_groups *G = &L->groups[kind[k]];
+        for (int g = 0; g < G->n_groups; g++)
+            for (int i = 0; i < G->sizes[g]; i++)
+                v.group_of[k][G->ranks[g][i]] = g;
+    }
+    int rc = 0;
+    for (;;) {
+        bool moved = false, left = false;
+        for (int r = 0; r < L->n_ranks && rc == 0; r++) {
+            if (cur(&v, r))
+                left = true;
+            rc = step(&v, r, &moved);
+        }
+        if (rc || !left)
+            break;
+        if (!moved) {
+            diagnose(&v);
+            rc = -1;
+            break;
+        }
+    }
+    for (int r = 0; r < L->n_ranks; r++)
+        free(v.pp_of[r]);
+    for (int k = 0; k < IR_GROUP_COUNT; k++)
+        free(v.group_of[k]);
+    free(v.pp_of);
+    free(v.component);
+    free(count);
+    free(v.r);
+    return rc;
+}

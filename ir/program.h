@@ -1,0 +1,127 @@
+/* program.h: what each pipeline rank does in one training step, and the
+ * proof that all of them together cannot hang.
+ *
+ *   struct ir_schedule S;                       // built by schedule_build (compiler/)
+ *   struct diag d;  diag_init(&d);
+ *   if (ir_schedule_verify(&S, layout, &d))     // deadlock or mismatch: d says who waits for what
+ *       diag_print(&d, stderr);
+ *
+ * One program per pipeline stage: every rank of a stage runs the same
+ * instructions, its peers and groups found from its coordinates, so a plan's
+ * size does not grow with tp or dp.  Instructions:
+ *   FORWARD / BACKWARD   a stage's chunks (of one virtual stage) on one micro-batch
+ *   P2P                  sends and receives posted together and done together
+ *                        (an NCCL group); peers are the neighbouring stages
+ *   COLLECTIVE           entered by every rank of a group, in the same order
+ *   OPTIMIZER            the parameter update, after every gradient is reduced */
+#ifndef WEFT_PROGRAM_H
+#define WEFT_PROGRAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "diag.h"
+#include "layout.h"
+
+enum ir_ins_kind { IR_INS_FORWARD, IR_INS_BACKWARD, IR_INS_P2P, IR_INS_COLLECTIVE, IR_INS_OPTIMIZER };
+
+#define IR_COLLS(X)                                                            \
+    X(ALL_REDUCE, "all-reduce")                                                \
+    X(ALL_GATHER, "all-gather")                                                \
+    X(REDUCE_SCATTER, "reduce-scatter")                                        \
+    X(ALL_TO_ALL, "all-to-all")
+
+enum ir_coll {
+#define X(id, name) IR_COLL_##id,
+    IR_COLLS(X)
+#undef X
+    IR_COLL_COUNT
+};
+
+/* The group a collective runs over, found per rank from the layout; TIED is
+ * the ranks of the rank's pipeline that hold one tied parameter set. */
+#define IR_GROUPS(X)                                                           \
+    X(TP, "tp")                                                                \
+    X(CP, "cp")                                                                \
+    X(EP, "ep")                                                                \
+    X(EXPERT_TP, "expert_tp")                                                  \
+    X(DP_CP, "dp_cp")                                                          \
+    X(MP, "mp")                                                                \
+    X(TIED, "tied")
+
+enum ir_group {
+#define X(id, name) IR_GROUP_##id,
+    IR_GROUPS(X)
+#undef X
+    IR_GROUP_COUNT
+};
+
+const char *ir_coll_name(enum ir_coll c);
+const char *ir_group_name(enum ir_group g);
+
+#define IR_MAX_P2P 16
+
+/* One side of a point-to-point transfer: a tensor (activation, or its
+ * gradient going back) crossing from one chunk to a neighbouring one. */
+struct ir_p2p {
+    bool send, grad;
+    int tensor;           /* the activation (its gradient when grad) */
+    int chunk, peer_chunk; /* this rank's chunk and the other end's */
+    int micro;
+    int64_t bytes;
+};
+
+struct ir_ins {
+    enum ir_ins_kind kind;
+    int vstage, micro;     /* FORWARD, BACKWARD: the virtual stage (its chunks) and micro-batch */
+    int n_p2p;             /* P2P */
+    struct ir_p2p p2p[IR_MAX_P2P];
+    enum ir_coll coll;     /* COLLECTIVE */
+    enum ir_group group;
+    int tag;               /* which collective: the same on every member */
+    int64_t bytes;
+};
+
+struct ir_program {
+    int stage;
+    int n, cap;
+    struct ir_ins *ins;
+};
+
+#define IR_SCHEDULES(X)                                                        \
+    X(GPIPE, "gpipe")                                                          \
+    X(1F1B, "1f1b")                                                            \
+    X(INTERLEAVED, "interleaved")
+
+enum ir_sched_kind {
+#define X(id, name) IR_SCHED_##id,
+    IR_SCHEDULES(X)
+#undef X
+    IR_SCHED_COUNT
+};
+
+const char *ir_sched_name(enum ir_sched_kind k);
+int ir_sched_parse(const char *s); /* -1 if unknown */
+
+struct ir_schedule {
+    enum ir_sched_kind kind;
+    int n_stages, n_micro, virtual_stages;
+    struct ir_program *programs; /* [n_stages] */
+    int n_chunks;
+    int *chunk_stage;            /* [n_chunks]: the stage that runs each chunk */
+    int n_tied;
+    uint8_t **tied_stages;       /* [n_tied][n_stages]: 1 where a stage holds the tied set */
+};
+
+void ir_program_push(struct ir_program *p, const struct ir_ins *ins);
+void ir_schedule_free(struct ir_schedule *S);
+/* "send activation 3 of chunk 1 micro-batch 2 to chunk 2", into buf. */
+char *ir_ins_str(const struct ir_ins *ins, char *buf, size_t n);
+
+/* Run every rank's program against the others (sends meet receives of the
+ * same tensor, micro-batch and size; collectives are entered by their whole
+ * group in one order).  0 if every rank finishes; otherwise the diagnosis:
+ * which ranks, at which instructions, wait for what. */
+int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d);
+
+#endif

@@ -1,0 +1,197 @@
+/* test_schedule.c: pipeline schedules are built as Megatron runs them, every
+ * one verifies on every rank, and a corrupted one is caught with a diagnosis
+ * that says which ranks wait for what. */
+#include "testing.h"
+
+#include "schedule.h"
+
+struct built {
+    struct partition *P;
+    struct ir_schedule S;
+};
+
+static void build(struct built *b, const char *file, const char *variant, struct par_config pc, int kind)
+{
+    struct fe_options opt = {.variant = variant};
+    struct diag d;
+    diag_init(&d);
+    b->P = partition_model(file, &opt, &pc, &d);
+    if (!b->P)
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    if (schedule_build(b->P, kind < 0 ? schedule_default(b->P) : (enum ir_sched_kind)kind, &b->S, &d))
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+}
+
+static void unbuild(struct built *b)
+{
+    ir_schedule_free(&b->S);
+    partition_free(b->P);
+}
+
+static const char *verify(struct built *b, struct diag *d)
+{
+    diag_init(d);
+    static char text[8192];
+    text[0] = 0;
+    if (ir_schedule_verify(&b->S, b->P->L, d) == 0)
+        return NULL;
+    size_t n = 0;
+    for (int i = 0; i < d->n && n < sizeof text; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "%s\n", d->v[i].msg);
+    return text;
+}
+
+static void test_every_model_and_schedule(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file, *variant;
+        int world, tp, pp, etp, epp, gbs, per_virtual;
+    } cfg[] = {
+        {"models/gpt2.xml", NULL, 16, 2, 4, 0, -1, 16, 0},  {"models/gpt2.xml", NULL, 8, 1, 4, 0, -1, 16, 1},
+        {"models/llama2.xml", "tiny", 8, 2, 2, 0, -1, 8, 0}, {"models/gpt2.xml", NULL, 16, 2, 4, 0, -1, 16, 1},
+        {"models/mixtral.xml", "tiny", 8, 2, 2, 0, -1, 4, 0}, {"models/t5.xml", "tiny", 10, 2, 2, 1, 1, 8, 0},
+        {"models/t5.xml", "tiny", 4, 2, 1, 0, -1, 4, 0},     {"models/llava.xml", "tiny", 12, 2, 2, 1, 2, 8, 0},
+        {"models/llava.xml", "tiny", 16, 2, 2, 2, 2, 8, 0},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
+        pc.global_batch = cfg[i].gbs, pc.layers_per_virtual_stage = cfg[i].per_virtual;
+        int kinds[3] = {IR_SCHED_GPIPE, IR_SCHED_1F1B, -1}, nk = cfg[i].per_virtual ? 1 : 2;
+        if (cfg[i].per_virtual)
+            kinds[0] = IR_SCHED_INTERLEAVED;
+        for (int k = 0; k < nk; k++) {
+            struct built b;
+            build(&b, cfg[i].file, cfg[i].variant, pc, kinds[k]);
+            struct diag d;
+            const char *why = verify(&b, &d);
+            if (why)
+                fail_msg("%s under %s (config %zu) hangs:\n%s", cfg[i].file, ir_sched_name(b.S.kind), i, why);
+            diag_free(&d);
+            unbuild(&b);
+        }
+    }
+}
+
+/* Megatron's warmup: 1F1B stage s of p runs min(p - s - 1, m) forwards first. */
+static void test_warmup_counts(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.pp = 4, pc.global_batch = 8;
+    struct built b;
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    for (int s = 0; s < 4; s++) {
+        int forwards = 0;
+        for (int i = 0; i < b.S.programs[s].n; i++) {
+            if (b.S.programs[s].ins[i].kind == IR_INS_BACKWARD)
+                break;
+            forwards += b.S.programs[s].ins[i].kind == IR_INS_FORWARD;
+        }
+        assert_int_equal(forwards, 4 - s - 1 + 1); /* the warmup, then the first steady forward */
+    }
+    unbuild(&b);
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_GPIPE);
+    int forwards = 0;
+    for (int i = 0; i < b.S.programs[0].n && b.S.programs[0].ins[i].kind != IR_INS_BACKWARD; i++)
+        forwards += b.S.programs[0].ins[i].kind == IR_INS_FORWARD;
+    assert_int_equal(forwards, 8);
+    unbuild(&b);
+}
+
+static int find(const struct ir_program *p, enum ir_ins_kind kind, int from)
+{
+    for (int i = from; i < p->n; i++)
+        if (p->ins[i].kind == kind)
+            return i;
+    return -1;
+}
+
+static void expect_caught(struct built *b, const char *what, const char *f1, const char *f2)
+{
+    struct diag d;
+    const char *why = verify(b, &d);
+    if (!why)
+        fail_msg("%s: the corrupted schedule verified", what);
+    printf("    %s:\n%s", what, why);
+    if (!strstr(why, f1) || (f2 && !strstr(why, f2)))
+        fail_msg("%s: the diagnosis lacks \"%s\"%s%s", what, f1, f2 ? " or " : "", f2 ? f2 : "");
+    diag_free(&d);
+}
+
+static void test_corrupted(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 8, pc.tp = 2, pc.pp = 4, pc.global_batch = 4;
+    struct built b;
+
+    /* A swapped pair: stage 1 runs its second transfer group before its first. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    struct ir_program *p = &b.S.programs[1];
+    int a = find(p, IR_INS_P2P, 0), c = find(p, IR_INS_P2P, a + 1);
+    struct ir_ins t = p->ins[a];
+    p->ins[a] = p->ins[c];
+    p->ins[c] = t;
+    expect_caught(&b, "swapped pair", "it hangs", "waiting for rank");
+    unbuild(&b);
+
+    /* A missing receive: stage 2 never receives its first activation. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    p = &b.S.programs[2];
+    a = find(p, IR_INS_P2P, 0);
+    assert_false(p->ins[a].p2p[0].send);
+    p->ins[a].n_p2p = 0;
+    expect_caught(&b, "missing receive", "stage 1, instruction", "but stage 2 never receives it");
+    unbuild(&b);
+
+    /* A collective on the wrong group: stage 0's first tensor-parallel
+     * all-reduce goes to the model-parallel group, which spans every stage. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    p = &b.S.programs[0];
+    a = find(p, IR_INS_COLLECTIVE, 0);
+    assert_int_equal(p->ins[a].group, IR_GROUP_TP);
+    p->ins[a].group = IR_GROUP_MP;
+    expect_caught(&b, "collective on the wrong group", "over mp", NULL);
+    unbuild(&b);
+
+    /* Collectives out of order: the first stage sums the tied embedding after
+     * the gradient norm, the last stage before. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    p = &b.S.programs[0];
+    int tied = -1, norm = -1;
+    for (int i = 0; i < p->n; i++) {
+        if (p->ins[i].kind == IR_INS_COLLECTIVE && p->ins[i].group == IR_GROUP_TIED)
+            tied = i;
+        if (p->ins[i].kind == IR_INS_COLLECTIVE && p->ins[i].group == IR_GROUP_MP)
+            norm = i;
+    }
+    assert_true(tied >= 0 && norm >= 0);
+    t = p->ins[tied];
+    p->ins[tied] = p->ins[norm];
+    p->ins[norm] = t;
+    expect_caught(&b, "collectives out of order", "it hangs", "over tied");
+    unbuild(&b);
+
+    /* A size that differs between a send and its receive. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    p = &b.S.programs[1];
+    a = find(p, IR_INS_P2P, 0);
+    p->ins[a].p2p[0].bytes += 4;
+    expect_caught(&b, "sizes differ", "sizes differ", NULL);
+    unbuild(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_model_and_schedule),
+        cmocka_unit_test(test_warmup_counts),
+        cmocka_unit_test(test_corrupted),
+    };
+    int rc = cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
+    fe_cleanup();
+    return rc;
+}
