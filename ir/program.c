@@ -319,34 +319,66 @@ static void diagnose(struct verifier *v)
 }
 
 /* Before running anything: every transfer has exactly one counterpart in
- * its peer stage's program, else say which is missing. */
+ * its peer stage's program, else say which is missing.  All transfers are
+ * sorted by what they move, so a pair lands side by side. */
+struct half {
+    int tensor, micro, lo, hi; /* the chunk pair, lower first */
+    bool grad, send;
+    int stage, ins, k;
+};
+
+static int half_cmp(const void *pa, const void *pb)
+{
+    const struct half *a = pa, *b = pb;
+#define CMP(f)                                                                 \
+    if (a->f != b->f)                                                          \
+        return a->f < b->f ? -1 : 1;
+    CMP(tensor) CMP(micro) CMP(grad) CMP(lo) CMP(hi) CMP(send) CMP(stage) CMP(ins) CMP(k)
+#undef CMP
+    return 0;
+}
+
+static bool same_transfer(const struct half *a, const struct half *b)
+{
+    return a->tensor == b->tensor && a->micro == b->micro && a->grad == b->grad && a->lo == b->lo && a->hi == b->hi;
+}
+
 static int check_pairs(const struct ir_schedule *S, struct diag *d)
 {
-    int errors = 0;
-    for (int s = 0; s < S->n_stages; s++) {
-        const struct ir_program *p = &S->programs[s];
-        for (int i = 0; i < p->n; i++) {
-            const struct ir_ins *ins = &p->ins[i];
+    int n = 0, cap = 0, errors = 0;
+    struct half *h = NULL;
+    for (int s = 0; s < S->n_stages; s++)
+        for (int i = 0; i < S->programs[s].n; i++) {
+            const struct ir_ins *ins = &S->programs[s].ins[i];
             for (int k = 0; ins->kind == IR_INS_P2P && k < ins->n_p2p; k++) {
                 const struct ir_p2p *x = &ins->p2p[k];
-                int t = x->peer_chunk >= 0 && x->peer_chunk < S->n_chunks ? S->chunk_stage[x->peer_chunk] : -1;
-                int found = 0;
-                for (int j = 0; t >= 0 && j < S->programs[t].n; j++) {
-                    const struct ir_ins *o = &S->programs[t].ins[j];
-                    for (int m = 0; o->kind == IR_INS_P2P && m < o->n_p2p; m++)
-                        found += counterpart(x, &o->p2p[m]);
-                }
-                if (found == 1)
-                    continue;
-                char what[512];
-                ir_ins_str(&(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = 1, .p2p = {*x}}, what, sizeof what);
-                diag_error(d, NULL, 0, "schedule: stage %d, instruction %d: %s; but stage %d %s", s, i, what, t,
-                           found ? "has more than one counterpart" : x->send ? "never receives it" : "never sends it");
-                if (++errors == 8)
-                    return -1;
+                WF_GROW(h, n, cap);
+                h[n++] = (struct half){x->tensor, x->micro, x->chunk < x->peer_chunk ? x->chunk : x->peer_chunk,
+                                       x->chunk < x->peer_chunk ? x->peer_chunk : x->chunk, x->grad, x->send, s, i, k};
             }
         }
+    if (n)
+        qsort(h, (size_t)n, sizeof *h, half_cmp);
+    for (int i = 0; i < n && errors < 8;) {
+        int j = i, sends = 0, recvs = 0;
+        while (j < n && same_transfer(&h[i], &h[j])) {
+            sends += h[j].send;
+            recvs += !h[j].send;
+            j++;
+        }
+        if (sends != 1 || recvs != 1) {
+            const struct ir_p2p *x = &S->programs[h[i].stage].ins[h[i].ins].p2p[h[i].k];
+            char what[512];
+            ir_ins_str(&(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = 1, .p2p = {*x}}, what, sizeof what);
+            int t = x->peer_chunk >= 0 && x->peer_chunk < S->n_chunks ? S->chunk_stage[x->peer_chunk] : -1;
+            diag_error(d, NULL, 0, "schedule: stage %d, instruction %d: %s; but stage %d %s", h[i].stage, h[i].ins, what,
+                       t, sends > 1 || recvs > 1 ? "has more than one counterpart"
+                                                 : x->send ? "never receives it" : "never sends it");
+            errors++;
+        }
+        i = j;
     }
+    free(h);
     return errors ? -1 : 0;
 }
 
