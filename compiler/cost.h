@@ -19,9 +19,14 @@ struct device {
     double nvlink_bytes; /* per second, per direction, within a node */
     double net_bytes;    /* per second, per GPU, between nodes */
     int64_t memory;      /* bytes */
+    int gpus_per_node;
 };
 
 const struct device *device_find(const char *name); /* NULL if unknown */
+/* Read a device description: "key = value" lines (name, bf16_tflops,
+ * hbm_gbps, nvlink_gbps, network_gbps, memory_gib, gpus_per_node; # comments).
+ * Errors name the file and line. */
+int device_read(const char *path, struct device *dev, struct diag *d);
 extern const struct device device_default;          /* the H100 */
 
 /* A rank's FLOPs for one op: the op's FLOPs scaled by the smallest fraction

@@ -96,11 +96,16 @@ struct vrank {
     int pc;
     uint64_t matched[IR_MAX_P2P]; /* per transfer of the current P2P: peers met, one bit each */
     int waits_for;                /* the rank this one waits on, for the diagnosis */
+    double clock;                 /* timed runs: when the current instruction was reached */
+    double done_at;               /* timed runs: when the current P2P group's transfers end */
 };
 
 struct verifier {
     const struct ir_schedule *S;
     const struct rank_layout *L;
+    const struct ir_costs *costs; /* NULL: verify only */
+    struct ir_timeline *tl;
+    int *row;                     /* per rank: its row in the timeline, -1 if not drawn */
     struct diag *d;
     struct vrank *r;
     int **pp_of;   /* per rank: the pp groups holding it, -1 ended */
@@ -183,6 +188,36 @@ static void where(const struct verifier *v, int r, char *buf, size_t n)
              c->tp, c->dp, v->r[r].pc, ins);
 }
 
+static bool inter_node(const struct verifier *v, const int *ranks, int n)
+{
+    int per = v->costs->ranks_per_node > 0 ? v->costs->ranks_per_node : 8;
+    for (int i = 1; i < n; i++)
+        if (ranks[i] / per != ranks[0] / per)
+            return true;
+    return false;
+}
+
+static void span(struct verifier *v, int r, double start, double end, const struct ir_ins *ins)
+{
+    if (!v->tl || v->row[r] < 0)
+        return;
+    struct ir_timeline *t = v->tl;
+    WF_GROW(t->spans, t->n_spans, t->cap_spans);
+    t->spans[t->n_spans++] = (struct ir_span){v->row[r], start, end, ins};
+}
+
+/* Rank r finishes its current instruction at time `end`. */
+static void advance(struct verifier *v, int r, double end)
+{
+    struct vrank *me = &v->r[r];
+    const struct ir_ins *ins = cur(v, r);
+    if (v->costs)
+        span(v, r, me->clock, end, ins);
+    me->clock = end;
+    me->done_at = 0;
+    me->pc++;
+}
+
 /* One step of rank r if it can make one; -1 on a definite error. */
 static int step(struct verifier *v, int r, bool *moved)
 {
@@ -194,10 +229,14 @@ static int step(struct verifier *v, int r, bool *moved)
     switch (ins->kind) {
     case IR_INS_FORWARD:
     case IR_INS_BACKWARD:
-    case IR_INS_OPTIMIZER:
-        me->pc++;
+    case IR_INS_OPTIMIZER: {
+        double t = v->costs ? v->costs->compute(v->costs->ctx, v->L->ranks[r].stage, ins) : 0;
+        if (v->tl && ins->kind != IR_INS_OPTIMIZER)
+            v->tl->busy[r] += t;
+        advance(v, r, me->clock + t);
         *moved = true;
         return 0;
+    }
     case IR_INS_P2P: {
         bool done = true;
         for (int i = 0; i < ins->n_p2p; i++) {
@@ -235,6 +274,13 @@ static int step(struct verifier *v, int r, bool *moved)
                 if (met) {
                     me->matched[i] |= 1ull << k;
                     *moved = true;
+                    if (v->costs) { /* both have posted: the transfer runs from the later post */
+                        int pair[2] = {r, q};
+                        double start = me->clock > v->r[q].clock ? me->clock : v->r[q].clock;
+                        double end = start + v->costs->comm(v->costs->ctx, ins, i, 2, inter_node(v, pair, 2));
+                        me->done_at = end > me->done_at ? end : me->done_at;
+                        v->r[q].done_at = end > v->r[q].done_at ? end : v->r[q].done_at;
+                    }
                 } else {
                     done = false;
                     me->waits_for = q;
@@ -243,7 +289,7 @@ static int step(struct verifier *v, int r, bool *moved)
         }
         if (done) {
             memset(me->matched, 0, sizeof me->matched);
-            me->pc++;
+            advance(v, r, me->done_at > me->clock ? me->done_at : me->clock);
             *moved = true;
         }
         return 0;
@@ -282,8 +328,15 @@ static int step(struct verifier *v, int r, bool *moved)
                 return -1;
             }
         }
+        double start = 0, end;
         for (int i = 0; i < n; i++)
-            v->r[buf[i]].pc++;
+            start = v->r[buf[i]].clock > start ? v->r[buf[i]].clock : start;
+        end = start + (v->costs && n > 1 ? v->costs->comm(v->costs->ctx, ins, 0, n, inter_node(v, buf, n)) : 0);
+        for (int i = 0; i < n; i++) {
+            if (v->costs) /* a member that arrived early waits: draw the collective from the common start */
+                v->r[buf[i]].clock = start;
+            advance(v, buf[i], end);
+        }
         *moved = true;
         return 0;
     }
@@ -382,11 +435,37 @@ static int check_pairs(const struct ir_schedule *S, struct diag *d)
     return errors ? -1 : 0;
 }
 
+void ir_timeline_free(struct ir_timeline *t)
+{
+    free(t->busy);
+    free(t->finish);
+    free(t->spans);
+    memset(t, 0, sizeof *t);
+}
+
 int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d)
+{
+    return ir_schedule_run(S, L, NULL, NULL, d);
+}
+
+int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, const struct ir_costs *costs,
+                    struct ir_timeline *tl, struct diag *d)
 {
     if (check_pairs(S, d))
         return -1;
-    struct verifier v = {S, L, d, wf_calloc((size_t)L->n_ranks, sizeof *v.r), NULL, NULL, {0}};
+    struct verifier v = {.S = S, .L = L, .costs = costs, .tl = costs ? tl : NULL, .d = d,
+                         .r = wf_calloc((size_t)L->n_ranks, sizeof *v.r)};
+    v.row = wf_calloc((size_t)L->n_ranks, sizeof *v.row);
+    for (int r = 0; r < L->n_ranks; r++)
+        v.row[r] = -1;
+    if (v.tl) { /* draw the first pipeline: one row per stage */
+        memset(v.tl, 0, sizeof *v.tl);
+        v.tl->busy = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->busy);
+        v.tl->finish = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->finish);
+        const struct rank_groups *g0 = &L->groups[PAR_GROUP_PP];
+        for (int s = 0; s < g0->sizes[0]; s++)
+            v.row[g0->ranks[0][s]] = s;
+    }
     const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
     v.pp_of = wf_calloc((size_t)L->n_ranks, sizeof *v.pp_of);
     int *count = wf_calloc((size_t)L->n_ranks, sizeof *count);
@@ -452,6 +531,12 @@ int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L,
             break;
         }
     }
+    if (v.tl)
+        for (int r = 0; r < L->n_ranks; r++) {
+            v.tl->finish[r] = v.r[r].clock;
+            v.tl->step_time = v.r[r].clock > v.tl->step_time ? v.r[r].clock : v.tl->step_time;
+        }
+    free(v.row);
     for (int r = 0; r < L->n_ranks; r++)
         free(v.pp_of[r]);
     for (int k = 0; k < IR_GROUP_COUNT; k++)

@@ -118,10 +118,42 @@ void ir_schedule_free(struct ir_schedule *S);
 /* "send activation 3 of chunk 1 micro-batch 2 to chunk 2", into buf. */
 char *ir_ins_str(const struct ir_ins *ins, char *buf, size_t n);
 
+/* How long instructions take, for a timed run (weft simulate). */
+struct ir_costs {
+    /* FORWARD, BACKWARD, OPTIMIZER on a stage */
+    double (*compute)(void *ctx, int stage, const struct ir_ins *ins);
+    /* a collective over n ranks, or one transfer of a P2P group; inter_node:
+     * the ranks do not share a node */
+    double (*comm)(void *ctx, const struct ir_ins *ins, int k, int n, bool inter_node);
+    void *ctx;
+    int ranks_per_node;
+};
+
+/* What a timed run records: each rank's clock, and the spans of the ranks of
+ * one pipeline (rows of a timeline picture). */
+struct ir_span {
+    int row;           /* the rank's stage */
+    double start, end;
+    const struct ir_ins *ins;
+};
+
+struct ir_timeline {
+    double step_time;  /* the last rank's finish */
+    double *busy;      /* [ranks]: seconds of compute */
+    double *finish;    /* [ranks] */
+    int n_spans, cap_spans;
+    struct ir_span *spans;
+};
+
+void ir_timeline_free(struct ir_timeline *t);
+
 /* Run every rank's program against the others (sends meet receives of the
  * same tensor, micro-batch and size; collectives are entered by their whole
  * group in one order).  0 if every rank finishes; otherwise the diagnosis:
- * which ranks, at which instructions, wait for what. */
+ * which ranks, at which instructions, wait for what.  With costs, the run
+ * also keeps each rank's clock and fills the timeline. */
+int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, const struct ir_costs *costs,
+                    struct ir_timeline *tl, struct diag *d);
 int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d);
 
 #endif

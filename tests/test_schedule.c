@@ -5,6 +5,8 @@
 
 #include "schedule.h"
 
+#include <math.h>
+
 struct built {
     struct partition *P;
     struct ir_schedule S;
@@ -184,12 +186,109 @@ static void test_corrupted(void **state)
     unbuild(&b);
 }
 
+/* Equal stages, free transfers: forward 1/v, backward 2/v per virtual stage. */
+static double equal_compute(void *ctx, int stage, const struct ir_ins *ins)
+{
+    (void)stage;
+    double v = *(const int *)ctx;
+    return ins->kind == IR_INS_FORWARD ? 1 / v : ins->kind == IR_INS_BACKWARD ? 2 / v : 0;
+}
+
+static double free_comm(void *ctx, const struct ir_ins *ins, int k, int n, bool inter)
+{
+    (void)ctx, (void)ins, (void)k, (void)n, (void)inter;
+    return 0;
+}
+
+static double bubble(struct built *b)
+{
+    int v = b->S.virtual_stages;
+    struct ir_costs costs = {equal_compute, free_comm, &v, 8};
+    struct ir_timeline tl;
+    struct diag d;
+    diag_init(&d);
+    assert_int_equal(ir_schedule_run(&b->S, b->P->L, &costs, &tl, &d), 0);
+    double busy = 0;
+    for (int r = 0; r < b->P->L->n_ranks; r++)
+        busy = tl.busy[r] > busy ? tl.busy[r] : busy;
+    double x = (tl.step_time - busy) / busy;
+    ir_timeline_free(&tl);
+    diag_free(&d);
+    return x;
+}
+
+/* The bubble of the classic analysis: (p-1)/m for GPipe and 1F1B, and
+ * (p-1)/(v*m) for interleaved 1F1B with v virtual stages. */
+static void test_bubble(void **state)
+{
+    (void)state;
+    static const struct {
+        int kind, pp, m, per_virtual; /* 12 layers */
+    } cases[] = {
+        {IR_SCHED_GPIPE, 4, 8, 0}, {IR_SCHED_1F1B, 4, 8, 0}, {IR_SCHED_1F1B, 2, 16, 0}, {IR_SCHED_1F1B, 6, 12, 0},
+        {IR_SCHED_INTERLEAVED, 4, 8, 1}, {IR_SCHED_INTERLEAVED, 2, 8, 2}, {IR_SCHED_INTERLEAVED, 3, 6, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct par_config pc = par_config_default();
+        pc.pp = cases[i].pp, pc.global_batch = cases[i].m, pc.layers_per_virtual_stage = cases[i].per_virtual;
+        struct built b;
+        build(&b, "models/gpt2.xml", NULL, pc, cases[i].kind);
+        int v = b.S.virtual_stages, p = cases[i].pp, m = cases[i].m;
+        double want = (double)(p - 1) / (v * m), got = bubble(&b);
+        printf("    %s pp %d m %d v %d: bubble %.6f, want (p-1)/(v*m) = %.6f\n", ir_sched_name(b.S.kind), p, m, v, got, want);
+        if (fabs(got - want) > 1e-9)
+            fail_msg("%s pp %d m %d v %d: bubble %.6f, want %.6f", ir_sched_name(b.S.kind), p, m, v, got, want);
+        unbuild(&b);
+    }
+}
+
+static void test_simulate_cli(void **state)
+{
+    (void)state;
+    struct run *r = malloc(sizeof *r);
+    char svg[64], dev[64];
+    snprintf(svg, sizeof svg, "/tmp/weft-sim-%d.svg", (int)getpid());
+    run_weft(r, "simulate", "models/gpt2.xml", "--tp", "2", "--pp", "2", "--world-size", "8", "--global-batch-size", "16",
+             "--json", "-o", svg, NULL);
+    if (r->status)
+        fail_msg("weft simulate: %s", r->err);
+    assert_non_null(strstr(r->out, "\"step_time\": "));
+    assert_non_null(strstr(r->out, "\"bubble\": "));
+    size_t len;
+    char *text = wf_read_file(svg, 1 << 24, &len);
+    unlink(svg);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "<svg"));
+    assert_non_null(strstr(text, "stage 1"));
+    free(text);
+    run_weft(r, "simulate", "models/gpt2.xml", "--gpu", "tpu", NULL);
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, "--gpu tpu: unknown device (built in: h100, a100"));
+    snprintf(dev, sizeof dev, "/tmp/weft-dev-%d.txt", (int)getpid());
+    FILE *f = fopen(dev, "w");
+    fputs("# a device\nname = h200\nbf16_tflops = 989\nhbm_gbps = fast\n", f);
+    fclose(f);
+    run_weft(r, "simulate", "models/gpt2.xml", "--device-file", dev, NULL);
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, ":4: hbm_gbps: 'fast' is not a positive number"));
+    f = fopen(dev, "w");
+    fputs("name = h200\nbf16_tflops = 989\nhbm_gbps = 4800\nmemory_gib = 141\n", f);
+    fclose(f);
+    run_weft(r, "simulate", "models/gpt2.xml", "--device-file", dev, NULL);
+    unlink(dev);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "on h200"));
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_model_and_schedule),
         cmocka_unit_test(test_warmup_counts),
         cmocka_unit_test(test_corrupted),
+        cmocka_unit_test(test_bubble),
+        cmocka_unit_test(test_simulate_cli),
     };
     int rc = cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
     fe_cleanup();

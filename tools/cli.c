@@ -67,6 +67,10 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             if (ir_sched_parse(value) < 0)
                 return usage_error(c, "--pipeline-schedule %s: expected gpipe, 1f1b or interleaved%s", value, "");
             c->schedule = value;
+        } else if (!strcmp(key, "gpu")) {
+            c->gpu = value;
+        } else if (!strcmp(key, "device-file")) {
+            c->device_file = value;
         } else if (!strcmp(key, "detail")) {
             c->detail = value;
         } else if (!strcmp(key, "variant")) {

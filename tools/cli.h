@@ -25,6 +25,7 @@ struct cli {
     const char *output; /* -o */
     const char *detail; /* --detail (weft dot) */
     const char *schedule; /* --pipeline-schedule */
+    const char *gpu, *device_file; /* weft simulate */
     bool json, help;
     struct fe_options fe;
     struct par_config pc;
@@ -42,6 +43,7 @@ struct partition *cli_partition(struct cli *c);
 int cmd_check(int argc, char **argv);
 int cmd_layout(int argc, char **argv);
 int cmd_dot(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
 int cmd_ops(int argc, char **argv);
 
 #endif

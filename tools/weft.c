@@ -17,6 +17,7 @@ static const struct {
     {"check", cmd_check, "validate a model file; print its dimensions, parameters and FLOPs"},
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
+    {"simulate", cmd_simulate, "predict a training step's time and bubble; draw its timeline (.svg)"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
 

@@ -1,0 +1,183 @@
+/* simulate.c: a training step's time from the schedule and the cost model,
+ * and its timeline as SVG. */
+#include "simulate.h"
+#include "util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COLLECTIVE_LATENCY 5e-6
+
+struct sim_ctx {
+    const struct partition *P;
+    const struct device *dev;
+    int n_stages, v;
+    double *fwd;       /* [stage * v + vstage] */
+    double *optimizer; /* [stage] */
+};
+
+static double compute(void *ctx, int stage, const struct ir_ins *ins)
+{
+    const struct sim_ctx *c = ctx;
+    if (ins->kind == IR_INS_OPTIMIZER)
+        return c->optimizer[stage];
+    double t = c->fwd[stage * c->v + ins->vstage];
+    return ins->kind == IR_INS_BACKWARD ? 2 * t : t;
+}
+
+static double comm(void *ctx, const struct ir_ins *ins, int k, int n, bool inter_node)
+{
+    const struct sim_ctx *c = ctx;
+    double bw = inter_node ? c->dev->net_bytes : c->dev->nvlink_bytes;
+    if (ins->kind == IR_INS_P2P)
+        return (double)ins->p2p[k].bytes / bw;
+    double b = (double)ins->bytes, f = (double)(n - 1) / n;
+    switch (ins->coll) {
+    case IR_COLL_ALL_REDUCE: return COLLECTIVE_LATENCY + 2 * f * b / bw;
+    case IR_COLL_ALL_GATHER: return COLLECTIVE_LATENCY + (n - 1) * b / bw;
+    default: return COLLECTIVE_LATENCY + f * b / bw;
+    }
+}
+
+static double tokens_per_micro(const struct ir_graph *g)
+{
+    for (int i = g->n_ops - 1; i >= 0; i--)
+        if (g->ops[i].kind == IR_OP_CROSS_ENTROPY)
+            return (double)ir_shape_numel(&g->tensors[g->ops[i].in[1]].shape);
+    return 1;
+}
+
+int simulate(const struct partition *P, const struct ir_schedule *S, const struct device *dev, struct sim_result *r,
+             struct diag *d)
+{
+    memset(r, 0, sizeof *r);
+    r->dev = dev;
+    struct sim_ctx c = {.P = P, .dev = dev, .n_stages = S->n_stages, .v = S->virtual_stages};
+    c.fwd = wf_calloc((size_t)(S->n_stages * S->virtual_stages), sizeof *c.fwd);
+    c.optimizer = wf_calloc((size_t)S->n_stages, sizeof *c.optimizer);
+    const struct ir_graph *g = P->g;
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
+        c.fwd[ch->stage * c.v + ch->vstage] += cost_op_seconds(P, i, dev);
+    }
+    /* AdamW per parameter a rank holds: read weight, gradient and two moments,
+     * write weight and moments, all fp32: 28 bytes. */
+    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
+    for (int s = 0; s < S->n_stages; s++) {
+        memset(seen, 0, (size_t)g->n_tensors);
+        for (int i = 0; i < g->n_ops; i++) {
+            const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
+            if (ch->stage != s)
+                continue;
+            for (int k = 0; k < g->ops[i].n_in; k++) {
+                int t = g->ops[i].in[k];
+                if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
+                    continue;
+                seen[t] = true;
+                struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
+                c.optimizer[s] += (double)ir_shape_numel(&l) * 28 / dev->hbm_bytes;
+            }
+        }
+    }
+    free(seen);
+    struct ir_costs costs = {compute, comm, &c, dev->gpus_per_node};
+    int rc = ir_schedule_run(S, P->L, &costs, &r->tl, d);
+    if (rc == 0) {
+        r->step_time = r->tl.step_time;
+        for (int q = 0; q < P->L->n_ranks; q++)
+            r->compute_time = r->tl.busy[q] > r->compute_time ? r->tl.busy[q] : r->compute_time;
+        r->bubble = r->compute_time > 0 ? (r->step_time - r->compute_time) / r->compute_time : 0;
+        double flops = 0;
+        for (int i = 0; i < g->n_ops; i++)
+            flops += ir_op_flops(g, &g->ops[i]);
+        int replicas = P->L->pc.dp;
+        r->tokens_per_step = tokens_per_micro(g) * S->n_micro * replicas;
+        r->tokens_per_s = r->step_time > 0 ? r->tokens_per_step / r->step_time : 0;
+        r->model_flops = 3 * flops * S->n_micro * replicas;
+        r->mfu = r->step_time > 0 ? r->model_flops / (r->step_time * P->L->n_ranks * dev->bf16_flops) : 0;
+    }
+    free(c.fwd);
+    free(c.optimizer);
+    return rc;
+}
+
+void sim_result_free(struct sim_result *r)
+{
+    ir_timeline_free(&r->tl);
+}
+
+/* ---- the timeline picture ------------------------------------------------------- */
+
+static double nice_step(double span)
+{
+    double raw = span / 8, p = pow(10, floor(log10(raw)));
+    return raw / p < 2 ? 2 * p : raw / p < 5 ? 5 * p : 10 * p;
+}
+
+int simulate_svg(const struct partition *P, const struct ir_schedule *S, const struct sim_result *r, const char *path,
+                 struct diag *d)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        diag_error(d, path, 0, "cannot write: %s", strerror(errno));
+        return -1;
+    }
+    const int left = 120, right = 20, top = 56, row = 30, width = 1200;
+    int rows = S->n_stages, height = top + rows * row + 70;
+    double scale = (width - left - right) / (r->step_time > 0 ? r->step_time : 1);
+    static const char *fill[] = {[IR_INS_FORWARD] = "#4a90d9", [IR_INS_BACKWARD] = "#5cb85c", [IR_INS_P2P] = "#f0ad4e",
+                                 [IR_INS_COLLECTIVE] = "#d9534f", [IR_INS_OPTIMIZER] = "#8e44ad"};
+    const struct par_config *pc = &P->L->pc;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"Helvetica,Arial,sans-serif\">\n",
+            width, height);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"15\">%s · %s · tp %d, pp %d, dp %d%s · %d micro-batches · %s</text>\n",
+            left, P->g->name, ir_sched_name(S->kind), pc->tp, pc->pp, pc->dp,
+            S->virtual_stages > 1 ? " (virtual stages)" : "", S->n_micro, r->dev->name);
+    fprintf(f, "<text x=\"%d\" y=\"42\" font-size=\"12\" fill=\"#444\">step %.3f ms · bubble %.1f%% · %.0f tokens/s · MFU %.1f%% "
+               "(predicted: roofline compute, ring collectives)</text>\n",
+            left, r->step_time * 1e3, 100 * r->bubble, r->tokens_per_s, 100 * r->mfu);
+    for (int s = 0; s < rows; s++)
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"12\" text-anchor=\"end\">stage %d</text>\n", left - 8,
+                top + s * row + row / 2 + 4, s);
+    for (int i = 0; i < r->tl.n_spans; i++) {
+        const struct ir_span *sp = &r->tl.spans[i];
+        double x = left + sp->start * scale, w = (sp->end - sp->start) * scale;
+        if (w < 0.3)
+            continue;
+        int y = top + sp->row * row + 3, h = row - 6;
+        if (sp->ins->kind == IR_INS_P2P || sp->ins->kind == IR_INS_COLLECTIVE) {
+            y += h / 2 - 3; /* transfers: a thin bar under the compute */
+            h = 6;
+        }
+        fprintf(f, "<rect x=\"%.2f\" y=\"%d\" width=\"%.2f\" height=\"%d\" fill=\"%s\" stroke=\"white\" stroke-width=\"0.5\"/>\n",
+                x, y, w, h, fill[sp->ins->kind]);
+        if ((sp->ins->kind == IR_INS_FORWARD || sp->ins->kind == IR_INS_BACKWARD) && w > 14)
+            fprintf(f, "<text x=\"%.2f\" y=\"%d\" font-size=\"10\" fill=\"white\" text-anchor=\"middle\">%d</text>\n",
+                    x + w / 2, y + h / 2 + 4, sp->ins->micro);
+    }
+    int axis = top + rows * row + 6;
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#888\"/>\n", left, axis, width - right, axis);
+    double step = nice_step(r->step_time);
+    for (double t = 0; t <= r->step_time * 1.0001; t += step)
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"10\" text-anchor=\"middle\" fill=\"#444\">%.3g ms</text>\n",
+                left + t * scale, axis + 14, t * 1e3);
+    static const char *what[] = {"forward", "backward", "send/receive", "collective", "optimizer"};
+    static const enum ir_ins_kind kinds[] = {IR_INS_FORWARD, IR_INS_BACKWARD, IR_INS_P2P, IR_INS_COLLECTIVE, IR_INS_OPTIMIZER};
+    for (int k = 0; k < 5; k++) {
+        int x = left + k * 150;
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"10\" fill=\"%s\"/>", x, axis + 30, fill[kinds[k]]);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">%s</text>\n", x + 20, axis + 39, what[k]);
+    }
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\" fill=\"#666\">numbers: micro-batch · rows: the stages of ranks %d..</text>\n",
+            left + 760, axis + 39, P->L->groups[PAR_GROUP_PP].ranks[0][0]);
+    fprintf(f, "</svg>\n");
+    if (fclose(f) != 0) {
+        diag_error(d, path, 0, "cannot write: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,92 @@
+/* cmd_simulate.c: `weft simulate MODEL.xml [layout flags] -o schedule.svg`:
+ * predict a training step and draw its timeline. */
+#include "cli.h"
+#include "json.h"
+#include "schedule.h"
+#include "simulate.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: weft simulate MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "                     [--gpu h100|a100 | --device-file FILE] [-o schedule.svg] [--json]\n"
+    "\n"
+    "Predict one training step: every rank's instruction stream run against the\n"
+    "others with each op's roofline time on the device and ring-model collectives.\n"
+    "Prints the step time, the pipeline bubble, tokens/s and MFU; -o draws the\n"
+    "first pipeline's timeline (ranks as rows, forward, backward and transfers).\n"
+    "A device file holds lines: name, bf16_tflops, hbm_gbps, nvlink_gbps,\n"
+    "network_gbps, memory_gib, gpus_per_node (KEY = VALUE).\n";
+
+int cmd_simulate(int argc, char **argv)
+{
+    struct cli c;
+    if (cli_parse(&c, argc, argv, "simulate"))
+        return c.status;
+    if (c.help) {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    struct device file_dev;
+    const struct device *dev = &device_default;
+    struct diag d;
+    diag_init(&d);
+    if (c.device_file) {
+        if (device_read(c.device_file, &file_dev, &d)) {
+            diag_print(&d, stderr);
+            diag_free(&d);
+            return EXIT_BAD_INPUT;
+        }
+        dev = &file_dev;
+    } else if (c.gpu && !(dev = device_find(c.gpu))) {
+        fprintf(stderr, "weft simulate: --gpu %s: unknown device (built in: h100, a100; or --device-file FILE)\n", c.gpu);
+        diag_free(&d);
+        return EXIT_BAD_INPUT;
+    }
+    struct partition *P = cli_partition(&c);
+    if (!P) {
+        diag_free(&d);
+        return c.status;
+    }
+    struct ir_schedule S;
+    struct sim_result r = {0};
+    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
+    int rc = schedule_build(P, kind, &S, &d);
+    if (rc == 0) {
+        rc = simulate(P, &S, dev, &r, &d);
+        if (rc == 0 && c.output)
+            rc = simulate_svg(P, &S, &r, c.output, &d);
+    }
+    diag_print(&d, stderr);
+    if (rc == 0 && c.json) {
+        struct json j;
+        json_init(&j, stdout);
+        json_begin_object(&j, NULL);
+        json_string(&j, "model", P->g->name);
+        json_string(&j, "device", dev->name);
+        json_string(&j, "schedule", ir_sched_name(S.kind));
+        json_int(&j, "micro_batches", S.n_micro);
+        json_double(&j, "step_time", r.step_time);
+        json_double(&j, "bubble", r.bubble);
+        json_double(&j, "compute_time", r.compute_time);
+        json_double(&j, "tokens_per_s", r.tokens_per_s);
+        json_double(&j, "mfu", r.mfu);
+        json_end_object(&j);
+        json_finish(&j);
+    } else if (rc == 0) {
+        printf("%s on %d ranks, %s schedule, %d micro-batches, on %s\n", P->g->name, P->L->n_ranks, ir_sched_name(S.kind),
+               S.n_micro, dev->name);
+        printf("  step time   %.3f ms  (the busiest rank computes %.3f ms)\n", r.step_time * 1e3, r.compute_time * 1e3);
+        printf("  bubble      %.1f%% of compute\n", 100 * r.bubble);
+        printf("  throughput  %.0f tokens/s, MFU %.1f%%\n", r.tokens_per_s, 100 * r.mfu);
+        if (c.output)
+            printf("  timeline    %s\n", c.output);
+    }
+    if (rc == 0)
+        ir_schedule_free(&S);
+    sim_result_free(&r);
+    partition_free(P);
+    diag_free(&d);
+    return rc ? EXIT_BAD_INPUT : EXIT_OK;
+}
