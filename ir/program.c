@@ -90,6 +90,26 @@ char *ir_ins_str(const struct ir_ins *ins, char *buf, size_t n)
     return buf;
 }
 
+int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r, int chunk, int *out, int max)
+{
+    const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
+    int stage = S->chunk_stage[chunk], n = 0;
+    for (int g = 0; g < pp->n_groups; g++) {
+        bool mine = false;
+        for (int s = 0; s < pp->sizes[g]; s++)
+            mine |= pp->ranks[g][s] == r;
+        if (!mine || stage >= pp->sizes[g])
+            continue;
+        int q = pp->ranks[g][stage];
+        bool seen = false;
+        for (int i = 0; i < n; i++)
+            seen |= out[i] == q;
+        if (!seen && n < max)
+            out[n++] = q;
+    }
+    return n;
+}
+
 /* ---- the verifier ---------------------------------------------------------------- */
 
 struct vrank {

@@ -156,4 +156,18 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
                     struct ir_timeline *tl, struct diag *d);
 int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d);
 
+/* The ranks at the stage of `chunk` in rank r's pipelines: one, or several
+ * where an encoder rank feeds several decoder ranks. */
+int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r, int chunk, int *out, int max);
+
+/* The plan file's "layout", "meta" (part of it), "tied" and "program.N"
+ * sections: what a rank needs to know whom it talks to and what it runs. */
+struct plan;
+struct plan_writer;
+void ir_layout_write(struct plan_writer *w, const struct par_config *pc, bool has_encoder);
+int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, struct diag *d);
+void ir_schedule_write(struct plan_writer *w, const struct ir_schedule *S);
+/* stage < 0: every stage's program; else only that stage's (the others empty). */
+int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct diag *d);
+
 #endif

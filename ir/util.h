@@ -10,6 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The compiler's version, recorded in every plan file. */
+#define WEFT_VERSION "0.1.0"
+
 #define WF_ASSERT(cond)                                                        \
     do {                                                                       \
         if (!(cond))                                                           \

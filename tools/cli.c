@@ -24,6 +24,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
     c->cmd = cmd;
     c->fe.overrides = c->overrides;
     c->pc = par_config_default();
+    c->rank = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || !a[1]) {
@@ -67,6 +68,12 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             if (ir_sched_parse(value) < 0)
                 return usage_error(c, "--pipeline-schedule %s: expected gpipe, 1f1b or interleaved%s", value, "");
             c->schedule = value;
+        } else if (!strcmp(key, "rank")) {
+            char *end;
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || v < 0 || v > 1 << 30)
+                return usage_error(c, "--rank %s: expected a rank number%s", value, "");
+            c->rank = (int)v;
         } else if (!strcmp(key, "gpu")) {
             c->gpu = value;
         } else if (!strcmp(key, "device-file")) {

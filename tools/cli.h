@@ -26,6 +26,7 @@ struct cli {
     const char *detail; /* --detail (weft dot) */
     const char *schedule; /* --pipeline-schedule */
     const char *gpu, *device_file; /* weft simulate */
+    int rank;             /* --rank (weft inspect); -1: none */
     bool json, help;
     struct fe_options fe;
     struct par_config pc;
@@ -44,6 +45,9 @@ int cmd_check(int argc, char **argv);
 int cmd_layout(int argc, char **argv);
 int cmd_dot(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_compile(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 int cmd_ops(int argc, char **argv);
 
 #endif

@@ -1,13 +1,11 @@
 /* weft.c: the weft command: one subcommand per job (DESIGN.md). */
 #include "cli.h"
 #include "frontend.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#ifndef WEFT_VERSION
-#define WEFT_VERSION "0.1.0"
-#endif
 
 static const struct {
     const char *name;
@@ -15,6 +13,9 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"check", cmd_check, "validate a model file; print its dimensions, parameters and FLOPs"},
+    {"compile", cmd_compile, "compile a model for a layout into one deployable plan file"},
+    {"verify", cmd_verify, "prove from a plan file alone that its step cannot hang"},
+    {"inspect", cmd_inspect, "show a plan: roles, memory, one rank's program (--rank)"},
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
     {"simulate", cmd_simulate, "predict a training step's time and bubble; draw its timeline (.svg)"},

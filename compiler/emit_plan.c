@@ -1,0 +1,133 @@
+/* emit_plan.c: a compiled model into the plan file's sections. */
+#include "emit_plan.h"
+#include "plan.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int64_t stage_param_elems(const struct partition *P, int stage)
+{
+    const struct ir_graph *g = P->g;
+    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
+    int64_t n = 0;
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
+        if (ch->stage != stage)
+            continue;
+        for (int k = 0; k < g->ops[i].n_in; k++) {
+            int t = g->ops[i].in[k];
+            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
+                continue;
+            seen[t] = true;
+            struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
+            n += ir_shape_numel(&l);
+        }
+    }
+    free(seen);
+    return n;
+}
+
+int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
+              const char *model_path, const char *path, struct diag *d)
+{
+    const struct ir_graph *g = P->g;
+    struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
+    size_t len = 0;
+    char *src = wf_read_file(model_path, 64u << 20, &len);
+    plan_section(w, "meta");
+    plan_put_str(w, g->name);
+    plan_put_str(w, model_path);
+    plan_put_u64(w, src ? wf_hash(src, len, 0) : 0); /* the model file's digest */
+    free(src);
+    plan_put_str(w, g->variant);
+    plan_put_u32(w, (uint32_t)g->n_dims);
+    for (int i = 0; i < g->n_dims; i++) {
+        plan_put_str(w, g->dims[i].name);
+        plan_put_i64(w, g->dims[i].value);
+    }
+    plan_put_str(w, sim->dev ? sim->dev->name : "");
+    plan_put_f64(w, sim->step_time);
+    plan_put_f64(w, sim->bubble);
+
+    ir_layout_write(w, &P->L->pc, P->L->has_encoder);
+
+    plan_section(w, "chunks");
+    plan_put_u32(w, (uint32_t)P->n_chunks);
+    for (int c = 0; c < P->n_chunks; c++) {
+        const struct part_chunk *ch = &P->chunks[c];
+        plan_put_u8(w, (uint8_t)ch->part);
+        plan_put_i32(w, ch->stage);
+        plan_put_i32(w, ch->vstage);
+        plan_put_i32(w, ch->first_layer);
+        plan_put_i32(w, ch->n_layers);
+        plan_put_u8(w, ch->has_embedding);
+        plan_put_u8(w, ch->has_head);
+        plan_put_f64(w, ch->flops);
+        plan_put_f64(w, ch->seconds);
+        plan_put_i64(w, ch->param_bytes);
+    }
+
+    plan_section(w, "tensors");
+    plan_put_u32(w, (uint32_t)g->n_tensors);
+    for (int i = 0; i < g->n_tensors; i++) {
+        const struct ir_tensor *t = &g->tensors[i];
+        plan_put_str(w, t->name);
+        plan_put_u8(w, (uint8_t)t->kind);
+        plan_put_u8(w, (uint8_t)t->dtype);
+        plan_put_u8(w, (uint8_t)t->shape.rank);
+        for (int k = 0; k < t->shape.rank; k++) {
+            plan_put_i64(w, t->shape.ax[k].size);
+            plan_put_u8(w, P->shard[i].split[k]);
+        }
+        plan_put_u8(w, P->shard[i].partial);
+        plan_put_u8(w, (uint8_t)t->part);
+        plan_put_i32(w, t->layer);
+        plan_put_i32(w, t->producer);
+        plan_put_u8(w, (uint8_t)t->init);
+        plan_put_f64(w, t->init_std);
+    }
+
+    plan_section(w, "ops");
+    plan_put_u32(w, (uint32_t)g->n_ops);
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *o = &g->ops[i];
+        plan_put_u8(w, (uint8_t)o->kind);
+        plan_put_u8(w, (uint8_t)o->n_in);
+        for (int k = 0; k < o->n_in; k++)
+            plan_put_i32(w, o->in[k]);
+        plan_put_u8(w, (uint8_t)o->n_out);
+        for (int k = 0; k < o->n_out; k++)
+            plan_put_i32(w, o->out[k]);
+        plan_put_i32(w, P->op_chunk[i]);
+        plan_put_i32(w, o->layer);
+        plan_put_u8(w, (uint8_t)o->n_attrs);
+        for (int a = 0; a < o->n_attrs; a++) {
+            plan_put_u8(w, (uint8_t)o->attrs[a].id);
+            plan_put_i64(w, o->attrs[a].i);
+            plan_put_f64(w, o->attrs[a].f);
+        }
+    }
+
+    plan_section(w, "xfers");
+    plan_put_u32(w, (uint32_t)P->n_xfers);
+    for (int i = 0; i < P->n_xfers; i++) {
+        const struct part_xfer *x = &P->xfers[i];
+        plan_put_u8(w, (uint8_t)x->kind);
+        plan_put_u8(w, (uint8_t)x->over);
+        plan_put_i32(w, x->tensor);
+        plan_put_i32(w, x->op);
+        plan_put_i32(w, x->from_chunk);
+        plan_put_i32(w, x->to_chunk);
+        plan_put_i32(w, x->axis);
+        plan_put_i64(w, x->bytes);
+    }
+
+    plan_section(w, "roles"); /* per stage: parameter elements one rank holds (its shards) */
+    plan_put_u32(w, (uint32_t)S->n_stages);
+    for (int st = 0; st < S->n_stages; st++)
+        plan_put_i64(w, stage_param_elems(P, st));
+
+    ir_schedule_write(w, S);
+    return plan_writer_finish(w, path, d);
+}

@@ -1,0 +1,20 @@
+/* emit_plan.h: write a compiled model as a plan file (ir/plan.h).
+ *
+ *   emit_plan(P, &S, &sim, "models/gpt2.xml", "gpt2.plan", &diag);
+ *
+ * Sections: "meta" (the model: name, file, its digest, every dimension; the
+ * prediction), "layout", "chunks", "tensors" (with each one's shard), "ops",
+ * "xfers", "roles" (per stage: the parameter elements one rank holds),
+ * "schedule" and one "program.N" per pipeline stage. */
+#ifndef WEFT_EMIT_PLAN_H
+#define WEFT_EMIT_PLAN_H
+
+#include "simulate.h"
+
+int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
+              const char *model_path, const char *path, struct diag *d);
+
+/* Per rank of a stage: parameter elements it holds (shard-aware, tied ones at each holder). */
+int64_t stage_param_elems(const struct partition *P, int stage);
+
+#endif

@@ -1,0 +1,201 @@
+/* test_plan.c: plan files: written the same twice, verified from the file,
+ * and every way a plan can be bad reported with what is wrong. */
+#include "testing.h"
+
+#include "plan.h"
+
+static struct run *R;
+static char dir[64];
+
+static const char *path(const char *name)
+{
+    static char buf[8][256];
+    static int i;
+    i = (i + 1) % 8;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", dir, name);
+    return buf[i];
+}
+
+static void compile(const char *out, const char *const *args)
+{
+    const char *argv[40] = {"compile"};
+    int n = 1;
+    for (; args[n - 1]; n++)
+        argv[n] = args[n - 1];
+    argv[n++] = "-o";
+    argv[n++] = out;
+    argv[n] = NULL;
+    run_weftv(R, argv);
+    if (R->status)
+        fail_msg("weft compile %s failed (%d): %s", args[0], R->status, R->err);
+}
+
+static const char *const gpt2[] = {"models/gpt2.xml", "--world-size", "16", "--tp", "2", "--pp", "4",
+                                   "--micro-batch-size", "4", "--global-batch-size", "128", NULL};
+
+static void test_byte_identical(void **state)
+{
+    (void)state;
+    compile(path("a.plan"), gpt2);
+    compile(path("b.plan"), gpt2);
+    size_t na, nb;
+    char *a = wf_read_file(path("a.plan"), 1 << 28, &na), *b = wf_read_file(path("b.plan"), 1 << 28, &nb);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    free(a);
+    free(b);
+    run_weft(R, "verify", path("a.plan"), NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "verified on all 16 ranks"));
+}
+
+/* Every model compiles under each schedule, with tp, pp and dp, and T5 and
+ * LLaVA with encoder degrees of their own; each plan verifies from the file. */
+static void test_every_model_verifies(void **state)
+{
+    (void)state;
+    static const char *const cfg[][24] = {
+        {"models/gpt2.xml", "--variant", "tiny", "--world-size", "8", "--tp", "2", "--pp", "2", "--global-batch-size", "8",
+         "--pipeline-schedule", "gpipe", NULL},
+        {"models/gpt2.xml", "--world-size", "16", "--tp", "2", "--pp", "4", "--global-batch-size", "32",
+         "--num-layers-per-virtual-pipeline-stage", "1", NULL},
+        {"models/llama2.xml", "--variant", "tiny", "--world-size", "8", "--tp", "2", "--pp", "2", "--global-batch-size",
+         "8", NULL},
+        {"models/mixtral.xml", "--variant", "tiny", "--world-size", "8", "--tp", "2", "--ep", "2", "--pp", "2",
+         "--global-batch-size", "4", NULL},
+        {"models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp", "1", "--epp", "1",
+         "--global-batch-size", "8", "--pipeline-schedule", "gpipe", NULL},
+        {"models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp", "1", "--epp", "1",
+         "--global-batch-size", "8", NULL},
+        {"models/llava.xml", "--variant", "tiny", "--world-size", "12", "--tp", "2", "--pp", "2", "--etp", "1", "--epp",
+         "2", "--global-batch-size", "8", NULL},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        compile(path("m.plan"), cfg[i]);
+        run_weft(R, "verify", path("m.plan"), NULL);
+        if (R->status)
+            fail_msg("%s (config %zu) does not verify: %s", cfg[i][0], i, R->err);
+    }
+}
+
+static void write_bytes(const char *file, const char *data, size_t n)
+{
+    FILE *f = fopen(file, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+static void expect_bad(const char *cmd, const char *file, const char *fragment)
+{
+    run_weft(R, cmd, file, NULL);
+    if (R->status != 2 || !strstr(R->err, fragment))
+        fail_msg("weft %s %s: exit %d, \"%s\"; want exit 2 and \"%s\"", cmd, file, R->status, R->err, fragment);
+    printf("    %s", R->err);
+}
+
+static void test_bad_plans(void **state)
+{
+    (void)state;
+    compile(path("good.plan"), gpt2);
+    size_t n;
+    char *good = wf_read_file(path("good.plan"), 1 << 28, &n);
+    assert_non_null(good);
+    char *bad = malloc(n);
+
+    write_bytes(path("truncated.plan"), good, n / 2);
+    expect_bad("verify", path("truncated.plan"), "truncated or extended: the header says");
+    write_bytes(path("tiny.plan"), good, 20);
+    expect_bad("inspect", path("tiny.plan"), "truncated or not a weft plan: 20 bytes");
+    write_bytes(path("empty.plan"), good, 0);
+    expect_bad("verify", path("empty.plan"), "shorter than a plan header");
+    expect_bad("verify", "models/gpt2.xml", "not a weft plan (bad magic)");
+
+    /* A byte flipped inside the program of stage 2: only that section fails. */
+    memcpy(bad, good, n);
+    struct diag d;
+    diag_init(&d);
+    struct plan *p = plan_open(path("good.plan"), &d);
+    assert_non_null(p);
+    int idx = -1;
+    for (int i = 0; i < plan_n_sections(p); i++)
+        if (!strcmp(plan_section_name(p, i), "program.2"))
+            idx = i;
+    assert_true(idx >= 0);
+    bad[plan_section_offset(p, idx) + plan_section_size(p, idx) / 2] ^= 0x40;
+    plan_close(p);
+    diag_free(&d);
+    write_bytes(path("flipped.plan"), bad, n);
+    expect_bad("verify", path("flipped.plan"), "section 'program.2' fails its checksum");
+    run_weft(R, "inspect", path("flipped.plan"), "--rank", "0", NULL); /* rank 0 reads program.0 only */
+    assert_int_equal(R->status, 0);
+
+    /* The header corrupted; and a plan from a newer format (its header made consistent). */
+    memcpy(bad, good, n);
+    bad[20] ^= 1;
+    write_bytes(path("header.plan"), bad, n);
+    expect_bad("verify", path("header.plan"), "the header fails its checksum");
+    memcpy(bad, good, n);
+    bad[8] = 2;
+    uint32_t crc = plan_crc32(bad, 64);
+    for (int i = 0; i < 4; i++)
+        bad[64 + i] = (char)(crc >> (8 * i));
+    write_bytes(path("newer.plan"), bad, n);
+    expect_bad("inspect", path("newer.plan"), "plan format 2.0 is newer than this weft reads (1.x)");
+
+    run_weft(R, "inspect", path("good.plan"), "--rank", "99", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--rank 99: the plan has 16 ranks (0-15)"));
+    run_weft(R, "verify", path("no-such.plan"), NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "cannot open the plan: No such file or directory"));
+    free(good);
+    free(bad);
+}
+
+static void test_inspect(void **state)
+{
+    (void)state;
+    compile(path("i.plan"), gpt2);
+    run_weft(R, "inspect", path("i.plan"), "--json", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "\"roles\": [{\"role\": \"decoder stage 0\", \"ranks\": [0, 1, 2, 3]"));
+    assert_non_null(strstr(R->out, "\"memory_bytes\": "));
+    assert_non_null(strstr(R->out, "\"kernels\": []"));
+    run_weft(R, "inspect", path("i.plan"), "--rank", "5", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "rank 5 of"));
+    assert_non_null(strstr(R->out, "decoder stage 1, tp 1"));
+    assert_non_null(strstr(R->out, "[peer 1]"));
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/weft-plan-%d", (int)getpid());
+    return mkdir(dir, 0700);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd);
+}
+
+int main(void)
+{
+    R = malloc(sizeof *R);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_byte_identical),
+        cmocka_unit_test(test_every_model_verifies),
+        cmocka_unit_test(test_bad_plans),
+        cmocka_unit_test(test_inspect),
+    };
+    int rc = cmocka_run_group_tests_name("plan", tests, setup, teardown);
+    free(R);
+    return rc;
+}

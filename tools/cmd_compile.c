@@ -1,0 +1,96 @@
+/* cmd_compile.c: `weft compile MODEL.xml [layout flags] -o model.plan`. */
+#include "cli.h"
+#include "emit_plan.h"
+#include "schedule.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: weft compile MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "                    [--gpu h100|a100 | --device-file FILE] -o MODEL.plan\n"
+    "\n"
+    "Partition the model for the layout, build every rank's schedule, prove it\n"
+    "cannot hang, predict the step, and write one plan file.  Prints each role\n"
+    "(pipeline stage): its layers, instructions and per-rank parameter memory.\n";
+
+int cmd_compile(int argc, char **argv)
+{
+    struct cli c;
+    if (cli_parse(&c, argc, argv, "compile"))
+        return c.status;
+    if (c.help) {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    if (!c.output) {
+        fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
+        return EXIT_BAD_INPUT;
+    }
+    const struct device *dev = c.gpu ? device_find(c.gpu) : &device_default;
+    if (!dev) {
+        fprintf(stderr, "weft compile: --gpu %s: unknown device (built in: h100, a100)\n", c.gpu);
+        return EXIT_BAD_INPUT;
+    }
+    struct partition *P = cli_partition(&c);
+    if (!P)
+        return c.status;
+    struct diag d;
+    diag_init(&d);
+    struct ir_schedule S;
+    struct sim_result sim = {0};
+    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
+    int rc = schedule_build(P, kind, &S, &d);
+    bool built = rc == 0;
+    if (rc == 0)
+        rc = ir_schedule_verify(&S, P->L, &d);
+    if (rc == 0)
+        rc = simulate(P, &S, dev, &sim, &d);
+    if (rc == 0)
+        rc = emit_plan(P, &S, &sim, c.model, c.output, &d) ? 1 : 0;
+    diag_print(&d, stderr);
+    if (rc == 0) {
+        const struct par_config *pc = &P->L->pc;
+        char a[32], b[32];
+        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule, %d micro-batches; verified\n", c.output,
+               P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
+               ir_sched_name(S.kind), S.n_micro);
+        printf("  %-18s %-10s %-26s %12s %14s %14s\n", "role", "ranks", "layers", "instructions", "params/rank",
+               "state/rank");
+        for (int s = 0; s < S.n_stages; s++) {
+            int lo = -1, hi = -1;
+            for (int r = 0; r < P->L->n_ranks; r++)
+                if (P->L->ranks[r].stage == s) {
+                    lo = lo < 0 ? r : lo;
+                    hi = r;
+                }
+            char role[64], ranks[32], layers[128] = "";
+            size_t n = 0;
+            enum ir_part part = IR_PART_DECODER;
+            for (int ch = 0; ch < P->n_chunks; ch++) {
+                const struct part_chunk *k = &P->chunks[ch];
+                if (k->stage != s)
+                    continue;
+                part = k->part;
+                n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%s%d-%d", n ? ", " : "",
+                                      k->part == IR_PART_ENCODER && P->L->has_encoder ? "enc " : "", k->first_layer,
+                                      k->first_layer + k->n_layers - 1);
+            }
+            snprintf(role, sizeof role, "%s stage %d", ir_part_name(part), s);
+            snprintf(ranks, sizeof ranks, lo == hi ? "%d" : "%d-%d", lo, hi);
+            int64_t params = stage_param_elems(P, s);
+            /* fp32 weights, fp32 gradients, AdamW's two fp32 moments: 16 bytes a parameter */
+            printf("  %-18s %-10s %-26s %12d %14s %14s\n", role, ranks, layers, S.programs[s].n, wf_commas(params, a),
+                   wf_bytes((double)params * 16, b));
+        }
+        printf("  (state: fp32 weights, gradients and AdamW moments; activations are not planned yet)\n");
+        printf("  predicted step %.3f ms on %s, bubble %.1f%%\n", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
+    }
+    if (built)
+        ir_schedule_free(&S);
+    sim_result_free(&sim);
+    partition_free(P);
+    diag_free(&d);
+    return rc ? (rc == 1 ? EXIT_FAILURE_RUN : EXIT_BAD_INPUT) : EXIT_OK;
+}

@@ -1,0 +1,193 @@
+/* cmd_inspect.c: `weft inspect MODEL.plan [--rank R] [--json]`: a plan for people. */
+#include "cli.h"
+#include "json.h"
+#include "plan.h"
+#include "program.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct meta {
+    char model[256], file[1024], variant[64], device[64];
+    uint64_t digest;
+    int n_dims;
+    char dim_name[64][64];
+    int64_t dim_value[64];
+    double step, bubble;
+};
+
+static int read_meta(struct plan *p, struct meta *m, struct diag *d)
+{
+    struct plan_reader r;
+    if (plan_read(p, "meta", &r, d))
+        return -1;
+    plan_get_str(&r, m->model, sizeof m->model);
+    plan_get_str(&r, m->file, sizeof m->file);
+    m->digest = plan_get_u64(&r);
+    plan_get_str(&r, m->variant, sizeof m->variant);
+    uint32_t n = plan_get_u32(&r);
+    m->n_dims = 0;
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        char name[64];
+        plan_get_str(&r, name, sizeof name);
+        int64_t v = plan_get_i64(&r);
+        if (m->n_dims < 64) {
+            snprintf(m->dim_name[m->n_dims], 64, "%s", name);
+            m->dim_value[m->n_dims++] = v;
+        }
+    }
+    plan_get_str(&r, m->device, sizeof m->device);
+    m->step = plan_get_f64(&r);
+    m->bubble = plan_get_f64(&r);
+    if (r.bad) {
+        diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
+        return -1;
+    }
+    return 0;
+}
+
+/* Parameter elements one rank of each stage holds ("roles"). */
+static int read_params(struct plan *p, int n_stages, int64_t *per_stage, struct diag *d)
+{
+    struct plan_reader r;
+    if (plan_read(p, "roles", &r, d))
+        return -1;
+    if ((int)plan_get_u32(&r) != n_stages) {
+        diag_error(d, NULL, 0, "plan section 'roles' disagrees with the schedule's stages: the plan is corrupted");
+        return -1;
+    }
+    for (int s = 0; s < n_stages; s++)
+        per_stage[s] = plan_get_i64(&r);
+    if (r.bad) {
+        diag_error(d, NULL, 0, "plan section 'roles' is shorter than its fields: the plan is corrupted");
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    struct cli c;
+    if (cli_parse(&c, argc, argv, "inspect"))
+        return c.status;
+    if (c.help || !c.model) {
+        fputs("usage: weft inspect MODEL.plan [--rank R] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
+              "with its ranks, layers and memory, the kernels, the file's sections; with\n"
+              "--rank R, that rank's coordinates and program, its peers resolved.\n", c.help ? stdout : stderr);
+        return c.help ? EXIT_OK : EXIT_BAD_INPUT;
+    }
+    struct diag d;
+    diag_init(&d);
+    struct plan *p = plan_open(c.model, &d);
+    struct meta m;
+    struct par_config pc;
+    bool enc;
+    struct rank_layout *L = NULL;
+    struct ir_schedule S = {0};
+    int64_t *params = NULL;
+    int rc = -1;
+    if (p && read_meta(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
+        ir_schedule_read(p, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &S, &d) == 0) {
+        params = calloc((size_t)S.n_stages, sizeof *params);
+        rc = read_params(p, S.n_stages, params, &d);
+    }
+    if (rc == 0 && c.rank >= L->n_ranks) {
+        diag_error(&d, NULL, 0, "--rank %d: the plan has %d ranks (0-%d)", c.rank, L->n_ranks, L->n_ranks - 1);
+        rc = -1;
+    }
+    diag_print(&d, stderr);
+    if (rc == 0 && c.json) {
+        struct json j;
+        json_init(&j, stdout);
+        json_begin_object(&j, NULL);
+        json_string(&j, "plan", c.model);
+        json_string(&j, "compiler", plan_compiler(p));
+        json_string(&j, "model", m.model);
+        json_string(&j, "model_file", m.file);
+        json_int(&j, "world_size", L->n_ranks);
+        json_string(&j, "schedule", ir_sched_name(S.kind));
+        json_int(&j, "micro_batches", S.n_micro);
+        json_begin_array(&j, "roles");
+        for (int s = 0; s < S.n_stages; s++) {
+            json_begin_object(&j, NULL);
+            char role[64];
+            for (int r = 0; r < L->n_ranks; r++)
+                if (L->ranks[r].stage == s)
+                    snprintf(role, sizeof role, "%s stage %d", ir_part_name(L->ranks[r].part), s);
+            json_string(&j, "role", role);
+            json_begin_array(&j, "ranks");
+            for (int r = 0; r < L->n_ranks; r++)
+                if (L->ranks[r].stage == s)
+                    json_int(&j, NULL, r);
+            json_end_array(&j);
+            json_int(&j, "instructions", S.programs[s].n);
+            json_int(&j, "memory_bytes", params[s] * 16);
+            json_string(&j, "memory_counts", "fp32 weights, gradients and AdamW moments; activations not planned yet");
+            json_end_object(&j);
+        }
+        json_end_array(&j);
+        json_begin_array(&j, "kernels"); /* fused kernels come with the kernel compiler */
+        json_end_array(&j);
+        json_end_object(&j);
+        json_finish(&j);
+    } else if (rc == 0 && c.rank >= 0) {
+        const struct rank_coords *rc0 = &L->ranks[c.rank];
+        const struct ir_program *prog = &S.programs[rc0->stage];
+        printf("rank %d of %s: %s stage %d, tp %d, cp %d, dp %d, ep %d; %d instructions\n", c.rank, c.model,
+               ir_part_name(rc0->part), rc0->stage, rc0->tp, rc0->cp, rc0->dp, rc0->ep, prog->n);
+        for (int i = 0; i < prog->n; i++) {
+            char buf[2048];
+            ir_ins_str(&prog->ins[i], buf, sizeof buf);
+            printf("  %4d  %s", i, buf);
+            if (prog->ins[i].kind == IR_INS_P2P) {
+                printf("  [peer");
+                for (int k = 0; k < prog->ins[i].n_p2p; k++) {
+                    int peers[64], n = ir_p2p_peers(&S, L, c.rank, prog->ins[i].p2p[k].peer_chunk, peers, 64);
+                    for (int q = 0; q < n; q++)
+                        printf(" %d", peers[q]);
+                }
+                printf("]");
+            }
+            printf("\n");
+        }
+    } else if (rc == 0) {
+        char a[32];
+        printf("%s: a plan of format %d.%d, written by %s\n", c.model, plan_version_major(p), plan_version_minor(p),
+               plan_compiler(p));
+        printf("  model     %s (%s%s%s), digest %016" PRIx64 "\n", m.model, m.file, m.variant[0] ? ", variant " : "",
+               m.variant, m.digest);
+        printf("  dims     ");
+        for (int i = 0; i < m.n_dims; i++)
+            printf(" %s=%" PRId64, m.dim_name[i], m.dim_value[i]);
+        printf("\n  layout    %d ranks: tp %d x pp %d x dp %d, cp %d, ep %d%s\n", L->n_ranks, pc.tp, pc.pp, pc.dp, pc.cp,
+               pc.ep, enc && pc.epp ? "; encoder of its own" : "");
+        printf("  schedule  %s, %d micro-batches, %d stages; predicted step %.3f ms on %s, bubble %.1f%%\n",
+               ir_sched_name(S.kind), S.n_micro, S.n_stages, m.step * 1e3, m.device, 100 * m.bubble);
+        printf("  roles\n");
+        for (int s = 0; s < S.n_stages; s++) {
+            int lo = -1, hi = -1;
+            const char *part = "decoder";
+            for (int r = 0; r < L->n_ranks; r++)
+                if (L->ranks[r].stage == s) {
+                    lo = lo < 0 ? r : lo;
+                    hi = r;
+                    part = ir_part_name(L->ranks[r].part);
+                }
+            printf("    %s stage %-3d ranks %d-%d, %d instructions, %s of parameter state per rank\n", part, s, lo, hi,
+                   S.programs[s].n, wf_bytes((double)params[s] * 16, a));
+        }
+        printf("  kernels   none yet (fused kernels come with the kernel compiler)\n  sections ");
+        for (int i = 0; i < plan_n_sections(p); i++)
+            printf(" %s (%s)", plan_section_name(p, i), wf_bytes((double)plan_section_size(p, i), a));
+        printf("\n");
+    }
+    free(params);
+    ir_schedule_free(&S);
+    rank_layout_free(L);
+    plan_close(p);
+    diag_free(&d);
+    return rc ? EXIT_BAD_INPUT : EXIT_OK;
+}

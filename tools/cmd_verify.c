@@ -1,0 +1,46 @@
+/* cmd_verify.c: `weft verify MODEL.plan`: the proof again, from the file alone. */
+#include "cli.h"
+#include "plan.h"
+#include "program.h"
+
+#include <stdio.h>
+
+int cmd_verify(int argc, char **argv)
+{
+    struct cli c;
+    if (cli_parse(&c, argc, argv, "verify"))
+        return c.status;
+    if (c.help || !c.model) {
+        fputs("usage: weft verify MODEL.plan\n\nRun every rank's program from the plan against the others: every send\n"
+              "meets its receive, every collective its whole group in one order.  Exit 0 if\n"
+              "the step cannot hang; 2 with the ranks and what they wait for if it can, or if\n"
+              "the plan is unreadable.\n", c.help ? stdout : stderr);
+        return c.help ? EXIT_OK : EXIT_BAD_INPUT;
+    }
+    struct diag d;
+    diag_init(&d);
+    struct plan *p = plan_open(c.model, &d);
+    struct par_config pc;
+    bool enc;
+    struct rank_layout *L = NULL;
+    struct ir_schedule S = {0};
+    int rc = -1;
+    if (p && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
+        ir_schedule_read(p, -1, &S, &d) == 0) {
+        rc = ir_schedule_verify(&S, L, &d);
+        if (rc == 0) {
+            int n = 0;
+            for (int s = 0; s < S.n_stages; s++)
+                n += S.programs[s].n;
+            printf("%s: verified on all %d ranks (%d stages, %d instructions): every send meets its receive and\n"
+                   "every collective its whole group, in one order; the step cannot hang\n",
+                   c.model, L->n_ranks, S.n_stages, n);
+        }
+    }
+    diag_print(&d, stderr);
+    ir_schedule_free(&S);
+    rank_layout_free(L);
+    plan_close(p);
+    diag_free(&d);
+    return rc ? EXIT_BAD_INPUT : EXIT_OK;
+}
