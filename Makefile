@@ -2,7 +2,7 @@
 #
 #   make          build build/weft (installs missing Debian packages first)
 #   make test     build and run the test suite; ends with "N passed, N failed"
-#   make demo     check every model in models/
+#   make demo     the tour: check every model, compile one, verify, inspect, draw, simulate
 #   make asan     the test suite under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz     fuzz the model-file front end with libFuzzer (FUZZ_SECONDS=60)
 #   make pictures redraw the pictures in docs/ that README.md shows
@@ -64,7 +64,7 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory $(BUILD)/weft
-	@for m in models/*.xml; do echo "== build/weft check $$m"; $(BUILD)/weft check $$m || exit 1; echo; done
+	@WEFT=$(BUILD)/weft DEMO_OUT=$(BUILD)/demo tools/demo.sh
 
 ASAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 asan: deps

@@ -142,13 +142,21 @@ int cmd_inspect(int argc, char **argv)
             char buf[2048];
             ir_ins_str(&prog->ins[i], buf, sizeof buf);
             printf("  %4d  %s", i, buf);
-            if (prog->ins[i].kind == IR_INS_P2P) {
-                printf("  [peer");
+            if (prog->ins[i].kind == IR_INS_P2P) { /* the ranks at the other ends, each once */
+                int all[256], n_all = 0;
                 for (int k = 0; k < prog->ins[i].n_p2p; k++) {
                     int peers[64], n = ir_p2p_peers(&S, L, c.rank, prog->ins[i].p2p[k].peer_chunk, peers, 64);
-                    for (int q = 0; q < n; q++)
-                        printf(" %d", peers[q]);
+                    for (int q = 0; q < n; q++) {
+                        bool seen = false;
+                        for (int x = 0; x < n_all; x++)
+                            seen |= all[x] == peers[q];
+                        if (!seen && n_all < 256)
+                            all[n_all++] = peers[q];
+                    }
                 }
+                printf("  [%s", n_all == 1 ? "peer" : "peers");
+                for (int x = 0; x < n_all; x++)
+                    printf(" %d", all[x]);
                 printf("]");
             }
             printf("\n");

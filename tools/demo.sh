@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# demo.sh: the tour `make demo` runs: check every model, compile one for 8
+# ranks, prove the plan cannot hang, look inside, draw it, predict its step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+weft=${WEFT:-build/weft}
+out=${DEMO_OUT:-build/demo}
+mkdir -p "$out"
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; "$@"; }
+
+for m in models/*.xml; do
+  step "$weft" check "$m"
+done
+layout=(--variant tiny --world-size 8 --tp 2 --pp 2 --micro-batch-size 2 --global-batch-size 16)
+step "$weft" compile models/gpt2.xml "${layout[@]}" -o "$out/gpt2.plan"
+step "$weft" verify "$out/gpt2.plan"
+step "$weft" inspect "$out/gpt2.plan"
+step "$weft" inspect "$out/gpt2.plan" --rank 5
+step "$weft" dot models/gpt2.xml "${layout[@]}" -o "$out/gpt2.svg"
+# GPT-2 124M for the prediction: the tiny variant's microseconds of compute say little
+step "$weft" simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 \
+  -o "$out/schedule.svg"
+printf '\nThe pictures: %s/gpt2.svg (the partitioned model), %s/schedule.svg (the timeline).\n' "$out" "$out"
+printf 'Running the plan on local CPU ranks (weft run) comes with the runtime, a later step.\n'
