@@ -115,8 +115,10 @@ static void expect_caught(struct built *b, const char *what, const char *f1, con
 {
     struct diag d;
     const char *why = verify(b, &d);
-    if (!why)
+    if (!why) {
         fail_msg("%s: the corrupted schedule verified", what);
+        return; /* fail_msg does not return; the compiler cannot tell */
+    }
     printf("    %s:\n%s", what, why);
     if (!strstr(why, f1) || (f2 && !strstr(why, f2)))
         fail_msg("%s: the diagnosis lacks \"%s\"%s%s", what, f1, f2 ? " or " : "", f2 ? f2 : "");
