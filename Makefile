@@ -4,7 +4,7 @@
 #   make test     build and run the test suite; ends with "N passed, N failed"
 #   make demo     the tour: check every model, compile one, verify, inspect, draw, simulate
 #   make asan     the test suite under AddressSanitizer + UBSan (build-asan/)
-#   make fuzz     fuzz the model-file front end with libFuzzer (FUZZ_SECONDS=60)
+#   make fuzz     fuzz with libFuzzer: FUZZ=frontend (model files) or FUZZ=plan (plan files), FUZZ_SECONDS=60
 #   make pictures redraw the pictures in docs/ that README.md shows
 #   make clean
 #
@@ -74,16 +74,22 @@ asan: deps
 	    UBSAN_OPTIONS=print_stacktrace=1 tests/run.sh build-asan
 
 FUZZ_SECONDS ?= 60
-fuzz:
+FUZZ ?= frontend
+fuzz: all
 	@tools/deps.sh clang libclang-rt-14-dev
-	@mkdir -p build-fuzz/corpus
+	@mkdir -p build-fuzz/corpus-$(FUZZ)
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang \
 	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a
 	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined $(XML_CFLAGS) \
-	    -o build-fuzz/fuzz_frontend tests/fuzz_frontend.c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
-	cp models/*.xml tests/bad/*.xml build-fuzz/corpus/ 2>/dev/null || true
-	@build-fuzz/fuzz_frontend -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=tests/fuzz_frontend.dict \
-	    build-fuzz/corpus > build-fuzz/fuzz.log 2>&1; rc=$$?; tail -n 25 build-fuzz/fuzz.log; exit $$rc
+	    -o build-fuzz/fuzz_$(FUZZ) tests/fuzz_$(FUZZ).c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
+	@if [ $(FUZZ) = frontend ]; then cp models/*.xml tests/bad/*.xml build-fuzz/corpus-frontend/; \
+	 else $(BUILD)/weft compile models/gpt2.xml --variant tiny --world-size 8 --tp 2 --pp 2 --global-batch-size 8 \
+	      -o build-fuzz/corpus-plan/gpt2.plan >/dev/null && \
+	      $(BUILD)/weft compile models/t5.xml --variant tiny --world-size 10 --tp 2 --pp 2 --etp 1 --epp 1 \
+	      -o build-fuzz/corpus-plan/t5.plan >/dev/null; fi
+	@build-fuzz/fuzz_$(FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
+	    $(if $(filter frontend,$(FUZZ)),-dict=tests/fuzz_frontend.dict) \
+	    build-fuzz/corpus-$(FUZZ) > build-fuzz/fuzz-$(FUZZ).log 2>&1; rc=$$?; tail -n 25 build-fuzz/fuzz-$(FUZZ).log; exit $$rc
 
 pictures: all
 	@mkdir -p docs

@@ -6,30 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t stage_param_elems(const struct partition *P, int stage)
-{
-    const struct ir_graph *g = P->g;
-    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
-    int64_t n = 0;
-    for (int i = 0; i < g->n_ops; i++) {
-        const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
-        if (ch->stage != stage)
-            continue;
-        for (int k = 0; k < g->ops[i].n_in; k++) {
-            int t = g->ops[i].in[k];
-            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
-                continue;
-            seen[t] = true;
-            struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
-            n += ir_shape_numel(&l);
-        }
-    }
-    free(seen);
-    return n;
-}
-
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const char *model_path, const char *path, struct diag *d)
+              const struct mem_report *mem, const char *model_path, const char *path, struct diag *d)
 {
     const struct ir_graph *g = P->g;
     struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
@@ -123,10 +101,14 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         plan_put_i64(w, x->bytes);
     }
 
-    plan_section(w, "roles"); /* per stage: parameter elements one rank holds (its shards) */
+    plan_section(w, "roles"); /* per stage: a rank's memory by category */
     plan_put_u32(w, (uint32_t)S->n_stages);
-    for (int st = 0; st < S->n_stages; st++)
-        plan_put_i64(w, stage_param_elems(P, st));
+    plan_put_u32(w, MEM_COUNT);
+    for (int st = 0; st < S->n_stages; st++) {
+        for (int k = 0; k < MEM_COUNT; k++)
+            plan_put_i64(w, mem->stages[st].bytes[k]);
+        plan_put_i32(w, mem->stages[st].in_flight);
+    }
 
     ir_schedule_write(w, S);
     return plan_writer_finish(w, path, d);

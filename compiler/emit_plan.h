@@ -4,17 +4,15 @@
  *
  * Sections: "meta" (the model: name, file, its digest, every dimension; the
  * prediction), "layout", "chunks", "tensors" (with each one's shard), "ops",
- * "xfers", "roles" (per stage: the parameter elements one rank holds),
+ * "xfers", "roles" (per stage: a rank's memory by category, micro-batches in flight),
  * "schedule" and one "program.N" per pipeline stage. */
 #ifndef WEFT_EMIT_PLAN_H
 #define WEFT_EMIT_PLAN_H
 
+#include "memory.h"
 #include "simulate.h"
 
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const char *model_path, const char *path, struct diag *d);
-
-/* Per rank of a stage: parameter elements it holds (shard-aware, tied ones at each holder). */
-int64_t stage_param_elems(const struct partition *P, int stage);
+              const struct mem_report *mem, const char *model_path, const char *path, struct diag *d);
 
 #endif

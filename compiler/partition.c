@@ -400,10 +400,47 @@ static int balance(struct partition *P, struct par_config *pc, struct diag *d)
     return 0;
 }
 
+/* Load the model with the caller's overrides, and those the layout implies:
+ * the micro-batch sizes the model's batch (where it binds --micro-batch-size),
+ * and a padded vocabulary replaces its own. */
+static struct ir_graph *load(const char *path, const struct fe_options *opt, const struct par_config *pc,
+                             const char *vocab_dim, int64_t padded, struct diag *d)
+{
+    if (!pc) {
+        static struct par_config none;
+        pc = &none;
+    }
+    struct fe_override *ov = wf_calloc((size_t)opt->n_overrides + 2, sizeof *ov);
+    int n = opt->n_overrides;
+    if (n)
+        memcpy(ov, opt->overrides, (size_t)n * sizeof *ov);
+    char micro[32], vocab[32];
+    if (pc->micro_batch > 0) {
+        snprintf(micro, sizeof micro, "%d", pc->micro_batch);
+        ov[n++] = (struct fe_override){FE_FLAG_IF_BOUND, "micro-batch-size", micro};
+    }
+    if (vocab_dim) {
+        snprintf(vocab, sizeof vocab, "%" PRId64, padded);
+        ov[n++] = (struct fe_override){FE_SET, vocab_dim, vocab};
+    }
+    struct fe_options all = *opt;
+    all.overrides = ov;
+    all.n_overrides = n;
+    struct ir_graph *g = compile_model(path, &all, d);
+    free(ov);
+    return g;
+}
+
+struct ir_graph *partition_load_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
+                                      struct diag *d)
+{
+    return load(path, opt, pc, NULL, 0, d);
+}
+
 struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
                                   struct diag *d)
 {
-    struct ir_graph *g = compile_model(path, opt, d);
+    struct ir_graph *g = load(path, opt, pc, NULL, 0, d);
     if (!g)
         return NULL;
     struct partition *P = wf_calloc(1, sizeof *P);
@@ -421,19 +458,10 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
         P->vocab = vocab->value;
         P->padded_vocab = (vocab->value + m - 1) / m * m;
         if (P->padded_vocab != P->vocab) {
-            struct fe_override *ov = wf_calloc((size_t)opt->n_overrides + 1, sizeof *ov);
-            if (opt->n_overrides)
-                memcpy(ov, opt->overrides, (size_t)opt->n_overrides * sizeof *ov);
-            char value[32], name[128]; /* copies: the graph holding vocab->name is freed below */
-            snprintf(value, sizeof value, "%" PRId64, P->padded_vocab);
+            char name[128]; /* a copy: the graph holding vocab->name is freed below */
             snprintf(name, sizeof name, "%s", vocab->name);
-            ov[opt->n_overrides] = (struct fe_override){FE_SET, name, value};
-            struct fe_options padded = *opt;
-            padded.overrides = ov;
-            padded.n_overrides = opt->n_overrides + 1;
             ir_graph_free(g);
-            P->g = g = compile_model(path, &padded, d);
-            free(ov);
+            P->g = g = load(path, opt, pc, name, P->padded_vocab, d);
             if (!g) {
                 partition_free(P);
                 return NULL;
@@ -465,3 +493,26 @@ void partition_free(struct partition *P)
     unplace(P);
     free(P);
 }
+
+int64_t partition_stage_param_elems(const struct partition *P, int stage)
+{
+    const struct ir_graph *g = P->g;
+    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
+    int64_t n = 0;
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
+        if (ch->stage != stage)
+            continue;
+        for (int k = 0; k < g->ops[i].n_in; k++) {
+            int t = g->ops[i].in[k];
+            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
+                continue;
+            seen[t] = true;
+            struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
+            n += ir_shape_numel(&l);
+        }
+    }
+    free(seen);
+    return n;
+}
+

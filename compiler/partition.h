@@ -88,6 +88,10 @@ int partition_shard(struct partition *P, struct diag *d);
 
 struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
                                   struct diag *d);
+/* The typed model as the layout sizes it (the micro-batch sets the batch
+ * dimension a model binds to --micro-batch-size), without placing it. */
+struct ir_graph *partition_load_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
+                                      struct diag *d);
 void partition_free(struct partition *P);
 /* The layers a part has: iterations of its top-level repeats, in order. */
 int partition_part_layers(const struct ir_graph *g, enum ir_part part);
@@ -96,5 +100,8 @@ int partition_op_layer(const struct ir_graph *g, const struct ir_op *op);
 /* Whether rank r runs chunk c (an encoder without stages of its own runs on
  * the decoder's first stage). */
 bool partition_rank_runs(const struct partition *P, int r, int c);
+/* Parameter elements one rank of a stage holds: its shards, a tied parameter
+ * at each stage that holds it. */
+int64_t partition_stage_param_elems(const struct partition *P, int stage);
 
 #endif

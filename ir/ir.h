@@ -222,7 +222,7 @@ struct ir_attr {
 
 /* ---- ops ----------------------------------------------------------------- */
 enum ir_op_kind {
-#define OP(id, name, in, out, attrs, summary) IR_OP_##id,
+#define OP(id, name, in, out, attrs, summary, saves) IR_OP_##id,
 #include "ops.def"
 #undef OP
     IR_OP_COUNT
@@ -243,6 +243,7 @@ struct ir_op {
 /* What an op kind takes, from its row in ops.def. */
 struct ir_op_info {
     const char *name, *summary;
+    const char *saves; /* what the backward reads from the forward (ops.def) */
     int n_in_names, n_out_names;
     const char *in_names[IR_MAX_IN], *out_names[IR_MAX_OUT];
     int in_min, in_max, out_min, out_max;

@@ -28,6 +28,7 @@ const struct par_flag par_flags[] = {
     {"decoder-first-pipeline-num-layers", NULL, F(first_stage_layers), false, "layers on the first decoder stage"},
     {"decoder-last-pipeline-num-layers", NULL, F(last_stage_layers), false, "layers on the last decoder stage"},
     {"balance-pipeline", NULL, F(balance_pipeline), true, "choose the first and last stage sizes by the cost model"},
+    {"bf16", NULL, F(bf16), true, "mixed precision: bf16 activations and weights, fp32 master weights and gradients"},
     {"make-vocab-size-divisible-by", NULL, F(vocab_divisible_by), false, "pad the vocabulary to a multiple of this times tp"},
 };
 #undef F

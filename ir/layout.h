@@ -39,6 +39,7 @@ struct par_config {
     int micro_batch, global_batch;  /* --micro-batch-size --global-batch-size */
     int first_stage_layers, last_stage_layers; /* --decoder-first/last-pipeline-num-layers */
     bool balance_pipeline;          /* --balance-pipeline: choose those two by the cost model */
+    bool bf16;                      /* --bf16: activations and weights in bf16, fp32 master weights */
     int vocab_divisible_by;         /* --make-vocab-size-divisible-by; 128 */
     /* derived by rank_layout_new: */
     int dp, expert_dp;

@@ -28,18 +28,18 @@ struct shape_ctx {
 typedef int shape_fn(struct shape_ctx *c);
 typedef double flops_fn(const struct shape_ctx *c);
 
-#define OP(id, name, in, out, attrs, summary)                                  \
+#define OP(id, name, in, out, attrs, summary, saves)                           \
     static shape_fn shape_##name;                                              \
     static flops_fn flops_##name;
 #include "ops.def"
 #undef OP
 
 static const struct {
-    const char *name, *in, *out, *attrs, *summary;
+    const char *name, *in, *out, *attrs, *summary, *saves;
     shape_fn *shape;
     flops_fn *flops;
 } op_rows[] = {
-#define OP(id, name, in, out, attrs, summary) {#name, in, out, attrs, summary, shape_##name, flops_##name},
+#define OP(id, name, in, out, attrs, summary, saves) {#name, in, out, attrs, summary, saves, shape_##name, flops_##name},
 #include "ops.def"
 #undef OP
 };
@@ -104,6 +104,7 @@ static void infos_init(void)
                  in_store[k], IR_MAX_IN);
         parse_io(op_rows[k].out, info->out_names, &info->n_out_names, &info->out_min,
                  &info->out_max, out_store[k], IR_MAX_OUT);
+        info->saves = op_rows[k].saves;
         info->n_attrs = spec_words(op_rows[k].attrs, attr_store[k], IR_MAX_ATTRS);
         for (int a = 0; a < info->n_attrs; a++) {
             char *w = attr_store[k][a];

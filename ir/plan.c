@@ -166,6 +166,7 @@ struct plan {
     char path[4096];
     uint8_t *map;
     size_t size;
+    bool mapped; /* munmap on close */
     int major, minor, n;
     char compiler[33];
     struct rsection *s;
@@ -205,9 +206,25 @@ struct plan *plan_open(const char *path, struct diag *d)
         diag_error(d, path, 0, "cannot map the plan: %s", strerror(errno));
         return NULL;
     }
+    struct plan *p = plan_open_memory(path, map, size, d);
+    if (p)
+        p->mapped = true;
+    else
+        munmap(map, size);
+    return p;
+}
+
+struct plan *plan_open_memory(const char *path, const void *bytes, size_t size, struct diag *d)
+{
+    const uint8_t *map = bytes;
+    if (size < HEADER_SIZE) {
+        diag_error(d, path, 0, "truncated or not a weft plan: %zu bytes, shorter than a plan header (%d)", size,
+                   HEADER_SIZE);
+        return NULL;
+    }
     struct plan *p = wf_calloc(1, sizeof *p);
     snprintf(p->path, sizeof p->path, "%s", path);
-    p->map = map;
+    p->map = (uint8_t *)map;
     p->size = size;
 #define FAIL(...)                                                              \
     do {                                                                       \
@@ -256,7 +273,7 @@ void plan_close(struct plan *p)
 {
     if (!p)
         return;
-    if (p->map)
+    if (p->mapped)
         munmap(p->map, p->size);
     free(p->s);
     free(p);

@@ -49,6 +49,8 @@ int plan_writer_finish(struct plan_writer *w, const char *path, struct diag *d);
 
 struct plan;
 struct plan *plan_open(const char *path, struct diag *d);
+/* The same over bytes in memory (kept alive by the caller until plan_close). */
+struct plan *plan_open_memory(const char *name, const void *bytes, size_t size, struct diag *d);
 void plan_close(struct plan *p);
 const char *plan_compiler(const struct plan *p);
 int plan_version_major(const struct plan *p), plan_version_minor(const struct plan *p);

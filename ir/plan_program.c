@@ -25,6 +25,7 @@ void ir_layout_write(struct plan_writer *w, const struct par_config *pc, bool ha
     plan_put_u8(w, pc->sequence_parallel);
     plan_put_u8(w, pc->balance_pipeline);
     plan_put_u8(w, has_encoder);
+    plan_put_u8(w, pc->bf16);
 }
 
 int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, struct diag *d)
@@ -39,8 +40,17 @@ int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, str
     pc->sequence_parallel = plan_get_u8(&r);
     pc->balance_pipeline = plan_get_u8(&r);
     *has_encoder = plan_get_u8(&r);
+    pc->bf16 = plan_get_u8(&r);
     if (r.bad) {
         diag_error(d, NULL, 0, "plan section 'layout' is shorter than its fields: the plan is corrupted");
+        return -1;
+    }
+    /* A plan's layout is data: bound it before anything allocates by it. */
+    const int most = 1 << 20;
+    if (pc->world_size < 1 || pc->world_size > most || pc->tp > most || pc->pp > most || pc->cp > most ||
+        pc->ep > most || pc->etp > most || pc->epp > most || pc->expert_tp > most || pc->dp > most) {
+        diag_error(d, NULL, 0, "plan section 'layout': sizes out of range (world %d): the plan is corrupted",
+                   pc->world_size);
         return -1;
     }
     return 0;

@@ -1,6 +1,7 @@
 /* cli.c: parse the flags every subcommand shares; load a model with them. */
 #include "cli.h"
 #include "partition.h"
+#include "memory.h"
 #include "program.h"
 
 #include <errno.h>
@@ -74,6 +75,10 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             if (!*value || *end || v < 0 || v > 1 << 30)
                 return usage_error(c, "--rank %s: expected a rank number%s", value, "");
             c->rank = (int)v;
+        } else if (!strcmp(key, "memory-limit")) {
+            c->memory_limit = memory_parse_size(value);
+            if (c->memory_limit <= 0)
+                return usage_error(c, "--memory-limit %s: expected a size such as 80GiB, 512MiB or 1e9%s", value, "");
         } else if (!strcmp(key, "gpu")) {
             c->gpu = value;
         } else if (!strcmp(key, "device-file")) {
@@ -91,13 +96,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             if (!*value || *end || errno || v < 0 || v > 1 << 30)
                 return usage_error(c, "--%s %s: expected a non-negative integer", key, value);
             *(int *)((char *)&c->pc + pf->offset) = (int)v;
-            c->parallel_given = true;
-            /* The micro-batch is also the model's batch dimension, where it binds one. */
-            if (!strcmp(pf->name, "micro-batch-size") && c->fe.n_overrides < CLI_MAX_OVERRIDES) {
-                int k = c->fe.n_overrides++;
-                snprintf(c->keys[k], sizeof c->keys[k], "%s", pf->name);
-                c->overrides[k] = (struct fe_override){FE_FLAG_IF_BOUND, c->keys[k], value};
-            }
+            c->parallel_given = true; /* --micro-batch-size also sizes the model's batch: partition_model */
         } else if (c->fe.n_overrides == CLI_MAX_OVERRIDES) {
             return usage_error(c, "too many dimension flags (at most %s)%s", "64", "");
         } else if (!strcmp(key, "set")) {
@@ -124,7 +123,7 @@ struct ir_graph *cli_load_model(struct cli *c)
     }
     struct diag d;
     diag_init(&d);
-    struct ir_graph *g = compile_model(c->model, &c->fe, &d);
+    struct ir_graph *g = partition_load_model(c->model, &c->fe, &c->pc, &d);
     diag_print(&d, stderr);
     diag_free(&d);
     if (!g)

@@ -27,6 +27,7 @@ struct cli {
     const char *schedule; /* --pipeline-schedule */
     const char *gpu, *device_file; /* weft simulate */
     int rank;             /* --rank (weft inspect); -1: none */
+    int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
     bool json, help;
     struct fe_options fe;
     struct par_config pc;

@@ -9,11 +9,12 @@
 
 static const char usage[] =
     "usage: weft compile MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
-    "                    [--gpu h100|a100 | --device-file FILE] -o MODEL.plan\n"
+    "                    [--gpu h100|a100 | --device-file FILE] [--bf16] [--memory-limit 80GiB] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
-    "cannot hang, predict the step, and write one plan file.  Prints each role\n"
-    "(pipeline stage): its layers, instructions and per-rank parameter memory.\n";
+    "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
+    "file.  Prints each role (pipeline stage): its layers, instructions and memory\n"
+    "by category.  --memory-limit turns a rank that would not fit into an error.\n";
 
 int cmd_compile(int argc, char **argv)
 {
@@ -45,10 +46,16 @@ int cmd_compile(int argc, char **argv)
     bool built = rc == 0;
     if (rc == 0)
         rc = ir_schedule_verify(&S, P->L, &d);
+    struct mem_report mem = {0};
+    if (rc == 0) {
+        memory_plan(P, &S, &mem);
+        if (c.memory_limit)
+            rc = memory_check(P, &mem, c.memory_limit, &d);
+    }
     if (rc == 0)
         rc = simulate(P, &S, dev, &sim, &d);
     if (rc == 0)
-        rc = emit_plan(P, &S, &sim, c.model, c.output, &d) ? 1 : 0;
+        rc = emit_plan(P, &S, &sim, &mem, c.model, c.output, &d) ? 1 : 0;
     diag_print(&d, stderr);
     if (rc == 0) {
         const struct par_config *pc = &P->L->pc;
@@ -56,8 +63,8 @@ int cmd_compile(int argc, char **argv)
         printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule, %d micro-batches; verified\n", c.output,
                P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
                ir_sched_name(S.kind), S.n_micro);
-        printf("  %-18s %-10s %-26s %12s %14s %14s\n", "role", "ranks", "layers", "instructions", "params/rank",
-               "state/rank");
+        printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
+               "params", "grads", "optimizer", "activ.", "comm", "workspace", "total");
         for (int s = 0; s < S.n_stages; s++) {
             int lo = -1, hi = -1;
             for (int r = 0; r < P->L->n_ranks; r++)
@@ -73,23 +80,27 @@ int cmd_compile(int argc, char **argv)
                 if (k->stage != s)
                     continue;
                 part = k->part;
-                n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%s%d-%d", n ? ", " : "",
-                                      k->part == IR_PART_ENCODER && P->L->has_encoder ? "enc " : "", k->first_layer,
+                n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%s%d-%d", n ? "," : "",
+                                      k->part == IR_PART_ENCODER && P->L->has_encoder ? "e" : "", k->first_layer,
                                       k->first_layer + k->n_layers - 1);
             }
             snprintf(role, sizeof role, "%s stage %d", ir_part_name(part), s);
             snprintf(ranks, sizeof ranks, lo == hi ? "%d" : "%d-%d", lo, hi);
-            int64_t params = stage_param_elems(P, s);
-            /* fp32 weights, fp32 gradients, AdamW's two fp32 moments: 16 bytes a parameter */
-            printf("  %-18s %-10s %-26s %12d %14s %14s\n", role, ranks, layers, S.programs[s].n, wf_commas(params, a),
-                   wf_bytes((double)params * 16, b));
+            const struct mem_stage *ms = &mem.stages[s];
+            printf("  %-18s %-9s %-20s %6d", role, ranks, layers, S.programs[s].n);
+            for (int k = 0; k < MEM_COUNT; k++)
+                printf(" %10s", wf_bytes((double)ms->bytes[k], a));
+            printf(" %10s\n", wf_bytes((double)ms->total, b));
         }
-        printf("  (state: fp32 weights, gradients and AdamW moments; activations are not planned yet)\n");
+        const struct mem_stage *big = &mem.stages[mem.largest];
+        printf("  largest rank: %s (stage %d; activations of %d micro-batch%s in flight)%s\n", wf_bytes((double)big->total, a),
+               mem.largest, big->in_flight, big->in_flight == 1 ? "" : "es", pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
         printf("  predicted step %.3f ms on %s, bubble %.1f%%\n", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
     }
     if (built)
         ir_schedule_free(&S);
     sim_result_free(&sim);
+    mem_report_free(&mem);
     partition_free(P);
     diag_free(&d);
     return rc ? (rc == 1 ? EXIT_FAILURE_RUN : EXIT_BAD_INPUT) : EXIT_OK;

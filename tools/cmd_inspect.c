@@ -1,6 +1,7 @@
 /* cmd_inspect.c: `weft inspect MODEL.plan [--rank R] [--json]`: a plan for people. */
 #include "cli.h"
 #include "json.h"
+#include "memory.h"
 #include "plan.h"
 #include "program.h"
 #include "util.h"
@@ -49,18 +50,25 @@ static int read_meta(struct plan *p, struct meta *m, struct diag *d)
     return 0;
 }
 
-/* Parameter elements one rank of each stage holds ("roles"). */
-static int read_params(struct plan *p, int n_stages, int64_t *per_stage, struct diag *d)
+/* Each stage's memory by category ("roles"). */
+static int read_roles(struct plan *p, int n_stages, int64_t (*mem)[MEM_COUNT + 1], struct diag *d)
 {
     struct plan_reader r;
     if (plan_read(p, "roles", &r, d))
         return -1;
-    if ((int)plan_get_u32(&r) != n_stages) {
-        diag_error(d, NULL, 0, "plan section 'roles' disagrees with the schedule's stages: the plan is corrupted");
+    if ((int)plan_get_u32(&r) != n_stages || plan_get_u32(&r) != MEM_COUNT) {
+        diag_error(d, NULL, 0, "plan section 'roles' disagrees with the schedule or this weft's memory categories: "
+                               "the plan is corrupted or from another weft");
         return -1;
     }
-    for (int s = 0; s < n_stages; s++)
-        per_stage[s] = plan_get_i64(&r);
+    for (int s = 0; s < n_stages; s++) {
+        mem[s][MEM_COUNT] = 0;
+        for (int k = 0; k < MEM_COUNT; k++) {
+            mem[s][k] = plan_get_i64(&r);
+            mem[s][MEM_COUNT] += mem[s][k];
+        }
+        plan_get_i32(&r);
+    }
     if (r.bad) {
         diag_error(d, NULL, 0, "plan section 'roles' is shorter than its fields: the plan is corrupted");
         return -1;
@@ -87,12 +95,12 @@ int cmd_inspect(int argc, char **argv)
     bool enc;
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
-    int64_t *params = NULL;
+    int64_t (*mem)[MEM_COUNT + 1] = NULL;
     int rc = -1;
     if (p && read_meta(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &S, &d) == 0) {
-        params = calloc((size_t)S.n_stages, sizeof *params);
-        rc = read_params(p, S.n_stages, params, &d);
+        mem = calloc((size_t)S.n_stages, sizeof *mem);
+        rc = read_roles(p, S.n_stages, mem, &d);
     }
     if (rc == 0 && c.rank >= L->n_ranks) {
         diag_error(&d, NULL, 0, "--rank %d: the plan has %d ranks (0-%d)", c.rank, L->n_ranks, L->n_ranks - 1);
@@ -124,8 +132,11 @@ int cmd_inspect(int argc, char **argv)
                     json_int(&j, NULL, r);
             json_end_array(&j);
             json_int(&j, "instructions", S.programs[s].n);
-            json_int(&j, "memory_bytes", params[s] * 16);
-            json_string(&j, "memory_counts", "fp32 weights, gradients and AdamW moments; activations not planned yet");
+            json_int(&j, "memory_bytes", mem[s][MEM_COUNT]);
+            json_begin_object(&j, "memory");
+            for (int k = 0; k < MEM_COUNT; k++)
+                json_int(&j, mem_cat_name((enum mem_cat)k), mem[s][k]);
+            json_end_object(&j);
             json_end_object(&j);
         }
         json_end_array(&j);
@@ -162,7 +173,7 @@ int cmd_inspect(int argc, char **argv)
             printf("\n");
         }
     } else if (rc == 0) {
-        char a[32];
+        char a[32], b[32];
         printf("%s: a plan of format %d.%d, written by %s\n", c.model, plan_version_major(p), plan_version_minor(p),
                plan_compiler(p));
         printf("  model     %s (%s%s%s), digest %016" PRIx64 "\n", m.model, m.file, m.variant[0] ? ", variant " : "",
@@ -184,15 +195,15 @@ int cmd_inspect(int argc, char **argv)
                     hi = r;
                     part = ir_part_name(L->ranks[r].part);
                 }
-            printf("    %s stage %-3d ranks %d-%d, %d instructions, %s of parameter state per rank\n", part, s, lo, hi,
-                   S.programs[s].n, wf_bytes((double)params[s] * 16, a));
+            printf("    %s stage %-3d ranks %d-%d, %d instructions, %s a rank (activations %s)\n", part, s, lo, hi,
+                   S.programs[s].n, wf_bytes((double)mem[s][MEM_COUNT], a), wf_bytes((double)mem[s][MEM_ACTIVATIONS], b));
         }
         printf("  kernels   none yet (fused kernels come with the kernel compiler)\n  sections ");
         for (int i = 0; i < plan_n_sections(p); i++)
             printf(" %s (%s)", plan_section_name(p, i), wf_bytes((double)plan_section_size(p, i), a));
         printf("\n");
     }
-    free(params);
+    free(mem);
     ir_schedule_free(&S);
     rank_layout_free(L);
     plan_close(p);
