@@ -40,7 +40,8 @@ int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, str
     pc->sequence_parallel = plan_get_u8(&r);
     pc->balance_pipeline = plan_get_u8(&r);
     *has_encoder = plan_get_u8(&r);
-    pc->bf16 = plan_get_u8(&r);
+    /* Fields added later are read when present (older plans lack them). */
+    pc->bf16 = r.at < r.end ? plan_get_u8(&r) : false;
     if (r.bad) {
         diag_error(d, NULL, 0, "plan section 'layout' is shorter than its fields: the plan is corrupted");
         return -1;
@@ -118,8 +119,10 @@ int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct di
     S->virtual_stages = (int)plan_get_u32(&r);
     S->n_chunks = (int)plan_get_u32(&r);
     if (r.bad || S->kind >= IR_SCHED_COUNT || S->n_stages < 1 || S->n_stages > 1 << 16 || S->n_chunks < 1 ||
-        S->n_chunks > 1 << 20)
+        S->n_chunks > 1 << 20) {
+        memset(S, 0, sizeof *S);
         return bad(d, "schedule", "impossible counts");
+    }
     S->chunk_stage = wf_calloc((size_t)S->n_chunks, sizeof *S->chunk_stage);
     for (int c = 0; c < S->n_chunks; c++) {
         S->chunk_stage[c] = plan_get_i32(&r);
@@ -128,6 +131,7 @@ int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct di
     }
     S->n_tied = (int)plan_get_u32(&r);
     if (r.bad || S->n_tied < 0 || S->n_tied > 1 << 16) {
+        S->n_tied = 0;
         ir_schedule_free(S);
         return bad(d, "schedule", "a chunk's stage or the tied sets");
     }

@@ -49,13 +49,14 @@ void ir_program_push(struct ir_program *p, const struct ir_ins *ins)
     p->ins[p->n++] = *ins;
 }
 
+/* Frees what there is: a schedule a reader abandoned half built included. */
 void ir_schedule_free(struct ir_schedule *S)
 {
-    for (int s = 0; s < S->n_stages; s++)
+    for (int s = 0; S->programs && s < S->n_stages; s++)
         free(S->programs[s].ins);
     free(S->programs);
     free(S->chunk_stage);
-    for (int t = 0; t < S->n_tied; t++)
+    for (int t = 0; S->tied_stages && t < S->n_tied; t++)
         free(S->tied_stages[t]);
     free(S->tied_stages);
     memset(S, 0, sizeof *S);

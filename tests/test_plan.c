@@ -145,6 +145,30 @@ static void test_bad_plans(void **state)
     write_bytes(path("newer.plan"), bad, n);
     expect_bad("inspect", path("newer.plan"), "plan format 2.0 is newer than this weft reads (1.x)");
 
+    /* Checksums right, contents impossible: the schedule claims 2^20 stages.
+     * (The plan fuzzer found this path crashing: a half-read schedule freed.) */
+    memcpy(bad, good, n);
+    p = plan_open(path("good.plan"), &d);
+    for (int i = 0; i < plan_n_sections(p); i++)
+        if (!strcmp(plan_section_name(p, i), "schedule")) {
+            uint64_t off = plan_section_offset(p, i), len = plan_section_size(p, i);
+            memset(bad + off + 4, 0, 4);
+            bad[off + 4 + 2] = 0x10; /* n_stages = 2^20: more than a plan may have */
+            uint32_t c = plan_crc32(bad + off, len);
+            uint64_t table = 0;
+            for (int k = 0; k < 8; k++)
+                table |= (uint64_t)(uint8_t)bad[24 + k] << (8 * k);
+            for (int k = 0; k < 4; k++)
+                bad[table + (uint64_t)i * 48 + 40 + k] = (char)(c >> (8 * k));
+            uint32_t tc = plan_crc32(bad + table, (size_t)plan_n_sections(p) * 48);
+            for (int k = 0; k < 4; k++)
+                bad[68 + k] = (char)(tc >> (8 * k));
+        }
+    plan_close(p);
+    diag_free(&d);
+    write_bytes(path("counts.plan"), bad, n);
+    expect_bad("verify", path("counts.plan"), "plan section 'schedule': impossible counts: the plan is corrupted");
+
     run_weft(R, "inspect", path("good.plan"), "--rank", "99", NULL);
     assert_int_equal(R->status, 2);
     assert_non_null(strstr(R->err, "--rank 99: the plan has 16 ranks (0-15)"));
