@@ -96,7 +96,7 @@ pictures: all
 	$(BUILD)/weft dot models/gpt2.xml --world-size 8 --tp 2 --pp 2 -o docs/gpt2-tp2-pp2.svg
 	$(BUILD)/weft dot models/gpt2.xml --variant tiny --tp 2 --sequence-parallel --detail op -o docs/gpt2-tiny-sp-ops.svg
 	$(BUILD)/weft dot models/llava.xml --world-size 24 --tp 4 --pp 2 --etp 2 --epp 2 -o docs/llava-etp2-epp2.svg
-	$(BUILD)/weft simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 \
+	$(BUILD)/weft simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \
 	    -o docs/schedule-gpt2-1f1b.svg
 
 clean:

@@ -26,16 +26,17 @@ const struct device *device_find(const char *name)
     return NULL;
 }
 
-static double held(const struct partition *P, enum ir_part part, int t, int64_t *elems)
+/* Adds the bytes a rank holds of tensor t to *bytes; returns the fraction it holds. */
+static double held(const struct partition *P, enum ir_part part, int t, int64_t *bytes)
 {
     const struct ir_tensor *x = &P->g->tensors[t];
     struct ir_shape l = partition_local_shape(P, part, &x->shape, &P->shard[t]);
     int64_t n = ir_shape_numel(&l), all = ir_shape_numel(&x->shape);
-    *elems += n;
+    *bytes += n * partition_elem_bytes(P, x);
     return all ? (double)n / (double)all : 1;
 }
 
-static double rank_fraction(const struct partition *P, int op, int64_t *elems)
+static double rank_fraction(const struct partition *P, int op, int64_t *bytes)
 {
     const struct ir_op *o = &P->g->ops[op];
     enum ir_part part = P->chunks[P->op_chunk[op]].part;
@@ -44,14 +45,14 @@ static double rank_fraction(const struct partition *P, int op, int64_t *elems)
     bool gather = o->kind == IR_OP_EMBEDDING || o->kind == IR_OP_POSITION_EMBEDDING;
     for (int k = 0; k < o->n_in; k++)
         if (o->in[k] >= 0 && !(gather && k == 0)) {
-            double h = held(P, part, o->in[k], elems);
+            double h = held(P, part, o->in[k], bytes);
             if (P->g->tensors[o->in[k]].kind == IR_TENSOR_ACT && h < f)
                 f = h;
         }
     for (int k = 0; k < o->n_out; k++) {
         if (gather)
-            held(P, part, o->out[k], elems); /* the rows read */
-        double h = held(P, part, o->out[k], elems);
+            held(P, part, o->out[k], bytes); /* the rows read */
+        double h = held(P, part, o->out[k], bytes);
         if (h < f)
             f = h;
     }
@@ -60,15 +61,15 @@ static double rank_fraction(const struct partition *P, int op, int64_t *elems)
 
 double cost_op_flops(const struct partition *P, int op)
 {
-    int64_t elems = 0;
-    return ir_op_flops(P->g, &P->g->ops[op]) * rank_fraction(P, op, &elems);
+    int64_t bytes = 0;
+    return ir_op_flops(P->g, &P->g->ops[op]) * rank_fraction(P, op, &bytes);
 }
 
 double cost_op_seconds(const struct partition *P, int op, const struct device *dev)
 {
-    int64_t elems = 0;
-    double flops = ir_op_flops(P->g, &P->g->ops[op]) * rank_fraction(P, op, &elems);
-    double compute = flops / dev->bf16_flops, memory = (double)elems * 2 / dev->hbm_bytes;
+    int64_t bytes = 0;
+    double flops = ir_op_flops(P->g, &P->g->ops[op]) * rank_fraction(P, op, &bytes);
+    double compute = flops / dev->bf16_flops, memory = (double)bytes / dev->hbm_bytes;
     return compute > memory ? compute : memory;
 }
 

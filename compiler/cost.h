@@ -4,7 +4,8 @@
  *   double t = cost_op_seconds(P, op, dev);   // one rank's time for one micro-batch
  *
  * An op costs the larger of its FLOPs over the device's bf16 peak and its
- * bytes (inputs and outputs, bf16, as one rank holds them) over memory
+ * bytes (inputs and outputs as one rank holds them: fp32, or bf16 with
+ * --bf16) over memory
  * bandwidth.  A first model, good enough to balance pipeline stages and to
  * predict a step; its numbers are the vendors' dense peaks. */
 #ifndef WEFT_COST_H

@@ -33,8 +33,7 @@ static int64_t held_bytes(const struct partition *P, int chunk, int t)
 {
     const struct ir_tensor *x = &P->g->tensors[t];
     struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &x->shape, &P->shard[t]);
-    int bytes = x->dtype == IR_DTYPE_I32 ? 4 : P->L->pc.bf16 ? 2 : ir_dtype_bytes(x->dtype);
-    return ir_shape_numel(&l) * bytes;
+    return ir_shape_numel(&l) * partition_elem_bytes(P, x);
 }
 
 int64_t memory_chunk_activations(const struct partition *P, int chunk)

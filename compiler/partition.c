@@ -516,3 +516,8 @@ int64_t partition_stage_param_elems(const struct partition *P, int stage)
     return n;
 }
 
+
+int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t)
+{
+    return ir_dtype_is_float(t->dtype) && P->L->pc.bf16 ? 2 : ir_dtype_bytes(t->dtype);
+}

@@ -81,6 +81,9 @@ int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim 
 /* A tensor's shape on one rank, given its shard. */
 struct ir_shape partition_local_shape(const struct partition *P, enum ir_part part, const struct ir_shape *s,
                                       const struct ir_shard *sh);
+/* Bytes of one element of a tensor as ranks hold and move it: 2 for a
+ * floating-point tensor under --bf16, else its dtype's size. */
+int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t);
 /* The shard pass: run by partition_model after placing ops.
  *   requires: chunks and op_chunk
  *   produces: shard (per tensor), xfers (the collectives and sends) */

@@ -341,7 +341,7 @@ static void rule_dispatch(struct sctx *c)
     c->out[0] = s;
     if (s.split[0]) { /* the tokens travel to the ranks of their experts */
         const struct ir_tensor *out = &c->P->g->tensors[c->op->out[0]];
-        int64_t bytes = ir_shape_numel(&out->shape) * ir_dtype_bytes(out->dtype) / deg(c, IR_PDIM_EP);
+        int64_t bytes = ir_shape_numel(&out->shape) * partition_elem_bytes(c->P, out) / deg(c, IR_PDIM_EP);
         struct ir_shard whole_s = {0};
         add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->out[0], 0, &whole_s, &s, bytes,
                  "expert parallel: tokens to their experts' ranks");
@@ -359,7 +359,7 @@ static void rule_combine(struct sctx *c)
         back.split[0] = IR_PDIM_NONE;
         struct ir_shape l = partition_local_shape(c->P, c->part, &c->t[0]->shape, &c->want[0]);
         add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->in[0], 0, &c->want[0], &back,
-                 ir_shape_numel(&l) * ir_dtype_bytes(c->t[0]->dtype), "expert parallel: tokens back from their experts");
+                 ir_shape_numel(&l) * partition_elem_bytes(c->P, c->t[0]), "expert parallel: tokens back from their experts");
     }
     c->out[0] = (struct ir_shard){0};
 }
@@ -499,7 +499,7 @@ static void add_inner(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim ove
 static int64_t local_bytes(const struct sctx *c, const struct ir_tensor *t, const struct ir_shard *s)
 {
     struct ir_shape l = partition_local_shape(c->P, c->part, &t->shape, s);
-    return ir_shape_numel(&l) * ir_dtype_bytes(t->dtype);
+    return ir_shape_numel(&l) * partition_elem_bytes(c->P, t);
 }
 
 /* Turn input i from how it is held into how the op needs it, one group at a time. */

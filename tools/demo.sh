@@ -19,7 +19,7 @@ step "$weft" inspect "$out/gpt2.plan"
 step "$weft" inspect "$out/gpt2.plan" --rank 5
 step "$weft" dot models/gpt2.xml "${layout[@]}" -o "$out/gpt2.svg"
 # GPT-2 124M for the prediction: the tiny variant's microseconds of compute say little
-step "$weft" simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 \
+step "$weft" simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \
   -o "$out/schedule.svg"
 printf '\nThe pictures: %s/gpt2.svg (the partitioned model), %s/schedule.svg (the timeline).\n' "$out" "$out"
 printf 'Running the plan on local CPU ranks (weft run) comes with the runtime, a later step.\n'
