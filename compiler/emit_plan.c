@@ -51,6 +51,7 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
     for (int i = 0; i < g->n_tensors; i++) {
         const struct ir_tensor *t = &g->tensors[i];
         plan_put_str(w, t->name);
+        plan_put_str(w, t->local_name);
         plan_put_u8(w, (uint8_t)t->kind);
         plan_put_u8(w, (uint8_t)t->dtype);
         plan_put_u8(w, (uint8_t)t->shape.rank);
@@ -78,7 +79,7 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         for (int k = 0; k < o->n_out; k++)
             plan_put_i32(w, o->out[k]);
         plan_put_i32(w, P->op_chunk[i]);
-        plan_put_i32(w, o->layer);
+        plan_put_i32(w, partition_op_layer(g, o)); /* the layer across its part's repeats */
         plan_put_u8(w, (uint8_t)o->n_attrs);
         for (int a = 0; a < o->n_attrs; a++) {
             plan_put_u8(w, (uint8_t)o->attrs[a].id);

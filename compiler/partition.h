@@ -96,6 +96,9 @@ struct partition *partition_model(const char *path, const struct fe_options *opt
 struct ir_graph *partition_load_model(const char *path, const struct fe_options *opt, const struct par_config *pc,
                                       struct diag *d);
 void partition_free(struct partition *P);
+/* The partition a plan file holds (plan_partition.c), for drawing or timing a
+ * compiled plan; errors name the section at fault. */
+struct partition *partition_from_plan(const char *path, struct diag *d);
 /* The layers a part has: iterations of its top-level repeats, in order. */
 int partition_part_layers(const struct ir_graph *g, enum ir_part part);
 /* The layer an op belongs to across its part's top-level repeats, or -1. */

@@ -69,15 +69,83 @@ static void test_formats(void **state)
     assert_int_equal(R->status, 2);
 }
 
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The lines of a text, sorted (cgraph orders clusters by internal ids that
+ * follow the heap, so equal graphs may list them in another order). */
+static char **sorted_lines(char *text, int *n)
+{
+    char **v = NULL;
+    *n = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        v = realloc(v, (size_t)(*n + 1) * sizeof *v);
+        v[(*n)++] = line;
+    }
+    qsort(v, (size_t)*n, sizeof *v, line_cmp);
+    return v;
+}
+
+/* A compiled plan draws the same graph as the model and layout it came from,
+ * and simulates the same step. */
+static void test_from_plan(void **state)
+{
+    (void)state;
+    char plan[64], a[64], b[64];
+    int pid = (int)getpid();
+    snprintf(plan, sizeof plan, "/tmp/weft-dot-%d.plan", pid);
+    snprintf(a, sizeof a, "/tmp/weft-dot-%d-a.dot", pid);
+    snprintf(b, sizeof b, "/tmp/weft-dot-%d-b.dot", pid);
+    run_weft(R, "compile", "models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp",
+             "1", "--epp", "1", "--global-batch-size", "8", "-o", plan, NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "dot", plan, "--detail", "op", "-o", a, NULL);
+    if (R->status)
+        fail_msg("weft dot PLAN: %s", R->err);
+    run_weft(R, "dot", "models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp", "1",
+             "--epp", "1", "--global-batch-size", "8", "--detail", "op", "-o", b, NULL);
+    assert_int_equal(R->status, 0);
+    size_t na, nb;
+    char *ta = wf_read_file(a, 1 << 24, &na), *tb = wf_read_file(b, 1 << 24, &nb);
+    assert_non_null(ta);
+    assert_non_null(tb);
+    int la, lb;
+    char **va = sorted_lines(ta, &la), **vb = sorted_lines(tb, &lb);
+    assert_int_equal(la, lb);
+    for (int i = 0; i < la; i++)
+        if (strcmp(va[i], vb[i]))
+            fail_msg("the plan's graph differs from the model's:\n  %s\n  %s", va[i], vb[i]);
+    free(va);
+    free(vb);
+    free(ta);
+    free(tb);
+    run_weft(R, "simulate", plan, "--json", NULL);
+    assert_int_equal(R->status, 0);
+    char from_plan[256];
+    snprintf(from_plan, sizeof from_plan, "%s", strstr(R->out, "\"step_time\""));
+    run_weft(R, "simulate", "models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp",
+             "1", "--epp", "1", "--global-batch-size", "8", "--json", NULL);
+    assert_string_equal(strstr(R->out, "\"step_time\""), from_plan);
+    run_weft(R, "dot", plan, "--tp", "4", "-o", a, NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "is a compiled plan: its layout and sizes are fixed"));
+    unlink(plan);
+    unlink(a);
+    unlink(b);
+}
+
 int main(void)
 {
     R = malloc(sizeof *R);
     enum { N = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[N + 1];
+    struct CMUnitTest tests[N + 2];
     for (size_t i = 0; i < N; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, test_case, NULL, NULL, (void *)cases[i].args};
     tests[N] = (struct CMUnitTest)cmocka_unit_test(test_formats);
-    int rc = _cmocka_run_group_tests("dot", tests, N + 1, NULL, NULL);
+    tests[N + 1] = (struct CMUnitTest)cmocka_unit_test(test_from_plan);
+    int rc = _cmocka_run_group_tests("dot", tests, N + 2, NULL, NULL);
     free(R);
     return rc;
 }

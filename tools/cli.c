@@ -131,6 +131,16 @@ struct ir_graph *cli_load_model(struct cli *c)
     return g;
 }
 
+bool cli_is_plan(const char *path)
+{
+    char magic[8] = {0};
+    FILE *f = fopen(path, "rb");
+    bool plan = f && fread(magic, 1, 8, f) == 8 && !memcmp(magic, "WEFTPLAN", 8);
+    if (f)
+        fclose(f);
+    return plan;
+}
+
 struct partition *cli_partition(struct cli *c)
 {
     if (!c->model) {
@@ -139,7 +149,11 @@ struct partition *cli_partition(struct cli *c)
     }
     struct diag d;
     diag_init(&d);
-    struct partition *P = partition_model(c->model, &c->fe, &c->pc, &d);
+    bool plan = cli_is_plan(c->model);
+    if (plan && (c->parallel_given || c->fe.n_overrides || c->fe.variant))
+        diag_error(&d, NULL, 0, "%s is a compiled plan: its layout and sizes are fixed; drop the layout and model flags",
+                   c->model);
+    struct partition *P = d.n_errors ? NULL : plan ? partition_from_plan(c->model, &d) : partition_model(c->model, &c->fe, &c->pc, &d);
     diag_print(&d, stderr);
     diag_free(&d);
     if (!P)

@@ -41,6 +41,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd);
 struct ir_graph *cli_load_model(struct cli *c);
 /* Lay the model out by the parallel flags; errors printed: NULL. */
 struct partition *cli_partition(struct cli *c);
+/* Whether a path is a plan file (by its magic), not a model file. */
+bool cli_is_plan(const char *path);
 
 int cmd_check(int argc, char **argv);
 int cmd_layout(int argc, char **argv);

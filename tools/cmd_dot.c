@@ -7,6 +7,7 @@
 
 static const char usage[] =
     "usage: weft dot MODEL.xml [layout flags...] [--detail layer|op] -o FILE.{svg,png,dot}\n"
+    "       weft dot MODEL.plan [--detail layer|op] -o FILE.{svg,png,dot}\n"
     "\n"
     "Draw the model as weft partitions it: a cluster per pipeline stage, a node per\n"
     "layer (runs of alike layers folded) or per op, with the shape each rank holds,\n"

@@ -2,6 +2,7 @@
  * predict a training step and draw its timeline. */
 #include "cli.h"
 #include "json.h"
+#include "plan.h"
 #include "schedule.h"
 #include "simulate.h"
 
@@ -10,6 +11,7 @@
 
 static const char usage[] =
     "usage: weft simulate MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "       weft simulate MODEL.plan\n"
     "                     [--gpu h100|a100 | --device-file FILE] [-o schedule.svg] [--json]\n"
     "\n"
     "Predict one training step: every rank's instruction stream run against the\n"
@@ -51,8 +53,16 @@ int cmd_simulate(int argc, char **argv)
     }
     struct ir_schedule S;
     struct sim_result r = {0};
-    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
-    int rc = schedule_build(P, kind, &S, &d);
+    int rc;
+    if (cli_is_plan(c.model)) { /* a compiled plan: its own schedule */
+        struct plan *p = plan_open(c.model, &d);
+        rc = p ? ir_schedule_read(p, -1, &S, &d) : -1;
+        plan_close(p);
+    } else {
+        enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
+        rc = schedule_build(P, kind, &S, &d);
+    }
+    bool built = rc == 0;
     if (rc == 0) {
         rc = simulate(P, &S, dev, &r, &d);
         if (rc == 0 && c.output)
@@ -83,7 +93,7 @@ int cmd_simulate(int argc, char **argv)
         if (c.output)
             printf("  timeline    %s\n", c.output);
     }
-    if (rc == 0)
+    if (built)
         ir_schedule_free(&S);
     sim_result_free(&r);
     partition_free(P);
