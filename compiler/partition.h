@@ -99,6 +99,8 @@ void partition_free(struct partition *P);
 /* The partition a plan file holds (plan_partition.c), for drawing or timing a
  * compiled plan; errors name the section at fault. */
 struct partition *partition_from_plan(const char *path, struct diag *d);
+struct plan;
+struct partition *partition_read_plan(struct plan *p, struct diag *d);
 /* The layers a part has: iterations of its top-level repeats, in order. */
 int partition_part_layers(const struct ir_graph *g, enum ir_part part);
 /* The layer an op belongs to across its part's top-level repeats, or -1. */

@@ -174,6 +174,13 @@ struct partition *partition_from_plan(const char *path, struct diag *d)
     struct plan *p = plan_open(path, d);
     if (!p)
         return NULL;
+    struct partition *P = partition_read_plan(p, d);
+    plan_close(p);
+    return P;
+}
+
+struct partition *partition_read_plan(struct plan *p, struct diag *d)
+{
     struct partition *P = wf_calloc(1, sizeof *P);
     struct plan_reader r;
     char name[256] = "", file[1024] = "";
@@ -191,11 +198,9 @@ struct partition *partition_from_plan(const char *path, struct diag *d)
         if (ir_schedule_read(p, 0, &S, d) == 0) {
             P->n_micro = S.n_micro;
             ir_schedule_free(&S);
-            plan_close(p);
             return P;
         }
     }
-    plan_close(p);
     partition_free(P);
     return NULL;
 }

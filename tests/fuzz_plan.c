@@ -2,6 +2,7 @@
  * Checksums are recomputed over the input first, so a mutation reaches the
  * section decoders instead of stopping at the CRC.  Any input must be read,
  * or refused with a message: never a crash, a leak or a hang. */
+#include "partition.h"
 #include "plan.h"
 #include "program.h"
 #include "util.h"
@@ -46,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct diag d;
     diag_init(&d);
     struct plan *p = plan_open_memory("fuzz.plan", buf, size, &d);
-    struct par_config pc;
+    struct par_config pc = {0};
     bool enc;
     struct ir_schedule S = {0};
     if (p && ir_layout_read(p, &pc, &enc, &d) == 0 && pc.world_size <= 64) {
@@ -64,6 +65,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rank_layout_free(L);
     }
     ir_schedule_free(&S);
+    if (p && pc.world_size <= 64) /* the compiler's reader of the same plan: graph, shards, transfers */
+        partition_free(partition_read_plan(p, &d));
     plan_close(p);
     diag_free(&d);
     free(buf);
