@@ -317,6 +317,15 @@ static int step(struct verifier *v, int r, bool *moved)
     }
     case IR_INS_COLLECTIVE: {
         int n = members(v, r, ins, buf, 1024);
+        bool member = false;
+        for (int i = 0; i < n; i++)
+            member |= buf[i] == r;
+        if (!member) { /* e.g. an expert collective on an encoder rank: it could never finish */
+            char a[1024];
+            where(v, r, a, sizeof a);
+            diag_error(v->d, NULL, 0, "schedule: %s: the rank is in no %s group", a, group_names[ins->group]);
+            return -1;
+        }
         for (int i = 0; i < n; i++)
             if (buf[i] < r)
                 return 0; /* its smallest member decides for the group */

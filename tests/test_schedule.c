@@ -179,6 +179,18 @@ static void test_corrupted(void **state)
     expect_caught(&b, "collectives out of order", "it hangs", "over tied");
     unbuild(&b);
 
+    /* A collective over a group the rank is not in: an encoder rank has no
+     * expert groups.  (The plan fuzzer found the verifier spinning on this.) */
+    struct par_config pe = par_config_default();
+    pe.world_size = 10, pe.tp = 2, pe.pp = 2, pe.etp = 1, pe.epp = 1, pe.global_batch = 4;
+    build(&b, "models/t5.xml", "tiny", pe, IR_SCHED_1F1B);
+    p = &b.S.programs[0];
+    a = find(p, IR_INS_COLLECTIVE, 0);
+    assert_true(a >= 0);
+    p->ins[a].group = IR_GROUP_EP;
+    expect_caught(&b, "a group the rank is not in", "the rank is in no ep group", NULL);
+    unbuild(&b);
+
     /* A size that differs between a send and its receive. */
     build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
     p = &b.S.programs[1];
