@@ -79,8 +79,9 @@ fuzz: all
 	@tools/deps.sh clang libclang-rt-14-dev
 	@mkdir -p build-fuzz/corpus-$(FUZZ)
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang \
-	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a
-	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined $(XML_CFLAGS) \
+	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all" \
+	    build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a
+	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(XML_CFLAGS) \
 	    -o build-fuzz/fuzz_$(FUZZ) tests/fuzz_$(FUZZ).c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
 	@if [ $(FUZZ) = frontend ]; then cp models/*.xml tests/bad/*.xml build-fuzz/corpus-frontend/; \
 	 else $(BUILD)/weft compile models/gpt2.xml --variant tiny --world-size 8 --tp 2 --pp 2 --global-batch-size 8 \

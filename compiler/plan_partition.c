@@ -112,7 +112,8 @@ static int read_graph(struct plan *p, struct partition *P, struct diag *d)
             ir_op_add_output(g, op, t);
         }
         int chunk = plan_get_i32(&o), layer = plan_get_i32(&o), n_attrs = plan_get_u8(&o);
-        if (chunk < 0 || chunk >= P->n_chunks || n_attrs > IR_MAX_ATTRS || n_out < 1)
+        if (chunk < 0 || chunk >= P->n_chunks || n_attrs > IR_MAX_ATTRS || n_out < 1 || layer < -1 ||
+            layer > (int)no)
             return corrupt(d, "ops");
         struct ir_op *x = &g->ops[op];
         x->n_attrs = n_attrs;

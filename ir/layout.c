@@ -221,8 +221,17 @@ struct rank_layout *rank_layout_new(const struct par_config *in, bool has_encode
     }
     if (d->n_errors != errors)
         return NULL;
-    int enc_model = has_encoder && pc.epp > 0 ? pc.etp * pc.epp * pc.cp : 0;
-    int dec_model = pc.tp * pc.pp * pc.cp;
+    /* Sizes come from flags and from plan files: multiply in 64 bits and bound
+     * the product before anything is allocated by it. */
+    const int64_t most = 1 << 24;
+    int64_t enc64 = has_encoder && pc.epp > 0 ? (int64_t)pc.etp * pc.epp * pc.cp : 0;
+    int64_t dec64 = (int64_t)pc.tp * pc.pp * pc.cp, exp64 = (int64_t)(pc.expert_tp ? pc.expert_tp : pc.tp) * pc.ep * pc.pp;
+    if (enc64 + dec64 > most || exp64 > most || pc.world_size > most) {
+        diag_error(d, NULL, 0, "the layout asks for more than %lld ranks (--tp %d x --pp %d x --cp %d, --ep %d, --world-size %d)",
+                   (long long)most, pc.tp, pc.pp, pc.cp, pc.ep, pc.world_size);
+        return NULL;
+    }
+    int enc_model = (int)enc64, dec_model = (int)dec64;
     int model = enc_model + dec_model;
     if (!pc.world_size)
         pc.world_size = model;
