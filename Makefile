@@ -16,15 +16,16 @@ CUDA_HOME ?= /usr/local/cuda
 CFLAGS    ?= -O2 -g
 WARN      := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              $(if $(filter true,$(CI)),-Werror)
-CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Itools
+CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Iruntime -Itools
 XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc)
 XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc)
 
 IR_OBJ       := $(patsubst %.c,$(BUILD)/%.o,$(wildcard ir/*.c))
 COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/schema.o
+RUNTIME_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard runtime/*.c))
 TOOL_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 TESTS        := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
-LIBS         := $(BUILD)/libweft-compiler.a $(BUILD)/libweft-ir.a
+LIBS         := $(BUILD)/libweft-compiler.a $(BUILD)/libweft-runtime.a $(BUILD)/libweft-ir.a
 
 .PHONY: all deps test demo asan fuzz pictures clean
 all: deps
@@ -39,6 +40,8 @@ $(BUILD)/weft: $(TOOL_OBJ) $(LIBS)
 $(BUILD)/libweft-ir.a: $(IR_OBJ)
 	$(AR) rcs $@ $^
 $(BUILD)/libweft-compiler.a: $(COMPILER_OBJ)
+	$(AR) rcs $@ $^
+$(BUILD)/libweft-runtime.a: $(RUNTIME_OBJ)
 	$(AR) rcs $@ $^
 
 $(BUILD)/%.o: %.c
