@@ -619,3 +619,430 @@ int ref_forward(struct ref *r, struct diag *d)
             return -1;
     return 0;
 }
+
+/* ---- backward: each op's vector-Jacobian product ---------------------------------- */
+
+struct bctx {
+    struct opctx f;           /* inputs and outputs, as in the forward */
+    float *const *gout;
+    float **gin;
+};
+
+static int back_matmul(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    bool ta = ir_op_int(c->op, IR_ATTR_TRANSPOSE_A), tb = ir_op_int(c->op, IR_ATTR_TRANSPOSE_B);
+    const struct ir_shape *A = &c->in[0]->shape, *B = &c->in[1]->shape, *O = &c->out[0]->shape;
+    int64_t M = O->ax[O->rank - 2].size, N = O->ax[O->rank - 1].size;
+    int64_t K = ta ? A->ax[A->rank - 2].size : A->ax[A->rank - 1].size;
+    struct ir_shape ob = *O, ab = *A, bb = *B;
+    ob.rank -= 2, ab.rank -= 2, bb.rank -= 2;
+    for (int64_t z = 0; z < ir_shape_numel(&ob); z++) {
+        int64_t za = bcast(&ob, &ab, z), zb = bcast(&ob, &bb, z);
+        const float *a = c->fi[0] + za * M * K, *bm = c->fi[1] + zb * K * N, *g = b->gout[0] + z * M * N;
+        float *ga = b->gin[0] ? b->gin[0] + za * M * K : NULL, *gb = b->gin[1] ? b->gin[1] + zb * K * N : NULL;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                float go = g[m * N + n];
+                for (int64_t k = 0; k < K; k++) {
+                    if (ga)
+                        ga[ta ? k * M + m : m * K + k] += go * (tb ? bm[n * K + k] : bm[k * N + n]);
+                    if (gb)
+                        gb[tb ? n * K + k : k * N + n] += go * (ta ? a[k * M + m] : a[m * K + k]);
+                }
+            }
+    }
+    return 0;
+}
+
+static int back_binary(struct bctx *b, int which)
+{
+    const struct opctx *c = &b->f;
+    const struct ir_shape *O = &c->out[0]->shape, *A = &c->in[0]->shape, *B = &c->in[1]->shape;
+    for (int64_t o = 0; o < ir_shape_numel(O); o++) {
+        int64_t ia = bcast(O, A, o), ib = bcast(O, B, o);
+        float g = b->gout[0][o], x = c->fi[0][ia], y = c->fi[1][ib];
+        float da, db;
+        if (which == 0) { /* add */
+            da = g, db = g;
+        } else if (which == 1) { /* mul */
+            da = g * y, db = g * x;
+        } else { /* swiglu: silu(x) * y */
+            float s = 1 / (1 + expf(-x));
+            da = g * y * (s + x * s * (1 - s)), db = g * x * s;
+        }
+        if (b->gin[0])
+            b->gin[0][ia] += da;
+        if (b->gin[1])
+            b->gin[1][ib] += db;
+    }
+    return 0;
+}
+
+static int back_unary(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    int64_t n = numel(c->out[0]);
+    const float *x = c->fi[0], *y = c->fo[0], *g = b->gout[0];
+    float *gx = b->gin[0];
+    if (!gx)
+        return 0;
+    for (int64_t k = 0; k < n; k++) {
+        double d = 0;
+        switch (c->op->kind) {
+        case IR_OP_SCALE: d = ir_op_float(c->op, IR_ATTR_BY); break;
+        case IR_OP_GELU:
+            if (ir_op_int(c->op, IR_ATTR_TANH)) {
+                double u = 0.7978845608028654 * (x[k] + 0.044715 * x[k] * x[k] * x[k]), t = tanh(u);
+                d = 0.5 * (1 + t) + 0.5 * x[k] * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x[k] * x[k]);
+            } else {
+                d = 0.5 * (1 + erf(x[k] * 0.7071067811865476)) + x[k] * exp(-0.5 * x[k] * x[k]) * 0.3989422804014327;
+            }
+            break;
+        case IR_OP_SILU: {
+            double s = 1 / (1 + exp(-x[k]));
+            d = s + x[k] * s * (1 - s);
+            break;
+        }
+        case IR_OP_RELU: d = y[k] > 0; break;
+        case IR_OP_DROPOUT: {
+            double p = ir_op_float(c->op, IR_ATTR_P);
+            d = ref_uniform(c->r->seed, ref_stream(c->out[0]->name), (uint64_t)k) < p ? 0 : 1 / (1 - p);
+            break;
+        }
+        default: WF_ASSERT(!"not unary");
+        }
+        gx[k] += (float)(g[k] * d);
+    }
+    return 0;
+}
+
+static int back_norm(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    int64_t w = last(&c->in[0]->shape), rows = numel(c->in[0]) / w;
+    double eps = ir_op_float(c->op, IR_ATTR_EPS);
+    bool layer = c->op->kind == IR_OP_LAYERNORM;
+    bool has_beta = layer && c->op->n_in > 2 && c->in[2];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = c->fi[0] + r * w, *g = b->gout[0] + r * w, *gamma = c->fi[1];
+        double mean = 0, var = 0;
+        if (layer) {
+            for (int64_t k = 0; k < w; k++)
+                mean += x[k];
+            mean /= (double)w;
+        }
+        for (int64_t k = 0; k < w; k++)
+            var += (x[k] - mean) * (x[k] - mean);
+        double inv = 1 / sqrt(var / (double)w + eps), s1 = 0, s2 = 0;
+        for (int64_t k = 0; k < w; k++) {
+            double xh = (x[k] - mean) * inv, dxh = g[k] * gamma[k];
+            s1 += dxh;
+            s2 += dxh * xh;
+            if (b->gin[1])
+                b->gin[1][k] += (float)(g[k] * xh);
+            if (has_beta && b->gin[2])
+                b->gin[2][k] += g[k];
+        }
+        if (!b->gin[0])
+            continue;
+        for (int64_t k = 0; k < w; k++) {
+            double xh = (x[k] - mean) * inv, dxh = g[k] * gamma[k];
+            /* layernorm: inv/w (w dxh - sum dxh - xh sum(dxh xh)); rmsnorm: inv (dxh - xh sum(dxh xh)/w) */
+            double dx = layer ? inv / (double)w * ((double)w * dxh - s1 - xh * s2) : inv * (dxh - xh * s2 / (double)w);
+            b->gin[0][r * w + k] += (float)dx;
+        }
+    }
+    return 0;
+}
+
+static int back_softmax(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    int64_t sk = last(&c->out[0]->shape), rows = numel(c->out[0]) / sk;
+    if (!b->gin[0])
+        return 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *y = c->fo[0] + r * sk, *g = b->gout[0] + r * sk;
+        double dot = 0;
+        for (int64_t k = 0; k < sk; k++)
+            dot += (double)g[k] * y[k];
+        for (int64_t k = 0; k < sk; k++)
+            b->gin[0][r * sk + k] += (float)(y[k] * (g[k] - dot));
+    }
+    return 0;
+}
+
+static int back_attention(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    const struct ir_shape *Q = &c->in[0]->shape, *K = &c->in[1]->shape, *V = &c->in[2]->shape;
+    int64_t B = Q->ax[0].size, Hq = Q->ax[1].size, Sq = Q->ax[2].size, D = Q->ax[3].size;
+    int64_t Hk = K->ax[1].size, Sk = K->ax[2].size, Dv = V->ax[3].size;
+    double scale = ir_op_float(c->op, IR_ATTR_SCALE);
+    if (isnan(scale))
+        scale = 1 / sqrt((double)D);
+    bool causal = ir_op_int(c->op, IR_ATTR_CAUSAL);
+    const float *bias = c->op->n_in > 3 && c->in[3] ? c->fi[3] : NULL;
+    float *gbias = c->op->n_in > 3 && c->in[3] ? b->gin[3] : NULL;
+    int bias_batched = bias && c->in[3]->shape.rank == 4 && c->in[3]->shape.ax[0].size > 1;
+    float *p = wf_calloc((size_t)Sk, sizeof *p);
+    double *dp = wf_calloc((size_t)Sk, sizeof *dp);
+    bool *keep = wf_calloc((size_t)Sk, sizeof *keep);
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t h = 0; h < Hq; h++) {
+            int64_t hk = h / (Hq / Hk);
+            const float *q = c->fi[0] + ((bi * Hq + h) * Sq) * D;
+            const float *k = c->fi[1] + ((bi * Hk + hk) * Sk) * D, *v = c->fi[2] + ((bi * Hk + hk) * Sk) * Dv;
+            for (int64_t i = 0; i < Sq; i++) {
+                /* the probabilities again (a fused kernel keeps the row's max and sum) */
+                for (int64_t j = 0; j < Sk; j++) {
+                    double s = 0;
+                    for (int64_t e = 0; e < D; e++)
+                        s += (double)q[i * D + e] * k[j * D + e];
+                    s *= scale;
+                    if (bias)
+                        s += bias[(((bias_batched ? bi : 0) * Hq + h) * Sq + i) * Sk + j];
+                    p[j] = (float)s;
+                    keep[j] = !causal || j <= i;
+                }
+                softmax_row(p, keep, Sk);
+                const float *go = b->gout[0] + ((bi * Hq + h) * Sq + i) * Dv;
+                double rowdot = 0;
+                for (int64_t j = 0; j < Sk; j++) {
+                    double s = 0;
+                    for (int64_t e = 0; e < Dv; e++)
+                        s += (double)go[e] * v[j * Dv + e];
+                    dp[j] = s;
+                    rowdot += s * p[j];
+                    if (b->gin[2])
+                        for (int64_t e = 0; e < Dv; e++)
+                            b->gin[2][((bi * Hk + hk) * Sk + j) * Dv + e] += p[j] * go[e];
+                }
+                for (int64_t j = 0; j < Sk; j++) {
+                    double ds = p[j] * (dp[j] - rowdot); /* gradient of the score */
+                    if (gbias)
+                        gbias[(((bias_batched ? bi : 0) * Hq + h) * Sq + i) * Sk + j] += (float)ds;
+                    for (int64_t e = 0; e < D; e++) {
+                        if (b->gin[0])
+                            b->gin[0][((bi * Hq + h) * Sq + i) * D + e] += (float)(scale * ds * k[j * D + e]);
+                        if (b->gin[1])
+                            b->gin[1][((bi * Hk + hk) * Sk + j) * D + e] += (float)(scale * ds * q[i * D + e]);
+                    }
+                }
+            }
+        }
+    free(p);
+    free(dp);
+    free(keep);
+    return 0;
+}
+
+static int back_rotary(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    const struct ir_shape *X = &c->in[0]->shape;
+    int64_t S = X->ax[2].size, D = X->ax[3].size, half = D / 2, rows = numel(c->in[0]) / D;
+    double base = ir_op_float(c->op, IR_ATTR_BASE);
+    if (!b->gin[0])
+        return 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = b->gout[0] + r * D;
+        float *gx = b->gin[0] + r * D;
+        for (int64_t i = 0; i < half; i++) { /* the transpose of the rotation */
+            double angle = (double)(r % S) * pow(base, -2.0 * (double)i / (double)D), cs = cos(angle), sn = sin(angle);
+            gx[i] += (float)(g[i] * cs + g[i + half] * sn);
+            gx[i + half] += (float)(-g[i] * sn + g[i + half] * cs);
+        }
+    }
+    return 0;
+}
+
+/* The layout ops move elements: their backward moves gradients back.  Run
+ * the forward with the gradients in place of the values, in reverse. */
+static int back_by_index(struct bctx *b)
+{
+    const struct opctx *c = &b->f;
+    /* Mark every output element with its source index by running the forward
+     * on an index-valued input, then scatter-add the gradients. */
+    int64_t n_in = numel(c->in[0]);
+    float *idx = wf_calloc((size_t)n_in, sizeof *idx);
+    for (int64_t k = 0; k < n_in; k++)
+        idx[k] = (float)k; /* exact below 2^24 elements: the reference is for small tensors */
+    struct opctx f = *c;
+    f.fi[0] = idx;
+    for (int o = 0; o < c->op->n_out; o++)
+        f.fo[o] = wf_calloc((size_t)numel(c->out[o]), sizeof(float));
+    int rc = 0;
+    switch (c->op->kind) {
+    case IR_OP_SPLIT_HEADS: rc = op_split_heads(&f); break;
+    case IR_OP_MERGE_HEADS: rc = op_merge_heads(&f); break;
+    case IR_OP_PATCHIFY: rc = op_patchify(&f); break;
+    case IR_OP_POSITION_EMBEDDING: rc = op_position_embedding(&f); break;
+    default: memcpy(f.fo[0], idx, (size_t)numel(c->out[0]) * sizeof(float)); break; /* reshape */
+    }
+    for (int o = 0; o < c->op->n_out && b->gin[0]; o++)
+        for (int64_t k = 0; k < numel(c->out[o]); k++)
+            b->gin[0][(int64_t)f.fo[o][k]] += b->gout[o] ? b->gout[o][k] : 0;
+    for (int o = 0; o < c->op->n_out; o++)
+        free(f.fo[o]);
+    free(idx);
+    return rc;
+}
+
+int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, struct diag *d)
+{
+    struct bctx b = {.f = {.r = r, .op = &r->g->ops[op], .d = d}, .gout = gout, .gin = gin};
+    struct opctx *c = &b.f;
+    for (int k = 0; k < c->op->n_in; k++)
+        if (c->op->in[k] >= 0) {
+            c->in[k] = &r->g->tensors[c->op->in[k]];
+            c->fi[k] = r->f[c->op->in[k]];
+            c->ii[k] = r->i[c->op->in[k]];
+        }
+    for (int k = 0; k < c->op->n_out; k++) {
+        c->out[k] = &r->g->tensors[c->op->out[k]];
+        c->fo[k] = r->f[c->op->out[k]];
+        c->io[k] = r->i[c->op->out[k]];
+    }
+    for (int k = 0; k < c->op->n_out; k++) /* an output nobody reads has no gradient: treat as zero */
+        if (!gout[k] && c->out[k]->dtype != IR_DTYPE_I32)
+            return 0;
+    switch (c->op->kind) {
+    case IR_OP_EMBEDDING: {
+        int64_t h = c->in[0]->shape.ax[1].size;
+        for (int64_t t = 0; gin[0] && t < numel(c->in[1]); t++)
+            for (int64_t k = 0; k < h; k++)
+                gin[0][(int64_t)c->ii[1][t] * h + k] += gout[0][t * h + k];
+        return 0;
+    }
+    case IR_OP_MATMUL: return back_matmul(&b);
+    case IR_OP_ADD: return back_binary(&b, 0);
+    case IR_OP_MUL: return back_binary(&b, 1);
+    case IR_OP_SWIGLU: return back_binary(&b, 2);
+    case IR_OP_SCALE:
+    case IR_OP_GELU:
+    case IR_OP_SILU:
+    case IR_OP_RELU:
+    case IR_OP_DROPOUT: return back_unary(&b);
+    case IR_OP_BIAS_ADD: {
+        int64_t w = last(&c->out[0]->shape);
+        for (int64_t k = 0; k < numel(c->out[0]); k++) {
+            if (gin[0])
+                gin[0][k] += gout[0][k];
+            if (gin[1])
+                gin[1][k % w] += gout[0][k];
+        }
+        return 0;
+    }
+    case IR_OP_LAYERNORM:
+    case IR_OP_RMSNORM: return back_norm(&b);
+    case IR_OP_SOFTMAX: return back_softmax(&b);
+    case IR_OP_ATTENTION: return back_attention(&b);
+    case IR_OP_ROTARY: return back_rotary(&b);
+    case IR_OP_SPLIT_HEADS:
+    case IR_OP_MERGE_HEADS:
+    case IR_OP_RESHAPE:
+    case IR_OP_PATCHIFY:
+    case IR_OP_POSITION_EMBEDDING: return back_by_index(&b);
+    case IR_OP_CONCAT: {
+        const struct ir_shape *O = &c->out[0]->shape;
+        int ax = (int)ir_op_int(c->op, IR_ATTR_AXIS);
+        ax = ax < 0 ? ax + O->rank : ax;
+        int64_t outer = 1, inner = 1, at = 0;
+        for (int k = 0; k < ax; k++)
+            outer *= O->ax[k].size;
+        for (int k = ax + 1; k < O->rank; k++)
+            inner *= O->ax[k].size;
+        for (int i = 0; i < c->op->n_in; i++) {
+            int64_t len = c->in[i]->shape.ax[ax].size;
+            for (int64_t o = 0; gin[i] && o < outer; o++)
+                for (int64_t e = 0; e < len * inner; e++)
+                    gin[i][o * len * inner + e] += gout[0][(o * O->ax[ax].size + at) * inner + e];
+            at += len;
+        }
+        return 0;
+    }
+    case IR_OP_CROSS_ENTROPY: {
+        int64_t V = last(&c->in[0]->shape), n = numel(c->in[1]), ignore = ir_op_int(c->op, IR_ATTR_IGNORE_INDEX), count = 0;
+        for (int64_t t = 0; t < n; t++)
+            count += c->ii[1][t] != ignore;
+        for (int64_t t = 0; gin[0] && t < n; t++) {
+            int32_t y = c->ii[1][t];
+            if (y == ignore)
+                continue;
+            const float *l = c->fi[0] + t * V;
+            double m = -INFINITY, s = 0;
+            for (int64_t k = 0; k < V; k++)
+                m = l[k] > m ? l[k] : m;
+            for (int64_t k = 0; k < V; k++)
+                s += exp(l[k] - m);
+            for (int64_t k = 0; k < V; k++)
+                gin[0][t * V + k] += (float)(gout[0][0] * (exp(l[k] - m) / s - (k == y)) / (double)count);
+        }
+        return 0;
+    }
+    case IR_OP_ROUTER: {
+        int64_t E = last(&c->in[0]->shape), k = ir_op_int(c->op, IR_ATTR_TOPK), rows = numel(c->in[0]) / E;
+        for (int64_t r0 = 0; gin[0] && r0 < rows; r0++) {
+            const float *w = c->fo[0] + r0 * k, *g = gout[0] + r0 * k;
+            const int32_t *idx = c->io[1] + r0 * k;
+            double dot = 0;
+            for (int64_t j = 0; j < k; j++)
+                dot += (double)g[j] * w[j];
+            for (int64_t j = 0; j < k; j++)
+                gin[0][r0 * E + idx[j]] += (float)(w[j] * (g[j] - dot));
+        }
+        return 0;
+    }
+    case IR_OP_DISPATCH: {
+        int64_t H = last(&c->in[0]->shape), kk = last(&c->in[1]->shape), tokens = numel(c->in[1]) / kk;
+        int64_t E = c->out[0]->shape.ax[0].size, C = c->out[0]->shape.ax[1].size;
+        int64_t *slot = wf_calloc((size_t)(tokens * kk), sizeof *slot);
+        slots(c->ii[1], tokens, kk, E, C, slot);
+        for (int64_t t = 0; gin[0] && t < tokens * kk; t++)
+            if (slot[t] >= 0)
+                for (int64_t h = 0; h < H; h++)
+                    gin[0][(t / kk) * H + h] += gout[0][(c->ii[1][t] * C + slot[t]) * H + h];
+        free(slot);
+        return 0;
+    }
+    case IR_OP_COMBINE: {
+        int64_t E = c->in[0]->shape.ax[0].size, C = c->in[0]->shape.ax[1].size, H = c->in[0]->shape.ax[2].size;
+        int64_t kk = last(&c->in[2]->shape), tokens = numel(c->in[2]) / kk;
+        int64_t *slot = wf_calloc((size_t)(tokens * kk), sizeof *slot);
+        slots(c->ii[2], tokens, kk, E, C, slot);
+        for (int64_t t = 0; t < tokens * kk; t++) {
+            if (slot[t] < 0)
+                continue;
+            const float *y = c->fi[0] + (c->ii[2][t] * C + slot[t]) * H, *g = gout[0] + (t / kk) * H;
+            double dw = 0;
+            for (int64_t h = 0; h < H; h++) {
+                dw += (double)g[h] * y[h];
+                if (gin[0])
+                    gin[0][(c->ii[2][t] * C + slot[t]) * H + h] += c->fi[1][t] * g[h];
+            }
+            if (gin[1])
+                gin[1][t] += (float)dw;
+        }
+        free(slot);
+        return 0;
+    }
+    case IR_OP_RELPOS_BIAS: {
+        int64_t buckets = c->in[0]->shape.ax[0].size, H = c->in[0]->shape.ax[1].size;
+        int64_t Sq = c->out[0]->shape.ax[1].size, Sk = c->out[0]->shape.ax[2].size;
+        bool bi = ir_op_int(c->op, IR_ATTR_BIDIRECTIONAL);
+        int64_t maxd = ir_op_int(c->op, IR_ATTR_MAX_DISTANCE);
+        for (int64_t q = 0; gin[0] && q < Sq; q++)
+            for (int64_t k = 0; k < Sk; k++) {
+                int64_t bk = bucket(k - q, bi, buckets, maxd);
+                for (int64_t h = 0; h < H; h++)
+                    gin[0][bk * H + h] += gout[0][(h * Sq + q) * Sk + k];
+            }
+        return 0;
+    }
+    case IR_OP_COUNT: break;
+    }
+    WF_ASSERT(!"op kind without a backward");
+    return -1;
+}

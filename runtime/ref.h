@@ -38,6 +38,11 @@ int ref_forward(struct ref *r, struct diag *d);
 /* Run one op (its inputs must be set). */
 int ref_op(struct ref *r, int op, struct diag *d);
 
+/* One op's backward: given the gradient of each float output (gout, NULL for
+ * an output nobody reads), add each float input's gradient into gin (NULL to
+ * skip one).  Reads the op's inputs and outputs as the forward left them. */
+int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, struct diag *d);
+
 /* The counter-based generator: a uniform in [0, 1) and a standard normal. */
 double ref_uniform(uint64_t seed, uint64_t stream, uint64_t index);
 double ref_normal(uint64_t seed, uint64_t stream, uint64_t index);
