@@ -208,7 +208,7 @@ int ir_graph_add_tensor(struct ir_graph *g, const char *name, enum ir_tensor_kin
 int ir_graph_add_op(struct ir_graph *g, enum ir_op_kind kind, struct ir_loc loc)
 {
     WF_GROW(g->ops, g->n_ops, g->cap_ops);
-    g->ops[g->n_ops] = (struct ir_op){.kind = kind, .block = -1, .iter = -1, .layer = -1, .loc = loc};
+    g->ops[g->n_ops] = (struct ir_op){.kind = kind, .block = -1, .iter = -1, .layer = -1, .loc = loc, .grad_of = -1};
     return g->n_ops++;
 }
 
@@ -224,9 +224,10 @@ void ir_op_add_input(struct ir_graph *g, int op, int tensor)
 void ir_op_add_output(struct ir_graph *g, int op, int tensor)
 {
     struct ir_op *o = &g->ops[op];
-    WF_ASSERT(o->n_out < IR_MAX_OUT);
+    WF_ASSERT(o->n_out < IR_MAX_IN);
     o->out[o->n_out++] = tensor;
-    g->tensors[tensor].producer = op;
+    if (tensor >= 0)
+        g->tensors[tensor].producer = op;
 }
 
 int ir_graph_add_block(struct ir_graph *g, const char *name, enum ir_part part, int parent,
@@ -282,6 +283,18 @@ int ir_verify(const struct ir_graph *g, bool shapes_inferred, struct diag *d)
     for (int i = 0; i < g->n_ops; i++) {
         const struct ir_op *op = &g->ops[i];
         const struct ir_op_info *info = ir_op_info(op->kind);
+        if (op->grad_of >= 0) { /* a backward op: the mirror of its forward op */
+            const struct ir_op *f = op->grad_of < i ? &g->ops[op->grad_of] : NULL;
+            if (!f || f->kind != op->kind || f->grad_of >= 0 || op->n_in != f->n_out || op->n_out != f->n_in)
+                BUG("op %d is not the backward of op %d", i, op->grad_of);
+            for (int k = 0; k < op->n_in; k++)
+                if (op->in[k] >= 0 && g->tensors[op->in[k]].producer >= i)
+                    BUG("backward op %d reads a gradient before it is made", i);
+            for (int k = 0; k < op->n_out; k++)
+                if (op->out[k] >= 0 && g->tensors[op->out[k]].producer != i)
+                    BUG("backward op %d output %d is not produced by it", i, k);
+            continue;
+        }
         if (op->n_in < info->in_min || op->n_in > info->in_max)
             BUG("op %d (%s) has %d inputs", i, info->name, op->n_in);
         if (op->n_out < info->out_min || op->n_out > info->out_max)

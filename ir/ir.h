@@ -232,12 +232,16 @@ struct ir_op {
     enum ir_op_kind kind;
     int n_in, n_out;
     int in[IR_MAX_IN];   /* tensor indices; -1 for an absent optional input */
-    int out[IR_MAX_OUT];
+    int out[IR_MAX_IN];  /* IR_MAX_IN: a backward op has one per forward input */
     int n_attrs;
     struct ir_attr attrs[IR_MAX_ATTRS];
     enum ir_part part;
     int block, iter, layer; /* as for tensors */
     struct ir_loc loc;
+    /* A backward op (autodiff.c): the vector-Jacobian product of op grad_of,
+     * the same kind.  in[k]: the gradient of that op's output k (-1: none
+     * flows back); out[k]: the gradient of its input k (-1: not needed). */
+    int grad_of;
 };
 
 /* What an op kind takes, from its row in ops.def. */
@@ -309,7 +313,7 @@ int ir_graph_add_tensor(struct ir_graph *g, const char *name, enum ir_tensor_kin
                         enum ir_dtype dtype, const struct ir_shape *shape, struct ir_loc loc);
 int ir_graph_add_op(struct ir_graph *g, enum ir_op_kind kind, struct ir_loc loc);
 void ir_op_add_input(struct ir_graph *g, int op, int tensor); /* tensor -1: absent optional */
-void ir_op_add_output(struct ir_graph *g, int op, int tensor);
+void ir_op_add_output(struct ir_graph *g, int op, int tensor); /* tensor -1: a backward op's unneeded gradient */
 int ir_graph_add_block(struct ir_graph *g, const char *name, enum ir_part part, int parent,
                        int64_t count, const char *count_expr, struct ir_loc loc);
 void ir_graph_add_output(struct ir_graph *g, int tensor);

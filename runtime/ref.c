@@ -564,6 +564,18 @@ static int op_patchify(struct opctx *c)
 
 int ref_op(struct ref *r, int op, struct diag *d)
 {
+    const struct ir_op *o = &r->g->ops[op];
+    if (o->grad_of >= 0) { /* a backward op: the gradients of its forward op's inputs, from scratch */
+        float *gout[IR_MAX_OUT] = {0}, *gin[IR_MAX_IN] = {0};
+        for (int k = 0; k < o->n_in; k++)
+            gout[k] = o->in[k] >= 0 ? r->f[o->in[k]] : NULL;
+        for (int k = 0; k < o->n_out; k++)
+            if (o->out[k] >= 0) {
+                gin[k] = r->f[o->out[k]];
+                memset(gin[k], 0, (size_t)numel(&r->g->tensors[o->out[k]]) * sizeof(float));
+            }
+        return ref_op_backward(r, o->grad_of, gout, gin, d);
+    }
     struct opctx c = {.r = r, .op = &r->g->ops[op], .d = d};
     for (int k = 0; k < c.op->n_in; k++)
         if (c.op->in[k] >= 0) {
@@ -890,6 +902,8 @@ static int back_by_index(struct bctx *b)
     return rc;
 }
 
+static int backward_dispatch(struct bctx *b0, struct opctx *c, float *const *gout, float **gin);
+
 int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, struct diag *d)
 {
     struct bctx b = {.f = {.r = r, .op = &r->g->ops[op], .d = d}, .gout = gout, .gin = gin};
@@ -905,9 +919,25 @@ int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, stru
         c->fo[k] = r->f[c->op->out[k]];
         c->io[k] = r->i[c->op->out[k]];
     }
-    for (int k = 0; k < c->op->n_out; k++) /* an output nobody reads has no gradient: treat as zero */
-        if (!gout[k] && c->out[k]->dtype != IR_DTYPE_I32)
-            return 0;
+    /* An output nobody differentiates has a zero gradient. */
+    float *zeros[IR_MAX_OUT] = {0};
+    float *const *given = gout;
+    float *filled[IR_MAX_OUT];
+    for (int k = 0; k < c->op->n_out; k++) {
+        filled[k] = given[k];
+        if (!given[k] && c->out[k]->dtype != IR_DTYPE_I32)
+            filled[k] = zeros[k] = wf_calloc((size_t)numel(c->out[k]) + 1, sizeof(float));
+    }
+    b.gout = gout = filled;
+    int rc = backward_dispatch(&b, c, gout, gin);
+    for (int k = 0; k < c->op->n_out; k++)
+        free(zeros[k]);
+    return rc;
+}
+
+static int backward_dispatch(struct bctx *b0, struct opctx *c, float *const *gout, float **gin)
+{
+    struct bctx b = *b0;
     switch (c->op->kind) {
     case IR_OP_EMBEDDING: {
         int64_t h = c->in[0]->shape.ax[1].size;
