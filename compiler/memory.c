@@ -82,6 +82,51 @@ int64_t memory_chunk_activations(const struct partition *P, int chunk)
     return total;
 }
 
+int64_t memory_chunk_working_set(const struct partition *P, int chunk)
+{
+    const struct ir_graph *g = P->g;
+    /* Each storage root's first and last use, as positions among the
+     * chunk's ops; a tensor that leaves the chunk lives to its end. */
+    int *first = wf_calloc((size_t)g->n_tensors + 1, sizeof *first);
+    int *last = wf_calloc((size_t)g->n_tensors + 1, sizeof *last);
+    int *pos = wf_calloc((size_t)g->n_ops + 1, sizeof *pos);
+    int n = 0;
+    for (int i = 0; i < g->n_ops; i++)
+        pos[i] = P->op_chunk[i] == chunk ? ++n : 0; /* 1-based; 0: elsewhere */
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *o = &g->ops[i];
+        for (int k = 0; k < o->n_in + o->n_out; k++) {
+            int t = k < o->n_in ? o->in[k] : o->out[k - o->n_in];
+            if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
+                continue;
+            int r = root(g, t), at = pos[i] ? pos[i] : n;
+            if (!pos[i] && !first[r])
+                continue; /* used elsewhere before (or without) this chunk */
+            if (!first[r] || at < first[r])
+                first[r] = at;
+            if (at > last[r])
+                last[r] = at;
+        }
+    }
+    int64_t *delta = wf_calloc((size_t)n + 2, sizeof *delta);
+    for (int t = 0; t < g->n_tensors; t++)
+        if (first[t]) {
+            int64_t b = held_bytes(P, chunk, t);
+            delta[first[t]] += b;
+            delta[last[t] + 1] -= b;
+        }
+    int64_t live = 0, peak = 0;
+    for (int i = 1; i <= n; i++) {
+        live += delta[i];
+        peak = live > peak ? live : peak;
+    }
+    free(first);
+    free(last);
+    free(pos);
+    free(delta);
+    return peak;
+}
+
 void memory_plan(const struct partition *P, const struct ir_schedule *S, struct mem_report *m)
 {
     memset(m, 0, sizeof *m);
@@ -95,8 +140,8 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
         struct mem_stage *ms = &m->stages[s];
         int64_t params = partition_stage_param_elems(P, s);
         ms->bytes[MEM_PARAMS] = params * (bf16 ? 2 : 4);
-        ms->bytes[MEM_GRADS] = params * 4;
-        ms->bytes[MEM_OPTIMIZER] = params * (bf16 ? 12 : 8);
+        ms->bytes[MEM_GRADS] = S->forward_only ? 0 : params * 4;
+        ms->bytes[MEM_OPTIMIZER] = S->forward_only ? 0 : params * (bf16 ? 12 : 8);
         /* Walk the schedule: a forward keeps its virtual stage's activations
          * until the matching backward frees them. */
         int v = S->virtual_stages;
@@ -129,6 +174,15 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
             }
         }
         free(per_v);
+        if (S->forward_only) { /* nothing is kept for a backward: one chunk's working set at a time */
+            peak = 0;
+            for (int c = 0; c < P->n_chunks; c++)
+                if (P->chunks[c].stage == s) {
+                    int64_t w = memory_chunk_working_set(P, c);
+                    peak = w > peak ? w : peak;
+                }
+            most = prog->n ? 1 : 0;
+        }
         ms->bytes[MEM_ACTIVATIONS] = peak;
         ms->in_flight = most;
         int64_t coll = 0; /* the largest collective's output on this stage */

@@ -17,7 +17,9 @@
  *   comm         the largest group of receives and sends, and the largest
  *                collective output, as staging buffers
  *   workspace    32 MiB for cuBLAS(Lt)'s workspace
- * Activations count each tensor as one rank holds it (its shard). */
+ * Activations count each tensor as one rank holds it (its shard).  Forward
+ * only (--mode infer) there are no gradients or optimizer state, and the
+ * activations are the largest chunk's working set (memory_chunk_working_set). */
 #ifndef WEFT_MEMORY_H
 #define WEFT_MEMORY_H
 
@@ -44,6 +46,10 @@ struct mem_report {
 void memory_plan(const struct partition *P, const struct ir_schedule *S, struct mem_report *m);
 /* Bytes a forward pass of one chunk keeps for its backward, per micro-batch. */
 int64_t memory_chunk_activations(const struct partition *P, int chunk);
+/* The most bytes a forward pass of one chunk holds at once, per micro-batch:
+ * every tensor from its first use to its last in the chunk (to the chunk's
+ * end if it leaves it).  A forward-only step's activations. */
+int64_t memory_chunk_working_set(const struct partition *P, int chunk);
 int memory_check(const struct partition *P, const struct mem_report *m, int64_t limit, struct diag *d);
 void mem_report_free(struct mem_report *m);
 /* "80GiB", "80G", "512MiB", "1.5TB", "1000000": bytes; -1 if not a size. */

@@ -16,10 +16,17 @@ struct step {
     bool with_next; /* runs with the next step as one unit: no transfers between them */
 };
 
-/* Megatron's order of forward and backward steps on one pipeline rank. */
-static int order(enum ir_sched_kind kind, int stages, int rank, int m, int v, struct step *out)
+/* Megatron's order of forward and backward steps on one pipeline rank.
+ * Forward only, every schedule is its warm-up run to the end: all forward
+ * steps, in the order the schedule would start them. */
+static int order(enum ir_sched_kind kind, bool forward_only, int stages, int rank, int m, int v, struct step *out)
 {
     int n = 0;
+    if (forward_only && kind != IR_SCHED_INTERLEAVED) {
+        for (int i = 0; i < m; i++)
+            out[n++] = (struct step){.backward = false, .vstage = 0, .micro = i};
+        return n;
+    }
     if (kind == IR_SCHED_GPIPE) {
         for (int i = 0; i < m; i++)
             out[n++] = (struct step){.backward = false, .vstage = 0, .micro = i};
@@ -43,12 +50,14 @@ static int order(enum ir_sched_kind kind, int stages, int rank, int m, int v, st
      * micro-batch group k / (pp*v); backward walks the chunks in reverse. */
     int total = m * v, group = stages * v;
     int warmup = (stages - rank - 1) * 2 + (v - 1) * stages;
-    if (warmup > total)
+    if (warmup > total || forward_only)
         warmup = total;
 #define FWD(k) ((struct step){.backward = false, .vstage = ((k) % group) / stages, .micro = ((k) / group) * stages + (k) % stages})
 #define BWD(k) ((struct step){.backward = true, .vstage = v - 1 - ((k) % group) / stages, .micro = ((k) / group) * stages + (k) % stages})
     for (int k = 0; k < warmup; k++)
         out[n++] = FWD(k);
+    if (forward_only)
+        return n;
     /* In the steady state a forward and a backward run back to back, then one
      * group moves both directions (Megatron's
      * send_forward_backward_recv_forward_backward); a group between them
@@ -150,7 +159,8 @@ static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t 
     free(on);
 }
 
-int schedule_build(const struct partition *P, enum ir_sched_kind kind, struct ir_schedule *S, struct diag *d)
+int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forward_only, struct ir_schedule *S,
+                   struct diag *d)
 {
     memset(S, 0, sizeof *S);
     int v = P->virtual_stages, m = P->n_micro;
@@ -164,6 +174,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, struct ir
         return -1;
     }
     S->kind = kind;
+    S->forward_only = forward_only;
     S->n_micro = m;
     S->virtual_stages = v;
     S->n_chunks = P->n_chunks;
@@ -185,7 +196,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, struct ir
     for (int s = 0; s < S->n_stages; s++) {
         struct ir_program *prog = &S->programs[s];
         prog->stage = s;
-        int n = order(kind, S->n_stages, s, m, v, steps);
+        int n = order(kind, forward_only, S->n_stages, s, m, v, steps);
         struct ir_ins pending = {.kind = IR_INS_P2P};
         for (int i = 0; i < n;) {
             int end = i; /* a unit: steps i..end */
@@ -213,6 +224,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, struct ir
         }
         if (pending.n_p2p)
             ir_program_push(prog, &pending);
+        if (forward_only)
+            continue;
         /* The step's end: gradients reduced over data (and context) parallel
          * ranks chunk by chunk, tied parameters summed over their holders,
          * the global norm for clipping, then the update. */

@@ -61,6 +61,7 @@ void ir_schedule_write(struct plan_writer *w, const struct ir_schedule *S)
 {
     plan_section(w, "schedule");
     plan_put_u32(w, S->kind);
+    plan_put_u32(w, S->forward_only);
     plan_put_u32(w, (uint32_t)S->n_stages);
     plan_put_u32(w, (uint32_t)S->n_micro);
     plan_put_u32(w, (uint32_t)S->virtual_stages);
@@ -114,11 +115,13 @@ int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct di
     if (plan_read(p, "schedule", &r, d))
         return -1;
     S->kind = (enum ir_sched_kind)plan_get_u32(&r);
+    uint32_t forward_only = plan_get_u32(&r);
+    S->forward_only = forward_only == 1;
     S->n_stages = (int)plan_get_u32(&r);
     S->n_micro = (int)plan_get_u32(&r);
     S->virtual_stages = (int)plan_get_u32(&r);
     S->n_chunks = (int)plan_get_u32(&r);
-    if (r.bad || S->kind >= IR_SCHED_COUNT || S->n_stages < 1 || S->n_stages > 1 << 16 || S->n_chunks < 1 ||
+    if (r.bad || S->kind >= IR_SCHED_COUNT || forward_only > 1 || S->n_stages < 1 || S->n_stages > 1 << 16 || S->n_chunks < 1 ||
         S->n_chunks > 1 << 20) {
         memset(S, 0, sizeof *S);
         return bad(d, "schedule", "impossible counts");

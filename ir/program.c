@@ -465,6 +465,57 @@ static int check_pairs(const struct ir_schedule *S, struct diag *d)
     return errors ? -1 : 0;
 }
 
+/* Every stage runs the forward of each (virtual stage, micro-batch) once
+ * and, when training, its backward once after it, then the optimizer once;
+ * forward only, nothing else. */
+static int check_steps(const struct ir_schedule *S, struct diag *d)
+{
+    int v = S->virtual_stages, m = S->n_micro, errors = 0;
+    if (v < 1 || m < 1 || (int64_t)v * m > 1 << 24) {
+        diag_error(d, NULL, 0, "schedule: %d virtual stages of %d micro-batches", v, m);
+        return -1;
+    }
+    uint8_t *seen = wf_calloc((size_t)v * (size_t)m, 1); /* 1: forward run, 2: and backward */
+    for (int s = 0; s < S->n_stages && errors < 8; s++) {
+        const struct ir_program *prog = &S->programs[s];
+        memset(seen, 0, (size_t)v * (size_t)m);
+        int updates = 0;
+        for (int i = 0; i < prog->n && errors < 8; i++) {
+            const struct ir_ins *x = &prog->ins[i];
+            if (x->kind == IR_INS_OPTIMIZER)
+                updates++;
+            if (x->kind != IR_INS_FORWARD && x->kind != IR_INS_BACKWARD)
+                continue;
+            bool fwd = x->kind == IR_INS_FORWARD;
+            const char *wrong = x->vstage < 0 || x->vstage >= v || x->micro < 0 || x->micro >= m ? "outside the step"
+                                : !fwd && S->forward_only                                   ? "in a forward-only step"
+                                : fwd && seen[x->vstage * m + x->micro]                     ? "run twice"
+                                : !fwd && seen[x->vstage * m + x->micro] != 1 ? "not after exactly one forward"
+                                                                              : NULL;
+            if (wrong) {
+                diag_error(d, NULL, 0, "schedule: stage %d, instruction %d: %s of virtual stage %d, micro-batch %d %s", s,
+                           i, fwd ? "forward" : "backward", x->vstage, x->micro, wrong);
+                errors++;
+                continue;
+            }
+            seen[x->vstage * m + x->micro] = fwd ? 1 : 2;
+        }
+        for (int k = 0; k < v * m && errors < 8; k++)
+            if (seen[k] != (S->forward_only ? 1 : 2)) {
+                diag_error(d, NULL, 0, "schedule: stage %d never runs the %s of virtual stage %d, micro-batch %d", s,
+                           seen[k] ? "backward" : "forward", k / m, k % m);
+                errors++;
+            }
+        if (updates != (S->forward_only ? 0 : 1) && errors < 8) {
+            diag_error(d, NULL, 0, "schedule: stage %d updates its parameters %d time%s%s", s, updates,
+                       updates == 1 ? "" : "s", S->forward_only ? " in a forward-only step" : "; a training step updates once");
+            errors++;
+        }
+    }
+    free(seen);
+    return errors ? -1 : 0;
+}
+
 void ir_timeline_free(struct ir_timeline *t)
 {
     free(t->busy);
@@ -481,7 +532,7 @@ int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L,
 int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, const struct ir_costs *costs,
                     struct ir_timeline *tl, struct diag *d)
 {
-    if (check_pairs(S, d))
+    if (check_steps(S, d) || check_pairs(S, d))
         return -1;
     struct verifier v = {.S = S, .L = L, .costs = costs, .tl = costs ? tl : NULL, .d = d,
                          .r = wf_calloc((size_t)L->n_ranks, sizeof *v.r)};

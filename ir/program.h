@@ -105,6 +105,7 @@ int ir_sched_parse(const char *s); /* -1 if unknown */
 
 struct ir_schedule {
     enum ir_sched_kind kind;
+    bool forward_only;           /* --mode infer: forward steps only, no gradients, no update */
     int n_stages, n_micro, virtual_stages;
     struct ir_program *programs; /* [n_stages] */
     int n_chunks;

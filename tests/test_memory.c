@@ -11,17 +11,19 @@ struct built {
     struct mem_report m;
 };
 
-static void build(struct built *b, const char *file, struct par_config pc)
+static void build_mode(struct built *b, const char *file, struct par_config pc, bool forward_only)
 {
     struct fe_options opt = {0};
     struct diag d;
     diag_init(&d);
     b->P = partition_model(file, &opt, &pc, &d);
-    if (!b->P || schedule_build(b->P, schedule_default(b->P), &b->S, &d))
+    if (!b->P || schedule_build(b->P, schedule_default(b->P), forward_only, &b->S, &d))
         fail_msg("%s: %s", file, diag_first_error(&d));
     memory_plan(b->P, &b->S, &b->m);
     diag_free(&d);
 }
+
+static void build(struct built *b, const char *file, struct par_config pc) { build_mode(b, file, pc, false); }
 
 static void unbuild(struct built *b)
 {
@@ -68,6 +70,36 @@ static void test_gpt2_by_hand(void **state)
         sum += ms->bytes[k];
     assert_int_equal(ms->total, sum);
     unbuild(&b);
+}
+
+/* Forward only, the same GPT-2: no gradients, no optimizer state, and the
+ * activations are the forward's working set, whose peak is the head: its
+ * input (the final norm's output) and the logits, both live at once. */
+static void test_gpt2_forward_only_by_hand(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.micro_batch = 4;
+    pc.pp = 2, pc.global_batch = 8;
+    struct built b, t;
+    build_mode(&b, "models/gpt2.xml", pc, true);
+    build(&t, "models/gpt2.xml", pc);
+    const int64_t B = 4, S = 1024, H = 768, F = 3072, V = 50304;
+    const struct mem_stage *last = &b.m.stages[1], *first = &b.m.stages[0];
+    assert_int_equal(last->bytes[MEM_ACTIVATIONS], (B * S * H + B * S * V) * 4);
+    /* Within a layer the peak is the MLP: fc's output and gelu's output
+     * (B*S*F each), plus the residual stream x1 the MLP adds back to. */
+    assert_int_equal(first->bytes[MEM_ACTIVATIONS], (2 * B * S * F + B * S * H) * 4);
+    for (int s = 0; s < 2; s++) {
+        const struct mem_stage *ms = &b.m.stages[s];
+        assert_int_equal(ms->bytes[MEM_GRADS], 0);
+        assert_int_equal(ms->bytes[MEM_OPTIMIZER], 0);
+        assert_int_equal(ms->bytes[MEM_PARAMS], t.m.stages[s].bytes[MEM_PARAMS]);
+        assert_int_equal(ms->in_flight, 1);
+        assert_true(ms->bytes[MEM_ACTIVATIONS] < t.m.stages[s].bytes[MEM_ACTIVATIONS]);
+    }
+    unbuild(&b);
+    unbuild(&t);
 }
 
 /* 1F1B: stage s of p holds p - s micro-batches at its peak; --bf16 halves
@@ -118,6 +150,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2_by_hand),
+        cmocka_unit_test(test_gpt2_forward_only_by_hand),
         cmocka_unit_test(test_schedule_and_precision),
         cmocka_unit_test(test_limit),
     };

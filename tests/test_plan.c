@@ -195,6 +195,39 @@ static void test_inspect(void **state)
     assert_non_null(strstr(R->out, "[peer 1]"));
 }
 
+/* --mode infer: a forward pass, recorded in the plan and shown by every reader. */
+static void test_forward_only(void **state)
+{
+    (void)state;
+    const char *args[16];
+    int n = 0;
+    for (; gpt2[n]; n++)
+        args[n] = gpt2[n];
+    args[n++] = "--mode";
+    args[n++] = "infer";
+    args[n] = NULL;
+    compile(path("f.plan"), args);
+    assert_non_null(strstr(R->out, "1f1b schedule forward only (--mode infer)"));
+    assert_non_null(strstr(R->out, "predicted forward pass"));
+    run_weft(R, "verify", path("f.plan"), NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "inspect", path("f.plan"), "--json", NULL);
+    assert_non_null(strstr(R->out, "\"mode\": \"infer\""));
+    run_weft(R, "inspect", path("f.plan"), "--rank", "15", NULL);
+    assert_int_equal(R->status, 0);
+    assert_null(strstr(R->out, "backward"));
+    assert_null(strstr(R->out, "optimizer"));
+    run_weft(R, "simulate", path("f.plan"), "--json", NULL);
+    assert_non_null(strstr(R->out, "\"mode\": \"infer\""));
+    /* A plan's mode is fixed; a mode is train or infer. */
+    run_weft(R, "simulate", path("f.plan"), "--mode", "train", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "is a compiled plan"));
+    run_weft(R, "compile", "models/gpt2.xml", "--mode", "serve", "-o", path("x.plan"), NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--mode serve: expected train or infer"));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -218,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_every_model_verifies),
         cmocka_unit_test(test_bad_plans),
         cmocka_unit_test(test_inspect),
+        cmocka_unit_test(test_forward_only),
     };
     int rc = cmocka_run_group_tests_name("plan", tests, setup, teardown);
     free(R);

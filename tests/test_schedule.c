@@ -12,7 +12,8 @@ struct built {
     struct ir_schedule S;
 };
 
-static void build(struct built *b, const char *file, const char *variant, struct par_config pc, int kind)
+static void build_mode(struct built *b, const char *file, const char *variant, struct par_config pc, int kind,
+                       bool forward_only)
 {
     struct fe_options opt = {.variant = variant};
     struct diag d;
@@ -20,9 +21,14 @@ static void build(struct built *b, const char *file, const char *variant, struct
     b->P = partition_model(file, &opt, &pc, &d);
     if (!b->P)
         fail_msg("%s: %s", file, diag_first_error(&d));
-    if (schedule_build(b->P, kind < 0 ? schedule_default(b->P) : (enum ir_sched_kind)kind, &b->S, &d))
+    if (schedule_build(b->P, kind < 0 ? schedule_default(b->P) : (enum ir_sched_kind)kind, forward_only, &b->S, &d))
         fail_msg("%s: %s", file, diag_first_error(&d));
     diag_free(&d);
+}
+
+static void build(struct built *b, const char *file, const char *variant, struct par_config pc, int kind)
+{
+    build_mode(b, file, variant, pc, kind, false);
 }
 
 static void unbuild(struct built *b)
@@ -64,14 +70,30 @@ static void test_every_model_and_schedule(void **state)
         int kinds[3] = {IR_SCHED_GPIPE, IR_SCHED_1F1B, -1}, nk = cfg[i].per_virtual ? 1 : 2;
         if (cfg[i].per_virtual)
             kinds[0] = IR_SCHED_INTERLEAVED;
-        for (int k = 0; k < nk; k++) {
+        for (int k = 0; k < 2 * nk; k++) {
+            bool forward_only = k >= nk; /* --mode infer */
             struct built b;
-            build(&b, cfg[i].file, cfg[i].variant, pc, kinds[k]);
+            build_mode(&b, cfg[i].file, cfg[i].variant, pc, kinds[k % nk], forward_only);
             struct diag d;
             const char *why = verify(&b, &d);
             if (why)
-                fail_msg("%s under %s (config %zu) hangs:\n%s", cfg[i].file, ir_sched_name(b.S.kind), i, why);
+                fail_msg("%s under %s%s (config %zu) hangs:\n%s", cfg[i].file, ir_sched_name(b.S.kind),
+                         forward_only ? " forward only" : "", i, why);
             diag_free(&d);
+            /* Forward only: each stage runs every micro-batch's forward of
+             * each virtual stage, and nothing of a backward or an update. */
+            for (int s = 0; forward_only && s < b.S.n_stages; s++) {
+                int forwards = 0;
+                for (int x = 0; x < b.S.programs[s].n; x++) {
+                    const struct ir_ins *ins = &b.S.programs[s].ins[x];
+                    assert_true(ins->kind != IR_INS_BACKWARD && ins->kind != IR_INS_OPTIMIZER);
+                    forwards += ins->kind == IR_INS_FORWARD;
+                    for (int q = 0; ins->kind == IR_INS_P2P && q < ins->n_p2p; q++)
+                        assert_false(ins->p2p[q].grad);
+                    assert_false(ins->kind == IR_INS_COLLECTIVE && (ins->group == IR_GROUP_DP_CP || ins->group == IR_GROUP_TIED));
+                }
+                assert_int_equal(forwards, b.S.n_micro * b.S.virtual_stages);
+            }
             unbuild(&b);
         }
     }
@@ -149,6 +171,22 @@ static void test_corrupted(void **state)
     assert_false(p->ins[a].p2p[0].send);
     p->ins[a].n_p2p = 0;
     expect_caught(&b, "missing receive", "stage 1, instruction", "but stage 2 never receives it");
+    unbuild(&b);
+
+    /* A lost step: stage 3 runs micro-batch 0's forward where its backward
+     * belongs, so the forward runs twice and the backward never. */
+    build(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B);
+    p = &b.S.programs[3];
+    a = find(p, IR_INS_BACKWARD, 0);
+    assert_int_equal(p->ins[a].micro, 0);
+    p->ins[a].kind = IR_INS_FORWARD;
+    expect_caught(&b, "lost step", "forward of virtual stage 0, micro-batch 0 run twice", NULL);
+    unbuild(&b);
+
+    /* A forward-only step that still updates its parameters. */
+    build_mode(&b, "models/gpt2.xml", NULL, pc, IR_SCHED_1F1B, true);
+    ir_program_push(&b.S.programs[2], &(struct ir_ins){.kind = IR_INS_OPTIMIZER});
+    expect_caught(&b, "update in inference", "stage 2 updates its parameters 1 time in a forward-only step", NULL);
     unbuild(&b);
 
     /* A collective on the wrong group: stage 0's first tensor-parallel

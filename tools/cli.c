@@ -2,7 +2,9 @@
 #include "cli.h"
 #include "partition.h"
 #include "memory.h"
+#include "plan.h"
 #include "program.h"
+#include "schedule.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -69,6 +71,11 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             if (ir_sched_parse(value) < 0)
                 return usage_error(c, "--pipeline-schedule %s: expected gpipe, 1f1b or interleaved%s", value, "");
             c->schedule = value;
+        } else if (!strcmp(key, "mode")) {
+            if (strcmp(value, "train") && strcmp(value, "infer"))
+                return usage_error(c, "--mode %s: expected train or infer%s", value, "");
+            c->infer = !strcmp(value, "infer");
+            c->parallel_given = true; /* a plan's mode is fixed, like its layout */
         } else if (!strcmp(key, "rank")) {
             char *end;
             long v = strtol(value, &end, 10);
@@ -139,6 +146,18 @@ bool cli_is_plan(const char *path)
     if (f)
         fclose(f);
     return plan;
+}
+
+int cli_schedule(const struct cli *c, const struct partition *P, struct ir_schedule *S, struct diag *d)
+{
+    if (cli_is_plan(c->model)) {
+        struct plan *p = plan_open(c->model, d);
+        int rc = p ? ir_schedule_read(p, -1, S, d) : -1;
+        plan_close(p);
+        return rc;
+    }
+    enum ir_sched_kind kind = c->schedule ? (enum ir_sched_kind)ir_sched_parse(c->schedule) : schedule_default(P);
+    return schedule_build(P, kind, c->infer, S, d);
 }
 
 struct partition *cli_partition(struct cli *c)

@@ -14,6 +14,7 @@
 
 #include "compiler.h"
 #include "layout.h"
+#include "program.h"
 
 #define CLI_MAX_OVERRIDES 64
 
@@ -25,6 +26,7 @@ struct cli {
     const char *output; /* -o */
     const char *detail; /* --detail (weft dot) */
     const char *schedule; /* --pipeline-schedule */
+    bool infer;           /* --mode infer (train by default) */
     const char *gpu, *device_file; /* weft simulate */
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
@@ -43,6 +45,9 @@ struct ir_graph *cli_load_model(struct cli *c);
 struct partition *cli_partition(struct cli *c);
 /* Whether a path is a plan file (by its magic), not a model file. */
 bool cli_is_plan(const char *path);
+/* The step's schedule: a plan's own, or built from --pipeline-schedule and
+ * --mode; errors into d. */
+int cli_schedule(const struct cli *c, const struct partition *P, struct ir_schedule *S, struct diag *d);
 
 int cmd_check(int argc, char **argv);
 int cmd_layout(int argc, char **argv);

@@ -9,12 +9,14 @@
 
 static const char usage[] =
     "usage: weft compile MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "                    [--mode train|infer]\n"
     "                    [--gpu h100|a100 | --device-file FILE] [--bf16] [--memory-limit 80GiB] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
     "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
     "file.  Prints each role (pipeline stage): its layers, instructions and memory\n"
-    "by category.  --memory-limit turns a rank that would not fit into an error.\n";
+    "by category.  --memory-limit turns a rank that would not fit into an error.\n"
+    "--mode infer compiles a forward pass: no backward, gradients or optimizer.\n";
 
 int cmd_compile(int argc, char **argv)
 {
@@ -41,8 +43,7 @@ int cmd_compile(int argc, char **argv)
     diag_init(&d);
     struct ir_schedule S;
     struct sim_result sim = {0};
-    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
-    int rc = schedule_build(P, kind, &S, &d);
+    int rc = cli_schedule(&c, P, &S, &d);
     bool built = rc == 0;
     if (rc == 0)
         rc = ir_schedule_verify(&S, P->L, &d);
@@ -60,9 +61,9 @@ int cmd_compile(int argc, char **argv)
     if (rc == 0) {
         const struct par_config *pc = &P->L->pc;
         char a[32], b[32];
-        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule, %d micro-batches; verified\n", c.output,
+        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batches; verified\n", c.output,
                P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
-               ir_sched_name(S.kind), S.n_micro);
+               ir_sched_name(S.kind), S.forward_only ? " forward only (--mode infer)" : "", S.n_micro);
         printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
                "params", "grads", "optimizer", "activ.", "comm", "workspace", "total");
         for (int s = 0; s < S.n_stages; s++) {
@@ -95,7 +96,7 @@ int cmd_compile(int argc, char **argv)
         const struct mem_stage *big = &mem.stages[mem.largest];
         printf("  largest rank: %s (stage %d; activations of %d micro-batch%s in flight)%s\n", wf_bytes((double)big->total, a),
                mem.largest, big->in_flight, big->in_flight == 1 ? "" : "es", pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
-        printf("  predicted step %.3f ms on %s, bubble %.1f%%\n", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
+        printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S.forward_only ? "forward pass" : "step", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
     }
     if (built)
         ir_schedule_free(&S);

@@ -117,6 +117,7 @@ int cmd_inspect(int argc, char **argv)
         json_string(&j, "model_file", m.file);
         json_int(&j, "world_size", L->n_ranks);
         json_string(&j, "schedule", ir_sched_name(S.kind));
+        json_string(&j, "mode", S.forward_only ? "infer" : "train");
         json_int(&j, "micro_batches", S.n_micro);
         json_begin_array(&j, "roles");
         for (int s = 0; s < S.n_stages; s++) {
@@ -183,8 +184,8 @@ int cmd_inspect(int argc, char **argv)
             printf(" %s=%" PRId64, m.dim_name[i], m.dim_value[i]);
         printf("\n  layout    %d ranks: tp %d x pp %d x dp %d, cp %d, ep %d%s\n", L->n_ranks, pc.tp, pc.pp, pc.dp, pc.cp,
                pc.ep, enc && pc.epp ? "; encoder of its own" : "");
-        printf("  schedule  %s, %d micro-batches, %d stages; predicted step %.3f ms on %s, bubble %.1f%%\n",
-               ir_sched_name(S.kind), S.n_micro, S.n_stages, m.step * 1e3, m.device, 100 * m.bubble);
+        printf("  schedule  %s%s, %d micro-batches, %d stages; predicted %s %.3f ms on %s, bubble %.1f%%\n",
+               ir_sched_name(S.kind), S.forward_only ? " forward only" : "", S.n_micro, S.n_stages, S.forward_only ? "forward pass" : "step", m.step * 1e3, m.device, 100 * m.bubble);
         printf("  roles\n");
         for (int s = 0; s < S.n_stages; s++) {
             int lo = -1, hi = -1;

@@ -255,8 +255,7 @@ int cmd_layout(int argc, char **argv)
     struct diag d;
     diag_init(&d);
     struct ir_schedule S;
-    enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
-    int rc = schedule_build(P, kind, &S, &d);
+    int rc = cli_schedule(&c, P, &S, &d);
     if (rc == 0)
         rc = ir_schedule_verify(&S, P->L, &d);
     diag_print(&d, stderr);

@@ -53,15 +53,7 @@ int cmd_simulate(int argc, char **argv)
     }
     struct ir_schedule S;
     struct sim_result r = {0};
-    int rc;
-    if (cli_is_plan(c.model)) { /* a compiled plan: its own schedule */
-        struct plan *p = plan_open(c.model, &d);
-        rc = p ? ir_schedule_read(p, -1, &S, &d) : -1;
-        plan_close(p);
-    } else {
-        enum ir_sched_kind kind = c.schedule ? (enum ir_sched_kind)ir_sched_parse(c.schedule) : schedule_default(P);
-        rc = schedule_build(P, kind, &S, &d);
-    }
+    int rc = cli_schedule(&c, P, &S, &d);
     bool built = rc == 0;
     if (rc == 0) {
         rc = simulate(P, &S, dev, &r, &d);
@@ -76,6 +68,7 @@ int cmd_simulate(int argc, char **argv)
         json_string(&j, "model", P->g->name);
         json_string(&j, "device", dev->name);
         json_string(&j, "schedule", ir_sched_name(S.kind));
+        json_string(&j, "mode", S.forward_only ? "infer" : "train");
         json_int(&j, "micro_batches", S.n_micro);
         json_double(&j, "step_time", r.step_time);
         json_double(&j, "bubble", r.bubble);
