@@ -192,6 +192,8 @@ static Agraph_t *build(const struct partition *P, enum dot_detail detail, struct
     }
     for (int i = 0; i < P->n_xfers; i++) {
         const struct part_xfer *x = &P->xfers[i];
+        if (x->grad)
+            continue; /* the picture is of the forward */
         struct item *m = &it->v[it->of_op[x->op]];
         bool on_edge = false; /* at op detail an input's transfer is drawn on its edge */
         for (int k = 0; detail == DOT_DETAIL_OP && k < g->ops[x->op].n_in; k++)
@@ -240,7 +242,7 @@ static Agraph_t *build(const struct partition *P, enum dot_detail detail, struct
             size_t len = 0;
             for (int x = 0; x < P->n_xfers; x++) {
                 const struct part_xfer *px = &P->xfers[x];
-                bool here = px->tensor == t && (px->op == i || (px->kind == PART_XFER_SEND && px->to_chunk == P->op_chunk[i]));
+                bool here = !px->grad && px->tensor == t && (px->op == i || (px->kind == PART_XFER_SEND && px->to_chunk == P->op_chunk[i]));
                 if (!here || (px->kind == PART_XFER_SLICE && detail != DOT_DETAIL_OP))
                     continue;
                 if (detail == DOT_DETAIL_LAYER && px->kind != PART_XFER_SEND)

@@ -94,6 +94,7 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         const struct part_xfer *x = &P->xfers[i];
         plan_put_u8(w, (uint8_t)x->kind);
         plan_put_u8(w, (uint8_t)x->over);
+        plan_put_u8(w, x->grad);
         plan_put_i32(w, x->tensor);
         plan_put_i32(w, x->op);
         plan_put_i32(w, x->from_chunk);

@@ -58,6 +58,7 @@ struct part_xfer {
     struct ir_shard before, after;
     struct ir_shape shape;       /* each rank's shard going in */
     int64_t bytes;               /* of that shard */
+    bool grad;                   /* on the tensor's gradient: run by to_chunk's backward, after op's */
     const char *why;
 };
 
@@ -86,7 +87,9 @@ struct ir_shape partition_local_shape(const struct partition *P, enum ir_part pa
 int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t);
 /* The shard pass: run by partition_model after placing ops.
  *   requires: chunks and op_chunk
- *   produces: shard (per tensor), xfers (the collectives and sends) */
+ *   produces: shard (per tensor), xfers (the collectives and sends; the
+ *             forward's in op order, then the backward's, grad set, in
+ *             reverse op order) */
 int partition_shard(struct partition *P, struct diag *d);
 
 struct partition *partition_model(const char *path, const struct fe_options *opt, const struct par_config *pc,

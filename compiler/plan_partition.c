@@ -156,13 +156,15 @@ static int read_xfers(struct plan *p, struct partition *P, struct diag *d)
         struct part_xfer *x = &P->xfers[i];
         x->kind = (enum part_xfer_kind)plan_get_u8(&r);
         x->over = (enum ir_pdim)plan_get_u8(&r);
+        uint8_t grad = plan_get_u8(&r);
+        x->grad = grad == 1;
         x->tensor = plan_get_i32(&r);
         x->op = plan_get_i32(&r);
         x->from_chunk = plan_get_i32(&r);
         x->to_chunk = plan_get_i32(&r);
         x->axis = plan_get_i32(&r);
         x->bytes = plan_get_i64(&r);
-        if (x->kind >= PART_XFER_COUNT || x->over >= IR_PDIM_COUNT || x->tensor < 0 || x->tensor >= P->g->n_tensors ||
+        if (x->kind >= PART_XFER_COUNT || x->over >= IR_PDIM_COUNT || grad > 1 || x->tensor < 0 || x->tensor >= P->g->n_tensors ||
             x->op < 0 || x->op >= P->g->n_ops || x->from_chunk < 0 || x->from_chunk >= P->n_chunks || x->to_chunk < 0 ||
             x->to_chunk >= P->n_chunks)
             r.bad = true;

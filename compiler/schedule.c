@@ -211,9 +211,10 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                 const struct step *st = &steps[k];
                 ir_program_push(prog, &(struct ir_ins){.kind = st->backward ? IR_INS_BACKWARD : IR_INS_FORWARD,
                                                        .vstage = st->vstage, .micro = st->micro});
-                for (int x = 0; !st->backward && x < P->n_xfers; x++) {
+                for (int x = 0; x < P->n_xfers; x++) { /* the backward's in the order it runs them */
                     const struct part_xfer *px = &P->xfers[x];
-                    if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || !in_step(P, s, st, px->to_chunk))
+                    if (px->grad != st->backward || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
+                        !in_step(P, s, st, px->to_chunk))
                         continue;
                     ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
                                                            .group = group_of_pdim(px->over), .tag = x, .bytes = px->bytes});

@@ -11,8 +11,9 @@
  * alternates; interleaved 1F1B warms up with (pp - rank - 1) * 2 +
  * (v - 1) * pp steps over virtual stages.  Between two steps a rank posts one
  * group: the sends of what it just produced and the receives its next step
- * needs, as Megatron's send_forward_recv_backward does.  A forward step runs
- * its chunk's collectives; the step ends with the data-parallel gradient
+ * needs, as Megatron's send_forward_recv_backward does.  A step runs its
+ * chunk's collectives: a forward step the forward's, a backward step their
+ * adjoints (shard.c, grad_xfers); the step ends with the data-parallel gradient
  * reductions, the sum of tied parameters' gradients, the global gradient
  * norm and the optimizer.  A step can be forward only (inference). */
 #ifndef WEFT_SCHEDULE_H

@@ -12,7 +12,14 @@
  * splits are all-gathered, exchanged all-to-all, or sliced locally for free.
  * Nothing here knows a model: Megatron's column/row pattern, sequence
  * parallelism, vocab-parallel embedding and cross-entropy, and expert
- * all-to-alls all follow from the rules of a handful of op classes. */
+ * all-to-alls all follow from the rules of a handful of op classes.
+ *
+ * The backward's collectives follow from the same algebra (grad_xfers): an
+ * op whose work is divided over a group gives a partial gradient to each
+ * input it reads whole over that group (Megatron's f operator), and each
+ * gradient is converted, by the same convert(), from how its readers give it
+ * to how its producer holds the tensor: partial sums are added up, slices
+ * gathered, and identical copies left alone. */
 #include "partition.h"
 #include "util.h"
 
@@ -97,6 +104,7 @@ struct sctx {
     int errors;
     struct part_xfer inner[2]; /* the op's own transfers, recorded after its inputs' */
     int n_inner;
+    bool grad; /* converting gradients: the backward's transfers */
 };
 
 static int deg(const struct sctx *c, int p) { return partition_degree(c->P, c->part, (enum ir_pdim)p); }
@@ -484,6 +492,7 @@ static void add_xfer(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over
                      const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why)
 {
     struct part_xfer x = make_xfer(c, kind, over, tensor, from, axis, before, after, bytes, why);
+    x.grad = c->grad;
     push_xfer(c->P, &x);
 }
 
@@ -510,11 +519,12 @@ static void convert(struct sctx *c, int i)
     if (ir_shard_equal(&cur, want))
         return;
     int tensor = c->op->in[i];
-    /* An earlier op of this chunk may have made the same conversion already. */
+    /* An earlier op of this chunk may have made the same conversion already
+     * (in the backward: its readers' gradients are summed before one). */
     for (int x = c->P->n_xfers - 1; x >= 0; x--) {
         const struct part_xfer *px = &c->P->xfers[x];
-        if (px->tensor == tensor && px->to_chunk == c->chunk && px->kind != PART_XFER_SEND &&
-            ir_shard_equal(&px->after, want))
+        if (px->tensor == tensor && px->to_chunk == c->chunk && px->kind != PART_XFER_SEND && px->grad == c->grad &&
+            (!c->grad || ir_shard_equal(&px->before, &cur)) && ir_shard_equal(&px->after, want))
             return;
     }
     int r = rank_in(c, i);
@@ -540,7 +550,7 @@ static void convert(struct sctx *c, int i)
         }
         cur = next;
     }
-    if (cur.partial != c->have[i].partial)
+    if (cur.partial != c->have[i].partial && !c->grad)
         c->P->shard[tensor] = cur;
     for (int p = 1; p < IR_PDIM_COUNT; p++) {
         int target = -1, source = -1; /* the axes p splits in want and in cur */
@@ -613,9 +623,141 @@ static struct ir_shard initial(const struct sctx *c, const struct ir_tensor *t)
     return s;
 }
 
+/* What the forward pass decided for one op, for the backward's. */
+struct op_record {
+    struct ir_shard want[IR_MAX_IN], out[IR_MAX_OUT];
+    struct part_xfer inner[2];
+    int n_inner;
+};
+
+/* The groups an op's work is divided over: every group splitting one of
+ * its operands.  A partial sum does not divide work: a linear op on one
+ * (scale, add) is the same op on every rank, and so is its gradient. */
+static uint8_t work_groups(const struct ir_op *o, const struct op_record *rec)
+{
+    uint8_t w = 0;
+    for (int i = 0; i < o->n_in + o->n_out; i++) {
+        if (i < o->n_in && o->in[i] < 0)
+            continue;
+        const struct ir_shard *sh = i < o->n_in ? &rec->want[i] : &rec->out[i - o->n_in];
+        for (int k = 0; k < IR_MAX_RANK; k++)
+            if (sh->split[k])
+                w |= (uint8_t)(1u << sh->split[k]);
+    }
+    return w;
+}
+
+/* How op's reader gives input k's gradient: split as it read the input, and
+ * partial over every group that divides the op's work but not the input.
+ * An op with transfers of its own (vocab-parallel loss, expert dispatch)
+ * gives whole gradients; its transfers' adjoints move them. */
+static struct ir_shard grad_given(const struct ir_op *o, const struct op_record *rec, int k)
+{
+    struct ir_shard g = rec->want[k];
+    g.partial = 0;
+    if (rec->n_inner)
+        return g;
+    uint8_t w = work_groups(o, rec);
+    for (int a = 0; a < IR_MAX_RANK; a++)
+        if (g.split[a])
+            w &= (uint8_t)~(1u << g.split[a]);
+    g.partial = w & (uint8_t)~1u;
+    return g;
+}
+
+struct grad_seen {
+    int chunk, next;
+    struct ir_shard given;
+};
+
+/* The backward's transfers, in the order the backward runs (reverse op
+ * order).  A chunk sums its readers' gradients of one tensor that arrive
+ * alike, and converts the sum once, after the first reader's backward (the
+ * last to run) to how the producer holds the tensor, whole where it held a
+ * partial sum.  Parameters leave their sums over data and context parallel
+ * ranks to the step's gradient reduction. */
+static void grad_xfers(struct partition *P, const struct op_record *rec)
+{
+    struct ir_graph *g = P->g;
+    bool *needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *needs);
+    struct ir_shard *held = wf_calloc((size_t)g->n_tensors + 1, sizeof *held);
+    for (int t = 0; t < g->n_tensors; t++) {
+        needs[t] = g->tensors[t].kind == IR_TENSOR_PARAM && ir_dtype_is_float(g->tensors[t].dtype);
+        held[t] = P->shard[t];
+    }
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *o = &g->ops[i];
+        bool any = false;
+        for (int k = 0; k < o->n_in; k++)
+            any |= o->in[k] >= 0 && needs[o->in[k]];
+        for (int k = 0; k < o->n_out; k++) {
+            needs[o->out[k]] = any && ir_dtype_is_float(g->tensors[o->out[k]].dtype);
+            held[o->out[k]] = rec[i].out[k];
+        }
+    }
+    /* first[i*IR_MAX_IN+k]: op i is the first reader in its chunk to give
+     * input k's gradient so */
+    bool *first = wf_calloc((size_t)g->n_ops * IR_MAX_IN + 1, sizeof *first);
+    int *head = wf_calloc((size_t)g->n_tensors + 1, sizeof *head);
+    struct grad_seen *seen = NULL;
+    int n_seen = 0, cap_seen = 0;
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *o = &g->ops[i];
+        for (int k = 0; k < o->n_in; k++) {
+            int t = o->in[k];
+            if (t < 0 || !needs[t])
+                continue;
+            struct ir_shard given = grad_given(o, &rec[i], k);
+            int e = head[t];
+            while (e && !(seen[e - 1].chunk == P->op_chunk[i] && ir_shard_equal(&seen[e - 1].given, &given)))
+                e = seen[e - 1].next;
+            if (e)
+                continue;
+            WF_GROW(seen, n_seen, cap_seen);
+            seen[n_seen++] = (struct grad_seen){.chunk = P->op_chunk[i], .next = head[t], .given = given};
+            head[t] = n_seen;
+            first[(size_t)i * IR_MAX_IN + (size_t)k] = true;
+        }
+    }
+    for (int i = g->n_ops - 1; i >= 0; i--) {
+        struct sctx c = {.P = P, .op_i = i, .op = &g->ops[i], .chunk = P->op_chunk[i], .grad = true};
+        c.part = P->chunks[c.chunk].part;
+        for (int x = rec[i].n_inner - 1; x >= 0; x--) { /* the adjoints of the op's own transfers */
+            struct part_xfer a = rec[i].inner[x];
+            if (a.kind != PART_XFER_ALL_TO_ALL)
+                continue; /* a forward sum of statistics: the backward reuses them */
+            a.grad = true;
+            a.before = rec[i].inner[x].after;
+            a.after = rec[i].inner[x].before;
+            a.why = "the adjoint of the forward's all-to-all: gradients go back where the tokens came from";
+            push_xfer(P, &a);
+        }
+        for (int k = 0; k < c.op->n_in; k++) {
+            int t = c.op->in[k];
+            if (t < 0 || !needs[t] || !first[(size_t)i * IR_MAX_IN + (size_t)k])
+                continue;
+            c.t[k] = &g->tensors[t];
+            c.have[k] = grad_given(c.op, &rec[i], k);
+            c.want[k] = held[t];
+            c.want[k].partial = 0;
+            if (g->tensors[t].kind == IR_TENSOR_PARAM)
+                c.have[k].partial &= (uint8_t)~(1u << IR_PDIM_CP);
+            c.why[k] = c.have[k].partial ? "the readers' gradients are partial sums: added up for the producer"
+                                         : "each reader has its slice of the gradient: gathered for the producer";
+            convert(&c, k);
+        }
+    }
+    free(needs);
+    free(held);
+    free(first);
+    free(head);
+    free(seen);
+}
+
 int partition_shard(struct partition *P, struct diag *d)
 {
     struct ir_graph *g = P->g;
+    struct op_record *rec = wf_calloc((size_t)g->n_ops + 1, sizeof *rec);
     for (int k = 0; k < IR_OP_COUNT; k++)
         WF_ASSERT(classes[k] != SC_UNSET);
     P->shard = wf_calloc((size_t)g->n_tensors + 1, sizeof *P->shard);
@@ -677,6 +819,9 @@ int partition_shard(struct partition *P, struct diag *d)
             }
         for (int x = 0; x < c.n_inner; x++)
             push_xfer(P, &c.inner[x]);
+        memcpy(rec[i].want, c.want, sizeof c.want);
+        memcpy(rec[i].inner, c.inner, sizeof c.inner);
+        rec[i].n_inner = c.n_inner;
         for (int o = 0; o < c.op->n_out; o++) {
             const struct ir_tensor *t = &g->tensors[c.op->out[o]];
             normalize(&c, &c.out[o]);
@@ -685,9 +830,13 @@ int partition_shard(struct partition *P, struct diag *d)
             if (!divides(P, d, c.part, t, &c.out[o], c.op->loc, where))
                 break;
             P->shard[c.op->out[o]] = c.out[o];
+            rec[i].out[o] = c.out[o];
             ready[c.op->out[o]] = true;
         }
     }
     free(ready);
+    if (d->n_errors == errors)
+        grad_xfers(P, rec);
+    free(rec);
     return d->n_errors == errors ? 0 : -1;
 }

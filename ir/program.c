@@ -132,6 +132,7 @@ struct verifier {
     int **pp_of;   /* per rank: the pp groups holding it, -1 ended */
     int *component; /* per pp group: pipelines joined by a shared (encoder) rank */
     int *group_of[IR_GROUP_COUNT];
+    int *leader[IR_GROUP_COUNT]; /* per group: its smallest rank, which runs the collective for all */
 };
 
 static const struct ir_ins *cur(const struct verifier *v, int r)
@@ -316,6 +317,9 @@ static int step(struct verifier *v, int r, bool *moved)
         return 0;
     }
     case IR_INS_COLLECTIVE: {
+        if (ins->group != IR_GROUP_TIED && v->group_of[ins->group][r] >= 0 &&
+            v->leader[ins->group][v->group_of[ins->group][r]] != r)
+            return 0; /* its smallest member decides for the group (without listing it) */
         int n = members(v, r, ins, buf, 1024);
         bool member = false;
         for (int i = 0; i < n; i++)
@@ -592,9 +596,14 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
         for (int r = 0; r < L->n_ranks; r++)
             v.group_of[k][r] = -1;
         const struct rank_groups *G = &L->groups[kind[k]];
-        for (int g = 0; g < G->n_groups; g++)
-            for (int i = 0; i < G->sizes[g]; i++)
+        v.leader[k] = wf_calloc((size_t)G->n_groups + 1, sizeof *v.leader[k]);
+        for (int g = 0; g < G->n_groups; g++) {
+            v.leader[k][g] = G->sizes[g] ? G->ranks[g][0] : -1;
+            for (int i = 0; i < G->sizes[g]; i++) {
                 v.group_of[k][G->ranks[g][i]] = g;
+                v.leader[k][g] = G->ranks[g][i] < v.leader[k][g] ? G->ranks[g][i] : v.leader[k][g];
+            }
+        }
     }
     int rc = 0;
     for (;;) {
@@ -620,8 +629,10 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
     free(v.row);
     for (int r = 0; r < L->n_ranks; r++)
         free(v.pp_of[r]);
-    for (int k = 0; k < IR_GROUP_COUNT; k++)
+    for (int k = 0; k < IR_GROUP_COUNT; k++) {
         free(v.group_of[k]);
+        free(v.leader[k]);
+    }
     free(v.pp_of);
     free(v.component);
     free(count);

@@ -131,6 +131,16 @@ static void test_bad_plans(void **state)
     expect_bad("verify", path("flipped.plan"), "section 'program.2' fails its checksum");
     run_weft(R, "inspect", path("flipped.plan"), "--rank", "0", NULL); /* rank 0 reads program.0 only */
     assert_int_equal(R->status, 0);
+    /* verify checks every section, also those the proof does not read */
+    memcpy(bad, good, n);
+    p = plan_open(path("good.plan"), &d);
+    for (int i = 0; i < plan_n_sections(p); i++)
+        if (!strcmp(plan_section_name(p, i), "xfers"))
+            bad[plan_section_offset(p, i) + plan_section_size(p, i) / 2] ^= 0x40;
+    plan_close(p);
+    diag_free(&d);
+    write_bytes(path("xfers.plan"), bad, n);
+    expect_bad("verify", path("xfers.plan"), "section 'xfers' fails its checksum");
 
     /* The header corrupted; and a plan from a newer format (its header made consistent). */
     memcpy(bad, good, n);

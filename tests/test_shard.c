@@ -20,7 +20,8 @@ struct shard_case {
     int tp, ep;
     const char *body;
     const char *y;     /* y's shard, as ir_shard_str prints it */
-    const char *xfers; /* the transfers, "kind over tensor" joined by "; " ("" for none) */
+    const char *xfers; /* the forward's transfers, "kind over tensor" joined by "; " ("" for none) */
+    const char *grads; /* the backward's, in the order it runs them (NULL: none) */
 };
 
 static const struct shard_case cases[] = {
@@ -35,7 +36,7 @@ static const struct shard_case cases[] = {
     {"matmul reads a partial input whole", 2, 1,
      IN("a", "B S H") W("w1", "H F", "col") W("w2", "F H", "row") W("w3", "H F", "col")
      "<op kind=\"matmul\" in=\"a w1\" out=\"h\"/><op kind=\"matmul\" in=\"h w2\" out=\"p\"/><op kind=\"matmul\" in=\"p w3\" out=\"y\"/>",
-     "(-, -, tp)", "all-reduce tp p"},
+     "(-, -, tp)", "all-reduce tp p", "all-reduce tp p"},
     {"bias after row-parallel: all-reduce", 2, 1,
      IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>",
@@ -53,10 +54,10 @@ static const struct shard_case cases[] = {
     {"mul reads partial sums whole", 2, 1, IN("a", "B S F") W("w", "F H", "row") IN("m", "B S H")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"mul\" in=\"p m\" out=\"y\"/>", "(-, -, -)", "slice tp a; all-reduce tp p"},
     {"layernorm gathers a split last axis", 2, 1, IN("a", "B S H") W("w", "H H", "col") IN("g", "H")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"layernorm\" in=\"p g\" out=\"y\"/>", "(-, -, -)", "all-gather tp p"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"layernorm\" in=\"p g\" out=\"y\"/>", "(-, -, -)", "all-gather tp p", "slice tp p"},
     {"rmsnorm of whole values", 2, 1, IN("a", "B S H") IN("g", "H") "<op kind=\"rmsnorm\" in=\"a g\" out=\"y\"/>", "(-, -, -)", ""},
     {"softmax gathers the key axis", 2, 1, IN("a", "B S H") W("w", "H S", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"softmax\" in=\"p\" out=\"y\"/>", "(-, -, -)", "all-gather tp p"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"softmax\" in=\"p\" out=\"y\"/>", "(-, -, -)", "all-gather tp p", "slice tp p"},
     {"split_heads splits heads", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"y k v\"/>", "(-, tp, -, -)", ""},
     {"attention per head, merged back", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
@@ -68,7 +69,7 @@ static const struct shard_case cases[] = {
      "<op kind=\"relpos_bias\" in=\"t\" q_len=\"S\" k_len=\"S\" out=\"b\"/><op kind=\"attention\" in=\"q k v b\" out=\"y\"/>",
      "(-, tp, -, -)", "slice tp b"},
     {"rotary gathers a split head_dim", 2, 1, IN("a", "B N S D") W("w", "D D", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"rotary\" in=\"p\" out=\"y\"/>", "(-, -, -, -)", "all-gather tp p"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"rotary\" in=\"p\" out=\"y\"/>", "(-, -, -, -)", "all-gather tp p", "slice tp p"},
     {"vocab-parallel embedding: partial", 2, 1, INT("ids", "B S") W("e", "V H", "vocab")
      "<op kind=\"embedding\" in=\"e ids\" out=\"y\"/>", "(-, -, -) partial tp", ""},
     {"position embedding keeps a hidden split", 2, 1, W("p", "S H", "col")
@@ -77,20 +78,28 @@ static const struct shard_case cases[] = {
      "<op kind=\"matmul\" in=\"h e\" transpose_b=\"true\" out=\"l\"/><op kind=\"cross_entropy\" in=\"l t\" out=\"y\"/>",
      "()", "all-reduce tp l"},
     {"router reads whole scores", 2, 1, IN("a", "B S H") W("w", "H E", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"l\"/><op kind=\"router\" in=\"l\" topk=\"K\" out=\"y i\"/>", "(-, -, -)", "all-gather tp l"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"l\"/><op kind=\"router\" in=\"l\" topk=\"K\" out=\"y i\"/>", "(-, -, -)", "all-gather tp l", "slice tp l"},
     {"experts: all-to-all there and back", 1, 2,
      IN("x", "B S H") IN("l", "B S E") W("w", "E H H", "expert")
      "<op kind=\"router\" in=\"l\" topk=\"K\" out=\"g i\"/><op kind=\"dispatch\" in=\"x i\" experts=\"E\" capacity=\"C\" out=\"xe\"/>"
      "<op kind=\"matmul\" in=\"xe w\" out=\"ye\"/><op kind=\"combine\" in=\"ye g i\" out=\"y\"/>",
-     "(-, -, -)", "all-to-all ep xe; all-to-all ep ye"},
+     "(-, -, -)", "all-to-all ep xe; all-to-all ep ye", "all-to-all ep ye; all-to-all ep xe"},
     {"concat of split inputs", 2, 1, IN("a", "B S H") W("w", "H H", "col") W("v", "H H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"matmul\" in=\"a v\" out=\"q\"/><op kind=\"concat\" in=\"p q\" axis=\"1\" out=\"y\"/>",
      "(-, -, tp)", ""},
     {"reshape reads whole tensors", 2, 1, IN("a", "B S H") W("w", "H H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"reshape\" in=\"p\" shape=\"B S N D\" out=\"y\"/>", "(-, -, -, -)",
-     "all-gather tp p"},
+     "all-gather tp p", "slice tp p"},
     {"patchify reads whole images", 2, 1, IN("img", "B 3 8 8") "<op kind=\"patchify\" in=\"img\" patch=\"4\" out=\"y\"/>",
      "(-, -, -)", ""},
+    {"column-parallel reader of an activation: its gradient all-reduced", 2, 1,
+     IN("a", "B S H") "<param name=\"n\" shape=\"H\"/>" W("w", "H F", "col")
+     "<op kind=\"rmsnorm\" in=\"a n\" out=\"x\"/><op kind=\"matmul\" in=\"x w\" out=\"y\"/>", "(-, -, tp)", "",
+     "all-reduce tp x"},
+    {"row-parallel reader slices an activation: its gradient gathered", 2, 1,
+     IN("a", "B S F") "<param name=\"n\" shape=\"F\"/>" W("w", "F H", "row")
+     "<op kind=\"rmsnorm\" in=\"a n\" out=\"x\"/><op kind=\"matmul\" in=\"x w\" out=\"y\"/>", "(-, -, -) partial tp",
+     "slice tp x", "all-gather tp x"},
     {"one rank: no transfers", 1, 1, IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, -)", ""},
 };
@@ -130,24 +139,40 @@ static void test_case(void **state)
     ir_shard_str(&P->shard[y], g->tensors[y].shape.rank, got, sizeof got);
     if (strcmp(got, c->y))
         fail_msg("%s: y is held %s, want %s", c->name, got, c->y);
-    char xf[1024] = "";
-    size_t n = 0;
-    for (int i = 0; i < P->n_xfers; i++)
-        n += (size_t)snprintf(xf + n, sizeof xf - n, "%s%s %s %s", i ? "; " : "", part_xfer_name(P->xfers[i].kind),
-                              ir_pdim_name(P->xfers[i].over), g->tensors[P->xfers[i].tensor].local_name);
-    if (strcmp(xf, c->xfers))
-        fail_msg("%s: transfers\n  got  %s\n  want %s", c->name, xf, c->xfers);
+    for (int backward = 0; backward < 2; backward++) {
+        char xf[1024] = "";
+        size_t n = 0;
+        for (int i = 0; i < P->n_xfers; i++)
+            if (P->xfers[i].grad == backward)
+                n += (size_t)snprintf(xf + n, sizeof xf - n, "%s%s %s %s", n ? "; " : "", part_xfer_name(P->xfers[i].kind),
+                                      ir_pdim_name(P->xfers[i].over), g->tensors[P->xfers[i].tensor].local_name);
+        const char *want = backward ? (c->grads ? c->grads : "") : c->xfers;
+        if (getenv("WEFT_SHARD_DUMP"))
+            printf("DUMP %s | %s | %s\n", c->name, backward ? "B" : "F", xf);
+        else if (strcmp(xf, want))
+            fail_msg("%s: %s transfers\n  got  %s\n  want %s", c->name, backward ? "backward" : "forward", xf, want);
+    }
     partition_free(P);
     diag_free(&d);
 }
 
-/* Count transfers by kind and group over a whole model. */
-static int count(const struct partition *P, enum part_xfer_kind kind, enum ir_pdim over)
+/* Count transfers by kind and group over a whole model, the forward's or the backward's. */
+static int count_dir(const struct partition *P, enum part_xfer_kind kind, enum ir_pdim over, bool backward)
 {
     int n = 0;
     for (int i = 0; i < P->n_xfers; i++)
-        n += P->xfers[i].kind == kind && P->xfers[i].over == over;
+        n += P->xfers[i].kind == kind && P->xfers[i].over == over && P->xfers[i].grad == backward;
     return n;
+}
+
+static int count(const struct partition *P, enum part_xfer_kind kind, enum ir_pdim over)
+{
+    return count_dir(P, kind, over, false);
+}
+
+static int count_back(const struct partition *P, enum part_xfer_kind kind, enum ir_pdim over)
+{
+    return count_dir(P, kind, over, true);
 }
 
 static struct partition *model(const char *file, struct par_config pc)
@@ -164,7 +189,12 @@ static struct partition *model(const char *file, struct par_config pc)
 
 /* GPT-2 124M at tp=2: two all-reduces per layer in forward (attention out, MLP
  * out), plus the embedding's and the loss's; with sequence parallelism two
- * all-gathers and two reduce-scatters per layer instead. */
+ * all-gathers and two reduce-scatters per layer instead.  The backward has
+ * Megatron's conjugates: an all-reduce of the input gradient of each
+ * column-parallel block (qkv, fc, the head); with sequence parallelism
+ * reduce-scatters and all-gathers swap, and the gradients of the weights
+ * that every rank holds whole but applies to its slice of the sequence (the
+ * norms, the row-parallel biases) are all-reduced. */
 static void test_gpt2_tp2_counts(void **state)
 {
     (void)state;
@@ -174,12 +204,16 @@ static void test_gpt2_tp2_counts(void **state)
     assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 2 * 12 + 2);
     assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 0);
     assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 0);
-    int per_layer[12] = {0};
+    assert_int_equal(count_back(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count_back(P, PART_XFER_ALL_GATHER, IR_PDIM_TP) + count_back(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 0);
+    int per_layer[2][12] = {{0}};
     for (int i = 0; i < P->n_xfers; i++)
         if (P->g->ops[P->xfers[i].op].layer >= 0)
-            per_layer[P->g->ops[P->xfers[i].op].layer]++;
-    for (int l = 0; l < 12; l++)
-        assert_int_equal(per_layer[l], 2);
+            per_layer[P->xfers[i].grad][P->g->ops[P->xfers[i].op].layer]++;
+    for (int l = 0; l < 12; l++) {
+        assert_int_equal(per_layer[0][l], 2);
+        assert_int_equal(per_layer[1][l], 2);
+    }
     partition_free(P);
 
     pc.sequence_parallel = true;
@@ -188,6 +222,14 @@ static void test_gpt2_tp2_counts(void **state)
     assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 1);
     assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
     assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 1); /* the loss */
+    /* + the embeddings' gathers (token and position); + the head's scatter */
+    assert_int_equal(count_back(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 2);
+    assert_int_equal(count_back(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    /* two norms' gain and bias and two row-parallel biases per layer; the final norm's */
+    assert_int_equal(count_back(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 6 * 12 + 2);
+    for (int i = 0; i < P->n_xfers; i++)
+        if (P->xfers[i].grad && P->xfers[i].kind == PART_XFER_ALL_REDUCE)
+            assert_int_equal(P->g->tensors[P->xfers[i].tensor].kind, IR_TENSOR_PARAM);
     partition_free(P);
 }
 
@@ -226,6 +268,8 @@ static void test_experts(void **state)
         fail_msg("%s", diag_first_error(&d));
     assert_int_equal(count(P, PART_XFER_ALL_TO_ALL, IR_PDIM_EP), 2 * 2); /* there and back, per layer */
     assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_XTP), 2);    /* expert row-parallel output */
+    assert_int_equal(count_back(P, PART_XFER_ALL_TO_ALL, IR_PDIM_EP), 2 * 2); /* the gradients, back and there */
+    assert_int_equal(count_back(P, PART_XFER_ALL_REDUCE, IR_PDIM_XTP), 2);    /* expert column-parallel input */
     partition_free(P);
     diag_free(&d);
 }

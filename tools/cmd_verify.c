@@ -11,7 +11,7 @@ int cmd_verify(int argc, char **argv)
     if (cli_parse(&c, argc, argv, "verify"))
         return c.status;
     if (c.help || !c.model) {
-        fputs("usage: weft verify MODEL.plan\n\nRun every rank's program from the plan against the others: every send\n"
+        fputs("usage: weft verify MODEL.plan\n\nCheck every section's checksum, then run every rank's program from the plan against the others: every send\n"
               "meets its receive, every collective its whole group in one order.  Exit 0 if\n"
               "the step cannot hang; 2 with the ranks and what they wait for if it can, or if\n"
               "the plan is unreadable.\n", c.help ? stdout : stderr);
@@ -25,16 +25,22 @@ int cmd_verify(int argc, char **argv)
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
     int rc = -1;
-    if (p && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
+    /* Every section's checksum first, read or not by the proof. */
+    bool intact = p != NULL;
+    for (int i = 0; intact && i < plan_n_sections(p); i++) {
+        struct plan_reader r;
+        intact = plan_read(p, plan_section_name(p, i), &r, &d) == 0;
+    }
+    if (intact && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, -1, &S, &d) == 0) {
         rc = ir_schedule_verify(&S, L, &d);
         if (rc == 0) {
             int n = 0;
             for (int s = 0; s < S.n_stages; s++)
                 n += S.programs[s].n;
-            printf("%s: verified on all %d ranks (%d stages, %d instructions): every send meets its receive and\n"
-                   "every collective its whole group, in one order; the step cannot hang\n",
-                   c.model, L->n_ranks, S.n_stages, n);
+            printf("%s: %d sections intact; verified on all %d ranks (%d stages, %d instructions): every send\n"
+                   "meets its receive and every collective its whole group, in one order; the step cannot hang\n",
+                   c.model, plan_n_sections(p), L->n_ranks, S.n_stages, n);
         }
     }
     diag_print(&d, stderr);
