@@ -119,7 +119,45 @@ static enum ir_coll coll_of(enum part_xfer_kind k)
     }
 }
 
-enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20 };
+enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20, MAX_BUCKETS = 1 << 10 };
+
+/* Megatron's gradient buckets (distributed/param_and_grad_buffer.py): a
+ * chunk's parameters in the order the backward finishes them (reverse),
+ * a bucket closed once it holds max(40M, 1M x dp) elements.  A bucket is
+ * reduced as soon as the last micro-batch's backward has finished it, while
+ * the backward goes on.  A parameter read by several chunks of one stage is
+ * the first chunk's.  Returns the buckets' sizes in fp32 bytes. */
+static int grad_buckets(const struct partition *P, int chunk, int64_t *out)
+{
+    const struct ir_graph *g = P->g;
+    int stage = P->chunks[chunk].stage, n = 0;
+    int64_t limit = (int64_t)P->L->pc.dp * 1000000, fill = 0;
+    limit = limit > 40000000 ? limit : 40000000;
+    int *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner); /* chunk + 1; -1: counted */
+    for (int i = 0; i < g->n_ops; i++)
+        for (int k = 0; P->chunks[P->op_chunk[i]].stage == stage && k < g->ops[i].n_in; k++) {
+            int t = g->ops[i].in[k];
+            if (t >= 0 && g->tensors[t].kind == IR_TENSOR_PARAM && !owner[t])
+                owner[t] = P->op_chunk[i] + 1;
+        }
+    for (int i = g->n_ops - 1; i >= 0; i--)
+        for (int k = g->ops[i].n_in - 1; P->op_chunk[i] == chunk && k >= 0; k--) {
+            int t = g->ops[i].in[k];
+            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || owner[t] != chunk + 1)
+                continue;
+            owner[t] = -1;
+            struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[t].shape, &P->shard[t]);
+            fill += ir_shape_numel(&l);
+            if (fill >= limit && n + 1 < MAX_BUCKETS) {
+                out[n++] = fill * 4;
+                fill = 0;
+            }
+        }
+    if (fill)
+        out[n++] = fill * 4;
+    free(owner);
+    return n;
+}
 
 /* Parameters read on more than one stage (a tied embedding, T5's shared
  * table) sum their gradients over the stages that hold them: the holders
@@ -154,7 +192,20 @@ static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t 
             memcpy(S->tied_stages[set], on, (size_t)S->n_stages);
             (*bytes)[set] = 0;
         }
-        (*bytes)[set] += ir_shape_numel(&g->tensors[t].shape) * 4; /* the whole tensor, in fp32 */
+        /* fp32 gradients: each holder's shard when all hold it alike (the
+         * embedding group reduces shard by shard); the whole tensor when
+         * they do not (T5's table at etp < tp): each contributes its shard
+         * and takes back its own. */
+        int64_t local = -1, whole = ir_shape_numel(&g->tensors[t].shape);
+        for (int i = 0; i < g->n_ops && local != whole; i++)
+            for (int k = 0; k < g->ops[i].n_in; k++)
+                if (g->ops[i].in[k] == t) {
+                    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[i]].part, &g->tensors[t].shape,
+                                                              &P->shard[t]);
+                    int64_t held = ir_shape_numel(&l);
+                    local = local < 0 || local == held ? held : whole;
+                }
+        (*bytes)[set] += local * 4;
     }
     free(on);
 }
@@ -193,6 +244,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     find_tied(P, S, &tied_bytes);
     S->programs = wf_calloc((size_t)S->n_stages, sizeof *S->programs);
     struct step *steps = wf_calloc((size_t)(2 * m * v + 2), sizeof *steps);
+    int64_t *buckets = wf_calloc(MAX_BUCKETS, sizeof *buckets);
     for (int s = 0; s < S->n_stages; s++) {
         struct ir_program *prog = &S->programs[s];
         prog->stage = s;
@@ -219,6 +271,18 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                     ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
                                                            .group = group_of_pdim(px->over), .tag = x, .bytes = px->bytes});
                 }
+                /* The last micro-batch's backward finishes the chunk's
+                 * gradients: reduce them over data (and context) parallel
+                 * ranks, bucket by bucket. */
+                for (int c = 0; st->backward && st->micro == m - 1 && P->L->pc.dp * P->L->pc.cp > 1 && c < P->n_chunks; c++) {
+                    if (!in_step(P, s, st, c))
+                        continue;
+                    int nb = grad_buckets(P, c, buckets);
+                    for (int b = 0; b < nb; b++)
+                        ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                               .group = IR_GROUP_DP_CP,
+                                                               .tag = TAG_GRADS + c * MAX_BUCKETS + b, .bytes = buckets[b]});
+                }
                 pending.n_p2p = p2p_of(P, s, st, true, pending.p2p, pending.n_p2p);
             }
             i = end + 1;
@@ -227,15 +291,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
             ir_program_push(prog, &pending);
         if (forward_only)
             continue;
-        /* The step's end: gradients reduced over data (and context) parallel
-         * ranks chunk by chunk, tied parameters summed over their holders,
-         * the global norm for clipping, then the update. */
-        if (P->L->pc.dp * P->L->pc.cp > 1)
-            for (int c = P->n_chunks - 1; c >= 0; c--)
-                if (P->chunks[c].stage == s)
-                    ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
-                                                           .group = IR_GROUP_DP_CP, .tag = TAG_GRADS + c,
-                                                           .bytes = P->chunks[c].param_bytes});
+        /* The step's end: tied parameters summed over their holders, the
+         * global norm for clipping, then the update. */
         for (int t = 0; t < S->n_tied; t++)
             if (S->tied_stages[t][s])
                 ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
@@ -246,6 +303,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
         ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_OPTIMIZER});
     }
     free(steps);
+    free(buckets);
     free(tied_bytes);
     return 0;
 }

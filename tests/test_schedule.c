@@ -271,6 +271,95 @@ static double bubble(struct built *b)
 
 /* The bubble of the classic analysis: (p-1)/m for GPipe and 1F1B, and
  * (p-1)/(v*m) for interleaved 1F1B with v virtual stages. */
+/* Gradient reduction over data-parallel ranks: Megatron's buckets of at
+ * least max(40M, 1M x dp) elements, each chunk's issued right after the
+ * last micro-batch's backward of that chunk, holding every local parameter
+ * once, in fp32. */
+static void test_grad_buckets(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 2, pc.micro_batch = 4, pc.global_batch = 8;
+    struct built b;
+    build(&b, "models/gpt2.xml", NULL, pc, -1);
+    const struct ir_program *p = &b.S.programs[0];
+    int64_t sum = 0;
+    int n = 0, last_backward = -1, first_bucket = -1;
+    for (int i = 0; i < p->n; i++) {
+        const struct ir_ins *x = &p->ins[i];
+        if (x->kind == IR_INS_BACKWARD)
+            last_backward = i;
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_DP_CP) {
+            first_bucket = first_bucket < 0 ? i : first_bucket;
+            sum += x->bytes;
+            n++;
+            if (i + 1 < p->n && p->ins[i + 1].kind == IR_INS_COLLECTIVE)
+                assert_true(x->bytes >= 40000000LL * 4); /* all but the last bucket are full */
+        }
+    }
+    assert_int_equal(sum, 4 * partition_stage_param_elems(b.P, 0));
+    assert_int_equal(n, 4); /* 124M parameters (+ vocabulary padding): three full buckets and a rest */
+    assert_int_equal(first_bucket, last_backward + 1);
+    unbuild(&b);
+
+    /* Interleaved: each virtual stage's buckets follow its own last backward,
+     * while the backward of the others goes on. */
+    pc = par_config_default();
+    pc.world_size = 8, pc.tp = 2, pc.pp = 2, pc.global_batch = 8, pc.layers_per_virtual_stage = 3;
+    build(&b, "models/gpt2.xml", NULL, pc, -1);
+    for (int s = 0; s < b.S.n_stages; s++) {
+        p = &b.S.programs[s];
+        int reductions = 0, after = -1;
+        for (int i = 0; i < p->n; i++) {
+            const struct ir_ins *x = &p->ins[i];
+            if (x->kind == IR_INS_BACKWARD)
+                after = x->micro == b.S.n_micro - 1 ? i : -1;
+            if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_DP_CP) {
+                assert_true(after >= 0); /* after a last micro-batch's backward, not anywhere else */
+                reductions++;
+            }
+        }
+        assert_int_equal(reductions, b.S.virtual_stages); /* one bucket per virtual stage here */
+    }
+    unbuild(&b);
+}
+
+/* The tied embedding's gradient is summed shard by shard where its holders
+ * shard it alike (GPT-2's first and last stages), and whole where they do
+ * not (T5's table at etp 1 < tp 2). */
+static void test_tied_bytes(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 8, pc.tp = 2, pc.pp = 4, pc.global_batch = 4;
+    struct built b;
+    build(&b, "models/gpt2.xml", NULL, pc, -1);
+    const int64_t V = 50432, H = 768; /* 50,257 padded to a multiple of 128 x tp */
+    int found = 0;
+    for (int i = 0; i < b.S.programs[0].n; i++) {
+        const struct ir_ins *x = &b.S.programs[0].ins[i];
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_TIED) {
+            assert_int_equal(x->bytes, V / 2 * H * 4);
+            found++;
+        }
+    }
+    assert_int_equal(found, 1);
+    unbuild(&b);
+    pc = par_config_default();
+    pc.world_size = 10, pc.tp = 2, pc.pp = 2, pc.etp = 1, pc.epp = 1, pc.global_batch = 8;
+    build(&b, "models/t5.xml", NULL, pc, -1);
+    found = 0;
+    for (int i = 0; i < b.S.programs[0].n; i++) {
+        const struct ir_ins *x = &b.S.programs[0].ins[i];
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_TIED) {
+            assert_int_equal(x->bytes, 32256LL * 512 * 4); /* the whole table */
+            found++;
+        }
+    }
+    assert_int_equal(found, 1);
+    unbuild(&b);
+}
+
 static void test_bubble(void **state)
 {
     (void)state;
@@ -339,6 +428,8 @@ int main(void)
         cmocka_unit_test(test_every_model_and_schedule),
         cmocka_unit_test(test_warmup_counts),
         cmocka_unit_test(test_corrupted),
+        cmocka_unit_test(test_grad_buckets),
+        cmocka_unit_test(test_tied_bytes),
         cmocka_unit_test(test_bubble),
         cmocka_unit_test(test_simulate_cli),
     };
