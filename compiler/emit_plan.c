@@ -7,7 +7,8 @@
 #include <string.h>
 
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct mem_report *mem, const char *model_path, const char *path, struct diag *d)
+              const struct mem_report *mem, const struct optim_config *opt, const char *model_path, const char *path,
+              struct diag *d)
 {
     const struct ir_graph *g = P->g;
     struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
@@ -112,6 +113,8 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         plan_put_i32(w, mem->stages[st].in_flight);
     }
 
+    if (opt)
+        optim_write(w, opt);
     ir_schedule_write(w, S);
     return plan_writer_finish(w, path, d);
 }

@@ -28,6 +28,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
     c->fe.overrides = c->overrides;
     c->pc = par_config_default();
     c->rank = -1;
+    c->opt = optim_config_default();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || !a[1]) {
@@ -96,6 +97,11 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             c->fe.variant = value;
         } else if (a[1] != '-') {
             return usage_error(c, "unknown option '%s'%s", a, "");
+        } else if (a[1] == '-' && optim_is_flag(key)) {
+            char err[256];
+            if (optim_flag_set(&c->opt, key, value, err, sizeof err))
+                return usage_error(c, "%s%s", err, "");
+            c->parallel_given = true; /* a plan's optimizer is fixed, like its layout */
         } else if (a[1] == '-' && (pf = par_flag_find(key))) {
             char *end;
             errno = 0;

@@ -14,6 +14,7 @@
 
 #include "compiler.h"
 #include "layout.h"
+#include "optim.h"
 #include "program.h"
 
 #define CLI_MAX_OVERRIDES 64
@@ -27,6 +28,7 @@ struct cli {
     const char *detail; /* --detail (weft dot) */
     const char *schedule; /* --pipeline-schedule */
     bool infer;           /* --mode infer (train by default) */
+    struct optim_config opt; /* --lr, --clip-grad, ... (Megatron's names) */
     const char *gpu, *device_file; /* weft simulate */
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */

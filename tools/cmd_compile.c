@@ -9,14 +9,19 @@
 
 static const char usage[] =
     "usage: weft compile MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
-    "                    [--mode train|infer]\n"
+    "                    [--mode train|infer] [--lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 2000\n"
+    "                     --lr-decay-iters 320000 --lr-decay-style cosine --train-iters N\n"
+    "                     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --clip-grad 1.0]\n"
     "                    [--gpu h100|a100 | --device-file FILE] [--bf16] [--memory-limit 80GiB] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
     "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
     "file.  Prints each role (pipeline stage): its layers, instructions and memory\n"
     "by category.  --memory-limit turns a rank that would not fit into an error.\n"
-    "--mode infer compiles a forward pass: no backward, gradients or optimizer.\n";
+    "--mode infer compiles a forward pass: no backward, gradients or optimizer.\n"
+    "The optimizer is AdamW with fp32 master weights and Megatron's learning-rate\n"
+    "schedule, set by Megatron's flags (defaults: lr 1e-4, linear decay, weight\n"
+    "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n";
 
 int cmd_compile(int argc, char **argv)
 {
@@ -34,6 +39,11 @@ int cmd_compile(int argc, char **argv)
     const struct device *dev = c.gpu ? device_find(c.gpu) : &device_default;
     if (!dev) {
         fprintf(stderr, "weft compile: --gpu %s: unknown device (built in: h100, a100)\n", c.gpu);
+        return EXIT_BAD_INPUT;
+    }
+    char err[256];
+    if (optim_check(&c.opt, err, sizeof err)) {
+        fprintf(stderr, "weft compile: %s\n", err);
         return EXIT_BAD_INPUT;
     }
     struct partition *P = cli_partition(&c);
@@ -56,7 +66,7 @@ int cmd_compile(int argc, char **argv)
     if (rc == 0)
         rc = simulate(P, &S, dev, &sim, &d);
     if (rc == 0)
-        rc = emit_plan(P, &S, &sim, &mem, c.model, c.output, &d) ? 1 : 0;
+        rc = emit_plan(P, &S, &sim, &mem, S.forward_only ? NULL : &c.opt, c.model, c.output, &d) ? 1 : 0;
     diag_print(&d, stderr);
     if (rc == 0) {
         const struct par_config *pc = &P->L->pc;

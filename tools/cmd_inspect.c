@@ -96,11 +96,15 @@ int cmd_inspect(int argc, char **argv)
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
     int64_t (*mem)[MEM_COUNT + 1] = NULL;
+    struct optim_config opt;
+    bool has_opt = p && plan_has(p, "optimizer");
     int rc = -1;
     if (p && read_meta(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &S, &d) == 0) {
         mem = calloc((size_t)S.n_stages, sizeof *mem);
         rc = read_roles(p, S.n_stages, mem, &d);
+        if (rc == 0 && has_opt)
+            rc = optim_read(p, &opt, &d);
     }
     if (rc == 0 && c.rank >= L->n_ranks) {
         diag_error(&d, NULL, 0, "--rank %d: the plan has %d ranks (0-%d)", c.rank, L->n_ranks, L->n_ranks - 1);
@@ -119,6 +123,21 @@ int cmd_inspect(int argc, char **argv)
         json_string(&j, "schedule", ir_sched_name(S.kind));
         json_string(&j, "mode", S.forward_only ? "infer" : "train");
         json_int(&j, "micro_batches", S.n_micro);
+        if (has_opt) {
+            json_begin_object(&j, "optimizer");
+            json_string(&j, "kind", "adamw");
+            json_double(&j, "lr", opt.lr);
+            json_double(&j, "min_lr", opt.min_lr);
+            json_int(&j, "lr_warmup_iters", opt.warmup_iters);
+            json_int(&j, "lr_decay_iters", opt.decay_iters ? opt.decay_iters : opt.train_iters);
+            json_string(&j, "lr_decay_style", optim_decay_name(opt.decay_style));
+            json_double(&j, "weight_decay", opt.weight_decay);
+            json_double(&j, "adam_beta1", opt.beta1);
+            json_double(&j, "adam_beta2", opt.beta2);
+            json_double(&j, "adam_eps", opt.eps);
+            json_double(&j, "clip_grad", opt.clip_grad);
+            json_end_object(&j);
+        }
         json_begin_array(&j, "roles");
         for (int s = 0; s < S.n_stages; s++) {
             json_begin_object(&j, NULL);
@@ -186,6 +205,21 @@ int cmd_inspect(int argc, char **argv)
                pc.ep, enc && pc.epp ? "; encoder of its own" : "");
         printf("  schedule  %s%s, %d micro-batches, %d stages; predicted %s %.3f ms on %s, bubble %.1f%%\n",
                ir_sched_name(S.kind), S.forward_only ? " forward only" : "", S.n_micro, S.n_stages, S.forward_only ? "forward pass" : "step", m.step * 1e3, m.device, 100 * m.bubble);
+        if (has_opt) {
+            long decay = opt.decay_iters ? opt.decay_iters : opt.train_iters;
+            printf("  optimizer AdamW, fp32 master weights: lr %g", opt.lr);
+            if (opt.warmup_iters)
+                printf(", warm-up over %ld iterations", opt.warmup_iters);
+            if (opt.decay_style != OPTIM_DECAY_CONSTANT && decay)
+                printf(", %s decay to %g by iteration %ld", optim_decay_name(opt.decay_style), opt.min_lr, decay);
+            else if (opt.decay_style != OPTIM_DECAY_CONSTANT)
+                printf(", %s decay (over --train-iters, not given: constant)", optim_decay_name(opt.decay_style));
+            printf("\n            weight decay %g, betas %g/%g, eps %g; ", opt.weight_decay, opt.beta1, opt.beta2, opt.eps);
+            if (opt.clip_grad > 0)
+                printf("gradients clipped to global norm %g\n", opt.clip_grad);
+            else
+                printf("no clipping\n");
+        }
         printf("  roles\n");
         for (int s = 0; s < S.n_stages; s++) {
             int lo = -1, hi = -1;
