@@ -517,6 +517,35 @@ int64_t partition_stage_param_elems(const struct partition *P, int stage)
 }
 
 
+void partition_norm_counts(const struct partition *P, int rank, bool *counts)
+{
+    const struct ir_graph *g = P->g;
+    const struct rank_coords *rc = &P->L->ranks[rank];
+    int *first = wf_calloc((size_t)g->n_tensors + 1, sizeof *first); /* stage + 1 */
+    for (int i = 0; i < g->n_ops; i++)
+        for (int k = 0; k < g->ops[i].n_in; k++) {
+            int t = g->ops[i].in[k], st = P->chunks[P->op_chunk[i]].stage;
+            if (t >= 0 && g->tensors[t].kind == IR_TENSOR_PARAM && (!first[t] || st + 1 < first[t]))
+                first[t] = st + 1;
+        }
+    for (int t = 0; t < g->n_tensors; t++) {
+        counts[t] = first[t] == rc->stage + 1;
+        if (!counts[t])
+            continue;
+        const struct ir_shard *sh = &P->shard[t];
+        bool split[IR_PDIM_COUNT] = {false}, expert = false;
+        for (int k = 0; k < g->tensors[t].shape.rank; k++)
+            split[sh->split[k]] = true;
+        expert = split[IR_PDIM_EP] || split[IR_PDIM_XTP];
+        int tp = expert ? IR_PDIM_XTP : IR_PDIM_TP, coord = expert ? rc->expert_tp : rc->tp;
+        if (!split[tp] && partition_degree(P, rc->part, (enum ir_pdim)tp) > 1 && coord != 0)
+            counts[t] = false;
+        if (!expert && partition_degree(P, rc->part, IR_PDIM_CP) > 1 && rc->cp != 0)
+            counts[t] = false; /* (the expert grid folds cp into its data parallel ranks) */
+    }
+    free(first);
+}
+
 int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t)
 {
     return ir_dtype_is_float(t->dtype) && P->L->pc.bf16 ? 2 : ir_dtype_bytes(t->dtype);

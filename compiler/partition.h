@@ -114,5 +114,14 @@ bool partition_rank_runs(const struct partition *P, int r, int c);
 /* Parameter elements one rank of a stage holds: its shards, a tied parameter
  * at each stage that holds it. */
 int64_t partition_stage_param_elems(const struct partition *P, int stage);
+/* Which parameters a rank counts in the global gradient norm, so that over
+ * the ranks of one model replica each parameter element counts once
+ * (Megatron's param_is_not_shared and param_is_not_tensor_parallel_duplicate,
+ * derived from shards): the first stage that holds a parameter counts it,
+ * and of ranks holding identical copies over a group (tp, or expert tp for
+ * an expert's weights; cp) only the group's rank 0.  counts: per tensor.
+ * A replica: the ranks at data-parallel rank 0, of the expert grid for
+ * experts' weights. */
+void partition_norm_counts(const struct partition *P, int rank, bool *counts);
 
 #endif

@@ -199,6 +199,56 @@ static void test_balance(void **state)
     refused("models/gpt2.xml", NULL, pc, "--balance-pipeline chooses the first and last stage sizes itself");
 }
 
+/* Over one model replica, the global gradient norm counts every parameter
+ * element exactly once: split parameters on every rank, tensor-parallel
+ * copies on tp rank 0, tied copies on their first stage, T5's one-rank
+ * encoder and its table shared with a two-way decoder, context-parallel
+ * copies on cp rank 0, experts in the expert grid. */
+static void test_norm_counts_once(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file, *variant;
+        int world, tp, pp, etp, epp, cp, ep;
+    } cfg[] = {
+        {"models/gpt2.xml", NULL, 16, 2, 4, 0, -1, 1, 1},   {"models/t5.xml", "tiny", 10, 2, 2, 1, 1, 1, 1},
+        {"models/llama2.xml", "tiny", 16, 2, 2, 0, -1, 2, 1}, {"models/mixtral.xml", "tiny", 8, 2, 1, 0, -1, 1, 2},
+        {"models/llava.xml", "tiny", 16, 2, 2, 2, 2, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
+        pc.cp = cfg[i].cp, pc.ep = cfg[i].ep;
+        struct partition *P = must(cfg[i].file, cfg[i].variant, pc);
+        const struct ir_graph *g = P->g;
+        int64_t whole = 0, counted = 0;
+        for (int t = 0; t < g->n_tensors; t++)
+            if (g->tensors[t].kind == IR_TENSOR_PARAM)
+                whole += ir_shape_numel(&g->tensors[t].shape);
+        bool *counts = calloc((size_t)g->n_tensors + 1, sizeof *counts);
+        for (int r = 0; r < P->L->n_ranks; r++) {
+            const struct rank_coords *rc = &P->L->ranks[r];
+            partition_norm_counts(P, r, counts);
+            for (int t = 0; t < g->n_tensors; t++) {
+                if (!counts[t])
+                    continue;
+                bool expert = false;
+                for (int k = 0; k < g->tensors[t].shape.rank; k++)
+                    expert |= P->shard[t].split[k] == IR_PDIM_EP || P->shard[t].split[k] == IR_PDIM_XTP;
+                if ((expert ? rc->expert_dp : rc->dp) != 0)
+                    continue; /* another replica */
+                struct ir_shape l = partition_local_shape(P, rc->part, &g->tensors[t].shape, &P->shard[t]);
+                counted += ir_shape_numel(&l);
+            }
+        }
+        if (counted != whole)
+            fail_msg("%s (config %zu): the norm counts %lld parameter elements of %lld", cfg[i].file, i, (long long)counted,
+                     (long long)whole);
+        free(counts);
+        partition_free(P);
+    }
+}
+
 static void test_layout_json(void **state)
 {
     (void)state;
@@ -233,6 +283,7 @@ int main(void)
         cmocka_unit_test(test_even_stages),  cmocka_unit_test(test_uneven_and_virtual),
         cmocka_unit_test(test_encoder_stages), cmocka_unit_test(test_model_rules),
         cmocka_unit_test(test_balance),      cmocka_unit_test(test_layout_json),
+        cmocka_unit_test(test_norm_counts_once),
     };
     int rc = cmocka_run_group_tests_name("partition", tests, NULL, NULL);
     fe_cleanup();
