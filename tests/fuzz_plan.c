@@ -3,6 +3,7 @@
  * section decoders instead of stopping at the CRC.  Any input must be read,
  * or refused with a message: never a crash, a leak or a hang. */
 #include "partition.h"
+#include "optim.h"
 #include "plan.h"
 #include "program.h"
 #include "util.h"
@@ -67,6 +68,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ir_schedule_free(&S);
     if (p && pc.world_size <= 64) /* the compiler's reader of the same plan: graph, shards, transfers */
         partition_free(partition_read_plan(p, &d));
+    struct optim_config opt;
+    if (p && plan_has(p, "optimizer"))
+        optim_read(p, &opt, &d);
     plan_close(p);
     diag_free(&d);
     free(buf);

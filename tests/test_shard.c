@@ -21,18 +21,18 @@ struct shard_case {
     const char *body;
     const char *y;     /* y's shard, as ir_shard_str prints it */
     const char *xfers; /* the forward's transfers, "kind over tensor" joined by "; " ("" for none) */
-    const char *grads; /* the backward's, in the order it runs them (NULL: none) */
+    const char *grads; /* the backward's, in the order it runs them ("" for none) */
 };
 
 static const struct shard_case cases[] = {
     {"matmul column-parallel", 2, 1, IN("a", "B S H") W("w", "H F", "col") "<op kind=\"matmul\" in=\"a w\" out=\"y\"/>",
-     "(-, -, tp)", ""},
+     "(-, -, tp)", "", ""},
     {"matmul row-parallel", 2, 1,
      IN("a", "B S H") W("w1", "H F", "col") W("w2", "F H", "row")
      "<op kind=\"matmul\" in=\"a w1\" out=\"h\"/><op kind=\"matmul\" in=\"h w2\" out=\"y\"/>",
-     "(-, -, -) partial tp", ""},
+     "(-, -, -) partial tp", "", ""},
     {"matmul row-parallel slices a whole input", 2, 1, IN("a", "B S F") W("w", "F H", "row") "<op kind=\"matmul\" in=\"a w\" out=\"y\"/>",
-     "(-, -, -) partial tp", "slice tp a"},
+     "(-, -, -) partial tp", "slice tp a", ""},
     {"matmul reads a partial input whole", 2, 1,
      IN("a", "B S H") W("w1", "H F", "col") W("w2", "F H", "row") W("w3", "H F", "col")
      "<op kind=\"matmul\" in=\"a w1\" out=\"h\"/><op kind=\"matmul\" in=\"h w2\" out=\"p\"/><op kind=\"matmul\" in=\"p w3\" out=\"y\"/>",
@@ -40,43 +40,43 @@ static const struct shard_case cases[] = {
     {"bias after row-parallel: all-reduce", 2, 1,
      IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>",
-     "(-, -, -)", "slice tp a; all-reduce tp p"},
+     "(-, -, -)", "slice tp a; all-reduce tp p", ""},
     {"column bias follows the split", 2, 1,
      IN("a", "B S H") W("w", "H F", "col") W("b", "F", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, tp)", ""},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, tp)", "", ""},
     {"gelu keeps a split", 2, 1, IN("a", "B S H") W("w", "H F", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"gelu\" in=\"p\" out=\"y\"/>", "(-, -, tp)", ""},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"gelu\" in=\"p\" out=\"y\"/>", "(-, -, tp)", "", ""},
     {"scale keeps partial sums", 2, 1, IN("a", "B S F") W("w", "F H", "row")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"scale\" in=\"p\" by=\"2\" out=\"y\"/>", "(-, -, -) partial tp", "slice tp a"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"scale\" in=\"p\" by=\"2\" out=\"y\"/>", "(-, -, -) partial tp", "slice tp a", ""},
     {"partial plus partial stays partial", 2, 1, IN("a", "B S F") W("w", "F H", "row") W("v", "F H", "row")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"matmul\" in=\"a v\" out=\"q\"/><op kind=\"add\" in=\"p q\" out=\"y\"/>",
-     "(-, -, -) partial tp", "slice tp a"},
+     "(-, -, -) partial tp", "slice tp a", ""},
     {"mul reads partial sums whole", 2, 1, IN("a", "B S F") W("w", "F H", "row") IN("m", "B S H")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"mul\" in=\"p m\" out=\"y\"/>", "(-, -, -)", "slice tp a; all-reduce tp p"},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"mul\" in=\"p m\" out=\"y\"/>", "(-, -, -)", "slice tp a; all-reduce tp p", ""},
     {"layernorm gathers a split last axis", 2, 1, IN("a", "B S H") W("w", "H H", "col") IN("g", "H")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"layernorm\" in=\"p g\" out=\"y\"/>", "(-, -, -)", "all-gather tp p", "slice tp p"},
-    {"rmsnorm of whole values", 2, 1, IN("a", "B S H") IN("g", "H") "<op kind=\"rmsnorm\" in=\"a g\" out=\"y\"/>", "(-, -, -)", ""},
+    {"rmsnorm of whole values", 2, 1, IN("a", "B S H") IN("g", "H") "<op kind=\"rmsnorm\" in=\"a g\" out=\"y\"/>", "(-, -, -)", "", ""},
     {"softmax gathers the key axis", 2, 1, IN("a", "B S H") W("w", "H S", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"softmax\" in=\"p\" out=\"y\"/>", "(-, -, -)", "all-gather tp p", "slice tp p"},
     {"split_heads splits heads", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"y k v\"/>", "(-, tp, -, -)", ""},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"y k v\"/>", "(-, tp, -, -)", "", ""},
     {"attention per head, merged back", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"q k v\"/>"
      "<op kind=\"attention\" in=\"q k v\" causal=\"true\" out=\"o\"/><op kind=\"merge_heads\" in=\"o\" out=\"y\"/>",
-     "(-, -, tp)", ""},
+     "(-, -, tp)", "", ""},
     {"attention bias sliced by heads", 2, 1, IN("a", "B S H") W("w", "H 3*H", "col") IN("t", "8 N")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"split_heads\" in=\"p\" heads=\"N\" out=\"q k v\"/>"
      "<op kind=\"relpos_bias\" in=\"t\" q_len=\"S\" k_len=\"S\" out=\"b\"/><op kind=\"attention\" in=\"q k v b\" out=\"y\"/>",
-     "(-, tp, -, -)", "slice tp b"},
+     "(-, tp, -, -)", "slice tp b", ""},
     {"rotary gathers a split head_dim", 2, 1, IN("a", "B N S D") W("w", "D D", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"rotary\" in=\"p\" out=\"y\"/>", "(-, -, -, -)", "all-gather tp p", "slice tp p"},
     {"vocab-parallel embedding: partial", 2, 1, INT("ids", "B S") W("e", "V H", "vocab")
-     "<op kind=\"embedding\" in=\"e ids\" out=\"y\"/>", "(-, -, -) partial tp", ""},
+     "<op kind=\"embedding\" in=\"e ids\" out=\"y\"/>", "(-, -, -) partial tp", "", ""},
     {"position embedding keeps a hidden split", 2, 1, W("p", "S H", "col")
-     "<op kind=\"position_embedding\" in=\"p\" length=\"S\" out=\"y\"/>", "(-, tp)", ""},
+     "<op kind=\"position_embedding\" in=\"p\" length=\"S\" out=\"y\"/>", "(-, tp)", "", ""},
     {"vocab-parallel cross-entropy", 2, 1, IN("h", "B S H") W("e", "V H", "vocab") INT("t", "B S")
      "<op kind=\"matmul\" in=\"h e\" transpose_b=\"true\" out=\"l\"/><op kind=\"cross_entropy\" in=\"l t\" out=\"y\"/>",
-     "()", "all-reduce tp l"},
+     "()", "all-reduce tp l", ""},
     {"router reads whole scores", 2, 1, IN("a", "B S H") W("w", "H E", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"l\"/><op kind=\"router\" in=\"l\" topk=\"K\" out=\"y i\"/>", "(-, -, -)", "all-gather tp l", "slice tp l"},
     {"experts: all-to-all there and back", 1, 2,
@@ -86,12 +86,12 @@ static const struct shard_case cases[] = {
      "(-, -, -)", "all-to-all ep xe; all-to-all ep ye", "all-to-all ep ye; all-to-all ep xe"},
     {"concat of split inputs", 2, 1, IN("a", "B S H") W("w", "H H", "col") W("v", "H H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"matmul\" in=\"a v\" out=\"q\"/><op kind=\"concat\" in=\"p q\" axis=\"1\" out=\"y\"/>",
-     "(-, -, tp)", ""},
+     "(-, -, tp)", "", ""},
     {"reshape reads whole tensors", 2, 1, IN("a", "B S H") W("w", "H H", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"reshape\" in=\"p\" shape=\"B S N D\" out=\"y\"/>", "(-, -, -, -)",
      "all-gather tp p", "slice tp p"},
     {"patchify reads whole images", 2, 1, IN("img", "B 3 8 8") "<op kind=\"patchify\" in=\"img\" patch=\"4\" out=\"y\"/>",
-     "(-, -, -)", ""},
+     "(-, -, -)", "", ""},
     {"column-parallel reader of an activation: its gradient all-reduced", 2, 1,
      IN("a", "B S H") "<param name=\"n\" shape=\"H\"/>" W("w", "H F", "col")
      "<op kind=\"rmsnorm\" in=\"a n\" out=\"x\"/><op kind=\"matmul\" in=\"x w\" out=\"y\"/>", "(-, -, tp)", "",
@@ -101,7 +101,7 @@ static const struct shard_case cases[] = {
      "<op kind=\"rmsnorm\" in=\"a n\" out=\"x\"/><op kind=\"matmul\" in=\"x w\" out=\"y\"/>", "(-, -, -) partial tp",
      "slice tp x", "all-gather tp x"},
     {"one rank: no transfers", 1, 1, IN("a", "B S F") W("w", "F H", "row") "<param name=\"b\" shape=\"H\"/>"
-     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, -)", ""},
+     "<op kind=\"matmul\" in=\"a w\" out=\"p\"/><op kind=\"bias_add\" in=\"p b\" out=\"y\"/>", "(-, -, -)", "", ""},
 };
 
 static struct partition *partition_text(const char *xml, int tp, int ep, struct diag *d)
@@ -146,7 +146,7 @@ static void test_case(void **state)
             if (P->xfers[i].grad == backward)
                 n += (size_t)snprintf(xf + n, sizeof xf - n, "%s%s %s %s", n ? "; " : "", part_xfer_name(P->xfers[i].kind),
                                       ir_pdim_name(P->xfers[i].over), g->tensors[P->xfers[i].tensor].local_name);
-        const char *want = backward ? (c->grads ? c->grads : "") : c->xfers;
+        const char *want = backward ? c->grads : c->xfers;
         if (getenv("WEFT_SHARD_DUMP"))
             printf("DUMP %s | %s | %s\n", c->name, backward ? "B" : "F", xf);
         else if (strcmp(xf, want))
