@@ -203,6 +203,7 @@ static void test_inspect(void **state)
     assert_non_null(strstr(R->out, "rank 5 of"));
     assert_non_null(strstr(R->out, "decoder stage 1, tp 1"));
     assert_non_null(strstr(R->out, "[peer 1]"));
+    assert_non_null(strstr(R->out, "backward virtual stage 0, micro-batch 0\n    26  all-reduce over tp #42 (12582912 B), of gradients"));
 }
 
 /* --mode infer: a forward pass, recorded in the plan and shown by every reader. */

@@ -169,10 +169,13 @@ int cmd_inspect(int argc, char **argv)
         const struct ir_program *prog = &S.programs[rc0->stage];
         printf("rank %d of %s: %s stage %d, tp %d, cp %d, dp %d, ep %d; %d instructions\n", c.rank, c.model,
                ir_part_name(rc0->part), rc0->stage, rc0->tp, rc0->cp, rc0->dp, rc0->ep, prog->n);
+        bool backward = false; /* a collective after a backward step moves gradients */
         for (int i = 0; i < prog->n; i++) {
             char buf[2048];
             ir_ins_str(&prog->ins[i], buf, sizeof buf);
-            printf("  %4d  %s", i, buf);
+            if (prog->ins[i].kind == IR_INS_FORWARD || prog->ins[i].kind == IR_INS_BACKWARD)
+                backward = prog->ins[i].kind == IR_INS_BACKWARD;
+            printf("  %4d  %s%s", i, buf, backward && prog->ins[i].kind == IR_INS_COLLECTIVE ? ", of gradients" : "");
             if (prog->ins[i].kind == IR_INS_P2P) { /* the ranks at the other ends, each once */
                 int all[256], n_all = 0;
                 for (int k = 0; k < prog->ins[i].n_p2p; k++) {
