@@ -119,7 +119,9 @@ static enum ir_coll coll_of(enum part_xfer_kind k)
     }
 }
 
-enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20, MAX_BUCKETS = 1 << 10 };
+enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20, TAG_PARAM_GRADS = 3 << 20, MAX_BUCKETS = 1 << 10 };
+
+static bool is_param(const struct partition *P, int t) { return P->g->tensors[t].kind == IR_TENSOR_PARAM; }
 
 /* Megatron's gradient buckets (distributed/param_and_grad_buffer.py): a
  * chunk's parameters in the order the backward finishes them (reverse),
@@ -266,18 +268,42 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                 for (int x = 0; x < P->n_xfers; x++) { /* the backward's in the order it runs them */
                     const struct part_xfer *px = &P->xfers[x];
                     if (px->grad != st->backward || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
-                        !in_step(P, s, st, px->to_chunk))
+                        !in_step(P, s, st, px->to_chunk) || (px->grad && is_param(P, px->tensor)))
                         continue;
                     ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
                                                            .group = group_of_pdim(px->over), .tag = x, .bytes = px->bytes});
                 }
                 /* The last micro-batch's backward finishes the chunk's
-                 * gradients: reduce them over data (and context) parallel
-                 * ranks, bucket by bucket. */
-                for (int c = 0; st->backward && st->micro == m - 1 && P->L->pc.dp * P->L->pc.cp > 1 && c < P->n_chunks; c++) {
+                 * gradients.  A parameter's gradient accumulates over the
+                 * micro-batches and moves once: those partial over a
+                 * tensor-parallel group (weights held whole but applied to
+                 * a slice of the sequence) in one all-reduce per group, as
+                 * Megatron coalesces its layer-norm gradients; then the
+                 * reduction over data (and context) parallel ranks, bucket
+                 * by bucket.  Parameter gradients are fp32. */
+                for (int c = 0; st->backward && st->micro == m - 1 && c < P->n_chunks; c++) {
                     if (!in_step(P, s, st, c))
                         continue;
-                    int nb = grad_buckets(P, c, buckets);
+                    int64_t coalesced[IR_GROUP_COUNT] = {0};
+                    for (int x = 0; x < P->n_xfers; x++) {
+                        const struct part_xfer *px = &P->xfers[x];
+                        if (!px->grad || px->to_chunk != c || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
+                            !is_param(P, px->tensor))
+                            continue;
+                        int64_t bytes = ir_shape_numel(&px->shape) * 4;
+                        if (px->kind == PART_XFER_ALL_REDUCE)
+                            coalesced[group_of_pdim(px->over)] += bytes;
+                        else
+                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
+                                                                   .group = group_of_pdim(px->over), .tag = x, .bytes = bytes});
+                    }
+                    for (int g = 0; g < IR_GROUP_COUNT; g++)
+                        if (coalesced[g])
+                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                                   .group = (enum ir_group)g,
+                                                                   .tag = TAG_PARAM_GRADS + c * IR_GROUP_COUNT + g,
+                                                                   .bytes = coalesced[g]});
+                    int nb = P->L->pc.dp * P->L->pc.cp > 1 ? grad_buckets(P, c, buckets) : 0;
                     for (int b = 0; b < nb; b++)
                         ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                                .group = IR_GROUP_DP_CP,

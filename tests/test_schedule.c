@@ -324,6 +324,47 @@ static void test_grad_buckets(void **state)
     unbuild(&b);
 }
 
+/* With sequence parallelism the norms' and row-parallel biases' gradients
+ * are partial over tp; they accumulate over the micro-batches and are
+ * all-reduced once, in one collective, after the last backward, as Megatron
+ * coalesces them.  Activation gradients still move in every backward. */
+static void test_param_grads_once(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 2, pc.tp = 2, pc.sequence_parallel = true, pc.micro_batch = 1, pc.global_batch = 4;
+    struct built b;
+    build(&b, "models/gpt2.xml", "tiny", pc, -1);
+    int64_t expect = 0;
+    for (int x = 0; x < b.P->n_xfers; x++) {
+        const struct part_xfer *px = &b.P->xfers[x];
+        if (px->grad && px->kind == PART_XFER_ALL_REDUCE && b.P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM)
+            expect += ir_shape_numel(&px->shape) * 4;
+    }
+    assert_true(expect > 0);
+    const struct ir_program *p = &b.S.programs[0];
+    int all_reduces = 0, gathers = 0, micro = -1;
+    for (int i = 0; i < p->n; i++) {
+        const struct ir_ins *x = &p->ins[i];
+        if (x->kind == IR_INS_BACKWARD)
+            micro = x->micro;
+        if (x->kind == IR_INS_FORWARD)
+            micro = -1;
+        if (micro < 0 || x->kind != IR_INS_COLLECTIVE || x->group != IR_GROUP_TP)
+            continue;
+        if (x->coll == IR_COLL_ALL_REDUCE) {
+            assert_int_equal(micro, b.S.n_micro - 1);
+            assert_int_equal(x->bytes, expect);
+            all_reduces++;
+        }
+        gathers += x->coll == IR_COLL_ALL_GATHER;
+    }
+    assert_int_equal(b.S.n_micro, 4);
+    assert_int_equal(all_reduces, 1);
+    assert_true(gathers > 0 && gathers % 4 == 0); /* the activations' gathers: in every micro-batch's backward */
+    unbuild(&b);
+}
+
 /* The tied embedding's gradient is summed shard by shard where its holders
  * shard it alike (GPT-2's first and last stages), and whole where they do
  * not (T5's table at etp 1 < tp 2). */
@@ -430,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_corrupted),
         cmocka_unit_test(test_grad_buckets),
         cmocka_unit_test(test_tied_bytes),
+        cmocka_unit_test(test_param_grads_once),
         cmocka_unit_test(test_bubble),
         cmocka_unit_test(test_simulate_cli),
     };
