@@ -134,9 +134,9 @@ int simulate_svg(const struct partition *P, const struct ir_schedule *S, const s
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"Helvetica,Arial,sans-serif\">\n",
             width, height);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"15\">%s · %s · tp %d, pp %d, dp %d%s · %d micro-batches · %s</text>\n",
+    fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"15\">%s · %s · tp %d, pp %d, dp %d%s · %d micro-batch%s · %s</text>\n",
             left, P->g->name, ir_sched_name(S->kind), pc->tp, pc->pp, pc->dp,
-            S->virtual_stages > 1 ? " (virtual stages)" : "", S->n_micro, r->dev->name);
+            S->virtual_stages > 1 ? " (virtual stages)" : "", S->n_micro, S->n_micro == 1 ? "" : "es", r->dev->name);
     fprintf(f, "<text x=\"%d\" y=\"42\" font-size=\"12\" fill=\"#444\">step %.3f ms · bubble %.1f%% · %.0f tokens/s · MFU %.1f%% "
                "(predicted: roofline compute, ring collectives)</text>\n",
             left, r->step_time * 1e3, 100 * r->bubble, r->tokens_per_s, 100 * r->mfu);

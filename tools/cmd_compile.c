@@ -71,9 +71,9 @@ int cmd_compile(int argc, char **argv)
     if (rc == 0) {
         const struct par_config *pc = &P->L->pc;
         char a[32], b[32];
-        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batches; verified\n", c.output,
+        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batch%s; verified\n", c.output,
                P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
-               ir_sched_name(S.kind), S.forward_only ? " forward only (--mode infer)" : "", S.n_micro);
+               ir_sched_name(S.kind), S.forward_only ? " forward only (--mode infer)" : "", S.n_micro, S.n_micro == 1 ? "" : "es");
         printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
                "params", "grads", "optimizer", "activ.", "comm", "workspace", "total");
         for (int s = 0; s < S.n_stages; s++) {

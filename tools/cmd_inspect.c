@@ -206,8 +206,8 @@ int cmd_inspect(int argc, char **argv)
             printf(" %s=%" PRId64, m.dim_name[i], m.dim_value[i]);
         printf("\n  layout    %d ranks: tp %d x pp %d x dp %d, cp %d, ep %d%s\n", L->n_ranks, pc.tp, pc.pp, pc.dp, pc.cp,
                pc.ep, enc && pc.epp ? "; encoder of its own" : "");
-        printf("  schedule  %s%s, %d micro-batches, %d stages; predicted %s %.3f ms on %s, bubble %.1f%%\n",
-               ir_sched_name(S.kind), S.forward_only ? " forward only" : "", S.n_micro, S.n_stages, S.forward_only ? "forward pass" : "step", m.step * 1e3, m.device, 100 * m.bubble);
+        printf("  schedule  %s%s, %d micro-batch%s, %d stage%s; predicted %s %.3f ms on %s, bubble %.1f%%\n",
+               ir_sched_name(S.kind), S.forward_only ? " forward only" : "", S.n_micro, S.n_micro == 1 ? "" : "es", S.n_stages, S.n_stages == 1 ? "" : "s", S.forward_only ? "forward pass" : "step", m.step * 1e3, m.device, 100 * m.bubble);
         if (has_opt) {
             long decay = opt.decay_iters ? opt.decay_iters : opt.train_iters;
             printf("  optimizer AdamW, fp32 master weights: lr %g", opt.lr);

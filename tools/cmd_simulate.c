@@ -78,8 +78,8 @@ int cmd_simulate(int argc, char **argv)
         json_end_object(&j);
         json_finish(&j);
     } else if (rc == 0) {
-        printf("%s on %d ranks, %s schedule, %d micro-batches, on %s\n", P->g->name, P->L->n_ranks, ir_sched_name(S.kind),
-               S.n_micro, dev->name);
+        printf("%s on %d ranks, %s schedule, %d micro-batch%s, on %s\n", P->g->name, P->L->n_ranks, ir_sched_name(S.kind),
+               S.n_micro, S.n_micro == 1 ? "" : "es", dev->name);
         printf("  step time   %.3f ms  (the busiest rank computes %.3f ms)\n", r.step_time * 1e3, r.compute_time * 1e3);
         printf("  bubble      %.1f%% of compute\n", 100 * r.bubble);
         printf("  throughput  %.0f tokens/s, MFU %.1f%%\n", r.tokens_per_s, 100 * r.mfu);
