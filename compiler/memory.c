@@ -132,9 +132,11 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
     memset(m, 0, sizeof *m);
     m->n_stages = S->n_stages;
     m->stages = wf_calloc((size_t)S->n_stages, sizeof *m->stages);
+    /* What a forward of each chunk holds per micro-batch: what it keeps for
+     * the backward; forward only, its working set, freed when it ends. */
     int64_t *chunk_act = wf_calloc((size_t)P->n_chunks, sizeof *chunk_act);
     for (int c = 0; c < P->n_chunks; c++)
-        chunk_act[c] = memory_chunk_activations(P, c);
+        chunk_act[c] = S->forward_only ? memory_chunk_working_set(P, c) : memory_chunk_activations(P, c);
     bool bf16 = P->L->pc.bf16;
     for (int s = 0; s < S->n_stages; s++) {
         struct mem_stage *ms = &m->stages[s];
@@ -143,12 +145,16 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
         ms->bytes[MEM_GRADS] = S->forward_only ? 0 : params * 4;
         ms->bytes[MEM_OPTIMIZER] = S->forward_only ? 0 : params * (bf16 ? 12 : 8);
         /* Walk the schedule: a forward keeps its virtual stage's activations
-         * until the matching backward frees them. */
+         * until the matching backward frees them.  Chunks of one step keep
+         * theirs side by side; forward only, they run one after the other
+         * and the largest working set is what is held. */
         int v = S->virtual_stages;
         int64_t *per_v = wf_calloc((size_t)v, sizeof *per_v);
         for (int c = 0; c < P->n_chunks; c++)
-            if (P->chunks[c].stage == s)
-                per_v[P->chunks[c].vstage] += chunk_act[c];
+            if (P->chunks[c].stage == s) {
+                int64_t *h = &per_v[P->chunks[c].vstage];
+                *h = S->forward_only ? (chunk_act[c] > *h ? chunk_act[c] : *h) : *h + chunk_act[c];
+            }
         for (int k = 0; k < v; k++)
             ms->activations_per_micro += per_v[k];
         int64_t live = 0, peak = 0;
@@ -163,6 +169,10 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
                     peak = live;
                     most = alive;
                 }
+                if (S->forward_only) { /* nothing waits for a backward */
+                    live -= per_v[x->vstage];
+                    alive--;
+                }
             } else if (x->kind == IR_INS_BACKWARD) {
                 live -= per_v[x->vstage];
                 alive--;
@@ -174,15 +184,6 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
             }
         }
         free(per_v);
-        if (S->forward_only) { /* nothing is kept for a backward: one chunk's working set at a time */
-            peak = 0;
-            for (int c = 0; c < P->n_chunks; c++)
-                if (P->chunks[c].stage == s) {
-                    int64_t w = memory_chunk_working_set(P, c);
-                    peak = w > peak ? w : peak;
-                }
-            most = prog->n ? 1 : 0;
-        }
         ms->bytes[MEM_ACTIVATIONS] = peak;
         ms->in_flight = most;
         int64_t coll = 0; /* the largest collective's output on this stage */

@@ -65,24 +65,8 @@ int simulate(const struct partition *P, const struct ir_schedule *S, const struc
     }
     /* AdamW per parameter a rank holds: read weight, gradient and two moments,
      * write weight and moments, all fp32: 28 bytes. */
-    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
-    for (int s = 0; s < S->n_stages; s++) {
-        memset(seen, 0, (size_t)g->n_tensors);
-        for (int i = 0; i < g->n_ops; i++) {
-            const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
-            if (ch->stage != s)
-                continue;
-            for (int k = 0; k < g->ops[i].n_in; k++) {
-                int t = g->ops[i].in[k];
-                if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
-                    continue;
-                seen[t] = true;
-                struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
-                c.optimizer[s] += (double)ir_shape_numel(&l) * 28 / dev->hbm_bytes;
-            }
-        }
-    }
-    free(seen);
+    for (int s = 0; s < S->n_stages; s++)
+        c.optimizer[s] = (double)partition_stage_param_elems(P, s) * 28 / dev->hbm_bytes;
     struct ir_costs costs = {compute, comm, &c, dev->gpus_per_node};
     int rc = ir_schedule_run(S, P->L, &costs, &r->tl, d);
     if (rc == 0) {

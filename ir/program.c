@@ -91,6 +91,17 @@ char *ir_ins_str(const struct ir_ins *ins, char *buf, size_t n)
     return buf;
 }
 
+/* Append q to out[0..n) unless it is there or out is full; the new count. */
+static int add_once(int *out, int n, int max, int q)
+{
+    for (int i = 0; i < n; i++)
+        if (out[i] == q)
+            return n;
+    if (n < max)
+        out[n++] = q;
+    return n;
+}
+
 int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r, int chunk, int *out, int max)
 {
     const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
@@ -102,11 +113,7 @@ int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r
         if (!mine || stage >= pp->sizes[g])
             continue;
         int q = pp->ranks[g][stage];
-        bool seen = false;
-        for (int i = 0; i < n; i++)
-            seen |= out[i] == q;
-        if (!seen && n < max)
-            out[n++] = q;
+        n = add_once(out, n, max, q);
     }
     return n;
 }
@@ -152,11 +159,7 @@ static int peers(const struct verifier *v, int r, int chunk, int *out, int max)
         if (stage >= pp->sizes[g])
             continue;
         int q = pp->ranks[g][stage];
-        bool seen = false;
-        for (int i = 0; i < n; i++)
-            seen |= out[i] == q;
-        if (!seen && n < max)
-            out[n++] = q;
+        n = add_once(out, n, max, q);
     }
     return n;
 }
@@ -180,11 +183,7 @@ static int members(const struct verifier *v, int r, const struct ir_ins *ins, in
                 int q = pp->ranks[g][s];
                 if (!v->S->tied_stages[ins->tag][v->L->ranks[q].stage])
                     continue;
-                bool seen = false;
-                for (int i = 0; i < n; i++)
-                    seen |= out[i] == q;
-                if (!seen && n < max)
-                    out[n++] = q;
+                n = add_once(out, n, max, q);
             }
         }
         return n;

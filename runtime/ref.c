@@ -306,41 +306,70 @@ static int op_softmax(struct opctx *c)
     return 0;
 }
 
-static int op_attention(struct opctx *c)
+/* Attention's shapes and attributes, and one row of its probabilities: the
+ * forward and the backward (which recomputes them, as a fused kernel that
+ * keeps only the row's max and sum would) share both. */
+struct attn {
+    int64_t B, Hq, Sq, D, Hk, Sk, Dv;
+    double scale;
+    bool causal;
+    const float *bias; /* (B or 1, Hq, Sq, Sk), or NULL */
+    bool bias_batched;
+};
+
+static struct attn attn_of(const struct opctx *c)
 {
     const struct ir_shape *Q = &c->in[0]->shape, *K = &c->in[1]->shape, *V = &c->in[2]->shape;
-    int64_t B = Q->ax[0].size, Hq = Q->ax[1].size, Sq = Q->ax[2].size, D = Q->ax[3].size;
-    int64_t Hk = K->ax[1].size, Sk = K->ax[2].size, Dv = V->ax[3].size;
-    double scale = ir_op_float(c->op, IR_ATTR_SCALE);
-    if (isnan(scale))
-        scale = 1 / sqrt((double)D);
-    bool causal = ir_op_int(c->op, IR_ATTR_CAUSAL);
-    const float *bias = c->op->n_in > 3 && c->in[3] ? c->fi[3] : NULL;
-    int bias_batched = bias && c->in[3]->shape.rank == 4 && c->in[3]->shape.ax[0].size > 1;
-    float *p = wf_calloc((size_t)Sk, sizeof *p);
-    bool *keep = wf_calloc((size_t)Sk, sizeof *keep);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < Hq; h++) {
-            int64_t hk = h / (Hq / Hk);
-            const float *q = c->fi[0] + ((b * Hq + h) * Sq) * D;
-            const float *k = c->fi[1] + ((b * Hk + hk) * Sk) * D, *v = c->fi[2] + ((b * Hk + hk) * Sk) * Dv;
-            for (int64_t i = 0; i < Sq; i++) {
-                for (int64_t j = 0; j < Sk; j++) {
+    struct attn a = {.B = Q->ax[0].size, .Hq = Q->ax[1].size, .Sq = Q->ax[2].size, .D = Q->ax[3].size,
+                     .Hk = K->ax[1].size, .Sk = K->ax[2].size, .Dv = V->ax[3].size,
+                     .scale = ir_op_float(c->op, IR_ATTR_SCALE), .causal = ir_op_int(c->op, IR_ATTR_CAUSAL)};
+    if (isnan(a.scale))
+        a.scale = 1 / sqrt((double)a.D);
+    a.bias = c->op->n_in > 3 && c->in[3] ? c->fi[3] : NULL;
+    a.bias_batched = a.bias && c->in[3]->shape.rank == 4 && c->in[3]->shape.ax[0].size > 1;
+    return a;
+}
+
+/* Index of score (b, h, i, j) in the bias, and in its gradient. */
+static int64_t attn_bias_at(const struct attn *a, int64_t b, int64_t h, int64_t i, int64_t j)
+{
+    return (((a->bias_batched ? b : 0) * a->Hq + h) * a->Sq + i) * a->Sk + j;
+}
+
+/* Row i of head h's probabilities into p; q and k point at the head's queries and keys. */
+static void attn_probs(const struct attn *a, int64_t b, int64_t h, int64_t i, const float *q, const float *k, float *p,
+                       bool *keep)
+{
+    for (int64_t j = 0; j < a->Sk; j++) {
+        double s = 0;
+        for (int64_t e = 0; e < a->D; e++)
+            s += (double)q[i * a->D + e] * k[j * a->D + e];
+        s *= a->scale;
+        if (a->bias)
+            s += a->bias[attn_bias_at(a, b, h, i, j)];
+        p[j] = (float)s;
+        keep[j] = !a->causal || j <= i;
+    }
+    softmax_row(p, keep, a->Sk);
+}
+
+static int op_attention(struct opctx *c)
+{
+    struct attn a = attn_of(c);
+    float *p = wf_calloc((size_t)a.Sk, sizeof *p);
+    bool *keep = wf_calloc((size_t)a.Sk, sizeof *keep);
+    for (int64_t b = 0; b < a.B; b++)
+        for (int64_t h = 0; h < a.Hq; h++) {
+            int64_t hk = h / (a.Hq / a.Hk);
+            const float *q = c->fi[0] + ((b * a.Hq + h) * a.Sq) * a.D;
+            const float *k = c->fi[1] + ((b * a.Hk + hk) * a.Sk) * a.D, *v = c->fi[2] + ((b * a.Hk + hk) * a.Sk) * a.Dv;
+            for (int64_t i = 0; i < a.Sq; i++) {
+                attn_probs(&a, b, h, i, q, k, p, keep);
+                float *o = c->fo[0] + ((b * a.Hq + h) * a.Sq + i) * a.Dv;
+                for (int64_t e = 0; e < a.Dv; e++) {
                     double s = 0;
-                    for (int64_t e = 0; e < D; e++)
-                        s += (double)q[i * D + e] * k[j * D + e];
-                    s *= scale;
-                    if (bias)
-                        s += bias[(((bias_batched ? b : 0) * Hq + h) * Sq + i) * Sk + j];
-                    p[j] = (float)s;
-                    keep[j] = !causal || j <= i;
-                }
-                softmax_row(p, keep, Sk);
-                float *o = c->fo[0] + ((b * Hq + h) * Sq + i) * Dv;
-                for (int64_t e = 0; e < Dv; e++) {
-                    double s = 0;
-                    for (int64_t j = 0; j < Sk; j++)
-                        s += (double)p[j] * v[j * Dv + e];
+                    for (int64_t j = 0; j < a.Sk; j++)
+                        s += (double)p[j] * v[j * a.Dv + e];
                     o[e] = (float)s;
                 }
             }
@@ -788,38 +817,20 @@ static int back_softmax(struct bctx *b)
 static int back_attention(struct bctx *b)
 {
     const struct opctx *c = &b->f;
-    const struct ir_shape *Q = &c->in[0]->shape, *K = &c->in[1]->shape, *V = &c->in[2]->shape;
-    int64_t B = Q->ax[0].size, Hq = Q->ax[1].size, Sq = Q->ax[2].size, D = Q->ax[3].size;
-    int64_t Hk = K->ax[1].size, Sk = K->ax[2].size, Dv = V->ax[3].size;
-    double scale = ir_op_float(c->op, IR_ATTR_SCALE);
-    if (isnan(scale))
-        scale = 1 / sqrt((double)D);
-    bool causal = ir_op_int(c->op, IR_ATTR_CAUSAL);
-    const float *bias = c->op->n_in > 3 && c->in[3] ? c->fi[3] : NULL;
-    float *gbias = c->op->n_in > 3 && c->in[3] ? b->gin[3] : NULL;
-    int bias_batched = bias && c->in[3]->shape.rank == 4 && c->in[3]->shape.ax[0].size > 1;
+    struct attn a = attn_of(c);
+    int64_t D = a.D, Dv = a.Dv, Sk = a.Sk;
+    float *gbias = a.bias ? b->gin[3] : NULL;
     float *p = wf_calloc((size_t)Sk, sizeof *p);
     double *dp = wf_calloc((size_t)Sk, sizeof *dp);
     bool *keep = wf_calloc((size_t)Sk, sizeof *keep);
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t h = 0; h < Hq; h++) {
-            int64_t hk = h / (Hq / Hk);
-            const float *q = c->fi[0] + ((bi * Hq + h) * Sq) * D;
-            const float *k = c->fi[1] + ((bi * Hk + hk) * Sk) * D, *v = c->fi[2] + ((bi * Hk + hk) * Sk) * Dv;
-            for (int64_t i = 0; i < Sq; i++) {
-                /* the probabilities again (a fused kernel keeps the row's max and sum) */
-                for (int64_t j = 0; j < Sk; j++) {
-                    double s = 0;
-                    for (int64_t e = 0; e < D; e++)
-                        s += (double)q[i * D + e] * k[j * D + e];
-                    s *= scale;
-                    if (bias)
-                        s += bias[(((bias_batched ? bi : 0) * Hq + h) * Sq + i) * Sk + j];
-                    p[j] = (float)s;
-                    keep[j] = !causal || j <= i;
-                }
-                softmax_row(p, keep, Sk);
-                const float *go = b->gout[0] + ((bi * Hq + h) * Sq + i) * Dv;
+    for (int64_t bi = 0; bi < a.B; bi++)
+        for (int64_t h = 0; h < a.Hq; h++) {
+            int64_t hk = h / (a.Hq / a.Hk);
+            const float *q = c->fi[0] + ((bi * a.Hq + h) * a.Sq) * D;
+            const float *k = c->fi[1] + ((bi * a.Hk + hk) * Sk) * D, *v = c->fi[2] + ((bi * a.Hk + hk) * Sk) * Dv;
+            for (int64_t i = 0; i < a.Sq; i++) {
+                attn_probs(&a, bi, h, i, q, k, p, keep);
+                const float *go = b->gout[0] + ((bi * a.Hq + h) * a.Sq + i) * Dv;
                 double rowdot = 0;
                 for (int64_t j = 0; j < Sk; j++) {
                     double s = 0;
@@ -829,17 +840,17 @@ static int back_attention(struct bctx *b)
                     rowdot += s * p[j];
                     if (b->gin[2])
                         for (int64_t e = 0; e < Dv; e++)
-                            b->gin[2][((bi * Hk + hk) * Sk + j) * Dv + e] += p[j] * go[e];
+                            b->gin[2][((bi * a.Hk + hk) * Sk + j) * Dv + e] += p[j] * go[e];
                 }
                 for (int64_t j = 0; j < Sk; j++) {
                     double ds = p[j] * (dp[j] - rowdot); /* gradient of the score */
                     if (gbias)
-                        gbias[(((bias_batched ? bi : 0) * Hq + h) * Sq + i) * Sk + j] += (float)ds;
+                        gbias[attn_bias_at(&a, bi, h, i, j)] += (float)ds;
                     for (int64_t e = 0; e < D; e++) {
                         if (b->gin[0])
-                            b->gin[0][((bi * Hq + h) * Sq + i) * D + e] += (float)(scale * ds * k[j * D + e]);
+                            b->gin[0][((bi * a.Hq + h) * a.Sq + i) * D + e] += (float)(a.scale * ds * k[j * D + e]);
                         if (b->gin[1])
-                            b->gin[1][((bi * Hk + hk) * Sk + j) * D + e] += (float)(scale * ds * q[i * D + e]);
+                            b->gin[1][((bi * a.Hk + hk) * Sk + j) * D + e] += (float)(a.scale * ds * q[i * D + e]);
                     }
                 }
             }

@@ -26,14 +26,7 @@ static void test_case(void **state)
     const char *const *args = *state;
     char out[64];
     snprintf(out, sizeof out, "/tmp/weft-dot-%d.dot", (int)getpid());
-    const char *argv[24] = {"dot"};
-    int n = 1;
-    for (; args[n - 1]; n++)
-        argv[n] = args[n - 1];
-    argv[n++] = "-o";
-    argv[n++] = out;
-    argv[n] = NULL;
-    run_weftv(R, argv);
+    run_weft_out(R, "dot", args, out);
     if (R->status != 0)
         fail_msg("weft dot failed (%d): %s", R->status, R->err);
     assert_string_equal(R->err, "");

@@ -18,14 +18,7 @@ static const char *path(const char *name)
 
 static void compile(const char *out, const char *const *args)
 {
-    const char *argv[40] = {"compile"};
-    int n = 1;
-    for (; args[n - 1]; n++)
-        argv[n] = args[n - 1];
-    argv[n++] = "-o";
-    argv[n++] = out;
-    argv[n] = NULL;
-    run_weftv(R, argv);
+    run_weft_out(R, "compile", args, out);
     if (R->status)
         fail_msg("weft compile %s failed (%d): %s", args[0], R->status, R->err);
 }

@@ -128,6 +128,19 @@ static inline int run_weftv(struct run *r, const char *const *args)
     return run_progv(r, argv);
 }
 
+/* weft CMD ARGS... -o OUT, with args NULL-terminated. */
+static inline int run_weft_out(struct run *r, const char *cmd, const char *const *args, const char *out)
+{
+    const char *argv[64] = {cmd};
+    int n = 1;
+    for (; args[n - 1] && n < 60; n++)
+        argv[n] = args[n - 1];
+    argv[n++] = "-o";
+    argv[n++] = out;
+    argv[n] = NULL;
+    return run_weftv(r, argv);
+}
+
 #define run_weft(r, ...) run_weftv((r), (const char *const[]){__VA_ARGS__})
 #define run_prog(r, ...) run_progv((r), (const char *const[]){__VA_ARGS__})
 

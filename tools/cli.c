@@ -21,8 +21,9 @@ static int usage_error(struct cli *c, const char *fmt, const char *a, const char
     return -1;
 }
 
-int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
+int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char *usage)
 {
+    bool help = false;
     memset(c, 0, sizeof *c);
     c->cmd = cmd;
     c->fe.overrides = c->overrides;
@@ -38,7 +39,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             continue;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            c->help = true;
+            help = true;
             continue;
         }
         if (!strcmp(a, "--json")) {
@@ -125,6 +126,11 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd)
             c->overrides[k] = (struct fe_override){FE_FLAG, c->keys[k], value};
         }
     }
+    if (help) {
+        fputs(usage, stdout);
+        c->status = EXIT_OK;
+        return 1;
+    }
     return 0;
 }
 
@@ -148,7 +154,7 @@ bool cli_is_plan(const char *path)
 {
     char magic[8] = {0};
     FILE *f = fopen(path, "rb");
-    bool plan = f && fread(magic, 1, 8, f) == 8 && !memcmp(magic, "WEFTPLAN", 8);
+    bool plan = f && fread(magic, 1, 8, f) == 8 && !memcmp(magic, PLAN_MAGIC, 8);
     if (f)
         fclose(f);
     return plan;

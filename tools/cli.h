@@ -1,7 +1,7 @@
 /* cli.h: the weft command line, shared by every subcommand.
  *
  *   struct cli c;
- *   if (cli_parse(&c, argc, argv, "check")) return c.status;     // usage error: 2
+ *   if (cli_parse(&c, argc, argv, "check", usage)) return c.status; // --help: 0; usage error: 2
  *   struct ir_graph *g = cli_load_model(&c);                      // errors printed: NULL
  *
  * Megatron's flag names reach the model: any `--NAME VALUE` (or --NAME=VALUE)
@@ -32,16 +32,18 @@ struct cli {
     const char *gpu, *device_file; /* weft simulate */
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
-    bool json, help;
+    bool json;
     struct fe_options fe;
     struct par_config pc;
     bool parallel_given; /* any layout flag */
     struct fe_override overrides[CLI_MAX_OVERRIDES];
     char keys[CLI_MAX_OVERRIDES][128]; /* the overrides' names */
-    int status; /* exit status when cli_parse fails */
+    int status; /* exit status when cli_parse says stop */
 };
 
-int cli_parse(struct cli *c, int argc, char **argv, const char *cmd);
+/* Non-zero when the command should stop and exit with c->status: after a
+ * usage error (2), or after printing `usage` for --help (0). */
+int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char *usage);
 struct ir_graph *cli_load_model(struct cli *c);
 /* Lay the model out by the parallel flags; errors printed: NULL. */
 struct partition *cli_partition(struct cli *c);

@@ -114,12 +114,8 @@ static void print_text(const struct ir_graph *g, const struct model_summary *s)
 int cmd_check(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "check"))
+    if (cli_parse(&c, argc, argv, "check", usage))
         return c.status;
-    if (c.help) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
     struct ir_graph *g = cli_load_model(&c);
     if (!g)
         return c.status;

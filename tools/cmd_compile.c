@@ -26,12 +26,8 @@ static const char usage[] =
 int cmd_compile(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "compile"))
+    if (cli_parse(&c, argc, argv, "compile", usage))
         return c.status;
-    if (c.help) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
     if (!c.output) {
         fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
         return EXIT_BAD_INPUT;

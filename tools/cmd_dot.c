@@ -18,12 +18,8 @@ static const char usage[] =
 int cmd_dot(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "dot"))
+    if (cli_parse(&c, argc, argv, "dot", usage))
         return c.status;
-    if (c.help) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
     enum dot_detail detail = DOT_DETAIL_LAYER;
     if (c.detail) {
         if (!strcmp(c.detail, "op"))

@@ -76,16 +76,19 @@ static int read_roles(struct plan *p, int n_stages, int64_t (*mem)[MEM_COUNT + 1
     return 0;
 }
 
+static const char usage[] =
+    "usage: weft inspect MODEL.plan [--rank R] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
+    "with its ranks, layers and memory, the kernels, the file's sections; with\n"
+    "--rank R, that rank's coordinates and program, its peers resolved.\n";
+
 int cmd_inspect(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "inspect"))
+    if (cli_parse(&c, argc, argv, "inspect", usage))
         return c.status;
-    if (c.help || !c.model) {
-        fputs("usage: weft inspect MODEL.plan [--rank R] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
-              "with its ranks, layers and memory, the kernels, the file's sections; with\n"
-              "--rank R, that rank's coordinates and program, its peers resolved.\n", c.help ? stdout : stderr);
-        return c.help ? EXIT_OK : EXIT_BAD_INPUT;
+    if (!c.model) {
+        fputs(usage, stderr);
+        return EXIT_BAD_INPUT;
     }
     struct diag d;
     diag_init(&d);

@@ -242,12 +242,8 @@ static void print_json(const struct partition *P, const struct ir_schedule *S)
 int cmd_layout(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "layout"))
+    if (cli_parse(&c, argc, argv, "layout", usage))
         return c.status;
-    if (c.help) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
     struct partition *P = cli_partition(&c);
     if (!P)
         return c.status;

@@ -5,16 +5,14 @@
 #include <stdio.h>
 #include <string.h>
 
+static const char usage[] = "usage: weft ops [--json]\n\nList every op kind: its inputs (? optional, * repeated),\n"
+                            "outputs, attributes (=default) and what it computes.\n";
+
 int cmd_ops(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "ops"))
+    if (cli_parse(&c, argc, argv, "ops", usage))
         return c.status;
-    if (c.help) {
-        puts("usage: weft ops [--json]\n\nList every op kind: its inputs (? optional, * repeated),\n"
-             "outputs, attributes (=default) and what it computes.");
-        return EXIT_OK;
-    }
     struct json j;
     if (c.json) {
         json_init(&j, stdout);

@@ -24,12 +24,8 @@ static const char usage[] =
 int cmd_simulate(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "simulate"))
+    if (cli_parse(&c, argc, argv, "simulate", usage))
         return c.status;
-    if (c.help) {
-        fputs(usage, stdout);
-        return EXIT_OK;
-    }
     struct device file_dev;
     const struct device *dev = &device_default;
     struct diag d;

@@ -5,17 +5,20 @@
 
 #include <stdio.h>
 
+static const char usage[] =
+    "usage: weft verify MODEL.plan\n\nCheck every section's checksum, then run every rank's program from the plan\n"
+    "against the others: every send meets its receive, every collective its whole\n"
+    "group in one order.  Exit 0 if the step cannot hang; 2 with the ranks and what\n"
+    "they wait for if it can, or if the plan is unreadable.\n";
+
 int cmd_verify(int argc, char **argv)
 {
     struct cli c;
-    if (cli_parse(&c, argc, argv, "verify"))
+    if (cli_parse(&c, argc, argv, "verify", usage))
         return c.status;
-    if (c.help || !c.model) {
-        fputs("usage: weft verify MODEL.plan\n\nCheck every section's checksum, then run every rank's program from the plan against the others: every send\n"
-              "meets its receive, every collective its whole group in one order.  Exit 0 if\n"
-              "the step cannot hang; 2 with the ranks and what they wait for if it can, or if\n"
-              "the plan is unreadable.\n", c.help ? stdout : stderr);
-        return c.help ? EXIT_OK : EXIT_BAD_INPUT;
+    if (!c.model) {
+        fputs(usage, stderr);
+        return EXIT_BAD_INPUT;
     }
     struct diag d;
     diag_init(&d);
