@@ -28,7 +28,7 @@ median_ms() {
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.0f", a[int((NR+1)/2)]/1000}'
 }
 
-printf '%-12s %6s %8s %12s %12s %10s %10s\n' "model" "ranks" "micro" "compile ms" "check ms" "plan" "instr/stage"
+printf '%-12s %6s %8s %12s %12s %8s %10s %12s\n' "model" "ranks" "micro" "compile ms" "check ms" "ratio" "plan" "instr/stage"
 for c in "gpt3-175b|$gpt3|--tp 8 --pp 16 --world-size 1024" "1t|$big|--tp 8 --pp 64 --world-size 3072"; do
   IFS='|' read -r name model layout <<<"$c"
   cmd="$weft compile $model $layout --global-batch-size 1536 -o $out/$name.plan"
@@ -38,5 +38,6 @@ for c in "gpt3-175b|$gpt3|--tp 8 --pp 16 --world-size 1024" "1t|$big|--tp 8 --pp
   micro=$($weft inspect "$out/$name.plan" --json | grep -o '"micro_batches": [0-9]*' | grep -o '[0-9]*$')
   instr=$($weft inspect "$out/$name.plan" --json | grep -o '"instructions": [0-9]*' | head -1 | grep -o '[0-9]*$')
   ranks=${layout##*world-size }
-  printf '%-12s %6s %8s %12s %12s %9sK %10s\n' "$name" "$ranks" "$micro" "$ms" "$chk" "$((size / 1024))" "$instr"
+  ratio=$(awk -v a="$ms" -v b="$chk" 'BEGIN { printf "%.0f", a / (b > 0 ? b : 1) }')
+  printf '%-12s %6s %8s %12s %12s %7sx %9sK %12s\n' "$name" "$ranks" "$micro" "$ms" "$chk" "$ratio" "$((size / 1024))" "$instr"
 done
