@@ -63,6 +63,36 @@ static void push(struct contrib *c, int t)
     c->v[c->n++] = t;
 }
 
+void autodiff_needs_grad(const struct ir_graph *g, int loss, bool *needs)
+{
+    int nt = g->n_tensors;
+    bool *from = wf_calloc((size_t)nt + 1, sizeof *from), *to = wf_calloc((size_t)nt + 1, sizeof *to);
+    for (int t = 0; t < nt; t++)
+        from[t] = g->tensors[t].kind == IR_TENSOR_PARAM;
+    for (int i = 0; i < g->n_ops; i++) {
+        const struct ir_op *o = &g->ops[i];
+        bool any = false;
+        for (int k = 0; k < o->n_in; k++)
+            any |= o->in[k] >= 0 && from[o->in[k]];
+        for (int k = 0; k < o->n_out && any; k++)
+            from[o->out[k]] = ir_dtype_is_float(g->tensors[o->out[k]].dtype);
+    }
+    to[loss] = true;
+    for (int i = g->n_ops - 1; i >= 0; i--) {
+        const struct ir_op *o = &g->ops[i];
+        bool any = false;
+        for (int k = 0; k < o->n_out; k++)
+            any |= to[o->out[k]];
+        for (int k = 0; k < o->n_in && any; k++)
+            if (o->in[k] >= 0)
+                to[o->in[k]] = true;
+    }
+    for (int t = 0; t < nt; t++)
+        needs[t] = from[t] && to[t] && ir_dtype_is_float(g->tensors[t].dtype);
+    free(from);
+    free(to);
+}
+
 int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag *d)
 {
     memset(ad, 0, sizeof *ad);
@@ -78,28 +108,8 @@ int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag 
     ad->grad = wf_calloc((size_t)nt, sizeof *ad->grad);
     for (int t = 0; t < nt; t++)
         ad->grad[t] = -1;
-    /* which tensors a parameter reaches, and which reach the loss */
-    bool *from = wf_calloc((size_t)nt, sizeof *from), *to = wf_calloc((size_t)nt, sizeof *to);
-    for (int t = 0; t < nt; t++)
-        from[t] = g->tensors[t].kind == IR_TENSOR_PARAM;
-    for (int i = 0; i < nf; i++) {
-        const struct ir_op *o = &g->ops[i];
-        bool any = false;
-        for (int k = 0; k < o->n_in; k++)
-            any |= o->in[k] >= 0 && from[o->in[k]];
-        for (int k = 0; k < o->n_out && any; k++)
-            from[o->out[k]] = ir_dtype_is_float(g->tensors[o->out[k]].dtype);
-    }
-    to[loss] = true;
-    for (int i = nf - 1; i >= 0; i--) {
-        const struct ir_op *o = &g->ops[i];
-        bool any = false;
-        for (int k = 0; k < o->n_out; k++)
-            any |= to[o->out[k]];
-        for (int k = 0; k < o->n_in && any; k++)
-            if (o->in[k] >= 0)
-                to[o->in[k]] = true;
-    }
+    bool *needs = wf_calloc((size_t)nt, sizeof *needs);
+    autodiff_needs_grad(g, loss, needs);
     struct contrib *c = wf_calloc((size_t)nt, sizeof *c);
     ad->loss_grad = ir_graph_add_tensor(g, "grad.loss", IR_TENSOR_INPUT, IR_DTYPE_F32, &L->shape, L->loc);
     g->tensors[ad->loss_grad].part = L->part;
@@ -108,7 +118,7 @@ int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag 
         struct ir_op f = g->ops[i]; /* a copy: adding ops may move the array */
         int gout[IR_MAX_OUT], any = 0;
         for (int k = 0; k < f.n_out; k++) {
-            gout[k] = from[f.out[k]] && to[f.out[k]] ? sum(g, f.out[k], &c[f.out[k]], &f) : -1;
+            gout[k] = needs[f.out[k]] ? sum(g, f.out[k], &c[f.out[k]], &f) : -1;
             if (gout[k] >= 0)
                 ad->grad[f.out[k]] = gout[k];
             any |= gout[k] >= 0;
@@ -123,7 +133,7 @@ int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag 
             ir_op_add_input(g, op, gout[k]);
         for (int k = 0; k < f.n_in; k++) {
             int t = f.in[k];
-            int gt = t >= 0 && from[t] && to[t] && ir_dtype_is_float(g->tensors[t].dtype) ? new_grad(g, t, "") : -1;
+            int gt = t >= 0 && needs[t] ? new_grad(g, t, "") : -1;
             if (gt >= 0) {
                 char suffix[32]; /* several ops may each contribute: name the one */
                 snprintf(suffix, sizeof suffix, "@%d", i);
@@ -143,8 +153,7 @@ int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag 
     for (int t = 0; t < nt; t++)
         free(c[t].v);
     free(c);
-    free(from);
-    free(to);
+    free(needs);
     return ir_verify(g, true, d);
 }
 

@@ -20,6 +20,9 @@ struct autodiff {
     int *grad; /* [n_forward_tensors] */
 };
 
+/* needs[t] (n_tensors entries): whether tensor t gets a gradient: a float
+ * tensor that a parameter reaches and that reaches the loss. */
+void autodiff_needs_grad(const struct ir_graph *g, int loss, bool *needs);
 int autodiff_run(struct ir_graph *g, int loss, struct autodiff *ad, struct diag *d);
 void autodiff_free(struct autodiff *ad);
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct mem_report *mem, const struct optim_config *opt, const char *model_path, const char *path,
+              const struct ir_memory *mem, const struct optim_config *opt, const char *model_path, const char *path,
               struct diag *d)
 {
     const struct ir_graph *g = P->g;
@@ -104,14 +104,7 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         plan_put_i64(w, x->bytes);
     }
 
-    plan_section(w, "roles"); /* per stage: a rank's memory by category */
-    plan_put_u32(w, (uint32_t)S->n_stages);
-    plan_put_u32(w, MEM_COUNT);
-    for (int st = 0; st < S->n_stages; st++) {
-        for (int k = 0; k < MEM_COUNT; k++)
-            plan_put_i64(w, mem->stages[st].bytes[k]);
-        plan_put_i32(w, mem->stages[st].in_flight);
-    }
+    ir_memory_write(w, mem);
 
     if (opt)
         optim_write(w, opt);

@@ -16,7 +16,7 @@
 
 /* opt: the training step's optimizer; NULL for a forward-only plan. */
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct mem_report *mem, const struct optim_config *opt, const char *model_path, const char *path,
+              const struct ir_memory *mem, const struct optim_config *opt, const char *model_path, const char *path,
               struct diag *d);
 
 #endif

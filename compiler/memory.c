@@ -1,5 +1,11 @@
-/* memory.c: the memory each rank needs, by category (see memory.h). */
+/* memory.c: every role's arena (see memory.h, ir/memplan.h).
+ *   requires:  a partition and its schedule
+ *   produces:  per stage, every buffer with its region, lifetime and offset
+ * Lifetimes come from walking the stage's program (blocks, boundary
+ * buffers) and its steps' ops (working buffers); offsets from one packer
+ * used for every region; ir_memory_check proves the result. */
 #include "memory.h"
+#include "autodiff.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -10,219 +16,477 @@
 
 #define WORKSPACE_BYTES (32LL << 20)
 
-static const char *cat_names[MEM_COUNT] = {"parameters", "gradients", "optimizer state", "activations",
-                                           "communication buffers", "workspace"};
+static int64_t align_up(int64_t n) { return (n + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN; }
 
-const char *mem_cat_name(enum mem_cat c) { return cat_names[c]; }
+/* ---- the packer ------------------------------------------------------- */
 
-/* Views share their input's storage: the root owns the bytes. */
-static int root(const struct ir_graph *g, int t)
+struct bufs {
+    struct ir_buf *v;
+    int n, cap;
+};
+
+static int push(struct bufs *b, struct ir_buf x)
+{
+    WF_GROW(b->v, b->n, b->cap);
+    b->v[b->n] = x;
+    return b->n++;
+}
+
+static int larger_first(const void *x, const void *y)
+{
+    const struct ir_buf *a = *(struct ir_buf *const *)x, *b = *(struct ir_buf *const *)y;
+    if (a->bytes != b->bytes)
+        return a->bytes < b->bytes ? 1 : -1;
+    if (a->first != b->first)
+        return a->first < b->first ? -1 : 1;
+    return (a > b) - (a < b); /* the order they were listed in: the same on every compile */
+}
+
+struct span {
+    int64_t lo, hi;
+};
+
+static int span_order(const void *x, const void *y)
+{
+    const struct span *a = x, *b = y;
+    return (a->lo > b->lo) - (a->lo < b->lo);
+}
+
+/* Offsets for v[0..n): largest first, each at the lowest aligned offset
+ * where it shares no byte with a placed buffer it is alive with (greedy by
+ * size, which places equal-sized buffers as an interval colouring would).
+ * Returns the bytes the buffers need. */
+static int64_t pack(struct ir_buf *v, int n)
+{
+    struct ir_buf **order = wf_calloc((size_t)n + 1, sizeof *order);
+    struct span *busy = wf_calloc((size_t)n + 1, sizeof *busy);
+    for (int i = 0; i < n; i++)
+        order[i] = &v[i];
+    qsort(order, (size_t)n, sizeof *order, larger_first);
+    int64_t size = 0;
+    for (int a = 0; a < n; a++) {
+        struct ir_buf *x = order[a];
+        int nb = 0;
+        for (int b = 0; b < a; b++) {
+            const struct ir_buf *y = order[b];
+            if (y->bytes && ir_buf_meet(x, y))
+                busy[nb++] = (struct span){y->offset, y->offset + align_up(y->bytes)};
+        }
+        qsort(busy, (size_t)nb, sizeof *busy, span_order);
+        int64_t at = 0;
+        for (int b = 0; b < nb && busy[b].lo < at + x->bytes; b++)
+            at = busy[b].hi > at ? busy[b].hi : at;
+        x->offset = at;
+        size = at + x->bytes > size ? at + x->bytes : size;
+    }
+    free(order);
+    free(busy);
+    return size;
+}
+
+/* ---- what a step holds ------------------------------------------------- */
+
+static bool is_view(enum ir_op_kind k) { return k == IR_OP_SPLIT_HEADS || k == IR_OP_MERGE_HEADS || k == IR_OP_RESHAPE; }
+
+/* The tensor that owns t's bytes within a step: views share their input's. */
+static int root(const struct partition *P, const int *pos, int t)
 {
     for (;;) {
-        int p = g->tensors[t].producer;
-        if (p < 0)
+        int p = P->g->tensors[t].producer;
+        if (p < 0 || !pos[p] || !is_view(P->g->ops[p].kind))
             return t;
-        enum ir_op_kind k = g->ops[p].kind;
-        if (k != IR_OP_SPLIT_HEADS && k != IR_OP_MERGE_HEADS && k != IR_OP_RESHAPE)
-            return t;
-        t = g->ops[p].in[0];
+        t = P->g->ops[p].in[0];
     }
 }
 
-static int64_t held_bytes(const struct partition *P, int chunk, int t)
+static int64_t held_bytes(const struct partition *P, int t)
 {
     const struct ir_tensor *x = &P->g->tensors[t];
-    struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &x->shape, &P->shard[t]);
+    struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &P->shard[t]);
     return ir_shape_numel(&l) * partition_elem_bytes(P, x);
 }
 
-int64_t memory_chunk_activations(const struct partition *P, int chunk)
+/* The buffer an op's backward reads that is not a tensor: a dropout mask
+ * (a byte per output element), row statistics (two floats per row of the
+ * first input); 0 for a word that names a tensor. */
+static int64_t aux_bytes(const struct partition *P, const struct ir_op *o, const char *word, enum ir_buf_what *what)
 {
     const struct ir_graph *g = P->g;
-    bool *kept = wf_calloc((size_t)g->n_tensors + 1, sizeof *kept);
-    int64_t total = 0;
-    for (int i = 0; i < g->n_ops; i++) {
-        if (P->op_chunk[i] != chunk)
-            continue;
-        const struct ir_op *o = &g->ops[i];
+    if (!strcmp(word, "mask")) {
+        const struct ir_tensor *y = &g->tensors[o->out[0]];
+        struct ir_shape l = partition_local_shape(P, y->part, &y->shape, &P->shard[o->out[0]]);
+        *what = IR_BUF_MASK;
+        return ir_shape_numel(&l);
+    }
+    if (!strcmp(word, "rowstats")) {
+        const struct ir_tensor *x = &g->tensors[o->in[0]];
+        struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &P->shard[o->in[0]]);
+        int64_t last = l.rank && l.ax[l.rank - 1].size ? l.ax[l.rank - 1].size : 1;
+        *what = IR_BUF_ROWSTATS;
+        return ir_shape_numel(&l) / last * 2 * 4;
+    }
+    return 0;
+}
+
+/* The tensor an op's saves word names, or -1. */
+static int saved_tensor(const struct ir_op *o, const struct ir_op_info *info, const char *word)
+{
+    for (int k = 0; k < info->n_in_names && k < o->n_in; k++)
+        if (!strcmp(info->in_names[k], word))
+            return o->in[k];
+    for (int k = 0; k < info->n_out_names && k < o->n_out; k++)
+        if (!strcmp(info->out_names[k], word))
+            return o->out[k];
+    return -1;
+}
+
+enum home { HOME_NONE, HOME_PARAM, HOME_BLOCK, HOME_BOUNDARY, HOME_WORKING };
+
+/* One step: the ops of a stage's chunks of one virtual stage. */
+struct step {
+    int vstage, n;
+    int *ops;            /* in graph order */
+    int *pos;            /* per op: 1..n within the step, 0 outside */
+    enum home *home;     /* per tensor root */
+    bool *crosses;       /* per root: received or sent */
+    int *fwd_first, *fwd_last, *bwd_first, *bwd_last; /* working lifetimes; 0: none */
+};
+
+/* Whether a send crosses into or out of step st (not within it). */
+static bool send_touches(const struct partition *P, const struct part_xfer *px, int stage, int v)
+{
+    bool from = P->chunks[px->from_chunk].stage == stage && P->chunks[px->from_chunk].vstage == v;
+    bool to = P->chunks[px->to_chunk].stage == stage && P->chunks[px->to_chunk].vstage == v;
+    return px->kind == PART_XFER_SEND && from != to;
+}
+
+static void span_at(int *first, int *last, int t, int at)
+{
+    if (!first[t] || at < first[t])
+        first[t] = at;
+    if (at > last[t])
+        last[t] = at;
+}
+
+/* Homes, the block's items and the working buffers of one step. */
+static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, struct step *st,
+                      int stage, struct bufs *items, struct bufs *working, int64_t *block_bytes)
+{
+    const struct ir_graph *g = P->g;
+    bool train = !S->forward_only;
+    int n = st->n, v = st->vstage;
+    for (int k = 0; k < P->n_xfers; k++)
+        if (send_touches(P, &P->xfers[k], stage, v))
+            st->crosses[root(P, st->pos, P->xfers[k].tensor)] = true;
+    /* The block: what the backward reads, in op order. */
+    int64_t at = 0;
+    for (int a = 0; train && a < n; a++) {
+        const struct ir_op *o = &g->ops[st->ops[a]];
         const struct ir_op_info *info = ir_op_info(o->kind);
         char words[128];
         snprintf(words, sizeof words, "%s", info->saves);
         for (char *w = strtok(words, " "); w; w = strtok(NULL, " ")) {
-            if (!strcmp(w, "mask")) { /* a byte per output element */
-                struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[o->out[0]].shape,
-                                                          &P->shard[o->out[0]]);
-                total += ir_shape_numel(&l);
-                continue;
+            enum ir_buf_what what = IR_BUF_VALUE;
+            int64_t b = aux_bytes(P, o, w, &what);
+            int id = st->ops[a];
+            if (what == IR_BUF_VALUE) {
+                int t = saved_tensor(o, info, w);
+                if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
+                    continue; /* an absent optional input, or a parameter (in PARAMS) */
+                id = root(P, st->pos, t);
+                if (st->home[id] == HOME_BLOCK)
+                    continue;
+                st->home[id] = HOME_BLOCK;
+                b = held_bytes(P, id);
             }
-            if (!strcmp(w, "rowstats")) { /* two floats per row of the first input */
-                const struct ir_tensor *x = &g->tensors[o->in[0]];
-                struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &x->shape, &P->shard[o->in[0]]);
-                int64_t last = l.rank ? l.ax[l.rank - 1].size : 1;
-                total += ir_shape_numel(&l) / (last ? last : 1) * 2 * 4;
-                continue;
-            }
-            int t = -1;
-            for (int k = 0; k < info->n_in_names && k < o->n_in; k++)
-                if (!strcmp(info->in_names[k], w))
-                    t = o->in[k];
-            for (int k = 0; k < info->n_out_names && k < o->n_out; k++)
-                if (!strcmp(info->out_names[k], w))
-                    t = o->out[k];
-            if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
-                continue; /* absent optional input, or a parameter (counted as parameters) */
-            t = root(g, t);
-            if (!kept[t]) {
-                kept[t] = true;
-                total += held_bytes(P, chunk, t);
-            }
+            push(items, (struct ir_buf){.what = (uint8_t)what, .region = IR_REGION_ACTIVATIONS, .id = id, .vstage = v,
+                                        .micro = -1, .offset = at, .bytes = b});
+            at += align_up(b);
         }
     }
-    free(kept);
-    return total;
-}
-
-int64_t memory_chunk_working_set(const struct partition *P, int chunk)
-{
-    const struct ir_graph *g = P->g;
-    /* Each storage root's first and last use, as positions among the
-     * chunk's ops; a tensor that leaves the chunk lives to its end. */
-    int *first = wf_calloc((size_t)g->n_tensors + 1, sizeof *first);
-    int *last = wf_calloc((size_t)g->n_tensors + 1, sizeof *last);
-    int *pos = wf_calloc((size_t)g->n_ops + 1, sizeof *pos);
-    int n = 0;
-    for (int i = 0; i < g->n_ops; i++)
-        pos[i] = P->op_chunk[i] == chunk ? ++n : 0; /* 1-based; 0: elsewhere */
-    for (int i = 0; i < g->n_ops; i++) {
-        const struct ir_op *o = &g->ops[i];
+    block_bytes[v] = at;
+    /* Every other value: a boundary buffer if it crosses, else working,
+     * alive from its producer (or the step's start) to its last reader (the
+     * step's end for the model's outputs). */
+    for (int a = 0; a < n; a++) {
+        const struct ir_op *o = &g->ops[st->ops[a]];
         for (int k = 0; k < o->n_in + o->n_out; k++) {
             int t = k < o->n_in ? o->in[k] : o->out[k - o->n_in];
-            if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
+            if (t < 0)
                 continue;
-            int r = root(g, t), at = pos[i] ? pos[i] : n;
-            if (!pos[i] && !first[r])
-                continue; /* used elsewhere before (or without) this chunk */
-            if (!first[r] || at < first[r])
-                first[r] = at;
-            if (at > last[r])
-                last[r] = at;
+            int r = root(P, st->pos, t);
+            if (g->tensors[r].kind == IR_TENSOR_PARAM)
+                st->home[r] = HOME_PARAM;
+            else if (!st->home[r] || st->home[r] == HOME_WORKING)
+                st->home[r] = st->crosses[r] ? HOME_BOUNDARY : HOME_WORKING;
+            if (st->home[r] != HOME_WORKING)
+                continue;
+            int p = g->tensors[r].producer;
+            span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? st->pos[p] : 1);
+            span_at(st->fwd_first, st->fwd_last, r, a + 1);
         }
     }
-    int64_t *delta = wf_calloc((size_t)n + 2, sizeof *delta);
-    for (int t = 0; t < g->n_tensors; t++)
-        if (first[t]) {
-            int64_t b = held_bytes(P, chunk, t);
-            delta[first[t]] += b;
-            delta[last[t] + 1] -= b;
-        }
-    int64_t live = 0, peak = 0;
-    for (int i = 1; i <= n; i++) {
-        live += delta[i];
-        peak = live > peak ? live : peak;
+    for (int k = 0; k < g->n_outputs; k++) {
+        int r = g->outputs[k];
+        if (g->tensors[r].producer >= 0 && st->pos[g->tensors[r].producer] && (r = root(P, st->pos, r)) >= 0 &&
+            st->home[r] == HOME_WORKING)
+            span_at(st->fwd_first, st->fwd_last, r, n);
     }
-    free(first);
-    free(last);
-    free(pos);
-    free(delta);
-    return peak;
+    /* The backward of op k runs at 2n+1-k: it reads its outputs' gradients
+     * and adds into its inputs'.  A crossing tensor's gradient is a boundary
+     * buffer; a parameter's is in GRADS. */
+    for (int a = 0; train && a < n; a++) {
+        const struct ir_op *o = &g->ops[st->ops[a]];
+        int back = 2 * n + 1 - (a + 1);
+        for (int k = 0; k < o->n_in + o->n_out; k++) {
+            int t = k < o->n_in ? o->in[k] : o->out[k - o->n_in];
+            if (t < 0 || !needs[t])
+                continue;
+            int r = root(P, st->pos, t);
+            if (st->home[r] == HOME_PARAM || st->crosses[r])
+                continue;
+            span_at(st->bwd_first, st->bwd_last, r, back);
+        }
+    }
+    if (train && g->n_outputs && needs[g->outputs[0]]) { /* the loss's gradient, seeded as the backward starts */
+        int p = g->tensors[g->outputs[0]].producer;
+        if (p >= 0 && st->pos[p])
+            span_at(st->bwd_first, st->bwd_last, root(P, st->pos, g->outputs[0]), n + 1);
+    }
+    for (int t = 0; t < g->n_tensors; t++) {
+        if (st->fwd_first[t])
+            push(working, (struct ir_buf){.what = IR_BUF_VALUE, .region = IR_REGION_WORKING, .id = t, .vstage = v,
+                                          .micro = -1, .first = st->fwd_first[t], .last = st->fwd_last[t], .bytes = held_bytes(P, t)});
+        if (st->bwd_first[t])
+            push(working, (struct ir_buf){.what = IR_BUF_GRAD, .region = IR_REGION_WORKING, .id = t, .vstage = v,
+                                          .micro = -1, .first = st->bwd_first[t], .last = st->bwd_last[t], .bytes = held_bytes(P, t)});
+    }
 }
 
-void memory_plan(const struct partition *P, const struct ir_schedule *S, struct mem_report *m)
+/* ---- a role ------------------------------------------------------------ */
+
+static void widen(struct ir_buf *b, int at)
 {
-    memset(m, 0, sizeof *m);
-    m->n_stages = S->n_stages;
-    m->stages = wf_calloc((size_t)S->n_stages, sizeof *m->stages);
-    /* What a forward of each chunk holds per micro-batch: what it keeps for
-     * the backward; forward only, its working set, freed when it ends. */
-    int64_t *chunk_act = wf_calloc((size_t)P->n_chunks, sizeof *chunk_act);
-    for (int c = 0; c < P->n_chunks; c++)
-        chunk_act[c] = S->forward_only ? memory_chunk_working_set(P, c) : memory_chunk_activations(P, c);
-    bool bf16 = P->L->pc.bf16;
-    for (int s = 0; s < S->n_stages; s++) {
-        struct mem_stage *ms = &m->stages[s];
-        int64_t params = partition_stage_param_elems(P, s);
-        ms->bytes[MEM_PARAMS] = params * (bf16 ? 2 : 4);
-        ms->bytes[MEM_GRADS] = S->forward_only ? 0 : params * 4;
-        ms->bytes[MEM_OPTIMIZER] = S->forward_only ? 0 : params * (bf16 ? 12 : 8);
-        /* Walk the schedule: a forward keeps its virtual stage's activations
-         * until the matching backward frees them.  Chunks of one step keep
-         * theirs side by side; forward only, they run one after the other
-         * and the largest working set is what is held. */
-        int v = S->virtual_stages;
-        int64_t *per_v = wf_calloc((size_t)v, sizeof *per_v);
-        for (int c = 0; c < P->n_chunks; c++)
-            if (P->chunks[c].stage == s) {
-                int64_t *h = &per_v[P->chunks[c].vstage];
-                *h = S->forward_only ? (chunk_act[c] > *h ? chunk_act[c] : *h) : *h + chunk_act[c];
-            }
-        for (int k = 0; k < v; k++)
-            ms->activations_per_micro += per_v[k];
-        int64_t live = 0, peak = 0;
-        int alive = 0, most = 0;
-        const struct ir_program *prog = &S->programs[s];
-        for (int i = 0; i < prog->n; i++) {
-            const struct ir_ins *x = &prog->ins[i];
-            if (x->kind == IR_INS_FORWARD) {
-                live += per_v[x->vstage];
-                alive++;
-                if (live > peak) {
-                    peak = live;
-                    most = alive;
-                }
-                if (S->forward_only) { /* nothing waits for a backward */
-                    live -= per_v[x->vstage];
-                    alive--;
-                }
-            } else if (x->kind == IR_INS_BACKWARD) {
-                live -= per_v[x->vstage];
-                alive--;
-            } else if (x->kind == IR_INS_P2P) {
-                int64_t b = 0;
-                for (int k = 0; k < x->n_p2p; k++)
-                    b += x->p2p[k].bytes;
-                ms->bytes[MEM_COMM] = b > ms->bytes[MEM_COMM] ? b : ms->bytes[MEM_COMM];
-            }
-        }
-        free(per_v);
-        ms->bytes[MEM_ACTIVATIONS] = peak;
-        ms->in_flight = most;
-        int64_t coll = 0; /* the largest collective's output on this stage */
-        for (int x = 0; x < P->n_xfers; x++) {
-            const struct part_xfer *px = &P->xfers[x];
-            if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || P->chunks[px->to_chunk].stage != s)
-                continue;
-            int64_t b = px->kind == PART_XFER_ALL_GATHER
-                            ? px->bytes * partition_degree(P, P->chunks[px->to_chunk].part, px->over)
-                            : px->bytes;
-            coll = b > coll ? b : coll;
-        }
-        ms->bytes[MEM_COMM] += coll;
-        ms->bytes[MEM_WORKSPACE] = WORKSPACE_BYTES;
-        for (int k = 0; k < MEM_COUNT; k++)
-            ms->total += ms->bytes[k];
-        if (ms->total > m->stages[m->largest].total)
-            m->largest = s;
-    }
-    free(chunk_act);
+    if (b->first < 0 || at < b->first)
+        b->first = at;
+    if (at > b->last)
+        b->last = at;
 }
 
-int memory_check(const struct partition *P, const struct mem_report *m, int64_t limit, struct diag *d)
+/* The ACTIVATIONS region: a block per (virtual stage, micro-batch) alive
+ * from its forward (or the receive of an input it keeps) to its backward
+ * (or the send of a value it keeps); a boundary buffer per crossing value
+ * and gradient per micro-batch, alive from the transfer or step that fills
+ * it to the one that drains it. */
+static void plan_activations(const struct partition *P, const struct ir_schedule *S, int stage, struct step *steps,
+                             struct ir_role_memory *m, struct bufs *acts)
+{
+    const struct ir_program *prog = &S->programs[stage];
+    int V = S->virtual_stages, M = S->n_micro;
+    int *block = wf_calloc((size_t)V * M + 1, sizeof *block); /* index in acts, or -1 */
+    int *from = wf_calloc((size_t)V * M + 1, sizeof *from), *to = wf_calloc((size_t)V * M + 1, sizeof *to);
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < M; j++) {
+            int vj = v * M + j;
+            block[vj] = m->block_bytes[v] ? push(acts, (struct ir_buf){.what = IR_BUF_BLOCK, .region = IR_REGION_ACTIVATIONS,
+                                                                      .id = -1, .vstage = v, .micro = j, .first = -1,
+                                                                      .last = -1, .bytes = m->block_bytes[v]})
+                                          : -1;
+            /* the boundary buffers of (v, j): a value not kept in the block,
+             * and (training) a gradient, per crossing tensor */
+            from[vj] = acts->n;
+            for (int k = 0; k < P->n_xfers; k++) {
+                const struct part_xfer *px = &P->xfers[k];
+                if (!send_touches(P, px, stage, v))
+                    continue;
+                int r = root(P, steps[v].pos, px->tensor);
+                for (int w = IR_BUF_VALUE; w <= (S->forward_only ? IR_BUF_VALUE : IR_BUF_GRAD); w++) {
+                    bool have = w == IR_BUF_VALUE && steps[v].home[r] == HOME_BLOCK;
+                    for (int b = from[vj]; b < acts->n; b++)
+                        have |= acts->v[b].id == r && acts->v[b].what == w;
+                    if (!have)
+                        push(acts, (struct ir_buf){.what = (uint8_t)w, .region = IR_REGION_ACTIVATIONS, .id = r, .vstage = v,
+                                                   .micro = j, .first = -1, .last = -1, .bytes = px->bytes});
+                }
+            }
+            to[vj] = acts->n;
+        }
+    for (int i = 0; i < prog->n; i++) {
+        const struct ir_ins *x = &prog->ins[i];
+        if (x->kind == IR_INS_FORWARD || x->kind == IR_INS_BACKWARD) {
+            int vj = x->vstage * M + x->micro;
+            if (block[vj] >= 0)
+                widen(&acts->v[block[vj]], i + 1);
+            for (int b = from[vj]; b < to[vj]; b++) /* a step fills or drains its boundary buffers */
+                if ((acts->v[b].what == IR_BUF_GRAD) == (x->kind == IR_INS_BACKWARD))
+                    widen(&acts->v[b], i + 1);
+            continue;
+        }
+        for (int k = 0; x->kind == IR_INS_P2P && k < x->n_p2p; k++) {
+            const struct ir_p2p *p = &x->p2p[k];
+            int v = P->chunks[p->chunk].vstage, vj = v * M + p->micro;
+            int r = root(P, steps[v].pos, p->tensor);
+            enum ir_buf_what what = p->grad ? IR_BUF_GRAD : IR_BUF_VALUE;
+            if (what == IR_BUF_VALUE && steps[v].home[r] == HOME_BLOCK) {
+                widen(&acts->v[block[vj]], i + 1);
+                continue;
+            }
+            for (int b = from[vj]; b < to[vj]; b++)
+                if (acts->v[b].id == r && acts->v[b].what == what)
+                    widen(&acts->v[b], i + 1);
+        }
+    }
+    free(block);
+    free(from);
+    free(to);
+}
+
+static void plan_role(const struct partition *P, const struct ir_schedule *S, const bool *needs, int stage,
+                      struct ir_role_memory *m)
+{
+    const struct ir_graph *g = P->g;
+    bool bf16 = P->L->pc.bf16, train = !S->forward_only;
+    struct bufs bufs = {0}, items = {0};
+    /* Parameters and their gradients, in the order the backward finishes them. */
+    int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner);
+    int np = partition_stage_params(P, stage, params, owner);
+    for (int i = 0; i < np; i++) {
+        const struct ir_tensor *x = &g->tensors[params[i]];
+        struct ir_shape l = partition_local_shape(P, P->chunks[owner[i]].part, &x->shape, &P->shard[params[i]]);
+        int64_t elems = ir_shape_numel(&l);
+        push(&bufs, (struct ir_buf){.what = IR_BUF_VALUE, .region = IR_REGION_PARAMS, .id = params[i], .vstage = -1,
+                                    .micro = -1, .offset = m->size[IR_REGION_PARAMS], .bytes = elems * (bf16 ? 2 : 4)});
+        m->size[IR_REGION_PARAMS] += align_up(elems * (bf16 ? 2 : 4));
+        if (!train)
+            continue;
+        push(&bufs, (struct ir_buf){.what = IR_BUF_GRAD, .region = IR_REGION_GRADS, .id = params[i], .vstage = -1,
+                                    .micro = -1, .offset = m->size[IR_REGION_GRADS], .bytes = elems * 4});
+        m->size[IR_REGION_GRADS] += align_up(elems * 4);
+    }
+    free(params);
+    free(owner);
+    m->size[IR_REGION_OPTIMIZER] = m->size[IR_REGION_GRADS] * (bf16 ? 3 : 2);
+    /* Each virtual stage's step. */
+    int V = S->virtual_stages, nt = g->n_tensors;
+    m->n_vstages = V;
+    m->block_bytes = wf_calloc((size_t)V, sizeof *m->block_bytes);
+    struct step *steps = wf_calloc((size_t)V, sizeof *steps);
+    struct bufs working = {0};
+    for (int v = 0; v < V; v++) {
+        struct step *st = &steps[v];
+        st->vstage = v;
+        st->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *st->ops);
+        st->pos = wf_calloc((size_t)g->n_ops + 1, sizeof *st->pos);
+        for (int i = 0; i < g->n_ops; i++)
+            if (P->chunks[P->op_chunk[i]].stage == stage && P->chunks[P->op_chunk[i]].vstage == v) {
+                st->ops[st->n++] = i;
+                st->pos[i] = st->n;
+            }
+        st->home = wf_calloc((size_t)nt + 1, sizeof *st->home);
+        st->crosses = wf_calloc((size_t)nt + 1, sizeof *st->crosses);
+        st->fwd_first = wf_calloc((size_t)nt + 1, sizeof *st->fwd_first);
+        st->fwd_last = wf_calloc((size_t)nt + 1, sizeof *st->fwd_last);
+        st->bwd_first = wf_calloc((size_t)nt + 1, sizeof *st->bwd_first);
+        st->bwd_last = wf_calloc((size_t)nt + 1, sizeof *st->bwd_last);
+        int from = working.n;
+        plan_step(P, S, needs, st, stage, &items, &working, m->block_bytes);
+        int64_t need = pack(working.v + from, working.n - from);
+        m->size[IR_REGION_WORKING] = need > m->size[IR_REGION_WORKING] ? need : m->size[IR_REGION_WORKING];
+    }
+    struct bufs acts = {0};
+    plan_activations(P, S, stage, steps, m, &acts);
+    int kept = 0; /* a buffer no instruction touches is not needed */
+    for (int a = 0; a < acts.n; a++)
+        if (acts.v[a].first > 0)
+            acts.v[kept++] = acts.v[a];
+    acts.n = kept;
+    m->size[IR_REGION_ACTIVATIONS] = pack(acts.v, acts.n);
+    /* The most blocks alive at once. */
+    for (int a = 0; a < acts.n; a++) {
+        int alive = 0;
+        for (int b = 0; acts.v[a].what == IR_BUF_BLOCK && b < acts.n; b++)
+            alive += acts.v[b].what == IR_BUF_BLOCK && acts.v[b].first <= acts.v[a].first && acts.v[a].first <= acts.v[b].last;
+        m->in_flight = alive > m->in_flight ? alive : m->in_flight;
+    }
+    for (int a = 0; a < acts.n; a++)
+        push(&bufs, acts.v[a]);
+    for (int a = 0; a < working.n; a++)
+        push(&bufs, working.v[a]);
+    free(acts.v);
+    free(working.v);
+    for (int v = 0; v < V; v++) {
+        struct step *st = &steps[v];
+        free(st->ops), free(st->pos), free(st->home), free(st->crosses);
+        free(st->fwd_first), free(st->fwd_last), free(st->bwd_first), free(st->bwd_last);
+    }
+    free(steps);
+    /* Staging for the largest collective's output on this stage. */
+    for (int x = 0; x < P->n_xfers; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || P->chunks[px->to_chunk].stage != stage ||
+            (px->grad && !train))
+            continue;
+        int64_t b = px->kind == PART_XFER_ALL_GATHER ? px->bytes * partition_degree(P, P->chunks[px->to_chunk].part, px->over)
+                                                     : px->bytes;
+        m->size[IR_REGION_COMM] = b > m->size[IR_REGION_COMM] ? b : m->size[IR_REGION_COMM];
+    }
+    m->size[IR_REGION_WORKSPACE] = WORKSPACE_BYTES;
+    m->bufs = bufs.v;
+    m->n_bufs = bufs.n;
+    m->items = items.v;
+    m->n_items = items.n;
+    ir_role_memory_layout(m);
+}
+
+void memory_plan(const struct partition *P, const struct ir_schedule *S, struct ir_memory *M)
+{
+    const struct ir_graph *g = P->g;
+    memset(M, 0, sizeof *M);
+    M->n_roles = S->n_stages;
+    M->roles = wf_calloc((size_t)S->n_stages, sizeof *M->roles);
+    bool *needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *needs);
+    int loss = g->n_outputs ? g->outputs[0] : -1;
+    if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
+        autodiff_needs_grad(g, loss, needs);
+    for (int s = 0; s < S->n_stages; s++)
+        plan_role(P, S, needs, s, &M->roles[s]);
+    free(needs);
+}
+
+int memory_largest(const struct ir_memory *M)
+{
+    int big = 0;
+    for (int s = 1; s < M->n_roles; s++)
+        if (M->roles[s].total > M->roles[big].total)
+            big = s;
+    return big;
+}
+
+int64_t memory_block_bytes(const struct ir_role_memory *m)
+{
+    int64_t b = 0;
+    for (int v = 0; v < m->n_vstages; v++)
+        b += m->block_bytes[v];
+    return b;
+}
+
+int memory_check(const struct partition *P, const struct ir_memory *M, int64_t limit, struct diag *d)
 {
     int errors = 0;
-    for (int s = 0; s < m->n_stages; s++) {
-        const struct mem_stage *ms = &m->stages[s];
-        if (ms->total <= limit)
+    for (int s = 0; s < M->n_roles; s++) {
+        const struct ir_role_memory *m = &M->roles[s];
+        if (m->total <= limit)
             continue;
         int r = 0;
         while (r < P->L->n_ranks && P->L->ranks[r].stage != s)
             r++;
-        /* Its items, largest first. */
-        int order[MEM_COUNT];
-        for (int k = 0; k < MEM_COUNT; k++)
+        /* Its regions, largest first. */
+        int order[IR_REGION_COUNT];
+        for (int k = 0; k < IR_REGION_COUNT; k++)
             order[k] = k;
-        for (int a = 0; a < MEM_COUNT; a++)
-            for (int b = a + 1; b < MEM_COUNT; b++)
-                if (ms->bytes[order[b]] > ms->bytes[order[a]]) {
+        for (int a = 0; a < IR_REGION_COUNT; a++)
+            for (int b = a + 1; b < IR_REGION_COUNT; b++)
+                if (m->size[order[b]] > m->size[order[a]]) {
                     int t = order[a];
                     order[a] = order[b];
                     order[b] = t;
@@ -230,24 +494,18 @@ int memory_check(const struct partition *P, const struct mem_report *m, int64_t 
         char items[1024], x[32], y[32];
         size_t n = 0;
         for (int k = 0; k < 3; k++) {
-            n += (size_t)snprintf(items + n, sizeof items - n, "%s%s %s", k ? ", " : "", mem_cat_name((enum mem_cat)order[k]),
-                                  wf_bytes((double)ms->bytes[order[k]], x));
-            if (order[k] == MEM_ACTIVATIONS && n < sizeof items)
-                n += (size_t)snprintf(items + n, sizeof items - n, " (%d micro-batch%s in flight)", ms->in_flight,
-                                      ms->in_flight == 1 ? "" : "es");
+            n += (size_t)snprintf(items + n, sizeof items - n, "%s%s %s", k ? ", " : "",
+                                  ir_region_name((enum ir_region)order[k]), wf_bytes((double)m->size[order[k]], x));
+            if (order[k] == IR_REGION_ACTIVATIONS && n < sizeof items)
+                n += (size_t)snprintf(items + n, sizeof items - n, " (%d micro-batch%s in flight)", m->in_flight,
+                                      m->in_flight == 1 ? "" : "es");
         }
         diag_error(d, NULL, 0, "--memory-limit %s: rank %d (%s stage %d, and every rank of that stage) needs %s: %s",
-                   wf_bytes((double)limit, y), r, ir_part_name(P->L->ranks[r].part), s, wf_bytes((double)ms->total, x),
+                   wf_bytes((double)limit, y), r, ir_part_name(P->L->ranks[r].part), s, wf_bytes((double)m->total, x),
                    items);
         errors++;
     }
     return errors ? -1 : 0;
-}
-
-void mem_report_free(struct mem_report *m)
-{
-    free(m->stages);
-    memset(m, 0, sizeof *m);
 }
 
 int64_t memory_parse_size(const char *s)

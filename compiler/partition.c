@@ -494,25 +494,42 @@ void partition_free(struct partition *P)
     free(P);
 }
 
+int partition_stage_params(const struct partition *P, int stage, int *params, int *chunks)
+{
+    const struct ir_graph *g = P->g;
+    int *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner); /* chunk + 1; -1: listed */
+    for (int i = 0; i < g->n_ops; i++)
+        for (int k = 0; P->chunks[P->op_chunk[i]].stage == stage && k < g->ops[i].n_in; k++) {
+            int t = g->ops[i].in[k];
+            if (t >= 0 && g->tensors[t].kind == IR_TENSOR_PARAM && !owner[t])
+                owner[t] = P->op_chunk[i] + 1;
+        }
+    int n = 0;
+    for (int c = 0; c < P->n_chunks; c++)
+        for (int i = g->n_ops - 1; P->chunks[c].stage == stage && i >= 0; i--)
+            for (int k = g->ops[i].n_in - 1; P->op_chunk[i] == c && k >= 0; k--) {
+                int t = g->ops[i].in[k];
+                if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || owner[t] != c + 1)
+                    continue;
+                owner[t] = -1;
+                chunks[n] = c;
+                params[n++] = t;
+            }
+    free(owner);
+    return n;
+}
+
 int64_t partition_stage_param_elems(const struct partition *P, int stage)
 {
     const struct ir_graph *g = P->g;
-    bool *seen = wf_calloc((size_t)g->n_tensors + 1, sizeof *seen);
+    int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *chunks = wf_calloc((size_t)g->n_tensors + 1, sizeof *chunks);
     int64_t n = 0;
-    for (int i = 0; i < g->n_ops; i++) {
-        const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
-        if (ch->stage != stage)
-            continue;
-        for (int k = 0; k < g->ops[i].n_in; k++) {
-            int t = g->ops[i].in[k];
-            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || seen[t])
-                continue;
-            seen[t] = true;
-            struct ir_shape l = partition_local_shape(P, ch->part, &g->tensors[t].shape, &P->shard[t]);
-            n += ir_shape_numel(&l);
-        }
+    for (int i = 0, np = partition_stage_params(P, stage, params, chunks); i < np; i++) {
+        struct ir_shape l = partition_local_shape(P, P->chunks[chunks[i]].part, &g->tensors[params[i]].shape, &P->shard[params[i]]);
+        n += ir_shape_numel(&l);
     }
-    free(seen);
+    free(params);
+    free(chunks);
     return n;
 }
 

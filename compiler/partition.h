@@ -111,6 +111,11 @@ int partition_op_layer(const struct ir_graph *g, const struct ir_op *op);
 /* Whether rank r runs chunk c (an encoder without stages of its own runs on
  * the decoder's first stage). */
 bool partition_rank_runs(const struct partition *P, int r, int c);
+/* The parameters a stage's chunks read, each once, in the order its
+ * backward finishes their gradients: chunk by chunk, each chunk's in
+ * reverse op order (a parameter read by several chunks is the first
+ * reader's).  params, chunks (the owner): n_tensors entries.  Returns n. */
+int partition_stage_params(const struct partition *P, int stage, int *params, int *chunks);
 /* Parameter elements one rank of a stage holds: its shards, a tied parameter
  * at each stage that holds it. */
 int64_t partition_stage_param_elems(const struct partition *P, int stage);

@@ -132,32 +132,24 @@ static bool is_param(const struct partition *P, int t) { return P->g->tensors[t]
 static int grad_buckets(const struct partition *P, int chunk, int64_t *out)
 {
     const struct ir_graph *g = P->g;
-    int stage = P->chunks[chunk].stage, n = 0;
+    int n = 0;
     int64_t limit = (int64_t)P->L->pc.dp * 1000000, fill = 0;
     limit = limit > 40000000 ? limit : 40000000;
-    int *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner); /* chunk + 1; -1: counted */
-    for (int i = 0; i < g->n_ops; i++)
-        for (int k = 0; P->chunks[P->op_chunk[i]].stage == stage && k < g->ops[i].n_in; k++) {
-            int t = g->ops[i].in[k];
-            if (t >= 0 && g->tensors[t].kind == IR_TENSOR_PARAM && !owner[t])
-                owner[t] = P->op_chunk[i] + 1;
+    int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *chunks = wf_calloc((size_t)g->n_tensors + 1, sizeof *chunks);
+    for (int i = 0, np = partition_stage_params(P, P->chunks[chunk].stage, params, chunks); i < np; i++) {
+        if (chunks[i] != chunk)
+            continue;
+        struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[params[i]].shape, &P->shard[params[i]]);
+        fill += ir_shape_numel(&l);
+        if (fill >= limit && n + 1 < MAX_BUCKETS) {
+            out[n++] = fill * 4;
+            fill = 0;
         }
-    for (int i = g->n_ops - 1; i >= 0; i--)
-        for (int k = g->ops[i].n_in - 1; P->op_chunk[i] == chunk && k >= 0; k--) {
-            int t = g->ops[i].in[k];
-            if (t < 0 || g->tensors[t].kind != IR_TENSOR_PARAM || owner[t] != chunk + 1)
-                continue;
-            owner[t] = -1;
-            struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[t].shape, &P->shard[t]);
-            fill += ir_shape_numel(&l);
-            if (fill >= limit && n + 1 < MAX_BUCKETS) {
-                out[n++] = fill * 4;
-                fill = 0;
-            }
-        }
+    }
     if (fill)
         out[n++] = fill * 4;
-    free(owner);
+    free(params);
+    free(chunks);
     return n;
 }
 

@@ -2,6 +2,7 @@
  * Checksums are recomputed over the input first, so a mutation reaches the
  * section decoders instead of stopping at the CRC.  Any input must be read,
  * or refused with a message: never a crash, a leak or a hang. */
+#include "memplan.h"
 #include "partition.h"
 #include "optim.h"
 #include "plan.h"
@@ -62,6 +63,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 fits &= S.chunk_stage[c] < L->groups[PAR_GROUP_PP].group_size || !L->groups[PAR_GROUP_PP].group_size;
             if (fits)
                 ir_schedule_verify(&S, L, &d);
+            struct ir_memory M;
+            if (ir_memory_read(p, S.n_stages, -1, &M, &d) == 0) {
+                ir_memory_check(&M, &d);
+                ir_memory_free(&M);
+            }
         }
         rank_layout_free(L);
     }

@@ -1,33 +1,43 @@
-/* test_memory.c: the memory plan against a count done by hand, and what the
- * schedule and --bf16 change. */
+/* test_memory.c: the memory plan against a count done by hand, what the
+ * schedule and --bf16 change, and the arena's proof on every model. */
 #include "testing.h"
 
+#include "autodiff.h"
 #include "memory.h"
 #include "schedule.h"
 
 struct built {
     struct partition *P;
     struct ir_schedule S;
-    struct mem_report m;
+    struct ir_memory M;
 };
 
-static void build_mode(struct built *b, const char *file, struct par_config pc, bool forward_only)
+static void build_kind(struct built *b, const char *file, const char *variant, struct par_config pc, int kind,
+                       bool forward_only)
 {
     struct fe_options opt = {0};
     struct diag d;
     diag_init(&d);
+    opt.variant = variant;
     b->P = partition_model(file, &opt, &pc, &d);
-    if (!b->P || schedule_build(b->P, schedule_default(b->P), forward_only, &b->S, &d))
+    if (!b->P || schedule_build(b->P, kind < 0 ? schedule_default(b->P) : (enum ir_sched_kind)kind, forward_only, &b->S, &d))
         fail_msg("%s: %s", file, diag_first_error(&d));
-    memory_plan(b->P, &b->S, &b->m);
+    memory_plan(b->P, &b->S, &b->M);
+    if (ir_memory_check(&b->M, &d))
+        fail_msg("%s: the arena does not hold: %s", file, diag_first_error(&d));
     diag_free(&d);
+}
+
+static void build_mode(struct built *b, const char *file, struct par_config pc, bool forward_only)
+{
+    build_kind(b, file, NULL, pc, -1, forward_only);
 }
 
 static void build(struct built *b, const char *file, struct par_config pc) { build_mode(b, file, pc, false); }
 
 static void unbuild(struct built *b)
 {
-    mem_report_free(&b->m);
+    ir_memory_free(&b->M);
     ir_schedule_free(&b->S);
     partition_free(b->P);
 }
@@ -56,25 +66,32 @@ static void test_gpt2_by_hand(void **state)
      * After: the final norm's input and row stats, the head's input, the
      * logits (B*S*V fp32) and the labels (i32). */
     const int64_t outside = BS * 4 + BSH + BSH * 4 + 2 * BS * 4 + BSH * 4 + BS * V * 4 + BS * 4;
-    const struct mem_stage *ms = &b.m.stages[0];
-    assert_int_equal(ms->bytes[MEM_PARAMS], params * 4);
-    assert_int_equal(ms->bytes[MEM_GRADS], params * 4);
-    assert_int_equal(ms->bytes[MEM_OPTIMIZER], params * 8); /* AdamW's two moments */
-    assert_int_equal(ms->bytes[MEM_ACTIVATIONS], L * layer + outside);
-    assert_int_equal(ms->bytes[MEM_ACTIVATIONS], 3349479424LL);
+    const struct ir_role_memory *ms = &b.M.roles[0];
+    assert_int_equal(ms->size[IR_REGION_PARAMS], params * 4);
+    assert_int_equal(ms->size[IR_REGION_GRADS], params * 4);
+    assert_int_equal(ms->size[IR_REGION_OPTIMIZER], params * 8); /* AdamW's two moments */
+    /* One micro-batch's block, and nothing crosses a stage. */
+    assert_int_equal(memory_block_bytes(ms), L * layer + outside);
+    assert_int_equal(ms->size[IR_REGION_ACTIVATIONS], 3349479424LL);
     assert_int_equal(ms->in_flight, 1);
-    assert_int_equal(ms->bytes[MEM_COMM], 0); /* one rank: nothing moves */
-    assert_int_equal(ms->bytes[MEM_WORKSPACE], 32 << 20);
-    int64_t sum = 0;
-    for (int k = 0; k < MEM_COUNT; k++)
-        sum += ms->bytes[k];
+    /* The working set peaks in the head's backward: the logits' gradient
+     * (B*S*V) and the gradient of the head's input (B*S*H), both fp32 and
+     * alive at once; every layer's transients fit beside them. */
+    assert_int_equal(ms->size[IR_REGION_WORKING], (BS * V + BSH) * 4);
+    assert_int_equal(ms->size[IR_REGION_COMM], 0); /* one rank: nothing moves */
+    assert_int_equal(ms->size[IR_REGION_WORKSPACE], 32 << 20);
+    int64_t sum = 0; /* every size here is a multiple of the alignment */
+    for (int k = 0; k < IR_REGION_COUNT; k++)
+        sum += ms->size[k];
     assert_int_equal(ms->total, sum);
     unbuild(&b);
 }
 
-/* Forward only, the same GPT-2: no gradients, no optimizer state, and the
- * activations are the forward's working set, whose peak is the head: its
- * input (the final norm's output) and the logits, both live at once. */
+/* Forward only, the same GPT-2 on two stages: no gradients, no optimizer
+ * state, no blocks; the activations are the one buffer a transfer fills or
+ * drains (B*S*H), and the working set peaks at the head: its input (the
+ * final norm's output), the logits and the labels (loaded as the step
+ * starts), all live at once. */
 static void test_gpt2_forward_only_by_hand(void **state)
 {
     (void)state;
@@ -85,45 +102,156 @@ static void test_gpt2_forward_only_by_hand(void **state)
     build_mode(&b, "models/gpt2.xml", pc, true);
     build(&t, "models/gpt2.xml", pc);
     const int64_t B = 4, S = 1024, H = 768, F = 3072, V = 50304;
-    const struct mem_stage *last = &b.m.stages[1], *first = &b.m.stages[0];
-    assert_int_equal(last->bytes[MEM_ACTIVATIONS], (B * S * H + B * S * V) * 4);
+    const struct ir_role_memory *last = &b.M.roles[1], *first = &b.M.roles[0];
+    assert_int_equal(last->size[IR_REGION_WORKING], (B * S * H + B * S * V) * 4 + B * S * 4 /* the labels, i32 */);
     /* Within a layer the peak is the MLP: fc's output and gelu's output
      * (B*S*F each), plus the residual stream x1 the MLP adds back to. */
-    assert_int_equal(first->bytes[MEM_ACTIVATIONS], (2 * B * S * F + B * S * H) * 4);
+    assert_int_equal(first->size[IR_REGION_WORKING], (2 * B * S * F + B * S * H) * 4);
     for (int s = 0; s < 2; s++) {
-        const struct mem_stage *ms = &b.m.stages[s];
-        assert_int_equal(ms->bytes[MEM_GRADS], 0);
-        assert_int_equal(ms->bytes[MEM_OPTIMIZER], 0);
-        assert_int_equal(ms->bytes[MEM_PARAMS], t.m.stages[s].bytes[MEM_PARAMS]);
-        assert_int_equal(ms->in_flight, 1);
-        assert_true(ms->bytes[MEM_ACTIVATIONS] < t.m.stages[s].bytes[MEM_ACTIVATIONS]);
+        const struct ir_role_memory *ms = &b.M.roles[s];
+        assert_int_equal(ms->size[IR_REGION_ACTIVATIONS], B * S * H * 4);
+        assert_int_equal(ms->size[IR_REGION_GRADS], 0);
+        assert_int_equal(ms->size[IR_REGION_OPTIMIZER], 0);
+        assert_int_equal(ms->size[IR_REGION_PARAMS], t.M.roles[s].size[IR_REGION_PARAMS]);
+        assert_int_equal(ms->in_flight, 0);
+        assert_true(ms->total < t.M.roles[s].total);
     }
     unbuild(&b);
     unbuild(&t);
 }
 
-/* 1F1B: stage s of p holds p - s micro-batches at its peak; --bf16 halves
- * weights and activations and puts fp32 master weights in the optimizer. */
+/* 1F1B: stage s of p holds p - s micro-batches' blocks at its peak, and
+ * the buffers transfers fill besides; --bf16 halves weights and activations
+ * and puts fp32 master weights in the optimizer. */
 static void test_schedule_and_precision(void **state)
 {
     (void)state;
     struct par_config pc = par_config_default();
     pc.pp = 4, pc.global_batch = 16;
-    struct built b, h;
+    struct built b, h, g;
     build(&b, "models/gpt2.xml", pc);
+    for (int s = 0; s < 4; s++) {
+        const struct ir_role_memory *m = &b.M.roles[s];
+        assert_int_equal(m->in_flight, 4 - s);
+        int64_t blocks = m->in_flight * memory_block_bytes(m), transfer = 0;
+        for (int i = 0; i < m->n_bufs; i++)
+            if (m->bufs[i].region == IR_REGION_ACTIVATIONS && m->bufs[i].what != IR_BUF_BLOCK)
+                transfer = m->bufs[i].bytes > transfer ? m->bufs[i].bytes : transfer;
+        assert_true(m->size[IR_REGION_ACTIVATIONS] >= blocks + transfer);
+        assert_true(m->size[IR_REGION_ACTIVATIONS] <= blocks + 4 * transfer); /* a few transfers at once, no more */
+    }
+    /* GPipe keeps every micro-batch until the backward starts. */
+    build_kind(&g, "models/gpt2.xml", NULL, pc, IR_SCHED_GPIPE, false);
     for (int s = 0; s < 4; s++)
-        assert_int_equal(b.m.stages[s].in_flight, 4 - s);
-    assert_int_equal(b.m.stages[1].bytes[MEM_ACTIVATIONS], 3 * b.m.stages[1].activations_per_micro);
+        assert_int_equal(g.M.roles[s].in_flight, 16);
     pc.bf16 = true;
     build(&h, "models/gpt2.xml", pc);
     for (int s = 0; s < 4; s++) {
-        assert_int_equal(h.m.stages[s].bytes[MEM_PARAMS] * 2, b.m.stages[s].bytes[MEM_PARAMS]);
-        assert_int_equal(h.m.stages[s].bytes[MEM_GRADS], b.m.stages[s].bytes[MEM_GRADS]);
-        assert_int_equal(h.m.stages[s].bytes[MEM_OPTIMIZER] * 2, b.m.stages[s].bytes[MEM_OPTIMIZER] * 3);
-        assert_true(h.m.stages[s].bytes[MEM_ACTIVATIONS] < b.m.stages[s].bytes[MEM_ACTIVATIONS]);
+        assert_int_equal(h.M.roles[s].size[IR_REGION_PARAMS] * 2, b.M.roles[s].size[IR_REGION_PARAMS]);
+        assert_int_equal(h.M.roles[s].size[IR_REGION_GRADS], b.M.roles[s].size[IR_REGION_GRADS]);
+        assert_int_equal(h.M.roles[s].size[IR_REGION_OPTIMIZER] * 2, b.M.roles[s].size[IR_REGION_OPTIMIZER] * 3);
+        assert_true(h.M.roles[s].size[IR_REGION_ACTIVATIONS] < b.M.roles[s].size[IR_REGION_ACTIVATIONS]);
     }
     unbuild(&b);
     unbuild(&h);
+    unbuild(&g);
+}
+
+/* Whether role m has a buffer holding `what` of tensor t. */
+static bool has_home(const struct ir_role_memory *m, enum ir_buf_what what, int t)
+{
+    for (int i = 0; i < m->n_items; i++)
+        if (m->items[i].what == what && m->items[i].id == t)
+            return true;
+    for (int i = 0; i < m->n_bufs; i++)
+        if (m->bufs[i].what == what && m->bufs[i].id == t)
+            return true;
+    return false;
+}
+
+/* Every model under each schedule, trained and forward only: the arena
+ * holds (build checks that no two live buffers share a byte), and every
+ * value a stage's ops touch, and in training every gradient they need, has
+ * a buffer (a view shares its input's). */
+static void test_every_model_has_a_home(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file, *variant;
+        int world, tp, pp, etp, epp, gbs, per_virtual;
+        bool sp;
+    } cfg[] = {
+        {"models/gpt2.xml", NULL, 16, 2, 4, 0, -1, 16, 0, false},   {"models/gpt2.xml", NULL, 16, 2, 4, 0, -1, 16, 1, false},
+        {"models/gpt2.xml", NULL, 4, 2, 2, 0, -1, 4, 0, true},      {"models/llama2.xml", "tiny", 8, 2, 2, 0, -1, 8, 0, false},
+        {"models/mixtral.xml", "tiny", 8, 2, 2, 0, -1, 4, 0, false}, {"models/t5.xml", "tiny", 10, 2, 2, 1, 1, 8, 0, false},
+        {"models/t5.xml", "tiny", 4, 2, 1, 0, -1, 4, 0, false},     {"models/llava.xml", "tiny", 12, 2, 2, 1, 2, 8, 0, false},
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++)
+        for (int k = 0; k < 4; k++) {
+            struct par_config pc = par_config_default();
+            pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
+            pc.global_batch = cfg[i].gbs, pc.layers_per_virtual_stage = cfg[i].per_virtual;
+            pc.sequence_parallel = cfg[i].sp;
+            int kind = cfg[i].per_virtual ? IR_SCHED_INTERLEAVED : k % 2 ? IR_SCHED_1F1B : IR_SCHED_GPIPE;
+            bool forward_only = k >= 2;
+            struct built b;
+            build_kind(&b, cfg[i].file, cfg[i].variant, pc, kind, forward_only);
+            const struct ir_graph *g = b.P->g;
+            bool *needs = calloc((size_t)g->n_tensors, sizeof *needs);
+            if (!forward_only)
+                autodiff_needs_grad(g, g->outputs[0], needs);
+            for (int op = 0; op < g->n_ops; op++) {
+                const struct ir_op *o = &g->ops[op];
+                const struct ir_role_memory *m = &b.M.roles[b.P->chunks[b.P->op_chunk[op]].stage];
+                for (int x = 0; x < o->n_in + o->n_out; x++) {
+                    int t = x < o->n_in ? o->in[x] : o->out[x - o->n_in], p = t >= 0 ? g->tensors[t].producer : -1;
+                    if (t < 0 || (p >= 0 && (g->ops[p].kind == IR_OP_SPLIT_HEADS || g->ops[p].kind == IR_OP_MERGE_HEADS ||
+                                             g->ops[p].kind == IR_OP_RESHAPE)))
+                        continue;
+                    if (!has_home(m, IR_BUF_VALUE, t))
+                        fail_msg("%s (config %zu, %d): %s has no buffer on its stage", cfg[i].file, i, k, g->tensors[t].name);
+                    if (needs[t] && !has_home(m, IR_BUF_GRAD, t))
+                        fail_msg("%s (config %zu, %d): the gradient of %s has no buffer", cfg[i].file, i, k,
+                                 g->tensors[t].name);
+                }
+            }
+            free(needs);
+            unbuild(&b);
+        }
+}
+
+/* The proof catches a packer's mistake: two live buffers moved onto the
+ * same bytes, a buffer pushed past its region's end. */
+static void test_check_catches_overlap(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.pp = 2, pc.global_batch = 4;
+    struct built b;
+    build(&b, "models/gpt2.xml", pc);
+    struct ir_role_memory *m = &b.M.roles[0];
+    int x = -1, y = -1; /* two blocks alive at once */
+    for (int i = 0; i < m->n_bufs && y < 0; i++)
+        for (int j = 0; m->bufs[i].what == IR_BUF_BLOCK && j < i && y < 0; j++)
+            if (m->bufs[j].what == IR_BUF_BLOCK && ir_buf_meet(&m->bufs[i], &m->bufs[j]))
+                x = j, y = i;
+    assert_true(y >= 0);
+    int64_t keep = m->bufs[y].offset;
+    m->bufs[y].offset = m->bufs[x].offset + 256;
+    struct diag d;
+    diag_init(&d);
+    assert_int_equal(ir_memory_check(&b.M, &d), -1);
+    assert_non_null(strstr(diag_first_error(&d), "stage 0 activations: block"));
+    assert_non_null(strstr(diag_first_error(&d), "share bytes while both alive"));
+    diag_free(&d);
+    m->bufs[y].offset = keep;
+    diag_init(&d);
+    assert_int_equal(ir_memory_check(&b.M, &d), 0);
+    m->bufs[0].offset = m->size[m->bufs[0].region];
+    assert_int_equal(ir_memory_check(&b.M, &d), -1);
+    assert_non_null(strstr(diag_first_error(&d), "lies outside its"));
+    diag_free(&d);
+    unbuild(&b);
 }
 
 static void test_limit(void **state)
@@ -152,6 +280,8 @@ int main(void)
         cmocka_unit_test(test_gpt2_by_hand),
         cmocka_unit_test(test_gpt2_forward_only_by_hand),
         cmocka_unit_test(test_schedule_and_precision),
+        cmocka_unit_test(test_every_model_has_a_home),
+        cmocka_unit_test(test_check_catches_overlap),
         cmocka_unit_test(test_limit),
     };
     int rc = cmocka_run_group_tests_name("memory", tests, NULL, NULL);

@@ -190,12 +190,17 @@ static void test_inspect(void **state)
     assert_int_equal(R->status, 0);
     assert_non_null(strstr(R->out, "\"roles\": [{\"role\": \"decoder stage 0\", \"ranks\": [0, 1, 2, 3]"));
     assert_non_null(strstr(R->out, "\"memory_bytes\": "));
+    assert_non_null(strstr(R->out, "\"working set\": "));
+    assert_non_null(strstr(R->out, "\"micro_batches_in_flight\": 4"));
     assert_non_null(strstr(R->out, "\"kernels\": []"));
     run_weft(R, "inspect", path("i.plan"), "--rank", "5", NULL);
     assert_int_equal(R->status, 0);
     assert_non_null(strstr(R->out, "rank 5 of"));
     assert_non_null(strstr(R->out, "decoder stage 1, tp 1"));
     assert_non_null(strstr(R->out, "[peer 1]"));
+    /* its arena: one allocation, the blocks of stage 1 of 4's three micro-batches in flight */
+    assert_non_null(strstr(R->out, "arena "));
+    assert_non_null(strstr(R->out, "at most 3 alive"));
     assert_non_null(strstr(R->out, "backward virtual stage 0, micro-batch 0\n    26  all-reduce over tp #42 (12582912 B), of gradients"));
 }
 
@@ -221,6 +226,8 @@ static void test_forward_only(void **state)
     assert_int_equal(R->status, 0);
     assert_null(strstr(R->out, "backward"));
     assert_null(strstr(R->out, "optimizer"));
+    assert_null(strstr(R->out, "gradients"));
+    assert_non_null(strstr(R->out, "working set"));
     run_weft(R, "simulate", path("f.plan"), "--json", NULL);
     assert_non_null(strstr(R->out, "\"mode\": \"infer\""));
     /* A plan's mode is fixed; a mode is train or infer. */

@@ -53,10 +53,12 @@ int cmd_compile(int argc, char **argv)
     bool built = rc == 0;
     if (rc == 0)
         rc = ir_schedule_verify(&S, P->L, &d);
-    struct mem_report mem = {0};
+    struct ir_memory mem = {0};
     if (rc == 0) {
         memory_plan(P, &S, &mem);
-        if (c.memory_limit)
+        if (ir_memory_check(&mem, &d))
+            rc = 1; /* the packer's bug, not the user's */
+        else if (c.memory_limit)
             rc = memory_check(P, &mem, c.memory_limit, &d);
     }
     if (rc == 0)
@@ -70,8 +72,8 @@ int cmd_compile(int argc, char **argv)
         printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batch%s; verified\n", c.output,
                P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
                ir_sched_name(S.kind), S.forward_only ? " forward only (--mode infer)" : "", S.n_micro, S.n_micro == 1 ? "" : "es");
-        printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
-               "params", "grads", "optimizer", "activ.", "comm", "workspace", "total");
+        printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
+               "params", "grads", "optimizer", "activ.", "working", "comm", "workspace", "total");
         for (int s = 0; s < S.n_stages; s++) {
             int lo = -1, hi = -1;
             for (int r = 0; r < P->L->n_ranks; r++)
@@ -93,21 +95,26 @@ int cmd_compile(int argc, char **argv)
             }
             snprintf(role, sizeof role, "%s stage %d", ir_part_name(part), s);
             snprintf(ranks, sizeof ranks, lo == hi ? "%d" : "%d-%d", lo, hi);
-            const struct mem_stage *ms = &mem.stages[s];
+            const struct ir_role_memory *ms = &mem.roles[s];
             printf("  %-18s %-9s %-20s %6d", role, ranks, layers, S.programs[s].n);
-            for (int k = 0; k < MEM_COUNT; k++)
-                printf(" %10s", wf_bytes((double)ms->bytes[k], a));
+            for (int k = 0; k < IR_REGION_COUNT; k++)
+                printf(" %10s", wf_bytes((double)ms->size[k], a));
             printf(" %10s\n", wf_bytes((double)ms->total, b));
         }
-        const struct mem_stage *big = &mem.stages[mem.largest];
-        printf("  largest rank: %s (stage %d; activations of %d micro-batch%s in flight)%s\n", wf_bytes((double)big->total, a),
-               mem.largest, big->in_flight, big->in_flight == 1 ? "" : "es", pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
+        int largest = memory_largest(&mem);
+        const struct ir_role_memory *big = &mem.roles[largest];
+        char flight[64] = "";
+        if (!S.forward_only)
+            snprintf(flight, sizeof flight, "; activations of %d micro-batch%s in flight", big->in_flight,
+                     big->in_flight == 1 ? "" : "es");
+        printf("  largest rank: %s (stage %d%s)%s\n", wf_bytes((double)big->total, a), largest, flight,
+               pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
         printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S.forward_only ? "forward pass" : "step", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
     }
     if (built)
         ir_schedule_free(&S);
     sim_result_free(&sim);
-    mem_report_free(&mem);
+    ir_memory_free(&mem);
     partition_free(P);
     diag_free(&d);
     return rc ? (rc == 1 ? EXIT_FAILURE_RUN : EXIT_BAD_INPUT) : EXIT_OK;

@@ -50,30 +50,33 @@ static int read_meta(struct plan *p, struct meta *m, struct diag *d)
     return 0;
 }
 
-/* Each stage's memory by category ("roles"). */
-static int read_roles(struct plan *p, int n_stages, int64_t (*mem)[MEM_COUNT + 1], struct diag *d)
+/* One rank's arena: its regions, and what the activations hold. */
+static void print_arena(const struct ir_role_memory *m)
 {
-    struct plan_reader r;
-    if (plan_read(p, "roles", &r, d))
-        return -1;
-    if ((int)plan_get_u32(&r) != n_stages || plan_get_u32(&r) != MEM_COUNT) {
-        diag_error(d, NULL, 0, "plan section 'roles' disagrees with the schedule or this weft's memory categories: "
-                               "the plan is corrupted or from another weft");
-        return -1;
+    char a[32], b[32];
+    printf("  arena %s, one allocation:\n", wf_bytes((double)m->total, a));
+    int count[IR_REGION_COUNT] = {0}, blocks = 0;
+    for (int i = 0; i < m->n_bufs; i++) {
+        count[m->bufs[i].region]++;
+        blocks += m->bufs[i].what == IR_BUF_BLOCK;
     }
-    for (int s = 0; s < n_stages; s++) {
-        mem[s][MEM_COUNT] = 0;
-        for (int k = 0; k < MEM_COUNT; k++) {
-            mem[s][k] = plan_get_i64(&r);
-            mem[s][MEM_COUNT] += mem[s][k];
-        }
-        plan_get_i32(&r);
+    for (int k = 0; k < IR_REGION_COUNT; k++) {
+        if (!m->size[k])
+            continue; /* forward only: no gradients, no optimizer state */
+        printf("    %-22s at %12lld  %10s", ir_region_name((enum ir_region)k), (long long)m->base[k],
+               wf_bytes((double)m->size[k], a));
+        if (k == IR_REGION_ACTIVATIONS) {
+            int64_t per = 0;
+            for (int v = 0; v < m->n_vstages; v++)
+                per += m->block_bytes[v];
+            if (blocks)
+                printf("  a block of %s per micro-batch (%d items kept for the backward), at most %d alive; ",
+                       wf_bytes((double)per, b), m->n_items, m->in_flight);
+            printf("%s%d transfer buffers", blocks ? "" : "  ", count[k] - blocks);
+        } else if (count[k])
+            printf("  %d buffers", count[k]);
+        printf("\n");
     }
-    if (r.bad) {
-        diag_error(d, NULL, 0, "plan section 'roles' is shorter than its fields: the plan is corrupted");
-        return -1;
-    }
-    return 0;
 }
 
 static const char usage[] =
@@ -98,14 +101,13 @@ int cmd_inspect(int argc, char **argv)
     bool enc;
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
-    int64_t (*mem)[MEM_COUNT + 1] = NULL;
+    struct ir_memory mem = {0};
     struct optim_config opt;
     bool has_opt = p && plan_has(p, "optimizer");
     int rc = -1;
     if (p && read_meta(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &S, &d) == 0) {
-        mem = calloc((size_t)S.n_stages, sizeof *mem);
-        rc = read_roles(p, S.n_stages, mem, &d);
+        rc = ir_memory_read(p, S.n_stages, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &mem, &d);
         if (rc == 0 && has_opt)
             rc = optim_read(p, &opt, &d);
     }
@@ -155,11 +157,12 @@ int cmd_inspect(int argc, char **argv)
                     json_int(&j, NULL, r);
             json_end_array(&j);
             json_int(&j, "instructions", S.programs[s].n);
-            json_int(&j, "memory_bytes", mem[s][MEM_COUNT]);
+            json_int(&j, "memory_bytes", mem.roles[s].total);
             json_begin_object(&j, "memory");
-            for (int k = 0; k < MEM_COUNT; k++)
-                json_int(&j, mem_cat_name((enum mem_cat)k), mem[s][k]);
+            for (int k = 0; k < IR_REGION_COUNT; k++)
+                json_int(&j, ir_region_name((enum ir_region)k), mem.roles[s].size[k]);
             json_end_object(&j);
+            json_int(&j, "micro_batches_in_flight", mem.roles[s].in_flight);
             json_end_object(&j);
         }
         json_end_array(&j);
@@ -172,6 +175,7 @@ int cmd_inspect(int argc, char **argv)
         const struct ir_program *prog = &S.programs[rc0->stage];
         printf("rank %d of %s: %s stage %d, tp %d, cp %d, dp %d, ep %d; %d instructions\n", c.rank, c.model,
                ir_part_name(rc0->part), rc0->stage, rc0->tp, rc0->cp, rc0->dp, rc0->ep, prog->n);
+        print_arena(&mem.roles[rc0->stage]);
         bool backward = false; /* a collective after a backward step moves gradients */
         for (int i = 0; i < prog->n; i++) {
             char buf[2048];
@@ -236,15 +240,20 @@ int cmd_inspect(int argc, char **argv)
                     hi = r;
                     part = ir_part_name(L->ranks[r].part);
                 }
-            printf("    %s stage %-3d ranks %d-%d, %d instructions, %s a rank (activations %s)\n", part, s, lo, hi,
-                   S.programs[s].n, wf_bytes((double)mem[s][MEM_COUNT], a), wf_bytes((double)mem[s][MEM_ACTIVATIONS], b));
+            const struct ir_role_memory *rm = &mem.roles[s];
+            char flight[64] = "";
+            if (!S.forward_only)
+                snprintf(flight, sizeof flight, ", %d micro-batch%s in flight", rm->in_flight, rm->in_flight == 1 ? "" : "es");
+            printf("    %s stage %-3d ranks %d-%d, %d instructions, %s a rank (activations %s%s)\n", part, s, lo, hi,
+                   S.programs[s].n, wf_bytes((double)rm->total, a), wf_bytes((double)rm->size[IR_REGION_ACTIVATIONS], b),
+                   flight);
         }
         printf("  kernels   none yet (fused kernels come with the kernel compiler)\n  sections ");
         for (int i = 0; i < plan_n_sections(p); i++)
             printf(" %s (%s)", plan_section_name(p, i), wf_bytes((double)plan_section_size(p, i), a));
         printf("\n");
     }
-    free(mem);
+    ir_memory_free(&mem);
     ir_schedule_free(&S);
     rank_layout_free(L);
     plan_close(p);

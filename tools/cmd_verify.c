@@ -1,5 +1,6 @@
 /* cmd_verify.c: `weft verify MODEL.plan`: the proof again, from the file alone. */
 #include "cli.h"
+#include "memplan.h"
 #include "plan.h"
 #include "program.h"
 
@@ -8,8 +9,9 @@
 static const char usage[] =
     "usage: weft verify MODEL.plan\n\nCheck every section's checksum, then run every rank's program from the plan\n"
     "against the others: every send meets its receive, every collective its whole\n"
-    "group in one order.  Exit 0 if the step cannot hang; 2 with the ranks and what\n"
-    "they wait for if it can, or if the plan is unreadable.\n";
+    "group in one order; and check every rank's memory plan: no two buffers alive\n"
+    "at once share a byte.  Exit 0 if so; 2 with the ranks and what they wait for\n"
+    "(or the buffers that collide), or if the plan is unreadable.\n";
 
 int cmd_verify(int argc, char **argv)
 {
@@ -27,6 +29,7 @@ int cmd_verify(int argc, char **argv)
     bool enc;
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
+    struct ir_memory M = {0};
     int rc = -1;
     /* Every section's checksum first, read or not by the proof. */
     bool intact = p != NULL;
@@ -37,17 +40,21 @@ int cmd_verify(int argc, char **argv)
     if (intact && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, -1, &S, &d) == 0) {
         rc = ir_schedule_verify(&S, L, &d);
+        if (rc == 0 && (rc = ir_memory_read(p, S.n_stages, -1, &M, &d)) == 0)
+            rc = ir_memory_check(&M, &d);
         if (rc == 0) {
             int n = 0;
             for (int s = 0; s < S.n_stages; s++)
                 n += S.programs[s].n;
             printf("%s: %d sections intact; verified on all %d ranks (%d stages, %d instructions): every send\n"
-                   "meets its receive and every collective its whole group, in one order; the step cannot hang\n",
+                   "meets its receive and every collective its whole group, in one order; the step cannot hang;\n"
+                   "no two buffers alive at once share a byte of any rank's arena\n",
                    c.model, plan_n_sections(p), L->n_ranks, S.n_stages, n);
         }
     }
     diag_print(&d, stderr);
     ir_schedule_free(&S);
+    ir_memory_free(&M);
     rank_layout_free(L);
     plan_close(p);
     diag_free(&d);

@@ -1,0 +1,113 @@
+/* memplan.h: where every buffer of a role lives: one arena per rank, cut
+ * into regions, every buffer at an offset.  The compiler packs it
+ * (compiler/memory.c); the runtime allocates the arena once and never
+ * allocates again.
+ *
+ *   struct ir_memory M;                       // from memory_plan, or:
+ *   ir_memory_read(plan, stage, &M, &diag);   // one stage's (stage < 0: all)
+ *   M.roles[s].size[IR_REGION_ACTIVATIONS]
+ *   ir_memory_check(&M, &diag);               // no two live buffers share a byte
+ *   ir_memory_free(&M);
+ *
+ * Regions, in the arena's order (each starts 256-byte aligned):
+ *   PARAMS       every parameter the stage's chunks read, once
+ *   GRADS        their fp32 gradients, in the order the backward finishes
+ *                them, so a data-parallel bucket is a contiguous range
+ *   OPTIMIZER    AdamW's moments (and fp32 master weights with --bf16), laid
+ *                out like GRADS: exp_avg at GRADS' offsets, exp_avg_sq one
+ *                GRADS-size further, master weights one further
+ *   ACTIVATIONS  per micro-batch in flight: a block per (virtual stage,
+ *                micro-batch) holding what the backward reads (items at
+ *                offsets inside the block), and the boundary buffers that
+ *                pipeline transfers fill or drain
+ *   WORKING      one forward or backward step's transients (the backward's
+ *                activation gradients included); steps run one at a time
+ *   COMM         staging for a collective's output (an all-gather's whole)
+ *   WORKSPACE    the GEMM library's workspace
+ * Lifetimes: ACTIVATIONS buffers by instruction in the stage's program,
+ * counted from 1; WORKING buffers by position in their virtual stage's step,
+ * forward ops at 1..n, the backward of forward op k at 2n+1-k. */
+#ifndef WEFT_MEMPLAN_H
+#define WEFT_MEMPLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "diag.h"
+
+#define IR_REGIONS(X)                                                          \
+    X(PARAMS, "parameters")                                                    \
+    X(GRADS, "gradients")                                                      \
+    X(OPTIMIZER, "optimizer state")                                            \
+    X(ACTIVATIONS, "activations")                                              \
+    X(WORKING, "working set")                                                  \
+    X(COMM, "communication buffers")                                           \
+    X(WORKSPACE, "workspace")
+
+enum ir_region {
+#define X(id, name) IR_REGION_##id,
+    IR_REGIONS(X)
+#undef X
+    IR_REGION_COUNT
+};
+
+const char *ir_region_name(enum ir_region r);
+
+/* What a buffer holds. */
+enum ir_buf_what {
+    IR_BUF_VALUE,    /* tensor id's value */
+    IR_BUF_GRAD,     /* the gradient of tensor id */
+    IR_BUF_MASK,     /* op id's dropout mask: a byte per output element */
+    IR_BUF_ROWSTATS, /* op id's per-row statistics: two floats per row */
+    IR_BUF_BLOCK,    /* a (virtual stage, micro-batch)'s block of items */
+    IR_BUF_COUNT
+};
+
+#define IR_ALIGN 256
+
+struct ir_buf {
+    uint8_t what;        /* enum ir_buf_what */
+    uint8_t region;      /* enum ir_region */
+    int32_t id;          /* tensor or op; -1 for a block */
+    int32_t vstage;      /* -1 for PARAMS, GRADS */
+    int32_t micro;       /* ACTIVATIONS: the micro-batch; else -1 */
+    int32_t first, last; /* its lifetime (see above), inclusive; 0, 0 where it lives throughout */
+    int64_t offset;      /* from its region's start; a block item's, from its block's */
+    int64_t bytes;
+};
+
+struct ir_role_memory {
+    int64_t base[IR_REGION_COUNT], size[IR_REGION_COUNT];
+    int64_t total;          /* the arena: what the runtime allocates */
+    int in_flight;          /* most blocks alive at once */
+    int n_bufs;
+    struct ir_buf *bufs;    /* params, grads, blocks, boundary buffers, working buffers */
+    int n_items;
+    struct ir_buf *items;   /* what a block holds, offsets within it; vstage says whose block */
+    int n_vstages;
+    int64_t *block_bytes;   /* [n_vstages] */
+};
+
+struct ir_memory {
+    int n_roles;
+    struct ir_role_memory *roles; /* one per pipeline stage */
+};
+
+/* Whether two buffers of one space can be alive at the same moment. */
+bool ir_buf_meet(const struct ir_buf *a, const struct ir_buf *b);
+/* Bases from sizes: regions in order, each aligned; sets total. */
+void ir_role_memory_layout(struct ir_role_memory *m);
+/* Every buffer inside its region (a block item inside its block), and no
+ * two buffers of a region whose lifetimes meet share a byte.  0 if so; else
+ * the pair and where, in d. */
+int ir_memory_check(const struct ir_memory *M, struct diag *d);
+void ir_memory_free(struct ir_memory *M);
+
+struct plan;
+struct plan_writer;
+/* The plan's "memory.N" sections, one per stage. */
+void ir_memory_write(struct plan_writer *w, const struct ir_memory *M);
+/* stage < 0: every stage's; else only that one (the others empty). */
+int ir_memory_read(struct plan *p, int n_stages, int stage, struct ir_memory *M, struct diag *d);
+
+#endif
