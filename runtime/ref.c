@@ -1,5 +1,6 @@
 /* ref.c: the reference: each op in plain loops over whole float tensors. */
 #include "ref.h"
+#include "kernel.h"
 #include "util.h"
 
 #include <math.h>
@@ -15,34 +16,13 @@ struct ref {
 
 /* ---- random numbers --------------------------------------------------------------- */
 
-static uint64_t mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
-}
-
-double ref_uniform(uint64_t seed, uint64_t stream, uint64_t index)
-{
-    uint64_t h = mix(mix(seed ^ 0x9e3779b97f4a7c15ull) ^ mix(stream) ^ mix(index * 0x2545f4914f6cdd1dull + 1));
-    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
-}
-
 double ref_normal(uint64_t seed, uint64_t stream, uint64_t index)
 {
     /* Box-Muller from the element's two counters 2i and 2i+1 */
-    double u1 = ref_uniform(seed, stream, 2 * index), u2 = ref_uniform(seed, stream, 2 * index + 1);
+    double u1 = kn_uniform(seed, stream, 2 * index), u2 = kn_uniform(seed, stream, 2 * index + 1);
     if (u1 < 1e-300)
         u1 = 1e-300;
     return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2); /* 2 pi: M_PI is not C11 */
-}
-
-uint64_t ref_stream(const char *name)
-{
-    return wf_hash(name, strlen(name), 0x5eed);
 }
 
 /* ---- buffers ---------------------------------------------------------------------- */
@@ -66,7 +46,7 @@ struct ref *ref_new(const struct ir_graph *g, uint64_t seed)
         r->f[t] = wf_calloc(n ? n : 1, sizeof **r->f);
         if (x->kind != IR_TENSOR_PARAM)
             continue;
-        uint64_t stream = ref_stream(x->name);
+        uint64_t stream = kn_stream(x->name);
         for (size_t k = 0; k < n; k++)
             r->f[t][k] = x->init == IR_INIT_ONES ? 1.0f : x->init == IR_INIT_ZEROS ? 0.0f
                                                    : (float)(x->init_std * ref_normal(seed, stream, k));
@@ -93,10 +73,10 @@ void ref_fill_inputs(struct ref *r, uint64_t seed, int64_t int_bound)
         const struct ir_tensor *x = &r->g->tensors[t];
         if (x->kind != IR_TENSOR_INPUT)
             continue;
-        uint64_t stream = ref_stream(x->name);
+        uint64_t stream = kn_stream(x->name);
         for (int64_t k = 0; k < numel(x); k++) {
             if (x->dtype == IR_DTYPE_I32)
-                r->i[t][k] = (int32_t)(ref_uniform(seed, stream, (uint64_t)k) * (double)int_bound);
+                r->i[t][k] = (int32_t)(kn_uniform(seed, stream, (uint64_t)k) * (double)int_bound);
             else
                 r->f[t][k] = (float)ref_normal(seed, stream, (uint64_t)k);
         }
@@ -226,9 +206,9 @@ static int op_unary(struct opctx *c)
         break;
     case IR_OP_DROPOUT: {
         double p = ir_op_float(c->op, IR_ATTR_P);
-        uint64_t stream = ref_stream(c->out[0]->name);
+        uint64_t stream = kn_stream(c->out[0]->name);
         for (int64_t k = 0; k < n; k++)
-            y[k] = ref_uniform(c->r->seed, stream, (uint64_t)k) < p ? 0 : (float)(x[k] / (1 - p));
+            y[k] = kn_uniform(c->r->seed, stream, (uint64_t)k) < p ? 0 : (float)(x[k] / (1 - p));
         break;
     }
     default:
@@ -748,7 +728,7 @@ static int back_unary(struct bctx *b)
         case IR_OP_RELU: d = y[k] > 0; break;
         case IR_OP_DROPOUT: {
             double p = ir_op_float(c->op, IR_ATTR_P);
-            d = ref_uniform(c->r->seed, ref_stream(c->out[0]->name), (uint64_t)k) < p ? 0 : 1 / (1 - p);
+            d = kn_uniform(c->r->seed, kn_stream(c->out[0]->name), (uint64_t)k) < p ? 0 : 1 / (1 - p);
             break;
         }
         default: WF_ASSERT(!"not unary");

@@ -43,9 +43,7 @@ int ref_op(struct ref *r, int op, struct diag *d);
  * skip one).  Reads the op's inputs and outputs as the forward left them. */
 int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, struct diag *d);
 
-/* The counter-based generator: a uniform in [0, 1) and a standard normal. */
-double ref_uniform(uint64_t seed, uint64_t stream, uint64_t index);
+/* The counter-based generator's standard normal (its uniform: kn_uniform). */
 double ref_normal(uint64_t seed, uint64_t stream, uint64_t index);
-uint64_t ref_stream(const char *name); /* a tensor's stream: its name hashed */
 
 #endif

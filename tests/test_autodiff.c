@@ -10,6 +10,8 @@
  * differentiable there, and counted. */
 #include "testing.h"
 
+#include "kernel.h"
+
 #include "autodiff.h"
 #include "ref.h"
 
@@ -87,7 +89,7 @@ static void check_model(const char *file)
         for (int64_t e = 1; e < n; e++)
             if (fabs(gr[e]) > fabs(gr[big]))
                 big = e;
-        int64_t pick[2] = {big, (int64_t)(ref_uniform(3, (uint64_t)t, 0) * (double)n)};
+        int64_t pick[2] = {big, (int64_t)(kn_uniform(3, (uint64_t)t, 0) * (double)n)};
         for (int s = 0; s < 2; s++) {
             double d1 = central(r, g, &ad, t, pick[s], h, base), d2 = central(r, g, &ad, t, pick[s], h / 2, base);
             if (d1 < -1e29 || d2 < -1e29) {

@@ -1,0 +1,18 @@
+/* cc.h: C source into a shared object with the system C compiler, for the
+ * CPU backend's kernels.
+ *
+ *   char log[4096];
+ *   if (cc_shared_object(src, "/tmp/k.so", log, sizeof log)) fputs(log, stderr);
+ *
+ * $CC if set, else cc; -O3 and no errno from math functions, so the
+ * column loops vectorise; no -march, so the object runs on any x86-64 (or
+ * whatever the compiler targets) node of a cluster. */
+#ifndef WEFT_CC_H
+#define WEFT_CC_H
+
+#include <stddef.h>
+
+/* 0 on success; -1 with the compiler's messages (or why it did not run) in log. */
+int cc_shared_object(const char *source, const char *so_path, char *log, size_t n);
+
+#endif

@@ -1,0 +1,383 @@
+/* emit_kernel.c: C and CUDA C from a fused-kernel description (see
+ * emit_kernel.h).  One walk over the description serves both languages:
+ * they differ in the loops around a pass and in how a reduction ends. */
+#include "emit_kernel.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct text {
+    char *s;
+    size_t n, cap;
+};
+
+static void put(struct text *t, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int need = vsnprintf(t->s ? t->s + t->n : NULL, t->s ? t->cap - t->n : 0, fmt, ap);
+        va_end(ap);
+        if (t->s && (size_t)need < t->cap - t->n) {
+            t->n += (size_t)need;
+            return;
+        }
+        t->cap = (t->cap + (size_t)need + 1) * 2;
+        t->s = wf_realloc(t->s, t->cap);
+    }
+}
+
+/* What both languages share: the argument struct, bf16 conversions, the
+ * counter-based generator (kn_uniform's bits), positions. */
+static const char common[] =
+    "static KN_FN float kn_from_bf16(uint16_t v) { return kn_bits_float((uint32_t)v << 16); }\n"
+    "static KN_FN uint16_t kn_to_bf16(float f)\n"
+    "{\n"
+    "    uint32_t u = kn_float_bits(f);\n"
+    "    if (f != f)\n"
+    "        return 0x7fc0;\n"
+    "    u += 0x7fff + ((u >> 16) & 1); /* round to nearest, ties to even */\n"
+    "    return (uint16_t)(u >> 16);\n"
+    "}\n"
+    "static KN_FN uint64_t kn_mix(uint64_t x)\n"
+    "{\n"
+    "    x ^= x >> 30;\n"
+    "    x *= 0xbf58476d1ce4e5b9ull;\n"
+    "    x ^= x >> 27;\n"
+    "    x *= 0x94d049bb133111ebull;\n"
+    "    x ^= x >> 31;\n"
+    "    return x;\n"
+    "}\n"
+    "/* dropout's keep: the draw of the element's index in the whole tensor is at least p */\n"
+    "static KN_FN int kn_keep(const struct kn_args *a, int s, int64_t r, int64_t c, double p)\n"
+    "{\n"
+    "    int64_t idx = (c + a->off[a->rank - 1]) * a->stride[a->rank - 1], rr = r;\n"
+    "    for (int64_t i = a->rank - 2; i >= 0; i--) {\n"
+    "        idx += (rr % a->dim[i] + a->off[i]) * a->stride[i];\n"
+    "        rr /= a->dim[i];\n"
+    "    }\n"
+    "    uint64_t h = kn_mix(kn_mix(a->seed ^ 0x9e3779b97f4a7c15ull) ^ kn_mix(a->stream[s]) ^\n"
+    "                        kn_mix((uint64_t)idx * 0x2545f4914f6cdd1dull + 1));\n"
+    "    return (double)(h >> 11) * (1.0 / 9007199254740992.0) >= p;\n"
+    "}\n"
+    "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
+    "{\n"
+    "    return a->rank >= 2 ? (float)(r % a->dim[a->rank - 2] + a->off[a->rank - 2]) : 0.f;\n"
+    "}\n";
+
+static const char c_prelude[] =
+    "#include <math.h>\n"
+    "#include <stdint.h>\n"
+    "#include <string.h>\n"
+    "#define KN_FN inline\n"
+    "static inline float kn_bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }\n"
+    "static inline uint32_t kn_float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }\n";
+
+static const char cuda_prelude[] =
+    "typedef long long int64_t;\n"
+    "typedef unsigned long long uint64_t;\n"
+    "typedef unsigned int uint32_t;\n"
+    "typedef int int32_t;\n"
+    "typedef unsigned short uint16_t;\n"
+    "typedef unsigned char uint8_t;\n"
+    "#define INFINITY __int_as_float(0x7f800000)\n"
+    "#define KN_FN __device__ __forceinline__\n"
+    "static KN_FN float kn_bits_float(uint32_t u) { return __uint_as_float(u); }\n"
+    "static KN_FN uint32_t kn_float_bits(float f) { return __float_as_uint(f); }\n"
+    "/* a block's sum and max: every thread gets the result */\n"
+    "static __device__ float kn_block_reduce(float v, int max)\n"
+    "{\n"
+    "    __shared__ float part[32];\n"
+    "    for (int o = 16; o > 0; o >>= 1) {\n"
+    "        float w = __shfl_xor_sync(0xffffffffu, v, o);\n"
+    "        v = max ? fmaxf(v, w) : v + w;\n"
+    "    }\n"
+    "    __syncthreads(); /* part[] may still be read by the last reduction */\n"
+    "    if ((threadIdx.x & 31) == 0)\n"
+    "        part[threadIdx.x >> 5] = v;\n"
+    "    __syncthreads();\n"
+    "    float id = max ? -INFINITY : 0.f;\n"
+    "    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : id;\n"
+    "    for (int o = 16; o > 0; o >>= 1) {\n"
+    "        float w = __shfl_xor_sync(0xffffffffu, v, o);\n"
+    "        v = max ? fmaxf(v, w) : v + w;\n"
+    "    }\n"
+    "    return __shfl_sync(0xffffffffu, v, 0);\n"
+    "}\n";
+
+struct emitter {
+    const struct kn_kernel *k;
+    enum kn_lang lang;
+    struct text t;
+    bool per[KN_MAX_NODES];
+    int phase[KN_MAX_NODES];
+    bool need[KN_MAX_NODES];
+    int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
+    int pass;                   /* the pass being written */
+};
+
+/* Whether pass e->pass reads node i back from the output an earlier pass
+ * stored it to, instead of computing it again. */
+static bool reloads(const struct emitter *e, int i)
+{
+    return e->stored[i] >= 0 && e->phase[e->stored[i]] < e->pass;
+}
+
+static const char *ctype(int dtype)
+{
+    switch (dtype) {
+    case IR_DTYPE_BF16:
+    case IR_DTYPE_F16: return "uint16_t";
+    case IR_DTYPE_I32: return "int32_t";
+    case KN_DTYPE_U8: return "uint8_t";
+    default: return "float";
+    }
+}
+
+/* A node's variable: e<i> inside a pass's column loop, v<i> per row. */
+static void name(struct emitter *e, int i, char *out, size_t n) { snprintf(out, n, "%c%d", e->per[i] ? 'e' : 'v', i); }
+
+/* The offset of row r's first element of a slot, given its access. */
+static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool input, int component)
+{
+
+    switch (s->access) {
+    case KN_FULL:
+        if (input)
+            put(&e->t, "(a->mod[%d] ? r %% a->mod[%d] : r) * cols", slot, slot);
+        else
+            put(&e->t, "r * cols");
+        break;
+    case KN_ROW_DIV: put(&e->t, "(r / a->mod[%d]) * cols", slot); break;
+    case KN_ROW: put(&e->t, "r"); break;
+    case KN_ROWSTATS: put(&e->t, "r * 2 + %d", component); break;
+    default: put(&e->t, "0"); break;
+    }
+}
+
+static void load(struct emitter *e, const struct kn_node *n)
+{
+    const struct kn_slot *s = &e->k->in[n->slot];
+    bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV;
+    if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
+        put(&e->t, "kn_from_bf16(");
+    else if (s->dtype != IR_DTYPE_F32)
+        put(&e->t, "(float)(");
+    else
+        put(&e->t, "(");
+    put(&e->t, "((const %s *)a->in[%d])[", ctype(s->dtype), n->slot);
+    if (s->access == KN_COLUMN)
+        put(&e->t, "c");
+    else {
+        row_base(e, s, n->slot, true, (int)n->imm);
+        if (per)
+            put(&e->t, " + c");
+    }
+    put(&e->t, "])");
+}
+
+static void constant(struct emitter *e, double v)
+{
+    if (isinf(v))
+        put(&e->t, v > 0 ? "INFINITY" : "(-INFINITY)");
+    else
+        put(&e->t, "%.9gf", v);
+    if (!isinf(v) && v == floor(v) && fabs(v) < 1e9) { /* "1f" is not C: make it "1.f" */
+        e->t.n -= 1;
+        e->t.s[e->t.n] = 0;
+        put(&e->t, ".f");
+    }
+}
+
+/* `const float x = <expr>;` for node i (not a reduction or a store). */
+static void define(struct emitter *e, int i)
+{
+    const struct kn_node *n = &e->k->nodes[i];
+    char x[16], a[16] = "", b[16] = "", c[16] = "";
+    name(e, i, x, sizeof x);
+    if (n->a >= 0)
+        name(e, n->a, a, sizeof a);
+    if (n->b >= 0)
+        name(e, n->b, b, sizeof b);
+    if (n->c >= 0)
+        name(e, n->c, c, sizeof c);
+    put(&e->t, "%*sconst float %s = ", e->per[i] ? 12 : 8, "", x);
+    bool cuda = e->lang == KN_LANG_CUDA;
+    if (reloads(e, i)) { /* written whole by an earlier pass: read it back */
+        const struct kn_node *st = &e->k->nodes[e->stored[i]];
+        const struct kn_slot *o = &e->k->out[st->slot];
+        put(&e->t, "%s((const %s *)a->out[%d])[r * cols + c]);\n",
+            o->dtype == IR_DTYPE_BF16 || o->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(o->dtype), st->slot);
+        return;
+    }
+    switch ((enum kn_op)n->op) {
+    case KN_LOAD: load(e, n); break;
+    case KN_CONST: constant(e, n->imm); break;
+    case KN_ARG: put(&e->t, "a->arg[%d]", n->slot); break;
+    case KN_COL: put(&e->t, "(float)c"); break;
+    case KN_COLS: put(&e->t, "(float)cols"); break;
+    case KN_ROWPOS: put(&e->t, "kn_rowpos(a, r)"); break;
+    case KN_KEEP: put(&e->t, "kn_keep(a, %d, r, c, %.17g) ? 1.f : 0.f", n->slot, n->imm); break;
+    case KN_NEG: put(&e->t, "-%s", a); break;
+    case KN_EXP: put(&e->t, "expf(%s)", a); break;
+    case KN_LOG: put(&e->t, "logf(%s)", a); break;
+    case KN_TANH: put(&e->t, "tanhf(%s)", a); break;
+    case KN_ERF: put(&e->t, "erff(%s)", a); break;
+    case KN_RSQRT: put(&e->t, cuda ? "rsqrtf(%s)" : "1.f / sqrtf(%s)", a); break;
+    case KN_RECIP: put(&e->t, "1.f / %s", a); break;
+    case KN_ADD: put(&e->t, "%s + %s", a, b); break;
+    case KN_SUB: put(&e->t, "%s - %s", a, b); break;
+    case KN_MUL: put(&e->t, "%s * %s", a, b); break;
+    case KN_DIV: put(&e->t, "%s / %s", a, b); break;
+    case KN_MAX: put(&e->t, "fmaxf(%s, %s)", a, b); break;
+    case KN_LT: put(&e->t, "%s < %s ? 1.f : 0.f", a, b); break;
+    case KN_LE: put(&e->t, "%s <= %s ? 1.f : 0.f", a, b); break;
+    case KN_EQ: put(&e->t, "%s == %s ? 1.f : 0.f", a, b); break;
+    case KN_SELECT: put(&e->t, "%s != 0.f ? %s : %s", a, b, c); break;
+    default: WF_ASSERT(!"not a value node");
+    }
+    put(&e->t, ";\n");
+}
+
+static void store(struct emitter *e, int i)
+{
+    const struct kn_node *n = &e->k->nodes[i];
+    const struct kn_slot *s = &e->k->out[n->slot];
+    char v[16];
+    name(e, n->a, v, sizeof v);
+    bool per = e->per[i];
+    int indent = per ? 12 : 8;
+    if (!per && e->lang == KN_LANG_CUDA) /* one thread writes a row's value */
+        put(&e->t, "%*sif (%s)\n    ", indent, "", kn_has_reduction(e->k) ? "threadIdx.x == 0" : "c == 0");
+    put(&e->t, "%*s((%s *)a->out[%d])[", indent, "", ctype(s->dtype), n->slot);
+    row_base(e, s, n->slot, false, (int)n->imm);
+    if (per)
+        put(&e->t, " + c");
+    if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
+        put(&e->t, "] = kn_to_bf16(%s);\n", v);
+    else if (s->dtype == KN_DTYPE_U8)
+        put(&e->t, "] = (uint8_t)(%s != 0.f);\n", v);
+    else if (s->dtype == IR_DTYPE_I32)
+        put(&e->t, "] = (int32_t)%s;\n", v);
+    else
+        put(&e->t, "] = %s;\n", v);
+}
+
+static bool is_reduction(const struct kn_node *n) { return n->op == KN_ROWSUM || n->op == KN_ROWMAX; }
+
+/* Mark the per-element nodes pass p must compute: what its reductions and
+ * stores read, back to loads and per-row values. */
+static void mark(struct emitter *e, int i)
+{
+    if (i < 0 || !e->per[i] || e->need[i])
+        return;
+    e->need[i] = true;
+    if (reloads(e, i))
+        return;
+    const struct kn_node *n = &e->k->nodes[i];
+    mark(e, n->a);
+    mark(e, n->b);
+    mark(e, n->c);
+}
+
+static void pass(struct emitter *e, int p, bool elementwise)
+{
+    const struct kn_kernel *k = e->k;
+    e->pass = p;
+    bool cuda = e->lang == KN_LANG_CUDA;
+    memset(e->need, 0, sizeof e->need);
+    bool any = false;
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a]) {
+            put(&e->t, "        float acc%d = %s;\n", i, n->op == KN_ROWSUM ? "0.f" : "-INFINITY");
+            mark(e, n->a);
+            any = true;
+        } else if (n->op == KN_STORE && e->per[i] && e->phase[i] == p) {
+            mark(e, n->a);
+            any = true;
+        }
+    }
+    if (any && !elementwise)
+        put(&e->t, cuda ? "        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {\n"
+                        : "        for (int64_t c = 0; c < cols; c++) {\n");
+    for (int i = 0; any && i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if (e->need[i] && n->op != KN_STORE)
+            define(e, i);
+        else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a] && n->op == KN_ROWSUM)
+            put(&e->t, "            acc%d += e%d;\n", i, n->a);
+        else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a])
+            put(&e->t, "            acc%d = fmaxf(acc%d, e%d);\n", i, i, n->a);
+        else if (n->op == KN_STORE && e->per[i] && e->phase[i] == p)
+            store(e, i);
+    }
+    if (any && !elementwise)
+        put(&e->t, "        }\n");
+    /* the reductions this pass finished; a row reduced over one column
+     * (a per-row operand) is the value itself */
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if (!is_reduction(n) || e->phase[i] != p + 1)
+            continue;
+        if (!e->per[n->a])
+            put(&e->t, "        const float v%d = %sv%d;\n", i, n->op == KN_ROWSUM ? "(float)cols * " : "", n->a);
+        else if (cuda)
+            put(&e->t, "        const float v%d = kn_block_reduce(acc%d, %d);\n", i, i, n->op == KN_ROWMAX);
+        else
+            put(&e->t, "        const float v%d = acc%d;\n", i, i);
+    }
+}
+
+char *emit_kernel(const struct kn_kernel *k, const char *kname, enum kn_lang lang)
+{
+    struct emitter e = {.k = k, .lang = lang};
+    kn_per_element(k, e.per);
+    int passes = kn_phases(k, e.phase);
+    for (int i = 0; i < k->n_nodes; i++)
+        e.stored[i] = -1;
+    for (int i = 0; i < k->n_nodes; i++) { /* a mask is stored as bytes: not the value itself */
+        const struct kn_node *n = &k->nodes[i];
+        if (n->op == KN_STORE && e.per[i] && k->out[n->slot].access == KN_FULL && k->out[n->slot].dtype != KN_DTYPE_U8 &&
+            e.stored[n->a] < 0)
+            e.stored[n->a] = i;
+    }
+    bool cuda = lang == KN_LANG_CUDA, elementwise = !kn_has_reduction(k);
+    put(&e.t, "/* %s: generated by weft " WEFT_VERSION " from a fused-kernel description; %d node%s, %d pass%s */\n",
+        kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes, passes == 1 ? "" : "es");
+    put(&e.t, "%s%s%s", cuda ? cuda_prelude : c_prelude, kn_args_source, common);
+    if (cuda)
+        put(&e.t, "extern \"C\" __global__ void __launch_bounds__(%d) %s(const struct kn_args args)\n{\n"
+                  "    const struct kn_args *a = &args;\n", KN_CUDA_THREADS, kname);
+    else
+        put(&e.t, "void %s(const struct kn_args *a)\n{\n", kname);
+    put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
+    if (cuda && elementwise)
+        put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
+                  "         i += (int64_t)gridDim.x * blockDim.x) {\n"
+                  "        const int64_t r = i / cols, c = i - r * cols;\n");
+    else if (cuda)
+        put(&e.t, "    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {\n");
+    else
+        put(&e.t, "    for (int64_t r = 0; r < rows; r++) {\n");
+    for (int p = 0; p < passes; p++) {
+        e.pass = p;
+        /* this pass's per-row values (after the reductions before it) */
+        for (int i = 0; i < k->n_nodes; i++) {
+            const struct kn_node *n = &k->nodes[i];
+            if (e.per[i] || e.phase[i] != p || is_reduction(n))
+                continue;
+            if (n->op == KN_STORE)
+                store(&e, i);
+            else
+                define(&e, i);
+        }
+        pass(&e, p, cuda && elementwise);
+    }
+    put(&e.t, "    }\n}\n");
+    return e.t.s;
+}

@@ -1,0 +1,30 @@
+/* emit_kernel.h: a fused kernel's source, as C for the CPU backend or as
+ * CUDA C for NVRTC, from one description (ir/kernel.h).
+ *
+ *   char *src = emit_kernel(&k, "k3_bias_add_gelu", KN_LANG_CUDA);
+ *   free(src);
+ *
+ * Both define `void NAME(const struct kn_args *a)` (C) or
+ * `extern "C" __global__ void NAME(struct kn_args a)` (CUDA) over the
+ * kernel's rows x cols domain:
+ *   C     a loop over rows; in each, one loop over the columns per pass,
+ *         plain arithmetic the compiler can vectorise
+ *   CUDA  a kernel with reductions: a block per row (grid-stride over rows),
+ *         threads striding over the columns, a block reduction per
+ *         ROWSUM/ROWMAX; without: a grid-stride loop over every element
+ * Values are float whatever the slots' types (bf16 and f32 in, f32
+ * accumulation); no header beyond the C library is needed, so NVRTC
+ * compiles the source as it stands. */
+#ifndef WEFT_EMIT_KERNEL_H
+#define WEFT_EMIT_KERNEL_H
+
+#include "kernel.h"
+
+enum kn_lang { KN_LANG_C, KN_LANG_CUDA };
+
+/* Threads per block the CUDA kernels are written for (the launch must use it). */
+#define KN_CUDA_THREADS 256
+
+char *emit_kernel(const struct kn_kernel *k, const char *name, enum kn_lang lang);
+
+#endif

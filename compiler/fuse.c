@@ -1,0 +1,449 @@
+/* fuse.c: group ops into fused kernels (see fuse.h).
+ * Each fusible op is lowered into kernel nodes by one rule (lower()); the
+ * pass grows a group while the next op of the chunk continues its chain in
+ * the same rows x cols domain, and closes it otherwise. */
+#include "fuse.h"
+#include "memplan.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool fuse_op_fusible(enum ir_op_kind k)
+{
+    switch (k) {
+    case IR_OP_ADD: case IR_OP_MUL: case IR_OP_SCALE: case IR_OP_BIAS_ADD: case IR_OP_GELU: case IR_OP_SILU:
+    case IR_OP_RELU: case IR_OP_SWIGLU: case IR_OP_DROPOUT: case IR_OP_LAYERNORM: case IR_OP_RMSNORM:
+    case IR_OP_SOFTMAX:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A group being built: its kernel so far and what its slots bind. */
+struct builder {
+    const struct partition *P;
+    bool train;
+    int chunk, op;  /* the op being lowered */
+    int64_t rows, cols;
+    struct kn_kernel k;
+    struct fuse_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
+    uint64_t streams[4];
+    int n_streams;
+    int *value;     /* per tensor: its node in this group, -1 */
+    int *touched;   /* tensors whose value was set, to reset */
+    int n_touched;
+};
+
+static void set_value(struct builder *b, int t, int node)
+{
+    if (b->value[t] < 0)
+        b->touched[b->n_touched++] = t;
+    b->value[t] = node;
+}
+
+/* The transfer that brings an op's forward input t (a collective, a send,
+ * a slice), or -1. */
+static int transfer_of(const struct partition *P, int op, int t)
+{
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].op == op && P->xfers[x].tensor == t && !P->xfers[x].grad)
+            return x;
+    return -1;
+}
+
+/* Tensor t as this rank holds it where the current op reads it: after its
+ * transfer, if one brings it. */
+static struct ir_shape local(const struct builder *b, int t)
+{
+    const struct ir_tensor *x = &b->P->g->tensors[t];
+    int via = b->op >= 0 ? transfer_of(b->P, b->op, t) : -1;
+    return partition_local_shape(b->P, b->P->chunks[b->chunk].part, &x->shape,
+                                 via >= 0 ? &b->P->xfers[via].after : &b->P->shard[t]);
+}
+
+static int slot_dtype(const struct builder *b, int t)
+{
+    const struct ir_tensor *x = &b->P->g->tensors[t];
+    return ir_dtype_is_float(x->dtype) && partition_elem_bytes(b->P, x) == 2 ? IR_DTYPE_BF16 : (int)x->dtype;
+}
+
+/* How tensor t is read over the domain, or -1 if it cannot be. */
+static int access_of(const struct builder *b, int t, bool per_batch)
+{
+    struct ir_shape s = local(b, t);
+    int64_t n = ir_shape_numel(&s), last = s.rank ? s.ax[s.rank - 1].size : 1;
+    if (s.rank == 0 || n == 1)
+        return KN_SCALAR;
+    if (last != b->cols || n == 0 || (b->rows * b->cols) % n)
+        return -1;
+    if (per_batch)
+        return KN_ROW_DIV;
+    return n == b->cols && b->rows > 1 ? KN_COLUMN : KN_FULL;
+}
+
+/* The node holding tensor t: made in the group, or loaded. */
+static int get(struct builder *b, int t, bool per_batch)
+{
+    if (b->value[t] >= 0)
+        return b->value[t];
+    int access = access_of(b, t, per_batch);
+    if (access < 0 || b->k.n_in == KN_MAX_SLOTS)
+        return -1;
+    int slot = kn_input(&b->k, slot_dtype(b, t), (enum kn_access)access);
+    b->in[slot] = (struct fuse_bind){.what = IR_BUF_VALUE, .id = t, .xfer = transfer_of(b->P, b->op, t)};
+    int n = kn_load(&b->k, slot);
+    if (n >= 0)
+        set_value(b, t, n);
+    return n;
+}
+
+static int op1(struct builder *b, enum kn_op op, int a) { return kn_node(&b->k, op, a, -1, -1, 0); }
+static int op2(struct builder *b, enum kn_op op, int a, int c) { return kn_node(&b->k, op, a, c, -1, 0); }
+static int cst(struct builder *b, double v) { return kn_const(&b->k, v); }
+
+/* Lower one op into b's kernel: false if it does not fit the domain. */
+static bool lower(struct builder *b, int op_index)
+{
+    const struct ir_op *o = &b->P->g->ops[op_index];
+    b->op = -1;
+    struct ir_shape os = local(b, o->out[0]);
+    b->op = op_index;
+    if (ir_shape_numel(&os) != b->rows * b->cols || (os.rank ? os.ax[os.rank - 1].size : 1) != b->cols)
+        return false;
+    int x = get(b, o->in[0], false), y = -1;
+    if (x < 0)
+        return false;
+    switch (o->kind) {
+    case IR_OP_ADD:
+    case IR_OP_MUL: {
+        int z = get(b, o->in[1], false);
+        if (z < 0)
+            return false;
+        y = op2(b, o->kind == IR_OP_ADD ? KN_ADD : KN_MUL, x, z);
+        break;
+    }
+    case IR_OP_SCALE: y = op2(b, KN_MUL, x, cst(b, ir_op_float(o, IR_ATTR_BY))); break;
+    case IR_OP_BIAS_ADD: {
+        int z = get(b, o->in[1], false);
+        if (z < 0)
+            return false;
+        y = op2(b, KN_ADD, x, z);
+        break;
+    }
+    case IR_OP_GELU:
+        if (ir_op_int(o, IR_ATTR_TANH)) { /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+            int x3 = op2(b, KN_MUL, op2(b, KN_MUL, x, x), x);
+            int in = op2(b, KN_MUL, cst(b, 0.7978845608028654), op2(b, KN_ADD, x, op2(b, KN_MUL, cst(b, 0.044715), x3)));
+            y = op2(b, KN_MUL, op2(b, KN_MUL, cst(b, 0.5), x), op2(b, KN_ADD, cst(b, 1), op1(b, KN_TANH, in)));
+        } else { /* 0.5 x (1 + erf(x / sqrt 2)) */
+            int e = op1(b, KN_ERF, op2(b, KN_MUL, x, cst(b, 0.7071067811865476)));
+            y = op2(b, KN_MUL, op2(b, KN_MUL, cst(b, 0.5), x), op2(b, KN_ADD, cst(b, 1), e));
+        }
+        break;
+    case IR_OP_SILU: y = op2(b, KN_DIV, x, op2(b, KN_ADD, cst(b, 1), op1(b, KN_EXP, op1(b, KN_NEG, x)))); break;
+    case IR_OP_RELU: y = op2(b, KN_MAX, x, cst(b, 0)); break;
+    case IR_OP_SWIGLU: {
+        int up = get(b, o->in[1], false);
+        if (up < 0)
+            return false;
+        int silu = op2(b, KN_DIV, x, op2(b, KN_ADD, cst(b, 1), op1(b, KN_EXP, op1(b, KN_NEG, x))));
+        y = op2(b, KN_MUL, silu, up);
+        break;
+    }
+    case IR_OP_DROPOUT: {
+        double p = ir_op_float(o, IR_ATTR_P);
+        if (!b->train || p <= 0) { /* inference: dropout is the identity */
+            y = x;
+            break;
+        }
+        if (b->n_streams == 4)
+            return false;
+        int keep = kn_node(&b->k, KN_KEEP, -1, -1, -1, p);
+        if (keep >= 0)
+            b->k.nodes[keep].slot = (uint8_t)b->n_streams;
+        b->streams[b->n_streams++] = kn_stream(b->P->g->tensors[o->out[0]].name);
+        y = kn_node(&b->k, KN_SELECT, keep, op2(b, KN_MUL, x, cst(b, 1 / (1 - p))), cst(b, 0), 0);
+        int m = kn_output(&b->k, KN_DTYPE_U8, KN_FULL);
+        b->out[m] = (struct fuse_bind){.what = IR_BUF_MASK, .id = op_index, .xfer = -1};
+        kn_store(&b->k, m, keep);
+        break;
+    }
+    case IR_OP_LAYERNORM:
+    case IR_OP_RMSNORM: {
+        bool layer = o->kind == IR_OP_LAYERNORM;
+        int gamma = get(b, o->in[1], false), beta = layer && o->n_in > 2 && o->in[2] >= 0 ? get(b, o->in[2], false) : -2;
+        if (gamma < 0 || beta == -1)
+            return false;
+        int n = kn_node(&b->k, KN_COLS, -1, -1, -1, 0);
+        int mean = layer ? op2(b, KN_DIV, op1(b, KN_ROWSUM, x), n) : cst(b, 0);
+        int d = layer ? op2(b, KN_SUB, x, mean) : x;
+        int var = op2(b, KN_DIV, op1(b, KN_ROWSUM, op2(b, KN_MUL, d, d)), n);
+        int inv = op1(b, KN_RSQRT, op2(b, KN_ADD, var, cst(b, ir_op_float(o, IR_ATTR_EPS))));
+        y = op2(b, KN_MUL, op2(b, KN_MUL, d, inv), gamma);
+        if (beta >= 0)
+            y = op2(b, KN_ADD, y, beta);
+        if (b->train) { /* the backward's row statistics: mean and 1/deviation */
+            int s = kn_output(&b->k, IR_DTYPE_F32, KN_ROWSTATS);
+            b->out[s] = (struct fuse_bind){.what = IR_BUF_ROWSTATS, .id = op_index, .xfer = -1};
+            kn_store_component(&b->k, s, mean, 0);
+            kn_store_component(&b->k, s, inv, 1);
+        }
+        break;
+    }
+    case IR_OP_SOFTMAX: {
+        int keep = cst(b, 1);
+        if (ir_op_int(o, IR_ATTR_CAUSAL)) /* key k is seen by queries at positions >= k */
+            keep = op2(b, KN_LE, kn_node(&b->k, KN_COL, -1, -1, -1, 0), kn_node(&b->k, KN_ROWPOS, -1, -1, -1, 0));
+        if (o->n_in > 1 && o->in[1] >= 0) { /* the padding mask (B, Sk): 0 drops a key */
+            int mask = get(b, o->in[1], true);
+            if (mask < 0)
+                return false;
+            keep = kn_node(&b->k, KN_SELECT, mask, keep, cst(b, 0), 0);
+        }
+        int m = op1(b, KN_ROWMAX, kn_node(&b->k, KN_SELECT, keep, x, cst(b, -INFINITY), 0));
+        int e = kn_node(&b->k, KN_SELECT, keep, op1(b, KN_EXP, op2(b, KN_SUB, x, m)), cst(b, 0), 0);
+        int s = op1(b, KN_ROWSUM, e);
+        y = kn_node(&b->k, KN_SELECT, op2(b, KN_LT, cst(b, 0), s), op2(b, KN_DIV, e, s), cst(b, 0), 0);
+        break;
+    }
+    default:
+        return false;
+    }
+    if (y < 0 || b->k.full)
+        return false;
+    set_value(b, o->out[0], y);
+    return true;
+}
+
+
+/* Whether a value made in group g must be stored: something outside the
+ * group reads it. */
+static bool needed_outside(const struct partition *P, const int *op_group, int g, int t, bool train)
+{
+    const struct ir_graph *G = P->g;
+    for (int i = 0; i < G->n_outputs; i++)
+        if (G->outputs[i] == t)
+            return true;
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].tensor == t)
+            return true;
+    for (int i = 0; i < G->n_ops; i++) {
+        const struct ir_op *o = &G->ops[i];
+        const struct ir_op_info *info = ir_op_info(o->kind);
+        for (int k = 0; k < o->n_in + o->n_out; k++) {
+            bool input = k < o->n_in;
+            int u = input ? o->in[k] : o->out[k - o->n_in];
+            if (u != t)
+                continue;
+            if (input && op_group[i] != g)
+                return true;
+            /* kept for the backward: the op's saves column names it */
+            const char *name = input ? (k < info->n_in_names ? info->in_names[k] : "")
+                                     : (k - o->n_in < info->n_out_names ? info->out_names[k - o->n_in] : "");
+            char words[128];
+            snprintf(words, sizeof words, " %s ", info->saves);
+            char pat[64];
+            snprintf(pat, sizeof pat, " %s ", name);
+            if (train && name[0] && strstr(words, pat))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void finish(struct builder *b, struct fusion *F, int g, const int *op_group)
+{
+    struct fuse_group *G = &F->groups[g];
+    const struct ir_graph *graph = b->P->g;
+    for (int i = 0; i < G->n_ops; i++) {
+        const struct ir_op *o = &graph->ops[F->ops[G->first_op + i]];
+        int t = o->out[0];
+        if (b->value[t] >= 0 && graph->tensors[t].kind == IR_TENSOR_ACT && needed_outside(b->P, op_group, g, t, b->train)) {
+            int s = kn_output(&b->k, slot_dtype(b, t), KN_FULL);
+            b->out[s] = (struct fuse_bind){.what = IR_BUF_VALUE, .id = t, .xfer = -1};
+            kn_store(&b->k, s, b->value[t]);
+        }
+    }
+    G->n_in = b->k.n_in;
+    G->n_out = b->k.n_out;
+    memcpy(G->in, b->in, sizeof G->in);
+    memcpy(G->out, b->out, sizeof G->out);
+    memcpy(G->streams, b->streams, sizeof G->streams);
+    uint64_t h = kn_hash(&b->k);
+    int k = 0;
+    while (k < F->n_kernels && !(F->kernels[k].hash == h && kn_equal(&F->kernels[k].k, &b->k)))
+        k++;
+    if (k == F->n_kernels) {
+        struct fuse_kernel *K = &F->kernels[F->n_kernels++];
+        K->k = b->k;
+        K->hash = h;
+        size_t n = (size_t)snprintf(K->name, sizeof K->name, "k%d", k);
+        for (int i = 0; i < G->n_ops && n + 1 < sizeof K->name; i++) {
+            const char *op = ir_op_info(graph->ops[F->ops[G->first_op + i]].kind)->name;
+            if (n + strlen(op) + 2 >= sizeof K->name)
+                break;
+            n += (size_t)snprintf(K->name + n, sizeof K->name - n, "_%s", op);
+        }
+    }
+    F->kernels[k].uses++;
+    G->kernel = k;
+    for (int i = 0; i < b->n_touched; i++)
+        b->value[b->touched[i]] = -1;
+    b->n_touched = 0;
+}
+
+static void start(struct builder *b, int chunk, int op)
+{
+    const struct ir_op *o = &b->P->g->ops[op];
+    kn_init(&b->k);
+    memset(b->in, 0, sizeof b->in);
+    memset(b->out, 0, sizeof b->out);
+    memset(b->streams, 0, sizeof b->streams);
+    b->n_streams = 0;
+    b->chunk = chunk;
+    b->op = -1; /* the domain: the op's output as it makes it */
+    struct ir_shape s = local(b, o->out[0]);
+    b->cols = s.rank ? s.ax[s.rank - 1].size : 1;
+    b->rows = b->cols ? ir_shape_numel(&s) / b->cols : 0;
+}
+
+void fuse(const struct partition *P, bool forward_only, struct fusion *F)
+{
+    const struct ir_graph *g = P->g;
+    memset(F, 0, sizeof *F);
+    F->groups = wf_calloc((size_t)g->n_ops + 1, sizeof *F->groups);
+    F->kernels = wf_calloc((size_t)g->n_ops + 1, sizeof *F->kernels);
+    F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
+    F->op_group = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_group);
+    struct builder b = {.P = P, .train = !forward_only};
+    b.value = wf_calloc((size_t)g->n_tensors + 1, sizeof *b.value);
+    b.touched = wf_calloc((size_t)g->n_tensors + 1, sizeof *b.touched);
+    for (int t = 0; t < g->n_tensors; t++)
+        b.value[t] = -1;
+    for (int i = 0; i < g->n_ops; i++)
+        F->op_group[i] = -1;
+    for (int c = 0; c < P->n_chunks; c++) {
+        int open = -1; /* the group being grown */
+        for (int i = 0; i < g->n_ops; i++) {
+            if (P->op_chunk[i] != c)
+                continue;
+            const struct ir_op *o = &g->ops[i];
+            bool fusible = fuse_op_fusible(o->kind), joins = false;
+            if (open >= 0 && fusible) {
+                /* it continues the chain: reads a value of the group, none through a transfer */
+                bool chained = false, crossing = false;
+                for (int k = 0; k < o->n_in; k++)
+                    if (o->in[k] >= 0) {
+                        chained |= b.value[o->in[k]] >= 0 && b.k.nodes[b.value[o->in[k]]].op != KN_LOAD;
+                        crossing |= transfer_of(P, i, o->in[k]) >= 0;
+                    }
+                if (chained && !crossing) {
+                    struct kn_kernel keep = b.k;
+                    struct fuse_bind keep_in[KN_MAX_SLOTS], keep_out[KN_MAX_SLOTS];
+                    memcpy(keep_in, b.in, sizeof keep_in);
+                    memcpy(keep_out, b.out, sizeof keep_out);
+                    int keep_streams = b.n_streams, keep_touched = b.n_touched;
+                    joins = lower(&b, i);
+                    if (!joins) { /* undo: the op starts a group of its own */
+                        b.k = keep;
+                        memcpy(b.in, keep_in, sizeof keep_in);
+                        memcpy(b.out, keep_out, sizeof keep_out);
+                        b.n_streams = keep_streams;
+                        while (b.n_touched > keep_touched)
+                            b.value[b.touched[--b.n_touched]] = -1;
+                    }
+                }
+            }
+            if (joins) {
+                F->ops[F->n_ops++] = i;
+                F->groups[open].n_ops++;
+                F->op_group[i] = open;
+                continue;
+            }
+            if (open >= 0) {
+                finish(&b, F, open, F->op_group);
+                open = -1;
+            }
+            if (!fusible)
+                continue;
+            start(&b, c, i);
+            if (!lower(&b, i)) { /* an op the domain cannot express: left unfused */
+                for (int k = 0; k < b.n_touched; k++)
+                    b.value[b.touched[k]] = -1;
+                b.n_touched = 0;
+                continue;
+            }
+            open = F->n_groups++;
+            F->groups[open] = (struct fuse_group){.chunk = c, .first_op = F->n_ops, .n_ops = 1, .domain = o->out[0]};
+            F->ops[F->n_ops++] = i;
+            F->op_group[i] = open;
+        }
+        if (open >= 0)
+            finish(&b, F, open, F->op_group);
+    }
+    free(b.value);
+    free(b.touched);
+}
+
+void fusion_free(struct fusion *F)
+{
+    free(F->groups);
+    free(F->kernels);
+    free(F->ops);
+    free(F->op_group);
+    memset(F, 0, sizeof *F);
+}
+
+/* The shape a slot's tensor has where the group reads or writes it. */
+static struct ir_shape bound_shape(const struct partition *P, const struct fuse_group *G, const struct fuse_bind *b)
+{
+    const struct ir_tensor *x = &P->g->tensors[b->id];
+    return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape,
+                                 b->xfer >= 0 ? &P->xfers[b->xfer].after : &P->shard[b->id]);
+}
+
+void fuse_launch_args(const struct partition *P, const struct fusion *F, int g, int rank, struct kn_args *a)
+{
+    const struct fuse_group *G = &F->groups[g];
+    const struct kn_kernel *k = &F->kernels[G->kernel].k;
+    const struct ir_tensor *d = &P->g->tensors[G->domain];
+    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, &P->shard[G->domain]);
+    memset(a, 0, sizeof *a);
+    a->cols = s.rank ? s.ax[s.rank - 1].size : 1;
+    a->rows = a->cols ? ir_shape_numel(&s) / a->cols : 0;
+    for (int i = 0; i < G->n_in; i++) {
+        if (G->in[i].what != IR_BUF_VALUE)
+            continue;
+        struct ir_shape t = bound_shape(P, G, &G->in[i]);
+        int64_t n = ir_shape_numel(&t);
+        if (k->in[i].access == KN_FULL && n != a->rows * a->cols)
+            a->mod[i] = a->cols ? n / a->cols : 0;
+        else if (k->in[i].access == KN_ROW_DIV)
+            a->mod[i] = n ? a->rows * a->cols / n : 0;
+    }
+    /* the element's place in the whole tensor: this rank's offset along each split axis */
+    const struct rank_coords *rc = &P->L->ranks[rank];
+    a->rank = s.rank ? s.rank : 1;
+    int64_t stride = 1;
+    for (int i = s.rank - 1; i >= 0; i--) {
+        int coord = 0;
+        switch ((enum ir_pdim)P->shard[G->domain].split[i]) {
+        case IR_PDIM_TP: coord = rc->tp; break;
+        case IR_PDIM_CP: coord = rc->cp; break;
+        case IR_PDIM_EP: coord = rc->ep; break;
+        case IR_PDIM_XTP: coord = rc->expert_tp; break;
+        default: break;
+        }
+        a->dim[i] = s.ax[i].size;
+        a->off[i] = coord * s.ax[i].size;
+        a->stride[i] = stride;
+        stride *= d->shape.ax[i].size;
+    }
+    if (!s.rank)
+        a->dim[0] = a->stride[0] = 1;
+    memcpy(a->stream, G->streams, sizeof a->stream);
+}

@@ -1,0 +1,151 @@
+/* kernel.h: a fused kernel, described once; the CUDA C and the C emitters
+ * (compiler/emit_kernel.c) both read this description.
+ *
+ * A kernel runs over a domain of rows x cols (a tensor's leading axes
+ * flattened, and its last axis).  Its body is a list of nodes in SSA form:
+ * each node's value is either per element (it reads a per-element load, the
+ * column, or another per-element value) or per row (loads of a row's
+ * value, reductions, constants, and arithmetic on those).  A reduction
+ * (ROWSUM, ROWMAX) turns a per-element value into a per-row one, so a
+ * kernel with reductions runs in phases: each pass over a row computes what
+ * the next reduction needs, the last pass stores.  Sizes are arguments, not
+ * part of the kernel, so one kernel serves every layer that has the same
+ * structure.
+ *
+ *   struct kn_kernel k;  kn_init(&k);
+ *   int x = kn_load(&k, kn_input(&k, IR_DTYPE_BF16, KN_FULL));
+ *   int y = kn_node(&k, KN_MUL, x, x, -1, 0);
+ *   kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_FULL), y);
+ *   kn_hash(&k)        // identical structure, identical hash */
+#ifndef WEFT_KERNEL_H
+#define WEFT_KERNEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ir.h"
+
+#define KN_OPS(X)                                                              \
+    /* leaves */                                                               \
+    X(LOAD, "load", 0)        /* slot: an input, read as its access says */    \
+    X(CONST, "const", 0)      /* imm */                                        \
+    X(ARG, "arg", 0)          /* slot: a float argument of the launch */       \
+    X(COL, "col", 0)          /* the column, as a float */                     \
+    X(COLS, "cols", 0)        /* the number of columns, as a float */          \
+    X(ROWPOS, "rowpos", 0)    /* the row's position in its sequence (see kn_index) */ \
+    X(KEEP, "keep", 0)        /* 1 if the element's draw (kn_uniform of its index in the whole tensor) is at least imm, else 0: dropout's keep with p = imm; slot: the stream */ \
+    /* arithmetic */                                                           \
+    X(NEG, "neg", 1) X(EXP, "exp", 1) X(LOG, "log", 1) X(TANH, "tanh", 1)      \
+    X(ERF, "erf", 1) X(RSQRT, "rsqrt", 1) X(RECIP, "recip", 1)                 \
+    X(ADD, "add", 2) X(SUB, "sub", 2) X(MUL, "mul", 2) X(DIV, "div", 2)        \
+    X(MAX, "max", 2) X(LT, "lt", 2) X(LE, "le", 2) X(EQ, "eq", 2)              \
+    X(SELECT, "select", 3)    /* a != 0 ? b : c */                             \
+    /* reductions over a row */                                                \
+    X(ROWSUM, "rowsum", 1) X(ROWMAX, "rowmax", 1)                              \
+    /* effects */                                                              \
+    X(STORE, "store", 1)      /* slot: an output; imm: the component of a ROWSTATS output */
+
+enum kn_op {
+#define X(id, name, n) KN_##id,
+    KN_OPS(X)
+#undef X
+    KN_OP_COUNT
+};
+
+/* How a slot is indexed, for row r and column c of a rows x cols domain. */
+#define KN_ACCESSES(X)                                                         \
+    X(FULL, "full")         /* (r mod rows_mod) * cols + c: rows_mod 0 is no modulus (broadcast over leading axes) */ \
+    X(COLUMN, "column")     /* c: a vector along the last axis (bias, gamma) */ \
+    X(ROW, "row")           /* r: one value per row (a label, a per-row loss) */ \
+    X(ROW_DIV, "row_div")   /* (r / rows_div) * cols + c: one row per batch (a padding mask) */ \
+    X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
+    X(SCALAR, "scalar")     /* 0 */
+
+enum kn_access {
+#define X(id, name) KN_##id,
+    KN_ACCESSES(X)
+#undef X
+    KN_ACCESS_COUNT
+};
+
+/* U8: a dropout mask, one byte per element. */
+#define KN_DTYPE_U8 IR_DTYPE_COUNT
+
+#define KN_MAX_NODES 128
+#define KN_MAX_SLOTS 8
+
+struct kn_node {
+    uint8_t op;      /* enum kn_op */
+    uint8_t slot;    /* LOAD, STORE: the input or output; ARG, KEEP: the argument */
+    int16_t a, b, c; /* operands: earlier nodes; -1 none */
+    double imm;      /* CONST's value; KEEP's p; LOAD's, STORE's component of ROWSTATS */
+};
+
+struct kn_slot {
+    uint8_t dtype;   /* enum ir_dtype, or KN_DTYPE_U8 */
+    uint8_t access;  /* enum kn_access */
+};
+
+struct kn_kernel {
+    int n_in, n_out, n_args;
+    struct kn_slot in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
+    int n_nodes;
+    struct kn_node nodes[KN_MAX_NODES];
+    bool full;       /* too many nodes or slots: the builder refused one */
+};
+
+const char *kn_op_name(enum kn_op op);
+const char *kn_access_name(enum kn_access a);
+const char *kn_dtype_name(int dtype);
+int kn_op_arity(enum kn_op op);
+
+void kn_init(struct kn_kernel *k);
+int kn_input(struct kn_kernel *k, int dtype, enum kn_access access);
+int kn_output(struct kn_kernel *k, int dtype, enum kn_access access);
+int kn_arg(struct kn_kernel *k); /* a float argument: its slot */
+/* A node; returns its index (-1 once full). */
+int kn_node(struct kn_kernel *k, enum kn_op op, int a, int b, int c, double imm);
+int kn_load(struct kn_kernel *k, int slot);
+int kn_const(struct kn_kernel *k, double v);
+void kn_store(struct kn_kernel *k, int slot, int value);
+void kn_store_component(struct kn_kernel *k, int slot, int value, int component);
+
+/* Per node: whether its value varies along the row (else one per row). */
+void kn_per_element(const struct kn_kernel *k, bool *out);
+/* Per node: the pass over a row that computes it (0 for the first); a
+ * per-row node's pass is the one after which it is known.  Returns the
+ * number of passes. */
+int kn_phases(const struct kn_kernel *k, int *phase);
+bool kn_has_reduction(const struct kn_kernel *k);
+/* The structure's digest: equal kernels, equal digests, whatever their
+ * sizes or the model they came from. */
+uint64_t kn_hash(const struct kn_kernel *k);
+bool kn_equal(const struct kn_kernel *a, const struct kn_kernel *b);
+
+/* What a launch passes: the same struct in the generated C and CUDA C (the
+ * emitters print KN_ARGS_FIELDS), by pointer on the CPU and by value on
+ * the GPU.  The element at row r, column c of the domain has coordinates
+ * (r split over dim[0..rank-2], c) in its local tensor; its index in the
+ * whole tensor is sum((coord[i] + off[i]) * stride[i]).  ROWPOS is
+ * coord[rank-2] + off[rank-2] (a query's position, for causal masks). */
+#define KN_MAX_RANK 6
+#define KN_ARGS_FIELDS                                                             int64_t rows, cols;                                                            int64_t mod[KN_SLOTS_];   /* per input: FULL's rows_mod, ROW_DIV's rows_div */     int64_t rank, dim[KN_RANK_], off[KN_RANK_], stride[KN_RANK_];                 uint64_t seed, stream[4];                                                      float arg[8];                                                                  const void *in[KN_SLOTS_];                                                     void *out[KN_SLOTS_];
+#define KN_SLOTS_ 8
+#define KN_RANK_ 6
+
+struct kn_args {
+    KN_ARGS_FIELDS
+};
+
+/* The struct's text, for the emitters. */
+extern const char kn_args_source[];
+
+/* The uniform random number of one element, the same on every backend and
+ * layout: seed, the tensor's stream, the element's index in the whole
+ * tensor.  The reference (runtime/ref.c) draws dropout and initial values
+ * with it; the emitted kernels compute the same bits. */
+double kn_uniform(uint64_t seed, uint64_t stream, uint64_t index);
+/* A tensor's stream: its name hashed. */
+uint64_t kn_stream(const char *name);
+
+#endif

@@ -1,0 +1,285 @@
+/* test_fuse.c: the fusion pass and its kernels.  Every distinct kernel of
+ * every model is emitted as C, compiled by the system C compiler and run
+ * against the unfused reference ops (runtime/ref.c) on the same inputs;
+ * every kernel is emitted as CUDA C and compiled by NVRTC for sm_80 and
+ * sm_90 (no GPU needed). */
+#include "testing.h"
+
+#include "cc.h"
+#include "emit_kernel.h"
+#include "fuse.h"
+#include "memplan.h"
+#include "nvrtc.h"
+#include "ref.h"
+
+#include <dlfcn.h>
+#include <math.h>
+
+static const struct {
+    const char *file, *variant;
+} models[] = {
+    {"models/gpt2.xml", "tiny"}, {"models/llama2.xml", "tiny"}, {"models/mixtral.xml", "tiny"},
+    {"models/t5.xml", "tiny"},   {"models/llava.xml", "tiny"},
+};
+
+static struct partition *place(const char *file, const char *variant, struct par_config pc, const struct fe_override *ov,
+                               int n_ov)
+{
+    struct fe_options opt = {.variant = variant, .overrides = ov, .n_overrides = n_ov};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model(file, &opt, &pc, &d);
+    if (!P)
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+    return P;
+}
+
+/* GPT-2's layer fuses as Megatron's hand-written kernels do: bias + dropout
+ * + residual add + layernorm after each projection, bias + GELU after the
+ * first MLP matmul; the embedding sum with its dropout and the first norm. */
+static void test_gpt2_groups(void **state)
+{
+    (void)state;
+    struct partition *P = place("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
+    struct fusion F;
+    fuse(P, false, &F);
+    const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_bias_add_dropout_add_layernorm", "k3_bias_add_gelu"};
+    assert_int_equal(F.n_kernels, 4);
+    for (int k = 0; k < 4; k++)
+        assert_string_equal(F.kernels[k].name, want[k]);
+    assert_int_equal(F.kernels[2].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
+    assert_int_equal(F.n_groups, 1 + 12 * 4);
+    /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
+    const struct fuse_group *G = &F.groups[0];
+    while (G->kernel != 2)
+        G++;
+    int values = 0, masks = 0, stats = 0;
+    for (int i = 0; i < G->n_out; i++) {
+        values += G->out[i].what == IR_BUF_VALUE;
+        masks += G->out[i].what == IR_BUF_MASK;
+        stats += G->out[i].what == IR_BUF_ROWSTATS;
+    }
+    assert_int_equal(values, 2);
+    assert_int_equal(masks, 1);
+    assert_int_equal(stats, 1);
+    fusion_free(&F);
+    /* forward only: dropout is the identity, nothing is kept for a backward;
+     * the final norm's group stores only the norm (no later residual add reads
+     * the sum), so it is a kernel of its own */
+    fuse(P, true, &F);
+    assert_int_equal(F.n_kernels, 5);
+    assert_int_equal(F.kernels[4].uses, 1);
+    assert_int_equal(F.kernels[4].k.n_out, 1);
+    for (int g = 0; g < F.n_groups; g++)
+        for (int i = 0; i < F.groups[g].n_out; i++)
+            assert_int_equal(F.groups[g].out[i].what, IR_BUF_VALUE);
+    fusion_free(&F);
+    partition_free(P);
+}
+
+/* Sizes are arguments: 96 layers need no more kernels than 2. */
+static void test_kernels_do_not_grow_with_depth(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < WF_COUNT(models); m++) {
+        int n[2];
+        for (int deep = 0; deep < 2; deep++) {
+            struct fe_override ov[] = {{FE_FLAG, "num-layers", deep ? "96" : "2"}};
+            bool t5 = strstr(models[m].file, "t5") != NULL;
+            struct fe_override ov5[] = {{FE_FLAG, "encoder-num-layers", deep ? "96" : "2"},
+                                        {FE_FLAG, "decoder-num-layers", deep ? "96" : "2"}};
+            struct partition *P = place(models[m].file, models[m].variant, par_config_default(), t5 ? ov5 : ov, t5 ? 2 : 1);
+            struct fusion F;
+            fuse(P, false, &F);
+            n[deep] = F.n_kernels;
+            fusion_free(&F);
+            partition_free(P);
+        }
+        if (n[1] > n[0])
+            fail_msg("%s: %d kernels at 96 layers, %d at 2", models[m].file, n[1], n[0]);
+    }
+}
+
+/* One kernel's first launch on CPU against the reference.  Returns the
+ * worst relative error over its value outputs. */
+static double check_kernel(const struct partition *P, const struct fusion *F, int kernel, struct ref *r, bool bf16)
+{
+    int g = 0;
+    while (F->groups[g].kernel != kernel)
+        g++;
+    const struct fuse_group *G = &F->groups[g];
+    const struct fuse_kernel *K = &F->kernels[kernel];
+    char *src = emit_kernel(&K->k, K->name, KN_LANG_C);
+    char so[256], log[8192];
+    snprintf(so, sizeof so, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
+    if (cc_shared_object(src, so, log, sizeof log))
+        fail_msg("%s does not compile:\n%s\n%s", K->name, log, src);
+    free(src);
+    void *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    assert_non_null(lib);
+    void (*fn)(const struct kn_args *);
+    *(void **)&fn = dlsym(lib, K->name);
+    assert_non_null(fn);
+    struct kn_args a;
+    fuse_launch_args(P, F, g, 0, &a);
+    a.seed = 5;
+    const struct ir_graph *graph = P->g;
+    void *owned[2 * KN_MAX_SLOTS] = {0};
+    for (int i = 0; i < G->n_in; i++) {
+        int t = G->in[i].id;
+        int64_t n = ir_shape_numel(&graph->tensors[t].shape);
+        if (K->k.in[i].dtype == IR_DTYPE_BF16) { /* the reference's values, as bf16 */
+            uint16_t *h = calloc((size_t)n, 2);
+            for (int64_t e = 0; e < n; e++) {
+                float f = ref_data(r, t)[e];
+                uint32_t u;
+                memcpy(&u, &f, 4);
+                u += 0x7fff + ((u >> 16) & 1);
+                h[e] = (uint16_t)(u >> 16);
+            }
+            a.in[i] = owned[i] = h;
+        } else
+            a.in[i] = graph->tensors[t].dtype == IR_DTYPE_I32 ? (const void *)ref_ints(r, t) : (const void *)ref_data(r, t);
+    }
+    for (int i = 0; i < G->n_out; i++) {
+        const struct fuse_bind *b = &G->out[i];
+        int64_t n = b->what == IR_BUF_ROWSTATS ? a.rows * 2 : a.rows * a.cols;
+        a.out[i] = owned[KN_MAX_SLOTS + i] = calloc((size_t)n, 4);
+    }
+    fn(&a);
+    double worst = 0;
+    for (int i = 0; i < G->n_out; i++) {
+        const struct fuse_bind *b = &G->out[i];
+        if (b->what == IR_BUF_MASK) { /* the reference's draws, by whole-tensor index */
+            const struct ir_op *o = &graph->ops[b->id];
+            double p = ir_op_float(o, IR_ATTR_P);
+            uint64_t stream = kn_stream(graph->tensors[o->out[0]].name);
+            for (int64_t e = 0; e < a.rows * a.cols; e++)
+                if (((uint8_t *)a.out[i])[e] != (kn_uniform(5, stream, (uint64_t)e) >= p))
+                    fail_msg("%s: mask element %lld differs from the reference's draw", K->name, (long long)e);
+            continue;
+        }
+        if (b->what == IR_BUF_ROWSTATS) { /* mean and 1/deviation of the norm's input */
+            const struct ir_op *o = &graph->ops[b->id];
+            const float *x = ref_data(r, o->in[0]);
+            double eps = ir_op_float(o, IR_ATTR_EPS);
+            for (int64_t row = 0; row < a.rows; row++) {
+                double mean = 0, var = 0;
+                for (int64_t c = 0; c < a.cols; c++)
+                    mean += x[row * a.cols + c];
+                mean = o->kind == IR_OP_LAYERNORM ? mean / (double)a.cols : 0;
+                for (int64_t c = 0; c < a.cols; c++)
+                    var += (x[row * a.cols + c] - mean) * (x[row * a.cols + c] - mean);
+                double inv = 1 / sqrt(var / (double)a.cols + eps);
+                const float *s = a.out[i];
+                double e0 = fabs(s[2 * row] - mean) / (fabs(mean) + 1), e1 = fabs(s[2 * row + 1] - inv) / (fabs(inv) + 1e-6);
+                worst = fmax(worst, fmax(e0, e1));
+            }
+            continue;
+        }
+        const float *want = ref_data(r, b->id);
+        for (int64_t e = 0; e < a.rows * a.cols; e++) {
+            float got = ((float *)a.out[i])[e];
+            if (K->k.out[i].dtype == IR_DTYPE_BF16) {
+                uint32_t u = (uint32_t)((uint16_t *)a.out[i])[e] << 16;
+                memcpy(&got, &u, 4);
+            }
+            /* relative, with a floor; bf16 (8 bits of mantissa, inputs and outputs rounded):
+             * within 2% of |want| + 1 */
+            double w = want[e], floor = bf16 ? 1 : 1e-3, err = fabs(got - w) / (fabs(w) + floor);
+            if (!(err <= worst))
+                worst = err;
+            if (!isfinite(got) || err > (bf16 ? 0.02 : 1e-4))
+                fail_msg("%s output %d (%s) element %lld: %g, the reference %g", K->name, i, graph->tensors[b->id].name,
+                         (long long)e, (double)got, w);
+        }
+    }
+    for (size_t i = 0; i < WF_COUNT(owned); i++)
+        free(owned[i]);
+    dlclose(lib);
+    unlink(so);
+    return worst;
+}
+
+/* Every distinct kernel of every model, on CPU, against the unfused ops. */
+static void test_cpu_kernels_match_reference(void **state)
+{
+    (void)state;
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (size_t m = 0; m < WF_COUNT(models); m++) {
+            struct par_config pc = par_config_default();
+            pc.bf16 = bf16;
+            struct partition *P = place(models[m].file, models[m].variant, pc, NULL, 0);
+            struct ref *r = ref_new(P->g, 5);
+            ref_fill_inputs(r, 5, 512);
+            struct diag d;
+            diag_init(&d);
+            if (ref_forward(r, &d))
+                fail_msg("%s: %s", models[m].file, diag_first_error(&d));
+            diag_free(&d);
+            struct fusion F;
+            fuse(P, false, &F);
+            double worst = 0;
+            for (int k = 0; k < F.n_kernels; k++)
+                worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
+            printf("    %-18s %s %d kernels, worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
+                   F.n_kernels, worst);
+            fusion_free(&F);
+            ref_free(r);
+            partition_free(P);
+        }
+}
+
+/* Every kernel of every model, trained and forward only, through NVRTC for
+ * sm_80 and sm_90. */
+static void test_nvrtc_compiles_every_kernel(void **state)
+{
+    (void)state;
+    char why[1024];
+    if (!nvrtc_available(why, sizeof why)) {
+        printf("    skipped: %s\n", why);
+        skip();
+    }
+    int compiled = 0;
+    double seconds = 0;
+    for (size_t m = 0; m < WF_COUNT(models); m++)
+        for (int infer = 0; infer < 2; infer++) {
+            struct par_config pc = par_config_default();
+            pc.bf16 = !infer;
+            struct partition *P = place(models[m].file, models[m].variant, pc, NULL, 0);
+            struct fusion F;
+            fuse(P, infer, &F);
+            for (int k = 0; k < F.n_kernels; k++) {
+                char *src = emit_kernel(&F.kernels[k].k, F.kernels[k].name, KN_LANG_CUDA);
+                int archs[] = {80, 90};
+                for (int a = 0; a < 2; a++) {
+                    struct nvrtc_out o;
+                    if (nvrtc_compile(src, F.kernels[k].name, archs[a], false, &o))
+                        fail_msg("%s: NVRTC rejects %s for sm_%d:\n%s\n%s", models[m].file, F.kernels[k].name, archs[a],
+                                 o.log, src);
+                    assert_true(o.size > 0);
+                    seconds += o.seconds;
+                    compiled++;
+                    nvrtc_out_free(&o);
+                }
+                free(src);
+            }
+            fusion_free(&F);
+            partition_free(P);
+        }
+    printf("    NVRTC %s: %d cubins in %.2f s\n", nvrtc_version(), compiled, seconds);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpt2_groups),
+        cmocka_unit_test(test_kernels_do_not_grow_with_depth),
+        cmocka_unit_test(test_cpu_kernels_match_reference),
+        cmocka_unit_test(test_nvrtc_compiles_every_kernel),
+    };
+    int rc = cmocka_run_group_tests_name("fuse", tests, NULL, NULL);
+    fe_cleanup();
+    return rc;
+}
