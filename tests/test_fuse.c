@@ -22,26 +22,13 @@ static const struct {
     {"models/t5.xml", "tiny"},   {"models/llava.xml", "tiny"},
 };
 
-static struct partition *place(const char *file, const char *variant, struct par_config pc, const struct fe_override *ov,
-                               int n_ov)
-{
-    struct fe_options opt = {.variant = variant, .overrides = ov, .n_overrides = n_ov};
-    struct diag d;
-    diag_init(&d);
-    struct partition *P = partition_model(file, &opt, &pc, &d);
-    if (!P)
-        fail_msg("%s: %s", file, diag_first_error(&d));
-    diag_free(&d);
-    return P;
-}
-
 /* GPT-2's layer fuses as Megatron's hand-written kernels do: bias + dropout
  * + residual add + layernorm after each projection, bias + GELU after the
  * first MLP matmul; the embedding sum with its dropout and the first norm. */
 static void test_gpt2_groups(void **state)
 {
     (void)state;
-    struct partition *P = place("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
+    struct partition *P = place_model("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
     struct fusion F;
     fuse(P, false, &F);
     const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_bias_add_dropout_add_layernorm", "k3_bias_add_gelu"};
@@ -89,7 +76,7 @@ static void test_kernels_do_not_grow_with_depth(void **state)
             bool t5 = strstr(models[m].file, "t5") != NULL;
             struct fe_override ov5[] = {{FE_FLAG, "encoder-num-layers", deep ? "96" : "2"},
                                         {FE_FLAG, "decoder-num-layers", deep ? "96" : "2"}};
-            struct partition *P = place(models[m].file, models[m].variant, par_config_default(), t5 ? ov5 : ov, t5 ? 2 : 1);
+            struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), t5 ? ov5 : ov, t5 ? 2 : 1);
             struct fusion F;
             fuse(P, false, &F);
             n[deep] = F.n_kernels;
@@ -210,7 +197,7 @@ static void test_cpu_kernels_match_reference(void **state)
         for (size_t m = 0; m < WF_COUNT(models); m++) {
             struct par_config pc = par_config_default();
             pc.bf16 = bf16;
-            struct partition *P = place(models[m].file, models[m].variant, pc, NULL, 0);
+            struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
             struct ref *r = ref_new(P->g, 5);
             ref_fill_inputs(r, 5, 512);
             struct diag d;
@@ -247,7 +234,7 @@ static void test_nvrtc_compiles_every_kernel(void **state)
         for (int infer = 0; infer < 2; infer++) {
             struct par_config pc = par_config_default();
             pc.bf16 = !infer;
-            struct partition *P = place(models[m].file, models[m].variant, pc, NULL, 0);
+            struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
             struct fusion F;
             fuse(P, infer, &F);
             for (int k = 0; k < F.n_kernels; k++) {

@@ -175,18 +175,6 @@ static int count_back(const struct partition *P, enum part_xfer_kind kind, enum 
     return count_dir(P, kind, over, true);
 }
 
-static struct partition *model(const char *file, struct par_config pc)
-{
-    struct fe_options opt = {0};
-    struct diag d;
-    diag_init(&d);
-    struct partition *P = partition_model(file, &opt, &pc, &d);
-    if (!P)
-        fail_msg("%s: %s", file, diag_first_error(&d));
-    diag_free(&d);
-    return P;
-}
-
 /* GPT-2 124M at tp=2: two all-reduces per layer in forward (attention out, MLP
  * out), plus the embedding's and the loss's; with sequence parallelism two
  * all-gathers and two reduce-scatters per layer instead.  The backward has
@@ -200,7 +188,7 @@ static void test_gpt2_tp2_counts(void **state)
     (void)state;
     struct par_config pc = par_config_default();
     pc.tp = 2;
-    struct partition *P = model("models/gpt2.xml", pc);
+    struct partition *P = place_model("models/gpt2.xml", NULL, pc, NULL, 0);
     assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 2 * 12 + 2);
     assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 0);
     assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 0);
@@ -217,7 +205,7 @@ static void test_gpt2_tp2_counts(void **state)
     partition_free(P);
 
     pc.sequence_parallel = true;
-    P = model("models/gpt2.xml", pc);
+    P = place_model("models/gpt2.xml", NULL, pc, NULL, 0);
     /* + the embedding's reduce-scatter; + the gather before the head */
     assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 1);
     assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
@@ -238,7 +226,7 @@ static void test_pipeline_sends(void **state)
     (void)state;
     struct par_config pc = par_config_default();
     pc.pp = 4;
-    struct partition *P = model("models/gpt2.xml", pc);
+    struct partition *P = place_model("models/gpt2.xml", NULL, pc, NULL, 0);
     assert_int_equal(count(P, PART_XFER_SEND, IR_PDIM_NONE), 3); /* the residual stream, stage to stage */
     for (int i = 0; i < P->n_xfers; i++)
         assert_int_equal(P->chunks[P->xfers[i].to_chunk].stage, P->chunks[P->xfers[i].from_chunk].stage + 1);
@@ -246,7 +234,7 @@ static void test_pipeline_sends(void **state)
     /* T5 on its own encoder stage: the encoder's output goes to both decoder stages. */
     pc = par_config_default();
     pc.world_size = 3, pc.pp = 2, pc.epp = 1;
-    P = model("models/t5.xml", pc);
+    P = place_model("models/t5.xml", NULL, pc, NULL, 0);
     int to_decoder = 0;
     for (int i = 0; i < P->n_xfers; i++)
         if (P->xfers[i].kind == PART_XFER_SEND && !strcmp(P->g->tensors[P->xfers[i].tensor].name, "encoder.out"))
@@ -309,7 +297,7 @@ static void test_every_model(void **state)
         struct par_config pc = par_config_default();
         pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
         pc.ep = cfg[i].ep;
-        struct partition *P = model(cfg[i].file, pc);
+        struct partition *P = place_model(cfg[i].file, NULL, pc, NULL, 0);
         assert_true(P->n_xfers > 0);
         assert_int_equal(count(P, PART_XFER_SEND, IR_PDIM_NONE) > 0, 1);
         partition_free(P);

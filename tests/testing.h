@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "compiler.h"
+#include "partition.h"
 #include "util.h"
 
 /* Skip with the reason on the output, so a skipped test is never silent. */
@@ -159,6 +160,21 @@ static inline struct ir_graph *load_model(const char *path, const char *variant,
 }
 
 /* "2x8x16" (sizes only) or "scalar". */
+/* A model placed on ranks by pc (variant and overrides may be NULL, 0);
+ * fails the test with the first error otherwise. */
+static inline struct partition *place_model(const char *file, const char *variant, struct par_config pc,
+                                            const struct fe_override *ov, int n_ov)
+{
+    struct fe_options opt = {.variant = variant, .overrides = ov, .n_overrides = n_ov};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model(file, &opt, &pc, &d);
+    if (!P)
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+    return P;
+}
+
 static inline const char *shape_sizes(const struct ir_shape *s, char *buf, size_t n)
 {
     if (s->rank == 0) {
