@@ -157,7 +157,7 @@ static void legend(Agraph_t *g, const struct partition *P)
     set(n, "style", "dashed");
 }
 
-static Agraph_t *build(const struct partition *P, enum dot_detail detail, struct items *it)
+static Agraph_t *build(const struct partition *P, const struct kn_set *K, enum dot_detail detail, struct items *it)
 {
     const struct ir_graph *g = P->g;
     Agraph_t *G = agopen((char *)g->name, Agdirected, NULL);
@@ -220,10 +220,22 @@ static Agraph_t *build(const struct partition *P, enum dot_detail detail, struct
         set(clusters[c], "fillcolor", part_fill[ch->part]);
         set(clusters[c], "color", "#888888");
     }
+    /* at op detail, a fused launch's ops in a box of their own */
+    Agraph_t **launch = K && detail == DOT_DETAIL_OP ? wf_calloc((size_t)K->n_launches + 1, sizeof *launch) : NULL;
+    for (int l = 0; launch && l < K->n_launches; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "cluster_launch_%d", l);
+        launch[l] = agsubg(clusters[K->launches[l].chunk], name, 1);
+        set(launch[l], "label", K->kernels[K->launches[l].kernel].name);
+        set(launch[l], "style", "dashed,rounded");
+        set(launch[l], "color", "#555555");
+        set(launch[l], "fontsize", "9");
+    }
     for (int i = 0; i < it->n; i++) {
         char name[32], label[2048];
         snprintf(name, sizeof name, "n%d", i);
-        it->v[i].node = agnode(clusters[it->v[i].chunk], name, 1);
+        int l = launch && detail == DOT_DETAIL_OP ? K->op_launch[it->v[i].first_layer] : -1;
+        it->v[i].node = agnode(l >= 0 ? launch[l] : clusters[it->v[i].chunk], name, 1);
         item_label(P, &it->v[i], detail, label, sizeof label);
         set(it->v[i].node, "label", label);
     }
@@ -270,10 +282,12 @@ static Agraph_t *build(const struct partition *P, enum dot_detail detail, struct
     }
     legend(G, P);
     free(clusters);
+    free(launch);
     return G;
 }
 
-int dot_write(const struct partition *P, enum dot_detail detail, const char *path, struct diag *d)
+int dot_write(const struct partition *P, const struct kn_set *kernels, enum dot_detail detail, const char *path,
+              struct diag *d)
 {
     const char *ext = strrchr(path, '.');
     const char *format = !ext ? NULL : !strcmp(ext, ".dot") ? "dot" : !strcmp(ext, ".svg") ? "svg"
@@ -283,7 +297,7 @@ int dot_write(const struct partition *P, enum dot_detail detail, const char *pat
         return -1;
     }
     struct items it = {0};
-    Agraph_t *G = build(P, detail, &it);
+    Agraph_t *G = build(P, kernels, detail, &it);
     int rc = 0;
     if (!strcmp(format, "dot")) {
         FILE *f = fopen(path, "w");

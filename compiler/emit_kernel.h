@@ -26,5 +26,7 @@ enum kn_lang { KN_LANG_C, KN_LANG_CUDA };
 #define KN_CUDA_THREADS 256
 
 char *emit_kernel(const struct kn_kernel *k, const char *name, enum kn_lang lang);
+/* Several kernels in one translation unit (the CPU backend's object). */
+char *emit_kernels(const struct kn_kernel *const *ks, const char *const *names, int n, enum kn_lang lang);
 
 #endif

@@ -7,7 +7,7 @@
 #include <string.h>
 
 int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct ir_memory *mem, const struct optim_config *opt, const char *model_path, const char *path,
+              const struct ir_memory *mem, const struct kn_set *kernels, const struct optim_config *opt, const char *model_path, const char *path,
               struct diag *d)
 {
     const struct ir_graph *g = P->g;
@@ -105,6 +105,7 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
     }
 
     ir_memory_write(w, mem);
+    kn_set_write(w, kernels);
 
     if (opt)
         optim_write(w, opt);

@@ -30,7 +30,7 @@ struct builder {
     int chunk, op;  /* the op being lowered */
     int64_t rows, cols;
     struct kn_kernel k;
-    struct fuse_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
+    struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
     uint64_t streams[4];
     int n_streams;
     int *value;     /* per tensor: its node in this group, -1 */
@@ -94,7 +94,7 @@ static int get(struct builder *b, int t, bool per_batch)
     if (access < 0 || b->k.n_in == KN_MAX_SLOTS)
         return -1;
     int slot = kn_input(&b->k, slot_dtype(b, t), (enum kn_access)access);
-    b->in[slot] = (struct fuse_bind){.what = IR_BUF_VALUE, .id = t, .xfer = transfer_of(b->P, b->op, t)};
+    b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = transfer_of(b->P, b->op, t)};
     int n = kn_load(&b->k, slot);
     if (n >= 0)
         set_value(b, t, n);
@@ -168,7 +168,7 @@ static bool lower(struct builder *b, int op_index)
         b->streams[b->n_streams++] = kn_stream(b->P->g->tensors[o->out[0]].name);
         y = kn_node(&b->k, KN_SELECT, keep, op2(b, KN_MUL, x, cst(b, 1 / (1 - p))), cst(b, 0), 0);
         int m = kn_output(&b->k, KN_DTYPE_U8, KN_FULL);
-        b->out[m] = (struct fuse_bind){.what = IR_BUF_MASK, .id = op_index, .xfer = -1};
+        b->out[m] = (struct kn_bind){.what = IR_BUF_MASK, .id = op_index, .xfer = -1};
         kn_store(&b->k, m, keep);
         break;
     }
@@ -188,7 +188,7 @@ static bool lower(struct builder *b, int op_index)
             y = op2(b, KN_ADD, y, beta);
         if (b->train) { /* the backward's row statistics: mean and 1/deviation */
             int s = kn_output(&b->k, IR_DTYPE_F32, KN_ROWSTATS);
-            b->out[s] = (struct fuse_bind){.what = IR_BUF_ROWSTATS, .id = op_index, .xfer = -1};
+            b->out[s] = (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op_index, .xfer = -1};
             kn_store_component(&b->k, s, mean, 0);
             kn_store_component(&b->k, s, inv, 1);
         }
@@ -222,7 +222,7 @@ static bool lower(struct builder *b, int op_index)
 
 /* Whether a value made in group g must be stored: something outside the
  * group reads it. */
-static bool needed_outside(const struct partition *P, const int *op_group, int g, int t, bool train)
+static bool needed_outside(const struct partition *P, const int *op_launch, int g, int t, bool train)
 {
     const struct ir_graph *G = P->g;
     for (int i = 0; i < G->n_outputs; i++)
@@ -239,7 +239,7 @@ static bool needed_outside(const struct partition *P, const int *op_group, int g
             int u = input ? o->in[k] : o->out[k - o->n_in];
             if (u != t)
                 continue;
-            if (input && op_group[i] != g)
+            if (input && op_launch[i] != g)
                 return true;
             /* kept for the backward: the op's saves column names it */
             const char *name = input ? (k < info->n_in_names ? info->in_names[k] : "")
@@ -255,16 +255,16 @@ static bool needed_outside(const struct partition *P, const int *op_group, int g
     return false;
 }
 
-static void finish(struct builder *b, struct fusion *F, int g, const int *op_group)
+static void finish(struct builder *b, struct kn_set *F, int g, const int *op_launch)
 {
-    struct fuse_group *G = &F->groups[g];
+    struct kn_launch *G = &F->launches[g];
     const struct ir_graph *graph = b->P->g;
     for (int i = 0; i < G->n_ops; i++) {
         const struct ir_op *o = &graph->ops[F->ops[G->first_op + i]];
         int t = o->out[0];
-        if (b->value[t] >= 0 && graph->tensors[t].kind == IR_TENSOR_ACT && needed_outside(b->P, op_group, g, t, b->train)) {
+        if (b->value[t] >= 0 && graph->tensors[t].kind == IR_TENSOR_ACT && needed_outside(b->P, op_launch, g, t, b->train)) {
             int s = kn_output(&b->k, slot_dtype(b, t), KN_FULL);
-            b->out[s] = (struct fuse_bind){.what = IR_BUF_VALUE, .id = t, .xfer = -1};
+            b->out[s] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = -1};
             kn_store(&b->k, s, b->value[t]);
         }
     }
@@ -278,7 +278,7 @@ static void finish(struct builder *b, struct fusion *F, int g, const int *op_gro
     while (k < F->n_kernels && !(F->kernels[k].hash == h && kn_equal(&F->kernels[k].k, &b->k)))
         k++;
     if (k == F->n_kernels) {
-        struct fuse_kernel *K = &F->kernels[F->n_kernels++];
+        struct kn_entry *K = &F->kernels[F->n_kernels++];
         K->k = b->k;
         K->hash = h;
         size_t n = (size_t)snprintf(K->name, sizeof K->name, "k%d", k);
@@ -311,21 +311,22 @@ static void start(struct builder *b, int chunk, int op)
     b->rows = b->cols ? ir_shape_numel(&s) / b->cols : 0;
 }
 
-void fuse(const struct partition *P, bool forward_only, struct fusion *F)
+void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
 {
     const struct ir_graph *g = P->g;
     memset(F, 0, sizeof *F);
-    F->groups = wf_calloc((size_t)g->n_ops + 1, sizeof *F->groups);
+    F->launches = wf_calloc((size_t)g->n_ops + 1, sizeof *F->launches);
     F->kernels = wf_calloc((size_t)g->n_ops + 1, sizeof *F->kernels);
     F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
-    F->op_group = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_group);
+    F->op_launch = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_launch);
+    F->n_graph_ops = g->n_ops;
     struct builder b = {.P = P, .train = !forward_only};
     b.value = wf_calloc((size_t)g->n_tensors + 1, sizeof *b.value);
     b.touched = wf_calloc((size_t)g->n_tensors + 1, sizeof *b.touched);
     for (int t = 0; t < g->n_tensors; t++)
         b.value[t] = -1;
     for (int i = 0; i < g->n_ops; i++)
-        F->op_group[i] = -1;
+        F->op_launch[i] = -1;
     for (int c = 0; c < P->n_chunks; c++) {
         int open = -1; /* the group being grown */
         for (int i = 0; i < g->n_ops; i++) {
@@ -343,7 +344,7 @@ void fuse(const struct partition *P, bool forward_only, struct fusion *F)
                     }
                 if (chained && !crossing) {
                     struct kn_kernel keep = b.k;
-                    struct fuse_bind keep_in[KN_MAX_SLOTS], keep_out[KN_MAX_SLOTS];
+                    struct kn_bind keep_in[KN_MAX_SLOTS], keep_out[KN_MAX_SLOTS];
                     memcpy(keep_in, b.in, sizeof keep_in);
                     memcpy(keep_out, b.out, sizeof keep_out);
                     int keep_streams = b.n_streams, keep_touched = b.n_touched;
@@ -360,12 +361,12 @@ void fuse(const struct partition *P, bool forward_only, struct fusion *F)
             }
             if (joins) {
                 F->ops[F->n_ops++] = i;
-                F->groups[open].n_ops++;
-                F->op_group[i] = open;
+                F->launches[open].n_ops++;
+                F->op_launch[i] = open;
                 continue;
             }
             if (open >= 0) {
-                finish(&b, F, open, F->op_group);
+                finish(&b, F, open, F->op_launch);
                 open = -1;
             }
             if (!fusible)
@@ -377,38 +378,29 @@ void fuse(const struct partition *P, bool forward_only, struct fusion *F)
                 b.n_touched = 0;
                 continue;
             }
-            open = F->n_groups++;
-            F->groups[open] = (struct fuse_group){.chunk = c, .first_op = F->n_ops, .n_ops = 1, .domain = o->out[0]};
+            open = F->n_launches++;
+            F->launches[open] = (struct kn_launch){.chunk = c, .first_op = F->n_ops, .n_ops = 1, .domain = o->out[0]};
             F->ops[F->n_ops++] = i;
-            F->op_group[i] = open;
+            F->op_launch[i] = open;
         }
         if (open >= 0)
-            finish(&b, F, open, F->op_group);
+            finish(&b, F, open, F->op_launch);
     }
     free(b.value);
     free(b.touched);
 }
 
-void fusion_free(struct fusion *F)
-{
-    free(F->groups);
-    free(F->kernels);
-    free(F->ops);
-    free(F->op_group);
-    memset(F, 0, sizeof *F);
-}
-
 /* The shape a slot's tensor has where the group reads or writes it. */
-static struct ir_shape bound_shape(const struct partition *P, const struct fuse_group *G, const struct fuse_bind *b)
+static struct ir_shape bound_shape(const struct partition *P, const struct kn_launch *G, const struct kn_bind *b)
 {
     const struct ir_tensor *x = &P->g->tensors[b->id];
     return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape,
                                  b->xfer >= 0 ? &P->xfers[b->xfer].after : &P->shard[b->id]);
 }
 
-void fuse_launch_args(const struct partition *P, const struct fusion *F, int g, int rank, struct kn_args *a)
+void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
-    const struct fuse_group *G = &F->groups[g];
+    const struct kn_launch *G = &F->launches[g];
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
     struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, &P->shard[G->domain]);
@@ -446,4 +438,28 @@ void fuse_launch_args(const struct partition *P, const struct fusion *F, int g, 
     if (!s.rank)
         a->dim[0] = a->stride[0] = 1;
     memcpy(a->stream, G->streams, sizeof a->stream);
+}
+
+int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int l)
+{
+    const struct kn_launch *L = &F->launches[l];
+    const struct kn_kernel *k = &F->kernels[L->kernel].k;
+    struct kn_args a;
+    fuse_launch_args(P, F, l, 0, &a);
+    int64_t bytes = 0;
+    for (int io = 0; io < 2; io++)
+        for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
+            const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
+            const struct kn_slot *s = io ? &k->out[i] : &k->in[i];
+            int size = s->dtype == KN_DTYPE_U8 ? 1 : ir_dtype_bytes((enum ir_dtype)s->dtype);
+            if (b->what == IR_BUF_MASK)
+                bytes += a.rows * a.cols * size;
+            else if (b->what == IR_BUF_ROWSTATS)
+                bytes += a.rows * 2 * size;
+            else {
+                struct ir_shape t = bound_shape(P, L, b);
+                bytes += ir_shape_numel(&t) * size;
+            }
+        }
+    return bytes;
 }

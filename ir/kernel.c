@@ -1,7 +1,9 @@
 /* kernel.c: building, analysing and hashing fused-kernel descriptions. */
 #include "kernel.h"
+#include "plan.h"
 #include "util.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define KN_STR_(...) #__VA_ARGS__
@@ -186,3 +188,241 @@ double kn_uniform(uint64_t seed, uint64_t stream, uint64_t index)
 }
 
 uint64_t kn_stream(const char *name) { return wf_hash(name, strlen(name), 0x5eed); }
+
+void kn_set_free(struct kn_set *s)
+{
+    for (int k = 0; k < s->n_kernels; k++)
+        for (int b = 0; b < s->kernels[k].n_bins; b++)
+            free(s->kernels[k].bins[b].bytes);
+    free(s->launches);
+    free(s->kernels);
+    free(s->ops);
+    free(s->op_launch);
+    free(s->cpu_object);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- the plan's "kernels" section ---------------------------------------- */
+
+static void put_bytes(struct plan_writer *w, const void *p, size_t n)
+{
+    plan_put_u64(w, n);
+    for (size_t i = 0; i < n; i++)
+        plan_put_u8(w, ((const uint8_t *)p)[i]);
+}
+
+static void put_bind(struct plan_writer *w, const struct kn_bind *b)
+{
+    plan_put_u8(w, b->what);
+    plan_put_i32(w, b->id);
+    plan_put_i32(w, b->xfer);
+}
+
+void kn_set_write(struct plan_writer *w, const struct kn_set *s)
+{
+    plan_section(w, "kernels");
+    plan_put_u32(w, (uint32_t)s->n_graph_ops);
+    plan_put_u32(w, (uint32_t)s->n_kernels);
+    for (int i = 0; i < s->n_kernels; i++) {
+        const struct kn_entry *e = &s->kernels[i];
+        const struct kn_kernel *k = &e->k;
+        plan_put_str(w, e->name);
+        plan_put_u32(w, (uint32_t)e->uses);
+        plan_put_u8(w, (uint8_t)k->n_in);
+        plan_put_u8(w, (uint8_t)k->n_out);
+        plan_put_u8(w, (uint8_t)k->n_args);
+        for (int j = 0; j < k->n_in; j++)
+            plan_put_u8(w, k->in[j].dtype), plan_put_u8(w, k->in[j].access);
+        for (int j = 0; j < k->n_out; j++)
+            plan_put_u8(w, k->out[j].dtype), plan_put_u8(w, k->out[j].access);
+        plan_put_u32(w, (uint32_t)k->n_nodes);
+        for (int j = 0; j < k->n_nodes; j++) {
+            const struct kn_node *n = &k->nodes[j];
+            plan_put_u8(w, n->op);
+            plan_put_u8(w, n->slot);
+            plan_put_i32(w, n->a);
+            plan_put_i32(w, n->b);
+            plan_put_i32(w, n->c);
+            plan_put_f64(w, n->imm);
+        }
+        plan_put_u8(w, (uint8_t)e->n_bins);
+        for (int b = 0; b < e->n_bins; b++) {
+            plan_put_i32(w, e->bins[b].arch);
+            plan_put_u8(w, e->bins[b].ptx);
+            put_bytes(w, e->bins[b].bytes, e->bins[b].size);
+        }
+    }
+    plan_put_u32(w, (uint32_t)s->n_launches);
+    for (int i = 0; i < s->n_launches; i++) {
+        const struct kn_launch *l = &s->launches[i];
+        plan_put_i32(w, l->kernel);
+        plan_put_i32(w, l->chunk);
+        plan_put_i32(w, l->domain);
+        plan_put_u32(w, (uint32_t)l->n_ops);
+        for (int j = 0; j < l->n_ops; j++)
+            plan_put_i32(w, s->ops[l->first_op + j]);
+        plan_put_u8(w, (uint8_t)l->n_in);
+        for (int j = 0; j < l->n_in; j++)
+            put_bind(w, &l->in[j]);
+        plan_put_u8(w, (uint8_t)l->n_out);
+        for (int j = 0; j < l->n_out; j++)
+            put_bind(w, &l->out[j]);
+        for (int j = 0; j < 4; j++)
+            plan_put_u64(w, l->streams[j]);
+    }
+    put_bytes(w, s->cpu_object, s->cpu_size);
+}
+
+static void *get_bytes(struct plan_reader *r, size_t *n)
+{
+    uint64_t len = plan_get_u64(r);
+    if (r->bad || len > (uint64_t)(r->end - r->at)) {
+        r->bad = true;
+        *n = 0;
+        return NULL;
+    }
+    *n = (size_t)len;
+    void *p = wf_calloc(*n + 1, 1);
+    memcpy(p, r->at, *n);
+    r->at += *n;
+    return p;
+}
+
+static bool get_bind(struct plan_reader *r, struct kn_bind *b)
+{
+    b->what = plan_get_u8(r);
+    b->id = plan_get_i32(r);
+    b->xfer = plan_get_i32(r);
+    return b->what < IR_BUF_COUNT && b->id >= 0;
+}
+
+static int bad_kernels(struct diag *d, const char *what)
+{
+    diag_error(d, NULL, 0, "plan section 'kernels': %s: the plan is corrupted", what);
+    return -1;
+}
+
+int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
+{
+    memset(s, 0, sizeof *s);
+    struct plan_reader r;
+    if (plan_read(p, "kernels", &r, d))
+        return -1;
+    uint32_t n_graph_ops = plan_get_u32(&r);
+    if (r.bad || n_graph_ops > 1u << 26)
+        return bad_kernels(d, "an impossible op count");
+    s->n_graph_ops = (int)n_graph_ops;
+    uint32_t nk = plan_get_u32(&r);
+    if (r.bad || nk > (uint32_t)(r.end - r.at) / 8)
+        return bad_kernels(d, "more kernels than the section can hold");
+    s->kernels = wf_calloc((size_t)nk + 1, sizeof *s->kernels);
+    s->n_kernels = (int)nk;
+    for (uint32_t i = 0; i < nk && !r.bad; i++) {
+        struct kn_entry *e = &s->kernels[i];
+        struct kn_kernel *k = &e->k;
+        plan_get_str(&r, e->name, sizeof e->name);
+        e->uses = (int)plan_get_u32(&r);
+        k->n_in = plan_get_u8(&r);
+        k->n_out = plan_get_u8(&r);
+        k->n_args = plan_get_u8(&r);
+        if (k->n_in > KN_MAX_SLOTS || k->n_out > KN_MAX_SLOTS || k->n_args > 8) {
+            kn_set_free(s);
+            return bad_kernels(d, "a kernel with more slots than weft allows");
+        }
+        for (int j = 0; j < k->n_in; j++)
+            k->in[j].dtype = plan_get_u8(&r), k->in[j].access = plan_get_u8(&r);
+        for (int j = 0; j < k->n_out; j++)
+            k->out[j].dtype = plan_get_u8(&r), k->out[j].access = plan_get_u8(&r);
+        uint32_t nn = plan_get_u32(&r);
+        if (nn > KN_MAX_NODES) {
+            kn_set_free(s);
+            return bad_kernels(d, "a kernel with more nodes than weft allows");
+        }
+        k->n_nodes = (int)nn;
+        for (int j = 0; j < k->n_nodes; j++) {
+            struct kn_node *n = &k->nodes[j];
+            n->op = plan_get_u8(&r);
+            n->slot = plan_get_u8(&r);
+            n->a = (int16_t)plan_get_i32(&r);
+            n->b = (int16_t)plan_get_i32(&r);
+            n->c = (int16_t)plan_get_i32(&r);
+            n->imm = plan_get_f64(&r);
+            int arity = kn_op_arity((enum kn_op)n->op), operand[3] = {n->a, n->b, n->c};
+            bool ok = n->op < KN_OP_COUNT;
+            for (int q = 0; q < 3; q++) /* operands: earlier nodes, exactly as many as the op takes */
+                ok &= q < arity ? operand[q] >= 0 && operand[q] < j : operand[q] == -1;
+            if (n->op == KN_LOAD || n->op == KN_STORE)
+                ok &= n->slot < (n->op == KN_LOAD ? k->n_in : k->n_out);
+            if (!ok)
+                r.bad = true;
+        }
+        for (int j = 0; j < k->n_in; j++)
+            r.bad |= (k->in[j].dtype > KN_DTYPE_U8 || k->in[j].access >= KN_ACCESS_COUNT);
+        for (int j = 0; j < k->n_out; j++)
+            r.bad |= (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT);
+        e->n_bins = plan_get_u8(&r);
+        if (e->n_bins > KN_MAX_BINS) {
+            kn_set_free(s);
+            return bad_kernels(d, "a kernel with more binaries than weft allows");
+        }
+        for (int b = 0; b < e->n_bins && !r.bad; b++) {
+            e->bins[b].arch = plan_get_i32(&r);
+            e->bins[b].ptx = plan_get_u8(&r);
+            e->bins[b].bytes = get_bytes(&r, &e->bins[b].size);
+        }
+        e->hash = kn_hash(k);
+    }
+    uint32_t nl = r.bad ? 0 : plan_get_u32(&r);
+    if (r.bad || nl > (uint32_t)(r.end - r.at) / 16) {
+        kn_set_free(s);
+        return bad_kernels(d, "a kernel or the launch count out of range");
+    }
+    s->launches = wf_calloc((size_t)nl + 1, sizeof *s->launches);
+    s->n_launches = (int)nl;
+    int cap = 0;
+    for (uint32_t i = 0; i < nl && !r.bad; i++) {
+        struct kn_launch *l = &s->launches[i];
+        l->kernel = plan_get_i32(&r);
+        l->chunk = plan_get_i32(&r);
+        l->domain = plan_get_i32(&r);
+        uint32_t n = plan_get_u32(&r);
+        if (r.bad || n > (uint32_t)(r.end - r.at) / 4 || l->kernel < 0 || l->kernel >= s->n_kernels) {
+            r.bad = true;
+            break;
+        }
+        l->first_op = s->n_ops;
+        l->n_ops = (int)n;
+        for (uint32_t j = 0; j < n; j++) {
+            WF_GROW(s->ops, s->n_ops, cap);
+            s->ops[s->n_ops++] = plan_get_i32(&r);
+        }
+        l->n_in = plan_get_u8(&r);
+        for (int j = 0; j < l->n_in && j < KN_MAX_SLOTS; j++)
+            r.bad |= !get_bind(&r, &l->in[j]);
+        l->n_out = plan_get_u8(&r);
+        for (int j = 0; j < l->n_out && j < KN_MAX_SLOTS; j++)
+            r.bad |= !get_bind(&r, &l->out[j]);
+        for (int j = 0; j < 4; j++)
+            l->streams[j] = plan_get_u64(&r);
+        const struct kn_kernel *k = &s->kernels[l->kernel].k;
+        r.bad |= l->n_in != k->n_in || l->n_out != k->n_out;
+    }
+    if (!r.bad)
+        s->cpu_object = get_bytes(&r, &s->cpu_size);
+    s->op_launch = wf_calloc((size_t)s->n_graph_ops + 1, sizeof *s->op_launch);
+    for (int i = 0; i < s->n_graph_ops; i++)
+        s->op_launch[i] = -1;
+    for (int l = 0; l < s->n_launches && !r.bad; l++)
+        for (int j = 0; j < s->launches[l].n_ops; j++) {
+            int op = s->ops[s->launches[l].first_op + j];
+            if (op < 0 || op >= s->n_graph_ops)
+                r.bad = true;
+            else
+                s->op_launch[op] = l;
+        }
+    if (r.bad) {
+        kn_set_free(s);
+        return bad_kernels(d, "a launch out of range, or shorter than its fields");
+    }
+    return 0;
+}

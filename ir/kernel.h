@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "ir.h"
+#include "memplan.h"
 
 #define KN_OPS(X)                                                              \
     /* leaves */                                                               \
@@ -121,6 +122,63 @@ bool kn_has_reduction(const struct kn_kernel *k);
  * sizes or the model they came from. */
 uint64_t kn_hash(const struct kn_kernel *k);
 bool kn_equal(const struct kn_kernel *a, const struct kn_kernel *b);
+
+/* A kernel compiled for a GPU: a cubin for sm_<arch>, or PTX for compute_<arch>. */
+struct kn_binary {
+    int arch;
+    bool ptx;
+    size_t size;
+    void *bytes;
+};
+
+#define KN_MAX_BINS 8
+
+/* The fusion pass's result, as a plan holds it: every launch of a step's
+ * forward, what each binds, and the distinct kernels they run. */
+/* What a slot binds: a tensor, or an op's saved mask or row statistics. */
+struct kn_bind {
+    uint8_t what; /* enum ir_buf_what (memplan.h): VALUE, MASK, ROWSTATS */
+    int id;       /* tensor, or op */
+    int xfer;     /* an input that a transfer brings: the transfer (its result is read); -1 */
+};
+
+struct kn_launch {
+    int kernel;
+    int chunk;
+    int first_op, n_ops;   /* ops[first_op .. first_op + n_ops) of fusion.ops */
+    int domain;            /* the tensor whose local shape is rows x cols */
+    struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
+    int n_in, n_out;
+    uint64_t streams[4];   /* dropout streams, by KEEP's slot */
+};
+
+struct kn_entry {
+    struct kn_kernel k;
+    uint64_t hash;
+    char name[96];         /* k<index>_<its first launch's ops> */
+    int uses;              /* launches of it */
+    int n_bins;
+    struct kn_binary bins[KN_MAX_BINS]; /* cubins per architecture, and PTX */
+};
+
+struct kn_set {
+    int n_launches, n_kernels, n_ops;
+    struct kn_launch *launches; /* in op order within each chunk */
+    struct kn_entry *kernels;   /* distinct kernels */
+    int *ops;              /* the ops of every launch, launch after launch */
+    int n_graph_ops;
+    int *op_launch;        /* per op of the graph: its launch, or -1 (not fused: a GEMM, a view, ...) */
+    void *cpu_object;      /* the CPU backend's shared object: every kernel, compiled */
+    size_t cpu_size;
+};
+
+void kn_set_free(struct kn_set *s);
+
+struct plan;
+struct plan_writer;
+/* The plan's "kernels" section: descriptions, binaries, launches, the CPU object. */
+void kn_set_write(struct plan_writer *w, const struct kn_set *s);
+int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d);
 
 /* What a launch passes: the same struct in the generated C and CUDA C (the
  * emitters print KN_ARGS_FIELDS), by pointer on the CPU and by value on

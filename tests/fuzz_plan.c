@@ -2,6 +2,7 @@
  * Checksums are recomputed over the input first, so a mutation reaches the
  * section decoders instead of stopping at the CRC.  Any input must be read,
  * or refused with a message: never a crash, a leak or a hang. */
+#include "kernel.h"
 #include "memplan.h"
 #include "partition.h"
 #include "optim.h"
@@ -77,6 +78,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct optim_config opt;
     if (p && plan_has(p, "optimizer"))
         optim_read(p, &opt, &d);
+    struct kn_set K;
+    if (p && plan_has(p, "kernels") && kn_set_read(p, &K, &d) == 0)
+        kn_set_free(&K);
     plan_close(p);
     diag_free(&d);
     free(buf);

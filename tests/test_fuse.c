@@ -29,16 +29,16 @@ static void test_gpt2_groups(void **state)
 {
     (void)state;
     struct partition *P = place_model("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
-    struct fusion F;
+    struct kn_set F;
     fuse(P, false, &F);
     const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_bias_add_dropout_add_layernorm", "k3_bias_add_gelu"};
     assert_int_equal(F.n_kernels, 4);
     for (int k = 0; k < 4; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
     assert_int_equal(F.kernels[2].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
-    assert_int_equal(F.n_groups, 1 + 12 * 4);
+    assert_int_equal(F.n_launches, 1 + 12 * 4);
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
-    const struct fuse_group *G = &F.groups[0];
+    const struct kn_launch *G = &F.launches[0];
     while (G->kernel != 2)
         G++;
     int values = 0, masks = 0, stats = 0;
@@ -50,7 +50,7 @@ static void test_gpt2_groups(void **state)
     assert_int_equal(values, 2);
     assert_int_equal(masks, 1);
     assert_int_equal(stats, 1);
-    fusion_free(&F);
+    kn_set_free(&F);
     /* forward only: dropout is the identity, nothing is kept for a backward;
      * the final norm's group stores only the norm (no later residual add reads
      * the sum), so it is a kernel of its own */
@@ -58,10 +58,10 @@ static void test_gpt2_groups(void **state)
     assert_int_equal(F.n_kernels, 5);
     assert_int_equal(F.kernels[4].uses, 1);
     assert_int_equal(F.kernels[4].k.n_out, 1);
-    for (int g = 0; g < F.n_groups; g++)
-        for (int i = 0; i < F.groups[g].n_out; i++)
-            assert_int_equal(F.groups[g].out[i].what, IR_BUF_VALUE);
-    fusion_free(&F);
+    for (int g = 0; g < F.n_launches; g++)
+        for (int i = 0; i < F.launches[g].n_out; i++)
+            assert_int_equal(F.launches[g].out[i].what, IR_BUF_VALUE);
+    kn_set_free(&F);
     partition_free(P);
 }
 
@@ -77,10 +77,10 @@ static void test_kernels_do_not_grow_with_depth(void **state)
             struct fe_override ov5[] = {{FE_FLAG, "encoder-num-layers", deep ? "96" : "2"},
                                         {FE_FLAG, "decoder-num-layers", deep ? "96" : "2"}};
             struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), t5 ? ov5 : ov, t5 ? 2 : 1);
-            struct fusion F;
+            struct kn_set F;
             fuse(P, false, &F);
             n[deep] = F.n_kernels;
-            fusion_free(&F);
+            kn_set_free(&F);
             partition_free(P);
         }
         if (n[1] > n[0])
@@ -90,13 +90,13 @@ static void test_kernels_do_not_grow_with_depth(void **state)
 
 /* One kernel's first launch on CPU against the reference.  Returns the
  * worst relative error over its value outputs. */
-static double check_kernel(const struct partition *P, const struct fusion *F, int kernel, struct ref *r, bool bf16)
+static double check_kernel(const struct partition *P, const struct kn_set *F, int kernel, struct ref *r, bool bf16)
 {
     int g = 0;
-    while (F->groups[g].kernel != kernel)
+    while (F->launches[g].kernel != kernel)
         g++;
-    const struct fuse_group *G = &F->groups[g];
-    const struct fuse_kernel *K = &F->kernels[kernel];
+    const struct kn_launch *G = &F->launches[g];
+    const struct kn_entry *K = &F->kernels[kernel];
     char *src = emit_kernel(&K->k, K->name, KN_LANG_C);
     char so[256], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
@@ -130,14 +130,14 @@ static double check_kernel(const struct partition *P, const struct fusion *F, in
             a.in[i] = graph->tensors[t].dtype == IR_DTYPE_I32 ? (const void *)ref_ints(r, t) : (const void *)ref_data(r, t);
     }
     for (int i = 0; i < G->n_out; i++) {
-        const struct fuse_bind *b = &G->out[i];
+        const struct kn_bind *b = &G->out[i];
         int64_t n = b->what == IR_BUF_ROWSTATS ? a.rows * 2 : a.rows * a.cols;
         a.out[i] = owned[KN_MAX_SLOTS + i] = calloc((size_t)n, 4);
     }
     fn(&a);
     double worst = 0;
     for (int i = 0; i < G->n_out; i++) {
-        const struct fuse_bind *b = &G->out[i];
+        const struct kn_bind *b = &G->out[i];
         if (b->what == IR_BUF_MASK) { /* the reference's draws, by whole-tensor index */
             const struct ir_op *o = &graph->ops[b->id];
             double p = ir_op_float(o, IR_ATTR_P);
@@ -205,14 +205,14 @@ static void test_cpu_kernels_match_reference(void **state)
             if (ref_forward(r, &d))
                 fail_msg("%s: %s", models[m].file, diag_first_error(&d));
             diag_free(&d);
-            struct fusion F;
+            struct kn_set F;
             fuse(P, false, &F);
             double worst = 0;
             for (int k = 0; k < F.n_kernels; k++)
                 worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
             printf("    %-18s %s %d kernels, worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
                    F.n_kernels, worst);
-            fusion_free(&F);
+            kn_set_free(&F);
             ref_free(r);
             partition_free(P);
         }
@@ -235,7 +235,7 @@ static void test_nvrtc_compiles_every_kernel(void **state)
             struct par_config pc = par_config_default();
             pc.bf16 = !infer;
             struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
-            struct fusion F;
+            struct kn_set F;
             fuse(P, infer, &F);
             for (int k = 0; k < F.n_kernels; k++) {
                 char *src = emit_kernel(&F.kernels[k].k, F.kernels[k].name, KN_LANG_CUDA);
@@ -252,7 +252,7 @@ static void test_nvrtc_compiles_every_kernel(void **state)
                 }
                 free(src);
             }
-            fusion_free(&F);
+            kn_set_free(&F);
             partition_free(P);
         }
     printf("    NVRTC %s: %d cubins in %.2f s\n", nvrtc_version(), compiled, seconds);

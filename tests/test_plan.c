@@ -2,6 +2,8 @@
  * and every way a plan can be bad reported with what is wrong. */
 #include "testing.h"
 
+#include "nvrtc.h"
+
 #include "plan.h"
 
 static struct run *R;
@@ -192,7 +194,7 @@ static void test_inspect(void **state)
     assert_non_null(strstr(R->out, "\"memory_bytes\": "));
     assert_non_null(strstr(R->out, "\"working set\": "));
     assert_non_null(strstr(R->out, "\"micro_batches_in_flight\": 4"));
-    assert_non_null(strstr(R->out, "\"kernels\": []"));
+    assert_non_null(strstr(R->out, "\"kernels\": [{\"name\": \"k0_add_dropout_layernorm\""));
     run_weft(R, "inspect", path("i.plan"), "--rank", "5", NULL);
     assert_int_equal(R->status, 0);
     assert_non_null(strstr(R->out, "rank 5 of"));
@@ -254,6 +256,49 @@ static int teardown(void **state)
     return system(cmd);
 }
 
+/* The plan carries its fused kernels: listed, one shown, its CUDA C; a
+ * second compile takes every binary from the cache; an architecture NVRTC
+ * does not know is refused with the list it does. */
+static void test_kernels(void **state)
+{
+    (void)state;
+    char why[1024];
+    bool gpu = nvrtc_available(why, sizeof why);
+    char cache[256];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    setenv("XDG_CACHE_HOME", cache, 1); /* a cold cache of its own */
+    compile(path("k.plan"), gpt2);
+    if (gpu) {
+        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 18 compiled by NVRTC"));
+        assert_non_null(strstr(R->out, ", 0 from the cache"));
+    } else
+        assert_non_null(strstr(R->out, "no GPU binaries"));
+    compile(path("k2.plan"), gpt2);
+    if (gpu)
+        assert_non_null(strstr(R->out, ": 0 compiled by NVRTC"));
+    assert_non_null(strstr(R->out, "CPU object"));
+    assert_non_null(strstr(R->out, "from the cache"));
+    run_weft(R, "inspect", path("k.plan"), "--kernels", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "6 kernels for 52 launches of the forward"));
+    assert_non_null(strstr(R->out, "k2_bias_add_dropout_add_layernorm"));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", NULL);
+    assert_non_null(strstr(R->out, "fuses bias_add dropout add layernorm"));
+    assert_non_null(strstr(R->out, "(dropout's mask)"));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", "--source", NULL);
+    assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k2_bias_add_dropout_add_layernorm("));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--kernel 99: the plan has 6 kernels (0-5)"));
+    if (gpu) {
+        run_weft(R, "compile", "models/gpt2.xml", "--arch", "sm_90,sm_42", "-o", path("x.plan"), NULL);
+        assert_int_equal(R->status, 2);
+        assert_non_null(strstr(R->err, "does not know 'sm_42'; it knows "));
+        assert_non_null(strstr(R->err, "sm_90"));
+    }
+    unsetenv("XDG_CACHE_HOME");
+}
+
 int main(void)
 {
     R = malloc(sizeof *R);
@@ -262,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_every_model_verifies),
         cmocka_unit_test(test_bad_plans),
         cmocka_unit_test(test_inspect),
+        cmocka_unit_test(test_kernels),
         cmocka_unit_test(test_forward_only),
     };
     int rc = cmocka_run_group_tests_name("plan", tests, setup, teardown);

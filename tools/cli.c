@@ -29,6 +29,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
     c->fe.overrides = c->overrides;
     c->pc = par_config_default();
     c->rank = -1;
+    c->kernel = -1;
     c->opt = optim_config_default();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -44,6 +45,10 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
         }
         if (!strcmp(a, "--json")) {
             c->json = true;
+            continue;
+        }
+        if (!strcmp(a, "--kernels") || !strcmp(a, "--source")) {
+            *(a[2] == 'k' ? &c->kernels : &c->source) = true;
             continue;
         }
         const struct par_flag *pf = a[1] == '-' ? par_flag_find(a + 2) : NULL;
@@ -88,6 +93,14 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             c->memory_limit = memory_parse_size(value);
             if (c->memory_limit <= 0)
                 return usage_error(c, "--memory-limit %s: expected a size such as 80GiB, 512MiB or 1e9%s", value, "");
+        } else if (!strcmp(key, "arch")) {
+            c->arch = value;
+        } else if (!strcmp(key, "kernel")) {
+            char *end;
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || v < 0 || v > 1 << 20)
+                return usage_error(c, "--kernel %s: expected a kernel's number (weft inspect --kernels lists them)%s", value, "");
+            c->kernel = (int)v;
         } else if (!strcmp(key, "gpu")) {
             c->gpu = value;
         } else if (!strcmp(key, "device-file")) {

@@ -32,6 +32,9 @@ struct cli {
     const char *gpu, *device_file; /* weft simulate */
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
+    const char *arch;     /* --arch (weft compile); NULL: the default */
+    bool kernels, source; /* --kernels, --source (weft inspect) */
+    int kernel;           /* --kernel N (weft inspect); -1: none */
     bool json;
     struct fe_options fe;
     struct par_config pc;

@@ -1,5 +1,8 @@
 /* cmd_compile.c: `weft compile MODEL.xml [layout flags] -o model.plan`. */
 #include "cli.h"
+#include "fuse.h"
+#include "kernels.h"
+#include "nvrtc.h"
 #include "emit_plan.h"
 #include "schedule.h"
 #include "util.h"
@@ -23,6 +26,26 @@ static const char usage[] =
     "schedule, set by Megatron's flags (defaults: lr 1e-4, linear decay, weight\n"
     "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n";
 
+/* "kernels: 4 distinct for 49 launches; sm_80, sm_90 and PTX compute_90: ..." */
+static void print_kernels(const struct kn_set *K, const struct kernel_stats *st, const int *archs, int n_archs)
+{
+    char a[32];
+    printf("  kernels: %d distinct for %d launches of the forward; ", st->distinct, K->n_launches);
+    if (st->no_gpu[0])
+        printf("no GPU binaries (%s)", st->no_gpu);
+    else {
+        for (int i = 0; i < n_archs; i++)
+            printf("%ssm_%d", i ? ", " : "", archs[i]);
+        printf(" and PTX compute_%d: %d compiled by NVRTC %s in %.2f s, %d from the cache", st->ptx_arch, st->compiled,
+               nvrtc_version(), st->nvrtc_seconds, st->cached);
+    }
+    printf("; CPU object %s", wf_bytes((double)K->cpu_size, a));
+    if (st->cpu_cached)
+        printf(" from the cache\n");
+    else
+        printf(" (cc %.2f s)\n", st->cc_seconds);
+}
+
 int cmd_compile(int argc, char **argv)
 {
     struct cli c;
@@ -42,6 +65,14 @@ int cmd_compile(int argc, char **argv)
         fprintf(stderr, "weft compile: %s\n", err);
         return EXIT_BAD_INPUT;
     }
+    int archs[8];
+    struct diag ad;
+    diag_init(&ad);
+    int n_archs = kernels_parse_archs(c.arch ? c.arch : KERNELS_DEFAULT_ARCHS, archs, 8, &ad);
+    diag_print(&ad, stderr);
+    diag_free(&ad);
+    if (n_archs < 0)
+        return EXIT_BAD_INPUT;
     struct partition *P = cli_partition(&c);
     if (!P)
         return c.status;
@@ -61,10 +92,17 @@ int cmd_compile(int argc, char **argv)
         else if (c.memory_limit)
             rc = memory_check(P, &mem, c.memory_limit, &d);
     }
+    struct kn_set kernels = {0};
+    struct kernel_stats ks = {0};
+    if (rc == 0) {
+        fuse(P, S.forward_only, &kernels);
+        if (kernels_build(&kernels, archs, n_archs, &ks, &d))
+            rc = 1; /* a kernel that does not compile is weft's bug */
+    }
     if (rc == 0)
         rc = simulate(P, &S, dev, &sim, &d);
     if (rc == 0)
-        rc = emit_plan(P, &S, &sim, &mem, S.forward_only ? NULL : &c.opt, c.model, c.output, &d) ? 1 : 0;
+        rc = emit_plan(P, &S, &sim, &mem, &kernels, S.forward_only ? NULL : &c.opt, c.model, c.output, &d) ? 1 : 0;
     diag_print(&d, stderr);
     if (rc == 0) {
         const struct par_config *pc = &P->L->pc;
@@ -109,12 +147,14 @@ int cmd_compile(int argc, char **argv)
                      big->in_flight == 1 ? "" : "es");
         printf("  largest rank: %s (stage %d%s)%s\n", wf_bytes((double)big->total, a), largest, flight,
                pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
+        print_kernels(&kernels, &ks, archs, n_archs);
         printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S.forward_only ? "forward pass" : "step", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
     }
     if (built)
         ir_schedule_free(&S);
     sim_result_free(&sim);
     ir_memory_free(&mem);
+    kn_set_free(&kernels);
     partition_free(P);
     diag_free(&d);
     return rc ? (rc == 1 ? EXIT_FAILURE_RUN : EXIT_BAD_INPUT) : EXIT_OK;

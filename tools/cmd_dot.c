@@ -1,5 +1,7 @@
 /* cmd_dot.c: `weft dot MODEL.xml [layout flags] -o graph.svg`: the partitioned model as a picture. */
 #include "cli.h"
+#include "fuse.h"
+#include "plan.h"
 #include "dot.h"
 
 #include <stdio.h>
@@ -38,7 +40,20 @@ int cmd_dot(int argc, char **argv)
         return c.status;
     struct diag d;
     diag_init(&d);
-    int rc = dot_write(P, detail, c.output, &d);
+    /* the kernels a plan holds, or those the fusion pass makes of the model */
+    struct kn_set K = {0};
+    int rc = 0;
+    if (detail == DOT_DETAIL_OP) {
+        struct plan *p = cli_is_plan(c.model) ? plan_open(c.model, &d) : NULL;
+        if (p)
+            rc = kn_set_read(p, &K, &d);
+        else
+            fuse(P, false, &K);
+        plan_close(p);
+    }
+    if (rc == 0)
+        rc = dot_write(P, &K, detail, c.output, &d);
+    kn_set_free(&K);
     diag_print(&d, stderr);
     diag_free(&d);
     partition_free(P);

@@ -1,5 +1,8 @@
 /* cmd_inspect.c: `weft inspect MODEL.plan [--rank R] [--json]`: a plan for people. */
 #include "cli.h"
+#include "emit_kernel.h"
+#include "fuse.h"
+#include "kernel.h"
 #include "json.h"
 #include "memory.h"
 #include "plan.h"
@@ -79,10 +82,123 @@ static void print_arena(const struct ir_role_memory *m)
     }
 }
 
+/* "stages 0-3, layers 0-11": where a kernel's launches run. */
+static void where_used(const struct partition *P, const struct kn_set *K, int k, char *out, size_t n)
+{
+    int s_lo = 1 << 30, s_hi = -1, l_lo = 1 << 30, l_hi = -1;
+    for (int l = 0; l < K->n_launches; l++) {
+        const struct kn_launch *L = &K->launches[l];
+        if (L->kernel != k)
+            continue;
+        int st = P->chunks[L->chunk].stage;
+        s_lo = st < s_lo ? st : s_lo;
+        s_hi = st > s_hi ? st : s_hi;
+        for (int i = 0; i < L->n_ops; i++) {
+            int layer = partition_op_layer(P->g, &P->g->ops[K->ops[L->first_op + i]]);
+            if (layer >= 0) {
+                l_lo = layer < l_lo ? layer : l_lo;
+                l_hi = layer > l_hi ? layer : l_hi;
+            }
+        }
+    }
+    size_t m = (size_t)snprintf(out, n, s_lo == s_hi ? "stage %d" : "stages %d-%d", s_lo, s_hi);
+    if (l_hi < 0)
+        snprintf(out + m, n - m, ", outside the layers");
+    else
+        snprintf(out + m, n - m, l_lo == l_hi ? ", layer %d" : ", layers %d-%d", l_lo, l_hi);
+}
+
+static void ops_fused(const struct partition *P, const struct kn_set *K, int k, char *out, size_t n)
+{
+    int l = 0;
+    while (K->launches[l].kernel != k)
+        l++;
+    size_t m = 0;
+    out[0] = 0;
+    for (int i = 0; i < K->launches[l].n_ops && m < n; i++)
+        m += (size_t)snprintf(out + m, n - m, "%s%s", i ? " " : "",
+                              ir_op_info(P->g->ops[K->ops[K->launches[l].first_op + i]].kind)->name);
+}
+
+/* --kernels, --kernel N [--source]: the fused kernels a plan carries. */
+static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
+{
+    struct kn_set K;
+    if (kn_set_read(p, &K, d))
+        return -1;
+    struct partition *P = partition_read_plan(p, d);
+    if (!P) {
+        kn_set_free(&K);
+        return -1;
+    }
+    int rc = 0;
+    char a[32], where[128], ops[256];
+    if (c->kernel >= K.n_kernels) {
+        diag_error(d, NULL, 0, "--kernel %d: the plan has %d kernels (0-%d)", c->kernel, K.n_kernels, K.n_kernels - 1);
+        rc = -1;
+    } else if (c->kernel >= 0 && c->source) {
+        const struct kn_entry *e = &K.kernels[c->kernel];
+        char *src = emit_kernel(&e->k, e->name, KN_LANG_CUDA);
+        fputs(src, stdout);
+        free(src);
+    } else if (c->kernel >= 0) {
+        const struct kn_entry *e = &K.kernels[c->kernel];
+        int phase[KN_MAX_NODES], first = 0;
+        while (K.launches[first].kernel != c->kernel)
+            first++;
+        const struct kn_launch *L = &K.launches[first];
+        ops_fused(P, &K, c->kernel, ops, sizeof ops);
+        where_used(P, &K, c->kernel, where, sizeof where);
+        printf("kernel %d: %s, %d nodes in %d pass%s; fuses %s\n", c->kernel, e->name, e->k.n_nodes,
+               kn_phases(&e->k, phase), kn_phases(&e->k, phase) == 1 ? "" : "es", ops);
+        printf("  launched %d time%s a forward: %s; %s a launch moves on one rank\n", e->uses, e->uses == 1 ? "" : "s",
+               where, wf_bytes((double)fuse_launch_bytes(P, &K, first), a));
+        for (int io = 0; io < 2; io++)
+            for (int i = 0; i < (io ? e->k.n_out : e->k.n_in); i++) {
+                const struct kn_slot *sl = io ? &e->k.out[i] : &e->k.in[i];
+                const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
+                const struct ir_op *o = b->what == IR_BUF_VALUE ? NULL : &P->g->ops[b->id];
+                printf("  %-3s %d  %-4s %-8s  %s%s%s%s\n", io ? "out" : "in", i, kn_dtype_name(sl->dtype),
+                       kn_access_name((enum kn_access)sl->access), P->g->tensors[o ? o->out[0] : b->id].name,
+                       o ? " (" : "", o ? ir_op_info(o->kind)->name : "",
+                       !o ? "" : b->what == IR_BUF_MASK ? "'s mask)" : "'s row statistics)");
+            }
+        for (int i = 0; i < e->n_bins; i++)
+            printf("  %s_%d %s, %s\n", e->bins[i].ptx ? "compute" : "sm", e->bins[i].arch, e->bins[i].ptx ? "PTX" : "cubin",
+                   wf_bytes((double)e->bins[i].size, a));
+        printf("  (--source prints its CUDA C)\n");
+    } else {
+        printf("%s: %d kernel%s for %d launches of the forward; CPU object %s\n", c->model, K.n_kernels,
+               K.n_kernels == 1 ? "" : "s", K.n_launches, wf_bytes((double)K.cpu_size, a));
+        printf("  %3s  %-40s %8s %14s  %-30s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
+        for (int k = 0; k < K.n_kernels; k++) {
+            int first = 0;
+            while (K.launches[first].kernel != k)
+                first++;
+            ops_fused(P, &K, k, ops, sizeof ops);
+            where_used(P, &K, k, where, sizeof where);
+            printf("  %3d  %-40s %8d %14s  %-30s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
+                   wf_bytes((double)fuse_launch_bytes(P, &K, first), a), ops, where);
+        }
+        if (K.n_kernels && K.kernels[0].n_bins) {
+            printf("  binaries:");
+            for (int i = 0; i < K.kernels[0].n_bins; i++)
+                printf(" %s_%d", K.kernels[0].bins[i].ptx ? "compute" : "sm", K.kernels[0].bins[i].arch);
+            printf(" (PTX for newer GPUs)\n");
+        } else
+            printf("  no GPU binaries: compiled without NVRTC\n");
+    }
+    partition_free(P);
+    kn_set_free(&K);
+    return rc;
+}
+
 static const char usage[] =
-    "usage: weft inspect MODEL.plan [--rank R] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
+    "usage: weft inspect MODEL.plan [--rank R | --kernels | --kernel N [--source]] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
     "with its ranks, layers and memory, the kernels, the file's sections; with\n"
-    "--rank R, that rank's coordinates and program, its peers resolved.\n";
+    "--rank R, that rank's coordinates and program, its peers resolved; with\n"
+    "--kernels, the fused kernels (ops, bytes, where used); --kernel N, one\n"
+    "kernel's slots and binaries, and with --source its CUDA C.\n";
 
 int cmd_inspect(int argc, char **argv)
 {
@@ -102,6 +218,7 @@ int cmd_inspect(int argc, char **argv)
     struct rank_layout *L = NULL;
     struct ir_schedule S = {0};
     struct ir_memory mem = {0};
+    struct kn_set kernels = {0};
     struct optim_config opt;
     bool has_opt = p && plan_has(p, "optimizer");
     int rc = -1;
@@ -110,13 +227,19 @@ int cmd_inspect(int argc, char **argv)
         rc = ir_memory_read(p, S.n_stages, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &mem, &d);
         if (rc == 0 && has_opt)
             rc = optim_read(p, &opt, &d);
+        if (rc == 0 && c.rank < 0)
+            rc = kn_set_read(p, &kernels, &d);
     }
     if (rc == 0 && c.rank >= L->n_ranks) {
         diag_error(&d, NULL, 0, "--rank %d: the plan has %d ranks (0-%d)", c.rank, L->n_ranks, L->n_ranks - 1);
         rc = -1;
     }
+    if (rc == 0 && (c.kernels || c.kernel >= 0) && !c.json)
+        rc = inspect_kernels(p, &c, &d);
     diag_print(&d, stderr);
-    if (rc == 0 && c.json) {
+    if (rc == 0 && (c.kernels || c.kernel >= 0) && !c.json) {
+        /* printed above */
+    } else if (rc == 0 && c.json) {
         struct json j;
         json_init(&j, stdout);
         json_begin_object(&j, NULL);
@@ -166,7 +289,22 @@ int cmd_inspect(int argc, char **argv)
             json_end_object(&j);
         }
         json_end_array(&j);
-        json_begin_array(&j, "kernels"); /* fused kernels come with the kernel compiler */
+        json_begin_array(&j, "kernels");
+        for (int k = 0; k < kernels.n_kernels; k++) {
+            const struct kn_entry *e = &kernels.kernels[k];
+            json_begin_object(&j, NULL);
+            json_string(&j, "name", e->name);
+            json_int(&j, "launches", e->uses);
+            json_int(&j, "nodes", e->k.n_nodes);
+            json_begin_array(&j, "archs");
+            for (int b = 0; b < e->n_bins; b++) {
+                char arch[32];
+                snprintf(arch, sizeof arch, "%s_%d", e->bins[b].ptx ? "compute" : "sm", e->bins[b].arch);
+                json_string(&j, NULL, arch);
+            }
+            json_end_array(&j);
+            json_end_object(&j);
+        }
         json_end_array(&j);
         json_end_object(&j);
         json_finish(&j);
@@ -248,12 +386,17 @@ int cmd_inspect(int argc, char **argv)
                    S.programs[s].n, wf_bytes((double)rm->total, a), wf_bytes((double)rm->size[IR_REGION_ACTIVATIONS], b),
                    flight);
         }
-        printf("  kernels   none yet (fused kernels come with the kernel compiler)\n  sections ");
+        printf("  kernels   %d fused, %d launches of the forward;", kernels.n_kernels, kernels.n_launches);
+        for (int i = 0; kernels.n_kernels && i < kernels.kernels[0].n_bins; i++)
+            printf(" %s_%d", kernels.kernels[0].bins[i].ptx ? "compute" : "sm", kernels.kernels[0].bins[i].arch);
+        printf("%s; CPU object %s (--kernels lists them)\n  sections ",
+               kernels.n_kernels && kernels.kernels[0].n_bins ? "" : " no GPU binaries", wf_bytes((double)kernels.cpu_size, a));
         for (int i = 0; i < plan_n_sections(p); i++)
             printf(" %s (%s)", plan_section_name(p, i), wf_bytes((double)plan_section_size(p, i), a));
         printf("\n");
     }
     ir_memory_free(&mem);
+    kn_set_free(&kernels);
     ir_schedule_free(&S);
     rank_layout_free(L);
     plan_close(p);

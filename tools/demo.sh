@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh: the tour `make demo` runs: check every model, compile one for 8
-# ranks, prove the plan cannot hang, look inside, draw it, predict its step.
+# ranks (its fused kernels compiled by NVRTC and the C compiler), prove the
+# plan cannot hang, look inside, draw it, predict its step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 weft=${WEFT:-build/weft}
@@ -17,6 +18,7 @@ step "$weft" compile models/gpt2.xml "${layout[@]}" -o "$out/gpt2.plan"
 step "$weft" verify "$out/gpt2.plan"
 step "$weft" inspect "$out/gpt2.plan"
 step "$weft" inspect "$out/gpt2.plan" --rank 5
+step "$weft" inspect "$out/gpt2.plan" --kernels
 step "$weft" dot models/gpt2.xml "${layout[@]}" -o "$out/gpt2.svg"
 # GPT-2 124M for the prediction: the tiny variant's microseconds of compute say little
 step "$weft" simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \

@@ -1,0 +1,223 @@
+/* kernels.c: compile every distinct kernel, through the cache (see kernels.h). */
+#include "kernels.h"
+#include "cc.h"
+#include "emit_kernel.h"
+#include "nvrtc.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int by_number(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+int kernels_parse_archs(const char *s, int *archs, int max, struct diag *d)
+{
+    int known[64], n_known = nvrtc_archs(known, 64), n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        const char *num = !strncmp(tok, "sm_", 3) ? tok + 3 : tok;
+        char *end;
+        long a = strtol(num, &end, 10);
+        bool ok = *num && !*end && a > 0 && a < 1000, found = n_known == 0;
+        for (int k = 0; k < n_known; k++)
+            found |= known[k] == a;
+        ok &= found;
+        if (!ok) {
+            char list[512] = "";
+            size_t m = 0;
+            for (int k = 0; k < n_known && m < sizeof list; k++)
+                m += (size_t)snprintf(list + m, sizeof list - m, "%ssm_%d", k ? ", " : "", known[k]);
+            if (n_known)
+                diag_error(d, NULL, 0, "--arch %s: NVRTC %s does not know '%s'; it knows %s", s, nvrtc_version(), tok, list);
+            else
+                diag_error(d, NULL, 0, "--arch %s: '%s' is not an architecture such as sm_90", s, tok);
+            return -1;
+        }
+        bool seen = false;
+        for (int k = 0; k < n; k++)
+            seen |= archs[k] == (int)a;
+        if (!seen && n < max)
+            archs[n++] = (int)a;
+    }
+    if (!n) {
+        diag_error(d, NULL, 0, "--arch '%s': no architecture named (such as sm_90)", s);
+        return -1;
+    }
+    qsort(archs, (size_t)n, sizeof *archs, by_number);
+    return n;
+}
+
+const char *kernels_cache_dir(char *buf, size_t n)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, n, "%s/weft", xdg);
+    else if (home && *home)
+        snprintf(buf, n, "%s/.cache/weft", home);
+    else
+        return NULL;
+    /* make each missing directory on the way */
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            mkdir(buf, 0755);
+            *p = '/';
+        }
+    if (mkdir(buf, 0755) && errno != EEXIST)
+        return NULL;
+    return buf;
+}
+
+static void *read_all(const char *path, size_t *size)
+{
+    size_t n = 0;
+    char *p = wf_read_file(path, (size_t)1 << 30, &n);
+    *size = n;
+    return p;
+}
+
+/* Into the cache under `name`, atomically: a temporary file, renamed. */
+static void cache_put(const char *dir, const char *name, const void *bytes, size_t size)
+{
+    if (!dir)
+        return;
+    char tmp[1024], path[1024];
+    snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return;
+    FILE *f = fdopen(fd, "wb");
+    bool ok = f && fwrite(bytes, 1, size, f) == size;
+    if (f)
+        ok &= fclose(f) == 0;
+    else
+        close(fd);
+    if (!ok || rename(tmp, path))
+        unlink(tmp);
+}
+
+/* A cached binary that looks like what it claims: an ELF cubin or object,
+ * PTX text. */
+static void *cache_get(const char *dir, const char *name, bool ptx, size_t *size)
+{
+    if (!dir)
+        return NULL;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    void *p = read_all(path, size);
+    if (p && (ptx ? *size < 2 || memcmp(p, "//", 2) : *size < 4 || memcmp(p, "\177ELF", 4))) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static int gpu_binaries(struct kn_entry *e, const int *archs, int n_archs, const char *dir, struct kernel_stats *st,
+                        struct diag *d)
+{
+    char *src = emit_kernel(&e->k, e->name, KN_LANG_CUDA);
+    uint64_t key = wf_hash(src, strlen(src), wf_hash(nvrtc_version(), strlen(nvrtc_version()), 0));
+    for (int b = 0; b <= n_archs; b++) {
+        bool ptx = b == n_archs; /* after the cubins: PTX of the newest, for GPUs newer still */
+        int arch = ptx ? archs[n_archs - 1] : archs[b];
+        char name[128];
+        snprintf(name, sizeof name, "%016llx.%s_%d.%s", (unsigned long long)key, ptx ? "compute" : "sm", arch,
+                 ptx ? "ptx" : "cubin");
+        struct kn_binary *bin = &e->bins[e->n_bins++];
+        *bin = (struct kn_binary){.arch = arch, .ptx = ptx};
+        if ((bin->bytes = cache_get(dir, name, ptx, &bin->size))) {
+            st->cached++;
+            continue;
+        }
+        struct nvrtc_out o;
+        if (nvrtc_compile(src, e->name, arch, ptx, &o)) {
+            char saved[1024];
+            snprintf(saved, sizeof saved, "%s/%s.cu", dir ? dir : "/tmp", e->name);
+            FILE *f = fopen(saved, "w");
+            if (f) {
+                fputs(src, f);
+                fclose(f);
+            }
+            diag_error(d, NULL, 0, "kernel %s: NVRTC rejects it for %s_%d: a bug in weft, not in your model; the source is "
+                                   "saved as %s; NVRTC says:\n%s",
+                       e->name, ptx ? "compute" : "sm", arch, f ? saved : "(could not be saved)", o.log);
+            nvrtc_out_free(&o);
+            free(src);
+            return -1;
+        }
+        st->compiled++;
+        st->nvrtc_seconds += o.seconds;
+        cache_put(dir, name, o.bytes, o.size);
+        bin->bytes = o.bytes;
+        bin->size = o.size;
+        o.bytes = NULL;
+        nvrtc_out_free(&o);
+    }
+    free(src);
+    return 0;
+}
+
+static int cpu_object(struct kn_set *F, const char *dir, struct kernel_stats *st, struct diag *d)
+{
+    const struct kn_kernel **ks = wf_calloc((size_t)F->n_kernels + 1, sizeof *ks);
+    const char **names = wf_calloc((size_t)F->n_kernels + 1, sizeof *names);
+    for (int k = 0; k < F->n_kernels; k++) {
+        ks[k] = &F->kernels[k].k;
+        names[k] = F->kernels[k].name;
+    }
+    char *src = emit_kernels(ks, names, F->n_kernels, KN_LANG_C);
+    free(ks);
+    free(names);
+    const char *cc = getenv("CC");
+    uint64_t key = wf_hash(src, strlen(src), wf_hash(cc ? cc : "cc", strlen(cc ? cc : "cc"), 1));
+    char name[64];
+    snprintf(name, sizeof name, "%016llx.so", (unsigned long long)key);
+    if ((F->cpu_object = cache_get(dir, name, false, &F->cpu_size))) {
+        st->cpu_cached = true;
+        free(src);
+        return 0;
+    }
+    char so[1100], log[8192];
+    snprintf(so, sizeof so, "%s/.%s.%d", dir ? dir : "/tmp", name, (int)getpid());
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = cc_shared_object(src, so, log, sizeof log);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    st->cc_seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    free(src);
+    if (rc) {
+        diag_error(d, NULL, 0, "the CPU kernels do not compile (a bug in weft, or no working C compiler): %s", log);
+        return -1;
+    }
+    F->cpu_object = read_all(so, &F->cpu_size);
+    unlink(so);
+    if (!F->cpu_object) {
+        diag_error(d, NULL, 0, "cannot read the CPU kernels' object %s: %s", so, strerror(errno));
+        return -1;
+    }
+    cache_put(dir, name, F->cpu_object, F->cpu_size);
+    return 0;
+}
+
+int kernels_build(struct kn_set *F, const int *archs, int n_archs, struct kernel_stats *st, struct diag *d)
+{
+    memset(st, 0, sizeof *st);
+    st->distinct = F->n_kernels;
+    char buf[1024];
+    const char *dir = kernels_cache_dir(buf, sizeof buf);
+    if (!nvrtc_available(st->no_gpu, sizeof st->no_gpu))
+        n_archs = 0;
+    else if (n_archs)
+        st->ptx_arch = archs[n_archs - 1];
+    for (int k = 0; n_archs && k < F->n_kernels; k++)
+        if (gpu_binaries(&F->kernels[k], archs, n_archs, dir, st, d))
+            return -1;
+    return cpu_object(F, dir, st, d);
+}
