@@ -9,6 +9,7 @@
 #define KN_STR_(...) #__VA_ARGS__
 #define KN_STR(...) KN_STR_(__VA_ARGS__)
 const char kn_args_source[] = "struct kn_args { " KN_STR(KN_ARGS_FIELDS) " };\n";
+const char kn_attn_args_source[] = "struct kn_attn_args { " KN_STR(KN_ATTN_FIELDS) " };\n";
 
 _Static_assert(KN_SLOTS_ == KN_MAX_SLOTS && KN_RANK_ == KN_MAX_RANK, "kn_args sizes");
 

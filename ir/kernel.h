@@ -198,6 +198,36 @@ struct kn_args {
 /* The struct's text, for the emitters. */
 extern const char kn_args_source[];
 
+/* What an attention launch passes (compiler/emit_attention.h).  Element
+ * (b, h, s, d) of k is at k_off + b*k_sb + h*k_sh + s*k_ss + d, and so for
+ * v, out and the gradients (which share their tensor's strides); q's head
+ * h is at (h / q_hg) * q_sg + (h % q_hg) * q_sh, as Megatron's fused QKV
+ * lays out a group's query heads (q_hg 1, q_sg = q_sh for plain heads).
+ * So q, k and v may be views of one fused QKV buffer, and out is laid out
+ * as the merge of heads expects.  bias (b, h, i, j) at b*bias_sb + h*bias_sh +
+ * i*bias_si + j (bias_sb 0: one bias for the batch).  Key j is seen by
+ * query i unless causal and k_pos0 + j > q_pos0 + i.  stats: per (b, h, i)
+ * the row's max score and its sum of exponentials; delta: scratch of
+ * B*Hq*Sq floats for the backward; dbias is written in the bias's layout. */
+#define KN_ATTN_FIELDS                                                         \
+    int64_t B, Hq, Hk, Sq, Sk;                                                 \
+    int64_t q_off, q_sb, q_sh, q_ss, q_hg, q_sg, k_off, k_sb, k_sh, k_ss;      \
+    int64_t v_off, v_sb, v_sh, v_ss, o_off, o_sb, o_sh, o_ss;                  \
+    int64_t bias_sb, bias_sh, bias_si, q_pos0, k_pos0;                         \
+    float scale;                                                               \
+    const void *q, *k, *v, *bias;                                              \
+    void *out;                                                                 \
+    float *stats, *delta;                                                      \
+    const void *dout;                                                          \
+    void *dq, *dk, *dv;                                                        \
+    void *dbias;
+
+struct kn_attn_args {
+    KN_ATTN_FIELDS
+};
+
+extern const char kn_attn_args_source[];
+
 /* The uniform random number of one element, the same on every backend and
  * layout: seed, the tensor's stream, the element's index in the whole
  * tensor.  The reference (runtime/ref.c) draws dropout and initial values

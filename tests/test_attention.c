@@ -1,0 +1,320 @@
+/* test_attention.c: the fused attention kernel on the CPU against the naive
+ * softmax(q k^T * scale + bias) v, forward and backward, computed here in
+ * double with the whole probability matrix: causal and not, grouped-query,
+ * with a bias shared by the batch or one per sample, q/k/v as views of a
+ * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC. */
+#include "testing.h"
+
+#include "cc.h"
+#include "emit_attention.h"
+#include "kernel.h"
+#include "nvrtc.h"
+
+#include <dlfcn.h>
+#include <math.h>
+
+struct shape {
+    int64_t B, Hq, Hk, Sq, Sk, D, Dv;
+    bool causal;
+    int bias; /* 0 none, 1 shared by the batch, 2 one per sample */
+    bool fused; /* q, k, v as views of one (B, S, (Hq + 2 Hk) D) buffer, Megatron's grouped layout */
+    bool bf16;
+};
+
+struct kernels {
+    void *lib;
+    void (*fwd)(const struct kn_attn_args *), (*delta)(const struct kn_attn_args *);
+    void (*bwd_kv)(const struct kn_attn_args *), (*bwd_q)(const struct kn_attn_args *);
+};
+
+static void build(const struct attn_config *c, struct kernels *k)
+{
+    char *src = emit_attention(c, "attn", KN_LANG_C);
+    char so[128], log[8192];
+    snprintf(so, sizeof so, "/tmp/weft-test-attn-%d.so", (int)getpid());
+    if (cc_shared_object(src, so, log, sizeof log))
+        fail_msg("the attention kernel does not compile:\n%s", log);
+    free(src);
+    k->lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    assert_non_null(k->lib);
+    *(void **)&k->fwd = dlsym(k->lib, "attn_fwd");
+    *(void **)&k->delta = dlsym(k->lib, "attn_delta");
+    *(void **)&k->bwd_kv = dlsym(k->lib, "attn_bwd_kv");
+    *(void **)&k->bwd_q = dlsym(k->lib, "attn_bwd_q");
+    assert_true(k->fwd && k->delta && k->bwd_kv && k->bwd_q);
+    unlink(so);
+}
+
+static double rnd(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(*s >> 11) / 9007199254740992.0 * 2 - 1;
+}
+
+static float round_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* A buffer the kernel reads or writes, as f32 or bf16. */
+struct buf {
+    float *f;      /* the values (bf16-rounded when bf16) */
+    void *raw;     /* what the kernel sees */
+    int64_t n;
+    bool bf16;
+};
+
+static void make(struct buf *b, int64_t n, bool bf16, uint64_t *seed, double scale)
+{
+    b->n = n;
+    b->bf16 = bf16;
+    b->f = calloc((size_t)n, sizeof *b->f);
+    b->raw = calloc((size_t)n, bf16 ? 2 : 4);
+    for (int64_t i = 0; seed && i < n; i++)
+        b->f[i] = bf16 ? round_bf16((float)(rnd(seed) * scale)) : (float)(rnd(seed) * scale);
+    for (int64_t i = 0; i < n; i++) {
+        if (!bf16) {
+            ((float *)b->raw)[i] = b->f[i];
+            continue;
+        }
+        uint32_t u;
+        memcpy(&u, &b->f[i], 4);
+        ((uint16_t *)b->raw)[i] = (uint16_t)(u >> 16);
+    }
+}
+
+static double get(const struct buf *b, int64_t i)
+{
+    if (!b->bf16)
+        return ((float *)b->raw)[i];
+    uint32_t u = (uint32_t)((uint16_t *)b->raw)[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void unmake(struct buf *b)
+{
+    free(b->f);
+    free(b->raw);
+}
+
+/* Worst |got - want| / (|want| + 1) over a tensor read through strides. */
+static double compare(const char *what, const struct shape *s, const struct buf *got, const double *want, int64_t n)
+{
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs(get(got, i) - want[i]) / (fabs(want[i]) + 1);
+        if (!(e <= worst))
+            worst = e;
+    }
+    if (!(worst < (s->bf16 ? 2e-2 : 1e-4)))
+        fail_msg("%s: worst error %g (B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld%s bias %d%s%s)", what, worst,
+                 (long long)s->B, (long long)s->Hq, (long long)s->Hk, (long long)s->Sq, (long long)s->Sk, (long long)s->D,
+                 (long long)s->Dv, s->causal ? " causal" : "", s->bias, s->fused ? " fused" : "", s->bf16 ? " bf16" : "");
+    return worst;
+}
+
+static double run_case(const struct shape *s)
+{
+    struct attn_config c = {.dtype = s->bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32, .D = (int)s->D, .Dv = (int)s->Dv,
+                            .causal = s->causal, .bias = s->bias != 0, .bias_grad = s->bias != 0};
+    struct kernels K;
+    build(&c, &K);
+    uint64_t seed = 42;
+    const int64_t B = s->B, Hq = s->Hq, Hk = s->Hk, Sq = s->Sq, Sk = s->Sk, D = s->D, Dv = s->Dv, G = Hq / Hk;
+    struct kn_attn_args a = {.B = B, .Hq = Hq, .Hk = Hk, .Sq = Sq, .Sk = Sk, .scale = (float)(1 / sqrt((double)D))};
+    /* layouts: plain (B, H, S, D), or views of a fused buffer (D == Dv, Sq == Sk) */
+    struct buf q, k, v, bias, out, dout, dq, dk, dv, dbias;
+    int64_t F = (Hq + 2 * Hk) * D;
+    if (s->fused) {
+        struct buf qkv;
+        make(&qkv, B * Sq * F, s->bf16, &seed, 1);
+        q = qkv;
+        a.q_sb = a.k_sb = a.v_sb = Sq * F, a.q_ss = a.k_ss = a.v_ss = F;
+        a.q_hg = G, a.q_sg = (G + 2) * D, a.q_sh = D;
+        a.k_off = G * D, a.k_sh = (G + 2) * D;
+        a.v_off = (G + 1) * D, a.v_sh = (G + 2) * D;
+        k = v = q;
+    } else {
+        make(&q, B * Hq * Sq * D, s->bf16, &seed, 1);
+        make(&k, B * Hk * Sk * D, s->bf16, &seed, 1);
+        make(&v, B * Hk * Sk * Dv, s->bf16, &seed, 1);
+        a.q_sb = Hq * Sq * D, a.q_sh = Sq * D, a.q_ss = D, a.q_hg = 1, a.q_sg = Sq * D;
+        a.k_sb = Hk * Sk * D, a.k_sh = Sk * D, a.k_ss = D;
+        a.v_sb = Hk * Sk * Dv, a.v_sh = Sk * Dv, a.v_ss = Dv;
+    }
+    /* out as merge_heads reads it: (B, Sq, Hq, Dv) */
+    a.o_sb = Sq * Hq * Dv, a.o_sh = Dv, a.o_ss = Hq * Dv;
+    int64_t nbias = (s->bias == 2 ? B : 1) * Hq * Sq * Sk;
+    make(&bias, s->bias ? nbias : 1, s->bf16, &seed, 0.5);
+    a.bias_sb = s->bias == 2 ? Hq * Sq * Sk : 0, a.bias_sh = Sq * Sk, a.bias_si = Sk;
+    make(&out, B * Sq * Hq * Dv, s->bf16, NULL, 0);
+    make(&dout, B * Sq * Hq * Dv, s->bf16, &seed, 1);
+    make(&dq, s->fused ? B * Sq * F : B * Hq * Sq * D, s->bf16, NULL, 0);
+    dk = dv = dq;
+    if (!s->fused) {
+        make(&dk, B * Hk * Sk * D, s->bf16, NULL, 0);
+        make(&dv, B * Hk * Sk * Dv, s->bf16, NULL, 0);
+    }
+    make(&dbias, nbias, s->bf16, NULL, 0);
+    float *stats = calloc((size_t)(B * Hq * Sq * 2), 4), *delta = calloc((size_t)(B * Hq * Sq), 4);
+    a.q = q.raw, a.k = k.raw, a.v = v.raw, a.bias = s->bias ? bias.raw : NULL, a.out = out.raw, a.stats = stats;
+    a.delta = delta, a.dout = dout.raw, a.dq = dq.raw, a.dk = dk.raw, a.dv = dv.raw, a.dbias = dbias.raw;
+    K.fwd(&a);
+    K.delta(&a);
+    K.bwd_kv(&a);
+    K.bwd_q(&a);
+
+    /* the naive way, in double: P whole */
+#define QI(b, h, i) (a.q_off + (b) * a.q_sb + ((h) / a.q_hg) * a.q_sg + ((h) % a.q_hg) * a.q_sh + (i) * a.q_ss)
+#define KI(b, h, j) (a.k_off + (b) * a.k_sb + (h) * a.k_sh + (j) * a.k_ss)
+#define VI(b, h, j) (a.v_off + (b) * a.v_sb + (h) * a.v_sh + (j) * a.v_ss)
+#define OI(b, h, i) ((b) * a.o_sb + (h) * a.o_sh + (i) * a.o_ss)
+#define BI(b, h, i, j) ((b) * a.bias_sb + (h) * a.bias_sh + (i) * a.bias_si + (j))
+    double *wo = calloc((size_t)out.n, 8), *wdq = calloc((size_t)dq.n, 8), *wdk = calloc((size_t)dk.n, 8);
+    double *wdv = calloc((size_t)dv.n, 8), *wdb = calloc((size_t)dbias.n, 8);
+    double *P = calloc((size_t)(Sq * Sk), 8), *dS = calloc((size_t)(Sq * Sk), 8);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < Hq; h++) {
+            int64_t hk = h / G;
+            for (int64_t i = 0; i < Sq; i++) {
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < Sk; j++) {
+                    double x = -INFINITY;
+                    if (!s->causal || j <= i) {
+                        x = 0;
+                        for (int64_t d = 0; d < D; d++)
+                            x += (double)q.f[QI(b, h, i) + d] * k.f[KI(b, hk, j) + d];
+                        x = x * a.scale + (s->bias ? bias.f[BI(b, h, i, j)] : 0);
+                    }
+                    P[i * Sk + j] = x;
+                    m = x > m ? x : m;
+                }
+                for (int64_t j = 0; j < Sk; j++)
+                    sum += P[i * Sk + j] = exp(P[i * Sk + j] - m);
+                for (int64_t j = 0; j < Sk; j++)
+                    P[i * Sk + j] /= sum;
+                for (int64_t e = 0; e < Dv; e++) {
+                    double o = 0;
+                    for (int64_t j = 0; j < Sk; j++)
+                        o += P[i * Sk + j] * v.f[VI(b, hk, j) + e];
+                    wo[OI(b, h, i) + e] = o;
+                }
+            }
+            for (int64_t i = 0; i < Sq; i++) { /* dS = P (dP - rowsum(dP P)), dP = dout v^T */
+                double dot = 0;
+                for (int64_t j = 0; j < Sk; j++) {
+                    double dp = 0;
+                    for (int64_t e = 0; e < Dv; e++)
+                        dp += (double)dout.f[OI(b, h, i) + e] * v.f[VI(b, hk, j) + e];
+                    dS[i * Sk + j] = dp;
+                    dot += dp * P[i * Sk + j];
+                }
+                for (int64_t j = 0; j < Sk; j++)
+                    dS[i * Sk + j] = P[i * Sk + j] * (dS[i * Sk + j] - dot);
+            }
+            for (int64_t i = 0; i < Sq; i++)
+                for (int64_t j = 0; j < Sk; j++) {
+                    for (int64_t d = 0; d < D; d++) {
+                        wdq[QI(b, h, i) + d] += dS[i * Sk + j] * a.scale * k.f[KI(b, hk, j) + d];
+                        wdk[KI(b, hk, j) + d] += dS[i * Sk + j] * a.scale * q.f[QI(b, h, i) + d];
+                    }
+                    for (int64_t e = 0; e < Dv; e++)
+                        wdv[VI(b, hk, j) + e] += P[i * Sk + j] * dout.f[OI(b, h, i) + e];
+                    if (s->bias)
+                        wdb[BI(b, h, i, j)] += dS[i * Sk + j];
+                }
+        }
+    double worst = compare("out", s, &out, wo, out.n);
+    if (s->fused) /* dq, dk, dv fill one buffer, each its own columns */
+        for (int64_t i = 0; i < dq.n; i++)
+            wdq[i] += wdk[i] + wdv[i];
+    worst = fmax(worst, compare("dq", s, &dq, wdq, dq.n));
+    if (!s->fused) {
+        worst = fmax(worst, compare("dk", s, &dk, wdk, dk.n));
+        worst = fmax(worst, compare("dv", s, &dv, wdv, dv.n));
+    }
+    if (s->bias)
+        worst = fmax(worst, compare("dbias", s, &dbias, wdb, dbias.n));
+    free(wo), free(wdq), free(wdk), free(wdv), free(wdb), free(P), free(dS), free(stats), free(delta);
+    unmake(&q), unmake(&bias), unmake(&out), unmake(&dout), unmake(&dq), unmake(&dbias);
+    if (!s->fused)
+        unmake(&k), unmake(&v), unmake(&dk), unmake(&dv);
+    dlclose(K.lib);
+    return worst;
+}
+
+static const struct shape cases[] = {
+    /* B  Hq Hk  Sq  Sk   D  Dv  causal bias fused bf16 */
+    {2, 4, 4, 37, 37, 16, 16, true, 0, false, false},  /* causal, tiles not filled */
+    {2, 4, 4, 37, 37, 16, 16, false, 0, false, false}, /* not causal */
+    {2, 4, 2, 37, 37, 16, 16, true, 0, false, false},  /* grouped-query */
+    {2, 4, 4, 21, 45, 8, 12, false, 0, false, false},  /* cross attention: Sq != Sk, D != Dv */
+    {2, 4, 4, 37, 37, 16, 16, false, 1, false, false}, /* a bias shared by the batch (T5) */
+    {2, 4, 4, 37, 37, 16, 16, true, 2, false, false},  /* one bias per sample, causal */
+    {2, 4, 2, 70, 70, 16, 16, true, 0, true, false},   /* views of a fused QKV, grouped, two key tiles */
+    {2, 4, 2, 37, 37, 16, 16, true, 1, false, true},   /* bf16 */
+};
+
+static void test_matches_naive(void **state)
+{
+    (void)state;
+    double worst = 0;
+    for (size_t i = 0; i < WF_COUNT(cases); i++)
+        worst = fmax(worst, cases[i].bf16 ? 0 : run_case(&cases[i]));
+    double bf = 0;
+    for (size_t i = 0; i < WF_COUNT(cases); i++)
+        bf = fmax(bf, cases[i].bf16 ? run_case(&cases[i]) : 0);
+    printf("    %zu cases, forward and backward: worst relative error %.2e (fp32), %.2e (bf16)\n", WF_COUNT(cases), worst,
+           bf);
+}
+
+/* The configurations models use, through NVRTC for sm_80 and sm_90: GPT-2
+ * and LLaVA's vision tower (64, causal or not), Llama's (128, causal,
+ * bf16), T5's (a bias and its gradient).  (NVRTC takes about two seconds a
+ * configuration and architecture: the suite compiles four.) */
+static void test_nvrtc(void **state)
+{
+    (void)state;
+    char why[1024];
+    if (!nvrtc_available(why, sizeof why)) {
+        printf("    skipped: %s\n", why);
+        skip();
+    }
+    static const struct attn_config configs[] = {
+        {.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64, .causal = true},
+        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true},
+        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .bias = true, .bias_grad = true},
+        {.dtype = IR_DTYPE_F32, .D = 16, .Dv = 16, .causal = true, .bias = true, .bias_grad = true},
+    };
+    int n = 0;
+    double seconds = 0;
+    for (size_t c = 0; c < WF_COUNT(configs); c++) {
+        char *src = emit_attention(&configs[c], "attn", KN_LANG_CUDA);
+        int archs[] = {80, 90};
+        for (int k = 0; k < 2; k++) {
+            struct nvrtc_out o;
+            if (nvrtc_compile(src, "attn", archs[k], false, &o))
+                fail_msg("NVRTC rejects attention config %zu for sm_%d:\n%s", c, archs[k], o.log);
+            seconds += o.seconds;
+            n++;
+            nvrtc_out_free(&o);
+        }
+        free(src);
+    }
+    printf("    %d attention cubins in %.2f s\n", n, seconds);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matches_naive),
+        cmocka_unit_test(test_nvrtc),
+    };
+    return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
+}
