@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-int cc_shared_object(const char *source, const char *so_path, char *log, size_t n)
+int cc_shared_object(const char *const *sources, int n_sources, const char *so_path, char *log, size_t n)
 {
     log[0] = 0;
     const char *tmp = getenv("TMPDIR");
@@ -18,30 +18,43 @@ int cc_shared_object(const char *source, const char *so_path, char *log, size_t 
         snprintf(log, n, "cannot make a directory for the C compiler in %s: %s", tmp && *tmp ? tmp : "/tmp", strerror(errno));
         return -1;
     }
-    char src[600], out[600];
-    snprintf(src, sizeof src, "%s/kernels.c", dir);
+    char out[600], files[8192] = "";
     snprintf(out, sizeof out, "%s/cc.log", dir);
-    FILE *f = fopen(src, "w");
-    if (!f || fputs(source, f) < 0 || fclose(f)) {
-        snprintf(log, n, "cannot write %s: %s", src, strerror(errno));
-        rmdir(dir);
-        return -1;
+    size_t m = 0;
+    int written = 0;
+    for (int i = 0; i < n_sources; i++, written++) {
+        char src[600];
+        snprintf(src, sizeof src, "%s/unit%d.c", dir, i);
+        FILE *f = fopen(src, "w");
+        if (!f || fputs(sources[i], f) < 0 || fclose(f)) {
+            snprintf(log, n, "cannot write %s: %s", src, strerror(errno));
+            break;
+        }
+        m += (size_t)snprintf(files + m, sizeof files - m, " '%s'", src);
     }
-    const char *cc = getenv("CC");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s -std=c11 -O3 -fno-math-errno -fPIC -shared -o '%s' '%s' -lm > '%s' 2>&1",
-             cc && *cc ? cc : "cc", so_path, src, out);
-    int status = system(cmd);
+    int status = -1;
+    if (written == n_sources && m < sizeof files) {
+        const char *cc = getenv("CC");
+        char cmd[10000];
+        snprintf(cmd, sizeof cmd, "%s -std=c11 -O3 -fno-math-errno -fPIC -shared -o '%s'%s -lm > '%s' 2>&1",
+                 cc && *cc ? cc : "cc", so_path, files, out);
+        status = system(cmd);
+    }
     FILE *l = fopen(out, "r");
-    size_t got = l ? fread(log, 1, n - 1, l) : 0;
-    log[got] = 0;
-    if (l)
+    if (l) {
+        log[fread(log, 1, n - 1, l)] = 0;
         fclose(l);
-    unlink(src);
+    }
+    for (int i = 0; i < written; i++) {
+        char src[600];
+        snprintf(src, sizeof src, "%s/unit%d.c", dir, i);
+        unlink(src);
+    }
     unlink(out);
     rmdir(dir);
+    const char *cc = getenv("CC");
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status)) {
-        if (!got)
+        if (!log[0])
             snprintf(log, n, "%s failed (status %d)", cc && *cc ? cc : "cc", status);
         return -1;
     }

@@ -2,7 +2,7 @@
  * CPU backend's kernels.
  *
  *   char log[4096];
- *   if (cc_shared_object(src, "/tmp/k.so", log, sizeof log)) fputs(log, stderr);
+ *   if (cc_shared_object(&src, 1, "/tmp/k.so", log, sizeof log)) fputs(log, stderr);
  *
  * $CC if set, else cc; -O3 and no errno from math functions, so the
  * column loops vectorise; no -march, so the object runs on any x86-64 (or
@@ -12,7 +12,8 @@
 
 #include <stddef.h>
 
-/* 0 on success; -1 with the compiler's messages (or why it did not run) in log. */
-int cc_shared_object(const char *source, const char *so_path, char *log, size_t n);
+/* Translation units sources[0..n_sources) into one shared object.  0 on
+ * success; -1 with the compiler's messages (or why it did not run) in log. */
+int cc_shared_object(const char *const *sources, int n_sources, const char *so_path, char *log, size_t n);
 
 #endif

@@ -3,6 +3,7 @@
  * pass grows a group while the next op of the chunk continues its chain in
  * the same rows x cols domain, and closes it otherwise. */
 #include "fuse.h"
+#include "autodiff.h"
 #include "memplan.h"
 #include "util.h"
 
@@ -255,6 +256,29 @@ static bool needed_outside(const struct partition *P, const int *op_launch, int 
     return false;
 }
 
+/* The kernel entry for k (fused) or a (attention): an equal one, or a new one. */
+static int entry(struct kn_set *F, const struct kn_kernel *k, const struct kn_attn *a, const char *first_ops)
+{
+    uint64_t h = k ? kn_hash(k) : wf_hash(a, sizeof *a, 0x617474);
+    int e = 0;
+    while (e < F->n_kernels && !(F->kernels[e].hash == h && (k ? F->kernels[e].kind == KN_KIND_FUSED && kn_equal(&F->kernels[e].k, k)
+                                                           : F->kernels[e].kind == KN_KIND_ATTENTION &&
+                                                                 !memcmp(&F->kernels[e].attn, a, sizeof *a))))
+        e++;
+    if (e == F->n_kernels) {
+        struct kn_entry *K = &F->kernels[F->n_kernels++];
+        K->kind = k ? KN_KIND_FUSED : KN_KIND_ATTENTION;
+        if (k)
+            K->k = *k;
+        else
+            K->attn = *a;
+        K->hash = h;
+        snprintf(K->name, sizeof K->name, "k%d%s", e, first_ops);
+    }
+    F->kernels[e].uses++;
+    return e;
+}
+
 static void finish(struct builder *b, struct kn_set *F, int g, const int *op_launch)
 {
     struct kn_launch *G = &F->launches[g];
@@ -273,23 +297,16 @@ static void finish(struct builder *b, struct kn_set *F, int g, const int *op_lau
     memcpy(G->in, b->in, sizeof G->in);
     memcpy(G->out, b->out, sizeof G->out);
     memcpy(G->streams, b->streams, sizeof G->streams);
-    uint64_t h = kn_hash(&b->k);
-    int k = 0;
-    while (k < F->n_kernels && !(F->kernels[k].hash == h && kn_equal(&F->kernels[k].k, &b->k)))
-        k++;
-    if (k == F->n_kernels) {
-        struct kn_entry *K = &F->kernels[F->n_kernels++];
-        K->k = b->k;
-        K->hash = h;
-        size_t n = (size_t)snprintf(K->name, sizeof K->name, "k%d", k);
-        for (int i = 0; i < G->n_ops && n + 1 < sizeof K->name; i++) {
-            const char *op = ir_op_info(graph->ops[F->ops[G->first_op + i]].kind)->name;
-            if (n + strlen(op) + 2 >= sizeof K->name)
-                break;
-            n += (size_t)snprintf(K->name + n, sizeof K->name - n, "_%s", op);
-        }
+    char ops[96];
+    size_t n = 0;
+    ops[0] = 0;
+    for (int i = 0; i < G->n_ops && n + 1 < sizeof ops; i++) {
+        const char *op = ir_op_info(graph->ops[F->ops[G->first_op + i]].kind)->name;
+        if (n + strlen(op) + 2 >= sizeof ops)
+            break;
+        n += (size_t)snprintf(ops + n, sizeof ops - n, "_%s", op);
     }
-    F->kernels[k].uses++;
+    int k = entry(F, &b->k, NULL, ops);
     G->kernel = k;
     for (int i = 0; i < b->n_touched; i++)
         b->value[b->touched[i]] = -1;
@@ -311,6 +328,88 @@ static void start(struct builder *b, int chunk, int op)
     b->rows = b->cols ? ir_shape_numel(&s) / b->cols : 0;
 }
 
+/* q, k or v as attention reads it: its bytes' owner (through split_heads,
+ * a view of the fused QKV) and its strides; ints: kn_attn_args's, at
+ * off/sb/sh/ss (q also hg, sg). */
+static int attention_view(const struct partition *P, int chunk, int t, int64_t *off, int64_t *sb, int64_t *sh, int64_t *ss,
+                          int64_t *hg, int64_t *sg)
+{
+    const struct ir_graph *g = P->g;
+    enum ir_part part = P->chunks[chunk].part;
+    struct ir_shape s = partition_local_shape(P, part, &g->tensors[t].shape, &P->shard[t]);
+    int64_t H = s.ax[1].size, S = s.ax[2].size, D = s.ax[3].size;
+    int p = g->tensors[t].producer;
+    if (p >= 0 && g->ops[p].kind == IR_OP_SPLIT_HEADS && P->op_chunk[p] == chunk) {
+        /* Megatron's grouped layout: per group, its query heads, then one head of each other output */
+        const struct ir_op *o = &g->ops[p];
+        int x = o->in[0], which = 0;
+        while (o->out[which] != t)
+            which++;
+        struct ir_shape xs = partition_local_shape(P, part, &g->tensors[x].shape, &P->shard[x]);
+        int64_t F = xs.ax[2].size, Hq = partition_local_shape(P, part, &g->tensors[o->out[0]].shape, &P->shard[o->out[0]]).ax[1].size;
+        int64_t groups = o->n_out > 1 ? partition_local_shape(P, part, &g->tensors[o->out[1]].shape, &P->shard[o->out[1]]).ax[1].size : Hq;
+        int64_t per = Hq / groups, width = (per + o->n_out - 1) * D;
+        *sb = xs.ax[1].size * F, *ss = F;
+        *off = which ? (per + which - 1) * D : 0;
+        *sh = which || !hg ? width : D; /* output 0 read as k or v: one head a group (per is 1) */
+        if (hg)
+            *hg = per, *sg = width;
+        WF_ASSERT(hg || which || per == 1);
+        return x;
+    }
+    *off = 0, *sb = H * S * D, *sh = S * D, *ss = D; /* a tensor of its own: (B, H, S, D) */
+    if (hg)
+        *hg = 1, *sg = S * D;
+    return t;
+}
+
+/* An attention op: one launch of the attention kernel. */
+static void attention(const struct partition *P, int op, bool train, const bool *needs, struct kn_set *F)
+{
+    const struct ir_graph *g = P->g;
+    const struct ir_op *o = &g->ops[op];
+    int c = P->op_chunk[op];
+    enum ir_part part = P->chunks[c].part;
+    struct ir_shape qs = partition_local_shape(P, part, &g->tensors[o->in[0]].shape, &P->shard[o->in[0]]);
+    struct ir_shape ks = partition_local_shape(P, part, &g->tensors[o->in[1]].shape, &P->shard[o->in[1]]);
+    struct ir_shape vs = partition_local_shape(P, part, &g->tensors[o->in[2]].shape, &P->shard[o->in[2]]);
+    bool bias = o->n_in > 3 && o->in[3] >= 0;
+    const struct ir_tensor *q = &g->tensors[o->in[0]];
+    struct kn_attn a = {.dtype = ir_dtype_is_float(q->dtype) && partition_elem_bytes(P, q) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32,
+                        .D = (int)qs.ax[3].size, .Dv = (int)vs.ax[3].size, .causal = ir_op_int(o, IR_ATTR_CAUSAL),
+                        .bias = bias, .bias_grad = train && bias && needs[o->in[3]], .backward = train};
+    struct kn_launch *L = &F->launches[F->n_launches];
+    memset(L, 0, sizeof *L);
+    L->kernel = entry(F, NULL, &a, "_attention");
+    L->chunk = c;
+    L->first_op = F->n_ops;
+    L->n_ops = 1;
+    L->domain = o->out[0];
+    F->op_launch[op] = F->n_launches++;
+    F->ops[F->n_ops++] = op;
+    int64_t *x = L->attn; /* kn_attn_args's integers, in order */
+    x[0] = qs.ax[0].size, x[1] = qs.ax[1].size, x[2] = ks.ax[1].size, x[3] = qs.ax[2].size, x[4] = ks.ax[2].size;
+    int roots[3];
+    roots[0] = attention_view(P, c, o->in[0], &x[5], &x[6], &x[7], &x[8], &x[9], &x[10]);
+    roots[1] = attention_view(P, c, o->in[1], &x[11], &x[12], &x[13], &x[14], NULL, NULL);
+    roots[2] = attention_view(P, c, o->in[2], &x[15], &x[16], &x[17], &x[18], NULL, NULL);
+    /* out as merge_heads reads it, (B, Sq, H, Dv): a view, not a copy */
+    x[19] = 0, x[20] = qs.ax[2].size * qs.ax[1].size * vs.ax[3].size, x[21] = vs.ax[3].size, x[22] = qs.ax[1].size * vs.ax[3].size;
+    if (bias) {
+        struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape, &P->shard[o->in[3]]);
+        bool batched = bs.rank == 4 && bs.ax[0].size > 1;
+        x[23] = batched ? qs.ax[1].size * qs.ax[2].size * ks.ax[2].size : 0;
+        x[24] = qs.ax[2].size * ks.ax[2].size, x[25] = ks.ax[2].size;
+    }
+    for (int k = 0; k < 3; k++)
+        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
+    if (bias)
+        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[3], .xfer = -1};
+    L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1};
+    if (train) /* the backward's row statistics; forward only, none are kept */
+        L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1};
+}
+
 void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
 {
     const struct ir_graph *g = P->g;
@@ -327,6 +426,9 @@ void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
         b.value[t] = -1;
     for (int i = 0; i < g->n_ops; i++)
         F->op_launch[i] = -1;
+    bool *needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *needs); /* which tensors get a gradient */
+    if (!forward_only && g->n_outputs && g->tensors[g->outputs[0]].shape.rank == 0)
+        autodiff_needs_grad(g, g->outputs[0], needs);
     for (int c = 0; c < P->n_chunks; c++) {
         int open = -1; /* the group being grown */
         for (int i = 0; i < g->n_ops; i++) {
@@ -369,6 +471,8 @@ void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
                 finish(&b, F, open, F->op_launch);
                 open = -1;
             }
+            if (o->kind == IR_OP_ATTENTION)
+                attention(P, i, !forward_only, needs, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -388,6 +492,7 @@ void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
     }
     free(b.value);
     free(b.touched);
+    free(needs);
 }
 
 /* The shape a slot's tensor has where the group reads or writes it. */
@@ -401,6 +506,9 @@ static struct ir_shape bound_shape(const struct partition *P, const struct kn_la
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
     const struct kn_launch *G = &F->launches[g];
+    memset(a, 0, sizeof *a);
+    if (F->kernels[G->kernel].kind != KN_KIND_FUSED)
+        return; /* attention's sizes are the launch's own (kn_launch.attn) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
     struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, &P->shard[G->domain]);
@@ -443,6 +551,14 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
 int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int l)
 {
     const struct kn_launch *L = &F->launches[l];
+    const struct kn_entry *e = &F->kernels[L->kernel];
+    if (e->kind == KN_KIND_ATTENTION) { /* q, k, v, out, bias read or written once, the row statistics */
+        const int64_t *x = L->attn;
+        int size = e->attn.dtype == IR_DTYPE_BF16 ? 2 : 4;
+        int64_t qo = x[0] * x[1] * x[3] * (e->attn.D + e->attn.Dv), kv = x[0] * x[2] * x[4] * (e->attn.D + e->attn.Dv);
+        int64_t bias = e->attn.bias ? (x[23] ? x[0] : 1) * x[1] * x[3] * x[4] : 0;
+        return (qo + kv + bias) * size + x[0] * x[1] * x[3] * 8;
+    }
     const struct kn_kernel *k = &F->kernels[L->kernel].k;
     struct kn_args a;
     fuse_launch_args(P, F, l, 0, &a);

@@ -1,6 +1,7 @@
 /* kernels.c: compile every distinct kernel, through the cache (see kernels.h). */
 #include "kernels.h"
 #include "cc.h"
+#include "emit_attention.h"
 #include "emit_kernel.h"
 #include "nvrtc.h"
 #include "util.h"
@@ -119,10 +120,15 @@ static void *cache_get(const char *dir, const char *name, bool ptx, size_t *size
     return p;
 }
 
+char *kernels_source(const struct kn_entry *e, enum kn_lang lang)
+{
+    return e->kind == KN_KIND_ATTENTION ? emit_attention(&e->attn, e->name, lang) : emit_kernel(&e->k, e->name, lang);
+}
+
 static int gpu_binaries(struct kn_entry *e, const int *archs, int n_archs, const char *dir, struct kernel_stats *st,
                         struct diag *d)
 {
-    char *src = emit_kernel(&e->k, e->name, KN_LANG_CUDA);
+    char *src = kernels_source(e, KN_LANG_CUDA);
     uint64_t key = wf_hash(src, strlen(src), wf_hash(nvrtc_version(), strlen(nvrtc_version()), 0));
     for (int b = 0; b <= n_archs; b++) {
         bool ptx = b == n_archs; /* after the cubins: PTX of the newest, for GPUs newer still */
@@ -164,34 +170,25 @@ static int gpu_binaries(struct kn_entry *e, const int *archs, int n_archs, const
     return 0;
 }
 
-static int cpu_object(struct kn_set *F, const char *dir, struct kernel_stats *st, struct diag *d)
+/* The shared object of these units, from the cache or the C compiler. */
+static int cpu_units(struct kn_set *F, const char *const *units, int n_units, uint64_t hash, const char *dir,
+                     struct kernel_stats *st, struct diag *d)
 {
-    const struct kn_kernel **ks = wf_calloc((size_t)F->n_kernels + 1, sizeof *ks);
-    const char **names = wf_calloc((size_t)F->n_kernels + 1, sizeof *names);
-    for (int k = 0; k < F->n_kernels; k++) {
-        ks[k] = &F->kernels[k].k;
-        names[k] = F->kernels[k].name;
-    }
-    char *src = emit_kernels(ks, names, F->n_kernels, KN_LANG_C);
-    free(ks);
-    free(names);
     const char *cc = getenv("CC");
-    uint64_t key = wf_hash(src, strlen(src), wf_hash(cc ? cc : "cc", strlen(cc ? cc : "cc"), 1));
+    uint64_t key = wf_hash(cc ? cc : "cc", strlen(cc ? cc : "cc"), hash);
     char name[64];
     snprintf(name, sizeof name, "%016llx.so", (unsigned long long)key);
     if ((F->cpu_object = cache_get(dir, name, false, &F->cpu_size))) {
         st->cpu_cached = true;
-        free(src);
         return 0;
     }
     char so[1100], log[8192];
     snprintf(so, sizeof so, "%s/.%s.%d", dir ? dir : "/tmp", name, (int)getpid());
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = cc_shared_object(src, so, log, sizeof log);
+    int rc = cc_shared_object(units, n_units, so, log, sizeof log);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->cc_seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    free(src);
     if (rc) {
         diag_error(d, NULL, 0, "the CPU kernels do not compile (a bug in weft, or no working C compiler): %s", log);
         return -1;
@@ -206,6 +203,32 @@ static int cpu_object(struct kn_set *F, const char *dir, struct kernel_stats *st
     return 0;
 }
 
+/* One translation unit for the fused kernels, one per attention (each
+ * defines its own configuration's macros). */
+static int cpu_object(struct kn_set *F, const char *dir, struct kernel_stats *st, struct diag *d)
+{
+    const struct kn_kernel **ks = wf_calloc((size_t)F->n_kernels + 1, sizeof *ks);
+    const char **names = wf_calloc((size_t)F->n_kernels + 1, sizeof *names);
+    char **units = wf_calloc((size_t)F->n_kernels + 2, sizeof *units);
+    int n = 0, n_units = 1;
+    for (int k = 0; k < F->n_kernels; k++)
+        if (F->kernels[k].kind == KN_KIND_FUSED) {
+            ks[n] = &F->kernels[k].k;
+            names[n++] = F->kernels[k].name;
+        } else
+            units[n_units++] = kernels_source(&F->kernels[k], KN_LANG_C);
+    units[0] = emit_kernels(ks, names, n, KN_LANG_C);
+    free(ks);
+    free(names);
+    uint64_t h = 0;
+    for (int u = 0; u < n_units; u++)
+        h = wf_hash(units[u], strlen(units[u]), h);
+    int rc = cpu_units(F, (const char *const *)units, n_units, h, dir, st, d);
+    for (int u = 0; u < n_units; u++)
+        free(units[u]);
+    free(units);
+    return rc;
+}
 int kernels_build(struct kn_set *F, const int *archs, int n_archs, struct kernel_stats *st, struct diag *d)
 {
     memset(st, 0, sizeof *st);

@@ -15,6 +15,7 @@
 #define WEFT_KERNELS_H
 
 #include "diag.h"
+#include "emit_kernel.h"
 #include "kernel.h"
 
 #define KERNELS_DEFAULT_ARCHS "sm_80,sm_90"
@@ -38,6 +39,8 @@ int kernels_parse_archs(const char *s, int *archs, int max, struct diag *d);
  * compiler fails.  Without NVRTC the plan gets no GPU binaries and
  * st->no_gpu says why. */
 int kernels_build(struct kn_set *F, const int *archs, int n_archs, struct kernel_stats *st, struct diag *d);
+/* An entry's source, whatever its kind (a fused kernel, attention). */
+char *kernels_source(const struct kn_entry *e, enum kn_lang lang);
 /* The cache's directory (made if missing), into buf; NULL if there is none. */
 const char *kernels_cache_dir(char *buf, size_t n);
 

@@ -3,6 +3,7 @@
 #include "plan.h"
 #include "util.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,7 @@ const char kn_args_source[] = "struct kn_args { " KN_STR(KN_ARGS_FIELDS) " };\n"
 const char kn_attn_args_source[] = "struct kn_attn_args { " KN_STR(KN_ATTN_FIELDS) " };\n";
 
 _Static_assert(KN_SLOTS_ == KN_MAX_SLOTS && KN_RANK_ == KN_MAX_RANK, "kn_args sizes");
+_Static_assert(offsetof(struct kn_attn_args, scale) == KN_ATTN_INTS * sizeof(int64_t), "kn_attn_args: the integers come first");
 
 static const struct {
     const char *name;
@@ -229,6 +231,11 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
         const struct kn_kernel *k = &e->k;
         plan_put_str(w, e->name);
         plan_put_u32(w, (uint32_t)e->uses);
+        plan_put_u8(w, e->kind);
+        plan_put_i32(w, e->attn.dtype);
+        plan_put_i32(w, e->attn.D);
+        plan_put_i32(w, e->attn.Dv);
+        plan_put_u8(w, (uint8_t)(e->attn.causal | e->attn.bias << 1 | e->attn.bias_grad << 2 | e->attn.backward << 3));
         plan_put_u8(w, (uint8_t)k->n_in);
         plan_put_u8(w, (uint8_t)k->n_out);
         plan_put_u8(w, (uint8_t)k->n_args);
@@ -270,6 +277,8 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
             put_bind(w, &l->out[j]);
         for (int j = 0; j < 4; j++)
             plan_put_u64(w, l->streams[j]);
+        for (int j = 0; j < KN_ATTN_INTS; j++)
+            plan_put_i64(w, l->attn[j]);
     }
     put_bytes(w, s->cpu_object, s->cpu_size);
 }
@@ -323,6 +332,18 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
         struct kn_kernel *k = &e->k;
         plan_get_str(&r, e->name, sizeof e->name);
         e->uses = (int)plan_get_u32(&r);
+        e->kind = plan_get_u8(&r);
+        e->attn.dtype = plan_get_i32(&r);
+        e->attn.D = plan_get_i32(&r);
+        e->attn.Dv = plan_get_i32(&r);
+        uint8_t flags = plan_get_u8(&r);
+        e->attn.causal = flags & 1, e->attn.bias = flags >> 1 & 1, e->attn.bias_grad = flags >> 2 & 1, e->attn.backward = flags >> 3 & 1;
+        if (e->kind > KN_KIND_ATTENTION || (e->kind == KN_KIND_ATTENTION && (e->attn.D < 1 || e->attn.D > 1024 || e->attn.Dv < 1 ||
+                                                                             e->attn.Dv > 1024 || (e->attn.dtype != IR_DTYPE_F32 &&
+                                                                                                   e->attn.dtype != IR_DTYPE_BF16)))) {
+            kn_set_free(s);
+            return bad_kernels(d, "a kernel of a kind, or an attention of a size, that weft does not know");
+        }
         k->n_in = plan_get_u8(&r);
         k->n_out = plan_get_u8(&r);
         k->n_args = plan_get_u8(&r);
@@ -371,7 +392,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             e->bins[b].ptx = plan_get_u8(&r);
             e->bins[b].bytes = get_bytes(&r, &e->bins[b].size);
         }
-        e->hash = kn_hash(k);
+        e->hash = e->kind == KN_KIND_FUSED ? kn_hash(k) : wf_hash(&e->attn, sizeof e->attn, 0x617474);
     }
     uint32_t nl = r.bad ? 0 : plan_get_u32(&r);
     if (r.bad || nl > (uint32_t)(r.end - r.at) / 16) {
@@ -405,8 +426,11 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             r.bad |= !get_bind(&r, &l->out[j]);
         for (int j = 0; j < 4; j++)
             l->streams[j] = plan_get_u64(&r);
-        const struct kn_kernel *k = &s->kernels[l->kernel].k;
-        r.bad |= l->n_in != k->n_in || l->n_out != k->n_out;
+        for (int j = 0; j < KN_ATTN_INTS; j++)
+            l->attn[j] = plan_get_i64(&r);
+        const struct kn_entry *e = &s->kernels[l->kernel];
+        r.bad |= l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS ||
+                 (e->kind == KN_KIND_FUSED && (l->n_in != e->k.n_in || l->n_out != e->k.n_out));
     }
     if (!r.bad)
         s->cpu_object = get_bytes(&r, &s->cpu_size);

@@ -133,6 +133,20 @@ struct kn_binary {
 
 #define KN_MAX_BINS 8
 
+/* What kind of kernel an entry is: a fused description (struct kn_kernel),
+ * or attention (struct kn_attn; compiler/emit_attention.h writes it). */
+enum kn_kind { KN_KIND_FUSED, KN_KIND_ATTENTION };
+
+struct kn_attn {
+    int dtype;       /* IR_DTYPE_F32 or IR_DTYPE_BF16: q, k, v, out, dout, and the gradients */
+    int D, Dv;       /* head dims of q/k and of v */
+    bool causal, bias, bias_grad, backward;
+};
+
+/* An attention launch's sizes and strides (struct kn_attn_args's integers,
+ * B .. k_pos0, in order) for one rank of its role. */
+#define KN_ATTN_INTS 28
+
 /* The fusion pass's result, as a plan holds it: every launch of a step's
  * forward, what each binds, and the distinct kernels they run. */
 /* What a slot binds: a tensor, or an op's saved mask or row statistics. */
@@ -150,10 +164,13 @@ struct kn_launch {
     struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
+    int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views) */
 };
 
 struct kn_entry {
-    struct kn_kernel k;
+    uint8_t kind;          /* enum kn_kind */
+    struct kn_kernel k;    /* KN_KIND_FUSED */
+    struct kn_attn attn;   /* KN_KIND_ATTENTION */
     uint64_t hash;
     char name[96];         /* k<index>_<its first launch's ops> */
     int uses;              /* launches of it */

@@ -27,12 +27,12 @@ struct kernels {
     void (*bwd_kv)(const struct kn_attn_args *), (*bwd_q)(const struct kn_attn_args *);
 };
 
-static void build(const struct attn_config *c, struct kernels *k)
+static void build(const struct kn_attn *c, struct kernels *k)
 {
     char *src = emit_attention(c, "attn", KN_LANG_C);
     char so[128], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-attn-%d.so", (int)getpid());
-    if (cc_shared_object(src, so, log, sizeof log))
+    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
         fail_msg("the attention kernel does not compile:\n%s", log);
     free(src);
     k->lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
@@ -121,8 +121,8 @@ static double compare(const char *what, const struct shape *s, const struct buf 
 
 static double run_case(const struct shape *s)
 {
-    struct attn_config c = {.dtype = s->bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32, .D = (int)s->D, .Dv = (int)s->Dv,
-                            .causal = s->causal, .bias = s->bias != 0, .bias_grad = s->bias != 0};
+    struct kn_attn c = {.dtype = s->bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32, .D = (int)s->D, .Dv = (int)s->Dv,
+                            .causal = s->causal, .bias = s->bias != 0, .bias_grad = s->bias != 0, .backward = true};
     struct kernels K;
     build(&c, &K);
     uint64_t seed = 42;
@@ -286,11 +286,11 @@ static void test_nvrtc(void **state)
         printf("    skipped: %s\n", why);
         skip();
     }
-    static const struct attn_config configs[] = {
-        {.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64, .causal = true},
-        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true},
-        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .bias = true, .bias_grad = true},
-        {.dtype = IR_DTYPE_F32, .D = 16, .Dv = 16, .causal = true, .bias = true, .bias_grad = true},
+    static const struct kn_attn configs[] = {
+        {.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64, .causal = true, .backward = true},
+        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true, .backward = true},
+        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .bias = true, .bias_grad = true, .backward = true},
+        {.dtype = IR_DTYPE_F32, .D = 16, .Dv = 16, .causal = true, .bias = true, .bias_grad = true, .backward = true},
     };
     int n = 0;
     double seconds = 0;

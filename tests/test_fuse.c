@@ -8,6 +8,7 @@
 #include "cc.h"
 #include "emit_kernel.h"
 #include "fuse.h"
+#include "kernels.h"
 #include "memplan.h"
 #include "nvrtc.h"
 #include "ref.h"
@@ -24,22 +25,26 @@ static const struct {
 
 /* GPT-2's layer fuses as Megatron's hand-written kernels do: bias + dropout
  * + residual add + layernorm after each projection, bias + GELU after the
- * first MLP matmul; the embedding sum with its dropout and the first norm. */
+ * first MLP matmul; the embedding sum with its dropout and the first norm;
+ * attention is one kernel of its own. */
 static void test_gpt2_groups(void **state)
 {
     (void)state;
     struct partition *P = place_model("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
     struct kn_set F;
     fuse(P, false, &F);
-    const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_bias_add_dropout_add_layernorm", "k3_bias_add_gelu"};
-    assert_int_equal(F.n_kernels, 4);
-    for (int k = 0; k < 4; k++)
+    const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_attention", "k3_bias_add_dropout_add_layernorm",
+                          "k4_bias_add_gelu"};
+    assert_int_equal(F.n_kernels, 5);
+    for (int k = 0; k < 5; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
-    assert_int_equal(F.kernels[2].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
-    assert_int_equal(F.n_launches, 1 + 12 * 4);
+    assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
+    assert_int_equal(F.kernels[2].uses, 12);
+    assert_true(F.kernels[2].attn.causal && F.kernels[2].attn.backward && F.kernels[2].attn.D == 64);
+    assert_int_equal(F.n_launches, 1 + 12 * 5);
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
     const struct kn_launch *G = &F.launches[0];
-    while (G->kernel != 2)
+    while (G->kernel != 3)
         G++;
     int values = 0, masks = 0, stats = 0;
     for (int i = 0; i < G->n_out; i++) {
@@ -55,9 +60,10 @@ static void test_gpt2_groups(void **state)
      * the final norm's group stores only the norm (no later residual add reads
      * the sum), so it is a kernel of its own */
     fuse(P, true, &F);
-    assert_int_equal(F.n_kernels, 5);
-    assert_int_equal(F.kernels[4].uses, 1);
-    assert_int_equal(F.kernels[4].k.n_out, 1);
+    assert_int_equal(F.n_kernels, 6);
+    assert_int_equal(F.kernels[5].uses, 1);
+    assert_int_equal(F.kernels[5].k.n_out, 1);
+    assert_false(F.kernels[2].attn.backward);
     for (int g = 0; g < F.n_launches; g++)
         for (int i = 0; i < F.launches[g].n_out; i++)
             assert_int_equal(F.launches[g].out[i].what, IR_BUF_VALUE);
@@ -90,6 +96,79 @@ static void test_kernels_do_not_grow_with_depth(void **state)
 
 /* One kernel's first launch on CPU against the reference.  Returns the
  * worst relative error over its value outputs. */
+/* Tensor t of the reference as a kernel reads it: its floats, or a bf16 copy (owned, to free). */
+static const void *as_read(struct ref *r, const struct ir_graph *g, int t, bool bf16, void **owned)
+{
+    if (g->tensors[t].dtype == IR_DTYPE_I32)
+        return ref_ints(r, t);
+    if (!bf16)
+        return ref_data(r, t);
+    int64_t n = ir_shape_numel(&g->tensors[t].shape);
+    uint16_t *h = calloc((size_t)n, 2);
+    for (int64_t e = 0; e < n; e++) {
+        float f = ref_data(r, t)[e];
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        h[e] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+    return *owned = h;
+}
+
+/* An attention launch on CPU against the reference's attention op: its
+ * q, k, v read through the launch's strides (views of the fused QKV the
+ * reference computed), its out compared head by head. */
+static double check_attention(const struct partition *P, const struct kn_set *F, int l, void *lib, struct ref *r, bool bf16)
+{
+    const struct kn_launch *L = &F->launches[l];
+    const struct kn_entry *K = &F->kernels[L->kernel];
+    const struct ir_graph *g = P->g;
+    const struct ir_op *o = &g->ops[F->ops[L->first_op]];
+    struct kn_attn_args a;
+    memset(&a, 0, sizeof a);
+    memcpy(&a, L->attn, sizeof L->attn);
+    double scale = ir_op_float(o, IR_ATTR_SCALE);
+    a.scale = (float)(isnan(scale) ? 1 / sqrt((double)K->attn.D) : scale);
+    void *owned[5] = {0};
+    a.q = as_read(r, g, L->in[0].id, bf16, &owned[0]);
+    a.k = as_read(r, g, L->in[1].id, bf16, &owned[1]);
+    a.v = as_read(r, g, L->in[2].id, bf16, &owned[2]);
+    if (K->attn.bias)
+        a.bias = as_read(r, g, L->in[3].id, bf16, &owned[3]);
+    int64_t B = a.B, H = a.Hq, S = a.Sq, Dv = K->attn.Dv;
+    a.out = owned[4] = calloc((size_t)(B * H * S * Dv), bf16 ? 2 : 4);
+    a.stats = calloc((size_t)(B * H * S * 2), 4);
+    void (*fwd)(const struct kn_attn_args *);
+    char sym[128];
+    snprintf(sym, sizeof sym, "%s_fwd", K->name);
+    *(void **)&fwd = dlsym(lib, sym);
+    assert_non_null(fwd);
+    fwd(&a);
+    const float *want = ref_data(r, o->out[0]); /* the reference's (B, H, S, Dv) */
+    double worst = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t s = 0; s < S; s++)
+                for (int64_t d = 0; d < Dv; d++) {
+                    int64_t at = a.o_off + b * a.o_sb + h * a.o_sh + s * a.o_ss + d;
+                    float got = 0;
+                    if (!bf16)
+                        got = ((float *)a.out)[at];
+                    else {
+                        uint32_t u = (uint32_t)((uint16_t *)a.out)[at] << 16;
+                        memcpy(&got, &u, 4);
+                    }
+                    double w = want[((b * H + h) * S + s) * Dv + d], err = fabs(got - w) / (fabs(w) + (bf16 ? 1 : 1e-3));
+                    worst = fmax(worst, err);
+                    if (!(err <= (bf16 ? 0.02 : 1e-4)))
+                        fail_msg("%s (%s): out[%lld, %lld, %lld, %lld] = %g, the reference %g", K->name, g->tensors[o->out[0]].name,
+                                 (long long)b, (long long)h, (long long)s, (long long)d, (double)got, w);
+                }
+    for (int i = 0; i < 5; i++)
+        free(owned[i]);
+    free(a.stats);
+    return worst;
+}
+
 static double check_kernel(const struct partition *P, const struct kn_set *F, int kernel, struct ref *r, bool bf16)
 {
     int g = 0;
@@ -97,14 +176,23 @@ static double check_kernel(const struct partition *P, const struct kn_set *F, in
         g++;
     const struct kn_launch *G = &F->launches[g];
     const struct kn_entry *K = &F->kernels[kernel];
-    char *src = emit_kernel(&K->k, K->name, KN_LANG_C);
+    char *src = kernels_source(K, KN_LANG_C);
     char so[256], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
-    if (cc_shared_object(src, so, log, sizeof log))
+    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
         fail_msg("%s does not compile:\n%s\n%s", K->name, log, src);
     free(src);
     void *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     assert_non_null(lib);
+    if (K->kind == KN_KIND_ATTENTION) {
+        double worst = 0;
+        for (int l = 0; l < F->n_launches; l++) /* every launch: each has its own views */
+            if (F->launches[l].kernel == kernel)
+                worst = fmax(worst, check_attention(P, F, l, lib, r, bf16));
+        dlclose(lib);
+        unlink(so);
+        return worst;
+    }
     void (*fn)(const struct kn_args *);
     *(void **)&fn = dlsym(lib, K->name);
     assert_non_null(fn);
@@ -167,8 +255,10 @@ static double check_kernel(const struct partition *P, const struct kn_set *F, in
         }
         const float *want = ref_data(r, b->id);
         for (int64_t e = 0; e < a.rows * a.cols; e++) {
-            float got = ((float *)a.out[i])[e];
-            if (K->k.out[i].dtype == IR_DTYPE_BF16) {
+            float got = 0;
+            if (K->k.out[i].dtype != IR_DTYPE_BF16)
+                got = ((float *)a.out[i])[e];
+            else {
                 uint32_t u = (uint32_t)((uint16_t *)a.out[i])[e] << 16;
                 memcpy(&got, &u, 4);
             }
@@ -228,7 +318,8 @@ static void test_nvrtc_compiles_every_kernel(void **state)
         printf("    skipped: %s\n", why);
         skip();
     }
-    int compiled = 0;
+    int compiled = 0, n_done = 0;
+    uint64_t done[256];
     double seconds = 0;
     for (size_t m = 0; m < WF_COUNT(models); m++)
         for (int infer = 0; infer < 2; infer++) {
@@ -238,7 +329,16 @@ static void test_nvrtc_compiles_every_kernel(void **state)
             struct kn_set F;
             fuse(P, infer, &F);
             for (int k = 0; k < F.n_kernels; k++) {
-                char *src = emit_kernel(&F.kernels[k].k, F.kernels[k].name, KN_LANG_CUDA);
+                char *src = kernels_source(&F.kernels[k], KN_LANG_CUDA);
+                uint64_t h = wf_hash(src, strlen(src), 0);
+                bool seen = false; /* models share kernels: each source once */
+                for (int i = 0; i < n_done; i++)
+                    seen |= done[i] == h;
+                if (seen) {
+                    free(src);
+                    continue;
+                }
+                done[n_done++] = h;
                 int archs[] = {80, 90};
                 for (int a = 0; a < 2; a++) {
                     struct nvrtc_out o;

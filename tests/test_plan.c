@@ -269,7 +269,7 @@ static void test_kernels(void **state)
     setenv("XDG_CACHE_HOME", cache, 1); /* a cold cache of its own */
     compile(path("k.plan"), gpt2);
     if (gpu) {
-        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 18 compiled by NVRTC"));
+        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 21 compiled by NVRTC"));
         assert_non_null(strstr(R->out, ", 0 from the cache"));
     } else
         assert_non_null(strstr(R->out, "no GPU binaries"));
@@ -280,16 +280,20 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "from the cache"));
     run_weft(R, "inspect", path("k.plan"), "--kernels", NULL);
     assert_int_equal(R->status, 0);
-    assert_non_null(strstr(R->out, "6 kernels for 52 launches of the forward"));
-    assert_non_null(strstr(R->out, "k2_bias_add_dropout_add_layernorm"));
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", NULL);
+    assert_non_null(strstr(R->out, "7 kernels for 64 launches of the forward"));
+    assert_non_null(strstr(R->out, "k3_bias_add_dropout_add_layernorm"));
+    assert_non_null(strstr(R->out, "k2_attention"));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
     assert_non_null(strstr(R->out, "fuses bias_add dropout add layernorm"));
     assert_non_null(strstr(R->out, "(dropout's mask)"));
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", "--source", NULL);
-    assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k2_bias_add_dropout_add_layernorm("));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "3", "--source", NULL);
+    assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k3_bias_add_dropout_add_layernorm("));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", NULL);
+    assert_non_null(strstr(R->out, "attention in the flash-attention manner: f32, head dims 64/64, causal; forward and backward"));
+    assert_non_null(strstr(R->out, "in  0  q              decoder.layer.0.qkv"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
     assert_int_equal(R->status, 2);
-    assert_non_null(strstr(R->err, "--kernel 99: the plan has 6 kernels (0-5)"));
+    assert_non_null(strstr(R->err, "--kernel 99: the plan has 7 kernels (0-6)"));
     if (gpu) {
         run_weft(R, "compile", "models/gpt2.xml", "--arch", "sm_90,sm_42", "-o", path("x.plan"), NULL);
         assert_int_equal(R->status, 2);

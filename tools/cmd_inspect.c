@@ -1,6 +1,6 @@
 /* cmd_inspect.c: `weft inspect MODEL.plan [--rank R] [--json]`: a plan for people. */
 #include "cli.h"
-#include "emit_kernel.h"
+#include "kernels.h"
 #include "fuse.h"
 #include "kernel.h"
 #include "json.h"
@@ -138,7 +138,7 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         rc = -1;
     } else if (c->kernel >= 0 && c->source) {
         const struct kn_entry *e = &K.kernels[c->kernel];
-        char *src = emit_kernel(&e->k, e->name, KN_LANG_CUDA);
+        char *src = kernels_source(e, KN_LANG_CUDA);
         fputs(src, stdout);
         free(src);
     } else if (c->kernel >= 0) {
@@ -149,17 +149,29 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         const struct kn_launch *L = &K.launches[first];
         ops_fused(P, &K, c->kernel, ops, sizeof ops);
         where_used(P, &K, c->kernel, where, sizeof where);
-        printf("kernel %d: %s, %d nodes in %d pass%s; fuses %s\n", c->kernel, e->name, e->k.n_nodes,
-               kn_phases(&e->k, phase), kn_phases(&e->k, phase) == 1 ? "" : "es", ops);
+        if (e->kind == KN_KIND_ATTENTION)
+            printf("kernel %d: %s, attention in the flash-attention manner: %s, head dims %d/%d%s%s%s; %s\n", c->kernel,
+                   e->name, e->attn.dtype == IR_DTYPE_BF16 ? "bf16" : "f32", e->attn.D, e->attn.Dv,
+                   e->attn.causal ? ", causal" : "", e->attn.bias ? ", a bias" : "", e->attn.bias_grad ? " and its gradient" : "",
+                   e->attn.backward ? "forward and backward" : "forward only");
+        else
+            printf("kernel %d: %s, %d nodes in %d pass%s; fuses %s\n", c->kernel, e->name, e->k.n_nodes,
+                   kn_phases(&e->k, phase), kn_phases(&e->k, phase) == 1 ? "" : "es", ops);
         printf("  launched %d time%s a forward: %s; %s a launch moves on one rank\n", e->uses, e->uses == 1 ? "" : "s",
                where, wf_bytes((double)fuse_launch_bytes(P, &K, first), a));
+        static const char *const attn_in[] = {"q", "k", "v", "bias"}, *const attn_out[] = {"out", "stats"};
         for (int io = 0; io < 2; io++)
-            for (int i = 0; i < (io ? e->k.n_out : e->k.n_in); i++) {
-                const struct kn_slot *sl = io ? &e->k.out[i] : &e->k.in[i];
+            for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
                 const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
                 const struct ir_op *o = b->what == IR_BUF_VALUE ? NULL : &P->g->ops[b->id];
-                printf("  %-3s %d  %-4s %-8s  %s%s%s%s\n", io ? "out" : "in", i, kn_dtype_name(sl->dtype),
-                       kn_access_name((enum kn_access)sl->access), P->g->tensors[o ? o->out[0] : b->id].name,
+                char slot[32];
+                if (e->kind == KN_KIND_ATTENTION) /* q, k, v name the buffer they are views of */
+                    snprintf(slot, sizeof slot, "%-13s", io ? attn_out[i] : attn_in[i]);
+                else {
+                    const struct kn_slot *sl = io ? &e->k.out[i] : &e->k.in[i];
+                    snprintf(slot, sizeof slot, "%-4s %-8s", kn_dtype_name(sl->dtype), kn_access_name((enum kn_access)sl->access));
+                }
+                printf("  %-3s %d  %s  %s%s%s%s\n", io ? "out" : "in", i, slot, P->g->tensors[o ? o->out[0] : b->id].name,
                        o ? " (" : "", o ? ir_op_info(o->kind)->name : "",
                        !o ? "" : b->what == IR_BUF_MASK ? "'s mask)" : "'s row statistics)");
             }
