@@ -243,6 +243,32 @@ static void define(struct emitter *e, int i)
     put(&e->t, ";\n");
 }
 
+/* Which of the kernel's COLUMN accumulations slot is (its partial sums' place), or -1. */
+static int column_sum_index(const struct kn_kernel *k, int slot)
+{
+    int n = 0;
+    for (int s = 0; s < k->n_out; s++) {
+        bool column = false;
+        for (int i = 0; i < k->n_nodes; i++)
+            column |= k->nodes[i].op == KN_ACCUM && k->nodes[i].slot == s && k->out[s].access == KN_COLUMN;
+        if (column && s == slot)
+            return n;
+        n += column;
+    }
+    return -1;
+}
+
+/* out[...] += v, in the output's type. */
+static void accumulate(struct emitter *e, const struct kn_slot *s, int slot, const char *index, const char *v, int indent)
+{
+    bool half = s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16;
+    if (half)
+        put(&e->t, "%*s((uint16_t *)a->out[%d])[%s] = kn_to_bf16(kn_from_bf16(((uint16_t *)a->out[%d])[%s]) + %s);\n", indent,
+            "", slot, index, slot, index, v);
+    else
+        put(&e->t, "%*s((float *)a->out[%d])[%s] += %s;\n", indent, "", slot, index, v);
+}
+
 static void store(struct emitter *e, int i)
 {
     const struct kn_node *n = &e->k->nodes[i];
@@ -251,6 +277,28 @@ static void store(struct emitter *e, int i)
     name(e, n->a, v, sizeof v);
     bool per = e->per[i];
     int indent = per ? 12 : 8;
+    if (n->op == KN_ACCUM) {
+        char index[128];
+        if (s->access == KN_COLUMN && e->lang == KN_LANG_CUDA) { /* this block's partial sum of the column */
+            snprintf(index, sizeof index, "(%d * a->nblocks + blockIdx.x) * cols + c", column_sum_index(e->k, n->slot));
+            put(&e->t, "%*sa->partial[%s] += %s;\n", indent, "", index, v);
+            return;
+        }
+        if (s->access == KN_COLUMN)
+            snprintf(index, sizeof index, "c");
+        else {
+            struct text saved = e->t; /* the row base, written into index */
+            e->t = (struct text){0};
+            row_base(e, s, n->slot, false, 0);
+            snprintf(index, sizeof index, "%s%s", e->t.s, per ? " + c" : "");
+            free(e->t.s);
+            e->t = saved;
+        }
+        if (!per && e->lang == KN_LANG_CUDA)
+            put(&e->t, "%*sif (threadIdx.x == 0)\n    ", indent, "");
+        accumulate(e, s, n->slot, index, v, per || e->lang != KN_LANG_CUDA ? indent : 0);
+        return;
+    }
     if (!per && e->lang == KN_LANG_CUDA) /* one thread writes a row's value */
         put(&e->t, "%*sif (%s)\n    ", indent, "", kn_has_reduction(e->k) ? "threadIdx.x == 0" : "c == 0");
     put(&e->t, "%*s((%s *)a->out[%d])[", indent, "", ctype(s->dtype), n->slot);
@@ -297,7 +345,7 @@ static void pass(struct emitter *e, int p, bool elementwise)
             put(&e->t, "        float acc%d = %s;\n", i, n->op == KN_ROWSUM ? "0.f" : "-INFINITY");
             mark(e, n->a);
             any = true;
-        } else if (n->op == KN_STORE && e->per[i] && e->phase[i] == p) {
+        } else if ((n->op == KN_STORE || n->op == KN_ACCUM) && e->per[i] && e->phase[i] == p) {
             mark(e, n->a);
             any = true;
         }
@@ -307,13 +355,13 @@ static void pass(struct emitter *e, int p, bool elementwise)
                         : "        for (int64_t c = 0; c < cols; c++) {\n");
     for (int i = 0; any && i < k->n_nodes; i++) {
         const struct kn_node *n = &k->nodes[i];
-        if (e->need[i] && n->op != KN_STORE)
+        if (e->need[i] && n->op != KN_STORE && n->op != KN_ACCUM)
             define(e, i);
         else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a] && n->op == KN_ROWSUM)
             put(&e->t, "            acc%d += e%d;\n", i, n->a);
         else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a])
             put(&e->t, "            acc%d = fmaxf(acc%d, e%d);\n", i, i, n->a);
-        else if (n->op == KN_STORE && e->per[i] && e->phase[i] == p)
+        else if ((n->op == KN_STORE || n->op == KN_ACCUM) && e->per[i] && e->phase[i] == p)
             store(e, i);
     }
     if (any && !elementwise)
@@ -347,7 +395,8 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             e.stored[n->a] < 0)
             e.stored[n->a] = i;
     }
-    bool cuda = lang == KN_LANG_CUDA, elementwise = !kn_has_reduction(k);
+    /* a column sum needs a block per row (its partial sums are per block) */
+    bool cuda = lang == KN_LANG_CUDA, elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k);
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
@@ -356,6 +405,13 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     else
         put(&e.t, "void %s(const struct kn_args *a)\n{\n", kname);
     put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
+    int column_sums = 0;
+    for (int slot = 0; slot < k->n_out; slot++)
+        column_sums += column_sum_index(k, slot) >= 0;
+    if (cuda && column_sums) /* this block's partial sums start at zero */
+        put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
+                  "        for (int j = 0; j < %d; j++)\n"
+                  "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
     if (cuda && elementwise)
         put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
                   "         i += (int64_t)gridDim.x * blockDim.x) {\n"
@@ -371,7 +427,7 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             const struct kn_node *n = &k->nodes[i];
             if (e.per[i] || e.phase[i] != p || is_reduction(n))
                 continue;
-            if (n->op == KN_STORE)
+            if (n->op == KN_STORE || n->op == KN_ACCUM)
                 store(&e, i);
             else
                 define(&e, i);
@@ -379,6 +435,25 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         pass(&e, p, cuda && elementwise);
     }
     put(&e.t, "    }\n}\n");
+    if (cuda && column_sums) { /* then the blocks' partial sums, added in block order: deterministic */
+        put(&e.t, "\n/* %s's column sums: launch after it, a thread per column */\n"
+                  "extern \"C\" __global__ void __launch_bounds__(%d) %s_colsum(const struct kn_args args)\n{\n"
+                  "    const struct kn_args *a = &args;\n"
+                  "    const int64_t cols = a->cols;\n"
+                  "    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {\n",
+            kname, KN_CUDA_THREADS, kname);
+        for (int slot = 0; slot < k->n_out; slot++) {
+            int j = column_sum_index(k, slot);
+            if (j < 0)
+                continue;
+            put(&e.t, "        float s%d = 0.f;\n        for (int64_t b = 0; b < a->nblocks; b++)\n"
+                      "            s%d += a->partial[(%d * a->nblocks + b) * cols + c];\n", slot, slot, j);
+            char v[16];
+            snprintf(v, sizeof v, "s%d", slot);
+            accumulate(&e, &k->out[slot], slot, "c", v, 8);
+        }
+        put(&e.t, "    }\n}\n");
+    }
     *t = e.t;
 }
 

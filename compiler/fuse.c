@@ -410,12 +410,252 @@ static void attention(const struct partition *P, int op, bool train, const bool 
         L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1};
 }
 
+/* ---- the backward of a fused launch ------------------------------------- */
+
+/* What a backward kernel reads and adds into, slot by slot. */
+struct bwd {
+    struct builder *b;          /* its kernel, slots and domain (chunk, rows, cols) */
+    const struct kn_set *F;
+    int launch;                 /* the forward launch */
+    const bool *needs;
+    int *grad;                  /* per tensor: its gradient's node so far, -1 */
+    int *fwd;                   /* per tensor: its forward value's load, -1 */
+};
+
+/* A forward value, saved by the forward kernel (or a parameter). */
+static int fwd_value(struct bwd *w, int t)
+{
+    if (w->fwd[t] >= 0)
+        return w->fwd[t];
+    struct builder *b = w->b;
+    int access = access_of(b, t, false);
+    if (access < 0 || b->k.n_in == KN_MAX_SLOTS)
+        return -1;
+    int slot = kn_input(&b->k, slot_dtype(b, t), (enum kn_access)access);
+    b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = -1};
+    return w->fwd[t] = kn_load(&b->k, slot);
+}
+
+/* An op's saved mask (dropout) or one component of its row statistics. */
+static int saved_aux(struct bwd *w, int op, enum ir_buf_what what, int component)
+{
+    struct builder *b = w->b;
+    for (int i = 0; i < b->k.n_in; i++) /* each slot once; a component is the load's */
+        if (b->in[i].what == what && b->in[i].id == op) {
+            int n = kn_load(&b->k, i);
+            if (n >= 0)
+                b->k.nodes[n].imm = component;
+            return n;
+        }
+    if (b->k.n_in == KN_MAX_SLOTS)
+        return -1;
+    int slot = kn_input(&b->k, what == IR_BUF_MASK ? KN_DTYPE_U8 : IR_DTYPE_F32, what == IR_BUF_MASK ? KN_FULL : KN_ROWSTATS);
+    b->in[slot] = (struct kn_bind){.what = (uint8_t)what, .id = op, .xfer = -1};
+    int n = kn_load(&b->k, slot);
+    if (n >= 0)
+        b->k.nodes[n].imm = component;
+    return n;
+}
+
+/* The dtype a tensor's gradient is held in: fp32 for a parameter (main
+ * gradients), else the tensor's own. */
+static int grad_dtype(struct builder *b, int t)
+{
+    return b->P->g->tensors[t].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : slot_dtype(b, t);
+}
+
+/* Add contribution c to input u's gradient: inside the group, to its node;
+ * else into its gradient buffer (a parameter broadcast along the rows sums
+ * over them).  False if the domain cannot express it. */
+static bool contribute(struct bwd *w, int u, int c)
+{
+    struct builder *b = w->b;
+    const struct ir_graph *g = b->P->g;
+    if (u < 0 || !w->needs[u] || c < 0)
+        return c >= 0 || u < 0 || !w->needs[u];
+    int p = g->tensors[u].producer;
+    if (p >= 0 && w->F->op_launch[p] == w->launch) {
+        w->grad[u] = w->grad[u] >= 0 ? op2(b, KN_ADD, w->grad[u], c) : c;
+        return w->grad[u] >= 0;
+    }
+    int access = access_of(b, u, false);
+    if (access != KN_FULL && access != KN_COLUMN)
+        return false; /* a broadcast over some rows or a scalar: its sum does not fit one row at a time */
+    if (access == KN_FULL) { /* a broadcast FULL (a modulus) would sum over rows too */
+        struct ir_shape s = local(b, u);
+        if (ir_shape_numel(&s) != b->rows * b->cols)
+            return false;
+    }
+    int slot = -1;
+    for (int i = 0; i < b->k.n_out; i++)
+        if (b->out[i].what == IR_BUF_GRAD && b->out[i].id == u)
+            slot = i;
+    if (slot < 0) {
+        if (b->k.n_out == KN_MAX_SLOTS)
+            return false;
+        slot = kn_output(&b->k, grad_dtype(b, u), (enum kn_access)access);
+        b->out[slot] = (struct kn_bind){.what = IR_BUF_GRAD, .id = u, .xfer = -1};
+    }
+    kn_accum(&b->k, slot, c);
+    return !b->k.full;
+}
+
+/* One op's backward, its output's gradient gy known. */
+static bool lower_backward(struct bwd *w, int op_index, int gy)
+{
+    struct builder *b = w->b;
+    const struct ir_op *o = &b->P->g->ops[op_index];
+    int in0 = o->in[0], in1 = o->n_in > 1 ? o->in[1] : -1;
+    switch (o->kind) {
+    case IR_OP_ADD: return contribute(w, in0, gy) && contribute(w, in1, gy);
+    case IR_OP_BIAS_ADD: return contribute(w, in0, gy) && contribute(w, in1, gy);
+    case IR_OP_MUL: {
+        int x = fwd_value(w, in0), y = fwd_value(w, in1);
+        return x >= 0 && y >= 0 && contribute(w, in0, op2(b, KN_MUL, gy, y)) && contribute(w, in1, op2(b, KN_MUL, gy, x));
+    }
+    case IR_OP_SCALE: return contribute(w, in0, op2(b, KN_MUL, gy, cst(b, ir_op_float(o, IR_ATTR_BY))));
+    case IR_OP_GELU: {
+        int x = fwd_value(w, in0), d;
+        if (x < 0)
+            return false;
+        if (ir_op_int(o, IR_ATTR_TANH)) { /* 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3)) */
+            int x2 = op2(b, KN_MUL, x, x);
+            int t = op1(b, KN_TANH, op2(b, KN_MUL, cst(b, 0.7978845608028654),
+                                         op2(b, KN_ADD, x, op2(b, KN_MUL, cst(b, 0.044715), op2(b, KN_MUL, x2, x)))));
+            int left = op2(b, KN_MUL, cst(b, 0.5), op2(b, KN_ADD, cst(b, 1), t));
+            int slope = op2(b, KN_MUL, op2(b, KN_SUB, cst(b, 1), op2(b, KN_MUL, t, t)),
+                            op2(b, KN_MUL, cst(b, 0.7978845608028654), op2(b, KN_ADD, cst(b, 1), op2(b, KN_MUL, cst(b, 3 * 0.044715), x2))));
+            d = op2(b, KN_ADD, left, op2(b, KN_MUL, op2(b, KN_MUL, cst(b, 0.5), x), slope));
+        } else { /* 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi) */
+            int e = op1(b, KN_ERF, op2(b, KN_MUL, x, cst(b, 0.7071067811865476)));
+            int pdf = op2(b, KN_MUL, cst(b, 0.3989422804014327), op1(b, KN_EXP, op2(b, KN_MUL, cst(b, -0.5), op2(b, KN_MUL, x, x))));
+            d = op2(b, KN_ADD, op2(b, KN_MUL, cst(b, 0.5), op2(b, KN_ADD, cst(b, 1), e)), op2(b, KN_MUL, x, pdf));
+        }
+        return contribute(w, in0, op2(b, KN_MUL, gy, d));
+    }
+    case IR_OP_SILU:
+    case IR_OP_SWIGLU: { /* s = sigmoid(x): d silu = s + x s (1 - s) */
+        int x = fwd_value(w, in0);
+        if (x < 0)
+            return false;
+        int sg = op1(b, KN_RECIP, op2(b, KN_ADD, cst(b, 1), op1(b, KN_EXP, op1(b, KN_NEG, x))));
+        int d = op2(b, KN_ADD, sg, op2(b, KN_MUL, op2(b, KN_MUL, x, sg), op2(b, KN_SUB, cst(b, 1), sg)));
+        if (o->kind == IR_OP_SILU)
+            return contribute(w, in0, op2(b, KN_MUL, gy, d));
+        int up = fwd_value(w, in1);
+        return up >= 0 && contribute(w, in0, op2(b, KN_MUL, op2(b, KN_MUL, gy, up), d)) &&
+               contribute(w, in1, op2(b, KN_MUL, gy, op2(b, KN_MUL, x, sg)));
+    }
+    case IR_OP_RELU: {
+        int y = fwd_value(w, o->out[0]);
+        return y >= 0 && contribute(w, in0, kn_node(&b->k, KN_SELECT, op2(b, KN_LT, cst(b, 0), y), gy, cst(b, 0), 0));
+    }
+    case IR_OP_DROPOUT: {
+        double p = ir_op_float(o, IR_ATTR_P);
+        if (p <= 0)
+            return contribute(w, in0, gy);
+        int keep = saved_aux(w, op_index, IR_BUF_MASK, 0);
+        return keep >= 0 && contribute(w, in0, kn_node(&b->k, KN_SELECT, keep, op2(b, KN_MUL, gy, cst(b, 1 / (1 - p))), cst(b, 0), 0));
+    }
+    case IR_OP_LAYERNORM:
+    case IR_OP_RMSNORM: {
+        bool layer = o->kind == IR_OP_LAYERNORM;
+        int x = fwd_value(w, in0), gamma = fwd_value(w, in1);
+        int mean = layer ? saved_aux(w, op_index, IR_BUF_ROWSTATS, 0) : cst(b, 0), inv = saved_aux(w, op_index, IR_BUF_ROWSTATS, 1);
+        if (x < 0 || gamma < 0 || mean < 0 || inv < 0)
+            return false;
+        int n = kn_node(&b->k, KN_COLS, -1, -1, -1, 0);
+        int xh = op2(b, KN_MUL, op2(b, KN_SUB, x, mean), inv), dxh = op2(b, KN_MUL, gy, gamma);
+        int s1 = op1(b, KN_ROWSUM, dxh), s2 = op1(b, KN_ROWSUM, op2(b, KN_MUL, dxh, xh));
+        /* layernorm: inv/n (n dxh - s1 - xh s2); rmsnorm: inv (dxh - xh s2 / n) */
+        int dx = layer ? op2(b, KN_MUL, op2(b, KN_DIV, inv, n),
+                             op2(b, KN_SUB, op2(b, KN_SUB, op2(b, KN_MUL, n, dxh), s1), op2(b, KN_MUL, xh, s2)))
+                       : op2(b, KN_MUL, inv, op2(b, KN_SUB, dxh, op2(b, KN_DIV, op2(b, KN_MUL, xh, s2), n)));
+        bool ok = contribute(w, in0, dx) && contribute(w, in1, op2(b, KN_MUL, gy, xh));
+        if (layer && o->n_in > 2 && o->in[2] >= 0)
+            ok = ok && contribute(w, o->in[2], gy);
+        return ok;
+    }
+    case IR_OP_SOFTMAX: { /* y (gy - rowsum(gy y)) */
+        int y = fwd_value(w, o->out[0]);
+        if (y < 0)
+            return false;
+        int dot = op1(b, KN_ROWSUM, op2(b, KN_MUL, gy, y));
+        return contribute(w, in0, op2(b, KN_MUL, y, op2(b, KN_SUB, gy, dot)));
+    }
+    default:
+        return false;
+    }
+}
+
+/* Whether gradient reaches a value of launch l from outside it: an op
+ * outside reads it (a view of it included), or it is the model's output. */
+static bool read_outside(const struct partition *P, const struct kn_set *F, int l, int t)
+{
+    const struct ir_graph *g = P->g;
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i] == t)
+            return true;
+    for (int i = 0; i < g->n_ops; i++)
+        for (int k = 0; k < g->ops[i].n_in; k++)
+            if (g->ops[i].in[k] == t && F->op_launch[i] != l)
+                return true;
+    return false;
+}
+
+/* The backward of forward launch l, as one kernel: its ops in reverse.
+ * False (no launch) if an op's backward does not fit the domain. */
+static bool backward(const struct partition *P, struct kn_set *F, int l, const bool *needs, struct builder *b, int *grad,
+                     int *fwd)
+{
+    const struct kn_launch *L = &F->launches[l];
+    const struct ir_graph *g = P->g;
+    start(b, L->chunk, F->ops[L->first_op]);
+    struct bwd w = {.b = b, .F = F, .launch = l, .needs = needs, .grad = grad, .fwd = fwd};
+    bool ok = true, any = false;
+    for (int i = L->n_ops - 1; i >= 0 && ok; i--) {
+        int op = F->ops[L->first_op + i], t = g->ops[op].out[0];
+        b->op = op;
+        if (!needs[t])
+            continue;
+        int gy = grad[t];
+        if (read_outside(P, F, l, t)) { /* what later ops' backwards added to its buffer */
+            if (b->k.n_in == KN_MAX_SLOTS) {
+                ok = false;
+                break;
+            }
+            int slot = kn_input(&b->k, grad_dtype(b, t), KN_FULL);
+            b->in[slot] = (struct kn_bind){.what = IR_BUF_GRAD, .id = t, .xfer = -1};
+            int ld = kn_load(&b->k, slot);
+            gy = gy >= 0 ? op2(b, KN_ADD, gy, ld) : ld;
+        }
+        if (gy < 0)
+            continue; /* nothing flows back through it */
+        ok = lower_backward(&w, op, gy) && !b->k.full;
+        any = true;
+    }
+    for (int t = 0; t < g->n_tensors; t++) /* reset what this launch touched */
+        grad[t] = fwd[t] = -1;
+    if (!ok || !any)
+        return false;
+    struct kn_launch *B = &F->launches[F->n_launches];
+    *B = (struct kn_launch){.chunk = L->chunk, .first_op = L->first_op, .n_ops = L->n_ops, .domain = L->domain,
+                           .n_in = b->k.n_in, .n_out = b->k.n_out, .backward = true};
+    memcpy(B->in, b->in, sizeof B->in);
+    memcpy(B->out, b->out, sizeof B->out);
+    char name[96];
+    snprintf(name, sizeof name, "%s_backward", strchr(F->kernels[L->kernel].name, '_'));
+    B->kernel = entry(F, &b->k, NULL, name);
+    F->n_launches++;
+    return true;
+}
+
 void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
 {
     const struct ir_graph *g = P->g;
     memset(F, 0, sizeof *F);
-    F->launches = wf_calloc((size_t)g->n_ops + 1, sizeof *F->launches);
-    F->kernels = wf_calloc((size_t)g->n_ops + 1, sizeof *F->kernels);
+    F->launches = wf_calloc((size_t)g->n_ops * 2 + 2, sizeof *F->launches); /* forward and backward */
+    F->kernels = wf_calloc((size_t)g->n_ops * 2 + 2, sizeof *F->kernels);
     F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
     F->op_launch = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_launch);
     F->n_graph_ops = g->n_ops;
@@ -489,6 +729,16 @@ void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
         }
         if (open >= 0)
             finish(&b, F, open, F->op_launch);
+    }
+    if (!forward_only) { /* each fused forward launch's backward, last launch first */
+        int *grad = wf_calloc((size_t)g->n_tensors + 1, sizeof *grad), *fwd = wf_calloc((size_t)g->n_tensors + 1, sizeof *fwd);
+        for (int t = 0; t < g->n_tensors; t++)
+            grad[t] = fwd[t] = -1;
+        for (int l = F->n_launches - 1; l >= 0; l--)
+            if (!F->launches[l].backward && F->kernels[F->launches[l].kernel].kind == KN_KIND_FUSED)
+                backward(P, F, l, needs, &b, grad, fwd);
+        free(grad);
+        free(fwd);
     }
     free(b.value);
     free(b.touched);

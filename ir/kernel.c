@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,6 +96,21 @@ void kn_store_component(struct kn_kernel *k, int slot, int value, int component)
 
 void kn_store(struct kn_kernel *k, int slot, int value) { kn_store_component(k, slot, value, 0); }
 
+void kn_accum(struct kn_kernel *k, int slot, int value)
+{
+    int n = kn_node(k, KN_ACCUM, value, -1, -1, 0);
+    if (n >= 0)
+        k->nodes[n].slot = (uint8_t)slot;
+}
+
+bool kn_has_column_sum(const struct kn_kernel *k)
+{
+    for (int i = 0; i < k->n_nodes; i++)
+        if (k->nodes[i].op == KN_ACCUM && k->out[k->nodes[i].slot].access == KN_COLUMN)
+            return true;
+    return false;
+}
+
 void kn_per_element(const struct kn_kernel *k, bool *out)
 {
     for (int i = 0; i < k->n_nodes; i++) {
@@ -109,7 +125,8 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         case KN_KEEP: out[i] = true; break;
         case KN_ROWSUM:
         case KN_ROWMAX: out[i] = false; break;
-        case KN_STORE: out[i] = out[n->a]; break;
+        case KN_STORE:
+        case KN_ACCUM: out[i] = out[n->a]; break;
         default:
             out[i] = (n->a >= 0 && out[n->a]) || (n->b >= 0 && out[n->b]) || (n->c >= 0 && out[n->c]);
         }
@@ -205,6 +222,18 @@ void kn_set_free(struct kn_set *s)
     memset(s, 0, sizeof *s);
 }
 
+const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n)
+{
+    int back = 0;
+    for (int l = 0; l < s->n_launches; l++)
+        back += s->launches[l].backward;
+    if (back)
+        snprintf(buf, n, "%d forward and %d backward launches", s->n_launches - back, back);
+    else
+        snprintf(buf, n, "%d forward launch%s", s->n_launches, s->n_launches == 1 ? "" : "es");
+    return buf;
+}
+
 /* ---- the plan's "kernels" section ---------------------------------------- */
 
 static void put_bytes(struct plan_writer *w, const void *p, size_t n)
@@ -264,6 +293,7 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
     for (int i = 0; i < s->n_launches; i++) {
         const struct kn_launch *l = &s->launches[i];
         plan_put_i32(w, l->kernel);
+        plan_put_u8(w, l->backward);
         plan_put_i32(w, l->chunk);
         plan_put_i32(w, l->domain);
         plan_put_u32(w, (uint32_t)l->n_ops);
@@ -373,7 +403,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             bool ok = n->op < KN_OP_COUNT;
             for (int q = 0; q < 3; q++) /* operands: earlier nodes, exactly as many as the op takes */
                 ok &= q < arity ? operand[q] >= 0 && operand[q] < j : operand[q] == -1;
-            if (n->op == KN_LOAD || n->op == KN_STORE)
+            if (n->op == KN_LOAD || n->op == KN_STORE || n->op == KN_ACCUM)
                 ok &= n->slot < (n->op == KN_LOAD ? k->n_in : k->n_out);
             if (!ok)
                 r.bad = true;
@@ -405,6 +435,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
     for (uint32_t i = 0; i < nl && !r.bad; i++) {
         struct kn_launch *l = &s->launches[i];
         l->kernel = plan_get_i32(&r);
+        l->backward = plan_get_u8(&r);
         l->chunk = plan_get_i32(&r);
         l->domain = plan_get_i32(&r);
         uint32_t n = plan_get_u32(&r);
@@ -442,7 +473,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             int op = s->ops[s->launches[l].first_op + j];
             if (op < 0 || op >= s->n_graph_ops)
                 r.bad = true;
-            else
+            else if (!s->launches[l].backward)
                 s->op_launch[op] = l;
         }
     if (r.bad) {

@@ -44,7 +44,8 @@
     /* reductions over a row */                                                \
     X(ROWSUM, "rowsum", 1) X(ROWMAX, "rowmax", 1)                              \
     /* effects */                                                              \
-    X(STORE, "store", 1)      /* slot: an output; imm: the component of a ROWSTATS output */
+    X(STORE, "store", 1)      /* slot: an output; imm: the component of a ROWSTATS output */ \
+    X(ACCUM, "accum", 1)      /* adds into an output (a gradient): FULL element by element, COLUMN summed over the rows */
 
 enum kn_op {
 #define X(id, name, n) KN_##id,
@@ -110,6 +111,10 @@ int kn_load(struct kn_kernel *k, int slot);
 int kn_const(struct kn_kernel *k, double v);
 void kn_store(struct kn_kernel *k, int slot, int value);
 void kn_store_component(struct kn_kernel *k, int slot, int value, int component);
+void kn_accum(struct kn_kernel *k, int slot, int value);
+/* Whether the kernel adds into a COLUMN output (a sum over rows: a bias's
+ * or a norm's weight gradient). */
+bool kn_has_column_sum(const struct kn_kernel *k);
 
 /* Per node: whether its value varies along the row (else one per row). */
 void kn_per_element(const struct kn_kernel *k, bool *out);
@@ -165,6 +170,7 @@ struct kn_launch {
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
     int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views) */
+    bool backward;         /* the backward of its ops (in reverse), run by the chunk's backward step */
 };
 
 struct kn_entry {
@@ -190,6 +196,8 @@ struct kn_set {
 };
 
 void kn_set_free(struct kn_set *s);
+/* "52 forward and 49 backward launches" (a step's, one micro-batch, all stages), into buf. */
+const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n);
 
 struct plan;
 struct plan_writer;
@@ -204,7 +212,16 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d);
  * whole tensor is sum((coord[i] + off[i]) * stride[i]).  ROWPOS is
  * coord[rank-2] + off[rank-2] (a query's position, for causal masks). */
 #define KN_MAX_RANK 6
-#define KN_ARGS_FIELDS                                                             int64_t rows, cols;                                                            int64_t mod[KN_SLOTS_];   /* per input: FULL's rows_mod, ROW_DIV's rows_div */     int64_t rank, dim[KN_RANK_], off[KN_RANK_], stride[KN_RANK_];                 uint64_t seed, stream[4];                                                      float arg[8];                                                                  const void *in[KN_SLOTS_];                                                     void *out[KN_SLOTS_];
+#define KN_ARGS_FIELDS                                                         \
+    int64_t rows, cols;                                                        \
+    int64_t mod[KN_SLOTS_]; /* per input: FULL's rows_mod, ROW_DIV's rows_div */ \
+    int64_t rank, dim[KN_RANK_], off[KN_RANK_], stride[KN_RANK_];             \
+    uint64_t seed, stream[4];                                                  \
+    float arg[8];                                                              \
+    const void *in[KN_SLOTS_];                                                 \
+    void *out[KN_SLOTS_];                                                      \
+    float *partial;  /* CUDA, COLUMN accumulations: nblocks x cols per output */ \
+    int64_t nblocks; /* the row kernel's gridDim.x, when partial is used */
 #define KN_SLOTS_ 8
 #define KN_RANK_ 6
 

@@ -34,14 +34,20 @@ static void test_gpt2_groups(void **state)
     struct kn_set F;
     fuse(P, false, &F);
     const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_attention", "k3_bias_add_dropout_add_layernorm",
-                          "k4_bias_add_gelu"};
-    assert_int_equal(F.n_kernels, 5);
-    for (int k = 0; k < 5; k++)
+                          "k4_bias_add_gelu",
+                          /* the backward of each group, the last first: the final norm's reads no
+                           * gradient of the residual sum (nothing after reads the sum) */
+                          "k5_bias_add_dropout_add_layernorm_backward", "k6_bias_add_gelu_backward",
+                          "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_backward", "k9_add_dropout_layernorm_backward"};
+    assert_int_equal(F.n_kernels, 10);
+    for (int k = 0; k < 10; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
+    assert_int_equal(F.kernels[5].uses, 1);
+    assert_int_equal(F.kernels[7].uses, 23);
     assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
     assert_int_equal(F.kernels[2].uses, 12);
     assert_true(F.kernels[2].attn.causal && F.kernels[2].attn.backward && F.kernels[2].attn.D == 64);
-    assert_int_equal(F.n_launches, 1 + 12 * 5);
+    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12); /* forward and backward; attention's backward is its own */
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
     const struct kn_launch *G = &F.launches[0];
     while (G->kernel != 3)
@@ -298,14 +304,182 @@ static void test_cpu_kernels_match_reference(void **state)
             struct kn_set F;
             fuse(P, false, &F);
             double worst = 0;
-            for (int k = 0; k < F.n_kernels; k++)
+            int forward = 0;
+            for (int k = 0; k < F.n_kernels; k++) {
+                int l = 0;
+                while (F.launches[l].kernel != k)
+                    l++;
+                if (F.launches[l].backward)
+                    continue; /* test_cpu_backward_matches_reference's */
                 worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
-            printf("    %-18s %s %d kernels, worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
-                   F.n_kernels, worst);
+                forward++;
+            }
+            printf("    %-18s %s %d forward kernels, worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
+                   forward, worst);
             kn_set_free(&F);
             ref_free(r);
             partition_free(P);
         }
+}
+
+/* A gradient-sized buffer of random values (an upstream gradient, or what a
+ * buffer held before a kernel adds into it). */
+static float *noise(int64_t n, uint64_t *seed)
+{
+    float *v = calloc((size_t)n + 1, sizeof *v);
+    for (int64_t i = 0; i < n; i++) {
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = (float)((double)(*seed >> 11) / 9007199254740992.0 * 2 - 1);
+    }
+    return v;
+}
+
+static void *load_kernel(const struct kn_entry *K, void **lib, char *so, size_t n)
+{
+    char *src = kernels_source(K, KN_LANG_C), log[8192];
+    snprintf(so, n, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
+    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
+        fail_msg("%s does not compile:\n%s\n%s", K->name, log, src);
+    free(src);
+    *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    assert_non_null(*lib);
+    void *fn = dlsym(*lib, K->name);
+    assert_non_null(fn);
+    return fn;
+}
+
+/* One backward launch on CPU against the reference's backward of its ops
+ * (ref_op_backward in reverse): its forward launch runs first and leaves
+ * what the backward reads (masks, row statistics, stored values); the
+ * gradients it reads and adds into start as noise. */
+static double check_backward(const struct partition *P, const struct kn_set *F, int bl, struct ref *r)
+{
+    const struct ir_graph *g = P->g;
+    const struct kn_launch *B = &F->launches[bl];
+    int fl = 0;
+    while (F->launches[fl].backward || F->launches[fl].first_op != B->first_op)
+        fl++;
+    const struct kn_launch *L = &F->launches[fl];
+    void *flib, *blib;
+    char fso[256], bso[256];
+    void (*fwd)(const struct kn_args *) = NULL, (*bwd)(const struct kn_args *) = NULL;
+    *(void **)&fwd = load_kernel(&F->kernels[L->kernel], &flib, fso, sizeof fso);
+    *(void **)&bwd = load_kernel(&F->kernels[B->kernel], &blib, bso, sizeof bso);
+    struct kn_args a;
+    fuse_launch_args(P, F, fl, 0, &a);
+    a.seed = 5;
+    void *fout[KN_MAX_SLOTS] = {0};
+    for (int i = 0; i < L->n_in; i++)
+        a.in[i] = ref_data(r, L->in[i].id);
+    for (int i = 0; i < L->n_out; i++)
+        a.out[i] = fout[i] = calloc((size_t)(L->out[i].what == IR_BUF_ROWSTATS ? a.rows * 2 : a.rows * a.cols) + 1, 4);
+    fwd(&a);
+    /* the expected gradients, per tensor the group touches */
+    float **want = calloc((size_t)g->n_tensors, sizeof *want);
+    float *owned[2 * KN_MAX_SLOTS] = {0};
+    uint64_t seed = 99;
+    struct kn_args ba;
+    fuse_launch_args(P, F, bl, 0, &ba);
+    for (int i = 0; i < B->n_in; i++) {
+        const struct kn_bind *b = &B->in[i];
+        if (b->what == IR_BUF_GRAD) { /* what later backwards left in its buffer */
+            int64_t n = ir_shape_numel(&g->tensors[b->id].shape);
+            ba.in[i] = owned[i] = noise(n, &seed);
+            want[b->id] = calloc((size_t)n + 1, 4);
+            memcpy(want[b->id], owned[i], (size_t)n * 4);
+            continue;
+        }
+        const void *p = NULL; /* a value, mask or statistics the forward kernel left, else the reference's */
+        for (int k = 0; k < L->n_out && !p; k++)
+            if (L->out[k].what == b->what && L->out[k].id == b->id)
+                p = fout[k];
+        ba.in[i] = p ? p : (const void *)ref_data(r, b->id);
+    }
+    for (int i = 0; i < B->n_out; i++) { /* gradients it adds into: noise before */
+        int64_t n = ir_shape_numel(&g->tensors[B->out[i].id].shape);
+        ba.out[i] = owned[KN_MAX_SLOTS + i] = noise(n, &seed);
+        want[B->out[i].id] = calloc((size_t)n + 1, 4);
+        memcpy(want[B->out[i].id], owned[KN_MAX_SLOTS + i], (size_t)n * 4);
+    }
+    bwd(&ba);
+    struct diag d;
+    diag_init(&d);
+    for (int i = L->n_ops - 1; i >= 0; i--) {
+        const struct ir_op *o = &g->ops[F->ops[L->first_op + i]];
+        float *gout[IR_MAX_OUT] = {0}, *gin[IR_MAX_IN] = {0};
+        for (int k = 0; k < o->n_out; k++)
+            gout[k] = want[o->out[k]];
+        for (int k = 0; k < o->n_in; k++) {
+            int t = o->in[k];
+            if (t < 0 || !ir_dtype_is_float(g->tensors[t].dtype))
+                continue;
+            if (!want[t]) /* inside the group: starts at zero */
+                want[t] = calloc((size_t)ir_shape_numel(&g->tensors[t].shape) + 1, 4);
+            gin[k] = want[t];
+        }
+        if (ref_op_backward(r, F->ops[L->first_op + i], gout, gin, &d))
+            fail_msg("%s", diag_first_error(&d));
+    }
+    diag_free(&d);
+    double worst = 0;
+    for (int i = 0; i < B->n_out; i++) {
+        int t = B->out[i].id;
+        int64_t n = ir_shape_numel(&g->tensors[t].shape);
+        for (int64_t e = 0; e < n; e++) {
+            double got = ((float *)ba.out[i])[e], w = want[t][e], err = fabs(got - w) / (fabs(w) + 1e-2);
+            worst = fmax(worst, err);
+            if (!(err <= 1e-3))
+                fail_msg("%s: the gradient of %s, element %lld: %g, the reference %g", F->kernels[B->kernel].name,
+                         g->tensors[t].name, (long long)e, got, w);
+        }
+    }
+    for (int t = 0; t < g->n_tensors; t++)
+        free(want[t]);
+    free(want);
+    for (size_t i = 0; i < WF_COUNT(owned); i++)
+        free(owned[i]);
+    for (int i = 0; i < KN_MAX_SLOTS; i++)
+        free(fout[i]);
+    dlclose(flib);
+    dlclose(blib);
+    unlink(fso);
+    unlink(bso);
+    return worst;
+}
+
+/* Every distinct backward kernel of every model, on CPU, against the
+ * reference's backward of the same ops (fp32). */
+static void test_cpu_backward_matches_reference(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < WF_COUNT(models); m++) {
+        struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), NULL, 0);
+        struct ref *r = ref_new(P->g, 5);
+        ref_fill_inputs(r, 5, 512);
+        struct diag d;
+        diag_init(&d);
+        if (ref_forward(r, &d))
+            fail_msg("%s: %s", models[m].file, diag_first_error(&d));
+        diag_free(&d);
+        struct kn_set F;
+        fuse(P, false, &F);
+        double worst = 0;
+        int n = 0;
+        for (int k = 0; k < F.n_kernels; k++) {
+            int l = 0;
+            while (l < F.n_launches && F.launches[l].kernel != k)
+                l++;
+            if (l < F.n_launches && F.launches[l].backward) {
+                worst = fmax(worst, check_backward(P, &F, l, r));
+                n++;
+            }
+        }
+        printf("    %-18s %d backward kernels, worst relative error %.2e\n", models[m].file, n, worst);
+        assert_true(n > 0);
+        kn_set_free(&F);
+        ref_free(r);
+        partition_free(P);
+    }
 }
 
 /* Every kernel of every model, trained and forward only, through NVRTC for
@@ -364,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_gpt2_groups),
         cmocka_unit_test(test_kernels_do_not_grow_with_depth),
         cmocka_unit_test(test_cpu_kernels_match_reference),
+        cmocka_unit_test(test_cpu_backward_matches_reference),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
     };
     int rc = cmocka_run_group_tests_name("fuse", tests, NULL, NULL);

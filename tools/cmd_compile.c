@@ -30,7 +30,8 @@ static const char usage[] =
 static void print_kernels(const struct kn_set *K, const struct kernel_stats *st, const int *archs, int n_archs)
 {
     char a[32];
-    printf("  kernels: %d distinct for %d launches of the forward; ", st->distinct, K->n_launches);
+    char launches[96];
+    printf("  kernels: %d distinct for %s; ", st->distinct, kn_set_launches(K, launches, sizeof launches));
     if (st->no_gpu[0])
         printf("no GPU binaries (%s)", st->no_gpu);
     else {

@@ -180,16 +180,17 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
                    wf_bytes((double)e->bins[i].size, a));
         printf("  (--source prints its CUDA C)\n");
     } else {
-        printf("%s: %d kernel%s for %d launches of the forward; CPU object %s\n", c->model, K.n_kernels,
-               K.n_kernels == 1 ? "" : "s", K.n_launches, wf_bytes((double)K.cpu_size, a));
-        printf("  %3s  %-40s %8s %14s  %-30s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
+        char launches[96];
+        printf("%s: %d kernel%s for %s; CPU object %s\n", c->model, K.n_kernels, K.n_kernels == 1 ? "" : "s",
+               kn_set_launches(&K, launches, sizeof launches), wf_bytes((double)K.cpu_size, a));
+        printf("  %3s  %-44s %8s %14s  %-30s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
         for (int k = 0; k < K.n_kernels; k++) {
             int first = 0;
             while (K.launches[first].kernel != k)
                 first++;
             ops_fused(P, &K, k, ops, sizeof ops);
             where_used(P, &K, k, where, sizeof where);
-            printf("  %3d  %-40s %8d %14s  %-30s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
+            printf("  %3d  %-44s %8d %14s  %-30s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
                    wf_bytes((double)fuse_launch_bytes(P, &K, first), a), ops, where);
         }
         if (K.n_kernels && K.kernels[0].n_bins) {
@@ -398,7 +399,8 @@ int cmd_inspect(int argc, char **argv)
                    S.programs[s].n, wf_bytes((double)rm->total, a), wf_bytes((double)rm->size[IR_REGION_ACTIVATIONS], b),
                    flight);
         }
-        printf("  kernels   %d fused, %d launches of the forward;", kernels.n_kernels, kernels.n_launches);
+        char launches[96];
+        printf("  kernels   %d fused, %s;", kernels.n_kernels, kn_set_launches(&kernels, launches, sizeof launches));
         for (int i = 0; kernels.n_kernels && i < kernels.kernels[0].n_bins; i++)
             printf(" %s_%d", kernels.kernels[0].bins[i].ptx ? "compute" : "sm", kernels.kernels[0].bins[i].arch);
         printf("%s; CPU object %s (--kernels lists them)\n  sections ",
