@@ -229,6 +229,7 @@ static void define(struct emitter *e, int i)
     case KN_ERF: put(&e->t, "erff(%s)", a); break;
     case KN_RSQRT: put(&e->t, cuda ? "rsqrtf(%s)" : "1.f / sqrtf(%s)", a); break;
     case KN_RECIP: put(&e->t, "1.f / %s", a); break;
+    case KN_SQRT: put(&e->t, "sqrtf(%s)", a); break;
     case KN_ADD: put(&e->t, "%s + %s", a, b); break;
     case KN_SUB: put(&e->t, "%s - %s", a, b); break;
     case KN_MUL: put(&e->t, "%s * %s", a, b); break;

@@ -640,7 +640,7 @@ static bool backward(const struct partition *P, struct kn_set *F, int l, const b
         return false;
     struct kn_launch *B = &F->launches[F->n_launches];
     *B = (struct kn_launch){.chunk = L->chunk, .first_op = L->first_op, .n_ops = L->n_ops, .domain = L->domain,
-                           .n_in = b->k.n_in, .n_out = b->k.n_out, .backward = true};
+                           .n_in = b->k.n_in, .n_out = b->k.n_out, .when = KN_WHEN_BACKWARD};
     memcpy(B->in, b->in, sizeof B->in);
     memcpy(B->out, b->out, sizeof B->out);
     char name[96];
@@ -650,11 +650,100 @@ static bool backward(const struct partition *P, struct kn_set *F, int l, const b
     return true;
 }
 
-void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
+/* ---- the optimizer step ------------------------------------------------- */
+
+/* AdamW on one parameter, as torch's (optim_adamw in ir/optim.c):
+ *   g = grad * arg1 (the clipping coefficient)
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+ *   w = w - arg0 (wd w + (m arg2) / (sqrt(v arg3) + eps))   arg0 lr, arg2 1/(1-b1^t), arg3 1/(1-b2^t)
+ * With --bf16 the fp32 master weights step and the bf16 parameter takes a
+ * rounded copy. */
+static struct kn_kernel adamw(const struct optim_config *o, bool bf16)
+{
+    struct kn_kernel k;
+    kn_init(&k);
+    int gs = kn_input(&k, IR_DTYPE_F32, KN_FULL), ms = kn_input(&k, IR_DTYPE_F32, KN_FULL);
+    int vs = kn_input(&k, IR_DTYPE_F32, KN_FULL), ws = kn_input(&k, IR_DTYPE_F32, KN_FULL);
+    for (int a = 0; a < 4; a++)
+        kn_arg(&k);
+    int lr = kn_node(&k, KN_ARG, -1, -1, -1, 0), clip = kn_node(&k, KN_ARG, -1, -1, -1, 0);
+    int c1 = kn_node(&k, KN_ARG, -1, -1, -1, 0), c2 = kn_node(&k, KN_ARG, -1, -1, -1, 0);
+    k.nodes[lr].slot = 0, k.nodes[clip].slot = 1, k.nodes[c1].slot = 2, k.nodes[c2].slot = 3;
+    int g = kn_node(&k, KN_MUL, kn_load(&k, gs), clip, -1, 0);
+    int m = kn_node(&k, KN_ADD, kn_node(&k, KN_MUL, kn_const(&k, o->beta1), kn_load(&k, ms), -1, 0),
+                    kn_node(&k, KN_MUL, kn_const(&k, 1 - o->beta1), g, -1, 0), -1, 0);
+    int v = kn_node(&k, KN_ADD, kn_node(&k, KN_MUL, kn_const(&k, o->beta2), kn_load(&k, vs), -1, 0),
+                    kn_node(&k, KN_MUL, kn_const(&k, 1 - o->beta2), kn_node(&k, KN_MUL, g, g, -1, 0), -1, 0), -1, 0);
+    int w = kn_load(&k, ws);
+    int den = kn_node(&k, KN_ADD, kn_node(&k, KN_SQRT, kn_node(&k, KN_MUL, v, c2, -1, 0), -1, -1, 0), kn_const(&k, o->eps), -1, 0);
+    int step = kn_node(&k, KN_ADD, kn_node(&k, KN_MUL, kn_const(&k, o->weight_decay), w, -1, 0),
+                       kn_node(&k, KN_DIV, kn_node(&k, KN_MUL, m, c1, -1, 0), den, -1, 0), -1, 0);
+    int nw = kn_node(&k, KN_SUB, w, kn_node(&k, KN_MUL, lr, step, -1, 0), -1, 0);
+    kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_FULL), m);
+    kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_FULL), v);
+    kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_FULL), nw);
+    if (bf16)
+        kn_store(&k, kn_output(&k, IR_DTYPE_BF16, KN_FULL), nw);
+    return k;
+}
+
+/* Per row, the sum of squares of a parameter's gradient: the global
+ * norm's first step (the rows' sums then add up, over the ranks too). */
+static struct kn_kernel sum_of_squares(void)
+{
+    struct kn_kernel k;
+    kn_init(&k);
+    int g = kn_load(&k, kn_input(&k, IR_DTYPE_F32, KN_FULL));
+    kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_ROW), kn_node(&k, KN_ROWSUM, kn_node(&k, KN_MUL, g, g, -1, 0), -1, -1, 0));
+    return k;
+}
+
+/* Each stage's parameters: a gradient-norm launch and an AdamW launch each,
+ * the state bound by the parameter (the runtime finds it in OPTIMIZER). */
+static void optimizer(const struct partition *P, const struct optim_config *o, struct kn_set *F)
 {
     const struct ir_graph *g = P->g;
+    bool bf16 = P->L->pc.bf16;
+    struct kn_kernel step = adamw(o, bf16), norm = sum_of_squares();
+    int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner);
+    int stages = 0;
+    for (int c = 0; c < P->n_chunks; c++)
+        stages = P->chunks[c].stage + 1 > stages ? P->chunks[c].stage + 1 : stages;
+    for (int st = 0; st < stages; st++) {
+        int np = partition_stage_params(P, st, params, owner);
+        for (int i = 0; i < np; i++) {
+            int p = params[i];
+            struct kn_launch *N = &F->launches[F->n_launches++];
+            *N = (struct kn_launch){.chunk = owner[i], .first_op = F->n_ops, .domain = p, .n_in = 1, .n_out = 1,
+                                    .when = KN_WHEN_NORM};
+            N->in[0] = (struct kn_bind){.what = IR_BUF_GRAD, .id = p, .xfer = -1};
+            N->out[0] = (struct kn_bind){.what = IR_BUF_SUMSQ, .id = p, .xfer = -1};
+            N->kernel = entry(F, &norm, NULL, "_sum_of_squares");
+            struct kn_launch *A = &F->launches[F->n_launches++];
+            *A = (struct kn_launch){.chunk = owner[i], .first_op = F->n_ops, .domain = p, .n_in = 4, .n_out = bf16 ? 4 : 3,
+                                    .when = KN_WHEN_OPTIMIZER};
+            enum ir_buf_what weights = bf16 ? IR_BUF_MASTER : IR_BUF_VALUE;
+            enum ir_buf_what state[4] = {IR_BUF_GRAD, IR_BUF_EXP_AVG, IR_BUF_EXP_AVG_SQ, weights};
+            for (int k = 0; k < 4; k++)
+                A->in[k] = (struct kn_bind){.what = (uint8_t)state[k], .id = p, .xfer = -1};
+            for (int k = 0; k < 3; k++) /* in place: the moments and the weights */
+                A->out[k] = A->in[k + 1];
+            if (bf16)
+                A->out[3] = (struct kn_bind){.what = IR_BUF_VALUE, .id = p, .xfer = -1};
+            A->kernel = entry(F, &step, NULL, "_adamw");
+        }
+    }
+    free(params);
+    free(owner);
+}
+
+void fuse(const struct partition *P, const struct optim_config *opt, struct kn_set *F)
+{
+    bool forward_only = opt == NULL;
+    const struct ir_graph *g = P->g;
     memset(F, 0, sizeof *F);
-    F->launches = wf_calloc((size_t)g->n_ops * 2 + 2, sizeof *F->launches); /* forward and backward */
+    /* forward and backward launches, two per parameter for the step */
+    F->launches = wf_calloc((size_t)g->n_ops * 2 + (size_t)g->n_tensors * 2 + 2, sizeof *F->launches);
     F->kernels = wf_calloc((size_t)g->n_ops * 2 + 2, sizeof *F->kernels);
     F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
     F->op_launch = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_launch);
@@ -730,15 +819,16 @@ void fuse(const struct partition *P, bool forward_only, struct kn_set *F)
         if (open >= 0)
             finish(&b, F, open, F->op_launch);
     }
-    if (!forward_only) { /* each fused forward launch's backward, last launch first */
+    if (!forward_only) { /* each fused forward launch's backward, last launch first; then the step */
         int *grad = wf_calloc((size_t)g->n_tensors + 1, sizeof *grad), *fwd = wf_calloc((size_t)g->n_tensors + 1, sizeof *fwd);
         for (int t = 0; t < g->n_tensors; t++)
             grad[t] = fwd[t] = -1;
         for (int l = F->n_launches - 1; l >= 0; l--)
-            if (!F->launches[l].backward && F->kernels[F->launches[l].kernel].kind == KN_KIND_FUSED)
+            if (F->launches[l].when == KN_WHEN_FORWARD && F->kernels[F->launches[l].kernel].kind == KN_KIND_FUSED)
                 backward(P, F, l, needs, &b, grad, fwd);
         free(grad);
         free(fwd);
+        optimizer(P, opt, F);
     }
     free(b.value);
     free(b.touched);

@@ -4,7 +4,7 @@
  * stay as they are.
  *
  *   struct kn_set F;
- *   fuse(P, forward_only, &F);
+ *   fuse(P, &opt, &F);                 // NULL: a forward-only plan
  *   F.launches[g]        // one launch: its ops, its kernel, what its slots bind
  *   F.kernels[k]         // distinct kernels (identical ones merged)
  *   kn_set_free(&F);
@@ -20,11 +20,14 @@
 #define WEFT_FUSE_H
 
 #include "kernel.h"
+#include "optim.h"
 #include "partition.h"
 
 /* Whether the fusion pass lowers this op kind into a kernel description. */
 bool fuse_op_fusible(enum ir_op_kind k);
-void fuse(const struct partition *P, bool forward_only, struct kn_set *F);
+/* opt: the optimizer when training (its step and the gradient norm's sums
+ * become launches); NULL forward only. */
+void fuse(const struct partition *P, const struct optim_config *opt, struct kn_set *F);
 /* A launch's sizes and places for rank `rank` (pointers, seed and float
  * arguments left to the caller): the domain, each input's modulus, the
  * domain's offsets in the whole tensor (dropout draws by whole-tensor

@@ -224,13 +224,17 @@ void kn_set_free(struct kn_set *s)
 
 const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n)
 {
-    int back = 0;
+    int count[KN_WHEN_COUNT] = {0};
     for (int l = 0; l < s->n_launches; l++)
-        back += s->launches[l].backward;
-    if (back)
-        snprintf(buf, n, "%d forward and %d backward launches", s->n_launches - back, back);
-    else
-        snprintf(buf, n, "%d forward launch%s", s->n_launches, s->n_launches == 1 ? "" : "es");
+        count[s->launches[l].when < KN_WHEN_COUNT ? s->launches[l].when : 0]++;
+    static const char *names[KN_WHEN_COUNT] = {"forward", "backward", "optimizer", "gradient-norm"};
+    size_t m = 0;
+    buf[0] = 0;
+    for (int w = 0; w < KN_WHEN_COUNT && m < n; w++)
+        if (count[w] || w == KN_WHEN_FORWARD)
+            m += (size_t)snprintf(buf + m, n - m, "%s%d %s", m ? ", " : "", count[w], names[w]);
+    if (m < n)
+        snprintf(buf + m, n - m, " launch%s", s->n_launches == 1 ? "" : "es");
     return buf;
 }
 
@@ -293,7 +297,7 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
     for (int i = 0; i < s->n_launches; i++) {
         const struct kn_launch *l = &s->launches[i];
         plan_put_i32(w, l->kernel);
-        plan_put_u8(w, l->backward);
+        plan_put_u8(w, l->when);
         plan_put_i32(w, l->chunk);
         plan_put_i32(w, l->domain);
         plan_put_u32(w, (uint32_t)l->n_ops);
@@ -435,7 +439,9 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
     for (uint32_t i = 0; i < nl && !r.bad; i++) {
         struct kn_launch *l = &s->launches[i];
         l->kernel = plan_get_i32(&r);
-        l->backward = plan_get_u8(&r);
+        l->when = plan_get_u8(&r);
+        if (l->when >= KN_WHEN_COUNT)
+            r.bad = true;
         l->chunk = plan_get_i32(&r);
         l->domain = plan_get_i32(&r);
         uint32_t n = plan_get_u32(&r);
@@ -473,7 +479,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             int op = s->ops[s->launches[l].first_op + j];
             if (op < 0 || op >= s->n_graph_ops)
                 r.bad = true;
-            else if (!s->launches[l].backward)
+            else if (s->launches[l].when == KN_WHEN_FORWARD)
                 s->op_launch[op] = l;
         }
     if (r.bad) {

@@ -37,7 +37,7 @@
     X(KEEP, "keep", 0)        /* 1 if the element's draw (kn_uniform of its index in the whole tensor) is at least imm, else 0: dropout's keep with p = imm; slot: the stream */ \
     /* arithmetic */                                                           \
     X(NEG, "neg", 1) X(EXP, "exp", 1) X(LOG, "log", 1) X(TANH, "tanh", 1)      \
-    X(ERF, "erf", 1) X(RSQRT, "rsqrt", 1) X(RECIP, "recip", 1)                 \
+    X(ERF, "erf", 1) X(RSQRT, "rsqrt", 1) X(RECIP, "recip", 1) X(SQRT, "sqrt", 1) \
     X(ADD, "add", 2) X(SUB, "sub", 2) X(MUL, "mul", 2) X(DIV, "div", 2)        \
     X(MAX, "max", 2) X(LT, "lt", 2) X(LE, "le", 2) X(EQ, "eq", 2)              \
     X(SELECT, "select", 3)    /* a != 0 ? b : c */                             \
@@ -138,6 +138,12 @@ struct kn_binary {
 
 #define KN_MAX_BINS 8
 
+/* When a launch runs: in its chunk's forward step, in its backward step
+ * (the backward of its ops, in reverse), at the optimizer step (one per
+ * parameter: AdamW; and the sums of squares for the global gradient norm,
+ * before it). */
+enum kn_when { KN_WHEN_FORWARD, KN_WHEN_BACKWARD, KN_WHEN_OPTIMIZER, KN_WHEN_NORM, KN_WHEN_COUNT };
+
 /* What kind of kernel an entry is: a fused description (struct kn_kernel),
  * or attention (struct kn_attn; compiler/emit_attention.h writes it). */
 enum kn_kind { KN_KIND_FUSED, KN_KIND_ATTENTION };
@@ -170,7 +176,7 @@ struct kn_launch {
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
     int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views) */
-    bool backward;         /* the backward of its ops (in reverse), run by the chunk's backward step */
+    uint8_t when;          /* enum kn_when */
 };
 
 struct kn_entry {
@@ -196,7 +202,7 @@ struct kn_set {
 };
 
 void kn_set_free(struct kn_set *s);
-/* "52 forward and 49 backward launches" (a step's, one micro-batch, all stages), into buf. */
+/* "52 forward, 49 backward, 150 optimizer launches" (a step's, one micro-batch, all stages), into buf. */
 const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n);
 
 struct plan;

@@ -16,7 +16,8 @@ static const char *region_names[IR_REGION_COUNT] = {
 
 const char *ir_region_name(enum ir_region r) { return r < IR_REGION_COUNT ? region_names[r] : "?"; }
 
-static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row stats", "block"};
+static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row stats", "block",
+                                                "exp_avg", "exp_avg_sq", "master weights", "sums of squares"};
 
 static int64_t align_up(int64_t n) { return (n + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN; }
 

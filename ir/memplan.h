@@ -60,6 +60,11 @@ enum ir_buf_what {
     IR_BUF_MASK,     /* op id's dropout mask: a byte per output element */
     IR_BUF_ROWSTATS, /* op id's per-row statistics: two floats per row */
     IR_BUF_BLOCK,    /* a (virtual stage, micro-batch)'s block of items */
+    /* a parameter's optimizer state (in OPTIMIZER, laid out like GRADS) */
+    IR_BUF_EXP_AVG,  /* AdamW's first moment of parameter id */
+    IR_BUF_EXP_AVG_SQ, /* its second moment */
+    IR_BUF_MASTER,   /* its fp32 master weights (--bf16) */
+    IR_BUF_SUMSQ,    /* scratch: per-row sums of squares of parameter id's gradient (the global norm's) */
     IR_BUF_COUNT
 };
 

@@ -8,6 +8,7 @@
 #include "cc.h"
 #include "emit_kernel.h"
 #include "fuse.h"
+#include "optim.h"
 #include "kernels.h"
 #include "memplan.h"
 #include "nvrtc.h"
@@ -15,6 +16,9 @@
 
 #include <dlfcn.h>
 #include <math.h>
+
+static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style = OPTIM_DECAY_CONSTANT, .weight_decay = 0.01,
+                                          .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip_grad = 1.0};
 
 static const struct {
     const char *file, *variant;
@@ -32,22 +36,25 @@ static void test_gpt2_groups(void **state)
     (void)state;
     struct partition *P = place_model("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
     struct kn_set F;
-    fuse(P, false, &F);
+    fuse(P, &train, &F);
     const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_attention", "k3_bias_add_dropout_add_layernorm",
                           "k4_bias_add_gelu",
                           /* the backward of each group, the last first: the final norm's reads no
                            * gradient of the residual sum (nothing after reads the sum) */
                           "k5_bias_add_dropout_add_layernorm_backward", "k6_bias_add_gelu_backward",
-                          "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_backward", "k9_add_dropout_layernorm_backward"};
-    assert_int_equal(F.n_kernels, 10);
-    for (int k = 0; k < 10; k++)
+                          "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_backward", "k9_add_dropout_layernorm_backward",
+                          /* the step: the gradient norm's sums, AdamW */
+                          "k10_sum_of_squares", "k11_adamw"};
+    assert_int_equal(F.n_kernels, 12);
+    for (int k = 0; k < 12; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
+    assert_int_equal(F.kernels[11].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
     assert_int_equal(F.kernels[5].uses, 1);
     assert_int_equal(F.kernels[7].uses, 23);
     assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
     assert_int_equal(F.kernels[2].uses, 12);
     assert_true(F.kernels[2].attn.causal && F.kernels[2].attn.backward && F.kernels[2].attn.D == 64);
-    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12); /* forward and backward; attention's backward is its own */
+    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12 + 2 * 148); /* forward, backward (attention's is its own), the step */
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
     const struct kn_launch *G = &F.launches[0];
     while (G->kernel != 3)
@@ -65,7 +72,7 @@ static void test_gpt2_groups(void **state)
     /* forward only: dropout is the identity, nothing is kept for a backward;
      * the final norm's group stores only the norm (no later residual add reads
      * the sum), so it is a kernel of its own */
-    fuse(P, true, &F);
+    fuse(P, NULL, &F);
     assert_int_equal(F.n_kernels, 6);
     assert_int_equal(F.kernels[5].uses, 1);
     assert_int_equal(F.kernels[5].k.n_out, 1);
@@ -90,7 +97,7 @@ static void test_kernels_do_not_grow_with_depth(void **state)
                                         {FE_FLAG, "decoder-num-layers", deep ? "96" : "2"}};
             struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), t5 ? ov5 : ov, t5 ? 2 : 1);
             struct kn_set F;
-            fuse(P, false, &F);
+            fuse(P, &train, &F);
             n[deep] = F.n_kernels;
             kn_set_free(&F);
             partition_free(P);
@@ -302,15 +309,15 @@ static void test_cpu_kernels_match_reference(void **state)
                 fail_msg("%s: %s", models[m].file, diag_first_error(&d));
             diag_free(&d);
             struct kn_set F;
-            fuse(P, false, &F);
+            fuse(P, &train, &F);
             double worst = 0;
             int forward = 0;
             for (int k = 0; k < F.n_kernels; k++) {
                 int l = 0;
                 while (F.launches[l].kernel != k)
                     l++;
-                if (F.launches[l].backward)
-                    continue; /* test_cpu_backward_matches_reference's */
+                if (F.launches[l].when != KN_WHEN_FORWARD)
+                    continue; /* test_cpu_backward_matches_reference's, test_optimizer's */
                 worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
                 forward++;
             }
@@ -357,7 +364,7 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
     const struct ir_graph *g = P->g;
     const struct kn_launch *B = &F->launches[bl];
     int fl = 0;
-    while (F->launches[fl].backward || F->launches[fl].first_op != B->first_op)
+    while (F->launches[fl].when != KN_WHEN_FORWARD || F->launches[fl].first_op != B->first_op)
         fl++;
     const struct kn_launch *L = &F->launches[fl];
     void *flib, *blib;
@@ -462,14 +469,14 @@ static void test_cpu_backward_matches_reference(void **state)
             fail_msg("%s: %s", models[m].file, diag_first_error(&d));
         diag_free(&d);
         struct kn_set F;
-        fuse(P, false, &F);
+        fuse(P, &train, &F);
         double worst = 0;
         int n = 0;
         for (int k = 0; k < F.n_kernels; k++) {
             int l = 0;
             while (l < F.n_launches && F.launches[l].kernel != k)
                 l++;
-            if (l < F.n_launches && F.launches[l].backward) {
+            if (l < F.n_launches && F.launches[l].when == KN_WHEN_BACKWARD) {
                 worst = fmax(worst, check_backward(P, &F, l, r));
                 n++;
             }
@@ -478,6 +485,98 @@ static void test_cpu_backward_matches_reference(void **state)
         assert_true(n > 0);
         kn_set_free(&F);
         ref_free(r);
+        partition_free(P);
+    }
+}
+
+/* The optimizer's launches: a gradient-norm and an AdamW launch per
+ * parameter of each stage; AdamW's kernel against optim_adamw (the
+ * reference step, in double) at step 3 with a clipping coefficient, fp32
+ * and --bf16 (master weights, a rounded copy); the sums of squares against
+ * a sum in double. */
+static void test_optimizer(void **state)
+{
+    (void)state;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        struct par_config pc = par_config_default();
+        pc.bf16 = bf16;
+        pc.pp = 2, pc.global_batch = 2;
+        struct partition *P = place_model("models/gpt2.xml", "tiny", pc, NULL, 0);
+        struct kn_set F;
+        fuse(P, &train, &F);
+        int norm = 0, step = 0, expect = 0, k_step = -1, k_norm = -1, l_step = -1;
+        for (int l = 0; l < F.n_launches; l++) {
+            norm += F.launches[l].when == KN_WHEN_NORM;
+            if (F.launches[l].when == KN_WHEN_OPTIMIZER) {
+                step++;
+                k_step = F.launches[l].kernel, l_step = l;
+            }
+            if (F.launches[l].when == KN_WHEN_NORM)
+                k_norm = F.launches[l].kernel;
+        }
+        int *params = calloc((size_t)P->g->n_tensors, sizeof *params), *owner = calloc((size_t)P->g->n_tensors, sizeof *owner);
+        for (int st = 0; st < 2; st++)
+            expect += partition_stage_params(P, st, params, owner);
+        free(params);
+        free(owner);
+        assert_int_equal(step, expect); /* the tied embedding steps on both stages that hold it */
+        assert_int_equal(norm, expect);
+        assert_int_equal(F.launches[l_step].n_out, bf16 ? 4 : 3);
+        void *lib;
+        char so[256];
+        void (*fn)(const struct kn_args *);
+        *(void **)&fn = load_kernel(&F.kernels[k_step], &lib, so, sizeof so);
+        const int64_t rows = 3, cols = 50, n = rows * cols;
+        uint64_t seed = 7;
+        float *g = noise(n, &seed), *m = noise(n, &seed), *v = noise(n, &seed), *w = noise(n, &seed);
+        for (int64_t e = 0; e < n; e++)
+            v[e] = fabsf(v[e]); /* a second moment */
+        float *m2 = calloc((size_t)n, 4), *v2 = calloc((size_t)n, 4), *w2 = calloc((size_t)n, 4), *g2 = calloc((size_t)n, 4);
+        uint16_t *copy = calloc((size_t)n, 2);
+        memcpy(m2, m, (size_t)n * 4), memcpy(v2, v, (size_t)n * 4), memcpy(w2, w, (size_t)n * 4);
+        const long t = 3;
+        const double lr = 3e-4, clip = 0.5;
+        struct kn_args a = {.rows = rows, .cols = cols, .rank = 2, .dim = {rows, cols}, .stride = {cols, 1}};
+        a.arg[0] = (float)lr, a.arg[1] = (float)clip;
+        a.arg[2] = (float)(1 / (1 - pow(train.beta1, (double)t))), a.arg[3] = (float)(1 / (1 - pow(train.beta2, (double)t)));
+        a.in[0] = g, a.in[1] = m, a.in[2] = v, a.in[3] = w, a.out[0] = m, a.out[1] = v, a.out[2] = w, a.out[3] = copy;
+        fn(&a);
+        for (int64_t e = 0; e < n; e++)
+            g2[e] = (float)(g[e] * clip); /* the reference clips first */
+        optim_adamw(&train, t, lr, (size_t)n, w2, g2, m2, v2);
+        double worst = 0;
+        for (int64_t e = 0; e < n; e++) {
+            worst = fmax(worst, fabs(m[e] - m2[e]) / (fabs(m2[e]) + 1e-6));
+            worst = fmax(worst, fabs(v[e] - v2[e]) / (fabs(v2[e]) + 1e-6));
+            worst = fmax(worst, fabs(w[e] - w2[e]) / (fabs(w2[e]) + 1e-6));
+            if (bf16) {
+                uint32_t u;
+                memcpy(&u, &w[e], 4);
+                assert_int_equal(copy[e], (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16));
+            }
+        }
+        if (!(worst < 1e-5))
+            fail_msg("AdamW%s: worst relative error %g against optim_adamw", bf16 ? " (bf16)" : "", worst);
+        dlclose(lib);
+        unlink(so);
+        /* the norm's sums of squares, row by row */
+        *(void **)&fn = load_kernel(&F.kernels[k_norm], &lib, so, sizeof so);
+        float *sums = calloc((size_t)rows, 4);
+        struct kn_args b = {.rows = rows, .cols = cols, .rank = 2, .dim = {rows, cols}, .stride = {cols, 1}};
+        b.in[0] = g, b.out[0] = sums;
+        fn(&b);
+        for (int64_t r = 0; r < rows; r++) {
+            double want = 0;
+            for (int64_t c = 0; c < cols; c++)
+                want += (double)g[r * cols + c] * g[r * cols + c];
+            assert_true(fabs(sums[r] - want) <= 1e-5 * want);
+        }
+        printf("    %s: %d AdamW and %d norm launches; AdamW's worst relative error %.1e\n", bf16 ? "bf16" : "fp32", step,
+               norm, worst);
+        dlclose(lib);
+        unlink(so);
+        free(g), free(m), free(v), free(w), free(m2), free(v2), free(w2), free(g2), free(copy), free(sums);
+        kn_set_free(&F);
         partition_free(P);
     }
 }
@@ -501,7 +600,7 @@ static void test_nvrtc_compiles_every_kernel(void **state)
             pc.bf16 = !infer;
             struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
             struct kn_set F;
-            fuse(P, infer, &F);
+            fuse(P, infer ? NULL : &train, &F);
             for (int k = 0; k < F.n_kernels; k++) {
                 char *src = kernels_source(&F.kernels[k], KN_LANG_CUDA);
                 uint64_t h = wf_hash(src, strlen(src), 0);
@@ -539,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_kernels_do_not_grow_with_depth),
         cmocka_unit_test(test_cpu_kernels_match_reference),
         cmocka_unit_test(test_cpu_backward_matches_reference),
+        cmocka_unit_test(test_optimizer),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
     };
     int rc = cmocka_run_group_tests_name("fuse", tests, NULL, NULL);

@@ -96,7 +96,7 @@ int cmd_compile(int argc, char **argv)
     struct kn_set kernels = {0};
     struct kernel_stats ks = {0};
     if (rc == 0) {
-        fuse(P, S.forward_only, &kernels);
+        fuse(P, S.forward_only ? NULL : &c.opt, &kernels);
         if (kernels_build(&kernels, archs, n_archs, &ks, &d))
             rc = 1; /* a kernel that does not compile is weft's bug */
     }

@@ -45,10 +45,11 @@ int cmd_dot(int argc, char **argv)
     int rc = 0;
     if (detail == DOT_DETAIL_OP) {
         struct plan *p = cli_is_plan(c.model) ? plan_open(c.model, &d) : NULL;
+        struct optim_config opt = optim_config_default();
         if (p)
             rc = kn_set_read(p, &K, &d);
         else
-            fuse(P, false, &K);
+            fuse(P, &opt, &K);
         plan_close(p);
     }
     if (rc == 0)

@@ -86,10 +86,12 @@ static void print_arena(const struct ir_role_memory *m)
 static void where_used(const struct partition *P, const struct kn_set *K, int k, char *out, size_t n)
 {
     int s_lo = 1 << 30, s_hi = -1, l_lo = 1 << 30, l_hi = -1;
+    bool any_ops = false;
     for (int l = 0; l < K->n_launches; l++) {
         const struct kn_launch *L = &K->launches[l];
         if (L->kernel != k)
             continue;
+        any_ops |= L->n_ops > 0;
         int st = P->chunks[L->chunk].stage;
         s_lo = st < s_lo ? st : s_lo;
         s_hi = st > s_hi ? st : s_hi;
@@ -103,7 +105,7 @@ static void where_used(const struct partition *P, const struct kn_set *K, int k,
     }
     size_t m = (size_t)snprintf(out, n, s_lo == s_hi ? "stage %d" : "stages %d-%d", s_lo, s_hi);
     if (l_hi < 0)
-        snprintf(out + m, n - m, ", outside the layers");
+        snprintf(out + m, n - m, any_ops ? ", outside the layers" : ", a launch per parameter");
     else
         snprintf(out + m, n - m, l_lo == l_hi ? ", layer %d" : ", layers %d-%d", l_lo, l_hi);
 }
@@ -115,6 +117,10 @@ static void ops_fused(const struct partition *P, const struct kn_set *K, int k, 
         l++;
     size_t m = 0;
     out[0] = 0;
+    if (K->launches[l].when == KN_WHEN_OPTIMIZER || K->launches[l].when == KN_WHEN_NORM) {
+        snprintf(out, n, K->launches[l].when == KN_WHEN_NORM ? "(gradient norm)" : "(optimizer step)");
+        return;
+    }
     for (int i = 0; i < K->launches[l].n_ops && m < n; i++)
         m += (size_t)snprintf(out + m, n - m, "%s%s", i ? " " : "",
                               ir_op_info(P->g->ops[K->ops[K->launches[l].first_op + i]].kind)->name);
