@@ -35,7 +35,7 @@ deps:
 	@tools/deps.sh
 
 $(BUILD)/weft: $(TOOL_OBJ) $(LIBS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(XML_LIBS) -lm
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(XML_LIBS) -lm -lpthread
 
 $(BUILD)/libweft-ir.a: $(IR_OBJ)
 	$(AR) rcs $@ $^
@@ -59,7 +59,7 @@ $(BUILD)/schema.o: $(BUILD)/schema.c
 
 $(BUILD)/tests/%: tests/%.c tests/testing.h $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -Itests -o $@ $< $(LIBS) $(XML_LIBS) -lcmocka -lm
+	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -Itests -o $@ $< $(LIBS) $(XML_LIBS) -lcmocka -lm -lpthread
 
 test: deps
 	@$(MAKE) --no-print-directory $(BUILD)/weft $(TESTS)
@@ -85,7 +85,7 @@ fuzz: all
 	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all" \
 	    build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a
 	clang $(CPPFLAGS) -Itests -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(XML_CFLAGS) \
-	    -o build-fuzz/fuzz_$(FUZZ) tests/fuzz_$(FUZZ).c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm
+	    -o build-fuzz/fuzz_$(FUZZ) tests/fuzz_$(FUZZ).c build-fuzz/libweft-compiler.a build-fuzz/libweft-ir.a $(XML_LIBS) -lm -lpthread
 	@if [ $(FUZZ) = frontend ]; then cp models/*.xml tests/bad/*.xml build-fuzz/corpus-frontend/; \
 	 else $(BUILD)/weft compile models/gpt2.xml --variant tiny --world-size 8 --tp 2 --pp 2 --global-batch-size 8 \
 	      -o build-fuzz/corpus-plan/gpt2.plan >/dev/null && \

@@ -7,6 +7,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,49 +126,117 @@ char *kernels_source(const struct kn_entry *e, enum kn_lang lang)
     return e->kind == KN_KIND_ATTENTION ? emit_attention(&e->attn, e->name, lang) : emit_kernel(&e->k, e->name, lang);
 }
 
-static int gpu_binaries(struct kn_entry *e, const int *archs, int n_archs, const char *dir, struct kernel_stats *st,
+/* One binary NVRTC makes: a kernel for an architecture (or PTX). */
+struct job {
+    struct kn_entry *e;
+    int arch;
+    bool ptx;
+    char name[128];     /* in the cache */
+    char *src;          /* shared by the kernel's jobs; the first owns it */
+    struct nvrtc_out out;
+    int rc;
+};
+
+struct pool {
+    struct job *jobs;
+    int n, next;
+    pthread_mutex_t lock;
+};
+
+static void *worker(void *arg)
+{
+    struct pool *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        int i = p->next++;
+        pthread_mutex_unlock(&p->lock);
+        if (i >= p->n)
+            return NULL;
+        struct job *j = &p->jobs[i];
+        j->rc = nvrtc_compile(j->src, j->e->name, j->arch, j->ptx, &j->out);
+    }
+}
+
+/* Every kernel's cubins and PTX: from the cache, else NVRTC on as many
+ * threads as there are cores (NVRTC compiles separate programs at once).
+ * Results are placed in job order, so the plan does not depend on which
+ * thread finished first. */
+static int gpu_binaries(struct kn_set *F, const int *archs, int n_archs, const char *dir, struct kernel_stats *st,
                         struct diag *d)
 {
-    char *src = kernels_source(e, KN_LANG_CUDA);
-    uint64_t key = wf_hash(src, strlen(src), wf_hash(nvrtc_version(), strlen(nvrtc_version()), 0));
-    for (int b = 0; b <= n_archs; b++) {
-        bool ptx = b == n_archs; /* after the cubins: PTX of the newest, for GPUs newer still */
-        int arch = ptx ? archs[n_archs - 1] : archs[b];
-        char name[128];
-        snprintf(name, sizeof name, "%016llx.%s_%d.%s", (unsigned long long)key, ptx ? "compute" : "sm", arch,
-                 ptx ? "ptx" : "cubin");
-        struct kn_binary *bin = &e->bins[e->n_bins++];
-        *bin = (struct kn_binary){.arch = arch, .ptx = ptx};
-        if ((bin->bytes = cache_get(dir, name, ptx, &bin->size))) {
-            st->cached++;
-            continue;
+    struct job *jobs = wf_calloc((size_t)F->n_kernels * (size_t)(n_archs + 1) + 1, sizeof *jobs);
+    char **srcs = wf_calloc((size_t)F->n_kernels + 1, sizeof *srcs);
+    int n = 0;
+    for (int k = 0; k < F->n_kernels; k++) {
+        struct kn_entry *e = &F->kernels[k];
+        srcs[k] = kernels_source(e, KN_LANG_CUDA);
+        uint64_t key = wf_hash(srcs[k], strlen(srcs[k]), wf_hash(nvrtc_version(), strlen(nvrtc_version()), 0));
+        for (int b = 0; b <= n_archs; b++) {
+            bool ptx = b == n_archs; /* after the cubins: PTX of the newest, for GPUs newer still */
+            int arch = ptx ? archs[n_archs - 1] : archs[b];
+            struct kn_binary *bin = &e->bins[e->n_bins++];
+            *bin = (struct kn_binary){.arch = arch, .ptx = ptx};
+            char name[128];
+            snprintf(name, sizeof name, "%016llx.%s_%d.%s", (unsigned long long)key, ptx ? "compute" : "sm", arch,
+                     ptx ? "ptx" : "cubin");
+            if ((bin->bytes = cache_get(dir, name, ptx, &bin->size))) {
+                st->cached++;
+                continue;
+            }
+            jobs[n] = (struct job){.e = e, .arch = arch, .ptx = ptx, .src = srcs[k]};
+            snprintf(jobs[n].name, sizeof jobs[n].name, "%s", name);
+            n++;
         }
-        struct nvrtc_out o;
-        if (nvrtc_compile(src, e->name, arch, ptx, &o)) {
+    }
+    struct pool pool = {.jobs = jobs, .n = n};
+    pthread_mutex_init(&pool.lock, NULL);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_threads = cores < 1 ? 1 : cores > 16 ? 16 : (int)cores;
+    n_threads = n_threads > n ? n : n_threads;
+    pthread_t threads[16];
+    int started = 0;
+    for (int t = 0; t < n_threads; t++)
+        started += pthread_create(&threads[started], NULL, worker, &pool) == 0;
+    if (!started)
+        worker(&pool);
+    for (int t = 0; t < started; t++)
+        pthread_join(threads[t], NULL);
+    pthread_mutex_destroy(&pool.lock);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        struct job *j = &jobs[i];
+        struct kn_binary *bin = NULL;
+        for (int b = 0; b < j->e->n_bins && !bin; b++)
+            if (j->e->bins[b].arch == j->arch && j->e->bins[b].ptx == j->ptx)
+                bin = &j->e->bins[b];
+        if (j->rc && !rc) {
             char saved[1024];
-            snprintf(saved, sizeof saved, "%s/%s.cu", dir ? dir : "/tmp", e->name);
+            snprintf(saved, sizeof saved, "%s/%s.cu", dir ? dir : "/tmp", j->e->name);
             FILE *f = fopen(saved, "w");
             if (f) {
-                fputs(src, f);
+                fputs(j->src, f);
                 fclose(f);
             }
             diag_error(d, NULL, 0, "kernel %s: NVRTC rejects it for %s_%d: a bug in weft, not in your model; the source is "
                                    "saved as %s; NVRTC says:\n%s",
-                       e->name, ptx ? "compute" : "sm", arch, f ? saved : "(could not be saved)", o.log);
-            nvrtc_out_free(&o);
-            free(src);
-            return -1;
+                       j->e->name, j->ptx ? "compute" : "sm", j->arch, f ? saved : "(could not be saved)", j->out.log);
+            rc = -1;
         }
-        st->compiled++;
-        st->nvrtc_seconds += o.seconds;
-        cache_put(dir, name, o.bytes, o.size);
-        bin->bytes = o.bytes;
-        bin->size = o.size;
-        o.bytes = NULL;
-        nvrtc_out_free(&o);
+        if (!j->rc) {
+            st->compiled++;
+            st->nvrtc_seconds += j->out.seconds;
+            cache_put(dir, j->name, j->out.bytes, j->out.size);
+            bin->bytes = j->out.bytes;
+            bin->size = j->out.size;
+            j->out.bytes = NULL;
+        }
+        nvrtc_out_free(&j->out);
     }
-    free(src);
-    return 0;
+    for (int k = 0; k < F->n_kernels; k++)
+        free(srcs[k]);
+    free(srcs);
+    free(jobs);
+    return rc;
 }
 
 /* The shared object of these units, from the cache or the C compiler. */
@@ -239,8 +308,11 @@ int kernels_build(struct kn_set *F, const int *archs, int n_archs, struct kernel
         n_archs = 0;
     else if (n_archs)
         st->ptx_arch = archs[n_archs - 1];
-    for (int k = 0; n_archs && k < F->n_kernels; k++)
-        if (gpu_binaries(&F->kernels[k], archs, n_archs, dir, st, d))
-            return -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (n_archs && gpu_binaries(F, archs, n_archs, dir, st, d))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    st->nvrtc_wall = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     return cpu_object(F, dir, st, d);
 }

@@ -23,7 +23,8 @@
 struct kernel_stats {
     int distinct;         /* kernels */
     int compiled, cached; /* binaries NVRTC made now, binaries read from the cache */
-    double nvrtc_seconds;
+    double nvrtc_seconds; /* NVRTC's time, summed over the binaries */
+    double nvrtc_wall;    /* the time it took, its threads side by side */
     double cc_seconds;    /* the CPU object (0 when it came from the cache) */
     bool cpu_cached;
     char no_gpu[640];     /* why there are no GPU binaries (no NVRTC), or "" */

@@ -37,8 +37,8 @@ static void print_kernels(const struct kn_set *K, const struct kernel_stats *st,
     else {
         for (int i = 0; i < n_archs; i++)
             printf("%ssm_%d", i ? ", " : "", archs[i]);
-        printf(" and PTX compute_%d: %d compiled by NVRTC %s in %.2f s, %d from the cache", st->ptx_arch, st->compiled,
-               nvrtc_version(), st->nvrtc_seconds, st->cached);
+        printf(" and PTX compute_%d: %d compiled by NVRTC %s in %.2f s (%.2f s of NVRTC on threads), %d from the cache",
+               st->ptx_arch, st->compiled, nvrtc_version(), st->nvrtc_wall, st->nvrtc_seconds, st->cached);
     }
     printf("; CPU object %s", wf_bytes((double)K->cpu_size, a));
     if (st->cpu_cached)
