@@ -16,8 +16,10 @@ static const char *region_names[IR_REGION_COUNT] = {
 
 const char *ir_region_name(enum ir_region r) { return r < IR_REGION_COUNT ? region_names[r] : "?"; }
 
-static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row stats", "block",
+static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row statistics", "block",
                                                 "exp_avg", "exp_avg_sq", "master weights", "sums of squares"};
+
+const char *ir_buf_what_name(int what) { return what >= 0 && what < IR_BUF_COUNT ? what_names[what] : "?"; }
 
 static int64_t align_up(int64_t n) { return (n + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN; }
 

@@ -52,6 +52,8 @@ enum ir_region {
 };
 
 const char *ir_region_name(enum ir_region r);
+/* "gradient", "exp_avg", "mask": what a buffer of that kind holds. */
+const char *ir_buf_what_name(int what);
 
 /* What a buffer holds. */
 enum ir_buf_what {

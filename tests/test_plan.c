@@ -285,6 +285,9 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "k2_attention"));
     assert_non_null(strstr(R->out, "k9_bias_add_dropout_add_layernorm_backward"));
     assert_non_null(strstr(R->out, "k14_adamw"));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "14", NULL);
+    assert_non_null(strstr(R->out, "fuses (optimizer step)"));
+    assert_non_null(strstr(R->out, "in  1  f32  full      decoder.layer.2.out.b (exp_avg)"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
     assert_non_null(strstr(R->out, "fuses bias_add dropout add layernorm"));
     assert_non_null(strstr(R->out, "(dropout's mask)"));

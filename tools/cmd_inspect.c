@@ -163,23 +163,26 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         else
             printf("kernel %d: %s, %d nodes in %d pass%s; fuses %s\n", c->kernel, e->name, e->k.n_nodes,
                    kn_phases(&e->k, phase), kn_phases(&e->k, phase) == 1 ? "" : "es", ops);
-        printf("  launched %d time%s a forward: %s; %s a launch moves on one rank\n", e->uses, e->uses == 1 ? "" : "s",
+        printf("  launched %d time%s a step: %s; %s a launch moves on one rank\n", e->uses, e->uses == 1 ? "" : "s",
                where, wf_bytes((double)fuse_launch_bytes(P, &K, first), a));
         static const char *const attn_in[] = {"q", "k", "v", "bias"}, *const attn_out[] = {"out", "stats"};
         for (int io = 0; io < 2; io++)
             for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
                 const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
-                const struct ir_op *o = b->what == IR_BUF_VALUE ? NULL : &P->g->ops[b->id];
-                char slot[32];
+                /* a mask's or row statistics' id is their op's; the rest name a tensor */
+                const struct ir_op *o = b->what == IR_BUF_MASK || b->what == IR_BUF_ROWSTATS ? &P->g->ops[b->id] : NULL;
+                char slot[32], what[96] = "";
+                if (o)
+                    snprintf(what, sizeof what, " (%s's %s)", ir_op_info(o->kind)->name, ir_buf_what_name(b->what));
+                else if (b->what != IR_BUF_VALUE)
+                    snprintf(what, sizeof what, " (%s)", ir_buf_what_name(b->what));
                 if (e->kind == KN_KIND_ATTENTION) /* q, k, v name the buffer they are views of */
                     snprintf(slot, sizeof slot, "%-13s", io ? attn_out[i] : attn_in[i]);
                 else {
                     const struct kn_slot *sl = io ? &e->k.out[i] : &e->k.in[i];
                     snprintf(slot, sizeof slot, "%-4s %-8s", kn_dtype_name(sl->dtype), kn_access_name((enum kn_access)sl->access));
                 }
-                printf("  %-3s %d  %s  %s%s%s%s\n", io ? "out" : "in", i, slot, P->g->tensors[o ? o->out[0] : b->id].name,
-                       o ? " (" : "", o ? ir_op_info(o->kind)->name : "",
-                       !o ? "" : b->what == IR_BUF_MASK ? "'s mask)" : "'s row statistics)");
+                printf("  %-3s %d  %s  %s%s\n", io ? "out" : "in", i, slot, P->g->tensors[o ? o->out[0] : b->id].name, what);
             }
         for (int i = 0; i < e->n_bins; i++)
             printf("  %s_%d %s, %s\n", e->bins[i].ptx ? "compute" : "sm", e->bins[i].arch, e->bins[i].ptx ? "PTX" : "cubin",
