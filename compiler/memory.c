@@ -169,8 +169,13 @@ static void span_at(int *first, int *last, int t, int at)
 }
 
 /* Homes, the block's items and the working buffers of one step. */
-static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, struct step *st,
-                      int stage, struct bufs *items, struct bufs *working, int64_t *block_bytes)
+/* Which values (and gradients) live only inside a fused kernel. */
+struct fused {
+    bool *value, *grad; /* per tensor */
+};
+
+static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
+                      struct step *st, int stage, struct bufs *items, struct bufs *working, int64_t *block_bytes)
 {
     const struct ir_graph *g = P->g;
     bool train = !S->forward_only;
@@ -219,7 +224,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
                 st->home[r] = HOME_PARAM;
             else if (!st->home[r] || st->home[r] == HOME_WORKING)
                 st->home[r] = st->crosses[r] ? HOME_BOUNDARY : HOME_WORKING;
-            if (st->home[r] != HOME_WORKING)
+            if (st->home[r] != HOME_WORKING || fu->value[r])
                 continue;
             int p = g->tensors[r].producer;
             span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? st->pos[p] : 1);
@@ -243,7 +248,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
             if (t < 0 || !needs[t])
                 continue;
             int r = root(P, st->pos, t);
-            if (st->home[r] == HOME_PARAM || st->crosses[r])
+            if (st->home[r] == HOME_PARAM || st->crosses[r] || fu->grad[r])
                 continue;
             span_at(st->bwd_first, st->bwd_last, r, back);
         }
@@ -341,8 +346,8 @@ static void plan_activations(const struct partition *P, const struct ir_schedule
     free(to);
 }
 
-static void plan_role(const struct partition *P, const struct ir_schedule *S, const bool *needs, int stage,
-                      struct ir_role_memory *m)
+static void plan_role(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
+                      int stage, struct ir_role_memory *m)
 {
     const struct ir_graph *g = P->g;
     bool bf16 = P->L->pc.bf16, train = !S->forward_only;
@@ -389,7 +394,7 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
         st->bwd_first = wf_calloc((size_t)nt + 1, sizeof *st->bwd_first);
         st->bwd_last = wf_calloc((size_t)nt + 1, sizeof *st->bwd_last);
         int from = working.n;
-        plan_step(P, S, needs, st, stage, &items, &working, m->block_bytes);
+        plan_step(P, S, needs, fu, st, stage, &items, &working, m->block_bytes);
         int64_t need = pack(working.v + from, working.n - from);
         m->size[IR_REGION_WORKING] = need > m->size[IR_REGION_WORKING] ? need : m->size[IR_REGION_WORKING];
     }
@@ -438,7 +443,7 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
     ir_role_memory_layout(m);
 }
 
-void memory_plan(const struct partition *P, const struct ir_schedule *S, struct ir_memory *M)
+void memory_plan(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, struct ir_memory *M)
 {
     const struct ir_graph *g = P->g;
     memset(M, 0, sizeof *M);
@@ -448,8 +453,30 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, struct 
     int loss = g->n_outputs ? g->outputs[0] : -1;
     if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
         autodiff_needs_grad(g, loss, needs);
+    struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1)};
+    for (int l = 0; K && l < K->n_launches; l++) {
+        const struct kn_launch *L = &K->launches[l];
+        if (L->when != KN_WHEN_FORWARD || K->kernels[L->kernel].kind != KN_KIND_FUSED)
+            continue;
+        const struct kn_launch *B = NULL; /* its backward, if it has one */
+        for (int b = 0; b < K->n_launches && !B; b++)
+            if (K->launches[b].when == KN_WHEN_BACKWARD && K->launches[b].first_op == L->first_op)
+                B = &K->launches[b];
+        for (int i = 0; i < L->n_ops; i++) {
+            int t = g->ops[K->ops[L->first_op + i]].out[0];
+            bool stored = false, read = false;
+            for (int k = 0; k < L->n_out; k++)
+                stored |= L->out[k].what == IR_BUF_VALUE && L->out[k].id == t;
+            for (int k = 0; B && k < B->n_in; k++)
+                read |= B->in[k].what == IR_BUF_GRAD && B->in[k].id == t;
+            fu.value[t] = !stored;
+            fu.grad[t] = B && !read;
+        }
+    }
     for (int s = 0; s < S->n_stages; s++)
-        plan_role(P, S, needs, s, &M->roles[s]);
+        plan_role(P, S, needs, &fu, s, &M->roles[s]);
+    free(fu.value);
+    free(fu.grad);
     free(needs);
 }
 

@@ -2,7 +2,7 @@
  * before anything runs.
  *
  *   struct ir_memory M;
- *   memory_plan(P, &S, &M);          // every role's arena (ir/memplan.h)
+ *   memory_plan(P, &S, &K, &M);      // every role's arena (ir/memplan.h); K: the fused kernels, or NULL
  *   M.roles[s].total                 // bytes a rank of stage s allocates
  *   memory_check(P, &M, limit, &diag);   // a rank over the limit: an error naming its largest items
  *   ir_memory_free(&M);
@@ -28,11 +28,15 @@
 #ifndef WEFT_MEMORY_H
 #define WEFT_MEMORY_H
 
+#include "kernel.h"
 #include "memplan.h"
 #include "partition.h"
 #include "program.h"
 
-void memory_plan(const struct partition *P, const struct ir_schedule *S, struct ir_memory *M);
+/* With the fused kernels K, a value a kernel makes and keeps to itself
+ * (stores nowhere) has no buffer, nor has the gradient of one that its
+ * backward kernel keeps in registers. */
+void memory_plan(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, struct ir_memory *M);
 /* The stage whose ranks need the most. */
 int memory_largest(const struct ir_memory *M);
 /* Bytes one micro-batch's blocks hold on stage s, over its virtual stages. */

@@ -85,21 +85,22 @@ int cmd_compile(int argc, char **argv)
     bool built = rc == 0;
     if (rc == 0)
         rc = ir_schedule_verify(&S, P->L, &d);
+    /* the kernels first (the memory plan keeps no buffer for what a kernel
+     * keeps to itself); compiled after memory, so a rank that would not fit
+     * costs no NVRTC time */
+    struct kn_set kernels = {0};
+    struct kernel_stats ks = {0};
     struct ir_memory mem = {0};
     if (rc == 0) {
-        memory_plan(P, &S, &mem);
+        fuse(P, S.forward_only ? NULL : &c.opt, &kernels);
+        memory_plan(P, &S, &kernels, &mem);
         if (ir_memory_check(&mem, &d))
             rc = 1; /* the packer's bug, not the user's */
         else if (c.memory_limit)
             rc = memory_check(P, &mem, c.memory_limit, &d);
     }
-    struct kn_set kernels = {0};
-    struct kernel_stats ks = {0};
-    if (rc == 0) {
-        fuse(P, S.forward_only ? NULL : &c.opt, &kernels);
-        if (kernels_build(&kernels, archs, n_archs, &ks, &d))
-            rc = 1; /* a kernel that does not compile is weft's bug */
-    }
+    if (rc == 0 && kernels_build(&kernels, archs, n_archs, &ks, &d))
+        rc = 1; /* a kernel that does not compile is weft's bug */
     if (rc == 0)
         rc = simulate(P, &S, dev, &sim, &d);
     if (rc == 0)
