@@ -64,6 +64,12 @@ static const char common[] =
     "                        kn_mix((uint64_t)idx * 0x2545f4914f6cdd1dull + 1));\n"
     "    return (double)(h >> 11) * (1.0 / 9007199254740992.0) >= p;\n"
     "}\n"
+    "/* where row r of a (B, H, S) x D domain starts in a view of a fused QKV (kernel.h, HEADS) */\n"
+    "static KN_FN int64_t kn_view(const struct kn_args *a, const int64_t *v, int64_t r)\n"
+    "{\n"
+    "    const int64_t s = r % a->dim[2], h = r / a->dim[2] % a->dim[1], b = r / (a->dim[2] * a->dim[1]);\n"
+    "    return v[0] + b * v[1] + (h / v[4]) * v[5] + (h % v[4]) * v[2] + s * v[3];\n"
+    "}\n"
     "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
     "{\n"
     "    return a->rank >= 2 ? (float)(r % a->dim[a->rank - 2] + a->off[a->rank - 2]) : 0.f;\n"
@@ -144,7 +150,6 @@ static void name(struct emitter *e, int i, char *out, size_t n) { snprintf(out, 
 /* The offset of row r's first element of a slot, given its access. */
 static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool input, int component)
 {
-
     switch (s->access) {
     case KN_FULL:
         if (input)
@@ -155,6 +160,7 @@ static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool 
     case KN_ROW_DIV: put(&e->t, "(r / a->mod[%d]) * cols", slot); break;
     case KN_ROW: put(&e->t, "r"); break;
     case KN_ROWSTATS: put(&e->t, "r * 2 + %d", component); break;
+    case KN_HEADS: put(&e->t, "kn_view(a, a->%s[%d], r)", input ? "vin" : "vout", slot); break;
     default: put(&e->t, "0"); break;
     }
 }
@@ -162,7 +168,8 @@ static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool 
 static void load(struct emitter *e, const struct kn_node *n)
 {
     const struct kn_slot *s = &e->k->in[n->slot];
-    bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV;
+    bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS;
+    const char *col = n->imm == 1 && s->access != KN_ROWSTATS ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
         put(&e->t, "kn_from_bf16(");
     else if (s->dtype != IR_DTYPE_F32)
@@ -171,11 +178,11 @@ static void load(struct emitter *e, const struct kn_node *n)
         put(&e->t, "(");
     put(&e->t, "((const %s *)a->in[%d])[", ctype(s->dtype), n->slot);
     if (s->access == KN_COLUMN)
-        put(&e->t, "c");
+        put(&e->t, "%s", col);
     else {
         row_base(e, s, n->slot, true, (int)n->imm);
         if (per)
-            put(&e->t, " + c");
+            put(&e->t, " + %s", col);
     }
     put(&e->t, "])");
 }
@@ -230,6 +237,8 @@ static void define(struct emitter *e, int i)
     case KN_RSQRT: put(&e->t, cuda ? "rsqrtf(%s)" : "1.f / sqrtf(%s)", a); break;
     case KN_RECIP: put(&e->t, "1.f / %s", a); break;
     case KN_SQRT: put(&e->t, "sqrtf(%s)", a); break;
+    case KN_COS: put(&e->t, "cosf(%s)", a); break;
+    case KN_SIN: put(&e->t, "sinf(%s)", a); break;
     case KN_ADD: put(&e->t, "%s + %s", a, b); break;
     case KN_SUB: put(&e->t, "%s - %s", a, b); break;
     case KN_MUL: put(&e->t, "%s * %s", a, b); break;

@@ -17,7 +17,7 @@ bool fuse_op_fusible(enum ir_op_kind k)
     switch (k) {
     case IR_OP_ADD: case IR_OP_MUL: case IR_OP_SCALE: case IR_OP_BIAS_ADD: case IR_OP_GELU: case IR_OP_SILU:
     case IR_OP_RELU: case IR_OP_SWIGLU: case IR_OP_DROPOUT: case IR_OP_LAYERNORM: case IR_OP_RMSNORM:
-    case IR_OP_SOFTMAX:
+    case IR_OP_SOFTMAX: case IR_OP_ROTARY:
         return true;
     default:
         return false;
@@ -87,10 +87,29 @@ static int access_of(const struct builder *b, int t, bool per_batch)
 }
 
 /* The node holding tensor t: made in the group, or loaded. */
+/* Whether t is a view of a fused QKV made in this chunk (split_heads):
+ * its buffer is its producer's input.  Returns that input, or -1. */
+static int qkv_view(const struct partition *P, int chunk, int t)
+{
+    int p = P->g->tensors[t].producer;
+    return p >= 0 && P->g->ops[p].kind == IR_OP_SPLIT_HEADS && P->op_chunk[p] == chunk ? P->g->ops[p].in[0] : -1;
+}
+
 static int get(struct builder *b, int t, bool per_batch)
 {
     if (b->value[t] >= 0)
         return b->value[t];
+    int root = qkv_view(b->P, b->chunk, t);
+    if (root >= 0) { /* read through the view's strides */
+        if (b->k.n_in == KN_MAX_SLOTS)
+            return -1;
+        int slot = kn_input(&b->k, slot_dtype(b, t), KN_HEADS);
+        b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = root, .xfer = -1, .view = t};
+        int n = kn_load(&b->k, slot);
+        if (n >= 0)
+            set_value(b, t, n);
+        return n;
+    }
     int access = access_of(b, t, per_batch);
     if (access < 0 || b->k.n_in == KN_MAX_SLOTS)
         return -1;
@@ -105,6 +124,18 @@ static int get(struct builder *b, int t, bool per_batch)
 static int op1(struct builder *b, enum kn_op op, int a) { return kn_node(&b->k, op, a, -1, -1, 0); }
 static int op2(struct builder *b, enum kn_op op, int a, int c) { return kn_node(&b->k, op, a, c, -1, 0); }
 static int cst(struct builder *b, double v) { return kn_const(&b->k, v); }
+
+/* Rotary's angle for column c of a row at position pos: pos * base^(-2i/D),
+ * i = c mod D/2; *sign: -1 in the first half, +1 in the second. */
+static int rotary_angle(struct builder *b, double base, int *sign)
+{
+    int col = kn_node(&b->k, KN_COL, -1, -1, -1, 0), n = kn_node(&b->k, KN_COLS, -1, -1, -1, 0);
+    int half = op2(b, KN_MUL, n, cst(b, 0.5)), second = op2(b, KN_LE, half, col);
+    int i = op2(b, KN_SUB, col, op2(b, KN_MUL, half, second));
+    *sign = kn_node(&b->k, KN_SELECT, second, cst(b, 1), cst(b, -1), 0);
+    int freq = op1(b, KN_EXP, op2(b, KN_DIV, op2(b, KN_MUL, i, cst(b, -2 * log(base))), n));
+    return op2(b, KN_MUL, kn_node(&b->k, KN_ROWPOS, -1, -1, -1, 0), freq);
+}
 
 /* Lower one op into b's kernel: false if it does not fit the domain. */
 static bool lower(struct builder *b, int op_index)
@@ -193,6 +224,18 @@ static bool lower(struct builder *b, int op_index)
             kn_store_component(&b->k, s, mean, 0);
             kn_store_component(&b->k, s, inv, 1);
         }
+        break;
+    }
+    case IR_OP_ROTARY: { /* x cos t + sign partner sin t, t = pos base^(-2i/D); the partner is the other half's column */
+        if (b->k.nodes[x].op != KN_LOAD)
+            return false; /* the partner column must come from memory */
+        int partner = kn_load(&b->k, b->k.nodes[x].slot);
+        if (partner < 0)
+            return false;
+        b->k.nodes[partner].imm = 1;
+        int sign, theta = rotary_angle(b, ir_op_float(o, IR_ATTR_BASE), &sign);
+        y = op2(b, KN_ADD, op2(b, KN_MUL, x, op1(b, KN_COS, theta)),
+                op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
         break;
     }
     case IR_OP_SOFTMAX: {
@@ -352,8 +395,8 @@ static int attention_view(const struct partition *P, int chunk, int t, int64_t *
         *sb = xs.ax[1].size * F, *ss = F;
         *off = which ? (per + which - 1) * D : 0;
         *sh = which || !hg ? width : D; /* output 0 read as k or v: one head a group (per is 1) */
-        if (hg)
-            *hg = per, *sg = width;
+        if (hg) /* query heads sit per group side by side; the other outputs one a group */
+            *hg = which ? 1 : per, *sg = width;
         WF_ASSERT(hg || which || per == 1);
         return x;
     }
@@ -478,6 +521,21 @@ static bool contribute(struct bwd *w, int u, int c)
         w->grad[u] = w->grad[u] >= 0 ? op2(b, KN_ADD, w->grad[u], c) : c;
         return w->grad[u] >= 0;
     }
+    int root = qkv_view(b->P, b->chunk, u);
+    if (root >= 0) { /* a view of a fused QKV: into its buffer's gradient, through the view's strides */
+        int slot = -1;
+        for (int i = 0; i < b->k.n_out; i++)
+            if (b->out[i].what == IR_BUF_GRAD && b->out[i].id == root && b->out[i].view == u && b->k.out[i].access == KN_HEADS)
+                slot = i;
+        if (slot < 0) {
+            if (b->k.n_out == KN_MAX_SLOTS)
+                return false;
+            slot = kn_output(&b->k, grad_dtype(b, u), KN_HEADS);
+            b->out[slot] = (struct kn_bind){.what = IR_BUF_GRAD, .id = root, .xfer = -1, .view = u};
+        }
+        kn_accum(&b->k, slot, c);
+        return !b->k.full;
+    }
     int access = access_of(b, u, false);
     if (access != KN_FULL && access != KN_COLUMN)
         return false; /* a broadcast over some rows or a scalar: its sum does not fit one row at a time */
@@ -575,6 +633,18 @@ static bool lower_backward(struct bwd *w, int op_index, int gy)
         if (layer && o->n_in > 2 && o->in[2] >= 0)
             ok = ok && contribute(w, o->in[2], gy);
         return ok;
+    }
+    case IR_OP_ROTARY: { /* the rotation back: gy cos t - sign gy(partner) sin t */
+        if (b->k.nodes[gy].op != KN_LOAD)
+            return false; /* the partner column must come from memory */
+        int partner = kn_load(&b->k, b->k.nodes[gy].slot);
+        if (partner < 0)
+            return false;
+        b->k.nodes[partner].imm = 1;
+        int sign, theta = rotary_angle(b, ir_op_float(o, IR_ATTR_BASE), &sign);
+        int dx = op2(b, KN_SUB, op2(b, KN_MUL, gy, op1(b, KN_COS, theta)),
+                     op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
+        return contribute(w, in0, dx);
     }
     case IR_OP_SOFTMAX: { /* y (gy - rowsum(gy y)) */
         int y = fwd_value(w, o->out[0]);
@@ -886,6 +956,13 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     if (!s.rank)
         a->dim[0] = a->stride[0] = 1;
     memcpy(a->stream, G->streams, sizeof a->stream);
+    for (int io = 0; io < 2; io++) /* views of a fused QKV: their strides */
+        for (int i = 0; i < (io ? G->n_out : G->n_in); i++) {
+            const struct kn_bind *b = io ? &G->out[i] : &G->in[i];
+            int64_t *v = io ? a->vout[i] : a->vin[i];
+            if ((io ? k->out[i] : k->in[i]).access == KN_HEADS)
+                attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
+        }
 }
 
 int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int l)
@@ -912,6 +989,8 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
                 bytes += a.rows * a.cols * size;
             else if (b->what == IR_BUF_ROWSTATS)
                 bytes += a.rows * 2 * size;
+            else if (s->access == KN_HEADS) /* the view, not the whole fused buffer */
+                bytes += a.rows * a.cols * size;
             else {
                 struct ir_shape t = bound_shape(P, L, b);
                 bytes += ir_shape_numel(&t) * size;

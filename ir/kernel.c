@@ -118,7 +118,7 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         switch (n->op) {
         case KN_LOAD: {
             enum kn_access a = (enum kn_access)k->in[n->slot].access;
-            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV;
+            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS;
             break;
         }
         case KN_COL:
@@ -252,6 +252,7 @@ static void put_bind(struct plan_writer *w, const struct kn_bind *b)
     plan_put_u8(w, b->what);
     plan_put_i32(w, b->id);
     plan_put_i32(w, b->xfer);
+    plan_put_i32(w, b->view);
 }
 
 void kn_set_write(struct plan_writer *w, const struct kn_set *s)
@@ -337,7 +338,8 @@ static bool get_bind(struct plan_reader *r, struct kn_bind *b)
     b->what = plan_get_u8(r);
     b->id = plan_get_i32(r);
     b->xfer = plan_get_i32(r);
-    return b->what < IR_BUF_COUNT && b->id >= 0;
+    b->view = plan_get_i32(r);
+    return b->what < IR_BUF_COUNT && b->id >= 0 && b->view >= 0;
 }
 
 static int bad_kernels(struct diag *d, const char *what)

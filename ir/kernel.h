@@ -38,6 +38,7 @@
     /* arithmetic */                                                           \
     X(NEG, "neg", 1) X(EXP, "exp", 1) X(LOG, "log", 1) X(TANH, "tanh", 1)      \
     X(ERF, "erf", 1) X(RSQRT, "rsqrt", 1) X(RECIP, "recip", 1) X(SQRT, "sqrt", 1) \
+    X(COS, "cos", 1) X(SIN, "sin", 1)                                          \
     X(ADD, "add", 2) X(SUB, "sub", 2) X(MUL, "mul", 2) X(DIV, "div", 2)        \
     X(MAX, "max", 2) X(LT, "lt", 2) X(LE, "le", 2) X(EQ, "eq", 2)              \
     X(SELECT, "select", 3)    /* a != 0 ? b : c */                             \
@@ -61,6 +62,8 @@ enum kn_op {
     X(ROW, "row")           /* r: one value per row (a label, a per-row loss) */ \
     X(ROW_DIV, "row_div")   /* (r / rows_div) * cols + c: one row per batch (a padding mask) */ \
     X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
+    X(HEADS, "heads")       /* a view of a fused QKV: the domain is (B, H, S) rows of D, row r's (b, h, s) at \
+                               v[0] + b v[1] + (h / v[4]) v[5] + (h % v[4]) v[2] + s v[3], v the slot's view */ \
     X(SCALAR, "scalar")     /* 0 */
 
 enum kn_access {
@@ -80,7 +83,8 @@ struct kn_node {
     uint8_t op;      /* enum kn_op */
     uint8_t slot;    /* LOAD, STORE: the input or output; ARG, KEEP: the argument */
     int16_t a, b, c; /* operands: earlier nodes; -1 none */
-    double imm;      /* CONST's value; KEEP's p; LOAD's, STORE's component of ROWSTATS */
+    double imm;      /* CONST's value; KEEP's p; LOAD's, STORE's component of ROWSTATS; LOAD's 1:
+                      * the rotate-half partner column (c + cols/2, or c - cols/2) */
 };
 
 struct kn_slot {
@@ -162,6 +166,7 @@ struct kn_attn {
  * forward, what each binds, and the distinct kernels they run. */
 /* What a slot binds: a tensor, or an op's saved mask or row statistics. */
 struct kn_bind {
+    int32_t view;          /* a HEADS slot's: the view (a split_heads output) through which id's buffer is read */
     uint8_t what; /* enum ir_buf_what (memplan.h): VALUE, MASK, ROWSTATS */
     int id;       /* tensor, or op */
     int xfer;     /* an input that a transfer brings: the transfer (its result is read); -1 */
@@ -226,6 +231,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d);
     float arg[8];                                                              \
     const void *in[KN_SLOTS_];                                                 \
     void *out[KN_SLOTS_];                                                      \
+    int64_t vin[KN_SLOTS_][6], vout[KN_SLOTS_][6]; /* HEADS slots' views */ \
     float *partial;  /* CUDA, COLUMN accumulations: nblocks x cols per output */ \
     int64_t nblocks; /* the row kernel's gridDim.x, when partial is used */
 #define KN_SLOTS_ 8

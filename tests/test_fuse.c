@@ -432,8 +432,20 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
     for (int i = 0; i < B->n_out; i++) {
         int t = B->out[i].id;
         int64_t n = ir_shape_numel(&g->tensors[t].shape);
+        bool view = F->kernels[B->kernel].k.out[i].access == KN_HEADS;
+        if (view) /* into a fused QKV's gradient through a view: the view's elements, where they lie */
+            n = ba.rows * ba.cols;
         for (int64_t e = 0; e < n; e++) {
-            double got = ((float *)ba.out[i])[e], w = want[t][e], err = fabs(got - w) / (fabs(w) + 1e-2);
+            int64_t at = e;
+            double w;
+            if (view) {
+                const int64_t *v = ba.vout[i], row = e / ba.cols, c = e % ba.cols;
+                int64_t s = row % ba.dim[2], h = row / ba.dim[2] % ba.dim[1], bb = row / (ba.dim[2] * ba.dim[1]);
+                at = v[0] + bb * v[1] + (h / v[4]) * v[5] + (h % v[4]) * v[2] + s * v[3] + c;
+                w = want[t][at] + want[B->out[i].view][e]; /* the noise it held, and the view's gradient */
+            } else
+                w = want[t][e];
+            double got = ((float *)ba.out[i])[at], err = fabs(got - w) / (fabs(w) + 1e-2);
             worst = fmax(worst, err);
             if (!(err <= 1e-3))
                 fail_msg("%s: the gradient of %s, element %lld: %g, the reference %g", F->kernels[B->kernel].name,
