@@ -152,10 +152,7 @@ static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool 
 {
     switch (s->access) {
     case KN_FULL:
-        if (input)
-            put(&e->t, "(a->mod[%d] ? r %% a->mod[%d] : r) * cols", slot, slot);
-        else
-            put(&e->t, "r * cols");
+        put(&e->t, "(a->%s[%d] ? r %% a->%s[%d] : r) * cols", input ? "mod" : "omod", slot, input ? "mod" : "omod", slot);
         break;
     case KN_ROW_DIV: put(&e->t, "(r / a->mod[%d]) * cols", slot); break;
     case KN_ROW: put(&e->t, "r"); break;
@@ -406,7 +403,8 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             e.stored[n->a] = i;
     }
     /* a column sum needs a block per row (its partial sums are per block) */
-    bool cuda = lang == KN_LANG_CUDA, elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k);
+    bool cuda = lang == KN_LANG_CUDA,
+         elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k) && !kn_has_full_accum(k);
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)

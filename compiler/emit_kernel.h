@@ -9,9 +9,13 @@
  * kernel's rows x cols domain:
  *   C     a loop over rows; in each, one loop over the columns per pass,
  *         plain arithmetic the compiler can vectorise
- *   CUDA  a kernel with reductions: a block per row (grid-stride over rows),
- *         threads striding over the columns, a block reduction per
- *         ROWSUM/ROWMAX; without: a grid-stride loop over every element
+ *   CUDA  a kernel with reductions or accumulations: a block per row
+ *         (grid-stride over rows), threads striding over the columns, a
+ *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop
+ *         over every element.  One that adds into an output with a
+ *         modulus must run with gridDim.x equal to it (kn_has_full_accum),
+ *         one with column sums with a.nblocks = gridDim.x and its
+ *         NAME_colsum after it.
  * Values are float whatever the slots' types (bf16 and f32 in, f32
  * accumulation); no header beyond the C library is needed, so NVRTC
  * compiles the source as it stands. */

@@ -538,12 +538,7 @@ static bool contribute(struct bwd *w, int u, int c)
     }
     int access = access_of(b, u, false);
     if (access != KN_FULL && access != KN_COLUMN)
-        return false; /* a broadcast over some rows or a scalar: its sum does not fit one row at a time */
-    if (access == KN_FULL) { /* a broadcast FULL (a modulus) would sum over rows too */
-        struct ir_shape s = local(b, u);
-        if (ir_shape_numel(&s) != b->rows * b->cols)
-            return false;
-    }
+        return false; /* a scalar: its sum over everything does not fit one row at a time */
     int slot = -1;
     for (int i = 0; i < b->k.n_out; i++)
         if (b->out[i].what == IR_BUF_GRAD && b->out[i].id == u)
@@ -926,7 +921,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     a->cols = s.rank ? s.ax[s.rank - 1].size : 1;
     a->rows = a->cols ? ir_shape_numel(&s) / a->cols : 0;
     for (int i = 0; i < G->n_in; i++) {
-        if (G->in[i].what != IR_BUF_VALUE)
+        if (G->in[i].what != IR_BUF_VALUE && G->in[i].what != IR_BUF_GRAD)
             continue;
         struct ir_shape t = bound_shape(P, G, &G->in[i]);
         int64_t n = ir_shape_numel(&t);
@@ -934,6 +929,14 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
             a->mod[i] = a->cols ? n / a->cols : 0;
         else if (k->in[i].access == KN_ROW_DIV)
             a->mod[i] = n ? a->rows * a->cols / n : 0;
+    }
+    for (int i = 0; i < G->n_out; i++) { /* a broadcast input's gradient sums the rows that share an element */
+        if ((G->out[i].what != IR_BUF_VALUE && G->out[i].what != IR_BUF_GRAD) || k->out[i].access != KN_FULL)
+            continue;
+        struct ir_shape t = bound_shape(P, G, &G->out[i]);
+        int64_t n = ir_shape_numel(&t);
+        if (n != a->rows * a->cols)
+            a->omod[i] = a->cols ? n / a->cols : 0;
     }
     /* the element's place in the whole tensor: this rank's offset along each split axis */
     const struct rank_coords *rc = &P->L->ranks[rank];
@@ -980,7 +983,7 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
     struct kn_args a;
     fuse_launch_args(P, F, l, 0, &a);
     int64_t bytes = 0;
-    for (int io = 0; io < 2; io++)
+    for (int io = 0; io < 2 && e->kind == KN_KIND_FUSED; io++)
         for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
             const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
             const struct kn_slot *s = io ? &k->out[i] : &k->in[i];

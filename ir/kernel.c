@@ -103,6 +103,14 @@ void kn_accum(struct kn_kernel *k, int slot, int value)
         k->nodes[n].slot = (uint8_t)slot;
 }
 
+bool kn_has_full_accum(const struct kn_kernel *k)
+{
+    for (int i = 0; i < k->n_nodes; i++)
+        if (k->nodes[i].op == KN_ACCUM && k->out[k->nodes[i].slot].access == KN_FULL)
+            return true;
+    return false;
+}
+
 bool kn_has_column_sum(const struct kn_kernel *k)
 {
     for (int i = 0; i < k->n_nodes; i++)

@@ -119,6 +119,11 @@ void kn_accum(struct kn_kernel *k, int slot, int value);
 /* Whether the kernel adds into a COLUMN output (a sum over rows: a bias's
  * or a norm's weight gradient). */
 bool kn_has_column_sum(const struct kn_kernel *k);
+/* Whether it adds into a FULL output that its launch may give a modulus
+ * (rows summed modulo: a position table's gradient).  On the GPU such a
+ * kernel runs with gridDim.x equal to the modulus, so the rows that meet
+ * in one element belong to one block: no races, a fixed order. */
+bool kn_has_full_accum(const struct kn_kernel *k);
 
 /* Per node: whether its value varies along the row (else one per row). */
 void kn_per_element(const struct kn_kernel *k, bool *out);
@@ -226,6 +231,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d);
 #define KN_ARGS_FIELDS                                                         \
     int64_t rows, cols;                                                        \
     int64_t mod[KN_SLOTS_]; /* per input: FULL's rows_mod, ROW_DIV's rows_div */ \
+    int64_t omod[KN_SLOTS_]; /* per output: FULL's rows_mod (an ACCUM summing rows r = i mod m) */ \
     int64_t rank, dim[KN_RANK_], off[KN_RANK_], stride[KN_RANK_];             \
     uint64_t seed, stream[4];                                                  \
     float arg[8];                                                              \

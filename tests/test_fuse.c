@@ -467,12 +467,16 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
 }
 
 /* Every distinct backward kernel of every model, on CPU, against the
- * reference's backward of the same ops (fp32). */
+ * reference's backward of the same ops (fp32).  Two samples a micro-batch,
+ * so a table broadcast over the batch (GPT-2's positions) sums its
+ * gradient over the rows that share an element. */
 static void test_cpu_backward_matches_reference(void **state)
 {
     (void)state;
     for (size_t m = 0; m < WF_COUNT(models); m++) {
-        struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), NULL, 0);
+        struct par_config pc = par_config_default();
+        pc.micro_batch = 2, pc.global_batch = 2;
+        struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
         struct ref *r = ref_new(P->g, 5);
         ref_fill_inputs(r, 5, 512);
         struct diag d;
@@ -495,6 +499,12 @@ static void test_cpu_backward_matches_reference(void **state)
         }
         printf("    %-18s %d backward kernels, worst relative error %.2e\n", models[m].file, n, worst);
         assert_true(n > 0);
+        int fused = 0, backward = 0; /* every fused forward launch has its backward */
+        for (int l = 0; l < F.n_launches; l++) {
+            fused += F.launches[l].when == KN_WHEN_FORWARD && F.kernels[F.launches[l].kernel].kind == KN_KIND_FUSED;
+            backward += F.launches[l].when == KN_WHEN_BACKWARD;
+        }
+        assert_int_equal(backward, fused);
         kn_set_free(&F);
         ref_free(r);
         partition_free(P);
