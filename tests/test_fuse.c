@@ -292,6 +292,21 @@ static double check_kernel(const struct partition *P, const struct kn_set *F, in
     return worst;
 }
 
+/* A model placed by pc and its reference forward, run on random inputs
+ * (seed 5; dropout draws with it too). */
+static struct partition *reference_run(const char *file, const char *variant, struct par_config pc, struct ref **r)
+{
+    struct partition *P = place_model(file, variant, pc, NULL, 0);
+    *r = ref_new(P->g, 5);
+    ref_fill_inputs(*r, 5, 512);
+    struct diag d;
+    diag_init(&d);
+    if (ref_forward(*r, &d))
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
+    return P;
+}
+
 /* Every distinct kernel of every model, on CPU, against the unfused ops. */
 static void test_cpu_kernels_match_reference(void **state)
 {
@@ -300,14 +315,8 @@ static void test_cpu_kernels_match_reference(void **state)
         for (size_t m = 0; m < WF_COUNT(models); m++) {
             struct par_config pc = par_config_default();
             pc.bf16 = bf16;
-            struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
-            struct ref *r = ref_new(P->g, 5);
-            ref_fill_inputs(r, 5, 512);
-            struct diag d;
-            diag_init(&d);
-            if (ref_forward(r, &d))
-                fail_msg("%s: %s", models[m].file, diag_first_error(&d));
-            diag_free(&d);
+            struct ref *r;
+            struct partition *P = reference_run(models[m].file, models[m].variant, pc, &r);
             struct kn_set F;
             fuse(P, &train, &F);
             double worst = 0;
@@ -476,14 +485,8 @@ static void test_cpu_backward_matches_reference(void **state)
     for (size_t m = 0; m < WF_COUNT(models); m++) {
         struct par_config pc = par_config_default();
         pc.micro_batch = 2, pc.global_batch = 2;
-        struct partition *P = place_model(models[m].file, models[m].variant, pc, NULL, 0);
-        struct ref *r = ref_new(P->g, 5);
-        ref_fill_inputs(r, 5, 512);
-        struct diag d;
-        diag_init(&d);
-        if (ref_forward(r, &d))
-            fail_msg("%s: %s", models[m].file, diag_first_error(&d));
-        diag_free(&d);
+        struct ref *r;
+        struct partition *P = reference_run(models[m].file, models[m].variant, pc, &r);
         struct kn_set F;
         fuse(P, &train, &F);
         double worst = 0;
