@@ -656,6 +656,46 @@ static void test_nvrtc_compiles_every_kernel(void **state)
     printf("    NVRTC %s: %d cubins in %.2f s\n", nvrtc_version(), compiled, seconds);
 }
 
+/* A kernel NVRTC rejects is weft's bug: the diagnosis names the kernel,
+ * gives NVRTC's log and where the source was saved, and the build fails.
+ * (An attention with a head dimension of 0 declares zero-length arrays.) */
+static void test_nvrtc_rejection_is_reported(void **state)
+{
+    (void)state;
+    char why[1024];
+    if (!nvrtc_available(why, sizeof why)) {
+        printf("    skipped: %s\n", why);
+        skip();
+    }
+    char cache[128];
+    snprintf(cache, sizeof cache, "/tmp/weft-test-reject-%d", (int)getpid());
+    setenv("XDG_CACHE_HOME", cache, 1);
+    struct kn_set F = {0};
+    F.kernels = calloc(1, sizeof *F.kernels);
+    F.n_kernels = 1;
+    F.kernels[0].kind = KN_KIND_ATTENTION;
+    F.kernels[0].attn = (struct kn_attn){.dtype = IR_DTYPE_F32, .D = 0, .Dv = 0};
+    snprintf(F.kernels[0].name, sizeof F.kernels[0].name, "k0_broken_attention");
+    int archs[] = {90};
+    struct kernel_stats st;
+    struct diag d;
+    diag_init(&d);
+    assert_int_equal(kernels_build(&F, archs, 1, &st, &d), -1);
+    const char *msg = diag_first_error(&d);
+    assert_non_null(strstr(msg, "kernel k0_broken_attention: NVRTC rejects it for sm_90: a bug in weft"));
+    assert_non_null(strstr(msg, "the source is saved as "));
+    assert_non_null(strstr(msg, "NVRTC says:"));
+    char saved[256];
+    snprintf(saved, sizeof saved, "%s/weft/k0_broken_attention.cu", cache);
+    assert_int_equal(access(saved, R_OK), 0);
+    diag_free(&d);
+    kn_set_free(&F);
+    unsetenv("XDG_CACHE_HOME");
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", cache);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -665,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_cpu_backward_matches_reference),
         cmocka_unit_test(test_optimizer),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
+        cmocka_unit_test(test_nvrtc_rejection_is_reported),
     };
     int rc = cmocka_run_group_tests_name("fuse", tests, NULL, NULL);
     fe_cleanup();
