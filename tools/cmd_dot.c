@@ -15,6 +15,7 @@ static const char usage[] =
     "layer (runs of alike layers folded) or per op, with the shape each rank holds,\n"
     "and every transfer: pipeline sends between stages, and the collectives each\n"
     "layer runs (on the edges with --detail op), with their group and bytes.\n"
+    "With --detail op, the ops one fused kernel runs are boxed under its name.\n"
     "Layout flags are weft layout's (--world-size, --tp, --pp, ...).\n";
 
 int cmd_dot(int argc, char **argv)

@@ -1,5 +1,6 @@
 /* cmd_verify.c: `weft verify MODEL.plan`: the proof again, from the file alone. */
 #include "cli.h"
+#include "kernel.h"
 #include "memplan.h"
 #include "plan.h"
 #include "program.h"
@@ -42,6 +43,9 @@ int cmd_verify(int argc, char **argv)
         rc = ir_schedule_verify(&S, L, &d);
         if (rc == 0 && (rc = ir_memory_read(p, S.n_stages, -1, &M, &d)) == 0)
             rc = ir_memory_check(&M, &d);
+        struct kn_set K; /* the kernels' descriptions and launches read back whole */
+        if (rc == 0 && plan_has(p, "kernels") && (rc = kn_set_read(p, &K, &d)) == 0)
+            kn_set_free(&K);
         if (rc == 0) {
             int n = 0;
             for (int s = 0; s < S.n_stages; s++)
