@@ -769,7 +769,10 @@ static void optimizer(const struct partition *P, const struct optim_config *o, s
 {
     const struct ir_graph *g = P->g;
     bool bf16 = P->L->pc.bf16;
-    struct kn_kernel step = adamw(o, bf16), norm = sum_of_squares();
+    /* Megatron's default: no weight decay on biases and 1-D parameters (norms) */
+    struct optim_config flat = *o;
+    flat.weight_decay = 0;
+    struct kn_kernel step = adamw(o, bf16), step_flat = adamw(&flat, bf16), norm = sum_of_squares();
     int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner);
     int stages = 0;
     for (int c = 0; c < P->n_chunks; c++)
@@ -795,7 +798,8 @@ static void optimizer(const struct partition *P, const struct optim_config *o, s
                 A->out[k] = A->in[k + 1];
             if (bf16)
                 A->out[3] = (struct kn_bind){.what = IR_BUF_VALUE, .id = p, .xfer = -1};
-            A->kernel = entry(F, &step, NULL, "_adamw");
+            bool decays = g->tensors[p].shape.rank > 1;
+            A->kernel = entry(F, decays ? &step : &step_flat, NULL, decays ? "_adamw" : "_adamw_no_decay");
         }
     }
     free(params);

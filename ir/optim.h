@@ -37,6 +37,8 @@ struct optim_config {
     double clip_grad; /* 0: no clipping */
 };
 
+/* Weight decay applies to parameters of two or more dimensions: biases and
+ * norm weights (1-D) take none, Megatron's default (get_param_groups). */
 /* Megatron's defaults: lr 1e-4 (Megatron has none: it must be given),
  * min-lr 0, no warm-up, linear decay over train-iters, weight decay 0.01,
  * betas 0.9 and 0.999, eps 1e-8, clip-grad 1.0. */

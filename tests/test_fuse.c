@@ -17,7 +17,7 @@
 #include <dlfcn.h>
 #include <math.h>
 
-static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style = OPTIM_DECAY_CONSTANT, .weight_decay = 0.01,
+static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style = OPTIM_DECAY_CONSTANT, .weight_decay = 0.1,
                                           .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip_grad = 1.0};
 
 static const struct {
@@ -43,12 +43,15 @@ static void test_gpt2_groups(void **state)
                            * gradient of the residual sum (nothing after reads the sum) */
                           "k5_bias_add_dropout_add_layernorm_backward", "k6_bias_add_gelu_backward",
                           "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_backward", "k9_add_dropout_layernorm_backward",
-                          /* the step: the gradient norm's sums, AdamW */
-                          "k10_sum_of_squares", "k11_adamw"};
-    assert_int_equal(F.n_kernels, 12);
-    for (int k = 0; k < 12; k++)
+                          /* the step: the gradient norm's sums, AdamW (none of its weight decay on
+                           * the 1-D parameters: biases and norms, as Megatron) */
+                          "k10_sum_of_squares", "k11_adamw", "k12_adamw_no_decay"};
+    assert_int_equal(F.n_kernels, 13);
+    for (int k = 0; k < 13; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
-    assert_int_equal(F.kernels[11].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
+    assert_int_equal(F.kernels[10].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
+    assert_int_equal(F.kernels[11].uses, 4 * 12 + 2); /* the matrices, the token and position tables */
+    assert_int_equal(F.kernels[12].uses, 8 * 12 + 2);
     assert_int_equal(F.kernels[5].uses, 1);
     assert_int_equal(F.kernels[7].uses, 23);
     assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
@@ -529,12 +532,12 @@ static void test_optimizer(void **state)
         struct partition *P = place_model("models/gpt2.xml", "tiny", pc, NULL, 0);
         struct kn_set F;
         fuse(P, &train, &F);
-        int norm = 0, step = 0, expect = 0, k_step = -1, k_norm = -1, l_step = -1;
+        int norm = 0, step = 0, expect = 0, k_norm = -1, l_step = -1;
         for (int l = 0; l < F.n_launches; l++) {
             norm += F.launches[l].when == KN_WHEN_NORM;
             if (F.launches[l].when == KN_WHEN_OPTIMIZER) {
                 step++;
-                k_step = F.launches[l].kernel, l_step = l;
+                l_step = l;
             }
             if (F.launches[l].when == KN_WHEN_NORM)
                 k_norm = F.launches[l].kernel;
@@ -550,40 +553,53 @@ static void test_optimizer(void **state)
         void *lib;
         char so[256];
         void (*fn)(const struct kn_args *);
-        *(void **)&fn = load_kernel(&F.kernels[k_step], &lib, so, sizeof so);
+        double worst = 0;
         const int64_t rows = 3, cols = 50, n = rows * cols;
         uint64_t seed = 7;
-        float *g = noise(n, &seed), *m = noise(n, &seed), *v = noise(n, &seed), *w = noise(n, &seed);
-        for (int64_t e = 0; e < n; e++)
-            v[e] = fabsf(v[e]); /* a second moment */
-        float *m2 = calloc((size_t)n, 4), *v2 = calloc((size_t)n, 4), *w2 = calloc((size_t)n, 4), *g2 = calloc((size_t)n, 4);
-        uint16_t *copy = calloc((size_t)n, 2);
-        memcpy(m2, m, (size_t)n * 4), memcpy(v2, v, (size_t)n * 4), memcpy(w2, w, (size_t)n * 4);
-        const long t = 3;
-        const double lr = 3e-4, clip = 0.5;
-        struct kn_args a = {.rows = rows, .cols = cols, .rank = 2, .dim = {rows, cols}, .stride = {cols, 1}};
-        a.arg[0] = (float)lr, a.arg[1] = (float)clip;
-        a.arg[2] = (float)(1 / (1 - pow(train.beta1, (double)t))), a.arg[3] = (float)(1 / (1 - pow(train.beta2, (double)t)));
-        a.in[0] = g, a.in[1] = m, a.in[2] = v, a.in[3] = w, a.out[0] = m, a.out[1] = v, a.out[2] = w, a.out[3] = copy;
-        fn(&a);
-        for (int64_t e = 0; e < n; e++)
-            g2[e] = (float)(g[e] * clip); /* the reference clips first */
-        optim_adamw(&train, t, lr, (size_t)n, w2, g2, m2, v2);
-        double worst = 0;
-        for (int64_t e = 0; e < n; e++) {
-            worst = fmax(worst, fabs(m[e] - m2[e]) / (fabs(m2[e]) + 1e-6));
-            worst = fmax(worst, fabs(v[e] - v2[e]) / (fabs(v2[e]) + 1e-6));
-            worst = fmax(worst, fabs(w[e] - w2[e]) / (fabs(w2[e]) + 1e-6));
-            if (bf16) {
-                uint32_t u;
-                memcpy(&u, &w[e], 4);
-                assert_int_equal(copy[e], (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16));
+        float *g = noise(n, &seed);
+        for (int decays = 0; decays < 2; decays++) { /* the kernel for 1-D parameters, then for the others */
+            int k = 0;
+            while (k < F.n_kernels && !(strstr(F.kernels[k].name, "_adamw") &&
+                                        (strstr(F.kernels[k].name, "_no_decay") != NULL) == !decays))
+                k++;
+            assert_true(k < F.n_kernels);
+            struct optim_config cfg = train;
+            cfg.weight_decay = decays ? train.weight_decay : 0;
+            *(void **)&fn = load_kernel(&F.kernels[k], &lib, so, sizeof so);
+            float *m = noise(n, &seed), *v = noise(n, &seed), *w = noise(n, &seed);
+            for (int64_t e = 0; e < n; e++)
+                v[e] = fabsf(v[e]); /* a second moment */
+            float *m2 = calloc((size_t)n, 4), *v2 = calloc((size_t)n, 4), *w2 = calloc((size_t)n, 4), *g2 = calloc((size_t)n, 4);
+            uint16_t *copy = calloc((size_t)n, 2);
+            memcpy(m2, m, (size_t)n * 4), memcpy(v2, v, (size_t)n * 4), memcpy(w2, w, (size_t)n * 4);
+            const long t = 3;
+            const double lr = 3e-3, clip = 0.5;
+            struct kn_args a = {.rows = rows, .cols = cols, .rank = 2, .dim = {rows, cols}, .stride = {cols, 1}};
+            a.arg[0] = (float)lr, a.arg[1] = (float)clip;
+            a.arg[2] = (float)(1 / (1 - pow(cfg.beta1, (double)t))), a.arg[3] = (float)(1 / (1 - pow(cfg.beta2, (double)t)));
+            a.in[0] = g, a.in[1] = m, a.in[2] = v, a.in[3] = w, a.out[0] = m, a.out[1] = v, a.out[2] = w, a.out[3] = copy;
+            fn(&a);
+            for (int64_t e = 0; e < n; e++)
+                g2[e] = (float)(g[e] * clip); /* the reference clips first */
+            optim_adamw(&cfg, t, lr, (size_t)n, w2, g2, m2, v2);
+            for (int64_t e = 0; e < n; e++) {
+                worst = fmax(worst, fabs(m[e] - m2[e]) / (fabs(m2[e]) + 1e-6));
+                worst = fmax(worst, fabs(v[e] - v2[e]) / (fabs(v2[e]) + 1e-6));
+                worst = fmax(worst, fabs(w[e] - w2[e]) / (fabs(w2[e]) + 1e-6));
+                if (bf16) {
+                    uint32_t u;
+                    memcpy(&u, &w[e], 4);
+                    assert_int_equal(copy[e], (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16));
+                }
             }
+            /* lr * weight decay is 3e-4 of a weight: a kernel with the other decay would miss by that */
+            if (!(worst < 1e-5))
+                fail_msg("AdamW%s%s: worst relative error %g against optim_adamw", decays ? "" : " (no decay)",
+                         bf16 ? " (bf16)" : "", worst);
+            free(m), free(v), free(w), free(m2), free(v2), free(w2), free(g2), free(copy);
+            dlclose(lib);
+            unlink(so);
         }
-        if (!(worst < 1e-5))
-            fail_msg("AdamW%s: worst relative error %g against optim_adamw", bf16 ? " (bf16)" : "", worst);
-        dlclose(lib);
-        unlink(so);
         /* the norm's sums of squares, row by row */
         *(void **)&fn = load_kernel(&F.kernels[k_norm], &lib, so, sizeof so);
         float *sums = calloc((size_t)rows, 4);
@@ -600,7 +616,7 @@ static void test_optimizer(void **state)
                norm, worst);
         dlclose(lib);
         unlink(so);
-        free(g), free(m), free(v), free(w), free(m2), free(v2), free(w2), free(g2), free(copy), free(sums);
+        free(g), free(sums);
         kn_set_free(&F);
         partition_free(P);
     }

@@ -269,7 +269,7 @@ static void test_kernels(void **state)
     setenv("XDG_CACHE_HOME", cache, 1); /* a cold cache of its own */
     compile(path("k.plan"), gpt2);
     if (gpu) {
-        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 48 compiled by NVRTC"));
+        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 51 compiled by NVRTC"));
         assert_non_null(strstr(R->out, ", 0 from the cache"));
     } else
         assert_non_null(strstr(R->out, "no GPU binaries"));
@@ -280,11 +280,12 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "from the cache"));
     run_weft(R, "inspect", path("k.plan"), "--kernels", NULL);
     assert_int_equal(R->status, 0);
-    assert_non_null(strstr(R->out, "16 kernels for 64 forward, 52 backward, 149 optimizer, 149 gradient-norm launches"));
+    assert_non_null(strstr(R->out, "17 kernels for 64 forward, 52 backward, 149 optimizer, 149 gradient-norm launches"));
     assert_non_null(strstr(R->out, "k3_bias_add_dropout_add_layernorm"));
     assert_non_null(strstr(R->out, "k2_attention"));
     assert_non_null(strstr(R->out, "k9_bias_add_dropout_add_layernorm_backward"));
-    assert_non_null(strstr(R->out, "k15_adamw"));
+    assert_non_null(strstr(R->out, "k15_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
+    assert_non_null(strstr(R->out, "k16_adamw "));
     assert_non_null(strstr(R->out, "k13_add_dropout_layernorm_backward")); /* the position table's gradient sums the batch */
     run_weft(R, "inspect", path("k.plan"), "--kernel", "15", NULL);
     assert_non_null(strstr(R->out, "fuses (optimizer step)"));
@@ -299,7 +300,7 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "in  0  q              decoder.layer.0.qkv"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
     assert_int_equal(R->status, 2);
-    assert_non_null(strstr(R->err, "--kernel 99: the plan has 16 kernels (0-15)"));
+    assert_non_null(strstr(R->err, "--kernel 99: the plan has 17 kernels (0-16)"));
     if (gpu) {
         run_weft(R, "compile", "models/gpt2.xml", "--arch", "sm_90,sm_42", "-o", path("x.plan"), NULL);
         assert_int_equal(R->status, 2);

@@ -384,7 +384,8 @@ int cmd_inspect(int argc, char **argv)
                 printf(", %s decay to %g by iteration %ld", optim_decay_name(opt.decay_style), opt.min_lr, decay);
             else if (opt.decay_style != OPTIM_DECAY_CONSTANT)
                 printf(", %s decay (over --train-iters, not given: constant)", optim_decay_name(opt.decay_style));
-            printf("\n            weight decay %g, betas %g/%g, eps %g; ", opt.weight_decay, opt.beta1, opt.beta2, opt.eps);
+            printf("\n            weight decay %g (none on biases and norms), betas %g/%g, eps %g; ", opt.weight_decay,
+                   opt.beta1, opt.beta2, opt.eps);
             if (opt.clip_grad > 0)
                 printf("gradients clipped to global norm %g\n", opt.clip_grad);
             else
