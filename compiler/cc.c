@@ -33,8 +33,8 @@ int cc_shared_object(const char *const *sources, int n_sources, const char *so_p
         m += (size_t)snprintf(files + m, sizeof files - m, " '%s'", src);
     }
     int status = -1;
+    const char *cc = getenv("CC");
     if (written == n_sources && m < sizeof files) {
-        const char *cc = getenv("CC");
         char cmd[10000];
         snprintf(cmd, sizeof cmd, "%s -std=c11 -O3 -fno-math-errno -fPIC -shared -o '%s'%s -lm > '%s' 2>&1",
                  cc && *cc ? cc : "cc", so_path, files, out);
@@ -52,7 +52,6 @@ int cc_shared_object(const char *const *sources, int n_sources, const char *so_p
     }
     unlink(out);
     rmdir(dir);
-    const char *cc = getenv("CC");
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status)) {
         if (!log[0])
             snprintf(log, n, "%s failed (status %d)", cc && *cc ? cc : "cc", status);

@@ -147,19 +147,20 @@ static const char *ctype(int dtype)
 /* A node's variable: e<i> inside a pass's column loop, v<i> per row. */
 static void name(struct emitter *e, int i, char *out, size_t n) { snprintf(out, n, "%c%d", e->per[i] ? 'e' : 'v', i); }
 
-/* The offset of row r's first element of a slot, given its access. */
-static void row_base(struct emitter *e, const struct kn_slot *s, int slot, bool input, int component)
+/* The offset of row r's first element of a slot, given its access, into out. */
+static const char *row_base(const struct kn_slot *s, int slot, bool input, int component, char *out, size_t n)
 {
     switch (s->access) {
     case KN_FULL:
-        put(&e->t, "(a->%s[%d] ? r %% a->%s[%d] : r) * cols", input ? "mod" : "omod", slot, input ? "mod" : "omod", slot);
+        snprintf(out, n, "(a->%s[%d] ? r %% a->%s[%d] : r) * cols", input ? "mod" : "omod", slot, input ? "mod" : "omod", slot);
         break;
-    case KN_ROW_DIV: put(&e->t, "(r / a->mod[%d]) * cols", slot); break;
-    case KN_ROW: put(&e->t, "r"); break;
-    case KN_ROWSTATS: put(&e->t, "r * 2 + %d", component); break;
-    case KN_HEADS: put(&e->t, "kn_view(a, a->%s[%d], r)", input ? "vin" : "vout", slot); break;
-    default: put(&e->t, "0"); break;
+    case KN_ROW_DIV: snprintf(out, n, "(r / a->mod[%d]) * cols", slot); break;
+    case KN_ROW: snprintf(out, n, "r"); break;
+    case KN_ROWSTATS: snprintf(out, n, "r * 2 + %d", component); break;
+    case KN_HEADS: snprintf(out, n, "kn_view(a, a->%s[%d], r)", input ? "vin" : "vout", slot); break;
+    default: snprintf(out, n, "0"); break;
     }
+    return out;
 }
 
 static void load(struct emitter *e, const struct kn_node *n)
@@ -174,13 +175,11 @@ static void load(struct emitter *e, const struct kn_node *n)
     else
         put(&e->t, "(");
     put(&e->t, "((const %s *)a->in[%d])[", ctype(s->dtype), n->slot);
+    char base[96];
     if (s->access == KN_COLUMN)
         put(&e->t, "%s", col);
-    else {
-        row_base(e, s, n->slot, true, (int)n->imm);
-        if (per)
-            put(&e->t, " + %s", col);
-    }
+    else
+        put(&e->t, "%s%s%s", row_base(s, n->slot, true, (int)n->imm, base, sizeof base), per ? " + " : "", per ? col : "");
     put(&e->t, "])");
 }
 
@@ -291,16 +290,11 @@ static void store(struct emitter *e, int i)
             put(&e->t, "%*sa->partial[%s] += %s;\n", indent, "", index, v);
             return;
         }
+        char base[96];
         if (s->access == KN_COLUMN)
             snprintf(index, sizeof index, "c");
-        else {
-            struct text saved = e->t; /* the row base, written into index */
-            e->t = (struct text){0};
-            row_base(e, s, n->slot, false, 0);
-            snprintf(index, sizeof index, "%s%s", e->t.s, per ? " + c" : "");
-            free(e->t.s);
-            e->t = saved;
-        }
+        else
+            snprintf(index, sizeof index, "%s%s", row_base(s, n->slot, false, 0, base, sizeof base), per ? " + c" : "");
         if (!per && e->lang == KN_LANG_CUDA)
             put(&e->t, "%*sif (threadIdx.x == 0)\n    ", indent, "");
         accumulate(e, s, n->slot, index, v, per || e->lang != KN_LANG_CUDA ? indent : 0);
@@ -308,10 +302,9 @@ static void store(struct emitter *e, int i)
     }
     if (!per && e->lang == KN_LANG_CUDA) /* one thread writes a row's value */
         put(&e->t, "%*sif (%s)\n    ", indent, "", kn_has_reduction(e->k) ? "threadIdx.x == 0" : "c == 0");
-    put(&e->t, "%*s((%s *)a->out[%d])[", indent, "", ctype(s->dtype), n->slot);
-    row_base(e, s, n->slot, false, (int)n->imm);
-    if (per)
-        put(&e->t, " + c");
+    char base[96];
+    put(&e->t, "%*s((%s *)a->out[%d])[%s%s", indent, "", ctype(s->dtype), n->slot,
+        row_base(s, n->slot, false, (int)n->imm, base, sizeof base), per ? " + c" : "");
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
         put(&e->t, "] = kn_to_bf16(%s);\n", v);
     else if (s->dtype == KN_DTYPE_U8)

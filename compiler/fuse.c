@@ -430,20 +430,21 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     L->domain = o->out[0];
     F->op_launch[op] = F->n_launches++;
     F->ops[F->n_ops++] = op;
-    int64_t *x = L->attn; /* kn_attn_args's integers, in order */
-    x[0] = qs.ax[0].size, x[1] = qs.ax[1].size, x[2] = ks.ax[1].size, x[3] = qs.ax[2].size, x[4] = ks.ax[2].size;
+    struct kn_attn_args x = {.B = qs.ax[0].size, .Hq = qs.ax[1].size, .Hk = ks.ax[1].size, .Sq = qs.ax[2].size,
+                             .Sk = ks.ax[2].size};
     int roots[3];
-    roots[0] = attention_view(P, c, o->in[0], &x[5], &x[6], &x[7], &x[8], &x[9], &x[10]);
-    roots[1] = attention_view(P, c, o->in[1], &x[11], &x[12], &x[13], &x[14], NULL, NULL);
-    roots[2] = attention_view(P, c, o->in[2], &x[15], &x[16], &x[17], &x[18], NULL, NULL);
+    roots[0] = attention_view(P, c, o->in[0], &x.q_off, &x.q_sb, &x.q_sh, &x.q_ss, &x.q_hg, &x.q_sg);
+    roots[1] = attention_view(P, c, o->in[1], &x.k_off, &x.k_sb, &x.k_sh, &x.k_ss, NULL, NULL);
+    roots[2] = attention_view(P, c, o->in[2], &x.v_off, &x.v_sb, &x.v_sh, &x.v_ss, NULL, NULL);
     /* out as merge_heads reads it, (B, Sq, H, Dv): a view, not a copy */
-    x[19] = 0, x[20] = qs.ax[2].size * qs.ax[1].size * vs.ax[3].size, x[21] = vs.ax[3].size, x[22] = qs.ax[1].size * vs.ax[3].size;
+    x.o_sb = x.Sq * x.Hq * vs.ax[3].size, x.o_sh = vs.ax[3].size, x.o_ss = x.Hq * vs.ax[3].size;
     if (bias) {
         struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape, &P->shard[o->in[3]]);
         bool batched = bs.rank == 4 && bs.ax[0].size > 1;
-        x[23] = batched ? qs.ax[1].size * qs.ax[2].size * ks.ax[2].size : 0;
-        x[24] = qs.ax[2].size * ks.ax[2].size, x[25] = ks.ax[2].size;
+        x.bias_sb = batched ? x.Hq * x.Sq * x.Sk : 0;
+        x.bias_sh = x.Sq * x.Sk, x.bias_si = x.Sk;
     }
+    memcpy(L->attn, &x, sizeof L->attn); /* the integers come first (kernel.c asserts it) */
     for (int k = 0; k < 3; k++)
         L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
     if (bias)
@@ -977,11 +978,12 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
     const struct kn_launch *L = &F->launches[l];
     const struct kn_entry *e = &F->kernels[L->kernel];
     if (e->kind == KN_KIND_ATTENTION) { /* q, k, v, out, bias read or written once, the row statistics */
-        const int64_t *x = L->attn;
+        struct kn_attn_args x = {0};
+        memcpy(&x, L->attn, sizeof L->attn);
         int size = e->attn.dtype == IR_DTYPE_BF16 ? 2 : 4;
-        int64_t qo = x[0] * x[1] * x[3] * (e->attn.D + e->attn.Dv), kv = x[0] * x[2] * x[4] * (e->attn.D + e->attn.Dv);
-        int64_t bias = e->attn.bias ? (x[23] ? x[0] : 1) * x[1] * x[3] * x[4] : 0;
-        return (qo + kv + bias) * size + x[0] * x[1] * x[3] * 8;
+        int64_t qo = x.B * x.Hq * x.Sq * (e->attn.D + e->attn.Dv), kv = x.B * x.Hk * x.Sk * (e->attn.D + e->attn.Dv);
+        int64_t bias = e->attn.bias ? (x.bias_sb ? x.B : 1) * x.Hq * x.Sq * x.Sk : 0;
+        return (qo + kv + bias) * size + x.B * x.Hq * x.Sq * 8;
     }
     const struct kn_kernel *k = &F->kernels[L->kernel].k;
     struct kn_args a;

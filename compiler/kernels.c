@@ -129,6 +129,7 @@ char *kernels_source(const struct kn_entry *e, enum kn_lang lang)
 /* One binary NVRTC makes: a kernel for an architecture (or PTX). */
 struct job {
     struct kn_entry *e;
+    int bin;            /* the entry's binary it fills */
     int arch;
     bool ptx;
     char name[128];     /* in the cache */
@@ -183,7 +184,7 @@ static int gpu_binaries(struct kn_set *F, const int *archs, int n_archs, const c
                 st->cached++;
                 continue;
             }
-            jobs[n] = (struct job){.e = e, .arch = arch, .ptx = ptx, .src = srcs[k]};
+            jobs[n] = (struct job){.e = e, .bin = e->n_bins - 1, .arch = arch, .ptx = ptx, .src = srcs[k]};
             snprintf(jobs[n].name, sizeof jobs[n].name, "%s", name);
             n++;
         }
@@ -205,10 +206,7 @@ static int gpu_binaries(struct kn_set *F, const int *archs, int n_archs, const c
     int rc = 0;
     for (int i = 0; i < n; i++) {
         struct job *j = &jobs[i];
-        struct kn_binary *bin = NULL;
-        for (int b = 0; b < j->e->n_bins && !bin; b++)
-            if (j->e->bins[b].arch == j->arch && j->e->bins[b].ptx == j->ptx)
-                bin = &j->e->bins[b];
+        struct kn_binary *bin = &j->e->bins[j->bin];
         if (j->rc && !rc) {
             char saved[1024];
             snprintf(saved, sizeof saved, "%s/%s.cu", dir ? dir : "/tmp", j->e->name);

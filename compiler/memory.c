@@ -454,14 +454,16 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
         autodiff_needs_grad(g, loss, needs);
     struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1)};
+    int *backward = wf_calloc((size_t)g->n_ops + 1, sizeof *backward); /* per first op: its group's backward + 1 */
+    for (int l = 0; K && l < K->n_launches; l++)
+        if (K->launches[l].when == KN_WHEN_BACKWARD)
+            backward[K->ops[K->launches[l].first_op]] = l + 1;
     for (int l = 0; K && l < K->n_launches; l++) {
         const struct kn_launch *L = &K->launches[l];
         if (L->when != KN_WHEN_FORWARD || K->kernels[L->kernel].kind != KN_KIND_FUSED)
             continue;
-        const struct kn_launch *B = NULL; /* its backward, if it has one */
-        for (int b = 0; b < K->n_launches && !B; b++)
-            if (K->launches[b].when == KN_WHEN_BACKWARD && K->launches[b].first_op == L->first_op)
-                B = &K->launches[b];
+        int b = backward[K->ops[L->first_op]];
+        const struct kn_launch *B = b ? &K->launches[b - 1] : NULL;
         for (int i = 0; i < L->n_ops; i++) {
             int t = g->ops[K->ops[L->first_op + i]].out[0];
             bool stored = false, read = false;
@@ -475,6 +477,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     }
     for (int s = 0; s < S->n_stages; s++)
         plan_role(P, S, needs, &fu, s, &M->roles[s]);
+    free(backward);
     free(fu.value);
     free(fu.grad);
     free(needs);
