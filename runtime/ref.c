@@ -117,6 +117,24 @@ struct opctx {
     struct diag *d;
 };
 
+/* Op op's tensors and their buffers (float or int), as its rules read them. */
+static struct opctx context(struct ref *r, int op, struct diag *d)
+{
+    struct opctx c = {.r = r, .op = &r->g->ops[op], .d = d};
+    for (int k = 0; k < c.op->n_in; k++)
+        if (c.op->in[k] >= 0) {
+            c.in[k] = &r->g->tensors[c.op->in[k]];
+            c.fi[k] = r->f[c.op->in[k]];
+            c.ii[k] = r->i[c.op->in[k]];
+        }
+    for (int k = 0; k < c.op->n_out; k++) {
+        c.out[k] = &r->g->tensors[c.op->out[k]];
+        c.fo[k] = r->f[c.op->out[k]];
+        c.io[k] = r->i[c.op->out[k]];
+    }
+    return c;
+}
+
 static int fail(struct opctx *c, const char *what, int64_t value)
 {
     diag_error(c->d, c->op->loc.file, c->op->loc.line, "reference: <op kind=\"%s\" out=\"%s\">: %s (%lld)",
@@ -585,18 +603,7 @@ int ref_op(struct ref *r, int op, struct diag *d)
             }
         return ref_op_backward(r, o->grad_of, gout, gin, d);
     }
-    struct opctx c = {.r = r, .op = &r->g->ops[op], .d = d};
-    for (int k = 0; k < c.op->n_in; k++)
-        if (c.op->in[k] >= 0) {
-            c.in[k] = &r->g->tensors[c.op->in[k]];
-            c.fi[k] = r->f[c.op->in[k]];
-            c.ii[k] = r->i[c.op->in[k]];
-        }
-    for (int k = 0; k < c.op->n_out; k++) {
-        c.out[k] = &r->g->tensors[c.op->out[k]];
-        c.fo[k] = r->f[c.op->out[k]];
-        c.io[k] = r->i[c.op->out[k]];
-    }
+    struct opctx c = context(r, op, d);
     switch (c.op->kind) {
     case IR_OP_EMBEDDING: return op_embedding(&c);
     case IR_OP_POSITION_EMBEDDING: return op_position_embedding(&c);
@@ -897,19 +904,8 @@ static int backward_dispatch(struct bctx *b0, struct opctx *c, float *const *gou
 
 int ref_op_backward(struct ref *r, int op, float *const *gout, float **gin, struct diag *d)
 {
-    struct bctx b = {.f = {.r = r, .op = &r->g->ops[op], .d = d}, .gout = gout, .gin = gin};
+    struct bctx b = {.f = context(r, op, d), .gout = gout, .gin = gin};
     struct opctx *c = &b.f;
-    for (int k = 0; k < c->op->n_in; k++)
-        if (c->op->in[k] >= 0) {
-            c->in[k] = &r->g->tensors[c->op->in[k]];
-            c->fi[k] = r->f[c->op->in[k]];
-            c->ii[k] = r->i[c->op->in[k]];
-        }
-    for (int k = 0; k < c->op->n_out; k++) {
-        c->out[k] = &r->g->tensors[c->op->out[k]];
-        c->fo[k] = r->f[c->op->out[k]];
-        c->io[k] = r->i[c->op->out[k]];
-    }
     /* An output nobody differentiates has a zero gradient. */
     float *zeros[IR_MAX_OUT] = {0};
     float *const *given = gout;
