@@ -14,7 +14,7 @@
 #define LAYERS_SHOWN 1 /* a chunk shows its first and last layer; those between fold into one node */
 
 static const char *part_fill[IR_PART_COUNT] = {"#f2f2f2", "#e3eefc", "#fdf0e0"};
-static const char *xfer_color[PART_XFER_COUNT] = {"#1f4e9c", "#c0392b", "#1e8449", "#d35400", "#7d3c98", "#999999"};
+static const char *xfer_color[PART_XFER_COUNT] = {"#1f4e9c", "#c0392b", "#1e8449", "#d35400", "#7d3c98", "#999999", "#a93226"};
 
 static void set(void *obj, const char *name, const char *value)
 {
@@ -220,13 +220,23 @@ static Agraph_t *build(const struct partition *P, const struct kn_set *K, enum d
         set(clusters[c], "fillcolor", part_fill[ch->part]);
         set(clusters[c], "color", "#888888");
     }
-    /* at op detail, a fused launch's ops in a box of their own */
+    /* at op detail, a fused forward launch's ops in a box of their own, named
+     * by its kernel (by each of them, when an op takes several: the
+     * vocab-parallel loss's, split around its collectives) */
     Agraph_t **launch = K && detail == DOT_DETAIL_OP ? wf_calloc((size_t)K->n_launches + 1, sizeof *launch) : NULL;
     for (int l = 0; launch && l < K->n_launches; l++) {
-        char name[32];
+        const struct kn_launch *L = &K->launches[l];
+        if (!L->n_ops || K->op_launch[K->ops[L->first_op]] != l)
+            continue; /* the optimizer's (no op), a backward, or an op's later launch */
+        char name[32], label[512] = "";
         snprintf(name, sizeof name, "cluster_launch_%d", l);
-        launch[l] = agsubg(clusters[K->launches[l].chunk], name, 1);
-        set(launch[l], "label", K->kernels[K->launches[l].kernel].name);
+        launch[l] = agsubg(clusters[L->chunk], name, 1);
+        size_t n = 0;
+        for (int m = l; m < K->n_launches && K->launches[m].n_ops && K->ops[K->launches[m].first_op] == K->ops[L->first_op] && K->launches[m].when == L->when &&
+                        n < sizeof label;
+             m++)
+            n += (size_t)snprintf(label + n, sizeof label - n, "%s%s", m > l ? " + " : "", K->kernels[K->launches[m].kernel].name);
+        set(launch[l], "label", label);
         set(launch[l], "style", "dashed,rounded");
         set(launch[l], "color", "#555555");
         set(launch[l], "fontsize", "9");

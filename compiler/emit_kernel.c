@@ -124,6 +124,7 @@ struct emitter {
     bool need[KN_MAX_NODES];
     int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
     int pass;                   /* the pass being written */
+    bool rowwise;               /* no value varies along a row: CUDA runs a thread per row */
 };
 
 /* Whether pass e->pass reads node i back from the output an earlier pass
@@ -222,6 +223,7 @@ static void define(struct emitter *e, int i)
     case KN_CONST: constant(e, n->imm); break;
     case KN_ARG: put(&e->t, "a->arg[%d]", n->slot); break;
     case KN_COL: put(&e->t, "(float)c"); break;
+    case KN_GCOL: put(&e->t, "(float)(c + a->off[a->rank - 1])"); break;
     case KN_COLS: put(&e->t, "(float)cols"); break;
     case KN_ROWPOS: put(&e->t, "kn_rowpos(a, r)"); break;
     case KN_KEEP: put(&e->t, "kn_keep(a, %d, r, c, %.17g) ? 1.f : 0.f", n->slot, n->imm); break;
@@ -295,12 +297,12 @@ static void store(struct emitter *e, int i)
             snprintf(index, sizeof index, "c");
         else
             snprintf(index, sizeof index, "%s%s", row_base(s, n->slot, false, 0, base, sizeof base), per ? " + c" : "");
-        if (!per && e->lang == KN_LANG_CUDA)
+        if (!per && e->lang == KN_LANG_CUDA && !e->rowwise)
             put(&e->t, "%*sif (threadIdx.x == 0)\n    ", indent, "");
         accumulate(e, s, n->slot, index, v, per || e->lang != KN_LANG_CUDA ? indent : 0);
         return;
     }
-    if (!per && e->lang == KN_LANG_CUDA) /* one thread writes a row's value */
+    if (!per && e->lang == KN_LANG_CUDA && !e->rowwise) /* one thread writes a row's value */
         put(&e->t, "%*sif (%s)\n    ", indent, "", kn_has_reduction(e->k) ? "threadIdx.x == 0" : "c == 0");
     char base[96];
     put(&e->t, "%*s((%s *)a->out[%d])[%s%s", indent, "", ctype(s->dtype), n->slot,
@@ -387,8 +389,11 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     struct emitter e = {.k = k, .lang = lang, .t = *t};
     kn_per_element(k, e.per);
     int passes = kn_phases(k, e.phase);
-    for (int i = 0; i < k->n_nodes; i++)
+    e.rowwise = true;
+    for (int i = 0; i < k->n_nodes; i++) {
         e.stored[i] = -1;
+        e.rowwise &= !e.per[i];
+    }
     for (int i = 0; i < k->n_nodes; i++) { /* a mask is stored as bytes: not the value itself */
         const struct kn_node *n = &k->nodes[i];
         if (n->op == KN_STORE && e.per[i] && k->out[n->slot].access == KN_FULL && k->out[n->slot].dtype != KN_DTYPE_U8 &&
@@ -413,7 +418,9 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
-    if (cuda && elementwise)
+    if (cuda && e.rowwise)
+        put(&e.t, "    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {\n");
+    else if (cuda && elementwise)
         put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
                   "         i += (int64_t)gridDim.x * blockDim.x) {\n"
                   "        const int64_t r = i / cols, c = i - r * cols;\n");

@@ -12,7 +12,9 @@
  *   CUDA  a kernel with reductions or accumulations: a block per row
  *         (grid-stride over rows), threads striding over the columns, a
  *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop
- *         over every element.  One that adds into an output with a
+ *         over every element; with no value that varies along a row
+ *         (per-row arithmetic only): a grid-stride loop over the rows,
+ *         a thread each.  One that adds into an output with a
  *         modulus must run with gridDim.x equal to it (kn_has_full_accum),
  *         one with column sums with a.nblocks = gridDim.x and its
  *         NAME_colsum after it.

@@ -454,6 +454,180 @@ static void attention(const struct partition *P, int op, bool train, const bool 
         L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1};
 }
 
+/* ---- the loss ----------------------------------------------------------- */
+
+/* Cross-entropy's kernels over its logits as this rank holds them: rows are
+ * tokens, columns this rank's share of the vocabulary.  Where the loss
+ * communicates (vocab-parallel, as Megatron's vocab_parallel_cross_entropy)
+ * the work splits into three launches around its two all-reduces:
+ *   max    m = rowmax(x)                           -> all-reduce-max over tp
+ *   sums   s = rowsum(exp(x - m)), t = the label's logit (0 off the shard)
+ *                                                  -> all-reduce over tp
+ *   loss   lse = m + log s;  row loss = lse - t, 0 where the label is ignore_index
+ * and without a vocabulary split they are one kernel.  The launches write
+ * the transfers' own buffers (the collective runs on them in place), and
+ * the op's row statistics keep (lse, row loss): the runtime adds the row
+ * losses and divides by the count of labels not ignore_index, as
+ * ref_op does; the backward reads lse. */
+struct ce_slots {
+    const struct partition *P;
+    int op, labels_xfer, logits_xfer, x_max, x_sum;
+    struct kn_kernel k;
+    struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
+};
+
+static int ce_in(struct ce_slots *c, int dtype, enum kn_access access, struct kn_bind b)
+{
+    int slot = kn_input(&c->k, dtype, access);
+    c->in[slot] = b;
+    return kn_load(&c->k, slot);
+}
+
+static int ce_out(struct ce_slots *c, int dtype, enum kn_access access, struct kn_bind b)
+{
+    int slot = kn_output(&c->k, dtype, access);
+    c->out[slot] = b;
+    return slot;
+}
+
+static int ce_logits(struct ce_slots *c)
+{
+    const struct ir_tensor *x = &c->P->g->tensors[c->P->g->ops[c->op].in[0]];
+    int dtype = partition_elem_bytes(c->P, x) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
+    return ce_in(c, dtype, KN_FULL, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[0], .xfer = c->logits_xfer});
+}
+
+static int ce_labels(struct ce_slots *c)
+{
+    return ce_in(c, IR_DTYPE_I32, KN_ROW, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[1], .xfer = c->labels_xfer});
+}
+
+/* A bind of transfer x's buffer (the logits' per-token statistics). */
+static struct kn_bind ce_xfer(const struct ce_slots *c, int x)
+{
+    return (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[0], .xfer = x};
+}
+
+static int ce_label_hit(struct ce_slots *c, int label) /* 1 in the label's column */
+{
+    return kn_node(&c->k, KN_EQ, kn_node(&c->k, KN_GCOL, -1, -1, -1, 0), label, -1, 0);
+}
+
+/* s and t under the row's largest logit m. */
+static void ce_sums(struct ce_slots *c, int x, int m, int label, int *s, int *t)
+{
+    struct kn_kernel *k = &c->k;
+    *s = kn_node(k, KN_ROWSUM, kn_node(k, KN_EXP, kn_node(k, KN_SUB, x, m, -1, 0), -1, -1, 0), -1, -1, 0);
+    *t = kn_node(k, KN_ROWSUM, kn_node(k, KN_SELECT, ce_label_hit(c, label), x, kn_const(k, 0), 0), -1, -1, 0);
+}
+
+static void ce_finish(struct ce_slots *c, int m, int s, int t, int label)
+{
+    struct kn_kernel *k = &c->k;
+    int lse = kn_node(k, KN_ADD, m, kn_node(k, KN_LOG, s, -1, -1, 0), -1, 0);
+    int ignored = kn_node(k, KN_EQ, label, kn_const(k, (double)ir_op_int(&c->P->g->ops[c->op], IR_ATTR_IGNORE_INDEX)), -1, 0);
+    int stats = ce_out(c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = c->op, .xfer = -1});
+    kn_store_component(k, stats, lse, 0);
+    kn_store_component(k, stats, kn_node(k, KN_SELECT, ignored, kn_const(k, 0), kn_node(k, KN_SUB, lse, t, -1, 0), 0), 1);
+}
+
+static void ce_start(struct ce_slots *c)
+{
+    kn_init(&c->k);
+    memset(c->in, 0, sizeof c->in);
+    memset(c->out, 0, sizeof c->out);
+}
+
+static void ce_launch(struct ce_slots *c, struct kn_set *F, int at, enum kn_when when, const char *name)
+{
+    struct kn_launch *L = &F->launches[F->n_launches++];
+    *L = (struct kn_launch){.chunk = c->P->op_chunk[c->op], .first_op = at, .n_ops = 1, .domain = c->P->g->ops[c->op].in[0],
+                           .n_in = c->k.n_in, .n_out = c->k.n_out, .when = (uint8_t)when};
+    memcpy(L->in, c->in, sizeof L->in);
+    memcpy(L->out, c->out, sizeof L->out);
+    WF_ASSERT(!c->k.full);
+    L->kernel = entry(F, &c->k, NULL, name);
+}
+
+static void ce_slots_of(const struct partition *P, int op, struct ce_slots *c)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    *c = (struct ce_slots){.P = P, .op = op, .logits_xfer = -1, .x_max = -1, .x_sum = -1};
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].op == op && !P->xfers[x].grad && P->xfers[x].kind == PART_XFER_ALL_REDUCE_MAX)
+            c->x_max = x, c->x_sum = x + 1; /* shard.c records the two one after the other */
+    WF_ASSERT(c->x_max < 0 || (c->x_sum < P->n_xfers && P->xfers[c->x_sum].op == op && P->xfers[c->x_sum].kind == PART_XFER_ALL_REDUCE));
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].op == op && !P->xfers[x].grad && P->xfers[x].tensor == o->in[0] && x != c->x_max && x != c->x_sum &&
+            c->logits_xfer < 0)
+            c->logits_xfer = x;
+    c->labels_xfer = transfer_of(P, op, o->in[1]);
+}
+
+static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
+{
+    struct ce_slots c;
+    ce_slots_of(P, op, &c);
+    int at = F->n_ops;
+    F->ops[F->n_ops++] = op;
+    F->op_launch[op] = F->n_launches;
+    int m, s, t, label;
+    if (c.x_max < 0) { /* the whole vocabulary here: one kernel */
+        ce_start(&c);
+        int x = ce_logits(&c);
+        label = ce_labels(&c);
+        m = kn_node(&c.k, KN_ROWMAX, x, -1, -1, 0);
+        ce_sums(&c, x, m, label, &s, &t);
+        ce_finish(&c, m, s, t, label);
+        ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy");
+        return;
+    }
+    ce_start(&c);
+    kn_store(&c.k, ce_out(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max)), kn_node(&c.k, KN_ROWMAX, ce_logits(&c), -1, -1, 0));
+    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_max");
+    ce_start(&c);
+    int x = ce_logits(&c);
+    label = ce_labels(&c);
+    m = ce_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
+    ce_sums(&c, x, m, label, &s, &t);
+    int sums = ce_out(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
+    kn_store_component(&c.k, sums, s, 0);
+    kn_store_component(&c.k, sums, t, 1);
+    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_sums");
+    ce_start(&c);
+    m = ce_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
+    s = ce_in(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
+    t = kn_load(&c.k, c.k.nodes[s].slot);
+    c.k.nodes[t].imm = 1;
+    label = ce_labels(&c);
+    ce_finish(&c, m, s, t, label);
+    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_loss");
+}
+
+/* The loss's backward: d logits = arg0 (exp(x - lse) - [column = label]),
+ * 0 where the label is ignored; arg0 is the loss's gradient over the count
+ * of labels not ignored (the runtime's, as for the forward).  Local to each
+ * vocabulary shard: no communication. */
+static void cross_entropy_backward(const struct partition *P, int op, struct kn_set *F)
+{
+    struct ce_slots c;
+    ce_slots_of(P, op, &c);
+    ce_start(&c);
+    struct kn_kernel *k = &c.k;
+    int x = ce_logits(&c), label = ce_labels(&c);
+    int lse = ce_in(&c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1});
+    int scale = kn_node(k, KN_ARG, -1, -1, -1, 0);
+    k->nodes[scale].slot = (uint8_t)kn_arg(k);
+    int p = kn_node(k, KN_EXP, kn_node(k, KN_SUB, x, lse, -1, 0), -1, -1, 0);
+    int d = kn_node(k, KN_MUL, scale, kn_node(k, KN_SUB, p, ce_label_hit(&c, label), -1, 0), -1, 0);
+    int ignored = kn_node(k, KN_EQ, label, kn_const(k, (double)ir_op_int(&P->g->ops[op], IR_ATTR_IGNORE_INDEX)), -1, 0);
+    const struct ir_tensor *logits = &P->g->tensors[P->g->ops[op].in[0]];
+    int slot = ce_out(&c, partition_elem_bytes(P, logits) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32, KN_FULL,
+                      (struct kn_bind){.what = IR_BUF_GRAD, .id = P->g->ops[op].in[0], .xfer = -1});
+    kn_accum(k, slot, kn_node(k, KN_SELECT, ignored, kn_const(k, 0), d, 0));
+    ce_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_cross_entropy_backward");
+}
+
 /* ---- the backward of a fused launch ------------------------------------- */
 
 /* What a backward kernel reads and adds into, slot by slot. */
@@ -812,9 +986,10 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
     bool forward_only = opt == NULL;
     const struct ir_graph *g = P->g;
     memset(F, 0, sizeof *F);
-    /* forward and backward launches, two per parameter for the step */
-    F->launches = wf_calloc((size_t)g->n_ops * 2 + (size_t)g->n_tensors * 2 + 2, sizeof *F->launches);
-    F->kernels = wf_calloc((size_t)g->n_ops * 2 + 2, sizeof *F->kernels);
+    /* forward and backward launches (at most four an op: the vocab-parallel
+     * loss's), two per parameter for the step */
+    F->launches = wf_calloc((size_t)g->n_ops * 4 + (size_t)g->n_tensors * 2 + 2, sizeof *F->launches);
+    F->kernels = wf_calloc((size_t)g->n_ops * 4 + 4, sizeof *F->kernels);
     F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
     F->op_launch = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_launch);
     F->n_graph_ops = g->n_ops;
@@ -872,6 +1047,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
             }
             if (o->kind == IR_OP_ATTENTION)
                 attention(P, i, !forward_only, needs, F);
+            if (o->kind == IR_OP_CROSS_ENTROPY)
+                cross_entropy(P, i, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -893,9 +1070,16 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
         int *grad = wf_calloc((size_t)g->n_tensors + 1, sizeof *grad), *fwd = wf_calloc((size_t)g->n_tensors + 1, sizeof *fwd);
         for (int t = 0; t < g->n_tensors; t++)
             grad[t] = fwd[t] = -1;
-        for (int l = F->n_launches - 1; l >= 0; l--)
-            if (F->launches[l].when == KN_WHEN_FORWARD && F->kernels[F->launches[l].kernel].kind == KN_KIND_FUSED)
+        for (int l = F->n_launches - 1; l >= 0; l--) {
+            const struct kn_launch *L = &F->launches[l];
+            int op = F->ops[L->first_op];
+            if (L->when != KN_WHEN_FORWARD || F->kernels[L->kernel].kind != KN_KIND_FUSED)
+                continue;
+            if (g->ops[op].kind != IR_OP_CROSS_ENTROPY)
                 backward(P, F, l, needs, &b, grad, fwd);
+            else if (F->op_launch[op] == l && needs[g->ops[op].in[0]])
+                cross_entropy_backward(P, op, F);
+        }
         free(grad);
         free(fwd);
         optimizer(P, opt, F);
@@ -994,12 +1178,12 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
             const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
             const struct kn_slot *s = io ? &k->out[i] : &k->in[i];
             int size = s->dtype == KN_DTYPE_U8 ? 1 : ir_dtype_bytes((enum ir_dtype)s->dtype);
-            if (b->what == IR_BUF_MASK)
+            if (b->what == IR_BUF_MASK || s->access == KN_HEADS) /* a HEADS view, not the whole fused buffer */
                 bytes += a.rows * a.cols * size;
-            else if (b->what == IR_BUF_ROWSTATS)
+            else if (s->access == KN_ROWSTATS)
                 bytes += a.rows * 2 * size;
-            else if (s->access == KN_HEADS) /* the view, not the whole fused buffer */
-                bytes += a.rows * a.cols * size;
+            else if (s->access == KN_ROW)
+                bytes += a.rows * size;
             else {
                 struct ir_shape t = bound_shape(P, L, b);
                 bytes += ir_shape_numel(&t) * size;

@@ -1,7 +1,14 @@
 /* fuse.h: the fusion pass: runs of elementwise ops, and row reductions
  * (layernorm, rmsnorm, softmax) with their elementwise neighbours, become
- * fused kernels (ir/kernel.h); GEMMs and the ops with kernels of their own
- * stay as they are.
+ * fused kernels (ir/kernel.h); attention and the cross-entropy loss get
+ * kernels of their own; GEMMs stay as they are.
+ *
+ * The loss's launches (one, or three around the vocab-parallel loss's two
+ * collectives, writing the transfers' buffers) leave per token its
+ * log-sum-exp and its loss in the op's row statistics; the runtime adds the
+ * row losses and divides by the count of labels not ignore_index (it knows
+ * the batch), and passes the loss's gradient over that count as the
+ * backward's float argument 0.
  *
  *   struct kn_set F;
  *   fuse(P, &opt, &F);                 // NULL: a forward-only plan

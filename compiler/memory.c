@@ -169,9 +169,11 @@ static void span_at(int *first, int *last, int t, int at)
 }
 
 /* Homes, the block's items and the working buffers of one step. */
-/* Which values (and gradients) live only inside a fused kernel. */
+/* Which values (and gradients) live only inside a fused kernel, and which
+ * ops' launches write row statistics (the loss's, even forward only). */
 struct fused {
     bool *value, *grad; /* per tensor */
+    bool *rowstats;     /* per op */
 };
 
 static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
@@ -210,6 +212,15 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
         }
     }
     block_bytes[v] = at;
+    /* Forward only, the block keeps nothing: the row statistics a launch
+     * writes (the loss's row losses) are working, to the step's end. */
+    for (int a = 0; !train && a < n; a++) {
+        enum ir_buf_what what;
+        if (fu->rowstats[st->ops[a]])
+            push(working, (struct ir_buf){.what = IR_BUF_ROWSTATS, .region = IR_REGION_WORKING, .id = st->ops[a], .vstage = v,
+                                          .micro = -1, .first = a + 1, .last = n,
+                                          .bytes = aux_bytes(P, &g->ops[st->ops[a]], "rowstats", &what)});
+    }
     /* Every other value: a boundary buffer if it crosses, else working,
      * alive from its producer (or the step's start) to its last reader (the
      * step's end for the model's outputs). */
@@ -433,6 +444,8 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
             continue;
         int64_t b = px->kind == PART_XFER_ALL_GATHER ? px->bytes * partition_degree(P, P->chunks[px->to_chunk].part, px->over)
                                                      : px->bytes;
+        if (px->kind == PART_XFER_ALL_REDUCE_MAX && x + 1 < P->n_xfers && P->xfers[x + 1].op == px->op)
+            b = align_up(b) + P->xfers[x + 1].bytes; /* the loss reads its maxima and sums together: staged one after the other */
         m->size[IR_REGION_COMM] = b > m->size[IR_REGION_COMM] ? b : m->size[IR_REGION_COMM];
     }
     m->size[IR_REGION_WORKSPACE] = WORKSPACE_BYTES;
@@ -453,14 +466,19 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     int loss = g->n_outputs ? g->outputs[0] : -1;
     if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
         autodiff_needs_grad(g, loss, needs);
-    struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1)};
+    struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1),
+                       .rowstats = wf_calloc((size_t)g->n_ops + 1, 1)};
     int *backward = wf_calloc((size_t)g->n_ops + 1, sizeof *backward); /* per first op: its group's backward + 1 */
     for (int l = 0; K && l < K->n_launches; l++)
         if (K->launches[l].when == KN_WHEN_BACKWARD)
             backward[K->ops[K->launches[l].first_op]] = l + 1;
     for (int l = 0; K && l < K->n_launches; l++) {
         const struct kn_launch *L = &K->launches[l];
-        if (L->when != KN_WHEN_FORWARD || K->kernels[L->kernel].kind != KN_KIND_FUSED)
+        for (int k = 0; k < L->n_out; k++)
+            if (L->out[k].what == IR_BUF_ROWSTATS)
+                fu.rowstats[L->out[k].id] = true;
+        if (L->when != KN_WHEN_FORWARD || K->kernels[L->kernel].kind != KN_KIND_FUSED ||
+            g->ops[K->ops[L->first_op]].kind == IR_OP_CROSS_ENTROPY) /* the loss: the runtime adds the row losses into it */
             continue;
         int b = backward[K->ops[L->first_op]];
         const struct kn_launch *B = b ? &K->launches[b - 1] : NULL;
@@ -480,6 +498,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     free(backward);
     free(fu.value);
     free(fu.grad);
+    free(fu.rowstats);
     free(needs);
 }
 

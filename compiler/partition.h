@@ -37,7 +37,8 @@ struct part_chunk {
     X(ALL_GATHER, "all-gather")                                                \
     X(REDUCE_SCATTER, "reduce-scatter")                                        \
     X(ALL_TO_ALL, "all-to-all")                                                \
-    X(SLICE, "slice")
+    X(SLICE, "slice")                                                          \
+    X(ALL_REDUCE_MAX, "all-reduce-max") /* the elementwise largest: a vocab-parallel loss's row maxima */
 
 enum part_xfer_kind {
 #define X(id, name) PART_XFER_##id,

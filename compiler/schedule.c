@@ -115,6 +115,7 @@ static enum ir_coll coll_of(enum part_xfer_kind k)
     case PART_XFER_ALL_GATHER: return IR_COLL_ALL_GATHER;
     case PART_XFER_REDUCE_SCATTER: return IR_COLL_REDUCE_SCATTER;
     case PART_XFER_ALL_TO_ALL: return IR_COLL_ALL_TO_ALL;
+    case PART_XFER_ALL_REDUCE_MAX: return IR_COLL_ALL_REDUCE_MAX;
     default: return IR_COLL_ALL_REDUCE;
     }
 }

@@ -326,16 +326,19 @@ static void rule_cross_entropy(struct sctx *c)
             s.partial |= (uint8_t)(1u << c->want[0].split[k]); /* a mean over this rank's tokens */
     c->out[0] = s;
     int v = c->want[0].split[r - 1];
-    if (v) { /* vocab-parallel: no rank holds whole logits; per token, the max, the
-              * sum of exponentials and the target's logit are added over the shards */
+    if (v) { /* vocab-parallel, as Megatron: no rank holds whole logits; per token, the
+              * largest logit over the shards, then the sum of exponentials under it
+              * and the target's logit, added over the shards */
         struct ir_shard per_token = c->want[0];
         per_token.split[r - 1] = IR_PDIM_NONE;
         int64_t tokens = ir_shape_numel(&c->t[1]->shape);
         for (int k = 0; k < r - 1; k++)
             if (c->want[0].split[k])
                 tokens /= deg(c, c->want[0].split[k]);
-        add_inner(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token,
-                 3 * tokens * 4, "vocab-parallel cross-entropy: max, sum of exp and target logit per token");
+        add_inner(c, PART_XFER_ALL_REDUCE_MAX, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token, tokens * 4,
+                  "vocab-parallel cross-entropy: each token's largest logit");
+        add_inner(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token, 2 * tokens * 4,
+                  "vocab-parallel cross-entropy: each token's sum of exponentials and target logit");
     }
 }
 

@@ -36,7 +36,8 @@ static double comm(void *ctx, const struct ir_ins *ins, int k, int n, bool inter
         return (double)ins->p2p[k].bytes / bw;
     double b = (double)ins->bytes, f = (double)(n - 1) / n;
     switch (ins->coll) {
-    case IR_COLL_ALL_REDUCE: return COLLECTIVE_LATENCY + 2 * f * b / bw;
+    case IR_COLL_ALL_REDUCE:
+    case IR_COLL_ALL_REDUCE_MAX: return COLLECTIVE_LATENCY + 2 * f * b / bw;
     case IR_COLL_ALL_GATHER: return COLLECTIVE_LATENCY + (n - 1) * b / bw;
     default: return COLLECTIVE_LATENCY + f * b / bw;
     }

@@ -130,6 +130,7 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
             break;
         }
         case KN_COL:
+        case KN_GCOL:
         case KN_KEEP: out[i] = true; break;
         case KN_ROWSUM:
         case KN_ROWMAX: out[i] = false; break;
@@ -489,8 +490,8 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             int op = s->ops[s->launches[l].first_op + j];
             if (op < 0 || op >= s->n_graph_ops)
                 r.bad = true;
-            else if (s->launches[l].when == KN_WHEN_FORWARD)
-                s->op_launch[op] = l;
+            else if (s->launches[l].when == KN_WHEN_FORWARD && s->op_launch[op] < 0)
+                s->op_launch[op] = l; /* its first forward launch, as fuse() sets it */
         }
     if (r.bad) {
         kn_set_free(s);

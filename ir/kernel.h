@@ -32,6 +32,7 @@
     X(CONST, "const", 0)      /* imm */                                        \
     X(ARG, "arg", 0)          /* slot: a float argument of the launch */       \
     X(COL, "col", 0)          /* the column, as a float */                     \
+    X(GCOL, "gcol", 0)        /* the column's index along the whole tensor's last axis (a vocab shard's offset added) */ \
     X(COLS, "cols", 0)        /* the number of columns, as a float */          \
     X(ROWPOS, "rowpos", 0)    /* the row's position in its sequence (see kn_index) */ \
     X(KEEP, "keep", 0)        /* 1 if the element's draw (kn_uniform of its index in the whole tensor) is at least imm, else 0: dropout's keep with p = imm; slot: the stream */ \
@@ -59,7 +60,7 @@ enum kn_op {
 #define KN_ACCESSES(X)                                                         \
     X(FULL, "full")         /* (r mod rows_mod) * cols + c: rows_mod 0 is no modulus (broadcast over leading axes) */ \
     X(COLUMN, "column")     /* c: a vector along the last axis (bias, gamma) */ \
-    X(ROW, "row")           /* r: one value per row (a label, a per-row loss) */ \
+    X(ROW, "row")           /* r: one value per row (a label, a row's largest logit) */ \
     X(ROW_DIV, "row_div")   /* (r / rows_div) * cols + c: one row per batch (a padding mask) */ \
     X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
     X(HEADS, "heads")       /* a view of a fused QKV: the domain is (B, H, S) rows of D, row r's (b, h, s) at \

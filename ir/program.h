@@ -29,7 +29,8 @@ enum ir_ins_kind { IR_INS_FORWARD, IR_INS_BACKWARD, IR_INS_P2P, IR_INS_COLLECTIV
     X(ALL_REDUCE, "all-reduce")                                                \
     X(ALL_GATHER, "all-gather")                                                \
     X(REDUCE_SCATTER, "reduce-scatter")                                        \
-    X(ALL_TO_ALL, "all-to-all")
+    X(ALL_TO_ALL, "all-to-all")                                                \
+    X(ALL_REDUCE_MAX, "all-reduce-max")
 
 enum ir_coll {
 #define X(id, name) IR_COLL_##id,

@@ -38,26 +38,28 @@ static void test_gpt2_groups(void **state)
     struct kn_set F;
     fuse(P, &train, &F);
     const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_attention", "k3_bias_add_dropout_add_layernorm",
-                          "k4_bias_add_gelu",
+                          "k4_bias_add_gelu", "k5_cross_entropy",
                           /* the backward of each group, the last first: the final norm's reads no
                            * gradient of the residual sum (nothing after reads the sum) */
-                          "k5_bias_add_dropout_add_layernorm_backward", "k6_bias_add_gelu_backward",
-                          "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_backward", "k9_add_dropout_layernorm_backward",
+                          "k6_cross_entropy_backward", "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_gelu_backward",
+                          "k9_bias_add_dropout_add_layernorm_backward", "k10_bias_add_backward",
+                          "k11_add_dropout_layernorm_backward",
                           /* the step: the gradient norm's sums, AdamW (none of its weight decay on
                            * the 1-D parameters: biases and norms, as Megatron) */
-                          "k10_sum_of_squares", "k11_adamw", "k12_adamw_no_decay"};
-    assert_int_equal(F.n_kernels, 13);
-    for (int k = 0; k < 13; k++)
+                          "k12_sum_of_squares", "k13_adamw", "k14_adamw_no_decay"};
+    assert_int_equal(F.n_kernels, 15);
+    for (int k = 0; k < 15; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
-    assert_int_equal(F.kernels[10].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
-    assert_int_equal(F.kernels[11].uses, 4 * 12 + 2); /* the matrices, the token and position tables */
-    assert_int_equal(F.kernels[12].uses, 8 * 12 + 2);
-    assert_int_equal(F.kernels[5].uses, 1);
-    assert_int_equal(F.kernels[7].uses, 23);
+    assert_int_equal(F.kernels[12].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
+    assert_int_equal(F.kernels[13].uses, 4 * 12 + 2); /* the matrices, the token and position tables */
+    assert_int_equal(F.kernels[14].uses, 8 * 12 + 2);
+    assert_int_equal(F.kernels[7].uses, 1);
+    assert_int_equal(F.kernels[9].uses, 23);
     assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
     assert_int_equal(F.kernels[2].uses, 12);
     assert_true(F.kernels[2].attn.causal && F.kernels[2].attn.backward && F.kernels[2].attn.D == 64);
-    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12 + 2 * 148); /* forward, backward (attention's is its own), the step */
+    /* forward, backward (attention's is its own), the loss's two, the step */
+    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12 + 2 + 2 * 148);
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
     const struct kn_launch *G = &F.launches[0];
     while (G->kernel != 3)
@@ -76,12 +78,13 @@ static void test_gpt2_groups(void **state)
      * the final norm's group stores only the norm (no later residual add reads
      * the sum), so it is a kernel of its own */
     fuse(P, NULL, &F);
-    assert_int_equal(F.n_kernels, 6);
+    assert_int_equal(F.n_kernels, 7);
     assert_int_equal(F.kernels[5].uses, 1);
     assert_int_equal(F.kernels[5].k.n_out, 1);
     assert_false(F.kernels[2].attn.backward);
+    assert_string_equal(F.kernels[6].name, "k6_cross_entropy"); /* the loss still needs its row losses */
     for (int g = 0; g < F.n_launches; g++)
-        for (int i = 0; i < F.launches[g].n_out; i++)
+        for (int i = 0; g != F.op_launch[P->g->n_ops - 1] && i < F.launches[g].n_out; i++)
             assert_int_equal(F.launches[g].out[i].what, IR_BUF_VALUE);
     kn_set_free(&F);
     partition_free(P);
@@ -328,8 +331,8 @@ static void test_cpu_kernels_match_reference(void **state)
                 int l = 0;
                 while (F.launches[l].kernel != k)
                     l++;
-                if (F.launches[l].when != KN_WHEN_FORWARD)
-                    continue; /* test_cpu_backward_matches_reference's, test_optimizer's */
+                if (F.launches[l].when != KN_WHEN_FORWARD || P->g->ops[F.ops[F.launches[l].first_op]].kind == IR_OP_CROSS_ENTROPY)
+                    continue; /* test_cpu_backward_matches_reference's, test_optimizer's, test_cross_entropy's */
                 worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
                 forward++;
             }
@@ -498,22 +501,181 @@ static void test_cpu_backward_matches_reference(void **state)
             int l = 0;
             while (l < F.n_launches && F.launches[l].kernel != k)
                 l++;
-            if (l < F.n_launches && F.launches[l].when == KN_WHEN_BACKWARD) {
+            if (l < F.n_launches && F.launches[l].when == KN_WHEN_BACKWARD &&
+                P->g->ops[F.ops[F.launches[l].first_op]].kind != IR_OP_CROSS_ENTROPY) { /* test_cross_entropy's */
                 worst = fmax(worst, check_backward(P, &F, l, r));
                 n++;
             }
         }
         printf("    %-18s %d backward kernels, worst relative error %.2e\n", models[m].file, n, worst);
         assert_true(n > 0);
-        int fused = 0, backward = 0; /* every fused forward launch has its backward */
+        int fused = 0, backward = 0; /* every fused forward group has its backward (the loss's, split or not, one) */
         for (int l = 0; l < F.n_launches; l++) {
-            fused += F.launches[l].when == KN_WHEN_FORWARD && F.kernels[F.launches[l].kernel].kind == KN_KIND_FUSED;
+            fused += F.launches[l].when == KN_WHEN_FORWARD && F.kernels[F.launches[l].kernel].kind == KN_KIND_FUSED &&
+                     F.op_launch[F.ops[F.launches[l].first_op]] == l;
             backward += F.launches[l].when == KN_WHEN_BACKWARD;
         }
         assert_int_equal(backward, fused);
         kn_set_free(&F);
         ref_free(r);
         partition_free(P);
+    }
+}
+
+/* The loss's launches, run on CPU as a layout's ranks would and checked
+ * against the reference cross-entropy and its backward.  tp ranks share
+ * the vocabulary; between launches the test does what the plan's
+ * collectives do (the elementwise max, then the sum, over the ranks).  The
+ * loss is the row losses added and divided by the labels not ignored, as
+ * the runtime does; about a tenth of the labels are ignore_index. */
+static double check_cross_entropy(const char *file, int tp, bool bf16)
+{
+    struct par_config pc = par_config_default();
+    pc.tp = tp, pc.world_size = tp, pc.bf16 = bf16;
+    struct ref *r;
+    struct partition *P = reference_run(file, "tiny", pc, &r);
+    const struct ir_graph *g = P->g;
+    int op = g->n_ops - 1;
+    while (g->ops[op].kind != IR_OP_CROSS_ENTROPY)
+        op--;
+    const struct ir_op *o = &g->ops[op];
+    int32_t *labels = ref_ints(r, o->in[1]), ignore = (int32_t)ir_op_int(o, IR_ATTR_IGNORE_INDEX);
+    int64_t rows = ir_shape_numel(&g->tensors[o->in[1]].shape), V = ir_shape_numel(&g->tensors[o->in[0]].shape) / rows, count = 0;
+    for (int64_t t = 0; t < rows; t++) {
+        if (t % 10 == 3)
+            labels[t] = ignore;
+        count += labels[t] != ignore;
+    }
+    struct diag d;
+    diag_init(&d);
+    if (ref_op(r, op, &d))
+        fail_msg("%s", diag_first_error(&d));
+    struct kn_set F;
+    fuse(P, &train, &F);
+    int first = F.op_launch[op], n = 0, back = -1;
+    while (first + n < F.n_launches && F.launches[first + n].when == KN_WHEN_FORWARD && F.ops[F.launches[first + n].first_op] == op)
+        n++;
+    for (int l = 0; l < F.n_launches; l++)
+        if (F.launches[l].when == KN_WHEN_BACKWARD && F.ops[F.launches[l].first_op] == op)
+            back = l;
+    assert_int_equal(n, tp > 1 ? 3 : 1); /* split around the two collectives only when the vocabulary is */
+    assert_true(back >= 0);
+    int64_t Vl = V / tp;
+    /* each rank's shard of the logits, in the slot's type */
+    void **shard = calloc((size_t)tp, sizeof *shard);
+    for (int k = 0; k < tp; k++) {
+        shard[k] = calloc((size_t)(rows * Vl), bf16 ? 2 : 4);
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t c = 0; c < Vl; c++) {
+                float f = ref_data(r, o->in[0])[t * V + k * Vl + c];
+                if (!bf16) {
+                    ((float *)shard[k])[t * Vl + c] = f;
+                    continue;
+                }
+                uint32_t u;
+                memcpy(&u, &f, 4);
+                ((uint16_t *)shard[k])[t * Vl + c] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+            }
+    }
+    float *maxima = calloc((size_t)(tp * rows), 4), *sums = calloc((size_t)(tp * rows * 2), 4), *stats = calloc((size_t)(rows * 2), 4);
+    for (int step = 0; step < n; step++) { /* each launch on every rank, then the collective after it */
+        const struct kn_launch *L = &F.launches[first + step];
+        void *lib;
+        char so[256];
+        void (*fn)(const struct kn_args *);
+        *(void **)&fn = load_kernel(&F.kernels[L->kernel], &lib, so, sizeof so);
+        for (int k = 0; k < tp; k++) {
+            struct kn_args a;
+            fuse_launch_args(P, &F, first + step, k, &a);
+            assert_int_equal(a.rows, rows);
+            assert_int_equal(a.cols, Vl);
+            for (int i = 0; i < L->n_in; i++) {
+                const struct kn_bind *b = &L->in[i];
+                bool max = b->xfer >= 0 && P->xfers[b->xfer].kind == PART_XFER_ALL_REDUCE_MAX;
+                a.in[i] = b->id == o->in[1] ? (const void *)labels : b->xfer < 0 ? shard[k] : max ? (void *)maxima : (void *)sums;
+            }
+            for (int i = 0; i < L->n_out; i++) {
+                const struct kn_bind *b = &L->out[i];
+                bool max = b->xfer >= 0 && P->xfers[b->xfer].kind == PART_XFER_ALL_REDUCE_MAX;
+                a.out[i] = b->what == IR_BUF_ROWSTATS ? stats : max ? maxima + k * rows : sums + k * rows * 2;
+            }
+            fn(&a);
+        }
+        for (int k = 1; k < tp && step == 0; k++) /* all-reduce-max */
+            for (int64_t t = 0; t < rows; t++)
+                maxima[t] = fmaxf(maxima[t], maxima[k * rows + t]);
+        for (int k = 1; k < tp && step == 1; k++) /* all-reduce */
+            for (int64_t e = 0; e < rows * 2; e++)
+                sums[e] += sums[k * rows * 2 + e];
+        dlclose(lib);
+        unlink(so);
+    }
+    double loss = 0;
+    for (int64_t t = 0; t < rows; t++)
+        loss += stats[2 * t + 1];
+    loss /= (double)count;
+    double want = ref_data(r, o->out[0])[0], worst = fabs(loss - want) / fabs(want);
+    if (!(worst <= (bf16 ? 1e-2 : 1e-5)))
+        fail_msg("%s at tp %d: the loss %.9g, the reference %.9g", file, tp, loss, want);
+    /* the backward on every rank, against the reference's gradient of the logits (d loss = 1) */
+    float one = 1, *gout[IR_MAX_OUT] = {&one}, *gin[IR_MAX_IN] = {0};
+    gin[0] = calloc((size_t)(rows * V), 4);
+    if (ref_op_backward(r, op, gout, gin, &d))
+        fail_msg("%s", diag_first_error(&d));
+    const struct kn_launch *B = &F.launches[back];
+    void *lib;
+    char so[256];
+    void (*fn)(const struct kn_args *);
+    *(void **)&fn = load_kernel(&F.kernels[B->kernel], &lib, so, sizeof so);
+    for (int k = 0; k < tp; k++) {
+        struct kn_args a;
+        fuse_launch_args(P, &F, back, k, &a);
+        a.arg[0] = (float)(1.0 / (double)count);
+        for (int i = 0; i < B->n_in; i++)
+            a.in[i] = B->in[i].what == IR_BUF_ROWSTATS ? (const void *)stats : B->in[i].id == o->in[1] ? (const void *)labels : shard[k];
+        void *grad = calloc((size_t)(rows * Vl), bf16 ? 2 : 4);
+        a.out[0] = grad;
+        fn(&a);
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t c = 0; c < Vl; c++) {
+                float got;
+                if (bf16) {
+                    uint32_t u = (uint32_t)((uint16_t *)grad)[t * Vl + c] << 16;
+                    memcpy(&got, &u, 4);
+                } else
+                    got = ((float *)grad)[t * Vl + c];
+                double w = gin[0][t * V + k * Vl + c], err = fabs(got - w) * (double)count; /* relative to the 1/count scale */
+                worst = fmax(worst, err);
+                if (!(err <= (bf16 ? 2e-2 : 1e-5)))
+                    fail_msg("%s at tp %d: d logits[%lld, %lld] = %g, the reference %g", file, tp, (long long)t,
+                             (long long)(k * Vl + c), (double)got, w);
+            }
+        free(grad);
+    }
+    dlclose(lib);
+    unlink(so);
+    diag_free(&d);
+    for (int k = 0; k < tp; k++)
+        free(shard[k]);
+    free(shard), free(maxima), free(sums), free(stats), free(gin[0]);
+    kn_set_free(&F);
+    ref_free(r);
+    partition_free(P);
+    return worst;
+}
+
+/* Every model's loss in one kernel; GPT-2's (the vocabulary split over tp
+ * ranks) in three around the collectives; fp32 and bf16 logits. */
+static void test_cross_entropy(void **state)
+{
+    (void)state;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        for (size_t m = 0; m < WF_COUNT(models); m++)
+            printf("    %-18s %s tp 1: worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
+                   check_cross_entropy(models[m].file, 1, bf16));
+        for (int tp = 2; tp <= 4; tp *= 2)
+            printf("    %-18s %s tp %d: worst relative error %.2e\n", "models/gpt2.xml", bf16 ? "bf16" : "fp32", tp,
+                   check_cross_entropy("models/gpt2.xml", tp, bf16));
     }
 }
 
@@ -719,6 +881,7 @@ int main(void)
         cmocka_unit_test(test_kernels_do_not_grow_with_depth),
         cmocka_unit_test(test_cpu_kernels_match_reference),
         cmocka_unit_test(test_cpu_backward_matches_reference),
+        cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_optimizer),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
         cmocka_unit_test(test_nvrtc_rejection_is_reported),

@@ -65,15 +65,16 @@ static void test_gpt2_by_hand(void **state)
     const int64_t layer = (8 * BSH + 2 * BSF) * 4 + 2 * BSH + (2 * BS + 2 * B * N * S + 2 * BS) * 4;
     /* Before the layers: the token ids (i32), the embedding dropout's mask.
      * After: the final norm's input and row stats, the head's input, the
-     * logits (B*S*V fp32) and the labels (i32). */
-    const int64_t outside = BS * 4 + BSH + BSH * 4 + 2 * BS * 4 + BSH * 4 + BS * V * 4 + BS * 4;
+     * logits (B*S*V fp32), the labels (i32) and the loss's row statistics
+     * (log-sum-exp and the row's loss, per token). */
+    const int64_t outside = BS * 4 + BSH + BSH * 4 + 2 * BS * 4 + BSH * 4 + BS * V * 4 + BS * 4 + 2 * BS * 4;
     const struct ir_role_memory *ms = &b.M.roles[0];
     assert_int_equal(ms->size[IR_REGION_PARAMS], params * 4);
     assert_int_equal(ms->size[IR_REGION_GRADS], params * 4);
     assert_int_equal(ms->size[IR_REGION_OPTIMIZER], params * 8); /* AdamW's two moments */
     /* One micro-batch's block, and nothing crosses a stage. */
     assert_int_equal(memory_block_bytes(ms), L * layer + outside);
-    assert_int_equal(ms->size[IR_REGION_ACTIVATIONS], 3349479424LL);
+    assert_int_equal(ms->size[IR_REGION_ACTIVATIONS], 3349479424LL + 2 * BS * 4);
     assert_int_equal(ms->in_flight, 1);
     /* The working set peaks in the head's backward: the logits' gradient
      * (B*S*V) and the gradient of the head's input (B*S*H), both fp32 and

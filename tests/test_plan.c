@@ -203,7 +203,7 @@ static void test_inspect(void **state)
     /* its arena: one allocation, the blocks of stage 1 of 4's three micro-batches in flight */
     assert_non_null(strstr(R->out, "arena "));
     assert_non_null(strstr(R->out, "at most 3 alive"));
-    assert_non_null(strstr(R->out, "backward virtual stage 0, micro-batch 0\n    26  all-reduce over tp #42 (12582912 B), of gradients"));
+    assert_non_null(strstr(R->out, "backward virtual stage 0, micro-batch 0\n    26  all-reduce over tp #43 (12582912 B), of gradients"));
 }
 
 /* --mode infer: a forward pass, recorded in the plan and shown by every reader. */
@@ -269,7 +269,7 @@ static void test_kernels(void **state)
     setenv("XDG_CACHE_HOME", cache, 1); /* a cold cache of its own */
     compile(path("k.plan"), gpt2);
     if (gpu) {
-        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 51 compiled by NVRTC"));
+        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 63 compiled by NVRTC"));
         assert_non_null(strstr(R->out, ", 0 from the cache"));
     } else
         assert_non_null(strstr(R->out, "no GPU binaries"));
@@ -280,16 +280,21 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "from the cache"));
     run_weft(R, "inspect", path("k.plan"), "--kernels", NULL);
     assert_int_equal(R->status, 0);
-    assert_non_null(strstr(R->out, "17 kernels for 64 forward, 52 backward, 149 optimizer, 149 gradient-norm launches"));
+    assert_non_null(strstr(R->out, "21 kernels for 67 forward, 53 backward, 149 optimizer, 149 gradient-norm launches"));
     assert_non_null(strstr(R->out, "k3_bias_add_dropout_add_layernorm"));
     assert_non_null(strstr(R->out, "k2_attention"));
-    assert_non_null(strstr(R->out, "k9_bias_add_dropout_add_layernorm_backward"));
-    assert_non_null(strstr(R->out, "k15_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
-    assert_non_null(strstr(R->out, "k16_adamw "));
-    assert_non_null(strstr(R->out, "k13_add_dropout_layernorm_backward")); /* the position table's gradient sums the batch */
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "15", NULL);
+    assert_non_null(strstr(R->out, "k13_bias_add_dropout_add_layernorm_backward"));
+    assert_non_null(strstr(R->out, "k19_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
+    assert_non_null(strstr(R->out, "k20_adamw "));
+    assert_non_null(strstr(R->out, "k17_add_dropout_layernorm_backward")); /* the position table's gradient sums the batch */
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "19", NULL);
     assert_non_null(strstr(R->out, "fuses (optimizer step)"));
     assert_non_null(strstr(R->out, "in  1  f32  full      decoder.layer.2.out.b (exp_avg)"));
+    /* the vocab-parallel loss: three launches around its two collectives, writing their buffers */
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "8", NULL);
+    assert_non_null(strstr(R->out, "kernel 8: k8_cross_entropy_sums"));
+    assert_non_null(strstr(R->out, "in  2  f32  row       decoder.logits (via all-reduce-max over tp)"));
+    assert_non_null(strstr(R->out, "out 0  f32  rowstats  decoder.logits (via all-reduce over tp)"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
     assert_non_null(strstr(R->out, "fuses bias_add dropout add layernorm"));
     assert_non_null(strstr(R->out, "(dropout's mask)"));
@@ -300,7 +305,7 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "in  0  q              decoder.layer.0.qkv"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
     assert_int_equal(R->status, 2);
-    assert_non_null(strstr(R->err, "--kernel 99: the plan has 17 kernels (0-16)"));
+    assert_non_null(strstr(R->err, "--kernel 99: the plan has 21 kernels (0-20)"));
     if (gpu) {
         run_weft(R, "compile", "models/gpt2.xml", "--arch", "sm_90,sm_42", "-o", path("x.plan"), NULL);
         assert_int_equal(R->status, 2);

@@ -76,7 +76,7 @@ static const struct shard_case cases[] = {
      "<op kind=\"position_embedding\" in=\"p\" length=\"S\" out=\"y\"/>", "(-, tp)", "", ""},
     {"vocab-parallel cross-entropy", 2, 1, IN("h", "B S H") W("e", "V H", "vocab") INT("t", "B S")
      "<op kind=\"matmul\" in=\"h e\" transpose_b=\"true\" out=\"l\"/><op kind=\"cross_entropy\" in=\"l t\" out=\"y\"/>",
-     "()", "all-reduce tp l", ""},
+     "()", "all-reduce-max tp l; all-reduce tp l", ""},
     {"router reads whole scores", 2, 1, IN("a", "B S H") W("w", "H E", "col")
      "<op kind=\"matmul\" in=\"a w\" out=\"l\"/><op kind=\"router\" in=\"l\" topk=\"K\" out=\"y i\"/>", "(-, -, -)", "all-gather tp l", "slice tp l"},
     {"experts: all-to-all there and back", 1, 2,

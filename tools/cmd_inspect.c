@@ -176,6 +176,9 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
                     snprintf(what, sizeof what, " (%s's %s)", ir_op_info(o->kind)->name, ir_buf_what_name(b->what));
                 else if (b->what != IR_BUF_VALUE)
                     snprintf(what, sizeof what, " (%s)", ir_buf_what_name(b->what));
+                else if (b->xfer >= 0 && b->xfer < P->n_xfers) /* the transfer's buffer, that brings it or that it fills */
+                    snprintf(what, sizeof what, " (via %s over %s)", part_xfer_name(P->xfers[b->xfer].kind),
+                             ir_pdim_name(P->xfers[b->xfer].over));
                 if (e->kind == KN_KIND_ATTENTION) /* q, k, v name the buffer they are views of */
                     snprintf(slot, sizeof slot, "%-13s", io ? attn_out[i] : attn_in[i]);
                 else {
