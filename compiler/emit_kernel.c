@@ -70,6 +70,8 @@ static const char common[] =
     "    const int64_t s = r % a->dim[2], h = r / a->dim[2] % a->dim[1], b = r / (a->dim[2] * a->dim[1]);\n"
     "    return v[0] + b * v[1] + (h / v[4]) * v[5] + (h % v[4]) * v[2] + s * v[3];\n"
     "}\n"
+    "/* whether a table's shard (view v: its first row, its rows) holds row i */\n"
+    "static KN_FN int kn_holds(const int64_t *v, float i) { return (int64_t)i >= v[0] && (int64_t)i < v[0] + v[1]; }\n"
     "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
     "{\n"
     "    return a->rank >= 2 ? (float)(r % a->dim[a->rank - 2] + a->off[a->rank - 2]) : 0.f;\n"
@@ -167,6 +169,14 @@ static const char *row_base(const struct kn_slot *s, int slot, bool input, int c
 static void load(struct emitter *e, const struct kn_node *n)
 {
     const struct kn_slot *s = &e->k->in[n->slot];
+    if (s->access == KN_GATHER) { /* the index's row of the table, 0 off this rank's shard */
+        char i[16];
+        name(e, n->a, i, sizeof i);
+        put(&e->t, "kn_holds(a->vin[%d], %s) ? %s((const %s *)a->in[%d])[((int64_t)%s - a->vin[%d][0]) * cols + c]) : 0.f",
+            n->slot, i, s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(s->dtype),
+            n->slot, i, n->slot);
+        return;
+    }
     bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS;
     const char *col = n->imm == 1 && s->access != KN_ROWSTATS ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
@@ -293,6 +303,14 @@ static void store(struct emitter *e, int i)
             return;
         }
         char base[96];
+        if (s->access == KN_GATHER) { /* into the index's row of the table, if this rank holds it */
+            char row[16];
+            name(e, n->b, row, sizeof row);
+            put(&e->t, "%*sif (kn_holds(a->vout[%d], %s))\n", indent, "", n->slot, row);
+            snprintf(index, sizeof index, "((int64_t)%s - a->vout[%d][0]) * cols + c", row, n->slot);
+            accumulate(e, s, n->slot, index, v, indent + 4);
+            return;
+        }
         if (s->access == KN_COLUMN)
             snprintf(index, sizeof index, "c");
         else
@@ -402,7 +420,8 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     }
     /* a column sum needs a block per row (its partial sums are per block) */
     bool cuda = lang == KN_LANG_CUDA,
-         elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k) && !kn_has_full_accum(k);
+         elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k) && !kn_has_full_accum(k) && !kn_has_gather_accum(k),
+         owned = cuda && kn_has_gather_accum(k);
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
@@ -418,7 +437,9 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
-    if (cuda && e.rowwise)
+    if (owned) /* every block reads every row; it adds those of the table rows it owns */
+        put(&e.t, "    for (int64_t r = 0; r < rows; r++) {\n");
+    else if (cuda && e.rowwise)
         put(&e.t, "    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {\n");
     else if (cuda && elementwise)
         put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
@@ -439,6 +460,15 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
                 store(&e, i);
             else
                 define(&e, i);
+        }
+        for (int i = 0; owned && p == 0 && i < k->n_nodes; i++) { /* the row's table row: this block's, or skip it */
+            const struct kn_node *n = &k->nodes[i];
+            if (n->op != KN_ACCUM || k->out[n->slot].access != KN_GATHER)
+                continue;
+            char x[16];
+            name(&e, n->b, x, sizeof x);
+            put(&e.t, "        if (!kn_holds(a->vout[%d], %s) || ((int64_t)%s - a->vout[%d][0]) %% gridDim.x != blockIdx.x)\n"
+                      "            continue;\n", n->slot, x, x, n->slot);
         }
         pass(&e, p, cuda && elementwise);
     }

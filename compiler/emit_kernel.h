@@ -17,7 +17,10 @@
  *         a thread each.  One that adds into an output with a
  *         modulus must run with gridDim.x equal to it (kn_has_full_accum),
  *         one with column sums with a.nblocks = gridDim.x and its
- *         NAME_colsum after it.
+ *         NAME_colsum after it.  One that adds into a gathered table
+ *         (an embedding's gradient) takes any grid: each block reads every
+ *         row and adds those whose table row is blockIdx.x modulo
+ *         gridDim.x, in row order, so the sums are deterministic.
  * Values are float whatever the slots' types (bf16 and f32 in, f32
  * accumulation); no header beyond the C library is needed, so NVRTC
  * compiles the source as it stands. */

@@ -17,7 +17,7 @@ bool fuse_op_fusible(enum ir_op_kind k)
     switch (k) {
     case IR_OP_ADD: case IR_OP_MUL: case IR_OP_SCALE: case IR_OP_BIAS_ADD: case IR_OP_GELU: case IR_OP_SILU:
     case IR_OP_RELU: case IR_OP_SWIGLU: case IR_OP_DROPOUT: case IR_OP_LAYERNORM: case IR_OP_RMSNORM:
-    case IR_OP_SOFTMAX: case IR_OP_ROTARY:
+    case IR_OP_SOFTMAX: case IR_OP_ROTARY: case IR_OP_EMBEDDING:
         return true;
     default:
         return false;
@@ -137,6 +137,22 @@ static int rotary_angle(struct builder *b, double base, int *sign)
     return op2(b, KN_MUL, kn_node(&b->k, KN_ROWPOS, -1, -1, -1, 0), freq);
 }
 
+/* An integer tensor read one value a row (token ids), as a float: its load, or -1. */
+static int row_index(struct builder *b, int t)
+{
+    struct ir_shape s = local(b, t);
+    if (ir_shape_numel(&s) != b->rows || b->k.n_in == KN_MAX_SLOTS)
+        return -1;
+    for (int i = 0; i < b->k.n_in; i++)
+        if (b->in[i].id == t && b->in[i].what == IR_BUF_VALUE && b->k.in[i].access == KN_ROW)
+            for (int n = 0; n < b->k.n_nodes; n++)
+                if (b->k.nodes[n].op == KN_LOAD && b->k.nodes[n].slot == i)
+                    return n;
+    int slot = kn_input(&b->k, IR_DTYPE_I32, KN_ROW);
+    b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = transfer_of(b->P, b->op, t)};
+    return kn_load(&b->k, slot);
+}
+
 /* Lower one op into b's kernel: false if it does not fit the domain. */
 static bool lower(struct builder *b, int op_index)
 {
@@ -146,6 +162,20 @@ static bool lower(struct builder *b, int op_index)
     b->op = op_index;
     if (ir_shape_numel(&os) != b->rows * b->cols || (os.rank ? os.ax[os.rank - 1].size : 1) != b->cols)
         return false;
+    if (o->kind == IR_OP_EMBEDDING) { /* each row the table's row its id names (0 off this rank's vocabulary
+                                        * shard); a load, so nothing chains after it: a group of its own, and
+                                        * so is its backward, the deterministic scatter */
+        int ids = row_index(b, o->in[1]);
+        if (ids < 0 || b->k.n_in == KN_MAX_SLOTS)
+            return false;
+        int slot = kn_input(&b->k, slot_dtype(b, o->in[0]), KN_GATHER);
+        b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(b->P, op_index, o->in[0])};
+        int y = kn_load_at(&b->k, slot, ids);
+        if (y < 0 || b->k.full)
+            return false;
+        set_value(b, o->out[0], y);
+        return true;
+    }
     int x = get(b, o->in[0], false), y = -1;
     if (x < 0)
         return false;
@@ -676,10 +706,15 @@ static int saved_aux(struct bwd *w, int op, enum ir_buf_what what, int component
 }
 
 /* The dtype a tensor's gradient is held in: fp32 for a parameter (main
- * gradients), else the tensor's own. */
+ * gradients) or a position table's first rows (a view of it), else the
+ * tensor's own. */
 static int grad_dtype(struct builder *b, int t)
 {
-    return b->P->g->tensors[t].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : slot_dtype(b, t);
+    const struct ir_graph *g = b->P->g;
+    int p = g->tensors[t].producer;
+    if (p >= 0 && g->ops[p].kind == IR_OP_POSITION_EMBEDDING)
+        t = g->ops[p].in[0];
+    return g->tensors[t].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : slot_dtype(b, t);
 }
 
 /* Add contribution c to input u's gradient: inside the group, to its node;
@@ -815,6 +850,24 @@ static bool lower_backward(struct bwd *w, int op_index, int gy)
         int dx = op2(b, KN_SUB, op2(b, KN_MUL, gy, op1(b, KN_COS, theta)),
                      op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
         return contribute(w, in0, dx);
+    }
+    case IR_OP_EMBEDDING: { /* gy's rows added into the rows of the table's gradient their ids name */
+        if (!w->needs[in0])
+            return true;
+        int ids = row_index(b, in1), slot = -1;
+        if (ids < 0)
+            return false;
+        for (int i = 0; i < b->k.n_out; i++)
+            if (b->out[i].what == IR_BUF_GRAD && b->out[i].id == in0)
+                slot = i;
+        if (slot < 0) {
+            if (b->k.n_out == KN_MAX_SLOTS)
+                return false;
+            slot = kn_output(&b->k, grad_dtype(b, in0), KN_GATHER);
+            b->out[slot] = (struct kn_bind){.what = IR_BUF_GRAD, .id = in0, .xfer = -1};
+        }
+        kn_accum_at(&b->k, slot, gy, ids);
+        return !b->k.full;
     }
     case IR_OP_SOFTMAX: { /* y (gy - rowsum(gy y)) */
         int y = fwd_value(w, o->out[0]);
@@ -1097,6 +1150,18 @@ static struct ir_shape bound_shape(const struct partition *P, const struct kn_la
                                  b->xfer >= 0 ? &P->xfers[b->xfer].after : &P->shard[b->id]);
 }
 
+/* A rank's place in the group that splits an axis (0 if none does). */
+static int pdim_coord(const struct rank_coords *rc, enum ir_pdim p)
+{
+    switch (p) {
+    case IR_PDIM_TP: return rc->tp;
+    case IR_PDIM_CP: return rc->cp;
+    case IR_PDIM_EP: return rc->ep;
+    case IR_PDIM_XTP: return rc->expert_tp;
+    default: return 0;
+    }
+}
+
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
     const struct kn_launch *G = &F->launches[g];
@@ -1132,14 +1197,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     a->rank = s.rank ? s.rank : 1;
     int64_t stride = 1;
     for (int i = s.rank - 1; i >= 0; i--) {
-        int coord = 0;
-        switch ((enum ir_pdim)P->shard[G->domain].split[i]) {
-        case IR_PDIM_TP: coord = rc->tp; break;
-        case IR_PDIM_CP: coord = rc->cp; break;
-        case IR_PDIM_EP: coord = rc->ep; break;
-        case IR_PDIM_XTP: coord = rc->expert_tp; break;
-        default: break;
-        }
+        int coord = pdim_coord(rc, (enum ir_pdim)P->shard[G->domain].split[i]);
         a->dim[i] = s.ax[i].size;
         a->off[i] = coord * s.ax[i].size;
         a->stride[i] = stride;
@@ -1148,12 +1206,18 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     if (!s.rank)
         a->dim[0] = a->stride[0] = 1;
     memcpy(a->stream, G->streams, sizeof a->stream);
-    for (int io = 0; io < 2; io++) /* views of a fused QKV: their strides */
+    for (int io = 0; io < 2; io++) /* views of a fused QKV: their strides; of a table: the rows this rank holds */
         for (int i = 0; i < (io ? G->n_out : G->n_in); i++) {
             const struct kn_bind *b = io ? &G->out[i] : &G->in[i];
             int64_t *v = io ? a->vout[i] : a->vin[i];
-            if ((io ? k->out[i] : k->in[i]).access == KN_HEADS)
+            enum kn_access access = (enum kn_access)(io ? k->out[i] : k->in[i]).access;
+            if (access == KN_HEADS)
                 attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
+            if (access == KN_GATHER) {
+                struct ir_shape t = bound_shape(P, G, b);
+                v[1] = t.ax[0].size;
+                v[0] = pdim_coord(rc, (enum ir_pdim)(b->xfer >= 0 ? P->xfers[b->xfer].after : P->shard[b->id]).split[0]) * v[1];
+            }
         }
 }
 
@@ -1178,7 +1242,7 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
             const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
             const struct kn_slot *s = io ? &k->out[i] : &k->in[i];
             int size = s->dtype == KN_DTYPE_U8 ? 1 : ir_dtype_bytes((enum ir_dtype)s->dtype);
-            if (b->what == IR_BUF_MASK || s->access == KN_HEADS) /* a HEADS view, not the whole fused buffer */
+            if (b->what == IR_BUF_MASK || s->access == KN_HEADS || s->access == KN_GATHER) /* the rows read, not the whole buffer */
                 bytes += a.rows * a.cols * size;
             else if (s->access == KN_ROWSTATS)
                 bytes += a.rows * 2 * size;

@@ -86,7 +86,12 @@ static int64_t pack(struct ir_buf *v, int n)
 
 /* ---- what a step holds ------------------------------------------------- */
 
-static bool is_view(enum ir_op_kind k) { return k == IR_OP_SPLIT_HEADS || k == IR_OP_MERGE_HEADS || k == IR_OP_RESHAPE; }
+/* Ops whose output is its input's bytes: heads split and merged in place, a
+ * reshape, the first rows of a position table. */
+static bool is_view(enum ir_op_kind k)
+{
+    return k == IR_OP_SPLIT_HEADS || k == IR_OP_MERGE_HEADS || k == IR_OP_RESHAPE || k == IR_OP_POSITION_EMBEDDING;
+}
 
 /* The tensor that owns t's bytes within a step: views share their input's. */
 static int root(const struct partition *P, const int *pos, int t)

@@ -103,6 +103,82 @@ void kn_accum(struct kn_kernel *k, int slot, int value)
         k->nodes[n].slot = (uint8_t)slot;
 }
 
+int kn_load_at(struct kn_kernel *k, int slot, int index)
+{
+    int n = kn_node(k, KN_LOAD, index, -1, -1, 0);
+    if (n >= 0)
+        k->nodes[n].slot = (uint8_t)slot;
+    return n;
+}
+
+void kn_accum_at(struct kn_kernel *k, int slot, int value, int index)
+{
+    int n = kn_node(k, KN_ACCUM, value, index, -1, 0);
+    if (n >= 0)
+        k->nodes[n].slot = (uint8_t)slot;
+}
+
+static bool gathers(const struct kn_kernel *k, const struct kn_node *n)
+{
+    return (n->op == KN_LOAD && n->slot < k->n_in && k->in[n->slot].access == KN_GATHER) ||
+           (n->op == KN_ACCUM && n->slot < k->n_out && k->out[n->slot].access == KN_GATHER);
+}
+
+int kn_operands(const struct kn_kernel *k, int i)
+{
+    const struct kn_node *n = &k->nodes[i];
+    return kn_op_arity((enum kn_op)n->op) + gathers(k, n);
+}
+
+bool kn_has_gather_accum(const struct kn_kernel *k)
+{
+    for (int i = 0; i < k->n_nodes; i++)
+        if (k->nodes[i].op == KN_ACCUM && gathers(k, &k->nodes[i]))
+            return true;
+    return false;
+}
+
+bool kn_valid(const struct kn_kernel *k)
+{
+    if (k->n_in < 0 || k->n_in > KN_MAX_SLOTS || k->n_out < 0 || k->n_out > KN_MAX_SLOTS || k->n_nodes < 0 ||
+        k->n_nodes > KN_MAX_NODES || k->n_args < 0 || k->n_args > 8)
+        return false;
+    for (int j = 0; j < k->n_in; j++)
+        if (k->in[j].dtype > KN_DTYPE_U8 || k->in[j].access >= KN_ACCESS_COUNT)
+            return false;
+    for (int j = 0; j < k->n_out; j++)
+        if (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT)
+            return false;
+    bool gather_accum = kn_has_gather_accum(k);
+    int index = -1; /* the one index a gathered output is added at */
+    for (int j = 0; j < k->n_nodes; j++) {
+        const struct kn_node *n = &k->nodes[j];
+        if (n->op >= KN_OP_COUNT)
+            return false;
+        if ((n->op == KN_LOAD || n->op == KN_STORE || n->op == KN_ACCUM) && n->slot >= (n->op == KN_LOAD ? k->n_in : k->n_out))
+            return false;
+        if ((n->op == KN_ARG && n->slot >= 8) || (n->op == KN_KEEP && n->slot >= 4))
+            return false;
+        int arity = kn_operands(k, j), operand[3] = {n->a, n->b, n->c};
+        for (int q = 0; q < 3; q++) /* operands: earlier nodes, exactly as many as the op takes */
+            if (q < arity ? operand[q] < 0 || operand[q] >= j : operand[q] != -1)
+                return false;
+        if (gather_accum && (n->op == KN_STORE || (n->op == KN_ACCUM && !gathers(k, n))))
+            return false; /* a kernel adding into a gathered output does only that */
+        if (n->op == KN_ACCUM && gathers(k, n)) {
+            if (index >= 0 && n->b != index)
+                return false;
+            index = n->b;
+        }
+    }
+    bool per[KN_MAX_NODES];
+    kn_per_element(k, per);
+    for (int j = 0; j < k->n_nodes; j++) /* a gathered row is a row's: its index is one per row */
+        if (gathers(k, &k->nodes[j]) && per[k->nodes[j].op == KN_LOAD ? k->nodes[j].a : k->nodes[j].b])
+            return false;
+    return true;
+}
+
 bool kn_has_full_accum(const struct kn_kernel *k)
 {
     for (int i = 0; i < k->n_nodes; i++)
@@ -126,7 +202,7 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         switch (n->op) {
         case KN_LOAD: {
             enum kn_access a = (enum kn_access)k->in[n->slot].access;
-            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS;
+            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER;
             break;
         }
         case KN_COL:
@@ -414,19 +490,8 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             n->b = (int16_t)plan_get_i32(&r);
             n->c = (int16_t)plan_get_i32(&r);
             n->imm = plan_get_f64(&r);
-            int arity = kn_op_arity((enum kn_op)n->op), operand[3] = {n->a, n->b, n->c};
-            bool ok = n->op < KN_OP_COUNT;
-            for (int q = 0; q < 3; q++) /* operands: earlier nodes, exactly as many as the op takes */
-                ok &= q < arity ? operand[q] >= 0 && operand[q] < j : operand[q] == -1;
-            if (n->op == KN_LOAD || n->op == KN_STORE || n->op == KN_ACCUM)
-                ok &= n->slot < (n->op == KN_LOAD ? k->n_in : k->n_out);
-            if (!ok)
-                r.bad = true;
         }
-        for (int j = 0; j < k->n_in; j++)
-            r.bad |= (k->in[j].dtype > KN_DTYPE_U8 || k->in[j].access >= KN_ACCESS_COUNT);
-        for (int j = 0; j < k->n_out; j++)
-            r.bad |= (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT);
+        r.bad |= !kn_valid(k);
         e->n_bins = plan_get_u8(&r);
         if (e->n_bins > KN_MAX_BINS) {
             kn_set_free(s);

@@ -65,6 +65,9 @@ enum kn_op {
     X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
     X(HEADS, "heads")       /* a view of a fused QKV: the domain is (B, H, S) rows of D, row r's (b, h, s) at \
                                v[0] + b v[1] + (h / v[4]) v[5] + (h % v[4]) v[2] + s v[3], v the slot's view */ \
+    X(GATHER, "gather")     /* (i - v[0]) * cols + c, i the row's index (an id: the per-row value that is the LOAD's \
+                               operand a, the ACCUM's b); a row whose i is outside [v[0], v[0] + v[1]) reads 0 and \
+                               adds nothing (a table's shard), v the slot's view */ \
     X(SCALAR, "scalar")     /* 0 */
 
 enum kn_access {
@@ -117,6 +120,19 @@ int kn_const(struct kn_kernel *k, double v);
 void kn_store(struct kn_kernel *k, int slot, int value);
 void kn_store_component(struct kn_kernel *k, int slot, int value, int component);
 void kn_accum(struct kn_kernel *k, int slot, int value);
+/* A GATHER slot's load, and an add into one, at the row whose index is node `index`. */
+int kn_load_at(struct kn_kernel *k, int slot, int index);
+void kn_accum_at(struct kn_kernel *k, int slot, int value, int index);
+/* The operands node i takes: its op's arity, one more for a GATHER slot's index. */
+int kn_operands(const struct kn_kernel *k, int i);
+/* Whether it adds into a GATHER output (an embedding table's gradient).
+ * Such a kernel does nothing else (kn_valid), so on the GPU a block may
+ * own the table rows equal to blockIdx.x modulo gridDim.x and add theirs
+ * in row order: deterministic, no atomics. */
+bool kn_has_gather_accum(const struct kn_kernel *k);
+/* Whether a description (one read from a plan) is one the emitters take:
+ * operands earlier nodes, slots in range, the rules above kept. */
+bool kn_valid(const struct kn_kernel *k);
 /* Whether the kernel adds into a COLUMN output (a sum over rows: a bias's
  * or a norm's weight gradient). */
 bool kn_has_column_sum(const struct kn_kernel *k);

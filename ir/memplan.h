@@ -22,9 +22,13 @@
  *                pipeline transfers fill or drain
  *   WORKING      one forward or backward step's transients (the backward's
  *                activation gradients included); steps run one at a time
- *   COMM         staging for a collective's output (an all-gather's whole)
+ *   COMM         staging for a collective's output (an all-gather's whole;
+ *                the vocab-parallel loss's row maxima, then its sums, one
+ *                after the other: its kernels read both)
  *   WORKSPACE    the GEMM library's workspace
- * Lifetimes: ACTIVATIONS buffers by instruction in the stage's program,
+ * A view (split_heads, merge_heads, reshape, position_embedding's first rows
+ * of its table) has no buffer: its bytes, and its gradient's, are its
+ * input's.  Lifetimes: ACTIVATIONS buffers by instruction in the stage's program,
  * counted from 1; WORKING buffers by position in their virtual stage's step,
  * forward ops at 1..n, the backward of forward op k at 2n+1-k. */
 #ifndef WEFT_MEMPLAN_H

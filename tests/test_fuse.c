@@ -37,32 +37,33 @@ static void test_gpt2_groups(void **state)
     struct partition *P = place_model("models/gpt2.xml", NULL, par_config_default(), NULL, 0);
     struct kn_set F;
     fuse(P, &train, &F);
-    const char *want[] = {"k0_add_dropout_layernorm", "k1_bias_add", "k2_attention", "k3_bias_add_dropout_add_layernorm",
-                          "k4_bias_add_gelu", "k5_cross_entropy",
+    const char *want[] = {"k0_embedding", "k1_add_dropout_layernorm", "k2_bias_add", "k3_attention",
+                          "k4_bias_add_dropout_add_layernorm", "k5_bias_add_gelu", "k6_cross_entropy",
                           /* the backward of each group, the last first: the final norm's reads no
                            * gradient of the residual sum (nothing after reads the sum) */
-                          "k6_cross_entropy_backward", "k7_bias_add_dropout_add_layernorm_backward", "k8_bias_add_gelu_backward",
-                          "k9_bias_add_dropout_add_layernorm_backward", "k10_bias_add_backward",
-                          "k11_add_dropout_layernorm_backward",
+                          "k7_cross_entropy_backward", "k8_bias_add_dropout_add_layernorm_backward", "k9_bias_add_gelu_backward",
+                          "k10_bias_add_dropout_add_layernorm_backward", "k11_bias_add_backward",
+                          "k12_add_dropout_layernorm_backward", "k13_embedding_backward",
                           /* the step: the gradient norm's sums, AdamW (none of its weight decay on
                            * the 1-D parameters: biases and norms, as Megatron) */
-                          "k12_sum_of_squares", "k13_adamw", "k14_adamw_no_decay"};
-    assert_int_equal(F.n_kernels, 15);
-    for (int k = 0; k < 15; k++)
+                          "k14_sum_of_squares", "k15_adamw", "k16_adamw_no_decay"};
+    assert_int_equal(F.n_kernels, 17);
+    for (int k = 0; k < 17; k++)
         assert_string_equal(F.kernels[k].name, want[k]);
-    assert_int_equal(F.kernels[12].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
-    assert_int_equal(F.kernels[13].uses, 4 * 12 + 2); /* the matrices, the token and position tables */
-    assert_int_equal(F.kernels[14].uses, 8 * 12 + 2);
-    assert_int_equal(F.kernels[7].uses, 1);
-    assert_int_equal(F.kernels[9].uses, 23);
-    assert_int_equal(F.kernels[3].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
-    assert_int_equal(F.kernels[2].uses, 12);
-    assert_true(F.kernels[2].attn.causal && F.kernels[2].attn.backward && F.kernels[2].attn.D == 64);
-    /* forward, backward (attention's is its own), the loss's two, the step */
-    assert_int_equal(F.n_launches, 2 * (1 + 12 * 4) + 12 + 2 + 2 * 148);
+    assert_int_equal(F.kernels[14].uses, 148); /* a launch per parameter: 12 per layer, 4 more */
+    assert_int_equal(F.kernels[15].uses, 4 * 12 + 2); /* the matrices, the token and position tables */
+    assert_int_equal(F.kernels[16].uses, 8 * 12 + 2);
+    assert_int_equal(F.kernels[8].uses, 1);
+    assert_int_equal(F.kernels[10].uses, 23);
+    assert_int_equal(F.kernels[4].uses, 24); /* two per layer: attention's and the MLP's (the last norm is the final one) */
+    assert_int_equal(F.kernels[3].uses, 12);
+    assert_true(F.kernels[3].attn.causal && F.kernels[3].attn.backward && F.kernels[3].attn.D == 64);
+    /* the token table's gather into one kernel, its scatter-add into another; the position table is read
+     * as a view, its first rows; forward, backward (attention's is its own), the loss's two, the step */
+    assert_int_equal(F.n_launches, 2 * (2 + 12 * 4) + 12 + 2 + 2 * 148);
     /* the residual sum leaves the kernel (the next residual add reads it), its mask and the norm's row stats too */
     const struct kn_launch *G = &F.launches[0];
-    while (G->kernel != 3)
+    while (G->kernel != 4)
         G++;
     int values = 0, masks = 0, stats = 0;
     for (int i = 0; i < G->n_out; i++) {
@@ -78,11 +79,11 @@ static void test_gpt2_groups(void **state)
      * the final norm's group stores only the norm (no later residual add reads
      * the sum), so it is a kernel of its own */
     fuse(P, NULL, &F);
-    assert_int_equal(F.n_kernels, 7);
-    assert_int_equal(F.kernels[5].uses, 1);
-    assert_int_equal(F.kernels[5].k.n_out, 1);
-    assert_false(F.kernels[2].attn.backward);
-    assert_string_equal(F.kernels[6].name, "k6_cross_entropy"); /* the loss still needs its row losses */
+    assert_int_equal(F.n_kernels, 8);
+    assert_int_equal(F.kernels[6].uses, 1);
+    assert_int_equal(F.kernels[6].k.n_out, 1);
+    assert_false(F.kernels[3].attn.backward);
+    assert_string_equal(F.kernels[7].name, "k7_cross_entropy"); /* the loss still needs its row losses */
     for (int g = 0; g < F.n_launches; g++)
         for (int i = 0; g != F.op_launch[P->g->n_ops - 1] && i < F.launches[g].n_out; i++)
             assert_int_equal(F.launches[g].out[i].what, IR_BUF_VALUE);
@@ -391,8 +392,9 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
     fuse_launch_args(P, F, fl, 0, &a);
     a.seed = 5;
     void *fout[KN_MAX_SLOTS] = {0};
+    void *unused = NULL;
     for (int i = 0; i < L->n_in; i++)
-        a.in[i] = ref_data(r, L->in[i].id);
+        a.in[i] = as_read(r, g, L->in[i].id, false, &unused);
     for (int i = 0; i < L->n_out; i++)
         a.out[i] = fout[i] = calloc((size_t)(L->out[i].what == IR_BUF_ROWSTATS ? a.rows * 2 : a.rows * a.cols) + 1, 4);
     fwd(&a);
@@ -415,7 +417,7 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
         for (int k = 0; k < L->n_out && !p; k++)
             if (L->out[k].what == b->what && L->out[k].id == b->id)
                 p = fout[k];
-        ba.in[i] = p ? p : (const void *)ref_data(r, b->id);
+        ba.in[i] = p ? p : as_read(r, g, b->id, false, &unused);
     }
     for (int i = 0; i < B->n_out; i++) { /* gradients it adds into: noise before */
         int64_t n = ir_shape_numel(&g->tensors[B->out[i].id].shape);
@@ -679,6 +681,81 @@ static void test_cross_entropy(void **state)
     }
 }
 
+/* The vocab-parallel embedding on CPU as tp ranks run it: each rank
+ * gathers the rows of its shard of the table (0 elsewhere) and the sum over
+ * ranks (the all-reduce after it) is the reference's lookup; each rank's
+ * backward adds into its shard's rows of the table's gradient, which
+ * together are the reference's scatter-add.  Ids repeat (a small
+ * vocabulary), so rows add up. */
+static void test_embedding_vocab_parallel(void **state)
+{
+    (void)state;
+    for (int tp = 2; tp <= 4; tp *= 2) {
+        struct par_config pc = par_config_default();
+        pc.tp = tp, pc.world_size = tp, pc.micro_batch = 2, pc.global_batch = 2;
+        struct ref *r;
+        struct partition *P = reference_run("models/gpt2.xml", "tiny", pc, &r);
+        const struct ir_graph *g = P->g;
+        int op = 0;
+        while (g->ops[op].kind != IR_OP_EMBEDDING)
+            op++;
+        const struct ir_op *o = &g->ops[op];
+        struct kn_set F;
+        fuse(P, &train, &F);
+        int fl = F.op_launch[op], bl = 0;
+        while (F.launches[bl].when != KN_WHEN_BACKWARD || F.ops[F.launches[bl].first_op] != op)
+            bl++;
+        int64_t V = g->tensors[o->in[0]].shape.ax[0].size, H = g->tensors[o->in[0]].shape.ax[1].size, Vl = V / tp;
+        int64_t rows = ir_shape_numel(&g->tensors[o->in[1]].shape);
+        float *sum = calloc((size_t)(rows * H), 4), *grad = calloc((size_t)(V * H), 4), *out = calloc((size_t)(rows * H), 4);
+        uint64_t seed = 7;
+        float *gy = noise(rows * H, &seed);
+        void *flib, *blib;
+        char fso[256], bso[256];
+        void (*fwd)(const struct kn_args *), (*bwd)(const struct kn_args *);
+        *(void **)&fwd = load_kernel(&F.kernels[F.launches[fl].kernel], &flib, fso, sizeof fso);
+        *(void **)&bwd = load_kernel(&F.kernels[F.launches[bl].kernel], &blib, bso, sizeof bso);
+        for (int k = 0; k < tp; k++) {
+            struct kn_args a;
+            fuse_launch_args(P, &F, fl, k, &a);
+            assert_int_equal(a.vin[1][0], k * Vl); /* the rows rank k holds */
+            assert_int_equal(a.vin[1][1], Vl);
+            a.in[0] = ref_ints(r, o->in[1]);
+            a.in[1] = ref_data(r, o->in[0]) + k * Vl * H;
+            a.out[0] = out;
+            fwd(&a);
+            for (int64_t e = 0; e < rows * H; e++)
+                sum[e] += out[e];
+            fuse_launch_args(P, &F, bl, k, &a);
+            a.in[0] = gy;
+            a.in[1] = ref_ints(r, o->in[1]);
+            a.out[0] = grad + k * Vl * H;
+            bwd(&a);
+        }
+        for (int64_t e = 0; e < rows * H; e++)
+            if (sum[e] != ref_data(r, o->out[0])[e])
+                fail_msg("tp %d: the lookup's element %lld is %g summed over the ranks, the reference %g", tp, (long long)e,
+                         (double)sum[e], (double)ref_data(r, o->out[0])[e]);
+        float *want = calloc((size_t)(V * H), 4), *gout[IR_MAX_OUT] = {gy}, *gin[IR_MAX_IN] = {want};
+        struct diag d;
+        diag_init(&d);
+        if (ref_op_backward(r, op, gout, gin, &d))
+            fail_msg("%s", diag_first_error(&d));
+        diag_free(&d);
+        for (int64_t e = 0; e < V * H; e++)
+            if (fabs(grad[e] - want[e]) > 1e-6 * (1 + fabs(want[e])))
+                fail_msg("tp %d: the table's gradient, element %lld: %g, the reference %g", tp, (long long)e, (double)grad[e],
+                         (double)want[e]);
+        printf("    tp %d: lookups and the table's gradient match the reference\n", tp);
+        dlclose(flib), dlclose(blib);
+        unlink(fso), unlink(bso);
+        free(sum), free(grad), free(out), free(gy), free(want);
+        kn_set_free(&F);
+        ref_free(r);
+        partition_free(P);
+    }
+}
+
 /* The optimizer's launches: a gradient-norm and an AdamW launch per
  * parameter of each stage; AdamW's kernel against optim_adamw (the
  * reference step, in double) at step 3 with a clipping coefficient, fp32
@@ -882,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_cpu_kernels_match_reference),
         cmocka_unit_test(test_cpu_backward_matches_reference),
         cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_embedding_vocab_parallel),
         cmocka_unit_test(test_optimizer),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
         cmocka_unit_test(test_nvrtc_rejection_is_reported),

@@ -208,7 +208,7 @@ static void test_every_model_has_a_home(void **state)
                 for (int x = 0; x < o->n_in + o->n_out; x++) {
                     int t = x < o->n_in ? o->in[x] : o->out[x - o->n_in], p = t >= 0 ? g->tensors[t].producer : -1;
                     if (t < 0 || (p >= 0 && (g->ops[p].kind == IR_OP_SPLIT_HEADS || g->ops[p].kind == IR_OP_MERGE_HEADS ||
-                                             g->ops[p].kind == IR_OP_RESHAPE)))
+                                             g->ops[p].kind == IR_OP_RESHAPE || g->ops[p].kind == IR_OP_POSITION_EMBEDDING)))
                         continue;
                     if (!has_home(m, IR_BUF_VALUE, t))
                         fail_msg("%s (config %zu, %d): %s has no buffer on its stage", cfg[i].file, i, k, g->tensors[t].name);

@@ -194,7 +194,7 @@ static void test_inspect(void **state)
     assert_non_null(strstr(R->out, "\"memory_bytes\": "));
     assert_non_null(strstr(R->out, "\"working set\": "));
     assert_non_null(strstr(R->out, "\"micro_batches_in_flight\": 4"));
-    assert_non_null(strstr(R->out, "\"kernels\": [{\"name\": \"k0_add_dropout_layernorm\""));
+    assert_non_null(strstr(R->out, "\"kernels\": [{\"name\": \"k0_embedding\""));
     run_weft(R, "inspect", path("i.plan"), "--rank", "5", NULL);
     assert_int_equal(R->status, 0);
     assert_non_null(strstr(R->out, "rank 5 of"));
@@ -269,7 +269,7 @@ static void test_kernels(void **state)
     setenv("XDG_CACHE_HOME", cache, 1); /* a cold cache of its own */
     compile(path("k.plan"), gpt2);
     if (gpu) {
-        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 63 compiled by NVRTC"));
+        assert_non_null(strstr(R->out, "sm_80, sm_90 and PTX compute_90: 69 compiled by NVRTC"));
         assert_non_null(strstr(R->out, ", 0 from the cache"));
     } else
         assert_non_null(strstr(R->out, "no GPU binaries"));
@@ -280,32 +280,32 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "from the cache"));
     run_weft(R, "inspect", path("k.plan"), "--kernels", NULL);
     assert_int_equal(R->status, 0);
-    assert_non_null(strstr(R->out, "21 kernels for 67 forward, 53 backward, 149 optimizer, 149 gradient-norm launches"));
-    assert_non_null(strstr(R->out, "k3_bias_add_dropout_add_layernorm"));
-    assert_non_null(strstr(R->out, "k2_attention"));
-    assert_non_null(strstr(R->out, "k13_bias_add_dropout_add_layernorm_backward"));
-    assert_non_null(strstr(R->out, "k19_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
-    assert_non_null(strstr(R->out, "k20_adamw "));
-    assert_non_null(strstr(R->out, "k17_add_dropout_layernorm_backward")); /* the position table's gradient sums the batch */
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "19", NULL);
+    assert_non_null(strstr(R->out, "23 kernels for 68 forward, 54 backward, 149 optimizer, 149 gradient-norm launches"));
+    assert_non_null(strstr(R->out, "k4_bias_add_dropout_add_layernorm"));
+    assert_non_null(strstr(R->out, "k3_attention"));
+    assert_non_null(strstr(R->out, "k14_bias_add_dropout_add_layernorm_backward"));
+    assert_non_null(strstr(R->out, "k21_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
+    assert_non_null(strstr(R->out, "k22_adamw "));
+    assert_non_null(strstr(R->out, "k18_add_dropout_layernorm_backward")); /* the position table's gradient sums the batch */
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "21", NULL);
     assert_non_null(strstr(R->out, "fuses (optimizer step)"));
     assert_non_null(strstr(R->out, "in  1  f32  full      decoder.layer.2.out.b (exp_avg)"));
     /* the vocab-parallel loss: three launches around its two collectives, writing their buffers */
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "8", NULL);
-    assert_non_null(strstr(R->out, "kernel 8: k8_cross_entropy_sums"));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "9", NULL);
+    assert_non_null(strstr(R->out, "kernel 9: k9_cross_entropy_sums"));
     assert_non_null(strstr(R->out, "in  2  f32  row       decoder.logits (via all-reduce-max over tp)"));
     assert_non_null(strstr(R->out, "out 0  f32  rowstats  decoder.logits (via all-reduce over tp)"));
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "4", NULL);
     assert_non_null(strstr(R->out, "fuses bias_add dropout add layernorm"));
     assert_non_null(strstr(R->out, "(dropout's mask)"));
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "3", "--source", NULL);
-    assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k3_bias_add_dropout_add_layernorm("));
-    run_weft(R, "inspect", path("k.plan"), "--kernel", "2", NULL);
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "4", "--source", NULL);
+    assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k4_bias_add_dropout_add_layernorm("));
+    run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
     assert_non_null(strstr(R->out, "attention in the flash-attention manner: f32, head dims 64/64, causal; forward and backward"));
     assert_non_null(strstr(R->out, "in  0  q              decoder.layer.0.qkv"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
     assert_int_equal(R->status, 2);
-    assert_non_null(strstr(R->err, "--kernel 99: the plan has 21 kernels (0-20)"));
+    assert_non_null(strstr(R->err, "--kernel 99: the plan has 23 kernels (0-22)"));
     if (gpu) {
         run_weft(R, "compile", "models/gpt2.xml", "--arch", "sm_90,sm_42", "-o", path("x.plan"), NULL);
         assert_int_equal(R->status, 2);
