@@ -160,6 +160,7 @@ static const char *row_base(const struct kn_slot *s, int slot, bool input, int c
     case KN_ROW_DIV: snprintf(out, n, "(r / a->mod[%d]) * cols", slot); break;
     case KN_ROW: snprintf(out, n, "r"); break;
     case KN_ROWSTATS: snprintf(out, n, "r * 2 + %d", component); break;
+    case KN_ROWVEC: snprintf(out, n, "r * a->%s[%d][0] + %d", input ? "vin" : "vout", slot, component); break;
     case KN_HEADS: snprintf(out, n, "kn_view(a, a->%s[%d], r)", input ? "vin" : "vout", slot); break;
     default: snprintf(out, n, "0"); break;
     }
@@ -178,7 +179,7 @@ static void load(struct emitter *e, const struct kn_node *n)
         return;
     }
     bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS;
-    const char *col = n->imm == 1 && s->access != KN_ROWSTATS ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
+    const char *col = n->imm == 1 && per ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
         put(&e->t, "kn_from_bf16(");
     else if (s->dtype != IR_DTYPE_F32)

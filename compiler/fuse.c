@@ -66,11 +66,15 @@ static struct ir_shape local(const struct builder *b, int t)
                                  via >= 0 ? &b->P->xfers[via].after : &b->P->shard[t]);
 }
 
-static int slot_dtype(const struct builder *b, int t)
+/* The type a kernel reads or writes tensor t in: bf16 for a float tensor
+ * ranks hold in two bytes (--bf16), else its own. */
+static int held_dtype(const struct partition *P, int t)
 {
-    const struct ir_tensor *x = &b->P->g->tensors[t];
-    return ir_dtype_is_float(x->dtype) && partition_elem_bytes(b->P, x) == 2 ? IR_DTYPE_BF16 : (int)x->dtype;
+    const struct ir_tensor *x = &P->g->tensors[t];
+    return ir_dtype_is_float(x->dtype) && partition_elem_bytes(P, x) == 2 ? IR_DTYPE_BF16 : (int)x->dtype;
 }
+
+static int slot_dtype(const struct builder *b, int t) { return held_dtype(b->P, t); }
 
 /* How tensor t is read over the domain, or -1 if it cannot be. */
 static int access_of(const struct builder *b, int t, bool per_batch)
@@ -499,76 +503,76 @@ static void attention(const struct partition *P, int op, bool train, const bool 
  * the op's row statistics keep (lse, row loss): the runtime adds the row
  * losses and divides by the count of labels not ignore_index, as
  * ref_op does; the backward reads lse. */
-struct ce_slots {
+/* A kernel an op has of its own (the loss's, the router's), being built. */
+struct solo {
     const struct partition *P;
-    int op, labels_xfer, logits_xfer, x_max, x_sum;
+    int op;
+    int labels_xfer, logits_xfer, x_max, x_sum; /* the loss's transfers */
     struct kn_kernel k;
     struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
 };
 
-static int ce_in(struct ce_slots *c, int dtype, enum kn_access access, struct kn_bind b)
+static int solo_in(struct solo *c, int dtype, enum kn_access access, struct kn_bind b)
 {
     int slot = kn_input(&c->k, dtype, access);
     c->in[slot] = b;
     return kn_load(&c->k, slot);
 }
 
-static int ce_out(struct ce_slots *c, int dtype, enum kn_access access, struct kn_bind b)
+static int solo_out(struct solo *c, int dtype, enum kn_access access, struct kn_bind b)
 {
     int slot = kn_output(&c->k, dtype, access);
     c->out[slot] = b;
     return slot;
 }
 
-static int ce_logits(struct ce_slots *c)
+static int ce_logits(struct solo *c)
 {
-    const struct ir_tensor *x = &c->P->g->tensors[c->P->g->ops[c->op].in[0]];
-    int dtype = partition_elem_bytes(c->P, x) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
-    return ce_in(c, dtype, KN_FULL, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[0], .xfer = c->logits_xfer});
+    return solo_in(c, held_dtype(c->P, c->P->g->ops[c->op].in[0]), KN_FULL, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[0], .xfer = c->logits_xfer});
 }
 
-static int ce_labels(struct ce_slots *c)
+static int ce_labels(struct solo *c)
 {
-    return ce_in(c, IR_DTYPE_I32, KN_ROW, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[1], .xfer = c->labels_xfer});
+    return solo_in(c, IR_DTYPE_I32, KN_ROW, (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[1], .xfer = c->labels_xfer});
 }
 
 /* A bind of transfer x's buffer (the logits' per-token statistics). */
-static struct kn_bind ce_xfer(const struct ce_slots *c, int x)
+static struct kn_bind ce_xfer(const struct solo *c, int x)
 {
     return (struct kn_bind){.what = IR_BUF_VALUE, .id = c->P->g->ops[c->op].in[0], .xfer = x};
 }
 
-static int ce_label_hit(struct ce_slots *c, int label) /* 1 in the label's column */
+static int ce_label_hit(struct solo *c, int label) /* 1 in the label's column */
 {
     return kn_node(&c->k, KN_EQ, kn_node(&c->k, KN_GCOL, -1, -1, -1, 0), label, -1, 0);
 }
 
 /* s and t under the row's largest logit m. */
-static void ce_sums(struct ce_slots *c, int x, int m, int label, int *s, int *t)
+static void ce_sums(struct solo *c, int x, int m, int label, int *s, int *t)
 {
     struct kn_kernel *k = &c->k;
     *s = kn_node(k, KN_ROWSUM, kn_node(k, KN_EXP, kn_node(k, KN_SUB, x, m, -1, 0), -1, -1, 0), -1, -1, 0);
     *t = kn_node(k, KN_ROWSUM, kn_node(k, KN_SELECT, ce_label_hit(c, label), x, kn_const(k, 0), 0), -1, -1, 0);
 }
 
-static void ce_finish(struct ce_slots *c, int m, int s, int t, int label)
+static void ce_finish(struct solo *c, int m, int s, int t, int label)
 {
     struct kn_kernel *k = &c->k;
     int lse = kn_node(k, KN_ADD, m, kn_node(k, KN_LOG, s, -1, -1, 0), -1, 0);
     int ignored = kn_node(k, KN_EQ, label, kn_const(k, (double)ir_op_int(&c->P->g->ops[c->op], IR_ATTR_IGNORE_INDEX)), -1, 0);
-    int stats = ce_out(c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = c->op, .xfer = -1});
+    int stats = solo_out(c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = c->op, .xfer = -1});
     kn_store_component(k, stats, lse, 0);
     kn_store_component(k, stats, kn_node(k, KN_SELECT, ignored, kn_const(k, 0), kn_node(k, KN_SUB, lse, t, -1, 0), 0), 1);
 }
 
-static void ce_start(struct ce_slots *c)
+static void solo_start(struct solo *c)
 {
     kn_init(&c->k);
     memset(c->in, 0, sizeof c->in);
     memset(c->out, 0, sizeof c->out);
 }
 
-static void ce_launch(struct ce_slots *c, struct kn_set *F, int at, enum kn_when when, const char *name)
+static void solo_launch(struct solo *c, struct kn_set *F, int at, enum kn_when when, const char *name)
 {
     struct kn_launch *L = &F->launches[F->n_launches++];
     *L = (struct kn_launch){.chunk = c->P->op_chunk[c->op], .first_op = at, .n_ops = 1, .domain = c->P->g->ops[c->op].in[0],
@@ -579,10 +583,10 @@ static void ce_launch(struct ce_slots *c, struct kn_set *F, int at, enum kn_when
     L->kernel = entry(F, &c->k, NULL, name);
 }
 
-static void ce_slots_of(const struct partition *P, int op, struct ce_slots *c)
+static void ce_slots_of(const struct partition *P, int op, struct solo *c)
 {
     const struct ir_op *o = &P->g->ops[op];
-    *c = (struct ce_slots){.P = P, .op = op, .logits_xfer = -1, .x_max = -1, .x_sum = -1};
+    *c = (struct solo){.P = P, .op = op, .logits_xfer = -1, .x_max = -1, .x_sum = -1};
     for (int x = 0; x < P->n_xfers; x++)
         if (P->xfers[x].op == op && !P->xfers[x].grad && P->xfers[x].kind == PART_XFER_ALL_REDUCE_MAX)
             c->x_max = x, c->x_sum = x + 1; /* shard.c records the two one after the other */
@@ -596,42 +600,42 @@ static void ce_slots_of(const struct partition *P, int op, struct ce_slots *c)
 
 static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
 {
-    struct ce_slots c;
+    struct solo c;
     ce_slots_of(P, op, &c);
     int at = F->n_ops;
     F->ops[F->n_ops++] = op;
     F->op_launch[op] = F->n_launches;
     int m, s, t, label;
     if (c.x_max < 0) { /* the whole vocabulary here: one kernel */
-        ce_start(&c);
+        solo_start(&c);
         int x = ce_logits(&c);
         label = ce_labels(&c);
         m = kn_node(&c.k, KN_ROWMAX, x, -1, -1, 0);
         ce_sums(&c, x, m, label, &s, &t);
         ce_finish(&c, m, s, t, label);
-        ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy");
+        solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy");
         return;
     }
-    ce_start(&c);
-    kn_store(&c.k, ce_out(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max)), kn_node(&c.k, KN_ROWMAX, ce_logits(&c), -1, -1, 0));
-    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_max");
-    ce_start(&c);
+    solo_start(&c);
+    kn_store(&c.k, solo_out(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max)), kn_node(&c.k, KN_ROWMAX, ce_logits(&c), -1, -1, 0));
+    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_max");
+    solo_start(&c);
     int x = ce_logits(&c);
     label = ce_labels(&c);
-    m = ce_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
+    m = solo_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
     ce_sums(&c, x, m, label, &s, &t);
-    int sums = ce_out(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
+    int sums = solo_out(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
     kn_store_component(&c.k, sums, s, 0);
     kn_store_component(&c.k, sums, t, 1);
-    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_sums");
-    ce_start(&c);
-    m = ce_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
-    s = ce_in(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
+    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_sums");
+    solo_start(&c);
+    m = solo_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
+    s = solo_in(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
     t = kn_load(&c.k, c.k.nodes[s].slot);
     c.k.nodes[t].imm = 1;
     label = ce_labels(&c);
     ce_finish(&c, m, s, t, label);
-    ce_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_loss");
+    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_loss");
 }
 
 /* The loss's backward: d logits = arg0 (exp(x - lse) - [column = label]),
@@ -640,22 +644,111 @@ static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
  * vocabulary shard: no communication. */
 static void cross_entropy_backward(const struct partition *P, int op, struct kn_set *F)
 {
-    struct ce_slots c;
+    struct solo c;
     ce_slots_of(P, op, &c);
-    ce_start(&c);
+    solo_start(&c);
     struct kn_kernel *k = &c.k;
     int x = ce_logits(&c), label = ce_labels(&c);
-    int lse = ce_in(&c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1});
+    int lse = solo_in(&c, IR_DTYPE_F32, KN_ROWSTATS, (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1});
     int scale = kn_node(k, KN_ARG, -1, -1, -1, 0);
     k->nodes[scale].slot = (uint8_t)kn_arg(k);
     int p = kn_node(k, KN_EXP, kn_node(k, KN_SUB, x, lse, -1, 0), -1, -1, 0);
     int d = kn_node(k, KN_MUL, scale, kn_node(k, KN_SUB, p, ce_label_hit(&c, label), -1, 0), -1, 0);
     int ignored = kn_node(k, KN_EQ, label, kn_const(k, (double)ir_op_int(&P->g->ops[op], IR_ATTR_IGNORE_INDEX)), -1, 0);
-    const struct ir_tensor *logits = &P->g->tensors[P->g->ops[op].in[0]];
-    int slot = ce_out(&c, partition_elem_bytes(P, logits) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32, KN_FULL,
+    int slot = solo_out(&c, held_dtype(P, P->g->ops[op].in[0]), KN_FULL,
                       (struct kn_bind){.what = IR_BUF_GRAD, .id = P->g->ops[op].in[0], .xfer = -1});
     kn_accum(k, slot, kn_node(k, KN_SELECT, ignored, kn_const(k, 0), d, 0));
-    ce_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_cross_entropy_backward");
+    solo_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_cross_entropy_backward");
+}
+
+/* ---- the router ---------------------------------------------------------- */
+
+/* Top-k routing over a row of expert scores, as ref_op: k rounds of the
+ * largest score not yet taken (ties to the lower expert: the smallest
+ * column holding it), then a softmax over the k chosen.  Each round is two
+ * passes over the row (its max, then where it is). */
+static int router_row(struct solo *c, int *weights, int *indices)
+{
+    struct kn_kernel *k = &c->k;
+    const struct ir_op *o = &c->P->g->ops[c->op];
+    int topk = (int)ir_op_int(o, IR_ATTR_TOPK);
+    int x = solo_in(c, held_dtype(c->P, o->in[0]), KN_FULL,
+                    (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(c->P, c->op, o->in[0])});
+    int col = kn_node(k, KN_COL, -1, -1, -1, 0), taken = kn_const(k, 0), ninf = kn_const(k, -INFINITY), m[8];
+    if (topk < 1 || topk > 8)
+        return -1;
+    for (int j = 0; j < topk; j++) {
+        int free_x = kn_node(k, KN_SELECT, taken, ninf, x, 0);
+        m[j] = kn_node(k, KN_ROWMAX, free_x, -1, -1, 0);
+        int at = kn_node(k, KN_SELECT, kn_node(k, KN_EQ, free_x, m[j], -1, 0), kn_node(k, KN_NEG, col, -1, -1, 0), ninf, 0);
+        indices[j] = kn_node(k, KN_NEG, kn_node(k, KN_ROWMAX, at, -1, -1, 0), -1, -1, 0);
+        taken = kn_node(k, KN_ADD, taken, kn_node(k, KN_EQ, col, indices[j], -1, 0), -1, 0);
+    }
+    int sum = -1;
+    for (int j = 0; j < topk; j++) {
+        weights[j] = kn_node(k, KN_EXP, kn_node(k, KN_SUB, m[j], m[0], -1, 0), -1, -1, 0);
+        sum = sum < 0 ? weights[j] : kn_node(k, KN_ADD, sum, weights[j], -1, 0);
+    }
+    for (int j = 0; j < topk; j++)
+        weights[j] = kn_node(k, KN_DIV, weights[j], sum, -1, 0);
+    return topk;
+}
+
+static void router(const struct partition *P, int op, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    struct solo c = {.P = P, .op = op};
+    solo_start(&c);
+    int w[8], idx[8], topk = router_row(&c, w, idx);
+    if (topk < 0)
+        return;
+    int ws = solo_out(&c, held_dtype(P, o->out[0]), KN_ROWVEC, (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1});
+    int is = solo_out(&c, IR_DTYPE_I32, KN_ROWVEC, (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[1], .xfer = -1});
+    for (int j = 0; j < topk; j++) {
+        kn_store_component(&c.k, ws, w[j], j);
+        kn_store_component(&c.k, is, idx[j], j);
+    }
+    if (c.k.full)
+        return; /* left to the runtime's own */
+    F->op_launch[op] = F->n_launches;
+    int at = F->n_ops;
+    F->ops[F->n_ops++] = op;
+    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_router");
+}
+
+/* d score[e] = sum over the chosen j with index e of w_j (g_j - sum_i g_i w_i):
+ * the softmax's backward over the k chosen; the others get none. */
+static void router_backward(const struct partition *P, int op, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    struct solo c = {.P = P, .op = op};
+    solo_start(&c);
+    struct kn_kernel *k = &c.k;
+    int topk = (int)ir_op_int(o, IR_ATTR_TOPK);
+    int g0 = solo_in(&c, held_dtype(P, o->out[0]), KN_ROWVEC, (struct kn_bind){.what = IR_BUF_GRAD, .id = o->out[0], .xfer = -1});
+    int w0 = solo_in(&c, held_dtype(P, o->out[0]), KN_ROWVEC, (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1});
+    int i0 = solo_in(&c, IR_DTYPE_I32, KN_ROWVEC, (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[1], .xfer = -1});
+    int g[8], w[8], idx[8], dot = -1;
+    for (int j = 0; j < topk; j++) {
+        g[j] = j ? kn_load(k, k->nodes[g0].slot) : g0;
+        w[j] = j ? kn_load(k, k->nodes[w0].slot) : w0;
+        idx[j] = j ? kn_load(k, k->nodes[i0].slot) : i0;
+        if (g[j] < 0 || w[j] < 0 || idx[j] < 0)
+            return;
+        k->nodes[g[j]].imm = k->nodes[w[j]].imm = k->nodes[idx[j]].imm = j;
+        int gw = kn_node(k, KN_MUL, g[j], w[j], -1, 0);
+        dot = dot < 0 ? gw : kn_node(k, KN_ADD, dot, gw, -1, 0);
+    }
+    int col = kn_node(k, KN_COL, -1, -1, -1, 0), d = kn_const(k, 0);
+    for (int j = 0; j < topk; j++) {
+        int mine = kn_node(k, KN_EQ, col, idx[j], -1, 0);
+        int part = kn_node(k, KN_MUL, w[j], kn_node(k, KN_SUB, g[j], dot, -1, 0), -1, 0);
+        d = kn_node(k, KN_ADD, d, kn_node(k, KN_SELECT, mine, part, kn_const(k, 0), 0), -1, 0);
+    }
+    int slot = solo_out(&c, held_dtype(P, o->in[0]), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[0], .xfer = -1});
+    kn_accum(k, slot, d);
+    if (!k->full)
+        solo_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_router_backward");
 }
 
 /* ---- the backward of a fused launch ------------------------------------- */
@@ -1102,6 +1195,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
                 attention(P, i, !forward_only, needs, F);
             if (o->kind == IR_OP_CROSS_ENTROPY)
                 cross_entropy(P, i, F);
+            if (o->kind == IR_OP_ROUTER)
+                router(P, i, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -1128,10 +1223,14 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
             int op = F->ops[L->first_op];
             if (L->when != KN_WHEN_FORWARD || F->kernels[L->kernel].kind != KN_KIND_FUSED)
                 continue;
-            if (g->ops[op].kind != IR_OP_CROSS_ENTROPY)
+            if (g->ops[op].kind == IR_OP_CROSS_ENTROPY) {
+                if (F->op_launch[op] == l && needs[g->ops[op].in[0]])
+                    cross_entropy_backward(P, op, F);
+            } else if (g->ops[op].kind == IR_OP_ROUTER) {
+                if (needs[g->ops[op].in[0]] && needs[g->ops[op].out[0]])
+                    router_backward(P, op, F);
+            } else
                 backward(P, F, l, needs, &b, grad, fwd);
-            else if (F->op_launch[op] == l && needs[g->ops[op].in[0]])
-                cross_entropy_backward(P, op, F);
         }
         free(grad);
         free(fwd);
@@ -1170,7 +1269,11 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
         return; /* attention's sizes are the launch's own (kn_launch.attn) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
-    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, &P->shard[G->domain]);
+    const struct ir_shard *ds = &P->shard[G->domain]; /* as the launch reads it: after a transfer that brings it */
+    for (int i = 0; i < G->n_in; i++)
+        if (G->in[i].id == G->domain && G->in[i].what == IR_BUF_VALUE && G->in[i].xfer >= 0 && k->in[i].access == KN_FULL)
+            ds = &P->xfers[G->in[i].xfer].after;
+    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds);
     memset(a, 0, sizeof *a);
     a->cols = s.rank ? s.ax[s.rank - 1].size : 1;
     a->rows = a->cols ? ir_shape_numel(&s) / a->cols : 0;
@@ -1197,7 +1300,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     a->rank = s.rank ? s.rank : 1;
     int64_t stride = 1;
     for (int i = s.rank - 1; i >= 0; i--) {
-        int coord = pdim_coord(rc, (enum ir_pdim)P->shard[G->domain].split[i]);
+        int coord = pdim_coord(rc, (enum ir_pdim)ds->split[i]);
         a->dim[i] = s.ax[i].size;
         a->off[i] = coord * s.ax[i].size;
         a->stride[i] = stride;
@@ -1213,6 +1316,10 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
             enum kn_access access = (enum kn_access)(io ? k->out[i] : k->in[i]).access;
             if (access == KN_HEADS)
                 attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
+            if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
+                struct ir_shape t = bound_shape(P, G, b);
+                v[0] = t.rank ? t.ax[t.rank - 1].size : 1;
+            }
             if (access == KN_GATHER) {
                 struct ir_shape t = bound_shape(P, G, b);
                 v[1] = t.ax[0].size;

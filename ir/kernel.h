@@ -63,6 +63,7 @@ enum kn_op {
     X(ROW, "row")           /* r: one value per row (a label, a row's largest logit) */ \
     X(ROW_DIV, "row_div")   /* (r / rows_div) * cols + c: one row per batch (a padding mask) */ \
     X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
+    X(ROWVEC, "rowvec")     /* r * v[0] + component: a short vector a row (a router's k choices), v the slot's view */ \
     X(HEADS, "heads")       /* a view of a fused QKV: the domain is (B, H, S) rows of D, row r's (b, h, s) at \
                                v[0] + b v[1] + (h / v[4]) v[5] + (h % v[4]) v[2] + s v[3], v the slot's view */ \
     X(GATHER, "gather")     /* (i - v[0]) * cols + c, i the row's index (an id: the per-row value that is the LOAD's \
