@@ -70,6 +70,8 @@ static const char common[] =
     "    const int64_t s = r % a->dim[2], h = r / a->dim[2] % a->dim[1], b = r / (a->dim[2] * a->dim[1]);\n"
     "    return v[0] + b * v[1] + (h / v[4]) * v[5] + (h % v[4]) * v[2] + s * v[3];\n"
     "}\n"
+    "/* where row r of a part starts in the whole it is a part of (kernel.h, ROWMAP) */\n"
+    "static KN_FN int64_t kn_rowmap(const int64_t *v, int64_t r) { return ((r / v[0]) * v[1] + v[2] + r % v[0]) * v[3] + v[4]; }\n"
     "/* whether a table's shard (view v: its first row, its rows) holds row i */\n"
     "static KN_FN int kn_holds(const int64_t *v, float i) { return (int64_t)i >= v[0] && (int64_t)i < v[0] + v[1]; }\n"
     "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
@@ -161,6 +163,7 @@ static const char *row_base(const struct kn_slot *s, int slot, bool input, int c
     case KN_ROW: snprintf(out, n, "r"); break;
     case KN_ROWSTATS: snprintf(out, n, "r * 2 + %d", component); break;
     case KN_ROWVEC: snprintf(out, n, "r * a->%s[%d][0] + %d", input ? "vin" : "vout", slot, component); break;
+    case KN_ROWMAP: snprintf(out, n, "kn_rowmap(a->%s[%d], r)", input ? "vin" : "vout", slot); break;
     case KN_HEADS: snprintf(out, n, "kn_view(a, a->%s[%d], r)", input ? "vin" : "vout", slot); break;
     default: snprintf(out, n, "0"); break;
     }
@@ -178,7 +181,8 @@ static void load(struct emitter *e, const struct kn_node *n)
             n->slot, i, n->slot);
         return;
     }
-    bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS;
+    bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS ||
+               s->access == KN_ROWMAP;
     const char *col = n->imm == 1 && per ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
         put(&e->t, "kn_from_bf16(");

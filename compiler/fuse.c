@@ -751,6 +751,43 @@ static void router_backward(const struct partition *P, int op, struct kn_set *F)
         solo_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_router_backward");
 }
 
+/* ---- concat ------------------------------------------------------------- */
+
+/* A launch per input: its rows copied to their place in the output (a
+ * ROWMAP store); the backward, a launch per input that needs a gradient,
+ * reads that place of the output's gradient back.  attn[0] says which
+ * input a launch moves (a tensor may be joined to itself). */
+static void concat(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    int at = backward ? F->launches[F->op_launch[op]].first_op : F->n_ops;
+    if (!backward) {
+        F->ops[F->n_ops++] = op;
+        F->op_launch[op] = F->n_launches;
+    }
+    for (int i = 0; i < o->n_in; i++) {
+        int t = o->in[i];
+        if (t < 0 || (backward && !needs[t]))
+            continue;
+        struct solo c = {.P = P, .op = op};
+        solo_start(&c);
+        struct kn_bind part = {.what = backward ? IR_BUF_GRAD : IR_BUF_VALUE, .id = t, .xfer = backward ? -1 : transfer_of(P, op, t)};
+        struct kn_bind whole = {.what = backward ? IR_BUF_GRAD : IR_BUF_VALUE, .id = o->out[0], .xfer = -1};
+        if (backward)
+            kn_accum(&c.k, solo_out(&c, held_dtype(P, t), KN_FULL, part), solo_in(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole));
+        else
+            kn_store(&c.k, solo_out(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole), solo_in(&c, held_dtype(P, t), KN_FULL, part));
+        struct kn_launch *L = &F->launches[F->n_launches];
+        *L = (struct kn_launch){.chunk = P->op_chunk[op], .first_op = at, .n_ops = 1, .domain = t, .n_in = c.k.n_in,
+                               .n_out = c.k.n_out, .when = (uint8_t)(backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD)};
+        memcpy(L->in, c.in, sizeof L->in);
+        memcpy(L->out, c.out, sizeof L->out);
+        L->attn[0] = i;
+        L->kernel = entry(F, &c.k, NULL, backward ? "_concat_backward" : "_concat");
+        F->n_launches++;
+    }
+}
+
 /* ---- the backward of a fused launch ------------------------------------- */
 
 /* What a backward kernel reads and adds into, slot by slot. */
@@ -1132,10 +1169,13 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
     bool forward_only = opt == NULL;
     const struct ir_graph *g = P->g;
     memset(F, 0, sizeof *F);
-    /* forward and backward launches (at most four an op: the vocab-parallel
-     * loss's), two per parameter for the step */
-    F->launches = wf_calloc((size_t)g->n_ops * 4 + (size_t)g->n_tensors * 2 + 2, sizeof *F->launches);
-    F->kernels = wf_calloc((size_t)g->n_ops * 4 + 4, sizeof *F->kernels);
+    /* forward and backward launches (at most four an op, the vocab-parallel
+     * loss's, or two per input, a concat's), two per parameter for the step */
+    size_t most = 2;
+    for (int i = 0; i < g->n_ops; i++)
+        most += (size_t)(g->ops[i].n_in > 2 ? 2 * g->ops[i].n_in : 4);
+    F->launches = wf_calloc(most + (size_t)g->n_tensors * 2, sizeof *F->launches);
+    F->kernels = wf_calloc(most + 4, sizeof *F->kernels);
     F->ops = wf_calloc((size_t)g->n_ops + 1, sizeof *F->ops);
     F->op_launch = wf_calloc((size_t)g->n_ops + 1, sizeof *F->op_launch);
     F->n_graph_ops = g->n_ops;
@@ -1197,6 +1237,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
                 cross_entropy(P, i, F);
             if (o->kind == IR_OP_ROUTER)
                 router(P, i, F);
+            if (o->kind == IR_OP_CONCAT)
+                concat(P, i, false, needs, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -1226,6 +1268,9 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
             if (g->ops[op].kind == IR_OP_CROSS_ENTROPY) {
                 if (F->op_launch[op] == l && needs[g->ops[op].in[0]])
                     cross_entropy_backward(P, op, F);
+            } else if (g->ops[op].kind == IR_OP_CONCAT) {
+                if (F->op_launch[op] == l)
+                    concat(P, op, true, needs, F);
             } else if (g->ops[op].kind == IR_OP_ROUTER) {
                 if (needs[g->ops[op].in[0]] && needs[g->ops[op].out[0]])
                     router_backward(P, op, F);
@@ -1247,6 +1292,33 @@ static struct ir_shape bound_shape(const struct partition *P, const struct kn_la
     const struct ir_tensor *x = &P->g->tensors[b->id];
     return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape,
                                  b->xfer >= 0 ? &P->xfers[b->xfer].after : &P->shard[b->id]);
+}
+
+/* A concat launch's ROWMAP view (kernel.h): where the rows of the input it
+ * moves (attn[0]) lie in the output, on one rank.  The joined axis is held
+ * whole; the axes between it and the last make M rows per step along it. */
+static void concat_view(const struct partition *P, const struct kn_launch *G, int op, int64_t *v)
+{
+    const struct ir_graph *g = P->g;
+    const struct ir_op *o = &g->ops[op];
+    enum ir_part part = P->chunks[G->chunk].part;
+    struct ir_shape out = partition_local_shape(P, part, &g->tensors[o->out[0]].shape, &P->shard[o->out[0]]);
+    int ax = (int)ir_op_int(o, IR_ATTR_AXIS), r = out.rank;
+    ax = ax < 0 ? ax + r : ax;
+    int64_t at = 0, len = 0, M = 1, cols = r ? out.ax[r - 1].size : 1;
+    for (int i = 0; i <= G->attn[0] && i < o->n_in; i++) {
+        struct kn_bind b = {.id = o->in[i], .xfer = transfer_of(P, op, o->in[i])};
+        struct ir_shape in = bound_shape(P, G, &b);
+        len = in.ax[ax].size;
+        at += i < G->attn[0] ? len : 0;
+    }
+    for (int k = ax + 1; k < r - 1; k++)
+        M *= out.ax[k].size;
+    if (ax == r - 1) { /* side by side in each row */
+        v[0] = 1, v[1] = 1, v[2] = 0, v[3] = cols, v[4] = at;
+    } else {
+        v[0] = len * M, v[1] = out.ax[ax].size * M, v[2] = at * M, v[3] = cols, v[4] = 0;
+    }
 }
 
 /* A rank's place in the group that splits an axis (0 if none does). */
@@ -1316,6 +1388,8 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
             enum kn_access access = (enum kn_access)(io ? k->out[i] : k->in[i]).access;
             if (access == KN_HEADS)
                 attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
+            if (access == KN_ROWMAP)
+                concat_view(P, G, F->ops[G->first_op], v);
             if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
                 struct ir_shape t = bound_shape(P, G, b);
                 v[0] = t.rank ? t.ax[t.rank - 1].size : 1;

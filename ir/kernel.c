@@ -202,7 +202,7 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         switch (n->op) {
         case KN_LOAD: {
             enum kn_access a = (enum kn_access)k->in[n->slot].access;
-            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER;
+            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER || a == KN_ROWMAP;
             break;
         }
         case KN_COL:

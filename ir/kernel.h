@@ -64,6 +64,8 @@ enum kn_op {
     X(ROW_DIV, "row_div")   /* (r / rows_div) * cols + c: one row per batch (a padding mask) */ \
     X(ROWSTATS, "rowstats") /* r * 2 + component: two floats per row */       \
     X(ROWVEC, "rowvec")     /* r * v[0] + component: a short vector a row (a router's k choices), v the slot's view */ \
+    X(ROWMAP, "rowmap")     /* ((r / v[0]) * v[1] + v[2] + r % v[0]) * v[3] + v[4] + c: row r's place in a larger \
+                               tensor (a part of a concat), v the slot's view */ \
     X(HEADS, "heads")       /* a view of a fused QKV: the domain is (B, H, S) rows of D, row r's (b, h, s) at \
                                v[0] + b v[1] + (h / v[4]) v[5] + (h % v[4]) v[2] + s v[3], v the slot's view */ \
     X(GATHER, "gather")     /* (i - v[0]) * cols + c, i the row's index (an id: the per-row value that is the LOAD's \
@@ -203,7 +205,7 @@ struct kn_launch {
     struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
-    int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views) */
+    int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views); concat: [0] the input it moves */
     uint8_t when;          /* enum kn_when */
 };
 
