@@ -311,24 +311,15 @@ static bool needed_outside(const struct partition *P, const int *op_launch, int 
             return true;
     for (int i = 0; i < G->n_ops; i++) {
         const struct ir_op *o = &G->ops[i];
-        const struct ir_op_info *info = ir_op_info(o->kind);
-        for (int k = 0; k < o->n_in + o->n_out; k++) {
-            bool input = k < o->n_in;
-            int u = input ? o->in[k] : o->out[k - o->n_in];
-            if (u != t)
-                continue;
-            if (input && op_launch[i] != g)
-                return true;
-            /* kept for the backward: the op's saves column names it */
-            const char *name = input ? (k < info->n_in_names ? info->in_names[k] : "")
-                                     : (k - o->n_in < info->n_out_names ? info->out_names[k - o->n_in] : "");
-            char words[128];
-            snprintf(words, sizeof words, " %s ", info->saves);
-            char pat[64];
-            snprintf(pat, sizeof pat, " %s ", name);
-            if (train && name[0] && strstr(words, pat))
-                return true;
-        }
+        bool uses = false;
+        for (int k = 0; k < o->n_in + o->n_out; k++)
+            if ((k < o->n_in ? o->in[k] : o->out[k - o->n_in]) == t) {
+                if (k < o->n_in && op_launch[i] != g)
+                    return true;
+                uses = true;
+            }
+        if (uses && train && ir_op_keeps(o, t)) /* kept for the backward */
+            return true;
     }
     return false;
 }

@@ -133,18 +133,6 @@ static int64_t aux_bytes(const struct partition *P, const struct ir_op *o, const
     return 0;
 }
 
-/* The tensor an op's saves word names, or -1. */
-static int saved_tensor(const struct ir_op *o, const struct ir_op_info *info, const char *word)
-{
-    for (int k = 0; k < info->n_in_names && k < o->n_in; k++)
-        if (!strcmp(info->in_names[k], word))
-            return o->in[k];
-    for (int k = 0; k < info->n_out_names && k < o->n_out; k++)
-        if (!strcmp(info->out_names[k], word))
-            return o->out[k];
-    return -1;
-}
-
 enum home { HOME_NONE, HOME_PARAM, HOME_BLOCK, HOME_BOUNDARY, HOME_WORKING };
 
 /* One step: the ops of a stage's chunks of one virtual stage. */
@@ -195,14 +183,13 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
     for (int a = 0; train && a < n; a++) {
         const struct ir_op *o = &g->ops[st->ops[a]];
         const struct ir_op_info *info = ir_op_info(o->kind);
-        char words[128];
-        snprintf(words, sizeof words, "%s", info->saves);
-        for (char *w = strtok(words, " "); w; w = strtok(NULL, " ")) {
+        for (int k = 0; k < info->n_saves; k++) {
+            const char *w = info->saves_words[k];
             enum ir_buf_what what = IR_BUF_VALUE;
             int64_t b = aux_bytes(P, o, w, &what);
             int id = st->ops[a];
             if (what == IR_BUF_VALUE) {
-                int t = saved_tensor(o, info, w);
+                int t = ir_op_saved_tensor(o, w);
                 if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
                     continue; /* an absent optional input, or a parameter (in PARAMS) */
                 id = root(P, st->pos, t);

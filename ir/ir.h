@@ -248,6 +248,8 @@ struct ir_op {
 struct ir_op_info {
     const char *name, *summary;
     const char *saves; /* what the backward reads from the forward (ops.def) */
+    int n_saves;
+    const char *saves_words[IR_MAX_IN + IR_MAX_OUT + 2]; /* the same, word by word */
     int n_in_names, n_out_names;
     const char *in_names[IR_MAX_IN], *out_names[IR_MAX_OUT];
     int in_min, in_max, out_min, out_max;
@@ -259,6 +261,11 @@ struct ir_op_info {
 };
 
 const struct ir_op_info *ir_op_info(enum ir_op_kind k);
+/* The tensor an op's saves word names (one of its inputs or outputs), or -1
+ * ("mask", "rowstats", an absent optional input). */
+int ir_op_saved_tensor(const struct ir_op *o, const char *word);
+/* Whether the op's backward reads tensor t, kept from its forward. */
+bool ir_op_keeps(const struct ir_op *o, int t);
 int ir_op_parse_kind(const char *s); /* -1 if unknown */
 /* The attribute if set; defaults are filled in by the front end, so after it
  * every attribute of the op's row is present. */

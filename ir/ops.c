@@ -96,6 +96,7 @@ static void infos_init(void)
 {
     static char in_store[IR_OP_COUNT][IR_MAX_IN][32], out_store[IR_OP_COUNT][IR_MAX_OUT][32];
     static char attr_store[IR_OP_COUNT][IR_MAX_ATTRS][32];
+    static char saves_store[IR_OP_COUNT][IR_MAX_IN + IR_MAX_OUT + 2][32];
     for (int k = 0; k < IR_OP_COUNT; k++) {
         struct ir_op_info *info = &infos[k];
         info->name = op_rows[k].name;
@@ -105,6 +106,9 @@ static void infos_init(void)
         parse_io(op_rows[k].out, info->out_names, &info->n_out_names, &info->out_min,
                  &info->out_max, out_store[k], IR_MAX_OUT);
         info->saves = op_rows[k].saves;
+        info->n_saves = spec_words(op_rows[k].saves, saves_store[k], IR_MAX_IN + IR_MAX_OUT + 2);
+        for (int w = 0; w < info->n_saves; w++)
+            info->saves_words[w] = saves_store[k][w];
         info->n_attrs = spec_words(op_rows[k].attrs, attr_store[k], IR_MAX_ATTRS);
         for (int a = 0; a < info->n_attrs; a++) {
             char *w = attr_store[k][a];
@@ -118,6 +122,27 @@ static void infos_init(void)
         }
     }
     infos_ready = true;
+}
+
+int ir_op_saved_tensor(const struct ir_op *o, const char *word)
+{
+    const struct ir_op_info *info = ir_op_info(o->kind);
+    for (int k = 0; k < info->n_in_names && k < o->n_in; k++)
+        if (!strcmp(info->in_names[k], word))
+            return o->in[k];
+    for (int k = 0; k < info->n_out_names && k < o->n_out; k++)
+        if (!strcmp(info->out_names[k], word))
+            return o->out[k];
+    return -1;
+}
+
+bool ir_op_keeps(const struct ir_op *o, int t)
+{
+    const struct ir_op_info *info = ir_op_info(o->kind);
+    for (int w = 0; t >= 0 && w < info->n_saves; w++)
+        if (ir_op_saved_tensor(o, info->saves_words[w]) == t)
+            return true;
+    return false;
 }
 
 const struct ir_op_info *ir_op_info(enum ir_op_kind k)
