@@ -133,7 +133,8 @@ int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct di
             r.bad = true;
     }
     S->n_tied = (int)plan_get_u32(&r);
-    if (r.bad || S->n_tied < 0 || S->n_tied > 1 << 16) {
+    if (r.bad || S->n_tied < 0 || S->n_tied > 1 << 16 || (int64_t)S->n_tied * S->n_stages > r.end - r.at) {
+        /* each tied set is a byte per stage: no more sets than the section has bytes for */
         S->n_tied = 0;
         ir_schedule_free(S);
         return bad(d, "schedule", "a chunk's stage or the tied sets");
