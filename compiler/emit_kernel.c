@@ -72,6 +72,12 @@ static const char common[] =
     "}\n"
     "/* where row r of a part starts in the whole it is a part of (kernel.h, ROWMAP) */\n"
     "static KN_FN int64_t kn_rowmap(const int64_t *v, int64_t r) { return ((r / v[0]) * v[1] + v[2] + r % v[0]) * v[3] + v[4]; }\n"
+    "/* patchify's element (r, c) in its image (kernel.h, PATCHES) */\n"
+    "static KN_FN int64_t kn_patch(const int64_t *v, int64_t r, int64_t c)\n"
+    "{\n"
+    "    const int64_t b = r / v[0], i = r % v[0], ch = c / (v[2] * v[2]), di = c / v[2] % v[2], dj = c % v[2];\n"
+    "    return ((b * v[3] + ch) * v[4] + (i / v[1]) * v[2] + di) * v[5] + (i % v[1]) * v[2] + dj;\n"
+    "}\n"
     "/* whether a table's shard (view v: its first row, its rows) holds row i */\n"
     "static KN_FN int kn_holds(const int64_t *v, float i) { return (int64_t)i >= v[0] && (int64_t)i < v[0] + v[1]; }\n"
     "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
@@ -173,6 +179,11 @@ static const char *row_base(const struct kn_slot *s, int slot, bool input, int c
 static void load(struct emitter *e, const struct kn_node *n)
 {
     const struct kn_slot *s = &e->k->in[n->slot];
+    if (s->access == KN_PATCHES) {
+        put(&e->t, "%s((const %s *)a->in[%d])[kn_patch(a->vin[%d], r, c)])",
+            s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(s->dtype), n->slot, n->slot);
+        return;
+    }
     if (s->access == KN_GATHER) { /* the index's row of the table, 0 off this rank's shard */
         char i[16];
         name(e, n->a, i, sizeof i);
@@ -182,7 +193,7 @@ static void load(struct emitter *e, const struct kn_node *n)
         return;
     }
     bool per = s->access == KN_FULL || s->access == KN_COLUMN || s->access == KN_ROW_DIV || s->access == KN_HEADS ||
-               s->access == KN_ROWMAP;
+               s->access == KN_ROWMAP || s->access == KN_PATCHES;
     const char *col = n->imm == 1 && per ? "(c < cols / 2 ? c + cols / 2 : c - cols / 2)" : "c";
     if (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16)
         put(&e->t, "kn_from_bf16(");

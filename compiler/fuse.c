@@ -17,7 +17,7 @@ bool fuse_op_fusible(enum ir_op_kind k)
     switch (k) {
     case IR_OP_ADD: case IR_OP_MUL: case IR_OP_SCALE: case IR_OP_BIAS_ADD: case IR_OP_GELU: case IR_OP_SILU:
     case IR_OP_RELU: case IR_OP_SWIGLU: case IR_OP_DROPOUT: case IR_OP_LAYERNORM: case IR_OP_RMSNORM:
-    case IR_OP_SOFTMAX: case IR_OP_ROTARY: case IR_OP_EMBEDDING:
+    case IR_OP_SOFTMAX: case IR_OP_ROTARY: case IR_OP_EMBEDDING: case IR_OP_PATCHIFY:
         return true;
     default:
         return false;
@@ -175,6 +175,17 @@ static bool lower(struct builder *b, int op_index)
         int slot = kn_input(&b->k, slot_dtype(b, o->in[0]), KN_GATHER);
         b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(b->P, op_index, o->in[0])};
         int y = kn_load_at(&b->k, slot, ids);
+        if (y < 0 || b->k.full)
+            return false;
+        set_value(b, o->out[0], y);
+        return true;
+    }
+    if (o->kind == IR_OP_PATCHIFY) { /* the image read in patches (a load: a group of its own, as embedding's) */
+        if (b->k.n_in == KN_MAX_SLOTS)
+            return false;
+        int slot = kn_input(&b->k, slot_dtype(b, o->in[0]), KN_PATCHES);
+        b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(b->P, op_index, o->in[0])};
+        int y = kn_load(&b->k, slot);
         if (y < 0 || b->k.full)
             return false;
         set_value(b, o->out[0], y);
@@ -1381,6 +1392,13 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
                 attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
             if (access == KN_ROWMAP)
                 concat_view(P, G, F->ops[G->first_op], v);
+            if (access == KN_PATCHES) { /* (n, wp, p, C, H, W) of the image as this rank holds it */
+                const struct ir_op *o = &P->g->ops[F->ops[G->first_op]];
+                struct ir_shape img = bound_shape(P, G, b);
+                int64_t p = ir_op_int(o, IR_ATTR_PATCH);
+                v[2] = p, v[3] = img.ax[1].size, v[4] = img.ax[2].size, v[5] = img.ax[3].size;
+                v[1] = p ? v[5] / p : 0, v[0] = p ? (v[4] / p) * v[1] : 0;
+            }
             if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
                 struct ir_shape t = bound_shape(P, G, b);
                 v[0] = t.rank ? t.ax[t.rank - 1].size : 1;

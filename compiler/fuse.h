@@ -1,10 +1,12 @@
 /* fuse.h: the fusion pass: runs of elementwise ops, and row reductions
  * (layernorm, rmsnorm, softmax) with their elementwise neighbours, become
  * fused kernels (ir/kernel.h), and so do embedding lookups (a gather, its
- * backward a scatter-add); attention, the cross-entropy loss and the MoE
- * router get kernels of their own; GEMMs stay as they are.  Not fused
- * yet, left to the runtime: the MoE dispatch and combine (their slots are a
- * running count over tokens), T5's relpos_bias, patchify and concat.
+ * backward a scatter-add) and patchify (the image read in patches; an
+ * image needs no gradient, so it has no backward); attention, the
+ * cross-entropy loss, the MoE router and concat get kernels of their own;
+ * GEMMs stay as they are.  Not fused yet, left to the runtime: the MoE
+ * dispatch and combine (their slots are a running count over tokens) and
+ * T5's relpos_bias.
  *
  * The loss's launches (one, or three around the vocab-parallel loss's two
  * collectives, writing the transfers' buffers) leave per token its

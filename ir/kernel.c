@@ -147,7 +147,7 @@ bool kn_valid(const struct kn_kernel *k)
         if (k->in[j].dtype > KN_DTYPE_U8 || k->in[j].access >= KN_ACCESS_COUNT)
             return false;
     for (int j = 0; j < k->n_out; j++)
-        if (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT)
+        if (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT || k->out[j].access == KN_PATCHES)
             return false;
     bool gather_accum = kn_has_gather_accum(k);
     int index = -1; /* the one index a gathered output is added at */
@@ -202,7 +202,7 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         switch (n->op) {
         case KN_LOAD: {
             enum kn_access a = (enum kn_access)k->in[n->slot].access;
-            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER || a == KN_ROWMAP;
+            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER || a == KN_ROWMAP || a == KN_PATCHES;
             break;
         }
         case KN_COL:

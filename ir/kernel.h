@@ -71,6 +71,9 @@ enum kn_op {
     X(GATHER, "gather")     /* (i - v[0]) * cols + c, i the row's index (an id: the per-row value that is the LOAD's \
                                operand a, the ACCUM's b); a row whose i is outside [v[0], v[0] + v[1]) reads 0 and \
                                adds nothing (a table's shard), v the slot's view */ \
+    X(PATCHES, "patches")   /* an image (B, C, H, W) read as patchify's (B, n, C p p): row r = (b, i), column c = \
+                               (ch, di, dj) at ((b C + ch) H + (i / wp) p + di) W + (i % wp) p + dj, \
+                               v = (n, wp, p, C, H, W) the slot's view; inputs only */ \
     X(SCALAR, "scalar")     /* 0 */
 
 enum kn_access {
