@@ -157,6 +157,21 @@ static int row_index(struct builder *b, int t)
     return kn_load(&b->k, slot);
 }
 
+/* Rotary's rotation of v (a load: its partner column, the other half's,
+ * must come from memory): v cos t + sign partner sin t forward (dir
+ * KN_ADD), v cos t - sign partner sin t back (KN_SUB); -1 if it cannot. */
+static int rotate(struct builder *b, int v, double base, enum kn_op dir)
+{
+    if (v < 0 || b->k.nodes[v].op != KN_LOAD)
+        return -1;
+    int partner = kn_load(&b->k, b->k.nodes[v].slot);
+    if (partner < 0)
+        return -1;
+    b->k.nodes[partner].imm = 1;
+    int sign, theta = rotary_angle(b, base, &sign);
+    return op2(b, dir, op2(b, KN_MUL, v, op1(b, KN_COS, theta)), op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
+}
+
 /* Lower one op into b's kernel: false if it does not fit the domain. */
 static bool lower(struct builder *b, int op_index)
 {
@@ -271,18 +286,9 @@ static bool lower(struct builder *b, int op_index)
         }
         break;
     }
-    case IR_OP_ROTARY: { /* x cos t + sign partner sin t, t = pos base^(-2i/D); the partner is the other half's column */
-        if (b->k.nodes[x].op != KN_LOAD)
-            return false; /* the partner column must come from memory */
-        int partner = kn_load(&b->k, b->k.nodes[x].slot);
-        if (partner < 0)
-            return false;
-        b->k.nodes[partner].imm = 1;
-        int sign, theta = rotary_angle(b, ir_op_float(o, IR_ATTR_BASE), &sign);
-        y = op2(b, KN_ADD, op2(b, KN_MUL, x, op1(b, KN_COS, theta)),
-                op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
+    case IR_OP_ROTARY:
+        y = rotate(b, x, ir_op_float(o, IR_ATTR_BASE), KN_ADD);
         break;
-    }
     case IR_OP_SOFTMAX: {
         int keep = cst(b, 1);
         if (ir_op_int(o, IR_ATTR_CAUSAL)) /* key k is seen by queries at positions >= k */
@@ -574,15 +580,27 @@ static void solo_start(struct solo *c)
     memset(c->out, 0, sizeof c->out);
 }
 
-static void solo_launch(struct solo *c, struct kn_set *F, int at, enum kn_when when, const char *name)
+/* One of the op's launches, over `domain` (as the launch reads it).  The
+ * op's first forward launch records the op; every later one, backward
+ * too, shares its entry in F->ops. */
+static struct kn_launch *solo_launch(struct solo *c, struct kn_set *F, int domain, enum kn_when when, const char *name)
 {
+    int at;
+    if (F->op_launch[c->op] < 0) {
+        WF_ASSERT(when == KN_WHEN_FORWARD);
+        F->op_launch[c->op] = F->n_launches;
+        at = F->n_ops;
+        F->ops[F->n_ops++] = c->op;
+    } else
+        at = F->launches[F->op_launch[c->op]].first_op;
     struct kn_launch *L = &F->launches[F->n_launches++];
-    *L = (struct kn_launch){.chunk = c->P->op_chunk[c->op], .first_op = at, .n_ops = 1, .domain = c->P->g->ops[c->op].in[0],
-                           .n_in = c->k.n_in, .n_out = c->k.n_out, .when = (uint8_t)when};
+    *L = (struct kn_launch){.chunk = c->P->op_chunk[c->op], .first_op = at, .n_ops = 1, .domain = domain, .n_in = c->k.n_in,
+                           .n_out = c->k.n_out, .when = (uint8_t)when};
     memcpy(L->in, c->in, sizeof L->in);
     memcpy(L->out, c->out, sizeof L->out);
     WF_ASSERT(!c->k.full);
     L->kernel = entry(F, &c->k, NULL, name);
+    return L;
 }
 
 static void ce_slots_of(const struct partition *P, int op, struct solo *c)
@@ -604,10 +622,7 @@ static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
 {
     struct solo c;
     ce_slots_of(P, op, &c);
-    int at = F->n_ops;
-    F->ops[F->n_ops++] = op;
-    F->op_launch[op] = F->n_launches;
-    int m, s, t, label;
+    int m, s, t, label, logits = P->g->ops[op].in[0];
     if (c.x_max < 0) { /* the whole vocabulary here: one kernel */
         solo_start(&c);
         int x = ce_logits(&c);
@@ -615,12 +630,12 @@ static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
         m = kn_node(&c.k, KN_ROWMAX, x, -1, -1, 0);
         ce_sums(&c, x, m, label, &s, &t);
         ce_finish(&c, m, s, t, label);
-        solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy");
+        solo_launch(&c, F, logits, KN_WHEN_FORWARD, "_cross_entropy");
         return;
     }
     solo_start(&c);
     kn_store(&c.k, solo_out(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max)), kn_node(&c.k, KN_ROWMAX, ce_logits(&c), -1, -1, 0));
-    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_max");
+    solo_launch(&c, F, logits, KN_WHEN_FORWARD, "_cross_entropy_max");
     solo_start(&c);
     int x = ce_logits(&c);
     label = ce_labels(&c);
@@ -629,7 +644,7 @@ static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
     int sums = solo_out(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
     kn_store_component(&c.k, sums, s, 0);
     kn_store_component(&c.k, sums, t, 1);
-    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_sums");
+    solo_launch(&c, F, logits, KN_WHEN_FORWARD, "_cross_entropy_sums");
     solo_start(&c);
     m = solo_in(&c, IR_DTYPE_F32, KN_ROW, ce_xfer(&c, c.x_max));
     s = solo_in(&c, IR_DTYPE_F32, KN_ROWSTATS, ce_xfer(&c, c.x_sum));
@@ -637,7 +652,7 @@ static void cross_entropy(const struct partition *P, int op, struct kn_set *F)
     c.k.nodes[t].imm = 1;
     label = ce_labels(&c);
     ce_finish(&c, m, s, t, label);
-    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_cross_entropy_loss");
+    solo_launch(&c, F, logits, KN_WHEN_FORWARD, "_cross_entropy_loss");
 }
 
 /* The loss's backward: d logits = arg0 (exp(x - lse) - [column = label]),
@@ -660,7 +675,7 @@ static void cross_entropy_backward(const struct partition *P, int op, struct kn_
     int slot = solo_out(&c, held_dtype(P, P->g->ops[op].in[0]), KN_FULL,
                       (struct kn_bind){.what = IR_BUF_GRAD, .id = P->g->ops[op].in[0], .xfer = -1});
     kn_accum(k, slot, kn_node(k, KN_SELECT, ignored, kn_const(k, 0), d, 0));
-    solo_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_cross_entropy_backward");
+    solo_launch(&c, F, P->g->ops[op].in[0], KN_WHEN_BACKWARD, "_cross_entropy_backward");
 }
 
 /* ---- the router ---------------------------------------------------------- */
@@ -712,10 +727,7 @@ static void router(const struct partition *P, int op, struct kn_set *F)
     }
     if (c.k.full)
         return; /* left to the runtime's own */
-    F->op_launch[op] = F->n_launches;
-    int at = F->n_ops;
-    F->ops[F->n_ops++] = op;
-    solo_launch(&c, F, at, KN_WHEN_FORWARD, "_router");
+    solo_launch(&c, F, o->in[0], KN_WHEN_FORWARD, "_router");
 }
 
 /* d score[e] = sum over the chosen j with index e of w_j (g_j - sum_i g_i w_i):
@@ -750,7 +762,7 @@ static void router_backward(const struct partition *P, int op, struct kn_set *F)
     int slot = solo_out(&c, held_dtype(P, o->in[0]), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[0], .xfer = -1});
     kn_accum(k, slot, d);
     if (!k->full)
-        solo_launch(&c, F, F->launches[F->op_launch[op]].first_op, KN_WHEN_BACKWARD, "_router_backward");
+        solo_launch(&c, F, o->in[0], KN_WHEN_BACKWARD, "_router_backward");
 }
 
 /* ---- concat ------------------------------------------------------------- */
@@ -762,11 +774,6 @@ static void router_backward(const struct partition *P, int op, struct kn_set *F)
 static void concat(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
 {
     const struct ir_op *o = &P->g->ops[op];
-    int at = backward ? F->launches[F->op_launch[op]].first_op : F->n_ops;
-    if (!backward) {
-        F->ops[F->n_ops++] = op;
-        F->op_launch[op] = F->n_launches;
-    }
     for (int i = 0; i < o->n_in; i++) {
         int t = o->in[i];
         if (t < 0 || (backward && !needs[t]))
@@ -779,14 +786,7 @@ static void concat(const struct partition *P, int op, bool backward, const bool 
             kn_accum(&c.k, solo_out(&c, held_dtype(P, t), KN_FULL, part), solo_in(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole));
         else
             kn_store(&c.k, solo_out(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole), solo_in(&c, held_dtype(P, t), KN_FULL, part));
-        struct kn_launch *L = &F->launches[F->n_launches];
-        *L = (struct kn_launch){.chunk = P->op_chunk[op], .first_op = at, .n_ops = 1, .domain = t, .n_in = c.k.n_in,
-                               .n_out = c.k.n_out, .when = (uint8_t)(backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD)};
-        memcpy(L->in, c.in, sizeof L->in);
-        memcpy(L->out, c.out, sizeof L->out);
-        L->attn[0] = i;
-        L->kernel = entry(F, &c.k, NULL, backward ? "_concat_backward" : "_concat");
-        F->n_launches++;
+        solo_launch(&c, F, t, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, backward ? "_concat_backward" : "_concat")->attn[0] = i;
     }
 }
 
@@ -971,18 +971,8 @@ static bool lower_backward(struct bwd *w, int op_index, int gy)
             ok = ok && contribute(w, o->in[2], gy);
         return ok;
     }
-    case IR_OP_ROTARY: { /* the rotation back: gy cos t - sign gy(partner) sin t */
-        if (b->k.nodes[gy].op != KN_LOAD)
-            return false; /* the partner column must come from memory */
-        int partner = kn_load(&b->k, b->k.nodes[gy].slot);
-        if (partner < 0)
-            return false;
-        b->k.nodes[partner].imm = 1;
-        int sign, theta = rotary_angle(b, ir_op_float(o, IR_ATTR_BASE), &sign);
-        int dx = op2(b, KN_SUB, op2(b, KN_MUL, gy, op1(b, KN_COS, theta)),
-                     op2(b, KN_MUL, op2(b, KN_MUL, sign, partner), op1(b, KN_SIN, theta)));
-        return contribute(w, in0, dx);
-    }
+    case IR_OP_ROTARY: /* the rotation back */
+        return contribute(w, in0, rotate(b, gy, ir_op_float(o, IR_ATTR_BASE), KN_SUB));
     case IR_OP_EMBEDDING: { /* gy's rows added into the rows of the table's gradient their ids name */
         if (!w->needs[in0])
             return true;

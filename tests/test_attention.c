@@ -281,11 +281,7 @@ static void test_matches_naive(void **state)
 static void test_nvrtc(void **state)
 {
     (void)state;
-    char why[1024];
-    if (!nvrtc_available(why, sizeof why)) {
-        printf("    skipped: %s\n", why);
-        skip();
-    }
+    skip_without_nvrtc();
     static const struct kn_attn configs[] = {
         {.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64, .causal = true, .backward = true},
         {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true, .backward = true},

@@ -368,6 +368,31 @@ static struct partition *reference_run(const char *file, const char *variant, st
     return P;
 }
 
+static double check_backward(const struct partition *P, const struct kn_set *F, int bl, struct ref *r);
+
+/* Every distinct kernel whose first launch runs in the forward (forward
+ * true) or the backward (backward true), each against the reference; the
+ * loss's and the step's are test_cross_entropy's and test_optimizer's.
+ * Returns the worst relative error; *n counts the kernels checked. */
+static double check_kernels(const struct partition *P, const struct kn_set *F, struct ref *r, bool bf16, bool forward,
+                            bool backward, int *n)
+{
+    double worst = 0;
+    *n = 0;
+    for (int k = 0; k < F->n_kernels; k++) {
+        int l = 0;
+        while (F->launches[l].kernel != k)
+            l++;
+        enum kn_when when = (enum kn_when)F->launches[l].when;
+        if (P->g->ops[F->ops[F->launches[l].first_op]].kind == IR_OP_CROSS_ENTROPY || when > KN_WHEN_BACKWARD ||
+            (when == KN_WHEN_FORWARD ? !forward : !backward))
+            continue;
+        worst = fmax(worst, when == KN_WHEN_FORWARD ? check_kernel(P, F, k, r, bf16) : check_backward(P, F, l, r));
+        ++*n;
+    }
+    return worst;
+}
+
 /* Every distinct kernel of every model, on CPU, against the unfused ops. */
 static void test_cpu_kernels_match_reference(void **state)
 {
@@ -380,17 +405,8 @@ static void test_cpu_kernels_match_reference(void **state)
             struct partition *P = reference_run(models[m].file, models[m].variant, pc, &r);
             struct kn_set F;
             fuse(P, &train, &F);
-            double worst = 0;
-            int forward = 0;
-            for (int k = 0; k < F.n_kernels; k++) {
-                int l = 0;
-                while (F.launches[l].kernel != k)
-                    l++;
-                if (F.launches[l].when != KN_WHEN_FORWARD || P->g->ops[F.ops[F.launches[l].first_op]].kind == IR_OP_CROSS_ENTROPY)
-                    continue; /* test_cpu_backward_matches_reference's, test_optimizer's, test_cross_entropy's */
-                worst = fmax(worst, check_kernel(P, &F, k, r, bf16));
-                forward++;
-            }
+            int forward;
+            double worst = check_kernels(P, &F, r, bf16, true, false, &forward);
             printf("    %-18s %s %d forward kernels, worst relative error %.2e\n", models[m].file, bf16 ? "bf16" : "fp32",
                    forward, worst);
             kn_set_free(&F);
@@ -573,18 +589,8 @@ static void test_cpu_backward_matches_reference(void **state)
         struct partition *P = reference_run(models[m].file, models[m].variant, pc, &r);
         struct kn_set F;
         fuse(P, &train, &F);
-        double worst = 0;
-        int n = 0;
-        for (int k = 0; k < F.n_kernels; k++) {
-            int l = 0;
-            while (l < F.n_launches && F.launches[l].kernel != k)
-                l++;
-            if (l < F.n_launches && F.launches[l].when == KN_WHEN_BACKWARD &&
-                P->g->ops[F.ops[F.launches[l].first_op]].kind != IR_OP_CROSS_ENTROPY) { /* test_cross_entropy's */
-                worst = fmax(worst, check_backward(P, &F, l, r));
-                n++;
-            }
-        }
+        int n;
+        double worst = check_kernels(P, &F, r, false, false, true, &n);
         printf("    %-18s %d backward kernels, worst relative error %.2e\n", models[m].file, n, worst);
         assert_true(n > 0);
         /* every fused forward group has a backward (the loss's, split or not, and a concat's, a launch an input) */
@@ -881,17 +887,8 @@ static void test_small_models(void **state)
         diag_free(&d);
         struct kn_set F;
         fuse(P, &train, &F);
-        double worst = 0;
-        int n = 0;
-        for (int k = 0; k < F.n_kernels; k++) {
-            int l = 0;
-            while (F.launches[l].kernel != k)
-                l++;
-            if (P->g->ops[F.ops[F.launches[l].first_op]].kind == IR_OP_CROSS_ENTROPY || F.launches[l].when > KN_WHEN_BACKWARD)
-                continue; /* test_cross_entropy's, test_optimizer's */
-            worst = fmax(worst, F.launches[l].when == KN_WHEN_FORWARD ? check_kernel(P, &F, k, r, false) : check_backward(P, &F, l, r));
-            n++;
-        }
+        int n;
+        double worst = check_kernels(P, &F, r, false, true, true, &n);
         printf("    %-40s %d kernels, worst relative error %.2e\n", small[c].name, n, worst);
         assert_true(n >= 2);
         kn_set_free(&F);
@@ -1011,11 +1008,7 @@ static void test_optimizer(void **state)
 static void test_nvrtc_compiles_every_kernel(void **state)
 {
     (void)state;
-    char why[1024];
-    if (!nvrtc_available(why, sizeof why)) {
-        printf("    skipped: %s\n", why);
-        skip();
-    }
+    skip_without_nvrtc();
     int compiled = 0, n_done = 0;
     uint64_t done[256];
     double seconds = 0;
@@ -1062,11 +1055,7 @@ static void test_nvrtc_compiles_every_kernel(void **state)
 static void test_nvrtc_rejection_is_reported(void **state)
 {
     (void)state;
-    char why[1024];
-    if (!nvrtc_available(why, sizeof why)) {
-        printf("    skipped: %s\n", why);
-        skip();
-    }
+    skip_without_nvrtc();
     char cache[128];
     snprintf(cache, sizeof cache, "/tmp/weft-test-reject-%d", (int)getpid());
     setenv("XDG_CACHE_HOME", cache, 1);

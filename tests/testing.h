@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "compiler.h"
+#include "nvrtc.h"
 #include "partition.h"
 #include "util.h"
 
@@ -160,6 +161,16 @@ static inline struct ir_graph *load_model(const char *path, const char *variant,
 }
 
 /* "2x8x16" (sizes only) or "scalar". */
+/* Skip the test, saying why, where NVRTC cannot be loaded. */
+static inline void skip_without_nvrtc(void)
+{
+    char why[1024];
+    if (!nvrtc_available(why, sizeof why)) {
+        printf("    skipped: %s\n", why);
+        skip();
+    }
+}
+
 /* A model placed on ranks by pc (variant and overrides may be NULL, 0);
  * fails the test with the first error otherwise. */
 static inline struct partition *place_model(const char *file, const char *variant, struct par_config pc,
