@@ -341,27 +341,32 @@ static bool needed_outside(const struct partition *P, const int *op_launch, int 
     return false;
 }
 
-/* The kernel entry for k (fused) or a (attention): an equal one, or a new one. */
-static int entry(struct kn_set *F, const struct kn_kernel *k, const struct kn_attn *a, const char *first_ops)
+/* The kernel entry for `want` (its kind and description): an equal one, or
+ * a new one named k<index><first_ops>. */
+static int entry(struct kn_set *F, const struct kn_entry *want, const char *first_ops)
 {
-    uint64_t h = k ? kn_hash(k) : wf_hash(a, sizeof *a, 0x617474);
+    uint64_t h = kn_entry_hash(want);
     int e = 0;
-    while (e < F->n_kernels && !(F->kernels[e].hash == h && (k ? F->kernels[e].kind == KN_KIND_FUSED && kn_equal(&F->kernels[e].k, k)
-                                                           : F->kernels[e].kind == KN_KIND_ATTENTION &&
-                                                                 !memcmp(&F->kernels[e].attn, a, sizeof *a))))
+    while (e < F->n_kernels && !(F->kernels[e].hash == h && F->kernels[e].kind == want->kind &&
+                                 (want->kind == KN_KIND_FUSED ? kn_equal(&F->kernels[e].k, &want->k)
+                                                              : !memcmp(&F->kernels[e].attn, &want->attn, sizeof want->attn))))
         e++;
     if (e == F->n_kernels) {
         struct kn_entry *K = &F->kernels[F->n_kernels++];
-        K->kind = k ? KN_KIND_FUSED : KN_KIND_ATTENTION;
-        if (k)
-            K->k = *k;
-        else
-            K->attn = *a;
+        K->kind = want->kind;
+        K->k = want->k;
+        K->attn = want->attn;
         K->hash = h;
         snprintf(K->name, sizeof K->name, "k%d%s", e, first_ops);
     }
     F->kernels[e].uses++;
     return e;
+}
+
+static int fused_entry(struct kn_set *F, const struct kn_kernel *k, const char *first_ops)
+{
+    struct kn_entry want = {.kind = KN_KIND_FUSED, .k = *k};
+    return entry(F, &want, first_ops);
 }
 
 static void finish(struct builder *b, struct kn_set *F, int g, const int *op_launch)
@@ -391,7 +396,7 @@ static void finish(struct builder *b, struct kn_set *F, int g, const int *op_lau
             break;
         n += (size_t)snprintf(ops + n, sizeof ops - n, "_%s", op);
     }
-    int k = entry(F, &b->k, NULL, ops);
+    int k = fused_entry(F, &b->k, ops);
     G->kernel = k;
     for (int i = 0; i < b->n_touched; i++)
         b->value[b->touched[i]] = -1;
@@ -465,7 +470,8 @@ static void attention(const struct partition *P, int op, bool train, const bool 
                         .bias = bias, .bias_grad = train && bias && needs[o->in[3]], .backward = train};
     struct kn_launch *L = &F->launches[F->n_launches];
     memset(L, 0, sizeof *L);
-    L->kernel = entry(F, NULL, &a, "_attention");
+    struct kn_entry want = {.kind = KN_KIND_ATTENTION, .attn = a};
+    L->kernel = entry(F, &want, "_attention");
     L->chunk = c;
     L->first_op = F->n_ops;
     L->n_ops = 1;
@@ -486,7 +492,7 @@ static void attention(const struct partition *P, int op, bool train, const bool 
         x.bias_sb = batched ? x.Hq * x.Sq * x.Sk : 0;
         x.bias_sh = x.Sq * x.Sk, x.bias_si = x.Sk;
     }
-    memcpy(L->attn, &x, sizeof L->attn); /* the integers come first (kernel.c asserts it) */
+    memcpy(L->sizes, &x, sizeof L->sizes); /* the integers come first (kernel.c asserts it) */
     for (int k = 0; k < 3; k++)
         L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
     if (bias)
@@ -599,7 +605,7 @@ static struct kn_launch *solo_launch(struct solo *c, struct kn_set *F, int domai
     memcpy(L->in, c->in, sizeof L->in);
     memcpy(L->out, c->out, sizeof L->out);
     WF_ASSERT(!c->k.full);
-    L->kernel = entry(F, &c->k, NULL, name);
+    L->kernel = fused_entry(F, &c->k, name);
     return L;
 }
 
@@ -769,7 +775,7 @@ static void router_backward(const struct partition *P, int op, struct kn_set *F)
 
 /* A launch per input: its rows copied to their place in the output (a
  * ROWMAP store); the backward, a launch per input that needs a gradient,
- * reads that place of the output's gradient back.  attn[0] says which
+ * reads that place of the output's gradient back.  sizes[0] says which
  * input a launch moves (a tensor may be joined to itself). */
 static void concat(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
 {
@@ -786,7 +792,7 @@ static void concat(const struct partition *P, int op, bool backward, const bool 
             kn_accum(&c.k, solo_out(&c, held_dtype(P, t), KN_FULL, part), solo_in(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole));
         else
             kn_store(&c.k, solo_out(&c, held_dtype(P, o->out[0]), KN_ROWMAP, whole), solo_in(&c, held_dtype(P, t), KN_FULL, part));
-        solo_launch(&c, F, t, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, backward ? "_concat_backward" : "_concat")->attn[0] = i;
+        solo_launch(&c, F, t, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, backward ? "_concat_backward" : "_concat")->sizes[0] = i;
     }
 }
 
@@ -1060,7 +1066,7 @@ static bool backward(const struct partition *P, struct kn_set *F, int l, const b
     memcpy(B->out, b->out, sizeof B->out);
     char name[96];
     snprintf(name, sizeof name, "%s_backward", strchr(F->kernels[L->kernel].name, '_'));
-    B->kernel = entry(F, &b->k, NULL, name);
+    B->kernel = fused_entry(F, &b->k, name);
     F->n_launches++;
     return true;
 }
@@ -1136,7 +1142,7 @@ static void optimizer(const struct partition *P, const struct optim_config *o, s
                                     .when = KN_WHEN_NORM};
             N->in[0] = (struct kn_bind){.what = IR_BUF_GRAD, .id = p, .xfer = -1};
             N->out[0] = (struct kn_bind){.what = IR_BUF_SUMSQ, .id = p, .xfer = -1};
-            N->kernel = entry(F, &norm, NULL, "_sum_of_squares");
+            N->kernel = fused_entry(F, &norm, "_sum_of_squares");
             struct kn_launch *A = &F->launches[F->n_launches++];
             *A = (struct kn_launch){.chunk = owner[i], .first_op = F->n_ops, .domain = p, .n_in = 4, .n_out = bf16 ? 4 : 3,
                                     .when = KN_WHEN_OPTIMIZER};
@@ -1149,7 +1155,7 @@ static void optimizer(const struct partition *P, const struct optim_config *o, s
             if (bf16)
                 A->out[3] = (struct kn_bind){.what = IR_BUF_VALUE, .id = p, .xfer = -1};
             bool decays = g->tensors[p].shape.rank > 1;
-            A->kernel = entry(F, decays ? &step : &step_flat, NULL, decays ? "_adamw" : "_adamw_no_decay");
+            A->kernel = fused_entry(F, decays ? &step : &step_flat, decays ? "_adamw" : "_adamw_no_decay");
         }
     }
     free(params);
@@ -1287,7 +1293,7 @@ static struct ir_shape bound_shape(const struct partition *P, const struct kn_la
 }
 
 /* A concat launch's ROWMAP view (kernel.h): where the rows of the input it
- * moves (attn[0]) lie in the output, on one rank.  The joined axis is held
+ * moves (sizes[0]) lie in the output, on one rank.  The joined axis is held
  * whole; the axes between it and the last make M rows per step along it. */
 static void concat_view(const struct partition *P, const struct kn_launch *G, int op, int64_t *v)
 {
@@ -1298,11 +1304,11 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
     int ax = (int)ir_op_int(o, IR_ATTR_AXIS), r = out.rank;
     ax = ax < 0 ? ax + r : ax;
     int64_t at = 0, len = 0, M = 1, cols = r ? out.ax[r - 1].size : 1;
-    for (int i = 0; i <= G->attn[0] && i < o->n_in; i++) {
+    for (int i = 0; i <= G->sizes[0] && i < o->n_in; i++) {
         struct kn_bind b = {.id = o->in[i], .xfer = transfer_of(P, op, o->in[i])};
         struct ir_shape in = bound_shape(P, G, &b);
         len = in.ax[ax].size;
-        at += i < G->attn[0] ? len : 0;
+        at += i < G->sizes[0] ? len : 0;
     }
     for (int k = ax + 1; k < r - 1; k++)
         M *= out.ax[k].size;
@@ -1407,7 +1413,7 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
     const struct kn_entry *e = &F->kernels[L->kernel];
     if (e->kind == KN_KIND_ATTENTION) { /* q, k, v, out, bias read or written once, the row statistics */
         struct kn_attn_args x = {0};
-        memcpy(&x, L->attn, sizeof L->attn);
+        memcpy(&x, L->sizes, sizeof L->sizes);
         int size = e->attn.dtype == IR_DTYPE_BF16 ? 2 : 4;
         int64_t qo = x.B * x.Hq * x.Sq * (e->attn.D + e->attn.Dv), kv = x.B * x.Hk * x.Sk * (e->attn.D + e->attn.Dv);
         int64_t bias = e->attn.bias ? (x.bias_sb ? x.B : 1) * x.Hq * x.Sq * x.Sk : 0;

@@ -2,6 +2,7 @@
 #include "kernels.h"
 #include "cc.h"
 #include "emit_attention.h"
+#include "emit_route.h"
 #include "emit_kernel.h"
 #include "nvrtc.h"
 #include "util.h"
@@ -123,7 +124,11 @@ static void *cache_get(const char *dir, const char *name, bool ptx, size_t *size
 
 char *kernels_source(const struct kn_entry *e, enum kn_lang lang)
 {
-    return e->kind == KN_KIND_ATTENTION ? emit_attention(&e->attn, e->name, lang) : emit_kernel(&e->k, e->name, lang);
+    switch ((enum kn_kind)e->kind) {
+    case KN_KIND_ATTENTION: return emit_attention(&e->attn, e->name, lang);
+    case KN_KIND_ROUTE: return emit_route(e->name, lang);
+    default: return emit_kernel(&e->k, e->name, lang);
+    }
 }
 
 /* One binary NVRTC makes: a kernel for an architecture (or PTX). */

@@ -14,7 +14,9 @@ const char kn_args_source[] = "struct kn_args { " KN_STR(KN_ARGS_FIELDS) " };\n"
 const char kn_attn_args_source[] = "struct kn_attn_args { " KN_STR(KN_ATTN_FIELDS) " };\n";
 
 _Static_assert(KN_SLOTS_ == KN_MAX_SLOTS && KN_RANK_ == KN_MAX_RANK, "kn_args sizes");
-_Static_assert(offsetof(struct kn_attn_args, scale) == KN_ATTN_INTS * sizeof(int64_t), "kn_attn_args: the integers come first");
+const char kn_route_args_source[] = "struct kn_route_args { " KN_STR(KN_ROUTE_FIELDS) " };\n";
+_Static_assert(offsetof(struct kn_attn_args, scale) == KN_SIZES * sizeof(int64_t), "kn_attn_args: the integers come first");
+_Static_assert(offsetof(struct kn_route_args, idx) <= KN_SIZES * sizeof(int64_t), "kn_route_args: the integers come first");
 
 static const struct {
     const char *name;
@@ -263,6 +265,15 @@ uint64_t kn_hash(const struct kn_kernel *k)
     return h;
 }
 
+uint64_t kn_entry_hash(const struct kn_entry *e)
+{
+    if (e->kind == KN_KIND_FUSED)
+        return kn_hash(&e->k);
+    const struct kn_attn *a = &e->attn;
+    int32_t f[8] = {e->kind, a->dtype, a->D, a->Dv, a->causal, a->bias, a->bias_grad, a->backward};
+    return wf_hash(f, sizeof f, 0x617474);
+}
+
 bool kn_equal(const struct kn_kernel *a, const struct kn_kernel *b)
 {
     if (a->n_in != b->n_in || a->n_out != b->n_out || a->n_args != b->n_args || a->n_nodes != b->n_nodes ||
@@ -397,8 +408,8 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
             put_bind(w, &l->out[j]);
         for (int j = 0; j < 4; j++)
             plan_put_u64(w, l->streams[j]);
-        for (int j = 0; j < KN_ATTN_INTS; j++)
-            plan_put_i64(w, l->attn[j]);
+        for (int j = 0; j < KN_SIZES; j++)
+            plan_put_i64(w, l->sizes[j]);
     }
     put_bytes(w, s->cpu_object, s->cpu_size);
 }
@@ -459,7 +470,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
         e->attn.Dv = plan_get_i32(&r);
         uint8_t flags = plan_get_u8(&r);
         e->attn.causal = flags & 1, e->attn.bias = flags >> 1 & 1, e->attn.bias_grad = flags >> 2 & 1, e->attn.backward = flags >> 3 & 1;
-        if (e->kind > KN_KIND_ATTENTION || (e->kind == KN_KIND_ATTENTION && (e->attn.D < 1 || e->attn.D > 1024 || e->attn.Dv < 1 ||
+        if (e->kind >= KN_KIND_COUNT || (e->kind == KN_KIND_ATTENTION && (e->attn.D < 1 || e->attn.D > 1024 || e->attn.Dv < 1 ||
                                                                              e->attn.Dv > 1024 || (e->attn.dtype != IR_DTYPE_F32 &&
                                                                                                    e->attn.dtype != IR_DTYPE_BF16)))) {
             kn_set_free(s);
@@ -502,7 +513,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             e->bins[b].ptx = plan_get_u8(&r);
             e->bins[b].bytes = get_bytes(&r, &e->bins[b].size);
         }
-        e->hash = e->kind == KN_KIND_FUSED ? kn_hash(k) : wf_hash(&e->attn, sizeof e->attn, 0x617474);
+        e->hash = kn_entry_hash(e);
     }
     uint32_t nl = r.bad ? 0 : plan_get_u32(&r);
     if (r.bad || nl > (uint32_t)(r.end - r.at) / 16) {
@@ -539,11 +550,12 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             r.bad |= !get_bind(&r, &l->out[j]);
         for (int j = 0; j < 4; j++)
             l->streams[j] = plan_get_u64(&r);
-        for (int j = 0; j < KN_ATTN_INTS; j++)
-            l->attn[j] = plan_get_i64(&r);
+        for (int j = 0; j < KN_SIZES; j++)
+            l->sizes[j] = plan_get_i64(&r);
         const struct kn_entry *e = &s->kernels[l->kernel];
         r.bad |= l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS ||
-                 (e->kind == KN_KIND_FUSED && (l->n_in != e->k.n_in || l->n_out != e->k.n_out));
+                 (e->kind == KN_KIND_FUSED && (l->n_in != e->k.n_in || l->n_out != e->k.n_out)) ||
+                 (e->kind == KN_KIND_ROUTE && (l->n_in != 1 || l->n_out < 1 || l->n_out > 2));
     }
     if (!r.bad)
         s->cpu_object = get_bytes(&r, &s->cpu_size);

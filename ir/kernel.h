@@ -177,8 +177,10 @@ struct kn_binary {
 enum kn_when { KN_WHEN_FORWARD, KN_WHEN_BACKWARD, KN_WHEN_OPTIMIZER, KN_WHEN_NORM, KN_WHEN_COUNT };
 
 /* What kind of kernel an entry is: a fused description (struct kn_kernel),
- * or attention (struct kn_attn; compiler/emit_attention.h writes it). */
-enum kn_kind { KN_KIND_FUSED, KN_KIND_ATTENTION };
+ * attention (struct kn_attn; compiler/emit_attention.h writes it), or the
+ * MoE routing (compiler/emit_route.h: a scan over tokens, which no row of
+ * a fused kernel can express; it has no configuration). */
+enum kn_kind { KN_KIND_FUSED, KN_KIND_ATTENTION, KN_KIND_ROUTE, KN_KIND_COUNT };
 
 struct kn_attn {
     int dtype;       /* IR_DTYPE_F32 or IR_DTYPE_BF16: q, k, v, out, dout, and the gradients */
@@ -186,9 +188,10 @@ struct kn_attn {
     bool causal, bias, bias_grad, backward;
 };
 
-/* An attention launch's sizes and strides (struct kn_attn_args's integers,
- * B .. k_pos0, in order) for one rank of its role. */
-#define KN_ATTN_INTS 28
+/* A template launch's integers (struct kn_attn_args's B .. k_pos0, or
+ * struct kn_route_args' entries .. capacity, in order), the same on every
+ * rank of its role. */
+#define KN_SIZES 28
 
 /* The fusion pass's result, as a plan holds it: every launch of a step's
  * forward, what each binds, and the distinct kernels they run. */
@@ -208,7 +211,8 @@ struct kn_launch {
     struct kn_bind in[KN_MAX_SLOTS], out[KN_MAX_SLOTS];
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
-    int64_t attn[KN_ATTN_INTS]; /* attention: sizes and strides (q/k/v may be views); concat: [0] the input it moves */
+    int64_t sizes[KN_SIZES]; /* a template kernel's own sizes: attention's (kn_attn_args' integers: strides too, as q, k,
+                              * v may be views), the routing's (kn_route_args'); concat: [0] the input it moves */
     uint8_t when;          /* enum kn_when */
 };
 
@@ -233,6 +237,9 @@ struct kn_set {
     void *cpu_object;      /* the CPU backend's shared object: every kernel, compiled */
     size_t cpu_size;
 };
+
+/* An entry's digest: its description's (kn_hash), or its kind's and configuration's. */
+uint64_t kn_entry_hash(const struct kn_entry *e);
 
 void kn_set_free(struct kn_set *s);
 /* "52 forward, 49 backward, 150 optimizer launches" (a step's, one micro-batch, all stages), into buf. */
@@ -302,6 +309,24 @@ struct kn_attn_args {
 };
 
 extern const char kn_attn_args_source[];
+
+/* What a routing launch passes.  Entry i (token i / topk's choice i % topk)
+ * goes to expert idx[i]; its slot is the number of earlier entries that
+ * chose the same expert (tokens in order, as Megatron's capacity drops the
+ * latest).  routes[i] = expert * capacity + slot, the row of the experts'
+ * (experts, capacity, ...) buffer it lands in, or -1 when the expert is
+ * full or idx[i] names no expert.  fills (unless NULL) is that buffer's
+ * inverse: per row, the token it holds, or -1 for an empty one. */
+#define KN_ROUTE_FIELDS                                                        \
+    int64_t entries, topk, experts, capacity;                                  \
+    const int32_t *idx;                                                        \
+    int32_t *routes, *fills;
+
+struct kn_route_args {
+    KN_ROUTE_FIELDS
+};
+
+extern const char kn_route_args_source[];
 
 /* The uniform random number of one element, the same on every backend and
  * layout: seed, the tensor's stream, the element's index in the whole

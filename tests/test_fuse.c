@@ -146,7 +146,7 @@ static double check_attention(const struct partition *P, const struct kn_set *F,
     const struct ir_op *o = &g->ops[F->ops[L->first_op]];
     struct kn_attn_args a;
     memset(&a, 0, sizeof a);
-    memcpy(&a, L->attn, sizeof L->attn);
+    memcpy(&a, L->sizes, sizeof L->sizes);
     double scale = ir_op_float(o, IR_ATTR_SCALE);
     a.scale = (float)(isnan(scale) ? 1 / sqrt((double)K->attn.D) : scale);
     void *owned[5] = {0};
