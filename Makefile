@@ -1,7 +1,7 @@
 # weft: compile and run distributed transformer models (see README.md).
 #
 #   make          build build/weft (installs missing Debian packages first)
-#   make test     build and run the test suite; ends with "N passed, N failed"
+#   make test     build and run the test suite (and build the benchmarks); ends with "N passed, N failed"
 #   make demo     the tour: check every model, compile one, verify, inspect, draw, simulate
 #   make asan     the test suite under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz     fuzz with libFuzzer: FUZZ=frontend (model files) or FUZZ=plan (plan files), FUZZ_SECONDS=60
@@ -25,6 +25,7 @@ COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/s
 RUNTIME_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard runtime/*.c))
 TOOL_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 TESTS        := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+BENCH        := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIBS         := $(BUILD)/libweft-compiler.a $(BUILD)/libweft-runtime.a $(BUILD)/libweft-ir.a
 
 .PHONY: all deps test demo asan fuzz pictures clean
@@ -57,12 +58,17 @@ $(BUILD)/schema.c: models/weft.rng
 $(BUILD)/schema.o: $(BUILD)/schema.c
 	$(CC) $(WARN) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/tests/%: tests/%.c tests/testing.h $(LIBS)
+$(BUILD)/tests/%: tests/%.c tests/testing.h tests/launches.h $(LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -Itests -o $@ $< $(LIBS) $(XML_LIBS) -lcmocka -lm -lpthread
 
+# Benchmarks that time the plan's kernels (bench/README.md).
+$(BUILD)/bench/%: bench/%.c tests/launches.h $(LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(WARN) $(CFLAGS) $(XML_CFLAGS) -Itests -o $@ $< $(LIBS) $(XML_LIBS) -lm -lpthread
+
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/weft $(TESTS)
+	@$(MAKE) --no-print-directory $(BUILD)/weft $(TESTS) $(BENCH)
 	@tests/run.sh $(BUILD)
 
 demo: deps

@@ -324,7 +324,7 @@ char *emit_attention(const struct kn_attn *c, const char *name, enum kn_lang lan
                       "#define CAUSAL %d\n#define HAS_BIAS %d\n#define BIAS_GRAD %d\n#define BACKWARD %d\n",
                       name, c->dtype == IR_DTYPE_BF16 ? "bf16" : "f32", c->D, c->Dv, c->causal ? "causal" : "not causal",
                       c->bias ? ", with a bias" : "", c->bias_grad ? " and its gradient" : "", c->backward ? "; forward and backward" : "; forward", name,
-                      c->dtype == IR_DTYPE_BF16, c->D, c->Dv, ATTN_BM, attn_block_n(c), c->causal, c->bias, c->bias_grad, c->backward);
+                      c->dtype == IR_DTYPE_BF16, c->D, c->Dv, KN_ATTN_THREADS, attn_block_n(c), c->causal, c->bias, c->bias_grad, c->backward);
     at += snprintf(src + at, n - (size_t)at, "%s%s", macros, kn_attn_args_source);
     for (size_t i = 0; i < WF_COUNT(body); i++)
         at += snprintf(src + at, n - (size_t)at, "%s", body[i]);

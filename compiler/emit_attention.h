@@ -14,16 +14,14 @@
  *   NAME_bwd_kv    dk, dv (written, not added), a kv head summing its group
  *   NAME_bwd_q     dq, and dbias when the config asks
  * (the last three only with .backward: a forward-only plan needs none).
- * CUDA launches: ATTN_BM threads a block; fwd, delta: grid (ceil(Sq/BM),
- * Hq, B); bwd_kv: (ceil(Sk/BM), Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or
- * (.., .., 1) with bias_grad (the block walks the batch, so a bias shared
+ * CUDA launches (ir/launch.h, kn_attn_grid): KN_ATTN_THREADS (BM) threads
+ * a block; fwd, delta: grid (ceil(Sq/BM), Hq, B); bwd_kv: (ceil(Sk/BM),
+ * Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or (.., .., 1) with bias_grad (the block walks the batch, so a bias shared
  * by the batch sums its gradient without atomics: deterministic). */
 #ifndef WEFT_EMIT_ATTENTION_H
 #define WEFT_EMIT_ATTENTION_H
 
 #include "emit_kernel.h"
-
-#define ATTN_BM 64
 
 /* Keys a tile: 32 KiB of shared memory for a K and a V tile. */
 int attn_block_n(const struct kn_attn *c);

@@ -117,12 +117,32 @@ static const char cuda_prelude[] =
     "        part[threadIdx.x >> 5] = v;\n"
     "    __syncthreads();\n"
     "    float id = max ? -INFINITY : 0.f;\n"
-    "    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : id;\n"
+    "    v = (threadIdx.x & 31) < (blockDim.x >> 5) ? part[threadIdx.x & 31] : id; /* every warp sums the parts */\n"
     "    for (int o = 16; o > 0; o >>= 1) {\n"
     "        float w = __shfl_xor_sync(0xffffffffu, v, o);\n"
     "        v = max ? fmaxf(v, w) : v + w;\n"
     "    }\n"
     "    return __shfl_sync(0xffffffffu, v, 0);\n"
+    "}\n"
+    "/* the rows r whose own is set, in order, into mine[]; how many.  Every thread of the block calls it */\n"
+    "static __device__ int kn_block_compact(int own, int64_t r, int64_t *mine)\n"
+    "{\n"
+    "    __shared__ int counts[32];\n"
+    "    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;\n"
+    "    const unsigned ballot = __ballot_sync(0xffffffffu, own);\n"
+    "    __syncthreads(); /* the last call's counts are read */\n"
+    "    if (lane == 0)\n"
+    "        counts[warp] = __popc(ballot);\n"
+    "    __syncthreads();\n"
+    "    int at = __popc(ballot & ((1u << lane) - 1u)), total = 0;\n"
+    "    for (int w = 0; w < (int)(blockDim.x >> 5); w++) {\n"
+    "        at += w < warp ? counts[w] : 0;\n"
+    "        total += counts[w];\n"
+    "    }\n"
+    "    if (own)\n"
+    "        mine[at] = r;\n"
+    "    __syncthreads();\n"
+    "    return total;\n"
     "}\n";
 
 struct emitter {
@@ -423,21 +443,18 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     struct emitter e = {.k = k, .lang = lang, .t = *t};
     kn_per_element(k, e.per);
     int passes = kn_phases(k, e.phase);
-    e.rowwise = true;
-    for (int i = 0; i < k->n_nodes; i++) {
+    enum kn_cuda_shape shape = kn_cuda_shape(k);
+    e.rowwise = shape == KN_CUDA_PER_ROW;
+    for (int i = 0; i < k->n_nodes; i++)
         e.stored[i] = -1;
-        e.rowwise &= !e.per[i];
-    }
     for (int i = 0; i < k->n_nodes; i++) { /* a mask is stored as bytes: not the value itself */
         const struct kn_node *n = &k->nodes[i];
         if (n->op == KN_STORE && e.per[i] && k->out[n->slot].access == KN_FULL && k->out[n->slot].dtype != KN_DTYPE_U8 &&
             e.stored[n->a] < 0)
             e.stored[n->a] = i;
     }
-    /* a column sum needs a block per row (its partial sums are per block) */
-    bool cuda = lang == KN_LANG_CUDA,
-         elementwise = !kn_has_reduction(k) && !kn_has_column_sum(k) && !kn_has_full_accum(k) && !kn_has_gather_accum(k),
-         owned = cuda && kn_has_gather_accum(k);
+    /* the loops around the passes: the CUDA shape (ir/launch.h) the launch's grid is made for */
+    bool cuda = lang == KN_LANG_CUDA, elementwise = shape == KN_CUDA_PER_ELEMENT, owned = cuda && shape == KN_CUDA_OWNED_ROWS;
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
@@ -446,16 +463,34 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     else
         put(&e.t, "void %s(const struct kn_args *a)\n{\n", kname);
     put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
-    int column_sums = 0;
-    for (int slot = 0; slot < k->n_out; slot++)
-        column_sums += column_sum_index(k, slot) >= 0;
+    int column_sums = kn_column_sums(k);
     if (cuda && column_sums) /* this block's partial sums start at zero */
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
-    if (owned) /* every block reads every row; it adds those of the table rows it owns */
-        put(&e.t, "    for (int64_t r = 0; r < rows; r++) {\n");
-    else if (cuda && e.rowwise)
+    if (owned) { /* rows a chunk at a time: the block finds together which add into the table rows it owns, then adds those in order */
+        put(&e.t, "    __shared__ int64_t kn_mine[%d];\n"
+                  "    for (int64_t kn_base = 0; kn_base < rows; kn_base += blockDim.x) {\n"
+                  "        int kn_own = 0;\n"
+                  "        if (kn_base + threadIdx.x < rows) {\n"
+                  "        const int64_t r = kn_base + threadIdx.x;\n", KN_CUDA_THREADS);
+        for (int i = 0; i < k->n_nodes; i++) /* the row's index, and what it needs */
+            if (!e.per[i] && e.phase[i] == 0 && k->nodes[i].op != KN_STORE && k->nodes[i].op != KN_ACCUM && !is_reduction(&k->nodes[i]))
+                define(&e, i);
+        for (int i = 0; i < k->n_nodes; i++) {
+            const struct kn_node *n = &k->nodes[i];
+            if (n->op != KN_ACCUM || k->out[n->slot].access != KN_GATHER)
+                continue;
+            char x[16];
+            name(&e, n->b, x, sizeof x);
+            put(&e.t, "        kn_own = kn_holds(a->vout[%d], %s) && ((int64_t)%s - a->vout[%d][0]) %% gridDim.x == blockIdx.x;\n", n->slot, x,
+                x, n->slot);
+        }
+        put(&e.t, "        }\n"
+                  "        const int kn_n = kn_block_compact(kn_own, kn_base + threadIdx.x, kn_mine);\n"
+                  "        for (int kn_i = 0; kn_i < kn_n; kn_i++) {\n"
+                  "        const int64_t r = kn_mine[kn_i];\n");
+    } else if (cuda && e.rowwise)
         put(&e.t, "    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {\n");
     else if (cuda && elementwise)
         put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
@@ -477,17 +512,11 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             else
                 define(&e, i);
         }
-        for (int i = 0; owned && p == 0 && i < k->n_nodes; i++) { /* the row's table row: this block's, or skip it */
-            const struct kn_node *n = &k->nodes[i];
-            if (n->op != KN_ACCUM || k->out[n->slot].access != KN_GATHER)
-                continue;
-            char x[16];
-            name(&e, n->b, x, sizeof x);
-            put(&e.t, "        if (!kn_holds(a->vout[%d], %s) || ((int64_t)%s - a->vout[%d][0]) %% gridDim.x != blockIdx.x)\n"
-                      "            continue;\n", n->slot, x, x, n->slot);
-        }
         pass(&e, p, cuda && elementwise);
     }
+    if (owned)
+        put(&e.t, "        }\n"
+                  "        __syncthreads(); /* kn_mine is read before the next chunk writes it */\n");
     put(&e.t, "    }\n}\n");
     if (cuda && column_sums) { /* then the blocks' partial sums, added in block order: deterministic */
         put(&e.t, "\n/* %s's column sums: launch after it, a thread per column */\n"

@@ -28,11 +28,9 @@
 #define WEFT_EMIT_KERNEL_H
 
 #include "kernel.h"
+#include "launch.h"
 
 enum kn_lang { KN_LANG_C, KN_LANG_CUDA };
-
-/* Threads per block the CUDA kernels are written for (the launch must use it). */
-#define KN_CUDA_THREADS 256
 
 char *emit_kernel(const struct kn_kernel *k, const char *name, enum kn_lang lang);
 /* Several kernels in one translation unit (the CPU backend's object). */

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# gpu.sh [OUTDIR]: weft's kernels on a GPU, in one go.
+#   1. build/tests/test_backends: every launch of every tiny model (9
+#      layouts) on the CUDA backend against the CPU backend;
+#   2. build/bench/kernel_time: each kernel of Llama-2 7B (2 layers, seq 4096,
+#      micro-batch 1, bf16, one GPU) at its real size, against the GPU's
+#      copy bandwidth measured in the same run;
+#   3. bench/torch_kernels.py: eager PyTorch doing the same ops at the same
+#      sizes (the baseline, same run);
+#   4. test_backends again under compute-sanitizer's memcheck, when there is one.
+# Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
+# the test and the benchmark) and a GPU; PLAN may name a plan compiled
+# beforehand, else build/weft compiles it here.
+set -uo pipefail
+export PATH=$PATH:/usr/local/cuda/bin
+cd "$(dirname "$0")/.."
+out=${1:-build/gpu}
+mkdir -p "$out"
+plan=${PLAN:-$out/llama7b-2l.plan}
+step() { echo "== $*"; }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
+if [ ! -f "$plan" ]; then
+  build/weft compile models/llama2.xml --num-layers 2 --micro-batch-size 1 --global-batch-size 1 --bf16 --arch sm_90 \
+    -o "$plan" || exit 1
+fi
+step "CUDA against the CPU"
+timeout 200 build/tests/test_backends 2>&1 | tee "$out/test_backends.txt"
+step "weft kernels"
+timeout 90 build/bench/kernel_time "$plan" 2>&1 | tee "$out/kernel_time.txt"
+step "eager PyTorch"
+PYTHONUNBUFFERED=1 timeout 90 python3 bench/torch_kernels.py 2>&1 | tee "$out/torch_kernels.txt"
+if command -v compute-sanitizer >/dev/null; then
+  step "memcheck"
+  timeout "${MEMCHECK_SECONDS:-150}" compute-sanitizer --tool memcheck --print-limit 20 build/tests/test_backends >"$out/memcheck.txt" 2>&1
+  echo "memcheck: status $?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.txt" | head -20
+fi
