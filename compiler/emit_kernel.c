@@ -85,6 +85,79 @@ static const char common[] =
     "    return a->rank >= 2 ? (float)(r % a->dim[a->rank - 2] + a->off[a->rank - 2]) : 0.f;\n"
     "}\n";
 
+/* CUDA: consecutive elements a thread, in one access each: eight where
+ * the kernel's per-element slots are all bf16 or bytes (16 and 8 bytes),
+ * four where one is f32 (16 bytes; eight would be two accesses that each
+ * fill half of every 32-byte sector a warp touches).  The kernel checks at
+ * its start that every pointer and row allows them (kn_vec), else it runs
+ * its scalar loops. */
+static const char cuda_vector[] =
+    "struct alignas(16) kn_x16 { uint32_t x, y, z, w; };\n"
+    "struct alignas(8) kn_x8 { uint32_t x, y; };\n"
+    "static KN_FN int kn_aligned(const void *p) { return ((unsigned long long)p & 15) == 0; }\n"
+    "/* a HEADS view whose rows all start at multiples of eight elements */\n"
+    "static KN_FN int kn_view_ok(const int64_t *v) { return ((v[0] | v[1] | v[2] | v[3] | v[5]) & 7) == 0; }\n"
+    "static KN_FN void kn_ld8_bf16(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    const kn_x16 x = *(const kn_x16 *)((const uint16_t *)p + i);\n"
+    "    const uint32_t w[4] = {x.x, x.y, x.z, x.w};\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        v[2 * j] = kn_bits_float(w[j] << 16), v[2 * j + 1] = kn_bits_float(w[j] & 0xffff0000u);\n"
+    "}\n"
+    "static KN_FN void kn_st8_bf16(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    uint32_t w[4];\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        w[j] = (uint32_t)kn_to_bf16(v[2 * j]) | (uint32_t)kn_to_bf16(v[2 * j + 1]) << 16;\n"
+    "    *(kn_x16 *)((uint16_t *)p + i) = kn_x16{w[0], w[1], w[2], w[3]};\n"
+    "}\n"
+    "static KN_FN void kn_ld4_f32(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    const kn_x16 x = *(const kn_x16 *)((const float *)p + i);\n"
+    "    v[0] = __uint_as_float(x.x), v[1] = __uint_as_float(x.y), v[2] = __uint_as_float(x.z), v[3] = __uint_as_float(x.w);\n"
+    "}\n"
+    "static KN_FN void kn_st4_f32(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    *(kn_x16 *)((float *)p + i) = kn_x16{__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])};\n"
+    "}\n"
+    "static KN_FN void kn_ld4_bf16(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    const kn_x8 x = *(const kn_x8 *)((const uint16_t *)p + i);\n"
+    "    v[0] = kn_bits_float(x.x << 16), v[1] = kn_bits_float(x.x & 0xffff0000u);\n"
+    "    v[2] = kn_bits_float(x.y << 16), v[3] = kn_bits_float(x.y & 0xffff0000u);\n"
+    "}\n"
+    "static KN_FN void kn_st4_bf16(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    *(kn_x8 *)((uint16_t *)p + i) = kn_x8{(uint32_t)kn_to_bf16(v[0]) | (uint32_t)kn_to_bf16(v[1]) << 16,\n"
+    "                                         (uint32_t)kn_to_bf16(v[2]) | (uint32_t)kn_to_bf16(v[3]) << 16};\n"
+    "}\n"
+    "static KN_FN void kn_ld4_u8(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    const uint32_t x = *(const uint32_t *)((const uint8_t *)p + i);\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        v[j] = (float)(x >> 8 * j & 0xff);\n"
+    "}\n"
+    "static KN_FN void kn_st4_u8(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    uint32_t x = 0;\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        x |= (uint32_t)(v[j] != 0.f) << 8 * j;\n"
+    "    *(uint32_t *)((uint8_t *)p + i) = x;\n"
+    "}\n"
+    "static KN_FN void kn_ld8_u8(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    const kn_x8 x = *(const kn_x8 *)((const uint8_t *)p + i);\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        v[j] = (float)(x.x >> 8 * j & 0xff), v[4 + j] = (float)(x.y >> 8 * j & 0xff);\n"
+    "}\n"
+    "static KN_FN void kn_st8_u8(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    uint32_t lo = 0, hi = 0;\n"
+    "    for (int j = 0; j < 4; j++)\n"
+    "        lo |= (uint32_t)(v[j] != 0.f) << 8 * j, hi |= (uint32_t)(v[4 + j] != 0.f) << 8 * j;\n"
+    "    *(kn_x8 *)((uint8_t *)p + i) = kn_x8{lo, hi};\n"
+    "}\n";
+
 static const char c_prelude[] =
     "#include <math.h>\n"
     "#include <stdint.h>\n"
@@ -155,6 +228,8 @@ struct emitter {
     int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
     int pass;                   /* the pass being written */
     bool rowwise;               /* no value varies along a row: CUDA runs a thread per row */
+    int vec;                    /* CUDA: 0, or the variant that takes vec columns a thread (c0 ..), per-element
+                                 * slots read into and written from arrays (kn_in<slot>[kn_v], kn_out<slot>[kn_v]) */
 };
 
 /* Whether pass e->pass reads node i back from the output an earlier pass
@@ -196,9 +271,51 @@ static const char *row_base(const struct kn_slot *s, int slot, bool input, int c
     return out;
 }
 
+/* An input access whose elements of a row lie side by side (so eight of
+ * them are one vector access): a HEADS view's row too when its offsets are
+ * multiples of eight (kn_view_ok), a GATHER's table row. */
+static bool contiguous(int access)
+{
+    return access == KN_FULL || access == KN_COLUMN || access == KN_ROW_DIV || access == KN_HEADS || access == KN_GATHER;
+}
+
+static const char *vec_type(int dtype)
+{
+    return dtype == IR_DTYPE_F32 ? "f32" : dtype == IR_DTYPE_BF16 || dtype == IR_DTYPE_F16 ? "bf16" : dtype == KN_DTYPE_U8 ? "u8" : NULL;
+}
+
+/* The columns a thread of the vector variant takes (cuda_vector): 0 where
+ * some per-element access cannot be a vector one (only contiguous loads
+ * and FULL stores of f32, bf16 or bytes can; a COLUMN sum goes to the
+ * partial sums, which are f32). */
+static int vector_width(const struct kn_kernel *k, const bool *per)
+{
+    int width = 8;
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if (!per[i] || (n->op != KN_LOAD && n->op != KN_STORE && n->op != KN_ACCUM))
+            continue;
+        const struct kn_slot *s = n->op == KN_LOAD ? &k->in[n->slot] : &k->out[n->slot];
+        bool column_sum = n->op == KN_ACCUM && s->access == KN_COLUMN;
+        if (!column_sum && (!vec_type(s->dtype) || !(n->op == KN_LOAD ? contiguous(s->access) : s->access == KN_FULL)))
+            return 0;
+        if (column_sum || s->dtype == IR_DTYPE_F32)
+            width = 4;
+    }
+    return width;
+}
+
 static void load(struct emitter *e, const struct kn_node *n)
 {
     const struct kn_slot *s = &e->k->in[n->slot];
+    if (e->vec && s->access == KN_GATHER) { /* read before the lanes' loop (vec_preload), by the node: its index is its own */
+        put(&e->t, "kn_ga%d[kn_v]", (int)(n - e->k->nodes));
+        return;
+    }
+    if (e->vec && contiguous(s->access)) {
+        put(&e->t, "kn_in%d%s[kn_v]", n->slot, n->imm == 1 ? "p" : "");
+        return;
+    }
     if (s->access == KN_PATCHES) {
         put(&e->t, "%s((const %s *)a->in[%d])[kn_patch(a->vin[%d], r, c)])",
             s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(s->dtype), n->slot, n->slot);
@@ -257,6 +374,10 @@ static void define(struct emitter *e, int i)
         name(e, n->c, c, sizeof c);
     put(&e->t, "%*sconst float %s = ", e->per[i] ? 12 : 8, "", x);
     bool cuda = e->lang == KN_LANG_CUDA;
+    if (reloads(e, i) && e->vec) {
+        put(&e->t, "kn_re%d[kn_v];\n", i);
+        return;
+    }
     if (reloads(e, i)) { /* written whole by an earlier pass: read it back */
         const struct kn_node *st = &e->k->nodes[e->stored[i]];
         const struct kn_slot *o = &e->k->out[st->slot];
@@ -331,6 +452,14 @@ static void store(struct emitter *e, int i)
     name(e, n->a, v, sizeof v);
     bool per = e->per[i];
     int indent = per ? 12 : 8;
+    if (per && e->vec && s->access == KN_FULL) { /* into the lanes' array, written after their loop */
+        put(&e->t, "%*skn_out%d[kn_v] %s= %s;\n", indent, "", n->slot, n->op == KN_ACCUM ? "+" : "", v);
+        return;
+    }
+    if (per && e->vec && n->op == KN_ACCUM && s->access == KN_COLUMN) { /* this block's partial sums, likewise */
+        put(&e->t, "%*skn_ps%d[kn_v] += %s;\n", indent, "", n->slot, v);
+        return;
+    }
     if (n->op == KN_ACCUM) {
         char index[128];
         if (s->access == KN_COLUMN && e->lang == KN_LANG_CUDA) { /* this block's partial sum of the column */
@@ -388,6 +517,75 @@ static void mark(struct emitter *e, int i)
     mark(e, n->c);
 }
 
+/* The vector variant's reads before the lanes' loop of pass p: each input
+ * it loads (and a rotate-half partner's eight), each value it reloads, and
+ * what an output it adds into holds. */
+static void vec_preload(struct emitter *e, int p)
+{
+    const struct kn_kernel *k = e->k;
+    bool plain[KN_MAX_SLOTS] = {false}, partner[KN_MAX_SLOTS] = {false}, out[KN_MAX_SLOTS] = {false};
+    char base[96];
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if (n->op == KN_LOAD && e->need[i] && !reloads(e, i) && k->in[n->slot].access == KN_GATHER) {
+            char x[16];
+            name(e, n->a, x, sizeof x);
+            put(&e->t, "            float kn_ga%d[%d] = {0.f};\n            if (kn_holds(a->vin[%d], %s))\n"
+                       "                kn_ld%d_%s(a->in[%d], ((int64_t)%s - a->vin[%d][0]) * cols + c0, kn_ga%d);\n",
+                i, e->vec, n->slot, x, e->vec, vec_type(k->in[n->slot].dtype), n->slot, x, n->slot, i);
+            continue;
+        }
+        if (n->op == KN_LOAD && e->need[i] && !reloads(e, i) && contiguous(k->in[n->slot].access)) {
+            bool half = n->imm == 1;
+            bool *seen = half ? &partner[n->slot] : &plain[n->slot];
+            if (!*seen)
+                put(&e->t, "            float kn_in%d%s[%d];\n            kn_ld%d_%s(a->in[%d], %s + %s, kn_in%d%s);\n", n->slot,
+                    half ? "p" : "", e->vec, e->vec, vec_type(k->in[n->slot].dtype), n->slot,
+                    row_base(&k->in[n->slot], n->slot, true, 0, base, sizeof base),
+                    half ? "(c0 < cols / 2 ? c0 + cols / 2 : c0 - cols / 2)" : "c0", n->slot, half ? "p" : "");
+            *seen = true;
+        }
+        if (n->op != KN_STORE && n->op != KN_ACCUM && e->need[i] && reloads(e, i)) {
+            const struct kn_slot *o = &k->out[k->nodes[e->stored[i]].slot];
+            put(&e->t, "            float kn_re%d[%d];\n            kn_ld%d_%s(a->out[%d], r * cols + c0, kn_re%d);\n", i, e->vec, e->vec,
+                vec_type(o->dtype),
+                k->nodes[e->stored[i]].slot, i);
+        }
+        if ((n->op == KN_STORE || n->op == KN_ACCUM) && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_FULL &&
+            !out[n->slot]) {
+            out[n->slot] = true;
+            put(&e->t, "            float kn_out%d[%d];\n", n->slot, e->vec);
+            if (n->op == KN_ACCUM)
+                put(&e->t, "            kn_ld%d_%s(a->out[%d], %s + c0, kn_out%d);\n", e->vec, vec_type(k->out[n->slot].dtype), n->slot,
+                    row_base(&k->out[n->slot], n->slot, false, 0, base, sizeof base), n->slot);
+        }
+        if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN)
+            put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
+                n->slot, e->vec, e->vec, column_sum_index(k, n->slot), n->slot);
+    }
+}
+
+/* The vector variant's writes after the lanes' loop of pass p. */
+static void vec_write(struct emitter *e, int p)
+{
+    const struct kn_kernel *k = e->k;
+    bool done[KN_MAX_SLOTS] = {false};
+    char base[96];
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        if ((n->op != KN_STORE && n->op != KN_ACCUM) || !e->per[i] || e->phase[i] != p || done[n->slot])
+            continue;
+        if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN)
+            put(&e->t, "            kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n", e->vec,
+                column_sum_index(k, n->slot), n->slot);
+        done[n->slot] = true;
+        if (k->out[n->slot].access != KN_FULL)
+            continue;
+        put(&e->t, "            kn_st%d_%s(a->out[%d], %s + c0, kn_out%d);\n", e->vec, vec_type(k->out[n->slot].dtype), n->slot,
+            row_base(&k->out[n->slot], n->slot, false, 0, base, sizeof base), n->slot);
+    }
+}
+
 static void pass(struct emitter *e, int p, bool elementwise)
 {
     const struct kn_kernel *k = e->k;
@@ -406,7 +604,21 @@ static void pass(struct emitter *e, int p, bool elementwise)
             any = true;
         }
     }
-    if (any && !elementwise)
+    if (any && e->vec) {
+        if (!elementwise)
+            put(&e->t, "        for (int64_t c0 = threadIdx.x * (int64_t)%d; c0 < cols; c0 += blockDim.x * (int64_t)%d) {\n", e->vec, e->vec);
+        vec_preload(e, p);
+        bool column = false; /* whether the lanes need their column */
+        for (int i = 0; i < k->n_nodes; i++) {
+            const struct kn_node *n = &k->nodes[i];
+            column |= e->need[i] && (n->op == KN_COL || n->op == KN_GCOL || n->op == KN_KEEP);
+            column |= n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN;
+        }
+        put(&e->t, "#pragma unroll\n"
+                   "            for (int kn_v = 0; kn_v < %d; kn_v++) {\n", e->vec);
+        if (column)
+            put(&e->t, "            const int64_t c = c0 + kn_v;\n");
+    } else if (any && !elementwise)
         put(&e->t, cuda ? "        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {\n"
                         : "        for (int64_t c = 0; c < cols; c++) {\n");
     for (int i = 0; any && i < k->n_nodes; i++) {
@@ -420,7 +632,12 @@ static void pass(struct emitter *e, int p, bool elementwise)
         else if ((n->op == KN_STORE || n->op == KN_ACCUM) && e->per[i] && e->phase[i] == p)
             store(e, i);
     }
-    if (any && !elementwise)
+    if (any && e->vec) {
+        put(&e->t, "            }\n");
+        vec_write(e, p);
+        if (!elementwise)
+            put(&e->t, "        }\n");
+    } else if (any && !elementwise)
         put(&e->t, "        }\n");
     /* the reductions this pass finished; a row reduced over one column
      * (a per-row operand) is the value itself */
@@ -435,6 +652,68 @@ static void pass(struct emitter *e, int p, bool elementwise)
         else
             put(&e->t, "        const float v%d = acc%d;\n", i, i);
     }
+}
+
+/* The loop over rows around the passes (CUDA: as its shape says), in the
+ * variant e->vec says; ends with the loop closed. */
+static void rows_loop(struct emitter *e, enum kn_cuda_shape shape, int passes)
+{
+    const struct kn_kernel *k = e->k;
+    bool cuda = e->lang == KN_LANG_CUDA, elementwise = shape == KN_CUDA_PER_ELEMENT, owned = cuda && shape == KN_CUDA_OWNED_ROWS;
+    if (owned) { /* rows a chunk at a time: the block finds together which add into the table rows it owns, then adds those in order */
+        put(&e->t, "    __shared__ int64_t kn_mine[%d];\n"
+                  "    for (int64_t kn_base = 0; kn_base < rows; kn_base += blockDim.x) {\n"
+                  "        int kn_own = 0;\n"
+                  "        if (kn_base + threadIdx.x < rows) {\n"
+                  "        const int64_t r = kn_base + threadIdx.x;\n", KN_CUDA_THREADS);
+        for (int i = 0; i < k->n_nodes; i++) /* the row's index, and what it needs */
+            if (!e->per[i] && e->phase[i] == 0 && k->nodes[i].op != KN_STORE && k->nodes[i].op != KN_ACCUM && !is_reduction(&k->nodes[i]))
+                define(e, i);
+        for (int i = 0; i < k->n_nodes; i++) {
+            const struct kn_node *n = &k->nodes[i];
+            if (n->op != KN_ACCUM || k->out[n->slot].access != KN_GATHER)
+                continue;
+            char x[16];
+            name(e, n->b, x, sizeof x);
+            put(&e->t, "        kn_own = kn_holds(a->vout[%d], %s) && ((int64_t)%s - a->vout[%d][0]) %% gridDim.x == blockIdx.x;\n", n->slot, x,
+                x, n->slot);
+        }
+        put(&e->t, "        }\n"
+                  "        const int kn_n = kn_block_compact(kn_own, kn_base + threadIdx.x, kn_mine);\n"
+                  "        for (int kn_i = 0; kn_i < kn_n; kn_i++) {\n"
+                  "        const int64_t r = kn_mine[kn_i];\n");
+    } else if (cuda && e->rowwise)
+        put(&e->t, "    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {\n");
+    else if (cuda && elementwise && e->vec)
+        put(&e->t, "    for (int64_t i0 = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * %d; i0 < rows * cols;\n"
+                   "         i0 += (int64_t)gridDim.x * blockDim.x * %d) {\n"
+                   "        const int64_t r = i0 / cols, c0 = i0 - r * cols;\n", e->vec, e->vec);
+    else if (cuda && elementwise)
+        put(&e->t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
+                  "         i += (int64_t)gridDim.x * blockDim.x) {\n"
+                  "        const int64_t r = i / cols, c = i - r * cols;\n");
+    else if (cuda)
+        put(&e->t, "    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {\n");
+    else
+        put(&e->t, "    for (int64_t r = 0; r < rows; r++) {\n");
+    for (int p = 0; p < passes; p++) {
+        e->pass = p;
+        /* this pass's per-row values (after the reductions before it) */
+        for (int i = 0; i < k->n_nodes; i++) {
+            const struct kn_node *n = &k->nodes[i];
+            if (e->per[i] || e->phase[i] != p || is_reduction(n))
+                continue;
+            if (n->op == KN_STORE || n->op == KN_ACCUM)
+                store(e, i);
+            else
+                define(e, i);
+        }
+        pass(e, p, cuda && elementwise);
+    }
+    if (owned)
+        put(&e->t, "        }\n"
+                  "        __syncthreads(); /* kn_mine is read before the next chunk writes it */\n");
+    put(&e->t, "    }\n");
 }
 
 /* One kernel's function, appended to t. */
@@ -453,8 +732,7 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             e.stored[n->a] < 0)
             e.stored[n->a] = i;
     }
-    /* the loops around the passes: the CUDA shape (ir/launch.h) the launch's grid is made for */
-    bool cuda = lang == KN_LANG_CUDA, elementwise = shape == KN_CUDA_PER_ELEMENT, owned = cuda && shape == KN_CUDA_OWNED_ROWS;
+    bool cuda = lang == KN_LANG_CUDA;
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
@@ -468,56 +746,36 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
-    if (owned) { /* rows a chunk at a time: the block finds together which add into the table rows it owns, then adds those in order */
-        put(&e.t, "    __shared__ int64_t kn_mine[%d];\n"
-                  "    for (int64_t kn_base = 0; kn_base < rows; kn_base += blockDim.x) {\n"
-                  "        int kn_own = 0;\n"
-                  "        if (kn_base + threadIdx.x < rows) {\n"
-                  "        const int64_t r = kn_base + threadIdx.x;\n", KN_CUDA_THREADS);
-        for (int i = 0; i < k->n_nodes; i++) /* the row's index, and what it needs */
-            if (!e.per[i] && e.phase[i] == 0 && k->nodes[i].op != KN_STORE && k->nodes[i].op != KN_ACCUM && !is_reduction(&k->nodes[i]))
-                define(&e, i);
-        for (int i = 0; i < k->n_nodes; i++) {
-            const struct kn_node *n = &k->nodes[i];
-            if (n->op != KN_ACCUM || k->out[n->slot].access != KN_GATHER)
-                continue;
-            char x[16];
-            name(&e, n->b, x, sizeof x);
-            put(&e.t, "        kn_own = kn_holds(a->vout[%d], %s) && ((int64_t)%s - a->vout[%d][0]) %% gridDim.x == blockIdx.x;\n", n->slot, x,
-                x, n->slot);
-        }
-        put(&e.t, "        }\n"
-                  "        const int kn_n = kn_block_compact(kn_own, kn_base + threadIdx.x, kn_mine);\n"
-                  "        for (int kn_i = 0; kn_i < kn_n; kn_i++) {\n"
-                  "        const int64_t r = kn_mine[kn_i];\n");
-    } else if (cuda && e.rowwise)
-        put(&e.t, "    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {\n");
-    else if (cuda && elementwise)
-        put(&e.t, "    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols;\n"
-                  "         i += (int64_t)gridDim.x * blockDim.x) {\n"
-                  "        const int64_t r = i / cols, c = i - r * cols;\n");
-    else if (cuda)
-        put(&e.t, "    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {\n");
-    else
-        put(&e.t, "    for (int64_t r = 0; r < rows; r++) {\n");
-    for (int p = 0; p < passes; p++) {
-        e.pass = p;
-        /* this pass's per-row values (after the reductions before it) */
-        for (int i = 0; i < k->n_nodes; i++) {
-            const struct kn_node *n = &k->nodes[i];
-            if (e.per[i] || e.phase[i] != p || is_reduction(n))
-                continue;
-            if (n->op == KN_STORE || n->op == KN_ACCUM)
-                store(&e, i);
-            else
-                define(&e, i);
-        }
-        pass(&e, p, cuda && elementwise);
+    int vec = cuda && (shape == KN_CUDA_PER_ELEMENT || shape == KN_CUDA_BLOCK_ROWS) ? vector_width(k, e.per) : 0;
+    if (vec) { /* the vector variant where the row's length and every pointer allow it */
+        bool halves = false;
+        for (int i = 0; i < k->n_nodes; i++)
+            halves |= k->nodes[i].op == KN_LOAD && k->nodes[i].imm == 1 && contiguous(k->in[k->nodes[i].slot].access);
+        put(&e.t, "    const int kn_vec = cols %% %d == 0", halves ? 2 * vec : vec);
+        for (int slot = 0; slot < k->n_in; slot++)
+            if (contiguous(k->in[slot].access))
+                put(&e.t, " && kn_aligned(a->in[%d])", slot);
+        for (int slot = 0; slot < k->n_in; slot++)
+            if (k->in[slot].access == KN_HEADS)
+                put(&e.t, " && kn_view_ok(a->vin[%d])", slot);
+        if (column_sums)
+            put(&e.t, " && kn_aligned(a->partial)");
+        for (int slot = 0; slot < k->n_out; slot++)
+            if (k->out[slot].access == KN_FULL)
+                put(&e.t, " && kn_aligned(a->out[%d])", slot);
+        for (int i = 0; i < k->n_out; i++) /* two outputs that are one buffer take their adds one element at a time */
+            for (int j = i + 1; j < k->n_out; j++)
+                if (k->out[i].access == KN_FULL && k->out[j].access == KN_FULL)
+                    put(&e.t, " && a->out[%d] != a->out[%d]", i, j);
+        put(&e.t, ";\n    if (kn_vec) {\n");
     }
-    if (owned)
-        put(&e.t, "        }\n"
-                  "        __syncthreads(); /* kn_mine is read before the next chunk writes it */\n");
-    put(&e.t, "    }\n}\n");
+    for (int variant = 0; variant < (vec ? 2 : 1); variant++) { /* the vector loops, then the scalar ones */
+        e.vec = variant ? 0 : vec;
+        rows_loop(&e, shape, passes);
+        if (vec)
+            put(&e.t, variant ? "    }\n" : "    } else {\n");
+    }
+    put(&e.t, "}\n");
     if (cuda && column_sums) { /* then the blocks' partial sums, added in block order: deterministic */
         put(&e.t, "\n/* %s's column sums: launch after it, a thread per column */\n"
                   "extern \"C\" __global__ void __launch_bounds__(%d) %s_colsum(const struct kn_args args)\n{\n"
@@ -544,7 +802,7 @@ char *emit_kernels(const struct kn_kernel *const *ks, const char *const *names, 
 {
     struct text t = {0};
     put(&t, "/* generated by weft " WEFT_VERSION " from fused-kernel descriptions */\n");
-    put(&t, "%s%s%s", lang == KN_LANG_CUDA ? cuda_prelude : c_prelude, kn_args_source, common);
+    put(&t, "%s%s%s%s", lang == KN_LANG_CUDA ? cuda_prelude : c_prelude, kn_args_source, common, lang == KN_LANG_CUDA ? cuda_vector : "");
     for (int i = 0; i < n; i++)
         function(&t, ks[i], names[i], lang);
     return t.s;

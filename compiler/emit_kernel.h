@@ -14,13 +14,19 @@
  *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop
  *         over every element; with no value that varies along a row
  *         (per-row arithmetic only): a grid-stride loop over the rows,
- *         a thread each.  One that adds into an output with a
+ *         a thread each (ir/launch.h names these shapes).  Where every
+ *         per-element access is a contiguous row (FULL, COLUMN, ROW_DIV,
+ *         HEADS and GATHER reads; FULL writes), a variant takes eight bf16
+ *         or four f32 columns a thread in one 16-byte access; it runs when
+ *         the row length and every pointer allow it (kn_vec), else the
+ *         scalar loops do.  One that adds into an output with a
  *         modulus must run with gridDim.x equal to it (kn_has_full_accum),
  *         one with column sums with a.nblocks = gridDim.x and its
  *         NAME_colsum after it.  One that adds into a gathered table
- *         (an embedding's gradient) takes any grid: each block reads every
- *         row and adds those whose table row is blockIdx.x modulo
- *         gridDim.x, in row order, so the sums are deterministic.
+ *         (an embedding's gradient) takes any grid: each block reads
+ *         every row's index, 256 at a time, finds with a ballot those
+ *         whose table row is blockIdx.x modulo gridDim.x and adds them in
+ *         row order, so the sums are deterministic.
  * Values are float whatever the slots' types (bf16 and f32 in, f32
  * accumulation); no header beyond the C library is needed, so NVRTC
  * compiles the source as it stands. */

@@ -17,17 +17,21 @@ static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style 
 
 /* Models and layouts: each tiny model alone (fp32), and split over ranks
  * (bf16): tensor parallel with sequence parallelism (vocab-parallel loss,
- * sharded tables), experts over ranks. */
+ * sharded tables), experts over ranks.  The GPU's kernels take eight
+ * columns a thread where rows allow it: GPT-2 at hidden 60 (rows of 60 and
+ * 180, heads of 15) runs them one at a time. */
 static const struct {
     const char *file;
     int tp, ep;
     bool bf16, sp;
+    const char *hidden; /* --hidden-size, or NULL for the tiny variant's */
 } configs[] = {
-    {"models/gpt2.xml", 1, 1, false, false},   {"models/gpt2.xml", 2, 1, true, true},
-    {"models/llama2.xml", 1, 1, false, false}, {"models/llama2.xml", 2, 1, true, false},
-    {"models/mixtral.xml", 1, 1, true, false}, {"models/mixtral.xml", 1, 2, false, false},
-    {"models/t5.xml", 1, 1, false, false},     {"models/t5.xml", 2, 1, true, false},
-    {"models/llava.xml", 1, 1, true, false},
+    {"models/gpt2.xml", 1, 1, true, false, "60"},
+    {"models/gpt2.xml", 1, 1, false, false, NULL},   {"models/gpt2.xml", 2, 1, true, true, NULL},
+    {"models/llama2.xml", 1, 1, false, false, NULL}, {"models/llama2.xml", 2, 1, true, false, NULL},
+    {"models/mixtral.xml", 1, 1, true, false, NULL}, {"models/mixtral.xml", 1, 2, false, false, NULL},
+    {"models/t5.xml", 1, 1, false, false, NULL},     {"models/t5.xml", 2, 1, true, false, NULL},
+    {"models/llava.xml", 1, 1, true, false, NULL},
 };
 
 /* The config's model placed and fused for training, its kernels built
@@ -37,7 +41,8 @@ static struct partition *build(int c, bool gpu, struct kn_set *F)
     struct par_config pc = par_config_default();
     pc.tp = configs[c].tp, pc.ep = configs[c].ep, pc.bf16 = configs[c].bf16, pc.sequence_parallel = configs[c].sp;
     pc.world_size = pc.tp * pc.ep;
-    struct partition *P = place_model(configs[c].file, "tiny", pc, NULL, 0);
+    struct fe_override hidden[] = {{FE_FLAG, "hidden-size", configs[c].hidden}};
+    struct partition *P = place_model(configs[c].file, "tiny", pc, hidden, configs[c].hidden ? 1 : 0);
     fuse(P, &train, F);
     int archs[8], n = 0;
     struct diag d;
@@ -53,8 +58,9 @@ static struct partition *build(int c, bool gpu, struct kn_set *F)
 
 static const char *config_name(int c, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s tp%d ep%d %s%s", strrchr(configs[c].file, '/') + 1, configs[c].tp, configs[c].ep,
-             configs[c].bf16 ? "bf16" : "fp32", configs[c].sp ? " sp" : "");
+    snprintf(buf, n, "%s tp%d ep%d %s%s%s%s", strrchr(configs[c].file, '/') + 1, configs[c].tp, configs[c].ep,
+             configs[c].bf16 ? "bf16" : "fp32", configs[c].sp ? " sp" : "", configs[c].hidden ? " hidden " : "",
+             configs[c].hidden ? configs[c].hidden : "");
     return buf;
 }
 
@@ -87,7 +93,7 @@ static void test_cpu_launches_keep_their_extents(void **state)
             lrun_free(&x);
         }
         char name[96], b[32];
-        printf("    %-28s %3d launches of %2d kernels, %s of buffers, every one within its extents\n", config_name((int)c, name, sizeof name),
+        printf("    %-34s %3d launches of %2d kernels, %s of buffers, every one within its extents\n", config_name((int)c, name, sizeof name),
                F.n_launches, F.n_kernels, wf_bytes((double)bytes, b));
         backend_close(cpu);
         diag_free(&d);
@@ -177,7 +183,7 @@ static void test_cuda_matches_cpu(void **state)
             }
         }
         char name[96];
-        printf("    %-28s %3d launches agree: worst %.2e (%s), normwise %.2e\n", config_name((int)c, name, sizeof name), ran, worst,
+        printf("    %-34s %3d launches agree: worst %.2e (%s), normwise %.2e\n", config_name((int)c, name, sizeof name), ran, worst,
                where, norm);
         backend_close(cpu);
         backend_close(gpu);
