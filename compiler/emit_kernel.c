@@ -321,6 +321,13 @@ static void load(struct emitter *e, const struct kn_node *n)
             s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(s->dtype), n->slot, n->slot);
         return;
     }
+    if (s->access == KN_PICK) { /* the index's element of the vector, 0 outside it */
+        char i[16];
+        name(e, n->a, i, sizeof i);
+        put(&e->t, "kn_holds(a->vin[%d], %s) ? %s((const %s *)a->in[%d])[(int64_t)%s - a->vin[%d][0]]) : 0.f", n->slot, i,
+            s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16 ? "kn_from_bf16(" : "(float)(", ctype(s->dtype), n->slot, i, n->slot);
+        return;
+    }
     if (s->access == KN_GATHER) { /* the index's row of the table, 0 off this rank's shard */
         char i[16];
         name(e, n->a, i, sizeof i);
@@ -404,6 +411,7 @@ static void define(struct emitter *e, int i)
     case KN_SQRT: put(&e->t, "sqrtf(%s)", a); break;
     case KN_COS: put(&e->t, "cosf(%s)", a); break;
     case KN_SIN: put(&e->t, "sinf(%s)", a); break;
+    case KN_FLOOR: put(&e->t, "floorf(%s)", a); break;
     case KN_ADD: put(&e->t, "%s + %s", a, b); break;
     case KN_SUB: put(&e->t, "%s - %s", a, b); break;
     case KN_MUL: put(&e->t, "%s * %s", a, b); break;
@@ -478,8 +486,8 @@ static void store(struct emitter *e, int i)
         }
         if (s->access == KN_COLUMN)
             snprintf(index, sizeof index, "c");
-        else
-            snprintf(index, sizeof index, "%s%s", row_base(s, n->slot, false, 0, base, sizeof base), per ? " + c" : "");
+        else /* imm: the component of a ROWVEC output */
+            snprintf(index, sizeof index, "%s%s", row_base(s, n->slot, false, (int)n->imm, base, sizeof base), per ? " + c" : "");
         if (!per && e->lang == KN_LANG_CUDA && !e->rowwise)
             put(&e->t, "%*sif (threadIdx.x == 0)\n    ", indent, "");
         accumulate(e, s, n->slot, index, v, per || e->lang != KN_LANG_CUDA ? indent : 0);

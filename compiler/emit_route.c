@@ -26,7 +26,7 @@ static const char c_body[] =
     "            const int64_t row = (e0 + e) * C + fill[e]++;\n"
     "            a->routes[i] = (int32_t)row;\n"
     "            if (a->fills)\n"
-    "                a->fills[row] = (int32_t)(i / a->topk);\n"
+    "                a->fills[row] = (int32_t)i;\n"
     "        }\n"
     "    }\n"
     "}\n";
@@ -59,7 +59,7 @@ static const char cuda_body[] =
     "            if (mine) {\n"
     "                a->routes[i] = slot < C ? (int32_t)(e * C + slot) : -1;\n"
     "                if (slot < C && a->fills)\n"
-    "                    a->fills[e * C + slot] = (int32_t)(i / a->topk);\n"
+    "                    a->fills[e * C + slot] = (int32_t)i;\n"
     "            }\n"
     "            cursor += round;\n"
     "        }\n"

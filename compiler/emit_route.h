@@ -1,6 +1,6 @@
 /* emit_route.h: the MoE routing kernel (ir/kernel.h, struct kn_route_args):
  * each (token, choice) entry's row in its expert's capacity, and each
- * expert row's token.  A slot is a running count over the tokens in order,
+ * expert row's entry.  A slot is a running count over the tokens in order,
  * a scan that no row of a fused kernel can express; everything around it
  * (dispatch's gather, combine's weighted sum, their backwards) is a fused
  * kernel reading these rows (compiler/fuse.c).

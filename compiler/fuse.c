@@ -8,6 +8,7 @@
 #include "util.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -589,7 +590,8 @@ static void solo_start(struct solo *c)
 /* One of the op's launches, over `domain` (as the launch reads it).  The
  * op's first forward launch records the op; every later one, backward
  * too, shares its entry in F->ops. */
-static struct kn_launch *solo_launch(struct solo *c, struct kn_set *F, int domain, enum kn_when when, const char *name)
+static struct kn_launch *solo_launch_of(struct solo *c, struct kn_set *F, int domain, enum kn_when when, const struct kn_entry *want,
+                                        const char *name)
 {
     int at;
     if (F->op_launch[c->op] < 0) {
@@ -605,8 +607,14 @@ static struct kn_launch *solo_launch(struct solo *c, struct kn_set *F, int domai
     memcpy(L->in, c->in, sizeof L->in);
     memcpy(L->out, c->out, sizeof L->out);
     WF_ASSERT(!c->k.full);
-    L->kernel = fused_entry(F, &c->k, name);
+    L->kernel = entry(F, want, name);
     return L;
+}
+
+static struct kn_launch *solo_launch(struct solo *c, struct kn_set *F, int domain, enum kn_when when, const char *name)
+{
+    struct kn_entry want = {.kind = KN_KIND_FUSED, .k = c->k};
+    return solo_launch_of(c, F, domain, when, &want, name);
 }
 
 static void ce_slots_of(const struct partition *P, int op, struct solo *c)
@@ -769,6 +777,184 @@ static void router_backward(const struct partition *P, int op, struct kn_set *F)
     kn_accum(k, slot, d);
     if (!k->full)
         solo_launch(&c, F, o->in[0], KN_WHEN_BACKWARD, "_router_backward");
+}
+
+/* ---- MoE dispatch and combine ------------------------------------------ */
+
+/* A dispatch or combine op's routing: its indices (B, S, k) and its
+ * experts' buffer (experts, capacity, hidden). */
+static void moe_tensors(const struct ir_op *o, int *indices, int *buffer)
+{
+    *indices = o->kind == IR_OP_DISPATCH ? o->in[1] : o->in[2];
+    *buffer = o->kind == IR_OP_DISPATCH ? o->out[0] : o->in[0];
+}
+
+void fuse_route_sizes(const struct partition *P, int op, int64_t *entries, int64_t *topk, int64_t *experts, int64_t *capacity)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    int idx, buf;
+    moe_tensors(o, &idx, &buf);
+    int x = transfer_of(P, op, idx);
+    const struct ir_tensor *t = &P->g->tensors[idx], *e = &P->g->tensors[buf];
+    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[op]].part, &t->shape, x >= 0 ? &P->xfers[x].after : &P->shard[idx]);
+    *entries = ir_shape_numel(&l);
+    *topk = l.rank ? l.ax[l.rank - 1].size : 1;
+    *experts = e->shape.ax[0].size; /* the whole buffer: dispatch writes it before its all-to-all, combine reads it after */
+    *capacity = e->shape.rank > 1 ? e->shape.ax[1].size : 1;
+}
+
+/* The op's own all-to-all (the tokens' way to or from their experts' ranks),
+ * or its adjoint in the backward; -1 without expert parallelism. */
+static int moe_xfer(const struct partition *P, int op, int t, bool grad)
+{
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].op == op && P->xfers[x].tensor == t && P->xfers[x].grad == grad && P->xfers[x].kind == PART_XFER_ALL_TO_ALL)
+            return x;
+    return -1;
+}
+
+static struct kn_bind scratch(enum ir_buf_what what, int op) { return (struct kn_bind){.what = (uint8_t)what, .id = op, .xfer = -1}; }
+
+/* The routing launch an op runs before its kernels, forward and again in
+ * the backward (ROUTES and FILLS are working buffers of its step). */
+static void route(const struct partition *P, int op, enum kn_when when, struct kn_set *F)
+{
+    int idx, buf;
+    moe_tensors(&P->g->ops[op], &idx, &buf);
+    struct solo c = {.P = P, .op = op};
+    solo_start(&c);
+    c.k.n_in = 1, c.k.n_out = 2;
+    c.in[0] = (struct kn_bind){.what = IR_BUF_VALUE, .id = idx, .xfer = transfer_of(P, op, idx)};
+    c.out[0] = scratch(IR_BUF_ROUTES, op);
+    c.out[1] = scratch(IR_BUF_FILLS, op);
+    struct kn_entry want = {.kind = KN_KIND_ROUTE};
+    struct kn_launch *L = solo_launch_of(&c, F, idx, when, &want, "_route");
+    struct kn_route_args a = {0};
+    fuse_route_sizes(P, op, &a.entries, &a.topk, &a.experts, &a.capacity);
+    memcpy(L->sizes, &a, offsetof(struct kn_route_args, idx)); /* the integers come first (ir/kernel.c asserts it) */
+}
+
+/* The token of an entry (token * k + choice), -1 for -1: floor((f + 1/2) / k),
+ * exact for any entry a float holds. */
+static int token_of(struct kn_kernel *k, int entry, int64_t topk)
+{
+    return kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, entry, kn_const(k, 0.5), -1, 0), kn_const(k, (double)topk), -1, 0),
+                   -1, -1, 0);
+}
+
+/* Entry j's row of the experts' buffer: the routes' component j. */
+static int route_row(struct solo *c, int *slot, int j)
+{
+    int n = *slot < 0 ? solo_in(c, IR_DTYPE_I32, KN_ROWVEC, scratch(IR_BUF_ROUTES, c->op)) : kn_load(&c->k, *slot);
+    *slot = c->k.nodes[n].slot;
+    c->k.nodes[n].imm = j;
+    return n;
+}
+
+/* A gathered input: the row its index names, 0 for -1. */
+static int gather_slot(struct solo *c, int dtype, struct kn_bind b)
+{
+    int slot = kn_input(&c->k, dtype, KN_GATHER);
+    c->in[slot] = b;
+    return slot;
+}
+
+/* dispatch: each row of the experts' buffer is the token its fill names (0
+ * where none), written where its all-to-all takes it; the backward adds
+ * each token's k rows of the buffer's gradient into the token's. */
+static void dispatch(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    int64_t entries, topk, experts, capacity;
+    fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
+    if (backward && !needs[o->in[0]])
+        return;
+    route(P, op, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, F);
+    struct solo c = {.P = P, .op = op};
+    solo_start(&c);
+    struct kn_kernel *k = &c.k;
+    if (!backward) {
+        int fill = solo_in(&c, IR_DTYPE_I32, KN_ROW, scratch(IR_BUF_FILLS, op));
+        int x = gather_slot(&c, held_dtype(P, o->in[0]),
+                            (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(P, op, o->in[0])});
+        int out = solo_out(&c, held_dtype(P, o->out[0]), KN_FULL,
+                           (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = moe_xfer(P, op, o->out[0], false)});
+        kn_store(k, out, kn_load_at(k, x, token_of(k, fill, topk)));
+        solo_launch(&c, F, o->out[0], KN_WHEN_FORWARD, "_dispatch");
+        return;
+    }
+    int routes = -1, sum = -1;
+    int g = gather_slot(&c, held_dtype(P, o->out[0]),
+                        (struct kn_bind){.what = IR_BUF_GRAD, .id = o->out[0], .xfer = moe_xfer(P, op, o->out[0], true)});
+    for (int j = 0; j < topk; j++) {
+        int row = kn_load_at(k, g, route_row(&c, &routes, (int)j));
+        sum = sum < 0 ? row : kn_node(k, KN_ADD, sum, row, -1, 0);
+    }
+    kn_accum(k, solo_out(&c, held_dtype(P, o->in[0]), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[0], .xfer = -1}), sum);
+    if (!k->full)
+        solo_launch(&c, F, o->in[0], KN_WHEN_BACKWARD, "_dispatch_backward");
+}
+
+/* combine: each token's output is the sum over its k choices of the
+ * choice's weight times its row of the experts' output (read where the
+ * all-to-all brings it back).  The backward: each weight's gradient, a
+ * row's dot product with the output's gradient; each row of the experts'
+ * output, its entry's weight times its token's output gradient. */
+static void combine(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    int64_t entries, topk, experts, capacity;
+    fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
+    bool dw = backward && needs[o->in[1]], dy = backward && needs[o->in[0]];
+    if (backward && !dw && !dy)
+        return;
+    route(P, op, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, F);
+    struct kn_bind y = {.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(P, op, o->in[0])},
+                   w = {.what = IR_BUF_VALUE, .id = o->in[1], .xfer = transfer_of(P, op, o->in[1])},
+                   gout = {.what = IR_BUF_GRAD, .id = o->out[0], .xfer = -1};
+    struct solo c = {.P = P, .op = op};
+    if (!backward || dw) {
+        solo_start(&c);
+        struct kn_kernel *k = &c.k;
+        int routes = -1, weights = -1, ys = gather_slot(&c, held_dtype(P, o->in[0]), y), sum = -1;
+        int g = backward ? solo_in(&c, held_dtype(P, o->out[0]), KN_FULL, gout) : -1;
+        int dws = backward ? solo_out(&c, held_dtype(P, o->in[1]), KN_ROWVEC, (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[1], .xfer = -1})
+                           : -1;
+        for (int j = 0; j < topk; j++) {
+            int row = kn_load_at(k, ys, route_row(&c, &routes, (int)j));
+            if (backward) { /* d weight j = the row's dot product with the output's gradient */
+                int n = kn_node(k, KN_ACCUM, kn_node(k, KN_ROWSUM, kn_node(k, KN_MUL, g, row, -1, 0), -1, -1, 0), -1, -1, (double)j);
+                if (n >= 0)
+                    k->nodes[n].slot = (uint8_t)dws;
+                continue;
+            }
+            int wj = weights < 0 ? solo_in(&c, held_dtype(P, o->in[1]), KN_ROWVEC, w) : kn_load(k, weights);
+            weights = k->nodes[wj].slot;
+            k->nodes[wj].imm = j;
+            int term = kn_node(k, KN_MUL, wj, row, -1, 0);
+            sum = sum < 0 ? term : kn_node(k, KN_ADD, sum, term, -1, 0);
+        }
+        if (!backward)
+            kn_store(k, solo_out(&c, held_dtype(P, o->out[0]), KN_FULL, (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1}),
+                     sum);
+        if (!k->full)
+            solo_launch(&c, F, o->out[0], backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD,
+                        backward ? "_combine_backward_weights" : "_combine");
+    }
+    if (dy) { /* per row of the experts' output: its entry's weight times its token's gradient */
+        solo_start(&c);
+        struct kn_kernel *k = &c.k;
+        int fill = solo_in(&c, IR_DTYPE_I32, KN_ROW, scratch(IR_BUF_FILLS, op));
+        int gs = gather_slot(&c, held_dtype(P, o->out[0]), gout);
+        int ws = kn_input(k, held_dtype(P, o->in[1]), KN_PICK);
+        c.in[ws] = w;
+        int d = kn_node(k, KN_MUL, kn_load_at(k, ws, fill), kn_load_at(k, gs, token_of(k, fill, topk)), -1, 0);
+        kn_accum(k, solo_out(&c, held_dtype(P, o->in[0]), KN_FULL,
+                             (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[0], .xfer = moe_xfer(P, op, o->in[0], true)}),
+                 d);
+        if (!k->full)
+            solo_launch(&c, F, o->in[0], KN_WHEN_BACKWARD, "_combine_backward");
+    }
 }
 
 /* ---- concat ------------------------------------------------------------- */
@@ -1237,6 +1423,10 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
                 router(P, i, F);
             if (o->kind == IR_OP_CONCAT)
                 concat(P, i, false, needs, F);
+            if (o->kind == IR_OP_DISPATCH)
+                dispatch(P, i, false, needs, F);
+            if (o->kind == IR_OP_COMBINE)
+                combine(P, i, false, needs, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -1269,6 +1459,10 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
             } else if (g->ops[op].kind == IR_OP_CONCAT) {
                 if (F->op_launch[op] == l)
                     concat(P, op, true, needs, F);
+            } else if (g->ops[op].kind == IR_OP_DISPATCH) {
+                dispatch(P, op, true, needs, F);
+            } else if (g->ops[op].kind == IR_OP_COMBINE) {
+                combine(P, op, true, needs, F);
             } else if (g->ops[op].kind == IR_OP_ROUTER) {
                 if (needs[g->ops[op].in[0]] && needs[g->ops[op].out[0]])
                     router_backward(P, op, F);
@@ -1284,12 +1478,19 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
     free(needs);
 }
 
+/* The shard a bind's tensor has where the launch reads it (an input a
+ * transfer brings: as the transfer leaves it) or writes it (an output a
+ * transfer takes: as the transfer takes it). */
+static const struct ir_shard *bound_shard(const struct partition *P, const struct kn_bind *b, bool out)
+{
+    return b->xfer < 0 ? &P->shard[b->id] : out ? &P->xfers[b->xfer].before : &P->xfers[b->xfer].after;
+}
+
 /* The shape a slot's tensor has where the group reads or writes it. */
-static struct ir_shape bound_shape(const struct partition *P, const struct kn_launch *G, const struct kn_bind *b)
+static struct ir_shape bound_shape(const struct partition *P, const struct kn_launch *G, const struct kn_bind *b, bool out)
 {
     const struct ir_tensor *x = &P->g->tensors[b->id];
-    return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape,
-                                 b->xfer >= 0 ? &P->xfers[b->xfer].after : &P->shard[b->id]);
+    return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape, bound_shard(P, b, out));
 }
 
 /* A concat launch's ROWMAP view (kernel.h): where the rows of the input it
@@ -1306,7 +1507,7 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
     int64_t at = 0, len = 0, M = 1, cols = r ? out.ax[r - 1].size : 1;
     for (int i = 0; i <= G->sizes[0] && i < o->n_in; i++) {
         struct kn_bind b = {.id = o->in[i], .xfer = transfer_of(P, op, o->in[i])};
-        struct ir_shape in = bound_shape(P, G, &b);
+        struct ir_shape in = bound_shape(P, G, &b, false);
         len = in.ax[ax].size;
         at += i < G->sizes[0] ? len : 0;
     }
@@ -1339,10 +1540,14 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
         return; /* attention's sizes are the launch's own (kn_launch.attn) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
-    const struct ir_shard *ds = &P->shard[G->domain]; /* as the launch reads it: after a transfer that brings it */
-    for (int i = 0; i < G->n_in; i++)
-        if (G->in[i].id == G->domain && G->in[i].what == IR_BUF_VALUE && G->in[i].xfer >= 0 && k->in[i].access == KN_FULL)
-            ds = &P->xfers[G->in[i].xfer].after;
+    const struct ir_shard *ds = &P->shard[G->domain]; /* as the launch reads it after a transfer, or writes it before one */
+    for (int io = 0; io < 2; io++)
+        for (int i = 0; i < (io ? G->n_out : G->n_in); i++) {
+            const struct kn_bind *b = io ? &G->out[i] : &G->in[i];
+            if (b->id == G->domain && (b->what == IR_BUF_VALUE || b->what == IR_BUF_GRAD) && b->xfer >= 0 &&
+                (io ? k->out[i] : k->in[i]).access == KN_FULL)
+                ds = bound_shard(P, b, io);
+        }
     struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds);
     memset(a, 0, sizeof *a);
     a->cols = s.rank ? s.ax[s.rank - 1].size : 1;
@@ -1350,7 +1555,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     for (int i = 0; i < G->n_in; i++) {
         if (G->in[i].what != IR_BUF_VALUE && G->in[i].what != IR_BUF_GRAD)
             continue;
-        struct ir_shape t = bound_shape(P, G, &G->in[i]);
+        struct ir_shape t = bound_shape(P, G, &G->in[i], false);
         int64_t n = ir_shape_numel(&t);
         if (k->in[i].access == KN_FULL && n != a->rows * a->cols)
             a->mod[i] = a->cols ? n / a->cols : 0;
@@ -1360,7 +1565,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     for (int i = 0; i < G->n_out; i++) { /* a broadcast input's gradient sums the rows that share an element */
         if ((G->out[i].what != IR_BUF_VALUE && G->out[i].what != IR_BUF_GRAD) || k->out[i].access != KN_FULL)
             continue;
-        struct ir_shape t = bound_shape(P, G, &G->out[i]);
+        struct ir_shape t = bound_shape(P, G, &G->out[i], true);
         int64_t n = ir_shape_numel(&t);
         if (n != a->rows * a->cols)
             a->omod[i] = a->cols ? n / a->cols : 0;
@@ -1390,19 +1595,26 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
                 concat_view(P, G, F->ops[G->first_op], v);
             if (access == KN_PATCHES) { /* (n, wp, p, C, H, W) of the image as this rank holds it */
                 const struct ir_op *o = &P->g->ops[F->ops[G->first_op]];
-                struct ir_shape img = bound_shape(P, G, b);
+                struct ir_shape img = bound_shape(P, G, b, io);
                 int64_t p = ir_op_int(o, IR_ATTR_PATCH);
                 v[2] = p, v[3] = img.ax[1].size, v[4] = img.ax[2].size, v[5] = img.ax[3].size;
                 v[1] = p ? v[5] / p : 0, v[0] = p ? (v[4] / p) * v[1] : 0;
             }
-            if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
-                struct ir_shape t = bound_shape(P, G, b);
+            if (access == KN_ROWVEC && b->what == IR_BUF_ROUTES) { /* an entry's k choices */
+                int64_t entries, experts, capacity;
+                fuse_route_sizes(P, b->id, &entries, &v[0], &experts, &capacity);
+            } else if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
+                struct ir_shape t = bound_shape(P, G, b, io);
                 v[0] = t.rank ? t.ax[t.rank - 1].size : 1;
             }
-            if (access == KN_GATHER) {
-                struct ir_shape t = bound_shape(P, G, b);
-                v[1] = t.ax[0].size;
-                v[0] = pdim_coord(rc, (enum ir_pdim)(b->xfer >= 0 ? P->xfers[b->xfer].after : P->shard[b->id]).split[0]) * v[1];
+            if (access == KN_GATHER) { /* a table's rows: all its axes but the last; a vocabulary shard's first row */
+                struct ir_shape t = bound_shape(P, G, b, io);
+                v[1] = t.rank && t.ax[t.rank - 1].size ? ir_shape_numel(&t) / t.ax[t.rank - 1].size : 0;
+                v[0] = pdim_coord(rc, (enum ir_pdim)bound_shard(P, b, io)->split[0]) * v[1];
+            }
+            if (access == KN_PICK) { /* every element of its tensor */
+                struct ir_shape t = bound_shape(P, G, b, io);
+                v[0] = 0, v[1] = ir_shape_numel(&t);
             }
         }
 }
@@ -1419,6 +1631,11 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
         int64_t bias = e->attn.bias ? (x.bias_sb ? x.B : 1) * x.Hq * x.Sq * x.Sk : 0;
         return (qo + kv + bias) * size + x.B * x.Hq * x.Sq * 8;
     }
+    if (e->kind == KN_KIND_ROUTE) { /* the choices read, the routes and the fills written */
+        struct kn_route_args x = {0};
+        memcpy(&x, L->sizes, offsetof(struct kn_route_args, idx));
+        return (2 * x.entries + x.experts * x.capacity) * 4;
+    }
     const struct kn_kernel *k = &F->kernels[L->kernel].k;
     struct kn_args a;
     fuse_launch_args(P, F, l, 0, &a);
@@ -1434,8 +1651,10 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
                 bytes += a.rows * 2 * size;
             else if (s->access == KN_ROW)
                 bytes += a.rows * size;
+            else if (s->access == KN_ROWVEC)
+                bytes += a.rows * (io ? a.vout[i][0] : a.vin[i][0]) * size;
             else {
-                struct ir_shape t = bound_shape(P, L, b);
+                struct ir_shape t = bound_shape(P, L, b, io);
                 bytes += ir_shape_numel(&t) * size;
             }
         }

@@ -4,9 +4,11 @@
  * backward a scatter-add) and patchify (the image read in patches; an
  * image needs no gradient, so it has no backward); attention, the
  * cross-entropy loss, the MoE router and concat get kernels of their own;
- * GEMMs stay as they are.  Not fused yet, left to the runtime: the MoE
- * dispatch and combine (their slots are a running count over tokens) and
- * T5's relpos_bias.
+ * GEMMs stay as they are.  MoE dispatch and combine run the routing
+ * kernel first (KN_KIND_ROUTE: each (token, choice)'s row of the experts'
+ * buffer, a running count over the tokens, into the op's ROUTES and FILLS
+ * scratch, computed again in the backward), then gathers that read
+ * through it.  Not fused yet, left to the runtime: T5's relpos_bias.
  *
  * The loss's launches (one, or three around the vocab-parallel loss's two
  * collectives, writing the transfers' buffers) leave per token its
@@ -45,6 +47,11 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
  * domain's offsets in the whole tensor (dropout draws by whole-tensor
  * index), the dropout streams. */
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a);
+
+/* A dispatch or combine op's routing on one rank: its entries (tokens x
+ * topk), and the experts' buffer it routes into (experts x capacity rows,
+ * whole: dispatch writes it before its all-to-all, combine reads it after). */
+void fuse_route_sizes(const struct partition *P, int op, int64_t *entries, int64_t *topk, int64_t *experts, int64_t *capacity);
 
 /* The bytes launch l reads and writes on one rank: every slot once. */
 int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int l);

@@ -6,6 +6,7 @@
  * used for every region; ir_memory_check proves the result. */
 #include "memory.h"
 #include "autodiff.h"
+#include "fuse.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -167,6 +168,7 @@ static void span_at(int *first, int *last, int t, int at)
 struct fused {
     bool *value, *grad; /* per tensor */
     bool *rowstats;     /* per op */
+    uint8_t *routed;    /* per op: 1 its forward routes tokens, 2 its backward does (ROUTES and FILLS, working) */
 };
 
 static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
@@ -260,6 +262,20 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
         int p = g->tensors[g->outputs[0]].producer;
         if (p >= 0 && st->pos[p])
             span_at(st->bwd_first, st->bwd_last, root(P, st->pos, g->outputs[0]), n + 1);
+    }
+    for (int a = 0; a < n; a++) { /* the routing's scratch, alive while its op's launches run */
+        int op = st->ops[a];
+        for (int pass = 0; pass < 2; pass++) {
+            if (!(fu->routed[op] & (1 << pass)) || (pass && !train))
+                continue;
+            int when = pass ? 2 * n + 1 - (a + 1) : a + 1;
+            int64_t entries, topk, experts, capacity;
+            fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
+            push(working, (struct ir_buf){.what = IR_BUF_ROUTES, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
+                                          .first = when, .last = when, .bytes = entries * 4});
+            push(working, (struct ir_buf){.what = IR_BUF_FILLS, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
+                                          .first = when, .last = when, .bytes = experts * capacity * 4});
+        }
     }
     for (int t = 0; t < g->n_tensors; t++) {
         if (st->fwd_first[t])
@@ -459,7 +475,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
         autodiff_needs_grad(g, loss, needs);
     struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1),
-                       .rowstats = wf_calloc((size_t)g->n_ops + 1, 1)};
+                       .rowstats = wf_calloc((size_t)g->n_ops + 1, 1), .routed = wf_calloc((size_t)g->n_ops + 1, 1)};
     int *backward = wf_calloc((size_t)g->n_ops + 1, sizeof *backward); /* per first op: its group's backward + 1 */
     for (int l = 0; K && l < K->n_launches; l++)
         if (K->launches[l].when == KN_WHEN_BACKWARD)
@@ -469,6 +485,8 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
         for (int k = 0; k < L->n_out; k++)
             if (L->out[k].what == IR_BUF_ROWSTATS)
                 fu.rowstats[L->out[k].id] = true;
+        if (K->kernels[L->kernel].kind == KN_KIND_ROUTE)
+            fu.routed[K->ops[L->first_op]] |= L->when == KN_WHEN_FORWARD ? 1 : 2;
         if (L->when != KN_WHEN_FORWARD || K->kernels[L->kernel].kind != KN_KIND_FUSED ||
             g->ops[K->ops[L->first_op]].kind == IR_OP_CROSS_ENTROPY) /* the loss: the runtime adds the row losses into it */
             continue;
@@ -491,6 +509,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     free(fu.value);
     free(fu.grad);
     free(fu.rowstats);
+    free(fu.routed);
     free(needs);
 }
 

@@ -126,10 +126,15 @@ static bool gathers(const struct kn_kernel *k, const struct kn_node *n)
            (n->op == KN_ACCUM && n->slot < k->n_out && k->out[n->slot].access == KN_GATHER);
 }
 
+static bool picks(const struct kn_kernel *k, const struct kn_node *n)
+{
+    return n->op == KN_LOAD && n->slot < k->n_in && k->in[n->slot].access == KN_PICK;
+}
+
 int kn_operands(const struct kn_kernel *k, int i)
 {
     const struct kn_node *n = &k->nodes[i];
-    return kn_op_arity((enum kn_op)n->op) + gathers(k, n);
+    return kn_op_arity((enum kn_op)n->op) + (gathers(k, n) || picks(k, n));
 }
 
 bool kn_has_gather_accum(const struct kn_kernel *k)
@@ -149,7 +154,8 @@ bool kn_valid(const struct kn_kernel *k)
         if (k->in[j].dtype > KN_DTYPE_U8 || k->in[j].access >= KN_ACCESS_COUNT)
             return false;
     for (int j = 0; j < k->n_out; j++)
-        if (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT || k->out[j].access == KN_PATCHES)
+        if (k->out[j].dtype > KN_DTYPE_U8 || k->out[j].access >= KN_ACCESS_COUNT || k->out[j].access == KN_PATCHES ||
+            k->out[j].access == KN_PICK)
             return false;
     bool gather_accum = kn_has_gather_accum(k);
     int index = -1; /* the one index a gathered output is added at */
@@ -204,7 +210,8 @@ void kn_per_element(const struct kn_kernel *k, bool *out)
         switch (n->op) {
         case KN_LOAD: {
             enum kn_access a = (enum kn_access)k->in[n->slot].access;
-            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER || a == KN_ROWMAP || a == KN_PATCHES;
+            out[i] = a == KN_FULL || a == KN_COLUMN || a == KN_ROW_DIV || a == KN_HEADS || a == KN_GATHER || a == KN_ROWMAP || a == KN_PATCHES ||
+                     (a == KN_PICK && n->a >= 0 && out[n->a]); /* a picked element varies as its index does */
             break;
         }
         case KN_COL:

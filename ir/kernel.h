@@ -39,7 +39,7 @@
     /* arithmetic */                                                           \
     X(NEG, "neg", 1) X(EXP, "exp", 1) X(LOG, "log", 1) X(TANH, "tanh", 1)      \
     X(ERF, "erf", 1) X(RSQRT, "rsqrt", 1) X(RECIP, "recip", 1) X(SQRT, "sqrt", 1) \
-    X(COS, "cos", 1) X(SIN, "sin", 1)                                          \
+    X(COS, "cos", 1) X(SIN, "sin", 1) X(FLOOR, "floor", 1)                     \
     X(ADD, "add", 2) X(SUB, "sub", 2) X(MUL, "mul", 2) X(DIV, "div", 2)        \
     X(MAX, "max", 2) X(LT, "lt", 2) X(LE, "le", 2) X(EQ, "eq", 2)              \
     X(SELECT, "select", 3)    /* a != 0 ? b : c */                             \
@@ -47,7 +47,8 @@
     X(ROWSUM, "rowsum", 1) X(ROWMAX, "rowmax", 1)                              \
     /* effects */                                                              \
     X(STORE, "store", 1)      /* slot: an output; imm: the component of a ROWSTATS output */ \
-    X(ACCUM, "accum", 1)      /* adds into an output (a gradient): FULL element by element, COLUMN summed over the rows */
+    X(ACCUM, "accum", 1)      /* adds into an output (a gradient): FULL element by element, COLUMN summed over the rows; \
+                                 imm: the component of a ROWVEC output */
 
 enum kn_op {
 #define X(id, name, n) KN_##id,
@@ -71,6 +72,9 @@ enum kn_op {
     X(GATHER, "gather")     /* (i - v[0]) * cols + c, i the row's index (an id: the per-row value that is the LOAD's \
                                operand a, the ACCUM's b); a row whose i is outside [v[0], v[0] + v[1]) reads 0 and \
                                adds nothing (a table's shard), v the slot's view */ \
+    X(PICK, "pick")         /* i - v[0], i the LOAD's operand a (per row or per element): one element of a flat \
+                               vector (a router's weight by (token, choice)); 0 where i is outside [v[0], v[0] + v[1]), \
+                               v the slot's view; inputs only */ \
     X(PATCHES, "patches")   /* an image (B, C, H, W) read as patchify's (B, n, C p p): row r = (b, i), column c = \
                                (ch, di, dj) at ((b C + ch) H + (i / wp) p + di) W + (i % wp) p + dj, \
                                v = (n, wp, p, C, H, W) the slot's view; inputs only */ \
@@ -316,7 +320,8 @@ extern const char kn_attn_args_source[];
  * latest).  routes[i] = expert * capacity + slot, the row of the experts'
  * (experts, capacity, ...) buffer it lands in, or -1 when the expert is
  * full or idx[i] names no expert.  fills (unless NULL) is that buffer's
- * inverse: per row, the token it holds, or -1 for an empty one. */
+ * inverse: per row, the entry it holds (token * topk + choice: its token
+ * and, for the token's weights, its choice), or -1 for an empty one. */
 #define KN_ROUTE_FIELDS                                                        \
     int64_t entries, topk, experts, capacity;                                  \
     const int32_t *idx;                                                        \

@@ -99,6 +99,7 @@ int64_t kn_slot_extent(const struct kn_kernel *k, const struct kn_args *a, bool 
     }
     case KN_HEADS: return heads_extent(a, v);
     case KN_GATHER: return v[1] * cols;
+    case KN_PICK: return v[1];
     case KN_PATCHES: return v[0] ? rows / v[0] * v[3] * v[4] * v[5] : 0;
     case KN_SCALAR: return 1;
     default: return 0;

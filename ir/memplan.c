@@ -17,7 +17,8 @@ static const char *region_names[IR_REGION_COUNT] = {
 const char *ir_region_name(enum ir_region r) { return r < IR_REGION_COUNT ? region_names[r] : "?"; }
 
 static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row statistics", "block",
-                                                "exp_avg", "exp_avg_sq", "master weights", "sums of squares"};
+                                                "exp_avg", "exp_avg_sq", "master weights", "sums of squares",
+                                                "routes", "fills"};
 
 const char *ir_buf_what_name(int what) { return what >= 0 && what < IR_BUF_COUNT ? what_names[what] : "?"; }
 

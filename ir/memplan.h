@@ -71,6 +71,8 @@ enum ir_buf_what {
     IR_BUF_EXP_AVG_SQ, /* its second moment */
     IR_BUF_MASTER,   /* its fp32 master weights (--bf16) */
     IR_BUF_SUMSQ,    /* scratch: per-row sums of squares of parameter id's gradient (the global norm's) */
+    IR_BUF_ROUTES,   /* scratch: MoE op id's routing, per (token, choice) its row of the experts' buffer, or -1 */
+    IR_BUF_FILLS,    /* scratch: and per row of that buffer the (token, choice) it holds, or -1 */
     IR_BUF_COUNT
 };
 

@@ -17,6 +17,7 @@
 #define WEFT_TESTS_LAUNCHES_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ struct lbuf {
 
 struct lrun {
     const struct kn_set *F;
-    int l, kind;
+    int l, kind, kernel;    /* the launch (-1 for a routing launch of no plan's), its kernel and its kind */
     struct kn_args a;
     struct kn_attn_args attn;
     struct kn_route_args route;
@@ -148,7 +149,7 @@ static inline void lrun_prepare_fused(const struct partition *P, struct lrun *x,
         a->arg[i] = 0.5f + 0.125f * (float)i;
     int64_t ints = a->cols + a->off[a->rank - 1]; /* labels across the vocabulary's shards, ids across the table's */
     for (int s = 0; s < KN_MAX_SLOTS; s++) {
-        if (s < k->n_in && k->in[s].access == KN_GATHER && a->vin[s][0] + a->vin[s][1] > ints)
+        if (s < k->n_in && (k->in[s].access == KN_GATHER || k->in[s].access == KN_PICK) && a->vin[s][0] + a->vin[s][1] > ints)
             ints = a->vin[s][0] + a->vin[s][1];
         if (s < k->n_out && k->out[s].access == KN_GATHER && a->vout[s][0] + a->vout[s][1] > ints)
             ints = a->vout[s][0] + a->vout[s][1];
@@ -202,32 +203,43 @@ static inline void lrun_prepare_attention(const struct partition *P, struct lrun
     }
 }
 
+/* A routing launch's buffers for x->route: choices over the experts, a
+ * tenth of them past the last expert and 3% -1 (no expert). */
+static inline void lrun_prepare_route_bufs(struct lrun *x)
+{
+    const int64_t E = x->route.experts;
+    int i = lrun_buf(x, "idx", IR_DTYPE_I32, kn_route_extent(&x->route, KN_ROUTE_BUF_IDX), false, false, 0, 0, E + E / 10 + 1);
+    for (int64_t e = 0; e < x->route.entries; e++)
+        if (lrun_uniform(&x->seed) < 0.03)
+            ((int32_t *)x->bufs[i].init)[e] = -1;
+    lrun_buf(x, "routes", IR_DTYPE_I32, kn_route_extent(&x->route, KN_ROUTE_BUF_ROUTES), true, true, 0, 0, 0);
+    lrun_buf(x, "fills", IR_DTYPE_I32, kn_route_extent(&x->route, KN_ROUTE_BUF_FILLS), true, true, 0, 0, 0);
+}
+
 /* Launch l (its arguments as rank `rank` has them), buffers made from seed. */
 static inline void lrun_prepare(const struct partition *P, const struct kn_set *F, int l, int rank, uint64_t seed, struct lrun *x)
 {
     memset(x, 0, sizeof *x);
     x->F = F, x->l = l, x->seed = seed ? seed : 1;
-    x->kind = F->kernels[F->launches[l].kernel].kind;
+    x->kernel = F->launches[l].kernel;
+    x->kind = F->kernels[x->kernel].kind;
     if (x->kind == KN_KIND_ATTENTION)
         lrun_prepare_attention(P, x);
-    else
+    else if (x->kind == KN_KIND_ROUTE) {
+        memcpy(&x->route, F->launches[l].sizes, offsetof(struct kn_route_args, idx)); /* the integers come first */
+        lrun_prepare_route_bufs(x);
+    } else
         lrun_prepare_fused(P, x, rank);
 }
 
-/* A routing launch on its own (no plan places one yet): entries choices
- * over experts, a tenth of them outside [0, experts). */
+/* A routing launch of no plan's: tokens x topk choices over experts. */
 static inline void lrun_prepare_route(const struct kn_set *F, int kernel, int64_t tokens, int64_t topk, int64_t experts,
                                       int64_t capacity, uint64_t seed, struct lrun *x)
 {
     memset(x, 0, sizeof *x);
-    x->F = F, x->l = -1 - kernel, x->seed = seed ? seed : 1, x->kind = KN_KIND_ROUTE;
+    x->F = F, x->l = -1, x->kernel = kernel, x->seed = seed ? seed : 1, x->kind = KN_KIND_ROUTE;
     x->route = (struct kn_route_args){.entries = tokens * topk, .topk = topk, .experts = experts, .capacity = capacity};
-    int i = lrun_buf(x, "idx", IR_DTYPE_I32, x->route.entries, false, false, 0, 0, experts + experts / 10 + 1);
-    for (int64_t e = 0; e < x->route.entries; e++)
-        if (lrun_uniform(&x->seed) < 0.03)
-            ((int32_t *)x->bufs[i].init)[e] = -1;
-    lrun_buf(x, "routes", IR_DTYPE_I32, x->route.entries, true, true, 0, 0, 0);
-    lrun_buf(x, "fills", IR_DTYPE_I32, experts * capacity, true, true, 0, 0, 0);
+    lrun_prepare_route_bufs(x);
 }
 
 static inline void lrun_free(struct lrun *x)
@@ -269,27 +281,26 @@ static inline int lrun_launch(const struct lrun *x, struct backend *be, void *co
             a.in[s] = dev[x->in_buf[s]];
         for (int s = 0; s < L->n_out; s++)
             a.out[s] = dev[x->out_buf[s]];
-        return backend_fused(be, L->kernel, &a, d);
+        return backend_fused(be, x->kernel, &a, d);
     }
     if (x->kind == KN_KIND_ATTENTION) {
-        const struct kn_launch *L = &x->F->launches[x->l];
         struct kn_attn_args a = x->attn;
         for (int i = 0; i < x->n_bufs; i++)
             *kn_attn_buf(&a, (enum kn_attn_buf)x->bufs[i].attn) = dev[i];
         for (int f = first; f <= last; f++)
-            if (backend_attention(be, L->kernel, (enum kn_attn_fn)f, &a, d))
+            if (backend_attention(be, x->kernel, (enum kn_attn_fn)f, &a, d))
                 return -1;
         return 0;
     }
     struct kn_route_args a = x->route;
     a.idx = dev[0], a.routes = dev[1], a.fills = dev[2];
-    return backend_route(be, -1 - x->l, &a, d);
+    return backend_route(be, x->kernel, &a, d);
 }
 
 /* The functions an attention launch has: its forward, and its backward's. */
 static inline int lrun_attn_fns(const struct lrun *x)
 {
-    return x->kind == KN_KIND_ATTENTION && x->F->kernels[x->F->launches[x->l].kernel].attn.backward ? KN_ATTN_FNS : 1;
+    return x->kind == KN_KIND_ATTENTION && x->F->kernels[x->kernel].attn.backward ? KN_ATTN_FNS : 1;
 }
 
 /* The prepared launch on be, all of it: buffers copied in, the launch (or

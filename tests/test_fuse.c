@@ -6,6 +6,7 @@
 #include "testing.h"
 
 #include "autodiff.h"
+#include "backend.h"
 #include "cc.h"
 #include "emit_kernel.h"
 #include "fuse.h"
@@ -17,6 +18,7 @@
 
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
 
 static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style = OPTIM_DECAY_CONSTANT, .weight_decay = 0.1,
                                           .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip_grad = 1.0};
@@ -372,7 +374,8 @@ static double check_backward(const struct partition *P, const struct kn_set *F, 
 
 /* Every distinct kernel whose first launch runs in the forward (forward
  * true) or the backward (backward true), each against the reference; the
- * loss's and the step's are test_cross_entropy's and test_optimizer's.
+ * loss's, the step's and the MoE routing's are test_cross_entropy's,
+ * test_optimizer's and test_moe's.
  * Returns the worst relative error; *n counts the kernels checked. */
 static double check_kernels(const struct partition *P, const struct kn_set *F, struct ref *r, bool bf16, bool forward,
                             bool backward, int *n)
@@ -384,7 +387,8 @@ static double check_kernels(const struct partition *P, const struct kn_set *F, s
         while (F->launches[l].kernel != k)
             l++;
         enum kn_when when = (enum kn_when)F->launches[l].when;
-        if (P->g->ops[F->ops[F->launches[l].first_op]].kind == IR_OP_CROSS_ENTROPY || when > KN_WHEN_BACKWARD ||
+        enum ir_op_kind kind = P->g->ops[F->ops[F->launches[l].first_op]].kind;
+        if (kind == IR_OP_CROSS_ENTROPY || kind == IR_OP_DISPATCH || kind == IR_OP_COMBINE || when > KN_WHEN_BACKWARD ||
             (when == KN_WHEN_FORWARD ? !forward : !backward))
             continue;
         worst = fmax(worst, when == KN_WHEN_FORWARD ? check_kernel(P, F, k, r, bf16) : check_backward(P, F, l, r));
@@ -1085,6 +1089,162 @@ static void test_nvrtc_rejection_is_reported(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A float buffer of n elements as a slot of dtype reads it (a bf16 copy, owned, to free). */
+static void *as_slot(const float *v, int64_t n, int dtype, void **owned)
+{
+    if (dtype != IR_DTYPE_BF16)
+        return (void *)v;
+    uint16_t *h = calloc((size_t)n + 1, 2);
+    for (int64_t e = 0; e < n; e++) {
+        uint32_t u;
+        memcpy(&u, &v[e], 4);
+        h[e] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+    return *owned = h;
+}
+
+static float slot_float(const void *p, int dtype, int64_t e)
+{
+    if (dtype != IR_DTYPE_BF16)
+        return ((const float *)p)[e];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[e] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* MoE dispatch and combine on the CPU backend against the reference: each
+ * op's routing launch, then its gathers, forward and backward (with noise
+ * for the output's gradient and for what the input gradients held
+ * before), at ep 1 and 2: under expert parallelism the kernels write and
+ * read the experts' buffer whole, as the all-to-all takes and brings it. */
+static void test_moe(void **state)
+{
+    (void)state;
+    for (int cfg = 0; cfg < 4; cfg++) {
+        bool bf16 = cfg & 1;
+        struct par_config pc = par_config_default();
+        pc.ep = pc.world_size = cfg & 2 ? 2 : 1;
+        pc.bf16 = bf16;
+        struct ref *r;
+        struct partition *P = reference_run("models/mixtral.xml", "tiny", pc, &r);
+        const struct ir_graph *g = P->g;
+        struct kn_set F;
+        fuse(P, &train, &F);
+        struct diag d;
+        diag_init(&d);
+        struct kernel_stats st;
+        if (kernels_build(&F, NULL, 0, &st, &d))
+            fail_msg("%s", diag_first_error(&d));
+        struct backend *be = backend_open(BACKEND_CPU, &F, &d);
+        assert_non_null(be);
+        double worst = 0;
+        int checked = 0, dropped = 0;
+        uint64_t seed = 17;
+        for (int op = 0; op < g->n_ops; op++) {
+            const struct ir_op *o = &g->ops[op];
+            if (o->kind != IR_OP_DISPATCH && o->kind != IR_OP_COMBINE)
+                continue;
+            assert_true(F.op_launch[op] >= 0);
+            /* the output's gradient, and per float input what its gradient held before and should hold after */
+            int64_t nout = ir_shape_numel(&g->tensors[o->out[0]].shape);
+            float *gout = noise(nout, &seed), *before[3] = {0}, *after[3] = {0};
+            for (int i = 0; i < o->n_in; i++) {
+                if (!ir_dtype_is_float(g->tensors[o->in[i]].dtype))
+                    continue;
+                int64_t n = ir_shape_numel(&g->tensors[o->in[i]].shape);
+                before[i] = noise(n, &seed);
+                after[i] = calloc((size_t)n + 1, 4);
+                memcpy(after[i], before[i], (size_t)n * 4);
+            }
+            float *const gouts[1] = {gout};
+            if (ref_op_backward(r, op, gouts, after, &d))
+                fail_msg("%s", diag_first_error(&d));
+            int32_t *routes = NULL, *fills = NULL;
+            for (int l = 0; l < F.n_launches; l++) {
+                const struct kn_launch *L = &F.launches[l];
+                if (F.ops[L->first_op] != op)
+                    continue;
+                const struct kn_entry *K = &F.kernels[L->kernel];
+                if (K->kind == KN_KIND_ROUTE) { /* the routing, forward or again in the backward */
+                    struct kn_route_args ra = {0};
+                    memcpy(&ra, L->sizes, offsetof(struct kn_route_args, idx));
+                    free(routes), free(fills);
+                    routes = calloc((size_t)kn_route_extent(&ra, KN_ROUTE_BUF_ROUTES), 4);
+                    fills = calloc((size_t)kn_route_extent(&ra, KN_ROUTE_BUF_FILLS), 4);
+                    ra.idx = ref_ints(r, L->in[0].id), ra.routes = routes, ra.fills = fills;
+                    if (backend_route(be, L->kernel, &ra, &d))
+                        fail_msg("%s", diag_first_error(&d));
+                    dropped = 0;
+                    for (int64_t e = 0; e < ra.entries; e++)
+                        dropped += routes[e] < 0;
+                    continue;
+                }
+                struct kn_args a;
+                fuse_launch_args(P, &F, l, 0, &a);
+                void *owned[2 * KN_MAX_SLOTS] = {0};
+                for (int i = 0; i < L->n_in; i++) {
+                    const struct kn_bind *b = &L->in[i];
+                    int dtype = K->k.in[i].dtype;
+                    if (b->what == IR_BUF_ROUTES || b->what == IR_BUF_FILLS)
+                        a.in[i] = b->what == IR_BUF_ROUTES ? routes : fills;
+                    else if (b->what == IR_BUF_GRAD)
+                        a.in[i] = as_slot(gout, nout, dtype, &owned[i]);
+                    else
+                        a.in[i] = as_read(r, g, b->id, dtype == IR_DTYPE_BF16, &owned[i]);
+                }
+                for (int i = 0; i < L->n_out; i++) { /* a value whole, a gradient as it was before */
+                    const struct kn_bind *b = &L->out[i];
+                    int64_t n = kn_slot_extent(&K->k, &a, true, i);
+                    int which = -1;
+                    for (int k = 0; k < o->n_in; k++)
+                        which = b->what == IR_BUF_GRAD && o->in[k] == b->id ? k : which;
+                    assert_true(b->what == IR_BUF_VALUE || which >= 0);
+                    assert_int_equal(n, ir_shape_numel(&g->tensors[b->id].shape));
+                    float *init = which >= 0 ? before[which] : calloc((size_t)n + 1, 4);
+                    a.out[i] = owned[KN_MAX_SLOTS + i] = calloc((size_t)n + 1, 4);
+                    void *tmp = NULL;
+                    memcpy(a.out[i], as_slot(init, n, K->k.out[i].dtype, &tmp), (size_t)n * (bf16 ? 2 : 4));
+                    free(tmp);
+                    if (which < 0)
+                        free(init);
+                }
+                if (backend_fused(be, L->kernel, &a, &d))
+                    fail_msg("%s", diag_first_error(&d));
+                for (int i = 0; i < L->n_out; i++) {
+                    const struct kn_bind *b = &L->out[i];
+                    int which = -1;
+                    for (int k = 0; k < o->n_in; k++)
+                        which = b->what == IR_BUF_GRAD && o->in[k] == b->id ? k : which;
+                    const float *want = which >= 0 ? after[which] : ref_data(r, b->id);
+                    for (int64_t e = 0; e < ir_shape_numel(&g->tensors[b->id].shape); e++) {
+                        double got = slot_float(a.out[i], K->k.out[i].dtype, e), w = want[e];
+                        double err = fabs(got - w) / (fabs(w) + (bf16 ? 1 : 1e-3));
+                        worst = fmax(worst, err);
+                        if (!(err <= (bf16 ? 0.02 : 1e-4)))
+                            fail_msg("%s (%s) output %d element %lld: %g, the reference %g", K->name, g->tensors[b->id].name, i,
+                                     (long long)e, got, w);
+                    }
+                }
+                checked++;
+                for (size_t i = 0; i < WF_COUNT(owned); i++)
+                    free(owned[i]);
+            }
+            free(routes), free(fills), free(gout);
+            for (int i = 0; i < 3; i++)
+                free(before[i]), free(after[i]);
+        }
+        printf("    ep %d %s: %d dispatch and combine launches against the reference (last routing dropped %d entries), "
+               "worst relative error %.1e\n", pc.ep, bf16 ? "bf16" : "fp32", checked, dropped, worst);
+        assert_true(checked >= 8); /* two layers: each op's forward and backward */
+        backend_close(be);
+        diag_free(&d);
+        kn_set_free(&F);
+        ref_free(r);
+        partition_free(P);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1094,6 +1254,7 @@ int main(void)
         cmocka_unit_test(test_cpu_backward_matches_reference),
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_embedding_vocab_parallel),
+        cmocka_unit_test(test_moe),
         cmocka_unit_test(test_small_models),
         cmocka_unit_test(test_optimizer),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),

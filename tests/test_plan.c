@@ -142,13 +142,18 @@ static void test_bad_plans(void **state)
     bad[20] ^= 1;
     write_bytes(path("header.plan"), bad, n);
     expect_bad("verify", path("header.plan"), "the header fails its checksum");
-    memcpy(bad, good, n);
-    bad[8] = 2;
-    uint32_t crc = plan_crc32(bad, 64);
-    for (int i = 0; i < 4; i++)
-        bad[64 + i] = (char)(crc >> (8 * i));
-    write_bytes(path("newer.plan"), bad, n);
-    expect_bad("inspect", path("newer.plan"), "plan format 2.0 is newer than this weft reads (1.x)");
+    for (int older = 0; older < 2; older++) { /* a format this weft does not read, either way */
+        memcpy(bad, good, n);
+        bad[8] = (char)(older ? PLAN_VERSION_MAJOR - 1 : PLAN_VERSION_MAJOR + 1);
+        uint32_t crc = plan_crc32(bad, 64);
+        for (int i = 0; i < 4; i++)
+            bad[64 + i] = (char)(crc >> (8 * i));
+        write_bytes(path("other.plan"), bad, n);
+        char want[128];
+        snprintf(want, sizeof want, "plan format %d.0 is %s than this weft reads (%d.x)", bad[8], older ? "older" : "newer",
+                 PLAN_VERSION_MAJOR);
+        expect_bad("inspect", path("other.plan"), want);
+    }
 
     /* Checksums right, contents impossible: the schedule claims 2^20 stages.
      * (The plan fuzzer found this path crashing: a half-read schedule freed.) */

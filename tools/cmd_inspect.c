@@ -160,27 +160,37 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
                    e->name, e->attn.dtype == IR_DTYPE_BF16 ? "bf16" : "f32", e->attn.D, e->attn.Dv,
                    e->attn.causal ? ", causal" : "", e->attn.bias ? ", a bias" : "", e->attn.bias_grad ? " and its gradient" : "",
                    e->attn.backward ? "forward and backward" : "forward only");
+        else if (e->kind == KN_KIND_ROUTE)
+            printf("kernel %d: %s, MoE routing: each (token, choice)'s row of its expert's buffer, by a running count over the "
+                   "tokens; for %s\n", c->kernel, e->name, ops);
         else
             printf("kernel %d: %s, %d nodes in %d pass%s; fuses %s\n", c->kernel, e->name, e->k.n_nodes,
                    kn_phases(&e->k, phase), kn_phases(&e->k, phase) == 1 ? "" : "es", ops);
         printf("  launched %d time%s a step: %s; %s a launch moves on one rank\n", e->uses, e->uses == 1 ? "" : "s",
                where, wf_bytes((double)fuse_launch_bytes(P, &K, first), a));
-        static const char *const attn_in[] = {"q", "k", "v", "bias"}, *const attn_out[] = {"out", "stats"};
+        static const char *const attn_in[] = {"q", "k", "v", "bias"}, *const attn_out[] = {"out", "stats"},
+                                 *const route_out[] = {"routes", "fills"};
         for (int io = 0; io < 2; io++)
             for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
                 const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
-                /* a mask's or row statistics' id is their op's; the rest name a tensor */
-                const struct ir_op *o = b->what == IR_BUF_MASK || b->what == IR_BUF_ROWSTATS ? &P->g->ops[b->id] : NULL;
+                /* a mask's, row statistics' or routing's id is their op's; the rest name a tensor */
+                const struct ir_op *o = b->what == IR_BUF_MASK || b->what == IR_BUF_ROWSTATS || b->what == IR_BUF_ROUTES ||
+                                                b->what == IR_BUF_FILLS
+                                            ? &P->g->ops[b->id]
+                                            : NULL;
                 char slot[32], what[96] = "";
                 if (o)
                     snprintf(what, sizeof what, " (%s's %s)", ir_op_info(o->kind)->name, ir_buf_what_name(b->what));
+                else if (b->xfer >= 0 && b->xfer < P->n_xfers) /* the transfer's buffer, that brings it or that it takes */
+                    snprintf(what, sizeof what, " (%s%svia %s over %s)", b->what != IR_BUF_VALUE ? ir_buf_what_name(b->what) : "",
+                             b->what != IR_BUF_VALUE ? ", " : "", part_xfer_name(P->xfers[b->xfer].kind),
+                             ir_pdim_name(P->xfers[b->xfer].over));
                 else if (b->what != IR_BUF_VALUE)
                     snprintf(what, sizeof what, " (%s)", ir_buf_what_name(b->what));
-                else if (b->xfer >= 0 && b->xfer < P->n_xfers) /* the transfer's buffer, that brings it or that it fills */
-                    snprintf(what, sizeof what, " (via %s over %s)", part_xfer_name(P->xfers[b->xfer].kind),
-                             ir_pdim_name(P->xfers[b->xfer].over));
                 if (e->kind == KN_KIND_ATTENTION) /* q, k, v name the buffer they are views of */
                     snprintf(slot, sizeof slot, "%-13s", io ? attn_out[i] : attn_in[i]);
+                else if (e->kind == KN_KIND_ROUTE)
+                    snprintf(slot, sizeof slot, "%-13s", io ? route_out[i] : "choices");
                 else {
                     const struct kn_slot *sl = io ? &e->k.out[i] : &e->k.in[i];
                     snprintf(slot, sizeof slot, "%-4s %-8s", kn_dtype_name(sl->dtype), kn_access_name((enum kn_access)sl->access));
