@@ -80,6 +80,16 @@ static const char common[] =
     "}\n"
     "/* whether a table's shard (view v: its first row, its rows) holds row i */\n"
     "static KN_FN int kn_holds(const int64_t *v, float i) { return (int64_t)i >= v[0] && (int64_t)i < v[0] + v[1]; }\n"
+    "/* row r's local coordinate along the row axis `inward` places before the last one */\n"
+    "static KN_FN float kn_coord(const struct kn_args *a, int64_t r, int inward)\n"
+    "{\n"
+    "    const int64_t axis = a->rank - 2 - inward;\n"
+    "    if (axis < 0)\n"
+    "        return 0.f;\n"
+    "    for (int64_t i = a->rank - 2; i > axis; i--)\n"
+    "        r /= a->dim[i];\n"
+    "    return (float)(r % a->dim[axis]);\n"
+    "}\n"
     "static KN_FN float kn_rowpos(const struct kn_args *a, int64_t r)\n"
     "{\n"
     "    return a->rank >= 2 ? (float)(r % a->dim[a->rank - 2] + a->off[a->rank - 2]) : 0.f;\n"
@@ -400,6 +410,7 @@ static void define(struct emitter *e, int i)
     case KN_GCOL: put(&e->t, "(float)(c + a->off[a->rank - 1])"); break;
     case KN_COLS: put(&e->t, "(float)cols"); break;
     case KN_ROWPOS: put(&e->t, "kn_rowpos(a, r)"); break;
+    case KN_COORD: put(&e->t, "kn_coord(a, r, %d)", (int)n->imm); break;
     case KN_KEEP: put(&e->t, "kn_keep(a, %d, r, c, %.17g) ? 1.f : 0.f", n->slot, n->imm); break;
     case KN_NEG: put(&e->t, "-%s", a); break;
     case KN_EXP: put(&e->t, "expf(%s)", a); break;

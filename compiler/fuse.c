@@ -957,6 +957,83 @@ static void combine(const struct partition *P, int op, bool backward, const bool
     }
 }
 
+/* ---- T5's relative position bias ---------------------------------------- */
+
+/* The bucket of query position q minus key position k (n = q - k, the
+ * negated relative position), as T5's: exact below half the buckets, then
+ * logarithmic up to max_distance.  The logarithmic part is a count of
+ * thresholds the compiler finds with ir_relpos_bucket itself, so the
+ * kernel's bucket is the reference's exactly, in any float arithmetic. */
+static int relpos_bucket(struct kn_kernel *k, int n, const struct ir_op *o, int64_t buckets)
+{
+    bool bi = ir_op_int(o, IR_ATTR_BIDIRECTIONAL);
+    int64_t maxd = ir_op_int(o, IR_ATTR_MAX_DISTANCE), half = bi ? buckets / 2 : buckets, exact = half / 2;
+    int ret = kn_const(k, 0);
+    if (bi) { /* the keys after the query take the upper half */
+        int after = kn_node(k, KN_LT, n, kn_const(k, 0), -1, 0);
+        ret = kn_node(k, KN_SELECT, after, kn_const(k, (double)half), ret, 0);
+        n = kn_node(k, KN_SELECT, after, kn_node(k, KN_NEG, n, -1, -1, 0), n, 0);
+    } else
+        n = kn_node(k, KN_MAX, n, kn_const(k, 0), -1, 0);
+    int large = kn_const(k, (double)exact);
+    for (int64_t want = exact + 1, at = exact; want < half; want++) { /* the first distance in each bucket past the exact ones */
+        while (at < INT32_MAX && ir_relpos_bucket(-at, false, half, maxd) < want)
+            at++;
+        large = kn_node(k, KN_ADD, large, kn_node(k, KN_LE, kn_const(k, (double)at), n, -1, 0), -1, 0);
+    }
+    int small = kn_node(k, KN_LT, n, kn_const(k, (double)exact), -1, 0);
+    return kn_node(k, KN_ADD, ret, kn_node(k, KN_SELECT, small, n, large, 0), -1, 0);
+}
+
+/* relpos_bias: out (heads, q, k) = table[bucket(q - k) * heads + head],
+ * the table's element picked per element; the backward, a row per table
+ * element summing the output gradient where that element was picked (no
+ * two rows add into one element: deterministic without atomics). */
+static void relpos_bias(const struct partition *P, int op, bool backward, const bool *needs, struct kn_set *F)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    int table = o->in[0], out = o->out[0];
+    if (backward && !needs[table])
+        return;
+    enum ir_part part = P->chunks[P->op_chunk[op]].part;
+    int tx = transfer_of(P, op, table);
+    struct ir_shape tl = partition_local_shape(P, part, &P->g->tensors[table].shape, tx >= 0 ? &P->xfers[tx].after : &P->shard[table]);
+    struct ir_shape ol = partition_local_shape(P, part, &P->g->tensors[out].shape, &P->shard[out]);
+    if (tl.rank != 2 || ol.rank != 3)
+        return;
+    int64_t buckets = tl.ax[0].size, heads = tl.ax[1].size, Sq = ol.ax[1].size, Sk = ol.ax[2].size;
+    struct solo c = {.P = P, .op = op};
+    solo_start(&c);
+    struct kn_kernel *k = &c.k;
+    if (!backward) {
+        int head = kn_node(k, KN_COORD, -1, -1, -1, 1);
+        int n = kn_node(k, KN_SUB, kn_node(k, KN_COORD, -1, -1, -1, 0), kn_node(k, KN_COL, -1, -1, -1, 0), -1, 0);
+        int b = relpos_bucket(k, n, o, buckets);
+        int at = kn_node(k, KN_ADD, kn_node(k, KN_MUL, b, kn_const(k, (double)heads), -1, 0), head, -1, 0);
+        int ts = kn_input(k, held_dtype(P, table), KN_PICK);
+        c.in[ts] = (struct kn_bind){.what = IR_BUF_VALUE, .id = table, .xfer = tx};
+        kn_store(k, solo_out(&c, held_dtype(P, out), KN_FULL, (struct kn_bind){.what = IR_BUF_VALUE, .id = out, .xfer = -1}),
+                 kn_load_at(k, ts, at));
+        if (!k->full)
+            solo_launch(&c, F, out, KN_WHEN_FORWARD, "_relpos_bias");
+        return;
+    }
+    int row = kn_node(k, KN_COORD, -1, -1, -1, 0), col = kn_node(k, KN_COL, -1, -1, -1, 0), half = kn_const(k, 0.5);
+    int mine = kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, row, half, -1, 0), kn_const(k, (double)heads), -1, 0), -1,
+                       -1, 0); /* the row's bucket: rows are the table's elements, bucket-major */
+    int q = kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, col, half, -1, 0), kn_const(k, (double)Sk), -1, 0), -1, -1, 0);
+    int key = kn_node(k, KN_SUB, col, kn_node(k, KN_MUL, q, kn_const(k, (double)Sk), -1, 0), -1, 0);
+    int b = relpos_bucket(k, kn_node(k, KN_SUB, q, key, -1, 0), o, buckets);
+    int g = solo_in(&c, held_dtype(P, out), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = out, .xfer = -1}); /* row mod heads */
+    int picked = kn_node(k, KN_SELECT, kn_node(k, KN_EQ, b, mine, -1, 0), g, kn_const(k, 0), 0);
+    kn_accum(k, solo_out(&c, IR_DTYPE_F32, KN_ROW, (struct kn_bind){.what = IR_BUF_GRAD, .id = table, .xfer = -1}),
+             kn_node(k, KN_ROWSUM, picked, -1, -1, 0));
+    if (k->full)
+        return;
+    struct kn_launch *L = solo_launch(&c, F, out, KN_WHEN_BACKWARD, "_relpos_bias_backward");
+    L->sizes[1] = buckets * heads, L->sizes[2] = Sq * Sk;
+}
+
 /* ---- concat ------------------------------------------------------------- */
 
 /* A launch per input: its rows copied to their place in the output (a
@@ -1427,6 +1504,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
                 dispatch(P, i, false, needs, F);
             if (o->kind == IR_OP_COMBINE)
                 combine(P, i, false, needs, F);
+            if (o->kind == IR_OP_RELPOS_BIAS)
+                relpos_bias(P, i, false, needs, F);
             if (!fusible)
                 continue;
             start(&b, c, i);
@@ -1463,6 +1542,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
                 dispatch(P, op, true, needs, F);
             } else if (g->ops[op].kind == IR_OP_COMBINE) {
                 combine(P, op, true, needs, F);
+            } else if (g->ops[op].kind == IR_OP_RELPOS_BIAS) {
+                relpos_bias(P, op, true, needs, F);
             } else if (g->ops[op].kind == IR_OP_ROUTER) {
                 if (needs[g->ops[op].in[0]] && needs[g->ops[op].out[0]])
                     router_backward(P, op, F);
@@ -1548,7 +1629,12 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
                 (io ? k->out[i] : k->in[i]).access == KN_FULL)
                 ds = bound_shard(P, b, io);
         }
-    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds);
+    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds), whole = d->shape;
+    const struct ir_shard none = {0};
+    if (G->sizes[1] > 0) { /* a domain that is no tensor's: rows x cols, whole on every rank */
+        s = (struct ir_shape){.rank = 2, .ax = {{.size = G->sizes[1]}, {.size = G->sizes[2]}}};
+        whole = s, ds = &none;
+    }
     memset(a, 0, sizeof *a);
     a->cols = s.rank ? s.ax[s.rank - 1].size : 1;
     a->rows = a->cols ? ir_shape_numel(&s) / a->cols : 0;
@@ -1579,7 +1665,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
         a->dim[i] = s.ax[i].size;
         a->off[i] = coord * s.ax[i].size;
         a->stride[i] = stride;
-        stride *= d->shape.ax[i].size;
+        stride *= whole.ax[i].size;
     }
     if (!s.rank)
         a->dim[0] = a->stride[0] = 1;

@@ -8,7 +8,10 @@
  * kernel first (KN_KIND_ROUTE: each (token, choice)'s row of the experts'
  * buffer, a running count over the tokens, into the op's ROUTES and FILLS
  * scratch, computed again in the backward), then gathers that read
- * through it.  Not fused yet, left to the runtime: T5's relpos_bias.
+ * through it.  T5's relpos_bias picks a table element per output element;
+ * its backward runs over a domain that is no tensor's (kn_launch.sizes: a
+ * row per table element, a column per (query, key)).  Every op is then a
+ * GEMM, a view or a launch's.
  *
  * The loss's launches (one, or three around the vocab-parallel loss's two
  * collectives, writing the transfers' buffers) leave per token its

@@ -271,6 +271,10 @@ int ir_op_parse_kind(const char *s); /* -1 if unknown */
  * every attribute of the op's row is present. */
 const struct ir_attr *ir_op_attr(const struct ir_op *op, enum ir_attr_id id);
 int64_t ir_op_int(const struct ir_op *op, enum ir_attr_id id);
+/* T5's relative position bucket of key position minus query position
+ * (_relative_position_bucket), in double: the reference computes it so,
+ * and the compiler turns it into exact thresholds for the kernels. */
+int64_t ir_relpos_bucket(int64_t rel, bool bidirectional, int64_t buckets, int64_t max_distance);
 double ir_op_float(const struct ir_op *op, enum ir_attr_id id);
 
 /* ---- the graph ----------------------------------------------------------- */

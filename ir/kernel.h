@@ -35,6 +35,8 @@
     X(GCOL, "gcol", 0)        /* the column's index along the whole tensor's last axis (a vocab shard's offset added) */ \
     X(COLS, "cols", 0)        /* the number of columns, as a float */          \
     X(ROWPOS, "rowpos", 0)    /* the row's position in its sequence (see kn_index) */ \
+    X(COORD, "coord", 0)      /* the row's local coordinate along the axis imm places inward of the last row axis (0: \
+                                 that axis, 1: the one before), as a float */ \
     X(KEEP, "keep", 0)        /* 1 if the element's draw (kn_uniform of its index in the whole tensor) is at least imm, else 0: dropout's keep with p = imm; slot: the stream */ \
     /* arithmetic */                                                           \
     X(NEG, "neg", 1) X(EXP, "exp", 1) X(LOG, "log", 1) X(TANH, "tanh", 1)      \
@@ -216,7 +218,9 @@ struct kn_launch {
     int n_in, n_out;
     uint64_t streams[4];   /* dropout streams, by KEEP's slot */
     int64_t sizes[KN_SIZES]; /* a template kernel's own sizes: attention's (kn_attn_args' integers: strides too, as q, k,
-                              * v may be views), the routing's (kn_route_args'); concat: [0] the input it moves */
+                              * v may be views), the routing's (kn_route_args'); a fused kernel's: concat: [0] the input
+                              * it moves; [1], [2]: rows and columns of a domain that is no tensor's (0: the domain
+                              * tensor's; relpos_bias's backward: a row per table element, a column per (query, key)) */
     uint8_t when;          /* enum kn_when */
 };
 

@@ -169,6 +169,24 @@ const struct ir_attr *ir_op_attr(const struct ir_op *op, enum ir_attr_id id)
     return NULL;
 }
 
+int64_t ir_relpos_bucket(int64_t rel, bool bidirectional, int64_t buckets, int64_t max_distance)
+{
+    int64_t ret = 0, n = -rel;
+    if (bidirectional) {
+        buckets /= 2;
+        ret += n < 0 ? buckets : 0;
+        n = n < 0 ? -n : n;
+    } else {
+        n = n > 0 ? n : 0;
+    }
+    int64_t exact = buckets / 2;
+    if (n < exact)
+        return ret + n;
+    int64_t large = exact + (int64_t)(log((double)n / (double)exact) / log((double)max_distance / (double)exact) *
+                                      (double)(buckets - exact));
+    return ret + (large < buckets - 1 ? large : buckets - 1);
+}
+
 int64_t ir_op_int(const struct ir_op *op, enum ir_attr_id id)
 {
     const struct ir_attr *a = ir_op_attr(op, id);

@@ -540,25 +540,6 @@ static int op_combine(struct opctx *c)
     return 0;
 }
 
-/* T5's _relative_position_bucket. */
-static int64_t bucket(int64_t rel, bool bidirectional, int64_t buckets, int64_t max_distance)
-{
-    int64_t ret = 0, n = -rel;
-    if (bidirectional) {
-        buckets /= 2;
-        ret += n < 0 ? buckets : 0;
-        n = n < 0 ? -n : n;
-    } else {
-        n = n > 0 ? n : 0;
-    }
-    int64_t exact = buckets / 2;
-    if (n < exact)
-        return ret + n;
-    int64_t large = exact + (int64_t)(log((double)n / (double)exact) / log((double)max_distance / (double)exact) *
-                                      (double)(buckets - exact));
-    return ret + (large < buckets - 1 ? large : buckets - 1);
-}
-
 static int op_relpos_bias(struct opctx *c)
 {
     int64_t buckets = c->in[0]->shape.ax[0].size, H = c->in[0]->shape.ax[1].size;
@@ -567,7 +548,7 @@ static int op_relpos_bias(struct opctx *c)
     int64_t maxd = ir_op_int(c->op, IR_ATTR_MAX_DISTANCE);
     for (int64_t q = 0; q < Sq; q++)
         for (int64_t k = 0; k < Sk; k++) {
-            int64_t b = bucket(k - q, bi, buckets, maxd);
+            int64_t b = ir_relpos_bucket(k - q, bi, buckets, maxd);
             for (int64_t h = 0; h < H; h++)
                 c->fo[0][(h * Sq + q) * Sk + k] = c->fi[0][b * H + h];
         }
@@ -1052,7 +1033,7 @@ static int backward_dispatch(struct bctx *b0, struct opctx *c, float *const *gou
         int64_t maxd = ir_op_int(c->op, IR_ATTR_MAX_DISTANCE);
         for (int64_t q = 0; gin[0] && q < Sq; q++)
             for (int64_t k = 0; k < Sk; k++) {
-                int64_t bk = bucket(k - q, bi, buckets, maxd);
+                int64_t bk = ir_relpos_bucket(k - q, bi, buckets, maxd);
                 for (int64_t h = 0; h < H; h++)
                     gin[0][bk * H + h] += gout[0][(h * Sq + q) * Sk + k];
             }

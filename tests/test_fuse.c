@@ -853,17 +853,25 @@ static void test_embedding_vocab_parallel(void **state)
  * reference, as for the models in models/. */
 static const struct {
     const char *name, *body;
+    int seq; /* S, if not 6 */
 } small[] = {
     {"concat along the last axis",
      "<param name=\"a\" shape=\"B S 5\"/><param name=\"b\" shape=\"B S 3\"/>"
-     "<op kind=\"concat\" in=\"a b\" axis=\"-1\" out=\"y\"/>"},
+     "<op kind=\"concat\" in=\"a b\" axis=\"-1\" out=\"y\"/>", 0},
     {"concat along the sequence, three parts",
      "<param name=\"a\" shape=\"B 2 8\"/><param name=\"b\" shape=\"B 3 8\"/><param name=\"c\" shape=\"B 1 8\"/>"
-     "<op kind=\"concat\" in=\"a b c\" axis=\"1\" out=\"y\"/>"},
-    {"concat of a tensor with itself", "<param name=\"a\" shape=\"B S 4\"/><op kind=\"concat\" in=\"a a\" axis=\"2\" out=\"y\"/>"},
+     "<op kind=\"concat\" in=\"a b c\" axis=\"1\" out=\"y\"/>", 0},
+    {"concat of a tensor with itself", "<param name=\"a\" shape=\"B S 4\"/><op kind=\"concat\" in=\"a a\" axis=\"2\" out=\"y\"/>", 0},
     {"embedding, then a norm",
      "<param name=\"w\" shape=\"8 8\"/><param name=\"g\" shape=\"8\" init=\"ones\"/><input name=\"ids\" shape=\"B S\" dtype=\"i32\"/>"
-     "<op kind=\"embedding\" in=\"w ids\" out=\"e\"/><op kind=\"rmsnorm\" in=\"e g\" out=\"y\"/>"},
+     "<op kind=\"embedding\" in=\"w ids\" out=\"e\"/><op kind=\"rmsnorm\" in=\"e g\" out=\"y\"/>", 0},
+    /* T5's buckets at T5's sizes: every distance up to 300, past max_distance, in both directions */
+    {"relative position bias, both ways",
+     "<param name=\"tab\" shape=\"32 B\"/><op kind=\"relpos_bias\" in=\"tab\" q_len=\"S\" k_len=\"S\" bidirectional=\"true\" "
+     "max_distance=\"128\" out=\"y\"/>", 300},
+    {"relative position bias, causal",
+     "<param name=\"tab\" shape=\"32 B\"/><op kind=\"relpos_bias\" in=\"tab\" q_len=\"S\" k_len=\"S\" bidirectional=\"false\" "
+     "max_distance=\"128\" out=\"y\"/>", 300},
 };
 
 static void test_small_models(void **state)
@@ -873,10 +881,10 @@ static void test_small_models(void **state)
         char path[128], xml[4096];
         snprintf(path, sizeof path, "/tmp/weft-test-fuse-%d.xml", (int)getpid());
         snprintf(xml, sizeof xml,
-                 "<model xmlns=\"urn:weft:model:1\" name=\"small\"><dim name=\"B\" value=\"2\"/><dim name=\"S\" value=\"6\"/><decoder>%s"
+                 "<model xmlns=\"urn:weft:model:1\" name=\"small\"><dim name=\"B\" value=\"2\"/><dim name=\"S\" value=\"%d\"/><decoder>%s"
                  "<input name=\"t\" shape=\"B S\" dtype=\"i32\"/>"
                  "<op kind=\"cross_entropy\" in=\"y t\" out=\"loss\"/><output name=\"loss\"/></decoder></model>",
-                 small[c].body);
+                 small[c].seq ? small[c].seq : 6, small[c].body);
         FILE *f = fopen(path, "w");
         assert_non_null(f);
         fputs(xml, f);
@@ -1089,6 +1097,53 @@ static void test_nvrtc_rejection_is_reported(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The issue's promise: everything between two GEMMs is a generated
+ * kernel.  Every op of every model, trained and forward only, is a GEMM, a
+ * view (its buffer is its input's), or in a launch; trained, every op whose
+ * inputs need a gradient is in a backward launch too. */
+static void test_every_op_is_a_kernel(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < WF_COUNT(models); m++)
+        for (int trained = 0; trained < 2; trained++) {
+            struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), NULL, 0);
+            const struct ir_graph *g = P->g;
+            struct kn_set F;
+            fuse(P, trained ? &train : NULL, &F);
+            bool *needs = calloc((size_t)g->n_tensors + 1, 1), *back = calloc((size_t)g->n_ops + 1, 1);
+            if (trained)
+                autodiff_needs_grad(g, g->outputs[0], needs);
+            for (int l = 0; l < F.n_launches; l++) { /* attention's launch has its backward's functions */
+                const struct kn_entry *K = &F.kernels[F.launches[l].kernel];
+                bool backward = F.launches[l].when == KN_WHEN_BACKWARD || (K->kind == KN_KIND_ATTENTION && K->attn.backward);
+                for (int i = 0; backward && i < F.launches[l].n_ops; i++)
+                    back[F.ops[F.launches[l].first_op + i]] = true;
+            }
+            int ops = 0;
+            for (int op = 0; op < g->n_ops; op++) {
+                const struct ir_op *o = &g->ops[op];
+                if (o->kind == IR_OP_MATMUL || o->kind == IR_OP_SPLIT_HEADS || o->kind == IR_OP_MERGE_HEADS ||
+                    o->kind == IR_OP_RESHAPE || o->kind == IR_OP_POSITION_EMBEDDING)
+                    continue;
+                ops++;
+                if (F.op_launch[op] < 0)
+                    fail_msg("%s: op %d (%s, %s) has no kernel", models[m].file, op, ir_op_info(o->kind)->name,
+                             g->tensors[o->out[0]].name);
+                bool wants = false;
+                for (int i = 0; i < o->n_in; i++)
+                    wants |= o->in[i] >= 0 && needs[o->in[i]];
+                if (wants && !back[op])
+                    fail_msg("%s: op %d (%s, %s) has no backward kernel", models[m].file, op, ir_op_info(o->kind)->name,
+                             g->tensors[o->out[0]].name);
+            }
+            if (trained)
+                printf("    %-18s %3d ops between the GEMMs, each in a kernel, forward and backward\n", models[m].file, ops);
+            free(needs), free(back);
+            kn_set_free(&F);
+            partition_free(P);
+        }
+}
+
 /* A float buffer of n elements as a slot of dtype reads it (a bf16 copy, owned, to free). */
 static void *as_slot(const float *v, int64_t n, int dtype, void **owned)
 {
@@ -1249,6 +1304,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2_groups),
+        cmocka_unit_test(test_every_op_is_a_kernel),
         cmocka_unit_test(test_kernels_do_not_grow_with_depth),
         cmocka_unit_test(test_cpu_kernels_match_reference),
         cmocka_unit_test(test_cpu_backward_matches_reference),
