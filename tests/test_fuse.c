@@ -1168,6 +1168,15 @@ static float slot_float(const void *p, int dtype, int64_t e)
     return f;
 }
 
+/* Which of op's inputs a bind is the gradient of, or -1. */
+static int grad_of_input(const struct ir_op *o, const struct kn_bind *b)
+{
+    for (int k = 0; k < o->n_in; k++)
+        if (b->what == IR_BUF_GRAD && o->in[k] == b->id)
+            return k;
+    return -1;
+}
+
 /* MoE dispatch and combine on the CPU backend against the reference: each
  * op's routing launch, then its gathers, forward and backward (with noise
  * for the output's gradient and for what the input gradients held
@@ -1251,15 +1260,13 @@ static void test_moe(void **state)
                 for (int i = 0; i < L->n_out; i++) { /* a value whole, a gradient as it was before */
                     const struct kn_bind *b = &L->out[i];
                     int64_t n = kn_slot_extent(&K->k, &a, true, i);
-                    int which = -1;
-                    for (int k = 0; k < o->n_in; k++)
-                        which = b->what == IR_BUF_GRAD && o->in[k] == b->id ? k : which;
+                    int which = grad_of_input(o, b);
                     assert_true(b->what == IR_BUF_VALUE || which >= 0);
                     assert_int_equal(n, ir_shape_numel(&g->tensors[b->id].shape));
                     float *init = which >= 0 ? before[which] : calloc((size_t)n + 1, 4);
                     a.out[i] = owned[KN_MAX_SLOTS + i] = calloc((size_t)n + 1, 4);
                     void *tmp = NULL;
-                    memcpy(a.out[i], as_slot(init, n, K->k.out[i].dtype, &tmp), (size_t)n * (bf16 ? 2 : 4));
+                    memcpy(a.out[i], as_slot(init, n, K->k.out[i].dtype, &tmp), (size_t)n * ir_dtype_bytes((enum ir_dtype)K->k.out[i].dtype));
                     free(tmp);
                     if (which < 0)
                         free(init);
@@ -1268,9 +1275,7 @@ static void test_moe(void **state)
                     fail_msg("%s", diag_first_error(&d));
                 for (int i = 0; i < L->n_out; i++) {
                     const struct kn_bind *b = &L->out[i];
-                    int which = -1;
-                    for (int k = 0; k < o->n_in; k++)
-                        which = b->what == IR_BUF_GRAD && o->in[k] == b->id ? k : which;
+                    int which = grad_of_input(o, b);
                     const float *want = which >= 0 ? after[which] : ref_data(r, b->id);
                     for (int64_t e = 0; e < ir_shape_numel(&g->tensors[b->id].shape); e++) {
                         double got = slot_float(a.out[i], K->k.out[i].dtype, e), w = want[e];
