@@ -437,21 +437,6 @@ static void define(struct emitter *e, int i)
     put(&e->t, ";\n");
 }
 
-/* Which of the kernel's COLUMN accumulations slot is (its partial sums' place), or -1. */
-static int column_sum_index(const struct kn_kernel *k, int slot)
-{
-    int n = 0;
-    for (int s = 0; s < k->n_out; s++) {
-        bool column = false;
-        for (int i = 0; i < k->n_nodes; i++)
-            column |= k->nodes[i].op == KN_ACCUM && k->nodes[i].slot == s && k->out[s].access == KN_COLUMN;
-        if (column && s == slot)
-            return n;
-        n += column;
-    }
-    return -1;
-}
-
 /* out[...] += v, in the output's type. */
 static void accumulate(struct emitter *e, const struct kn_slot *s, int slot, const char *index, const char *v, int indent)
 {
@@ -482,7 +467,7 @@ static void store(struct emitter *e, int i)
     if (n->op == KN_ACCUM) {
         char index[128];
         if (s->access == KN_COLUMN && e->lang == KN_LANG_CUDA) { /* this block's partial sum of the column */
-            snprintf(index, sizeof index, "(%d * a->nblocks + blockIdx.x) * cols + c", column_sum_index(e->k, n->slot));
+            snprintf(index, sizeof index, "(%d * a->nblocks + blockIdx.x) * cols + c", kn_column_sum_index(e->k, n->slot));
             put(&e->t, "%*sa->partial[%s] += %s;\n", indent, "", index, v);
             return;
         }
@@ -580,7 +565,7 @@ static void vec_preload(struct emitter *e, int p)
         }
         if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN)
             put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
-                n->slot, e->vec, e->vec, column_sum_index(k, n->slot), n->slot);
+                n->slot, e->vec, e->vec, kn_column_sum_index(k, n->slot), n->slot);
     }
 }
 
@@ -596,7 +581,7 @@ static void vec_write(struct emitter *e, int p)
             continue;
         if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN)
             put(&e->t, "            kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n", e->vec,
-                column_sum_index(k, n->slot), n->slot);
+                kn_column_sum_index(k, n->slot), n->slot);
         done[n->slot] = true;
         if (k->out[n->slot].access != KN_FULL)
             continue;
@@ -803,7 +788,7 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
                   "    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {\n",
             kname, KN_CUDA_THREADS, kname);
         for (int slot = 0; slot < k->n_out; slot++) {
-            int j = column_sum_index(k, slot);
+            int j = kn_column_sum_index(k, slot);
             if (j < 0)
                 continue;
             put(&e.t, "        float s%d = 0.f;\n        for (int64_t b = 0; b < a->nblocks; b++)\n"

@@ -3,12 +3,12 @@
  * pass grows a group while the next op of the chunk continues its chain in
  * the same rows x cols domain, and closes it otherwise. */
 #include "fuse.h"
+#include "launch.h"
 #include "autodiff.h"
 #include "memplan.h"
 #include "util.h"
 
 #include <math.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -493,7 +493,7 @@ static void attention(const struct partition *P, int op, bool train, const bool 
         x.bias_sb = batched ? x.Hq * x.Sq * x.Sk : 0;
         x.bias_sh = x.Sq * x.Sk, x.bias_si = x.Sk;
     }
-    memcpy(L->sizes, &x, sizeof L->sizes); /* the integers come first (kernel.c asserts it) */
+    kn_launch_set_attn_args(L, &x);
     for (int k = 0; k < 3; k++)
         L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
     if (bias)
@@ -831,25 +831,29 @@ static void route(const struct partition *P, int op, enum kn_when when, struct k
     struct kn_launch *L = solo_launch_of(&c, F, idx, when, &want, "_route");
     struct kn_route_args a = {0};
     fuse_route_sizes(P, op, &a.entries, &a.topk, &a.experts, &a.capacity);
-    memcpy(L->sizes, &a, offsetof(struct kn_route_args, idx)); /* the integers come first (ir/kernel.c asserts it) */
+    kn_launch_set_route_args(L, &a);
 }
 
-/* The token of an entry (token * k + choice), -1 for -1: floor((f + 1/2) / k),
- * exact for any entry a float holds. */
-static int token_of(struct kn_kernel *k, int entry, int64_t topk)
+/* floor(x / d) of a whole x and d: floor((x + 1/2) / d), exact for any x a
+ * float holds (the half keeps the quotient off the integers).  An entry's
+ * token is floor_div(entry, topk): -1 for -1. */
+static int floor_div(struct kn_kernel *k, int x, int64_t d)
 {
-    return kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, entry, kn_const(k, 0.5), -1, 0), kn_const(k, (double)topk), -1, 0),
-                   -1, -1, 0);
+    return kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, x, kn_const(k, 0.5), -1, 0), kn_const(k, (double)d), -1, 0), -1,
+                   -1, 0);
 }
 
-/* Entry j's row of the experts' buffer: the routes' component j. */
-static int route_row(struct solo *c, int *slot, int j)
+/* Component j of a ROWVEC input: the slot is made on the first (*slot < 0). */
+static int component(struct solo *c, int *slot, int dtype, struct kn_bind b, int j)
 {
-    int n = *slot < 0 ? solo_in(c, IR_DTYPE_I32, KN_ROWVEC, scratch(IR_BUF_ROUTES, c->op)) : kn_load(&c->k, *slot);
+    int n = *slot < 0 ? solo_in(c, dtype, KN_ROWVEC, b) : kn_load(&c->k, *slot);
     *slot = c->k.nodes[n].slot;
     c->k.nodes[n].imm = j;
     return n;
 }
+
+/* Entry j's row of the experts' buffer: the routes' component j. */
+static int route_row(struct solo *c, int *slot, int j) { return component(c, slot, IR_DTYPE_I32, scratch(IR_BUF_ROUTES, c->op), j); }
 
 /* A gathered input: the row its index names, 0 for -1. */
 static int gather_slot(struct solo *c, int dtype, struct kn_bind b)
@@ -879,7 +883,7 @@ static void dispatch(const struct partition *P, int op, bool backward, const boo
                             (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(P, op, o->in[0])});
         int out = solo_out(&c, held_dtype(P, o->out[0]), KN_FULL,
                            (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = moe_xfer(P, op, o->out[0], false)});
-        kn_store(k, out, kn_load_at(k, x, token_of(k, fill, topk)));
+        kn_store(k, out, kn_load_at(k, x, floor_div(k, fill, topk)));
         solo_launch(&c, F, o->out[0], KN_WHEN_FORWARD, "_dispatch");
         return;
     }
@@ -923,15 +927,10 @@ static void combine(const struct partition *P, int op, bool backward, const bool
         for (int j = 0; j < topk; j++) {
             int row = kn_load_at(k, ys, route_row(&c, &routes, (int)j));
             if (backward) { /* d weight j = the row's dot product with the output's gradient */
-                int n = kn_node(k, KN_ACCUM, kn_node(k, KN_ROWSUM, kn_node(k, KN_MUL, g, row, -1, 0), -1, -1, 0), -1, -1, (double)j);
-                if (n >= 0)
-                    k->nodes[n].slot = (uint8_t)dws;
+                kn_accum_component(k, dws, kn_node(k, KN_ROWSUM, kn_node(k, KN_MUL, g, row, -1, 0), -1, -1, 0), j);
                 continue;
             }
-            int wj = weights < 0 ? solo_in(&c, held_dtype(P, o->in[1]), KN_ROWVEC, w) : kn_load(k, weights);
-            weights = k->nodes[wj].slot;
-            k->nodes[wj].imm = j;
-            int term = kn_node(k, KN_MUL, wj, row, -1, 0);
+            int term = kn_node(k, KN_MUL, component(&c, &weights, held_dtype(P, o->in[1]), w, j), row, -1, 0);
             sum = sum < 0 ? term : kn_node(k, KN_ADD, sum, term, -1, 0);
         }
         if (!backward)
@@ -948,7 +947,7 @@ static void combine(const struct partition *P, int op, bool backward, const bool
         int gs = gather_slot(&c, held_dtype(P, o->out[0]), gout);
         int ws = kn_input(k, held_dtype(P, o->in[1]), KN_PICK);
         c.in[ws] = w;
-        int d = kn_node(k, KN_MUL, kn_load_at(k, ws, fill), kn_load_at(k, gs, token_of(k, fill, topk)), -1, 0);
+        int d = kn_node(k, KN_MUL, kn_load_at(k, ws, fill), kn_load_at(k, gs, floor_div(k, fill, topk)), -1, 0);
         kn_accum(k, solo_out(&c, held_dtype(P, o->in[0]), KN_FULL,
                              (struct kn_bind){.what = IR_BUF_GRAD, .id = o->in[0], .xfer = moe_xfer(P, op, o->in[0], true)}),
                  d);
@@ -1018,10 +1017,9 @@ static void relpos_bias(const struct partition *P, int op, bool backward, const 
             solo_launch(&c, F, out, KN_WHEN_FORWARD, "_relpos_bias");
         return;
     }
-    int row = kn_node(k, KN_COORD, -1, -1, -1, 0), col = kn_node(k, KN_COL, -1, -1, -1, 0), half = kn_const(k, 0.5);
-    int mine = kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, row, half, -1, 0), kn_const(k, (double)heads), -1, 0), -1,
-                       -1, 0); /* the row's bucket: rows are the table's elements, bucket-major */
-    int q = kn_node(k, KN_FLOOR, kn_node(k, KN_DIV, kn_node(k, KN_ADD, col, half, -1, 0), kn_const(k, (double)Sk), -1, 0), -1, -1, 0);
+    int row = kn_node(k, KN_COORD, -1, -1, -1, 0), col = kn_node(k, KN_COL, -1, -1, -1, 0);
+    int mine = floor_div(k, row, heads); /* the row's bucket: rows are the table's elements, bucket-major */
+    int q = floor_div(k, col, Sk);
     int key = kn_node(k, KN_SUB, col, kn_node(k, KN_MUL, q, kn_const(k, (double)Sk), -1, 0), -1, 0);
     int b = relpos_bucket(k, kn_node(k, KN_SUB, q, key, -1, 0), o, buckets);
     int g = solo_in(&c, held_dtype(P, out), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = out, .xfer = -1}); /* row mod heads */
@@ -1618,7 +1616,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     const struct kn_launch *G = &F->launches[g];
     memset(a, 0, sizeof *a);
     if (F->kernels[G->kernel].kind != KN_KIND_FUSED)
-        return; /* attention's sizes are the launch's own (kn_launch.attn) */
+        return; /* a template kernel's sizes are the launch's own (kn_launch.sizes) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
     const struct ir_shard *ds = &P->shard[G->domain]; /* as the launch reads it after a transfer, or writes it before one */
@@ -1710,16 +1708,16 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
     const struct kn_launch *L = &F->launches[l];
     const struct kn_entry *e = &F->kernels[L->kernel];
     if (e->kind == KN_KIND_ATTENTION) { /* q, k, v, out, bias read or written once, the row statistics */
-        struct kn_attn_args x = {0};
-        memcpy(&x, L->sizes, sizeof L->sizes);
+        struct kn_attn_args x;
+        kn_launch_attn_args(L, &x);
         int size = e->attn.dtype == IR_DTYPE_BF16 ? 2 : 4;
         int64_t qo = x.B * x.Hq * x.Sq * (e->attn.D + e->attn.Dv), kv = x.B * x.Hk * x.Sk * (e->attn.D + e->attn.Dv);
         int64_t bias = e->attn.bias ? (x.bias_sb ? x.B : 1) * x.Hq * x.Sq * x.Sk : 0;
         return (qo + kv + bias) * size + x.B * x.Hq * x.Sq * 8;
     }
     if (e->kind == KN_KIND_ROUTE) { /* the choices read, the routes and the fills written */
-        struct kn_route_args x = {0};
-        memcpy(&x, L->sizes, offsetof(struct kn_route_args, idx));
+        struct kn_route_args x;
+        kn_launch_route_args(L, &x);
         return (2 * x.entries + x.experts * x.capacity) * 4;
     }
     const struct kn_kernel *k = &F->kernels[L->kernel].k;

@@ -98,12 +98,14 @@ void kn_store_component(struct kn_kernel *k, int slot, int value, int component)
 
 void kn_store(struct kn_kernel *k, int slot, int value) { kn_store_component(k, slot, value, 0); }
 
-void kn_accum(struct kn_kernel *k, int slot, int value)
+void kn_accum_component(struct kn_kernel *k, int slot, int value, int component)
 {
-    int n = kn_node(k, KN_ACCUM, value, -1, -1, 0);
+    int n = kn_node(k, KN_ACCUM, value, -1, -1, component);
     if (n >= 0)
         k->nodes[n].slot = (uint8_t)slot;
 }
+
+void kn_accum(struct kn_kernel *k, int slot, int value) { kn_accum_component(k, slot, value, 0); }
 
 int kn_load_at(struct kn_kernel *k, int slot, int index)
 {

@@ -132,6 +132,7 @@ int kn_const(struct kn_kernel *k, double v);
 void kn_store(struct kn_kernel *k, int slot, int value);
 void kn_store_component(struct kn_kernel *k, int slot, int value, int component);
 void kn_accum(struct kn_kernel *k, int slot, int value);
+void kn_accum_component(struct kn_kernel *k, int slot, int value, int component); /* into a ROWVEC output's component */
 /* A GATHER slot's load, and an add into one, at the row whose index is node `index`. */
 int kn_load_at(struct kn_kernel *k, int slot, int index);
 void kn_accum_at(struct kn_kernel *k, int slot, int value, int index);

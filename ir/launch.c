@@ -2,6 +2,7 @@
 #include "launch.h"
 
 #include <stddef.h>
+#include <string.h>
 
 enum kn_cuda_shape kn_cuda_shape(const struct kn_kernel *k)
 {
@@ -18,15 +19,27 @@ enum kn_cuda_shape kn_cuda_shape(const struct kn_kernel *k)
     return KN_CUDA_BLOCK_ROWS;
 }
 
+static bool column_sum(const struct kn_kernel *k, int slot)
+{
+    for (int i = 0; i < k->n_nodes; i++)
+        if (k->nodes[i].op == KN_ACCUM && k->nodes[i].slot == slot && k->out[slot].access == KN_COLUMN)
+            return true;
+    return false;
+}
+
+int kn_column_sum_index(const struct kn_kernel *k, int slot)
+{
+    int n = 0;
+    for (int s = 0; s < slot; s++)
+        n += column_sum(k, s);
+    return column_sum(k, slot) ? n : -1;
+}
+
 int kn_column_sums(const struct kn_kernel *k)
 {
     int n = 0;
-    for (int s = 0; s < k->n_out; s++) {
-        bool column = false;
-        for (int i = 0; i < k->n_nodes; i++)
-            column |= k->nodes[i].op == KN_ACCUM && k->nodes[i].slot == s && k->out[s].access == KN_COLUMN;
-        n += column;
-    }
+    for (int s = 0; s < k->n_out; s++)
+        n += column_sum(k, s);
     return n;
 }
 
@@ -164,6 +177,28 @@ void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn
     grid[0] = ceil_div(fn == KN_ATTN_BWD_KV ? a->Sk : a->Sq, KN_ATTN_THREADS);
     grid[1] = fn == KN_ATTN_BWD_KV ? a->Hk : a->Hq;
     grid[2] = fn == KN_ATTN_BWD_Q && c->bias_grad ? 1 : a->B; /* with bias_grad a block walks the batch */
+}
+
+void kn_launch_attn_args(const struct kn_launch *L, struct kn_attn_args *a)
+{
+    memset(a, 0, sizeof *a);
+    memcpy(a, L->sizes, offsetof(struct kn_attn_args, scale));
+}
+
+void kn_launch_route_args(const struct kn_launch *L, struct kn_route_args *a)
+{
+    memset(a, 0, sizeof *a);
+    memcpy(a, L->sizes, offsetof(struct kn_route_args, idx));
+}
+
+void kn_launch_set_attn_args(struct kn_launch *L, const struct kn_attn_args *a)
+{
+    memcpy(L->sizes, a, offsetof(struct kn_attn_args, scale));
+}
+
+void kn_launch_set_route_args(struct kn_launch *L, const struct kn_route_args *a)
+{
+    memcpy(L->sizes, a, offsetof(struct kn_route_args, idx));
 }
 
 int64_t kn_route_extent(const struct kn_route_args *a, enum kn_route_buf b)

@@ -30,8 +30,10 @@ enum kn_cuda_shape {
 
 enum kn_cuda_shape kn_cuda_shape(const struct kn_kernel *k);
 /* Its COLUMN accumulations: each is summed per block into a.partial
- * (nblocks x cols floats each), then by NAME_colsum in block order. */
+ * (nblocks x cols floats each), then by NAME_colsum in block order.
+ * kn_column_sum_index: which of them output `slot` is, or -1. */
 int kn_column_sums(const struct kn_kernel *k);
+int kn_column_sum_index(const struct kn_kernel *k, int slot);
 
 struct kn_grid {
     int64_t blocks;        /* gridDim.x of NAME (blockDim.x KN_CUDA_THREADS); also a.nblocks */
@@ -67,6 +69,13 @@ void **kn_attn_buf(struct kn_attn_args *a, enum kn_attn_buf b);
 int64_t kn_attn_extent(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_buf b);
 /* Function fn's grid (x, y, z), blockDim.x KN_ATTN_THREADS. */
 void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_fn fn, int64_t grid[3]);
+
+/* A template launch's integers (kn_launch.sizes: the args' integers come
+ * first), out of the launch and into it; pointers and scale are the caller's. */
+void kn_launch_attn_args(const struct kn_launch *L, struct kn_attn_args *a);
+void kn_launch_route_args(const struct kn_launch *L, struct kn_route_args *a);
+void kn_launch_set_attn_args(struct kn_launch *L, const struct kn_attn_args *a);
+void kn_launch_set_route_args(struct kn_launch *L, const struct kn_route_args *a);
 
 enum kn_route_buf { KN_ROUTE_BUF_IDX, KN_ROUTE_BUF_ROUTES, KN_ROUTE_BUF_FILLS, KN_ROUTE_BUFS };
 int64_t kn_route_extent(const struct kn_route_args *a, enum kn_route_buf b);

@@ -22,6 +22,11 @@ static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row
 
 const char *ir_buf_what_name(int what) { return what >= 0 && what < IR_BUF_COUNT ? what_names[what] : "?"; }
 
+bool ir_buf_of_op(int what)
+{
+    return what == IR_BUF_MASK || what == IR_BUF_ROWSTATS || what == IR_BUF_ROUTES || what == IR_BUF_FILLS;
+}
+
 static int64_t align_up(int64_t n) { return (n + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN; }
 
 void ir_role_memory_layout(struct ir_role_memory *m)
@@ -54,7 +59,7 @@ static int by_offset(const void *x, const void *y)
 static void describe(const struct ir_buf *b, char *out, size_t n)
 {
     snprintf(out, n, "%s of %s %d%s at [%lld, +%lld) alive %d..%d", b->what < IR_BUF_COUNT ? what_names[b->what] : "?",
-             b->what == IR_BUF_MASK || b->what == IR_BUF_ROWSTATS ? "op" : "tensor", b->id,
+             ir_buf_of_op(b->what) ? "op" : "tensor", b->id,
              b->what == IR_BUF_BLOCK ? " (block)" : "", (long long)b->offset, (long long)b->bytes, b->first, b->last);
 }
 

@@ -58,6 +58,9 @@ enum ir_region {
 const char *ir_region_name(enum ir_region r);
 /* "gradient", "exp_avg", "mask": what a buffer of that kind holds. */
 const char *ir_buf_what_name(int what);
+/* Whether a buffer of that kind is an op's (its id names the op: a mask,
+ * row statistics, a routing's scratch), not a tensor's. */
+bool ir_buf_of_op(int what);
 
 /* What a buffer holds. */
 enum ir_buf_what {

@@ -17,7 +17,6 @@
 #define WEFT_TESTS_LAUNCHES_H
 
 #include <math.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,7 +188,7 @@ static inline void lrun_prepare_attention(const struct partition *P, struct lrun
     const struct kn_launch *L = &x->F->launches[x->l];
     const struct kn_attn *c = &x->F->kernels[L->kernel].attn;
     struct kn_attn_args *a = &x->attn;
-    memcpy(a, L->sizes, sizeof L->sizes); /* the integers come first (ir/kernel.c asserts it) */
+    kn_launch_attn_args(L, a);
     double scale = ir_op_float(&P->g->ops[x->F->ops[L->first_op]], IR_ATTR_SCALE);
     a->scale = (float)(isnan(scale) ? 1 / sqrt((double)c->D) : scale);
     for (int b = 0; b < KN_ATTN_BUFS; b++) {
@@ -226,7 +225,7 @@ static inline void lrun_prepare(const struct partition *P, const struct kn_set *
     if (x->kind == KN_KIND_ATTENTION)
         lrun_prepare_attention(P, x);
     else if (x->kind == KN_KIND_ROUTE) {
-        memcpy(&x->route, F->launches[l].sizes, offsetof(struct kn_route_args, idx)); /* the integers come first */
+        kn_launch_route_args(&F->launches[l], &x->route);
         lrun_prepare_route_bufs(x);
     } else
         lrun_prepare_fused(P, x, rank);

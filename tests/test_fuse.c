@@ -18,7 +18,6 @@
 
 #include <dlfcn.h>
 #include <math.h>
-#include <stddef.h>
 
 static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style = OPTIM_DECAY_CONSTANT, .weight_decay = 0.1,
                                           .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .clip_grad = 1.0};
@@ -147,8 +146,7 @@ static double check_attention(const struct partition *P, const struct kn_set *F,
     const struct ir_graph *g = P->g;
     const struct ir_op *o = &g->ops[F->ops[L->first_op]];
     struct kn_attn_args a;
-    memset(&a, 0, sizeof a);
-    memcpy(&a, L->sizes, sizeof L->sizes);
+    kn_launch_attn_args(L, &a);
     double scale = ir_op_float(o, IR_ATTR_SCALE);
     a.scale = (float)(isnan(scale) ? 1 / sqrt((double)K->attn.D) : scale);
     void *owned[5] = {0};
@@ -1231,8 +1229,8 @@ static void test_moe(void **state)
                     continue;
                 const struct kn_entry *K = &F.kernels[L->kernel];
                 if (K->kind == KN_KIND_ROUTE) { /* the routing, forward or again in the backward */
-                    struct kn_route_args ra = {0};
-                    memcpy(&ra, L->sizes, offsetof(struct kn_route_args, idx));
+                    struct kn_route_args ra;
+                    kn_launch_route_args(L, &ra);
                     free(routes), free(fills);
                     routes = calloc((size_t)kn_route_extent(&ra, KN_ROUTE_BUF_ROUTES), 4);
                     fills = calloc((size_t)kn_route_extent(&ra, KN_ROUTE_BUF_FILLS), 4);

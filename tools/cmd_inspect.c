@@ -174,10 +174,7 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
             for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
                 const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
                 /* a mask's, row statistics' or routing's id is their op's; the rest name a tensor */
-                const struct ir_op *o = b->what == IR_BUF_MASK || b->what == IR_BUF_ROWSTATS || b->what == IR_BUF_ROUTES ||
-                                                b->what == IR_BUF_FILLS
-                                            ? &P->g->ops[b->id]
-                                            : NULL;
+                const struct ir_op *o = ir_buf_of_op(b->what) ? &P->g->ops[b->id] : NULL;
                 char slot[32], what[96] = "";
                 if (o)
                     snprintf(what, sizeof what, " (%s's %s)", ir_op_info(o->kind)->name, ir_buf_what_name(b->what));
