@@ -5,8 +5,9 @@
  *   struct model_summary s;
  *   model_summarize(g, &s, &d);        // params, FLOPs per token, weight bytes
  *
- * Passes so far: frontend (model file -> graph), shapes (ir_infer_shapes).
- * ir_verify runs after each. */
+ * The model's passes: frontend (model file -> graph), shapes
+ * (ir_infer_shapes), ir_verify after each.  A whole plan's compile, these
+ * first, is pipeline.h's compile_plan. */
 #ifndef WEFT_COMPILER_H
 #define WEFT_COMPILER_H
 

@@ -6,10 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct ir_memory *mem, const struct kn_set *kernels, const struct optim_config *opt, const char *model_path, const char *path,
-              struct diag *d)
+int emit_plan(const struct compiled *C, const char *path, struct diag *d)
 {
+    const struct partition *P = C->P;
+    const struct ir_schedule *S = &C->S;
+    const struct sim_result *sim = &C->sim;
+    const char *model_path = C->model;
     const struct ir_graph *g = P->g;
     struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
     size_t len = 0;
@@ -104,11 +106,11 @@ int emit_plan(const struct partition *P, const struct ir_schedule *S, const stru
         plan_put_i64(w, x->bytes);
     }
 
-    ir_memory_write(w, mem);
-    kn_set_write(w, kernels);
+    ir_memory_write(w, &C->M);
+    kn_set_write(w, &C->K);
 
-    if (opt)
-        optim_write(w, opt);
+    if (C->train)
+        optim_write(w, &C->opt);
     ir_schedule_write(w, S);
     return plan_writer_finish(w, path, d);
 }

@@ -1,6 +1,6 @@
 /* emit_plan.h: write a compiled model as a plan file (ir/plan.h).
  *
- *   emit_plan(P, &S, &sim, &mem, &kernels, &opt, "models/gpt2.xml", "gpt2.plan", &diag);
+ *   emit_plan(&C, "gpt2.plan", &diag);      // C: a whole compile (pipeline.h)
  *
  * Sections: "meta" (the model: name, file, its digest, every dimension; the
  * prediction), "layout", "chunks", "tensors" (with each one's shard), "ops",
@@ -10,14 +10,8 @@
 #ifndef WEFT_EMIT_PLAN_H
 #define WEFT_EMIT_PLAN_H
 
-#include "kernel.h"
-#include "memory.h"
-#include "optim.h"
-#include "simulate.h"
+#include "pipeline.h"
 
-/* opt: the training step's optimizer; NULL for a forward-only plan. */
-int emit_plan(const struct partition *P, const struct ir_schedule *S, const struct sim_result *sim,
-              const struct ir_memory *mem, const struct kn_set *kernels, const struct optim_config *opt, const char *model_path, const char *path,
-              struct diag *d);
+int emit_plan(const struct compiled *C, const char *path, struct diag *d);
 
 #endif

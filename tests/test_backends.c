@@ -34,26 +34,20 @@ static const struct {
     {"models/llava.xml", 1, 1, true, false, NULL},
 };
 
-/* The config's model placed and fused for training, its kernels built
- * (GPU binaries only when gpu). */
-static struct partition *build(int c, bool gpu, struct kn_set *F)
+/* The config's model compiled for training (GPU binaries only when gpu). */
+static void build(int c, bool gpu, struct compiled *C)
 {
     struct par_config pc = par_config_default();
     pc.tp = configs[c].tp, pc.ep = configs[c].ep, pc.bf16 = configs[c].bf16, pc.sequence_parallel = configs[c].sp;
     pc.world_size = pc.tp * pc.ep;
     struct fe_override hidden[] = {{FE_FLAG, "hidden-size", configs[c].hidden}};
-    struct partition *P = place_model(configs[c].file, "tiny", pc, hidden, configs[c].hidden ? 1 : 0);
-    fuse(P, &train, F);
     int archs[8], n = 0;
     struct diag d;
     diag_init(&d);
     if (gpu && (n = kernels_parse_archs(KERNELS_DEFAULT_ARCHS, archs, 8, &d)) < 0)
         fail_msg("%s", diag_first_error(&d));
-    struct kernel_stats st;
-    if (kernels_build(F, archs, n, &st, &d))
-        fail_msg("%s: %s", configs[c].file, diag_first_error(&d));
     diag_free(&d);
-    return P;
+    compile_or_fail(C, configs[c].file, "tiny", pc, hidden, configs[c].hidden ? 1 : 0, &train, archs, n);
 }
 
 static const char *config_name(int c, char *buf, size_t n)
@@ -72,33 +66,34 @@ static void test_cpu_launches_keep_their_extents(void **state)
 {
     (void)state;
     for (size_t c = 0; c < WF_COUNT(configs); c++) {
-        struct kn_set F;
-        struct partition *P = build((int)c, false, &F);
+        struct compiled C;
+        build((int)c, false, &C);
+        const struct partition *P = C.P;
+        const struct kn_set *K = &C.K;
         struct diag d;
         diag_init(&d);
-        struct backend *cpu = backend_open(BACKEND_CPU, &F, &d);
+        struct backend *cpu = backend_open(BACKEND_CPU, K, &d);
         if (!cpu)
             fail_msg("%s", diag_first_error(&d));
         int64_t bytes = 0;
-        for (int l = 0; l < F.n_launches; l++) {
+        for (int l = 0; l < K->n_launches; l++) {
             struct lrun x;
-            lrun_prepare(P, &F, l, P->L->n_ranks - 1, (uint64_t)l + 1, &x);
+            lrun_prepare(P, K, l, P->L->n_ranks - 1, (uint64_t)l + 1, &x);
             if (lrun_run(&x, cpu, BACKEND_CPU, &d))
-                fail_msg("launch %d (%s): %s", l, F.kernels[F.launches[l].kernel].name, diag_first_error(&d));
+                fail_msg("launch %d (%s): %s", l, K->kernels[K->launches[l].kernel].name, diag_first_error(&d));
             char why[256];
             if (lrun_check(&x, BACKEND_CPU, why, sizeof why))
-                fail_msg("launch %d (%s): %s", l, F.kernels[F.launches[l].kernel].name, why);
+                fail_msg("launch %d (%s): %s", l, K->kernels[K->launches[l].kernel].name, why);
             for (int i = 0; i < x.n_bufs; i++)
                 bytes += (int64_t)lbuf_bytes(&x.bufs[i]);
             lrun_free(&x);
         }
         char name[96], b[32];
         printf("    %-34s %3d launches of %2d kernels, %s of buffers, every one within its extents\n", config_name((int)c, name, sizeof name),
-               F.n_launches, F.n_kernels, wf_bytes((double)bytes, b));
+               K->n_launches, K->n_kernels, wf_bytes((double)bytes, b));
         backend_close(cpu);
         diag_free(&d);
-        kn_set_free(&F);
-        partition_free(P);
+        compiled_free(&C);
     }
 }
 
@@ -138,20 +133,22 @@ static void test_cuda_matches_cpu(void **state)
     printf("    on %s\n", gpu_name);
     int failures = 0;
     for (size_t c = 0; c < WF_COUNT(configs); c++) {
-        struct kn_set F;
-        struct partition *P = build((int)c, true, &F);
+        struct compiled C;
+        build((int)c, true, &C);
+        const struct partition *P = C.P;
+        const struct kn_set *K = &C.K;
         struct diag d;
         diag_init(&d);
-        struct backend *cpu = backend_open(BACKEND_CPU, &F, &d), *gpu = backend_open(BACKEND_CUDA, &F, &d);
+        struct backend *cpu = backend_open(BACKEND_CPU, K, &d), *gpu = backend_open(BACKEND_CUDA, K, &d);
         if (!cpu || !gpu)
             fail_msg("%s", diag_first_error(&d));
         double worst = 0, norm = 0;
         char where[256] = "";
         int ran = 0;
-        for (int l = 0; l < F.n_launches; l++) { /* every launch, the failures each reported: a GPU's time is scarce */
+        for (int l = 0; l < K->n_launches; l++) { /* every launch, the failures each reported: a GPU's time is scarce */
             struct lrun x;
-            lrun_prepare(P, &F, l, P->L->n_ranks - 1, (uint64_t)l + 1, &x);
-            const char *kname = F.kernels[F.launches[l].kernel].name;
+            lrun_prepare(P, K, l, P->L->n_ranks - 1, (uint64_t)l + 1, &x);
+            const char *kname = K->kernels[K->launches[l].kernel].name;
             char why[256];
             struct lrun_diff r;
             bool bf16 = configs[c].bf16;
@@ -188,8 +185,7 @@ static void test_cuda_matches_cpu(void **state)
         backend_close(cpu);
         backend_close(gpu);
         diag_free(&d);
-        kn_set_free(&F);
-        partition_free(P);
+        compiled_free(&C);
     }
     if (failures)
         fail_msg("%d launches differ between the GPU and the CPU", failures);

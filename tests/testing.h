@@ -31,6 +31,7 @@
 #include "compiler.h"
 #include "nvrtc.h"
 #include "partition.h"
+#include "pipeline.h"
 #include "util.h"
 
 /* Skip with the reason on the output, so a skipped test is never silent. */
@@ -184,6 +185,27 @@ static inline struct partition *place_model(const char *file, const char *varian
         fail_msg("%s: %s", file, diag_first_error(&d));
     diag_free(&d);
     return P;
+}
+
+/* The whole compile (pipeline.h) of a model for pc, training with opt;
+ * GPU binaries for archs (n_archs 0: none, the CPU object only).  Fails the
+ * test with the first error otherwise. */
+static inline void compile_or_fail(struct compiled *C, const char *file, const char *variant, struct par_config pc,
+                                   const struct fe_override *ov, int n_ov, const struct optim_config *opt,
+                                   const int *archs, int n_archs)
+{
+    struct compile_request q = compile_request_default();
+    q.model = file;
+    q.fe = (struct fe_options){.variant = variant, .overrides = ov, .n_overrides = n_ov};
+    q.pc = pc;
+    q.opt = *opt;
+    q.archs = archs;
+    q.n_archs = n_archs;
+    struct diag d;
+    diag_init(&d);
+    if (compile_plan(&q, C, &d))
+        fail_msg("%s: %s", file, diag_first_error(&d));
+    diag_free(&d);
 }
 
 static inline const char *shape_sizes(const struct ir_shape *s, char *buf, size_t n)

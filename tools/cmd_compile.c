@@ -1,10 +1,7 @@
 /* cmd_compile.c: `weft compile MODEL.xml [layout flags] -o model.plan`. */
 #include "cli.h"
-#include "fuse.h"
-#include "kernels.h"
-#include "nvrtc.h"
 #include "emit_plan.h"
-#include "schedule.h"
+#include "nvrtc.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -53,6 +50,57 @@ static void print_kernels(const struct kn_set *K, const struct kernel_stats *st,
         printf(" (cc %.2f s)\n", st->cc_seconds);
 }
 
+/* The compile's summary: the layout, each role's memory by region, the kernels, the prediction. */
+static void print_summary(const struct compiled *C, const char *output, const int *archs, int n_archs)
+{
+    const struct partition *P = C->P;
+    const struct ir_schedule *S = &C->S;
+    const struct par_config *pc = &P->L->pc;
+    char a[32], b[32];
+    printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batch%s; verified\n", output,
+           P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
+           ir_sched_name(S->kind), S->forward_only ? " forward only (--mode infer)" : "", S->n_micro, S->n_micro == 1 ? "" : "es");
+    printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
+           "params", "grads", "optimizer", "activ.", "working", "comm", "workspace", "total");
+    for (int s = 0; s < S->n_stages; s++) {
+        int lo = -1, hi = -1;
+        for (int r = 0; r < P->L->n_ranks; r++)
+            if (P->L->ranks[r].stage == s) {
+                lo = lo < 0 ? r : lo;
+                hi = r;
+            }
+        char role[64], ranks[32], layers[128] = "";
+        size_t n = 0;
+        enum ir_part part = IR_PART_DECODER;
+        for (int ch = 0; ch < P->n_chunks; ch++) {
+            const struct part_chunk *k = &P->chunks[ch];
+            if (k->stage != s)
+                continue;
+            part = k->part;
+            n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%s%d-%d", n ? "," : "",
+                                  k->part == IR_PART_ENCODER && P->L->has_encoder ? "e" : "", k->first_layer,
+                                  k->first_layer + k->n_layers - 1);
+        }
+        snprintf(role, sizeof role, "%s stage %d", ir_part_name(part), s);
+        snprintf(ranks, sizeof ranks, lo == hi ? "%d" : "%d-%d", lo, hi);
+        const struct ir_role_memory *ms = &C->M.roles[s];
+        printf("  %-18s %-9s %-20s %6d", role, ranks, layers, S->programs[s].n);
+        for (int k = 0; k < IR_REGION_COUNT; k++)
+            printf(" %10s", wf_bytes((double)ms->size[k], a));
+        printf(" %10s\n", wf_bytes((double)ms->total, b));
+    }
+    int largest = memory_largest(&C->M);
+    const struct ir_role_memory *big = &C->M.roles[largest];
+    char flight[64] = "";
+    if (!S->forward_only)
+        snprintf(flight, sizeof flight, "; activations of %d micro-batch%s in flight", big->in_flight,
+                 big->in_flight == 1 ? "" : "es");
+    printf("  largest rank: %s (stage %d%s)%s\n", wf_bytes((double)big->total, a), largest, flight,
+           pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
+    print_kernels(&C->K, &C->ks, archs, n_archs);
+    printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S->forward_only ? "forward pass" : "step", C->sim.step_time * 1e3, C->sim.dev->name, 100 * C->sim.bubble);
+}
+
 int cmd_compile(int argc, char **argv)
 {
     struct cli c;
@@ -80,90 +128,31 @@ int cmd_compile(int argc, char **argv)
     diag_free(&ad);
     if (n_archs < 0)
         return EXIT_BAD_INPUT;
-    struct partition *P = cli_partition(&c);
-    if (!P)
-        return c.status;
+    if (cli_is_plan(c.model)) {
+        fprintf(stderr, "weft compile: %s is a plan file; weft compile takes a model file (.xml)\n", c.model);
+        return EXIT_BAD_INPUT;
+    }
+    struct compile_request q = compile_request_default();
+    q.model = c.model;
+    q.fe = c.fe;
+    q.pc = c.pc;
+    q.schedule = c.schedule ? ir_sched_parse(c.schedule) : -1;
+    q.forward_only = c.infer;
+    q.opt = c.opt;
+    q.archs = archs;
+    q.n_archs = n_archs;
+    q.dev = dev;
+    q.memory_limit = c.memory_limit;
     struct diag d;
     diag_init(&d);
-    struct ir_schedule S;
-    struct sim_result sim = {0};
-    int rc = cli_schedule(&c, P, &S, &d);
-    bool built = rc == 0;
-    if (rc == 0)
-        rc = ir_schedule_verify(&S, P->L, &d);
-    /* the kernels first (the memory plan keeps no buffer for what a kernel
-     * keeps to itself); compiled after memory, so a rank that would not fit
-     * costs no NVRTC time */
-    struct kn_set kernels = {0};
-    struct kernel_stats ks = {0};
-    struct ir_memory mem = {0};
-    if (rc == 0) {
-        fuse(P, S.forward_only ? NULL : &c.opt, &kernels);
-        memory_plan(P, &S, &kernels, &mem);
-        if (ir_memory_check(&mem, &d))
-            rc = 1; /* the packer's bug, not the user's */
-        else if (c.memory_limit)
-            rc = memory_check(P, &mem, c.memory_limit, &d);
-    }
-    if (rc == 0 && kernels_build(&kernels, archs, n_archs, &ks, &d))
-        rc = 1; /* a kernel that does not compile is weft's bug */
-    if (rc == 0)
-        rc = simulate(P, &S, dev, &sim, &d);
-    if (rc == 0)
-        rc = emit_plan(P, &S, &sim, &mem, &kernels, S.forward_only ? NULL : &c.opt, c.model, c.output, &d) ? 1 : 0;
+    struct compiled C;
+    int rc = compile_plan(&q, &C, &d);
+    if (rc == 0 && emit_plan(&C, c.output, &d))
+        rc = EXIT_FAILURE_RUN;
     diag_print(&d, stderr);
-    if (rc == 0) {
-        const struct par_config *pc = &P->L->pc;
-        char a[32], b[32];
-        printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batch%s; verified\n", c.output,
-               P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
-               ir_sched_name(S.kind), S.forward_only ? " forward only (--mode infer)" : "", S.n_micro, S.n_micro == 1 ? "" : "es");
-        printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
-               "params", "grads", "optimizer", "activ.", "working", "comm", "workspace", "total");
-        for (int s = 0; s < S.n_stages; s++) {
-            int lo = -1, hi = -1;
-            for (int r = 0; r < P->L->n_ranks; r++)
-                if (P->L->ranks[r].stage == s) {
-                    lo = lo < 0 ? r : lo;
-                    hi = r;
-                }
-            char role[64], ranks[32], layers[128] = "";
-            size_t n = 0;
-            enum ir_part part = IR_PART_DECODER;
-            for (int ch = 0; ch < P->n_chunks; ch++) {
-                const struct part_chunk *k = &P->chunks[ch];
-                if (k->stage != s)
-                    continue;
-                part = k->part;
-                n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%s%d-%d", n ? "," : "",
-                                      k->part == IR_PART_ENCODER && P->L->has_encoder ? "e" : "", k->first_layer,
-                                      k->first_layer + k->n_layers - 1);
-            }
-            snprintf(role, sizeof role, "%s stage %d", ir_part_name(part), s);
-            snprintf(ranks, sizeof ranks, lo == hi ? "%d" : "%d-%d", lo, hi);
-            const struct ir_role_memory *ms = &mem.roles[s];
-            printf("  %-18s %-9s %-20s %6d", role, ranks, layers, S.programs[s].n);
-            for (int k = 0; k < IR_REGION_COUNT; k++)
-                printf(" %10s", wf_bytes((double)ms->size[k], a));
-            printf(" %10s\n", wf_bytes((double)ms->total, b));
-        }
-        int largest = memory_largest(&mem);
-        const struct ir_role_memory *big = &mem.roles[largest];
-        char flight[64] = "";
-        if (!S.forward_only)
-            snprintf(flight, sizeof flight, "; activations of %d micro-batch%s in flight", big->in_flight,
-                     big->in_flight == 1 ? "" : "es");
-        printf("  largest rank: %s (stage %d%s)%s\n", wf_bytes((double)big->total, a), largest, flight,
-               pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
-        print_kernels(&kernels, &ks, archs, n_archs);
-        printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S.forward_only ? "forward pass" : "step", sim.step_time * 1e3, dev->name, 100 * sim.bubble);
-    }
-    if (built)
-        ir_schedule_free(&S);
-    sim_result_free(&sim);
-    ir_memory_free(&mem);
-    kn_set_free(&kernels);
-    partition_free(P);
+    if (rc == 0)
+        print_summary(&C, c.output, archs, n_archs);
+    compiled_free(&C);
     diag_free(&d);
     return rc ? (rc == 1 ? EXIT_FAILURE_RUN : EXIT_BAD_INPUT) : EXIT_OK;
 }
