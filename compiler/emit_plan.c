@@ -106,7 +106,13 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
         plan_put_i64(w, x->bytes);
     }
 
+    plan_section(w, "outputs");
+    plan_put_u32(w, (uint32_t)g->n_outputs);
+    for (int i = 0; i < g->n_outputs; i++)
+        plan_put_i32(w, g->outputs[i]);
+
     ir_memory_write(w, &C->M);
+    ir_actions_write(w, &C->A);
     kn_set_write(w, &C->K);
 
     if (C->train)

@@ -1600,21 +1600,19 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
 }
 
 /* A rank's place in the group that splits an axis (0 if none does). */
-static int pdim_coord(const struct rank_coords *rc, enum ir_pdim p)
-{
-    switch (p) {
-    case IR_PDIM_TP: return rc->tp;
-    case IR_PDIM_CP: return rc->cp;
-    case IR_PDIM_EP: return rc->ep;
-    case IR_PDIM_XTP: return rc->expert_tp;
-    default: return 0;
-    }
-}
-
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
+    struct ir_launch t;
+    fuse_launch_template(P, F, g, &t);
+    ir_action_launch_args(&t, &P->L->ranks[rank], a);
+}
+
+void fuse_launch_template(const struct partition *P, const struct kn_set *F, int g, struct ir_launch *tmpl)
+{
     const struct kn_launch *G = &F->launches[g];
-    memset(a, 0, sizeof *a);
+    memset(tmpl, 0, sizeof *tmpl);
+    tmpl->launch = g;
+    struct kn_args *a = &tmpl->args;
     if (F->kernels[G->kernel].kind != KN_KIND_FUSED)
         return; /* a template kernel's sizes are the launch's own (kn_launch.sizes) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
@@ -1654,14 +1652,12 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
         if (n != a->rows * a->cols)
             a->omod[i] = a->cols ? n / a->cols : 0;
     }
-    /* the element's place in the whole tensor: this rank's offset along each split axis */
-    const struct rank_coords *rc = &P->L->ranks[rank];
+    /* the element's place in the whole tensor: a rank's offset along each split axis (ir_action_launch_args) */
     a->rank = s.rank ? s.rank : 1;
     int64_t stride = 1;
     for (int i = s.rank - 1; i >= 0; i--) {
-        int coord = pdim_coord(rc, (enum ir_pdim)ds->split[i]);
+        tmpl->off_pdim[i] = ds->split[i];
         a->dim[i] = s.ax[i].size;
-        a->off[i] = coord * s.ax[i].size;
         a->stride[i] = stride;
         stride *= whole.ax[i].size;
     }
@@ -1694,7 +1690,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
             if (access == KN_GATHER) { /* a table's rows: all its axes but the last; a vocabulary shard's first row */
                 struct ir_shape t = bound_shape(P, G, b, io);
                 v[1] = t.rank && t.ax[t.rank - 1].size ? ir_shape_numel(&t) / t.ax[t.rank - 1].size : 0;
-                v[0] = pdim_coord(rc, (enum ir_pdim)bound_shard(P, b, io)->split[0]) * v[1];
+                tmpl->gather_pdim[io][i] = bound_shard(P, b, io)->split[0]; /* v[0]: the rank's first row */
             }
             if (access == KN_PICK) { /* every element of its tensor */
                 struct ir_shape t = bound_shape(P, G, b, io);

@@ -36,6 +36,7 @@
 #ifndef WEFT_FUSE_H
 #define WEFT_FUSE_H
 
+#include "actions.h"
 #include "kernel.h"
 #include "optim.h"
 #include "partition.h"
@@ -50,6 +51,10 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
  * domain's offsets in the whole tensor (dropout draws by whole-tensor
  * index), the dropout streams. */
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a);
+/* The same for every rank of the launch's role: sizes, and per split axis
+ * (and table) the parallel dimension whose coordinate places a rank's
+ * shard (ir_action_launch_args makes one rank's arguments of it). */
+void fuse_launch_template(const struct partition *P, const struct kn_set *F, int g, struct ir_launch *t);
 
 /* A dispatch or combine op's routing on one rank: its entries (tokens x
  * topk), and the experts' buffer it routes into (experts x capacity rows,

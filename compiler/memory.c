@@ -94,8 +94,7 @@ static bool is_view(enum ir_op_kind k)
     return k == IR_OP_SPLIT_HEADS || k == IR_OP_MERGE_HEADS || k == IR_OP_RESHAPE || k == IR_OP_POSITION_EMBEDDING;
 }
 
-/* The tensor that owns t's bytes within a step: views share their input's. */
-static int root(const struct partition *P, const int *pos, int t)
+int memory_root(const struct partition *P, const int *pos, int t)
 {
     for (;;) {
         int p = P->g->tensors[t].producer;
@@ -169,6 +168,8 @@ struct fused {
     bool *value, *grad; /* per tensor */
     bool *rowstats;     /* per op */
     uint8_t *routed;    /* per op: 1 its forward routes tokens, 2 its backward does (ROUTES and FILLS, working) */
+    int *lead;          /* per op: the first op of its fused group (itself if none): one launch runs the group's ops
+                         * together, forward and backward, so their buffers live as at that op */
 };
 
 static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
@@ -177,9 +178,11 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
     const struct ir_graph *g = P->g;
     bool train = !S->forward_only;
     int n = st->n, v = st->vstage;
+    /* where op i's work runs: its group's launch, at the group's first op */
+#define AT(i) st->pos[fu->lead[i]]
     for (int k = 0; k < P->n_xfers; k++)
         if (send_touches(P, &P->xfers[k], stage, v))
-            st->crosses[root(P, st->pos, P->xfers[k].tensor)] = true;
+            st->crosses[memory_root(P, st->pos, P->xfers[k].tensor)] = true;
     /* The block: what the backward reads, in op order. */
     int64_t at = 0;
     for (int a = 0; train && a < n; a++) {
@@ -194,7 +197,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
                 int t = ir_op_saved_tensor(o, w);
                 if (t < 0 || g->tensors[t].kind == IR_TENSOR_PARAM)
                     continue; /* an absent optional input, or a parameter (in PARAMS) */
-                id = root(P, st->pos, t);
+                id = memory_root(P, st->pos, t);
                 if (st->home[id] == HOME_BLOCK)
                     continue;
                 st->home[id] = HOME_BLOCK;
@@ -212,7 +215,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
         enum ir_buf_what what;
         if (fu->rowstats[st->ops[a]])
             push(working, (struct ir_buf){.what = IR_BUF_ROWSTATS, .region = IR_REGION_WORKING, .id = st->ops[a], .vstage = v,
-                                          .micro = -1, .first = a + 1, .last = n,
+                                          .micro = -1, .first = AT(st->ops[a]), .last = n,
                                           .bytes = aux_bytes(P, &g->ops[st->ops[a]], "rowstats", &what)});
     }
     /* Every other value: a boundary buffer if it crosses, else working,
@@ -224,7 +227,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
             int t = k < o->n_in ? o->in[k] : o->out[k - o->n_in];
             if (t < 0)
                 continue;
-            int r = root(P, st->pos, t);
+            int r = memory_root(P, st->pos, t);
             if (g->tensors[r].kind == IR_TENSOR_PARAM)
                 st->home[r] = HOME_PARAM;
             else if (!st->home[r] || st->home[r] == HOME_WORKING)
@@ -232,13 +235,13 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
             if (st->home[r] != HOME_WORKING || fu->value[r])
                 continue;
             int p = g->tensors[r].producer;
-            span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? st->pos[p] : 1);
-            span_at(st->fwd_first, st->fwd_last, r, a + 1);
+            span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? AT(p) : 1);
+            span_at(st->fwd_first, st->fwd_last, r, AT(st->ops[a]));
         }
     }
     for (int k = 0; k < g->n_outputs; k++) {
         int r = g->outputs[k];
-        if (g->tensors[r].producer >= 0 && st->pos[g->tensors[r].producer] && (r = root(P, st->pos, r)) >= 0 &&
+        if (g->tensors[r].producer >= 0 && st->pos[g->tensors[r].producer] && (r = memory_root(P, st->pos, r)) >= 0 &&
             st->home[r] == HOME_WORKING)
             span_at(st->fwd_first, st->fwd_last, r, n);
     }
@@ -247,12 +250,12 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
      * buffer; a parameter's is in GRADS. */
     for (int a = 0; train && a < n; a++) {
         const struct ir_op *o = &g->ops[st->ops[a]];
-        int back = 2 * n + 1 - (a + 1);
+        int back = 2 * n + 1 - AT(st->ops[a]);
         for (int k = 0; k < o->n_in + o->n_out; k++) {
             int t = k < o->n_in ? o->in[k] : o->out[k - o->n_in];
             if (t < 0 || !needs[t])
                 continue;
-            int r = root(P, st->pos, t);
+            int r = memory_root(P, st->pos, t);
             if (st->home[r] == HOME_PARAM || st->crosses[r] || fu->grad[r])
                 continue;
             span_at(st->bwd_first, st->bwd_last, r, back);
@@ -261,14 +264,14 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
     if (train && g->n_outputs && needs[g->outputs[0]]) { /* the loss's gradient, seeded as the backward starts */
         int p = g->tensors[g->outputs[0]].producer;
         if (p >= 0 && st->pos[p])
-            span_at(st->bwd_first, st->bwd_last, root(P, st->pos, g->outputs[0]), n + 1);
+            span_at(st->bwd_first, st->bwd_last, memory_root(P, st->pos, g->outputs[0]), n + 1);
     }
     for (int a = 0; a < n; a++) { /* the routing's scratch, alive while its op's launches run */
         int op = st->ops[a];
         for (int pass = 0; pass < 2; pass++) {
             if (!(fu->routed[op] & (1 << pass)) || (pass && !train))
                 continue;
-            int when = pass ? 2 * n + 1 - (a + 1) : a + 1;
+            int when = pass ? 2 * n + 1 - AT(op) : AT(op);
             int64_t entries, topk, experts, capacity;
             fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
             push(working, (struct ir_buf){.what = IR_BUF_ROUTES, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
@@ -285,6 +288,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
             push(working, (struct ir_buf){.what = IR_BUF_GRAD, .region = IR_REGION_WORKING, .id = t, .vstage = v,
                                           .micro = -1, .first = st->bwd_first[t], .last = st->bwd_last[t], .bytes = held_bytes(P, t)});
     }
+#undef AT
 }
 
 /* ---- a role ------------------------------------------------------------ */
@@ -323,7 +327,7 @@ static void plan_activations(const struct partition *P, const struct ir_schedule
                 const struct part_xfer *px = &P->xfers[k];
                 if (!send_touches(P, px, stage, v))
                     continue;
-                int r = root(P, steps[v].pos, px->tensor);
+                int r = memory_root(P, steps[v].pos, px->tensor);
                 for (int w = IR_BUF_VALUE; w <= (S->forward_only ? IR_BUF_VALUE : IR_BUF_GRAD); w++) {
                     bool have = w == IR_BUF_VALUE && steps[v].home[r] == HOME_BLOCK;
                     for (int b = from[vj]; b < acts->n; b++)
@@ -349,7 +353,7 @@ static void plan_activations(const struct partition *P, const struct ir_schedule
         for (int k = 0; x->kind == IR_INS_P2P && k < x->n_p2p; k++) {
             const struct ir_p2p *p = &x->p2p[k];
             int v = P->chunks[p->chunk].vstage, vj = v * M + p->micro;
-            int r = root(P, steps[v].pos, p->tensor);
+            int r = memory_root(P, steps[v].pos, p->tensor);
             enum ir_buf_what what = p->grad ? IR_BUF_GRAD : IR_BUF_VALUE;
             if (what == IR_BUF_VALUE && steps[v].home[r] == HOME_BLOCK) {
                 widen(&acts->v[block[vj]], i + 1);
@@ -475,7 +479,13 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
         autodiff_needs_grad(g, loss, needs);
     struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1),
-                       .rowstats = wf_calloc((size_t)g->n_ops + 1, 1), .routed = wf_calloc((size_t)g->n_ops + 1, 1)};
+                       .rowstats = wf_calloc((size_t)g->n_ops + 1, 1), .routed = wf_calloc((size_t)g->n_ops + 1, 1),
+                       .lead = wf_calloc((size_t)g->n_ops + 1, sizeof(int))};
+    for (int i = 0; i < g->n_ops; i++)
+        fu.lead[i] = i;
+    for (int l = 0; K && l < K->n_launches; l++)
+        for (int i = 1; i < K->launches[l].n_ops; i++)
+            fu.lead[K->ops[K->launches[l].first_op + i]] = K->ops[K->launches[l].first_op];
     int *backward = wf_calloc((size_t)g->n_ops + 1, sizeof *backward); /* per first op: its group's backward + 1 */
     for (int l = 0; K && l < K->n_launches; l++)
         if (K->launches[l].when == KN_WHEN_BACKWARD)
@@ -510,6 +520,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     free(fu.grad);
     free(fu.rowstats);
     free(fu.routed);
+    free(fu.lead);
     free(needs);
 }
 

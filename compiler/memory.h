@@ -36,6 +36,9 @@
 /* With the fused kernels K, a value a kernel makes and keeps to itself
  * (stores nowhere) has no buffer, nor has the gradient of one that its
  * backward kernel keeps in registers. */
+/* The tensor that owns t's bytes within a step (pos: per op, its place in
+ * the step counted from 1, 0 outside it): views share their input's. */
+int memory_root(const struct partition *P, const int *pos, int t);
 void memory_plan(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, struct ir_memory *M);
 /* The stage whose ranks need the most. */
 int memory_largest(const struct ir_memory *M);

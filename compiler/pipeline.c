@@ -69,6 +69,17 @@ static int pass_memory(const struct compile_request *q, struct compiled *C, stru
     return q->memory_limit && memory_check(C->P, &C->M, q->memory_limit, d) ? REFUSED : 0;
 }
 
+/* lower: every step as actions.
+ *   requires: C->P, C->S, C->K, C->M
+ *   produces: C->A (every operand a buffer of its role's arena) */
+static int pass_lower(const struct compile_request *q, struct compiled *C, struct diag *d)
+{
+    (void)q;
+    if (lower(C->P, &C->S, &C->K, &C->M, &C->A, d))
+        return REFUSED;
+    return ir_actions_check(&C->A, &C->M, d) ? BUG : 0;
+}
+
 /* kernels: the CUDA binaries and the CPU object.
  *   requires: C->K
  *   produces: C->K's binaries, C->ks */
@@ -92,7 +103,8 @@ static const struct {
     int (*run)(const struct compile_request *q, struct compiled *C, struct diag *d);
 } passes[] = {
     {"partition", pass_partition}, {"schedule", pass_schedule}, {"fuse", pass_fuse},
-    {"memory", pass_memory},       {"kernels", pass_kernels},   {"simulate", pass_simulate},
+    {"memory", pass_memory},       {"lower", pass_lower},       {"kernels", pass_kernels},
+    {"simulate", pass_simulate},
 };
 
 int compile_pass_count(void) { return (int)(sizeof passes / sizeof passes[0]); }
@@ -118,6 +130,7 @@ void compiled_free(struct compiled *C)
 {
     ir_schedule_free(&C->S);
     sim_result_free(&C->sim);
+    ir_actions_free(&C->A);
     ir_memory_free(&C->M);
     kn_set_free(&C->K);
     partition_free(C->P);

@@ -14,6 +14,7 @@
  *   schedule    every stage's instruction stream                          the no-hang proof
  *   fuse        kernels and launches                                      kn_valid on every kernel
  *   memory      every role's arena                                        ir_memory_check, --memory-limit
+ *   lower       every step as actions (ir/actions.h)                      every action's buffer in the arena
  *   kernels     CUDA binaries (NVRTC) and the CPU object
  *   simulate    the step's predicted time
  * A pass that refuses (a user error) stops the compile with status 2's
@@ -24,6 +25,7 @@
 #include "cost.h"
 #include "fuse.h"
 #include "kernels.h"
+#include "lower.h"
 #include "memory.h"
 #include "optim.h"
 #include "partition.h"
@@ -51,6 +53,7 @@ struct compiled {
     struct ir_schedule S;
     struct kn_set K;
     struct ir_memory M;
+    struct ir_actions A;
     struct kernel_stats ks;
     struct sim_result sim;
     struct optim_config opt;     /* training's optimizer (unused forward only) */

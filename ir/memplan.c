@@ -142,6 +142,35 @@ int ir_memory_check(const struct ir_memory *M, struct diag *d)
     return errors ? -1 : 0;
 }
 
+int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int vstage, int micro)
+{
+    if (what == IR_BUF_SUMSQ) /* one parameter's at a time, summed before the next */
+        return m->base[IR_REGION_WORKSPACE];
+    if (what == IR_BUF_EXP_AVG || what == IR_BUF_EXP_AVG_SQ || what == IR_BUF_MASTER) { /* laid out like GRADS */
+        int64_t g = ir_memory_offset(m, IR_BUF_GRAD, id, -1, -1);
+        return g < 0 ? -1 : g - m->base[IR_REGION_GRADS] + m->base[IR_REGION_OPTIMIZER] +
+                                (what - IR_BUF_EXP_AVG) * m->size[IR_REGION_GRADS];
+    }
+    for (int i = 0; i < m->n_items; i++) {
+        const struct ir_buf *x = &m->items[i];
+        if (x->what != what || x->id != id || x->vstage != vstage)
+            continue;
+        for (int b = 0; b < m->n_bufs; b++)
+            if (m->bufs[b].what == IR_BUF_BLOCK && m->bufs[b].vstage == vstage && m->bufs[b].micro == micro)
+                return m->base[IR_REGION_ACTIVATIONS] + m->bufs[b].offset + x->offset;
+    }
+    int best = -1; /* a micro-batch's own, before the step's, before the role's */
+    for (int b = 0; b < m->n_bufs; b++) {
+        const struct ir_buf *x = &m->bufs[b];
+        if (x->what != what || x->id != id || (x->vstage != vstage && x->vstage != -1) || (x->micro != micro && x->micro != -1))
+            continue;
+        int rank = (x->micro == micro) * 2 + (x->vstage == vstage);
+        if (best < 0 || rank > (m->bufs[best].micro == micro) * 2 + (m->bufs[best].vstage == vstage))
+            best = b;
+    }
+    return best < 0 ? -1 : m->base[m->bufs[best].region] + m->bufs[best].offset;
+}
+
 void ir_memory_free(struct ir_memory *M)
 {
     for (int s = 0; s < M->n_roles; s++) {

@@ -109,6 +109,12 @@ struct ir_memory {
     struct ir_role_memory *roles; /* one per pipeline stage */
 };
 
+/* Where buffer (what, id) is in the arena, as virtual stage vstage's step
+ * for micro-batch `micro` sees it: an item of the (vstage, micro) block, a
+ * boundary buffer of that micro-batch, a working buffer of the virtual
+ * stage, or a parameter, gradient or optimizer state.  -1 if the role has
+ * no such buffer. */
+int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int vstage, int micro);
 /* Whether two buffers of one space can be alive at the same moment. */
 bool ir_buf_meet(const struct ir_buf *a, const struct ir_buf *b);
 /* Bases from sizes: regions in order, each aligned; sets total. */

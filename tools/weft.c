@@ -19,6 +19,7 @@ static const struct {
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
     {"simulate", cmd_simulate, "predict a training step's time and bubble; draw its timeline (.svg)"},
+    {"run", cmd_run, "train: run a plan (one rank for now) on the CPU"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
 

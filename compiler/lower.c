@@ -1,0 +1,317 @@
+/* lower.c: every role's steps as actions (lower.h). */
+#include "lower.h"
+#include "autodiff.h"
+#include "fuse.h"
+#include "launch.h"
+#include "memory.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lowering {
+    const struct partition *P;
+    const struct kn_set *K;
+    const struct ir_role_memory *m;
+    bool *needs;  /* per tensor: it gets a gradient */
+    int *pos;     /* per op: its place in the step being lowered, from 1; 0 outside it */
+    int *lead;    /* per op: the first op of its fused group */
+    int v;        /* the virtual stage */
+};
+
+static struct ir_ref ref(const struct lowering *w, int what, int t)
+{
+    return (struct ir_ref){.what = (uint8_t)what, .id = memory_root(w->P, w->pos, t)};
+}
+
+static struct ir_shape local(const struct lowering *w, int t)
+{
+    const struct ir_tensor *x = &w->P->g->tensors[t];
+    return partition_local_shape(w->P, x->part, &x->shape, &w->P->shard[t]);
+}
+
+static int64_t batch_of(const struct ir_shape *s)
+{
+    int64_t n = 1;
+    for (int i = 0; i + 2 < s->rank; i++)
+        n *= s->ax[i].size;
+    return n;
+}
+
+/* c (M, N) = op(a) (M, K) @ op(b) (K, N), over the leading axes: a batch
+ * that b broadcasts over folds into M (one GEMM of the whole activation). */
+static struct ir_gemm gemm(int64_t batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t sa, int64_t sb,
+                           int64_t sc, struct ir_ref a, struct ir_ref b, struct ir_ref c, float beta, int dtype)
+{
+    return (struct ir_gemm){.batch = batch, .m = m, .n = n, .k = k, .ta = ta, .tb = tb, .beta = beta, .dtype = (uint8_t)dtype,
+                            .lda = ta ? m : k, .ldb = tb ? k : n, .ldc = n, .stride_a = sa, .stride_b = sb, .stride_c = sc,
+                            .a = a, .b = b, .c = c};
+}
+
+/* A matmul's GEMMs: its forward, or the gradients of the inputs that need one (added into their buffers). */
+static int matmul(const struct lowering *w, int op, bool backward, struct ir_action_list *out, struct diag *d)
+{
+    const struct ir_op *o = &w->P->g->ops[op];
+    bool ta = ir_op_int(o, IR_ATTR_TRANSPOSE_A), tb = ir_op_int(o, IR_ATTR_TRANSPOSE_B);
+    struct ir_shape A = local(w, o->in[0]), B = local(w, o->in[1]), C = local(w, o->out[0]);
+    int64_t M = C.ax[C.rank - 2].size, N = C.ax[C.rank - 1].size, Kd = ta ? A.ax[A.rank - 2].size : A.ax[A.rank - 1].size;
+    int64_t nb = batch_of(&C), na = batch_of(&A), nbb = batch_of(&B);
+    int dtype = partition_elem_bytes(w->P, &w->P->g->tensors[o->in[0]]) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
+    int64_t batch = nb, sa = M * Kd, sb = Kd * N, sc = M * N;
+    if (nbb == 1 && na == nb && !ta) /* a weight: every row of the activation at once */
+        M *= nb, batch = 1, sa = sb = sc = 0;
+    else if (na != nb || nbb != nb) {
+        diag_error(d, NULL, 0, "%s:%d: matmul with batch %lld of %lld and %lld: the executor broadcasts only a weight",
+                   o->loc.file, o->loc.line, (long long)nb, (long long)na, (long long)nbb);
+        return -1;
+    }
+    struct ir_action x = {.kind = IR_ACT_GEMM};
+    struct ir_ref a = ref(w, IR_BUF_VALUE, o->in[0]), b = ref(w, IR_BUF_VALUE, o->in[1]);
+    if (!backward) {
+        x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, ref(w, IR_BUF_VALUE, o->out[0]), 0, dtype);
+        ir_action_push(out, &x);
+        return 0;
+    }
+    struct ir_ref dc = ref(w, IR_BUF_GRAD, o->out[0]);
+    if (w->needs[o->in[0]]) { /* dA = dC op(B)^T, or stored transposed: op(B) dC^T */
+        struct ir_ref da = ref(w, IR_BUF_GRAD, o->in[0]);
+        x.gemm = ta ? gemm(batch, Kd, M, N, tb, true, sb, sc, sa, b, dc, da, 1, dtype)
+                    : gemm(batch, M, Kd, N, false, !tb, sc, sb, sa, dc, b, da, 1, dtype);
+        ir_action_push(out, &x);
+    }
+    if (w->needs[o->in[1]]) { /* dB = op(A)^T dC, or stored transposed: dC^T op(A) */
+        struct ir_ref db = ref(w, IR_BUF_GRAD, o->in[1]);
+        x.gemm = tb ? gemm(batch, N, Kd, M, true, ta, sc, sa, sb, dc, a, db, 1, dtype)
+                    : gemm(batch, Kd, N, M, !ta, false, sa, sc, sb, a, dc, db, 1, dtype);
+        ir_action_push(out, &x);
+    }
+    return 0;
+}
+
+static struct ir_action launch(const struct lowering *w, int l, int fn_first, int fn_last)
+{
+    struct ir_action x = {.kind = IR_ACT_LAUNCH};
+    fuse_launch_template(w->P, w->K, l, &x.launch);
+    x.launch.launch = l;
+    x.launch.fn_first = (uint8_t)fn_first, x.launch.fn_last = (uint8_t)fn_last;
+    const struct kn_launch *L = &w->K->launches[l];
+    x.launch.n_in = L->n_in, x.launch.n_out = L->n_out;
+    for (int i = 0; i < L->n_in + L->n_out; i++) {
+        const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
+        struct ir_ref *r = i < L->n_in ? &x.launch.in[i] : &x.launch.out[i - L->n_in];
+        *r = ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0 ? (struct ir_ref){.what = b->what, .id = b->id}
+                                                                            : ref(w, b->what, b->id);
+    }
+    const struct kn_entry *e = &w->K->kernels[w->K->launches[l].kernel];
+    if (e->kind == KN_KIND_ATTENTION) {
+        double scale = ir_op_float(&w->P->g->ops[w->K->ops[w->K->launches[l].first_op]], IR_ATTR_SCALE);
+        x.launch.scale = (float)(isnan(scale) ? 1 / sqrt((double)e->attn.D) : scale);
+    }
+    return x;
+}
+
+/* The transfers a step runs inside it (not a pipeline send, not a slice):
+ * refused for now, since the executor does not yet run them. */
+static int step_transfers(const struct lowering *w, int stage, bool backward, struct diag *d)
+{
+    const struct partition *P = w->P;
+    for (int x = 0; x < P->n_xfers; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || px->grad != backward ||
+            P->chunks[px->to_chunk].stage != stage || P->chunks[px->to_chunk].vstage != w->v)
+            continue;
+        diag_error(d, NULL, 0, "stage %d: the %s of %s (%s) inside a step: weft run does not run tensor, context or expert "
+                               "parallel transfers yet", stage, part_xfer_name(px->kind), P->g->tensors[px->tensor].name,
+                   px->grad ? "backward" : "forward");
+        return -1;
+    }
+    return 0;
+}
+
+static void forward_step(const struct lowering *w, const int *ops, int n, struct ir_action_list *out)
+{
+    const struct ir_graph *g = w->P->g;
+    const struct kn_set *K = w->K;
+    int loss = g->n_outputs ? g->outputs[0] : -1;
+    for (int a = 0; a < n; a++) {
+        int op = ops[a];
+        const struct ir_op *o = &g->ops[op];
+        if (o->kind == IR_OP_MATMUL) {
+            matmul(w, op, false, out, NULL);
+            continue;
+        }
+        for (int l = 0; l < K->n_launches; l++) {
+            const struct kn_launch *L = &K->launches[l];
+            if (L->when != KN_WHEN_FORWARD || K->ops[L->first_op] != op)
+                continue;
+            struct ir_action x = launch(w, l, KN_ATTN_FWD, KN_ATTN_FWD);
+            ir_action_push(out, &x);
+        }
+        if (loss >= 0 && o->out[0] == loss) { /* the loss's row losses, summed by the executor */
+            struct ir_action x = {.kind = IR_ACT_LOSS, .loss = {.what = IR_BUF_ROWSTATS, .id = op}};
+            struct ir_shape s = local(w, o->in[0]);
+            x.loss_rows = ir_shape_numel(&s) / s.ax[s.rank - 1].size;
+            ir_action_push(out, &x);
+        }
+    }
+}
+
+static void zero_from(const struct lowering *w, int at, int *done, struct ir_action_list *out)
+{
+    for (int b = 0; b < w->m->n_bufs; b++) {
+        const struct ir_buf *x = &w->m->bufs[b];
+        if (done[b] || x->region != IR_REGION_WORKING || x->what != IR_BUF_GRAD || x->vstage != w->v || x->first > at)
+            continue;
+        done[b] = 1;
+        ir_action_push(out, &(struct ir_action){.kind = IR_ACT_ZERO, .zero = {.what = IR_BUF_GRAD, .id = x->id}, .zero_bytes = x->bytes});
+    }
+}
+
+static int backward_step(const struct lowering *w, const int *ops, int n, struct ir_action_list *out, struct diag *d)
+{
+    const struct ir_graph *g = w->P->g;
+    const struct kn_set *K = w->K;
+    int *done = wf_calloc((size_t)w->m->n_bufs + 1, sizeof *done);
+    for (int b = 0; b < w->m->n_bufs; b++) /* a gradient that crosses into the step's inputs: added into from the start */
+        if (w->m->bufs[b].what == IR_BUF_GRAD && w->m->bufs[b].region == IR_REGION_ACTIVATIONS && w->m->bufs[b].vstage == w->v &&
+            w->m->bufs[b].micro == 0) {
+            int t = w->m->bufs[b].id, p = g->tensors[t].producer;
+            if (p < 0 || !w->pos[p]) /* made before this step: its gradient is this step's to send back */
+                ir_action_push(out, &(struct ir_action){.kind = IR_ACT_ZERO, .zero = {.what = IR_BUF_GRAD, .id = t},
+                                                        .zero_bytes = w->m->bufs[b].bytes});
+        }
+    int rc = 0;
+    for (int a = n - 1; a >= 0 && !rc; a--) {
+        int op = ops[a];
+        const struct ir_op *o = &g->ops[op];
+        zero_from(w, 2 * n + 1 - w->pos[w->lead[op]], done, out);
+        if (o->kind == IR_OP_MATMUL) {
+            rc = matmul(w, op, true, out, d);
+            continue;
+        }
+        if (w->lead[op] != op)
+            continue; /* its group's launches run at the group's first op */
+        for (int l = 0; l < K->n_launches; l++) {
+            const struct kn_launch *L = &K->launches[l];
+            if (K->ops[L->first_op] != op)
+                continue;
+            bool attention = K->kernels[L->kernel].kind == KN_KIND_ATTENTION;
+            if (attention && L->when == KN_WHEN_FORWARD && K->kernels[L->kernel].attn.backward) {
+                struct ir_action x = launch(w, l, KN_ATTN_DELTA, KN_ATTN_BWD_Q);
+                ir_action_push(out, &x);
+            } else if (L->when == KN_WHEN_BACKWARD || (L->when == KN_WHEN_FORWARD && K->kernels[L->kernel].kind == KN_KIND_ROUTE)) {
+                struct ir_action x = launch(w, l, 0, 0); /* a routing runs again for its gather's backward */
+                ir_action_push(out, &x);
+            }
+        }
+    }
+    free(done);
+    return rc;
+}
+
+/* Each parameter's sums of squares (where the rank counts it in the norm),
+ * then each one's update. */
+static void optimizer_step(const struct lowering *w, int stage, struct ir_action_list *out)
+{
+    const struct partition *P = w->P;
+    const struct kn_set *K = w->K;
+    int first = 0; /* the role's rank with every coordinate 0 but dp's */
+    while (P->L->ranks[first].stage != stage)
+        first++;
+    bool *counts = wf_calloc((size_t)P->g->n_tensors + 1, 1), *other = wf_calloc((size_t)P->g->n_tensors + 1, 1);
+    partition_norm_counts(P, first, counts);
+    uint8_t *only_first = wf_calloc((size_t)P->g->n_tensors + 1, 1);
+    for (int r = 0; r < P->L->n_ranks; r++) { /* a pdim along which a rank at coordinate 1 does not count it */
+        const struct rank_coords *c = &P->L->ranks[r], *f = &P->L->ranks[first];
+        if (c->stage != stage || c->dp != f->dp)
+            continue;
+        int pdim = c->tp == 1 && !c->cp && !c->expert_tp ? IR_PDIM_TP : c->cp == 1 && !c->tp ? IR_PDIM_CP
+                 : c->expert_tp == 1 && !c->cp ? IR_PDIM_XTP : -1;
+        if (pdim < 0)
+            continue;
+        partition_norm_counts(P, r, other);
+        for (int t = 0; t < P->g->n_tensors; t++)
+            if (counts[t] && !other[t])
+                only_first[t] |= (uint8_t)(1u << pdim);
+    }
+    for (int pass = 0; pass < 2; pass++)
+        for (int l = 0; l < K->n_launches; l++) {
+            const struct kn_launch *L = &K->launches[l];
+            if (L->when != (pass ? KN_WHEN_OPTIMIZER : KN_WHEN_NORM) || P->chunks[L->chunk].stage != stage)
+                continue;
+            struct ir_action x = launch(w, l, 0, 0);
+            ir_action_push(out, &x);
+            if (!pass && counts[L->domain]) {
+                struct ir_action s = {.kind = IR_ACT_SQSUM, .loss = {.what = IR_BUF_SUMSQ, .id = L->domain},
+                                      .loss_rows = x.launch.args.rows, .sq_only_first = only_first[L->domain]};
+                ir_action_push(out, &s);
+            }
+        }
+    free(counts);
+    free(other);
+    free(only_first);
+}
+
+int lower(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, const struct ir_memory *M,
+          struct ir_actions *A, struct diag *d)
+{
+    const struct ir_graph *g = P->g;
+    memset(A, 0, sizeof *A);
+    A->n_stages = S->n_stages;
+    A->stages = wf_calloc((size_t)S->n_stages + 1, sizeof *A->stages);
+    struct lowering w = {.P = P, .K = K};
+    w.needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *w.needs);
+    if (!S->forward_only)
+        autodiff_needs_grad(g, g->outputs[0], w.needs);
+    w.pos = wf_calloc((size_t)g->n_ops + 1, sizeof *w.pos);
+    w.lead = wf_calloc((size_t)g->n_ops + 1, sizeof *w.lead);
+    for (int i = 0; i < g->n_ops; i++)
+        w.lead[i] = i;
+    for (int l = 0; l < K->n_launches; l++)
+        for (int i = 1; i < K->launches[l].n_ops; i++)
+            w.lead[K->ops[K->launches[l].first_op + i]] = K->ops[K->launches[l].first_op];
+    int *ops = wf_calloc((size_t)g->n_ops + 1, sizeof *ops);
+    int rc = 0;
+    for (int s = 0; s < S->n_stages && !rc; s++) {
+        struct ir_stage_actions *st = &A->stages[s];
+        st->n_vstages = S->virtual_stages;
+        st->forward = wf_calloc((size_t)st->n_vstages, sizeof *st->forward);
+        st->backward = wf_calloc((size_t)st->n_vstages, sizeof *st->backward);
+        w.m = &M->roles[s];
+        for (int v = 0; v < st->n_vstages && !rc; v++) {
+            w.v = v;
+            int n = 0;
+            memset(w.pos, 0, (size_t)g->n_ops * sizeof *w.pos);
+            for (int i = 0; i < g->n_ops; i++)
+                if (P->chunks[P->op_chunk[i]].stage == s && P->chunks[P->op_chunk[i]].vstage == v) {
+                    ops[n++] = i;
+                    w.pos[i] = n;
+                }
+            forward_step(&w, ops, n, &st->forward[v]);
+            if (!S->forward_only)
+                rc = backward_step(&w, ops, n, &st->backward[v], d);
+        }
+        if (!S->forward_only)
+            optimizer_step(&w, s, &st->optimizer);
+    }
+    free(ops);
+    free(w.needs);
+    free(w.pos);
+    free(w.lead);
+    if (rc)
+        ir_actions_free(A);
+    return rc;
+}
+
+int lower_runnable(const struct partition *P, const struct ir_schedule *S, struct diag *d)
+{
+    struct lowering w = {.P = P};
+    for (int s = 0; s < S->n_stages; s++)
+        for (int v = 0; v < S->virtual_stages; v++) {
+            w.v = v;
+            if (step_transfers(&w, s, false, d) || (!S->forward_only && step_transfers(&w, s, true, d)))
+                return -1;
+        }
+    return 0;
+}

@@ -1,0 +1,385 @@
+/* actions.c: the actions sections, and a launch's arguments for a rank (actions.h). */
+#include "actions.h"
+#include "launch.h"
+#include "plan.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const act_names[] = {
+#define X(id, name) name,
+    IR_ACTS(X)
+#undef X
+};
+
+const char *ir_act_name(enum ir_act_kind k) { return k < IR_ACT_COUNT ? act_names[k] : "?"; }
+
+void ir_action_push(struct ir_action_list *l, const struct ir_action *a)
+{
+    WF_GROW(l->v, l->n, l->cap);
+    l->v[l->n++] = *a;
+}
+
+void ir_actions_free(struct ir_actions *A)
+{
+    for (int s = 0; A->stages && s < A->n_stages; s++) {
+        struct ir_stage_actions *st = &A->stages[s];
+        for (int v = 0; v < st->n_vstages; v++) {
+            free(st->forward[v].v);
+            free(st->backward[v].v);
+        }
+        free(st->forward);
+        free(st->backward);
+        free(st->optimizer.v);
+    }
+    free(A->stages);
+    memset(A, 0, sizeof *A);
+}
+
+const struct ir_action_list *ir_actions_step(const struct ir_stage_actions *s, int vstage, bool backward)
+{
+    if (vstage < 0 || vstage >= s->n_vstages)
+        return NULL;
+    return backward ? &s->backward[vstage] : &s->forward[vstage];
+}
+
+static char *ref_str(const struct ir_ref *r, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s %d+%lld", ir_buf_what_name(r->what), r->id, (long long)r->offset);
+    return buf;
+}
+
+char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
+{
+    char x[64], y[64], z[64];
+    switch (a->kind) {
+    case IR_ACT_GEMM: {
+        const struct ir_gemm *g = &a->gemm;
+        snprintf(buf, n, "gemm %lldx(%lldx%lldx%lld)%s%s beta %g: [%s] = [%s] @ [%s]", (long long)g->batch, (long long)g->m,
+                 (long long)g->n, (long long)g->k, g->ta ? " a^T" : "", g->tb ? " b^T" : "", g->beta, ref_str(&g->c, x, sizeof x),
+                 ref_str(&g->a, y, sizeof y), ref_str(&g->b, z, sizeof z));
+        break;
+    }
+    case IR_ACT_LAUNCH:
+        snprintf(buf, n, "launch %d (%lld x %lld)", a->launch.launch, (long long)a->launch.args.rows, (long long)a->launch.args.cols);
+        break;
+    case IR_ACT_ZERO:
+        snprintf(buf, n, "zero [%s] %lld bytes", ref_str(&a->zero, x, sizeof x), (long long)a->zero_bytes);
+        break;
+    case IR_ACT_COLL:
+        snprintf(buf, n, "%s over %s: [%s] %lld bytes", ir_coll_name((enum ir_coll)a->coll.coll), ir_group_name((enum ir_group)a->coll.group),
+                 ref_str(&a->coll.buf, x, sizeof x), (long long)a->coll.bytes);
+        break;
+    case IR_ACT_LOSS:
+        snprintf(buf, n, "loss: the row losses of [%s], %lld rows", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows);
+        break;
+    case IR_ACT_SQSUM:
+        snprintf(buf, n, "sqsum: [%s], %lld rows%s", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows,
+                 a->sq_only_first ? " (where this rank counts it)" : "");
+        break;
+    default: snprintf(buf, n, "?");
+    }
+    return buf;
+}
+
+int ir_pdim_coord(const struct rank_coords *rc, int pdim)
+{
+    switch (pdim) {
+    case IR_PDIM_TP: return rc->tp;
+    case IR_PDIM_CP: return rc->cp;
+    case IR_PDIM_EP: return rc->ep;
+    case IR_PDIM_XTP: return rc->expert_tp;
+    default: return 0;
+    }
+}
+
+void ir_action_launch_args(const struct ir_launch *l, const struct rank_coords *rc, struct kn_args *a)
+{
+    *a = l->args;
+    for (int i = 0; i < a->rank && i < KN_MAX_RANK; i++)
+        a->off[i] = ir_pdim_coord(rc, l->off_pdim[i]) * a->dim[i];
+    for (int s = 0; s < KN_MAX_SLOTS; s++) {
+        a->vin[s][0] += ir_pdim_coord(rc, l->gather_pdim[0][s]) * a->vin[s][1];
+        a->vout[s][0] += ir_pdim_coord(rc, l->gather_pdim[1][s]) * a->vout[s][1];
+    }
+}
+
+/* ---- the plan's sections -------------------------------------------------------- */
+
+static void put_ref(struct plan_writer *w, const struct ir_ref *r)
+{
+    plan_put_u8(w, r->what);
+    plan_put_i32(w, r->id);
+    plan_put_i64(w, r->offset);
+}
+
+static void get_ref(struct plan_reader *r, struct ir_ref *x)
+{
+    x->what = plan_get_u8(r);
+    x->id = plan_get_i32(r);
+    x->offset = plan_get_i64(r);
+}
+
+static void put_i64s(struct plan_writer *w, const int64_t *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        plan_put_i64(w, v[i]);
+}
+
+static void get_i64s(struct plan_reader *r, int64_t *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        v[i] = plan_get_i64(r);
+}
+
+static void put_action(struct plan_writer *w, const struct ir_action *a)
+{
+    plan_put_u8(w, a->kind);
+    switch (a->kind) {
+    case IR_ACT_GEMM: {
+        const struct ir_gemm *g = &a->gemm;
+        int64_t v[10] = {g->batch, g->m, g->n, g->k, g->lda, g->ldb, g->ldc, g->stride_a, g->stride_b, g->stride_c};
+        put_i64s(w, v, 10);
+        plan_put_u8(w, (uint8_t)(g->ta | g->tb << 1));
+        plan_put_f64(w, g->beta);
+        plan_put_u8(w, g->dtype);
+        put_ref(w, &g->a), put_ref(w, &g->b), put_ref(w, &g->c);
+        break;
+    }
+    case IR_ACT_LAUNCH: {
+        const struct ir_launch *l = &a->launch;
+        const struct kn_args *x = &l->args;
+        plan_put_i32(w, l->launch);
+        plan_put_u8(w, l->fn_first), plan_put_u8(w, l->fn_last);
+        plan_put_f64(w, l->scale);
+        plan_put_i64(w, x->rows), plan_put_i64(w, x->cols), plan_put_i64(w, x->rank);
+        put_i64s(w, x->mod, KN_MAX_SLOTS), put_i64s(w, x->omod, KN_MAX_SLOTS);
+        put_i64s(w, x->dim, KN_MAX_RANK), put_i64s(w, x->stride, KN_MAX_RANK);
+        for (int i = 0; i < 4; i++)
+            plan_put_u64(w, x->stream[i]);
+        for (int s = 0; s < KN_MAX_SLOTS; s++)
+            put_i64s(w, x->vin[s], 6), put_i64s(w, x->vout[s], 6);
+        for (int i = 0; i < KN_MAX_RANK; i++)
+            plan_put_u8(w, l->off_pdim[i]);
+        for (int io = 0; io < 2; io++)
+            for (int s = 0; s < KN_MAX_SLOTS; s++)
+                plan_put_u8(w, l->gather_pdim[io][s]);
+        plan_put_u8(w, (uint8_t)l->n_in), plan_put_u8(w, (uint8_t)l->n_out);
+        for (int i = 0; i < l->n_in; i++)
+            put_ref(w, &l->in[i]);
+        for (int i = 0; i < l->n_out; i++)
+            put_ref(w, &l->out[i]);
+        break;
+    }
+    case IR_ACT_ZERO:
+        put_ref(w, &a->zero);
+        plan_put_i64(w, a->zero_bytes);
+        break;
+    case IR_ACT_COLL:
+        plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype);
+        put_ref(w, &a->coll.buf);
+        plan_put_i64(w, a->coll.bytes);
+        break;
+    case IR_ACT_LOSS:
+    case IR_ACT_SQSUM:
+        put_ref(w, &a->loss);
+        plan_put_i64(w, a->loss_rows);
+        plan_put_u8(w, a->sq_only_first);
+        break;
+    }
+}
+
+static void get_action(struct plan_reader *r, struct ir_action *a)
+{
+    memset(a, 0, sizeof *a);
+    a->kind = plan_get_u8(r);
+    switch (a->kind) {
+    case IR_ACT_GEMM: {
+        struct ir_gemm *g = &a->gemm;
+        int64_t v[10];
+        get_i64s(r, v, 10);
+        g->batch = v[0], g->m = v[1], g->n = v[2], g->k = v[3], g->lda = v[4], g->ldb = v[5], g->ldc = v[6];
+        g->stride_a = v[7], g->stride_b = v[8], g->stride_c = v[9];
+        uint8_t t = plan_get_u8(r);
+        g->ta = t & 1, g->tb = (t >> 1) & 1;
+        g->beta = (float)plan_get_f64(r);
+        g->dtype = plan_get_u8(r);
+        get_ref(r, &g->a), get_ref(r, &g->b), get_ref(r, &g->c);
+        break;
+    }
+    case IR_ACT_LAUNCH: {
+        struct ir_launch *l = &a->launch;
+        struct kn_args *x = &l->args;
+        l->launch = plan_get_i32(r);
+        l->fn_first = plan_get_u8(r), l->fn_last = plan_get_u8(r);
+        l->scale = (float)plan_get_f64(r);
+        x->rows = plan_get_i64(r), x->cols = plan_get_i64(r), x->rank = plan_get_i64(r);
+        get_i64s(r, x->mod, KN_MAX_SLOTS), get_i64s(r, x->omod, KN_MAX_SLOTS);
+        get_i64s(r, x->dim, KN_MAX_RANK), get_i64s(r, x->stride, KN_MAX_RANK);
+        for (int i = 0; i < 4; i++)
+            x->stream[i] = plan_get_u64(r);
+        for (int s = 0; s < KN_MAX_SLOTS; s++)
+            get_i64s(r, x->vin[s], 6), get_i64s(r, x->vout[s], 6);
+        for (int i = 0; i < KN_MAX_RANK; i++)
+            l->off_pdim[i] = plan_get_u8(r);
+        for (int io = 0; io < 2; io++)
+            for (int s = 0; s < KN_MAX_SLOTS; s++)
+                l->gather_pdim[io][s] = plan_get_u8(r);
+        l->n_in = plan_get_u8(r), l->n_out = plan_get_u8(r);
+        if (l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS) {
+            r->bad = true;
+            break;
+        }
+        for (int i = 0; i < l->n_in; i++)
+            get_ref(r, &l->in[i]);
+        for (int i = 0; i < l->n_out; i++)
+            get_ref(r, &l->out[i]);
+        if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS)
+            r->bad = true;
+        break;
+    }
+    case IR_ACT_ZERO:
+        get_ref(r, &a->zero);
+        a->zero_bytes = plan_get_i64(r);
+        break;
+    case IR_ACT_COLL:
+        a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r);
+        get_ref(r, &a->coll.buf);
+        a->coll.bytes = plan_get_i64(r);
+        if (a->coll.coll >= IR_COLL_COUNT || a->coll.group >= IR_GROUP_COUNT)
+            r->bad = true;
+        break;
+    case IR_ACT_LOSS:
+    case IR_ACT_SQSUM:
+        get_ref(r, &a->loss);
+        a->loss_rows = plan_get_i64(r);
+        a->sq_only_first = plan_get_u8(r);
+        break;
+    default: r->bad = true;
+    }
+}
+
+static void put_list(struct plan_writer *w, const struct ir_action_list *l)
+{
+    plan_put_u32(w, (uint32_t)l->n);
+    for (int i = 0; i < l->n; i++)
+        put_action(w, &l->v[i]);
+}
+
+/* At most as many actions as the section has bytes (each takes more than one). */
+static int get_list(struct plan_reader *r, struct ir_action_list *l)
+{
+    uint32_t n = plan_get_u32(r);
+    if (r->bad || n > (uint64_t)(r->end - r->at))
+        return r->bad = true, -1;
+    for (uint32_t i = 0; i < n && !r->bad; i++) {
+        struct ir_action a;
+        get_action(r, &a);
+        ir_action_push(l, &a);
+    }
+    return r->bad ? -1 : 0;
+}
+
+void ir_actions_write(struct plan_writer *w, const struct ir_actions *A)
+{
+    for (int s = 0; s < A->n_stages; s++) {
+        char name[PLAN_NAME_MAX];
+        snprintf(name, sizeof name, "actions.%d", s);
+        plan_section(w, name);
+        const struct ir_stage_actions *st = &A->stages[s];
+        plan_put_u32(w, (uint32_t)st->n_vstages);
+        for (int v = 0; v < st->n_vstages; v++) {
+            put_list(w, &st->forward[v]);
+            put_list(w, &st->backward[v]);
+        }
+        put_list(w, &st->optimizer);
+    }
+}
+
+int ir_actions_read(struct plan *p, int n_stages, int stage, struct ir_actions *A, struct diag *d)
+{
+    memset(A, 0, sizeof *A);
+    A->n_stages = n_stages;
+    A->stages = wf_calloc((size_t)n_stages + 1, sizeof *A->stages);
+    for (int s = 0; s < n_stages; s++) {
+        if (stage >= 0 && s != stage)
+            continue;
+        char name[PLAN_NAME_MAX];
+        snprintf(name, sizeof name, "actions.%d", s);
+        struct plan_reader r;
+        if (plan_read(p, name, &r, d)) {
+            ir_actions_free(A);
+            return -1;
+        }
+        struct ir_stage_actions *st = &A->stages[s];
+        uint32_t nv = plan_get_u32(&r);
+        if (r.bad || nv == 0 || nv > 4096) {
+            diag_error(d, NULL, 0, "plan section %s: %u virtual stages: the plan is corrupt", name, nv);
+            ir_actions_free(A);
+            return -1;
+        }
+        st->n_vstages = (int)nv;
+        st->forward = wf_calloc(nv, sizeof *st->forward);
+        st->backward = wf_calloc(nv, sizeof *st->backward);
+        int bad = 0;
+        for (uint32_t v = 0; v < nv && !bad; v++)
+            bad = get_list(&r, &st->forward[v]) || get_list(&r, &st->backward[v]);
+        if (bad || get_list(&r, &st->optimizer) || r.at != r.end) {
+            diag_error(d, NULL, 0, "plan section %s: its actions do not fit its bytes: the plan is corrupt", name);
+            ir_actions_free(A);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the check ---------------------------------------------------------------- */
+
+static int check_ref(const struct ir_role_memory *m, const struct ir_ref *r, int v, int micro, int64_t bytes)
+{
+    int64_t at = ir_memory_offset(m, r->what, r->id, v, micro);
+    return at < 0 || at + r->offset + bytes > m->total ? -1 : 0;
+}
+
+static int check_list(const struct ir_action_list *l, const struct ir_role_memory *m, int stage, int v, const char *which, struct diag *d)
+{
+    for (int i = 0; i < l->n; i++) {
+        const struct ir_action *a = &l->v[i];
+        int bad = 0;
+        const struct ir_gemm *g = &a->gemm;
+        int size = g->dtype == IR_DTYPE_BF16 ? 2 : 4;
+        if (a->kind == IR_ACT_GEMM) /* the last element of each operand inside the arena */
+            bad = check_ref(m, &g->a, v, 0, ((g->batch - 1) * g->stride_a + g->m * g->k) * size) ||
+                  check_ref(m, &g->b, v, 0, ((g->batch - 1) * g->stride_b + g->k * g->n) * size) ||
+                  check_ref(m, &g->c, v, 0, ((g->batch - 1) * g->stride_c + g->m * g->n) * 4);
+        else if (a->kind == IR_ACT_ZERO)
+            bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);
+        else if (a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM)
+            bad = check_ref(m, &a->loss, v, 0, a->loss_rows * (a->kind == IR_ACT_LOSS ? 8 : 4));
+        for (int k = 0; a->kind == IR_ACT_LAUNCH && k < a->launch.n_in + a->launch.n_out && !bad; k++)
+            bad = check_ref(m, k < a->launch.n_in ? &a->launch.in[k] : &a->launch.out[k - a->launch.n_in], v, 0, 0);
+        if (bad) {
+            char s[256];
+            diag_error(d, NULL, 0, "actions of stage %d, %s step of virtual stage %d, action %d (%s): an operand outside the arena",
+                       stage, which, v, i, ir_action_str(a, s, sizeof s));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, struct diag *d)
+{
+    for (int s = 0; s < A->n_stages; s++) {
+        const struct ir_stage_actions *st = &A->stages[s];
+        for (int v = 0; v < st->n_vstages; v++)
+            if (check_list(&st->forward[v], &M->roles[s], s, v, "forward", d) ||
+                check_list(&st->backward[v], &M->roles[s], s, v, "backward", d))
+                return -1;
+        if (check_list(&st->optimizer, &M->roles[s], s, -1, "optimizer", d))
+            return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,136 @@
+/* actions.h: a role's steps lowered to what an executor does, in order, with
+ * nothing left to decide: the plan's "actions.N" sections (one per stage),
+ * written by the compiler (compiler/lower.c) and read here.
+ *
+ *   struct ir_actions A;
+ *   ir_actions_read(plan, stage, &A, &diag);      // this stage's lists
+ *   const struct ir_action_list *fw = ir_actions_step(&A, vstage, false);
+ *   for (int i = 0; i < fw->n; i++)  run(&fw->v[i]);  // GEMM, LAUNCH, ZERO, COLL, LOSS
+ *   ir_actions_free(&A);
+ *
+ * Lists: per virtual stage a forward and a backward step, then the
+ * optimizer's (the norm's sums, then the update).  An operand names a
+ * buffer of the role's memory plan (what, id) and a byte offset in it; its
+ * address for a micro-batch is ir_memory_offset's (memplan.h): a block item,
+ * a boundary buffer, a working buffer of the virtual stage, or a parameter
+ * or gradient.  A launch's arguments are the compiler's (kn_args' sizes),
+ * with each split axis's offset in the whole tensor the rank's coordinate
+ * along the axis's parallel dimension times the axis's local size
+ * (ir_action_launch_args), so one list serves every rank of the role. */
+#ifndef WEFT_ACTIONS_H
+#define WEFT_ACTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "diag.h"
+#include "kernel.h"
+#include "layout.h"
+#include "memplan.h"
+#include "program.h"
+
+#define IR_ACTS(X)                                                             \
+    X(GEMM, "gemm")     /* c = a @ b (+ c when beta is 1), batched */          \
+    X(LAUNCH, "launch") /* a kernel of the plan */                             \
+    X(ZERO, "zero")     /* bytes of a buffer set to 0 (a gradient about to be added into) */ \
+    X(COLL, "coll")     /* a collective over a group, on a buffer in place */  \
+    X(LOSS, "loss")     /* the loss: its row losses (ROWSTATS component 1) added into the step's sum */ \
+    X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */
+
+enum ir_act_kind {
+#define X(id, name) IR_ACT_##id,
+    IR_ACTS(X)
+#undef X
+    IR_ACT_COUNT
+};
+
+const char *ir_act_name(enum ir_act_kind k);
+
+/* A place in the role's arena: buffer (what, id) of the step's virtual
+ * stage, and a byte offset into it. */
+struct ir_ref {
+    uint8_t what;   /* enum ir_buf_what */
+    int32_t id;     /* tensor or op */
+    int64_t offset; /* bytes */
+};
+
+struct ir_gemm {
+    int64_t batch, m, n, k;
+    bool ta, tb;
+    float beta;     /* 0: overwrite c; 1: add into it */
+    uint8_t dtype;  /* of a and b (c is f32 when it is a gradient) */
+    int64_t lda, ldb, ldc, stride_a, stride_b, stride_c; /* elements; a stride 0 broadcasts */
+    struct ir_ref a, b, c;
+};
+
+struct ir_launch {
+    int32_t launch;        /* kernels section's launch */
+    uint8_t fn_first, fn_last; /* attention: the functions to run (enum kn_attn_fn) */
+    float scale;           /* attention's softmax scale */
+    struct kn_args args;   /* fused: sizes; pointers, seed and float arguments are the executor's */
+    int n_in, n_out;
+    struct ir_ref in[KN_MAX_SLOTS], out[KN_MAX_SLOTS]; /* the slots' buffers (a view's are its input's) */
+    uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimension it is split over */
+    uint8_t gather_pdim[2][KN_MAX_SLOTS]; /* per GATHER slot (in, out): the table rows' split */
+};
+
+struct ir_coll_action {
+    uint8_t coll;   /* enum ir_coll */
+    uint8_t group;  /* enum ir_group */
+    uint8_t dtype;  /* element type of the payload */
+    struct ir_ref buf;
+    int64_t bytes;  /* payload, this rank's */
+};
+
+struct ir_action {
+    uint8_t kind; /* enum ir_act_kind */
+    struct ir_gemm gemm;
+    struct ir_launch launch;
+    struct ir_ref zero;  /* ZERO */
+    int64_t zero_bytes;
+    struct ir_coll_action coll;
+    struct ir_ref loss;  /* LOSS: the row statistics; SQSUM: the sums of squares */
+    int64_t loss_rows;
+    uint8_t sq_only_first; /* SQSUM: counted only by ranks at coordinate 0 of these parallel dimensions (bits of
+                            * enum ir_pdim): identical copies count once */
+};
+
+struct ir_action_list {
+    int n, cap;
+    struct ir_action *v;
+};
+
+struct ir_stage_actions {
+    int n_vstages;
+    struct ir_action_list *forward, *backward; /* [n_vstages] */
+    struct ir_action_list optimizer;           /* the norm's sums, then the updates */
+};
+
+struct ir_actions {
+    int n_stages;
+    struct ir_stage_actions *stages;
+};
+
+void ir_action_push(struct ir_action_list *l, const struct ir_action *a);
+void ir_actions_free(struct ir_actions *A);
+const struct ir_action_list *ir_actions_step(const struct ir_stage_actions *s, int vstage, bool backward);
+/* "gemm 64x96x32 a=value 5+0 ..." into buf. */
+char *ir_action_str(const struct ir_action *a, char *buf, size_t n);
+
+/* The rank's coordinate along a parallel dimension (enum ir_pdim). */
+int ir_pdim_coord(const struct rank_coords *rc, int pdim);
+/* A fused launch's arguments for the rank at rc: the stored sizes, each
+ * split axis's offset, a table's first row. */
+void ir_action_launch_args(const struct ir_launch *l, const struct rank_coords *rc, struct kn_args *a);
+
+/* Every operand a buffer of its role's memory plan, for every micro-batch:
+ * 0, or -1 naming the action in d. */
+int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, struct diag *d);
+
+struct plan;
+struct plan_writer;
+void ir_actions_write(struct plan_writer *w, const struct ir_actions *A);
+/* stage < 0: every stage's; else only that one (the others empty). */
+int ir_actions_read(struct plan *p, int n_stages, int stage, struct ir_actions *A, struct diag *d);
+
+#endif

@@ -1,0 +1,155 @@
+/* rank_plan.c: one rank's view of a plan (rank_plan.h). */
+#include "rank_plan.h"
+#include "plan.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int read_tensors(struct plan *p, struct rank_plan *R, struct diag *d)
+{
+    struct plan_reader r;
+    if (plan_read(p, "tensors", &r, d))
+        return -1;
+    uint32_t n = plan_get_u32(&r);
+    if (r.bad || n > (uint64_t)(r.end - r.at)) {
+        diag_error(d, NULL, 0, "plan section 'tensors': %u tensors in %lld bytes: the plan is corrupted", n, (long long)(r.end - r.at));
+        return -1;
+    }
+    R->n_tensors = (int)n;
+    R->tensors = wf_calloc((size_t)n + 1, sizeof *R->tensors);
+    char skip[8];
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        struct rank_tensor *t = &R->tensors[i];
+        plan_get_str(&r, t->name, sizeof t->name);
+        plan_get_str(&r, skip, sizeof skip); /* its name as written */
+        t->kind = plan_get_u8(&r);
+        t->dtype = plan_get_u8(&r);
+        t->rank = plan_get_u8(&r);
+        if (t->rank > IR_MAX_RANK || t->dtype >= IR_DTYPE_COUNT) {
+            r.bad = true;
+            break;
+        }
+        for (int k = 0; k < t->rank; k++) {
+            t->shape[k] = plan_get_i64(&r);
+            t->split[k] = plan_get_u8(&r);
+        }
+        plan_get_u8(&r);  /* partial */
+        plan_get_u8(&r);  /* part */
+        plan_get_i32(&r); /* layer */
+        t->producer = plan_get_i32(&r);
+        t->init = plan_get_u8(&r);
+        t->init_std = plan_get_f64(&r);
+    }
+    if (r.bad) {
+        diag_error(d, NULL, 0, "plan section 'tensors' is shorter than its fields: the plan is corrupted");
+        return -1;
+    }
+    return 0;
+}
+
+static int read_outputs(struct plan *p, struct rank_plan *R, struct diag *d)
+{
+    struct plan_reader r;
+    if (plan_read(p, "outputs", &r, d))
+        return -1;
+    uint32_t n = plan_get_u32(&r);
+    if (r.bad || n > (uint64_t)(r.end - r.at) / 4) {
+        diag_error(d, NULL, 0, "plan section 'outputs' is corrupted");
+        return -1;
+    }
+    R->n_outputs = (int)n;
+    R->outputs = wf_calloc((size_t)n + 1, sizeof *R->outputs);
+    for (uint32_t i = 0; i < n; i++)
+        if ((R->outputs[i] = plan_get_i32(&r)) < 0 || R->outputs[i] >= R->n_tensors) {
+            diag_error(d, NULL, 0, "plan section 'outputs': output %u names no tensor: the plan is corrupted", i);
+            return -1;
+        }
+    return 0;
+}
+
+static int read_dims(struct plan *p, struct rank_plan *R, struct diag *d)
+{
+    struct plan_reader r;
+    if (plan_read(p, "meta", &r, d))
+        return -1;
+    char s[256];
+    for (int i = 0; i < 4; i++)
+        i == 2 ? (void)plan_get_u64(&r) : (void)plan_get_str(&r, s, sizeof s); /* name, file, digest, variant */
+    uint32_t n = plan_get_u32(&r);
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        plan_get_str(&r, s, sizeof s);
+        int64_t v = plan_get_i64(&r);
+        if (!strcmp(s, "vocab"))
+            R->vocab = v;
+        if (!strcmp(s, "seq"))
+            R->seq = v;
+    }
+    if (r.bad) {
+        diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
+        return -1;
+    }
+    return 0;
+}
+
+int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan *R, struct diag *d)
+{
+    memset(R, 0, sizeof *R);
+    R->rank = rank;
+    struct plan *p = plan_open(path, d);
+    if (!p)
+        return 2;
+    struct par_config pc;
+    bool has_encoder;
+    int rc = 2;
+    if (ir_layout_read(p, &pc, &has_encoder, d))
+        goto out;
+    if (pc.world_size != world_size) {
+        diag_error(d, NULL, 0, "%s was compiled for %d ranks; this run has %d (mpirun -np %d)", path, pc.world_size, world_size,
+                   pc.world_size);
+        goto out;
+    }
+    if (!(R->L = rank_layout_new(&pc, has_encoder, d)))
+        goto out;
+    R->coords = R->L->ranks[rank];
+    R->stage = R->coords.stage;
+    if (read_tensors(p, R, d) || read_outputs(p, R, d) || read_dims(p, R, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
+        ir_memory_read(p, R->schedule.n_stages, R->stage, &R->memory, d) ||
+        (plan_has(p, "actions.0") ? ir_actions_read(p, R->schedule.n_stages, R->stage, &R->actions, d)
+                                  : (diag_error(d, NULL, 0, "%s has no actions: compile the plan again with this weft", path), -1)) ||
+        kn_set_read(p, &R->kernels, d))
+        goto out;
+    R->train = plan_has(p, "optimizer");
+    if (R->train && optim_read(p, &R->opt, d))
+        goto out;
+    rc = 0;
+out:
+    plan_close(p);
+    return rc;
+}
+
+void rank_plan_free(struct rank_plan *R)
+{
+    rank_layout_free(R->L);
+    free(R->tensors);
+    free(R->outputs);
+    ir_schedule_free(&R->schedule);
+    ir_memory_free(&R->memory);
+    ir_actions_free(&R->actions);
+    kn_set_free(&R->kernels);
+    memset(R, 0, sizeof *R);
+}
+
+int rank_plan_degree(const struct rank_plan *R, int pdim)
+{
+    const struct par_config *pc = &R->L->pc;
+    bool enc = R->coords.part == IR_PART_ENCODER;
+    switch (pdim) {
+    case IR_PDIM_TP: return enc && pc->etp ? pc->etp : pc->tp;
+    case IR_PDIM_CP: return pc->cp;
+    case IR_PDIM_EP: return pc->ep;
+    case IR_PDIM_XTP: return pc->expert_tp ? pc->expert_tp : pc->tp;
+    default: return 1;
+    }
+}

@@ -1,0 +1,55 @@
+/* rank_plan.h: one rank's view of a plan: what `weft run` (and inspect,
+ * verify, the tests) need of it, read from the plan's sections alone.
+ *
+ *   struct rank_plan R;
+ *   if (rank_plan_load("gpt2.plan", rank, world_size, &R, &diag))  // 2: bad input, d names the section
+ *       ...
+ *   R.actions.stages[R.stage]   R.memory.roles[R.stage]   R.schedule.programs[R.stage]
+ *   rank_plan_free(&R);
+ *
+ * Only the rank's own stage's program, memory and actions are read; a
+ * world size other than the plan's is an error naming both. */
+#ifndef WEFT_RANK_PLAN_H
+#define WEFT_RANK_PLAN_H
+
+#include "actions.h"
+#include "kernel.h"
+#include "layout.h"
+#include "memplan.h"
+#include "optim.h"
+#include "program.h"
+
+/* A tensor as the plan records it: its whole shape and how ranks split it. */
+struct rank_tensor {
+    char name[128];
+    uint8_t kind, dtype, init, rank;
+    int64_t shape[IR_MAX_RANK];
+    uint8_t split[IR_MAX_RANK];  /* enum ir_pdim per axis */
+    int32_t producer;
+    double init_std;
+};
+
+struct rank_plan {
+    int rank, stage;
+    struct rank_layout *L;
+    struct rank_coords coords;
+    int n_tensors;
+    struct rank_tensor *tensors;
+    int n_outputs;
+    int32_t *outputs;          /* outputs[0]: the loss when training */
+    struct ir_schedule schedule; /* this stage's program only */
+    struct ir_memory memory;   /* this stage's role only */
+    struct ir_actions actions; /* this stage's only */
+    struct kn_set kernels;
+    bool train;
+    struct optim_config opt;
+    int64_t vocab;             /* the dimension bound to --vocab-size as written (0: none) */
+    int64_t seq;               /* the dimension "seq" (0: none) */
+};
+
+int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan *R, struct diag *d);
+void rank_plan_free(struct rank_plan *R);
+/* The parallel dimension's degree for this rank's part (tp, cp, ep, expert tp). */
+int rank_plan_degree(const struct rank_plan *R, int pdim);
+
+#endif

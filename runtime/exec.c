@@ -1,0 +1,311 @@
+/* exec.c: one rank's plan, run (exec.h). */
+#include "exec.h"
+#include "backend.h"
+#include "launch.h"
+#include "util.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct exec {
+    const struct rank_plan *R;
+    const struct ir_role_memory *m;
+    const struct ir_stage_actions *acts;
+    struct backend *be;
+    uint8_t *arena;
+    uint64_t seed;
+    int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
+    int64_t loss_rows;       /* per micro-batch */
+    double loss_sum, sq_sum;
+    long iteration;
+};
+
+void *exec_arena(struct exec *x) { return x->arena; }
+
+int32_t exec_token(uint64_t seed, int64_t sample, int64_t pos, int64_t vocab)
+{
+    uint64_t stream = kn_stream("weft.synthetic");
+    int64_t t = (int64_t)(kn_uniform(seed, stream, (uint64_t)sample) * (double)vocab);
+    for (int64_t p = 0; p < pos; p++)
+        t = (t * 5 + 3) % vocab;
+    return (int32_t)t;
+}
+
+static double normal(uint64_t seed, uint64_t stream, uint64_t index)
+{
+    double u1 = kn_uniform(seed, stream, 2 * index), u2 = kn_uniform(seed, stream, 2 * index + 1);
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+static void *at(struct exec *x, const struct ir_ref *r, int v, int micro)
+{
+    int64_t o = ir_memory_offset(x->m, r->what, r->id, v, micro);
+    if (o < 0)
+        fprintf(stderr, "weft run: no buffer for %s %d (virtual stage %d, micro-batch %d)\n", ir_buf_what_name(r->what), r->id, v, micro);
+    WF_ASSERT(o >= 0); /* ir_actions_check proved it at compile time */
+    return x->arena + o + r->offset;
+}
+
+/* A slot's buffer, or the gradient of the same one. */
+static void *grad_at(struct exec *x, const struct ir_ref *r, int v, int micro)
+{
+    struct ir_ref g = *r;
+    g.what = IR_BUF_GRAD;
+    return at(x, &g, v, micro);
+}
+
+/* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
+static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, int64_t e)
+{
+    int64_t idx = 0, stride = 1;
+    for (int k = t->rank - 1; k >= 0; k--) {
+        int deg = rank_plan_degree(x->R, t->split[k]);
+        int64_t local = t->shape[k] / deg, c = e % local;
+        e /= local;
+        idx += (c + (int64_t)ir_pdim_coord(&x->R->coords, t->split[k]) * local) * stride;
+        stride *= t->shape[k];
+    }
+    return idx;
+}
+
+static void init_params(struct exec *x)
+{
+    for (int b = 0; b < x->m->n_bufs; b++) {
+        const struct ir_buf *p = &x->m->bufs[b];
+        if (p->region != IR_REGION_PARAMS || p->what != IR_BUF_VALUE)
+            continue;
+        const struct rank_tensor *t = &x->R->tensors[p->id];
+        float *w = (float *)(x->arena + x->m->base[IR_REGION_PARAMS] + p->offset);
+        uint64_t stream = kn_stream(t->name);
+        for (int64_t e = 0; e < p->bytes / 4; e++)
+            w[e] = t->init == IR_INIT_ONES ? 1.0f : t->init == IR_INIT_ZEROS ? 0.0f
+                 : (float)(t->init_std * normal(x->seed, stream, (uint64_t)whole_index(x, t, e)));
+    }
+}
+
+/* Micro-batch j's inputs on this rank: sample s of the step's global batch
+ * is (j * dp + the rank's dp) * micro-batch + b, as Megatron's sampler
+ * deals a global batch; a labels input reads each sample one token on. */
+static void fill_inputs(struct exec *x, int v, int j)
+{
+    const struct par_config *pc = &x->R->L->pc;
+    for (int t = 0; t < x->R->n_tensors; t++) {
+        const struct rank_tensor *T = &x->R->tensors[t];
+        int64_t o = T->kind == IR_TENSOR_INPUT ? ir_memory_offset(x->m, IR_BUF_VALUE, t, v, j) : -1;
+        if (o < 0)
+            continue;
+        int64_t B = T->shape[0], S = T->rank > 1 ? T->shape[1] : 1, shift = strstr(T->name, "labels") ? 1 : 0;
+        int64_t vocab = x->R->vocab ? x->R->vocab : 2;
+        int64_t first = (int64_t)x->iteration * pc->global_batch + ((int64_t)j * pc->dp + x->R->coords.dp) * B;
+        if (T->dtype == IR_DTYPE_I32) {
+            int32_t *p = (int32_t *)(x->arena + o);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t s = 0; s < S; s++)
+                    p[b * S + s] = exec_token(x->seed, first + b, s + shift, vocab);
+        } else {
+            float *p = (float *)(x->arena + o);
+            int64_t per = 1;
+            for (int k = 1; k < T->rank; k++)
+                per *= T->shape[k];
+            for (int64_t e = 0; e < B * per; e++)
+                p[e] = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + e));
+        }
+    }
+}
+
+static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
+{
+    const float *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
+    float *c = at(x, &g->c, v, j);
+    for (int64_t z = 0; z < g->batch; z++)
+        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (blasint)g->m, (blasint)g->n,
+                    (blasint)g->k, 1.0f, a + z * g->stride_a, (blasint)g->lda, b + z * g->stride_b, (blasint)g->ldb, g->beta,
+                    c + z * g->stride_c, (blasint)g->ldc);
+}
+
+/* The float arguments a fused launch takes from the run: the loss's
+ * gradient scale (the loss's backward reads the loss op's row statistics),
+ * AdamW's step. */
+static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a, double clip, double lr)
+{
+    if (L->when == KN_WHEN_BACKWARD)
+        for (int i = 0; i < L->n_in; i++)
+            if (L->in[i].what == IR_BUF_ROWSTATS && L->in[i].id == x->loss_op) /* mean over micro-batches and replicas */
+                a->arg[0] = (float)(1.0 / ((double)x->loss_rows * x->R->schedule.n_micro * x->R->L->pc.dp));
+    if (L->when == KN_WHEN_OPTIMIZER) {
+        long t = x->iteration + 1;
+        a->arg[0] = (float)lr, a->arg[1] = (float)clip;
+        a->arg[2] = (float)(1 / (1 - pow(x->R->opt.beta1, (double)t))), a->arg[3] = (float)(1 / (1 - pow(x->R->opt.beta2, (double)t)));
+    }
+}
+
+static int launch(struct exec *x, const struct ir_launch *il, int v, int j, double clip, double lr, struct diag *d)
+{
+    const struct kn_launch *L = &x->R->kernels.launches[il->launch];
+    const struct kn_entry *e = &x->R->kernels.kernels[L->kernel];
+    if (e->kind == KN_KIND_FUSED) {
+        struct kn_args a;
+        ir_action_launch_args(il, &x->R->coords, &a);
+        a.seed = x->seed ^ ((uint64_t)x->iteration * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)j << 40);
+        float_args(x, L, &a, clip, lr);
+        for (int i = 0; i < L->n_in; i++)
+            a.in[i] = at(x, &il->in[i], v, j);
+        for (int i = 0; i < L->n_out; i++)
+            a.out[i] = at(x, &il->out[i], v, j);
+        return backend_fused(x->be, L->kernel, &a, d);
+    }
+    if (e->kind == KN_KIND_ROUTE) {
+        struct kn_route_args a;
+        kn_launch_route_args(L, &a);
+        a.idx = at(x, &il->in[0], v, j), a.routes = at(x, &il->out[0], v, j);
+        a.fills = L->n_out > 1 ? at(x, &il->out[1], v, j) : NULL;
+        return backend_route(x->be, L->kernel, &a, d);
+    }
+    struct kn_attn_args a;
+    kn_launch_attn_args(L, &a);
+    a.scale = il->scale;
+    a.q = at(x, &il->in[0], v, j), a.k = at(x, &il->in[1], v, j), a.v = at(x, &il->in[2], v, j);
+    a.bias = e->attn.bias ? at(x, &il->in[3], v, j) : NULL;
+    a.out = at(x, &il->out[0], v, j);
+    a.stats = L->n_out > 1 ? at(x, &il->out[1], v, j) : NULL;
+    if (il->fn_last > KN_ATTN_FWD) { /* the backward: the gradients of the same buffers, the delta in the workspace */
+        a.dout = grad_at(x, &il->out[0], v, j);
+        a.dq = grad_at(x, &il->in[0], v, j), a.dk = grad_at(x, &il->in[1], v, j), a.dv = grad_at(x, &il->in[2], v, j);
+        a.dbias = e->attn.bias_grad ? grad_at(x, &il->in[3], v, j) : NULL;
+        a.delta = (float *)(x->arena + x->m->base[IR_REGION_WORKSPACE]);
+    }
+    for (int f = il->fn_first; f <= il->fn_last; f++)
+        if (backend_attention(x->be, L->kernel, (enum kn_attn_fn)f, &a, d))
+            return -1;
+    return 0;
+}
+
+static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, double clip, double lr, struct diag *d)
+{
+    for (int i = 0; i < l->n; i++) {
+        const struct ir_action *a = &l->v[i];
+        switch (a->kind) {
+        case IR_ACT_GEMM: gemm(x, &a->gemm, v, j); break;
+        case IR_ACT_LAUNCH:
+            if (launch(x, &a->launch, v, j, clip, lr, d))
+                return -1;
+            break;
+        case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
+        case IR_ACT_LOSS: {
+            const float *s = at(x, &a->loss, v, j);
+            for (int64_t r = 0; r < a->loss_rows; r++)
+                x->loss_sum += s[2 * r + 1];
+            break;
+        }
+        case IR_ACT_SQSUM: {
+            bool counts = true;
+            for (int p = 0; p < IR_PDIM_COUNT; p++)
+                if ((a->sq_only_first >> p & 1) && ir_pdim_coord(&x->R->coords, p))
+                    counts = false;
+            const float *s = at(x, &a->loss, v, j);
+            for (int64_t r = 0; counts && r < a->loss_rows; r++)
+                x->sq_sum += s[r];
+            break;
+        }
+        default: {
+            char s[256];
+            diag_error(d, NULL, 0, "rank %d: action %d (%s): weft run does not run it yet", x->R->rank, i, ir_action_str(a, s, sizeof s));
+            return -1;
+        }
+        }
+    }
+    return 0;
+}
+
+struct exec *exec_new(const struct rank_plan *R, uint64_t seed, struct diag *d)
+{
+    if (R->L->pc.bf16) {
+        diag_error(d, NULL, 0, "weft run: bf16 plans do not run on the CPU yet: compile without --bf16");
+        return NULL;
+    }
+    const struct ir_program *prog = &R->schedule.programs[R->stage];
+    for (int i = 0; i < prog->n; i++)
+        if (prog->ins[i].kind == IR_INS_P2P || prog->ins[i].kind == IR_INS_COLLECTIVE) {
+            char s[256];
+            diag_error(d, NULL, 0, "weft run: rank %d: instruction %d (%s): collectives and pipeline transfers do not run yet; "
+                                   "this weft runs plans for one rank", R->rank, i, ir_ins_str(&prog->ins[i], s, sizeof s));
+            return NULL;
+        }
+    struct exec *x = wf_calloc(1, sizeof *x);
+    x->R = R, x->seed = seed, x->loss_op = -1;
+    x->m = &R->memory.roles[R->stage];
+    x->acts = &R->actions.stages[R->stage];
+    for (int v = 0; v < x->acts->n_vstages; v++)
+        for (int i = 0; i < x->acts->forward[v].n; i++)
+            if (x->acts->forward[v].v[i].kind == IR_ACT_LOSS)
+                x->loss_op = x->acts->forward[v].v[i].loss.id, x->loss_rows = x->acts->forward[v].v[i].loss_rows;
+    x->arena = aligned_alloc(IR_ALIGN, (size_t)(x->m->total + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN);
+    if (!x->arena || !(x->be = backend_open(BACKEND_CPU, &R->kernels, d))) {
+        if (!x->arena)
+            diag_error(d, NULL, 0, "rank %d: cannot allocate the arena (%lld bytes)", R->rank, (long long)x->m->total);
+        exec_free(x);
+        return NULL;
+    }
+    memset(x->arena, 0, (size_t)x->m->total);
+    init_params(x);
+    return x;
+}
+
+void exec_free(struct exec *x)
+{
+    if (!x)
+        return;
+    if (x->be)
+        backend_close(x->be);
+    free(x->arena);
+    free(x);
+}
+
+int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    x->iteration = iteration;
+    x->loss_sum = x->sq_sum = 0;
+    memset(x->arena + x->m->base[IR_REGION_GRADS], 0, (size_t)x->m->size[IR_REGION_GRADS]);
+    const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
+    double lr = x->R->train ? optim_lr(&x->R->opt, iteration) : 0, norm = 0;
+    for (int i = 0; i < prog->n; i++) {
+        const struct ir_ins *ins = &prog->ins[i];
+        int rc = 0;
+        if (ins->kind == IR_INS_FORWARD) {
+            fill_inputs(x, ins->vstage, ins->micro);
+            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
+        } else if (ins->kind == IR_INS_BACKWARD)
+            rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
+        else if (ins->kind == IR_INS_OPTIMIZER) {
+            /* the norm's sums (launches up to the last SQSUM), the clip factor, then the updates */
+            const struct ir_action_list *o = &x->acts->optimizer;
+            int split = 0;
+            for (int k = 0; k < o->n; k++)
+                if (o->v[k].kind == IR_ACT_SQSUM)
+                    split = k + 1;
+            struct ir_action_list sums = {.n = split, .v = o->v}, steps = {.n = o->n - split, .v = o->v + split};
+            rc = run_list(x, &sums, -1, -1, 1, lr, d);
+            norm = sqrt(x->sq_sum);
+            if (!rc)
+                rc = run_list(x, &steps, -1, -1, optim_clip_coeff(&x->R->opt, norm), lr, d);
+        }
+        if (rc)
+            return -1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const struct par_config *pc = &x->R->L->pc;
+    st->loss = x->loss_rows ? x->loss_sum / ((double)x->loss_rows * x->R->schedule.n_micro) : 0;
+    st->grad_norm = norm;
+    st->lr = lr;
+    st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    st->tokens = (int64_t)x->loss_rows * x->R->schedule.n_micro * pc->dp;
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* exec.h: the executor: one rank's plan run step by step on a backend.
+ *
+ *   struct rank_plan R;  rank_plan_load("gpt2.plan", rank, world, &R, &d);
+ *   struct exec *x = exec_new(&R, seed, &d);      // one arena, parameters drawn from the seed
+ *   struct exec_stats st;
+ *   exec_step(x, iteration, &st, &d);            // st.loss, st.grad_norm, st.lr
+ *   exec_free(x);
+ *
+ * It walks the rank's program: a forward or backward step runs that step's
+ * actions for its micro-batch, the optimizer the norm's sums and then the
+ * updates.  It decides nothing the compiler could have: every address is
+ * the memory plan's (ir_memory_offset), every size the actions'.  Each
+ * parameter starts from the seed by its elements' indices in the whole
+ * tensor (as runtime/ref.c draws them), so every layout starts from one
+ * model; inputs are synthetic token ids (exec_token), the same sample for
+ * the same global index whatever the layout.
+ * Not yet: collectives and pipeline transfers (a plan that needs them is
+ * refused by exec_new, saying which), bf16 GEMMs. */
+#ifndef WEFT_EXEC_H
+#define WEFT_EXEC_H
+
+#include "diag.h"
+#include "rank_plan.h"
+
+struct exec;
+
+struct exec_stats {
+    double loss, grad_norm, lr;
+    double seconds;
+    int64_t tokens;  /* the step's, across the data-parallel ranks */
+};
+
+struct exec *exec_new(const struct rank_plan *R, uint64_t seed, struct diag *d);
+int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
+void exec_free(struct exec *x);
+/* The arena, and where a buffer is in it (tests read parameters). */
+void *exec_arena(struct exec *x);
+
+/* Token `pos` of synthetic sample `sample`: a walk through the vocabulary
+ * that a model can learn (each token a function of the one before, with a
+ * seeded start per sample), so the loss falls. */
+int32_t exec_token(uint64_t seed, int64_t sample, int64_t pos, int64_t vocab);
+
+#endif
