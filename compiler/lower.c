@@ -4,6 +4,7 @@
 #include "fuse.h"
 #include "launch.h"
 #include "memory.h"
+#include "schedule.h"
 #include "util.h"
 
 #include <math.h>
@@ -109,24 +110,6 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         x.launch.scale = (float)(isnan(scale) ? 1 / sqrt((double)e->attn.D) : scale);
     }
     return x;
-}
-
-/* The transfers a step runs inside it (not a pipeline send, not a slice):
- * refused for now, since the executor does not yet run them. */
-static int step_transfers(const struct lowering *w, int stage, bool backward, struct diag *d)
-{
-    const struct partition *P = w->P;
-    for (int x = 0; x < P->n_xfers; x++) {
-        const struct part_xfer *px = &P->xfers[x];
-        if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || px->grad != backward ||
-            P->chunks[px->to_chunk].stage != stage || P->chunks[px->to_chunk].vstage != w->v)
-            continue;
-        diag_error(d, NULL, 0, "stage %d: the %s of %s (%s) inside a step: weft run does not run tensor, context or expert "
-                               "parallel transfers yet", stage, part_xfer_name(px->kind), P->g->tensors[px->tensor].name,
-                   px->grad ? "backward" : "forward");
-        return -1;
-    }
-    return 0;
 }
 
 static void forward_step(const struct lowering *w, const int *ops, int n, struct ir_action_list *out)
@@ -253,6 +236,50 @@ static void optimizer_step(const struct lowering *w, int stage, struct ir_action
     free(only_first);
 }
 
+/* A parameter's gradient's bytes in GRADS, and where it starts. */
+static int64_t grad_extent(const struct ir_role_memory *m, int param, int64_t *start)
+{
+    for (int b = 0; b < m->n_bufs; b++)
+        if (m->bufs[b].region == IR_REGION_GRADS && m->bufs[b].id == param) {
+            *start = m->bufs[b].offset;
+            return m->bufs[b].bytes;
+        }
+    WF_ASSERT(0 && "a bucket's parameter has no gradient");
+    return 0;
+}
+
+/* The program's instructions that are not steps: a data-parallel bucket's
+ * all-reduce on its range of GRADS (its parameters are adjacent there, in
+ * the order the backward finishes them); the rest pending. */
+static void program_actions(const struct partition *P, const struct ir_program *prog, const struct ir_role_memory *m,
+                            struct ir_stage_actions *st)
+{
+    st->n_ins = prog->n;
+    st->ins = wf_calloc((size_t)prog->n + 1, sizeof *st->ins);
+    int64_t *bytes = wf_calloc(SCHED_MAX_BUCKETS, sizeof *bytes);
+    int *first = wf_calloc(SCHED_MAX_BUCKETS, sizeof *first), *last = wf_calloc(SCHED_MAX_BUCKETS, sizeof *last);
+    for (int i = 0; i < prog->n; i++) {
+        const struct ir_ins *x = &prog->ins[i];
+        if (x->kind == IR_INS_FORWARD || x->kind == IR_INS_BACKWARD || x->kind == IR_INS_OPTIMIZER)
+            continue;
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_DP_CP && x->tag >= SCHED_TAG_GRADS && x->tag < SCHED_TAG_NORM) {
+            int c = (x->tag - SCHED_TAG_GRADS) / SCHED_MAX_BUCKETS, b = (x->tag - SCHED_TAG_GRADS) % SCHED_MAX_BUCKETS;
+            int n = schedule_grad_buckets(P, c, bytes, first, last);
+            WF_ASSERT(b < n);
+            int64_t lo, hi, end = grad_extent(m, last[b], &hi);
+            grad_extent(m, first[b], &lo);
+            struct ir_action a = {.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_DP_CP, .dtype = IR_DTYPE_F32,
+                                                              .buf = {.what = IR_BUF_GRAD, .id = first[b]}, .bytes = hi + end - lo}};
+            ir_action_push(&st->ins[i], &a);
+            continue;
+        }
+        ir_action_push(&st->ins[i], &(struct ir_action){.kind = IR_ACT_PENDING});
+    }
+    free(bytes);
+    free(first);
+    free(last);
+}
+
 int lower(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, const struct ir_memory *M,
           struct ir_actions *A, struct diag *d)
 {
@@ -294,6 +321,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
         }
         if (!S->forward_only)
             optimizer_step(&w, s, &st->optimizer);
+        program_actions(P, &S->programs[s], w.m, st);
     }
     free(ops);
     free(w.needs);
@@ -302,16 +330,4 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     if (rc)
         ir_actions_free(A);
     return rc;
-}
-
-int lower_runnable(const struct partition *P, const struct ir_schedule *S, struct diag *d)
-{
-    struct lowering w = {.P = P};
-    for (int s = 0; s < S->n_stages; s++)
-        for (int v = 0; v < S->virtual_stages; v++) {
-            w.v = v;
-            if (step_transfers(&w, s, false, d) || (!S->forward_only && step_transfers(&w, s, true, d)))
-                return -1;
-        }
-    return 0;
 }

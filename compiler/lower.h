@@ -21,9 +21,6 @@
 #include "memplan.h"
 #include "partition.h"
 
-/* Whether weft run can execute every step yet: 0, or -1 with what it cannot
- * run in d (the plan is still written: the compiler's other outputs hold). */
-int lower_runnable(const struct partition *P, const struct ir_schedule *S, struct diag *d);
 int lower(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, const struct ir_memory *M,
           struct ir_actions *A, struct diag *d);
 

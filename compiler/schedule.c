@@ -120,7 +120,6 @@ static enum ir_coll coll_of(enum part_xfer_kind k)
     }
 }
 
-enum { TAG_GRADS = 1 << 20, TAG_NORM = 2 << 20, TAG_PARAM_GRADS = 3 << 20, MAX_BUCKETS = 1 << 10 };
 
 static bool is_param(const struct partition *P, int t) { return P->g->tensors[t].kind == IR_TENSOR_PARAM; }
 
@@ -130,7 +129,7 @@ static bool is_param(const struct partition *P, int t) { return P->g->tensors[t]
  * reduced as soon as the last micro-batch's backward has finished it, while
  * the backward goes on.  A parameter read by several chunks of one stage is
  * the first chunk's.  Returns the buckets' sizes in fp32 bytes. */
-static int grad_buckets(const struct partition *P, int chunk, int64_t *out)
+int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *out, int *first, int *last)
 {
     const struct ir_graph *g = P->g;
     int n = 0;
@@ -141,8 +140,12 @@ static int grad_buckets(const struct partition *P, int chunk, int64_t *out)
         if (chunks[i] != chunk)
             continue;
         struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[params[i]].shape, &P->shard[params[i]]);
+        if (!fill && first)
+            first[n] = params[i];
+        if (last)
+            last[n] = params[i];
         fill += ir_shape_numel(&l);
-        if (fill >= limit && n + 1 < MAX_BUCKETS) {
+        if (fill >= limit && n + 1 < SCHED_MAX_BUCKETS) {
             out[n++] = fill * 4;
             fill = 0;
         }
@@ -239,7 +242,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     find_tied(P, S, &tied_bytes);
     S->programs = wf_calloc((size_t)S->n_stages, sizeof *S->programs);
     struct step *steps = wf_calloc((size_t)(2 * m * v + 2), sizeof *steps);
-    int64_t *buckets = wf_calloc(MAX_BUCKETS, sizeof *buckets);
+    int64_t *buckets = wf_calloc(SCHED_MAX_BUCKETS, sizeof *buckets);
     for (int s = 0; s < S->n_stages; s++) {
         struct ir_program *prog = &S->programs[s];
         prog->stage = s;
@@ -294,13 +297,13 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                         if (coalesced[g])
                             ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                                    .group = (enum ir_group)g,
-                                                                   .tag = TAG_PARAM_GRADS + c * IR_GROUP_COUNT + g,
+                                                                   .tag = SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + g,
                                                                    .bytes = coalesced[g]});
-                    int nb = P->L->pc.dp * P->L->pc.cp > 1 ? grad_buckets(P, c, buckets) : 0;
+                    int nb = P->L->pc.dp * P->L->pc.cp > 1 ? schedule_grad_buckets(P, c, buckets, NULL, NULL) : 0;
                     for (int b = 0; b < nb; b++)
                         ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                                .group = IR_GROUP_DP_CP,
-                                                               .tag = TAG_GRADS + c * MAX_BUCKETS + b, .bytes = buckets[b]});
+                                                               .tag = SCHED_TAG_GRADS + c * SCHED_MAX_BUCKETS + b, .bytes = buckets[b]});
                 }
                 pending.n_p2p = p2p_of(P, s, st, true, pending.p2p, pending.n_p2p);
             }
@@ -318,7 +321,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                                                        .group = IR_GROUP_TIED, .tag = t, .bytes = tied_bytes[t]});
         if (P->L->pc.tp * P->L->pc.pp > 1 || P->L->pc.epp > 0)
             ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
-                                                   .group = IR_GROUP_MP, .tag = TAG_NORM, .bytes = 4});
+                                                   .group = IR_GROUP_MP, .tag = SCHED_TAG_NORM, .bytes = 4});
         ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_OPTIMIZER});
     }
     free(steps);

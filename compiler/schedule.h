@@ -30,4 +30,16 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
  * virtual stages, else 1F1B. */
 enum ir_sched_kind schedule_default(const struct partition *P);
 
+/* A COLLECTIVE instruction's tag, the same on every member: a transfer's
+ * index (below SCHED_TAG_GRADS), a data-parallel gradient bucket (chunk c's
+ * bucket b: SCHED_TAG_GRADS + c * SCHED_MAX_BUCKETS + b), the gradient
+ * norm, a chunk's parameter gradients partial over a group
+ * (SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + group), a tied set (TIED: its index). */
+enum { SCHED_TAG_GRADS = 1 << 20, SCHED_TAG_NORM = 2 << 20, SCHED_TAG_PARAM_GRADS = 3 << 20, SCHED_MAX_BUCKETS = 1 << 10 };
+
+/* Megatron's gradient buckets of a chunk: their fp32 bytes, and (first,
+ * last: may be NULL) each one's first and last parameter in the order the
+ * backward finishes them, the order GRADS lays them out.  Returns the count. */
+int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *bytes, int *first, int *last);
+
 #endif

@@ -33,6 +33,9 @@ void ir_actions_free(struct ir_actions *A)
         free(st->forward);
         free(st->backward);
         free(st->optimizer.v);
+        for (int i = 0; i < st->n_ins; i++)
+            free(st->ins[i].v);
+        free(st->ins);
     }
     free(A->stages);
     memset(A, 0, sizeof *A);
@@ -79,6 +82,7 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         snprintf(buf, n, "sqsum: [%s], %lld rows%s", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows,
                  a->sq_only_first ? " (where this rank counts it)" : "");
         break;
+    case IR_ACT_PENDING: snprintf(buf, n, "not lowered yet"); break;
     default: snprintf(buf, n, "?");
     }
     return buf;
@@ -174,6 +178,7 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         break;
     }
     case IR_ACT_ZERO:
+    case IR_ACT_PENDING: /* PENDING: zero says what (an instruction's kind, its tag) */
         put_ref(w, &a->zero);
         plan_put_i64(w, a->zero_bytes);
         break;
@@ -241,6 +246,7 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         break;
     }
     case IR_ACT_ZERO:
+    case IR_ACT_PENDING:
         get_ref(r, &a->zero);
         a->zero_bytes = plan_get_i64(r);
         break;
@@ -295,6 +301,9 @@ void ir_actions_write(struct plan_writer *w, const struct ir_actions *A)
             put_list(w, &st->backward[v]);
         }
         put_list(w, &st->optimizer);
+        plan_put_u32(w, (uint32_t)st->n_ins);
+        for (int i = 0; i < st->n_ins; i++)
+            put_list(w, &st->ins[i]);
     }
 }
 
@@ -326,7 +335,17 @@ int ir_actions_read(struct plan *p, int n_stages, int stage, struct ir_actions *
         int bad = 0;
         for (uint32_t v = 0; v < nv && !bad; v++)
             bad = get_list(&r, &st->forward[v]) || get_list(&r, &st->backward[v]);
-        if (bad || get_list(&r, &st->optimizer) || r.at != r.end) {
+        bad = bad || get_list(&r, &st->optimizer);
+        uint32_t ni = bad ? 0 : plan_get_u32(&r);
+        if (ni > (uint64_t)(r.end - r.at) / 4)
+            bad = 1;
+        else {
+            st->n_ins = (int)ni;
+            st->ins = wf_calloc((size_t)ni + 1, sizeof *st->ins);
+        }
+        for (uint32_t i = 0; i < (uint32_t)st->n_ins && !bad; i++)
+            bad = get_list(&r, &st->ins[i]);
+        if (bad || r.at != r.end) {
             diag_error(d, NULL, 0, "plan section %s: its actions do not fit its bytes: the plan is corrupt", name);
             ir_actions_free(A);
             return -1;
@@ -356,6 +375,8 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
                   check_ref(m, &g->c, v, 0, ((g->batch - 1) * g->stride_c + g->m * g->n) * 4);
         else if (a->kind == IR_ACT_ZERO)
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);
+        else if (a->kind == IR_ACT_COLL)
+            bad = check_ref(m, &a->coll.buf, v, 0, a->coll.bytes);
         else if (a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM)
             bad = check_ref(m, &a->loss, v, 0, a->loss_rows * (a->kind == IR_ACT_LOSS ? 8 : 4));
         for (int k = 0; a->kind == IR_ACT_LAUNCH && k < a->launch.n_in + a->launch.n_out && !bad; k++)
@@ -380,6 +401,9 @@ int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, stru
                 return -1;
         if (check_list(&st->optimizer, &M->roles[s], s, -1, "optimizer", d))
             return -1;
+        for (int i = 0; i < st->n_ins; i++)
+            if (check_list(&st->ins[i], &M->roles[s], s, -1, "program", d))
+                return -1;
     }
     return 0;
 }

@@ -35,7 +35,9 @@
     X(ZERO, "zero")     /* bytes of a buffer set to 0 (a gradient about to be added into) */ \
     X(COLL, "coll")     /* a collective over a group, on a buffer in place */  \
     X(LOSS, "loss")     /* the loss: its row losses (ROWSTATS component 1) added into the step's sum */ \
-    X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */
+    X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */ \
+    X(PENDING, "pending") /* what the compiler does not lower yet (a tensor-parallel, tied or norm collective, a pipeline \
+                             transfer): an executor refuses the plan, naming it */
 
 enum ir_act_kind {
 #define X(id, name) IR_ACT_##id,
@@ -104,6 +106,9 @@ struct ir_stage_actions {
     int n_vstages;
     struct ir_action_list *forward, *backward; /* [n_vstages] */
     struct ir_action_list optimizer;           /* the norm's sums, then the updates */
+    int n_ins;
+    struct ir_action_list *ins;                /* per instruction of the stage's program that is not a step: its
+                                                * actions (a data-parallel bucket's all-reduce: its byte range of GRADS) */
 };
 
 struct ir_actions {

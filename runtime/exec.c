@@ -13,6 +13,7 @@
 
 struct exec {
     const struct rank_plan *R;
+    struct comm *comm;
     const struct ir_role_memory *m;
     const struct ir_stage_actions *acts;
     struct backend *be;
@@ -20,6 +21,7 @@ struct exec {
     uint64_t seed;
     int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
     int64_t loss_rows;       /* per micro-batch */
+    int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum, sq_sum;
     long iteration;
 };
@@ -89,12 +91,27 @@ static void init_params(struct exec *x)
     }
 }
 
-/* Micro-batch j's inputs on this rank: sample s of the step's global batch
- * is (j * dp + the rank's dp) * micro-batch + b, as Megatron's sampler
- * deals a global batch; a labels input reads each sample one token on. */
-static void fill_inputs(struct exec *x, int v, int j)
+/* The first global sample of micro-batch j on this rank: samples are dealt
+ * as Megatron's sampler deals a global batch, micro-batch j of every
+ * data-parallel rank in turn. */
+static int64_t first_sample(const struct exec *x, int j, int64_t micro_batch)
 {
     const struct par_config *pc = &x->R->L->pc;
+    return (int64_t)x->iteration * pc->global_batch + ((int64_t)j * pc->dp + x->R->coords.dp) * micro_batch;
+}
+
+/* Dropout's draws for micro-batch j: keyed by its first global sample, so
+ * the same samples draw the same masks whatever the layout (at one
+ * micro-batch size). */
+static uint64_t dropout_seed(const struct exec *x, int j)
+{
+    return x->seed ^ ((uint64_t)first_sample(x, j, x->micro_batch) * 0x9e3779b97f4a7c15ull); /* sample 0: the seed, as ref.c */
+}
+
+/* Micro-batch j's inputs on this rank (its samples from first_sample); a
+ * labels input reads each sample one token on. */
+static void fill_inputs(struct exec *x, int v, int j)
+{
     for (int t = 0; t < x->R->n_tensors; t++) {
         const struct rank_tensor *T = &x->R->tensors[t];
         int64_t o = T->kind == IR_TENSOR_INPUT ? ir_memory_offset(x->m, IR_BUF_VALUE, t, v, j) : -1;
@@ -102,7 +119,7 @@ static void fill_inputs(struct exec *x, int v, int j)
             continue;
         int64_t B = T->shape[0], S = T->rank > 1 ? T->shape[1] : 1, shift = strstr(T->name, "labels") ? 1 : 0;
         int64_t vocab = x->R->vocab ? x->R->vocab : 2;
-        int64_t first = (int64_t)x->iteration * pc->global_batch + ((int64_t)j * pc->dp + x->R->coords.dp) * B;
+        int64_t first = first_sample(x, j, B);
         if (T->dtype == IR_DTYPE_I32) {
             int32_t *p = (int32_t *)(x->arena + o);
             for (int64_t b = 0; b < B; b++)
@@ -152,7 +169,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, doub
     if (e->kind == KN_KIND_FUSED) {
         struct kn_args a;
         ir_action_launch_args(il, &x->R->coords, &a);
-        a.seed = x->seed ^ ((uint64_t)x->iteration * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)j << 40);
+        a.seed = dropout_seed(x, j);
         float_args(x, L, &a, clip, lr);
         for (int i = 0; i < L->n_in; i++)
             a.in[i] = at(x, &il->in[i], v, j);
@@ -197,6 +214,13 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
                 return -1;
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
+        case IR_ACT_COLL: {
+            const struct ir_coll_action *c = &a->coll;
+            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, at(x, &c->buf, v, j), c->bytes / 4, c->dtype,
+                                                    (enum ir_coll)c->coll, d))
+                return -1;
+            break;
+        }
         case IR_ACT_LOSS: {
             const float *s = at(x, &a->loss, v, j);
             for (int64_t r = 0; r < a->loss_rows; r++)
@@ -223,23 +247,33 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
     return 0;
 }
 
-struct exec *exec_new(const struct rank_plan *R, uint64_t seed, struct diag *d)
+struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d)
 {
     if (R->L->pc.bf16) {
         diag_error(d, NULL, 0, "weft run: bf16 plans do not run on the CPU yet: compile without --bf16");
         return NULL;
     }
     const struct ir_program *prog = &R->schedule.programs[R->stage];
+    const struct ir_stage_actions *acts = &R->actions.stages[R->stage];
     for (int i = 0; i < prog->n; i++)
-        if (prog->ins[i].kind == IR_INS_P2P || prog->ins[i].kind == IR_INS_COLLECTIVE) {
+        if (i >= acts->n_ins || (acts->ins[i].n && acts->ins[i].v[0].kind == IR_ACT_PENDING)) {
             char s[256];
-            diag_error(d, NULL, 0, "weft run: rank %d: instruction %d (%s): collectives and pipeline transfers do not run yet; "
-                                   "this weft runs plans for one rank", R->rank, i, ir_ins_str(&prog->ins[i], s, sizeof s));
+            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s): this weft does not run it yet (data parallel "
+                                   "layouts run; tensor, context, expert and pipeline parallel ones come next)",
+                       R->rank, i, ir_ins_str(&prog->ins[i], s, sizeof s));
             return NULL;
         }
+    if (R->L->n_ranks > 1 && !comm) {
+        diag_error(d, NULL, 0, "weft run: a plan for %d ranks needs a communicator", R->L->n_ranks);
+        return NULL;
+    }
     struct exec *x = wf_calloc(1, sizeof *x);
-    x->R = R, x->seed = seed, x->loss_op = -1;
+    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1;
     x->m = &R->memory.roles[R->stage];
+    x->micro_batch = 1;
+    for (int t = R->n_tensors - 1; t >= 0; t--)
+        if (R->tensors[t].kind == IR_TENSOR_INPUT && R->tensors[t].rank)
+            x->micro_batch = R->tensors[t].shape[0];
     x->acts = &R->actions.stages[R->stage];
     for (int v = 0; v < x->acts->n_vstages; v++)
         for (int i = 0; i < x->acts->forward[v].n; i++)
@@ -284,6 +318,8 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
             rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
         } else if (ins->kind == IR_INS_BACKWARD)
             rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
+        else if (ins->kind == IR_INS_COLLECTIVE || ins->kind == IR_INS_P2P)
+            rc = run_list(x, &x->acts->ins[i], -1, -1, 1, lr, d);
         else if (ins->kind == IR_INS_OPTIMIZER) {
             /* the norm's sums (launches up to the last SQSUM), the clip factor, then the updates */
             const struct ir_action_list *o = &x->acts->optimizer;
@@ -300,9 +336,14 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
         if (rc)
             return -1;
     }
+    /* the loss every replica saw: summed over the data-parallel group (Megatron averages it so for its log) */
+    float sum = (float)x->loss_sum;
+    if (x->comm && x->R->L->pc.dp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, &sum, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+        return -1;
+    x->loss_sum = sum;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const struct par_config *pc = &x->R->L->pc;
-    st->loss = x->loss_rows ? x->loss_sum / ((double)x->loss_rows * x->R->schedule.n_micro) : 0;
+    st->loss = x->loss_rows ? x->loss_sum / ((double)x->loss_rows * x->R->schedule.n_micro * pc->dp) : 0;
     st->grad_norm = norm;
     st->lr = lr;
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);

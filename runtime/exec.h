@@ -1,7 +1,7 @@
 /* exec.h: the executor: one rank's plan run step by step on a backend.
  *
  *   struct rank_plan R;  rank_plan_load("gpt2.plan", rank, world, &R, &d);
- *   struct exec *x = exec_new(&R, seed, &d);      // one arena, parameters drawn from the seed
+ *   struct exec *x = exec_new(&R, comm, seed, &d); // one arena, parameters drawn from the seed
  *   struct exec_stats st;
  *   exec_step(x, iteration, &st, &d);            // st.loss, st.grad_norm, st.lr
  *   exec_free(x);
@@ -14,11 +14,14 @@
  * tensor (as runtime/ref.c draws them), so every layout starts from one
  * model; inputs are synthetic token ids (exec_token), the same sample for
  * the same global index whatever the layout.
- * Not yet: collectives and pipeline transfers (a plan that needs them is
- * refused by exec_new, saying which), bf16 GEMMs. */
+ * Collectives go through the communicator's table (comm.h).  Not yet:
+ * tensor, context and expert parallel transfers, tied and norm collectives,
+ * pipeline transfers (a plan that needs them is refused by exec_new,
+ * naming the instruction), bf16 GEMMs. */
 #ifndef WEFT_EXEC_H
 #define WEFT_EXEC_H
 
+#include "comm.h"
 #include "diag.h"
 #include "rank_plan.h"
 
@@ -30,7 +33,8 @@ struct exec_stats {
     int64_t tokens;  /* the step's, across the data-parallel ranks */
 };
 
-struct exec *exec_new(const struct rank_plan *R, uint64_t seed, struct diag *d);
+/* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
+struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
 void exec_free(struct exec *x);
 /* The arena, and where a buffer is in it (tests read parameters). */

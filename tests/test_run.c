@@ -29,7 +29,7 @@ static struct exec *run_plan(const char *plan, struct rank_plan *R)
     struct diag d;
     diag_init(&d);
     struct exec *x = NULL;
-    if (rank_plan_load(plan, 0, 1, R, &d) || !(x = exec_new(R, SEED, &d)))
+    if (rank_plan_load(plan, 0, 1, R, &d) || !(x = exec_new(R, NULL, SEED, &d)))
         fail_msg("%s: %s", plan, diag_first_error(&d));
     diag_free(&d);
     return x;
@@ -113,11 +113,118 @@ static void test_training_lowers_the_loss(void **state)
     unlink(plan);
 }
 
+/* Compile model for `ranks` data-parallel ranks (global batch 8) to plan. */
+static void compile_dp(const char *model, int ranks, const char *plan)
+{
+    char world[16];
+    snprintf(world, sizeof world, "%d", ranks);
+    struct run r;
+    run_weft(&r, "compile", model, "--variant", "tiny", "--world-size", world, "--global-batch-size", "8", "--lr", "1e-3",
+             "--arch", "sm_90", "-o", plan, NULL);
+    if (r.status)
+        fail_msg("weft compile %s for %d ranks: %s", model, ranks, r.err);
+}
+
+/* mpirun -np ranks weft run plan --steps steps --log log: the losses and norms it logged. */
+static int mpi_run(const char *plan, int ranks, int steps, double *loss, double *norm, struct run *r)
+{
+    char np[16], n[16], log[64];
+    snprintf(np, sizeof np, "%d", ranks);
+    snprintf(n, sizeof n, "%d", steps);
+    snprintf(log, sizeof log, "%s.jsonl", plan);
+    const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan, "--steps", n,
+                          "--log", log, NULL};
+    run_progv(r, argv);
+    if (r->status)
+        return -1;
+    FILE *f = fopen(log, "r");
+    int got = 0;
+    char line[512];
+    while (f && got < steps && fgets(line, sizeof line, f)) {
+        const char *l = strstr(line, "\"loss\": "), *g = strstr(line, "\"grad_norm\": ");
+        if (!l || !g)
+            break;
+        loss[got] = strtod(l + 8, NULL), norm[got] = strtod(g + 13, NULL);
+        got++;
+    }
+    if (f)
+        fclose(f);
+    unlink(log);
+    return got == steps ? 0 : -1;
+}
+
+static bool have_mpirun(void)
+{
+    struct run r;
+    const char *argv[] = {"mpirun", "--version", NULL};
+    return run_progv(&r, argv) == 0 && r.status == 0;
+}
+
+/* Every data-parallel layout computes what one rank computes: the same
+ * samples (dealt as Megatron deals a global batch), the same dropout masks
+ * (keyed by the samples), gradients summed over the replicas; 3 steps,
+ * each step's loss and gradient norm within 1e-5 relative. */
+static void test_data_parallel_matches_one_rank(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    static const struct {
+        const char *model;
+        int ranks;
+    } cases[] = {{"models/gpt2.xml", 2}, {"models/gpt2.xml", 4}, {"models/llama2.xml", 2}};
+    enum { STEPS = 3 };
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        char one[] = "/tmp/weft-test-dp1-XXXXXX", many[] = "/tmp/weft-test-dpn-XXXXXX";
+        close(mkstemp(one));
+        close(mkstemp(many));
+        compile_dp(cases[c].model, 1, one);
+        compile_dp(cases[c].model, cases[c].ranks, many);
+        double l1[STEPS], n1[STEPS], ln[STEPS], nn[STEPS];
+        struct run r;
+        if (mpi_run(one, 1, STEPS, l1, n1, &r) || mpi_run(many, cases[c].ranks, STEPS, ln, nn, &r))
+            fail_msg("%s: weft run exited %d: %s%s", cases[c].model, r.status, r.out, r.err);
+        double worst = 0;
+        for (int i = 0; i < STEPS; i++) {
+            double dl = fabs(ln[i] - l1[i]) / fabs(l1[i]), dn = fabs(nn[i] - n1[i]) / fabs(n1[i]);
+            if (!(dl < 1e-5 && dn < 1e-5))
+                fail_msg("%s at dp %d, step %d: loss %.9g (one rank %.9g), grad norm %.9g (one rank %.9g)", cases[c].model,
+                         cases[c].ranks, i + 1, ln[i], l1[i], nn[i], n1[i]);
+            worst = fmax(worst, fmax(dl, dn));
+        }
+        printf("    %-18s dp %d: %d steps, losses %.4f .. %.4f, worst relative difference from one rank %.1e\n", cases[c].model,
+               cases[c].ranks, STEPS, ln[0], ln[STEPS - 1], worst);
+        unlink(one);
+        unlink(many);
+    }
+}
+
+/* A plan run on the wrong number of ranks: every rank exits 2, rank 0 says
+ * what it expected and got, and nothing hangs. */
+static void test_wrong_world_size(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    char plan[] = "/tmp/weft-test-world-XXXXXX";
+    close(mkstemp(plan));
+    compile_dp("models/gpt2.xml", 2, plan);
+    double l[1], n[1];
+    struct run r;
+    assert_int_not_equal(mpi_run(plan, 3, 1, l, n, &r), 0);
+    assert_false(r.timed_out);
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "was compiled for 2 ranks; this run has 3"));
+    unlink(plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_matches_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
+        cmocka_unit_test(test_data_parallel_matches_one_rank),
+        cmocka_unit_test(test_wrong_world_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,14 +1,17 @@
 /* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE]`: train. */
 #include "cli.h"
+#include "comm.h"
 #include "exec.h"
 #include "util.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage[] =
-    "usage: weft run PLAN [--steps N] [--seed S] [--log FILE]\n"
+    "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
@@ -17,16 +20,35 @@ static const char usage[] =
     "The data are synthetic token ids from the seed.  Prints one line per\n"
     "iteration; --log FILE writes one JSON object per iteration (iteration,\n"
     "loss, lr, grad_norm, step_time, tokens_per_s).\n"
-    "This weft runs plans for one rank; collectives and pipeline transfers\n"
-    "(mpirun -np N) come next.\n"
+    "One process per rank, under mpirun or srun (the plan's world size).  The\n"
+    "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides).\n"
+    "This weft runs data-parallel layouts; tensor, context, expert and pipeline\n"
+    "parallel plans are refused, naming what is missing.\n"
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
-    "  --log FILE   the per-iteration JSON lines\n";
+    "  --log FILE   the per-iteration JSON lines (rank 0)\n"
+    "  --timeout S  the longest any rank waits for another (default 300 s)\n";
+
+/* The BLAS's threads: the node's cores over its ranks, unless the user says. */
+static int blas_threads(void)
+{
+    if (getenv("OPENBLAS_NUM_THREADS") || getenv("OMP_NUM_THREADS"))
+        return 0;
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!local)
+        local = getenv("SLURM_NTASKS_PER_NODE");
+    long ranks = local ? strtol(local, NULL, 10) : 1, cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = (int)(cores / (ranks > 0 ? ranks : 1));
+    n = n < 1 ? 1 : n;
+    openblas_set_num_threads(n);
+    return n;
+}
 
 int cmd_run(int argc, char **argv)
 {
     const char *path = NULL, *log = NULL;
     long steps = 10;
+    double timeout = 300;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -48,6 +70,12 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "weft run: --seed %s: expected an integer\n", argv[i]);
                 return EXIT_BAD_INPUT;
             }
+        } else if (!strcmp(a, "--timeout") && has) {
+            timeout = strtod(argv[++i], &end);
+            if (*end || !(timeout > 0)) {
+                fprintf(stderr, "weft run: --timeout %s: expected seconds above 0\n", argv[i]);
+                return EXIT_BAD_INPUT;
+            }
         } else if (!strcmp(a, "--log") && has)
             log = argv[++i];
         else if (a[0] != '-' && !path)
@@ -63,40 +91,59 @@ int cmd_run(int argc, char **argv)
     }
     struct diag d;
     diag_init(&d);
+    struct comm *comm = comm_mpi_open(NULL, NULL, timeout, &d);
+    if (!comm) {
+        diag_print(&d, stderr);
+        return EXIT_FAILURE_RUN;
+    }
+    bool lead = comm->rank == 0;
+    int threads = blas_threads();
     struct rank_plan R;
-    int rc = rank_plan_load(path, 0, 1, &R, &d);
-    struct exec *x = rc ? NULL : exec_new(&R, seed, &d);
+    int rc = rank_plan_load(path, comm->rank, comm->size, &R, &d);
+    if (!rc && comm_groups(comm, R.L, &d))
+        rc = EXIT_FAILURE_RUN;
+    struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
-    if (x && !d.n_errors && log && !(lf = fopen(log, "w")))
+    if (x && !d.n_errors && log && lead && !(lf = fopen(log, "w")))
         diag_error(&d, NULL, 0, "--log %s: cannot write it", log);
-    if (!x || d.n_errors) {
-        diag_print(&d, stderr);
+    if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
+        if (lead)
+            diag_print(&d, stderr);
         diag_free(&d);
         exec_free(x);
         rank_plan_free(&R);
         if (lf)
             fclose(lf);
-        return EXIT_BAD_INPUT;
+        comm_close(comm);
+        return rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
     }
+    if (lead)
+        printf("%s: %d rank%s (tp %d, pp %d, dp %d), %d micro-batch%s a step; %d BLAS thread%s a rank%s\n", path, comm->size,
+               comm->size == 1 ? "" : "s", R.L->pc.tp, R.L->pc.pp, R.L->pc.dp, R.schedule.n_micro, R.schedule.n_micro == 1 ? "" : "es",
+               threads ? threads : openblas_get_num_threads(), (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s",
+               threads ? "" : " (as the environment says)");
     double total = 0;
     int64_t tokens = 0;
     for (long it = 0; it < steps; it++) {
         struct exec_stats st;
         if (exec_step(x, it, &st, &d)) {
-            rc = EXIT_FAILURE_RUN;
-            break;
+            diag_print(&d, stderr); /* this rank's failure: the others wait on it, so end them all */
+            fflush(NULL);
+            comm_abort(comm, EXIT_FAILURE_RUN);
         }
         total += st.seconds;
         tokens += st.tokens;
+        if (!lead)
+            continue;
         printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
                st.lr, st.grad_norm, st.seconds * 1e3, (double)st.tokens / st.seconds);
         if (lf)
             fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
     }
-    if (rc == 0 && steps) {
+    if (rc == 0 && steps && lead) {
         char a[32], b[32];
         printf("%ld iterations in %.2f s, %.0f tokens/s; rank 0's arena %s (the plan's %s)\n", steps, total, (double)tokens / total,
                wf_bytes((double)R.memory.roles[R.stage].total, a), wf_bytes((double)R.memory.roles[R.stage].total, b));
@@ -107,5 +154,6 @@ int cmd_run(int argc, char **argv)
         fclose(lf);
     exec_free(x);
     rank_plan_free(&R);
+    comm_close(comm);
     return rc;
 }

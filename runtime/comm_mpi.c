@@ -1,0 +1,172 @@
+/* comm_mpi.c: the communicator over MPI (comm.h).  Collectives are
+ * non-blocking and polled against the deadline. */
+#include "comm.h"
+#include "util.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct mpi {
+    MPI_Comm groups[IR_GROUP_COUNT];
+    const struct rank_layout *L;
+    bool initialised_here;
+};
+
+/* The layout's group kind behind a program's group. */
+static int par_kind(enum ir_group g)
+{
+    switch (g) {
+    case IR_GROUP_TP: return PAR_GROUP_TP;
+    case IR_GROUP_CP: return PAR_GROUP_CP;
+    case IR_GROUP_EP: return PAR_GROUP_EP;
+    case IR_GROUP_EXPERT_TP: return PAR_GROUP_EXPERT_TP;
+    case IR_GROUP_DP_CP: return PAR_GROUP_DP_CP;
+    case IR_GROUP_MP: return PAR_GROUP_MP;
+    default: return -1; /* TIED: per tied set, not yet */
+    }
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Who is in rank's group of kind g, as "3, 7, 11", into buf. */
+static const char *members(const struct comm *c, enum ir_group g, char *buf, size_t n)
+{
+    const struct mpi *m = c->impl;
+    int k = par_kind(g), gi = k < 0 ? -1 : rank_layout_group_of(m->L, (enum par_group_kind)k, c->rank);
+    size_t at = 0;
+    buf[0] = 0;
+    if (gi < 0)
+        return buf;
+    const struct rank_groups *rg = rank_layout_groups(m->L, (enum par_group_kind)k);
+    for (int i = 0; i < rg->sizes[gi] && at + 16 < n; i++)
+        at += (size_t)snprintf(buf + at, n - at, "%s%d", i ? ", " : "", rg->ranks[gi][i]);
+    return buf;
+}
+
+static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_group g, struct diag *d)
+{
+    double end = now() + c->timeout;
+    int done = 0;
+    while (!done) {
+        if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, ir_group_name(g));
+            return -1;
+        }
+        if (!done && now() > end) {
+            char who[512];
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s (ranks %s): nobody answered in %.0f s (--timeout): a rank of the "
+                                   "group stopped", c->rank, c->host, what, ir_group_name(g), members(c, g, who, sizeof who), c->timeout);
+            return -1;
+        }
+        if (!done) {
+            struct timespec nap = {0, 20000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    return 0;
+}
+
+static int mpi_all_reduce(struct comm *c, enum ir_group g, void *buf, int64_t count, int dtype, enum ir_coll op, struct diag *d)
+{
+    struct mpi *m = c->impl;
+    if (g >= IR_GROUP_COUNT || m->groups[g] == MPI_COMM_NULL) {
+        diag_error(d, NULL, 0, "rank %d: no %s communicator: weft run does not run collectives over it yet", c->rank, ir_group_name(g));
+        return -1;
+    }
+    MPI_Datatype t = dtype == IR_DTYPE_I32 ? MPI_INT : dtype == IR_DTYPE_F32 ? MPI_FLOAT : MPI_DATATYPE_NULL;
+    if (t == MPI_DATATYPE_NULL || (op != IR_COLL_ALL_REDUCE && op != IR_COLL_ALL_REDUCE_MAX) || count > 0x7fffffff) {
+        diag_error(d, NULL, 0, "rank %d: %s of %lld %s elements: not supported over MPI", c->rank, ir_coll_name(op), (long long)count,
+                   ir_dtype_name((enum ir_dtype)dtype));
+        return -1;
+    }
+    MPI_Request req;
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX, m->groups[g], &req) != MPI_SUCCESS) {
+        diag_error(d, NULL, 0, "rank %d: MPI_Iallreduce over %s failed", c->rank, ir_group_name(g));
+        return -1;
+    }
+    return wait_for(c, &req, ir_coll_name(op), g, d);
+}
+
+static int mpi_barrier(struct comm *c, struct diag *d)
+{
+    MPI_Request req;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS) {
+        diag_error(d, NULL, 0, "rank %d: MPI_Ibarrier failed", c->rank);
+        return -1;
+    }
+    return wait_for(c, &req, "barrier", IR_GROUP_COUNT, d);
+}
+
+static const struct comm_ops mpi_ops = {"mpi", mpi_all_reduce, mpi_barrier};
+
+struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d)
+{
+    struct comm *c = wf_calloc(1, sizeof *c);
+    struct mpi *m = wf_calloc(1, sizeof *m);
+    c->ops = &mpi_ops, c->impl = m, c->timeout = timeout;
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) {
+        if (MPI_Init(argc, argv) != MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "MPI_Init failed");
+            free(m), free(c);
+            return NULL;
+        }
+        m->initialised_here = true;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    int len = 0;
+    char host[MPI_MAX_PROCESSOR_NAME];
+    MPI_Get_processor_name(host, &len);
+    snprintf(c->host, sizeof c->host, "%s", host);
+    for (int g = 0; g < IR_GROUP_COUNT; g++)
+        m->groups[g] = MPI_COMM_NULL;
+    return c;
+}
+
+int comm_groups(struct comm *c, const struct rank_layout *L, struct diag *d)
+{
+    struct mpi *m = c->impl;
+    m->L = L;
+    for (int g = 0; g < IR_GROUP_COUNT; g++) {
+        int k = par_kind((enum ir_group)g);
+        if (k < 0)
+            continue;
+        int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank);
+        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->groups[g]) != MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for the %s groups failed", c->rank, ir_group_name((enum ir_group)g));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void comm_abort(struct comm *c, int status)
+{
+    (void)c;
+    MPI_Abort(MPI_COMM_WORLD, status);
+}
+
+void comm_close(struct comm *c)
+{
+    if (!c)
+        return;
+    struct mpi *m = c->impl;
+    for (int g = 0; g < IR_GROUP_COUNT; g++)
+        if (m->groups[g] != MPI_COMM_NULL)
+            MPI_Comm_free(&m->groups[g]);
+    if (m->initialised_here)
+        MPI_Finalize();
+    free(m);
+    free(c);
+}
