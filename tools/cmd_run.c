@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -145,8 +146,10 @@ int cmd_run(int argc, char **argv)
     }
     if (rc == 0 && steps && lead) {
         char a[32], b[32];
-        printf("%ld iterations in %.2f s, %.0f tokens/s; rank 0's arena %s (the plan's %s)\n", steps, total, (double)tokens / total,
-               wf_bytes((double)R.memory.roles[R.stage].total, a), wf_bytes((double)R.memory.roles[R.stage].total, b));
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
+        printf("%ld iterations in %.2f s, %.0f tokens/s; rank 0's peak resident memory %s, of which the plan's arena %s\n", steps,
+               total, (double)tokens / total, wf_bytes((double)ru.ru_maxrss * 1024, a), wf_bytes((double)R.memory.roles[R.stage].total, b));
     }
     diag_print(&d, stderr);
     diag_free(&d);
