@@ -107,12 +107,38 @@ static void test_warning(void **state)
     assert_non_null(strstr(R->err, ":1: warning: parameter 'unused' is never used"));
 }
 
+/* weft layout sizes what it lists by the layout: a chunk's ranks and a
+ * rank's chunks were once cut at 4096 and 256 (the second overran a stack
+ * array; AddressSanitizer caught it, a plain build printed on). */
+static void test_layout_large(void **state)
+{
+    (void)state;
+    /* dp 8192: tiny GPT-2's micro-batch is 2, so a global batch of 16384 is
+     * one micro-batch per replica; its one chunk runs on every rank. */
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--world-size", "8192", "--global-batch-size", "16384",
+             NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    assert_non_null(strstr(R->out, "gpt2 on 8192 ranks: tp 1 x pp 1 x dp 8192\n"));
+    assert_non_null(strstr(R->out, "  0-8191\n")); /* the chunk's ranks */
+    assert_non_null(strstr(R->out, "verified on all 8192 ranks"));
+    /* 520 layers, one a virtual stage, over pp 2: rank p runs chunks p, p+2,
+     * ..., 260 of them (Megatron's interleaving), more than 256. */
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--num-layers", "520", "--pp", "2",
+             "--num-layers-per-virtual-pipeline-stage", "1", "--micro-batch-size", "1", "--global-batch-size", "4", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    assert_non_null(strstr(R->out, "260 virtual stages per pipeline rank"));
+    assert_non_null(strstr(R->out, "\n  1     decoder      1    0    0    0    0  1, 3, 5, 7, 9,"));
+}
+
 int main(void)
 {
     R = malloc(sizeof *R);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
+        cmocka_unit_test(test_layout_large),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);
