@@ -62,11 +62,10 @@ int cmd_compile(int argc, char **argv)
         fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
         return EXIT_BAD_INPUT;
     }
-    const struct device *dev = c.gpu ? device_find(c.gpu) : &device_default;
-    if (!dev) {
-        fprintf(stderr, "weft compile: --gpu %s: unknown device (built in: h100, a100)\n", c.gpu);
-        return EXIT_BAD_INPUT;
-    }
+    struct device file_dev;
+    const struct device *dev = cli_device(&c, &file_dev);
+    if (!dev)
+        return c.status;
     char err[256];
     if (optim_check(&c.opt, err, sizeof err)) {
         fprintf(stderr, "weft compile: %s\n", err);

@@ -14,7 +14,8 @@
 static const char usage[] =
     "usage: weft layout MODEL.xml [--world-size N] [--tp N] [--pp N] [--cp N] [--ep N]\n"
     "                   [--etp N] [--epp N] [--sequence-parallel] [--num-layers-per-virtual-pipeline-stage N]\n"
-    "                   [--micro-batch-size N] [--global-batch-size N] [model flags...] [--json]\n"
+    "                   [--micro-batch-size N] [--global-batch-size N] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "                   [--mode train|infer] [model flags...] [--json]\n"
     "\n"
     "Lay a model out on ranks as Megatron-Core does (tp fastest, then cp, ep, dp, pp):\n"
     "each rank's coordinates, pipeline stage and layers, and every communication group.\n"
