@@ -132,6 +132,24 @@ static void test_layout_large(void **state)
     assert_non_null(strstr(R->out, "\n  1     decoder      1    0    0    0    0  1, 3, 5, 7, 9,"));
 }
 
+/* A plan is not a model: compiling one again once wrote a training plan
+ * without a backward.  The second compile must refuse and write nothing. */
+static void test_compile_takes_a_model(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    snprintf(a, sizeof a, "/tmp/weft-cli-%d-a.plan", (int)getpid());
+    snprintf(b, sizeof b, "/tmp/weft-cli-%d-b.plan", (int)getpid());
+    run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--mode", "infer", "-o", a, NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    run_weft(R, "compile", a, "-o", b, NULL);
+    unlink(a);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "-a.plan is a plan file; weft compile takes a model file (.xml)"));
+    assert_int_equal(access(b, F_OK), -1); /* nothing written */
+}
+
 /* A size of 0 is no size: --world-size 0 once meant "the smallest that fits". */
 static void test_sizes_positive(void **state)
 {
@@ -199,7 +217,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
-        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags),
+        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_compile_takes_a_model),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);

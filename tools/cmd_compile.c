@@ -58,6 +58,10 @@ int cmd_compile(int argc, char **argv)
     struct cli c;
     if (cli_parse(&c, argc, argv, "compile", usage))
         return c.status;
+    if (c.model && cli_is_plan(c.model)) { /* its graph has no backward to compile again */
+        fprintf(stderr, "weft compile: %s is a plan file; weft compile takes a model file (.xml)\n", c.model);
+        return EXIT_BAD_INPUT;
+    }
     if (!c.output) {
         fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
         return EXIT_BAD_INPUT;
