@@ -241,6 +241,18 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                    ir_sched_name(kind));
         return -1;
     }
+    if (!forward_only && ir_graph_loss(P->g) < 0) { /* nothing to differentiate: a training step would learn nothing */
+        const struct ir_graph *g = P->g;
+        const struct ir_tensor *t = g->n_outputs ? &g->tensors[g->outputs[0]] : NULL;
+        char shape[128] = "";
+        if (t)
+            ir_shape_str(&t->shape, shape, sizeof shape);
+        diag_error(d, t ? t->loc.file : g->file, t ? t->loc.line : 0,
+                   "model '%s' has no loss to train: its first output '%s' is %s %s, not a float scalar; use --mode "
+                   "infer for a forward pass, or make a loss (a float scalar) its first <output>",
+                   g->name, t ? t->local_name : "(none)", t ? ir_dtype_name(t->dtype) : "", shape);
+        return -1;
+    }
     S->kind = kind;
     S->forward_only = forward_only;
     S->n_micro = m;

@@ -150,6 +150,25 @@ static void test_compile_takes_a_model(void **state)
     assert_int_equal(access(b, F_OK), -1); /* nothing written */
 }
 
+/* Training differentiates the loss, the first output when it is a float
+ * scalar; tests/models/no-loss.xml outputs hidden states, so it trains
+ * nothing: refused in the default mode, laid out forward only. */
+static void test_training_needs_a_loss(void **state)
+{
+    (void)state;
+    char plan[64];
+    snprintf(plan, sizeof plan, "/tmp/weft-cli-%d-no-loss.plan", (int)getpid());
+    run_weft(R, "compile", "tests/models/no-loss.xml", "-o", plan, NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "tests/models/no-loss.xml:"));
+    assert_non_null(strstr(R->err, "model 'hidden_states' has no loss to train: its first output 'h' is f32"));
+    assert_non_null(strstr(R->err, "use --mode infer"));
+    assert_int_equal(access(plan, F_OK), -1); /* nothing written */
+    run_weft(R, "layout", "tests/models/no-loss.xml", "--mode", "infer", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+}
+
 /* A size of 0 is no size: --world-size 0 once meant "the smallest that fits". */
 static void test_sizes_positive(void **state)
 {
@@ -217,7 +236,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
-        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_compile_takes_a_model),
+        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_compile_takes_a_model), cmocka_unit_test(test_training_needs_a_loss),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);
