@@ -169,6 +169,18 @@ static void test_training_needs_a_loss(void **state)
         fail_msg("%s", R->err);
 }
 
+/* --ep spreads experts; GPT-2 has none (no expert split, no dispatch). */
+static void test_ep_needs_experts(void **state)
+{
+    (void)state;
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--world-size", "2", "--ep", "2", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--expert-model-parallel-size (--ep) 2: models/gpt2.xml has no experts"));
+    run_weft(R, "layout", "models/mixtral.xml", "--variant", "tiny", "--world-size", "2", "--ep", "2", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+}
+
 /* A size of 0 is no size: --world-size 0 once meant "the smallest that fits". */
 static void test_sizes_positive(void **state)
 {
@@ -236,7 +248,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
-        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_compile_takes_a_model), cmocka_unit_test(test_training_needs_a_loss),
+        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
+        cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
+        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);
