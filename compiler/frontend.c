@@ -124,56 +124,6 @@ static int words(struct fe *fe, const char *s, const char **out, int max)
     return n;
 }
 
-static int edit_distance(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > 63 || lb > 63)
-        return 99;
-    int row[64];
-    for (size_t j = 0; j <= lb; j++)
-        row[j] = (int)j;
-    for (size_t i = 1; i <= la; i++) {
-        int diag = row[0];
-        row[0] = (int)i;
-        for (size_t j = 1; j <= lb; j++) {
-            int up = row[j];
-            int best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
-/* " (did you mean 'x'?)" for the closest candidate within a small distance. */
-struct suggest {
-    const char *word, *best;
-    int dist;
-};
-
-static void suggest_add(struct suggest *s, const char *cand)
-{
-    int d = edit_distance(s->word, cand);
-    int limit = (int)strlen(s->word) / 3 + 1;
-    if (d <= limit && d < s->dist) {
-        s->dist = d;
-        s->best = cand;
-    }
-}
-
-static const char *suggest_text(const struct suggest *s, char *buf, size_t n)
-{
-    if (s->best)
-        snprintf(buf, n, " (did you mean '%s'?)", s->best);
-    else
-        buf[0] = 0;
-    return buf;
-}
-
 /* ---- reading and parsing ------------------------------------------------------- */
 
 static int sniff(struct fe *fe, const char *buf, size_t len)
@@ -328,11 +278,11 @@ static int lookup_dim(void *ctx, const char *name, int64_t *v, char *err, size_t
     struct fe *fe = ctx;
     int i = find_dim(fe->g, name);
     if (i < 0) {
-        struct suggest s = {name, NULL, 99};
+        struct wf_suggest s = wf_suggest_begin(name);
         for (int k = 0; k < fe->g->n_dims; k++)
-            suggest_add(&s, fe->g->dims[k].name);
+            wf_suggest_add(&s, fe->g->dims[k].name);
         char hint[128];
-        snprintf(err, n, "unknown dimension '%s'%s", name, suggest_text(&s, hint, sizeof hint));
+        snprintf(err, n, "unknown dimension '%s'%s", name, wf_suggest_text(&s, "", hint, sizeof hint));
         return -1;
     }
     return eval_dim(fe, i, v, err, n);
@@ -512,9 +462,17 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
                     set_dim(fe, i, o->value, by);
                     found = true;
                 }
-            if (!found && o->kind == FE_FLAG)
-                diag_error(fe->d, NULL, 0, "--%s: no dimension of %s is bound to this flag (its flags: %s)",
-                           o->key, fe->file, flag_list(fe));
+            if (!found && o->kind == FE_FLAG) {
+                struct wf_suggest sg = wf_suggest_begin(o->key);
+                for (int i = 0; i < g->n_dims; i++)
+                    if (g->dims[i].flag)
+                        wf_suggest_add(&sg, g->dims[i].flag);
+                if (opt->offer_flags)
+                    opt->offer_flags(&sg, opt->offer_ctx);
+                char hint[160];
+                diag_error(fe->d, NULL, 0, "--%s: no dimension of %s is bound to this flag%s (its flags: %s)", o->key,
+                           fe->file, wf_suggest_text(&sg, "--", hint, sizeof hint), flag_list(fe));
+            }
         } else {
             int i = find_dim(g, o->key);
             snprintf(by, sizeof by, "--set %s", o->key);
@@ -789,11 +747,11 @@ static void declare(struct fe *fe, struct scope *s, const xmlNode *parent)
 
 /* ---- emit: ops in document order ---------------------------------------------- */
 
-static void suggest_scope(struct suggest *sg, struct scope *s)
+static void suggest_scope(struct wf_suggest *sg, struct scope *s)
 {
     for (; s; s = s->parent)
         for (int i = 0; i < s->n; i++)
-            suggest_add(sg, s->v[i].name);
+            wf_suggest_add(sg, s->v[i].name);
 }
 
 /* The tensor a name means here; -1 (reported) if none. */
@@ -804,12 +762,12 @@ static int resolve(struct fe *fe, struct scope *s, const char *name, int line, c
         b = find_local(fe->parts[IR_PART_ENCODER], name + 8);
     if (b)
         return b->tensor; /* -1 if its definition failed, already reported */
-    struct suggest sg = {name, NULL, 99};
+    struct wf_suggest sg = wf_suggest_begin(name);
     suggest_scope(&sg, s);
     char hint[256];
     const char *enc = !strncmp(name, "encoder.", 8) ? " (the encoder defines no such tensor)" : "";
     diag_error(fe->d, fe->file, line, "%s: '%s' is not defined here%s%s", where, name, enc,
-               suggest_text(&sg, hint, sizeof hint));
+               wf_suggest_text(&sg, "", hint, sizeof hint));
     return -1;
 }
 
@@ -890,12 +848,12 @@ static void set_attrs(struct fe *fe, struct ir_op *op, const xmlNode *n, const c
             if (!strcmp(ir_attr_name(info->attrs[a].id), name))
                 slot = a;
         if (slot < 0) {
-            struct suggest sg = {name, NULL, 99};
+            struct wf_suggest sg = wf_suggest_begin(name);
             for (int a = 0; a < info->n_attrs; a++)
-                suggest_add(&sg, ir_attr_name(info->attrs[a].id));
+                wf_suggest_add(&sg, ir_attr_name(info->attrs[a].id));
             char hint[128], list[512];
             diag_error(fe->d, fe->file, line, "%s: %s has no attribute '%s'%s; it takes %s", where, info->name,
-                       name, suggest_text(&sg, hint, sizeof hint), attr_names(info, list, sizeof list));
+                       name, wf_suggest_text(&sg, "", hint, sizeof hint), attr_names(info, list, sizeof list));
             continue;
         }
         given[slot] = attr(fe, n, name);
@@ -948,12 +906,12 @@ static void emit_op(struct fe *fe, struct scope *s, const xmlNode *n)
     snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">", kind, outs[0]);
     int k_op = ir_op_parse_kind(kind);
     if (k_op < 0) {
-        struct suggest sg = {kind, NULL, 99};
+        struct wf_suggest sg = wf_suggest_begin(kind);
         for (int k = 0; k < IR_OP_COUNT; k++)
-            suggest_add(&sg, ir_op_info((enum ir_op_kind)k)->name);
+            wf_suggest_add(&sg, ir_op_info((enum ir_op_kind)k)->name);
         char hint[128];
         diag_error(fe->d, fe->file, line, "%s: unknown op kind '%s'%s; 'weft ops' lists the kinds", where, kind,
-                   suggest_text(&sg, hint, sizeof hint));
+                   wf_suggest_text(&sg, "", hint, sizeof hint));
         return;
     }
     const struct ir_op_info *info = ir_op_info((enum ir_op_kind)k_op);

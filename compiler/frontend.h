@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "ir.h"
+#include "util.h"
 
 enum fe_override_kind {
     FE_FLAG, /* --hidden-size 1600: the dimension whose flag="hidden-size" */
@@ -38,6 +39,10 @@ struct fe_options {
     const char *variant; /* <variant name=...> to apply first, or NULL */
     const struct fe_override *overrides;
     int n_overrides;
+    /* Offers (wf_suggest_add) the flags the command line takes itself, when
+     * no dimension binds a FE_FLAG and a "did you mean" is sought; NULL: none */
+    void (*offer_flags)(struct wf_suggest *s, const void *ctx);
+    const void *offer_ctx;
 };
 
 #define FE_MAX_FILE_BYTES (64u << 20)

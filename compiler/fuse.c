@@ -1446,8 +1446,8 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
     for (int i = 0; i < g->n_ops; i++)
         F->op_launch[i] = -1;
     bool *needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *needs); /* which tensors get a gradient */
-    if (!forward_only && g->n_outputs && g->tensors[g->outputs[0]].shape.rank == 0)
-        autodiff_needs_grad(g, g->outputs[0], needs);
+    if (!forward_only && ir_graph_loss(g) >= 0)
+        autodiff_needs_grad(g, ir_graph_loss(g), needs);
     for (int c = 0; c < P->n_chunks; c++) {
         int open = -1; /* the group being grown */
         for (int i = 0; i < g->n_ops; i++) {

@@ -116,7 +116,7 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
 {
     const struct ir_graph *g = w->P->g;
     const struct kn_set *K = w->K;
-    int loss = g->n_outputs ? g->outputs[0] : -1;
+    int loss = ir_graph_loss(g);
     for (int a = 0; a < n; a++) {
         int op = ops[a];
         const struct ir_op *o = &g->ops[op];
@@ -290,7 +290,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     struct lowering w = {.P = P, .K = K};
     w.needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *w.needs);
     if (!S->forward_only)
-        autodiff_needs_grad(g, g->outputs[0], w.needs);
+        autodiff_needs_grad(g, ir_graph_loss(g), w.needs);
     w.pos = wf_calloc((size_t)g->n_ops + 1, sizeof *w.pos);
     w.lead = wf_calloc((size_t)g->n_ops + 1, sizeof *w.lead);
     for (int i = 0; i < g->n_ops; i++)

@@ -475,8 +475,8 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     M->n_roles = S->n_stages;
     M->roles = wf_calloc((size_t)S->n_stages, sizeof *M->roles);
     bool *needs = wf_calloc((size_t)g->n_tensors + 1, sizeof *needs);
-    int loss = g->n_outputs ? g->outputs[0] : -1;
-    if (!S->forward_only && loss >= 0 && g->tensors[loss].shape.rank == 0 && ir_dtype_is_float(g->tensors[loss].dtype))
+    int loss = ir_graph_loss(g);
+    if (!S->forward_only && loss >= 0)
         autodiff_needs_grad(g, loss, needs);
     struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1),
                        .rowstats = wf_calloc((size_t)g->n_ops + 1, 1), .routed = wf_calloc((size_t)g->n_ops + 1, 1),

@@ -62,8 +62,27 @@ static bool any_causal(const struct ir_graph *g)
     return false;
 }
 
+/* Whether the model has experts for --ep to spread: a parameter split by
+ * expert, or tokens dispatched to experts. */
+static bool has_experts(const struct ir_graph *g)
+{
+    for (int i = 0; i < g->n_ops; i++)
+        if (g->ops[i].kind == IR_OP_DISPATCH)
+            return true;
+    for (int t = 0; t < g->n_tensors; t++)
+        for (int k = 0; k < g->tensors[t].n_splits; k++)
+            if (g->tensors[t].splits[k] == IR_SPLIT_EXPERT)
+                return true;
+    return false;
+}
+
 static void check_model_rules(const struct ir_graph *g, const struct par_config *pc, struct diag *d)
 {
+    if (pc->ep > 1 && !has_experts(g))
+        diag_error(d, NULL, 0,
+                   "--expert-model-parallel-size (--ep) %d: %s has no experts to spread over ranks (no parameter is "
+                   "split by expert, no op dispatches to experts); leave it at 1, or use a mixture-of-experts model",
+                   pc->ep, g->file);
     char f[96];
     snprintf(f, sizeof f, "--tp %d", pc->tp);
     check_divides(g, d, "num-attention-heads", pc->tp, f, "tensor parallel size must divide num-attention-heads");

@@ -22,12 +22,6 @@ static int pass_partition(const struct compile_request *q, struct compiled *C, s
     C->P = partition_model(q->model, &q->fe, &q->pc, d);
     if (!C->P)
         return REFUSED;
-    if (C->train && !(C->P->g->n_outputs && C->P->g->tensors[C->P->g->outputs[0]].shape.rank == 0 &&
-                      ir_dtype_is_float(C->P->g->tensors[C->P->g->outputs[0]].dtype))) {
-        diag_error(d, NULL, 0, "%s: model %s has no loss (a scalar first output) to train on: compile it with --mode infer",
-                   q->model, C->P->g->name);
-        return REFUSED;
-    }
     return ir_verify(C->P->g, true, d) ? BUG : 0;
 }
 

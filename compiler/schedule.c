@@ -79,8 +79,14 @@ static bool in_step(const struct partition *P, int stage, const struct step *s, 
     return P->chunks[chunk].stage == stage && P->chunks[chunk].vstage == s->vstage;
 }
 
-/* The transfers a step receives (before) or sends (after), as p2p halves. */
-static int p2p_of(const struct partition *P, int stage, const struct step *s, bool sends, struct ir_p2p *out, int n)
+/* A P2P group being gathered: the transfers posted together. */
+struct pending {
+    int n, cap;
+    struct ir_p2p *v;
+};
+
+/* Append the transfers a step receives (before) or sends (after), as p2p halves. */
+static void p2p_of(const struct partition *P, int stage, const struct step *s, bool sends, struct pending *out)
 {
     for (int x = 0; x < P->n_xfers; x++) {
         const struct part_xfer *px = &P->xfers[x];
@@ -92,11 +98,27 @@ static int p2p_of(const struct partition *P, int stage, const struct step *s, bo
         int there = here == px->to_chunk ? px->from_chunk : px->to_chunk;
         if (!in_step(P, stage, s, here))
             continue;
-        WF_ASSERT(n < IR_MAX_P2P);
-        out[n++] = (struct ir_p2p){.send = sends, .grad = s->backward, .tensor = px->tensor, .chunk = here,
-                                   .peer_chunk = there, .micro = s->micro, .bytes = px->bytes};
+        WF_GROW(out->v, out->n, out->cap);
+        out->v[out->n++] = (struct ir_p2p){.send = sends, .grad = s->backward, .tensor = px->tensor, .chunk = here,
+                                           .peer_chunk = there, .micro = s->micro, .bytes = px->bytes};
     }
-    return n;
+}
+
+/* Post the gathered transfers as one P2P instruction, if there are any. */
+static int p2p_flush(struct ir_program *prog, struct pending *pd, struct diag *d)
+{
+    if (pd->n > IR_MAX_P2P) {
+        diag_error(d, NULL, 0,
+                   "schedule: stage %d posts %d transfers between pipeline stages at once (activations and gradients "
+                   "of the tensors that cross a stage boundary); a plan holds at most %d: use fewer pipeline stages "
+                   "or fewer tensors carried between layers",
+                   prog->stage, pd->n, IR_MAX_P2P);
+        return -1;
+    }
+    if (pd->n)
+        ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = pd->n, .p2p = pd->v});
+    pd->n = 0;
+    return 0;
 }
 
 static enum ir_group group_of_pdim(enum ir_pdim p)
@@ -222,6 +244,18 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                    ir_sched_name(kind));
         return -1;
     }
+    if (!forward_only && ir_graph_loss(P->g) < 0) { /* nothing to differentiate: a training step would learn nothing */
+        const struct ir_graph *g = P->g;
+        const struct ir_tensor *t = g->n_outputs ? &g->tensors[g->outputs[0]] : NULL;
+        char shape[128] = "";
+        if (t)
+            ir_shape_str(&t->shape, shape, sizeof shape);
+        diag_error(d, t ? t->loc.file : g->file, t ? t->loc.line : 0,
+                   "model '%s' has no loss to train: its first output '%s' is %s %s, not a float scalar; use --mode "
+                   "infer for a forward pass, or make a loss (a float scalar) its first <output>",
+                   g->name, t ? t->local_name : "(none)", t ? ir_dtype_name(t->dtype) : "", shape);
+        return -1;
+    }
     S->kind = kind;
     S->forward_only = forward_only;
     S->n_micro = m;
@@ -243,20 +277,20 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     S->programs = wf_calloc((size_t)S->n_stages, sizeof *S->programs);
     struct step *steps = wf_calloc((size_t)(2 * m * v + 2), sizeof *steps);
     int64_t *buckets = wf_calloc(SCHED_MAX_BUCKETS, sizeof *buckets);
+    struct pending pending = {0};
+    int rc = 0;
     for (int s = 0; s < S->n_stages; s++) {
         struct ir_program *prog = &S->programs[s];
         prog->stage = s;
         int n = order(kind, forward_only, S->n_stages, s, m, v, steps);
-        struct ir_ins pending = {.kind = IR_INS_P2P};
-        for (int i = 0; i < n;) {
+        for (int i = 0; i < n && rc == 0;) {
             int end = i; /* a unit: steps i..end */
             while (steps[end].with_next && end + 1 < n)
                 end++;
             for (int k = i; k <= end; k++)
-                pending.n_p2p = p2p_of(P, s, &steps[k], false, pending.p2p, pending.n_p2p);
-            if (pending.n_p2p)
-                ir_program_push(prog, &pending);
-            pending = (struct ir_ins){.kind = IR_INS_P2P};
+                p2p_of(P, s, &steps[k], false, &pending);
+            if ((rc = p2p_flush(prog, &pending, d)))
+                break;
             for (int k = i; k <= end; k++) {
                 const struct step *st = &steps[k];
                 ir_program_push(prog, &(struct ir_ins){.kind = st->backward ? IR_INS_BACKWARD : IR_INS_FORWARD,
@@ -305,12 +339,12 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                                                                .group = IR_GROUP_DP_CP,
                                                                .tag = SCHED_TAG_GRADS + c * SCHED_MAX_BUCKETS + b, .bytes = buckets[b]});
                 }
-                pending.n_p2p = p2p_of(P, s, st, true, pending.p2p, pending.n_p2p);
+                p2p_of(P, s, st, true, &pending);
             }
             i = end + 1;
         }
-        if (pending.n_p2p)
-            ir_program_push(prog, &pending);
+        if (rc || (rc = p2p_flush(prog, &pending, d)))
+            break;
         if (forward_only)
             continue;
         /* The step's end: tied parameters summed over their holders, the
@@ -327,5 +361,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     free(steps);
     free(buckets);
     free(tied_bytes);
-    return 0;
+    free(pending.v);
+    if (rc)
+        ir_schedule_free(S);
+    return rc;
 }

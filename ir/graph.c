@@ -252,6 +252,14 @@ void ir_graph_add_output(struct ir_graph *g, int tensor)
     g->tensors[tensor].n_uses++;
 }
 
+int ir_graph_loss(const struct ir_graph *g)
+{
+    if (g->n_outputs < 1)
+        return -1;
+    const struct ir_tensor *t = &g->tensors[g->outputs[0]];
+    return t->shape.rank == 0 && ir_dtype_is_float(t->dtype) ? g->outputs[0] : -1;
+}
+
 /* ---- invariants ------------------------------------------------------------------ */
 
 #define BUG(...)                                                               \

@@ -328,6 +328,9 @@ void ir_op_add_output(struct ir_graph *g, int op, int tensor); /* tensor -1: a b
 int ir_graph_add_block(struct ir_graph *g, const char *name, enum ir_part part, int parent,
                        int64_t count, const char *count_expr, struct ir_loc loc);
 void ir_graph_add_output(struct ir_graph *g, int tensor);
+/* The loss a training step differentiates: the first output, when it is a
+ * float scalar; -1 when the model has none (it can only run forward). */
+int ir_graph_loss(const struct ir_graph *g);
 
 /* Give every ACT tensor its shape and dtype from its producer's rule.
  * requires: ops in topological order, PARAM and INPUT shapes set.

@@ -53,6 +53,7 @@ struct par_flag {
     const char *name, *short_name;
     int offset;     /* of the int (or bool) field in struct par_config */
     bool is_bool;
+    int min;        /* the least value a user may give (0 in the field means "not given") */
     const char *help;
 };
 extern const struct par_flag par_flags[];

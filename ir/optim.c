@@ -53,6 +53,8 @@ static int find(const char *name)
 
 bool optim_is_flag(const char *name) { return find(name) >= 0; }
 
+const char *optim_flag_name(int i) { return i >= 0 && (size_t)i < WF_COUNT(flags) ? flags[i].name : NULL; }
+
 int optim_flag_set(struct optim_config *o, const char *name, const char *value, char *err, size_t n)
 {
     int i = find(name);

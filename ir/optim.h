@@ -45,6 +45,8 @@ struct optim_config {
 struct optim_config optim_config_default(void);
 /* Whether `name` (without dashes) is an optimizer flag. */
 bool optim_is_flag(const char *name);
+/* The i-th optimizer flag's name (without dashes); NULL past the last. */
+const char *optim_flag_name(int i);
 /* Set one flag from its text; -1 with a message in err when the value is bad. */
 int optim_flag_set(struct optim_config *o, const char *name, const char *value, char *err, size_t n);
 /* The whole configuration's consistency (min-lr <= lr, betas in [0, 1), ...). */

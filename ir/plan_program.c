@@ -83,6 +83,7 @@ void ir_schedule_write(struct plan_writer *w, const struct ir_schedule *S)
             plan_put_u8(w, (uint8_t)x->kind);
             plan_put_i32(w, x->vstage);
             plan_put_i32(w, x->micro);
+            WF_ASSERT(x->n_p2p <= IR_MAX_P2P); /* schedule_build refuses more */
             plan_put_u8(w, (uint8_t)x->n_p2p);
             for (int k = 0; k < x->n_p2p; k++) {
                 const struct ir_p2p *q = &x->p2p[k];
@@ -162,8 +163,9 @@ int ir_schedule_read(struct plan *p, int stage, struct ir_schedule *S, struct di
             ir_schedule_free(S);
             return bad(d, name, "more instructions than the section can hold");
         }
+        struct ir_p2p xfers[IR_MAX_P2P]; /* the file's limit: n_p2p is a byte */
         for (uint32_t i = 0; i < n && !q.bad; i++) {
-            struct ir_ins x = {0};
+            struct ir_ins x = {.p2p = xfers};
             x.kind = (enum ir_ins_kind)plan_get_u8(&q);
             x.vstage = plan_get_i32(&q);
             x.micro = plan_get_i32(&q);

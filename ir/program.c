@@ -46,14 +46,23 @@ int ir_sched_parse(const char *s)
 void ir_program_push(struct ir_program *p, const struct ir_ins *ins)
 {
     WF_GROW(p->ins, p->n, p->cap);
-    p->ins[p->n++] = *ins;
+    struct ir_ins *x = &p->ins[p->n++];
+    *x = *ins;
+    x->p2p = NULL;
+    if (ins->n_p2p > 0) {
+        x->p2p = wf_calloc((size_t)ins->n_p2p, sizeof *x->p2p);
+        memcpy(x->p2p, ins->p2p, (size_t)ins->n_p2p * sizeof *x->p2p);
+    }
 }
 
 /* Frees what there is: a schedule a reader abandoned half built included. */
 void ir_schedule_free(struct ir_schedule *S)
 {
-    for (int s = 0; S->programs && s < S->n_stages; s++)
+    for (int s = 0; S->programs && s < S->n_stages; s++) {
+        for (int i = 0; i < S->programs[s].n; i++)
+            free(S->programs[s].ins[i].p2p);
         free(S->programs[s].ins);
+    }
     free(S->programs);
     free(S->chunk_stage);
     for (int t = 0; S->tied_stages && t < S->n_tied; t++)
@@ -122,7 +131,6 @@ int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r
 
 struct vrank {
     int pc;
-    uint64_t matched[IR_MAX_P2P]; /* per transfer of the current P2P: peers met, one bit each */
     int waits_for;                /* the rank this one waits on, for the diagnosis */
     double clock;                 /* timed runs: when the current instruction was reached */
     double done_at;               /* timed runs: when the current P2P group's transfers end */
@@ -140,7 +148,18 @@ struct verifier {
     int *component; /* per pp group: pipelines joined by a shared (encoder) rank */
     int *group_of[IR_GROUP_COUNT];
     int *leader[IR_GROUP_COUNT]; /* per group: its smallest rank, which runs the collective for all */
+    /* Sized by the layout, never by a guess: a group has at most n_ranks
+     * members, a rank at most max_peers peers (the pp groups holding it). */
+    int max_peers, max_p2p; /* the most peers of a rank; the most transfers of a P2P group */
+    int *buf, *mine; /* [n_ranks]: a group's members, or a transfer's peers */
+    int *back;       /* [max_peers]: the peers of the other end */
+    uint8_t *met;    /* [n_ranks][max_p2p][max_peers]: per transfer of a rank's current P2P, the peers met */
 };
+
+static uint8_t *met_of(const struct verifier *v, int r, int transfer)
+{
+    return v->met + ((size_t)r * (size_t)v->max_p2p + (size_t)transfer) * (size_t)v->max_peers;
+}
 
 static const struct ir_ins *cur(const struct verifier *v, int r)
 {
@@ -244,7 +263,7 @@ static int step(struct verifier *v, int r, bool *moved)
 {
     const struct ir_ins *ins = cur(v, r);
     struct vrank *me = &v->r[r];
-    int buf[1024];
+    int *buf = v->buf;
     if (!ins)
         return 0;
     switch (ins->kind) {
@@ -261,7 +280,8 @@ static int step(struct verifier *v, int r, bool *moved)
     case IR_INS_P2P: {
         bool done = true;
         for (int i = 0; i < ins->n_p2p; i++) {
-            int np = peers(v, r, ins->p2p[i].peer_chunk, buf, 64);
+            int np = peers(v, r, ins->p2p[i].peer_chunk, buf, v->max_peers);
+            uint8_t *got = met_of(v, r, i); /* the peers met so far */
             if (np == 0) {
                 char a[1024];
                 where(v, r, a, sizeof a);
@@ -270,7 +290,7 @@ static int step(struct verifier *v, int r, bool *moved)
                 return -1;
             }
             for (int k = 0; k < np; k++) {
-                if (me->matched[i] & (1ull << k))
+                if (got[k])
                     continue;
                 int q = buf[k];
                 const struct ir_ins *other = cur(v, q);
@@ -286,14 +306,14 @@ static int step(struct verifier *v, int r, bool *moved)
                         return -1;
                     }
                     met = true;
-                    /* mark the counterpart's bit for r */
-                    int back[64], nb = peers(v, q, other->p2p[j].peer_chunk, back, 64);
+                    /* mark r met in the counterpart's transfer */
+                    int nb = peers(v, q, other->p2p[j].peer_chunk, v->back, v->max_peers);
                     for (int m = 0; m < nb; m++)
-                        if (back[m] == r)
-                            v->r[q].matched[j] |= 1ull << m;
+                        if (v->back[m] == r)
+                            met_of(v, q, j)[m] = 1;
                 }
                 if (met) {
-                    me->matched[i] |= 1ull << k;
+                    got[k] = 1;
                     *moved = true;
                     if (v->costs) { /* both have posted: the transfer runs from the later post */
                         int pair[2] = {r, q};
@@ -309,7 +329,7 @@ static int step(struct verifier *v, int r, bool *moved)
             }
         }
         if (done) {
-            memset(me->matched, 0, sizeof me->matched);
+            memset(met_of(v, r, 0), 0, (size_t)v->max_p2p * (size_t)v->max_peers);
             advance(v, r, me->done_at > me->clock ? me->done_at : me->clock);
             *moved = true;
         }
@@ -319,7 +339,7 @@ static int step(struct verifier *v, int r, bool *moved)
         if (ins->group != IR_GROUP_TIED && v->group_of[ins->group][r] >= 0 &&
             v->leader[ins->group][v->group_of[ins->group][r]] != r)
             return 0; /* its smallest member decides for the group (without listing it) */
-        int n = members(v, r, ins, buf, 1024);
+        int n = members(v, r, ins, buf, v->L->n_ranks);
         bool member = false;
         for (int i = 0; i < n; i++)
             member |= buf[i] == r;
@@ -349,9 +369,8 @@ static int step(struct verifier *v, int r, bool *moved)
             }
         }
         /* Every member is here; each must see the same group, or it is not one group. */
-        int mine[1024];
         for (int i = 0; i < n; i++) {
-            int m = members(v, buf[i], cur(v, buf[i]), mine, 1024);
+            int m = members(v, buf[i], cur(v, buf[i]), v->mine, v->L->n_ranks);
             if (m != n) {
                 char a[1024], b[1024];
                 where(v, r, a, sizeof a);
@@ -455,7 +474,7 @@ static int check_pairs(const struct ir_schedule *S, struct diag *d)
         if (sends != 1 || recvs != 1) {
             const struct ir_p2p *x = &S->programs[h[i].stage].ins[h[i].ins].p2p[h[i].k];
             char what[512];
-            ir_ins_str(&(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = 1, .p2p = {*x}}, what, sizeof what);
+            ir_ins_str(&(struct ir_ins){.kind = IR_INS_P2P, .n_p2p = 1, .p2p = (struct ir_p2p *)x}, what, sizeof what);
             int t = x->peer_chunk >= 0 && x->peer_chunk < S->n_chunks ? S->chunk_stage[x->peer_chunk] : -1;
             diag_error(d, NULL, 0, "schedule: stage %d, instruction %d: %s; but stage %d %s", h[i].stage, h[i].ins, what,
                        t, sends > 1 || recvs > 1 ? "has more than one counterpart"
@@ -556,6 +575,17 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
     for (int g = 0; g < pp->n_groups; g++)
         for (int s = 0; s < pp->sizes[g]; s++)
             count[pp->ranks[g][s]]++;
+    v.max_peers = 1;
+    for (int r = 0; r < L->n_ranks; r++)
+        v.max_peers = count[r] > v.max_peers ? count[r] : v.max_peers;
+    v.buf = wf_calloc((size_t)L->n_ranks, sizeof *v.buf);
+    v.mine = wf_calloc((size_t)L->n_ranks, sizeof *v.mine);
+    v.back = wf_calloc((size_t)v.max_peers, sizeof *v.back);
+    v.max_p2p = 1;
+    for (int s = 0; s < S->n_stages; s++)
+        for (int i = 0; i < S->programs[s].n; i++)
+            v.max_p2p = S->programs[s].ins[i].n_p2p > v.max_p2p ? S->programs[s].ins[i].n_p2p : v.max_p2p;
+    v.met = wf_calloc((size_t)L->n_ranks * (size_t)v.max_p2p * (size_t)v.max_peers, 1);
     for (int r = 0; r < L->n_ranks; r++) {
         v.pp_of[r] = wf_calloc((size_t)count[r] + 1, sizeof **v.pp_of);
         v.pp_of[r][count[r]] = -1;
@@ -633,6 +663,10 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
         free(v.leader[k]);
     }
     free(v.pp_of);
+    free(v.buf);
+    free(v.mine);
+    free(v.back);
+    free(v.met);
     free(v.component);
     free(count);
     free(v.r);

@@ -60,7 +60,9 @@ enum ir_group {
 const char *ir_coll_name(enum ir_coll c);
 const char *ir_group_name(enum ir_group g);
 
-#define IR_MAX_P2P 16
+/* The most transfers one P2P group may hold: the plan file counts them in
+ * a byte.  The schedule refuses a model that would need more. */
+#define IR_MAX_P2P 255
 
 /* One side of a point-to-point transfer: a tensor (activation, or its
  * gradient going back) crossing from one chunk to a neighbouring one. */
@@ -76,7 +78,7 @@ struct ir_ins {
     enum ir_ins_kind kind;
     int vstage, micro;     /* FORWARD, BACKWARD: the virtual stage (its chunks) and micro-batch */
     int n_p2p;             /* P2P */
-    struct ir_p2p p2p[IR_MAX_P2P];
+    struct ir_p2p *p2p;    /* [n_p2p]: the program's own copy (ir_program_push makes it) */
     enum ir_coll coll;     /* COLLECTIVE */
     enum ir_group group;
     int tag;               /* which collective: the same on every member */
@@ -115,6 +117,7 @@ struct ir_schedule {
     uint8_t **tied_stages;       /* [n_tied][n_stages]: 1 where a stage holds the tied set */
 };
 
+/* Append a copy of ins, its transfers included. */
 void ir_program_push(struct ir_program *p, const struct ir_ins *ins);
 void ir_schedule_free(struct ir_schedule *S);
 /* "send activation 3 of chunk 1 micro-batch 2 to chunk 2", into buf. */

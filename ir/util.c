@@ -120,3 +120,50 @@ uint64_t wf_hash(const void *p, size_t n, uint64_t seed)
     }
     return h;
 }
+
+/* Levenshtein distance; 99 for words too long to be typos of each other. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 99;
+    int row[64];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+struct wf_suggest wf_suggest_begin(const char *word) { return (struct wf_suggest){word, NULL, 99}; }
+
+void wf_suggest_add(struct wf_suggest *s, const char *candidate)
+{
+    int d = edit_distance(s->word, candidate);
+    int limit = (int)strlen(s->word) / 3 + 1;
+    if (d <= limit && d < s->dist) {
+        s->dist = d;
+        s->best = candidate;
+    }
+}
+
+const char *wf_suggest_text(const struct wf_suggest *s, const char *prefix, char *buf, size_t n)
+{
+    if (s->best)
+        snprintf(buf, n, " (did you mean '%s%s'?)", prefix, s->best);
+    else
+        buf[0] = 0;
+    return buf;
+}

@@ -45,6 +45,21 @@ char *wf_si(double v, const char *unit, char buf[32]);
  * Returns NULL and sets errno on failure; files over max_bytes fail with EFBIG. */
 char *wf_read_file(const char *path, size_t max_bytes, size_t *len);
 
+/* "did you mean": offer each candidate a misspelt word could have meant; the
+ * closest by edit distance, within a third of the word's length plus one,
+ * is the hint.  Flags, dimensions, tensors, attributes and op kinds all use it.
+ *   struct wf_suggest s = wf_suggest_begin("hiden");
+ *   wf_suggest_add(&s, "hidden");  wf_suggest_add(&s, "heads");
+ *   wf_suggest_text(&s, "", hint, sizeof hint);   // " (did you mean 'hidden'?)", or "" */
+struct wf_suggest {
+    const char *word, *best;
+    int dist;
+};
+struct wf_suggest wf_suggest_begin(const char *word);
+void wf_suggest_add(struct wf_suggest *s, const char *candidate);
+/* prefix goes before the name in the hint ("--" for a flag). */
+const char *wf_suggest_text(const struct wf_suggest *s, const char *prefix, char *buf, size_t n);
+
 /* FNV-1a, 64 bit: stable hashes for names and caches. */
 uint64_t wf_hash(const void *p, size_t n, uint64_t seed);
 

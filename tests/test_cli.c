@@ -107,12 +107,150 @@ static void test_warning(void **state)
     assert_non_null(strstr(R->err, ":1: warning: parameter 'unused' is never used"));
 }
 
+/* weft layout sizes what it lists by the layout: a chunk's ranks and a
+ * rank's chunks were once cut at 4096 and 256 (the second overran a stack
+ * array; AddressSanitizer caught it, a plain build printed on). */
+static void test_layout_large(void **state)
+{
+    (void)state;
+    /* dp 8192: tiny GPT-2's micro-batch is 2, so a global batch of 16384 is
+     * one micro-batch per replica; its one chunk runs on every rank. */
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--world-size", "8192", "--global-batch-size", "16384",
+             NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    assert_non_null(strstr(R->out, "gpt2 on 8192 ranks: tp 1 x pp 1 x dp 8192\n"));
+    assert_non_null(strstr(R->out, "  0-8191\n")); /* the chunk's ranks */
+    assert_non_null(strstr(R->out, "verified on all 8192 ranks"));
+    /* 520 layers, one a virtual stage, over pp 2: rank p runs chunks p, p+2,
+     * ..., 260 of them (Megatron's interleaving), more than 256. */
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--num-layers", "520", "--pp", "2",
+             "--num-layers-per-virtual-pipeline-stage", "1", "--micro-batch-size", "1", "--global-batch-size", "4", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    assert_non_null(strstr(R->out, "260 virtual stages per pipeline rank"));
+    assert_non_null(strstr(R->out, "\n  1     decoder      1    0    0    0    0  1, 3, 5, 7, 9,"));
+}
+
+/* A plan is not a model: compiling one again once wrote a training plan
+ * without a backward.  The second compile must refuse and write nothing. */
+static void test_compile_takes_a_model(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    snprintf(a, sizeof a, "/tmp/weft-cli-%d-a.plan", (int)getpid());
+    snprintf(b, sizeof b, "/tmp/weft-cli-%d-b.plan", (int)getpid());
+    run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--mode", "infer", "-o", a, NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    run_weft(R, "compile", a, "-o", b, NULL);
+    unlink(a);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "-a.plan is a plan file; weft compile takes a model file (.xml)"));
+    assert_int_equal(access(b, F_OK), -1); /* nothing written */
+}
+
+/* Training differentiates the loss, the first output when it is a float
+ * scalar; tests/models/no-loss.xml outputs hidden states, so it trains
+ * nothing: refused in the default mode, laid out forward only. */
+static void test_training_needs_a_loss(void **state)
+{
+    (void)state;
+    char plan[64];
+    snprintf(plan, sizeof plan, "/tmp/weft-cli-%d-no-loss.plan", (int)getpid());
+    run_weft(R, "compile", "tests/models/no-loss.xml", "-o", plan, NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "tests/models/no-loss.xml:"));
+    assert_non_null(strstr(R->err, "model 'hidden_states' has no loss to train: its first output 'h' is f32"));
+    assert_non_null(strstr(R->err, "use --mode infer"));
+    assert_int_equal(access(plan, F_OK), -1); /* nothing written */
+    run_weft(R, "layout", "tests/models/no-loss.xml", "--mode", "infer", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+}
+
+/* --ep spreads experts; GPT-2 has none (no expert split, no dispatch). */
+static void test_ep_needs_experts(void **state)
+{
+    (void)state;
+    run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--world-size", "2", "--ep", "2", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--expert-model-parallel-size (--ep) 2: models/gpt2.xml has no experts"));
+    run_weft(R, "layout", "models/mixtral.xml", "--variant", "tiny", "--world-size", "2", "--ep", "2", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+}
+
+/* A size of 0 is no size: --world-size 0 once meant "the smallest that fits". */
+static void test_sizes_positive(void **state)
+{
+    (void)state;
+    static const char *bad[][2] = {{"--world-size", "0"}, {"--world-size", "-4"}, {"--tp", "0"},
+                                   {"--global-batch-size", "0"}, {"--micro-batch-size", "0"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run_weft(R, "layout", "models/gpt2.xml", bad[i][0], bad[i][1], NULL);
+        char want[96];
+        snprintf(want, sizeof want, "%s %s: expected a positive integer", bad[i][0], bad[i][1]);
+        assert_int_equal(R->status, 2);
+        if (!strstr(R->err, want))
+            fail_msg("%s %s: %s", bad[i][0], bad[i][1], R->err);
+    }
+    run_weft(R, "layout", "models/gpt2.xml", "--world-size=0", NULL);
+    assert_int_equal(R->status, 2);
+    /* --epp 0 is a layout: the encoder on the decoder's first stage */
+    run_weft(R, "layout", "models/t5.xml", "--variant", "tiny", "--epp", "0", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+}
+
+/* Each command takes its own flags (DESIGN.md): another command's is a
+ * usage error naming whose it is; an unknown one, the closest name. */
+static void test_own_flags(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *args[8];
+        const char *want;
+    } cases[] = {
+        {{"check", "models/gpt2.xml", "--memory-limit", "1G"}, "weft check: --memory-limit is a flag of weft compile, not of weft check"},
+        {{"layout", "models/gpt2.xml", "--arch", "sm_90"}, "weft layout: --arch is a flag of weft compile, not of weft layout"},
+        {{"layout", "models/gpt2.xml", "-o", "x.svg"}, "-o is a flag of weft compile, dot and simulate, not of weft layout"},
+        {{"verify", "x.plan", "--tp", "2"}, "weft verify: --tp is a layout flag of weft check, layout, compile, dot and simulate, not of weft verify"},
+        {{"simulate", "models/gpt2.xml", "--lr", "1e-3"}, "--lr is an optimizer flag of weft compile, not of weft simulate"},
+        {{"dot", "models/gpt2.xml", "--json"}, "--json is a flag of weft check, layout, simulate, inspect and ops, not of weft dot"},
+        {{"ops", "--rank", "1"}, "weft ops: --rank is a flag of weft inspect, not of weft ops"},
+        {{"inspect", "x.plan", "--rnak", "1"}, "weft inspect: unknown flag '--rnak' (did you mean '--rank'?)"},
+        {{"verify", "x.plan", "--num-layers", "2"}, "weft verify: unknown flag '--num-layers'"},
+        {{"check", "models/gpt2.xml", "--json=yes"}, "--json takes no value"},
+        /* a model's command: a name no dimension binds, with the closest of the model's and the command's */
+        {{"layout", "models/gpt2.xml", "--tpp", "2"}, "--tpp: no dimension of models/gpt2.xml is bound to this flag (did you mean '--tp'?)"},
+        {{"check", "models/gpt2.xml", "--num-layer", "4"}, "(did you mean '--num-layers'?)"},
+        {{"layout", "models/gpt2.xml", "--mod", "infer"}, "(did you mean '--mode'?)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_weftv(R, cases[i].args);
+        if (R->status != 2 || !strstr(R->err, cases[i].want))
+            fail_msg("weft %s %s: exit %d, %s; want exit 2 and \"%s\"", cases[i].args[0], cases[i].args[2], R->status,
+                     R->err, cases[i].want);
+        assert_string_equal(R->out, "");
+    }
+    /* what stays: model flags and layout flags where a model is read, --json where reported */
+    run_weft(R, "check", "models/gpt2.xml", "--num-layers", "4", "--tp", "2", "--world-size", "2", "--json", NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    run_weft(R, "ops", "--json", NULL);
+    assert_int_equal(R->status, 0);
+}
+
 int main(void)
 {
     R = malloc(sizeof *R);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_text), cmocka_unit_test(test_check_json), cmocka_unit_test(test_check_flags),
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
+        cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
+        cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
+        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);

@@ -93,9 +93,13 @@ static void test_plan_records_it(void **state)
     assert_non_null(strstr(R->out, "\"clip_grad\": 0.5"));
     run_weft(R, "inspect", plan, NULL);
     assert_non_null(strstr(R->out, "optimizer AdamW, fp32 master weights: lr 0.0006, warm-up over 20 iterations, cosine decay to 6e-05 by iteration 1000"));
+    /* fixed: only weft compile takes the optimizer's flags, and it takes no plan */
     run_weft(R, "simulate", plan, "--lr", "1", NULL);
     assert_int_equal(R->status, 2);
-    assert_non_null(strstr(R->err, "is a compiled plan"));
+    assert_non_null(strstr(R->err, "--lr is an optimizer flag of weft compile, not of weft simulate"));
+    run_weft(R, "compile", plan, "--lr", "1", "-o", "/tmp/weft-optim-test-2.plan", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "is a plan file; weft compile takes a model file"));
     run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--mode", "infer", "-o", plan, NULL);
     assert_int_equal(R->status, 0);
     run_weft(R, "inspect", plan, "--json", NULL);

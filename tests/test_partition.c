@@ -267,7 +267,7 @@ static void test_layout_json(void **state)
     assert_non_null(strstr(r->err, "--tp 5 does not divide --num-attention-heads 12"));
     run_weft(r, "layout", "models/gpt2.xml", "--tp", "two", NULL);
     assert_int_equal(r->status, 2);
-    assert_non_null(strstr(r->err, "--tp two: expected a non-negative integer"));
+    assert_non_null(strstr(r->err, "--tp two: expected a positive integer"));
     /* Megatron's long names and --micro-batch-size, which also sizes the model's batch. */
     run_weft(r, "layout", "models/gpt2.xml", "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
              "--world-size", "8", "--micro-batch-size", "4", "--global-batch-size", "64", "--json", NULL);

@@ -463,6 +463,121 @@ static void test_simulate_cli(void **state)
     free(r);
 }
 
+/* Thousands of ranks: nothing in the proof is sized by a guess at a group's
+ * size.  Before, members of a group past the 1024th were never counted in,
+ * so GPT-2 at dp 2048 "hung" at its gradient all-reduce. */
+static void test_thousands_of_ranks(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        int world, tp, pp, etp, epp, gbs;
+        int dp; /* world / (tp x pp), or world / (etp x epp + tp x pp) with an encoder */
+    } cfg[] = {
+        {"models/gpt2.xml", 4096, 1, 1, 0, -1, 8192, 4096}, /* micro-batch 2 (tiny): one each */
+        {"models/gpt2.xml", 4096, 2, 2, 0, -1, 4096, 1024}, /* two micro-batches through two stages */
+        {"models/t5.xml", 3072, 2, 1, 1, 1, 2048, 1024},   /* 1024 x (1 encoder + 2 decoder ranks) */
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.pp = cfg[i].pp, pc.etp = cfg[i].etp, pc.epp = cfg[i].epp;
+        pc.global_batch = cfg[i].gbs;
+        struct built b;
+        build(&b, cfg[i].file, "tiny", pc, -1);
+        assert_int_equal(b.P->L->n_ranks, cfg[i].world);
+        assert_int_equal(b.P->L->pc.dp, cfg[i].dp);
+        const struct rank_groups *dp = rank_layout_groups(b.P->L, PAR_GROUP_DP_CP);
+        assert_int_equal(dp->sizes[0], cfg[i].dp); /* the gradient all-reduce's group: every replica */
+        struct diag d;
+        const char *why = verify(&b, &d);
+        if (why)
+            fail_msg("%s on %d ranks (tp %d, pp %d) hangs:\n%s", cfg[i].file, cfg[i].world, cfg[i].tp, cfg[i].pp, why);
+        diag_free(&d);
+        unbuild(&b);
+    }
+}
+
+/* A model whose layers read k tensors made before them: each of the k, and
+ * the carried hidden state, crosses from stage 0 to stage 1, so in 1F1B's
+ * steady state stage 0 posts the k + 1 activations of one micro-batch with
+ * the k + 1 gradients of the one before, 2(k + 1) transfers in one group. */
+static void write_skips_model(const char *path, int k)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "<model name=\"skips\" xmlns=\"urn:weft:model:1\">\n"
+               "  <dim name=\"layers\" value=\"2\" flag=\"num-layers\"/><dim name=\"hidden\" value=\"8\"/>\n"
+               "  <dim name=\"vocab\" value=\"16\"/><dim name=\"seq\" value=\"4\"/>\n"
+               "  <dim name=\"batch\" value=\"1\" flag=\"micro-batch-size\"/>\n"
+               "  <decoder>\n"
+               "    <input name=\"tokens\" shape=\"batch seq\" dtype=\"i32\"/>\n"
+               "    <input name=\"labels\" shape=\"batch seq\" dtype=\"i32\"/>\n"
+               "    <param name=\"wte\" shape=\"vocab hidden\" split=\"vocab\"/>\n"
+               "    <op kind=\"embedding\" in=\"wte tokens\" out=\"h\"/>\n");
+    for (int i = 0; i < k; i++)
+        fprintf(f, "    <op kind=\"scale\" in=\"h\" by=\"%d\" out=\"c%d\"/>\n", i + 2, i);
+    fprintf(f, "    <repeat name=\"layer\" count=\"layers\" carry=\"h\">\n");
+    for (int i = 0; i < k; i++) { /* h + c0 + ... + c(k-1), the sum running through t0, t1, ... */
+        char in[16] = "h", out[16] = "h";
+        if (i)
+            snprintf(in, sizeof in, "t%d", i - 1);
+        if (i < k - 1)
+            snprintf(out, sizeof out, "t%d", i);
+        fprintf(f, "      <op kind=\"add\" in=\"%s c%d\" out=\"%s\"/>\n", in, i, out);
+    }
+    fprintf(f, "    </repeat>\n"
+               "    <op kind=\"matmul\" in=\"h wte\" transpose_b=\"true\" out=\"logits\"/>\n"
+               "    <op kind=\"cross_entropy\" in=\"logits labels\" out=\"loss\"/>\n"
+               "    <output name=\"loss\"/>\n"
+               "  </decoder>\n</model>\n");
+    fclose(f);
+}
+
+/* A P2P group holds as many transfers as the model needs (once at most 16,
+ * an internal error past them); past the plan file's 255 the schedule says
+ * so, naming the stage and the count. */
+static void test_many_transfers(void **state)
+{
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/weft-skips-%d.xml", (int)getpid());
+    struct par_config pc = par_config_default();
+    pc.pp = 2, pc.global_batch = 4;
+    struct fe_options opt = {0};
+    struct diag d;
+
+    write_skips_model(path, 10);
+    diag_init(&d);
+    struct built b;
+    b.P = partition_model(path, &opt, &pc, &d);
+    if (!b.P)
+        fail_msg("%s", diag_first_error(&d));
+    assert_int_equal(schedule_build(b.P, IR_SCHED_1F1B, false, &b.S, &d), 0);
+    int most = 0;
+    for (int i = 0; i < b.S.programs[0].n; i++)
+        most = b.S.programs[0].ins[i].n_p2p > most ? b.S.programs[0].ins[i].n_p2p : most;
+    assert_int_equal(most, 2 * (10 + 1));
+    diag_free(&d);
+    const char *why = verify(&b, &d);
+    if (why)
+        fail_msg("22 transfers a group: %s", why);
+    diag_free(&d);
+    unbuild(&b);
+
+    write_skips_model(path, 130); /* 2 x 131 = 262 > 255 */
+    diag_init(&d);
+    b.P = partition_model(path, &opt, &pc, &d);
+    unlink(path);
+    if (!b.P)
+        fail_msg("%s", diag_first_error(&d));
+    assert_int_not_equal(schedule_build(b.P, IR_SCHED_1F1B, false, &b.S, &d), 0);
+    printf("    %s\n", diag_first_error(&d));
+    assert_non_null(strstr(diag_first_error(&d), "stage 0 posts 262 transfers"));
+    assert_non_null(strstr(diag_first_error(&d), "at most 255"));
+    diag_free(&d);
+    partition_free(b.P);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -474,6 +589,8 @@ int main(void)
         cmocka_unit_test(test_param_grads_once),
         cmocka_unit_test(test_bubble),
         cmocka_unit_test(test_simulate_cli),
+        cmocka_unit_test(test_thousands_of_ranks),
+        cmocka_unit_test(test_many_transfers),
     };
     int rc = cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
     fe_cleanup();

@@ -5,6 +5,7 @@
 #include "plan.h"
 #include "program.h"
 #include "schedule.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -21,12 +22,119 @@ static int usage_error(struct cli *c, const char *fmt, const char *a, const char
     return -1;
 }
 
+/* Which command takes which flag: the one table.  A row is a flag (its name
+ * without dashes) or a family kept in a table of its own: <layout>, the
+ * parallel and batch flags (par_flags, ir/layout.c); <optimizer>, Megatron's
+ * optimizer flags (ir/optim.c); <model>, any other --NAME VALUE, which sets
+ * the dimension the model file binds to NAME.  A flag given to a command
+ * that does not take it is a usage error; -h and --help go everywhere. */
+#define MODEL_COMMANDS "check layout compile dot simulate"
+enum cli_arity { CLI_VALUE, CLI_SWITCH, CLI_PER_FLAG /* a family: each flag says */ };
+static const struct cli_flag {
+    const char *name;
+    const char *commands; /* the commands that take it, by name */
+    enum cli_arity arity;
+    const char *what; /* a family: what its flags are */
+} cli_flags[] = {
+    {"<model>", MODEL_COMMANDS, CLI_VALUE, NULL},
+    {"variant", MODEL_COMMANDS, CLI_VALUE, NULL},
+    {"set", MODEL_COMMANDS, CLI_VALUE, NULL},
+    {"<layout>", MODEL_COMMANDS, CLI_PER_FLAG, "a layout flag"}, /* check: also checks the layout they give */
+    {"pipeline-schedule", "layout compile simulate", CLI_VALUE, NULL},
+    {"mode", "layout compile simulate", CLI_VALUE, NULL},
+    {"<optimizer>", "compile", CLI_VALUE, "an optimizer flag"},
+    {"memory-limit", "compile", CLI_VALUE, NULL},
+    {"arch", "compile", CLI_VALUE, NULL},
+    {"gpu", "compile simulate", CLI_VALUE, NULL},
+    {"device-file", "compile simulate", CLI_VALUE, NULL},
+    {"detail", "dot", CLI_VALUE, NULL},
+    {"o", "compile dot simulate", CLI_VALUE, NULL},
+    {"output", "compile dot simulate", CLI_VALUE, NULL},
+    {"json", "check layout simulate inspect ops", CLI_SWITCH, NULL},
+    {"rank", "inspect", CLI_VALUE, NULL},
+    {"kernels", "inspect", CLI_SWITCH, NULL},
+    {"kernel", "inspect", CLI_VALUE, NULL},
+    {"source", "inspect", CLI_SWITCH, NULL},
+};
+
+static const struct cli_flag *cli_flag_row(const char *name)
+{
+    for (size_t i = 0; i < WF_COUNT(cli_flags); i++)
+        if (!strcmp(cli_flags[i].name, name))
+            return &cli_flags[i];
+    return NULL;
+}
+
+/* Whether the row's commands include cmd, as a whole word. */
+static bool row_takes(const struct cli_flag *f, const char *cmd)
+{
+    size_t n = strlen(cmd);
+    for (const char *p = f->commands; (p = strstr(p, cmd)); p += n)
+        if ((p == f->commands || p[-1] == ' ') && (p[n] == ' ' || !p[n]))
+            return true;
+    return false;
+}
+
+/* Every flag name cmd takes, for a "did you mean" (-o aside: one letter). */
+static void offer_flags(struct wf_suggest *s, const void *ctx)
+{
+    const char *cmd = ctx;
+    for (size_t i = 0; i < WF_COUNT(cli_flags); i++) {
+        const struct cli_flag *f = &cli_flags[i];
+        if (!row_takes(f, cmd))
+            continue;
+        if (!strcmp(f->name, "<layout>")) {
+            for (int k = 0; k < par_n_flags; k++) {
+                wf_suggest_add(s, par_flags[k].name);
+                if (par_flags[k].short_name)
+                    wf_suggest_add(s, par_flags[k].short_name);
+            }
+        } else if (!strcmp(f->name, "<optimizer>")) {
+            for (int k = 0; optim_flag_name(k); k++)
+                wf_suggest_add(s, optim_flag_name(k));
+        } else if (f->name[0] != '<' && f->name[1]) {
+            wf_suggest_add(s, f->name);
+        }
+    }
+}
+
+/* "--arch is a flag of weft compile, not of weft layout": the flag's row is
+ * not this command's (<model>: the command reads no model file). */
+static int not_ours(struct cli *c, const char *shown, const char *key, const struct cli_flag *f)
+{
+    struct wf_suggest sg = wf_suggest_begin(key);
+    offer_flags(&sg, c->cmd);
+    char hint[160], owners[160];
+    wf_suggest_text(&sg, "--", hint, sizeof hint);
+    /* "weft compile", "weft compile and simulate", "weft layout, compile and simulate" */
+    size_t n = (size_t)snprintf(owners, sizeof owners, "weft");
+    int words = 0, k = 0;
+    for (const char *p = f->commands; *p; p += strcspn(p, " "), p += *p == ' ')
+        words++;
+    for (const char *p = f->commands; *p && n < sizeof owners; k++) {
+        size_t len = strcspn(p, " ");
+        n += (size_t)snprintf(owners + n, sizeof owners - n, "%s%.*s", !k ? " " : k == words - 1 ? " and " : ", ",
+                              (int)len, p);
+        p += len + (p[len] == ' ');
+    }
+    fprintf(stderr, "weft %s: ", c->cmd);
+    if (!strcmp(f->name, "<model>")) /* weft CMD reads no model file, so no model can bind it */
+        fprintf(stderr, "unknown flag '%s'%s", shown, hint);
+    else
+        fprintf(stderr, "%s is %s of %s, not of weft %s", shown, f->what ? f->what : "a flag", owners, c->cmd);
+    fprintf(stderr, "\n(see 'weft %s --help')\n", c->cmd);
+    c->status = EXIT_BAD_INPUT;
+    return -1;
+}
+
 int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char *usage)
 {
     bool help = false;
     memset(c, 0, sizeof *c);
     c->cmd = cmd;
     c->fe.overrides = c->overrides;
+    c->fe.offer_flags = offer_flags;
+    c->fe.offer_ctx = cmd;
     c->pc = par_config_default();
     c->rank = -1;
     c->kernel = -1;
@@ -43,36 +151,61 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             help = true;
             continue;
         }
-        if (!strcmp(a, "--json")) {
-            c->json = true;
-            continue;
-        }
-        if (!strcmp(a, "--kernels") || !strcmp(a, "--source")) {
-            *(a[2] == 'k' ? &c->kernels : &c->source) = true;
-            continue;
-        }
-        const struct par_flag *pf = a[1] == '-' ? par_flag_find(a + 2) : NULL;
-        if (pf && pf->is_bool) {
-            *(bool *)((char *)&c->pc + pf->offset) = true;
-            c->parallel_given = true;
-            continue;
-        }
-        /* Flags with a value: --name VALUE or --name=VALUE (and -o FILE). */
-        const char *name = a + (a[1] == '-' ? 2 : 1), *eq = strchr(name, '='), *value;
-        char key[128];
+        /* --name VALUE, --name=VALUE, --switch, -o FILE */
+        bool dashes = a[1] == '-';
+        const char *name = a + (dashes ? 2 : 1), *eq = strchr(name, '='), *value = NULL;
+        char key[128], shown[160];
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         if (len >= sizeof key || len == 0)
             return usage_error(c, "bad flag '%s'%s", a, "");
         memcpy(key, name, len);
         key[len] = 0;
-        if (eq) {
+        snprintf(shown, sizeof shown, "%s%s", dashes ? "--" : "-", key);
+        const struct par_flag *pf = NULL;
+        const struct cli_flag *f = cli_flag_row(key);
+        if (f && (f->name[1] != 0) != dashes) /* -o, but --json, --tp ... */
+            f = NULL;
+        if (!f && dashes && (pf = par_flag_find(key)))
+            f = cli_flag_row("<layout>");
+        else if (!f && dashes && optim_is_flag(key))
+            f = cli_flag_row("<optimizer>");
+        else if (!f && dashes)
+            f = cli_flag_row("<model>");
+        if (!f && !dashes)
+            return usage_error(c, "unknown option '%s'%s", a, "");
+        if (!row_takes(f, cmd))
+            return not_ours(c, shown, key, f);
+        bool takes_value = f->arity == CLI_VALUE || (f->arity == CLI_PER_FLAG && !pf->is_bool);
+        if (!takes_value) {
+            if (eq)
+                return usage_error(c, "%s takes no value%s", shown, "");
+        } else if (eq) {
             value = eq + 1;
         } else if (i + 1 < argc) {
             value = argv[++i];
         } else {
             return usage_error(c, "%s needs a value%s", a, "");
         }
-        if (!strcmp(key, "o") || !strcmp(key, "output")) {
+        if (pf && pf->is_bool) {
+            *(bool *)((char *)&c->pc + pf->offset) = true;
+            c->parallel_given = true;
+        } else if (pf) {
+            char *end;
+            errno = 0;
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || errno || v < pf->min || v > 1 << 30) {
+                fprintf(stderr, "weft %s: --%s %s: expected %s integer\n(see 'weft %s --help')\n", cmd, key, value,
+                        pf->min > 0 ? "a positive" : "a non-negative", cmd);
+                c->status = EXIT_BAD_INPUT;
+                return -1;
+            }
+            *(int *)((char *)&c->pc + pf->offset) = (int)v;
+            c->parallel_given = true; /* --micro-batch-size also sizes the model's batch: partition_model */
+        } else if (!strcmp(key, "json")) {
+            c->json = true;
+        } else if (!strcmp(key, "kernels") || !strcmp(key, "source")) {
+            *(key[0] == 'k' ? &c->kernels : &c->source) = true;
+        } else if (!strcmp(key, "o") || !strcmp(key, "output")) {
             c->output = value;
         } else if (!strcmp(key, "pipeline-schedule")) {
             if (ir_sched_parse(value) < 0)
@@ -109,21 +242,11 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             c->detail = value;
         } else if (!strcmp(key, "variant")) {
             c->fe.variant = value;
-        } else if (a[1] != '-') {
-            return usage_error(c, "unknown option '%s'%s", a, "");
-        } else if (a[1] == '-' && optim_is_flag(key)) {
+        } else if (!strcmp(f->name, "<optimizer>")) {
             char err[256];
             if (optim_flag_set(&c->opt, key, value, err, sizeof err))
                 return usage_error(c, "%s%s", err, "");
             c->parallel_given = true; /* a plan's optimizer is fixed, like its layout */
-        } else if (a[1] == '-' && (pf = par_flag_find(key))) {
-            char *end;
-            errno = 0;
-            long v = strtol(value, &end, 10);
-            if (!*value || *end || errno || v < 0 || v > 1 << 30)
-                return usage_error(c, "--%s %s: expected a non-negative integer", key, value);
-            *(int *)((char *)&c->pc + pf->offset) = (int)v;
-            c->parallel_given = true; /* --micro-batch-size also sizes the model's batch: partition_model */
         } else if (c->fe.n_overrides == CLI_MAX_OVERRIDES) {
             return usage_error(c, "too many dimension flags (at most %s)%s", "64", "");
         } else if (!strcmp(key, "set")) {
@@ -133,7 +256,7 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             int k = c->fe.n_overrides++;
             snprintf(c->keys[k], sizeof c->keys[k], "%.*s", (int)(e - value), value);
             c->overrides[k] = (struct fe_override){FE_SET, c->keys[k], e + 1};
-        } else {
+        } else { /* <model>: the model file says whether a dimension binds it */
             int k = c->fe.n_overrides++;
             memcpy(c->keys[k], key, len + 1);
             c->overrides[k] = (struct fe_override){FE_FLAG, c->keys[k], value};
@@ -161,6 +284,24 @@ struct ir_graph *cli_load_model(struct cli *c)
     if (!g)
         c->status = EXIT_BAD_INPUT;
     return g;
+}
+
+const struct device *cli_device(struct cli *c, struct device *file_dev)
+{
+    const struct device *dev = &device_default;
+    if (c->device_file) {
+        struct diag d;
+        diag_init(&d);
+        int rc = device_read(c->device_file, file_dev, &d);
+        diag_print(&d, stderr);
+        diag_free(&d);
+        dev = rc ? NULL : file_dev;
+    } else if (c->gpu && !(dev = device_find(c->gpu))) {
+        fprintf(stderr, "weft %s: --gpu %s: unknown device (built in: h100, a100; or --device-file FILE)\n", c->cmd, c->gpu);
+    }
+    if (!dev)
+        c->status = EXIT_BAD_INPUT;
+    return dev;
 }
 
 bool cli_is_plan(const char *path)

@@ -4,15 +4,20 @@
  *   if (cli_parse(&c, argc, argv, "check", usage)) return c.status; // --help: 0; usage error: 2
  *   struct ir_graph *g = cli_load_model(&c);                      // errors printed: NULL
  *
- * Megatron's flag names reach the model: any `--NAME VALUE` (or --NAME=VALUE)
- * the tool does not know itself sets the dimension whose flag="NAME"; the
- * front end says so when no dimension of the model binds that flag. */
+ * Each command takes only its own flags; one table in cli.c says which
+ * command takes which, and any other flag is a usage error naming the
+ * commands it belongs to (or, unknown, the closest flag's name).  Megatron's
+ * flag names reach the model: on a command that reads a model file, any
+ * `--NAME VALUE` (or --NAME=VALUE) the tool does not know itself sets the
+ * dimension whose flag="NAME"; the front end says so when no dimension of
+ * the model binds that flag. */
 #ifndef WEFT_CLI_H
 #define WEFT_CLI_H
 
 #include <stdbool.h>
 
 #include "compiler.h"
+#include "cost.h"
 #include "layout.h"
 #include "optim.h"
 #include "program.h"
@@ -50,6 +55,9 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
 struct ir_graph *cli_load_model(struct cli *c);
 /* Lay the model out by the parallel flags; errors printed: NULL. */
 struct partition *cli_partition(struct cli *c);
+/* The device --gpu or --device-file names (file_dev holds one read from a
+ * file), else the default; errors printed: NULL. */
+const struct device *cli_device(struct cli *c, struct device *file_dev);
 /* Whether a path is a plan file (by its magic), not a model file. */
 bool cli_is_plan(const char *path);
 /* The step's schedule: a plan's own, or built from --pipeline-schedule and

@@ -9,13 +9,14 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: weft check MODEL.xml [--variant NAME] [--FLAG VALUE]... [--set DIM=VALUE]... [--json]\n"
+    "usage: weft check MODEL.xml [--variant NAME] [--FLAG VALUE]... [--set DIM=VALUE]... [layout flags...] [--json]\n"
     "\n"
     "Validate a model file and print its parts, dimensions, parameter count\n"
     "(total and per layer), FLOPs per token and weight memory.\n"
     "  --variant NAME    apply a <variant> of the file first (e.g. tiny)\n"
     "  --FLAG VALUE      set the dimension bound to a Megatron flag (--num-layers 48)\n"
     "  --set DIM=VALUE   set any dimension by its name (--set ffn=4*hidden)\n"
+    "  layout flags      weft layout's (--world-size, --tp, --pp, ...): check that layout too\n"
     "  --json            print one JSON object instead\n"
     "Exit status: 0 valid, 2 invalid (each error names file:line).\n";
 

@@ -106,15 +106,18 @@ int cmd_compile(int argc, char **argv)
     struct cli c;
     if (cli_parse(&c, argc, argv, "compile", usage))
         return c.status;
+    if (c.model && cli_is_plan(c.model)) { /* its graph has no backward to compile again */
+        fprintf(stderr, "weft compile: %s is a plan file; weft compile takes a model file (.xml)\n", c.model);
+        return EXIT_BAD_INPUT;
+    }
     if (!c.output) {
         fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
         return EXIT_BAD_INPUT;
     }
-    const struct device *dev = c.gpu ? device_find(c.gpu) : &device_default;
-    if (!dev) {
-        fprintf(stderr, "weft compile: --gpu %s: unknown device (built in: h100, a100)\n", c.gpu);
-        return EXIT_BAD_INPUT;
-    }
+    struct device file_dev;
+    const struct device *dev = cli_device(&c, &file_dev);
+    if (!dev)
+        return c.status;
     char err[256];
     if (optim_check(&c.opt, err, sizeof err)) {
         fprintf(stderr, "weft compile: %s\n", err);
@@ -128,10 +131,6 @@ int cmd_compile(int argc, char **argv)
     diag_free(&ad);
     if (n_archs < 0)
         return EXIT_BAD_INPUT;
-    if (cli_is_plan(c.model)) {
-        fprintf(stderr, "weft compile: %s is a plan file; weft compile takes a model file (.xml)\n", c.model);
-        return EXIT_BAD_INPUT;
-    }
     struct compile_request q = compile_request_default();
     q.model = c.model;
     q.fe = c.fe;

@@ -354,21 +354,24 @@ int cmd_inspect(int argc, char **argv)
                 backward = prog->ins[i].kind == IR_INS_BACKWARD;
             printf("  %4d  %s%s", i, buf, backward && prog->ins[i].kind == IR_INS_COLLECTIVE ? ", of gradients" : "");
             if (prog->ins[i].kind == IR_INS_P2P) { /* the ranks at the other ends, each once */
-                int all[256], n_all = 0;
+                int *all = wf_calloc((size_t)L->n_ranks, sizeof *all), n_all = 0;
+                int *peers = wf_calloc((size_t)L->n_ranks, sizeof *peers);
                 for (int k = 0; k < prog->ins[i].n_p2p; k++) {
-                    int peers[64], n = ir_p2p_peers(&S, L, c.rank, prog->ins[i].p2p[k].peer_chunk, peers, 64);
+                    int n = ir_p2p_peers(&S, L, c.rank, prog->ins[i].p2p[k].peer_chunk, peers, L->n_ranks);
                     for (int q = 0; q < n; q++) {
                         bool seen = false;
                         for (int x = 0; x < n_all; x++)
                             seen |= all[x] == peers[q];
-                        if (!seen && n_all < 256)
+                        if (!seen)
                             all[n_all++] = peers[q];
                     }
                 }
+                free(peers);
                 printf("  [%s", n_all == 1 ? "peer" : "peers");
                 for (int x = 0; x < n_all; x++)
                     printf(" %d", all[x]);
                 printf("]");
+                free(all);
             }
             printf("\n");
         }

@@ -8,12 +8,14 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char usage[] =
     "usage: weft layout MODEL.xml [--world-size N] [--tp N] [--pp N] [--cp N] [--ep N]\n"
     "                   [--etp N] [--epp N] [--sequence-parallel] [--num-layers-per-virtual-pipeline-stage N]\n"
-    "                   [--micro-batch-size N] [--global-batch-size N] [model flags...] [--json]\n"
+    "                   [--micro-batch-size N] [--global-batch-size N] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "                   [--mode train|infer] [model flags...] [--json]\n"
     "\n"
     "Lay a model out on ranks as Megatron-Core does (tp fastest, then cp, ep, dp, pp):\n"
     "each rank's coordinates, pipeline stage and layers, and every communication group.\n"
@@ -92,13 +94,15 @@ static void print_text(const struct partition *P, const struct ir_schedule *S)
     if (P->padded_vocab != P->vocab)
         printf(", vocabulary %s padded to %s (a multiple of %d x tp)", wf_commas(P->vocab, a),
                wf_commas(P->padded_vocab, b), pc->vocab_divisible_by);
+    int *rk = wf_calloc((size_t)L->n_ranks, sizeof *rk);         /* a chunk's ranks */
+    int *chunks = wf_calloc((size_t)P->n_chunks + 1, sizeof *chunks); /* a rank's chunks */
     printf("\n\n  %-6s %-8s %-7s %-28s %13s %10s %9s  %s\n", "chunk", "part", "stage", "layers", "params", "fwd FLOPs",
            "fwd ms", "ranks");
     for (int c = 0; c < P->n_chunks; c++) {
         const struct part_chunk *ch = &P->chunks[c];
-        int one[1] = {c}, rk[4096], n = 0;
+        int one[1] = {c}, n = 0;
         layers_text(P, one, 1, buf, sizeof buf);
-        for (int r = 0; r < L->n_ranks && n < 4096; r++)
+        for (int r = 0; r < L->n_ranks; r++)
             if (partition_rank_runs(P, r, c))
                 rk[n++] = r;
         char rs[256], fl[32];
@@ -117,12 +121,13 @@ static void print_text(const struct partition *P, const struct ir_schedule *S)
     printf("\n  %-5s %-8s %5s %4s %4s %4s %4s  %s\n", "rank", "part", "stage", "tp", "cp", "dp", "ep", "layers");
     for (int r = 0; r < L->n_ranks; r++) {
         const struct rank_coords *rc = &L->ranks[r];
-        int chunks[256];
         int n = rank_chunks(P, r, chunks);
         layers_text(P, chunks, n, buf, sizeof buf);
         printf("  %-5d %-8s %5d %4d %4d %4d %4d  %s\n", r, ir_part_name(rc->part), rc->stage, rc->tp, rc->cp, rc->dp,
                rc->ep, buf);
     }
+    free(rk);
+    free(chunks);
     printf("\n  groups\n");
     for (int k = 0; k < PAR_GROUP_COUNT; k++) {
         const struct rank_groups *g = rank_layout_groups(L, (enum par_group_kind)k);
@@ -210,6 +215,7 @@ static void print_json(const struct partition *P, const struct ir_schedule *S)
     }
     json_end_object(&j);
     json_begin_array(&j, "ranks");
+    int *chunks = wf_calloc((size_t)P->n_chunks + 1, sizeof *chunks); /* a rank's chunks */
     for (int r = 0; r < L->n_ranks; r++) {
         const struct rank_coords *rc = &L->ranks[r];
         char role[64];
@@ -226,7 +232,6 @@ static void print_json(const struct partition *P, const struct ir_schedule *S)
         json_int(&j, "ep", rc->ep);
         json_int(&j, "expert_tp", rc->expert_tp);
         json_int(&j, "expert_dp", rc->expert_dp);
-        int chunks[256];
         int n = rank_chunks(P, r, chunks);
         json_begin_array(&j, "chunks");
         for (int i = 0; i < n; i++)
@@ -234,6 +239,7 @@ static void print_json(const struct partition *P, const struct ir_schedule *S)
         json_end_array(&j);
         json_end_object(&j);
     }
+    free(chunks);
     json_end_array(&j);
     json_end_object(&j);
     json_finish(&j);

@@ -10,7 +10,7 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: weft simulate MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved]\n"
+    "usage: weft simulate MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved] [--mode train|infer]\n"
     "       weft simulate MODEL.plan\n"
     "                     [--gpu h100|a100 | --device-file FILE] [-o schedule.svg] [--json]\n"
     "\n"
@@ -18,6 +18,7 @@ static const char usage[] =
     "others with each op's roofline time on the device and ring-model collectives.\n"
     "Prints the step time, the pipeline bubble, tokens/s and MFU; -o draws the\n"
     "first pipeline's timeline (ranks as rows, forward, backward and transfers).\n"
+    "With --mode infer, it predicts a forward pass instead.\n"
     "A device file holds lines: name, bf16_tflops, hbm_gbps, nvlink_gbps,\n"
     "network_gbps, memory_gib, gpus_per_node (KEY = VALUE).\n";
 
@@ -27,21 +28,11 @@ int cmd_simulate(int argc, char **argv)
     if (cli_parse(&c, argc, argv, "simulate", usage))
         return c.status;
     struct device file_dev;
-    const struct device *dev = &device_default;
+    const struct device *dev = cli_device(&c, &file_dev);
+    if (!dev)
+        return c.status;
     struct diag d;
     diag_init(&d);
-    if (c.device_file) {
-        if (device_read(c.device_file, &file_dev, &d)) {
-            diag_print(&d, stderr);
-            diag_free(&d);
-            return EXIT_BAD_INPUT;
-        }
-        dev = &file_dev;
-    } else if (c.gpu && !(dev = device_find(c.gpu))) {
-        fprintf(stderr, "weft simulate: --gpu %s: unknown device (built in: h100, a100; or --device-file FILE)\n", c.gpu);
-        diag_free(&d);
-        return EXIT_BAD_INPUT;
-    }
     struct partition *P = cli_partition(&c);
     if (!P) {
         diag_free(&d);
