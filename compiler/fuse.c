@@ -913,7 +913,9 @@ static void combine(const struct partition *P, int op, bool backward, const bool
     if (backward && !dw && !dy)
         return;
     route(P, op, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, F);
-    struct kn_bind y = {.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(P, op, o->in[0])},
+    /* the experts' output where the all-to-all brings it back (after any sum over expert-tp ranks), whole */
+    int back = moe_xfer(P, op, o->in[0], false);
+    struct kn_bind y = {.what = IR_BUF_VALUE, .id = o->in[0], .xfer = back >= 0 ? back : transfer_of(P, op, o->in[0])},
                    w = {.what = IR_BUF_VALUE, .id = o->in[1], .xfer = transfer_of(P, op, o->in[1])},
                    gout = {.what = IR_BUF_GRAD, .id = o->out[0], .xfer = -1};
     struct solo c = {.P = P, .op = op};
@@ -1599,18 +1601,6 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
     }
 }
 
-/* A rank's place in the group that splits an axis (0 if none does). */
-static int pdim_coord(const struct rank_coords *rc, enum ir_pdim p)
-{
-    switch (p) {
-    case IR_PDIM_TP: return rc->tp;
-    case IR_PDIM_CP: return rc->cp;
-    case IR_PDIM_EP: return rc->ep;
-    case IR_PDIM_XTP: return rc->expert_tp;
-    default: return 0;
-    }
-}
-
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
     const struct kn_launch *G = &F->launches[g];
@@ -1627,7 +1617,10 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
                 (io ? k->out[i] : k->in[i]).access == KN_FULL)
                 ds = bound_shard(P, b, io);
         }
-    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds), whole = d->shape;
+    enum ir_part part = P->chunks[G->chunk].part;
+    struct ir_shape s = partition_local_shape(P, part, &d->shape, ds), whole = d->shape;
+    for (int i = 0; i < whole.rank; i++) /* an axis stacked from a group's ranks: the group's rows, one rank's after another */
+        whole.ax[i].size *= partition_degrees(P, part, ds->stack[i]);
     const struct ir_shard none = {0};
     if (G->sizes[1] > 0) { /* a domain that is no tensor's: rows x cols, whole on every rank */
         s = (struct ir_shape){.rank = 2, .ax = {{.size = G->sizes[1]}, {.size = G->sizes[2]}}};
@@ -1659,7 +1652,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
     a->rank = s.rank ? s.rank : 1;
     int64_t stride = 1;
     for (int i = s.rank - 1; i >= 0; i--) {
-        int coord = pdim_coord(rc, (enum ir_pdim)ds->split[i]);
+        int coord = partition_axis_coord(P, part, ds->split[i], rc);
         a->dim[i] = s.ax[i].size;
         a->off[i] = coord * s.ax[i].size;
         a->stride[i] = stride;
@@ -1694,7 +1687,7 @@ void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, 
             if (access == KN_GATHER) { /* a table's rows: all its axes but the last; a vocabulary shard's first row */
                 struct ir_shape t = bound_shape(P, G, b, io);
                 v[1] = t.rank && t.ax[t.rank - 1].size ? ir_shape_numel(&t) / t.ax[t.rank - 1].size : 0;
-                v[0] = pdim_coord(rc, (enum ir_pdim)bound_shard(P, b, io)->split[0]) * v[1];
+                v[0] = partition_axis_coord(P, part, bound_shard(P, b, io)->split[0], rc) * v[1];
             }
             if (access == KN_PICK) { /* every element of its tensor */
                 struct ir_shape t = bound_shape(P, G, b, io);

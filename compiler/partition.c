@@ -552,7 +552,8 @@ void partition_norm_counts(const struct partition *P, int rank, bool *counts)
         const struct ir_shard *sh = &P->shard[t];
         bool split[IR_PDIM_COUNT] = {false}, expert = false;
         for (int k = 0; k < g->tensors[t].shape.rank; k++)
-            split[sh->split[k]] = true;
+            for (int p = 1; p < IR_PDIM_COUNT; p++)
+                split[p] |= (sh->split[k] & IR_PDIM_BIT(p)) != 0;
         expert = split[IR_PDIM_EP] || split[IR_PDIM_XTP];
         int tp = expert ? IR_PDIM_XTP : IR_PDIM_TP, coord = expert ? rc->expert_tp : rc->tp;
         if (!split[tp] && partition_degree(P, rc->part, (enum ir_pdim)tp) > 1 && coord != 0)

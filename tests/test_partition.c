@@ -234,7 +234,7 @@ static void test_norm_counts_once(void **state)
                     continue;
                 bool expert = false;
                 for (int k = 0; k < g->tensors[t].shape.rank; k++)
-                    expert |= P->shard[t].split[k] == IR_PDIM_EP || P->shard[t].split[k] == IR_PDIM_XTP;
+                    expert |= (P->shard[t].split[k] & (IR_PDIM_BIT(IR_PDIM_EP) | IR_PDIM_BIT(IR_PDIM_XTP))) != 0;
                 if ((expert ? rc->expert_dp : rc->dp) != 0)
                     continue; /* another replica */
                 struct ir_shape l = partition_local_shape(P, rc->part, &g->tensors[t].shape, &P->shard[t]);
