@@ -165,29 +165,66 @@ static void normalize(const struct sctx *c, struct ir_shard *s)
     s->partial &= live;
 }
 
+/* Sequence parallelism cannot split input i's sequence, `held` positions a
+ * rank: Megatron's scatter to the sequence-parallel region asserts that tp
+ * divides it; here it is the user's error, never a silent all-reduce. */
+static void sequence_error(struct sctx *c, int i, int64_t held)
+{
+    const struct ir_tensor *t = c->t[i];
+    int seq = rank_in(c, i) - 2, tp = deg(c, IR_PDIM_TP), cp = deg(c, IR_PDIM_CP);
+    char ax[96], where[256] = "";
+    if (t->producer >= 0)
+        snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">: ", ir_op_info(c->P->g->ops[t->producer].kind)->name,
+                 t->local_name);
+    ir_axis_str(&t->shape.ax[seq], ax, sizeof ax);
+    if (has(c->want[i].split[seq], IR_PDIM_CP))
+        diag_error(c->d, t->loc.file, t->loc.line,
+                   "%s--sequence-parallel splits each context-parallel rank's share of the sequence over its %d "
+                   "tensor-parallel ranks, but '%s' holds %" PRId64 " of its %s positions on each of the --cp %d ranks, "
+                   "which %d does not divide (Megatron's rule: with sequence parallelism tp divides the sequence each "
+                   "rank holds; a length that is a multiple of cp x tp = %d would, or drop --sequence-parallel)",
+                   where, tp, t->local_name, held, ax, cp, tp, cp * tp);
+    else
+        diag_error(c->d, t->loc.file, t->loc.line,
+                   "%s--sequence-parallel splits the sequence over the %d tensor-parallel ranks, but axis %d of '%s' (%s) "
+                   "does not split over %d (Megatron's rule: with sequence parallelism the sequence length must be a multiple "
+                   "of tp; make it one, or drop --sequence-parallel)",
+                   where, tp, seq, t->local_name, ax, tp);
+    c->errors++;
+}
+
 /* Partial sums must be added before a non-linear op reads them.  With
  * sequence parallelism a tensor-parallel sum lands split along the sequence
- * (reduce-scatter), else whole (all-reduce). */
+ * (reduce-scatter), within each context-parallel rank's share where cp
+ * splits it too (Megatron splits the sequence by cp, then the cp-local
+ * sequence by tp); else whole (all-reduce). */
 static void resolve(struct sctx *c, int i, const char *why)
 {
     struct ir_shard *w = &c->want[i];
     if (!w->partial)
         return;
     int r = rank_in(c, i), seq = r - 2;
-    if (has(w->partial, IR_PDIM_TP) && c->P->L->pc.sequence_parallel && r >= 2 && !w->split[seq] &&
-        size_in(c, i, seq) % deg(c, IR_PDIM_TP) == 0)
-        w->split[seq] = IR_PDIM_BIT(IR_PDIM_TP);
+    if (has(w->partial, IR_PDIM_TP) && c->P->L->pc.sequence_parallel && r >= 2 && !has(w->split[seq], IR_PDIM_TP)) {
+        int64_t held = size_in(c, i, seq) / degs(c, w->split[seq]) * degs(c, w->stack[seq]);
+        if (held % deg(c, IR_PDIM_TP) == 0)
+            w->split[seq] |= IR_PDIM_BIT(IR_PDIM_TP);
+        else if (!c->errors)
+            sequence_error(c, i, held);
+    }
     w->partial = 0;
     c->why[i] = why;
 }
 
-static void whole_axis(struct sctx *c, int i, int k, const char *why)
+/* Input i's axis k gathered from the groups in `set` (those that split it). */
+static void gather_axis(struct sctx *c, int i, int k, uint8_t set, const char *why)
 {
-    if (c->want[i].split[k]) {
-        c->want[i].split[k] = 0;
+    if (c->want[i].split[k] & set) {
+        c->want[i].split[k] &= (uint8_t)~set;
         c->why[i] = why;
     }
 }
+
+static void whole_axis(struct sctx *c, int i, int k, const char *why) { gather_axis(c, i, k, 0xff, why); }
 
 static void whole(struct sctx *c, int i, const char *why)
 {
@@ -251,14 +288,17 @@ static void rule_matmul(struct sctx *c)
     }
     uint8_t k = a->split[ak];
     /* Output rows and columns may not be split over the same group, nor over
-     * the contracted axis's group: gather the input rows (sequence parallel). */
+     * the contracted axis's group: gather the input rows over that group
+     * (sequence parallel; the rows stay split over the others, context
+     * parallelism's). */
     uint8_t m = a->split[am], n = b->split[bn];
-    if (n && (n == k))
-        whole_axis(c, 1, bn, "a weight split twice over one group");
+    if (n & k)
+        gather_axis(c, 1, bn, n & k, "a weight split twice over one group");
     n = b->split[bn];
-    if (m && (m == n || m == k))
-        whole_axis(c, 0, am, m == IR_PDIM_BIT(IR_PDIM_TP) ? "sequence parallel: gather the sequence before a column-parallel matmul"
-                                                          : "rows and columns cannot split over one group");
+    if (m & (n | k))
+        gather_axis(c, 0, am, m & (n | k),
+                    has(m & (n | k), IR_PDIM_TP) ? "sequence parallel: gather the sequence before a column-parallel matmul"
+                                                 : "rows and columns cannot split over one group");
     struct ir_shard o = {0};
     o.split[ro - 2] = a->split[am];
     o.split[ro - 1] = b->split[bn];

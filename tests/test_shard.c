@@ -263,6 +263,57 @@ static void test_experts(void **state)
     diag_free(&d);
 }
 
+/* Sequence parallelism with context parallelism, as Megatron runs them: the
+ * sequence split by cp, then each cp rank's share by tp.  GPT-2 124M (12
+ * layers, seq 1024, hidden 768, micro-batch 1) at tp 2, cp 2:
+ *   the residual stream on a rank: 1024 / (2 x 2) = 256 positions,
+ *   (1, 256, 768); each tp all-gather before a column-parallel matmul
+ *   brings back the cp rank's 512, not the whole 1024, and sends
+ *   256 x 768 x 4 = 786,432 bytes;
+ *   forward: per layer 2 tp all-gathers and 2 reduce-scatters, plus the
+ *   embedding's reduce-scatter and the head's gather (25 each), the loss's
+ *   all-reduce; per layer cp gathers k and v (24);
+ *   backward: per layer 2 reduce-scatters and 2 all-gathers, plus the head's
+ *   scatter (25) and the two embeddings' gathers (26), the same as at cp 1.
+ * Before, the cp split made sequence parallelism fall away unannounced: 26
+ * tp all-reduces forward and the stream held (1, 512, 768). */
+static void test_sequence_parallel_with_cp(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.tp = 2, pc.cp = 2, pc.sequence_parallel = true;
+    struct partition *P = place_model("models/gpt2.xml", NULL, pc, NULL, 0);
+    const struct ir_graph *g = P->g;
+    const uint8_t cp_tp = IR_PDIM_BIT(IR_PDIM_CP) | IR_PDIM_BIT(IR_PDIM_TP);
+    int stream = 0;
+    for (int t = 0; t < g->n_tensors; t++) {
+        const struct ir_tensor *x = &g->tensors[t];
+        if (x->kind != IR_TENSOR_ACT || (strcmp(x->local_name, "x") && strcmp(x->local_name, "x1")))
+            continue;
+        struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &P->shard[t]);
+        char sh[64], sz[64];
+        if (P->shard[t].split[1] != cp_tp || l.ax[0].size != 1 || l.ax[1].size != 256 || l.ax[2].size != 768)
+            fail_msg("%s is held %s, %s on a rank; want (-, cp+tp, -), 1x256x768", x->name,
+                     ir_shard_str(&P->shard[t], x->shape.rank, sh, sizeof sh), shape_sizes(&l, sz, sizeof sz));
+        stream++;
+    }
+    assert_int_equal(stream, 1 + 2 * 12); /* the embeddings' output, then x1 and x of each layer */
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 1);
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_CP), 2 * 12);
+    assert_int_equal(count_back(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count_back(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 2);
+    for (int i = 0; i < P->n_xfers; i++) {
+        const struct part_xfer *x = &P->xfers[i];
+        if (x->grad || x->kind != PART_XFER_ALL_GATHER || x->over != IR_PDIM_TP)
+            continue;
+        assert_int_equal(x->after.split[1], IR_PDIM_BIT(IR_PDIM_CP)); /* the cp split stays */
+        assert_int_equal(x->bytes, 256 * 768 * 4);
+    }
+    partition_free(P);
+}
+
 /* Expert parallelism as Megatron's MoE runs it: each rank routes its own
  * tokens into a whole (experts, capacity, hidden) buffer, and the all-to-all
  * over the ep group leaves each rank its experts / ep experts' rows from all
@@ -364,7 +415,7 @@ static void test_every_model(void **state)
 int main(void)
 {
     enum { N = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[N + 6];
+    struct CMUnitTest tests[N + 7];
     for (size_t i = 0; i < N; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, test_case, NULL, NULL, (void *)&cases[i]};
     tests[N] = (struct CMUnitTest)cmocka_unit_test(test_gpt2_tp2_counts);
@@ -372,8 +423,9 @@ int main(void)
     tests[N + 2] = (struct CMUnitTest)cmocka_unit_test(test_experts);
     tests[N + 3] = (struct CMUnitTest)cmocka_unit_test(test_heads_must_divide);
     tests[N + 4] = (struct CMUnitTest)cmocka_unit_test(test_every_model);
-    tests[N + 5] = (struct CMUnitTest)cmocka_unit_test(test_expert_rows);
-    int rc = _cmocka_run_group_tests("shard", tests, N + 6, NULL, NULL);
+    tests[N + 5] = (struct CMUnitTest)cmocka_unit_test(test_sequence_parallel_with_cp);
+    tests[N + 6] = (struct CMUnitTest)cmocka_unit_test(test_expert_rows);
+    int rc = _cmocka_run_group_tests("shard", tests, N + 7, NULL, NULL);
     fe_cleanup();
     return rc;
 }
