@@ -61,6 +61,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
         for (int k = 0; k < t->shape.rank; k++) {
             plan_put_i64(w, t->shape.ax[k].size);
             plan_put_u8(w, P->shard[i].split[k]);
+            plan_put_u8(w, P->shard[i].stack[k]);
         }
         plan_put_u8(w, P->shard[i].partial);
         plan_put_u8(w, (uint8_t)t->part);

@@ -913,7 +913,9 @@ static void combine(const struct partition *P, int op, bool backward, const bool
     if (backward && !dw && !dy)
         return;
     route(P, op, backward ? KN_WHEN_BACKWARD : KN_WHEN_FORWARD, F);
-    struct kn_bind y = {.what = IR_BUF_VALUE, .id = o->in[0], .xfer = transfer_of(P, op, o->in[0])},
+    /* the experts' output where the all-to-all brings it back (after any sum over expert-tp ranks), whole */
+    int back = moe_xfer(P, op, o->in[0], false);
+    struct kn_bind y = {.what = IR_BUF_VALUE, .id = o->in[0], .xfer = back >= 0 ? back : transfer_of(P, op, o->in[0])},
                    w = {.what = IR_BUF_VALUE, .id = o->in[1], .xfer = transfer_of(P, op, o->in[1])},
                    gout = {.what = IR_BUF_GRAD, .id = o->out[0], .xfer = -1};
     struct solo c = {.P = P, .op = op};
@@ -1599,12 +1601,11 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
     }
 }
 
-/* A rank's place in the group that splits an axis (0 if none does). */
 void fuse_launch_args(const struct partition *P, const struct kn_set *F, int g, int rank, struct kn_args *a)
 {
     struct ir_launch t;
     fuse_launch_template(P, F, g, &t);
-    ir_action_launch_args(&t, &P->L->ranks[rank], a);
+    ir_action_launch_args(&t, &P->L->pc, &P->L->ranks[rank], a);
 }
 
 void fuse_launch_template(const struct partition *P, const struct kn_set *F, int g, struct ir_launch *tmpl)
@@ -1625,7 +1626,10 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
                 (io ? k->out[i] : k->in[i]).access == KN_FULL)
                 ds = bound_shard(P, b, io);
         }
-    struct ir_shape s = partition_local_shape(P, P->chunks[G->chunk].part, &d->shape, ds), whole = d->shape;
+    enum ir_part part = P->chunks[G->chunk].part;
+    struct ir_shape s = partition_local_shape(P, part, &d->shape, ds), whole = d->shape;
+    for (int i = 0; i < whole.rank; i++) /* an axis stacked from a group's ranks: the group's rows, one rank's after another */
+        whole.ax[i].size *= partition_degrees(P, part, ds->stack[i]);
     const struct ir_shard none = {0};
     if (G->sizes[1] > 0) { /* a domain that is no tensor's: rows x cols, whole on every rank */
         s = (struct ir_shape){.rank = 2, .ax = {{.size = G->sizes[1]}, {.size = G->sizes[2]}}};

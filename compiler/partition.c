@@ -95,13 +95,24 @@ static void check_model_rules(const struct ir_graph *g, const struct par_config 
      * causal, so that every rank gets an equal share of the triangle. */
     int cp_split = pc->cp > 1 && any_causal(g) ? 2 * pc->cp : pc->cp;
     snprintf(f, sizeof f, cp_split != pc->cp ? "2 x --cp %d (causal load balancing)" : "--cp %d", pc->cp);
+    /* Sequence parallelism splits each context-parallel rank's share of the
+     * sequence over its tensor-parallel ranks (Megatron splits the sequence by
+     * cp, then the cp-local sequence by tp): tp divides seq / cp.  An encoder
+     * on ranks of its own splits over its own tp. */
     static const char *seq_flags[] = {"seq-length", "encoder-seq-length", "decoder-seq-length"};
     for (size_t i = 0; i < WF_COUNT(seq_flags); i++) {
         check_divides(g, d, seq_flags[i], cp_split, f, "context parallelism splits the sequence evenly");
-        if (pc->sequence_parallel) {
-            char t[64];
-            snprintf(t, sizeof t, "--tp %d", pc->tp);
-            check_divides(g, d, seq_flags[i], pc->tp * pc->cp, t, "sequence parallelism splits the sequence over tp ranks");
+        int tp = i == 1 && pc->epp > 0 && pc->etp > 0 ? pc->etp : pc->tp;
+        if (pc->sequence_parallel && tp > 1) {
+            char t[96];
+            if (pc->cp > 1)
+                snprintf(t, sizeof t, "--cp %d x %s %d = %d", pc->cp, i == 1 && tp != pc->tp ? "--etp" : "--tp", tp, pc->cp * tp);
+            else
+                snprintf(t, sizeof t, "%s %d", i == 1 && tp != pc->tp ? "--etp" : "--tp", tp);
+            check_divides(g, d, seq_flags[i], tp * pc->cp, t,
+                          pc->cp > 1 ? "with --sequence-parallel each context-parallel rank's share of the sequence splits over "
+                                       "the tensor-parallel ranks"
+                                     : "with --sequence-parallel the sequence splits over the tensor-parallel ranks");
         }
     }
 }
@@ -571,7 +582,8 @@ void partition_norm_counts(const struct partition *P, int rank, bool *counts)
         const struct ir_shard *sh = &P->shard[t];
         bool split[IR_PDIM_COUNT] = {false}, expert = false;
         for (int k = 0; k < g->tensors[t].shape.rank; k++)
-            split[sh->split[k]] = true;
+            for (int p = 1; p < IR_PDIM_COUNT; p++)
+                split[p] |= (sh->split[k] & IR_PDIM_BIT(p)) != 0;
         expert = split[IR_PDIM_EP] || split[IR_PDIM_XTP];
         int tp = expert ? IR_PDIM_XTP : IR_PDIM_TP, coord = expert ? rc->expert_tp : rc->tp;
         if (!split[tp] && partition_degree(P, rc->part, (enum ir_pdim)tp) > 1 && coord != 0)

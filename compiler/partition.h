@@ -80,7 +80,13 @@ struct partition {
 
 /* The number of ranks a pdim spans for a part (tp, or etp for the encoder). */
 int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p);
-/* A tensor's shape on one rank, given its shard. */
+/* The ranks a set of pdims spans (IR_PDIM_BIT): the product of their degrees. */
+int partition_degrees(const struct partition *P, enum ir_part part, uint8_t set);
+/* A rank's piece of an axis split over a set of pdims, 0 .. degrees - 1:
+ * the groups nest, the higher-numbered outside (ir.h, struct ir_shard). */
+int partition_axis_coord(const struct partition *P, enum ir_part part, uint8_t set, const struct rank_coords *rc);
+/* A tensor's shape on one rank, given its shard: each axis divided by the
+ * degrees that split it, times those that stack it. */
 struct ir_shape partition_local_shape(const struct partition *P, enum ir_part part, const struct ir_shape *s,
                                       const struct ir_shard *sh);
 /* Bytes of one element of a tensor as ranks hold and move it: 2 for a

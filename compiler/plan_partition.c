@@ -67,13 +67,17 @@ static int read_graph(struct plan *p, struct partition *P, struct diag *d)
         if (kind > IR_TENSOR_ACT || dtype >= IR_DTYPE_COUNT || rank > IR_MAX_RANK)
             return corrupt(d, "tensors");
         struct ir_shape s = {.rank = rank};
+        const uint8_t pdims = (uint8_t)((1u << IR_PDIM_COUNT) - 2); /* every pdim's bit but NONE's */
         for (int k = 0; k < rank; k++) {
             s.ax[k].size = plan_get_i64(&r);
             P->shard[i].split[k] = plan_get_u8(&r);
-            if (s.ax[k].size < 1 || P->shard[i].split[k] >= IR_PDIM_COUNT)
+            P->shard[i].stack[k] = plan_get_u8(&r);
+            if (s.ax[k].size < 1 || (P->shard[i].split[k] & ~pdims) || (P->shard[i].stack[k] & ~pdims))
                 return corrupt(d, "tensors");
         }
         P->shard[i].partial = plan_get_u8(&r);
+        if (P->shard[i].partial & ~pdims)
+            return corrupt(d, "tensors");
         int t = ir_graph_add_tensor(g, name, (enum ir_tensor_kind)kind, (enum ir_dtype)dtype, &s, (struct ir_loc){0});
         struct ir_tensor *x = &g->tensors[t];
         x->local_name = arena_strdup(g->arena, local);

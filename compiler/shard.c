@@ -64,19 +64,21 @@ static const enum shard_class classes[IR_OP_COUNT] = {
 
 int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p)
 {
-    const struct par_config *pc = &P->L->pc;
-    switch (p) {
-    case IR_PDIM_TP:
-        return part == IR_PART_ENCODER && pc->epp > 0 ? pc->etp : pc->tp;
-    case IR_PDIM_CP:
-        return pc->cp;
-    case IR_PDIM_EP:
-        return part == IR_PART_ENCODER ? 1 : pc->ep;
-    case IR_PDIM_XTP:
-        return part == IR_PART_ENCODER ? 1 : pc->expert_tp;
-    default:
-        return 1;
-    }
+    return par_pdim_degree(&P->L->pc, part, p);
+}
+
+int partition_degrees(const struct partition *P, enum ir_part part, uint8_t set)
+{
+    int n = 1;
+    for (int p = 1; p < IR_PDIM_COUNT; p++)
+        if (set & IR_PDIM_BIT(p))
+            n *= partition_degree(P, part, (enum ir_pdim)p);
+    return n;
+}
+
+int partition_axis_coord(const struct partition *P, enum ir_part part, uint8_t set, const struct rank_coords *rc)
+{
+    return par_axis_coord(&P->L->pc, part, set, rc);
 }
 
 struct ir_shape partition_local_shape(const struct partition *P, enum ir_part part, const struct ir_shape *s,
@@ -84,8 +86,7 @@ struct ir_shape partition_local_shape(const struct partition *P, enum ir_part pa
 {
     struct ir_shape l = *s;
     for (int k = 0; k < s->rank; k++)
-        if (sh->split[k])
-            l.ax[k].size /= partition_degree(P, part, (enum ir_pdim)sh->split[k]);
+        l.ax[k].size = l.ax[k].size / partition_degrees(P, part, sh->split[k]) * partition_degrees(P, part, sh->stack[k]);
     return l;
 }
 
@@ -108,44 +109,95 @@ struct sctx {
 };
 
 static int deg(const struct sctx *c, int p) { return partition_degree(c->P, c->part, (enum ir_pdim)p); }
+static int degs(const struct sctx *c, uint8_t set) { return partition_degrees(c->P, c->part, set); }
+static bool has(uint8_t set, int p) { return set & IR_PDIM_BIT(p); }
+/* The one pdim of a set that holds one (a collective runs over one group). */
+static enum ir_pdim only(uint8_t set)
+{
+    for (int p = 1; p < IR_PDIM_COUNT; p++)
+        if (set == IR_PDIM_BIT(p))
+            return (enum ir_pdim)p;
+    WF_ASSERT(!"a set of more than one pdim where one group is meant");
+    return IR_PDIM_NONE;
+}
 static int rank_in(const struct sctx *c, int i) { return c->t[i]->shape.rank; }
 static int rank_out(const struct sctx *c, int o) { return c->P->g->tensors[c->op->out[o]].shape.rank; }
 static int64_t size_in(const struct sctx *c, int i, int k) { return c->t[i]->shape.ax[k].size; }
 
-/* Drop splits and partials over groups of one rank: they are no splits at all. */
+/* Drop splits, stacks and partials over groups of one rank: they are none at all. */
 static void normalize(const struct sctx *c, struct ir_shard *s)
 {
-    for (int k = 0; k < IR_MAX_RANK; k++)
-        if (s->split[k] && deg(c, s->split[k]) == 1)
-            s->split[k] = IR_PDIM_NONE;
+    uint8_t live = 0;
     for (int p = 1; p < IR_PDIM_COUNT; p++)
-        if (deg(c, p) == 1)
-            s->partial &= (uint8_t)~(1u << p);
+        if (deg(c, p) > 1)
+            live |= IR_PDIM_BIT(p);
+    for (int k = 0; k < IR_MAX_RANK; k++) {
+        s->split[k] &= live;
+        s->stack[k] &= live;
+    }
+    s->partial &= live;
+}
+
+/* Sequence parallelism cannot split input i's sequence, `held` positions a
+ * rank: Megatron's scatter to the sequence-parallel region asserts that tp
+ * divides it; here it is the user's error, never a silent all-reduce. */
+static void sequence_error(struct sctx *c, int i, int64_t held)
+{
+    const struct ir_tensor *t = c->t[i];
+    int seq = rank_in(c, i) - 2, tp = deg(c, IR_PDIM_TP), cp = deg(c, IR_PDIM_CP);
+    char ax[96], where[256] = "";
+    if (t->producer >= 0)
+        snprintf(where, sizeof where, "<op kind=\"%s\" out=\"%s\">: ", ir_op_info(c->P->g->ops[t->producer].kind)->name,
+                 t->local_name);
+    ir_axis_str(&t->shape.ax[seq], ax, sizeof ax);
+    if (has(c->want[i].split[seq], IR_PDIM_CP))
+        diag_error(c->d, t->loc.file, t->loc.line,
+                   "%s--sequence-parallel splits each context-parallel rank's share of the sequence over its %d "
+                   "tensor-parallel ranks, but '%s' holds %" PRId64 " of its %s positions on each of the --cp %d ranks, "
+                   "which %d does not divide (Megatron's rule: with sequence parallelism tp divides the sequence each "
+                   "rank holds; a length that is a multiple of cp x tp = %d would, or drop --sequence-parallel)",
+                   where, tp, t->local_name, held, ax, cp, tp, cp * tp);
+    else
+        diag_error(c->d, t->loc.file, t->loc.line,
+                   "%s--sequence-parallel splits the sequence over the %d tensor-parallel ranks, but axis %d of '%s' (%s) "
+                   "does not split over %d (Megatron's rule: with sequence parallelism the sequence length must be a multiple "
+                   "of tp; make it one, or drop --sequence-parallel)",
+                   where, tp, seq, t->local_name, ax, tp);
+    c->errors++;
 }
 
 /* Partial sums must be added before a non-linear op reads them.  With
  * sequence parallelism a tensor-parallel sum lands split along the sequence
- * (reduce-scatter), else whole (all-reduce). */
+ * (reduce-scatter), within each context-parallel rank's share where cp
+ * splits it too (Megatron splits the sequence by cp, then the cp-local
+ * sequence by tp); else whole (all-reduce). */
 static void resolve(struct sctx *c, int i, const char *why)
 {
     struct ir_shard *w = &c->want[i];
     if (!w->partial)
         return;
     int r = rank_in(c, i), seq = r - 2;
-    if ((w->partial & (1u << IR_PDIM_TP)) && c->P->L->pc.sequence_parallel && r >= 2 && !w->split[seq] &&
-        size_in(c, i, seq) % deg(c, IR_PDIM_TP) == 0)
-        w->split[seq] = IR_PDIM_TP;
+    if (has(w->partial, IR_PDIM_TP) && c->P->L->pc.sequence_parallel && r >= 2 && !has(w->split[seq], IR_PDIM_TP)) {
+        int64_t held = size_in(c, i, seq) / degs(c, w->split[seq]) * degs(c, w->stack[seq]);
+        if (held % deg(c, IR_PDIM_TP) == 0)
+            w->split[seq] |= IR_PDIM_BIT(IR_PDIM_TP);
+        else if (!c->errors)
+            sequence_error(c, i, held);
+    }
     w->partial = 0;
     c->why[i] = why;
 }
 
-static void whole_axis(struct sctx *c, int i, int k, const char *why)
+/* Input i's axis k gathered from the groups in `set` (those that split it). */
+static void gather_axis(struct sctx *c, int i, int k, uint8_t set, const char *why)
 {
-    if (c->want[i].split[k]) {
-        c->want[i].split[k] = IR_PDIM_NONE;
+    if (c->want[i].split[k] & set) {
+        c->want[i].split[k] &= (uint8_t)~set;
         c->why[i] = why;
     }
 }
+
+static void whole_axis(struct sctx *c, int i, int k, const char *why) { gather_axis(c, i, k, 0xff, why); }
 
 static void whole(struct sctx *c, int i, const char *why)
 {
@@ -154,14 +206,14 @@ static void whole(struct sctx *c, int i, const char *why)
         whole_axis(c, i, k, why);
 }
 
-/* Input i's axis k to be split as `p` (slice it if whole, exchange if split otherwise). */
-static void split_like(struct sctx *c, int i, int k, int p, const char *why)
+/* Input i's axis k to be split over the set `p` (slice it if whole, exchange if split otherwise). */
+static void split_like(struct sctx *c, int i, int k, uint8_t p, const char *why)
 {
     if (k < 0 || k >= rank_in(c, i) || c->want[i].split[k] == p)
         return;
     if (p && size_in(c, i, k) == 1)
         return; /* a broadcast axis: every rank reads the one element */
-    c->want[i].split[k] = (uint8_t)p;
+    c->want[i].split[k] = p;
     c->why[i] = why;
 }
 
@@ -172,14 +224,16 @@ static void align(struct sctx *c, int a, int b, struct ir_shard *out, int r_out)
     int ra = rank_in(c, a), rb = rank_in(c, b);
     for (int k = 0; k < r_out; k++) {
         int ka = ra - r_out + k, kb = rb - r_out + k;
-        int sa = ka >= 0 && size_in(c, a, ka) > 1 ? c->want[a].split[ka] : 0;
-        int sb = kb >= 0 && size_in(c, b, kb) > 1 ? c->want[b].split[kb] : 0;
-        int s = sa ? sa : sb;
+        uint8_t sa = ka >= 0 && size_in(c, a, ka) > 1 ? c->want[a].split[ka] : 0;
+        uint8_t sb = kb >= 0 && size_in(c, b, kb) > 1 ? c->want[b].split[kb] : 0;
+        uint8_t s = sa ? sa : sb;
         if (s) {
             split_like(c, a, ka, s, "matches the other operand's split");
             split_like(c, b, kb, s, "matches the other operand's split");
         }
-        out->split[k] = (uint8_t)s;
+        out->split[k] = s;
+        /* rows stacked from a group's ranks line up only with rows stacked alike (stacked_reader checks) */
+        out->stack[k] = ka >= 0 && size_in(c, a, ka) > 1 ? c->want[a].stack[ka] : kb >= 0 ? c->want[b].stack[kb] : 0;
     }
 }
 
@@ -194,7 +248,7 @@ static void rule_matmul(struct sctx *c)
     resolve(c, 1, "a matmul reads whole values");
     struct ir_shard *a = &c->want[0], *b = &c->want[1];
     /* The contracted axis: split alike on both sides gives partial sums (row-parallel). */
-    int ka = a->split[ak], kb = b->split[bk];
+    uint8_t ka = a->split[ak], kb = b->split[bk];
     if (ka != kb) {
         if (ka && !kb)
             split_like(c, 1, bk, ka, "row-parallel: the weight's rows follow the input's split");
@@ -205,31 +259,35 @@ static void rule_matmul(struct sctx *c)
             whole_axis(c, 1, bk, "the two operands split the contracted axis differently");
         }
     }
-    int k = a->split[ak];
+    uint8_t k = a->split[ak];
     /* Output rows and columns may not be split over the same group, nor over
-     * the contracted axis's group: gather the input rows (sequence parallel). */
-    int m = a->split[am], n = b->split[bn];
-    if (n && (n == k))
-        whole_axis(c, 1, bn, "a weight split twice over one group");
+     * the contracted axis's group: gather the input rows over that group
+     * (sequence parallel; the rows stay split over the others, context
+     * parallelism's). */
+    uint8_t m = a->split[am], n = b->split[bn];
+    if (n & k)
+        gather_axis(c, 1, bn, n & k, "a weight split twice over one group");
     n = b->split[bn];
-    if (m && (m == n || m == k))
-        whole_axis(c, 0, am, m == IR_PDIM_TP ? "sequence parallel: gather the sequence before a column-parallel matmul"
-                                             : "rows and columns cannot split over one group");
+    if (m & (n | k))
+        gather_axis(c, 0, am, m & (n | k),
+                    has(m & (n | k), IR_PDIM_TP) ? "sequence parallel: gather the sequence before a column-parallel matmul"
+                                                 : "rows and columns cannot split over one group");
     struct ir_shard o = {0};
     o.split[ro - 2] = a->split[am];
     o.split[ro - 1] = b->split[bn];
-    if (k)
-        o.partial = (uint8_t)(1u << k);
+    o.stack[ro - 2] = a->stack[am]; /* each row of a stack is its own token */
+    o.partial = k;
     /* Batch axes broadcast like elementwise ops. */
     for (int j = 0; j < ro - 2; j++) {
         int ja = ra - ro + j, jb = rb - ro + j;
-        int sa = ja >= 0 && size_in(c, 0, ja) > 1 ? a->split[ja] : 0, sb = jb >= 0 && size_in(c, 1, jb) > 1 ? b->split[jb] : 0;
-        int s = sa ? sa : sb;
+        uint8_t sa = ja >= 0 && size_in(c, 0, ja) > 1 ? a->split[ja] : 0, sb = jb >= 0 && size_in(c, 1, jb) > 1 ? b->split[jb] : 0;
+        uint8_t s = sa ? sa : sb;
         if (s) {
             split_like(c, 0, ja, s, "batch axes split alike");
             split_like(c, 1, jb, s, "batch axes split alike");
         }
-        o.split[j] = (uint8_t)s;
+        o.split[j] = s;
+        o.stack[j] = ja >= 0 && size_in(c, 0, ja) > 1 ? a->stack[ja] : jb >= 0 ? b->stack[jb] : 0;
     }
     c->out[0] = o;
 }
@@ -259,21 +317,22 @@ static void rule_attention(struct sctx *c)
     c->out[0].split[3] = IR_PDIM_NONE;
 }
 
-static void check_heads(struct sctx *c, enum ir_attr_id id, int p)
+static void check_heads(struct sctx *c, enum ir_attr_id id, uint8_t p)
 {
     const struct ir_attr *a = ir_op_attr(c->op, id);
-    if (!a || a->i % deg(c, p) == 0)
+    if (!a || a->i % degs(c, p) == 0)
         return;
+    char names[64];
     diag_error(c->d, c->op->loc.file, c->op->loc.line,
                "<op kind=\"split_heads\">: %s %s=%" PRId64 " does not split over %d %s ranks: each rank must hold whole heads",
-               ir_attr_name(id), a->label ? a->label : "", a->i, deg(c, p), ir_pdim_name((enum ir_pdim)p));
+               ir_attr_name(id), a->label ? a->label : "", a->i, degs(c, p), ir_pdims_str(p, names, sizeof names));
     c->errors++;
 }
 
 static void rule_split_heads(struct sctx *c)
 {
     resolve(c, 0, "heads are cut from whole values");
-    int f = c->want[0].split[2];
+    uint8_t f = c->want[0].split[2];
     if (f) {
         check_heads(c, IR_ATTR_HEADS, f);
         if (c->op->n_out > 1)
@@ -282,7 +341,7 @@ static void rule_split_heads(struct sctx *c)
     for (int o = 0; o < c->op->n_out; o++) {
         struct ir_shard s = {0};
         s.split[0] = c->want[0].split[0];
-        s.split[1] = (uint8_t)f;
+        s.split[1] = f;
         s.split[2] = c->want[0].split[1];
         c->out[o] = s;
     }
@@ -305,8 +364,7 @@ static void rule_embedding(struct sctx *c)
     int r = rank_in(c, 1);
     for (int k = 0; k < r; k++)
         s.split[k] = c->want[1].split[k];
-    if (c->want[0].split[0]) /* vocab-parallel: each rank looks up its rows, zero elsewhere */
-        s.partial = (uint8_t)(1u << c->want[0].split[0]);
+    s.partial = c->want[0].split[0]; /* vocab-parallel: each rank looks up its rows, zero elsewhere */
     s.split[r] = c->want[0].split[1];
     c->out[0] = s;
 }
@@ -322,10 +380,9 @@ static void rule_cross_entropy(struct sctx *c)
         split_like(c, 1, k, c->want[0].split[k], "labels split like the logits");
     struct ir_shard s = {0};
     for (int k = 0; k < r - 1; k++)
-        if (c->want[0].split[k])
-            s.partial |= (uint8_t)(1u << c->want[0].split[k]); /* a mean over this rank's tokens */
+        s.partial |= c->want[0].split[k]; /* a mean over this rank's tokens */
     c->out[0] = s;
-    int v = c->want[0].split[r - 1];
+    uint8_t v = c->want[0].split[r - 1];
     if (v) { /* vocab-parallel, as Megatron: no rank holds whole logits; per token, the
               * largest logit over the shards, then the sum of exponentials under it
               * and the target's logit, added over the shards */
@@ -333,46 +390,105 @@ static void rule_cross_entropy(struct sctx *c)
         per_token.split[r - 1] = IR_PDIM_NONE;
         int64_t tokens = ir_shape_numel(&c->t[1]->shape);
         for (int k = 0; k < r - 1; k++)
-            if (c->want[0].split[k])
-                tokens /= deg(c, c->want[0].split[k]);
-        add_inner(c, PART_XFER_ALL_REDUCE_MAX, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token, tokens * 4,
+            tokens /= degs(c, c->want[0].split[k]);
+        add_inner(c, PART_XFER_ALL_REDUCE_MAX, only(v), c->op->in[0], -1, &c->want[0], &per_token, tokens * 4,
                   "vocab-parallel cross-entropy: each token's largest logit");
-        add_inner(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)v, c->op->in[0], -1, &c->want[0], &per_token, 2 * tokens * 4,
+        add_inner(c, PART_XFER_ALL_REDUCE, only(v), c->op->in[0], -1, &c->want[0], &per_token, 2 * tokens * 4,
                   "vocab-parallel cross-entropy: each token's sum of exponentials and target logit");
     }
 }
 
+/* Dispatch: each rank routes its own tokens into a whole experts' buffer
+ * (experts, capacity, hidden).  With expert parallelism an all-to-all over
+ * the ep group sends each expert's rows to the rank that holds the expert,
+ * as Megatron's MoE does: a rank's experts then process the tokens of every
+ * rank of its group.  It holds (experts/ep, ep x capacity, hidden), split
+ * over ep along the experts and stacked over ep along the capacity: the
+ * expert matmuls run on ep times the rows of one rank's tokens. */
 static void rule_dispatch(struct sctx *c)
 {
     whole(c, 0, "tokens are routed whole");
     whole(c, 1, "routing reads every choice");
     struct ir_shard s = {0};
-    s.split[0] = IR_PDIM_EP;
+    s.split[0] = IR_PDIM_BIT(IR_PDIM_EP);
+    s.stack[1] = IR_PDIM_BIT(IR_PDIM_EP);
     normalize(c, &s);
     c->out[0] = s;
-    if (s.split[0]) { /* the tokens travel to the ranks of their experts */
+    if (s.split[0]) { /* the tokens travel to the ranks of their experts: each rank's whole buffer goes in */
         const struct ir_tensor *out = &c->P->g->tensors[c->op->out[0]];
-        int64_t bytes = ir_shape_numel(&out->shape) * partition_elem_bytes(c->P, out) / deg(c, IR_PDIM_EP);
         struct ir_shard whole_s = {0};
-        add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->out[0], 0, &whole_s, &s, bytes,
-                 "expert parallel: tokens to their experts' ranks");
+        add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->out[0], 0, &whole_s, &s,
+                  ir_shape_numel(&out->shape) * partition_elem_bytes(c->P, out), "expert parallel: tokens to their experts' ranks");
     }
 }
 
+/* Combine: the experts' rows go back to the ranks of their tokens (the
+ * dispatch's all-to-all reversed), and each token sums its choices. */
 static void rule_combine(struct sctx *c)
 {
     resolve(c, 0, "expert outputs are added whole");
     whole_axis(c, 0, 2, "expert outputs return whole");
     whole(c, 1, "token weights whole");
     whole(c, 2, "routing reads every choice");
-    if (c->want[0].split[0] == IR_PDIM_EP) { /* the tokens come back */
+    if (has(c->want[0].split[0], IR_PDIM_EP)) { /* the tokens come back */
         struct ir_shard back = c->want[0];
-        back.split[0] = IR_PDIM_NONE;
+        back.split[0] &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_EP);
+        for (int k = 0; k < IR_MAX_RANK; k++)
+            back.stack[k] &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_EP);
         struct ir_shape l = partition_local_shape(c->P, c->part, &c->t[0]->shape, &c->want[0]);
         add_inner(c, PART_XFER_ALL_TO_ALL, IR_PDIM_EP, c->op->in[0], 0, &c->want[0], &back,
                  ir_shape_numel(&l) * partition_elem_bytes(c->P, c->t[0]), "expert parallel: tokens back from their experts");
     }
     c->out[0] = (struct ir_shard){0};
+}
+
+/* Rows stacked from a group's ranks (an expert-parallel all-to-all's) are
+ * tokens of different ranks: ops that treat each row alike may read them
+ * (elementwise ops, norms, a matmul's rows, combine), and the operands of an
+ * elementwise op must stack alike; any other reader is an error at its line. */
+static bool stack_readable(const struct sctx *c, int i, int k)
+{
+    enum shard_class cls = classes[c->op->kind];
+    uint8_t st = c->want[i].stack[k];
+    if (cls == SC_ADD || cls == SC_MUL) { /* every operand's aligned axis stacked alike, or a broadcast one */
+        int r = rank_in(c, i);
+        for (int j = 0; j < c->op->n_in; j++) {
+            int kj = c->t[j] ? k - r + rank_in(c, j) : -1;
+            if (kj >= 0 && size_in(c, j, kj) > 1 && size_in(c, i, k) > 1 && c->want[j].stack[kj] != st)
+                return false;
+        }
+        return true;
+    }
+    if (!st)
+        return true;
+    if (cls == SC_MATMUL) { /* rows or columns, never the contracted axis */
+        int r = rank_in(c, i);
+        bool t = ir_op_int(c->op, i == 0 ? IR_ATTR_TRANSPOSE_A : IR_ATTR_TRANSPOSE_B);
+        int contracted = i == 0 ? (t ? r - 2 : r - 1) : (t ? r - 1 : r - 2);
+        return k != contracted;
+    }
+    return cls == SC_UNARY || cls == SC_LINEAR || cls == SC_BIAS_ADD || cls == SC_NORM || cls == SC_SOFTMAX || cls == SC_COMBINE;
+}
+
+static void check_stacks(struct sctx *c)
+{
+    for (int i = 0; i < c->op->n_in && !c->errors; i++)
+        for (int k = 0; c->t[i] && k < rank_in(c, i) && !c->errors; k++) {
+            if (stack_readable(c, i, k))
+                continue;
+            char sh[128], names[64];
+            uint8_t st = 0; /* the stack at fault: this operand's, or another's it does not match */
+            for (int j = 0; j < c->op->n_in; j++)
+                for (int kj = 0; c->t[j] && kj < rank_in(c, j); kj++)
+                    st |= c->want[j].stack[kj];
+            diag_error(c->d, c->op->loc.file, c->op->loc.line,
+                       "<op kind=\"%s\">: reads '%s' held %s, with rows of every %s rank one rank's after another (an "
+                       "expert-parallel all-to-all's), which it cannot: only elementwise ops on operands stacked alike, "
+                       "norms, a matmul's rows and combine read such a buffer",
+                       ir_op_info(c->op->kind)->name, c->t[i]->local_name, ir_shard_str(&c->want[i], rank_in(c, i), sh, sizeof sh),
+                       ir_pdims_str(st, names, sizeof names));
+            c->errors++;
+        }
 }
 
 static void rule(struct sctx *c)
@@ -393,7 +509,8 @@ static void rule(struct sctx *c)
         break;
     case SC_ADD:
         if (c->want[0].partial && c->want[0].partial == c->want[1].partial &&
-            !memcmp(c->want[0].split, c->want[1].split, sizeof c->want[0].split) && r0 == rank_in(c, 1)) {
+            !memcmp(c->want[0].split, c->want[1].split, sizeof c->want[0].split) &&
+            !memcmp(c->want[0].stack, c->want[1].stack, sizeof c->want[0].stack) && r0 == rank_in(c, 1)) {
             c->out[0] = c->want[0]; /* partial + partial stays partial */
             break;
         }
@@ -470,6 +587,7 @@ static void rule(struct sctx *c)
     case SC_UNSET:
         WF_ASSERT(!"op kind without a shard class");
     }
+    check_stacks(c);
 }
 
 /* ---- transfers ----------------------------------------------------------------------- */
@@ -535,16 +653,16 @@ static void convert(struct sctx *c, int i)
      * the tensor is held whole (or split, with sequence parallelism) from
      * here on, as Megatron holds the residual stream. */
     for (int p = 1; p < IR_PDIM_COUNT; p++) {
-        if (!(cur.partial & (1u << p)))
+        if (!has(cur.partial, p))
             continue;
         struct ir_shard next = cur;
-        next.partial &= (uint8_t)~(1u << p);
+        next.partial &= (uint8_t)~IR_PDIM_BIT(p);
         int target = -1;
         for (int k = 0; k < r; k++)
-            if (want->split[k] == p && cur.split[k] != p)
+            if (has(want->split[k], p) && !has(cur.split[k], p))
                 target = k;
-        if (target >= 0) {
-            next.split[target] = (uint8_t)p;
+        if (target >= 0) { /* within the share the axis's outer groups leave this rank */
+            next.split[target] |= IR_PDIM_BIT(p);
             add_xfer(c, PART_XFER_REDUCE_SCATTER, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
                      local_bytes(c, c->t[i], &cur), c->why[i]);
         } else {
@@ -555,26 +673,28 @@ static void convert(struct sctx *c, int i)
     }
     if (cur.partial != c->have[i].partial && !c->grad)
         c->P->shard[tensor] = cur;
+    /* Then splits, group by group, the innermost first (tp before cp): a
+     * gather joins the pieces within the share the outer groups leave. */
     for (int p = 1; p < IR_PDIM_COUNT; p++) {
         int target = -1, source = -1; /* the axes p splits in want and in cur */
         for (int k = 0; k < r; k++) {
-            if (want->split[k] == p && cur.split[k] != p)
+            if (has(want->split[k], p) && !has(cur.split[k], p))
                 target = k;
-            if (cur.split[k] == p && want->split[k] != p)
+            if (has(cur.split[k], p) && !has(want->split[k], p))
                 source = k;
         }
         struct ir_shard next = cur;
         if (source >= 0 && target >= 0) {
-            next.split[source] = IR_PDIM_NONE;
-            next.split[target] = (uint8_t)p;
+            next.split[source] &= (uint8_t)~IR_PDIM_BIT(p);
+            next.split[target] |= IR_PDIM_BIT(p);
             add_xfer(c, PART_XFER_ALL_TO_ALL, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
                      local_bytes(c, c->t[i], &cur), c->why[i]);
         } else if (source >= 0) {
-            next.split[source] = IR_PDIM_NONE;
+            next.split[source] &= (uint8_t)~IR_PDIM_BIT(p);
             add_xfer(c, PART_XFER_ALL_GATHER, (enum ir_pdim)p, tensor, c->chunk, source, &cur, &next,
                      local_bytes(c, c->t[i], &cur), c->why[i]);
         } else if (target >= 0) {
-            next.split[target] = (uint8_t)p;
+            next.split[target] |= IR_PDIM_BIT(p);
             add_xfer(c, PART_XFER_SLICE, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next, 0, c->why[i]);
         }
         cur = next;
@@ -588,12 +708,11 @@ static bool divides(struct partition *P, struct diag *d, enum ir_part part, cons
                     const struct ir_shard *s, struct ir_loc loc, const char *what)
 {
     for (int k = 0; k < t->shape.rank; k++) {
-        int n = s->split[k] ? partition_degree(P, part, (enum ir_pdim)s->split[k]) : 1;
+        int n = partition_degrees(P, part, s->split[k]);
         if (t->shape.ax[k].size % n) {
-            char ax[96];
+            char ax[96], names[64];
             diag_error(d, loc.file, loc.line, "%s: axis %d of '%s' (%s) does not split over %d %s ranks", what, k,
-                       t->local_name, ir_axis_str(&t->shape.ax[k], ax, sizeof ax), n,
-                       ir_pdim_name((enum ir_pdim)s->split[k]));
+                       t->local_name, ir_axis_str(&t->shape.ax[k], ax, sizeof ax), n, ir_pdims_str(s->split[k], names, sizeof names));
             return false;
         }
     }
@@ -609,18 +728,18 @@ static struct ir_shard initial(const struct sctx *c, const struct ir_tensor *t)
         bool expert = false;
         for (int i = 0; i < t->n_splits; i++)
             expert |= t->splits[i] == IR_SPLIT_EXPERT;
-        int tp = expert ? IR_PDIM_XTP : IR_PDIM_TP;
+        uint8_t tp = IR_PDIM_BIT(expert ? IR_PDIM_XTP : IR_PDIM_TP);
         for (int i = 0; i < t->n_splits; i++) {
             switch (t->splits[i]) {
-            case IR_SPLIT_COL: s.split[r - 1] = (uint8_t)tp; break;
-            case IR_SPLIT_ROW: s.split[r - 2] = (uint8_t)tp; break;
-            case IR_SPLIT_VOCAB: s.split[0] = IR_PDIM_TP; break;
-            case IR_SPLIT_EXPERT: s.split[0] = IR_PDIM_EP; break;
+            case IR_SPLIT_COL: s.split[r - 1] = tp; break;
+            case IR_SPLIT_ROW: s.split[r - 2] = tp; break;
+            case IR_SPLIT_VOCAB: s.split[0] = IR_PDIM_BIT(IR_PDIM_TP); break;
+            case IR_SPLIT_EXPERT: s.split[0] = IR_PDIM_BIT(IR_PDIM_EP); break;
             default: break;
             }
         }
     } else if (t->kind == IR_TENSOR_INPUT && t->dtype == IR_DTYPE_I32 && r == 2) {
-        s.split[1] = IR_PDIM_CP; /* token ids (batch, seq): context parallelism splits the sequence */
+        s.split[1] = IR_PDIM_BIT(IR_PDIM_CP); /* token ids (batch, seq): context parallelism splits the sequence */
     }
     normalize(c, &s);
     return s;
@@ -644,8 +763,7 @@ static uint8_t work_groups(const struct ir_op *o, const struct op_record *rec)
             continue;
         const struct ir_shard *sh = i < o->n_in ? &rec->want[i] : &rec->out[i - o->n_in];
         for (int k = 0; k < IR_MAX_RANK; k++)
-            if (sh->split[k])
-                w |= (uint8_t)(1u << sh->split[k]);
+            w |= sh->split[k];
     }
     return w;
 }
@@ -662,8 +780,7 @@ static struct ir_shard grad_given(const struct ir_op *o, const struct op_record 
         return g;
     uint8_t w = work_groups(o, rec);
     for (int a = 0; a < IR_MAX_RANK; a++)
-        if (g.split[a])
-            w &= (uint8_t)~(1u << g.split[a]);
+        w &= (uint8_t)~g.split[a];
     g.partial = w & (uint8_t)~1u;
     return g;
 }
@@ -744,7 +861,7 @@ static void grad_xfers(struct partition *P, const struct op_record *rec)
             c.want[k] = held[t];
             c.want[k].partial = 0;
             if (g->tensors[t].kind == IR_TENSOR_PARAM)
-                c.have[k].partial &= (uint8_t)~(1u << IR_PDIM_CP);
+                c.have[k].partial &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_CP);
             c.why[k] = c.have[k].partial ? "the readers' gradients are partial sums: added up for the producer"
                                          : "each reader has its slice of the gradient: gathered for the producer";
             convert(&c, k);

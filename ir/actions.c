@@ -88,25 +88,14 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
     return buf;
 }
 
-int ir_pdim_coord(const struct rank_coords *rc, int pdim)
-{
-    switch (pdim) {
-    case IR_PDIM_TP: return rc->tp;
-    case IR_PDIM_CP: return rc->cp;
-    case IR_PDIM_EP: return rc->ep;
-    case IR_PDIM_XTP: return rc->expert_tp;
-    default: return 0;
-    }
-}
-
-void ir_action_launch_args(const struct ir_launch *l, const struct rank_coords *rc, struct kn_args *a)
+void ir_action_launch_args(const struct ir_launch *l, const struct par_config *pc, const struct rank_coords *rc, struct kn_args *a)
 {
     *a = l->args;
     for (int i = 0; i < a->rank && i < KN_MAX_RANK; i++)
-        a->off[i] = ir_pdim_coord(rc, l->off_pdim[i]) * a->dim[i];
+        a->off[i] = par_axis_coord(pc, rc->part, l->off_pdim[i], rc) * a->dim[i];
     for (int s = 0; s < KN_MAX_SLOTS; s++) {
-        a->vin[s][0] += ir_pdim_coord(rc, l->gather_pdim[0][s]) * a->vin[s][1];
-        a->vout[s][0] += ir_pdim_coord(rc, l->gather_pdim[1][s]) * a->vout[s][1];
+        a->vin[s][0] += par_axis_coord(pc, rc->part, l->gather_pdim[0][s], rc) * a->vin[s][1];
+        a->vout[s][0] += par_axis_coord(pc, rc->part, l->gather_pdim[1][s], rc) * a->vout[s][1];
     }
 }
 

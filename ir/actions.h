@@ -72,7 +72,7 @@ struct ir_launch {
     struct kn_args args;   /* fused: sizes; pointers, seed and float arguments are the executor's */
     int n_in, n_out;
     struct ir_ref in[KN_MAX_SLOTS], out[KN_MAX_SLOTS]; /* the slots' buffers (a view's are its input's) */
-    uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimension it is split over */
+    uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimensions it is split over (IR_PDIM_BIT) */
     uint8_t gather_pdim[2][KN_MAX_SLOTS]; /* per GATHER slot (in, out): the table rows' split */
 };
 
@@ -122,11 +122,9 @@ const struct ir_action_list *ir_actions_step(const struct ir_stage_actions *s, i
 /* "gemm 64x96x32 a=value 5+0 ..." into buf. */
 char *ir_action_str(const struct ir_action *a, char *buf, size_t n);
 
-/* The rank's coordinate along a parallel dimension (enum ir_pdim). */
-int ir_pdim_coord(const struct rank_coords *rc, int pdim);
 /* A fused launch's arguments for the rank at rc: the stored sizes, each
  * split axis's offset, a table's first row. */
-void ir_action_launch_args(const struct ir_launch *l, const struct rank_coords *rc, struct kn_args *a);
+void ir_action_launch_args(const struct ir_launch *l, const struct par_config *pc, const struct rank_coords *rc, struct kn_args *a);
 
 /* Every operand a buffer of its role's memory plan, for every micro-batch:
  * 0, or -1 naming the action in d. */

@@ -85,18 +85,36 @@ const char *ir_pdim_name(enum ir_pdim p) { return pdim_names[p]; }
 
 bool ir_shard_equal(const struct ir_shard *a, const struct ir_shard *b)
 {
-    return !memcmp(a->split, b->split, sizeof a->split) && a->partial == b->partial;
+    return !memcmp(a->split, b->split, sizeof a->split) && !memcmp(a->stack, b->stack, sizeof a->stack) &&
+           a->partial == b->partial;
+}
+
+char *ir_pdims_str(uint8_t set, char *buf, size_t n)
+{
+    size_t len = (size_t)snprintf(buf, n, "%s", set ? "" : "-");
+    for (int p = IR_PDIM_COUNT - 1; p > 0 && len < n; p--) /* the outermost first */
+        if (set & IR_PDIM_BIT(p))
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "+" : "", pdim_names[p]);
+    return buf;
 }
 
 char *ir_shard_str(const struct ir_shard *s, int rank, char *buf, size_t n)
 {
+    char a[64], b[64];
     size_t len = (size_t)snprintf(buf, n, "(");
-    for (int k = 0; k < rank && len < n; k++)
-        len += (size_t)snprintf(buf + len, n - len, "%s%s", k ? ", " : "", pdim_names[s->split[k]]);
+    for (int k = 0; k < rank && len < n; k++) {
+        if (s->stack[k] && s->split[k])
+            len += (size_t)snprintf(buf + len, n - len, "%s%s all %s", k ? ", " : "", ir_pdims_str(s->split[k], a, sizeof a),
+                                    ir_pdims_str(s->stack[k], b, sizeof b));
+        else if (s->stack[k])
+            len += (size_t)snprintf(buf + len, n - len, "%sall %s", k ? ", " : "", ir_pdims_str(s->stack[k], b, sizeof b));
+        else
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", k ? ", " : "", ir_pdims_str(s->split[k], a, sizeof a));
+    }
     if (len < n)
         len += (size_t)snprintf(buf + len, n - len, ")");
     for (int p = 1; p < IR_PDIM_COUNT && len < n; p++)
-        if (s->partial & (1u << p))
+        if (s->partial & IR_PDIM_BIT(p))
             len += (size_t)snprintf(buf + len, n - len, " partial %s", pdim_names[p]);
     return buf;
 }

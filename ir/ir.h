@@ -117,17 +117,33 @@ enum ir_pdim {
 
 const char *ir_pdim_name(enum ir_pdim p);
 
-/* One rank's view of a tensor: axis k is split over split[k] (IR_PDIM_NONE:
- * whole), and the values are partial sums over each pdim in `partial` (a bit
- * per pdim), still to be added across that group. */
+/* A set of pdims: a bit per pdim, IR_PDIM_BIT(p); 0 for none. */
+#define IR_PDIM_BIT(p) ((uint8_t)(1u << (p)))
+
+/* One rank's view of a tensor; each field a set of pdims (IR_PDIM_BIT):
+ *   split[k]  axis k is split over these groups (0: whole).  Groups on one
+ *             axis nest, the higher-numbered outside: cp outside tp, as
+ *             sequence parallelism splits each context-parallel rank's
+ *             share of the sequence over its tensor-parallel ranks.
+ *   stack[k]  axis k holds the rows of every rank of these groups, one
+ *             rank's after another: the local axis is the degree times
+ *             longer.  An expert-parallel all-to-all leaves each rank its
+ *             experts' rows from every rank of its group (Megatron's MoE),
+ *             (experts/ep, ep x capacity, hidden).
+ *   partial   the values are partial sums over these groups, still to be
+ *             added across them. */
 struct ir_shard {
     uint8_t split[IR_MAX_RANK];
+    uint8_t stack[IR_MAX_RANK];
     uint8_t partial;
 };
 
 bool ir_shard_equal(const struct ir_shard *a, const struct ir_shard *b);
-/* "(tp, -, -) partial tp": for messages and dumps. */
+/* "(tp, -, -) partial tp", "(-, cp+tp, -)" (cp outside tp), "(ep, all ep, -)"
+ * (axis 1 stacks every ep rank's rows): for messages and dumps. */
 char *ir_shard_str(const struct ir_shard *s, int rank, char *buf, size_t n);
+/* "cp+tp", outermost first; "-" for none: a set of pdims, into buf. */
+char *ir_pdims_str(uint8_t set, char *buf, size_t n);
 
 /* ---- model parts --------------------------------------------------------- */
 #define IR_PARTS(X)                                                            \

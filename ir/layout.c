@@ -357,3 +357,34 @@ int rank_layout_group_of(const struct rank_layout *L, enum par_group_kind k, int
                 return i;
     return -1;
 }
+
+int par_pdim_degree(const struct par_config *pc, enum ir_part part, int pdim)
+{
+    switch (pdim) {
+    case IR_PDIM_TP: return part == IR_PART_ENCODER && pc->epp > 0 ? pc->etp : pc->tp;
+    case IR_PDIM_CP: return pc->cp;
+    case IR_PDIM_EP: return part == IR_PART_ENCODER ? 1 : pc->ep;
+    case IR_PDIM_XTP: return part == IR_PART_ENCODER ? 1 : pc->expert_tp;
+    default: return 1;
+    }
+}
+
+int par_pdim_coord(const struct rank_coords *rc, int pdim)
+{
+    switch (pdim) {
+    case IR_PDIM_TP: return rc->tp;
+    case IR_PDIM_CP: return rc->cp;
+    case IR_PDIM_EP: return rc->ep;
+    case IR_PDIM_XTP: return rc->expert_tp;
+    default: return 0;
+    }
+}
+
+int par_axis_coord(const struct par_config *pc, enum ir_part part, uint8_t set, const struct rank_coords *rc)
+{
+    int at = 0;
+    for (int p = IR_PDIM_COUNT - 1; p > 0; p--) /* the outermost group first */
+        if (set & IR_PDIM_BIT(p))
+            at = at * par_pdim_degree(pc, part, p) + par_pdim_coord(rc, p);
+    return at;
+}

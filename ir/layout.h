@@ -109,6 +109,13 @@ struct rank_layout {
 struct rank_layout *rank_layout_new(const struct par_config *pc, bool has_encoder, struct diag *d);
 void rank_layout_free(struct rank_layout *L);
 const struct rank_groups *rank_layout_groups(const struct rank_layout *L, enum par_group_kind k);
+/* How many ranks a parallel dimension (enum ir_pdim) spans for a part (tp,
+ * or etp on an encoder of its own), a rank's coordinate along it, and its
+ * place along an axis split over a set of them (IR_PDIM_BIT; the higher
+ * numbered outside, so cp's shards hold tp's). */
+int par_pdim_degree(const struct par_config *pc, enum ir_part part, int pdim);
+int par_pdim_coord(const struct rank_coords *rc, int pdim);
+int par_axis_coord(const struct par_config *pc, enum ir_part part, uint8_t set, const struct rank_coords *rc);
 /* The group of kind k that holds rank r (its index), or -1. */
 int rank_layout_group_of(const struct rank_layout *L, enum par_group_kind k, int r);
 

@@ -34,6 +34,7 @@ static int read_tensors(struct plan *p, struct rank_plan *R, struct diag *d)
         for (int k = 0; k < t->rank; k++) {
             t->shape[k] = plan_get_i64(&r);
             t->split[k] = plan_get_u8(&r);
+            t->stack[k] = plan_get_u8(&r);
         }
         plan_get_u8(&r);  /* partial */
         plan_get_u8(&r);  /* part */
@@ -139,17 +140,4 @@ void rank_plan_free(struct rank_plan *R)
     ir_actions_free(&R->actions);
     kn_set_free(&R->kernels);
     memset(R, 0, sizeof *R);
-}
-
-int rank_plan_degree(const struct rank_plan *R, int pdim)
-{
-    const struct par_config *pc = &R->L->pc;
-    bool enc = R->coords.part == IR_PART_ENCODER;
-    switch (pdim) {
-    case IR_PDIM_TP: return enc && pc->etp ? pc->etp : pc->tp;
-    case IR_PDIM_CP: return pc->cp;
-    case IR_PDIM_EP: return pc->ep;
-    case IR_PDIM_XTP: return pc->expert_tp ? pc->expert_tp : pc->tp;
-    default: return 1;
-    }
 }

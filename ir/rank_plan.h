@@ -24,7 +24,8 @@ struct rank_tensor {
     char name[128];
     uint8_t kind, dtype, init, rank;
     int64_t shape[IR_MAX_RANK];
-    uint8_t split[IR_MAX_RANK];  /* enum ir_pdim per axis */
+    uint8_t split[IR_MAX_RANK];  /* per axis, the parallel dimensions splitting it (IR_PDIM_BIT) */
+    uint8_t stack[IR_MAX_RANK];  /* per axis, those whose ranks' rows it stacks (an experts' buffer) */
     int32_t producer;
     double init_std;
 };
@@ -49,7 +50,5 @@ struct rank_plan {
 
 int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan *R, struct diag *d);
 void rank_plan_free(struct rank_plan *R);
-/* The parallel dimension's degree for this rank's part (tp, cp, ep, expert tp). */
-int rank_plan_degree(const struct rank_plan *R, int pdim);
 
 #endif

@@ -65,12 +65,17 @@ static void *grad_at(struct exec *x, const struct ir_ref *r, int v, int micro)
 /* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
 static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, int64_t e)
 {
+    const struct par_config *pc = &x->R->L->pc;
+    const struct rank_coords *rc = &x->R->coords;
     int64_t idx = 0, stride = 1;
     for (int k = t->rank - 1; k >= 0; k--) {
-        int deg = rank_plan_degree(x->R, t->split[k]);
+        int deg = 1;
+        for (int p = 1; p < IR_PDIM_COUNT; p++)
+            if (t->split[k] & IR_PDIM_BIT(p))
+                deg *= par_pdim_degree(pc, rc->part, p);
         int64_t local = t->shape[k] / deg, c = e % local;
         e /= local;
-        idx += (c + (int64_t)ir_pdim_coord(&x->R->coords, t->split[k]) * local) * stride;
+        idx += (c + (int64_t)par_axis_coord(pc, rc->part, t->split[k], rc) * local) * stride;
         stride *= t->shape[k];
     }
     return idx;
@@ -168,7 +173,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, doub
     const struct kn_entry *e = &x->R->kernels.kernels[L->kernel];
     if (e->kind == KN_KIND_FUSED) {
         struct kn_args a;
-        ir_action_launch_args(il, &x->R->coords, &a);
+        ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
         a.seed = dropout_seed(x, j);
         float_args(x, L, &a, clip, lr);
         for (int i = 0; i < L->n_in; i++)
@@ -230,7 +235,7 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         case IR_ACT_SQSUM: {
             bool counts = true;
             for (int p = 0; p < IR_PDIM_COUNT; p++)
-                if ((a->sq_only_first >> p & 1) && ir_pdim_coord(&x->R->coords, p))
+                if ((a->sq_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
                     counts = false;
             const float *s = at(x, &a->loss, v, j);
             for (int64_t r = 0; counts && r < a->loss_rows; r++)

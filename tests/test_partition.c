@@ -163,7 +163,60 @@ static void test_model_rules(void **state)
     refused("models/gpt2.xml", NULL, pc, "needs the micro-batches per step (6");
     pc = par_config_default();
     pc.tp = 3, pc.sequence_parallel = true; /* 12 heads and 3072 ffn divide by 3; 1024 tokens do not */
-    refused("models/gpt2.xml", NULL, pc, "--tp 3 does not divide --seq-length 1024 (sequence parallelism splits the sequence over tp ranks");
+    refused("models/gpt2.xml", NULL, pc,
+            "--tp 3 does not divide --seq-length 1024 (with --sequence-parallel the sequence splits over the tensor-parallel ranks");
+}
+
+static void refused_with(const char *file, const char *variant, struct fe_override *ov, int n_ov, struct par_config pc,
+                         const char *fragment)
+{
+    struct fe_options opt = {.variant = variant, .overrides = ov, .n_overrides = n_ov};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model(file, &opt, &pc, &d);
+    if (P)
+        fail_msg("%s: accepted; want an error with \"%s\"", file, fragment);
+    if (!strstr(diag_first_error(&d), fragment))
+        fail_msg("%s: error \"%s\" lacks \"%s\"", file, diag_first_error(&d), fragment);
+    diag_free(&d);
+}
+
+/* --sequence-parallel is never dropped in silence.  Megatron splits the
+ * sequence by cp, then each cp rank's share by tp, and its scatter to the
+ * sequence-parallel region asserts that tp divides that share.
+ *   GPT-2 at --seq-length 36 with cp 2 and tp 4: causal cp needs 2 x 2 = 4
+ *   chunks (36 = 4 x 9, fine); each cp rank holds 36 / 2 = 18 positions,
+ *   which 4 does not divide: refused at the seq dim, naming cp x tp = 8.
+ *   At --seq-length 40 each cp rank holds 20 = 4 x 5: accepted.
+ *   LLaVA tiny with 21-pixel images in 7-pixel patches: (21/7)^2 = 9 image
+ *   positions, a sequence no flag names; over tp 2 they do not split, so the
+ *   vision tower's first row-parallel matmul output (the attention
+ *   projection's 'o0') is refused at its op: before, it was all-reduced whole. */
+static void test_sequence_parallel_rules(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.tp = 4, pc.cp = 2, pc.sequence_parallel = true;
+    struct fe_override seq36[] = {{FE_FLAG, "seq-length", "36"}}, seq40[] = {{FE_FLAG, "seq-length", "40"}};
+    refused_with("models/gpt2.xml", NULL, seq36, 1, pc,
+                 "models/gpt2.xml:16: <dim name=\"seq\">: --cp 2 x --tp 4 = 8 does not divide --seq-length 36 (with "
+                 "--sequence-parallel each context-parallel rank's share of the sequence splits over the tensor-parallel ranks");
+    struct fe_options opt = {.overrides = seq40, .n_overrides = 1};
+    struct diag d;
+    diag_init(&d);
+    struct partition *P = partition_model("models/gpt2.xml", &opt, &pc, &d);
+    if (!P)
+        fail_msg("seq 40, cp 2, tp 4: %s", diag_first_error(&d));
+    partition_free(P);
+    diag_free(&d);
+
+    pc = par_config_default();
+    pc.tp = 2, pc.sequence_parallel = true;
+    struct fe_override image[] = {{FE_FLAG, "img-h", "21"}, {FE_FLAG, "img-w", "21"}, {FE_FLAG, "patch-dim", "7"}};
+    refused_with("models/llava.xml", "tiny", image, 3, pc,
+                 "<op kind=\"matmul\" out=\"o0\">: --sequence-parallel splits the sequence over the 2 tensor-parallel ranks, "
+                 "but axis 1 of 'o0' (patches=9) does not split over 2");
+    partition_free(must("models/llava.xml", "tiny", pc)); /* 28-pixel images: (28/7)^2 = 16 positions split */
 }
 
 static double slowest(const struct partition *P)
@@ -234,7 +287,7 @@ static void test_norm_counts_once(void **state)
                     continue;
                 bool expert = false;
                 for (int k = 0; k < g->tensors[t].shape.rank; k++)
-                    expert |= P->shard[t].split[k] == IR_PDIM_EP || P->shard[t].split[k] == IR_PDIM_XTP;
+                    expert |= (P->shard[t].split[k] & (IR_PDIM_BIT(IR_PDIM_EP) | IR_PDIM_BIT(IR_PDIM_XTP))) != 0;
                 if ((expert ? rc->expert_dp : rc->dp) != 0)
                     continue; /* another replica */
                 struct ir_shape l = partition_local_shape(P, rc->part, &g->tensors[t].shape, &P->shard[t]);
@@ -283,7 +336,7 @@ int main(void)
         cmocka_unit_test(test_even_stages),  cmocka_unit_test(test_uneven_and_virtual),
         cmocka_unit_test(test_encoder_stages), cmocka_unit_test(test_model_rules),
         cmocka_unit_test(test_balance),      cmocka_unit_test(test_layout_json),
-        cmocka_unit_test(test_norm_counts_once),
+        cmocka_unit_test(test_norm_counts_once), cmocka_unit_test(test_sequence_parallel_rules),
     };
     int rc = cmocka_run_group_tests_name("partition", tests, NULL, NULL);
     fe_cleanup();

@@ -2,6 +2,7 @@
  * implies; then whole models: Megatron's collective counts per layer. */
 #include "testing.h"
 
+#include "cost.h"
 #include "partition.h"
 
 #define HEAD                                                                                 \
@@ -262,6 +263,113 @@ static void test_experts(void **state)
     diag_free(&d);
 }
 
+/* Sequence parallelism with context parallelism, as Megatron runs them: the
+ * sequence split by cp, then each cp rank's share by tp.  GPT-2 124M (12
+ * layers, seq 1024, hidden 768, micro-batch 1) at tp 2, cp 2:
+ *   the residual stream on a rank: 1024 / (2 x 2) = 256 positions,
+ *   (1, 256, 768); each tp all-gather before a column-parallel matmul
+ *   brings back the cp rank's 512, not the whole 1024, and sends
+ *   256 x 768 x 4 = 786,432 bytes;
+ *   forward: per layer 2 tp all-gathers and 2 reduce-scatters, plus the
+ *   embedding's reduce-scatter and the head's gather (25 each), the loss's
+ *   all-reduce; per layer cp gathers k and v (24);
+ *   backward: per layer 2 reduce-scatters and 2 all-gathers, plus the head's
+ *   scatter (25) and the two embeddings' gathers (26), the same as at cp 1.
+ * Before, the cp split made sequence parallelism fall away unannounced: 26
+ * tp all-reduces forward and the stream held (1, 512, 768). */
+static void test_sequence_parallel_with_cp(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.tp = 2, pc.cp = 2, pc.sequence_parallel = true;
+    struct partition *P = place_model("models/gpt2.xml", NULL, pc, NULL, 0);
+    const struct ir_graph *g = P->g;
+    const uint8_t cp_tp = IR_PDIM_BIT(IR_PDIM_CP) | IR_PDIM_BIT(IR_PDIM_TP);
+    int stream = 0;
+    for (int t = 0; t < g->n_tensors; t++) {
+        const struct ir_tensor *x = &g->tensors[t];
+        if (x->kind != IR_TENSOR_ACT || (strcmp(x->local_name, "x") && strcmp(x->local_name, "x1")))
+            continue;
+        struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &P->shard[t]);
+        char sh[64], sz[64];
+        if (P->shard[t].split[1] != cp_tp || l.ax[0].size != 1 || l.ax[1].size != 256 || l.ax[2].size != 768)
+            fail_msg("%s is held %s, %s on a rank; want (-, cp+tp, -), 1x256x768", x->name,
+                     ir_shard_str(&P->shard[t], x->shape.rank, sh, sizeof sh), shape_sizes(&l, sz, sizeof sz));
+        stream++;
+    }
+    assert_int_equal(stream, 1 + 2 * 12); /* the embeddings' output, then x1 and x of each layer */
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count(P, PART_XFER_ALL_REDUCE, IR_PDIM_TP), 1);
+    assert_int_equal(count(P, PART_XFER_ALL_GATHER, IR_PDIM_CP), 2 * 12);
+    assert_int_equal(count_back(P, PART_XFER_REDUCE_SCATTER, IR_PDIM_TP), 2 * 12 + 1);
+    assert_int_equal(count_back(P, PART_XFER_ALL_GATHER, IR_PDIM_TP), 2 * 12 + 2);
+    for (int i = 0; i < P->n_xfers; i++) {
+        const struct part_xfer *x = &P->xfers[i];
+        if (x->grad || x->kind != PART_XFER_ALL_GATHER || x->over != IR_PDIM_TP)
+            continue;
+        assert_int_equal(x->after.split[1], IR_PDIM_BIT(IR_PDIM_CP)); /* the cp split stays */
+        assert_int_equal(x->bytes, 256 * 768 * 4);
+    }
+    partition_free(P);
+}
+
+/* Expert parallelism as Megatron's MoE runs it: each rank routes its own
+ * tokens into a whole (experts, capacity, hidden) buffer, and the all-to-all
+ * over the ep group leaves each rank its experts / ep experts' rows from all
+ * ep ranks of the group.  Mixtral tiny: batch 2, seq 32, topk 2, 4 experts,
+ * so capacity = cdiv(2 x 32 x 2, 4) = 32; hidden 64, ffn 96.  At ep 1, 2, 4
+ * (tp 1) a rank holds the buffer as (4/ep, 32 x ep, 64) and its w1 matmul
+ * makes (4/ep, 32 x ep, 96): 2 x 4 x 32 x 64 x 96 = 1,572,864 FLOPs
+ * whatever ep is, since ep divides the experts, not the tokens each sees;
+ * at tp 2 (expert tp 2) half that, 786,432.  Each all-to-all (dispatch's
+ * and combine's) moves a rank's whole buffer: 4 x 32 x 64 x 4 bytes =
+ * 32,768.  Before, the buffer was (4/ep, 32, 64): the experts' FLOPs, their
+ * activations and the all-to-all bytes were ep times too small. */
+static void test_expert_rows(void **state)
+{
+    (void)state;
+    static const struct {
+        int world, tp, ep;
+        double flops;
+    } cfg[] = {{4, 1, 1, 1572864}, {4, 1, 2, 1572864}, {4, 1, 4, 1572864}, {4, 2, 2, 786432}};
+    for (size_t i = 0; i < WF_COUNT(cfg); i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.ep = cfg[i].ep;
+        struct partition *P = place_model("models/mixtral.xml", "tiny", pc, NULL, 0);
+        const struct ir_graph *g = P->g;
+        int ep = cfg[i].ep, checked = 0, exchanges = 0;
+        for (int op = 0; op < g->n_ops; op++) {
+            const struct ir_op *o = &g->ops[op];
+            const struct ir_tensor *y = &g->tensors[o->out[0]];
+            if (o->kind != IR_OP_MATMUL || strcmp(y->local_name, "g"))
+                continue;
+            const struct ir_tensor *xe = &g->tensors[o->in[0]];
+            struct ir_shape lx = partition_local_shape(P, xe->part, &xe->shape, &P->shard[o->in[0]]);
+            struct ir_shape ly = partition_local_shape(P, y->part, &y->shape, &P->shard[o->out[0]]);
+            char a[64], b[64];
+            if (lx.ax[0].size != 4 / ep || lx.ax[1].size != 32 * ep || lx.ax[2].size != 64 || ly.ax[1].size != 32 * ep ||
+                ly.ax[2].size != 96 / cfg[i].tp)
+                fail_msg("tp %d ep %d: %s is %s and %s is %s on a rank; want %dx%dx64 and %dx%dx%d", cfg[i].tp, ep, xe->name,
+                         shape_sizes(&lx, a, sizeof a), y->name, shape_sizes(&ly, b, sizeof b), 4 / ep, 32 * ep, 4 / ep, 32 * ep,
+                         96 / cfg[i].tp);
+            if (cost_op_flops(P, op) != cfg[i].flops)
+                fail_msg("tp %d ep %d: %s: %.0f FLOPs a rank, want %.0f", cfg[i].tp, ep, y->name, cost_op_flops(P, op), cfg[i].flops);
+            checked++;
+        }
+        for (int x = 0; x < P->n_xfers; x++)
+            if (P->xfers[x].kind == PART_XFER_ALL_TO_ALL && P->xfers[x].over == IR_PDIM_EP) {
+                assert_int_equal(P->xfers[x].bytes, 4 * 32 * 64 * 4);
+                exchanges++;
+            }
+        printf("    tp %d ep %d: the experts' buffer %dx%dx64 a rank, w1 %.0f FLOPs, %d all-to-alls of 32 KiB\n", cfg[i].tp, ep,
+               4 / ep, 32 * ep, cfg[i].flops, exchanges);
+        assert_int_equal(checked, 2);                      /* a layer each */
+        assert_int_equal(exchanges, ep > 1 ? 2 * 2 * 2 : 0); /* there and back, per layer, forward and backward */
+        partition_free(P);
+    }
+}
+
 static void test_heads_must_divide(void **state)
 {
     (void)state;
@@ -307,7 +415,7 @@ static void test_every_model(void **state)
 int main(void)
 {
     enum { N = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[N + 5];
+    struct CMUnitTest tests[N + 7];
     for (size_t i = 0; i < N; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, test_case, NULL, NULL, (void *)&cases[i]};
     tests[N] = (struct CMUnitTest)cmocka_unit_test(test_gpt2_tp2_counts);
@@ -315,7 +423,9 @@ int main(void)
     tests[N + 2] = (struct CMUnitTest)cmocka_unit_test(test_experts);
     tests[N + 3] = (struct CMUnitTest)cmocka_unit_test(test_heads_must_divide);
     tests[N + 4] = (struct CMUnitTest)cmocka_unit_test(test_every_model);
-    int rc = _cmocka_run_group_tests("shard", tests, N + 5, NULL, NULL);
+    tests[N + 5] = (struct CMUnitTest)cmocka_unit_test(test_sequence_parallel_with_cp);
+    tests[N + 6] = (struct CMUnitTest)cmocka_unit_test(test_expert_rows);
+    int rc = _cmocka_run_group_tests("shard", tests, N + 7, NULL, NULL);
     fe_cleanup();
     return rc;
 }
