@@ -71,7 +71,7 @@ static int pass_lower(const struct compile_request *q, struct compiled *C, struc
     (void)q;
     if (lower(C->P, &C->S, &C->K, &C->M, &C->A, d))
         return REFUSED;
-    return ir_actions_check(&C->A, &C->M, d) ? BUG : 0;
+    return ir_actions_check(&C->A, &C->M, &C->K, &C->S, d) ? BUG : 0;
 }
 
 /* kernels: the CUDA binaries and the CPU object.

@@ -345,34 +345,83 @@ int ir_actions_read(struct plan *p, int n_stages, int stage, struct ir_actions *
 
 /* ---- the check ---------------------------------------------------------------- */
 
+/* The operand's buffer, and bytes from it, inside the buffer: the buffer's bytes, or -1 if it has none or they do not fit. */
 static int check_ref(const struct ir_role_memory *m, const struct ir_ref *r, int v, int micro, int64_t bytes)
 {
-    int64_t at = ir_memory_offset(m, r->what, r->id, v, micro);
-    return at < 0 || at + r->offset + bytes > m->total ? -1 : 0;
+    int64_t have, at = ir_memory_find(m, r->what, r->id, v, micro, &have);
+    return at < 0 || r->offset < 0 || r->offset + bytes > have ? -1 : 0;
 }
 
-static int check_list(const struct ir_action_list *l, const struct ir_role_memory *m, int stage, int v, const char *which, struct diag *d)
+/* A payload that starts at a buffer and may run on through its neighbours
+ * (a gradient bucket: the buckets' parameters lie side by side in GRADS):
+ * inside the buffer's region. */
+static int check_span(const struct ir_role_memory *m, const struct ir_ref *r, int v, int64_t bytes)
+{
+    int64_t have, at = ir_memory_find(m, r->what, r->id, v, 0, &have);
+    if (at < 0 || r->offset < 0 || bytes < 0)
+        return -1;
+    at += r->offset;
+    for (int k = 0; k < IR_REGION_COUNT; k++)
+        if (at >= m->base[k] && at < m->base[k] + m->size[k])
+            return at + bytes <= m->base[k] + m->size[k] ? 0 : -1;
+    return -1;
+}
+
+static int check_launch(const struct ir_launch *l, const struct ir_role_memory *m, const struct kn_set *K, int v)
+{
+    if (!K)
+        return 0;
+    if (l->launch < 0 || l->launch >= K->n_launches)
+        return -1;
+    const struct kn_launch *L = &K->launches[l->launch];
+    const struct kn_entry *e = &K->kernels[L->kernel];
+    if (l->n_in != L->n_in || l->n_out != L->n_out)
+        return -1;
+    for (int io = 0; io < 2; io++)
+        for (int s = 0; s < (io ? l->n_out : l->n_in); s++) {
+            const struct ir_ref *r = io ? &l->out[s] : &l->in[s];
+            int64_t bytes = 0;
+            if (e->kind == KN_KIND_FUSED) { /* as far as the kernel reaches, at the widest a rank's offsets take it */
+                const struct kn_slot *slot = io ? &e->k.out[s] : &e->k.in[s];
+                int size = slot->dtype == KN_DTYPE_U8 ? 1 : ir_dtype_bytes((enum ir_dtype)slot->dtype);
+                bytes = kn_slot_extent(&e->k, &l->args, io, s) * size;
+                if (slot->access == KN_GATHER || slot->access == KN_PICK) /* a table's shard: its own rows, wherever it starts */
+                    bytes = (io ? l->args.vout[s][1] : l->args.vin[s][1]) * (slot->access == KN_GATHER ? l->args.cols : 1) * size;
+            }
+            if (check_ref(m, r, v, 0, bytes))
+                return -1;
+        }
+    return 0;
+}
+
+static int check_list(const struct ir_action_list *l, const struct ir_role_memory *m, const struct kn_set *K, int stage, int v,
+                      const char *which, struct diag *d)
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
         int bad = 0;
         const struct ir_gemm *g = &a->gemm;
         int size = g->dtype == IR_DTYPE_BF16 ? 2 : 4;
-        if (a->kind == IR_ACT_GEMM) /* the last element of each operand inside the arena */
-            bad = check_ref(m, &g->a, v, 0, ((g->batch - 1) * g->stride_a + g->m * g->k) * size) ||
-                  check_ref(m, &g->b, v, 0, ((g->batch - 1) * g->stride_b + g->k * g->n) * size) ||
-                  check_ref(m, &g->c, v, 0, ((g->batch - 1) * g->stride_c + g->m * g->n) * 4);
+        /* a GEMM's matrices: the last element of the last batch */
+#define LAST(ld, rows, cols, stride) (((g->batch - 1) * (stride) + ((rows) - 1) * (ld) + (cols)))
+        if (a->kind == IR_ACT_GEMM)
+            bad = check_ref(m, &g->a, v, 0, LAST(g->lda, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->stride_a) * size) ||
+                  check_ref(m, &g->b, v, 0, LAST(g->ldb, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->stride_b) * size) ||
+                  check_ref(m, &g->c, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * (g->c.what == IR_BUF_GRAD ? 4 : size));
+#undef LAST
         else if (a->kind == IR_ACT_ZERO)
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);
         else if (a->kind == IR_ACT_COLL)
-            bad = check_ref(m, &a->coll.buf, v, 0, a->coll.bytes);
+            bad = check_span(m, &a->coll.buf, v, a->coll.bytes);
         else if (a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM)
             bad = check_ref(m, &a->loss, v, 0, a->loss_rows * (a->kind == IR_ACT_LOSS ? 8 : 4));
-        for (int k = 0; a->kind == IR_ACT_LAUNCH && k < a->launch.n_in + a->launch.n_out && !bad; k++)
-            bad = check_ref(m, k < a->launch.n_in ? &a->launch.in[k] : &a->launch.out[k - a->launch.n_in], v, 0, 0);
+        else if (a->kind == IR_ACT_LAUNCH)
+            bad = check_launch(&a->launch, m, K, v);
+        else if (a->kind >= IR_ACT_COUNT)
+            bad = 1;
         if (bad) {
             char s[256];
-            diag_error(d, NULL, 0, "actions of stage %d, %s step of virtual stage %d, action %d (%s): an operand outside the arena",
+            diag_error(d, NULL, 0, "actions of stage %d, %s step of virtual stage %d, action %d (%s): an access outside its buffer",
                        stage, which, v, i, ir_action_str(a, s, sizeof s));
             return -1;
         }
@@ -380,18 +429,23 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
     return 0;
 }
 
-int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, struct diag *d)
+int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, const struct kn_set *K, const struct ir_schedule *S,
+                     struct diag *d)
 {
     for (int s = 0; s < A->n_stages; s++) {
         const struct ir_stage_actions *st = &A->stages[s];
+        if (S && s < S->n_stages && st->n_ins != S->programs[s].n) {
+            diag_error(d, NULL, 0, "actions of stage %d: %d instructions' actions for a program of %d", s, st->n_ins, S->programs[s].n);
+            return -1;
+        }
         for (int v = 0; v < st->n_vstages; v++)
-            if (check_list(&st->forward[v], &M->roles[s], s, v, "forward", d) ||
-                check_list(&st->backward[v], &M->roles[s], s, v, "backward", d))
+            if (check_list(&st->forward[v], &M->roles[s], K, s, v, "forward", d) ||
+                check_list(&st->backward[v], &M->roles[s], K, s, v, "backward", d))
                 return -1;
-        if (check_list(&st->optimizer, &M->roles[s], s, -1, "optimizer", d))
+        if (check_list(&st->optimizer, &M->roles[s], K, s, -1, "optimizer", d))
             return -1;
         for (int i = 0; i < st->n_ins; i++)
-            if (check_list(&st->ins[i], &M->roles[s], s, -1, "program", d))
+            if (check_list(&st->ins[i], &M->roles[s], K, s, -1, "program", d))
                 return -1;
     }
     return 0;

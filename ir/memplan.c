@@ -144,10 +144,19 @@ int ir_memory_check(const struct ir_memory *M, struct diag *d)
 
 int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int vstage, int micro)
 {
-    if (what == IR_BUF_SUMSQ) /* one parameter's at a time, summed before the next */
+    int64_t bytes;
+    return ir_memory_find(m, what, id, vstage, micro, &bytes);
+}
+
+int64_t ir_memory_find(const struct ir_role_memory *m, int what, int id, int vstage, int micro, int64_t *bytes)
+{
+    *bytes = 0;
+    if (what == IR_BUF_SUMSQ) { /* one parameter's at a time, summed before the next */
+        *bytes = m->size[IR_REGION_WORKSPACE];
         return m->base[IR_REGION_WORKSPACE];
+    }
     if (what == IR_BUF_EXP_AVG || what == IR_BUF_EXP_AVG_SQ || what == IR_BUF_MASTER) { /* laid out like GRADS */
-        int64_t g = ir_memory_offset(m, IR_BUF_GRAD, id, -1, -1);
+        int64_t g = ir_memory_find(m, IR_BUF_GRAD, id, -1, -1, bytes);
         return g < 0 ? -1 : g - m->base[IR_REGION_GRADS] + m->base[IR_REGION_OPTIMIZER] +
                                 (what - IR_BUF_EXP_AVG) * m->size[IR_REGION_GRADS];
     }
@@ -156,8 +165,10 @@ int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int v
         if (x->what != what || x->id != id || x->vstage != vstage)
             continue;
         for (int b = 0; b < m->n_bufs; b++)
-            if (m->bufs[b].what == IR_BUF_BLOCK && m->bufs[b].vstage == vstage && m->bufs[b].micro == micro)
+            if (m->bufs[b].what == IR_BUF_BLOCK && m->bufs[b].vstage == vstage && m->bufs[b].micro == micro) {
+                *bytes = x->bytes;
                 return m->base[IR_REGION_ACTIVATIONS] + m->bufs[b].offset + x->offset;
+            }
     }
     int best = -1; /* a micro-batch's own, before the step's, before the role's */
     for (int b = 0; b < m->n_bufs; b++) {
@@ -168,7 +179,10 @@ int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int v
         if (best < 0 || rank > (m->bufs[best].micro == micro) * 2 + (m->bufs[best].vstage == vstage))
             best = b;
     }
-    return best < 0 ? -1 : m->base[m->bufs[best].region] + m->bufs[best].offset;
+    if (best < 0)
+        return -1;
+    *bytes = m->bufs[best].bytes;
+    return m->base[m->bufs[best].region] + m->bufs[best].offset;
 }
 
 void ir_memory_free(struct ir_memory *M)

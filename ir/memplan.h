@@ -115,6 +115,8 @@ struct ir_memory {
  * stage, or a parameter, gradient or optimizer state.  -1 if the role has
  * no such buffer. */
 int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int vstage, int micro);
+/* The same, and the buffer's bytes (the workspace's for SUMSQ scratch). */
+int64_t ir_memory_find(const struct ir_role_memory *m, int what, int id, int vstage, int micro, int64_t *bytes);
 /* Whether two buffers of one space can be alive at the same moment. */
 bool ir_buf_meet(const struct ir_buf *a, const struct ir_buf *b);
 /* Bases from sizes: regions in order, each aligned; sets total. */

@@ -55,6 +55,7 @@ static const struct cli_flag {
     {"kernels", "inspect", CLI_SWITCH, NULL},
     {"kernel", "inspect", CLI_VALUE, NULL},
     {"source", "inspect", CLI_SWITCH, NULL},
+    {"actions", "inspect", CLI_SWITCH, NULL},
 };
 
 static const struct cli_flag *cli_flag_row(const char *name)
@@ -205,6 +206,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             c->json = true;
         } else if (!strcmp(key, "kernels") || !strcmp(key, "source")) {
             *(key[0] == 'k' ? &c->kernels : &c->source) = true;
+        } else if (!strcmp(key, "actions")) {
+            c->actions = true;
         } else if (!strcmp(key, "o") || !strcmp(key, "output")) {
             c->output = value;
         } else if (!strcmp(key, "pipeline-schedule")) {

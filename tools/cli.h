@@ -39,6 +39,7 @@ struct cli {
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
     const char *arch;     /* --arch (weft compile); NULL: the default */
     bool kernels, source; /* --kernels, --source (weft inspect) */
+    bool actions;         /* --actions (weft inspect --rank R) */
     int kernel;           /* --kernel N (weft inspect); -1: none */
     bool json;
     struct fe_options fe;

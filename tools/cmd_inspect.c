@@ -7,6 +7,7 @@
 #include "memory.h"
 #include "plan.h"
 #include "program.h"
+#include "actions.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -226,17 +227,62 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
 }
 
 static const char usage[] =
-    "usage: weft inspect MODEL.plan [--rank R | --kernels | --kernel N [--source]] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
+    "usage: weft inspect MODEL.plan [--rank R [--actions] | --kernels | --kernel N [--source]] [--json]\n\nShow what a plan holds: the model, the layout, each role (pipeline stage)\n"
     "with its ranks, layers and memory, the kernels, the file's sections; with\n"
-    "--rank R, that rank's coordinates and program, its peers resolved; with\n"
+    "--rank R, that rank's coordinates and program, its peers resolved, and with\n"
+    "--actions what it executes: each step's GEMMs, launches, collectives; with\n"
     "--kernels, the fused kernels (ops, bytes, where used); --kernel N, one\n"
     "kernel's slots and binaries, and with --source its CUDA C.\n";
+
+static void print_list(const char *title, const struct ir_action_list *l)
+{
+    printf("  %s: %d action%s\n", title, l->n, l->n == 1 ? "" : "s");
+    for (int i = 0; i < l->n; i++) {
+        char s[512];
+        printf("    %4d  %s\n", i, ir_action_str(&l->v[i], s, sizeof s));
+    }
+}
+
+/* A stage's actions: each virtual stage's forward and backward step, the
+ * optimizer's, and the program's other instructions'. */
+static int print_actions(struct plan *p, const struct ir_schedule *S, int stage, struct diag *d)
+{
+    struct ir_actions A;
+    if (ir_actions_read(p, S->n_stages, stage, &A, d))
+        return -1;
+    const struct ir_stage_actions *st = &A.stages[stage];
+    char title[64];
+    for (int v = 0; v < st->n_vstages; v++) {
+        snprintf(title, sizeof title, "forward step, virtual stage %d", v);
+        print_list(title, &st->forward[v]);
+        snprintf(title, sizeof title, "backward step, virtual stage %d", v);
+        print_list(title, &st->backward[v]);
+    }
+    print_list("optimizer", &st->optimizer);
+    for (int i = 0; i < st->n_ins && i < S->programs[stage].n; i++) {
+        if (!st->ins[i].n)
+            continue;
+        char ins[256];
+        snprintf(title, sizeof title, "instruction %d", i);
+        printf("  %s (%s):\n", title, ir_ins_str(&S->programs[stage].ins[i], ins, sizeof ins));
+        for (int k = 0; k < st->ins[i].n; k++) {
+            char s[512];
+            printf("    %4d  %s\n", k, ir_action_str(&st->ins[i].v[k], s, sizeof s));
+        }
+    }
+    ir_actions_free(&A);
+    return 0;
+}
 
 int cmd_inspect(int argc, char **argv)
 {
     struct cli c;
     if (cli_parse(&c, argc, argv, "inspect", usage))
         return c.status;
+    if (c.actions && c.rank < 0) {
+        fprintf(stderr, "weft inspect: --actions shows one rank's: give --rank R\n");
+        return EXIT_BAD_INPUT;
+    }
     if (!c.model) {
         fputs(usage, stderr);
         return EXIT_BAD_INPUT;
@@ -340,6 +386,8 @@ int cmd_inspect(int argc, char **argv)
         json_end_array(&j);
         json_end_object(&j);
         json_finish(&j);
+    } else if (rc == 0 && c.rank >= 0 && c.actions) {
+        rc = print_actions(p, &S, L->ranks[c.rank].stage, &d);
     } else if (rc == 0 && c.rank >= 0) {
         const struct rank_coords *rc0 = &L->ranks[c.rank];
         const struct ir_program *prog = &S.programs[rc0->stage];

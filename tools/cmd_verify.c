@@ -1,5 +1,6 @@
 /* cmd_verify.c: `weft verify MODEL.plan`: the proof again, from the file alone. */
 #include "cli.h"
+#include "actions.h"
 #include "kernel.h"
 #include "memplan.h"
 #include "plan.h"
@@ -11,8 +12,11 @@ static const char usage[] =
     "usage: weft verify MODEL.plan\n\nCheck every section's checksum, then run every rank's program from the plan\n"
     "against the others: every send meets its receive, every collective its whole\n"
     "group in one order; and check every rank's memory plan: no two buffers alive\n"
-    "at once share a byte.  Exit 0 if so; 2 with the ranks and what they wait for\n"
-    "(or the buffers that collide), or if the plan is unreadable.\n";
+    "at once share a byte; and check every action (actions.N): each GEMM's matrices,\n"
+    "each kernel's slots as far as the kernel reaches for its sizes, each\n"
+    "collective's payload inside its buffer.  Exit 0 if so; 2 with the ranks and\n"
+    "what they wait for (or the buffers that collide, or the action), or if the\n"
+    "plan is unreadable.\n";
 
 int cmd_verify(int argc, char **argv)
 {
@@ -43,16 +47,23 @@ int cmd_verify(int argc, char **argv)
         rc = ir_schedule_verify(&S, L, &d);
         if (rc == 0 && (rc = ir_memory_read(p, S.n_stages, -1, &M, &d)) == 0)
             rc = ir_memory_check(&M, &d);
-        struct kn_set K; /* the kernels' descriptions and launches read back whole */
-        if (rc == 0 && plan_has(p, "kernels") && (rc = kn_set_read(p, &K, &d)) == 0)
-            kn_set_free(&K);
+        struct kn_set K = {0}; /* the kernels' descriptions and launches read back whole */
+        if (rc == 0 && plan_has(p, "kernels"))
+            rc = kn_set_read(p, &K, &d);
+        struct ir_actions A; /* every action's accesses inside its buffers */
+        if (rc == 0 && (rc = ir_actions_read(p, S.n_stages, -1, &A, &d)) == 0) {
+            rc = ir_actions_check(&A, &M, plan_has(p, "kernels") ? &K : NULL, &S, &d);
+            ir_actions_free(&A);
+        }
+        kn_set_free(&K);
         if (rc == 0) {
             int n = 0;
             for (int s = 0; s < S.n_stages; s++)
                 n += S.programs[s].n;
             printf("%s: %d sections intact; verified on all %d ranks (%d stages, %d instructions): every send\n"
                    "meets its receive and every collective its whole group, in one order; the step cannot hang;\n"
-                   "no two buffers alive at once share a byte of any rank's arena\n",
+                   "no two buffers alive at once share a byte of any rank's arena; every action's GEMM, kernel,\n"
+                   "collective and zeroing stays inside its buffers\n",
                    c.model, plan_n_sections(p), L->n_ranks, S.n_stages, n);
         }
     }
