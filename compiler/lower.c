@@ -26,6 +26,31 @@ static struct ir_ref ref(const struct lowering *w, int what, int t)
     return (struct ir_ref){.what = (uint8_t)what, .id = memory_root(w->P, w->pos, t)};
 }
 
+/* Where op reads tensor t (its value, or in the backward its gradient) when
+ * a transfer brings it: an all-reduce in place, in t's own buffer; any
+ * other collective's result staged in COMM (the loss's sums after its row
+ * maxima, memory.c).  Else t's buffer. */
+static struct ir_ref read_ref(const struct lowering *w, int op, int what, int t, int xfer)
+{
+    const struct partition *P = w->P;
+    for (int x = 0; x < P->n_xfers && xfer < 0; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->op == op && px->tensor == t && px->grad == (what == IR_BUF_GRAD) && px->kind != PART_XFER_SEND &&
+            px->kind != PART_XFER_SLICE)
+            xfer = x;
+    }
+    if (xfer < 0 || P->xfers[xfer].kind == PART_XFER_ALL_REDUCE || P->xfers[xfer].kind == PART_XFER_SEND ||
+        P->xfers[xfer].kind == PART_XFER_SLICE) {
+        if (xfer < 0 || P->xfers[xfer].kind != PART_XFER_ALL_REDUCE || xfer == 0 || P->xfers[xfer - 1].kind != PART_XFER_ALL_REDUCE_MAX ||
+            P->xfers[xfer - 1].op != P->xfers[xfer].op)
+            return ref(w, what, t);
+        /* the loss's sums, staged after its maxima */
+        return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer,
+                               .offset = (P->xfers[xfer - 1].bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
+    }
+    return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer};
+}
+
 static struct ir_shape local(const struct lowering *w, int t)
 {
     const struct ir_tensor *x = &w->P->g->tensors[t];
@@ -43,11 +68,24 @@ static int64_t batch_of(const struct ir_shape *s)
 /* c (M, N) = op(a) (M, K) @ op(b) (K, N), over the leading axes: a batch
  * that b broadcasts over folds into M (one GEMM of the whole activation). */
 static struct ir_gemm gemm(int64_t batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t sa, int64_t sb,
-                           int64_t sc, struct ir_ref a, struct ir_ref b, struct ir_ref c, float beta, int dtype)
+                           int64_t sc, struct ir_ref a, struct ir_ref b, struct ir_ref c, float beta, int dtype, int c_dtype)
 {
     return (struct ir_gemm){.batch = batch, .m = m, .n = n, .k = k, .ta = ta, .tb = tb, .beta = beta, .dtype = (uint8_t)dtype,
+                            .c_dtype = (uint8_t)c_dtype,
                             .lda = ta ? m : k, .ldb = tb ? k : n, .ldc = n, .stride_a = sa, .stride_b = sb, .stride_c = sc,
                             .a = a, .b = b, .c = c};
+}
+
+/* Whether op reads or writes across a transfer inside a step (not a
+ * pipeline send): not lowered yet. */
+static bool awaits(const struct lowering *w, int op)
+{
+    for (int x = 0; x < w->P->n_xfers; x++) {
+        const struct part_xfer *px = &w->P->xfers[x];
+        if (px->op == op && px->kind != PART_XFER_SEND && px->kind != PART_XFER_SLICE)
+            return true;
+    }
+    return false;
 }
 
 /* A matmul's GEMMs: its forward, or the gradients of the inputs that need one (added into their buffers). */
@@ -67,24 +105,26 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
                    o->loc.file, o->loc.line, (long long)nb, (long long)na, (long long)nbb);
         return -1;
     }
-    struct ir_action x = {.kind = IR_ACT_GEMM};
-    struct ir_ref a = ref(w, IR_BUF_VALUE, o->in[0]), b = ref(w, IR_BUF_VALUE, o->in[1]);
+    struct ir_action x = {.kind = IR_ACT_GEMM, .awaits = awaits(w, op)};
+    struct ir_ref a = read_ref(w, op, IR_BUF_VALUE, o->in[0], -1), b = read_ref(w, op, IR_BUF_VALUE, o->in[1], -1);
     if (!backward) {
-        x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, ref(w, IR_BUF_VALUE, o->out[0]), 0, dtype);
+        x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, ref(w, IR_BUF_VALUE, o->out[0]), 0, dtype, dtype);
         ir_action_push(out, &x);
         return 0;
     }
     struct ir_ref dc = ref(w, IR_BUF_GRAD, o->out[0]);
     if (w->needs[o->in[0]]) { /* dA = dC op(B)^T, or stored transposed: op(B) dC^T */
         struct ir_ref da = ref(w, IR_BUF_GRAD, o->in[0]);
-        x.gemm = ta ? gemm(batch, Kd, M, N, tb, true, sb, sc, sa, b, dc, da, 1, dtype)
-                    : gemm(batch, M, Kd, N, false, !tb, sc, sb, sa, dc, b, da, 1, dtype);
+        int dt = w->P->g->tensors[o->in[0]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
+        x.gemm = ta ? gemm(batch, Kd, M, N, tb, true, sb, sc, sa, b, dc, da, 1, dtype, dt)
+                    : gemm(batch, M, Kd, N, false, !tb, sc, sb, sa, dc, b, da, 1, dtype, dt);
         ir_action_push(out, &x);
     }
     if (w->needs[o->in[1]]) { /* dB = op(A)^T dC, or stored transposed: dC^T op(A) */
         struct ir_ref db = ref(w, IR_BUF_GRAD, o->in[1]);
-        x.gemm = tb ? gemm(batch, N, Kd, M, true, ta, sc, sa, sb, dc, a, db, 1, dtype)
-                    : gemm(batch, Kd, N, M, !ta, false, sa, sc, sb, a, dc, db, 1, dtype);
+        int dt = w->P->g->tensors[o->in[1]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
+        x.gemm = tb ? gemm(batch, N, Kd, M, true, ta, sc, sa, sb, dc, a, db, 1, dtype, dt)
+                    : gemm(batch, Kd, N, M, !ta, false, sa, sc, sb, a, dc, db, 1, dtype, dt);
         ir_action_push(out, &x);
     }
     return 0;
@@ -93,6 +133,8 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
 static struct ir_action launch(const struct lowering *w, int l, int fn_first, int fn_last)
 {
     struct ir_action x = {.kind = IR_ACT_LAUNCH};
+    for (int i = 0; i < w->K->launches[l].n_ops && !x.awaits; i++)
+        x.awaits = awaits(w, w->K->ops[w->K->launches[l].first_op + i]);
     fuse_launch_template(w->P, w->K, l, &x.launch);
     x.launch.launch = l;
     x.launch.fn_first = (uint8_t)fn_first, x.launch.fn_last = (uint8_t)fn_last;
@@ -102,6 +144,7 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
         struct ir_ref *r = i < L->n_in ? &x.launch.in[i] : &x.launch.out[i - L->n_in];
         *r = ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0 ? (struct ir_ref){.what = b->what, .id = b->id}
+             : b->xfer >= 0                                                  ? read_ref(w, -1, b->what, b->id, b->xfer)
                                                                             : ref(w, b->what, b->id);
     }
     const struct kn_entry *e = &w->K->kernels[w->K->launches[l].kernel];

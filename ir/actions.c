@@ -85,6 +85,10 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
     case IR_ACT_PENDING: snprintf(buf, n, "not lowered yet"); break;
     default: snprintf(buf, n, "?");
     }
+    if (a->awaits) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, n - len, " (awaits a transfer)");
+    }
     return buf;
 }
 
@@ -130,6 +134,7 @@ static void get_i64s(struct plan_reader *r, int64_t *v, int n)
 static void put_action(struct plan_writer *w, const struct ir_action *a)
 {
     plan_put_u8(w, a->kind);
+    plan_put_u8(w, a->awaits);
     switch (a->kind) {
     case IR_ACT_GEMM: {
         const struct ir_gemm *g = &a->gemm;
@@ -137,7 +142,7 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         put_i64s(w, v, 10);
         plan_put_u8(w, (uint8_t)(g->ta | g->tb << 1));
         plan_put_f64(w, g->beta);
-        plan_put_u8(w, g->dtype);
+        plan_put_u8(w, g->dtype), plan_put_u8(w, g->c_dtype);
         put_ref(w, &g->a), put_ref(w, &g->b), put_ref(w, &g->c);
         break;
     }
@@ -189,6 +194,7 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
 {
     memset(a, 0, sizeof *a);
     a->kind = plan_get_u8(r);
+    a->awaits = plan_get_u8(r);
     switch (a->kind) {
     case IR_ACT_GEMM: {
         struct ir_gemm *g = &a->gemm;
@@ -199,7 +205,9 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         uint8_t t = plan_get_u8(r);
         g->ta = t & 1, g->tb = (t >> 1) & 1;
         g->beta = (float)plan_get_f64(r);
-        g->dtype = plan_get_u8(r);
+        g->dtype = plan_get_u8(r), g->c_dtype = plan_get_u8(r);
+        if (g->dtype >= IR_DTYPE_COUNT || g->c_dtype >= IR_DTYPE_COUNT)
+            r->bad = true;
         get_ref(r, &g->a), get_ref(r, &g->b), get_ref(r, &g->c);
         break;
     }
@@ -401,13 +409,15 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
         const struct ir_action *a = &l->v[i];
         int bad = 0;
         const struct ir_gemm *g = &a->gemm;
+        if (a->awaits)
+            continue;
         int size = g->dtype == IR_DTYPE_BF16 ? 2 : 4;
         /* a GEMM's matrices: the last element of the last batch */
 #define LAST(ld, rows, cols, stride) (((g->batch - 1) * (stride) + ((rows) - 1) * (ld) + (cols)))
         if (a->kind == IR_ACT_GEMM)
             bad = check_ref(m, &g->a, v, 0, LAST(g->lda, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->stride_a) * size) ||
                   check_ref(m, &g->b, v, 0, LAST(g->ldb, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->stride_b) * size) ||
-                  check_ref(m, &g->c, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * (g->c.what == IR_BUF_GRAD ? 4 : size));
+                  check_ref(m, &g->c, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * ir_dtype_bytes((enum ir_dtype)g->c_dtype));
 #undef LAST
         else if (a->kind == IR_ACT_ZERO)
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);

@@ -60,7 +60,8 @@ struct ir_gemm {
     int64_t batch, m, n, k;
     bool ta, tb;
     float beta;     /* 0: overwrite c; 1: add into it */
-    uint8_t dtype;  /* of a and b (c is f32 when it is a gradient) */
+    uint8_t dtype;  /* of a and b */
+    uint8_t c_dtype; /* of c: a parameter's gradient is f32, an activation's is the activations' type */
     int64_t lda, ldb, ldc, stride_a, stride_b, stride_c; /* elements; a stride 0 broadcasts */
     struct ir_ref a, b, c;
 };
@@ -86,6 +87,8 @@ struct ir_coll_action {
 
 struct ir_action {
     uint8_t kind; /* enum ir_act_kind */
+    bool awaits;  /* it reads or writes across a tensor, context or expert parallel transfer, which is not lowered yet:
+                   * its operands are where the transfer will put them, unchecked; a plan with one does not run */
     struct ir_gemm gemm;
     struct ir_launch launch;
     struct ir_ref zero;  /* ZERO */

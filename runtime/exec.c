@@ -24,7 +24,18 @@ struct exec {
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum, sq_sum;
     long iteration;
+    double action_seconds[IR_ACT_COUNT];
+    double *kernel_seconds;  /* per kernel of the plan, over the run */
 };
+
+double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 void *exec_arena(struct exec *x) { return x->arena; }
 
@@ -212,11 +223,13 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
+        double t0 = now();
         switch (a->kind) {
         case IR_ACT_GEMM: gemm(x, &a->gemm, v, j); break;
         case IR_ACT_LAUNCH:
             if (launch(x, &a->launch, v, j, clip, lr, d))
                 return -1;
+            x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += now() - t0;
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
         case IR_ACT_COLL: {
@@ -248,6 +261,7 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
             return -1;
         }
         }
+        x->action_seconds[a->kind] += now() - t0;
     }
     return 0;
 }
@@ -275,6 +289,7 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
     struct exec *x = wf_calloc(1, sizeof *x);
     x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1;
     x->m = &R->memory.roles[R->stage];
+    x->kernel_seconds = wf_calloc((size_t)R->kernels.n_kernels + 1, sizeof *x->kernel_seconds);
     x->micro_batch = 1;
     for (int t = R->n_tensors - 1; t >= 0; t--)
         if (R->tensors[t].kind == IR_TENSOR_INPUT && R->tensors[t].rank)
@@ -303,6 +318,7 @@ void exec_free(struct exec *x)
     if (x->be)
         backend_close(x->be);
     free(x->arena);
+    free(x->kernel_seconds);
     free(x);
 }
 
@@ -312,6 +328,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     clock_gettime(CLOCK_MONOTONIC, &t0);
     x->iteration = iteration;
     x->loss_sum = x->sq_sum = 0;
+    memset(x->action_seconds, 0, sizeof x->action_seconds);
     memset(x->arena + x->m->base[IR_REGION_GRADS], 0, (size_t)x->m->size[IR_REGION_GRADS]);
     const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
     double lr = x->R->train ? optim_lr(&x->R->opt, iteration) : 0, norm = 0;
@@ -353,5 +370,6 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     st->lr = lr;
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     st->tokens = (int64_t)x->loss_rows * x->R->schedule.n_micro * pc->dp;
+    memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

@@ -31,12 +31,15 @@ struct exec_stats {
     double loss, grad_norm, lr;
     double seconds;
     int64_t tokens;  /* the step's, across the data-parallel ranks */
+    double action_seconds[IR_ACT_COUNT]; /* this rank's time in each kind of action (GEMMs, launches, collectives, ...) */
 };
 
 /* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
 void exec_free(struct exec *x);
+/* Seconds spent in a kernel of the plan (its launches, all steps so far). */
+double exec_kernel_seconds(const struct exec *x, int kernel);
 /* The arena, and where a buffer is in it (tests read parameters). */
 void *exec_arena(struct exec *x);
 

@@ -28,7 +28,8 @@ static const char usage[] =
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
-    "  --timeout S  the longest any rank waits for another (default 300 s)\n";
+    "  --timeout S  the longest any rank waits for another (default 300 s)\n"
+    "  --profile    at the end, rank 0's ten slowest kernels\n";
 
 /* The BLAS's threads: the node's cores over its ranks, unless the user says. */
 static int blas_threads(void)
@@ -50,6 +51,7 @@ int cmd_run(int argc, char **argv)
     const char *path = NULL, *log = NULL;
     long steps = 10;
     double timeout = 300;
+    bool profile = false;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -77,7 +79,9 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "weft run: --timeout %s: expected seconds above 0\n", argv[i]);
                 return EXIT_BAD_INPUT;
             }
-        } else if (!strcmp(a, "--log") && has)
+        } else if (!strcmp(a, "--profile"))
+            profile = true;
+        else if (!strcmp(a, "--log") && has)
             log = argv[++i];
         else if (a[0] != '-' && !path)
             path = a;
@@ -125,7 +129,7 @@ int cmd_run(int argc, char **argv)
                comm->size == 1 ? "" : "s", R.L->pc.tp, R.L->pc.pp, R.L->pc.dp, R.schedule.n_micro, R.schedule.n_micro == 1 ? "" : "es",
                threads ? threads : openblas_get_num_threads(), (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s",
                threads ? "" : " (as the environment says)");
-    double total = 0;
+    double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
     for (long it = 0; it < steps; it++) {
         struct exec_stats st;
@@ -136,6 +140,8 @@ int cmd_run(int argc, char **argv)
         }
         total += st.seconds;
         tokens += st.tokens;
+        for (int k = 0; k < IR_ACT_COUNT; k++)
+            by_kind[k] += st.action_seconds[k];
         if (!lead)
             continue;
         printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
@@ -150,6 +156,28 @@ int cmd_run(int argc, char **argv)
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
         printf("%ld iterations in %.2f s, %.0f tokens/s; rank 0's peak resident memory %s, of which the plan's arena %s\n", steps,
                total, (double)tokens / total, wf_bytes((double)ru.ru_maxrss * 1024, a), wf_bytes((double)R.memory.roles[R.stage].total, b));
+        double rest = total;
+        printf("rank 0's time:");
+        for (int k = 0; k < IR_ACT_COUNT; k++)
+            if (by_kind[k] > 0) {
+                printf(" %s %.1f%%,", k == IR_ACT_GEMM ? "GEMMs" : k == IR_ACT_LAUNCH ? "kernels" : k == IR_ACT_COLL ? "collectives" : ir_act_name(k),
+                       100 * by_kind[k] / total);
+                rest -= by_kind[k];
+            }
+        printf(" the rest (data, waits) %.1f%%\n", 100 * rest / total);
+        for (int shown = 0, *done = wf_calloc((size_t)R.kernels.n_kernels + 1, sizeof *done); profile; shown++) {
+            int best = -1;
+            for (int k = 0; k < R.kernels.n_kernels; k++)
+                if (!done[k] && (best < 0 || exec_kernel_seconds(x, k) > exec_kernel_seconds(x, best)))
+                    best = k;
+            if (shown == 10 || best < 0 || exec_kernel_seconds(x, best) <= 0) {
+                free(done);
+                break;
+            }
+            done[best] = 1;
+            printf("  %-48s %8.1f ms a step (%.1f%%)\n", R.kernels.kernels[best].name, 1e3 * exec_kernel_seconds(x, best) / (double)steps,
+                   100 * exec_kernel_seconds(x, best) / total);
+        }
     }
     diag_print(&d, stderr);
     diag_free(&d);
