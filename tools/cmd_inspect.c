@@ -234,12 +234,18 @@ static const char usage[] =
     "--kernels, the fused kernels (ops, bytes, where used); --kernel N, one\n"
     "kernel's slots and binaries, and with --source its CUDA C.\n";
 
-static void print_list(const char *title, const struct ir_action_list *l)
+/* One action a line; a launch with its kernel's name. */
+static void print_list(const char *title, const struct ir_action_list *l, const struct kn_set *K)
 {
-    printf("  %s: %d action%s\n", title, l->n, l->n == 1 ? "" : "s");
+    if (title)
+        printf("  %s: %d action%s\n", title, l->n, l->n == 1 ? "" : "s");
     for (int i = 0; i < l->n; i++) {
         char s[512];
-        printf("    %4d  %s\n", i, ir_action_str(&l->v[i], s, sizeof s));
+        const struct ir_action *a = &l->v[i];
+        printf("    %4d  %s", i, ir_action_str(a, s, sizeof s));
+        if (a->kind == IR_ACT_LAUNCH && a->launch.launch >= 0 && a->launch.launch < K->n_launches)
+            printf(": %s", K->kernels[K->launches[a->launch.launch].kernel].name);
+        printf("\n");
     }
 }
 
@@ -248,29 +254,32 @@ static void print_list(const char *title, const struct ir_action_list *l)
 static int print_actions(struct plan *p, const struct ir_schedule *S, int stage, struct diag *d)
 {
     struct ir_actions A;
-    if (ir_actions_read(p, S->n_stages, stage, &A, d))
+    struct kn_set K;
+    if (kn_set_read(p, &K, d))
         return -1;
+    if (ir_actions_read(p, S->n_stages, stage, &A, d)) {
+        kn_set_free(&K);
+        return -1;
+    }
     const struct ir_stage_actions *st = &A.stages[stage];
     char title[64];
     for (int v = 0; v < st->n_vstages; v++) {
         snprintf(title, sizeof title, "forward step, virtual stage %d", v);
-        print_list(title, &st->forward[v]);
+        print_list(title, &st->forward[v], &K);
         snprintf(title, sizeof title, "backward step, virtual stage %d", v);
-        print_list(title, &st->backward[v]);
+        print_list(title, &st->backward[v], &K);
     }
-    print_list("optimizer", &st->optimizer);
+    print_list("optimizer", &st->optimizer, &K);
     for (int i = 0; i < st->n_ins && i < S->programs[stage].n; i++) {
         if (!st->ins[i].n)
             continue;
         char ins[256];
         snprintf(title, sizeof title, "instruction %d", i);
         printf("  %s (%s):\n", title, ir_ins_str(&S->programs[stage].ins[i], ins, sizeof ins));
-        for (int k = 0; k < st->ins[i].n; k++) {
-            char s[512];
-            printf("    %4d  %s\n", k, ir_action_str(&st->ins[i].v[k], s, sizeof s));
-        }
+        print_list(NULL, &st->ins[i], &K);
     }
     ir_actions_free(&A);
+    kn_set_free(&K);
     return 0;
 }
 
