@@ -11,6 +11,7 @@
 
 struct mpi {
     MPI_Comm groups[IR_GROUP_COUNT];
+    MPI_Comm roll[IR_GROUP_COUNT]; /* the same groups, for the roll call after a deadline */
     const struct rank_layout *L;
     bool initialised_here;
 };
@@ -51,6 +52,62 @@ static const char *members(const struct comm *c, enum ir_group g, char *buf, siz
     return buf;
 }
 
+/* After a deadline: who else is waiting?  Each waiting member tells the
+ * others so (on a communicator of its own), then listens for a grace
+ * period; a member not heard from is the one that stopped answering.
+ * Names them into buf ("rank 5" or "ranks 5, 7"), or "" if all answered. */
+static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t n)
+{
+    struct mpi *m = c->impl;
+    buf[0] = 0;
+    if (g >= IR_GROUP_COUNT || m->roll[g] == MPI_COMM_NULL)
+        return buf;
+    int size, me;
+    MPI_Comm_size(m->roll[g], &size);
+    MPI_Comm_rank(m->roll[g], &me);
+    int *heard = wf_calloc((size_t)size, sizeof *heard), *world = wf_calloc((size_t)size, sizeof *world), mark = 1;
+    MPI_Request *sends = wf_calloc((size_t)size, sizeof *sends);
+    MPI_Group grp, wgrp;
+    MPI_Comm_group(m->roll[g], &grp);
+    MPI_Comm_group(MPI_COMM_WORLD, &wgrp);
+    int *idx = wf_calloc((size_t)size, sizeof *idx);
+    for (int i = 0; i < size; i++)
+        idx[i] = i;
+    MPI_Group_translate_ranks(grp, size, idx, wgrp, world);
+    for (int i = 0; i < size; i++)
+        if (i != me)
+            MPI_Isend(&mark, 1, MPI_INT, i, 77, m->roll[g], &sends[i]);
+        else
+            sends[i] = MPI_REQUEST_NULL;
+    heard[me] = 1;
+    double end = now() + (c->timeout < 5 ? c->timeout : 5);
+    while (now() < end) {
+        int flag = 0;
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, 77, m->roll[g], &flag, &st);
+        if (flag) {
+            int got;
+            MPI_Recv(&got, 1, MPI_INT, st.MPI_SOURCE, 77, m->roll[g], MPI_STATUS_IGNORE);
+            heard[st.MPI_SOURCE] = 1;
+        } else {
+            struct timespec nap = {0, 1000000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    size_t at = 0;
+    int silent = 0;
+    for (int i = 0; i < size; i++)
+        silent += !heard[i];
+    for (int i = 0; i < size && at + 16 < n; i++)
+        if (!heard[i])
+            at += (size_t)snprintf(buf + at, n - at, "%s%d", at ? ", " : silent == 1 ? "rank " : "ranks ", world[i]);
+    /* the sends to the silent may never complete: leave them */
+    MPI_Group_free(&grp);
+    MPI_Group_free(&wgrp);
+    free(heard), free(world), free(sends), free(idx);
+    return buf;
+}
+
 static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_group g, struct diag *d)
 {
     double end = now() + c->timeout;
@@ -61,9 +118,11 @@ static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_
             return -1;
         }
         if (!done && now() > end) {
-            char who[512];
-            diag_error(d, NULL, 0, "rank %d (%s): %s over %s (ranks %s): nobody answered in %.0f s (--timeout): a rank of the "
-                                   "group stopped", c->rank, c->host, what, ir_group_name(g), members(c, g, who, sizeof who), c->timeout);
+            char who[512], silent[512];
+            roll_call(c, g, silent, sizeof silent);
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s (ranks %s): nobody answered in %.0f s (--timeout): %s%s", c->rank,
+                       c->host, what, ir_group_name(g), members(c, g, who, sizeof who), c->timeout, silent[0] ? silent : "a rank",
+                       silent[0] ? " stopped answering" : " of the group stopped");
             return -1;
         }
         if (!done) {
@@ -130,7 +189,7 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     MPI_Get_processor_name(host, &len);
     snprintf(c->host, sizeof c->host, "%s", host);
     for (int g = 0; g < IR_GROUP_COUNT; g++)
-        m->groups[g] = MPI_COMM_NULL;
+        m->groups[g] = m->roll[g] = MPI_COMM_NULL;
     return c;
 }
 
@@ -143,7 +202,8 @@ int comm_groups(struct comm *c, const struct rank_layout *L, struct diag *d)
         if (k < 0)
             continue;
         int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank);
-        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->groups[g]) != MPI_SUCCESS) {
+        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->groups[g]) != MPI_SUCCESS ||
+            (m->groups[g] != MPI_COMM_NULL && MPI_Comm_dup(m->groups[g], &m->roll[g]) != MPI_SUCCESS)) {
             diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for the %s groups failed", c->rank, ir_group_name((enum ir_group)g));
             return -1;
         }
@@ -162,9 +222,12 @@ void comm_close(struct comm *c)
     if (!c)
         return;
     struct mpi *m = c->impl;
-    for (int g = 0; g < IR_GROUP_COUNT; g++)
+    for (int g = 0; g < IR_GROUP_COUNT; g++) {
         if (m->groups[g] != MPI_COMM_NULL)
             MPI_Comm_free(&m->groups[g]);
+        if (m->roll[g] != MPI_COMM_NULL)
+            MPI_Comm_free(&m->roll[g]);
+    }
     if (m->initialised_here)
         MPI_Finalize();
     free(m);

@@ -355,8 +355,12 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
             if (!rc)
                 rc = run_list(x, &steps, -1, -1, optim_clip_coeff(&x->R->opt, norm), lr, d);
         }
-        if (rc)
+        if (rc) {
+            char s[256];
+            diag_note(d, NULL, 0, "rank %d was at instruction %d of its program (%s), iteration %ld", x->R->rank, i,
+                      ir_ins_str(ins, s, sizeof s), iteration + 1);
             return -1;
+        }
     }
     /* the loss every replica saw: summed over the data-parallel group (Megatron averages it so for its log) */
     float sum = (float)x->loss_sum;

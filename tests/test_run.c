@@ -132,22 +132,9 @@ static int mpi_run(const char *plan, int ranks, int steps, double *loss, double 
     snprintf(np, sizeof np, "%d", ranks);
     snprintf(n, sizeof n, "%d", steps);
     snprintf(log, sizeof log, "%s.jsonl", plan);
-    /* Under AddressSanitizer, leaks are not checked in the MPI ranks: Open MPI
-     * keeps allocations in components it unloads, whose stacks no
-     * suppression can name.  Memory errors still are; the executor's own
-     * leaks are checked in process by the tests above. */
-    const char *asan = getenv("ASAN_OPTIONS");
-    char *keep = asan ? strdup(asan) : NULL, opts[512];
-    snprintf(opts, sizeof opts, "%s%sdetect_leaks=0", asan ? asan : "", asan ? ":" : "");
-    setenv("ASAN_OPTIONS", opts, 1);
     const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan, "--steps", n,
                           "--log", log, NULL};
-    run_progv(r, argv);
-    if (keep)
-        setenv("ASAN_OPTIONS", keep, 1);
-    else
-        unsetenv("ASAN_OPTIONS");
-    free(keep);
+    run_mpi(r, argv);
     if (r->status)
         return -1;
     FILE *f = fopen(log, "r");
@@ -164,13 +151,6 @@ static int mpi_run(const char *plan, int ranks, int steps, double *loss, double 
         fclose(f);
     unlink(log);
     return got == steps ? 0 : -1;
-}
-
-static bool have_mpirun(void)
-{
-    struct run r;
-    const char *argv[] = {"mpirun", "--version", NULL};
-    return run_progv(&r, argv) == 0 && r.status == 0;
 }
 
 /* Every data-parallel layout computes what one rank computes: the same
