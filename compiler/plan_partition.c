@@ -7,6 +7,7 @@
  *             from the model */
 #include "partition.h"
 #include "plan.h"
+#include "rank_plan.h"
 #include "program.h"
 #include "util.h"
 
@@ -189,16 +190,13 @@ struct partition *partition_from_plan(const char *path, struct diag *d)
 struct partition *partition_read_plan(struct plan *p, struct diag *d)
 {
     struct partition *P = wf_calloc(1, sizeof *P);
-    struct plan_reader r;
-    char name[256] = "", file[1024] = "";
+    struct plan_meta m;
     struct par_config pc;
     bool enc;
-    int rc = plan_read(p, "meta", &r, d);
-    if (rc == 0) {
-        plan_get_str(&r, name, sizeof name);
-        plan_get_str(&r, file, sizeof file);
-    }
-    P->g = ir_graph_new(name, file);
+    int rc = plan_meta_read(p, &m, d);
+    P->g = ir_graph_new(rc ? "" : m.model, rc ? "" : m.file);
+    if (rc == 0)
+        plan_meta_free(&m);
     if (rc == 0 && ir_layout_read(p, &pc, &enc, d) == 0 && (P->L = rank_layout_new(&pc, enc, d)) &&
         read_chunks(p, P, d) == 0 && read_graph(p, P, d) == 0 && read_xfers(p, P, d) == 0) {
         struct ir_schedule S;

@@ -70,27 +70,51 @@ static int read_outputs(struct plan *p, struct rank_plan *R, struct diag *d)
     return 0;
 }
 
-static int read_dims(struct plan *p, struct rank_plan *R, struct diag *d)
+int plan_meta_read(struct plan *p, struct plan_meta *m, struct diag *d)
 {
+    memset(m, 0, sizeof *m);
     struct plan_reader r;
     if (plan_read(p, "meta", &r, d))
         return -1;
-    char s[256];
-    for (int i = 0; i < 4; i++)
-        i == 2 ? (void)plan_get_u64(&r) : (void)plan_get_str(&r, s, sizeof s); /* name, file, digest, variant */
+    plan_get_str(&r, m->model, sizeof m->model);
+    plan_get_str(&r, m->file, sizeof m->file);
+    m->digest = plan_get_u64(&r);
+    plan_get_str(&r, m->variant, sizeof m->variant);
     uint32_t n = plan_get_u32(&r);
-    for (uint32_t i = 0; i < n && !r.bad; i++) {
-        plan_get_str(&r, s, sizeof s);
-        int64_t v = plan_get_i64(&r);
-        if (!strcmp(s, "vocab"))
-            R->vocab = v;
-        if (!strcmp(s, "seq"))
-            R->seq = v;
-    }
-    if (r.bad) {
-        diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
+    if (r.bad || n > (uint64_t)(r.end - r.at) / 12) { /* a dimension takes at least 12 bytes */
+        diag_error(d, NULL, 0, "plan section 'meta': %u dimensions: the plan is corrupted", n);
         return -1;
     }
+    m->dim_name = wf_calloc((size_t)n + 1, sizeof *m->dim_name);
+    m->dim_value = wf_calloc((size_t)n + 1, sizeof *m->dim_value);
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        plan_get_str(&r, m->dim_name[i], sizeof m->dim_name[i]);
+        m->dim_value[i] = plan_get_i64(&r);
+    }
+    m->n_dims = (int)n;
+    plan_get_str(&r, m->device, sizeof m->device);
+    m->step = plan_get_f64(&r);
+    m->bubble = plan_get_f64(&r);
+    if (r.bad) {
+        diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
+        plan_meta_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+void plan_meta_free(struct plan_meta *m)
+{
+    free(m->dim_name);
+    free(m->dim_value);
+    memset(m, 0, sizeof *m);
+}
+
+int64_t plan_meta_dim(const struct plan_meta *m, const char *name)
+{
+    for (int i = 0; i < m->n_dims; i++)
+        if (!strcmp(m->dim_name[i], name))
+            return m->dim_value[i];
     return 0;
 }
 
@@ -115,12 +139,13 @@ int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan 
         goto out;
     R->coords = R->L->ranks[rank];
     R->stage = R->coords.stage;
-    if (read_tensors(p, R, d) || read_outputs(p, R, d) || read_dims(p, R, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
+    if (read_tensors(p, R, d) || read_outputs(p, R, d) || plan_meta_read(p, &R->meta, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
         ir_memory_read(p, R->schedule.n_stages, R->stage, &R->memory, d) ||
         (plan_has(p, "actions.0") ? ir_actions_read(p, R->schedule.n_stages, R->stage, &R->actions, d)
                                   : (diag_error(d, NULL, 0, "%s has no actions: compile the plan again with this weft", path), -1)) ||
         kn_set_read(p, &R->kernels, d))
         goto out;
+    R->vocab = plan_meta_dim(&R->meta, "vocab");
     R->train = plan_has(p, "optimizer");
     if (R->train && optim_read(p, &R->opt, d))
         goto out;
@@ -135,6 +160,7 @@ void rank_plan_free(struct rank_plan *R)
     rank_layout_free(R->L);
     free(R->tensors);
     free(R->outputs);
+    plan_meta_free(&R->meta);
     ir_schedule_free(&R->schedule);
     ir_memory_free(&R->memory);
     ir_actions_free(&R->actions);

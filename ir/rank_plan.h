@@ -19,6 +19,21 @@
 #include "optim.h"
 #include "program.h"
 
+/* The plan's "meta" section: the model, its dimensions, the prediction. */
+struct plan_meta {
+    char model[256], file[1024], variant[64], device[64];
+    uint64_t digest;
+    int n_dims;
+    char (*dim_name)[64];
+    int64_t *dim_value;
+    double step, bubble;   /* the predicted step (seconds) and bubble on device */
+};
+
+int plan_meta_read(struct plan *p, struct plan_meta *m, struct diag *d);
+void plan_meta_free(struct plan_meta *m);
+/* A dimension's value by name, or 0. */
+int64_t plan_meta_dim(const struct plan_meta *m, const char *name);
+
 /* A tensor as the plan records it: its whole shape and how ranks split it. */
 struct rank_tensor {
     char name[128];
@@ -44,8 +59,8 @@ struct rank_plan {
     struct kn_set kernels;
     bool train;
     struct optim_config opt;
-    int64_t vocab;             /* the dimension bound to --vocab-size as written (0: none) */
-    int64_t seq;               /* the dimension "seq" (0: none) */
+    struct plan_meta meta;
+    int64_t vocab;             /* the dimension "vocab" as written (token ids are below it; 0: none) */
 };
 
 int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan *R, struct diag *d);

@@ -8,6 +8,7 @@
 #include "plan.h"
 #include "program.h"
 #include "actions.h"
+#include "rank_plan.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -15,44 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct meta {
-    char model[256], file[1024], variant[64], device[64];
-    uint64_t digest;
-    int n_dims;
-    char dim_name[64][64];
-    int64_t dim_value[64];
-    double step, bubble;
-};
-
-static int read_meta(struct plan *p, struct meta *m, struct diag *d)
-{
-    struct plan_reader r;
-    if (plan_read(p, "meta", &r, d))
-        return -1;
-    plan_get_str(&r, m->model, sizeof m->model);
-    plan_get_str(&r, m->file, sizeof m->file);
-    m->digest = plan_get_u64(&r);
-    plan_get_str(&r, m->variant, sizeof m->variant);
-    uint32_t n = plan_get_u32(&r);
-    m->n_dims = 0;
-    for (uint32_t i = 0; i < n && !r.bad; i++) {
-        char name[64];
-        plan_get_str(&r, name, sizeof name);
-        int64_t v = plan_get_i64(&r);
-        if (m->n_dims < 64) {
-            snprintf(m->dim_name[m->n_dims], 64, "%s", name);
-            m->dim_value[m->n_dims++] = v;
-        }
-    }
-    plan_get_str(&r, m->device, sizeof m->device);
-    m->step = plan_get_f64(&r);
-    m->bubble = plan_get_f64(&r);
-    if (r.bad) {
-        diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
-        return -1;
-    }
-    return 0;
-}
 
 /* One rank's arena: its regions, and what the activations hold. */
 static void print_arena(const struct ir_role_memory *m)
@@ -299,7 +262,7 @@ int cmd_inspect(int argc, char **argv)
     struct diag d;
     diag_init(&d);
     struct plan *p = plan_open(c.model, &d);
-    struct meta m;
+    struct plan_meta m = {0};
     struct par_config pc;
     bool enc;
     struct rank_layout *L = NULL;
@@ -309,7 +272,7 @@ int cmd_inspect(int argc, char **argv)
     struct optim_config opt;
     bool has_opt = p && plan_has(p, "optimizer");
     int rc = -1;
-    if (p && read_meta(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
+    if (p && plan_meta_read(p, &m, &d) == 0 && ir_layout_read(p, &pc, &enc, &d) == 0 && (L = rank_layout_new(&pc, enc, &d)) &&
         ir_schedule_read(p, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &S, &d) == 0) {
         rc = ir_memory_read(p, S.n_stages, c.rank >= 0 && c.rank < L->n_ranks ? L->ranks[c.rank].stage : -1, &mem, &d);
         if (rc == 0 && has_opt)
@@ -493,6 +456,7 @@ int cmd_inspect(int argc, char **argv)
     kn_set_free(&kernels);
     ir_schedule_free(&S);
     rank_layout_free(L);
+    plan_meta_free(&m);
     plan_close(p);
     diag_free(&d);
     return rc ? EXIT_BAD_INPUT : EXIT_OK;
