@@ -76,13 +76,13 @@ static struct ir_gemm gemm(int64_t batch, int64_t m, int64_t n, int64_t k, bool 
                             .a = a, .b = b, .c = c};
 }
 
-/* Whether op reads or writes across a transfer inside a step (not a
- * pipeline send): not lowered yet. */
+/* Whether op reads or writes across a transfer inside a step that is not
+ * lowered yet (all but the all-reduces; a pipeline send is the program's). */
 static bool awaits(const struct lowering *w, int op)
 {
     for (int x = 0; x < w->P->n_xfers; x++) {
         const struct part_xfer *px = &w->P->xfers[x];
-        if (px->op == op && px->kind != PART_XFER_SEND && px->kind != PART_XFER_SLICE)
+        if (px->op == op && px->kind != PART_XFER_SEND && px->kind != PART_XFER_ALL_REDUCE && px->kind != PART_XFER_ALL_REDUCE_MAX)
             return true;
     }
     return false;
@@ -155,6 +155,49 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
     return x;
 }
 
+/* A transfer as an action: an all-reduce (sum or max) in place on where
+ * it leaves its result; any other collective is not lowered yet. */
+static struct ir_action transfer(const struct lowering *w, int x, struct ir_ref where)
+{
+    const struct part_xfer *px = &w->P->xfers[x];
+    if (px->kind != PART_XFER_ALL_REDUCE && px->kind != PART_XFER_ALL_REDUCE_MAX)
+        return (struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)part_xfer_coll(px->kind),
+                                                                   .group = (uint8_t)ir_group_of_pdim(px->over)}};
+    int dtype = where.what == IR_BUF_STAGED || partition_elem_bytes(w->P, &w->P->g->tensors[px->tensor]) == 4 ? IR_DTYPE_F32
+                                                                                                             : IR_DTYPE_BF16;
+    return (struct ir_action){.kind = IR_ACT_COLL,
+                              .coll = {.coll = (uint8_t)part_xfer_coll(px->kind), .group = (uint8_t)ir_group_of_pdim(px->over),
+                                       .dtype = (uint8_t)dtype, .buf = where, .bytes = px->bytes}};
+}
+
+/* Whether a launch of op writes transfer x's buffer (the loss's maxima and
+ * sums): then x runs after that launch, not before the op. */
+static bool written_by_launch(const struct lowering *w, int op, int x)
+{
+    const struct kn_set *K = w->K;
+    for (int l = 0; l < K->n_launches; l++)
+        for (int i = 0; K->ops[K->launches[l].first_op] == op && i < K->launches[l].n_out; i++)
+            if (K->launches[l].out[i].xfer == x)
+                return true;
+    return false;
+}
+
+/* The transfers a step runs at op: forward, those that bring its inputs
+ * (before it); backward, those of the gradients it gives (after it), but a
+ * parameter's, which the program moves once for all micro-batches. */
+static void step_transfers(const struct lowering *w, int op, bool backward, struct ir_action_list *out)
+{
+    const struct partition *P = w->P;
+    for (int x = 0; x < P->n_xfers; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->op != op || px->grad != backward || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
+            (backward && P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM) || (!backward && written_by_launch(w, op, x)))
+            continue;
+        struct ir_action a = transfer(w, x, ref(w, backward ? IR_BUF_GRAD : IR_BUF_VALUE, px->tensor));
+        ir_action_push(out, &a);
+    }
+}
+
 static void forward_step(const struct lowering *w, const int *ops, int n, struct ir_action_list *out)
 {
     const struct ir_graph *g = w->P->g;
@@ -163,6 +206,7 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
     for (int a = 0; a < n; a++) {
         int op = ops[a];
         const struct ir_op *o = &g->ops[op];
+        step_transfers(w, op, false, out);
         if (o->kind == IR_OP_MATMUL) {
             matmul(w, op, false, out, NULL);
             continue;
@@ -173,6 +217,11 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
                 continue;
             struct ir_action x = launch(w, l, KN_ATTN_FWD, KN_ATTN_FWD);
             ir_action_push(out, &x);
+            for (int i = 0; i < L->n_out; i++) /* a transfer on what it wrote (the loss's maxima, then its sums) */
+                if (L->out[i].xfer >= 0) {
+                    struct ir_action t = transfer(w, L->out[i].xfer, read_ref(w, op, L->out[i].what, L->out[i].id, L->out[i].xfer));
+                    ir_action_push(out, &t);
+                }
         }
         if (loss >= 0 && o->out[0] == loss) { /* the loss's row losses, summed by the executor */
             struct ir_action x = {.kind = IR_ACT_LOSS, .loss = {.what = IR_BUF_ROWSTATS, .id = op}};
@@ -214,6 +263,7 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
         zero_from(w, 2 * n + 1 - w->pos[w->lead[op]], done, out);
         if (o->kind == IR_OP_MATMUL) {
             rc = matmul(w, op, true, out, d);
+            step_transfers(w, op, true, out);
             continue;
         }
         if (w->lead[op] != op)
@@ -226,19 +276,20 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
             if (attention && L->when == KN_WHEN_FORWARD && K->kernels[L->kernel].attn.backward) {
                 struct ir_action x = launch(w, l, KN_ATTN_DELTA, KN_ATTN_BWD_Q);
                 ir_action_push(out, &x);
-            } else if (L->when == KN_WHEN_BACKWARD || (L->when == KN_WHEN_FORWARD && K->kernels[L->kernel].kind == KN_KIND_ROUTE)) {
-                struct ir_action x = launch(w, l, 0, 0); /* a routing runs again for its gather's backward */
+            } else if (L->when == KN_WHEN_BACKWARD) { /* a routing's backward launch routes again for its gather's */
+                struct ir_action x = launch(w, l, 0, 0);
                 ir_action_push(out, &x);
             }
         }
+        step_transfers(w, op, true, out);
     }
     free(done);
     return rc;
 }
 
-/* Each parameter's sums of squares (where the rank counts it in the norm),
- * then each one's update. */
-static void optimizer_step(const struct lowering *w, int stage, struct ir_action_list *out)
+/* Each parameter's sums of squares, added into the norm's where the rank
+ * counts it (sums); each one's update (updates). */
+static void optimizer_step(const struct lowering *w, int stage, struct ir_action_list *sums, struct ir_action_list *updates)
 {
     const struct partition *P = w->P;
     const struct kn_set *K = w->K;
@@ -267,11 +318,11 @@ static void optimizer_step(const struct lowering *w, int stage, struct ir_action
             if (L->when != (pass ? KN_WHEN_OPTIMIZER : KN_WHEN_NORM) || P->chunks[L->chunk].stage != stage)
                 continue;
             struct ir_action x = launch(w, l, 0, 0);
-            ir_action_push(out, &x);
+            ir_action_push(pass ? updates : sums, &x);
             if (!pass && counts[L->domain]) {
                 struct ir_action s = {.kind = IR_ACT_SQSUM, .loss = {.what = IR_BUF_SUMSQ, .id = L->domain},
                                       .loss_rows = x.launch.args.rows, .sq_only_first = only_first[L->domain]};
-                ir_action_push(out, &s);
+                ir_action_push(sums, &s);
             }
         }
     free(counts);
@@ -291,32 +342,86 @@ static int64_t grad_extent(const struct ir_role_memory *m, int param, int64_t *s
     return 0;
 }
 
-/* The program's instructions that are not steps: a data-parallel bucket's
- * all-reduce on its range of GRADS (its parameters are adjacent there, in
- * the order the backward finishes them); the rest pending. */
-static void program_actions(const struct partition *P, const struct ir_program *prog, const struct ir_role_memory *m,
-                            struct ir_stage_actions *st)
+static void append(struct ir_action_list *to, const struct ir_action_list *from)
 {
+    for (int i = 0; i < from->n; i++)
+        ir_action_push(to, &from->v[i]);
+}
+
+/* The program's instructions that are not steps:
+ * - a collective a step runs itself (its tag a transfer): none here;
+ * - a data-parallel bucket's all-reduce, on its range of GRADS (its
+ *   parameters lie side by side there, in the order the backward finishes them);
+ * - a chunk's parameter gradients partial over a group: an all-reduce each,
+ *   in one order on every member;
+ * - the norm's all-reduce: the sums of squares first, then the sum over the
+ *   model-parallel group (forward-only plans have none);
+ * - the optimizer: the sums where no norm collective ran them, then the updates;
+ * - the rest (pipeline transfers, tied parameters' sums) pending. */
+static void program_actions(const struct lowering *w, const struct ir_program *prog, struct ir_stage_actions *st,
+                            const struct ir_action_list *sums, const struct ir_action_list *updates)
+{
+    const struct partition *P = w->P;
+    const struct ir_role_memory *m = w->m;
     st->n_ins = prog->n;
     st->ins = wf_calloc((size_t)prog->n + 1, sizeof *st->ins);
     int64_t *bytes = wf_calloc(SCHED_MAX_BUCKETS, sizeof *bytes);
     int *first = wf_calloc(SCHED_MAX_BUCKETS, sizeof *first), *last = wf_calloc(SCHED_MAX_BUCKETS, sizeof *last);
+    bool summed = false;
     for (int i = 0; i < prog->n; i++) {
         const struct ir_ins *x = &prog->ins[i];
-        if (x->kind == IR_INS_FORWARD || x->kind == IR_INS_BACKWARD || x->kind == IR_INS_OPTIMIZER)
+        struct ir_action_list *out = &st->ins[i];
+        if (x->kind == IR_INS_FORWARD || x->kind == IR_INS_BACKWARD)
             continue;
+        if (x->kind == IR_INS_OPTIMIZER) {
+            if (!summed)
+                append(out, sums);
+            append(out, updates);
+            continue;
+        }
+        if (x->kind == IR_INS_COLLECTIVE && x->tag < SCHED_TAG_GRADS && x->group != IR_GROUP_TIED) {
+            const struct part_xfer *px = &P->xfers[x->tag];
+            if (P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM) /* a parameter's gradient moved otherwise than summed */
+                ir_action_push(out, &(struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)x->coll, .group = (uint8_t)x->group}});
+            continue; /* the step ran it */
+        }
         if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_DP_CP && x->tag >= SCHED_TAG_GRADS && x->tag < SCHED_TAG_NORM) {
             int c = (x->tag - SCHED_TAG_GRADS) / SCHED_MAX_BUCKETS, b = (x->tag - SCHED_TAG_GRADS) % SCHED_MAX_BUCKETS;
             int n = schedule_grad_buckets(P, c, bytes, first, last);
             WF_ASSERT(b < n);
             int64_t lo, hi, end = grad_extent(m, last[b], &hi);
             grad_extent(m, first[b], &lo);
-            struct ir_action a = {.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_DP_CP, .dtype = IR_DTYPE_F32,
-                                                              .buf = {.what = IR_BUF_GRAD, .id = first[b]}, .bytes = hi + end - lo}};
-            ir_action_push(&st->ins[i], &a);
+            ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
+                                                    .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_DP_CP, .dtype = IR_DTYPE_F32,
+                                                             .buf = {.what = IR_BUF_GRAD, .id = first[b]}, .bytes = hi + end - lo}});
             continue;
         }
-        ir_action_push(&st->ins[i], &(struct ir_action){.kind = IR_ACT_PENDING});
+        if (x->kind == IR_INS_COLLECTIVE && x->tag >= SCHED_TAG_PARAM_GRADS && x->group != IR_GROUP_TIED) {
+            int c = (x->tag - SCHED_TAG_PARAM_GRADS) / IR_GROUP_COUNT, g = (x->tag - SCHED_TAG_PARAM_GRADS) % IR_GROUP_COUNT;
+            for (int k = 0; k < P->n_xfers; k++) { /* as the schedule coalesced them */
+                const struct part_xfer *px = &P->xfers[k];
+                if (!px->grad || px->to_chunk != c || px->kind != PART_XFER_ALL_REDUCE || ir_group_of_pdim(px->over) != g ||
+                    P->g->tensors[px->tensor].kind != IR_TENSOR_PARAM)
+                    continue;
+                int64_t start, have = grad_extent(m, px->tensor, &start);
+                (void)start;
+                ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
+                                                        .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)g, .dtype = IR_DTYPE_F32,
+                                                                 .buf = {.what = IR_BUF_GRAD, .id = px->tensor}, .bytes = have}});
+            }
+            continue;
+        }
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_MP && x->tag == SCHED_TAG_NORM) {
+            append(out, sums);
+            summed = true;
+            ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
+                                                    .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_MP, .dtype = IR_DTYPE_F32,
+                                                             .buf = {.what = IR_BUF_NORM, .id = -1}, .bytes = 4}});
+            continue;
+        }
+        ir_action_push(out, &(struct ir_action){.kind = IR_ACT_PENDING,
+                                                .coll = {.coll = x->kind == IR_INS_COLLECTIVE ? (uint8_t)x->coll : IR_COLL_COUNT,
+                                                         .group = x->kind == IR_INS_COLLECTIVE ? (uint8_t)x->group : IR_GROUP_COUNT}});
     }
     free(bytes);
     free(first);
@@ -362,9 +467,12 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
             if (!S->forward_only)
                 rc = backward_step(&w, ops, n, &st->backward[v], d);
         }
+        struct ir_action_list sums = {0}, updates = {0};
         if (!S->forward_only)
-            optimizer_step(&w, s, &st->optimizer);
-        program_actions(P, &S->programs[s], w.m, st);
+            optimizer_step(&w, s, &sums, &updates);
+        program_actions(&w, &S->programs[s], st, &sums, &updates);
+        free(sums.v);
+        free(updates.v);
     }
     free(ops);
     free(w.needs);

@@ -266,19 +266,24 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
         if (p >= 0 && st->pos[p])
             span_at(st->bwd_first, st->bwd_last, memory_root(P, st->pos, g->outputs[0]), n + 1);
     }
-    for (int a = 0; a < n; a++) { /* the routing's scratch, alive while its op's launches run */
-        int op = st->ops[a];
+    for (int a = 0; a < n; a++) { /* the routing's scratch: one buffer an op, alive from its forward's routing to its
+                                     * backward's (one identity, so a launch finds it by op alone) */
+        int op = st->ops[a], first = 0, last = 0;
         for (int pass = 0; pass < 2; pass++) {
             if (!(fu->routed[op] & (1 << pass)) || (pass && !train))
                 continue;
             int when = pass ? 2 * n + 1 - AT(op) : AT(op);
-            int64_t entries, topk, experts, capacity;
-            fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
-            push(working, (struct ir_buf){.what = IR_BUF_ROUTES, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
-                                          .first = when, .last = when, .bytes = entries * 4});
-            push(working, (struct ir_buf){.what = IR_BUF_FILLS, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
-                                          .first = when, .last = when, .bytes = experts * capacity * 4});
+            first = first ? first : when;
+            last = when;
         }
+        if (!first)
+            continue;
+        int64_t entries, topk, experts, capacity;
+        fuse_route_sizes(P, op, &entries, &topk, &experts, &capacity);
+        push(working, (struct ir_buf){.what = IR_BUF_ROUTES, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
+                                      .first = first, .last = last, .bytes = entries * 4});
+        push(working, (struct ir_buf){.what = IR_BUF_FILLS, .region = IR_REGION_WORKING, .id = op, .vstage = v, .micro = -1,
+                                      .first = first, .last = last, .bytes = experts * capacity * 4});
     }
     for (int t = 0; t < g->n_tensors; t++) {
         if (st->fwd_first[t])

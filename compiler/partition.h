@@ -16,6 +16,7 @@
 
 #include "compiler.h"
 #include "layout.h"
+#include "program.h"
 
 /* A pipeline chunk: the layers one pipeline rank runs as one (virtual) stage. */
 struct part_chunk {
@@ -48,6 +49,8 @@ enum part_xfer_kind {
 };
 
 const char *part_xfer_name(enum part_xfer_kind k);
+/* The collective a transfer is (a send or a slice is none: a bug to ask). */
+enum ir_coll part_xfer_coll(enum part_xfer_kind k);
 
 struct part_xfer {
     enum part_xfer_kind kind;

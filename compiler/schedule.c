@@ -121,26 +121,6 @@ static int p2p_flush(struct ir_program *prog, struct pending *pd, struct diag *d
     return 0;
 }
 
-static enum ir_group group_of_pdim(enum ir_pdim p)
-{
-    switch (p) {
-    case IR_PDIM_CP: return IR_GROUP_CP;
-    case IR_PDIM_EP: return IR_GROUP_EP;
-    case IR_PDIM_XTP: return IR_GROUP_EXPERT_TP;
-    default: return IR_GROUP_TP;
-    }
-}
-
-static enum ir_coll coll_of(enum part_xfer_kind k)
-{
-    switch (k) {
-    case PART_XFER_ALL_GATHER: return IR_COLL_ALL_GATHER;
-    case PART_XFER_REDUCE_SCATTER: return IR_COLL_REDUCE_SCATTER;
-    case PART_XFER_ALL_TO_ALL: return IR_COLL_ALL_TO_ALL;
-    case PART_XFER_ALL_REDUCE_MAX: return IR_COLL_ALL_REDUCE_MAX;
-    default: return IR_COLL_ALL_REDUCE;
-    }
-}
 
 
 static bool is_param(const struct partition *P, int t) { return P->g->tensors[t].kind == IR_TENSOR_PARAM; }
@@ -300,8 +280,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                     if (px->grad != st->backward || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
                         !in_step(P, s, st, px->to_chunk) || (px->grad && is_param(P, px->tensor)))
                         continue;
-                    ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
-                                                           .group = group_of_pdim(px->over), .tag = x, .bytes = px->bytes});
+                    ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = part_xfer_coll(px->kind),
+                                                           .group = (enum ir_group)ir_group_of_pdim(px->over), .tag = x, .bytes = px->bytes});
                 }
                 /* The last micro-batch's backward finishes the chunk's
                  * gradients.  A parameter's gradient accumulates over the
@@ -322,10 +302,10 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                             continue;
                         int64_t bytes = ir_shape_numel(&px->shape) * 4;
                         if (px->kind == PART_XFER_ALL_REDUCE)
-                            coalesced[group_of_pdim(px->over)] += bytes;
+                            coalesced[(enum ir_group)ir_group_of_pdim(px->over)] += bytes;
                         else
-                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = coll_of(px->kind),
-                                                                   .group = group_of_pdim(px->over), .tag = x, .bytes = bytes});
+                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = part_xfer_coll(px->kind),
+                                                                   .group = (enum ir_group)ir_group_of_pdim(px->over), .tag = x, .bytes = bytes});
                     }
                     for (int g = 0; g < IR_GROUP_COUNT; g++)
                         if (coalesced[g])

@@ -36,6 +36,18 @@ static const char *xfer_names[] = {
 
 const char *part_xfer_name(enum part_xfer_kind k) { return xfer_names[k]; }
 
+enum ir_coll part_xfer_coll(enum part_xfer_kind k)
+{
+    switch (k) {
+    case PART_XFER_ALL_REDUCE: return IR_COLL_ALL_REDUCE;
+    case PART_XFER_ALL_GATHER: return IR_COLL_ALL_GATHER;
+    case PART_XFER_REDUCE_SCATTER: return IR_COLL_REDUCE_SCATTER;
+    case PART_XFER_ALL_TO_ALL: return IR_COLL_ALL_TO_ALL;
+    case PART_XFER_ALL_REDUCE_MAX: return IR_COLL_ALL_REDUCE_MAX;
+    default: WF_ASSERT(!"a send or a slice is no collective"); return IR_COLL_COUNT;
+    }
+}
+
 enum shard_class {
     SC_UNSET, SC_UNARY, SC_LINEAR, SC_ADD, SC_MUL, SC_BIAS_ADD, SC_NORM, SC_SOFTMAX, SC_MATMUL, SC_ATTENTION,
     SC_ROTARY, SC_SPLIT_HEADS, SC_MERGE_HEADS, SC_EMBEDDING, SC_POSITION_EMBEDDING, SC_CROSS_ENTROPY, SC_ROUTER,

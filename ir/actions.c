@@ -32,7 +32,6 @@ void ir_actions_free(struct ir_actions *A)
         }
         free(st->forward);
         free(st->backward);
-        free(st->optimizer.v);
         for (int i = 0; i < st->n_ins; i++)
             free(st->ins[i].v);
         free(st->ins);
@@ -82,7 +81,12 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         snprintf(buf, n, "sqsum: [%s], %lld rows%s", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows,
                  a->sq_only_first ? " (where this rank counts it)" : "");
         break;
-    case IR_ACT_PENDING: snprintf(buf, n, "not lowered yet"); break;
+    case IR_ACT_PENDING:
+        if (a->coll.coll < IR_COLL_COUNT && a->coll.group < IR_GROUP_COUNT)
+            snprintf(buf, n, "%s over %s, not lowered yet", ir_coll_name((enum ir_coll)a->coll.coll), ir_group_name((enum ir_group)a->coll.group));
+        else
+            snprintf(buf, n, "not lowered yet");
+        break;
     default: snprintf(buf, n, "?");
     }
     if (a->awaits) {
@@ -172,11 +176,11 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         break;
     }
     case IR_ACT_ZERO:
-    case IR_ACT_PENDING: /* PENDING: zero says what (an instruction's kind, its tag) */
         put_ref(w, &a->zero);
         plan_put_i64(w, a->zero_bytes);
         break;
     case IR_ACT_COLL:
+    case IR_ACT_PENDING: /* PENDING: the collective it would be (IR_COLL_COUNT: none, a pipeline transfer) */
         plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype);
         put_ref(w, &a->coll.buf);
         plan_put_i64(w, a->coll.bytes);
@@ -243,15 +247,15 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         break;
     }
     case IR_ACT_ZERO:
-    case IR_ACT_PENDING:
         get_ref(r, &a->zero);
         a->zero_bytes = plan_get_i64(r);
         break;
     case IR_ACT_COLL:
+    case IR_ACT_PENDING:
         a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r);
         get_ref(r, &a->coll.buf);
         a->coll.bytes = plan_get_i64(r);
-        if (a->coll.coll >= IR_COLL_COUNT || a->coll.group >= IR_GROUP_COUNT)
+        if (a->kind == IR_ACT_COLL && (a->coll.coll >= IR_COLL_COUNT || a->coll.group >= IR_GROUP_COUNT || a->coll.dtype >= IR_DTYPE_COUNT))
             r->bad = true;
         break;
     case IR_ACT_LOSS:
@@ -297,7 +301,6 @@ void ir_actions_write(struct plan_writer *w, const struct ir_actions *A)
             put_list(w, &st->forward[v]);
             put_list(w, &st->backward[v]);
         }
-        put_list(w, &st->optimizer);
         plan_put_u32(w, (uint32_t)st->n_ins);
         for (int i = 0; i < st->n_ins; i++)
             put_list(w, &st->ins[i]);
@@ -332,7 +335,6 @@ int ir_actions_read(struct plan *p, int n_stages, int stage, struct ir_actions *
         int bad = 0;
         for (uint32_t v = 0; v < nv && !bad; v++)
             bad = get_list(&r, &st->forward[v]) || get_list(&r, &st->backward[v]);
-        bad = bad || get_list(&r, &st->optimizer);
         uint32_t ni = bad ? 0 : plan_get_u32(&r);
         if (ni > (uint64_t)(r.end - r.at) / 4)
             bad = 1;
@@ -452,8 +454,6 @@ int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, cons
             if (check_list(&st->forward[v], &M->roles[s], K, s, v, "forward", d) ||
                 check_list(&st->backward[v], &M->roles[s], K, s, v, "backward", d))
                 return -1;
-        if (check_list(&st->optimizer, &M->roles[s], K, s, -1, "optimizer", d))
-            return -1;
         for (int i = 0; i < st->n_ins; i++)
             if (check_list(&st->ins[i], &M->roles[s], K, s, -1, "program", d))
                 return -1;

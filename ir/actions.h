@@ -5,7 +5,8 @@
  *   struct ir_actions A;
  *   ir_actions_read(plan, stage, &A, &diag);      // this stage's lists
  *   const struct ir_action_list *fw = ir_actions_step(&A, vstage, false);
- *   for (int i = 0; i < fw->n; i++)  run(&fw->v[i]);  // GEMM, LAUNCH, ZERO, COLL, LOSS
+ *   for (int i = 0; i < fw->n; i++)  run(&fw->v[i]);  // GEMM, LAUNCH, ZERO, COLL, LOSS, SQSUM
+ *   A.stages[s].ins[i]                             // program instruction i's, when it is no step
  *   ir_actions_free(&A);
  *
  * Lists: per virtual stage a forward and a backward step, then the
@@ -108,10 +109,10 @@ struct ir_action_list {
 struct ir_stage_actions {
     int n_vstages;
     struct ir_action_list *forward, *backward; /* [n_vstages] */
-    struct ir_action_list optimizer;           /* the norm's sums, then the updates */
     int n_ins;
     struct ir_action_list *ins;                /* per instruction of the stage's program that is not a step: its
-                                                * actions (a data-parallel bucket's all-reduce: its byte range of GRADS) */
+                                                * actions (a bucket's all-reduce: its byte range of GRADS; the norm's
+                                                * sums and all-reduce; the optimizer's updates) */
 };
 
 struct ir_actions {

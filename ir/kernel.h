@@ -299,7 +299,8 @@ extern const char kn_args_source[];
  * i*bias_si + j (bias_sb 0: one bias for the batch).  Key j is seen by
  * query i unless causal and k_pos0 + j > q_pos0 + i.  stats: per (b, h, i)
  * the row's max score and its sum of exponentials; delta: scratch of
- * B*Hq*Sq floats for the backward; dbias is written in the bias's layout. */
+ * B*Hq*Sq floats for the backward; dbias is added into, in the bias's layout
+ * (layers that share a bias sum their gradients; the caller zeroes it first). */
 #define KN_ATTN_FIELDS                                                         \
     int64_t B, Hq, Hk, Sq, Sk;                                                 \
     int64_t q_off, q_sb, q_sh, q_ss, q_hg, q_sg, k_off, k_sb, k_sh, k_ss;      \

@@ -18,7 +18,7 @@ const char *ir_region_name(enum ir_region r) { return r < IR_REGION_COUNT ? regi
 
 static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row statistics", "block",
                                                 "exp_avg", "exp_avg_sq", "master weights", "sums of squares",
-                                                "routes", "fills", "staged result"};
+                                                "routes", "fills", "norm", "staged result"};
 
 const char *ir_buf_what_name(int what) { return what >= 0 && what < IR_BUF_COUNT ? what_names[what] : "?"; }
 
@@ -155,9 +155,13 @@ int64_t ir_memory_find(const struct ir_role_memory *m, int what, int id, int vst
         *bytes = m->size[IR_REGION_COMM];
         return m->base[IR_REGION_COMM];
     }
-    if (what == IR_BUF_SUMSQ) { /* one parameter's at a time, summed before the next */
-        *bytes = m->size[IR_REGION_WORKSPACE];
+    if (what == IR_BUF_NORM) {
+        *bytes = 4;
         return m->base[IR_REGION_WORKSPACE];
+    }
+    if (what == IR_BUF_SUMSQ) { /* one parameter's at a time, summed before the next */
+        *bytes = m->size[IR_REGION_WORKSPACE] - IR_ALIGN;
+        return m->base[IR_REGION_WORKSPACE] + IR_ALIGN;
     }
     if (what == IR_BUF_EXP_AVG || what == IR_BUF_EXP_AVG_SQ || what == IR_BUF_MASTER) { /* laid out like GRADS */
         int64_t g = ir_memory_find(m, IR_BUF_GRAD, id, -1, -1, bytes);

@@ -76,6 +76,7 @@ enum ir_buf_what {
     IR_BUF_SUMSQ,    /* scratch: per-row sums of squares of parameter id's gradient (the global norm's) */
     IR_BUF_ROUTES,   /* scratch: MoE op id's routing, per (token, choice) its row of the experts' buffer, or -1 */
     IR_BUF_FILLS,    /* scratch: and per row of that buffer the (token, choice) it holds, or -1 */
+    IR_BUF_NORM,     /* the step's sum of squared gradients (an f32, at the workspace's start; SUMSQ follows it) */
     IR_BUF_STAGED,   /* transfer id's result, in COMM (an all-gather's whole, a reduce-scatter's or all-to-all's
                       * share, the loss's row maxima and then its sums) */
     IR_BUF_COUNT

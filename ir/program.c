@@ -33,6 +33,17 @@ static const char *sched_names[] = {
 
 const char *ir_coll_name(enum ir_coll c) { return coll_names[c]; }
 const char *ir_group_name(enum ir_group g) { return group_names[g]; }
+
+int ir_group_of_pdim(int pdim)
+{
+    switch (pdim) {
+    case IR_PDIM_TP: return IR_GROUP_TP;
+    case IR_PDIM_CP: return IR_GROUP_CP;
+    case IR_PDIM_EP: return IR_GROUP_EP;
+    case IR_PDIM_XTP: return IR_GROUP_EXPERT_TP;
+    default: return -1;
+    }
+}
 const char *ir_sched_name(enum ir_sched_kind k) { return sched_names[k]; }
 
 int ir_sched_parse(const char *s)

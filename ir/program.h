@@ -59,6 +59,9 @@ enum ir_group {
 
 const char *ir_coll_name(enum ir_coll c);
 const char *ir_group_name(enum ir_group g);
+/* The group a collective over a parallel dimension (enum ir_pdim) runs in:
+ * tp's, cp's, ep's or expert tp's; -1 for none (a pipeline send). */
+int ir_group_of_pdim(int pdim);
 
 /* The most transfers one P2P group may hold: the plan file counts them in
  * a byte.  The schedule refuses a model that would need more. */

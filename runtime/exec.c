@@ -22,8 +22,11 @@ struct exec {
     int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
     int64_t loss_rows;       /* per micro-batch */
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
-    double loss_sum, sq_sum;
+    double loss_sum;
     long iteration;
+    double lr;               /* this step's learning rate */
+    double norm;             /* the gradients' global norm, once the updates begin; -1 before */
+    double clip;             /* the factor the updates scale gradients by */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
 };
@@ -165,20 +168,33 @@ static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
 /* The float arguments a fused launch takes from the run: the loss's
  * gradient scale (the loss's backward reads the loss op's row statistics),
  * AdamW's step. */
-static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a, double clip, double lr)
+/* The tokens the loss averages over: this rank's rows, every micro-batch,
+ * every data-parallel replica and context-parallel share. */
+static double loss_tokens(const struct exec *x)
+{
+    const struct par_config *pc = &x->R->L->pc;
+    return (double)x->loss_rows * x->R->schedule.n_micro * pc->dp * pc->cp;
+}
+
+static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a)
 {
     if (L->when == KN_WHEN_BACKWARD)
         for (int i = 0; i < L->n_in; i++)
-            if (L->in[i].what == IR_BUF_ROWSTATS && L->in[i].id == x->loss_op) /* mean over micro-batches and replicas */
-                a->arg[0] = (float)(1.0 / ((double)x->loss_rows * x->R->schedule.n_micro * x->R->L->pc.dp));
+            if (L->in[i].what == IR_BUF_ROWSTATS && L->in[i].id == x->loss_op) /* the mean over every token */
+                a->arg[0] = (float)(1.0 / loss_tokens(x));
     if (L->when == KN_WHEN_OPTIMIZER) {
+        if (x->norm < 0) { /* the first update: every sum of squares is in, summed over the model's ranks */
+            struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
+            x->norm = sqrt(*(const float *)at(x, &r, -1, -1));
+            x->clip = optim_clip_coeff(&x->R->opt, x->norm);
+        }
         long t = x->iteration + 1;
-        a->arg[0] = (float)lr, a->arg[1] = (float)clip;
+        a->arg[0] = (float)x->lr, a->arg[1] = (float)x->clip;
         a->arg[2] = (float)(1 / (1 - pow(x->R->opt.beta1, (double)t))), a->arg[3] = (float)(1 / (1 - pow(x->R->opt.beta2, (double)t)));
     }
 }
 
-static int launch(struct exec *x, const struct ir_launch *il, int v, int j, double clip, double lr, struct diag *d)
+static int launch(struct exec *x, const struct ir_launch *il, int v, int j, struct diag *d)
 {
     const struct kn_launch *L = &x->R->kernels.launches[il->launch];
     const struct kn_entry *e = &x->R->kernels.kernels[L->kernel];
@@ -186,7 +202,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, doub
         struct kn_args a;
         ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
         a.seed = dropout_seed(x, j);
-        float_args(x, L, &a, clip, lr);
+        float_args(x, L, &a);
         for (int i = 0; i < L->n_in; i++)
             a.in[i] = at(x, &il->in[i], v, j);
         for (int i = 0; i < L->n_out; i++)
@@ -211,7 +227,8 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, doub
         a.dout = grad_at(x, &il->out[0], v, j);
         a.dq = grad_at(x, &il->in[0], v, j), a.dk = grad_at(x, &il->in[1], v, j), a.dv = grad_at(x, &il->in[2], v, j);
         a.dbias = e->attn.bias_grad ? grad_at(x, &il->in[3], v, j) : NULL;
-        a.delta = (float *)(x->arena + x->m->base[IR_REGION_WORKSPACE]);
+        struct ir_ref scratch = {.what = IR_BUF_SUMSQ, .id = -1}; /* the workspace's scratch: the norm's sums use it later */
+        a.delta = at(x, &scratch, v, j);
     }
     for (int f = il->fn_first; f <= il->fn_last; f++)
         if (backend_attention(x->be, L->kernel, (enum kn_attn_fn)f, &a, d))
@@ -219,7 +236,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, doub
     return 0;
 }
 
-static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, double clip, double lr, struct diag *d)
+static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d)
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
@@ -227,15 +244,15 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         switch (a->kind) {
         case IR_ACT_GEMM: gemm(x, &a->gemm, v, j); break;
         case IR_ACT_LAUNCH:
-            if (launch(x, &a->launch, v, j, clip, lr, d))
+            if (launch(x, &a->launch, v, j, d))
                 return -1;
             x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += now() - t0;
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
         case IR_ACT_COLL: {
             const struct ir_coll_action *c = &a->coll;
-            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, at(x, &c->buf, v, j), c->bytes / 4, c->dtype,
-                                                    (enum ir_coll)c->coll, d))
+            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, at(x, &c->buf, v, j),
+                                                    c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, (enum ir_coll)c->coll, d))
                 return -1;
             break;
         }
@@ -251,8 +268,11 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
                 if ((a->sq_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
                     counts = false;
             const float *s = at(x, &a->loss, v, j);
+            double sum = 0;
             for (int64_t r = 0; counts && r < a->loss_rows; r++)
-                x->sq_sum += s[r];
+                sum += s[r];
+            struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
+            *(float *)at(x, &nr, v, j) += (float)sum;
             break;
         }
         default: {
@@ -262,6 +282,18 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         }
         }
         x->action_seconds[a->kind] += now() - t0;
+        if (getenv("WEFT_DEBUG_NAN")) {
+            const struct ir_ref *outs[8]; int no = 0;
+            if (a->kind == IR_ACT_GEMM) outs[no++] = &a->gemm.c;
+            if (a->kind == IR_ACT_LAUNCH) for (int k = 0; k < a->launch.n_out; k++) outs[no++] = &a->launch.out[k];
+            for (int k = 0; k < no; k++) {
+                int64_t bytes, o = ir_memory_find(x->m, outs[k]->what, outs[k]->id, v, j, &bytes);
+                if (o < 0 || outs[k]->what == IR_BUF_MASK || outs[k]->what == IR_BUF_ROUTES || outs[k]->what == IR_BUF_FILLS) continue;
+                const float *f = (const float *)(x->arena + o);
+                int64_t bad = 0; for (int64_t e = 0; e < bytes / 4; e++) bad += !isfinite(f[e]);
+                if (bad) { char s2[256]; fprintf(stderr, "NaN: action %d (%s) out %d: %lld of %lld\n", i, ir_action_str(a, s2, sizeof s2), k, (long long)bad, (long long)bytes/4); }
+            }
+        }
     }
     return 0;
 }
@@ -274,14 +306,26 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
     }
     const struct ir_program *prog = &R->schedule.programs[R->stage];
     const struct ir_stage_actions *acts = &R->actions.stages[R->stage];
-    for (int i = 0; i < prog->n; i++)
-        if (i >= acts->n_ins || (acts->ins[i].n && acts->ins[i].v[0].kind == IR_ACT_PENDING)) {
+    for (int i = 0; i < prog->n; i++) {
+        const struct ir_ins *ins = &prog->ins[i];
+        const struct ir_action_list *l = i >= acts->n_ins ? NULL
+                                       : ins->kind == IR_INS_FORWARD ? &acts->forward[ins->vstage]
+                                       : ins->kind == IR_INS_BACKWARD ? &acts->backward[ins->vstage] : &acts->ins[i];
+        int pending = -1;
+        for (int k = 0; l && k < l->n && pending < 0; k++)
+            if (l->v[k].kind == IR_ACT_PENDING || l->v[k].awaits)
+                pending = k;
+        if (!l || pending >= 0) {
             char s[256];
-            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s): this weft does not run it yet (data parallel "
-                                   "layouts run; tensor, context, expert and pipeline parallel ones come next)",
-                       R->rank, i, ir_ins_str(&prog->ins[i], s, sizeof s));
+            char a[256] = "its actions are missing";
+            if (l)
+                ir_action_str(&l->v[pending], a, sizeof a);
+            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data "
+                                   "and tensor parallel layouts run; sequence, context, expert and pipeline parallel ones come next)",
+                       R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
             return NULL;
         }
+    }
     if (R->L->n_ranks > 1 && !comm) {
         diag_error(d, NULL, 0, "weft run: a plan for %d ranks needs a communicator", R->L->n_ranks);
         return NULL;
@@ -327,34 +371,24 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     x->iteration = iteration;
-    x->loss_sum = x->sq_sum = 0;
+    x->loss_sum = 0;
+    x->norm = -1, x->clip = 1;
+    x->lr = x->R->train ? optim_lr(&x->R->opt, iteration) : 0;
     memset(x->action_seconds, 0, sizeof x->action_seconds);
     memset(x->arena + x->m->base[IR_REGION_GRADS], 0, (size_t)x->m->size[IR_REGION_GRADS]);
+    struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
+    *(float *)at(x, &nr, -1, -1) = 0;
     const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
-    double lr = x->R->train ? optim_lr(&x->R->opt, iteration) : 0, norm = 0;
     for (int i = 0; i < prog->n; i++) {
         const struct ir_ins *ins = &prog->ins[i];
         int rc = 0;
         if (ins->kind == IR_INS_FORWARD) {
             fill_inputs(x, ins->vstage, ins->micro);
-            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
+            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
         } else if (ins->kind == IR_INS_BACKWARD)
-            rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, 1, lr, d);
-        else if (ins->kind == IR_INS_COLLECTIVE || ins->kind == IR_INS_P2P)
-            rc = run_list(x, &x->acts->ins[i], -1, -1, 1, lr, d);
-        else if (ins->kind == IR_INS_OPTIMIZER) {
-            /* the norm's sums (launches up to the last SQSUM), the clip factor, then the updates */
-            const struct ir_action_list *o = &x->acts->optimizer;
-            int split = 0;
-            for (int k = 0; k < o->n; k++)
-                if (o->v[k].kind == IR_ACT_SQSUM)
-                    split = k + 1;
-            struct ir_action_list sums = {.n = split, .v = o->v}, steps = {.n = o->n - split, .v = o->v + split};
-            rc = run_list(x, &sums, -1, -1, 1, lr, d);
-            norm = sqrt(x->sq_sum);
-            if (!rc)
-                rc = run_list(x, &steps, -1, -1, optim_clip_coeff(&x->R->opt, norm), lr, d);
-        }
+            rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, d);
+        else
+            rc = run_list(x, &x->acts->ins[i], -1, -1, d);
         if (rc) {
             char s[256];
             diag_note(d, NULL, 0, "rank %d was at instruction %d of its program (%s), iteration %ld", x->R->rank, i,
@@ -364,16 +398,15 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     }
     /* the loss every replica saw: summed over the data-parallel group (Megatron averages it so for its log) */
     float sum = (float)x->loss_sum;
-    if (x->comm && x->R->L->pc.dp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, &sum, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+    if (x->comm && x->R->L->pc.dp * x->R->L->pc.cp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, &sum, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
         return -1;
     x->loss_sum = sum;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    const struct par_config *pc = &x->R->L->pc;
-    st->loss = x->loss_rows ? x->loss_sum / ((double)x->loss_rows * x->R->schedule.n_micro * pc->dp) : 0;
-    st->grad_norm = norm;
-    st->lr = lr;
+    st->loss = x->loss_rows ? x->loss_sum / loss_tokens(x) : 0;
+    st->grad_norm = x->norm < 0 ? 0 : x->norm;
+    st->lr = x->lr;
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    st->tokens = (int64_t)x->loss_rows * x->R->schedule.n_micro * pc->dp;
+    st->tokens = (int64_t)loss_tokens(x);
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

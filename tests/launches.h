@@ -196,8 +196,9 @@ static inline void lrun_prepare_attention(const struct partition *P, struct lrun
         if (!elems)
             continue;
         bool in = b == KN_ATTN_BUF_Q || b == KN_ATTN_BUF_K || b == KN_ATTN_BUF_V || b == KN_ATTN_BUF_BIAS || b == KN_ATTN_BUF_DOUT;
+        bool adds = b == KN_ATTN_BUF_DBIAS; /* a bias's gradient is added into (layers share a bias): it starts with values */
         int dtype = b == KN_ATTN_BUF_STATS || b == KN_ATTN_BUF_DELTA ? IR_DTYPE_F32 : c->dtype;
-        int i = lrun_buf(x, kn_attn_buf_name[b], dtype, elems, !in, !in, -1, 1, 0);
+        int i = lrun_buf(x, kn_attn_buf_name[b], dtype, elems, !in, !in && !adds, -1, 1, 0);
         x->bufs[i].attn = b; /* q, k, v, out may be views with gaps: none is stored whole */
     }
 }

@@ -80,6 +80,114 @@ static void test_loss_matches_reference(void **state)
     }
 }
 
+/* The reference's gradient of the loss with respect to every tensor, by
+ * ref_op_backward over the ops in reverse (each adds into its inputs'). */
+static float **reference_gradients(struct ref *r, const struct ir_graph *g, struct diag *d)
+{
+    float **grad = calloc((size_t)g->n_tensors, sizeof *grad);
+    int loss = ir_graph_loss(g);
+    grad[loss] = calloc(1, sizeof(float));
+    grad[loss][0] = 1;
+    for (int i = g->n_ops - 1; i >= 0; i--) {
+        const struct ir_op *o = &g->ops[i];
+        float *gout[IR_MAX_OUT] = {0}, *gin[IR_MAX_IN] = {0};
+        bool any = false;
+        for (int k = 0; k < o->n_out; k++)
+            any |= (gout[k] = o->out[k] >= 0 ? grad[o->out[k]] : NULL) != NULL;
+        if (!any)
+            continue;
+        for (int k = 0; k < o->n_in; k++) {
+            int t = o->in[k];
+            if (t < 0 || !ir_dtype_is_float(g->tensors[t].dtype))
+                continue;
+            if (!grad[t])
+                grad[t] = calloc((size_t)ir_shape_numel(&g->tensors[t].shape), sizeof(float));
+            gin[k] = grad[t];
+        }
+        if (ref_op_backward(r, i, gout, gin, d))
+            fail_msg("%s", diag_first_error(d));
+    }
+    return grad;
+}
+
+/* Every parameter's gradient after the first step equals the reference's
+ * (one rank, one micro-batch, dropout on where the model has it): the whole
+ * backward (GEMMs, every kernel's backward, the memory plan's gradient
+ * buffers, their zeroing) for every model. */
+static void test_gradients_match_reference(void **state)
+{
+    (void)state;
+    static const char *const models[] = {"models/gpt2.xml", "models/llama2.xml", "models/mixtral.xml", "models/t5.xml",
+                                         "models/llava.xml"};
+    for (size_t m = 0; m < WF_COUNT(models); m++) {
+        char plan[] = "/tmp/weft-test-grad-XXXXXX";
+        close(mkstemp(plan));
+        struct compiled C;
+        compile_to(models[m], plan, 1e-4, &C);
+        struct rank_plan R;
+        struct exec *x = run_plan(plan, &R);
+        struct exec_stats st;
+        struct diag d;
+        diag_init(&d);
+        if (exec_step(x, 0, &st, &d))
+            fail_msg("%s", diag_first_error(&d));
+        const struct ir_graph *g = C.P->g;
+        struct ref *r = ref_new(g, SEED);
+        for (int t = 0; t < g->n_tensors; t++) {
+            const struct ir_tensor *T = &g->tensors[t];
+            if (T->kind != IR_TENSOR_INPUT)
+                continue;
+            int64_t B = T->shape.ax[0].size, per = ir_shape_numel(&T->shape) / B, S = T->shape.rank > 1 ? T->shape.ax[1].size : 1;
+            int64_t shift = strstr(T->name, "labels") ? 1 : 0;
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t e = 0; e < per; e++) {
+                    if (T->dtype == IR_DTYPE_I32)
+                        ref_ints(r, t)[b * per + e] = exec_token(SEED, b, e % S + shift, R.vocab);
+                    else
+                        ref_data(r, t)[b * per + e] = (float)ref_normal(SEED, kn_stream(T->name), (uint64_t)(b * per + e));
+                }
+        }
+        if (ref_forward(r, &d))
+            fail_msg("%s", diag_first_error(&d));
+        float **want = reference_gradients(r, g, &d);
+        const struct ir_role_memory *mem = &R.memory.roles[0];
+        double worst = 0;
+        const char *worst_at = "";
+        int checked = 0;
+        for (int t = 0; t < g->n_tensors; t++) {
+            if (g->tensors[t].kind != IR_TENSOR_PARAM || !want[t])
+                continue;
+            int64_t bytes, at = ir_memory_find(mem, IR_BUF_GRAD, t, -1, -1, &bytes), n = ir_shape_numel(&g->tensors[t].shape);
+            assert_true(at >= 0 && bytes == n * 4);
+            const float *got = (const float *)((const char *)exec_arena(x) + at);
+            double scale = 0, diff = 0;
+            int64_t where = 0;
+            for (int64_t e = 0; e < n; e++) {
+                scale = fmax(scale, fabs(want[t][e]));
+                if (!(fabs(got[e] - want[t][e]) <= diff))
+                    diff = fabs(got[e] - want[t][e]), where = e;
+            }
+            double rel = diff / (scale + 1e-12);
+            if (!(rel < 1e-4))
+                fail_msg("%s: the gradient of %s differs from the reference: element %lld is %.8g, the reference's %.8g "
+                         "(largest element %.3g)", models[m], g->tensors[t].name, (long long)where, got[where], want[t][where], scale);
+            if (rel > worst)
+                worst = rel, worst_at = g->tensors[t].name;
+            checked++;
+        }
+        printf("    %-18s %3d parameters' gradients, worst %.1e of the tensor's largest (%s)\n", models[m], checked, worst, worst_at);
+        for (int t = 0; t < g->n_tensors; t++)
+            free(want[t]);
+        free(want);
+        ref_free(r);
+        exec_free(x);
+        rank_plan_free(&R);
+        compiled_free(&C);
+        diag_free(&d);
+        unlink(plan);
+    }
+}
+
 /* The loss falls: the synthetic tokens are each a function of the one
  * before, which the model learns; 40 steps at lr 3e-3 take it well below
  * its start (ln of the vocabulary, near 6.2 for tiny GPT-2). */
@@ -274,6 +382,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_matches_reference),
+        cmocka_unit_test(test_gradients_match_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
         cmocka_unit_test(test_data_parallel_matches_one_rank),
         cmocka_unit_test(test_wrong_world_size),

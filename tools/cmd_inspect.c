@@ -232,7 +232,6 @@ static int print_actions(struct plan *p, const struct ir_schedule *S, int stage,
         snprintf(title, sizeof title, "backward step, virtual stage %d", v);
         print_list(title, &st->backward[v], &K);
     }
-    print_list("optimizer", &st->optimizer, &K);
     for (int i = 0; i < st->n_ins && i < S->programs[stage].n; i++) {
         if (!st->ins[i].n)
             continue;
