@@ -221,17 +221,26 @@ static void test_training_lowers_the_loss(void **state)
     unlink(plan);
 }
 
-/* Compile model for `ranks` data-parallel ranks (global batch 8) to plan. */
-static void compile_dp(const char *model, int ranks, const char *plan)
+/* Compile model for `ranks` ranks (global batch 8), laid out by the layout
+ * flags in `layout` (space-separated; "" for data parallel only), to plan. */
+static void compile_layout(const char *model, int ranks, const char *layout, const char *plan)
 {
-    char world[16];
+    char world[16], flags[256];
     snprintf(world, sizeof world, "%d", ranks);
+    snprintf(flags, sizeof flags, "%s", layout);
+    const char *args[32] = {"compile", model, "--variant", "tiny", "--world-size", world, "--global-batch-size", "8", "--lr", "1e-3",
+                            "--arch", "sm_90", "-o", plan};
+    int n = 14;
+    for (char *f = strtok(flags, " "); f && n < 31; f = strtok(NULL, " "))
+        args[n++] = f;
+    args[n] = NULL;
     struct run r;
-    run_weft(&r, "compile", model, "--variant", "tiny", "--world-size", world, "--global-batch-size", "8", "--lr", "1e-3",
-             "--arch", "sm_90", "-o", plan, NULL);
+    run_weftv(&r, args);
     if (r.status)
-        fail_msg("weft compile %s for %d ranks: %s", model, ranks, r.err);
+        fail_msg("weft compile %s for %d ranks %s: %s", model, ranks, layout, r.err);
 }
+
+static void compile_dp(const char *model, int ranks, const char *plan) { compile_layout(model, ranks, "", plan); }
 
 /* mpirun -np ranks weft run plan --steps steps --log log: the losses and norms it logged. */
 static int mpi_run(const char *plan, int ranks, int steps, double *loss, double *norm, struct run *r)
@@ -261,11 +270,13 @@ static int mpi_run(const char *plan, int ranks, int steps, double *loss, double 
     return got == steps ? 0 : -1;
 }
 
-/* Every data-parallel layout computes what one rank computes: the same
- * samples (dealt as Megatron deals a global batch), the same dropout masks
- * (keyed by the samples), gradients summed over the replicas; 3 steps,
- * each step's loss and gradient norm within 1e-5 relative. */
-static void test_data_parallel_matches_one_rank(void **state)
+/* Every layout computes what one rank computes: the same samples (dealt
+ * as Megatron deals a global batch), the same dropout masks (keyed by the
+ * samples and each element's index in the whole tensor), gradients summed
+ * over the replicas and partial sums over the tensor-parallel ranks; 3
+ * steps, each step's loss and gradient norm within 1e-5 relative (the
+ * later steps' losses hold the updated parameters to it too). */
+static void test_layouts_match_one_rank(void **state)
 {
     (void)state;
     if (!have_mpirun())
@@ -273,14 +284,19 @@ static void test_data_parallel_matches_one_rank(void **state)
     static const struct {
         const char *model;
         int ranks;
-    } cases[] = {{"models/gpt2.xml", 2}, {"models/gpt2.xml", 4}, {"models/llama2.xml", 2}};
+        const char *layout;
+    } cases[] = {
+        {"models/gpt2.xml", 2, ""},          {"models/gpt2.xml", 4, ""},         {"models/llama2.xml", 2, ""},
+        {"models/gpt2.xml", 2, "--tp 2"},    {"models/gpt2.xml", 4, "--tp 4"},   {"models/gpt2.xml", 4, "--tp 2"},
+        {"models/llama2.xml", 2, "--tp 2"},  {"models/mixtral.xml", 2, "--tp 2"}, {"models/llava.xml", 2, "--tp 2"},
+    };
     enum { STEPS = 3 };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
         char one[] = "/tmp/weft-test-dp1-XXXXXX", many[] = "/tmp/weft-test-dpn-XXXXXX";
         close(mkstemp(one));
         close(mkstemp(many));
         compile_dp(cases[c].model, 1, one);
-        compile_dp(cases[c].model, cases[c].ranks, many);
+        compile_layout(cases[c].model, cases[c].ranks, cases[c].layout, many);
         double l1[STEPS], n1[STEPS], ln[STEPS], nn[STEPS];
         struct run r;
         if (mpi_run(one, 1, STEPS, l1, n1, &r) || mpi_run(many, cases[c].ranks, STEPS, ln, nn, &r))
@@ -289,12 +305,12 @@ static void test_data_parallel_matches_one_rank(void **state)
         for (int i = 0; i < STEPS; i++) {
             double dl = fabs(ln[i] - l1[i]) / fabs(l1[i]), dn = fabs(nn[i] - n1[i]) / fabs(n1[i]);
             if (!(dl < 1e-5 && dn < 1e-5))
-                fail_msg("%s at dp %d, step %d: loss %.9g (one rank %.9g), grad norm %.9g (one rank %.9g)", cases[c].model,
-                         cases[c].ranks, i + 1, ln[i], l1[i], nn[i], n1[i]);
+                fail_msg("%s on %d ranks %s, step %d: loss %.9g (one rank %.9g), grad norm %.9g (one rank %.9g)", cases[c].model,
+                         cases[c].ranks, cases[c].layout, i + 1, ln[i], l1[i], nn[i], n1[i]);
             worst = fmax(worst, fmax(dl, dn));
         }
-        printf("    %-18s dp %d: %d steps, losses %.4f .. %.4f, worst relative difference from one rank %.1e\n", cases[c].model,
-               cases[c].ranks, STEPS, ln[0], ln[STEPS - 1], worst);
+        printf("    %-18s %d ranks %-8s %d steps, losses %.4f .. %.4f, worst relative difference from one rank %.1e\n",
+               cases[c].model, cases[c].ranks, cases[c].layout[0] ? cases[c].layout : "(dp)", STEPS, ln[0], ln[STEPS - 1], worst);
         unlink(one);
         unlink(many);
     }
@@ -384,7 +400,7 @@ int main(void)
         cmocka_unit_test(test_loss_matches_reference),
         cmocka_unit_test(test_gradients_match_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
-        cmocka_unit_test(test_data_parallel_matches_one_rank),
+        cmocka_unit_test(test_layouts_match_one_rank),
         cmocka_unit_test(test_wrong_world_size),
         cmocka_unit_test(test_actions_checked),
     };
