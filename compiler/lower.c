@@ -18,7 +18,7 @@ struct lowering {
     bool *needs;  /* per tensor: it gets a gradient */
     int *pos;     /* per op: its place in the step being lowered, from 1; 0 outside it */
     int *lead;    /* per op: the first op of its fused group */
-    int v;        /* the virtual stage */
+    int stage, v; /* the stage and virtual stage being lowered */
 };
 
 static struct ir_ref ref(const struct lowering *w, int what, int t)
@@ -252,7 +252,13 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
         if (w->m->bufs[b].what == IR_BUF_GRAD && w->m->bufs[b].region == IR_REGION_ACTIVATIONS && w->m->bufs[b].vstage == w->v &&
             w->m->bufs[b].micro == 0) {
             int t = w->m->bufs[b].id, p = g->tensors[t].producer;
-            if (p < 0 || !w->pos[p]) /* made before this step: its gradient is this step's to send back */
+            bool relayed = false; /* passed on to a later chunk too: its gradient from there arrives first, to be added to */
+            for (int x = 0; x < w->P->n_xfers; x++) {
+                const struct part_xfer *px = &w->P->xfers[x];
+                relayed |= px->kind == PART_XFER_SEND && memory_root(w->P, w->pos, px->tensor) == t &&
+                           w->P->chunks[px->from_chunk].stage == w->stage && w->P->chunks[px->from_chunk].vstage == w->v;
+            }
+            if ((p < 0 || !w->pos[p]) && !relayed) /* made before this step: its gradient is this step's to send back */
                 ir_action_push(out, &(struct ir_action){.kind = IR_ACT_ZERO, .zero = {.what = IR_BUF_GRAD, .id = t},
                                                         .zero_bytes = w->m->bufs[b].bytes});
         }
@@ -342,6 +348,71 @@ static int64_t grad_extent(const struct ir_role_memory *m, int param, int64_t *s
     return 0;
 }
 
+/* The places of virtual stage v's ops on `stage` (pos, from 1; 0 outside it). */
+static void step_positions(const struct partition *P, int stage, int v, int *pos)
+{
+    int n = 0;
+    for (int i = 0; i < P->g->n_ops; i++)
+        pos[i] = P->chunks[P->op_chunk[i]].stage == stage && P->chunks[P->op_chunk[i]].vstage == v ? ++n : 0;
+}
+
+/* A P2P instruction's halves: each the buffer of its tensor (its gradient
+ * going back) in the step of its chunk and micro-batch. */
+static void p2p_actions(const struct lowering *w, int stage, const struct ir_ins *x, struct ir_action_list *out)
+{
+    const struct partition *P = w->P;
+    int *pos = wf_calloc((size_t)P->g->n_ops + 1, sizeof *pos);
+    for (int k = 0; k < x->n_p2p; k++) {
+        const struct ir_p2p *h = &x->p2p[k];
+        int v = P->chunks[h->chunk].vstage;
+        step_positions(P, stage, v, pos);
+        struct ir_action a = {.kind = h->send ? IR_ACT_SEND : IR_ACT_RECV};
+        a.p2p.peer_chunk = h->peer_chunk, a.p2p.tag = h->tensor % 32768, a.p2p.vstage = v, a.p2p.micro = h->micro;
+        a.p2p.buf = (struct ir_ref){.what = h->grad ? IR_BUF_GRAD : IR_BUF_VALUE, .id = memory_root(P, pos, h->tensor)};
+        a.p2p.bytes = h->bytes;
+        ir_action_push(out, &a);
+    }
+    free(pos);
+}
+
+/* A tied set's all-reduce: the gradient of each parameter whose holders are
+ * the set's stages, in tensor order on every holder; pending where the
+ * holders hold it differently (T5's table at etp < tp). */
+static void tied_actions(const struct lowering *w, const struct ir_schedule *S, int stage, int set, struct ir_action_list *out)
+{
+    const struct partition *P = w->P;
+    const struct ir_graph *g = P->g;
+    uint8_t *on = wf_calloc((size_t)S->n_stages + 1, 1);
+    for (int t = 0; t < g->n_tensors; t++) {
+        if (g->tensors[t].kind != IR_TENSOR_PARAM)
+            continue;
+        memset(on, 0, (size_t)S->n_stages);
+        for (int i = 0; i < g->n_ops; i++)
+            for (int k = 0; k < g->ops[i].n_in; k++)
+                if (g->ops[i].in[k] == t)
+                    on[P->chunks[P->op_chunk[i]].stage] = 1;
+        if (memcmp(on, S->tied_stages[set], (size_t)S->n_stages))
+            continue;
+        bool alike = true; /* every holder holds the same part (as the schedule sized the set: find_tied) */
+        int64_t held = -1;
+        for (int i = 0; i < g->n_ops; i++)
+            for (int k = 0; k < g->ops[i].n_in; k++)
+                if (g->ops[i].in[k] == t) {
+                    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[i]].part, &g->tensors[t].shape, &P->shard[t]);
+                    alike &= held < 0 || held == ir_shape_numel(&l);
+                    held = ir_shape_numel(&l);
+                }
+        int64_t start, bytes = grad_extent(w->m, t, &start);
+        (void)start;
+        struct ir_action a = {.kind = alike ? IR_ACT_COLL : IR_ACT_PENDING,
+                              .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_TIED, .set = set, .dtype = IR_DTYPE_F32,
+                                       .buf = {.what = IR_BUF_GRAD, .id = t}, .bytes = bytes}};
+        ir_action_push(out, &a);
+    }
+    (void)stage;
+    free(on);
+}
+
 static void append(struct ir_action_list *to, const struct ir_action_list *from)
 {
     for (int i = 0; i < from->n; i++)
@@ -358,9 +429,10 @@ static void append(struct ir_action_list *to, const struct ir_action_list *from)
  *   model-parallel group (forward-only plans have none);
  * - the optimizer: the sums where no norm collective ran them, then the updates;
  * - the rest (pipeline transfers, tied parameters' sums) pending. */
-static void program_actions(const struct lowering *w, const struct ir_program *prog, struct ir_stage_actions *st,
+static void program_actions(const struct lowering *w, const struct ir_schedule *S, int stage, struct ir_stage_actions *st,
                             const struct ir_action_list *sums, const struct ir_action_list *updates)
 {
+    const struct ir_program *prog = &S->programs[stage];
     const struct partition *P = w->P;
     const struct ir_role_memory *m = w->m;
     st->n_ins = prog->n;
@@ -373,6 +445,14 @@ static void program_actions(const struct lowering *w, const struct ir_program *p
         struct ir_action_list *out = &st->ins[i];
         if (x->kind == IR_INS_FORWARD || x->kind == IR_INS_BACKWARD)
             continue;
+        if (x->kind == IR_INS_P2P) {
+            p2p_actions(w, stage, x, out);
+            continue;
+        }
+        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_TIED) {
+            tied_actions(w, S, stage, x->tag, out);
+            continue;
+        }
         if (x->kind == IR_INS_OPTIMIZER) {
             if (!summed)
                 append(out, sums);
@@ -454,6 +534,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
         st->forward = wf_calloc((size_t)st->n_vstages, sizeof *st->forward);
         st->backward = wf_calloc((size_t)st->n_vstages, sizeof *st->backward);
         w.m = &M->roles[s];
+        w.stage = s;
         for (int v = 0; v < st->n_vstages && !rc; v++) {
             w.v = v;
             int n = 0;
@@ -470,7 +551,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
         struct ir_action_list sums = {0}, updates = {0};
         if (!S->forward_only)
             optimizer_step(&w, s, &sums, &updates);
-        program_actions(&w, &S->programs[s], st, &sums, &updates);
+        program_actions(&w, S, s, st, &sums, &updates);
         free(sums.v);
         free(updates.v);
     }

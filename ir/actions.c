@@ -81,6 +81,12 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         snprintf(buf, n, "sqsum: [%s], %lld rows%s", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows,
                  a->sq_only_first ? " (where this rank counts it)" : "");
         break;
+    case IR_ACT_SEND:
+    case IR_ACT_RECV:
+        snprintf(buf, n, "%s [%s] %lld bytes %s chunk %d (micro-batch %d, tag %d)", a->kind == IR_ACT_SEND ? "send" : "receive",
+                 ref_str(&a->p2p.buf, x, sizeof x), (long long)a->p2p.bytes, a->kind == IR_ACT_SEND ? "to" : "from", a->p2p.peer_chunk,
+                 a->p2p.micro, a->p2p.tag);
+        break;
     case IR_ACT_PENDING:
         if (a->coll.coll < IR_COLL_COUNT && a->coll.group < IR_GROUP_COUNT)
             snprintf(buf, n, "%s over %s, not lowered yet", ir_coll_name((enum ir_coll)a->coll.coll), ir_group_name((enum ir_group)a->coll.group));
@@ -179,8 +185,15 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         put_ref(w, &a->zero);
         plan_put_i64(w, a->zero_bytes);
         break;
+    case IR_ACT_SEND:
+    case IR_ACT_RECV:
+        plan_put_i32(w, a->p2p.peer_chunk), plan_put_i32(w, a->p2p.tag), plan_put_i32(w, a->p2p.vstage), plan_put_i32(w, a->p2p.micro);
+        put_ref(w, &a->p2p.buf);
+        plan_put_i64(w, a->p2p.bytes);
+        break;
     case IR_ACT_COLL:
     case IR_ACT_PENDING: /* PENDING: the collective it would be (IR_COLL_COUNT: none, a pipeline transfer) */
+        plan_put_i32(w, a->coll.set);
         plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype);
         put_ref(w, &a->coll.buf);
         plan_put_i64(w, a->coll.bytes);
@@ -250,8 +263,17 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         get_ref(r, &a->zero);
         a->zero_bytes = plan_get_i64(r);
         break;
+    case IR_ACT_SEND:
+    case IR_ACT_RECV:
+        a->p2p.peer_chunk = plan_get_i32(r), a->p2p.tag = plan_get_i32(r), a->p2p.vstage = plan_get_i32(r), a->p2p.micro = plan_get_i32(r);
+        get_ref(r, &a->p2p.buf);
+        a->p2p.bytes = plan_get_i64(r);
+        if (a->p2p.tag < 0 || a->p2p.tag > 32767 || a->p2p.bytes < 0)
+            r->bad = true;
+        break;
     case IR_ACT_COLL:
     case IR_ACT_PENDING:
+        a->coll.set = plan_get_i32(r);
         a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r);
         get_ref(r, &a->coll.buf);
         a->coll.bytes = plan_get_i64(r);
@@ -425,6 +447,8 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);
         else if (a->kind == IR_ACT_COLL)
             bad = check_span(m, &a->coll.buf, v, a->coll.bytes);
+        else if (a->kind == IR_ACT_SEND || a->kind == IR_ACT_RECV)
+            bad = check_ref(m, &a->p2p.buf, a->p2p.vstage, a->p2p.micro, a->p2p.bytes);
         else if (a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM)
             bad = check_ref(m, &a->loss, v, 0, a->loss_rows * (a->kind == IR_ACT_LOSS ? 8 : 4));
         else if (a->kind == IR_ACT_LAUNCH)

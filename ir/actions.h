@@ -37,6 +37,8 @@
     X(COLL, "coll")     /* a collective over a group, on a buffer in place */  \
     X(LOSS, "loss")     /* the loss: its row losses (ROWSTATS component 1) added into the step's sum */ \
     X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */ \
+    X(SEND, "send")     /* a pipeline transfer's half: to the ranks that run peer_chunk */ \
+    X(RECV, "recv")     /* ... and from them; a P2P instruction's halves are posted together, then waited for */ \
     X(PENDING, "pending") /* what the compiler does not lower yet (a tensor-parallel, tied or norm collective, a pipeline \
                              transfer): an executor refuses the plan, naming it */
 
@@ -81,6 +83,7 @@ struct ir_launch {
 struct ir_coll_action {
     uint8_t coll;   /* enum ir_coll */
     uint8_t group;  /* enum ir_group */
+    int32_t set;    /* TIED: the tied set (ir_schedule.tied_stages) */
     uint8_t dtype;  /* element type of the payload */
     struct ir_ref buf;
     int64_t bytes;  /* payload, this rank's */
@@ -95,6 +98,13 @@ struct ir_action {
     struct ir_ref zero;  /* ZERO */
     int64_t zero_bytes;
     struct ir_coll_action coll;
+    struct {                  /* SEND, RECV */
+        int32_t peer_chunk;   /* the other end's chunk: its ranks are ir_p2p_peers' */
+        int32_t tag;          /* the same at both ends */
+        int32_t vstage, micro; /* whose buffer: the virtual stage and micro-batch of this end's step */
+        struct ir_ref buf;
+        int64_t bytes;
+    } p2p;
     struct ir_ref loss;  /* LOSS: the row statistics; SQSUM: the sums of squares */
     int64_t loss_rows;
     uint8_t sq_only_first; /* SQSUM: counted only by ranks at coordinate 0 of these parallel dimensions (bits of

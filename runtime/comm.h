@@ -2,8 +2,8 @@
  * same over MPI (CPU ranks) and, later, NCCL (GPUs).
  *
  *   struct comm *c = comm_mpi_open(&argc, &argv, timeout_s, &d);   // MPI_Init; rank and size
- *   comm_groups(c, L, &d);                    // one communicator per group of the layout
- *   c->ops->all_reduce(c, IR_GROUP_DP_CP, buf, n, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d);
+ *   comm_groups(c, L, &S, &d);                // one communicator per group of the layout, per tied set
+ *   c->ops->all_reduce(c, IR_GROUP_DP_CP, 0, buf, n, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d);
  *   comm_close(c);
  *
  * Every wait has a deadline (timeout_s): a collective that has not
@@ -14,6 +14,7 @@
 #ifndef WEFT_COMM_H
 #define WEFT_COMM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "diag.h"
@@ -22,10 +23,23 @@
 
 struct comm;
 
+/* One half of a pipeline transfer. */
+struct comm_msg {
+    bool send;
+    int peer;       /* the other end's rank in the world */
+    int tag;        /* the same at both ends */
+    void *buf;
+    int64_t bytes;
+};
+
 struct comm_ops {
     const char *name;
-    /* in place over the rank's group of kind g: IR_COLL_ALL_REDUCE (sum) or IR_COLL_ALL_REDUCE_MAX */
-    int (*all_reduce)(struct comm *c, enum ir_group g, void *buf, int64_t count, int dtype, enum ir_coll op, struct diag *d);
+    /* in place over the rank's group of kind g (for TIED, tied set `set`; else ignored):
+     * IR_COLL_ALL_REDUCE (sum) or IR_COLL_ALL_REDUCE_MAX */
+    int (*all_reduce)(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,
+                      struct diag *d);
+    /* post every half, then wait for them all */
+    int (*exchange)(struct comm *c, int n, const struct comm_msg *msgs, struct diag *d);
     /* the same value on every rank of the world: 0 if so */
     int (*barrier)(struct comm *c, struct diag *d);
 };
@@ -39,8 +53,9 @@ struct comm {
 };
 
 struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d);
-/* The layout's groups, one communicator each (MPI_Comm_split). */
-int comm_groups(struct comm *c, const struct rank_layout *L, struct diag *d);
+/* The layout's groups, one communicator each (MPI_Comm_split), and one per
+ * tied set of S (the ranks of a pipeline at the set's stages); S may be NULL. */
+int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_schedule *S, struct diag *d);
 /* End the whole job now (every rank), with status. */
 void comm_abort(struct comm *c, int status);
 void comm_close(struct comm *c);

@@ -11,6 +11,9 @@
 
 struct mpi {
     MPI_Comm groups[IR_GROUP_COUNT];
+    MPI_Comm *tied;                /* per tied set (MPI_COMM_NULL where this rank holds none of it) */
+    int n_tied;
+    MPI_Comm p2p;                  /* the world, for pipeline transfers */
     MPI_Comm roll[IR_GROUP_COUNT]; /* the same groups, for the roll call after a deadline */
     const struct rank_layout *L;
     bool initialised_here;
@@ -36,6 +39,8 @@ static double now(void)
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
+
+static const char *group_str(enum ir_group g) { return g < IR_GROUP_COUNT ? ir_group_name(g) : "the world"; }
 
 /* Who is in rank's group of kind g, as "3, 7, 11", into buf. */
 static const char *members(const struct comm *c, enum ir_group g, char *buf, size_t n)
@@ -108,20 +113,43 @@ static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t 
     return buf;
 }
 
+static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, enum ir_group g, const struct comm_msg *msgs,
+                    struct diag *d);
+
 static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_group g, struct diag *d)
+{
+    return wait_all(c, 1, req, what, g, NULL, d);
+}
+
+/* Every request done before the deadline; else the diagnosis, naming the
+ * group's silent ranks (a collective) or the peers still awaited. */
+static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, enum ir_group g, const struct comm_msg *msgs,
+                    struct diag *d)
 {
     double end = now() + c->timeout;
     int done = 0;
     while (!done) {
-        if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-            diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, ir_group_name(g));
+        if (MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, group_str(g));
+            return -1;
+        }
+        if (!done && now() > end && msgs) { /* a pipeline transfer: name the peers not heard from */
+            char who[512] = "";
+            size_t at = 0;
+            for (int i = 0; i < n && at + 16 < sizeof who; i++) {
+                int one = 0;
+                MPI_Test(&req[i], &one, MPI_STATUS_IGNORE);
+                if (!one)
+                    at += (size_t)snprintf(who + at, sizeof who - at, "%s%s rank %d", at ? ", " : "", msgs[i].send ? "to" : "from", msgs[i].peer);
+            }
+            diag_error(d, NULL, 0, "rank %d (%s): %s: nothing moved in %.0f s (--timeout): %s", c->rank, c->host, what, c->timeout, who);
             return -1;
         }
         if (!done && now() > end) {
             char who[512], silent[512];
             roll_call(c, g, silent, sizeof silent);
             diag_error(d, NULL, 0, "rank %d (%s): %s over %s (ranks %s): nobody answered in %.0f s (--timeout): %s%s", c->rank,
-                       c->host, what, ir_group_name(g), members(c, g, who, sizeof who), c->timeout, silent[0] ? silent : "a rank",
+                       c->host, what, group_str(g), members(c, g, who, sizeof who), c->timeout, silent[0] ? silent : "a rank",
                        silent[0] ? " stopped answering" : " of the group stopped");
             return -1;
         }
@@ -133,11 +161,15 @@ static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_
     return 0;
 }
 
-static int mpi_all_reduce(struct comm *c, enum ir_group g, void *buf, int64_t count, int dtype, enum ir_coll op, struct diag *d)
+static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,
+                          struct diag *d)
 {
     struct mpi *m = c->impl;
-    if (g >= IR_GROUP_COUNT || m->groups[g] == MPI_COMM_NULL) {
-        diag_error(d, NULL, 0, "rank %d: no %s communicator: weft run does not run collectives over it yet", c->rank, ir_group_name(g));
+    MPI_Comm comm = g == IR_GROUP_TIED ? (set >= 0 && set < m->n_tied ? m->tied[set] : MPI_COMM_NULL)
+                  : g < IR_GROUP_COUNT ? m->groups[g] : MPI_COMM_NULL;
+    if (comm == MPI_COMM_NULL) {
+        diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, group_str(g),
+                   g == IR_GROUP_TIED ? " for this tied set" : "");
         return -1;
     }
     MPI_Datatype t = dtype == IR_DTYPE_I32 ? MPI_INT : dtype == IR_DTYPE_F32 ? MPI_FLOAT : MPI_DATATYPE_NULL;
@@ -147,8 +179,8 @@ static int mpi_all_reduce(struct comm *c, enum ir_group g, void *buf, int64_t co
         return -1;
     }
     MPI_Request req;
-    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX, m->groups[g], &req) != MPI_SUCCESS) {
-        diag_error(d, NULL, 0, "rank %d: MPI_Iallreduce over %s failed", c->rank, ir_group_name(g));
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX, comm, &req) != MPI_SUCCESS) {
+        diag_error(d, NULL, 0, "rank %d: MPI_Iallreduce over %s failed", c->rank, group_str(g));
         return -1;
     }
     return wait_for(c, &req, ir_coll_name(op), g, d);
@@ -164,7 +196,31 @@ static int mpi_barrier(struct comm *c, struct diag *d)
     return wait_for(c, &req, "barrier", IR_GROUP_COUNT, d);
 }
 
-static const struct comm_ops mpi_ops = {"mpi", mpi_all_reduce, mpi_barrier};
+static int mpi_exchange(struct comm *c, int n, const struct comm_msg *msgs, struct diag *d)
+{
+    struct mpi *m = c->impl;
+    MPI_Request *req = wf_calloc((size_t)n + 1, sizeof *req);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (msgs[i].bytes > 0x7fffffff) {
+            diag_error(d, NULL, 0, "rank %d: a pipeline transfer of %lld bytes: more than MPI counts in one message", c->rank,
+                       (long long)msgs[i].bytes);
+            rc = -1;
+        } else if ((msgs[i].send ? MPI_Isend(msgs[i].buf, (int)msgs[i].bytes, MPI_BYTE, msgs[i].peer, msgs[i].tag, m->p2p, &req[i])
+                                 : MPI_Irecv(msgs[i].buf, (int)msgs[i].bytes, MPI_BYTE, msgs[i].peer, msgs[i].tag, m->p2p, &req[i])) !=
+                   MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "rank %d: posting a pipeline transfer %s rank %d failed", c->rank, msgs[i].send ? "to" : "from",
+                       msgs[i].peer);
+            rc = -1;
+        }
+    }
+    if (!rc)
+        rc = wait_all(c, n, req, "a pipeline transfer", IR_GROUP_COUNT, msgs, d);
+    free(req);
+    return rc;
+}
+
+static const struct comm_ops mpi_ops = {"mpi", mpi_all_reduce, mpi_exchange, mpi_barrier};
 
 struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d)
 {
@@ -190,13 +246,29 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     snprintf(c->host, sizeof c->host, "%s", host);
     for (int g = 0; g < IR_GROUP_COUNT; g++)
         m->groups[g] = m->roll[g] = MPI_COMM_NULL;
+    m->p2p = MPI_COMM_NULL;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &m->p2p) != MPI_SUCCESS) {
+        diag_error(d, NULL, 0, "rank %d: MPI_Comm_dup failed", c->rank);
+        comm_close(c);
+        return NULL;
+    }
     return c;
 }
 
-int comm_groups(struct comm *c, const struct rank_layout *L, struct diag *d)
+int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_schedule *S, struct diag *d)
 {
     struct mpi *m = c->impl;
     m->L = L;
+    m->n_tied = S ? S->n_tied : 0;
+    m->tied = wf_calloc((size_t)m->n_tied + 1, sizeof *m->tied);
+    for (int t = 0; t < m->n_tied; t++) { /* the ranks of one pipeline at the set's stages */
+        const struct rank_coords *rc = &L->ranks[c->rank];
+        int color = rc->stage < S->n_stages && S->tied_stages[t][rc->stage] ? rank_layout_group_of(L, PAR_GROUP_PP, c->rank) : -1;
+        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->tied[t]) != MPI_SUCCESS) {
+            diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for tied set %d failed", c->rank, t);
+            return -1;
+        }
+    }
     for (int g = 0; g < IR_GROUP_COUNT; g++) {
         int k = par_kind((enum ir_group)g);
         if (k < 0)
@@ -228,6 +300,12 @@ void comm_close(struct comm *c)
         if (m->roll[g] != MPI_COMM_NULL)
             MPI_Comm_free(&m->roll[g]);
     }
+    for (int t = 0; t < m->n_tied; t++)
+        if (m->tied[t] != MPI_COMM_NULL)
+            MPI_Comm_free(&m->tied[t]);
+    free(m->tied);
+    if (m->p2p != MPI_COMM_NULL)
+        MPI_Comm_free(&m->p2p);
     if (m->initialised_here)
         MPI_Finalize();
     free(m);

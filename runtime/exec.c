@@ -249,9 +249,36 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
             x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += now() - t0;
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
+        case IR_ACT_SEND:
+        case IR_ACT_RECV: { /* this and the halves after it: one exchange */
+            int n = 0;
+            while (i + n < l->n && (l->v[i + n].kind == IR_ACT_SEND || l->v[i + n].kind == IR_ACT_RECV))
+                n++;
+            struct comm_msg *msgs = wf_calloc((size_t)n + 1, sizeof *msgs);
+            int rc = 0;
+            for (int k = 0; k < n && !rc; k++) {
+                const struct ir_action *h = &l->v[i + k];
+                int peers[2];
+                int np = ir_p2p_peers(&x->R->schedule, x->R->L, x->R->rank, h->p2p.peer_chunk, peers, 2);
+                if (np != 1) {
+                    diag_error(d, NULL, 0, "rank %d: a pipeline transfer with %d peers (an encoder rank feeding several decoder "
+                                           "ranks): weft run does not run it yet", x->R->rank, np);
+                    rc = -1;
+                }
+                msgs[k] = (struct comm_msg){.send = h->kind == IR_ACT_SEND, .peer = peers[0], .tag = h->p2p.tag,
+                                            .buf = at(x, &h->p2p.buf, h->p2p.vstage, h->p2p.micro), .bytes = h->p2p.bytes};
+            }
+            if (!rc && x->comm)
+                rc = x->comm->ops->exchange(x->comm, n, msgs, d);
+            free(msgs);
+            if (rc)
+                return -1;
+            i += n - 1;
+            break;
+        }
         case IR_ACT_COLL: {
             const struct ir_coll_action *c = &a->coll;
-            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, at(x, &c->buf, v, j),
+            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, c->set, at(x, &c->buf, v, j),
                                                     c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, (enum ir_coll)c->coll, d))
                 return -1;
             break;
@@ -396,17 +423,24 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
             return -1;
         }
     }
-    /* the loss every replica saw: summed over the data-parallel group (Megatron averages it so for its log) */
-    float sum = (float)x->loss_sum;
-    if (x->comm && x->R->L->pc.dp * x->R->L->pc.cp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, &sum, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+    /* The loss for the log, the same on every rank: the last stage's row
+     * losses (each tensor-parallel rank has them all: its rank 0 counts
+     * them), summed over the model's ranks and the replicas, over the
+     * tokens they came from (Megatron averages its log's loss so). */
+    const struct par_config *pc = &x->R->L->pc;
+    bool counts = x->loss_rows && x->R->coords.tp == 0;
+    float sum[2] = {counts ? (float)x->loss_sum : 0, counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0};
+    if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
+        x->comm->ops->all_reduce(x->comm, IR_GROUP_MP, 0, sum, 2, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
         return -1;
-    x->loss_sum = sum;
+    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, 0, sum, 2, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+        return -1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    st->loss = x->loss_rows ? x->loss_sum / loss_tokens(x) : 0;
+    st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
     st->grad_norm = x->norm < 0 ? 0 : x->norm;
     st->lr = x->lr;
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    st->tokens = (int64_t)loss_tokens(x);
+    st->tokens = (int64_t)sum[1];
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

@@ -20,7 +20,7 @@ static int as_rank(void)
     struct par_config pc = par_config_default();
     pc.world_size = c ? c->size : 1;
     struct rank_layout *L = rank_layout_new(&pc, false, &d);
-    if (!c || !L || comm_groups(c, L, &d)) {
+    if (!c || !L || comm_groups(c, L, NULL, &d)) {
         diag_print(&d, stderr);
         return 1;
     }
@@ -29,7 +29,7 @@ static int as_rank(void)
         return 0;
     }
     float x = 1;
-    if (c->ops->all_reduce(c, IR_GROUP_DP_CP, &x, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d)) {
+    if (c->ops->all_reduce(c, IR_GROUP_DP_CP, 0, &x, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d)) {
         diag_print(&d, stderr);
         fflush(NULL);
         comm_abort(c, 1);

@@ -285,18 +285,37 @@ static void test_layouts_match_one_rank(void **state)
         const char *model;
         int ranks;
         const char *layout;
+        const char *sizes; /* model flags, for the one rank too */
     } cases[] = {
-        {"models/gpt2.xml", 2, ""},          {"models/gpt2.xml", 4, ""},         {"models/llama2.xml", 2, ""},
-        {"models/gpt2.xml", 2, "--tp 2"},    {"models/gpt2.xml", 4, "--tp 4"},   {"models/gpt2.xml", 4, "--tp 2"},
-        {"models/llama2.xml", 2, "--tp 2"},  {"models/mixtral.xml", 2, "--tp 2"}, {"models/llava.xml", 2, "--tp 2"},
+        {"models/gpt2.xml", 2, "", ""},
+        {"models/gpt2.xml", 4, "", ""},
+        {"models/llama2.xml", 2, "", ""},
+        {"models/gpt2.xml", 2, "--tp 2", ""},
+        {"models/gpt2.xml", 4, "--tp 4", ""},
+        {"models/gpt2.xml", 4, "--tp 2", ""},
+        {"models/llama2.xml", 2, "--tp 2", ""},
+        {"models/mixtral.xml", 2, "--tp 2", ""},
+        {"models/llava.xml", 2, "--tp 2", ""},
+        {"models/gpt2.xml", 2, "--pp 2", ""},                      /* 1F1B; the tied embedding on both stages */
+        {"models/gpt2.xml", 2, "--pp 2 --pipeline-schedule gpipe", ""},
+        {"models/gpt2.xml", 8, "--tp 2 --pp 2", ""},              /* and dp 2 */
+        {"models/gpt2.xml", 4, "--pp 4", "--num-layers 4"},
+        {"models/gpt2.xml", 4, "--tp 2 --pp 2 --num-layers-per-virtual-pipeline-stage 1", "--num-layers 4"}, /* interleaved */
+        {"models/gpt2.xml", 2, "--pp 2 --decoder-first-pipeline-num-layers 1", "--num-layers 4"},        /* uneven stages */
+        {"models/llama2.xml", 2, "--pp 2", ""},
+        {"models/mixtral.xml", 2, "--pp 2", ""},
+        {"models/t5.xml", 3, "--pp 2 --epp 1", ""},               /* the encoder's own stage; its output relayed */
+        {"models/llava.xml", 3, "--pp 2 --epp 1", ""},
     };
     enum { STEPS = 3 };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
         char one[] = "/tmp/weft-test-dp1-XXXXXX", many[] = "/tmp/weft-test-dpn-XXXXXX";
         close(mkstemp(one));
         close(mkstemp(many));
-        compile_dp(cases[c].model, 1, one);
-        compile_layout(cases[c].model, cases[c].ranks, cases[c].layout, many);
+        char layout[256];
+        snprintf(layout, sizeof layout, "%s %s", cases[c].layout, cases[c].sizes);
+        compile_layout(cases[c].model, 1, cases[c].sizes, one);
+        compile_layout(cases[c].model, cases[c].ranks, layout, many);
         double l1[STEPS], n1[STEPS], ln[STEPS], nn[STEPS];
         struct run r;
         if (mpi_run(one, 1, STEPS, l1, n1, &r) || mpi_run(many, cases[c].ranks, STEPS, ln, nn, &r))
@@ -309,8 +328,8 @@ static void test_layouts_match_one_rank(void **state)
                          cases[c].ranks, cases[c].layout, i + 1, ln[i], l1[i], nn[i], n1[i]);
             worst = fmax(worst, fmax(dl, dn));
         }
-        printf("    %-18s %d ranks %-8s %d steps, losses %.4f .. %.4f, worst relative difference from one rank %.1e\n",
-               cases[c].model, cases[c].ranks, cases[c].layout[0] ? cases[c].layout : "(dp)", STEPS, ln[0], ln[STEPS - 1], worst);
+        printf("    %-18s %d ranks %-58s worst relative difference from one rank %.1e (losses %.4f .. %.4f)\n", cases[c].model,
+               cases[c].ranks, layout[1] ? layout : "(data parallel)", worst, ln[0], ln[STEPS - 1]);
         unlink(one);
         unlink(many);
     }

@@ -105,7 +105,7 @@ int cmd_run(int argc, char **argv)
     int threads = blas_threads();
     struct rank_plan R;
     int rc = rank_plan_load(path, comm->rank, comm->size, &R, &d);
-    if (!rc && comm_groups(comm, R.L, &d))
+    if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
     if (!rc && !R.train)
