@@ -6,7 +6,9 @@
 #include "exec.h"
 #include "ref.h"
 
+#include <fcntl.h>
 #include <math.h>
+#include <sys/stat.h>
 
 enum { SEED = 1234 };
 
@@ -413,6 +415,132 @@ static void test_actions_checked(void **state)
     unlink(plan);
 }
 
+static bool same_list(const struct ir_action_list *a, const struct ir_action_list *b, char *why, size_t n, const char *which)
+{
+    if (a->n != b->n) {
+        snprintf(why, n, "%s: %d actions built, %d read", which, a->n, b->n);
+        return false;
+    }
+    for (int i = 0; i < a->n; i++) {
+        char x[512], y[512];
+        ir_action_str(&a->v[i], x, sizeof x), ir_action_str(&b->v[i], y, sizeof y);
+        struct kn_args ka, kb;
+        bool args = true;
+        if (a->v[i].kind == IR_ACT_LAUNCH) { /* the arguments every rank derives: compare the stored templates whole */
+            ka = a->v[i].launch.args, kb = b->v[i].launch.args;
+            args = !memcmp(&ka, &kb, sizeof ka) && !memcmp(a->v[i].launch.off_pdim, b->v[i].launch.off_pdim, sizeof a->v[i].launch.off_pdim) &&
+                   !memcmp(a->v[i].launch.gather_pdim, b->v[i].launch.gather_pdim, sizeof a->v[i].launch.gather_pdim);
+        }
+        if (strcmp(x, y) || !args || a->v[i].awaits != b->v[i].awaits) {
+            snprintf(why, n, "%s, action %d: built %s, read %s%s", which, i, x, y, args ? "" : " (launch arguments differ)");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The plan is the executor's whole contract: every rank's actions read back
+ * from the plan file are the ones the compiler built, for layouts of every
+ * kind (as the compiler's structs, launch arguments included). */
+static void test_plan_holds_the_actions(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *model;
+        int world, tp, pp, cp, ep, epp;
+        bool sp;
+    } cases[] = {
+        {"models/gpt2.xml", 8, 2, 2, 1, 1, -1, false}, {"models/gpt2.xml", 4, 2, 1, 1, 1, -1, true},
+        {"models/gpt2.xml", 4, 2, 1, 2, 1, -1, false}, {"models/mixtral.xml", 4, 1, 1, 1, 2, -1, false},
+        {"models/t5.xml", 6, 2, 2, 1, 1, 1, false},    {"models/llava.xml", 3, 1, 2, 1, 1, 1, false},
+    };
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cases[c].world, pc.tp = cases[c].tp, pc.pp = cases[c].pp, pc.cp = cases[c].cp, pc.ep = cases[c].ep;
+        pc.epp = cases[c].epp, pc.sequence_parallel = cases[c].sp;
+        struct optim_config opt = optim_config_default();
+        struct compiled C;
+        compile_or_fail(&C, cases[c].model, "tiny", pc, NULL, 0, &opt, NULL, 0);
+        char plan[] = "/tmp/weft-test-holds-XXXXXX";
+        close(mkstemp(plan));
+        struct diag d;
+        diag_init(&d);
+        if (emit_plan(&C, plan, &d))
+            fail_msg("%s", diag_first_error(&d));
+        struct plan *p = plan_open(plan, &d);
+        struct ir_actions A;
+        if (!p || ir_actions_read(p, C.S.n_stages, -1, &A, &d))
+            fail_msg("%s", diag_first_error(&d));
+        int n = 0;
+        char why[1200];
+        for (int s = 0; s < C.A.n_stages; s++) {
+            const struct ir_stage_actions *x = &C.A.stages[s], *y = &A.stages[s];
+            assert_int_equal(x->n_vstages, y->n_vstages);
+            assert_int_equal(x->n_ins, y->n_ins);
+            for (int v = 0; v < x->n_vstages; v++) {
+                if (!same_list(&x->forward[v], &y->forward[v], why, sizeof why, "forward") ||
+                    !same_list(&x->backward[v], &y->backward[v], why, sizeof why, "backward"))
+                    fail_msg("%s stage %d: %s", cases[c].model, s, why);
+                n += x->forward[v].n + x->backward[v].n;
+            }
+            for (int i = 0; i < x->n_ins; i++) {
+                if (!same_list(&x->ins[i], &y->ins[i], why, sizeof why, "program"))
+                    fail_msg("%s stage %d instruction %d: %s", cases[c].model, s, i, why);
+                n += x->ins[i].n;
+            }
+        }
+        printf("    %-18s %d ranks (tp %d, pp %d, cp %d, ep %d%s): %d actions read back as built\n", cases[c].model, cases[c].world,
+               cases[c].tp, cases[c].pp, cases[c].cp, cases[c].ep, cases[c].sp ? ", sp" : "", n);
+        ir_actions_free(&A);
+        plan_close(p);
+        diag_free(&d);
+        compiled_free(&C);
+        unlink(plan);
+    }
+}
+
+/* A plan that is not whole: weft run refuses it, naming the section, before any step. */
+static void test_run_refuses_a_broken_plan(void **state)
+{
+    (void)state;
+    char plan[] = "/tmp/weft-test-broken-XXXXXX";
+    close(mkstemp(plan));
+    compile_dp("models/gpt2.xml", 1, plan);
+    struct stat sb;
+    assert_int_equal(stat(plan, &sb), 0);
+    struct run r;
+    assert_int_equal(truncate(plan, sb.st_size / 2), 0); /* truncated */
+    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    assert_int_equal(r.status, 2);
+    assert_null(strstr(r.out, "iteration"));
+    printf("    truncated: %s", r.err);
+    FILE *f = fopen(plan, "w"); /* foreign */
+    fputs("<model name=\"not a plan\"/>\n", f);
+    fclose(f);
+    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    assert_int_equal(r.status, 2);
+    printf("    foreign: %s", r.err);
+    compile_dp("models/gpt2.xml", 1, plan); /* a flipped byte inside the actions section */
+    struct plan *p = plan_open(plan, NULL);
+    int64_t off = -1;
+    for (int i = 0; p && i < plan_n_sections(p); i++)
+        if (!strcmp(plan_section_name(p, i), "actions.0"))
+            off = (int64_t)plan_section_offset(p, i) + 40;
+    plan_close(p);
+    assert_true(off > 0);
+    int fd = open(plan, O_RDWR);
+    unsigned char byte;
+    assert_int_equal(pread(fd, &byte, 1, off), 1);
+    byte ^= 0x5a;
+    assert_int_equal(pwrite(fd, &byte, 1, off), 1);
+    close(fd);
+    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "actions.0"));
+    printf("    a flipped byte: %s", r.err);
+    unlink(plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -422,6 +550,8 @@ int main(void)
         cmocka_unit_test(test_layouts_match_one_rank),
         cmocka_unit_test(test_wrong_world_size),
         cmocka_unit_test(test_actions_checked),
+        cmocka_unit_test(test_plan_holds_the_actions),
+        cmocka_unit_test(test_run_refuses_a_broken_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
