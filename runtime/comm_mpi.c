@@ -14,6 +14,7 @@ struct mpi {
     MPI_Comm *tied;                /* per tied set (MPI_COMM_NULL where this rank holds none of it) */
     int n_tied;
     MPI_Comm p2p;                  /* the world, for pipeline transfers */
+    MPI_Op bf16_sum, bf16_max;
     MPI_Comm roll[IR_GROUP_COUNT]; /* the same groups, for the roll call after a deadline */
     const struct rank_layout *L;
     bool initialised_here;
@@ -161,6 +162,39 @@ static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, e
     return 0;
 }
 
+/* bf16 sums and maxima, as MPI has no bf16: each element widened to fp32,
+ * combined, rounded back to nearest even. */
+static float bf16_float(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t float_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type)
+{
+    (void)type;
+    uint16_t *a = in, *b = inout;
+    for (int i = 0; i < *len; i++)
+        b[i] = float_bf16(bf16_float(a[i]) + bf16_float(b[i]));
+}
+
+static void bf16_max(void *in, void *inout, int *len, MPI_Datatype *type)
+{
+    (void)type;
+    uint16_t *a = in, *b = inout;
+    for (int i = 0; i < *len; i++)
+        b[i] = bf16_float(a[i]) > bf16_float(b[i]) ? a[i] : b[i];
+}
+
 static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,
                           struct diag *d)
 {
@@ -172,14 +206,17 @@ static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, i
                    g == IR_GROUP_TIED ? " for this tied set" : "");
         return -1;
     }
-    MPI_Datatype t = dtype == IR_DTYPE_I32 ? MPI_INT : dtype == IR_DTYPE_F32 ? MPI_FLOAT : MPI_DATATYPE_NULL;
+    MPI_Datatype t = dtype == IR_DTYPE_I32 ? MPI_INT : dtype == IR_DTYPE_F32 ? MPI_FLOAT : dtype == IR_DTYPE_BF16 ? MPI_UINT16_T
+                                                                                                       : MPI_DATATYPE_NULL;
     if (t == MPI_DATATYPE_NULL || (op != IR_COLL_ALL_REDUCE && op != IR_COLL_ALL_REDUCE_MAX) || count > 0x7fffffff) {
         diag_error(d, NULL, 0, "rank %d: %s of %lld %s elements: not supported over MPI", c->rank, ir_coll_name(op), (long long)count,
                    ir_dtype_name((enum ir_dtype)dtype));
         return -1;
     }
     MPI_Request req;
-    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX, comm, &req) != MPI_SUCCESS) {
+    MPI_Op how = dtype == IR_DTYPE_BF16 ? (op == IR_COLL_ALL_REDUCE ? m->bf16_sum : m->bf16_max)
+                                        : op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX;
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, how, comm, &req) != MPI_SUCCESS) {
         diag_error(d, NULL, 0, "rank %d: MPI_Iallreduce over %s failed", c->rank, group_str(g));
         return -1;
     }
@@ -247,6 +284,8 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     for (int g = 0; g < IR_GROUP_COUNT; g++)
         m->groups[g] = m->roll[g] = MPI_COMM_NULL;
     m->p2p = MPI_COMM_NULL;
+    MPI_Op_create(bf16_sum, 1, &m->bf16_sum);
+    MPI_Op_create(bf16_max, 1, &m->bf16_max);
     if (MPI_Comm_dup(MPI_COMM_WORLD, &m->p2p) != MPI_SUCCESS) {
         diag_error(d, NULL, 0, "rank %d: MPI_Comm_dup failed", c->rank);
         comm_close(c);
@@ -306,6 +345,8 @@ void comm_close(struct comm *c)
     free(m->tied);
     if (m->p2p != MPI_COMM_NULL)
         MPI_Comm_free(&m->p2p);
+    MPI_Op_free(&m->bf16_sum);
+    MPI_Op_free(&m->bf16_max);
     if (m->initialised_here)
         MPI_Finalize();
     free(m);

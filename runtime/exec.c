@@ -29,9 +29,12 @@ struct exec {
     double clip;             /* the factor the updates scale gradients by */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
+    float *scratch;          /* bf16 GEMMs' operands widened (gemm_scratch) */
+    int64_t scratch_bytes;
 };
 
 double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
+int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
 
 static double now(void)
 {
@@ -95,6 +98,24 @@ static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, in
     return idx;
 }
 
+/* bf16 as the kernels round it: to nearest, ties to even. */
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+static float from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Each parameter from the seed; under bf16 its fp32 master weights too, the
+ * bf16 copy rounded from them. */
 static void init_params(struct exec *x)
 {
     for (int b = 0; b < x->m->n_bufs; b++) {
@@ -102,11 +123,26 @@ static void init_params(struct exec *x)
         if (p->region != IR_REGION_PARAMS || p->what != IR_BUF_VALUE)
             continue;
         const struct rank_tensor *t = &x->R->tensors[p->id];
-        float *w = (float *)(x->arena + x->m->base[IR_REGION_PARAMS] + p->offset);
+        uint8_t *w = x->arena + x->m->base[IR_REGION_PARAMS] + p->offset;
+        int64_t n = 1, bytes;
+        for (int k = 0; k < t->rank; k++)
+            n *= t->shape[k];
+        bool bf16 = x->R->L->pc.bf16;
+        n = p->bytes / (bf16 ? 2 : 4); /* this rank's shard */
+        int64_t mo = bf16 ? ir_memory_find(x->m, IR_BUF_MASTER, p->id, -1, -1, &bytes) : -1;
+        float *master = mo >= 0 ? (float *)(x->arena + mo) : NULL;
         uint64_t stream = kn_stream(t->name);
-        for (int64_t e = 0; e < p->bytes / 4; e++)
-            w[e] = t->init == IR_INIT_ONES ? 1.0f : t->init == IR_INIT_ZEROS ? 0.0f
-                 : (float)(t->init_std * normal(x->seed, stream, (uint64_t)whole_index(x, t, e)));
+        for (int64_t e = 0; e < n; e++) {
+            float f = t->init == IR_INIT_ONES ? 1.0f : t->init == IR_INIT_ZEROS ? 0.0f
+                    : (float)(t->init_std * normal(x->seed, stream, (uint64_t)whole_index(x, t, e)));
+            if (!bf16)
+                ((float *)w)[e] = f;
+            else {
+                ((uint16_t *)w)[e] = to_bf16(f);
+                if (master)
+                    master[e] = f;
+            }
+        }
     }
 }
 
@@ -145,29 +181,84 @@ static void fill_inputs(struct exec *x, int v, int j)
                 for (int64_t s = 0; s < S; s++)
                     p[b * S + s] = exec_token(x->seed, first + b, s + shift, vocab);
         } else {
-            float *p = (float *)(x->arena + o);
-            int64_t per = 1;
+            int64_t per = 1, bytes;
             for (int k = 1; k < T->rank; k++)
                 per *= T->shape[k];
-            for (int64_t e = 0; e < B * per; e++)
-                p[e] = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + e));
+            ir_memory_find(x->m, IR_BUF_VALUE, t, v, j, &bytes);
+            bool half = bytes == B * per * 2; /* held as bf16 */
+            for (int64_t e = 0; e < B * per; e++) {
+                float f = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + e));
+                if (half)
+                    ((uint16_t *)(x->arena + o))[e] = to_bf16(f);
+                else
+                    ((float *)(x->arena + o))[e] = f;
+            }
         }
     }
 }
 
-static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
+/* A stored matrix (rows x cols, leading dimension ld) of bf16, widened into dense fp32. */
+static void widen(const uint16_t *src, int64_t rows, int64_t cols, int64_t ld, float *dst)
 {
-    const float *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
-    float *c = at(x, &g->c, v, j);
-    for (int64_t z = 0; z < g->batch; z++)
-        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (blasint)g->m, (blasint)g->n,
-                    (blasint)g->k, 1.0f, a + z * g->stride_a, (blasint)g->lda, b + z * g->stride_b, (blasint)g->ldb, g->beta,
-                    c + z * g->stride_c, (blasint)g->ldc);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[r * cols + c] = from_bf16(src[r * ld + c]);
 }
 
-/* The float arguments a fused launch takes from the run: the loss's
- * gradient scale (the loss's backward reads the loss op's row statistics),
- * AdamW's step. */
+/* c = a @ b (+ c) through sgemm.  bf16 operands (OpenBLAS as Debian builds
+ * it has no sbgemm) are widened into the executor's GEMM scratch, and a bf16
+ * result rounded back (to nearest even, as the kernels round); a fp32 result
+ * (a parameter's gradient) is added into directly. */
+static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
+{
+    enum CBLAS_TRANSPOSE ta = g->ta ? CblasTrans : CblasNoTrans, tb = g->tb ? CblasTrans : CblasNoTrans;
+    if (g->dtype == IR_DTYPE_F32) {
+        const float *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
+        float *c = at(x, &g->c, v, j);
+        for (int64_t z = 0; z < g->batch; z++)
+            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, a + z * g->stride_a, (blasint)g->lda,
+                        b + z * g->stride_b, (blasint)g->ldb, g->beta, c + z * g->stride_c, (blasint)g->ldc);
+        return;
+    }
+    const uint16_t *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
+    int64_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k, br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+    float *fa = x->scratch, *fb = fa + ar * ac, *fc = fb + br * bc;
+    for (int64_t z = 0; z < g->batch; z++) {
+        widen(a + z * g->stride_a, ar, ac, g->lda, fa);
+        widen(b + z * g->stride_b, br, bc, g->ldb, fb);
+        if (g->c_dtype == IR_DTYPE_F32) {
+            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc,
+                        g->beta, (float *)at(x, &g->c, v, j) + z * g->stride_c, (blasint)g->ldc);
+            continue;
+        }
+        cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc, 0.0f, fc,
+                    (blasint)g->n);
+        uint16_t *c = (uint16_t *)at(x, &g->c, v, j) + z * g->stride_c;
+        for (int64_t i = 0; i < g->m; i++)
+            for (int64_t k = 0; k < g->n; k++)
+                c[i * g->ldc + k] = to_bf16(fc[i * g->n + k] + (g->beta != 0 ? g->beta * from_bf16(c[i * g->ldc + k]) : 0.0f));
+    }
+}
+
+/* The GEMM scratch a bf16 plan needs on the CPU: its largest GEMM's
+ * operands and result widened to fp32 (0 for a fp32 plan). */
+static int64_t gemm_scratch(const struct ir_stage_actions *acts)
+{
+    int64_t most = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int v = 0; v < acts->n_vstages; v++) {
+            const struct ir_action_list *l = pass ? &acts->backward[v] : &acts->forward[v];
+            for (int i = 0; i < l->n; i++) {
+                const struct ir_gemm *g = &l->v[i].gemm;
+                if (l->v[i].kind != IR_ACT_GEMM || g->dtype != IR_DTYPE_BF16)
+                    continue;
+                int64_t n = g->m * g->k + g->k * g->n + g->m * g->n;
+                most = n > most ? n : most;
+            }
+        }
+    return most * 4;
+}
+
 /* The tokens the loss averages over: this rank's rows, every micro-batch,
  * every data-parallel replica and context-parallel share. */
 static double loss_tokens(const struct exec *x)
@@ -327,10 +418,6 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
 
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d)
 {
-    if (R->L->pc.bf16) {
-        diag_error(d, NULL, 0, "weft run: bf16 plans do not run on the CPU yet: compile without --bf16");
-        return NULL;
-    }
     const struct ir_program *prog = &R->schedule.programs[R->stage];
     const struct ir_stage_actions *acts = &R->actions.stages[R->stage];
     for (int i = 0; i < prog->n; i++) {
@@ -378,6 +465,12 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
         return NULL;
     }
     memset(x->arena, 0, (size_t)x->m->total);
+    x->scratch_bytes = gemm_scratch(x->acts);
+    if (x->scratch_bytes && !(x->scratch = malloc((size_t)x->scratch_bytes))) {
+        diag_error(d, NULL, 0, "rank %d: cannot allocate the bf16 GEMMs' scratch (%lld bytes)", R->rank, (long long)x->scratch_bytes);
+        exec_free(x);
+        return NULL;
+    }
     init_params(x);
     return x;
 }
@@ -390,6 +483,7 @@ void exec_free(struct exec *x)
         backend_close(x->be);
     free(x->arena);
     free(x->kernel_seconds);
+    free(x->scratch);
     free(x);
 }
 

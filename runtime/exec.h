@@ -17,7 +17,7 @@
  * Collectives go through the communicator's table (comm.h).  Not yet:
  * tensor, context and expert parallel transfers, tied and norm collectives,
  * pipeline transfers (a plan that needs them is refused by exec_new,
- * naming the instruction), bf16 GEMMs. */
+ * naming the instruction). */
 #ifndef WEFT_EXEC_H
 #define WEFT_EXEC_H
 
@@ -38,6 +38,9 @@ struct exec_stats {
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
 void exec_free(struct exec *x);
+/* Memory the executor holds beside the arena: the bf16 GEMMs' widened
+ * operands on the CPU (0 for a fp32 plan). */
+int64_t exec_scratch_bytes(const struct exec *x);
 /* Seconds spent in a kernel of the plan (its launches, all steps so far). */
 double exec_kernel_seconds(const struct exec *x, int kernel);
 /* The arena, and where a buffer is in it (tests read parameters). */

@@ -337,6 +337,46 @@ static void test_layouts_match_one_rank(void **state)
     }
 }
 
+/* A bf16 plan (bf16 weights and activations, fp32 master weights, sums
+ * and moments) stays within bf16's reach of the fp32 run: 3 steps' losses
+ * within 1e-3 and gradient norms within 1e-2, relative (bf16 keeps 8
+ * bits of mantissa: one rounding is 4e-3 of a value; a loss averages many). */
+static void test_bf16_near_fp32(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    enum { STEPS = 3 };
+    char fp32[] = "/tmp/weft-test-f32-XXXXXX", bf16[] = "/tmp/weft-test-b16-XXXXXX";
+    close(mkstemp(fp32));
+    close(mkstemp(bf16));
+    compile_layout("models/gpt2.xml", 1, "", fp32);
+    double l1[STEPS], n1[STEPS], lb[STEPS], nb[STEPS];
+    struct run r;
+    if (mpi_run(fp32, 1, STEPS, l1, n1, &r))
+        fail_msg("weft run: %s%s", r.out, r.err);
+    static const struct {
+        int ranks;
+        const char *layout;
+    } cases[] = {{1, "--bf16"}, {8, "--bf16 --tp 2 --pp 2"}};
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        compile_layout("models/gpt2.xml", cases[c].ranks, cases[c].layout, bf16);
+        if (mpi_run(bf16, cases[c].ranks, STEPS, lb, nb, &r))
+            fail_msg("weft run %s: %s%s", cases[c].layout, r.out, r.err);
+        double worst_l = 0, worst_n = 0;
+        for (int i = 0; i < STEPS; i++) {
+            worst_l = fmax(worst_l, fabs(lb[i] - l1[i]) / fabs(l1[i]));
+            worst_n = fmax(worst_n, fabs(nb[i] - n1[i]) / fabs(n1[i]));
+        }
+        printf("    gpt2 %d ranks %-22s losses within %.1e of fp32's, gradient norms within %.1e\n", cases[c].ranks, cases[c].layout,
+               worst_l, worst_n);
+        assert_true(worst_l < 1e-3);
+        assert_true(worst_n < 1e-2);
+    }
+    unlink(fp32);
+    unlink(bf16);
+}
+
 /* A plan run on the wrong number of ranks: every rank exits 2, rank 0 says
  * what it expected and got, and nothing hangs. */
 static void test_wrong_world_size(void **state)
@@ -548,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_gradients_match_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
         cmocka_unit_test(test_layouts_match_one_rank),
+        cmocka_unit_test(test_bf16_near_fp32),
         cmocka_unit_test(test_wrong_world_size),
         cmocka_unit_test(test_actions_checked),
         cmocka_unit_test(test_plan_holds_the_actions),
