@@ -151,11 +151,15 @@ int cmd_run(int argc, char **argv)
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
     }
     if (rc == 0 && steps && lead) {
-        char a[32], b[32];
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
-        printf("%ld iterations in %.2f s, %.0f tokens/s; rank 0's peak resident memory %s, of which the plan's arena %s\n", steps,
-               total, (double)tokens / total, wf_bytes((double)ru.ru_maxrss * 1024, a), wf_bytes((double)R.memory.roles[R.stage].total, b));
+        double peak = (double)ru.ru_maxrss * 1024, arena = (double)R.memory.roles[R.stage].total, scratch = (double)exec_scratch_bytes(x);
+        printf("%ld iterations in %.2f s, %.0f tokens/s\n", steps, total, (double)tokens / total);
+        char extra[96] = "";
+        if (scratch > 0)
+            snprintf(extra, sizeof extra, "the bf16 GEMMs' scratch %.1f MiB, ", scratch / 1048576);
+        printf("rank 0's peak resident memory %.1f MiB: the plan's arena %.1f MiB, %sthe rest %.1f MiB (the program, its "
+               "libraries, OpenBLAS's and MPI's buffers)\n", peak / 1048576, arena / 1048576, extra, (peak - arena - scratch) / 1048576);
         double rest = total;
         printf("rank 0's time:");
         for (int k = 0; k < IR_ACT_COUNT; k++)
