@@ -378,30 +378,17 @@ static void p2p_actions(const struct lowering *w, int stage, const struct ir_ins
 /* A tied set's all-reduce: the gradient of each parameter whose holders are
  * the set's stages, in tensor order on every holder; pending where the
  * holders hold it differently (T5's table at etp < tp). */
-static void tied_actions(const struct lowering *w, const struct ir_schedule *S, int stage, int set, struct ir_action_list *out)
+static void tied_actions(const struct lowering *w, const struct ir_schedule *S, int set, struct ir_action_list *out)
 {
     const struct partition *P = w->P;
     const struct ir_graph *g = P->g;
     uint8_t *on = wf_calloc((size_t)S->n_stages + 1, 1);
     for (int t = 0; t < g->n_tensors; t++) {
-        if (g->tensors[t].kind != IR_TENSOR_PARAM)
+        int64_t held;
+        bool alike;
+        if (g->tensors[t].kind != IR_TENSOR_PARAM || schedule_param_holders(P, S->n_stages, t, on, &held, &alike) < 2 ||
+            memcmp(on, S->tied_stages[set], (size_t)S->n_stages))
             continue;
-        memset(on, 0, (size_t)S->n_stages);
-        for (int i = 0; i < g->n_ops; i++)
-            for (int k = 0; k < g->ops[i].n_in; k++)
-                if (g->ops[i].in[k] == t)
-                    on[P->chunks[P->op_chunk[i]].stage] = 1;
-        if (memcmp(on, S->tied_stages[set], (size_t)S->n_stages))
-            continue;
-        bool alike = true; /* every holder holds the same part (as the schedule sized the set: find_tied) */
-        int64_t held = -1;
-        for (int i = 0; i < g->n_ops; i++)
-            for (int k = 0; k < g->ops[i].n_in; k++)
-                if (g->ops[i].in[k] == t) {
-                    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[i]].part, &g->tensors[t].shape, &P->shard[t]);
-                    alike &= held < 0 || held == ir_shape_numel(&l);
-                    held = ir_shape_numel(&l);
-                }
         int64_t start, bytes = grad_extent(w->m, t, &start);
         (void)start;
         struct ir_action a = {.kind = alike ? IR_ACT_COLL : IR_ACT_PENDING,
@@ -409,7 +396,6 @@ static void tied_actions(const struct lowering *w, const struct ir_schedule *S, 
                                        .buf = {.what = IR_BUF_GRAD, .id = t}, .bytes = bytes}};
         ir_action_push(out, &a);
     }
-    (void)stage;
     free(on);
 }
 
@@ -450,7 +436,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
             continue;
         }
         if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_TIED) {
-            tied_actions(w, S, stage, x->tag, out);
+            tied_actions(w, S, x->tag, out);
             continue;
         }
         if (x->kind == IR_INS_OPTIMIZER) {

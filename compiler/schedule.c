@@ -159,6 +159,30 @@ int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *out, in
     return n;
 }
 
+int schedule_param_holders(const struct partition *P, int n_stages, int t, uint8_t *on, int64_t *held, bool *alike)
+{
+    const struct ir_graph *g = P->g;
+    memset(on, 0, (size_t)n_stages);
+    int n = 0;
+    int64_t local = -1, whole = ir_shape_numel(&g->tensors[t].shape);
+    *alike = true;
+    for (int i = 0; i < g->n_ops; i++)
+        for (int k = 0; k < g->ops[i].n_in; k++) {
+            if (g->ops[i].in[k] != t)
+                continue;
+            const struct part_chunk *c = &P->chunks[P->op_chunk[i]];
+            if (!on[c->stage]) {
+                on[c->stage] = 1;
+                n++;
+            }
+            struct ir_shape l = partition_local_shape(P, c->part, &g->tensors[t].shape, &P->shard[t]);
+            *alike &= local < 0 || local == ir_shape_numel(&l);
+            local = ir_shape_numel(&l);
+        }
+    *held = *alike ? local : whole;
+    return n;
+}
+
 /* Parameters read on more than one stage (a tied embedding, T5's shared
  * table) sum their gradients over the stages that hold them: the holders
  * are derived, not named per model. */
@@ -168,17 +192,9 @@ static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t 
     uint8_t *on = wf_calloc((size_t)S->n_stages + 1, 1);
     *bytes = NULL;
     for (int t = 0; t < g->n_tensors; t++) {
-        if (g->tensors[t].kind != IR_TENSOR_PARAM)
-            continue;
-        memset(on, 0, (size_t)S->n_stages);
-        int n = 0;
-        for (int i = 0; i < g->n_ops; i++)
-            for (int k = 0; k < g->ops[i].n_in; k++)
-                if (g->ops[i].in[k] == t && !on[P->chunks[P->op_chunk[i]].stage]) {
-                    on[P->chunks[P->op_chunk[i]].stage] = 1;
-                    n++;
-                }
-        if (n < 2)
+        int64_t local;
+        bool alike;
+        if (g->tensors[t].kind != IR_TENSOR_PARAM || schedule_param_holders(P, S->n_stages, t, on, &local, &alike) < 2)
             continue;
         int set = -1;
         for (int k = 0; k < S->n_tied && set < 0; k++)
@@ -192,20 +208,7 @@ static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t 
             memcpy(S->tied_stages[set], on, (size_t)S->n_stages);
             (*bytes)[set] = 0;
         }
-        /* fp32 gradients: each holder's shard when all hold it alike (the
-         * embedding group reduces shard by shard); the whole tensor when
-         * they do not (T5's table at etp < tp): each contributes its shard
-         * and takes back its own. */
-        int64_t local = -1, whole = ir_shape_numel(&g->tensors[t].shape);
-        for (int i = 0; i < g->n_ops && local != whole; i++)
-            for (int k = 0; k < g->ops[i].n_in; k++)
-                if (g->ops[i].in[k] == t) {
-                    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[i]].part, &g->tensors[t].shape,
-                                                              &P->shard[t]);
-                    int64_t held = ir_shape_numel(&l);
-                    local = local < 0 || local == held ? held : whole;
-                }
-        (*bytes)[set] += local * 4;
+        (*bytes)[set] += local * 4; /* fp32 gradients */
     }
     free(on);
 }

@@ -37,6 +37,14 @@ enum ir_sched_kind schedule_default(const struct partition *P);
  * (SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + group), a tied set (TIED: its index). */
 enum { SCHED_TAG_GRADS = 1 << 20, SCHED_TAG_NORM = 2 << 20, SCHED_TAG_PARAM_GRADS = 3 << 20, SCHED_MAX_BUCKETS = 1 << 10 };
 
+/* The stages that read parameter t (on[stage] = 1; on has n_stages
+ * entries) and how many; whether every holder holds the same part of it
+ * (alike), and the elements a tied set's all-reduce moves for it (held):
+ * the shard when alike (the embedding group reduces shard by shard), the
+ * whole tensor when not (T5's table at etp < tp: each contributes its
+ * shard and takes back its own). */
+int schedule_param_holders(const struct partition *P, int n_stages, int t, uint8_t *on, int64_t *held, bool *alike);
+
 /* Megatron's gradient buckets of a chunk: their fp32 bytes, and (first,
  * last: may be NULL) each one's first and last parameter in the order the
  * backward finishes them, the order GRADS lays them out.  Returns the count. */
