@@ -111,6 +111,14 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     plan_put_u32(w, (uint32_t)g->n_outputs);
     for (int i = 0; i < g->n_outputs; i++)
         plan_put_i32(w, g->outputs[i]);
+    /* the input the loss takes its labels from (the synthetic data shift it a token on), or -1 */
+    int loss = ir_graph_loss(g), labels = -1;
+    if (loss >= 0 && g->tensors[loss].producer >= 0) {
+        const struct ir_op *o = &g->ops[g->tensors[loss].producer];
+        if (o->kind == IR_OP_CROSS_ENTROPY && o->in[1] >= 0 && g->tensors[o->in[1]].kind == IR_TENSOR_INPUT)
+            labels = o->in[1];
+    }
+    plan_put_i32(w, labels);
 
     ir_memory_write(w, &C->M);
     ir_actions_write(w, &C->A);

@@ -67,6 +67,11 @@ static int read_outputs(struct plan *p, struct rank_plan *R, struct diag *d)
             diag_error(d, NULL, 0, "plan section 'outputs': output %u names no tensor: the plan is corrupted", i);
             return -1;
         }
+    R->labels = plan_get_i32(&r);
+    if (r.bad || R->labels < -1 || R->labels >= R->n_tensors) {
+        diag_error(d, NULL, 0, "plan section 'outputs': the loss's labels name no input: the plan is corrupted");
+        return -1;
+    }
     return 0;
 }
 

@@ -53,6 +53,7 @@ struct rank_plan {
     struct rank_tensor *tensors;
     int n_outputs;
     int32_t *outputs;          /* outputs[0]: the loss when training */
+    int32_t labels;            /* the input the loss reads its labels from, or -1 */
     struct ir_schedule schedule; /* this stage's program only */
     struct ir_memory memory;   /* this stage's role only */
     struct ir_actions actions; /* this stage's only */

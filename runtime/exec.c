@@ -163,8 +163,8 @@ static uint64_t dropout_seed(const struct exec *x, int j)
     return x->seed ^ ((uint64_t)first_sample(x, j, x->micro_batch) * 0x9e3779b97f4a7c15ull); /* sample 0: the seed, as ref.c */
 }
 
-/* Micro-batch j's inputs on this rank (its samples from first_sample); a
- * labels input reads each sample one token on. */
+/* Micro-batch j's inputs on this rank (its samples from first_sample); the
+ * loss's labels read each sample one token on. */
 static void fill_inputs(struct exec *x, int v, int j)
 {
     for (int t = 0; t < x->R->n_tensors; t++) {
@@ -172,7 +172,7 @@ static void fill_inputs(struct exec *x, int v, int j)
         int64_t o = T->kind == IR_TENSOR_INPUT ? ir_memory_offset(x->m, IR_BUF_VALUE, t, v, j) : -1;
         if (o < 0)
             continue;
-        int64_t B = T->shape[0], S = T->rank > 1 ? T->shape[1] : 1, shift = strstr(T->name, "labels") ? 1 : 0;
+        int64_t B = T->shape[0], S = T->rank > 1 ? T->shape[1] : 1, shift = t == x->R->labels;
         int64_t vocab = x->R->vocab ? x->R->vocab : 2;
         int64_t first = first_sample(x, j, B);
         if (T->dtype == IR_DTYPE_I32) {

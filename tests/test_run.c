@@ -63,7 +63,7 @@ static void test_loss_matches_reference(void **state)
             const struct ir_tensor *T = &g->tensors[t];
             if (T->kind != IR_TENSOR_INPUT || T->dtype != IR_DTYPE_I32)
                 continue;
-            int64_t B = T->shape.ax[0].size, S = T->shape.ax[1].size, shift = strstr(T->name, "labels") ? 1 : 0;
+            int64_t B = T->shape.ax[0].size, S = T->shape.ax[1].size, shift = t == R.labels;
             for (int64_t b = 0; b < B; b++)
                 for (int64_t s = 0; s < S; s++)
                     ref_ints(r, t)[b * S + s] = exec_token(SEED, b, s + shift, R.vocab);
@@ -140,7 +140,7 @@ static void test_gradients_match_reference(void **state)
             if (T->kind != IR_TENSOR_INPUT)
                 continue;
             int64_t B = T->shape.ax[0].size, per = ir_shape_numel(&T->shape) / B, S = T->shape.rank > 1 ? T->shape.ax[1].size : 1;
-            int64_t shift = strstr(T->name, "labels") ? 1 : 0;
+            int64_t shift = t == R.labels;
             for (int64_t b = 0; b < B; b++)
                 for (int64_t e = 0; e < per; e++) {
                     if (T->dtype == IR_DTYPE_I32)
