@@ -149,9 +149,11 @@ static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, e
         if (!done && now() > end) {
             char who[512], silent[512];
             roll_call(c, g, silent, sizeof silent);
-            diag_error(d, NULL, 0, "rank %d (%s): %s over %s (ranks %s): nobody answered in %.0f s (--timeout): %s%s", c->rank,
-                       c->host, what, group_str(g), members(c, g, who, sizeof who), c->timeout, silent[0] ? silent : "a rank",
-                       silent[0] ? " stopped answering" : " of the group stopped");
+            char in[600] = "";
+            if (members(c, g, who, sizeof who)[0])
+                snprintf(in, sizeof in, " (ranks %s)", who);
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s%s: nobody answered in %.0f s (--timeout): %s%s", c->rank, c->host, what,
+                       group_str(g), in, c->timeout, silent[0] ? silent : "a rank", silent[0] ? " stopped answering" : " of the group stopped");
             return -1;
         }
         if (!done) {
@@ -298,6 +300,11 @@ int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_sch
 {
     struct mpi *m = c->impl;
     m->L = L;
+    /* MPI_Comm_split has no deadline of its own: every rank answers a
+     * barrier that has one first, so a rank missing at the start is named
+     * before anyone blocks */
+    if (mpi_barrier(c, d))
+        return -1;
     m->n_tied = S ? S->n_tied : 0;
     m->tied = wf_calloc((size_t)m->n_tied + 1, sizeof *m->tied);
     for (int t = 0; t < m->n_tied; t++) { /* the ranks of one pipeline at the set's stages */
