@@ -550,14 +550,14 @@ static void test_run_refuses_a_broken_plan(void **state)
     assert_int_equal(stat(plan, &sb), 0);
     struct run r;
     assert_int_equal(truncate(plan, sb.st_size / 2), 0); /* truncated */
-    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "1", NULL});
     assert_int_equal(r.status, 2);
     assert_null(strstr(r.out, "iteration"));
     printf("    truncated: %s", r.err);
     FILE *f = fopen(plan, "w"); /* foreign */
     fputs("<model name=\"not a plan\"/>\n", f);
     fclose(f);
-    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "1", NULL});
     assert_int_equal(r.status, 2);
     printf("    foreign: %s", r.err);
     compile_dp("models/gpt2.xml", 1, plan); /* a flipped byte inside the actions section */
@@ -574,7 +574,7 @@ static void test_run_refuses_a_broken_plan(void **state)
     byte ^= 0x5a;
     assert_int_equal(pwrite(fd, &byte, 1, off), 1);
     close(fd);
-    run_weft(&r, "run", plan, "--steps", "1", NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "1", NULL});
     assert_int_equal(r.status, 2);
     assert_non_null(strstr(r.err, "actions.0"));
     printf("    a flipped byte: %s", r.err);

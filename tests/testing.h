@@ -127,11 +127,11 @@ static inline bool have_mpirun(void)
     return run_progv(&r, argv) == 0 && r.status == 0;
 }
 
-/* mpirun with argv (argv[0] "mpirun").  Under AddressSanitizer, leaks are
- * not checked in the ranks: Open MPI keeps allocations in components it
- * unloads, whose stacks no suppression can name.  Memory errors still are;
- * weft's own leaks are checked by the tests that run the executor in
- * process. */
+/* A program that starts MPI (mpirun, or weft run, which joins MPI even as
+ * one rank), with argv.  Under AddressSanitizer, leaks are not checked in
+ * it: Open MPI keeps allocations in components it unloads, whose stacks no
+ * suppression can name.  Memory errors still are; weft's own leaks are
+ * checked by the tests that run the executor in process. */
 static inline int run_mpi(struct run *r, const char *const *argv)
 {
     const char *asan = getenv("ASAN_OPTIONS");
