@@ -451,18 +451,37 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                 ir_action_push(out, &(struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)x->coll, .group = (uint8_t)x->group}});
             continue; /* the step ran it */
         }
-        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_DP_CP && x->tag >= SCHED_TAG_GRADS && x->tag < SCHED_TAG_NORM) {
-            int c = (x->tag - SCHED_TAG_GRADS) / SCHED_MAX_BUCKETS, b = (x->tag - SCHED_TAG_GRADS) % SCHED_MAX_BUCKETS;
-            int n = schedule_grad_buckets(P, c, bytes, first, last);
+        bool dense = x->kind == IR_INS_COLLECTIVE && x->tag >= SCHED_TAG_GRADS && x->tag < SCHED_TAG_NORM,
+             experts = x->kind == IR_INS_COLLECTIVE && x->tag >= SCHED_TAG_EXPERT_GRADS;
+        if (dense || experts) { /* a bucket: its range of GRADS where only its kind of parameter lies there, else one by one */
+            int base = experts ? SCHED_TAG_EXPERT_GRADS : SCHED_TAG_GRADS;
+            int c = (x->tag - base) / SCHED_MAX_BUCKETS, b = (x->tag - base) % SCHED_MAX_BUCKETS;
+            int n = schedule_grad_buckets(P, c, experts, bytes, first, last);
             WF_ASSERT(b < n);
             int64_t lo, hi, end = grad_extent(m, last[b], &hi);
             grad_extent(m, first[b], &lo);
-            ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
-                                                    .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_DP_CP, .dtype = IR_DTYPE_F32,
-                                                             .buf = {.what = IR_BUF_GRAD, .id = first[b]}, .bytes = hi + end - lo}});
+            bool mixed = false;
+            for (int k = 0; k < m->n_bufs; k++) {
+                const struct ir_buf *gb = &m->bufs[k];
+                mixed |= gb->region == IR_REGION_GRADS && gb->offset >= lo && gb->offset <= hi &&
+                         schedule_is_expert_param(P, gb->id) != experts;
+            }
+            struct ir_action a = {.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)x->group, .dtype = IR_DTYPE_F32}};
+            if (!mixed) {
+                a.coll.buf = (struct ir_ref){.what = IR_BUF_GRAD, .id = first[b]}, a.coll.bytes = hi + end - lo;
+                ir_action_push(out, &a);
+                continue;
+            }
+            for (int k = 0; k < m->n_bufs; k++) { /* in GRADS' order, the same on every member */
+                const struct ir_buf *gb = &m->bufs[k];
+                if (gb->region != IR_REGION_GRADS || gb->offset < lo || gb->offset > hi || schedule_is_expert_param(P, gb->id) != experts)
+                    continue;
+                a.coll.buf = (struct ir_ref){.what = IR_BUF_GRAD, .id = gb->id}, a.coll.bytes = gb->bytes;
+                ir_action_push(out, &a);
+            }
             continue;
         }
-        if (x->kind == IR_INS_COLLECTIVE && x->tag >= SCHED_TAG_PARAM_GRADS && x->group != IR_GROUP_TIED) {
+        if (x->kind == IR_INS_COLLECTIVE && x->tag >= SCHED_TAG_PARAM_GRADS && x->tag < SCHED_TAG_EXPERT_GRADS && x->group != IR_GROUP_TIED) {
             int c = (x->tag - SCHED_TAG_PARAM_GRADS) / IR_GROUP_COUNT, g = (x->tag - SCHED_TAG_PARAM_GRADS) % IR_GROUP_COUNT;
             for (int k = 0; k < P->n_xfers; k++) { /* as the schedule coalesced them */
                 const struct part_xfer *px = &P->xfers[k];

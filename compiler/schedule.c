@@ -131,7 +131,15 @@ static bool is_param(const struct partition *P, int t) { return P->g->tensors[t]
  * reduced as soon as the last micro-batch's backward has finished it, while
  * the backward goes on.  A parameter read by several chunks of one stage is
  * the first chunk's.  Returns the buckets' sizes in fp32 bytes. */
-int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *out, int *first, int *last)
+bool schedule_is_expert_param(const struct partition *P, int t)
+{
+    for (int k = 0; k < P->g->tensors[t].shape.rank; k++)
+        if (P->shard[t].split[k] & IR_PDIM_BIT(IR_PDIM_EP))
+            return true;
+    return false;
+}
+
+int schedule_grad_buckets(const struct partition *P, int chunk, bool experts, int64_t *out, int *first, int *last)
 {
     const struct ir_graph *g = P->g;
     int n = 0;
@@ -139,7 +147,7 @@ int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *out, in
     limit = limit > 40000000 ? limit : 40000000;
     int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *chunks = wf_calloc((size_t)g->n_tensors + 1, sizeof *chunks);
     for (int i = 0, np = partition_stage_params(P, P->chunks[chunk].stage, params, chunks); i < np; i++) {
-        if (chunks[i] != chunk)
+        if (chunks[i] != chunk || schedule_is_expert_param(P, params[i]) != experts)
             continue;
         struct ir_shape l = partition_local_shape(P, P->chunks[chunk].part, &g->tensors[params[i]].shape, &P->shard[params[i]]);
         if (!fill && first)
@@ -316,11 +324,18 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                                                                    .group = (enum ir_group)g,
                                                                    .tag = SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + g,
                                                                    .bytes = coalesced[g]});
-                    int nb = P->L->pc.dp * P->L->pc.cp > 1 ? schedule_grad_buckets(P, c, buckets, NULL, NULL) : 0;
-                    for (int b = 0; b < nb; b++)
-                        ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
-                                                               .group = IR_GROUP_DP_CP,
-                                                               .tag = SCHED_TAG_GRADS + c * SCHED_MAX_BUCKETS + b, .bytes = buckets[b]});
+                    /* dense parameters over dp x cp; the experts' over the expert data-parallel ranks
+                     * (the ranks of an expert-parallel group hold different experts) */
+                    for (int experts = 0; experts < 2; experts++) {
+                        bool reduced = experts ? P->L->pc.expert_dp > 1 : P->L->pc.dp * P->L->pc.cp > 1;
+                        int nb = reduced ? schedule_grad_buckets(P, c, experts, buckets, NULL, NULL) : 0;
+                        for (int b = 0; b < nb; b++)
+                            ir_program_push(prog, &(struct ir_ins){
+                                                      .kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                                                      .group = experts ? IR_GROUP_EXPERT_DP : IR_GROUP_DP_CP,
+                                                      .tag = (experts ? SCHED_TAG_EXPERT_GRADS : SCHED_TAG_GRADS) + c * SCHED_MAX_BUCKETS + b,
+                                                      .bytes = buckets[b]});
+                    }
                 }
                 p2p_of(P, s, st, true, &pending);
             }

@@ -35,7 +35,17 @@ enum ir_sched_kind schedule_default(const struct partition *P);
  * bucket b: SCHED_TAG_GRADS + c * SCHED_MAX_BUCKETS + b), the gradient
  * norm, a chunk's parameter gradients partial over a group
  * (SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + group), a tied set (TIED: its index). */
-enum { SCHED_TAG_GRADS = 1 << 20, SCHED_TAG_NORM = 2 << 20, SCHED_TAG_PARAM_GRADS = 3 << 20, SCHED_MAX_BUCKETS = 1 << 10 };
+enum {
+    SCHED_TAG_GRADS = 1 << 20,        /* + chunk * SCHED_MAX_BUCKETS + bucket: dense parameters over dp x cp */
+    SCHED_TAG_NORM = 2 << 20,
+    SCHED_TAG_PARAM_GRADS = 3 << 20,  /* + chunk * IR_GROUP_COUNT + group */
+    SCHED_TAG_EXPERT_GRADS = 4 << 20, /* + chunk * SCHED_MAX_BUCKETS + bucket: experts' parameters over expert dp */
+    SCHED_MAX_BUCKETS = 1 << 10
+};
+
+/* Whether a parameter is an expert's (split over expert parallel ranks):
+ * its gradient is reduced over the expert data-parallel group, not dp x cp. */
+bool schedule_is_expert_param(const struct partition *P, int t);
 
 /* The stages that read parameter t (on[stage] = 1; on has n_stages
  * entries) and how many; whether every holder holds the same part of it
@@ -45,9 +55,10 @@ enum { SCHED_TAG_GRADS = 1 << 20, SCHED_TAG_NORM = 2 << 20, SCHED_TAG_PARAM_GRAD
  * shard and takes back its own). */
 int schedule_param_holders(const struct partition *P, int n_stages, int t, uint8_t *on, int64_t *held, bool *alike);
 
-/* Megatron's gradient buckets of a chunk: their fp32 bytes, and (first,
- * last: may be NULL) each one's first and last parameter in the order the
- * backward finishes them, the order GRADS lays them out.  Returns the count. */
-int schedule_grad_buckets(const struct partition *P, int chunk, int64_t *bytes, int *first, int *last);
+/* Megatron's gradient buckets of a chunk's dense parameters (experts: its
+ * experts' parameters): their fp32 bytes, and (first, last: may be NULL)
+ * each one's first and last parameter in the order the backward finishes
+ * them, the order GRADS lays them out.  Returns the count. */
+int schedule_grad_buckets(const struct partition *P, int chunk, bool experts, int64_t *bytes, int *first, int *last);
 
 #endif

@@ -21,7 +21,12 @@ static const char *coll_names[] = {
 #undef X
 };
 static const char *group_names[] = {
-#define X(id, name) name,
+#define X(id, name, kind) name,
+    IR_GROUPS(X)
+#undef X
+};
+static const int group_kinds[] = {
+#define X(id, name, kind) kind,
     IR_GROUPS(X)
 #undef X
 };
@@ -33,6 +38,7 @@ static const char *sched_names[] = {
 
 const char *ir_coll_name(enum ir_coll c) { return coll_names[c]; }
 const char *ir_group_name(enum ir_group g) { return group_names[g]; }
+int ir_group_layout_kind(enum ir_group g) { return g < IR_GROUP_COUNT ? group_kinds[g] : -1; }
 
 int ir_group_of_pdim(int pdim)
 {
@@ -218,10 +224,7 @@ static int members(const struct verifier *v, int r, const struct ir_ins *ins, in
         }
         return n;
     }
-    static const enum par_group_kind kind[IR_GROUP_COUNT] = {
-        [IR_GROUP_TP] = PAR_GROUP_TP, [IR_GROUP_CP] = PAR_GROUP_CP, [IR_GROUP_EP] = PAR_GROUP_EP,
-        [IR_GROUP_EXPERT_TP] = PAR_GROUP_EXPERT_TP, [IR_GROUP_DP_CP] = PAR_GROUP_DP_CP, [IR_GROUP_MP] = PAR_GROUP_MP};
-    const struct rank_groups *G = &v->L->groups[kind[ins->group]];
+    const struct rank_groups *G = &v->L->groups[ir_group_layout_kind(ins->group)];
     int g = v->group_of[ins->group][r];
     int n = 0;
     for (int i = 0; g >= 0 && i < G->sizes[g] && n < max; i++)
@@ -626,16 +629,13 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
                 }
             }
     }
-    static const enum par_group_kind kind[IR_GROUP_COUNT] = {
-        [IR_GROUP_TP] = PAR_GROUP_TP, [IR_GROUP_CP] = PAR_GROUP_CP, [IR_GROUP_EP] = PAR_GROUP_EP,
-        [IR_GROUP_EXPERT_TP] = PAR_GROUP_EXPERT_TP, [IR_GROUP_DP_CP] = PAR_GROUP_DP_CP, [IR_GROUP_MP] = PAR_GROUP_MP};
     for (int k = 0; k < IR_GROUP_COUNT; k++) {
         if (k == IR_GROUP_TIED)
             continue;
         v.group_of[k] = wf_calloc((size_t)L->n_ranks, sizeof *v.group_of[k]);
         for (int r = 0; r < L->n_ranks; r++)
             v.group_of[k][r] = -1;
-        const struct rank_groups *G = &L->groups[kind[k]];
+        const struct rank_groups *G = &L->groups[ir_group_layout_kind((enum ir_group)k)];
         v.leader[k] = wf_calloc((size_t)G->n_groups + 1, sizeof *v.leader[k]);
         for (int g = 0; g < G->n_groups; g++) {
             v.leader[k][g] = G->sizes[g] ? G->ranks[g][0] : -1;

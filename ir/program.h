@@ -39,19 +39,21 @@ enum ir_coll {
     IR_COLL_COUNT
 };
 
-/* The group a collective runs over, found per rank from the layout; TIED is
- * the ranks of the rank's pipeline that hold one tied parameter set. */
+/* The group a collective runs over, found per rank from the layout (the
+ * kind of group of layout.h each is); TIED is the ranks of the rank's
+ * pipeline that hold one tied parameter set, no kind of the layout's. */
 #define IR_GROUPS(X)                                                           \
-    X(TP, "tp")                                                                \
-    X(CP, "cp")                                                                \
-    X(EP, "ep")                                                                \
-    X(EXPERT_TP, "expert_tp")                                                  \
-    X(DP_CP, "dp_cp")                                                          \
-    X(MP, "mp")                                                                \
-    X(TIED, "tied")
+    X(TP, "tp", PAR_GROUP_TP)                                                  \
+    X(CP, "cp", PAR_GROUP_CP)                                                  \
+    X(EP, "ep", PAR_GROUP_EP)                                                  \
+    X(EXPERT_TP, "expert_tp", PAR_GROUP_EXPERT_TP)                             \
+    X(DP_CP, "dp_cp", PAR_GROUP_DP_CP)                                         \
+    X(MP, "mp", PAR_GROUP_MP)                                                  \
+    X(TIED, "tied", -1)                                                        \
+    X(EXPERT_DP, "expert_dp", PAR_GROUP_EXPERT_DP)
 
 enum ir_group {
-#define X(id, name) IR_GROUP_##id,
+#define X(id, name, kind) IR_GROUP_##id,
     IR_GROUPS(X)
 #undef X
     IR_GROUP_COUNT
@@ -59,6 +61,8 @@ enum ir_group {
 
 const char *ir_coll_name(enum ir_coll c);
 const char *ir_group_name(enum ir_group g);
+/* The layout's kind of group (enum par_group_kind) a program's group is; -1 for TIED. */
+int ir_group_layout_kind(enum ir_group g);
 /* The group a collective over a parallel dimension (enum ir_pdim) runs in:
  * tp's, cp's, ep's or expert tp's; -1 for none (a pipeline send). */
 int ir_group_of_pdim(int pdim);

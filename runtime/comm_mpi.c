@@ -20,20 +20,6 @@ struct mpi {
     bool initialised_here;
 };
 
-/* The layout's group kind behind a program's group. */
-static int par_kind(enum ir_group g)
-{
-    switch (g) {
-    case IR_GROUP_TP: return PAR_GROUP_TP;
-    case IR_GROUP_CP: return PAR_GROUP_CP;
-    case IR_GROUP_EP: return PAR_GROUP_EP;
-    case IR_GROUP_EXPERT_TP: return PAR_GROUP_EXPERT_TP;
-    case IR_GROUP_DP_CP: return PAR_GROUP_DP_CP;
-    case IR_GROUP_MP: return PAR_GROUP_MP;
-    default: return -1; /* TIED: per tied set, not yet */
-    }
-}
-
 static double now(void)
 {
     struct timespec t;
@@ -47,7 +33,7 @@ static const char *group_str(enum ir_group g) { return g < IR_GROUP_COUNT ? ir_g
 static const char *members(const struct comm *c, enum ir_group g, char *buf, size_t n)
 {
     const struct mpi *m = c->impl;
-    int k = par_kind(g), gi = k < 0 ? -1 : rank_layout_group_of(m->L, (enum par_group_kind)k, c->rank);
+    int k = ir_group_layout_kind(g), gi = k < 0 ? -1 : rank_layout_group_of(m->L, (enum par_group_kind)k, c->rank);
     size_t at = 0;
     buf[0] = 0;
     if (gi < 0)
@@ -316,7 +302,7 @@ int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_sch
         }
     }
     for (int g = 0; g < IR_GROUP_COUNT; g++) {
-        int k = par_kind((enum ir_group)g);
+        int k = ir_group_layout_kind((enum ir_group)g);
         if (k < 0)
             continue;
         int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank);

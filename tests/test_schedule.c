@@ -626,6 +626,35 @@ static void test_many_transfers(void **state)
     partition_free(b.P);
 }
 
+/* The ranks of an expert-parallel group hold different experts: their
+ * gradients are summed over the expert data-parallel ranks (Megatron's
+ * expert_data_parallel group), never over dp x cp with the dense
+ * parameters.  Tiny Mixtral (hidden 64, ffn 96, 4 experts, 2 layers; w1,
+ * w3 and w2 are experts x 64 x 96 each, 238,400 parameters in all) at ep 2:
+ *   experts' gradients per rank: 2 layers x 3 x (4/2 experts) x 64 x 96 = 73,728 fp32
+ *   dense gradients: 238,400 - 2 x 3 x 4 x 64 x 96 = 90,944 fp32 */
+static void test_expert_gradients_over_expert_dp(void **state)
+{
+    (void)state;
+    const int64_t experts_bytes = 2 * 3 * 2 * 64 * 96 * 4, dense_bytes = (238400 - 2 * 3 * 4 * 64 * 96) * 4;
+    for (int world = 2; world <= 4; world += 2) { /* expert dp 1: the experts' gradients move nowhere; expert dp 2 */
+        struct par_config pc = par_config_default();
+        pc.world_size = world, pc.ep = 2, pc.global_batch = 2 * world;
+        struct built b;
+        build(&b, "models/mixtral.xml", "tiny", pc, -1);
+        int64_t by_group[IR_GROUP_COUNT] = {0};
+        const struct ir_program *prog = &b.S.programs[0];
+        for (int i = 0; i < prog->n; i++)
+            if (prog->ins[i].kind == IR_INS_COLLECTIVE && (prog->ins[i].group == IR_GROUP_DP_CP || prog->ins[i].group == IR_GROUP_EXPERT_DP))
+                by_group[prog->ins[i].group] += prog->ins[i].bytes;
+        printf("    mixtral tiny, %d ranks at ep 2: %lld bytes over dp_cp, %lld over expert_dp\n", world,
+               (long long)by_group[IR_GROUP_DP_CP], (long long)by_group[IR_GROUP_EXPERT_DP]);
+        assert_int_equal(by_group[IR_GROUP_DP_CP], dense_bytes);
+        assert_int_equal(by_group[IR_GROUP_EXPERT_DP], world == 2 ? 0 : experts_bytes);
+        unbuild(&b);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -640,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_simulate_cli),
         cmocka_unit_test(test_thousands_of_ranks),
         cmocka_unit_test(test_many_transfers),
+        cmocka_unit_test(test_expert_gradients_over_expert_dp),
     };
     int rc = cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
     fe_cleanup();
