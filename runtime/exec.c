@@ -400,18 +400,6 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         }
         }
         x->action_seconds[a->kind] += now() - t0;
-        if (getenv("WEFT_DEBUG_NAN")) {
-            const struct ir_ref *outs[8]; int no = 0;
-            if (a->kind == IR_ACT_GEMM) outs[no++] = &a->gemm.c;
-            if (a->kind == IR_ACT_LAUNCH) for (int k = 0; k < a->launch.n_out; k++) outs[no++] = &a->launch.out[k];
-            for (int k = 0; k < no; k++) {
-                int64_t bytes, o = ir_memory_find(x->m, outs[k]->what, outs[k]->id, v, j, &bytes);
-                if (o < 0 || outs[k]->what == IR_BUF_MASK || outs[k]->what == IR_BUF_ROUTES || outs[k]->what == IR_BUF_FILLS) continue;
-                const float *f = (const float *)(x->arena + o);
-                int64_t bad = 0; for (int64_t e = 0; e < bytes / 4; e++) bad += !isfinite(f[e]);
-                if (bad) { char s2[256]; fprintf(stderr, "NaN: action %d (%s) out %d: %lld of %lld\n", i, ir_action_str(a, s2, sizeof s2), k, (long long)bad, (long long)bytes/4); }
-            }
-        }
     }
     return 0;
 }
