@@ -124,11 +124,8 @@ static void init_params(struct exec *x)
             continue;
         const struct rank_tensor *t = &x->R->tensors[p->id];
         uint8_t *w = x->arena + x->m->base[IR_REGION_PARAMS] + p->offset;
-        int64_t n = 1, bytes;
-        for (int k = 0; k < t->rank; k++)
-            n *= t->shape[k];
         bool bf16 = x->R->L->pc.bf16;
-        n = p->bytes / (bf16 ? 2 : 4); /* this rank's shard */
+        int64_t n = p->bytes / (bf16 ? 2 : 4), bytes; /* this rank's shard */
         int64_t mo = bf16 ? ir_memory_find(x->m, IR_BUF_MASTER, p->id, -1, -1, &bytes) : -1;
         float *master = mo >= 0 ? (float *)(x->arena + mo) : NULL;
         uint64_t stream = kn_stream(t->name);
