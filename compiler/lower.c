@@ -39,15 +39,15 @@ static struct ir_ref read_ref(const struct lowering *w, int op, int what, int t,
             px->kind != PART_XFER_SLICE)
             xfer = x;
     }
-    if (xfer < 0 || P->xfers[xfer].kind == PART_XFER_ALL_REDUCE || P->xfers[xfer].kind == PART_XFER_SEND ||
-        P->xfers[xfer].kind == PART_XFER_SLICE) {
-        if (xfer < 0 || P->xfers[xfer].kind != PART_XFER_ALL_REDUCE || xfer == 0 || P->xfers[xfer - 1].kind != PART_XFER_ALL_REDUCE_MAX ||
-            P->xfers[xfer - 1].op != P->xfers[xfer].op)
-            return ref(w, what, t);
-        /* the loss's sums, staged after its maxima */
-        return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer,
-                               .offset = (P->xfers[xfer - 1].bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
-    }
+    const struct part_xfer *px = xfer >= 0 ? &P->xfers[xfer] : NULL;
+    if (!px || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE)
+        return ref(w, what, t);
+    const struct part_xfer *maxima = xfer > 0 ? &P->xfers[xfer - 1] : NULL;
+    bool loss_sums = px->kind == PART_XFER_ALL_REDUCE && maxima && maxima->kind == PART_XFER_ALL_REDUCE_MAX && maxima->op == px->op;
+    if (loss_sums) /* the loss's sums, staged after its maxima (memory.c sized COMM so) */
+        return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer, .offset = (maxima->bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
+    if (px->kind == PART_XFER_ALL_REDUCE) /* in place */
+        return ref(w, what, t);
     return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer};
 }
 
@@ -426,6 +426,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
     int64_t *bytes = wf_calloc(SCHED_MAX_BUCKETS, sizeof *bytes);
     int *first = wf_calloc(SCHED_MAX_BUCKETS, sizeof *first), *last = wf_calloc(SCHED_MAX_BUCKETS, sizeof *last);
     bool summed = false;
+    int have_c = -1, have_experts = -1, n = 0; /* the buckets last found (a chunk's come one after another) */
     for (int i = 0; i < prog->n; i++) {
         const struct ir_ins *x = &prog->ins[i];
         struct ir_action_list *out = &st->ins[i];
@@ -456,7 +457,8 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
         if (dense || experts) { /* a bucket: its range of GRADS where only its kind of parameter lies there, else one by one */
             int base = experts ? SCHED_TAG_EXPERT_GRADS : SCHED_TAG_GRADS;
             int c = (x->tag - base) / SCHED_MAX_BUCKETS, b = (x->tag - base) % SCHED_MAX_BUCKETS;
-            int n = schedule_grad_buckets(P, c, experts, bytes, first, last);
+            if (c != have_c || experts != have_experts)
+                n = schedule_grad_buckets(P, c, experts, bytes, first, last), have_c = c, have_experts = experts;
             WF_ASSERT(b < n);
             int64_t lo, hi, end = grad_extent(m, last[b], &hi);
             grad_extent(m, first[b], &lo);

@@ -156,29 +156,27 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         put_ref(w, &g->a), put_ref(w, &g->b), put_ref(w, &g->c);
         break;
     }
-    case IR_ACT_LAUNCH: {
+    case IR_ACT_LAUNCH: { /* only the axes and slots in use: a launch a few hundred bytes, not a whole kn_args */
         const struct ir_launch *l = &a->launch;
         const struct kn_args *x = &l->args;
         plan_put_i32(w, l->launch);
         plan_put_u8(w, l->fn_first), plan_put_u8(w, l->fn_last);
         plan_put_f64(w, l->scale);
         plan_put_i64(w, x->rows), plan_put_i64(w, x->cols), plan_put_i64(w, x->rank);
-        put_i64s(w, x->mod, KN_MAX_SLOTS), put_i64s(w, x->omod, KN_MAX_SLOTS);
-        put_i64s(w, x->dim, KN_MAX_RANK), put_i64s(w, x->stride, KN_MAX_RANK);
+        for (int i = 0; i < x->rank; i++) {
+            plan_put_i64(w, x->dim[i]), plan_put_i64(w, x->stride[i]);
+            plan_put_u8(w, l->off_pdim[i]);
+        }
         for (int i = 0; i < 4; i++)
             plan_put_u64(w, x->stream[i]);
-        for (int s = 0; s < KN_MAX_SLOTS; s++)
-            put_i64s(w, x->vin[s], 6), put_i64s(w, x->vout[s], 6);
-        for (int i = 0; i < KN_MAX_RANK; i++)
-            plan_put_u8(w, l->off_pdim[i]);
-        for (int io = 0; io < 2; io++)
-            for (int s = 0; s < KN_MAX_SLOTS; s++)
-                plan_put_u8(w, l->gather_pdim[io][s]);
         plan_put_u8(w, (uint8_t)l->n_in), plan_put_u8(w, (uint8_t)l->n_out);
-        for (int i = 0; i < l->n_in; i++)
-            put_ref(w, &l->in[i]);
-        for (int i = 0; i < l->n_out; i++)
-            put_ref(w, &l->out[i]);
+        for (int io = 0; io < 2; io++)
+            for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
+                put_ref(w, io ? &l->out[i] : &l->in[i]);
+                plan_put_i64(w, io ? x->omod[i] : x->mod[i]);
+                put_i64s(w, io ? x->vout[i] : x->vin[i], 6);
+                plan_put_u8(w, l->gather_pdim[io][i]);
+            }
         break;
     }
     case IR_ACT_ZERO:
@@ -235,28 +233,28 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         l->fn_first = plan_get_u8(r), l->fn_last = plan_get_u8(r);
         l->scale = (float)plan_get_f64(r);
         x->rows = plan_get_i64(r), x->cols = plan_get_i64(r), x->rank = plan_get_i64(r);
-        get_i64s(r, x->mod, KN_MAX_SLOTS), get_i64s(r, x->omod, KN_MAX_SLOTS);
-        get_i64s(r, x->dim, KN_MAX_RANK), get_i64s(r, x->stride, KN_MAX_RANK);
+        if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS) {
+            r->bad = true;
+            break;
+        }
+        for (int i = 0; i < x->rank; i++) {
+            x->dim[i] = plan_get_i64(r), x->stride[i] = plan_get_i64(r);
+            l->off_pdim[i] = plan_get_u8(r);
+        }
         for (int i = 0; i < 4; i++)
             x->stream[i] = plan_get_u64(r);
-        for (int s = 0; s < KN_MAX_SLOTS; s++)
-            get_i64s(r, x->vin[s], 6), get_i64s(r, x->vout[s], 6);
-        for (int i = 0; i < KN_MAX_RANK; i++)
-            l->off_pdim[i] = plan_get_u8(r);
-        for (int io = 0; io < 2; io++)
-            for (int s = 0; s < KN_MAX_SLOTS; s++)
-                l->gather_pdim[io][s] = plan_get_u8(r);
         l->n_in = plan_get_u8(r), l->n_out = plan_get_u8(r);
         if (l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS) {
             r->bad = true;
             break;
         }
-        for (int i = 0; i < l->n_in; i++)
-            get_ref(r, &l->in[i]);
-        for (int i = 0; i < l->n_out; i++)
-            get_ref(r, &l->out[i]);
-        if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS)
-            r->bad = true;
+        for (int io = 0; io < 2; io++)
+            for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
+                get_ref(r, io ? &l->out[i] : &l->in[i]);
+                *(io ? &x->omod[i] : &x->mod[i]) = plan_get_i64(r);
+                get_i64s(r, io ? x->vout[i] : x->vin[i], 6);
+                l->gather_pdim[io][i] = plan_get_u8(r);
+            }
         break;
     }
     case IR_ACT_ZERO:

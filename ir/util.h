@@ -44,6 +44,11 @@ char *wf_si(double v, const char *unit, char buf[32]);
 /* Read a whole file into memory (NUL-terminated, *len excludes the NUL).
  * Returns NULL and sets errno on failure; files over max_bytes fail with EFBIG. */
 char *wf_read_file(const char *path, size_t max_bytes, size_t *len);
+/* Seconds on the monotonic clock (for durations). */
+double wf_seconds(void);
+/* bf16 as every kernel of the plan rounds it (to nearest, ties to even), and back. */
+uint16_t wf_bf16(float f);
+float wf_bf16_float(uint16_t h);
 
 /* "did you mean": offer each candidate a misspelt word could have meant; the
  * closest by edit distance, within a third of the word's length plus one,

@@ -20,12 +20,6 @@ struct mpi {
     bool initialised_here;
 };
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static const char *group_str(enum ir_group g) { return g < IR_GROUP_COUNT ? ir_group_name(g) : "the world"; }
 
@@ -72,8 +66,8 @@ static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t 
         else
             sends[i] = MPI_REQUEST_NULL;
     heard[me] = 1;
-    double end = now() + (c->timeout < 5 ? c->timeout : 5);
-    while (now() < end) {
+    double end = wf_seconds() + (c->timeout < 5 ? c->timeout : 5);
+    while (wf_seconds() < end) {
         int flag = 0;
         MPI_Status st;
         MPI_Iprobe(MPI_ANY_SOURCE, 77, m->roll[g], &flag, &st);
@@ -113,14 +107,14 @@ static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_
 static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, enum ir_group g, const struct comm_msg *msgs,
                     struct diag *d)
 {
-    double end = now() + c->timeout;
+    double end = wf_seconds() + c->timeout;
     int done = 0;
     while (!done) {
         if (MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
             diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, group_str(g));
             return -1;
         }
-        if (!done && now() > end && msgs) { /* a pipeline transfer: name the peers not heard from */
+        if (!done && wf_seconds() > end && msgs) { /* a pipeline transfer: name the peers not heard from */
             char who[512] = "";
             size_t at = 0;
             for (int i = 0; i < n && at + 16 < sizeof who; i++) {
@@ -132,7 +126,7 @@ static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, e
             diag_error(d, NULL, 0, "rank %d (%s): %s: nothing moved in %.0f s (--timeout): %s", c->rank, c->host, what, c->timeout, who);
             return -1;
         }
-        if (!done && now() > end) {
+        if (!done && wf_seconds() > end) {
             char who[512], silent[512];
             roll_call(c, g, silent, sizeof silent);
             char in[600] = "";
@@ -152,27 +146,12 @@ static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, e
 
 /* bf16 sums and maxima, as MPI has no bf16: each element widened to fp32,
  * combined, rounded back to nearest even. */
-static float bf16_float(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static uint16_t float_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
 static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type)
 {
     (void)type;
     uint16_t *a = in, *b = inout;
     for (int i = 0; i < *len; i++)
-        b[i] = float_bf16(bf16_float(a[i]) + bf16_float(b[i]));
+        b[i] = wf_bf16(wf_bf16_float(a[i]) + wf_bf16_float(b[i]));
 }
 
 static void bf16_max(void *in, void *inout, int *len, MPI_Datatype *type)
@@ -180,7 +159,7 @@ static void bf16_max(void *in, void *inout, int *len, MPI_Datatype *type)
     (void)type;
     uint16_t *a = in, *b = inout;
     for (int i = 0; i < *len; i++)
-        b[i] = bf16_float(a[i]) > bf16_float(b[i]) ? a[i] : b[i];
+        b[i] = wf_bf16_float(a[i]) > wf_bf16_float(b[i]) ? a[i] : b[i];
 }
 
 static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,

@@ -36,12 +36,6 @@ struct exec {
 double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
 int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 void *exec_arena(struct exec *x) { return x->arena; }
 
@@ -98,22 +92,6 @@ static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, in
     return idx;
 }
 
-/* bf16 as the kernels round it: to nearest, ties to even. */
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* Each parameter from the seed; under bf16 its fp32 master weights too, the
  * bf16 copy rounded from them. */
 static void init_params(struct exec *x)
@@ -135,7 +113,7 @@ static void init_params(struct exec *x)
             if (!bf16)
                 ((float *)w)[e] = f;
             else {
-                ((uint16_t *)w)[e] = to_bf16(f);
+                ((uint16_t *)w)[e] = wf_bf16(f);
                 if (master)
                     master[e] = f;
             }
@@ -186,7 +164,7 @@ static void fill_inputs(struct exec *x, int v, int j)
             for (int64_t e = 0; e < B * per; e++) {
                 float f = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + e));
                 if (half)
-                    ((uint16_t *)(x->arena + o))[e] = to_bf16(f);
+                    ((uint16_t *)(x->arena + o))[e] = wf_bf16(f);
                 else
                     ((float *)(x->arena + o))[e] = f;
             }
@@ -199,7 +177,7 @@ static void widen(const uint16_t *src, int64_t rows, int64_t cols, int64_t ld, f
 {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++)
-            dst[r * cols + c] = from_bf16(src[r * ld + c]);
+            dst[r * cols + c] = wf_bf16_float(src[r * ld + c]);
 }
 
 /* c = a @ b (+ c) through sgemm.  bf16 operands (OpenBLAS as Debian builds
@@ -233,7 +211,7 @@ static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
         uint16_t *c = (uint16_t *)at(x, &g->c, v, j) + z * g->stride_c;
         for (int64_t i = 0; i < g->m; i++)
             for (int64_t k = 0; k < g->n; k++)
-                c[i * g->ldc + k] = to_bf16(fc[i * g->n + k] + (g->beta != 0 ? g->beta * from_bf16(c[i * g->ldc + k]) : 0.0f));
+                c[i * g->ldc + k] = wf_bf16(fc[i * g->n + k] + (g->beta != 0 ? g->beta * wf_bf16_float(c[i * g->ldc + k]) : 0.0f));
     }
 }
 
@@ -328,13 +306,13 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
-        double t0 = now();
+        double t0 = wf_seconds();
         switch (a->kind) {
         case IR_ACT_GEMM: gemm(x, &a->gemm, v, j); break;
         case IR_ACT_LAUNCH:
             if (launch(x, &a->launch, v, j, d))
                 return -1;
-            x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += now() - t0;
+            x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += wf_seconds() - t0;
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
         case IR_ACT_SEND:
@@ -396,7 +374,7 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
             return -1;
         }
         }
-        x->action_seconds[a->kind] += now() - t0;
+        x->action_seconds[a->kind] += wf_seconds() - t0;
     }
     return 0;
 }
@@ -474,8 +452,7 @@ void exec_free(struct exec *x)
 
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d)
 {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = wf_seconds();
     x->iteration = iteration;
     x->loss_sum = 0;
     x->norm = -1, x->clip = 1;
@@ -514,11 +491,10 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
         return -1;
     if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, 0, sum, 2, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
         return -1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
     st->grad_norm = x->norm < 0 ? 0 : x->norm;
     st->lr = x->lr;
-    st->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    st->seconds = wf_seconds() - t0;
     st->tokens = (int64_t)sum[1];
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;

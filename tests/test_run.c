@@ -37,6 +37,58 @@ static struct exec *run_plan(const char *plan, struct rank_plan *R)
     return x;
 }
 
+/* One step of a model's plan for one rank, beside the reference's forward
+ * over the same parameters (the seed) and inputs (the synthetic tokens, the
+ * labels a token on; float inputs from the seed). */
+struct one_step {
+    char plan[32];
+    struct compiled C;
+    struct rank_plan R;
+    struct exec *x;
+    struct exec_stats st;
+    struct ref *r;
+};
+
+static void one_step(const char *model, struct one_step *s)
+{
+    snprintf(s->plan, sizeof s->plan, "/tmp/weft-test-run-XXXXXX");
+    close(mkstemp(s->plan));
+    compile_to(model, s->plan, 1e-4, &s->C);
+    s->x = run_plan(s->plan, &s->R);
+    struct diag d;
+    diag_init(&d);
+    if (exec_step(s->x, 0, &s->st, &d))
+        fail_msg("%s", diag_first_error(&d));
+    const struct ir_graph *g = s->C.P->g;
+    s->r = ref_new(g, SEED);
+    for (int t = 0; t < g->n_tensors; t++) {
+        const struct ir_tensor *T = &g->tensors[t];
+        if (T->kind != IR_TENSOR_INPUT)
+            continue;
+        int64_t B = T->shape.ax[0].size, per = ir_shape_numel(&T->shape) / B, S = T->shape.rank > 1 ? T->shape.ax[1].size : 1;
+        int64_t shift = t == s->R.labels;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t e = 0; e < per; e++) {
+                if (T->dtype == IR_DTYPE_I32)
+                    ref_ints(s->r, t)[b * per + e] = exec_token(SEED, b, e % S + shift, s->R.vocab);
+                else
+                    ref_data(s->r, t)[b * per + e] = (float)ref_normal(SEED, kn_stream(T->name), (uint64_t)(b * per + e));
+            }
+    }
+    if (ref_forward(s->r, &d))
+        fail_msg("%s", diag_first_error(&d));
+    diag_free(&d);
+}
+
+static void one_step_free(struct one_step *s)
+{
+    ref_free(s->r);
+    exec_free(s->x);
+    rank_plan_free(&s->R);
+    compiled_free(&s->C);
+    unlink(s->plan);
+}
+
 /* The first step's loss: the executor's (kernels, GEMMs, the memory plan's
  * addresses) against the reference's plain loops on whole tensors, from
  * the same seed and the same synthetic tokens. */
@@ -45,40 +97,12 @@ static void test_loss_matches_reference(void **state)
     (void)state;
     static const char *const models[] = {"models/gpt2.xml", "models/llama2.xml"};
     for (size_t m = 0; m < WF_COUNT(models); m++) {
-        char plan[] = "/tmp/weft-test-run-XXXXXX";
-        int fd = mkstemp(plan);
-        close(fd);
-        struct compiled C;
-        compile_to(models[m], plan, 1e-4, &C);
-        struct rank_plan R;
-        struct exec *x = run_plan(plan, &R);
-        struct exec_stats st;
-        struct diag d;
-        diag_init(&d);
-        if (exec_step(x, 0, &st, &d))
-            fail_msg("%s", diag_first_error(&d));
-        const struct ir_graph *g = C.P->g;
-        struct ref *r = ref_new(g, SEED);
-        for (int t = 0; t < g->n_tensors; t++) {
-            const struct ir_tensor *T = &g->tensors[t];
-            if (T->kind != IR_TENSOR_INPUT || T->dtype != IR_DTYPE_I32)
-                continue;
-            int64_t B = T->shape.ax[0].size, S = T->shape.ax[1].size, shift = t == R.labels;
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t s = 0; s < S; s++)
-                    ref_ints(r, t)[b * S + s] = exec_token(SEED, b, s + shift, R.vocab);
-        }
-        if (ref_forward(r, &d))
-            fail_msg("%s", diag_first_error(&d));
-        double want = ref_data(r, g->outputs[0])[0], rel = fabs(st.loss - want) / fabs(want);
-        printf("    %-18s loss %.7f, reference %.7f: relative difference %.1e\n", models[m], st.loss, want, rel);
+        struct one_step s;
+        one_step(models[m], &s);
+        double want = ref_data(s.r, s.C.P->g->outputs[0])[0], rel = fabs(s.st.loss - want) / fabs(want);
+        printf("    %-18s loss %.7f, reference %.7f: relative difference %.1e\n", models[m], s.st.loss, want, rel);
         assert_true(rel < 1e-5);
-        ref_free(r);
-        exec_free(x);
-        rank_plan_free(&R);
-        compiled_free(&C);
-        diag_free(&d);
-        unlink(plan);
+        one_step_free(&s);
     }
 }
 
@@ -122,37 +146,13 @@ static void test_gradients_match_reference(void **state)
     static const char *const models[] = {"models/gpt2.xml", "models/llama2.xml", "models/mixtral.xml", "models/t5.xml",
                                          "models/llava.xml"};
     for (size_t m = 0; m < WF_COUNT(models); m++) {
-        char plan[] = "/tmp/weft-test-grad-XXXXXX";
-        close(mkstemp(plan));
-        struct compiled C;
-        compile_to(models[m], plan, 1e-4, &C);
-        struct rank_plan R;
-        struct exec *x = run_plan(plan, &R);
-        struct exec_stats st;
+        struct one_step s;
+        one_step(models[m], &s);
+        const struct ir_graph *g = s.C.P->g;
         struct diag d;
         diag_init(&d);
-        if (exec_step(x, 0, &st, &d))
-            fail_msg("%s", diag_first_error(&d));
-        const struct ir_graph *g = C.P->g;
-        struct ref *r = ref_new(g, SEED);
-        for (int t = 0; t < g->n_tensors; t++) {
-            const struct ir_tensor *T = &g->tensors[t];
-            if (T->kind != IR_TENSOR_INPUT)
-                continue;
-            int64_t B = T->shape.ax[0].size, per = ir_shape_numel(&T->shape) / B, S = T->shape.rank > 1 ? T->shape.ax[1].size : 1;
-            int64_t shift = t == R.labels;
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t e = 0; e < per; e++) {
-                    if (T->dtype == IR_DTYPE_I32)
-                        ref_ints(r, t)[b * per + e] = exec_token(SEED, b, e % S + shift, R.vocab);
-                    else
-                        ref_data(r, t)[b * per + e] = (float)ref_normal(SEED, kn_stream(T->name), (uint64_t)(b * per + e));
-                }
-        }
-        if (ref_forward(r, &d))
-            fail_msg("%s", diag_first_error(&d));
-        float **want = reference_gradients(r, g, &d);
-        const struct ir_role_memory *mem = &R.memory.roles[0];
+        float **want = reference_gradients(s.r, g, &d);
+        const struct ir_role_memory *mem = &s.R.memory.roles[0];
         double worst = 0;
         const char *worst_at = "";
         int checked = 0;
@@ -161,7 +161,7 @@ static void test_gradients_match_reference(void **state)
                 continue;
             int64_t bytes, at = ir_memory_find(mem, IR_BUF_GRAD, t, -1, -1, &bytes), n = ir_shape_numel(&g->tensors[t].shape);
             assert_true(at >= 0 && bytes == n * 4);
-            const float *got = (const float *)((const char *)exec_arena(x) + at);
+            const float *got = (const float *)((const char *)exec_arena(s.x) + at);
             double scale = 0, diff = 0;
             int64_t where = 0;
             for (int64_t e = 0; e < n; e++) {
@@ -181,12 +181,8 @@ static void test_gradients_match_reference(void **state)
         for (int t = 0; t < g->n_tensors; t++)
             free(want[t]);
         free(want);
-        ref_free(r);
-        exec_free(x);
-        rank_plan_free(&R);
-        compiled_free(&C);
         diag_free(&d);
-        unlink(plan);
+        one_step_free(&s);
     }
 }
 
