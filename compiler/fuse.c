@@ -47,24 +47,37 @@ static void set_value(struct builder *b, int t, int node)
     b->value[t] = node;
 }
 
-/* The transfer that brings an op's forward input t (a collective, a send,
- * a slice), or -1. */
+/* The last transfer of the chain that brings op's input t (how op reads
+ * it), or -1: as held. */
 static int transfer_of(const struct partition *P, int op, int t)
 {
-    for (int x = 0; x < P->n_xfers; x++)
-        if (P->xfers[x].op == op && P->xfers[x].tensor == t && !P->xfers[x].grad)
-            return x;
+    const struct ir_op *o = &P->g->ops[op];
+    for (int k = 0; k < o->n_in; k++)
+        if (o->in[k] == t)
+            return partition_reads_via(P, op, k);
     return -1;
 }
 
 /* Tensor t as this rank holds it where the current op reads it: after its
- * transfer, if one brings it. */
+ * transfers, if they bring it; as its producer makes it, outside any op
+ * (b->op < 0: the domain of the group that makes it). */
 static struct ir_shape local(const struct builder *b, int t)
 {
     const struct ir_tensor *x = &b->P->g->tensors[t];
     int via = b->op >= 0 ? transfer_of(b->P, b->op, t) : -1;
+    struct ir_shard made = partition_made_shard(b->P, t);
     return partition_local_shape(b->P, b->P->chunks[b->chunk].part, &x->shape,
-                                 via >= 0 ? &b->P->xfers[via].after : &b->P->shard[t]);
+                                 via >= 0 ? &b->P->xfers[via].after : b->op < 0 ? &made : &b->P->shard[t]);
+}
+
+/* Whether a transfer reads tensor t: its readers read it from memory,
+ * never as a value made in their group. */
+static bool transferred(const struct partition *P, int t)
+{
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].tensor == t && !P->xfers[x].grad && P->xfers[x].kind != PART_XFER_SEND)
+            return true;
+    return false;
 }
 
 /* The type a kernel reads or writes tensor t in: bf16 for a float tensor
@@ -103,7 +116,7 @@ static int qkv_view(const struct partition *P, int chunk, int t)
 static int get(struct builder *b, int t, bool per_batch)
 {
     if (b->value[t] >= 0)
-        return b->value[t];
+        return transferred(b->P, t) ? -1 : b->value[t];
     int root = qkv_view(b->P, b->chunk, t);
     if (root >= 0) { /* read through the view's strides */
         if (b->k.n_in == KN_MAX_SLOTS)
@@ -1081,7 +1094,7 @@ static int fwd_value(struct bwd *w, int t)
     if (access < 0 || b->k.n_in == KN_MAX_SLOTS)
         return -1;
     int slot = kn_input(&b->k, slot_dtype(b, t), (enum kn_access)access);
-    b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = -1};
+    b->in[slot] = (struct kn_bind){.what = IR_BUF_VALUE, .id = t, .xfer = transfer_of(b->P, b->op, t)};
     return w->fwd[t] = kn_load(&b->k, slot);
 }
 
@@ -1562,22 +1575,39 @@ void fuse(const struct partition *P, const struct optim_config *opt, struct kn_s
 /* The shard a bind's tensor has where the launch reads it (an input a
  * transfer brings: as the transfer leaves it) or writes it (an output a
  * transfer takes: as the transfer takes it). */
-static const struct ir_shard *bound_shard(const struct partition *P, const struct kn_bind *b, bool out)
+/* How a slot's tensor is held where the group reads or writes it: through
+ * its transfer; a value the group makes, as made; a gradient, as the
+ * group's reader reads the value (the readers' sum before conversion), or
+ * as the tensor is made (its gradient's buffer); else as held. */
+static struct ir_shard bound_shard(const struct partition *P, const struct kn_set *F, const struct kn_launch *G,
+                                   const struct kn_bind *b, bool out)
 {
-    return b->xfer < 0 ? &P->shard[b->id] : out ? &P->xfers[b->xfer].before : &P->xfers[b->xfer].after;
+    if (b->xfer >= 0)
+        return out ? P->xfers[b->xfer].before : P->xfers[b->xfer].after;
+    if (b->what == IR_BUF_GRAD) {
+        for (int i = 0; i < G->n_ops; i++) {
+            int via = transfer_of(P, F->ops[G->first_op + i], b->id);
+            if (via >= 0)
+                return P->xfers[via].after;
+        }
+        return partition_made_shard(P, b->id);
+    }
+    return out ? partition_made_shard(P, b->id) : P->shard[b->id];
 }
 
 /* The shape a slot's tensor has where the group reads or writes it. */
-static struct ir_shape bound_shape(const struct partition *P, const struct kn_launch *G, const struct kn_bind *b, bool out)
+static struct ir_shape bound_shape(const struct partition *P, const struct kn_set *F, const struct kn_launch *G,
+                                   const struct kn_bind *b, bool out)
 {
     const struct ir_tensor *x = &P->g->tensors[b->id];
-    return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape, bound_shard(P, b, out));
+    struct ir_shard sh = bound_shard(P, F, G, b, out);
+    return partition_local_shape(P, P->chunks[G->chunk].part, &x->shape, &sh);
 }
 
 /* A concat launch's ROWMAP view (kernel.h): where the rows of the input it
  * moves (sizes[0]) lie in the output, on one rank.  The joined axis is held
  * whole; the axes between it and the last make M rows per step along it. */
-static void concat_view(const struct partition *P, const struct kn_launch *G, int op, int64_t *v)
+static void concat_view(const struct partition *P, const struct kn_set *F, const struct kn_launch *G, int op, int64_t *v)
 {
     const struct ir_graph *g = P->g;
     const struct ir_op *o = &g->ops[op];
@@ -1587,8 +1617,8 @@ static void concat_view(const struct partition *P, const struct kn_launch *G, in
     ax = ax < 0 ? ax + r : ax;
     int64_t at = 0, len = 0, M = 1, cols = r ? out.ax[r - 1].size : 1;
     for (int i = 0; i <= G->sizes[0] && i < o->n_in; i++) {
-        struct kn_bind b = {.id = o->in[i], .xfer = transfer_of(P, op, o->in[i])};
-        struct ir_shape in = bound_shape(P, G, &b, false);
+        struct kn_bind b = {.what = IR_BUF_VALUE, .id = o->in[i], .xfer = transfer_of(P, op, o->in[i])};
+        struct ir_shape in = bound_shape(P, F, G, &b, false);
         len = in.ax[ax].size;
         at += i < G->sizes[0] ? len : 0;
     }
@@ -1618,13 +1648,15 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
         return; /* a template kernel's sizes are the launch's own (kn_launch.sizes) */
     const struct kn_kernel *k = &F->kernels[G->kernel].k;
     const struct ir_tensor *d = &P->g->tensors[G->domain];
-    const struct ir_shard *ds = &P->shard[G->domain]; /* as the launch reads it after a transfer, or writes it before one */
+    struct ir_shard dshard = partition_made_shard(P, G->domain); /* as made, or as the launch reads it after a transfer, or
+                                                                     * writes it before one */
+    const struct ir_shard *ds = &dshard;
     for (int io = 0; io < 2; io++)
         for (int i = 0; i < (io ? G->n_out : G->n_in); i++) {
             const struct kn_bind *b = io ? &G->out[i] : &G->in[i];
-            if (b->id == G->domain && (b->what == IR_BUF_VALUE || b->what == IR_BUF_GRAD) && b->xfer >= 0 &&
+            if (b->id == G->domain && ((b->what == IR_BUF_VALUE && b->xfer >= 0) || b->what == IR_BUF_GRAD) &&
                 (io ? k->out[i] : k->in[i]).access == KN_FULL)
-                ds = bound_shard(P, b, io);
+                dshard = bound_shard(P, F, G, b, io);
         }
     enum ir_part part = P->chunks[G->chunk].part;
     struct ir_shape s = partition_local_shape(P, part, &d->shape, ds), whole = d->shape;
@@ -1641,7 +1673,7 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
     for (int i = 0; i < G->n_in; i++) {
         if (G->in[i].what != IR_BUF_VALUE && G->in[i].what != IR_BUF_GRAD)
             continue;
-        struct ir_shape t = bound_shape(P, G, &G->in[i], false);
+        struct ir_shape t = bound_shape(P, F, G, &G->in[i], false);
         int64_t n = ir_shape_numel(&t);
         if (k->in[i].access == KN_FULL && n != a->rows * a->cols)
             a->mod[i] = a->cols ? n / a->cols : 0;
@@ -1651,7 +1683,7 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
     for (int i = 0; i < G->n_out; i++) { /* a broadcast input's gradient sums the rows that share an element */
         if ((G->out[i].what != IR_BUF_VALUE && G->out[i].what != IR_BUF_GRAD) || k->out[i].access != KN_FULL)
             continue;
-        struct ir_shape t = bound_shape(P, G, &G->out[i], true);
+        struct ir_shape t = bound_shape(P, F, G, &G->out[i], true);
         int64_t n = ir_shape_numel(&t);
         if (n != a->rows * a->cols)
             a->omod[i] = a->cols ? n / a->cols : 0;
@@ -1676,10 +1708,10 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
             if (access == KN_HEADS)
                 attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
             if (access == KN_ROWMAP)
-                concat_view(P, G, F->ops[G->first_op], v);
+                concat_view(P, F, G, F->ops[G->first_op], v);
             if (access == KN_PATCHES) { /* (n, wp, p, C, H, W) of the image as this rank holds it */
                 const struct ir_op *o = &P->g->ops[F->ops[G->first_op]];
-                struct ir_shape img = bound_shape(P, G, b, io);
+                struct ir_shape img = bound_shape(P, F, G, b, io);
                 int64_t p = ir_op_int(o, IR_ATTR_PATCH);
                 v[2] = p, v[3] = img.ax[1].size, v[4] = img.ax[2].size, v[5] = img.ax[3].size;
                 v[1] = p ? v[5] / p : 0, v[0] = p ? (v[4] / p) * v[1] : 0;
@@ -1688,16 +1720,16 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
                 int64_t entries, experts, capacity;
                 fuse_route_sizes(P, b->id, &entries, &v[0], &experts, &capacity);
             } else if (access == KN_ROWVEC) { /* the vector's length: the last axis of its tensor */
-                struct ir_shape t = bound_shape(P, G, b, io);
+                struct ir_shape t = bound_shape(P, F, G, b, io);
                 v[0] = t.rank ? t.ax[t.rank - 1].size : 1;
             }
             if (access == KN_GATHER) { /* a table's rows: all its axes but the last; a vocabulary shard's first row */
-                struct ir_shape t = bound_shape(P, G, b, io);
+                struct ir_shape t = bound_shape(P, F, G, b, io);
                 v[1] = t.rank && t.ax[t.rank - 1].size ? ir_shape_numel(&t) / t.ax[t.rank - 1].size : 0;
-                tmpl->gather_pdim[io][i] = bound_shard(P, b, io)->split[0]; /* v[0]: the rank's first row */
+                tmpl->gather_pdim[io][i] = bound_shard(P, F, G, b, io).split[0]; /* v[0]: the rank's first row */
             }
             if (access == KN_PICK) { /* every element of its tensor */
-                struct ir_shape t = bound_shape(P, G, b, io);
+                struct ir_shape t = bound_shape(P, F, G, b, io);
                 v[0] = 0, v[1] = ir_shape_numel(&t);
             }
         }
@@ -1738,7 +1770,7 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
             else if (s->access == KN_ROWVEC)
                 bytes += a.rows * (io ? a.vout[i][0] : a.vin[i][0]) * size;
             else {
-                struct ir_shape t = bound_shape(P, L, b, io);
+                struct ir_shape t = bound_shape(P, F, L, b, io);
                 bytes += ir_shape_numel(&t) * size;
             }
         }

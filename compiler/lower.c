@@ -26,35 +26,60 @@ static struct ir_ref ref(const struct lowering *w, int what, int t)
     return (struct ir_ref){.what = (uint8_t)what, .id = memory_root(w->P, w->pos, t)};
 }
 
-/* Where op reads tensor t (its value, or in the backward its gradient) when
- * a transfer brings it: an all-reduce in place, in t's own buffer; any
- * other collective's result staged in COMM (the loss's sums after its row
- * maxima, memory.c).  Else t's buffer. */
-static struct ir_ref read_ref(const struct lowering *w, int op, int what, int t, int xfer)
+/* Where transfer x leaves its result (restaged: brought again for a
+ * backward) and where it reads from (memory_xfer_place). */
+static struct ir_ref xfer_out(const struct lowering *w, int x, bool restaged)
 {
-    const struct partition *P = w->P;
-    for (int x = 0; x < P->n_xfers && xfer < 0; x++) {
-        const struct part_xfer *px = &P->xfers[x];
-        if (px->op == op && px->tensor == t && px->grad == (what == IR_BUF_GRAD) && px->kind != PART_XFER_SEND &&
-            px->kind != PART_XFER_SLICE)
-            xfer = x;
-    }
-    const struct part_xfer *px = xfer >= 0 ? &P->xfers[xfer] : NULL;
-    if (!px || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE)
-        return ref(w, what, t);
-    const struct part_xfer *maxima = xfer > 0 ? &P->xfers[xfer - 1] : NULL;
-    bool loss_sums = px->kind == PART_XFER_ALL_REDUCE && maxima && maxima->kind == PART_XFER_ALL_REDUCE_MAX && maxima->op == px->op;
-    if (loss_sums) /* the loss's sums, staged after its maxima (memory.c sized COMM so) */
-        return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer, .offset = (maxima->bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
-    if (px->kind == PART_XFER_ALL_REDUCE) /* in place */
-        return ref(w, what, t);
-    return (struct ir_ref){.what = IR_BUF_STAGED, .id = xfer};
+    struct ir_ref in, out;
+    bool adds;
+    if (!memory_xfer_place(w->P, w->pos, x, restaged, &in, &out, &adds))
+        return ref(w, IR_BUF_VALUE, w->P->xfers[x].tensor); /* an op that awaits it: unchecked, never run */
+    return out;
 }
 
-static struct ir_shape local(const struct lowering *w, int t)
+/* Where op reads its input k: through the transfers that bring it, or as held. */
+static struct ir_ref value_ref(const struct lowering *w, int op, int k, bool backward)
+{
+    int x = partition_reads_via(w->P, op, k);
+    return x >= 0 ? xfer_out(w, x, backward) : ref(w, IR_BUF_VALUE, w->P->g->ops[op].in[k]);
+}
+
+/* Where op's producer writes tensor t: the partial sums a reduce-scatter
+ * takes, or t's buffer. */
+static struct ir_ref made_ref(const struct lowering *w, int t)
+{
+    int x = partition_made_xfer(w->P, t);
+    return x >= 0 ? (struct ir_ref){.what = IR_BUF_XFER_IN, .id = x} : ref(w, IR_BUF_VALUE, t);
+}
+
+/* Where op adds its gradient of input k: its chunk's readers' sum before
+ * their conversion, or t's gradient. */
+static struct ir_ref grad_ref(const struct lowering *w, int op, int k)
+{
+    int x = partition_grad_via(w->P, op, k);
+    if (x < 0)
+        return ref(w, IR_BUF_GRAD, w->P->g->ops[op].in[k]);
+    struct ir_ref in, out;
+    bool adds;
+    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
+        return ref(w, IR_BUF_GRAD, w->P->g->ops[op].in[k]);
+    return in;
+}
+
+/* Op's input k as op reads it. */
+static struct ir_shape read_shape(const struct lowering *w, int op, int k)
+{
+    int t = w->P->g->ops[op].in[k], x = partition_reads_via(w->P, op, k);
+    const struct ir_tensor *tt = &w->P->g->tensors[t];
+    return partition_local_shape(w->P, tt->part, &tt->shape, x >= 0 ? &w->P->xfers[x].after : &w->P->shard[t]);
+}
+
+/* Tensor t as its producer makes it. */
+static struct ir_shape made_shape(const struct lowering *w, int t)
 {
     const struct ir_tensor *x = &w->P->g->tensors[t];
-    return partition_local_shape(w->P, x->part, &x->shape, &w->P->shard[t]);
+    struct ir_shard made = partition_made_shard(w->P, t);
+    return partition_local_shape(w->P, x->part, &x->shape, &made);
 }
 
 static int64_t batch_of(const struct ir_shape *s)
@@ -76,15 +101,55 @@ static struct ir_gemm gemm(int64_t batch, int64_t m, int64_t n, int64_t k, bool 
                             .a = a, .b = b, .c = c};
 }
 
-/* Whether op reads or writes across a transfer inside a step that is not
- * lowered yet (all but the all-reduces; a pipeline send is the program's). */
+/* Whether a collective over px->over along `axis` of shard sh leaves each
+ * member's piece where its coordinate says: no inner group splits the axis
+ * too (the groups nest, the higher-numbered outside). */
+static bool nests(const struct part_xfer *px, int axis, const struct ir_shard *sh)
+{
+    return axis >= 0 && !(sh->split[axis] & (IR_PDIM_BIT(px->over) - 1));
+}
+
+/* The axis an all-to-all gathers (split before it, whole after). */
+static int source_axis(const struct part_xfer *px)
+{
+    for (int k = 0; k < px->shape.rank; k++)
+        if ((px->before.split[k] & IR_PDIM_BIT(px->over)) && !(px->after.split[k] & IR_PDIM_BIT(px->over)))
+            return k;
+    return -1;
+}
+
+/* Whether the lowering moves transfer x itself (a send is the program's; a
+ * parameter's gradient is summed by the program). */
+static bool lowered(const struct lowering *w, int x)
+{
+    const struct part_xfer *px = &w->P->xfers[x];
+    struct ir_ref in, out;
+    bool adds;
+    if (px->kind == PART_XFER_SEND)
+        return true;
+    if (px->grad && w->P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM)
+        return px->kind == PART_XFER_ALL_REDUCE;
+    enum ir_op_kind k = w->P->g->ops[px->op].kind;
+    if ((k == IR_OP_DISPATCH || k == IR_OP_COMBINE) && px->kind == PART_XFER_ALL_TO_ALL)
+        return false; /* the experts' exchange, inside the op's kernels: not yet */
+    if (k == IR_OP_ATTENTION && px->over == IR_PDIM_CP)
+        return false; /* context parallel attention: its keys' positions, not yet */
+    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
+        return false;
+    switch (px->kind) {
+    case PART_XFER_ALL_GATHER: return nests(px, px->axis, &px->before);
+    case PART_XFER_REDUCE_SCATTER: case PART_XFER_SLICE: return nests(px, px->axis, &px->after);
+    case PART_XFER_ALL_TO_ALL: return nests(px, px->axis, &px->after) && nests(px, source_axis(px), &px->before);
+    default: return true;
+    }
+}
+
+/* Whether op reads or writes across a transfer the lowering cannot move yet. */
 static bool awaits(const struct lowering *w, int op)
 {
-    for (int x = 0; x < w->P->n_xfers; x++) {
-        const struct part_xfer *px = &w->P->xfers[x];
-        if (px->op == op && px->kind != PART_XFER_SEND && px->kind != PART_XFER_ALL_REDUCE && px->kind != PART_XFER_ALL_REDUCE_MAX)
+    for (int x = 0; x < w->P->n_xfers; x++)
+        if (w->P->xfers[x].op == op && !lowered(w, x))
             return true;
-    }
     return false;
 }
 
@@ -93,7 +158,7 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
 {
     const struct ir_op *o = &w->P->g->ops[op];
     bool ta = ir_op_int(o, IR_ATTR_TRANSPOSE_A), tb = ir_op_int(o, IR_ATTR_TRANSPOSE_B);
-    struct ir_shape A = local(w, o->in[0]), B = local(w, o->in[1]), C = local(w, o->out[0]);
+    struct ir_shape A = read_shape(w, op, 0), B = read_shape(w, op, 1), C = made_shape(w, o->out[0]);
     int64_t M = C.ax[C.rank - 2].size, N = C.ax[C.rank - 1].size, Kd = ta ? A.ax[A.rank - 2].size : A.ax[A.rank - 1].size;
     int64_t nb = batch_of(&C), na = batch_of(&A), nbb = batch_of(&B);
     int dtype = partition_elem_bytes(w->P, &w->P->g->tensors[o->in[0]]) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
@@ -106,22 +171,22 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
         return -1;
     }
     struct ir_action x = {.kind = IR_ACT_GEMM, .awaits = awaits(w, op)};
-    struct ir_ref a = read_ref(w, op, IR_BUF_VALUE, o->in[0], -1), b = read_ref(w, op, IR_BUF_VALUE, o->in[1], -1);
+    struct ir_ref a = value_ref(w, op, 0, backward), b = value_ref(w, op, 1, backward);
     if (!backward) {
-        x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, ref(w, IR_BUF_VALUE, o->out[0]), 0, dtype, dtype);
+        x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, made_ref(w, o->out[0]), 0, dtype, dtype);
         ir_action_push(out, &x);
         return 0;
     }
     struct ir_ref dc = ref(w, IR_BUF_GRAD, o->out[0]);
     if (w->needs[o->in[0]]) { /* dA = dC op(B)^T, or stored transposed: op(B) dC^T */
-        struct ir_ref da = ref(w, IR_BUF_GRAD, o->in[0]);
+        struct ir_ref da = grad_ref(w, op, 0);
         int dt = w->P->g->tensors[o->in[0]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
         x.gemm = ta ? gemm(batch, Kd, M, N, tb, true, sb, sc, sa, b, dc, da, 1, dtype, dt)
                     : gemm(batch, M, Kd, N, false, !tb, sc, sb, sa, dc, b, da, 1, dtype, dt);
         ir_action_push(out, &x);
     }
     if (w->needs[o->in[1]]) { /* dB = op(A)^T dC, or stored transposed: dC^T op(A) */
-        struct ir_ref db = ref(w, IR_BUF_GRAD, o->in[1]);
+        struct ir_ref db = grad_ref(w, op, 1);
         int dt = w->P->g->tensors[o->in[1]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
         x.gemm = tb ? gemm(batch, N, Kd, M, true, ta, sc, sa, sb, dc, a, db, 1, dtype, dt)
                     : gemm(batch, Kd, N, M, !ta, false, sa, sc, sb, a, dc, db, 1, dtype, dt);
@@ -130,6 +195,22 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
     return 0;
 }
 
+/* The op of launch l's group that reads tensor t as input k, or -1. */
+static int reader_in(const struct lowering *w, int l, int t, int *k)
+{
+    const struct kn_launch *L = &w->K->launches[l];
+    for (int i = 0; i < L->n_ops; i++) {
+        int op = w->K->ops[L->first_op + i];
+        for (*k = 0; *k < w->P->g->ops[op].n_in; (*k)++)
+            if (w->P->g->ops[op].in[*k] == t)
+                return op;
+    }
+    return -1;
+}
+
+/* A launch's slots' buffers: a value through the transfers that bring it
+ * (brought again in the backward), a value its group makes where its
+ * producer writes it, a gradient where its reader adds it. */
 static struct ir_action launch(const struct lowering *w, int l, int fn_first, int fn_last)
 {
     struct ir_action x = {.kind = IR_ACT_LAUNCH};
@@ -139,15 +220,33 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
     x.launch.launch = l;
     x.launch.fn_first = (uint8_t)fn_first, x.launch.fn_last = (uint8_t)fn_last;
     const struct kn_launch *L = &w->K->launches[l];
+    const struct kn_entry *e = &w->K->kernels[L->kernel];
+    bool backward = L->when == KN_WHEN_BACKWARD || fn_last > KN_ATTN_FWD;
     x.launch.n_in = L->n_in, x.launch.n_out = L->n_out;
     for (int i = 0; i < L->n_in + L->n_out; i++) {
         const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
         struct ir_ref *r = i < L->n_in ? &x.launch.in[i] : &x.launch.out[i - L->n_in];
-        *r = ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0 ? (struct ir_ref){.what = b->what, .id = b->id}
-             : b->xfer >= 0                                                  ? read_ref(w, -1, b->what, b->id, b->xfer)
-                                                                            : ref(w, b->what, b->id);
+        int k, reader;
+        if (ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0)
+            *r = (struct ir_ref){.what = b->what, .id = b->id};
+        else if (b->xfer >= 0)
+            *r = xfer_out(w, b->xfer, backward && b->what == IR_BUF_VALUE);
+        else if (i >= L->n_in && b->what == IR_BUF_VALUE && L->when == KN_WHEN_FORWARD)
+            *r = made_ref(w, b->id);
+        else if (i >= L->n_in && b->what == IR_BUF_GRAD && L->when == KN_WHEN_BACKWARD && e->kind == KN_KIND_FUSED &&
+                 e->k.out[i - L->n_in].access != KN_HEADS && (reader = reader_in(w, l, b->id, &k)) >= 0)
+            *r = grad_ref(w, reader, k);
+        else
+            *r = ref(w, b->what, b->id);
     }
-    const struct kn_entry *e = &w->K->kernels[w->K->launches[l].kernel];
+    for (int i = 0; e->kind == KN_KIND_ATTENTION && backward && i < L->n_in + L->n_out; i++) {
+        const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
+        int k, reader = b->id >= 0 && !ir_buf_of_op(b->what) ? reader_in(w, l, b->id, &k) : -1;
+        if (i < L->n_in)
+            x.launch.grad_in[i] = reader >= 0 ? grad_ref(w, reader, k) : ref(w, IR_BUF_GRAD, b->id);
+        else
+            x.launch.grad_out[i - L->n_in] = ref(w, IR_BUF_GRAD, b->id);
+    }
     if (e->kind == KN_KIND_ATTENTION) {
         double scale = ir_op_float(&w->P->g->ops[w->K->ops[w->K->launches[l].first_op]], IR_ATTR_SCALE);
         x.launch.scale = (float)(isnan(scale) ? 1 / sqrt((double)e->attn.D) : scale);
@@ -155,19 +254,98 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
     return x;
 }
 
-/* A transfer as an action: an all-reduce (sum or max) in place on where
- * it leaves its result; any other collective is not lowered yet. */
-static struct ir_action transfer(const struct lowering *w, int x, struct ir_ref where)
+static void push_copy(struct ir_action_list *out, struct ir_copy c)
 {
-    const struct part_xfer *px = &w->P->xfers[x];
-    if (px->kind != PART_XFER_ALL_REDUCE && px->kind != PART_XFER_ALL_REDUCE_MAX)
-        return (struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)part_xfer_coll(px->kind),
-                                                                   .group = (uint8_t)ir_group_of_pdim(px->over)}};
-    int dtype = where.what == IR_BUF_STAGED || partition_elem_bytes(w->P, &w->P->g->tensors[px->tensor]) == 4 ? IR_DTYPE_F32
-                                                                                                             : IR_DTYPE_BF16;
-    return (struct ir_action){.kind = IR_ACT_COLL,
-                              .coll = {.coll = (uint8_t)part_xfer_coll(px->kind), .group = (uint8_t)ir_group_of_pdim(px->over),
-                                       .dtype = (uint8_t)dtype, .buf = where, .bytes = px->bytes}};
+    if (!c.src_coords)
+        c.src_coords = 1;
+    ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COPY, .copy = c});
+}
+
+/* Transfer x as actions: a collective from where it reads to where it
+ * leaves its result, its pieces packed side by side in COMM where the
+ * axis it cuts is not the outermost; a slice, a copy of the rank's piece;
+ * the last of a gradient's chain then added into the tensor's gradient. */
+static void transfer(const struct lowering *w, int x, bool restaged, struct ir_action_list *list)
+{
+    const struct partition *P = w->P;
+    const struct part_xfer *px = &P->xfers[x];
+    struct ir_ref in, out;
+    bool adds;
+    if (!lowered(w, x) || !memory_xfer_place(P, w->pos, x, restaged, &in, &out, &adds)) {
+        ir_action_push(list, &(struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)(px->kind == PART_XFER_SLICE ? IR_COLL_COUNT : part_xfer_coll(px->kind)),
+                                                                                  .group = (uint8_t)ir_group_of_pdim(px->over)}});
+        return;
+    }
+    int dtype = memory_xfer_elem_bytes(P, x) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32,
+        deg = partition_degree(P, P->chunks[px->to_chunk].part, px->over);
+    int64_t in_bytes = memory_xfer_in_bytes(P, x), out_bytes = memory_xfer_out_bytes(P, x);
+    const struct ir_tensor *t = &P->g->tensors[px->tensor];
+    enum ir_part part = P->chunks[px->to_chunk].part;
+    struct ir_shape before = partition_local_shape(P, part, &t->shape, &px->before),
+                    after = partition_local_shape(P, part, &t->shape, &px->after);
+    struct ir_ref pack = {.what = IR_BUF_PACK, .id = -1}, pack2 = {.what = IR_BUF_PACK, .id = -1,
+                                                                   .offset = (in_bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
+    struct ir_coll_action c = {.group = (uint8_t)ir_group_of_pdim(px->over), .dtype = (uint8_t)dtype, .buf = in, .bytes = in_bytes,
+                               .out = out, .out_bytes = out_bytes};
+    if (px->kind != PART_XFER_SLICE)
+        c.coll = (uint8_t)part_xfer_coll(px->kind);
+    switch (px->kind) {
+    case PART_XFER_ALL_REDUCE:
+    case PART_XFER_ALL_REDUCE_MAX:
+        c.out = in, c.out_bytes = in_bytes;
+        ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
+        break;
+    case PART_XFER_ALL_GATHER: { /* pieces side by side, then each to its place along the axis */
+        int64_t outer = memory_outer(&before, px->axis), width = in_bytes / outer;
+        if (outer > 1)
+            c.out = pack;
+        ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
+        if (outer > 1)
+            push_copy(list, (struct ir_copy){.src = pack, .dst = out, .planes = deg, .rows = outer, .width = width,
+                                             .src_plane = in_bytes, .src_pitch = width, .dst_plane = width, .dst_pitch = deg * width});
+        break;
+    }
+    case PART_XFER_REDUCE_SCATTER: { /* each member's piece packed side by side, then reduced into its own */
+        int64_t outer = memory_outer(&before, px->axis), width = out_bytes / outer;
+        if (outer > 1) {
+            push_copy(list, (struct ir_copy){.src = in, .dst = pack, .planes = deg, .rows = outer, .width = width,
+                                             .src_plane = width, .src_pitch = deg * width, .dst_plane = out_bytes, .dst_pitch = width});
+            c.buf = pack;
+        }
+        ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
+        break;
+    }
+    case PART_XFER_ALL_TO_ALL: { /* pieces cut along the target axis, joined along the source axis */
+        int source = source_axis(px);
+        int64_t outer_t = memory_outer(&before, px->axis), width_t = in_bytes / deg / outer_t;
+        int64_t outer_s = memory_outer(&after, source), width_s = out_bytes / deg / outer_s;
+        if (outer_t > 1) {
+            push_copy(list, (struct ir_copy){.src = in, .dst = pack, .planes = deg, .rows = outer_t, .width = width_t,
+                                             .src_plane = width_t, .src_pitch = deg * width_t, .dst_plane = in_bytes / deg,
+                                             .dst_pitch = width_t});
+            c.buf = pack;
+        }
+        if (outer_s > 1)
+            c.out = pack2;
+        ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
+        if (outer_s > 1)
+            push_copy(list, (struct ir_copy){.src = pack2, .dst = out, .planes = deg, .rows = outer_s, .width = width_s,
+                                             .src_plane = out_bytes / deg, .src_pitch = width_s, .dst_plane = width_s,
+                                             .dst_pitch = deg * width_s});
+        break;
+    }
+    case PART_XFER_SLICE: { /* the rank's piece along the axis */
+        int64_t outer = memory_outer(&before, px->axis), width = out_bytes / outer;
+        push_copy(list, (struct ir_copy){.src = in, .dst = out, .planes = 1, .rows = outer, .width = width,
+                                         .src_pitch = deg * width, .dst_pitch = width, .src_pdim = (uint8_t)IR_PDIM_BIT(px->over),
+                                         .src_coords = deg, .src_step = width});
+        break;
+    }
+    default: WF_ASSERT(!"a send is the program's");
+    }
+    if (adds) /* the converted gradient joins the tensor's */
+        push_copy(list, (struct ir_copy){.src = out, .dst = ref(w, IR_BUF_GRAD, px->tensor), .planes = 1, .rows = 1,
+                                         .width = out_bytes, .add = 1, .dtype = (uint8_t)dtype});
 }
 
 /* Whether a launch of op writes transfer x's buffer (the loss's maxima and
@@ -182,19 +360,55 @@ static bool written_by_launch(const struct lowering *w, int op, int x)
     return false;
 }
 
-/* The transfers a step runs at op: forward, those that bring its inputs
- * (before it); backward, those of the gradients it gives (after it), but a
- * parameter's, which the program moves once for all micro-batches. */
-static void step_transfers(const struct lowering *w, int op, bool backward, struct ir_action_list *out)
+/* The ops that run together with op (its fused group, led by op), or op alone. */
+static int group_of(const struct lowering *w, int op, const int *ops, int n, int *group)
+{
+    int m = 0;
+    for (int a = 0; a < n; a++)
+        if (w->lead[ops[a]] == op)
+            group[m++] = ops[a];
+    return m;
+}
+
+/* The transfers a step runs at a group of ops: forward, those that bring
+ * their inputs (before its launch); backward, those of the gradients it
+ * gives (after it), but a parameter's, which the program moves once for
+ * all micro-batches. */
+static void step_transfers(const struct lowering *w, const int *group, int m, bool backward, struct ir_action_list *out)
 {
     const struct partition *P = w->P;
     for (int x = 0; x < P->n_xfers; x++) {
         const struct part_xfer *px = &P->xfers[x];
-        if (px->op != op || px->grad != backward || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
-            (backward && P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM) || (!backward && written_by_launch(w, op, x)))
+        bool mine = false;
+        for (int i = 0; i < m; i++)
+            mine |= px->op == group[i];
+        if (!mine || px->grad != backward || px->kind == PART_XFER_SEND ||
+            (backward && P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM) || (!backward && written_by_launch(w, px->op, x)) ||
+            (backward && !w->needs[px->tensor]))
             continue;
-        struct ir_action a = transfer(w, x, ref(w, backward ? IR_BUF_GRAD : IR_BUF_VALUE, px->tensor));
-        ir_action_push(out, &a);
+        transfer(w, x, false, out);
+    }
+}
+
+/* Before a group's backward: the forward transfers whose results it reads,
+ * brought again (each chain once a step; `done` per transfer). */
+static void restage(const struct lowering *w, const int *group, int m, bool *done, struct ir_action_list *out)
+{
+    const struct partition *P = w->P;
+    for (int i = 0; i < m; i++) {
+        int op = group[i];
+        if (!w->needs[P->g->ops[op].out[0]])
+            continue;
+        for (int k = 0; k < P->g->ops[op].n_in; k++) {
+            int last = partition_reads_via(P, op, k);
+            if (last < 0 || done[last] || !memory_backward_reads(P, w->K, w->needs, op, k))
+                continue;
+            int first = last;
+            while (P->xfers[first].prev >= 0)
+                first = P->xfers[first].prev;
+            for (int x = first; x >= 0; x = x == last ? -1 : memory_xfer_next(P, x))
+                transfer(w, x, true, out), done[x] = true;
+        }
     }
 }
 
@@ -202,11 +416,13 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
 {
     const struct ir_graph *g = w->P->g;
     const struct kn_set *K = w->K;
-    int loss = ir_graph_loss(g);
+    int loss = ir_graph_loss(g), *group = wf_calloc((size_t)n + 1, sizeof *group);
     for (int a = 0; a < n; a++) {
         int op = ops[a];
         const struct ir_op *o = &g->ops[op];
-        step_transfers(w, op, false, out);
+        if (w->lead[op] != op)
+            continue; /* its group's transfers and launches run at the group's first op */
+        step_transfers(w, group, group_of(w, op, ops, n, group), false, out);
         if (o->kind == IR_OP_MATMUL) {
             matmul(w, op, false, out, NULL);
             continue;
@@ -218,28 +434,30 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
             struct ir_action x = launch(w, l, KN_ATTN_FWD, KN_ATTN_FWD);
             ir_action_push(out, &x);
             for (int i = 0; i < L->n_out; i++) /* a transfer on what it wrote (the loss's maxima, then its sums) */
-                if (L->out[i].xfer >= 0) {
-                    struct ir_action t = transfer(w, L->out[i].xfer, read_ref(w, op, L->out[i].what, L->out[i].id, L->out[i].xfer));
-                    ir_action_push(out, &t);
-                }
+                if (L->out[i].xfer >= 0)
+                    transfer(w, L->out[i].xfer, false, out);
         }
         if (loss >= 0 && o->out[0] == loss) { /* the loss's row losses, summed by the executor */
             struct ir_action x = {.kind = IR_ACT_LOSS, .loss = {.what = IR_BUF_ROWSTATS, .id = op}};
-            struct ir_shape s = local(w, o->in[0]);
+            struct ir_shape s = read_shape(w, op, 0);
             x.loss_rows = ir_shape_numel(&s) / s.ax[s.rank - 1].size;
             ir_action_push(out, &x);
         }
     }
+    free(group);
 }
 
-static void zero_from(const struct lowering *w, int at, int *done, struct ir_action_list *out)
+/* Gradients the backward adds into, zeroed as it reaches the first to add:
+ * the step's working gradients, and its readers' sums before conversion. */
+static void zero_from(const struct lowering *w, int at, int n, int *done, struct ir_action_list *out)
 {
     for (int b = 0; b < w->m->n_bufs; b++) {
         const struct ir_buf *x = &w->m->bufs[b];
-        if (done[b] || x->region != IR_REGION_WORKING || x->what != IR_BUF_GRAD || x->vstage != w->v || x->first > at)
+        bool sum = x->what == IR_BUF_XFER_IN && x->first > n;
+        if (done[b] || x->region != IR_REGION_WORKING || (x->what != IR_BUF_GRAD && !sum) || x->vstage != w->v || x->first > at)
             continue;
         done[b] = 1;
-        ir_action_push(out, &(struct ir_action){.kind = IR_ACT_ZERO, .zero = {.what = IR_BUF_GRAD, .id = x->id}, .zero_bytes = x->bytes});
+        ir_action_push(out, &(struct ir_action){.kind = IR_ACT_ZERO, .zero = {.what = x->what, .id = x->id}, .zero_bytes = x->bytes});
     }
 }
 
@@ -247,7 +465,8 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
 {
     const struct ir_graph *g = w->P->g;
     const struct kn_set *K = w->K;
-    int *done = wf_calloc((size_t)w->m->n_bufs + 1, sizeof *done);
+    int *done = wf_calloc((size_t)w->m->n_bufs + 1, sizeof *done), *group = wf_calloc((size_t)n + 1, sizeof *group);
+    bool *restaged = wf_calloc((size_t)w->P->n_xfers + 1, sizeof *restaged);
     for (int b = 0; b < w->m->n_bufs; b++) /* a gradient that crosses into the step's inputs: added into from the start */
         if (w->m->bufs[b].what == IR_BUF_GRAD && w->m->bufs[b].region == IR_REGION_ACTIVATIONS && w->m->bufs[b].vstage == w->v &&
             w->m->bufs[b].micro == 0) {
@@ -266,14 +485,16 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
     for (int a = n - 1; a >= 0 && !rc; a--) {
         int op = ops[a];
         const struct ir_op *o = &g->ops[op];
-        zero_from(w, 2 * n + 1 - w->pos[w->lead[op]], done, out);
-        if (o->kind == IR_OP_MATMUL) {
-            rc = matmul(w, op, true, out, d);
-            step_transfers(w, op, true, out);
-            continue;
-        }
+        zero_from(w, 2 * n + 1 - w->pos[w->lead[op]], n, done, out);
         if (w->lead[op] != op)
             continue; /* its group's launches run at the group's first op */
+        int m = group_of(w, op, ops, n, group);
+        restage(w, group, m, restaged, out);
+        if (o->kind == IR_OP_MATMUL) {
+            rc = matmul(w, op, true, out, d);
+            step_transfers(w, group, m, true, out);
+            continue;
+        }
         for (int l = 0; l < K->n_launches; l++) {
             const struct kn_launch *L = &K->launches[l];
             if (K->ops[L->first_op] != op)
@@ -287,9 +508,11 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
                 ir_action_push(out, &x);
             }
         }
-        step_transfers(w, op, true, out);
+        step_transfers(w, group, m, true, out);
     }
     free(done);
+    free(group);
+    free(restaged);
     return rc;
 }
 
@@ -375,6 +598,14 @@ static void p2p_actions(const struct lowering *w, int stage, const struct ir_ins
     free(pos);
 }
 
+/* A sum of f32 gradients over a group, in place. */
+static struct ir_action sum_in_place(int group, int set, struct ir_ref buf, int64_t bytes)
+{
+    return (struct ir_action){.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)group, .set = set,
+                                                             .dtype = IR_DTYPE_F32, .buf = buf, .bytes = bytes, .out = buf,
+                                                             .out_bytes = bytes}};
+}
+
 /* A tied set's all-reduce: the gradient of each parameter whose holders are
  * the set's stages, in tensor order on every holder; pending where the
  * holders hold it differently (T5's table at etp < tp). */
@@ -391,9 +622,9 @@ static void tied_actions(const struct lowering *w, const struct ir_schedule *S, 
             continue;
         int64_t start, bytes = grad_extent(w->m, t, &start);
         (void)start;
-        struct ir_action a = {.kind = alike ? IR_ACT_COLL : IR_ACT_PENDING,
-                              .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_TIED, .set = set, .dtype = IR_DTYPE_F32,
-                                       .buf = {.what = IR_BUF_GRAD, .id = t}, .bytes = bytes}};
+        struct ir_action a = sum_in_place(IR_GROUP_TIED, set, (struct ir_ref){.what = IR_BUF_GRAD, .id = t}, bytes);
+        if (!alike)
+            a.kind = IR_ACT_PENDING;
         ir_action_push(out, &a);
     }
     free(on);
@@ -468,9 +699,8 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                 mixed |= gb->region == IR_REGION_GRADS && gb->offset >= lo && gb->offset <= hi &&
                          schedule_is_expert_param(P, gb->id) != experts;
             }
-            struct ir_action a = {.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)x->group, .dtype = IR_DTYPE_F32}};
             if (!mixed) {
-                a.coll.buf = (struct ir_ref){.what = IR_BUF_GRAD, .id = first[b]}, a.coll.bytes = hi + end - lo;
+                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = first[b]}, hi + end - lo);
                 ir_action_push(out, &a);
                 continue;
             }
@@ -478,7 +708,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                 const struct ir_buf *gb = &m->bufs[k];
                 if (gb->region != IR_REGION_GRADS || gb->offset < lo || gb->offset > hi || schedule_is_expert_param(P, gb->id) != experts)
                     continue;
-                a.coll.buf = (struct ir_ref){.what = IR_BUF_GRAD, .id = gb->id}, a.coll.bytes = gb->bytes;
+                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = gb->id}, gb->bytes);
                 ir_action_push(out, &a);
             }
             continue;
@@ -492,18 +722,16 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                     continue;
                 int64_t start, have = grad_extent(m, px->tensor, &start);
                 (void)start;
-                ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
-                                                        .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)g, .dtype = IR_DTYPE_F32,
-                                                                 .buf = {.what = IR_BUF_GRAD, .id = px->tensor}, .bytes = have}});
+                struct ir_action a = sum_in_place(g, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = px->tensor}, have);
+                ir_action_push(out, &a);
             }
             continue;
         }
         if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_MP && x->tag == SCHED_TAG_NORM) {
             append(out, sums);
             summed = true;
-            ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COLL,
-                                                    .coll = {.coll = IR_COLL_ALL_REDUCE, .group = IR_GROUP_MP, .dtype = IR_DTYPE_F32,
-                                                             .buf = {.what = IR_BUF_NORM, .id = -1}, .bytes = 4}});
+            struct ir_action a = sum_in_place(IR_GROUP_MP, 0, (struct ir_ref){.what = IR_BUF_NORM, .id = -1}, 4);
+            ir_action_push(out, &a);
             continue;
         }
         ir_action_push(out, &(struct ir_action){.kind = IR_ACT_PENDING,

@@ -111,6 +111,15 @@ static int64_t held_bytes(const struct partition *P, int t)
     return ir_shape_numel(&l) * partition_elem_bytes(P, x);
 }
 
+/* A gradient is held as its tensor is made (partition_made_shard). */
+static int64_t grad_bytes(const struct partition *P, int t)
+{
+    const struct ir_tensor *x = &P->g->tensors[t];
+    struct ir_shard made = partition_made_shard(P, t);
+    struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &made);
+    return ir_shape_numel(&l) * partition_elem_bytes(P, x);
+}
+
 /* The buffer an op's backward reads that is not a tensor: a dropout mask
  * (a byte per output element), row statistics (two floats per row of the
  * first input); 0 for a word that names a tensor. */
@@ -131,6 +140,146 @@ static int64_t aux_bytes(const struct partition *P, const struct ir_op *o, const
         return ir_shape_numel(&l) / last * 2 * 4;
     }
     return 0;
+}
+
+/* ---- transfers' buffers ------------------------------------------------ */
+
+int memory_xfer_next(const struct partition *P, int x)
+{
+    return x + 1 < P->n_xfers && P->xfers[x + 1].prev == x ? x + 1 : -1;
+}
+
+bool memory_xfer_inner(const struct partition *P, int x)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    if (px->grad)
+        return false;
+    if (px->kind == PART_XFER_ALL_REDUCE_MAX)
+        return true;
+    return px->kind == PART_XFER_ALL_REDUCE && x > 0 && P->xfers[x - 1].kind == PART_XFER_ALL_REDUCE_MAX &&
+           P->xfers[x - 1].op == px->op;
+}
+
+/* Whether t is a parameter, or a view of one's bytes (a position table's first rows). */
+static bool param_bytes(const struct partition *P, int t)
+{
+    for (int p; (p = P->g->tensors[t].producer) >= 0 && is_view(P->g->ops[p].kind);)
+        t = P->g->ops[p].in[0];
+    return P->g->tensors[t].kind == IR_TENSOR_PARAM;
+}
+
+int memory_xfer_elem_bytes(const struct partition *P, int x)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    if (memory_xfer_inner(P, x) || (px->grad && param_bytes(P, px->tensor)))
+        return 4; /* the loss's f32 statistics; a parameter's f32 gradient */
+    return partition_elem_bytes(P, &P->g->tensors[px->tensor]);
+}
+
+static int64_t shard_bytes(const struct partition *P, int x, const struct ir_shard *sh)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    if (memory_xfer_inner(P, x))
+        return px->bytes;
+    const struct ir_tensor *t = &P->g->tensors[px->tensor];
+    struct ir_shape l = partition_local_shape(P, P->chunks[px->to_chunk].part, &t->shape, sh);
+    return ir_shape_numel(&l) * memory_xfer_elem_bytes(P, x);
+}
+
+int64_t memory_xfer_in_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].before); }
+int64_t memory_xfer_out_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].after); }
+
+int64_t memory_outer(const struct ir_shape *s, int axis)
+{
+    int64_t n = 1;
+    for (int k = 0; k < axis && k < s->rank; k++)
+        n *= s->ax[k].size;
+    return n;
+}
+
+/* Whether a gradient's chain from `head` is all-reduces that can run in
+ * place in the tensor's gradient: every reader of the tensor in the chunk
+ * gives it alike, and none of it comes back from a later stage. */
+static bool grad_in_place(const struct partition *P, int head)
+{
+    const struct part_xfer *h = &P->xfers[head];
+    for (int x = head; x >= 0; x = memory_xfer_next(P, x))
+        if (P->xfers[x].kind != PART_XFER_ALL_REDUCE)
+            return false;
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].kind == PART_XFER_SEND && P->xfers[x].tensor == h->tensor && P->xfers[x].from_chunk == h->to_chunk)
+            return false;
+    for (int i = 0; i < P->g->n_ops; i++)
+        for (int k = 0; k < P->g->ops[i].n_in; k++)
+            if (P->g->ops[i].in[k] == h->tensor && P->op_chunk[i] == h->to_chunk && partition_grad_via(P, i, k) != head)
+                return false;
+    return true;
+}
+
+bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool restaged, struct ir_ref *in, struct ir_ref *out,
+                       bool *adds)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    int t = px->tensor, root = memory_root(P, pos, t);
+    *adds = false;
+    bool in_place = px->kind == PART_XFER_ALL_REDUCE || px->kind == PART_XFER_ALL_REDUCE_MAX;
+    for (int v = t; v != root && !in_place; v = P->g->ops[P->g->tensors[v].producer].in[0]) {
+        enum ir_op_kind k = P->g->ops[P->g->tensors[v].producer].kind;
+        if (k != IR_OP_RESHAPE && k != IR_OP_POSITION_EMBEDDING)
+            return false; /* its bytes are not its root's first ones, in order */
+    }
+    struct ir_ref mine = {.what = restaged ? IR_BUF_RESTAGED : IR_BUF_STAGED, .id = x};
+    bool ok = true;
+    if (memory_xfer_inner(P, x)) { /* the loss's launches write it and read it */
+        *in = *out = (struct ir_ref){.what = IR_BUF_STAGED, .id = x};
+        return true;
+    }
+    if (px->prev >= 0) {
+        struct ir_ref ignored;
+        bool a;
+        ok = memory_xfer_place(P, pos, px->prev, restaged, &ignored, in, &a);
+    } else if (px->grad) {
+        *in = grad_in_place(P, x) ? (struct ir_ref){.what = IR_BUF_GRAD, .id = root}
+                                  : (struct ir_ref){.what = IR_BUF_XFER_IN, .id = x};
+    } else if (px->before.partial) {
+        int made = partition_made_xfer(P, t);
+        *in = made >= 0 ? (struct ir_ref){.what = IR_BUF_XFER_IN, .id = made} : (struct ir_ref){.what = IR_BUF_VALUE, .id = root};
+    } else {
+        *in = (struct ir_ref){.what = IR_BUF_VALUE, .id = root};
+    }
+    if (in_place) {
+        *out = *in;
+    } else if (!px->grad && px->before.partial && px->kind == PART_XFER_REDUCE_SCATTER) {
+        bool later = false; /* a later reduce-scatter of the chain leaves it in the tensor's buffer */
+        for (int y = memory_xfer_next(P, x); y >= 0; y = memory_xfer_next(P, y))
+            later |= P->xfers[y].kind == PART_XFER_REDUCE_SCATTER;
+        *out = later ? mine : (struct ir_ref){.what = IR_BUF_VALUE, .id = root};
+    } else {
+        *out = mine;
+    }
+    *adds = px->grad && memory_xfer_next(P, x) < 0 && !(out->what == IR_BUF_GRAD);
+    return ok;
+}
+
+bool memory_backward_reads(const struct partition *P, const struct kn_set *K, const bool *needs, int op, int k)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    if (o->kind == IR_OP_MATMUL)
+        return o->n_in > 1 && needs[o->in[1 - k]];
+    int t = o->in[k], via = partition_reads_via(P, op, k);
+    for (int l = 0; K && l < K->n_launches; l++) {
+        const struct kn_launch *L = &K->launches[l];
+        bool mine = false;
+        for (int i = 0; i < L->n_ops; i++)
+            mine |= K->ops[L->first_op + i] == op;
+        bool attention = K->kernels[L->kernel].kind == KN_KIND_ATTENTION && K->kernels[L->kernel].attn.backward;
+        if (!mine || !(L->when == KN_WHEN_BACKWARD || (L->when == KN_WHEN_FORWARD && attention)))
+            continue;
+        for (int i = 0; i < L->n_in; i++)
+            if (L->in[i].what == IR_BUF_VALUE && L->in[i].id == t && L->in[i].xfer == via)
+                return true;
+    }
+    return false;
 }
 
 enum home { HOME_NONE, HOME_PARAM, HOME_BLOCK, HOME_BOUNDARY, HOME_WORKING };
@@ -291,9 +440,93 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
                                           .micro = -1, .first = st->fwd_first[t], .last = st->fwd_last[t], .bytes = held_bytes(P, t)});
         if (st->bwd_first[t])
             push(working, (struct ir_buf){.what = IR_BUF_GRAD, .region = IR_REGION_WORKING, .id = t, .vstage = v,
-                                          .micro = -1, .first = st->bwd_first[t], .last = st->bwd_last[t], .bytes = held_bytes(P, t)});
+                                          .micro = -1, .first = st->bwd_first[t], .last = st->bwd_last[t], .bytes = grad_bytes(P, t)});
     }
 #undef AT
+}
+
+/* The working buffers of step st's transfers (memory_xfer_place): a
+ * forward transfer's result alive from the transfer, just before its first
+ * reader, to its last reader; brought again (RESTAGED) from the backward of
+ * the last reader whose backward reads it to the first's; a producer's
+ * partial sums from it to their reduce-scatter; a gradient's readers' sum
+ * from the first to give it to its conversion, after the last; a
+ * gradient's converted result at that conversion.  Returns the packing
+ * scratch the transfers need. */
+static int64_t plan_transfers(const struct partition *P, const struct kn_set *K, const bool *needs, const struct fused *fu,
+                              const struct step *st, int stage, struct bufs *working)
+{
+    const struct ir_graph *g = P->g;
+    int n = st->n, v = st->vstage;
+    int64_t pack_bytes = 0;
+#define AT(i) st->pos[fu->lead[i]]
+#define BACK(i) (2 * n + 1 - AT(i))
+    for (int x = 0; x < P->n_xfers; x++) {
+        const struct part_xfer *px = &P->xfers[x];
+        if (px->kind == PART_XFER_SEND || P->chunks[px->to_chunk].stage != stage || P->chunks[px->to_chunk].vstage != v ||
+            (px->grad && !needs[px->tensor]))
+            continue;
+        struct ir_ref in, out;
+        bool adds;
+        if (!memory_xfer_place(P, st->pos, x, false, &in, &out, &adds))
+            continue;
+        int at = px->grad ? BACK(px->op) : AT(px->op);
+        int64_t in_bytes = memory_xfer_in_bytes(P, x), out_bytes = memory_xfer_out_bytes(P, x);
+        struct ir_buf b = {.region = IR_REGION_WORKING, .vstage = v, .micro = -1, .id = x};
+        if (in.what == IR_BUF_XFER_IN && in.id == x) {
+            int first = at;
+            if (!px->grad) { /* from the producer */
+                int p = g->tensors[px->tensor].producer;
+                first = p >= 0 && st->pos[p] ? AT(p) : 1;
+            }
+            for (int i = 0; px->grad && i < g->n_ops; i++) /* from the first reader to give it */
+                for (int k = 0; k < g->ops[i].n_in; k++)
+                    if (partition_grad_via(P, i, k) == x && st->pos[i] && BACK(i) < first)
+                        first = BACK(i);
+            b.what = IR_BUF_XFER_IN, b.first = first, b.last = at, b.bytes = in_bytes;
+            push(working, b);
+        }
+        if (px->kind == PART_XFER_ALL_GATHER || px->kind == PART_XFER_REDUCE_SCATTER || px->kind == PART_XFER_ALL_TO_ALL) {
+            const struct ir_tensor *t = &g->tensors[px->tensor];
+            enum ir_part part = P->chunks[px->to_chunk].part;
+            struct ir_shape before = partition_local_shape(P, part, &t->shape, &px->before),
+                            after = partition_local_shape(P, part, &t->shape, &px->after);
+            int source = px->axis;
+            for (int k = 0; k < t->shape.rank; k++)
+                if (px->kind == PART_XFER_ALL_TO_ALL && (px->before.split[k] & IR_PDIM_BIT(px->over)) &&
+                    !(px->after.split[k] & IR_PDIM_BIT(px->over)))
+                    source = k;
+            bool packs = memory_outer(&before, px->axis) > 1 || memory_outer(&after, source) > 1;
+            int64_t need = packs ? 2 * (in_bytes > out_bytes ? in_bytes : out_bytes) : 0;
+            pack_bytes = need > pack_bytes ? need : pack_bytes;
+        }
+        if (out.what != IR_BUF_STAGED || out.id != x)
+            continue;
+        int last = at; /* forward: to the last reader of the chain it is in */
+        int rfirst = 0, rlast = 0; /* the backwards that bring it again */
+        for (int i = 0; !px->grad && !memory_xfer_inner(P, x) && i < g->n_ops; i++)
+            for (int k = 0; st->pos[i] && k < g->ops[i].n_in; k++) {
+                bool reads = false;
+                for (int y = partition_reads_via(P, i, k); y >= 0 && !reads; y = P->xfers[y].prev)
+                    reads = y == x;
+                if (!reads)
+                    continue;
+                last = AT(i) > last ? AT(i) : last;
+                if (needs[g->ops[i].out[0]] && memory_backward_reads(P, K, needs, i, k)) {
+                    rfirst = !rfirst || BACK(i) < rfirst ? BACK(i) : rfirst;
+                    rlast = BACK(i) > rlast ? BACK(i) : rlast;
+                }
+            }
+        b.what = IR_BUF_STAGED, b.first = at, b.last = last, b.bytes = out_bytes;
+        push(working, b);
+        if (rfirst) {
+            b.what = IR_BUF_RESTAGED, b.first = rfirst, b.last = rlast;
+            push(working, b);
+        }
+    }
+#undef AT
+#undef BACK
+    return pack_bytes;
 }
 
 /* ---- a role ------------------------------------------------------------ */
@@ -374,8 +607,8 @@ static void plan_activations(const struct partition *P, const struct ir_schedule
     free(to);
 }
 
-static void plan_role(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
-                      int stage, struct ir_role_memory *m)
+static void plan_role(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, const bool *needs,
+                      const struct fused *fu, int stage, struct ir_role_memory *m)
 {
     const struct ir_graph *g = P->g;
     bool bf16 = P->L->pc.bf16, train = !S->forward_only;
@@ -423,6 +656,8 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
         st->bwd_last = wf_calloc((size_t)nt + 1, sizeof *st->bwd_last);
         int from = working.n;
         plan_step(P, S, needs, fu, st, stage, &items, &working, m->block_bytes);
+        int64_t pack_bytes = plan_transfers(P, K, needs, fu, st, stage, &working);
+        m->size[IR_REGION_COMM] = pack_bytes > m->size[IR_REGION_COMM] ? pack_bytes : m->size[IR_REGION_COMM];
         int64_t need = pack(working.v + from, working.n - from);
         m->size[IR_REGION_WORKING] = need > m->size[IR_REGION_WORKING] ? need : m->size[IR_REGION_WORKING];
     }
@@ -453,18 +688,6 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
         free(st->fwd_first), free(st->fwd_last), free(st->bwd_first), free(st->bwd_last);
     }
     free(steps);
-    /* Staging for the largest collective's output on this stage. */
-    for (int x = 0; x < P->n_xfers; x++) {
-        const struct part_xfer *px = &P->xfers[x];
-        if (px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE || P->chunks[px->to_chunk].stage != stage ||
-            (px->grad && !train))
-            continue;
-        int64_t b = px->kind == PART_XFER_ALL_GATHER ? px->bytes * partition_degree(P, P->chunks[px->to_chunk].part, px->over)
-                                                     : px->bytes;
-        if (px->kind == PART_XFER_ALL_REDUCE_MAX && x + 1 < P->n_xfers && P->xfers[x + 1].op == px->op)
-            b = align_up(b) + P->xfers[x + 1].bytes; /* the loss reads its maxima and sums together: staged one after the other */
-        m->size[IR_REGION_COMM] = b > m->size[IR_REGION_COMM] ? b : m->size[IR_REGION_COMM];
-    }
     m->size[IR_REGION_WORKSPACE] = WORKSPACE_BYTES;
     m->bufs = bufs.v;
     m->n_bufs = bufs.n;
@@ -519,7 +742,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
         }
     }
     for (int s = 0; s < S->n_stages; s++)
-        plan_role(P, S, needs, &fu, s, &M->roles[s]);
+        plan_role(P, S, K, needs, &fu, s, &M->roles[s]);
     free(backward);
     free(fu.value);
     free(fu.grad);

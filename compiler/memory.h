@@ -19,7 +19,8 @@
  *   working set  one step's transients, packed by liveness: the forward's
  *                values nobody keeps, the backward's activation gradients
  *                (one buffer per tensor, contributions accumulate)
- *   comm         the largest collective's output, as staging
+ *   comm         packing scratch for the largest collective along an inner
+ *                axis (its pieces side by side)
  *   workspace    32 MiB for cuBLAS(Lt)'s workspace
  * Views (split/merge heads, reshape) share their input's bytes.  Each
  * tensor counts as one rank holds it (its shard); an op's own temporaries
@@ -28,6 +29,7 @@
 #ifndef WEFT_MEMORY_H
 #define WEFT_MEMORY_H
 
+#include "actions.h"
 #include "kernel.h"
 #include "memplan.h"
 #include "partition.h"
@@ -39,6 +41,35 @@
 /* The tensor that owns t's bytes within a step (pos: per op, its place in
  * the step counted from 1, 0 outside it): views share their input's. */
 int memory_root(const struct partition *P, const int *pos, int t);
+/* Where transfer x (not a send) reads and leaves its data, in the step
+ * that runs it (pos: that step's op places).  Forward: partial sums reduced
+ * in place, or reduce-scattered from the producer's XFER_IN into the
+ * tensor's buffer; a reader's chain from the tensor's buffer (or the
+ * previous transfer's result) into STAGED (RESTAGED when the backward
+ * brings it again: restaged).  Backward: a gradient's chain from its
+ * readers' XFER_IN (or in place in the tensor's gradient, an all-reduce
+ * where all its readers give it alike) into STAGED; *adds: the last
+ * result is then added into the tensor's gradient.  False where it cannot
+ * be placed (a transfer of a view that is not its root's whole bytes). */
+bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool restaged, struct ir_ref *in, struct ir_ref *out,
+                       bool *adds);
+/* Bytes of an element transfer x moves (f32 for the loss's statistics and
+ * a parameter's gradients), and of its input and result on a rank. */
+int memory_xfer_elem_bytes(const struct partition *P, int x);
+int64_t memory_xfer_in_bytes(const struct partition *P, int x);
+int64_t memory_xfer_out_bytes(const struct partition *P, int x);
+/* The next transfer of x's chain, or -1. */
+int memory_xfer_next(const struct partition *P, int x);
+/* Whether op's backward reads input k as its forward read it: a matmul's
+ * operand for the other's gradient; a value a backward kernel loads, or
+ * attention's inputs (its backward runs the forward's launch again). */
+bool memory_backward_reads(const struct partition *P, const struct kn_set *K, const bool *needs, int op, int k);
+/* Whether transfer x is the vocab-parallel loss's own (its row maxima, its
+ * sums): written by one of its launches and read by the next. */
+bool memory_xfer_inner(const struct partition *P, int x);
+/* The rows a collective's pieces are cut into along `axis` of local shape
+ * s: the product of the axes before it (1: each piece is contiguous). */
+int64_t memory_outer(const struct ir_shape *s, int axis);
 void memory_plan(const struct partition *P, const struct ir_schedule *S, const struct kn_set *K, struct ir_memory *M);
 /* The stage whose ranks need the most. */
 int memory_largest(const struct ir_memory *M);

@@ -357,7 +357,9 @@ static void unplace(struct partition *P)
     free(P->op_chunk);
     free(P->shard);
     free(P->xfers);
-    P->chunks = NULL, P->op_chunk = NULL, P->shard = NULL, P->xfers = NULL;
+    free(P->reads_via);
+    free(P->grad_via);
+    P->chunks = NULL, P->op_chunk = NULL, P->shard = NULL, P->xfers = NULL, P->reads_via = P->grad_via = NULL;
     P->n_chunks = P->n_xfers = 0;
 }
 

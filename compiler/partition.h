@@ -63,6 +63,8 @@ struct part_xfer {
     struct ir_shape shape;       /* each rank's shard going in */
     int64_t bytes;               /* of that shard */
     bool grad;                   /* on the tensor's gradient: run by to_chunk's backward, after op's */
+    int prev;                    /* the transfer whose result this one takes further, -1: it takes the tensor's
+                                  * buffer (forward), or the readers' gradients (backward) */
     const char *why;
 };
 
@@ -79,7 +81,26 @@ struct partition {
     struct ir_shard *shard;  /* per tensor: how its producer's ranks hold it */
     struct part_xfer *xfers; /* every transfer, in op order */
     int n_xfers;
+    /* Per (op, input k), at op * IR_MAX_IN + k (compiled partitions only,
+     * not those read from a plan): */
+    int *reads_via; /* the last transfer of the chain that brings the input as op reads it, or -1: as held */
+    int *grad_via;  /* the first transfer of the chain that takes op's gradient of the input (with those of the
+                     * chunk's readers that give it alike) to how the tensor's gradient is held, or -1: none */
 };
+
+/* How tensor t's producer makes it: its shard before its partial sums are
+ * reduced (by its first reader's transfers), which is also how its gradient
+ * is held (without partial sums): a sequence-parallel row-parallel matmul
+ * makes the whole sequence, reduce-scattered to its readers' split. */
+struct ir_shard partition_made_shard(const struct partition *P, int t);
+/* The first transfer that reduces t's partial sums where they leave t held
+ * smaller than made (a reduce-scatter among them), or -1: the producer
+ * writes t's own buffer. */
+int partition_made_xfer(const struct partition *P, int t);
+/* The transfers that bring op's input k (partition.reads_via, grad_via):
+ * -1 for none, and for a partition read from a plan. */
+int partition_reads_via(const struct partition *P, int op, int k);
+int partition_grad_via(const struct partition *P, int op, int k);
 
 /* The number of ranks a pdim spans for a part (tp, or etp for the encoder). */
 int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p);

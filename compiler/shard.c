@@ -102,6 +102,47 @@ struct ir_shape partition_local_shape(const struct partition *P, enum ir_part pa
     return l;
 }
 
+/* ---- how a tensor is made, and the chains that read it -------------------- */
+
+static int first_reduction(const struct partition *P, int t)
+{
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].tensor == t && !P->xfers[x].grad && P->xfers[x].kind != PART_XFER_SEND && P->xfers[x].before.partial)
+            return x;
+    return -1;
+}
+
+struct ir_shard partition_made_shard(const struct partition *P, int t)
+{
+    int x = first_reduction(P, t);
+    struct ir_shard s = x >= 0 ? P->xfers[x].before : P->shard[t];
+    s.partial = 0;
+    return s;
+}
+
+int partition_made_xfer(const struct partition *P, int t)
+{
+    int first = first_reduction(P, t);
+    for (int x = first; x >= 0 && x < P->n_xfers; x++) { /* the chain follows its first, one after another */
+        const struct part_xfer *px = &P->xfers[x];
+        if (x > first && px->prev != x - 1)
+            break;
+        if (px->kind == PART_XFER_REDUCE_SCATTER)
+            return first;
+    }
+    return -1;
+}
+
+int partition_reads_via(const struct partition *P, int op, int k)
+{
+    return P->reads_via ? P->reads_via[(size_t)op * IR_MAX_IN + (size_t)k] : -1;
+}
+
+int partition_grad_via(const struct partition *P, int op, int k)
+{
+    return P->grad_via ? P->grad_via[(size_t)op * IR_MAX_IN + (size_t)k] : -1;
+}
+
 /* ---- the context of one op ---------------------------------------------------------- */
 
 struct sctx {
@@ -612,7 +653,7 @@ static struct part_xfer make_xfer(struct sctx *c, enum part_xfer_kind kind, enum
     return (struct part_xfer){
         .kind = kind, .over = over, .tensor = tensor, .op = c->op_i, .from_chunk = from, .to_chunk = c->chunk,
         .axis = axis, .before = *before, .after = *after,
-        .shape = partition_local_shape(c->P, c->part, &t->shape, before), .bytes = bytes, .why = why};
+        .shape = partition_local_shape(c->P, c->part, &t->shape, before), .bytes = bytes, .prev = -1, .why = why};
 }
 
 static void push_xfer(struct partition *P, const struct part_xfer *x)
@@ -621,12 +662,15 @@ static void push_xfer(struct partition *P, const struct part_xfer *x)
     P->xfers[P->n_xfers++] = *x;
 }
 
-static void add_xfer(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int from, int axis,
-                     const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why)
+/* A transfer; returns its index.  prev: the one whose result it takes. */
+static int add_xfer(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim over, int tensor, int from, int axis,
+                    const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why, int prev)
 {
     struct part_xfer x = make_xfer(c, kind, over, tensor, from, axis, before, after, bytes, why);
     x.grad = c->grad;
+    x.prev = prev;
     push_xfer(c->P, &x);
+    return c->P->n_xfers - 1;
 }
 
 /* A transfer inside the op (vocab-parallel loss, expert all-to-all): it
@@ -644,23 +688,29 @@ static int64_t local_bytes(const struct sctx *c, const struct ir_tensor *t, cons
     return ir_shape_numel(&l) * partition_elem_bytes(c->P, t);
 }
 
-/* Turn input i from how it is held into how the op needs it, one group at a time. */
-static void convert(struct sctx *c, int i)
+/* Turn input i from how it is held into how the op needs it, one group at a
+ * time.  Forward, returns the last transfer of the chain the op reads
+ * through (partial sums reduced for every reader leave the tensor's buffer
+ * so: the chain that follows starts from it); backward, the first transfer
+ * of the gradient's chain; -1 if none. */
+static int convert(struct sctx *c, int i)
 {
     struct ir_shard cur = c->have[i];
     const struct ir_shard *want = &c->want[i];
     if (ir_shard_equal(&cur, want))
-        return;
+        return -1;
     int tensor = c->op->in[i];
     /* An earlier op of this chunk may have made the same conversion already
      * (in the backward: its readers' gradients are summed before one). */
     for (int x = c->P->n_xfers - 1; x >= 0; x--) {
         const struct part_xfer *px = &c->P->xfers[x];
         if (px->tensor == tensor && px->to_chunk == c->chunk && px->kind != PART_XFER_SEND && px->grad == c->grad &&
-            (!c->grad || ir_shard_equal(&px->before, &cur)) && ir_shard_equal(&px->after, want))
-            return;
+            (!c->grad || ir_shard_equal(&px->before, &cur)) && ir_shard_equal(&px->after, want)) {
+            WF_ASSERT(!c->grad); /* grad_xfers converts each (chunk, given) once */
+            return x;
+        }
     }
-    int r = rank_in(c, i);
+    int r = rank_in(c, i), head = -1, last = -1;
     /* Partial sums first.  Once added up for one reader they stay added up:
      * the tensor is held whole (or split, with sequence parallelism) from
      * here on, as Megatron holds the residual stream. */
@@ -675,16 +725,19 @@ static void convert(struct sctx *c, int i)
                 target = k;
         if (target >= 0) { /* within the share the axis's outer groups leave this rank */
             next.split[target] |= IR_PDIM_BIT(p);
-            add_xfer(c, PART_XFER_REDUCE_SCATTER, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
-                     local_bytes(c, c->t[i], &cur), c->why[i]);
+            last = add_xfer(c, PART_XFER_REDUCE_SCATTER, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
+                            local_bytes(c, c->t[i], &cur), c->why[i], last);
         } else {
-            add_xfer(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)p, tensor, c->chunk, -1, &cur, &next,
-                     local_bytes(c, c->t[i], &cur), c->why[i]);
+            last = add_xfer(c, PART_XFER_ALL_REDUCE, (enum ir_pdim)p, tensor, c->chunk, -1, &cur, &next,
+                            local_bytes(c, c->t[i], &cur), c->why[i], last);
         }
+        head = head < 0 ? last : head;
         cur = next;
     }
-    if (cur.partial != c->have[i].partial && !c->grad)
+    if (cur.partial != c->have[i].partial && !c->grad) {
         c->P->shard[tensor] = cur;
+        last = -1; /* the readers' chains start from the tensor's buffer */
+    }
     /* Then splits, group by group, the innermost first (tp before cp): a
      * gather joins the pieces within the share the outer groups leave. */
     for (int p = 1; p < IR_PDIM_COUNT; p++) {
@@ -699,19 +752,22 @@ static void convert(struct sctx *c, int i)
         if (source >= 0 && target >= 0) {
             next.split[source] &= (uint8_t)~IR_PDIM_BIT(p);
             next.split[target] |= IR_PDIM_BIT(p);
-            add_xfer(c, PART_XFER_ALL_TO_ALL, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
-                     local_bytes(c, c->t[i], &cur), c->why[i]);
+            last = add_xfer(c, PART_XFER_ALL_TO_ALL, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next,
+                            local_bytes(c, c->t[i], &cur), c->why[i], last);
         } else if (source >= 0) {
             next.split[source] &= (uint8_t)~IR_PDIM_BIT(p);
-            add_xfer(c, PART_XFER_ALL_GATHER, (enum ir_pdim)p, tensor, c->chunk, source, &cur, &next,
-                     local_bytes(c, c->t[i], &cur), c->why[i]);
+            last = add_xfer(c, PART_XFER_ALL_GATHER, (enum ir_pdim)p, tensor, c->chunk, source, &cur, &next,
+                            local_bytes(c, c->t[i], &cur), c->why[i], last);
         } else if (target >= 0) {
             next.split[target] |= IR_PDIM_BIT(p);
-            add_xfer(c, PART_XFER_SLICE, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next, 0, c->why[i]);
-        }
+            last = add_xfer(c, PART_XFER_SLICE, (enum ir_pdim)p, tensor, c->chunk, target, &cur, &next, 0, c->why[i], last);
+        } else
+            continue;
+        head = head < 0 ? last : head;
         cur = next;
     }
     WF_ASSERT(ir_shard_equal(&cur, want));
+    return c->grad ? head : last;
 }
 
 /* ---- the pass -------------------------------------------------------------------------- */
@@ -800,6 +856,7 @@ static struct ir_shard grad_given(const struct ir_op *o, const struct op_record 
 struct grad_seen {
     int chunk, next;
     struct ir_shard given;
+    int head; /* its conversion's first transfer */
 };
 
 /* The backward's transfers, in the order the backward runs (reverse op
@@ -830,6 +887,7 @@ static void grad_xfers(struct partition *P, const struct op_record *rec)
     /* first[i*IR_MAX_IN+k]: op i is the first reader in its chunk to give
      * input k's gradient so */
     bool *first = wf_calloc((size_t)g->n_ops * IR_MAX_IN + 1, sizeof *first);
+    int *entry = wf_calloc((size_t)g->n_ops * IR_MAX_IN + 1, sizeof *entry); /* per (op, input): its seen entry + 1 */
     int *head = wf_calloc((size_t)g->n_tensors + 1, sizeof *head);
     struct grad_seen *seen = NULL;
     int n_seen = 0, cap_seen = 0;
@@ -843,10 +901,11 @@ static void grad_xfers(struct partition *P, const struct op_record *rec)
             int e = head[t];
             while (e && !(seen[e - 1].chunk == P->op_chunk[i] && ir_shard_equal(&seen[e - 1].given, &given)))
                 e = seen[e - 1].next;
+            entry[(size_t)i * IR_MAX_IN + (size_t)k] = e ? e : n_seen + 1;
             if (e)
                 continue;
             WF_GROW(seen, n_seen, cap_seen);
-            seen[n_seen++] = (struct grad_seen){.chunk = P->op_chunk[i], .next = head[t], .given = given};
+            seen[n_seen++] = (struct grad_seen){.chunk = P->op_chunk[i], .next = head[t], .given = given, .head = -1};
             head[t] = n_seen;
             first[(size_t)i * IR_MAX_IN + (size_t)k] = true;
         }
@@ -876,9 +935,13 @@ static void grad_xfers(struct partition *P, const struct op_record *rec)
                 c.have[k].partial &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_CP);
             c.why[k] = c.have[k].partial ? "the readers' gradients are partial sums: added up for the producer"
                                          : "each reader has its slice of the gradient: gathered for the producer";
-            convert(&c, k);
+            seen[entry[(size_t)i * IR_MAX_IN + (size_t)k] - 1].head = convert(&c, k);
         }
     }
+    for (size_t i = 0; i < (size_t)g->n_ops * IR_MAX_IN; i++)
+        if (entry[i])
+            P->grad_via[i] = seen[entry[i] - 1].head;
+    free(entry);
     free(needs);
     free(held);
     free(first);
@@ -893,6 +956,10 @@ int partition_shard(struct partition *P, struct diag *d)
     for (int k = 0; k < IR_OP_COUNT; k++)
         WF_ASSERT(classes[k] != SC_UNSET);
     P->shard = wf_calloc((size_t)g->n_tensors + 1, sizeof *P->shard);
+    P->reads_via = wf_calloc((size_t)g->n_ops * IR_MAX_IN + 1, sizeof *P->reads_via);
+    P->grad_via = wf_calloc((size_t)g->n_ops * IR_MAX_IN + 1, sizeof *P->grad_via);
+    for (size_t i = 0; i < (size_t)g->n_ops * IR_MAX_IN; i++)
+        P->reads_via[i] = P->grad_via[i] = -1;
     bool *ready = wf_calloc((size_t)g->n_tensors + 1, sizeof *ready);
     int errors = d->n_errors;
     for (int i = 0; i < g->n_ops && d->n_errors == errors; i++) {
@@ -933,7 +1000,7 @@ int partition_shard(struct partition *P, struct diag *d)
                     add_xfer(&relay, PART_XFER_SEND, IR_PDIM_NONE, t, from, -1, &c.have[k], &c.have[k],
                              local_bytes(&c, c.t[k], &c.have[k]),
                              to == c.chunk ? "pipeline: to the next stage, which reads it"
-                                           : "pipeline: relayed through a stage that does not read it");
+                                           : "pipeline: relayed through a stage that does not read it", -1);
                 }
             }
         }
@@ -947,7 +1014,7 @@ int partition_shard(struct partition *P, struct diag *d)
                 normalize(&c, &c.want[k]);
                 if (!divides(P, d, c.part, c.t[k], &c.want[k], c.op->loc, "op input"))
                     break;
-                convert(&c, k);
+                P->reads_via[(size_t)i * IR_MAX_IN + (size_t)k] = convert(&c, k);
             }
         for (int x = 0; x < c.n_inner; x++)
             push_xfer(P, &c.inner[x]);

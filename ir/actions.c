@@ -64,16 +64,34 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
                  ref_str(&g->a, y, sizeof y), ref_str(&g->b, z, sizeof z));
         break;
     }
-    case IR_ACT_LAUNCH:
-        snprintf(buf, n, "launch %d (%lld x %lld)", a->launch.launch, (long long)a->launch.args.rows, (long long)a->launch.args.cols);
+    case IR_ACT_LAUNCH: {
+        size_t len = (size_t)snprintf(buf, n, "launch %d (%lld x %lld):", a->launch.launch, (long long)a->launch.args.rows,
+                                      (long long)a->launch.args.cols);
+        for (int i = 0; i < a->launch.n_in + a->launch.n_out && len < n; i++)
+            len += (size_t)snprintf(buf + len, n - len, "%s[%s]", i == a->launch.n_in ? " -> " : " ",
+                                    ref_str(i < a->launch.n_in ? &a->launch.in[i] : &a->launch.out[i - a->launch.n_in], x, sizeof x));
         break;
+    }
     case IR_ACT_ZERO:
         snprintf(buf, n, "zero [%s] %lld bytes", ref_str(&a->zero, x, sizeof x), (long long)a->zero_bytes);
         break;
     case IR_ACT_COLL:
-        snprintf(buf, n, "%s over %s: [%s] %lld bytes", ir_coll_name((enum ir_coll)a->coll.coll), ir_group_name((enum ir_group)a->coll.group),
-                 ref_str(&a->coll.buf, x, sizeof x), (long long)a->coll.bytes);
+        if (a->coll.out.what == a->coll.buf.what && a->coll.out.id == a->coll.buf.id && a->coll.out.offset == a->coll.buf.offset)
+            snprintf(buf, n, "%s over %s: [%s] %lld bytes", ir_coll_name((enum ir_coll)a->coll.coll),
+                     ir_group_name((enum ir_group)a->coll.group), ref_str(&a->coll.buf, x, sizeof x), (long long)a->coll.bytes);
+        else
+            snprintf(buf, n, "%s over %s: [%s] %lld bytes -> [%s] %lld bytes", ir_coll_name((enum ir_coll)a->coll.coll),
+                     ir_group_name((enum ir_group)a->coll.group), ref_str(&a->coll.buf, x, sizeof x), (long long)a->coll.bytes,
+                     ref_str(&a->coll.out, y, sizeof y), (long long)a->coll.out_bytes);
         break;
+    case IR_ACT_COPY: {
+        const struct ir_copy *c = &a->copy;
+        snprintf(buf, n, "%s [%s]%s %lldx%lldx%lld bytes (strides %lld,%lld) -> [%s] (strides %lld,%lld)", c->add ? "add" : "copy",
+                 ref_str(&c->src, x, sizeof x), c->src_pdim ? " + the rank's piece" : "", (long long)c->planes, (long long)c->rows,
+                 (long long)c->width, (long long)c->src_plane, (long long)c->src_pitch, ref_str(&c->dst, y, sizeof y),
+                 (long long)c->dst_plane, (long long)c->dst_pitch);
+        break;
+    }
     case IR_ACT_LOSS:
         snprintf(buf, n, "loss: the row losses of [%s], %lld rows", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows);
         break;
@@ -177,6 +195,8 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
                 put_i64s(w, io ? x->vout[i] : x->vin[i], 6);
                 plan_put_u8(w, l->gather_pdim[io][i]);
             }
+        for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
+            put_ref(w, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
         break;
     }
     case IR_ACT_ZERO:
@@ -195,7 +215,18 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype);
         put_ref(w, &a->coll.buf);
         plan_put_i64(w, a->coll.bytes);
+        put_ref(w, &a->coll.out);
+        plan_put_i64(w, a->coll.out_bytes);
         break;
+    case IR_ACT_COPY: {
+        const struct ir_copy *c = &a->copy;
+        put_ref(w, &c->src), put_ref(w, &c->dst);
+        int64_t v[8] = {c->planes, c->rows, c->width, c->src_plane, c->src_pitch, c->dst_plane, c->dst_pitch, c->src_step};
+        put_i64s(w, v, 8);
+        plan_put_i32(w, c->src_coords);
+        plan_put_u8(w, c->src_pdim), plan_put_u8(w, c->add), plan_put_u8(w, c->dtype);
+        break;
+    }
     case IR_ACT_LOSS:
     case IR_ACT_SQSUM:
         put_ref(w, &a->loss);
@@ -255,6 +286,8 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
                 get_i64s(r, io ? x->vout[i] : x->vin[i], 6);
                 l->gather_pdim[io][i] = plan_get_u8(r);
             }
+        for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
+            get_ref(r, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
         break;
     }
     case IR_ACT_ZERO:
@@ -275,9 +308,24 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r);
         get_ref(r, &a->coll.buf);
         a->coll.bytes = plan_get_i64(r);
+        get_ref(r, &a->coll.out);
+        a->coll.out_bytes = plan_get_i64(r);
         if (a->kind == IR_ACT_COLL && (a->coll.coll >= IR_COLL_COUNT || a->coll.group >= IR_GROUP_COUNT || a->coll.dtype >= IR_DTYPE_COUNT))
             r->bad = true;
         break;
+    case IR_ACT_COPY: {
+        struct ir_copy *c = &a->copy;
+        get_ref(r, &c->src), get_ref(r, &c->dst);
+        int64_t v[8];
+        get_i64s(r, v, 8);
+        c->planes = v[0], c->rows = v[1], c->width = v[2], c->src_plane = v[3], c->src_pitch = v[4], c->dst_plane = v[5];
+        c->dst_pitch = v[6], c->src_step = v[7];
+        c->src_coords = plan_get_i32(r);
+        c->src_pdim = plan_get_u8(r), c->add = plan_get_u8(r), c->dtype = plan_get_u8(r);
+        if (c->planes < 0 || c->rows < 0 || c->width < 0 || c->src_coords < 1 || c->dtype >= IR_DTYPE_COUNT)
+            r->bad = true;
+        break;
+    }
     case IR_ACT_LOSS:
     case IR_ACT_SQSUM:
         get_ref(r, &a->loss);
@@ -444,7 +492,15 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
         else if (a->kind == IR_ACT_ZERO)
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);
         else if (a->kind == IR_ACT_COLL)
-            bad = check_span(m, &a->coll.buf, v, a->coll.bytes);
+            bad = check_span(m, &a->coll.buf, v, a->coll.bytes) || check_span(m, &a->coll.out, v, a->coll.out_bytes);
+        else if (a->kind == IR_ACT_COPY) {
+            const struct ir_copy *c = &a->copy;
+            int64_t reach_src = c->planes && c->rows ? (c->planes - 1) * c->src_plane + (c->rows - 1) * c->src_pitch + c->width : 0,
+                    reach_dst = c->planes && c->rows ? (c->planes - 1) * c->dst_plane + (c->rows - 1) * c->dst_pitch + c->width : 0;
+            bad = c->src_plane < 0 || c->src_pitch < 0 || c->dst_plane < 0 || c->dst_pitch < 0 || c->src_step < 0 ||
+                  check_ref(m, &c->src, v, 0, (int64_t)(c->src_coords - 1) * c->src_step + reach_src) ||
+                  check_ref(m, &c->dst, v, 0, reach_dst);
+        }
         else if (a->kind == IR_ACT_SEND || a->kind == IR_ACT_RECV)
             bad = check_ref(m, &a->p2p.buf, a->p2p.vstage, a->p2p.micro, a->p2p.bytes);
         else if (a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM)

@@ -34,7 +34,8 @@
     X(GEMM, "gemm")     /* c = a @ b (+ c when beta is 1), batched */          \
     X(LAUNCH, "launch") /* a kernel of the plan */                             \
     X(ZERO, "zero")     /* bytes of a buffer set to 0 (a gradient about to be added into) */ \
-    X(COLL, "coll")     /* a collective over a group, on a buffer in place */  \
+    X(COLL, "coll")     /* a collective over a group: in place (all-reduce), or from buf to out */ \
+    X(COPY, "copy")     /* bytes moved (or added) between buffers: a strided block of rows (a slice, packing) */ \
     X(LOSS, "loss")     /* the loss: its row losses (ROWSTATS component 1) added into the step's sum */ \
     X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */ \
     X(SEND, "send")     /* a pipeline transfer's half: to the ranks that run peer_chunk */ \
@@ -76,6 +77,8 @@ struct ir_launch {
     struct kn_args args;   /* fused: sizes; pointers, seed and float arguments are the executor's */
     int n_in, n_out;
     struct ir_ref in[KN_MAX_SLOTS], out[KN_MAX_SLOTS]; /* the slots' buffers (a view's are its input's) */
+    struct ir_ref grad_in[KN_MAX_SLOTS], grad_out[KN_MAX_SLOTS]; /* attention's backward (fn_last past KN_ATTN_FWD): where
+                                                                  * it adds its inputs' gradients, and reads its outputs' */
     uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimensions it is split over (IR_PDIM_BIT) */
     uint8_t gather_pdim[2][KN_MAX_SLOTS]; /* per GATHER slot (in, out): the table rows' split */
 };
@@ -87,6 +90,23 @@ struct ir_coll_action {
     uint8_t dtype;  /* element type of the payload */
     struct ir_ref buf;
     int64_t bytes;  /* payload, this rank's */
+    struct ir_ref out; /* where the result goes: buf for an all-reduce; an all-gather's pieces side by side, in the
+                        * order of the members' coordinates; a reduce-scatter's share; an all-to-all's pieces */
+    int64_t out_bytes;
+};
+
+/* planes x rows x width bytes from src to dst, each with its own strides
+ * (bytes); src moves by the rank's coordinate along src_pdim times
+ * src_step (a slice: the rank's piece). */
+struct ir_copy {
+    struct ir_ref src, dst;
+    int64_t planes, rows, width;
+    int64_t src_plane, src_pitch, dst_plane, dst_pitch;
+    uint8_t src_pdim;   /* bits of enum ir_pdim; 0: none */
+    int32_t src_coords; /* the coordinates src_pdim takes: src's widest reach is at the last */
+    int64_t src_step;
+    uint8_t add;        /* dst += src, elementwise in dtype (width a whole number of them); else a copy */
+    uint8_t dtype;
 };
 
 struct ir_action {
@@ -98,6 +118,7 @@ struct ir_action {
     struct ir_ref zero;  /* ZERO */
     int64_t zero_bytes;
     struct ir_coll_action coll;
+    struct ir_copy copy;
     struct {                  /* SEND, RECV */
         int32_t peer_chunk;   /* the other end's chunk: its ranks are ir_p2p_peers' */
         int32_t tag;          /* the same at both ends */

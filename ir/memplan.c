@@ -18,7 +18,8 @@ const char *ir_region_name(enum ir_region r) { return r < IR_REGION_COUNT ? regi
 
 static const char *what_names[IR_BUF_COUNT] = {"value", "gradient", "mask", "row statistics", "block",
                                                 "exp_avg", "exp_avg_sq", "master weights", "sums of squares",
-                                                "routes", "fills", "norm", "staged result"};
+                                                "routes", "fills", "norm", "staged result",
+                                                "transfer input", "restaged result", "packing scratch"};
 
 const char *ir_buf_what_name(int what) { return what >= 0 && what < IR_BUF_COUNT ? what_names[what] : "?"; }
 
@@ -151,7 +152,7 @@ int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int v
 int64_t ir_memory_find(const struct ir_role_memory *m, int what, int id, int vstage, int micro, int64_t *bytes)
 {
     *bytes = 0;
-    if (what == IR_BUF_STAGED) { /* one collective's result at a time */
+    if (what == IR_BUF_PACK) { /* one collective's pieces at a time */
         *bytes = m->size[IR_REGION_COMM];
         return m->base[IR_REGION_COMM];
     }

@@ -22,9 +22,9 @@
  *                pipeline transfers fill or drain
  *   WORKING      one forward or backward step's transients (the backward's
  *                activation gradients included); steps run one at a time
- *   COMM         staging for a collective's output (an all-gather's whole;
- *                the vocab-parallel loss's row maxima, then its sums, one
- *                after the other: its kernels read both)
+ *   COMM         packing scratch for collectives along an inner axis (a
+ *                sequence-parallel all-gather of (batch, sequence, hidden)
+ *                gathers pieces side by side, then unpacks them)
  *   WORKSPACE    the GEMM library's workspace
  * A view (split_heads, merge_heads, reshape, position_embedding's first rows
  * of its table) has no buffer: its bytes, and its gradient's, are its
@@ -77,8 +77,15 @@ enum ir_buf_what {
     IR_BUF_ROUTES,   /* scratch: MoE op id's routing, per (token, choice) its row of the experts' buffer, or -1 */
     IR_BUF_FILLS,    /* scratch: and per row of that buffer the (token, choice) it holds, or -1 */
     IR_BUF_NORM,     /* the step's sum of squared gradients (an f32, at the workspace's start; SUMSQ follows it) */
-    IR_BUF_STAGED,   /* transfer id's result, in COMM (an all-gather's whole, a reduce-scatter's or all-to-all's
-                      * share, the loss's row maxima and then its sums) */
+    IR_BUF_STAGED,   /* transfer id's result where it is no tensor's buffer (an all-gather's whole, an all-to-all's
+                      * exchange, a slice, a gradient's reduce-scatter; the loss's row maxima, its sums), in the
+                      * step that runs the transfer */
+    IR_BUF_XFER_IN,  /* transfer id's input where it is no tensor's buffer: the partial sums a producer makes for a
+                      * reduce-scatter, or the gradients a chunk's readers give alike, before their conversion */
+    IR_BUF_RESTAGED, /* a forward transfer's result brought again by the backward that reads it (an all-gathered
+                      * sequence for a weight's gradient), rather than kept from the forward */
+    IR_BUF_PACK,     /* scratch in COMM: a collective's pieces side by side, packed from or unpacked to a tensor
+                      * split along an inner axis */
     IR_BUF_COUNT
 };
 

@@ -3,7 +3,7 @@
  *
  *   struct comm *c = comm_mpi_open(&argc, &argv, timeout_s, &d);   // MPI_Init; rank and size
  *   comm_groups(c, L, &S, &d);                // one communicator per group of the layout, per tied set
- *   c->ops->all_reduce(c, IR_GROUP_DP_CP, 0, buf, n, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d);
+ *   c->ops->collective(c, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, buf, buf, n, IR_DTYPE_F32, &d);
  *   comm_close(c);
  *
  * Every wait has a deadline (timeout_s): a collective that has not
@@ -34,10 +34,12 @@ struct comm_msg {
 
 struct comm_ops {
     const char *name;
-    /* in place over the rank's group of kind g (for TIED, tied set `set`; else ignored):
-     * IR_COLL_ALL_REDUCE (sum) or IR_COLL_ALL_REDUCE_MAX */
-    int (*all_reduce)(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,
-                      struct diag *d);
+    /* over the rank's group of kind g (for TIED, tied set `set`; else ignored), count elements of dtype from send:
+     * ALL_REDUCE (sum), ALL_REDUCE_MAX: into recv (send == recv: in place); ALL_GATHER: the members' counts side
+     * by side in recv, in the order of their coordinates; REDUCE_SCATTER: the sum of the members' count / size
+     * elements at this member's place; ALL_TO_ALL: piece i (count / size) to member i, member i's into place i */
+    int (*collective)(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count,
+                      int dtype, struct diag *d);
     /* post every half, then wait for them all */
     int (*exchange)(struct comm *c, int n, const struct comm_msg *msgs, struct diag *d);
     /* the same value on every rank of the world: 0 if so */

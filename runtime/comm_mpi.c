@@ -162,8 +162,8 @@ static void bf16_max(void *in, void *inout, int *len, MPI_Datatype *type)
         b[i] = wf_bf16_float(a[i]) > wf_bf16_float(b[i]) ? a[i] : b[i];
 }
 
-static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, int64_t count, int dtype, enum ir_coll op,
-                          struct diag *d)
+static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv,
+                          int64_t count, int dtype, struct diag *d)
 {
     struct mpi *m = c->impl;
     MPI_Comm comm = g == IR_GROUP_TIED ? (set >= 0 && set < m->n_tied ? m->tied[set] : MPI_COMM_NULL)
@@ -173,18 +173,31 @@ static int mpi_all_reduce(struct comm *c, enum ir_group g, int set, void *buf, i
                    g == IR_GROUP_TIED ? " for this tied set" : "");
         return -1;
     }
+    int size;
+    MPI_Comm_size(comm, &size);
     MPI_Datatype t = dtype == IR_DTYPE_I32 ? MPI_INT : dtype == IR_DTYPE_F32 ? MPI_FLOAT : dtype == IR_DTYPE_BF16 ? MPI_UINT16_T
                                                                                                        : MPI_DATATYPE_NULL;
-    if (t == MPI_DATATYPE_NULL || (op != IR_COLL_ALL_REDUCE && op != IR_COLL_ALL_REDUCE_MAX) || count > 0x7fffffff) {
-        diag_error(d, NULL, 0, "rank %d: %s of %lld %s elements: not supported over MPI", c->rank, ir_coll_name(op), (long long)count,
-                   ir_dtype_name((enum ir_dtype)dtype));
+    bool sums = op == IR_COLL_ALL_REDUCE || op == IR_COLL_REDUCE_SCATTER;
+    if (t == MPI_DATATYPE_NULL || op >= IR_COLL_COUNT || count > 0x7fffffff || (int64_t)count * size > 0x7fffffff ||
+        ((op == IR_COLL_REDUCE_SCATTER || op == IR_COLL_ALL_TO_ALL) && count % size)) {
+        diag_error(d, NULL, 0, "rank %d: %s of %lld %s elements over %d ranks: not supported over MPI", c->rank, ir_coll_name(op),
+                   (long long)count, ir_dtype_name((enum ir_dtype)dtype), size);
         return -1;
     }
+    MPI_Op how = dtype == IR_DTYPE_BF16 ? (sums ? m->bf16_sum : m->bf16_max) : sums ? MPI_SUM : MPI_MAX;
     MPI_Request req;
-    MPI_Op how = dtype == IR_DTYPE_BF16 ? (op == IR_COLL_ALL_REDUCE ? m->bf16_sum : m->bf16_max)
-                                        : op == IR_COLL_ALL_REDUCE ? MPI_SUM : MPI_MAX;
-    if (MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, t, how, comm, &req) != MPI_SUCCESS) {
-        diag_error(d, NULL, 0, "rank %d: MPI_Iallreduce over %s failed", c->rank, group_str(g));
+    int rc, n = (int)count;
+    const void *in = send == recv ? MPI_IN_PLACE : send;
+    switch (op) {
+    case IR_COLL_ALL_REDUCE:
+    case IR_COLL_ALL_REDUCE_MAX: rc = MPI_Iallreduce(in, recv, n, t, how, comm, &req); break;
+    case IR_COLL_ALL_GATHER: rc = MPI_Iallgather(send, n, t, recv, n, t, comm, &req); break;
+    case IR_COLL_REDUCE_SCATTER: rc = MPI_Ireduce_scatter_block(send, recv, n / size, t, how, comm, &req); break;
+    case IR_COLL_ALL_TO_ALL: rc = MPI_Ialltoall(send, n / size, t, recv, n / size, t, comm, &req); break;
+    default: rc = MPI_ERR_OP;
+    }
+    if (rc != MPI_SUCCESS) {
+        diag_error(d, NULL, 0, "rank %d: MPI %s over %s failed", c->rank, ir_coll_name(op), group_str(g));
         return -1;
     }
     return wait_for(c, &req, ir_coll_name(op), g, d);
@@ -224,7 +237,7 @@ static int mpi_exchange(struct comm *c, int n, const struct comm_msg *msgs, stru
     return rc;
 }
 
-static const struct comm_ops mpi_ops = {"mpi", mpi_all_reduce, mpi_exchange, mpi_barrier};
+static const struct comm_ops mpi_ops = {"mpi", mpi_collective, mpi_exchange, mpi_barrier};
 
 struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d)
 {
@@ -284,8 +297,12 @@ int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_sch
         int k = ir_group_layout_kind((enum ir_group)g);
         if (k < 0)
             continue;
-        int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank);
-        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->groups[g]) != MPI_SUCCESS ||
+        int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank), key = c->rank;
+        const struct rank_groups *rg = rank_layout_groups(L, (enum par_group_kind)k);
+        for (int i = 0; color >= 0 && i < rg->sizes[color]; i++) /* members in the layout's order: a gather's pieces */
+            if (rg->ranks[color][i] == c->rank)
+                key = i;
+        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, key, &m->groups[g]) != MPI_SUCCESS ||
             (m->groups[g] != MPI_COMM_NULL && MPI_Comm_dup(m->groups[g], &m->roll[g]) != MPI_SUCCESS)) {
             diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for the %s groups failed", c->rank, ir_group_name((enum ir_group)g));
             return -1;

@@ -66,13 +66,6 @@ static void *at(struct exec *x, const struct ir_ref *r, int v, int micro)
 }
 
 /* A slot's buffer, or the gradient of the same one. */
-static void *grad_at(struct exec *x, const struct ir_ref *r, int v, int micro)
-{
-    struct ir_ref g = *r;
-    g.what = IR_BUF_GRAD;
-    return at(x, &g, v, micro);
-}
-
 /* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
 static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, int64_t e)
 {
@@ -290,9 +283,9 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
     a.out = at(x, &il->out[0], v, j);
     a.stats = L->n_out > 1 ? at(x, &il->out[1], v, j) : NULL;
     if (il->fn_last > KN_ATTN_FWD) { /* the backward: the gradients of the same buffers, the delta in the workspace */
-        a.dout = grad_at(x, &il->out[0], v, j);
-        a.dq = grad_at(x, &il->in[0], v, j), a.dk = grad_at(x, &il->in[1], v, j), a.dv = grad_at(x, &il->in[2], v, j);
-        a.dbias = e->attn.bias_grad ? grad_at(x, &il->in[3], v, j) : NULL;
+        a.dout = at(x, &il->grad_out[0], v, j);
+        a.dq = at(x, &il->grad_in[0], v, j), a.dk = at(x, &il->grad_in[1], v, j), a.dv = at(x, &il->grad_in[2], v, j);
+        a.dbias = e->attn.bias_grad ? at(x, &il->grad_in[3], v, j) : NULL;
         struct ir_ref scratch = {.what = IR_BUF_SUMSQ, .id = -1}; /* the workspace's scratch: the norm's sums use it later */
         a.delta = at(x, &scratch, v, j);
     }
@@ -300,6 +293,36 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
         if (backend_attention(x->be, L->kernel, (enum kn_attn_fn)f, &a, d))
             return -1;
     return 0;
+}
+
+static bool same_ref(const struct ir_ref *a, const struct ir_ref *b)
+{
+    return a->what == b->what && a->id == b->id && a->offset == b->offset;
+}
+
+/* A COPY: planes x rows of width bytes, or their elementwise sum into dst. */
+static void copy(struct exec *x, const struct ir_copy *c, int v, int j)
+{
+    const char *src = (const char *)at(x, &c->src, v, j) +
+                      par_axis_coord(&x->R->L->pc, x->R->coords.part, c->src_pdim, &x->R->coords) * c->src_step;
+    char *dst = at(x, &c->dst, v, j);
+    for (int64_t p = 0; p < c->planes; p++)
+        for (int64_t r = 0; r < c->rows; r++) {
+            const char *s = src + p * c->src_plane + r * c->src_pitch;
+            char *o = dst + p * c->dst_plane + r * c->dst_pitch;
+            if (!c->add)
+                memcpy(o, s, (size_t)c->width);
+            else if (c->dtype == IR_DTYPE_BF16)
+                for (int64_t i = 0; i < c->width / 2; i++) {
+                    uint16_t a, b;
+                    memcpy(&a, s + 2 * i, 2), memcpy(&b, o + 2 * i, 2);
+                    b = wf_bf16(wf_bf16_float(a) + wf_bf16_float(b));
+                    memcpy(o + 2 * i, &b, 2);
+                }
+            else
+                for (int64_t i = 0; i < c->width / 4; i++)
+                    ((float *)(void *)o)[i] += ((const float *)(const void *)s)[i];
+        }
 }
 
 static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d)
@@ -344,11 +367,15 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         }
         case IR_ACT_COLL: {
             const struct ir_coll_action *c = &a->coll;
-            if (x->comm && x->comm->ops->all_reduce(x->comm, (enum ir_group)c->group, c->set, at(x, &c->buf, v, j),
-                                                    c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, (enum ir_coll)c->coll, d))
+            if (x->comm && x->comm->ops->collective(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll,
+                                                    at(x, &c->buf, v, j), at(x, &c->out, v, j),
+                                                    c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, d))
                 return -1;
+            if (!x->comm && !same_ref(&c->buf, &c->out)) /* one rank: the group is itself */
+                memmove(at(x, &c->out, v, j), at(x, &c->buf, v, j), (size_t)c->out_bytes);
             break;
         }
+        case IR_ACT_COPY: copy(x, &a->copy, v, j); break;
         case IR_ACT_LOSS: {
             const float *s = at(x, &a->loss, v, j);
             for (int64_t r = 0; r < a->loss_rows; r++)
@@ -397,8 +424,8 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             char a[256] = "its actions are missing";
             if (l)
                 ir_action_str(&l->v[pending], a, sizeof a);
-            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data "
-                                   "and tensor parallel layouts run; sequence, context, expert and pipeline parallel ones come next)",
+            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data, "
+                                   "tensor, sequence and pipeline parallel layouts run; context and expert parallel ones come next)",
                        R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
             return NULL;
         }
@@ -487,9 +514,9 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     bool counts = x->loss_rows && x->R->coords.tp == 0;
     float sum[2] = {counts ? (float)x->loss_sum : 0, counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0};
     if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
-        x->comm->ops->all_reduce(x->comm, IR_GROUP_MP, 0, sum, 2, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+        x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
         return -1;
-    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->all_reduce(x->comm, IR_GROUP_DP_CP, 0, sum, 2, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, d))
+    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
         return -1;
     st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
     st->grad_norm = x->norm < 0 ? 0 : x->norm;

@@ -29,7 +29,7 @@ static int as_rank(void)
         return 0;
     }
     float x = 1;
-    if (c->ops->all_reduce(c, IR_GROUP_DP_CP, 0, &x, 1, IR_DTYPE_F32, IR_COLL_ALL_REDUCE, &d)) {
+    if (c->ops->collective(c, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, &x, &x, 1, IR_DTYPE_F32, &d)) {
         diag_print(&d, stderr);
         fflush(NULL);
         comm_abort(c, 1);
