@@ -304,6 +304,15 @@ static void test_layouts_match_one_rank(void **state)
         {"models/mixtral.xml", 2, "--pp 2", ""},
         {"models/t5.xml", 3, "--pp 2 --epp 1", ""},               /* the encoder's own stage; its output relayed */
         {"models/llava.xml", 3, "--pp 2 --epp 1", ""},
+        {"models/t5.xml", 2, "--tp 2", ""},                       /* the relative position bias sliced by heads */
+        /* sequence parallel: gathers and reduce-scatters along the sequence, packed where micro-batches > 1 */
+        {"models/gpt2.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 4, "--tp 4 --sequence-parallel", ""},
+        {"models/gpt2.xml", 8, "--tp 2 --pp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/llama2.xml", 4, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/mixtral.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/llava.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/t5.xml", 6, "--tp 2 --pp 2 --epp 1 --sequence-parallel", "--micro-batch-size 2"},
     };
     enum { STEPS = 3 };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
