@@ -37,6 +37,15 @@ static struct ir_ref xfer_out(const struct lowering *w, int x, bool restaged)
     return out;
 }
 
+static struct ir_ref xfer_in(const struct lowering *w, int x)
+{
+    struct ir_ref in, out;
+    bool adds;
+    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
+        return ref(w, IR_BUF_VALUE, w->P->xfers[x].tensor);
+    return in;
+}
+
 /* Where op reads its input k: through the transfers that bring it, or as held. */
 static struct ir_ref value_ref(const struct lowering *w, int op, int k, bool backward)
 {
@@ -109,15 +118,6 @@ static bool nests(const struct part_xfer *px, int axis, const struct ir_shard *s
     return axis >= 0 && !(sh->split[axis] & (IR_PDIM_BIT(px->over) - 1));
 }
 
-/* The axis an all-to-all gathers (split before it, whole after). */
-static int source_axis(const struct part_xfer *px)
-{
-    for (int k = 0; k < px->shape.rank; k++)
-        if ((px->before.split[k] & IR_PDIM_BIT(px->over)) && !(px->after.split[k] & IR_PDIM_BIT(px->over)))
-            return k;
-    return -1;
-}
-
 /* Whether the lowering moves transfer x itself (a send is the program's; a
  * parameter's gradient is summed by the program). */
 static bool lowered(const struct lowering *w, int x)
@@ -130,8 +130,6 @@ static bool lowered(const struct lowering *w, int x)
     if (px->grad && w->P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM)
         return px->kind == PART_XFER_ALL_REDUCE;
     enum ir_op_kind k = w->P->g->ops[px->op].kind;
-    if ((k == IR_OP_DISPATCH || k == IR_OP_COMBINE) && px->kind == PART_XFER_ALL_TO_ALL)
-        return false; /* the experts' exchange, inside the op's kernels: not yet */
     if (k == IR_OP_ATTENTION && px->over == IR_PDIM_CP)
         return false; /* context parallel attention: its keys' positions, not yet */
     if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
@@ -139,7 +137,7 @@ static bool lowered(const struct lowering *w, int x)
     switch (px->kind) {
     case PART_XFER_ALL_GATHER: return nests(px, px->axis, &px->before);
     case PART_XFER_REDUCE_SCATTER: case PART_XFER_SLICE: return nests(px, px->axis, &px->after);
-    case PART_XFER_ALL_TO_ALL: return nests(px, px->axis, &px->after) && nests(px, source_axis(px), &px->before);
+    case PART_XFER_ALL_TO_ALL: return memory_a2a_axis(px, true) >= 0 && memory_a2a_axis(px, false) >= 0;
     default: return true;
     }
 }
@@ -229,6 +227,8 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         int k, reader;
         if (ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0)
             *r = (struct ir_ref){.what = b->what, .id = b->id};
+        else if (b->xfer >= 0 && i >= L->n_in) /* what the transfer takes */
+            *r = xfer_in(w, b->xfer);
         else if (b->xfer >= 0)
             *r = xfer_out(w, b->xfer, backward && b->what == IR_BUF_VALUE);
         else if (i >= L->n_in && b->what == IR_BUF_VALUE && L->when == KN_WHEN_FORWARD)
@@ -315,10 +315,9 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
         ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
         break;
     }
-    case PART_XFER_ALL_TO_ALL: { /* pieces cut along the target axis, joined along the source axis */
-        int source = source_axis(px);
-        int64_t outer_t = memory_outer(&before, px->axis), width_t = in_bytes / deg / outer_t;
-        int64_t outer_s = memory_outer(&after, source), width_s = out_bytes / deg / outer_s;
+    case PART_XFER_ALL_TO_ALL: { /* pieces cut along one axis, joined along another */
+        int64_t outer_t = memory_outer(&before, memory_a2a_axis(px, true)), width_t = in_bytes / deg / outer_t;
+        int64_t outer_s = memory_outer(&after, memory_a2a_axis(px, false)), width_s = out_bytes / deg / outer_s;
         if (outer_t > 1) {
             push_copy(list, (struct ir_copy){.src = in, .dst = pack, .planes = deg, .rows = outer_t, .width = width_t,
                                              .src_plane = width_t, .src_pitch = deg * width_t, .dst_plane = in_bytes / deg,
@@ -374,7 +373,8 @@ static int group_of(const struct lowering *w, int op, const int *ops, int n, int
  * their inputs (before its launch); backward, those of the gradients it
  * gives (after it), but a parameter's, which the program moves once for
  * all micro-batches. */
-static void step_transfers(const struct lowering *w, const int *group, int m, bool backward, struct ir_action_list *out)
+static void step_transfers(const struct lowering *w, const int *group, int m, bool backward, bool before,
+                           struct ir_action_list *out)
 {
     const struct partition *P = w->P;
     for (int x = 0; x < P->n_xfers; x++) {
@@ -383,6 +383,7 @@ static void step_transfers(const struct lowering *w, const int *group, int m, bo
         for (int i = 0; i < m; i++)
             mine |= px->op == group[i];
         if (!mine || px->grad != backward || px->kind == PART_XFER_SEND ||
+            (backward && (px->inner && memory_xfer_of_output(P, x)) != before) ||
             (backward && P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM) || (!backward && written_by_launch(w, px->op, x)) ||
             (backward && !w->needs[px->tensor]))
             continue;
@@ -399,6 +400,9 @@ static void restage(const struct lowering *w, const int *group, int m, bool *don
         int op = group[i];
         if (!w->needs[P->g->ops[op].out[0]])
             continue;
+        for (int x = 0; x < P->n_xfers; x++)
+            if (P->xfers[x].op == op && !done[x] && memory_backward_rereads(P, w->K, x))
+                transfer(w, x, true, out), done[x] = true;
         for (int k = 0; k < P->g->ops[op].n_in; k++) {
             int last = partition_reads_via(P, op, k);
             if (last < 0 || done[last] || !memory_backward_reads(P, w->K, w->needs, op, k))
@@ -422,7 +426,7 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
         const struct ir_op *o = &g->ops[op];
         if (w->lead[op] != op)
             continue; /* its group's transfers and launches run at the group's first op */
-        step_transfers(w, group, group_of(w, op, ops, n, group), false, out);
+        step_transfers(w, group, group_of(w, op, ops, n, group), false, true, out);
         if (o->kind == IR_OP_MATMUL) {
             matmul(w, op, false, out, NULL);
             continue;
@@ -490,9 +494,10 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
             continue; /* its group's launches run at the group's first op */
         int m = group_of(w, op, ops, n, group);
         restage(w, group, m, restaged, out);
+        step_transfers(w, group, m, true, true, out); /* the adjoints of an op's exchange of its output */
         if (o->kind == IR_OP_MATMUL) {
             rc = matmul(w, op, true, out, d);
-            step_transfers(w, group, m, true, out);
+            step_transfers(w, group, m, true, false, out);
             continue;
         }
         for (int l = 0; l < K->n_launches; l++) {
@@ -508,7 +513,7 @@ static int backward_step(const struct lowering *w, const int *ops, int n, struct
                 ir_action_push(out, &x);
             }
         }
-        step_transfers(w, group, m, true, out);
+        step_transfers(w, group, m, true, false, out);
     }
     free(done);
     free(group);
@@ -551,6 +556,8 @@ static void optimizer_step(const struct lowering *w, int stage, struct ir_action
             if (!pass && counts[L->domain]) {
                 struct ir_action s = {.kind = IR_ACT_SQSUM, .loss = {.what = IR_BUF_SUMSQ, .id = L->domain},
                                       .loss_rows = x.launch.args.rows, .sq_only_first = only_first[L->domain]};
+                if (P->L->pc.ep > 1) /* the norm sums over data-parallel ranks too: one replica counts */
+                    s.sq_replica = schedule_is_expert_param(P, L->domain) ? IR_SQ_EXPERT_DP0 : IR_SQ_DP0;
                 ir_action_push(sums, &s);
             }
         }
@@ -727,10 +734,11 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
             }
             continue;
         }
-        if (x->kind == IR_INS_COLLECTIVE && x->group == IR_GROUP_MP && x->tag == SCHED_TAG_NORM) {
-            append(out, sums);
+        if (x->kind == IR_INS_COLLECTIVE && x->tag == SCHED_TAG_NORM) { /* over MP, then (experts) over DP_CP */
+            if (!summed)
+                append(out, sums);
             summed = true;
-            struct ir_action a = sum_in_place(IR_GROUP_MP, 0, (struct ir_ref){.what = IR_BUF_NORM, .id = -1}, 4);
+            struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_NORM, .id = -1}, 4);
             ir_action_push(out, &a);
             continue;
         }

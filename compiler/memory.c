@@ -152,13 +152,18 @@ int memory_xfer_next(const struct partition *P, int x)
 bool memory_xfer_inner(const struct partition *P, int x)
 {
     const struct part_xfer *px = &P->xfers[x];
-    if (px->grad)
-        return false;
-    if (px->kind == PART_XFER_ALL_REDUCE_MAX)
-        return true;
-    return px->kind == PART_XFER_ALL_REDUCE && x > 0 && P->xfers[x - 1].kind == PART_XFER_ALL_REDUCE_MAX &&
-           P->xfers[x - 1].op == px->op;
+    return px->inner && (px->kind == PART_XFER_ALL_REDUCE || px->kind == PART_XFER_ALL_REDUCE_MAX);
 }
+
+static bool made_by(const struct partition *P, int op, int t)
+{
+    for (int k = 0; k < P->g->ops[op].n_out; k++)
+        if (P->g->ops[op].out[k] == t)
+            return true;
+    return false;
+}
+
+bool memory_xfer_of_output(const struct partition *P, int x) { return made_by(P, P->xfers[x].op, P->xfers[x].tensor); }
 
 /* Whether t is a parameter, or a view of one's bytes (a position table's first rows). */
 static bool param_bytes(const struct partition *P, int t)
@@ -188,6 +193,16 @@ static int64_t shard_bytes(const struct partition *P, int x, const struct ir_sha
 
 int64_t memory_xfer_in_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].before); }
 int64_t memory_xfer_out_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].after); }
+
+int memory_a2a_axis(const struct part_xfer *px, bool send)
+{
+    uint8_t p = (uint8_t)IR_PDIM_BIT(px->over);
+    const struct ir_shard *a = send ? &px->after : &px->before, *b = send ? &px->before : &px->after;
+    for (int k = 0; k < px->shape.rank; k++)
+        if (((a->split[k] & p) && !(b->split[k] & p)) || ((b->stack[k] & p) && !(a->stack[k] & p)))
+            return k;
+    return -1;
+}
 
 int64_t memory_outer(const struct ir_shape *s, int axis)
 {
@@ -234,6 +249,14 @@ bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool re
         *in = *out = (struct ir_ref){.what = IR_BUF_STAGED, .id = x};
         return true;
     }
+    if (px->inner) { /* an op's exchange (the experts'): of what its kernels write, or read */
+        bool of_output = made_by(P, px->op, t);
+        struct ir_ref tensor = {.what = px->grad ? IR_BUF_GRAD : IR_BUF_VALUE, .id = root}, given = {.what = IR_BUF_XFER_IN, .id = x};
+        *in = of_output != px->grad ? given : tensor;
+        *out = of_output && !px->grad ? tensor : mine;
+        *adds = px->grad && !of_output;
+        return true;
+    }
     if (px->prev >= 0) {
         struct ir_ref ignored;
         bool a;
@@ -259,6 +282,19 @@ bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool re
     }
     *adds = px->grad && memory_xfer_next(P, x) < 0 && !(out->what == IR_BUF_GRAD);
     return ok;
+}
+
+bool memory_backward_rereads(const struct partition *P, const struct kn_set *K, int x)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    if (!px->inner || px->grad || memory_xfer_inner(P, x) || made_by(P, px->op, px->tensor))
+        return false;
+    for (int l = 0; K && l < K->n_launches; l++)
+        for (int i = 0; K->launches[l].when == KN_WHEN_BACKWARD && K->ops[K->launches[l].first_op] == px->op &&
+                        i < K->launches[l].n_in; i++)
+            if (K->launches[l].in[i].xfer == x)
+                return true;
+    return false;
 }
 
 bool memory_backward_reads(const struct partition *P, const struct kn_set *K, const bool *needs, int op, int k)
@@ -475,7 +511,7 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
         struct ir_buf b = {.region = IR_REGION_WORKING, .vstage = v, .micro = -1, .id = x};
         if (in.what == IR_BUF_XFER_IN && in.id == x) {
             int first = at;
-            if (!px->grad) { /* from the producer */
+            if (!px->grad && !px->inner) { /* from the producer */
                 int p = g->tensors[px->tensor].producer;
                 first = p >= 0 && st->pos[p] ? AT(p) : 1;
             }
@@ -491,12 +527,9 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             enum ir_part part = P->chunks[px->to_chunk].part;
             struct ir_shape before = partition_local_shape(P, part, &t->shape, &px->before),
                             after = partition_local_shape(P, part, &t->shape, &px->after);
-            int source = px->axis;
-            for (int k = 0; k < t->shape.rank; k++)
-                if (px->kind == PART_XFER_ALL_TO_ALL && (px->before.split[k] & IR_PDIM_BIT(px->over)) &&
-                    !(px->after.split[k] & IR_PDIM_BIT(px->over)))
-                    source = k;
-            bool packs = memory_outer(&before, px->axis) > 1 || memory_outer(&after, source) > 1;
+            int send = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, true) : px->axis,
+                recv = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, false) : px->axis;
+            bool packs = memory_outer(&before, send) > 1 || memory_outer(&after, recv) > 1;
             int64_t need = packs ? 2 * (in_bytes > out_bytes ? in_bytes : out_bytes) : 0;
             pack_bytes = need > pack_bytes ? need : pack_bytes;
         }
@@ -517,6 +550,8 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
                     rlast = BACK(i) > rlast ? BACK(i) : rlast;
                 }
             }
+        if (memory_backward_rereads(P, K, x)) /* an op's exchange of its input, its backward reads again */
+            rfirst = rlast = BACK(px->op);
         b.what = IR_BUF_STAGED, b.first = at, b.last = last, b.bytes = out_bytes;
         push(working, b);
         if (rfirst) {

@@ -60,6 +60,9 @@ int64_t memory_xfer_in_bytes(const struct partition *P, int x);
 int64_t memory_xfer_out_bytes(const struct partition *P, int x);
 /* The next transfer of x's chain, or -1. */
 int memory_xfer_next(const struct partition *P, int x);
+/* Whether an op's own exchange of its input (the experts' outputs coming
+ * back) is read again by its backward (brought again, RESTAGED). */
+bool memory_backward_rereads(const struct partition *P, const struct kn_set *K, int x);
 /* Whether op's backward reads input k as its forward read it: a matmul's
  * operand for the other's gradient; a value a backward kernel loads, or
  * attention's inputs (its backward runs the forward's launch again). */
@@ -67,6 +70,14 @@ bool memory_backward_reads(const struct partition *P, const struct kn_set *K, co
 /* Whether transfer x is the vocab-parallel loss's own (its row maxima, its
  * sums): written by one of its launches and read by the next. */
 bool memory_xfer_inner(const struct partition *P, int x);
+/* Whether transfer x moves what its op makes (an op's own exchange of its
+ * output, or of its output's gradient: run after the op's forward, before
+ * its backward). */
+bool memory_xfer_of_output(const struct partition *P, int x);
+/* An all-to-all's axes: the one each member's data is cut along to send
+ * (send), the one the pieces it receives are joined along (else): split
+ * after and not before, or stacked before and not after; and the reverse. */
+int memory_a2a_axis(const struct part_xfer *px, bool send);
 /* The rows a collective's pieces are cut into along `axis` of local shape
  * s: the product of the axes before it (1: each piece is contiguous). */
 int64_t memory_outer(const struct ir_shape *s, int axis);

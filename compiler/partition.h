@@ -63,6 +63,8 @@ struct part_xfer {
     struct ir_shape shape;       /* each rank's shard going in */
     int64_t bytes;               /* of that shard */
     bool grad;                   /* on the tensor's gradient: run by to_chunk's backward, after op's */
+    bool inner;                  /* the op's own (its kernels write or read it: the vocab-parallel loss's
+                                  * statistics, the experts' exchanges and their adjoints), not its input's */
     int prev;                    /* the transfer whose result this one takes further, -1: it takes the tensor's
                                   * buffer (forward), or the readers' gradients (backward) */
     const char *why;

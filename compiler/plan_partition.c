@@ -163,7 +163,7 @@ static int read_xfers(struct plan *p, struct partition *P, struct diag *d)
         x->over = (enum ir_pdim)plan_get_u8(&r);
         uint8_t grad = plan_get_u8(&r);
         x->grad = grad == 1;
-        x->prev = -1; /* the chains are the compiler's: the actions carry them */
+        x->prev = -1; /* the chains and the ops' own transfers are the compiler's: the actions carry them */
         x->tensor = plan_get_i32(&r);
         x->op = plan_get_i32(&r);
         x->from_chunk = plan_get_i32(&r);

@@ -679,7 +679,8 @@ static void add_inner(struct sctx *c, enum part_xfer_kind kind, enum ir_pdim ove
                       const struct ir_shard *before, const struct ir_shard *after, int64_t bytes, const char *why)
 {
     WF_ASSERT(c->n_inner < (int)WF_COUNT(c->inner));
-    c->inner[c->n_inner++] = make_xfer(c, kind, over, tensor, c->chunk, axis, before, after, bytes, why);
+    c->inner[c->n_inner] = make_xfer(c, kind, over, tensor, c->chunk, axis, before, after, bytes, why);
+    c->inner[c->n_inner++].inner = true;
 }
 
 static int64_t local_bytes(const struct sctx *c, const struct ir_tensor *t, const struct ir_shard *s)

@@ -97,7 +97,7 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         break;
     case IR_ACT_SQSUM:
         snprintf(buf, n, "sqsum: [%s], %lld rows%s", ref_str(&a->loss, x, sizeof x), (long long)a->loss_rows,
-                 a->sq_only_first ? " (where this rank counts it)" : "");
+                 a->sq_only_first || a->sq_replica ? " (where this rank counts it)" : "");
         break;
     case IR_ACT_SEND:
     case IR_ACT_RECV:
@@ -231,7 +231,7 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
     case IR_ACT_SQSUM:
         put_ref(w, &a->loss);
         plan_put_i64(w, a->loss_rows);
-        plan_put_u8(w, a->sq_only_first);
+        plan_put_u8(w, a->sq_only_first), plan_put_u8(w, a->sq_replica);
         break;
     }
 }
@@ -330,7 +330,9 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
     case IR_ACT_SQSUM:
         get_ref(r, &a->loss);
         a->loss_rows = plan_get_i64(r);
-        a->sq_only_first = plan_get_u8(r);
+        a->sq_only_first = plan_get_u8(r), a->sq_replica = plan_get_u8(r);
+        if (a->sq_replica > IR_SQ_EXPERT_DP0)
+            r->bad = true;
         break;
     default: r->bad = true;
     }

@@ -130,7 +130,11 @@ struct ir_action {
     int64_t loss_rows;
     uint8_t sq_only_first; /* SQSUM: counted only by ranks at coordinate 0 of these parallel dimensions (bits of
                             * enum ir_pdim): identical copies count once */
+    uint8_t sq_replica;    /* SQSUM: and only by one data-parallel replica (enum ir_sq_replica), where the norm
+                            * is summed over data-parallel ranks too (experts differ across them) */
 };
+
+enum ir_sq_replica { IR_SQ_ANY, IR_SQ_DP0, IR_SQ_EXPERT_DP0 };
 
 struct ir_action_list {
     int n, cap;

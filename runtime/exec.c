@@ -387,6 +387,8 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
             for (int p = 0; p < IR_PDIM_COUNT; p++)
                 if ((a->sq_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
                     counts = false;
+            if ((a->sq_replica == IR_SQ_DP0 && x->R->coords.dp) || (a->sq_replica == IR_SQ_EXPERT_DP0 && x->R->coords.expert_dp))
+                counts = false;
             const float *s = at(x, &a->loss, v, j);
             double sum = 0;
             for (int64_t r = 0; counts && r < a->loss_rows; r++)
@@ -425,7 +427,7 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             if (l)
                 ir_action_str(&l->v[pending], a, sizeof a);
             diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data, "
-                                   "tensor, sequence and pipeline parallel layouts run; context and expert parallel ones come next)",
+                                   "tensor, sequence, expert and pipeline parallel layouts run; context parallel ones come next)",
                        R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
             return NULL;
         }

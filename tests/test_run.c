@@ -313,6 +313,11 @@ static void test_layouts_match_one_rank(void **state)
         {"models/mixtral.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
         {"models/llava.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
         {"models/t5.xml", 6, "--tp 2 --pp 2 --epp 1 --sequence-parallel", "--micro-batch-size 2"},
+        /* expert parallel: tokens to their experts' ranks and back, all-to-all (and the adjoints) */
+        {"models/mixtral.xml", 2, "--ep 2", ""},
+        {"models/mixtral.xml", 4, "--ep 4", ""},
+        {"models/mixtral.xml", 4, "--ep 2 --pp 2", "--micro-batch-size 2"},
+        {"models/mixtral.xml", 4, "--ep 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
     };
     enum { STEPS = 3 };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
