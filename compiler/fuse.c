@@ -500,8 +500,10 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     roots[2] = attention_view(P, c, o->in[2], &x.v_off, &x.v_sb, &x.v_sh, &x.v_ss, NULL, NULL);
     /* out as merge_heads reads it, (B, Sq, H, Dv): a view, not a copy */
     x.o_sb = x.Sq * x.Hq * vs.ax[3].size, x.o_sh = vs.ax[3].size, x.o_ss = x.Hq * vs.ax[3].size;
+    int bias_via = bias ? transfer_of(P, op, o->in[3]) : -1; /* sliced by heads, as the queries */
     if (bias) {
-        struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape, &P->shard[o->in[3]]);
+        struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape,
+                                                   bias_via >= 0 ? &P->xfers[bias_via].after : &P->shard[o->in[3]]);
         bool batched = bs.rank == 4 && bs.ax[0].size > 1;
         x.bias_sb = batched ? x.Hq * x.Sq * x.Sk : 0;
         x.bias_sh = x.Sq * x.Sk, x.bias_si = x.Sk;
@@ -510,7 +512,7 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     for (int k = 0; k < 3; k++)
         L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
     if (bias)
-        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[3], .xfer = -1};
+        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[3], .xfer = bias_via};
     L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1};
     if (train) /* the backward's row statistics; forward only, none are kept */
         L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_ROWSTATS, .id = op, .xfer = -1};
