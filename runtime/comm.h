@@ -34,7 +34,8 @@ struct comm_msg {
 
 struct comm_ops {
     const char *name;
-    /* over the rank's group of kind g (for TIED, tied set `set`; else ignored), count elements of dtype from send:
+    /* over the rank's group of kind g (for TIED, tied set `set`; else ignored; IR_GROUP_COUNT: the whole world, for
+     * the tools' own sums outside a plan's program), count elements of dtype from send:
      * ALL_REDUCE (sum), ALL_REDUCE_MAX: into recv (send == recv: in place); ALL_GATHER: the members' counts side
      * by side in recv, in the order of their coordinates; REDUCE_SCATTER: the sum of the members' count / size
      * elements at this member's place; ALL_TO_ALL: piece i (count / size) to member i, member i's into place i */

@@ -167,7 +167,7 @@ static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll
 {
     struct mpi *m = c->impl;
     MPI_Comm comm = g == IR_GROUP_TIED ? (set >= 0 && set < m->n_tied ? m->tied[set] : MPI_COMM_NULL)
-                  : g < IR_GROUP_COUNT ? m->groups[g] : MPI_COMM_NULL;
+                  : g < IR_GROUP_COUNT ? m->groups[g] : m->p2p;
     if (comm == MPI_COMM_NULL) {
         diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, group_str(g),
                    g == IR_GROUP_TIED ? " for this tied set" : "");

@@ -65,7 +65,6 @@ static void *at(struct exec *x, const struct ir_ref *r, int v, int micro)
     return x->arena + o + r->offset;
 }
 
-/* A slot's buffer, or the gradient of the same one. */
 /* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
 static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, int64_t e)
 {
@@ -527,4 +526,40 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     st->tokens = (int64_t)sum[1];
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
+}
+
+int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
+{
+    const struct rank_plan *R = x->R;
+    bool bf16 = R->L->pc.bf16;
+    int rc = 0;
+    if (f)
+        fprintf(f, "weft-params 1\n");
+    for (int t = 0; t < R->n_tensors && !rc; t++) {
+        const struct rank_tensor *T = &R->tensors[t];
+        if (T->kind != IR_TENSOR_PARAM)
+            continue;
+        int64_t n = 1, bytes;
+        for (int k = 0; k < T->rank; k++)
+            n *= T->shape[k];
+        float *sum = wf_calloc((size_t)n * 2 + 1, sizeof *sum), *held = sum + n; /* values, and copies of each */
+        int64_t o = ir_memory_find(x->m, bf16 ? IR_BUF_MASTER : IR_BUF_VALUE, t, -1, -1, &bytes);
+        for (int64_t e = 0; o >= 0 && e < bytes / 4; e++) {
+            int64_t i = whole_index(x, T, e);
+            sum[i] += ((const float *)(const void *)(x->arena + o))[e];
+            held[i] += 1;
+        }
+        if (x->comm)
+            rc = x->comm->ops->collective(x->comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, sum, sum, 2 * n, IR_DTYPE_F32, d);
+        for (int64_t i = 0; i < n; i++) /* identical copies (data-parallel replicas, tensor-parallel duplicates): their mean */
+            sum[i] = held[i] > 0 ? sum[i] / held[i] : NAN;
+        uint32_t len = (uint32_t)strlen(T->name);
+        if (f && !rc && (fwrite(&len, 4, 1, f) != 1 || fwrite(T->name, 1, len, f) != len || fwrite(&n, 8, 1, f) != 1 ||
+                         fwrite(sum, 4, (size_t)n, f) != (size_t)n)) {
+            diag_error(d, NULL, 0, "writing the parameters failed");
+            rc = -1;
+        }
+        free(sum);
+    }
+    return rc;
 }

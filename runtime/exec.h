@@ -25,6 +25,8 @@
 #include "diag.h"
 #include "rank_plan.h"
 
+#include <stdio.h>
+
 struct exec;
 
 struct exec_stats {
@@ -38,6 +40,14 @@ struct exec_stats {
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
 void exec_free(struct exec *x);
+/* Every parameter, whole, as the model holds it now (fp32; the master
+ * weights under --bf16), assembled from every rank's shards: a collective,
+ * so every rank calls it; rank 0 passes the file (f NULL elsewhere).  The
+ * file: "weft-params 1\n", then per parameter in the model's order its name
+ * (u32 length, bytes), its element count (i64) and its elements (f32),
+ * little-endian.  For comparing layouts (a test's, a
+ * user's): no checkpoint, which also keeps the optimizer's state. */
+int exec_dump_params(struct exec *x, FILE *f, struct diag *d);
 /* Memory the executor holds beside the arena: the bf16 GEMMs' widened
  * operands on the CPU (0 for a fp32 plan). */
 int64_t exec_scratch_bytes(const struct exec *x);

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS]\n"
+    "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS] [--dump-params FILE]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
@@ -23,13 +23,15 @@ static const char usage[] =
     "loss, lr, grad_norm, step_time, tokens_per_s).\n"
     "One process per rank, under mpirun or srun (the plan's world size).  The\n"
     "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides).\n"
-    "This weft runs data-parallel layouts; tensor, context, expert and pipeline\n"
-    "parallel plans are refused, naming what is missing.\n"
+    "Data, tensor, sequence, pipeline and expert parallel plans run; a plan\n"
+    "with what this weft does not run yet (context parallelism) is refused,\n"
+    "naming it.\n"
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
-    "  --profile    at the end, rank 0's ten slowest kernels\n";
+    "  --profile    at the end, rank 0's ten slowest kernels\n"
+    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
 
 /* The BLAS's threads: the node's cores over its ranks, unless the user says. */
 static int blas_threads(void)
@@ -48,7 +50,7 @@ static int blas_threads(void)
 
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL;
+    const char *path = NULL, *log = NULL, *dump = NULL;
     long steps = 10;
     double timeout = 300;
     bool profile = false;
@@ -83,6 +85,8 @@ int cmd_run(int argc, char **argv)
             profile = true;
         else if (!strcmp(a, "--log") && has)
             log = argv[++i];
+        else if (!strcmp(a, "--dump-params") && has)
+            dump = argv[++i];
         else if (a[0] != '-' && !path)
             path = a;
         else {
@@ -113,6 +117,9 @@ int cmd_run(int argc, char **argv)
     FILE *lf = NULL;
     if (x && !d.n_errors && log && lead && !(lf = fopen(log, "w")))
         diag_error(&d, NULL, 0, "--log %s: cannot write it", log);
+    FILE *df = NULL;
+    if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
+        diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
     if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
         if (lead)
             diag_print(&d, stderr);
@@ -121,6 +128,8 @@ int cmd_run(int argc, char **argv)
         rank_plan_free(&R);
         if (lf)
             fclose(lf);
+        if (df)
+            fclose(df);
         comm_close(comm);
         return rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
     }
@@ -149,6 +158,11 @@ int cmd_run(int argc, char **argv)
         if (lf)
             fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
+    }
+    if (dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
+        diag_print(&d, stderr);
+        fflush(NULL);
+        comm_abort(comm, EXIT_FAILURE_RUN);
     }
     if (rc == 0 && steps && lead) {
         struct rusage ru;
