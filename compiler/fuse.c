@@ -5,6 +5,7 @@
 #include "fuse.h"
 #include "launch.h"
 #include "autodiff.h"
+#include "memory.h"
 #include "memplan.h"
 #include "util.h"
 
@@ -435,12 +436,14 @@ static void start(struct builder *b, int chunk, int op)
 /* q, k or v as attention reads it: its bytes' owner (through split_heads,
  * a view of the fused QKV) and its strides; ints: kn_attn_args's, at
  * off/sb/sh/ss (q also hg, sg). */
-static int attention_view(const struct partition *P, int chunk, int t, int64_t *off, int64_t *sb, int64_t *sh, int64_t *ss,
-                          int64_t *hg, int64_t *sg)
+static int attention_view(const struct partition *P, int chunk, int t, int via, int64_t *off, int64_t *sb, int64_t *sh,
+                          int64_t *ss, int64_t *hg, int64_t *sg)
 {
     const struct ir_graph *g = P->g;
     enum ir_part part = P->chunks[chunk].part;
-    struct ir_shape s = partition_local_shape(P, part, &g->tensors[t].shape, &P->shard[t]);
+    struct memory_moved moved; /* read through a transfer (context parallel: keys and values gathered) */
+    bool gathered = via >= 0 && memory_xfer_moved(P, via, &moved);
+    struct ir_shape s = partition_local_shape(P, part, &g->tensors[t].shape, gathered ? &P->xfers[via].after : &P->shard[t]);
     int64_t H = s.ax[1].size, S = s.ax[2].size, D = s.ax[3].size;
     int p = g->tensors[t].producer;
     if (p >= 0 && g->ops[p].kind == IR_OP_SPLIT_HEADS && P->op_chunk[p] == chunk) {
@@ -449,7 +452,7 @@ static int attention_view(const struct partition *P, int chunk, int t, int64_t *
         int x = o->in[0], which = 0;
         while (o->out[which] != t)
             which++;
-        struct ir_shape xs = partition_local_shape(P, part, &g->tensors[x].shape, &P->shard[x]);
+        struct ir_shape xs = partition_local_shape(P, part, &g->tensors[x].shape, gathered && moved.tensor == x ? &moved.after : &P->shard[x]);
         int64_t F = xs.ax[2].size, Hq = partition_local_shape(P, part, &g->tensors[o->out[0]].shape, &P->shard[o->out[0]]).ax[1].size;
         int64_t groups = o->n_out > 1 ? partition_local_shape(P, part, &g->tensors[o->out[1]].shape, &P->shard[o->out[1]]).ax[1].size : Hq;
         int64_t per = Hq / groups, width = (per + o->n_out - 1) * D;
@@ -475,8 +478,9 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     int c = P->op_chunk[op];
     enum ir_part part = P->chunks[c].part;
     struct ir_shape qs = partition_local_shape(P, part, &g->tensors[o->in[0]].shape, &P->shard[o->in[0]]);
-    struct ir_shape ks = partition_local_shape(P, part, &g->tensors[o->in[1]].shape, &P->shard[o->in[1]]);
-    struct ir_shape vs = partition_local_shape(P, part, &g->tensors[o->in[2]].shape, &P->shard[o->in[2]]);
+    int via[3] = {transfer_of(P, op, o->in[0]), transfer_of(P, op, o->in[1]), transfer_of(P, op, o->in[2])};
+    struct ir_shape ks = partition_local_shape(P, part, &g->tensors[o->in[1]].shape, via[1] >= 0 ? &P->xfers[via[1]].after : &P->shard[o->in[1]]);
+    struct ir_shape vs = partition_local_shape(P, part, &g->tensors[o->in[2]].shape, via[2] >= 0 ? &P->xfers[via[2]].after : &P->shard[o->in[2]]);
     bool bias = o->n_in > 3 && o->in[3] >= 0;
     const struct ir_tensor *q = &g->tensors[o->in[0]];
     struct kn_attn a = {.dtype = ir_dtype_is_float(q->dtype) && partition_elem_bytes(P, q) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32,
@@ -495,9 +499,9 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     struct kn_attn_args x = {.B = qs.ax[0].size, .Hq = qs.ax[1].size, .Hk = ks.ax[1].size, .Sq = qs.ax[2].size,
                              .Sk = ks.ax[2].size};
     int roots[3];
-    roots[0] = attention_view(P, c, o->in[0], &x.q_off, &x.q_sb, &x.q_sh, &x.q_ss, &x.q_hg, &x.q_sg);
-    roots[1] = attention_view(P, c, o->in[1], &x.k_off, &x.k_sb, &x.k_sh, &x.k_ss, NULL, NULL);
-    roots[2] = attention_view(P, c, o->in[2], &x.v_off, &x.v_sb, &x.v_sh, &x.v_ss, NULL, NULL);
+    roots[0] = attention_view(P, c, o->in[0], via[0], &x.q_off, &x.q_sb, &x.q_sh, &x.q_ss, &x.q_hg, &x.q_sg);
+    roots[1] = attention_view(P, c, o->in[1], via[1], &x.k_off, &x.k_sb, &x.k_sh, &x.k_ss, NULL, NULL);
+    roots[2] = attention_view(P, c, o->in[2], via[2], &x.v_off, &x.v_sb, &x.v_sh, &x.v_ss, NULL, NULL);
     /* out as merge_heads reads it, (B, Sq, H, Dv): a view, not a copy */
     x.o_sb = x.Sq * x.Hq * vs.ax[3].size, x.o_sh = vs.ax[3].size, x.o_ss = x.Hq * vs.ax[3].size;
     int bias_via = bias ? transfer_of(P, op, o->in[3]) : -1; /* sliced by heads, as the queries */
@@ -510,7 +514,7 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     }
     kn_launch_set_attn_args(L, &x);
     for (int k = 0; k < 3; k++)
-        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = -1};
+        L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = roots[k], .xfer = via[k]};
     if (bias)
         L->in[L->n_in++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->in[3], .xfer = bias_via};
     L->out[L->n_out++] = (struct kn_bind){.what = IR_BUF_VALUE, .id = o->out[0], .xfer = -1};
@@ -1708,7 +1712,7 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
             int64_t *v = io ? a->vout[i] : a->vin[i];
             enum kn_access access = (enum kn_access)(io ? k->out[i] : k->in[i]).access;
             if (access == KN_HEADS)
-                attention_view(P, G->chunk, b->view, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
+                attention_view(P, G->chunk, b->view, -1, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]);
             if (access == KN_ROWMAP)
                 concat_view(P, F, G, F->ops[G->first_op], v);
             if (access == KN_PATCHES) { /* (n, wp, p, C, H, W) of the image as this rank holds it */

@@ -118,6 +118,25 @@ static bool nests(const struct part_xfer *px, int axis, const struct ir_shard *s
     return axis >= 0 && !(sh->split[axis] & (IR_PDIM_BIT(px->over) - 1));
 }
 
+/* The first of the slices along one axis that lead to slice x (a chain
+ * slices the innermost group first: cut at once, the pieces nest as the
+ * groups do), and the groups they slice over. */
+static int slices_from(const struct partition *P, int x)
+{
+    while (P->xfers[x].prev >= 0 && P->xfers[P->xfers[x].prev].kind == PART_XFER_SLICE &&
+           P->xfers[P->xfers[x].prev].axis == P->xfers[x].axis)
+        x = P->xfers[x].prev;
+    return x;
+}
+
+static int slice_pdims(const struct partition *P, int first, int x)
+{
+    int pdims = 0;
+    for (int y = first; y >= 0; y = y == x ? -1 : memory_xfer_next(P, y))
+        pdims |= IR_PDIM_BIT(P->xfers[y].over);
+    return pdims;
+}
+
 /* Whether the lowering moves transfer x itself (a send is the program's; a
  * parameter's gradient is summed by the program). */
 static bool lowered(const struct lowering *w, int x)
@@ -129,14 +148,17 @@ static bool lowered(const struct lowering *w, int x)
         return true;
     if (px->grad && w->P->g->tensors[px->tensor].kind == IR_TENSOR_PARAM)
         return px->kind == PART_XFER_ALL_REDUCE;
-    enum ir_op_kind k = w->P->g->ops[px->op].kind;
-    if (k == IR_OP_ATTENTION && px->over == IR_PDIM_CP)
-        return false; /* context parallel attention: its keys' positions, not yet */
-    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
+    struct memory_moved m;
+    if (!memory_xfer_moved(w->P, x, &m) || !memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
         return false;
     switch (px->kind) {
-    case PART_XFER_ALL_GATHER: return nests(px, px->axis, &px->before);
-    case PART_XFER_REDUCE_SCATTER: case PART_XFER_SLICE: return nests(px, px->axis, &px->after);
+    case PART_XFER_ALL_GATHER: /* to shares (placed, not gathered), only into the tensor's gradient */
+        return nests(px, m.axis, &m.before) && (!(m.after.partial & IR_PDIM_BIT(px->over)) || adds);
+    case PART_XFER_REDUCE_SCATTER: return nests(px, m.axis, &m.after);
+    case PART_XFER_SLICE: { /* with the slices before it along the axis: inner to what splits it */
+        int pdims = slice_pdims(w->P, slices_from(w->P, x), x), lowest = pdims & -pdims;
+        return !(m.after.split[m.axis] & (lowest - 1) & ~pdims);
+    }
     case PART_XFER_ALL_TO_ALL: return memory_a2a_axis(px, true) >= 0 && memory_a2a_axis(px, false) >= 0;
     default: return true;
     }
@@ -239,15 +261,18 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         else
             *r = ref(w, b->what, b->id);
     }
-    for (int i = 0; e->kind == KN_KIND_ATTENTION && backward && i < L->n_in + L->n_out; i++) {
+    for (int i = 0; e->kind == KN_KIND_ATTENTION && backward && i < L->n_in + L->n_out; i++) { /* slot i: input i */
         const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
-        int k, reader = b->id >= 0 && !ir_buf_of_op(b->what) ? reader_in(w, l, b->id, &k) : -1;
         if (i < L->n_in)
-            x.launch.grad_in[i] = reader >= 0 ? grad_ref(w, reader, k) : ref(w, IR_BUF_GRAD, b->id);
+            x.launch.grad_in[i] = grad_ref(w, w->K->ops[L->first_op], i);
         else
             x.launch.grad_out[i - L->n_in] = ref(w, IR_BUF_GRAD, b->id);
     }
-    if (e->kind == KN_KIND_ATTENTION) {
+    if (e->kind == KN_KIND_ATTENTION) { /* where this rank's queries and keys sit along the sequence */
+        const struct ir_op *o = &w->P->g->ops[w->K->ops[L->first_op]];
+        int kv = partition_reads_via(w->P, w->K->ops[L->first_op], 1);
+        x.launch.q_pos_pdim = w->P->shard[o->in[0]].split[2];
+        x.launch.k_pos_pdim = (kv >= 0 ? &w->P->xfers[kv].after : &w->P->shard[o->in[1]])->split[2];
         double scale = ir_op_float(&w->P->g->ops[w->K->ops[w->K->launches[l].first_op]], IR_ATTR_SCALE);
         x.launch.scale = (float)(isnan(scale) ? 1 / sqrt((double)e->attn.D) : scale);
     }
@@ -258,6 +283,8 @@ static void push_copy(struct ir_action_list *out, struct ir_copy c)
 {
     if (!c.src_coords)
         c.src_coords = 1;
+    if (!c.dst_coords)
+        c.dst_coords = 1;
     ir_action_push(out, &(struct ir_action){.kind = IR_ACT_COPY, .copy = c});
 }
 
@@ -276,19 +303,31 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
                                                                                   .group = (uint8_t)ir_group_of_pdim(px->over)}});
         return;
     }
+    struct memory_moved m;
+    memory_xfer_moved(P, x, &m);
+    if (m.first != x)
+        return; /* the first to move these bytes moved them (keys and values of one QKV) */
     int dtype = memory_xfer_elem_bytes(P, x) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32,
         deg = partition_degree(P, P->chunks[px->to_chunk].part, px->over);
     int64_t in_bytes = memory_xfer_in_bytes(P, x), out_bytes = memory_xfer_out_bytes(P, x);
-    const struct ir_tensor *t = &P->g->tensors[px->tensor];
+    const struct ir_tensor *t = &P->g->tensors[m.tensor];
     enum ir_part part = P->chunks[px->to_chunk].part;
-    struct ir_shape before = partition_local_shape(P, part, &t->shape, &px->before),
-                    after = partition_local_shape(P, part, &t->shape, &px->after);
+    struct ir_shape before = partition_local_shape(P, part, &t->shape, &m.before),
+                    after = partition_local_shape(P, part, &t->shape, &m.after);
     struct ir_ref pack = {.what = IR_BUF_PACK, .id = -1}, pack2 = {.what = IR_BUF_PACK, .id = -1,
                                                                    .offset = (in_bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN};
     struct ir_coll_action c = {.group = (uint8_t)ir_group_of_pdim(px->over), .dtype = (uint8_t)dtype, .buf = in, .bytes = in_bytes,
                                .out = out, .out_bytes = out_bytes};
     if (px->kind != PART_XFER_SLICE)
         c.coll = (uint8_t)part_xfer_coll(px->kind);
+    if (px->kind == PART_XFER_ALL_GATHER && (m.after.partial & IR_PDIM_BIT(px->over))) { /* to shares: each rank's piece
+                                                                                            * added at its place */
+        int64_t outer = memory_outer(&before, m.axis), width = in_bytes / outer;
+        push_copy(list, (struct ir_copy){.src = in, .dst = ref(w, IR_BUF_GRAD, m.tensor), .planes = 1, .rows = outer, .width = width,
+                                         .src_pitch = width, .dst_pitch = deg * width, .dst_pdim = (uint8_t)IR_PDIM_BIT(px->over),
+                                         .dst_coords = deg, .dst_step = width, .add = 1, .dtype = (uint8_t)dtype});
+        return;
+    }
     switch (px->kind) {
     case PART_XFER_ALL_REDUCE:
     case PART_XFER_ALL_REDUCE_MAX:
@@ -296,7 +335,7 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
         ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
         break;
     case PART_XFER_ALL_GATHER: { /* pieces side by side, then each to its place along the axis */
-        int64_t outer = memory_outer(&before, px->axis), width = in_bytes / outer;
+        int64_t outer = memory_outer(&before, m.axis), width = in_bytes / outer;
         if (outer > 1)
             c.out = pack;
         ir_action_push(list, &(struct ir_action){.kind = IR_ACT_COLL, .coll = c});
@@ -306,7 +345,7 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
         break;
     }
     case PART_XFER_REDUCE_SCATTER: { /* each member's piece packed side by side, then reduced into its own */
-        int64_t outer = memory_outer(&before, px->axis), width = out_bytes / outer;
+        int64_t outer = memory_outer(&before, m.axis), width = out_bytes / outer;
         if (outer > 1) {
             push_copy(list, (struct ir_copy){.src = in, .dst = pack, .planes = deg, .rows = outer, .width = width,
                                              .src_plane = width, .src_pitch = deg * width, .dst_plane = out_bytes, .dst_pitch = width});
@@ -333,17 +372,22 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
                                              .dst_pitch = deg * width_s});
         break;
     }
-    case PART_XFER_SLICE: { /* the rank's piece along the axis */
-        int64_t outer = memory_outer(&before, px->axis), width = out_bytes / outer;
-        push_copy(list, (struct ir_copy){.src = in, .dst = out, .planes = 1, .rows = outer, .width = width,
-                                         .src_pitch = deg * width, .dst_pitch = width, .src_pdim = (uint8_t)IR_PDIM_BIT(px->over),
-                                         .src_coords = deg, .src_step = width});
+    case PART_XFER_SLICE: { /* the rank's piece along the axis, cut at once from before the slices that precede it */
+        int first = slices_from(P, x), pdims = slice_pdims(P, first, x), n = partition_degrees(P, part, (uint8_t)pdims);
+        struct ir_ref from = in;
+        bool a;
+        if (first != x)
+            memory_xfer_place(P, w->pos, first, restaged, &from, &in, &a);
+        int64_t outer = memory_outer(&before, m.axis), width = out_bytes / outer;
+        push_copy(list, (struct ir_copy){.src = from, .dst = out, .planes = 1, .rows = outer, .width = width,
+                                         .src_pitch = n * width, .dst_pitch = width, .src_pdim = (uint8_t)pdims,
+                                         .src_coords = n, .src_step = width});
         break;
     }
     default: WF_ASSERT(!"a send is the program's");
     }
     if (adds) /* the converted gradient joins the tensor's */
-        push_copy(list, (struct ir_copy){.src = out, .dst = ref(w, IR_BUF_GRAD, px->tensor), .planes = 1, .rows = 1,
+        push_copy(list, (struct ir_copy){.src = out, .dst = ref(w, IR_BUF_GRAD, m.tensor), .planes = 1, .rows = 1,
                                          .width = out_bytes, .add = 1, .dtype = (uint8_t)dtype});
 }
 
@@ -445,6 +489,12 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
             struct ir_action x = {.kind = IR_ACT_LOSS, .loss = {.what = IR_BUF_ROWSTATS, .id = op}};
             struct ir_shape s = read_shape(w, op, 0);
             x.loss_rows = ir_shape_numel(&s) / s.ax[s.rank - 1].size;
+            int via = partition_reads_via(w->P, op, 0);
+            const struct ir_shard *rows = via >= 0 ? &w->P->xfers[via].after : &w->P->shard[o->in[0]];
+            uint8_t split = 0; /* the groups that split the rows; over the others they are copies, counted once */
+            for (int k = 0; k + 1 < s.rank; k++)
+                split |= rows->split[k];
+            x.sq_only_first = (uint8_t)((IR_PDIM_BIT(IR_PDIM_TP) | IR_PDIM_BIT(IR_PDIM_CP)) & ~split);
             ir_action_push(out, &x);
         }
     }
@@ -556,7 +606,7 @@ static void optimizer_step(const struct lowering *w, int stage, struct ir_action
             if (!pass && counts[L->domain]) {
                 struct ir_action s = {.kind = IR_ACT_SQSUM, .loss = {.what = IR_BUF_SUMSQ, .id = L->domain},
                                       .loss_rows = x.launch.args.rows, .sq_only_first = only_first[L->domain]};
-                if (P->L->pc.ep > 1) /* the norm sums over data-parallel ranks too: one replica counts */
+                if (schedule_norm_over_dp(P)) /* the norm sums over data-parallel ranks too: one replica counts */
                     s.sq_replica = schedule_is_expert_param(P, L->domain) ? IR_SQ_EXPERT_DP0 : IR_SQ_DP0;
                 ir_action_push(sums, &s);
             }

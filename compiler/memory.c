@@ -181,18 +181,64 @@ int memory_xfer_elem_bytes(const struct partition *P, int x)
     return partition_elem_bytes(P, &P->g->tensors[px->tensor]);
 }
 
-static int64_t shard_bytes(const struct partition *P, int x, const struct ir_shard *sh)
+/* The tensor whose bytes a view lays out in a stride (split_heads: a
+ * head's columns of a fused QKV) in x's chunk, or -1: none, or a view of
+ * another kind. */
+static int strided_root(const struct partition *P, int x)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    int t = px->tensor, p = P->g->tensors[t].producer;
+    if (p < 0 || P->g->ops[p].kind != IR_OP_SPLIT_HEADS || P->op_chunk[p] != px->to_chunk)
+        return -1;
+    return P->g->ops[p].in[0];
+}
+
+bool memory_xfer_moved(const struct partition *P, int x, struct memory_moved *m)
+{
+    const struct part_xfer *px = &P->xfers[x];
+    *m = (struct memory_moved){.tensor = px->tensor, .axis = px->axis, .first = x, .before = px->before, .after = px->after};
+    int root = strided_root(P, x);
+    if (root < 0)
+        return true;
+    /* the root's sequence gathered (forward) or its gradient's reduce-scattered back (backward) */
+    uint8_t bit = (uint8_t)IR_PDIM_BIT(px->over);
+    struct ir_shard held = P->shard[root];
+    held.partial = 0;
+    int axis = -1;
+    for (int k = 0; k < P->g->tensors[root].shape.rank; k++)
+        if (held.split[k] & bit)
+            axis = k;
+    if (axis < 0 || !(px->grad ? px->kind == PART_XFER_REDUCE_SCATTER : px->kind == PART_XFER_ALL_GATHER))
+        return false;
+    struct ir_shard whole = held;
+    whole.split[axis] &= (uint8_t)~bit;
+    if (px->grad)
+        whole.partial = bit;
+    m->tensor = root, m->axis = axis;
+    m->before = px->grad ? whole : held;
+    m->after = px->grad ? held : whole;
+    for (int y = 0; y < x && m->first == x; y++) /* keys and values of one QKV: one gather, and one reduce-scatter */
+        if (P->xfers[y].op == px->op && P->xfers[y].grad == px->grad && P->xfers[y].kind == px->kind &&
+            P->xfers[y].over == px->over && P->xfers[y].kind != PART_XFER_SEND && strided_root(P, y) == root)
+            m->first = y;
+    return true;
+}
+
+static int64_t shard_bytes(const struct partition *P, int x, bool after)
 {
     const struct part_xfer *px = &P->xfers[x];
     if (memory_xfer_inner(P, x))
         return px->bytes;
-    const struct ir_tensor *t = &P->g->tensors[px->tensor];
-    struct ir_shape l = partition_local_shape(P, P->chunks[px->to_chunk].part, &t->shape, sh);
+    struct memory_moved m;
+    if (!memory_xfer_moved(P, x, &m))
+        return 0;
+    const struct ir_tensor *t = &P->g->tensors[m.tensor];
+    struct ir_shape l = partition_local_shape(P, P->chunks[px->to_chunk].part, &t->shape, after ? &m.after : &m.before);
     return ir_shape_numel(&l) * memory_xfer_elem_bytes(P, x);
 }
 
-int64_t memory_xfer_in_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].before); }
-int64_t memory_xfer_out_bytes(const struct partition *P, int x) { return shard_bytes(P, x, &P->xfers[x].after); }
+int64_t memory_xfer_in_bytes(const struct partition *P, int x) { return shard_bytes(P, x, false); }
+int64_t memory_xfer_out_bytes(const struct partition *P, int x) { return shard_bytes(P, x, true); }
 
 int memory_a2a_axis(const struct part_xfer *px, bool send)
 {
@@ -238,6 +284,18 @@ bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool re
     int t = px->tensor, root = memory_root(P, pos, t);
     *adds = false;
     bool in_place = px->kind == PART_XFER_ALL_REDUCE || px->kind == PART_XFER_ALL_REDUCE_MAX;
+    struct memory_moved m;
+    if (!memory_xfer_moved(P, x, &m))
+        return false;
+    if (m.first != x) /* it moves bytes an earlier transfer moves */
+        return memory_xfer_place(P, pos, m.first, restaged, in, out, adds);
+    if (m.tensor != t) { /* a strided view's root: gathered whole, or its gradient reduce-scattered back */
+        struct ir_ref mine = {.what = restaged ? IR_BUF_RESTAGED : IR_BUF_STAGED, .id = x};
+        *in = px->grad ? (struct ir_ref){.what = IR_BUF_XFER_IN, .id = x} : (struct ir_ref){.what = IR_BUF_VALUE, .id = root};
+        *out = mine;
+        *adds = px->grad;
+        return px->prev < 0 && memory_xfer_next(P, x) < 0;
+    }
     for (int v = t; v != root && !in_place; v = P->g->ops[P->g->tensors[v].producer].in[0]) {
         enum ir_op_kind k = P->g->ops[P->g->tensors[v].producer].kind;
         if (k != IR_OP_RESHAPE && k != IR_OP_POSITION_EMBEDDING)
@@ -311,8 +369,8 @@ bool memory_backward_reads(const struct partition *P, const struct kn_set *K, co
         bool attention = K->kernels[L->kernel].kind == KN_KIND_ATTENTION && K->kernels[L->kernel].attn.backward;
         if (!mine || !(L->when == KN_WHEN_BACKWARD || (L->when == KN_WHEN_FORWARD && attention)))
             continue;
-        for (int i = 0; i < L->n_in; i++)
-            if (L->in[i].what == IR_BUF_VALUE && L->in[i].id == t && L->in[i].xfer == via)
+        for (int i = 0; i < L->n_in; i++) /* a value as the op reads it: through its transfer, else the tensor's own */
+            if (L->in[i].what == IR_BUF_VALUE && (via >= 0 ? L->in[i].xfer == via : L->in[i].id == t && L->in[i].xfer < 0))
                 return true;
     }
     return false;
@@ -481,6 +539,13 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
 #undef AT
 }
 
+/* Whether transfer y moves the bytes transfer x moves (it is x, or x is the first to move them). */
+static bool same_bytes(const struct partition *P, int y, int x)
+{
+    struct memory_moved m;
+    return y >= 0 && (y == x || (memory_xfer_moved(P, y, &m) && m.first == x));
+}
+
 /* The working buffers of step st's transfers (memory_xfer_place): a
  * forward transfer's result alive from the transfer, just before its first
  * reader, to its last reader; brought again (RESTAGED) from the backward of
@@ -504,8 +569,9 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             continue;
         struct ir_ref in, out;
         bool adds;
-        if (!memory_xfer_place(P, st->pos, x, false, &in, &out, &adds))
-            continue;
+        struct memory_moved moved;
+        if (!memory_xfer_moved(P, x, &moved) || moved.first != x || !memory_xfer_place(P, st->pos, x, false, &in, &out, &adds))
+            continue; /* one that cannot run (the plan is refused), or whose bytes an earlier one moves */
         int at = px->grad ? BACK(px->op) : AT(px->op);
         int64_t in_bytes = memory_xfer_in_bytes(P, x), out_bytes = memory_xfer_out_bytes(P, x);
         struct ir_buf b = {.region = IR_REGION_WORKING, .vstage = v, .micro = -1, .id = x};
@@ -517,18 +583,18 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             }
             for (int i = 0; px->grad && i < g->n_ops; i++) /* from the first reader to give it */
                 for (int k = 0; k < g->ops[i].n_in; k++)
-                    if (partition_grad_via(P, i, k) == x && st->pos[i] && BACK(i) < first)
+                    if (same_bytes(P, partition_grad_via(P, i, k), x) && st->pos[i] && BACK(i) < first)
                         first = BACK(i);
             b.what = IR_BUF_XFER_IN, b.first = first, b.last = at, b.bytes = in_bytes;
             push(working, b);
         }
         if (px->kind == PART_XFER_ALL_GATHER || px->kind == PART_XFER_REDUCE_SCATTER || px->kind == PART_XFER_ALL_TO_ALL) {
-            const struct ir_tensor *t = &g->tensors[px->tensor];
+            const struct ir_tensor *t = &g->tensors[moved.tensor];
             enum ir_part part = P->chunks[px->to_chunk].part;
-            struct ir_shape before = partition_local_shape(P, part, &t->shape, &px->before),
-                            after = partition_local_shape(P, part, &t->shape, &px->after);
-            int send = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, true) : px->axis,
-                recv = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, false) : px->axis;
+            struct ir_shape before = partition_local_shape(P, part, &t->shape, &moved.before),
+                            after = partition_local_shape(P, part, &t->shape, &moved.after);
+            int send = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, true) : moved.axis,
+                recv = px->kind == PART_XFER_ALL_TO_ALL ? memory_a2a_axis(px, false) : moved.axis;
             bool packs = memory_outer(&before, send) > 1 || memory_outer(&after, recv) > 1;
             int64_t need = packs ? 2 * (in_bytes > out_bytes ? in_bytes : out_bytes) : 0;
             pack_bytes = need > pack_bytes ? need : pack_bytes;
@@ -541,7 +607,7 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             for (int k = 0; st->pos[i] && k < g->ops[i].n_in; k++) {
                 bool reads = false;
                 for (int y = partition_reads_via(P, i, k); y >= 0 && !reads; y = P->xfers[y].prev)
-                    reads = y == x;
+                    reads = same_bytes(P, y, x);
                 if (!reads)
                     continue;
                 last = AT(i) > last ? AT(i) : last;

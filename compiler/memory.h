@@ -53,6 +53,17 @@ int memory_root(const struct partition *P, const int *pos, int t);
  * be placed (a transfer of a view that is not its root's whole bytes). */
 bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool restaged, struct ir_ref *in, struct ir_ref *out,
                        bool *adds);
+/* What transfer x moves: its tensor, or for a view whose bytes lie strided
+ * in its root (attention's keys and values, heads of a fused QKV) the
+ * root, gathered along the axis the group splits (its gradient
+ * reduce-scattered back); its shards before and after, the axis; and
+ * first, the first transfer at the same op moving the same bytes (the
+ * keys' and the values' gather are one).  False if it cannot be moved so. */
+struct memory_moved {
+    int tensor, axis, first;
+    struct ir_shard before, after;
+};
+bool memory_xfer_moved(const struct partition *P, int x, struct memory_moved *m);
 /* Bytes of an element transfer x moves (f32 for the loss's statistics and
  * a parameter's gradients), and of its input and result on a rank. */
 int memory_xfer_elem_bytes(const struct partition *P, int x);

@@ -354,8 +354,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
         if (P->L->pc.tp * P->L->pc.pp > 1 || P->L->pc.epp > 0)
             ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                    .group = IR_GROUP_MP, .tag = SCHED_TAG_NORM, .bytes = 4});
-        if (P->L->pc.ep > 1) /* experts differ across data-parallel ranks: the sum over them too (each rank
-                              * counting one copy of each parameter: the lowering's SQSUM) */
+        if (schedule_norm_over_dp(P)) /* the sum over data and context parallel ranks too (each rank counting one
+                                       * copy of each parameter: the lowering's SQSUM) */
             ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                    .group = IR_GROUP_DP_CP, .tag = SCHED_TAG_NORM, .bytes = 4});
         ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_OPTIMIZER});
@@ -368,3 +368,5 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
         ir_schedule_free(S);
     return rc;
 }
+
+bool schedule_norm_over_dp(const struct partition *P) { return P->L->pc.ep > 1 || P->L->pc.cp > 1; }

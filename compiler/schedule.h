@@ -61,4 +61,10 @@ int schedule_param_holders(const struct partition *P, int n_stages, int t, uint8
  * them, the order GRADS lays them out.  Returns the count. */
 int schedule_grad_buckets(const struct partition *P, int chunk, bool experts, int64_t *bytes, int *first, int *last);
 
+/* Whether the gradient norm is summed over data and context parallel ranks
+ * too, not only over the model-parallel group: experts differ across
+ * data-parallel ranks (ep > 1), and context-parallel ranks count one copy
+ * of the parameters they share between them (cp > 1). */
+bool schedule_norm_over_dp(const struct partition *P);
+
 #endif

@@ -716,8 +716,8 @@ static int convert(struct sctx *c, int i)
      * the tensor is held whole (or split, with sequence parallelism) from
      * here on, as Megatron holds the residual stream. */
     for (int p = 1; p < IR_PDIM_COUNT; p++) {
-        if (!has(cur.partial, p))
-            continue;
+        if (!has(cur.partial, p) || has(want->partial, p))
+            continue; /* none, or a gradient held as shares too */
         struct ir_shard next = cur;
         next.partial &= (uint8_t)~IR_PDIM_BIT(p);
         int target = -1;
@@ -757,6 +757,8 @@ static int convert(struct sctx *c, int i)
                             local_bytes(c, c->t[i], &cur), c->why[i], last);
         } else if (source >= 0) {
             next.split[source] &= (uint8_t)~IR_PDIM_BIT(p);
+            if (has(want->partial, p)) /* wanted as shares: each rank's piece in its place, nothing elsewhere */
+                next.partial |= IR_PDIM_BIT(p);
             last = add_xfer(c, PART_XFER_ALL_GATHER, (enum ir_pdim)p, tensor, c->chunk, source, &cur, &next,
                             local_bytes(c, c->t[i], &cur), c->why[i], last);
         } else if (target >= 0) {
@@ -854,6 +856,17 @@ static struct ir_shard grad_given(const struct ir_op *o, const struct op_record 
     return g;
 }
 
+/* Whether cp > 1 and no axis of sh is split over it: every context-parallel rank holds it all. */
+static bool replicated_over_cp(const struct partition *P, const struct ir_shard *sh, int rank)
+{
+    if (P->L->pc.cp < 2)
+        return false;
+    for (int k = 0; k < rank; k++)
+        if (sh->split[k] & IR_PDIM_BIT(IR_PDIM_CP))
+            return false;
+    return true;
+}
+
 struct grad_seen {
     int chunk, next;
     struct ir_shard given;
@@ -932,8 +945,15 @@ static void grad_xfers(struct partition *P, const struct op_record *rec)
             c.have[k] = grad_given(c.op, &rec[i], k);
             c.want[k] = held[t];
             c.want[k].partial = 0;
+            /* Context-parallel ranks that compute the same rows (LLaVA's after its concat) each carry a share of
+             * their gradients (the loss's is over every rank's tokens): partial over cp, summed where a tensor
+             * split over cp takes them (a reduce-scatter), and a parameter's by the step's gradient reduction. */
+            if (replicated_over_cp(P, &c.have[k], g->tensors[t].shape.rank))
+                c.have[k].partial |= IR_PDIM_BIT(IR_PDIM_CP);
+            if (replicated_over_cp(P, &c.want[k], g->tensors[t].shape.rank))
+                c.want[k].partial |= IR_PDIM_BIT(IR_PDIM_CP);
             if (g->tensors[t].kind == IR_TENSOR_PARAM)
-                c.have[k].partial &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_CP);
+                c.have[k].partial &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_CP), c.want[k].partial &= (uint8_t)~IR_PDIM_BIT(IR_PDIM_CP);
             c.why[k] = c.have[k].partial ? "the readers' gradients are partial sums: added up for the producer"
                                          : "each reader has its slice of the gradient: gathered for the producer";
             seen[entry[(size_t)i * IR_MAX_IN + (size_t)k] - 1].head = convert(&c, k);

@@ -86,10 +86,10 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         break;
     case IR_ACT_COPY: {
         const struct ir_copy *c = &a->copy;
-        snprintf(buf, n, "%s [%s]%s %lldx%lldx%lld bytes (strides %lld,%lld) -> [%s] (strides %lld,%lld)", c->add ? "add" : "copy",
+        snprintf(buf, n, "%s [%s]%s %lldx%lldx%lld bytes (strides %lld,%lld) -> [%s]%s (strides %lld,%lld)", c->add ? "add" : "copy",
                  ref_str(&c->src, x, sizeof x), c->src_pdim ? " + the rank's piece" : "", (long long)c->planes, (long long)c->rows,
                  (long long)c->width, (long long)c->src_plane, (long long)c->src_pitch, ref_str(&c->dst, y, sizeof y),
-                 (long long)c->dst_plane, (long long)c->dst_pitch);
+                 c->dst_pdim ? " + the rank's piece" : "", (long long)c->dst_plane, (long long)c->dst_pitch);
         break;
     }
     case IR_ACT_LOSS:
@@ -179,6 +179,7 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         const struct kn_args *x = &l->args;
         plan_put_i32(w, l->launch);
         plan_put_u8(w, l->fn_first), plan_put_u8(w, l->fn_last);
+        plan_put_u8(w, l->q_pos_pdim), plan_put_u8(w, l->k_pos_pdim);
         plan_put_f64(w, l->scale);
         plan_put_i64(w, x->rows), plan_put_i64(w, x->cols), plan_put_i64(w, x->rank);
         for (int i = 0; i < x->rank; i++) {
@@ -221,10 +222,10 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
     case IR_ACT_COPY: {
         const struct ir_copy *c = &a->copy;
         put_ref(w, &c->src), put_ref(w, &c->dst);
-        int64_t v[8] = {c->planes, c->rows, c->width, c->src_plane, c->src_pitch, c->dst_plane, c->dst_pitch, c->src_step};
-        put_i64s(w, v, 8);
-        plan_put_i32(w, c->src_coords);
-        plan_put_u8(w, c->src_pdim), plan_put_u8(w, c->add), plan_put_u8(w, c->dtype);
+        int64_t v[9] = {c->planes, c->rows, c->width, c->src_plane, c->src_pitch, c->dst_plane, c->dst_pitch, c->src_step, c->dst_step};
+        put_i64s(w, v, 9);
+        plan_put_i32(w, c->src_coords), plan_put_i32(w, c->dst_coords);
+        plan_put_u8(w, c->src_pdim), plan_put_u8(w, c->dst_pdim), plan_put_u8(w, c->add), plan_put_u8(w, c->dtype);
         break;
     }
     case IR_ACT_LOSS:
@@ -262,6 +263,7 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         struct kn_args *x = &l->args;
         l->launch = plan_get_i32(r);
         l->fn_first = plan_get_u8(r), l->fn_last = plan_get_u8(r);
+        l->q_pos_pdim = plan_get_u8(r), l->k_pos_pdim = plan_get_u8(r);
         l->scale = (float)plan_get_f64(r);
         x->rows = plan_get_i64(r), x->cols = plan_get_i64(r), x->rank = plan_get_i64(r);
         if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS) {
@@ -316,13 +318,13 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
     case IR_ACT_COPY: {
         struct ir_copy *c = &a->copy;
         get_ref(r, &c->src), get_ref(r, &c->dst);
-        int64_t v[8];
-        get_i64s(r, v, 8);
+        int64_t v[9];
+        get_i64s(r, v, 9);
         c->planes = v[0], c->rows = v[1], c->width = v[2], c->src_plane = v[3], c->src_pitch = v[4], c->dst_plane = v[5];
-        c->dst_pitch = v[6], c->src_step = v[7];
-        c->src_coords = plan_get_i32(r);
-        c->src_pdim = plan_get_u8(r), c->add = plan_get_u8(r), c->dtype = plan_get_u8(r);
-        if (c->planes < 0 || c->rows < 0 || c->width < 0 || c->src_coords < 1 || c->dtype >= IR_DTYPE_COUNT)
+        c->dst_pitch = v[6], c->src_step = v[7], c->dst_step = v[8];
+        c->src_coords = plan_get_i32(r), c->dst_coords = plan_get_i32(r);
+        c->src_pdim = plan_get_u8(r), c->dst_pdim = plan_get_u8(r), c->add = plan_get_u8(r), c->dtype = plan_get_u8(r);
+        if (c->planes < 0 || c->rows < 0 || c->width < 0 || c->src_coords < 1 || c->dst_coords < 1 || c->dtype >= IR_DTYPE_COUNT)
             r->bad = true;
         break;
     }
@@ -499,9 +501,9 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
             const struct ir_copy *c = &a->copy;
             int64_t reach_src = c->planes && c->rows ? (c->planes - 1) * c->src_plane + (c->rows - 1) * c->src_pitch + c->width : 0,
                     reach_dst = c->planes && c->rows ? (c->planes - 1) * c->dst_plane + (c->rows - 1) * c->dst_pitch + c->width : 0;
-            bad = c->src_plane < 0 || c->src_pitch < 0 || c->dst_plane < 0 || c->dst_pitch < 0 || c->src_step < 0 ||
+            bad = c->src_plane < 0 || c->src_pitch < 0 || c->dst_plane < 0 || c->dst_pitch < 0 || c->src_step < 0 || c->dst_step < 0 ||
                   check_ref(m, &c->src, v, 0, (int64_t)(c->src_coords - 1) * c->src_step + reach_src) ||
-                  check_ref(m, &c->dst, v, 0, reach_dst);
+                  check_ref(m, &c->dst, v, 0, (int64_t)(c->dst_coords - 1) * c->dst_step + reach_dst);
         }
         else if (a->kind == IR_ACT_SEND || a->kind == IR_ACT_RECV)
             bad = check_ref(m, &a->p2p.buf, a->p2p.vstage, a->p2p.micro, a->p2p.bytes);

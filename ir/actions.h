@@ -81,6 +81,8 @@ struct ir_launch {
                                                                   * it adds its inputs' gradients, and reads its outputs' */
     uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimensions it is split over (IR_PDIM_BIT) */
     uint8_t gather_pdim[2][KN_MAX_SLOTS]; /* per GATHER slot (in, out): the table rows' split */
+    uint8_t q_pos_pdim, k_pos_pdim; /* attention: the parallel dimensions splitting the queries' and keys' sequence:
+                                     * the rank's coordinate along them times Sq (Sk) moves q_pos0 (k_pos0) */
 };
 
 struct ir_coll_action {
@@ -97,7 +99,8 @@ struct ir_coll_action {
 
 /* planes x rows x width bytes from src to dst, each with its own strides
  * (bytes); src moves by the rank's coordinate along src_pdim times
- * src_step (a slice: the rank's piece). */
+ * src_step (a slice: the rank's piece), dst by dst_pdim's times dst_step
+ * (a piece put in its place). */
 struct ir_copy {
     struct ir_ref src, dst;
     int64_t planes, rows, width;
@@ -105,6 +108,9 @@ struct ir_copy {
     uint8_t src_pdim;   /* bits of enum ir_pdim; 0: none */
     int32_t src_coords; /* the coordinates src_pdim takes: src's widest reach is at the last */
     int64_t src_step;
+    uint8_t dst_pdim;   /* the same for dst: the rank's piece put in its place */
+    int32_t dst_coords;
+    int64_t dst_step;
     uint8_t add;        /* dst += src, elementwise in dtype (width a whole number of them); else a copy */
     uint8_t dtype;
 };
@@ -128,8 +134,8 @@ struct ir_action {
     } p2p;
     struct ir_ref loss;  /* LOSS: the row statistics; SQSUM: the sums of squares */
     int64_t loss_rows;
-    uint8_t sq_only_first; /* SQSUM: counted only by ranks at coordinate 0 of these parallel dimensions (bits of
-                            * enum ir_pdim): identical copies count once */
+    uint8_t sq_only_first; /* SQSUM, LOSS: counted only by ranks at coordinate 0 of these parallel dimensions (bits
+                            * of enum ir_pdim): identical copies count once */
     uint8_t sq_replica;    /* SQSUM: and only by one data-parallel replica (enum ir_sq_replica), where the norm
                             * is summed over data-parallel ranks too (experts differ across them) */
 };

@@ -20,7 +20,8 @@ struct exec {
     uint8_t *arena;
     uint64_t seed;
     int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
-    int64_t loss_rows;       /* per micro-batch */
+    int64_t loss_rows;       /* per micro-batch: this rank's */
+    uint8_t loss_only_first; /* the parallel dimensions over which the rows are copies (IR_PDIM_BIT) */
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum;
     long iteration;
@@ -136,30 +137,28 @@ static void fill_inputs(struct exec *x, int v, int j)
 {
     for (int t = 0; t < x->R->n_tensors; t++) {
         const struct rank_tensor *T = &x->R->tensors[t];
-        int64_t o = T->kind == IR_TENSOR_INPUT ? ir_memory_offset(x->m, IR_BUF_VALUE, t, v, j) : -1;
+        int64_t bytes, o = T->kind == IR_TENSOR_INPUT ? ir_memory_find(x->m, IR_BUF_VALUE, t, v, j, &bytes) : -1;
         if (o < 0)
             continue;
-        int64_t B = T->shape[0], S = T->rank > 1 ? T->shape[1] : 1, shift = t == x->R->labels;
-        int64_t vocab = x->R->vocab ? x->R->vocab : 2;
+        int64_t B = T->shape[0], per = 1, shift = t == x->R->labels;
+        for (int k = 1; k < T->rank; k++)
+            per *= T->shape[k];
+        int64_t vocab = x->R->vocab ? x->R->vocab : 2, S = T->rank > 1 ? T->shape[1] : 1;
         int64_t first = first_sample(x, j, B);
-        if (T->dtype == IR_DTYPE_I32) {
-            int32_t *p = (int32_t *)(x->arena + o);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t s = 0; s < S; s++)
-                    p[b * S + s] = exec_token(x->seed, first + b, s + shift, vocab);
-        } else {
-            int64_t per = 1, bytes;
-            for (int k = 1; k < T->rank; k++)
-                per *= T->shape[k];
-            ir_memory_find(x->m, IR_BUF_VALUE, t, v, j, &bytes);
-            bool half = bytes == B * per * 2; /* held as bf16 */
-            for (int64_t e = 0; e < B * per; e++) {
-                float f = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + e));
-                if (half)
-                    ((uint16_t *)(x->arena + o))[e] = wf_bf16(f);
-                else
-                    ((float *)(x->arena + o))[e] = f;
-            }
+        int64_t n = B * per; /* this rank's elements: the whole micro-batch's over the groups splitting it */
+        for (int k = 0; k < T->rank; k++)
+            for (int p = 1; p < IR_PDIM_COUNT; p++)
+                if (T->split[k] & IR_PDIM_BIT(p))
+                    n /= par_pdim_degree(&x->R->L->pc, x->R->coords.part, p);
+        bool half = T->dtype != IR_DTYPE_I32 && bytes == n * 2; /* a float input held as bf16 */
+        for (int64_t e = 0; e < n; e++) { /* this rank's elements (context parallel: its piece of the sequence) */
+            int64_t i = whole_index(x, T, e), b = i / per;
+            if (T->dtype == IR_DTYPE_I32)
+                ((int32_t *)(void *)(x->arena + o))[e] = exec_token(x->seed, first + b, i % per % S + shift, vocab);
+            else if (half)
+                ((uint16_t *)(void *)(x->arena + o))[e] = wf_bf16((float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i)));
+            else
+                ((float *)(void *)(x->arena + o))[e] = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i));
         }
     }
 }
@@ -226,12 +225,24 @@ static int64_t gemm_scratch(const struct ir_stage_actions *acts)
     return most * 4;
 }
 
-/* The tokens the loss averages over: this rank's rows, every micro-batch,
- * every data-parallel replica and context-parallel share. */
+/* The tokens each rank's loss gradient is over: its rows, every
+ * micro-batch, every data-parallel replica and context-parallel rank.
+ * Where context-parallel ranks compute the same rows (LLaVA after its
+ * concat), each one's gradient is so a share, summed as the shard pass
+ * says (partial over cp, shard.c). */
 static double loss_tokens(const struct exec *x)
 {
     const struct par_config *pc = &x->R->L->pc;
     return (double)x->loss_rows * x->R->schedule.n_micro * pc->dp * pc->cp;
+}
+
+/* Whether this rank counts its rows of the loss: copies count once. */
+static bool counts_loss(const struct exec *x)
+{
+    for (int p = 0; p < IR_PDIM_COUNT; p++)
+        if ((x->loss_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
+            return false;
+    return x->loss_rows > 0;
 }
 
 static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a)
@@ -277,6 +288,9 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
     struct kn_attn_args a;
     kn_launch_attn_args(L, &a);
     a.scale = il->scale;
+    const struct par_config *pc = &x->R->L->pc;
+    a.q_pos0 += par_axis_coord(pc, x->R->coords.part, il->q_pos_pdim, &x->R->coords) * a.Sq;
+    a.k_pos0 += par_axis_coord(pc, x->R->coords.part, il->k_pos_pdim, &x->R->coords) * a.Sk;
     a.q = at(x, &il->in[0], v, j), a.k = at(x, &il->in[1], v, j), a.v = at(x, &il->in[2], v, j);
     a.bias = e->attn.bias ? at(x, &il->in[3], v, j) : NULL;
     a.out = at(x, &il->out[0], v, j);
@@ -304,7 +318,7 @@ static void copy(struct exec *x, const struct ir_copy *c, int v, int j)
 {
     const char *src = (const char *)at(x, &c->src, v, j) +
                       par_axis_coord(&x->R->L->pc, x->R->coords.part, c->src_pdim, &x->R->coords) * c->src_step;
-    char *dst = at(x, &c->dst, v, j);
+    char *dst = (char *)at(x, &c->dst, v, j) + par_axis_coord(&x->R->L->pc, x->R->coords.part, c->dst_pdim, &x->R->coords) * c->dst_step;
     for (int64_t p = 0; p < c->planes; p++)
         for (int64_t r = 0; r < c->rows; r++) {
             const char *s = src + p * c->src_plane + r * c->src_pitch;
@@ -426,7 +440,7 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             if (l)
                 ir_action_str(&l->v[pending], a, sizeof a);
             diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data, "
-                                   "tensor, sequence, expert and pipeline parallel layouts run; context parallel ones come next)",
+                                   "tensor, sequence, context, expert and pipeline parallel layouts run)",
                        R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
             return NULL;
         }
@@ -447,7 +461,8 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
     for (int v = 0; v < x->acts->n_vstages; v++)
         for (int i = 0; i < x->acts->forward[v].n; i++)
             if (x->acts->forward[v].v[i].kind == IR_ACT_LOSS)
-                x->loss_op = x->acts->forward[v].v[i].loss.id, x->loss_rows = x->acts->forward[v].v[i].loss_rows;
+                x->loss_op = x->acts->forward[v].v[i].loss.id, x->loss_rows = x->acts->forward[v].v[i].loss_rows,
+                x->loss_only_first = x->acts->forward[v].v[i].sq_only_first;
     x->arena = aligned_alloc(IR_ALIGN, (size_t)(x->m->total + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN);
     if (!x->arena || !(x->be = backend_open(BACKEND_CPU, &R->kernels, d))) {
         if (!x->arena)
@@ -512,7 +527,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
      * them), summed over the model's ranks and the replicas, over the
      * tokens they came from (Megatron averages its log's loss so). */
     const struct par_config *pc = &x->R->L->pc;
-    bool counts = x->loss_rows && x->R->coords.tp == 0;
+    bool counts = counts_loss(x);
     float sum[2] = {counts ? (float)x->loss_sum : 0, counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0};
     if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
         x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))

@@ -394,6 +394,14 @@ static void test_layouts_match_one_rank(void **state)
         {"models/mixtral.xml", 4, "--ep 4", ""},
         {"models/mixtral.xml", 4, "--ep 2 --pp 2", "--micro-batch-size 2"},
         {"models/mixtral.xml", 4, "--ep 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        /* context parallel: keys and values gathered over cp (their fused QKV's sequence), queries at their offset */
+        {"models/gpt2.xml", 2, "--cp 2", ""},
+        {"models/llama2.xml", 2, "--cp 2", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 8, "--cp 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 4, "--cp 2 --pp 2", ""},
+        {"models/llava.xml", 2, "--cp 2", ""},                    /* replicated over cp after its concat */
+        {"models/mixtral.xml", 4, "--cp 2 --ep 2", ""},
+        {"models/t5.xml", 2, "--cp 2", ""},
     };
     enum { STEPS = 3 };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
