@@ -369,6 +369,18 @@ int par_pdim_degree(const struct par_config *pc, enum ir_part part, int pdim)
     }
 }
 
+char *par_layout_str(const struct par_config *pc, char *buf, size_t n)
+{
+    size_t at = (size_t)snprintf(buf, n, "tp %d x pp %d x dp %d", pc->tp, pc->pp, pc->dp);
+    if (pc->cp > 1 && at < n)
+        at += (size_t)snprintf(buf + at, n - at, " x cp %d", pc->cp);
+    if (pc->ep > 1 && at < n)
+        at += (size_t)snprintf(buf + at, n - at, ", ep %d", pc->ep);
+    if (pc->sequence_parallel && at < n)
+        snprintf(buf + at, n - at, ", sequence parallel");
+    return buf;
+}
+
 int par_pdim_coord(const struct rank_coords *rc, int pdim)
 {
     switch (pdim) {

@@ -109,6 +109,9 @@ struct rank_layout {
 struct rank_layout *rank_layout_new(const struct par_config *pc, bool has_encoder, struct diag *d);
 void rank_layout_free(struct rank_layout *L);
 const struct rank_groups *rank_layout_groups(const struct rank_layout *L, enum par_group_kind k);
+/* "tp 2 x pp 2 x dp 2 x cp 2, ep 2, sequence parallel": the degrees a
+ * layout sets (cp and ep when above 1), into buf. */
+char *par_layout_str(const struct par_config *pc, char *buf, size_t n);
 /* How many ranks a parallel dimension (enum ir_pdim) spans for a part (tp,
  * or etp on an encoder of its own), a rank's coordinate along it, and its
  * place along an axis split over a set of them (IR_PDIM_BIT; the higher

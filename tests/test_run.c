@@ -242,6 +242,80 @@ static void compile_layout(const char *model, int ranks, const char *layout, con
 
 static void compile_dp(const char *model, int ranks, const char *plan) { compile_layout(model, ranks, "", plan); }
 
+/* The equivalence matrix: each layout against one rank (test_layouts_match_one_rank),
+ * and its actions read back from the plan as built (test_plan_holds_the_actions). */
+static const struct layout_case {
+    const char *model;
+    int ranks;
+    const char *layout;
+    const char *sizes; /* model flags, for the one rank too */
+} matrix[] = {
+        {"models/gpt2.xml", 2, "", ""},
+        {"models/gpt2.xml", 4, "", ""},
+        {"models/llama2.xml", 2, "", ""},
+        {"models/gpt2.xml", 2, "--tp 2", ""},
+        {"models/gpt2.xml", 4, "--tp 4", ""},
+        {"models/gpt2.xml", 4, "--tp 2", ""},
+        {"models/llama2.xml", 2, "--tp 2", ""},
+        {"models/mixtral.xml", 2, "--tp 2", ""},
+        {"models/llava.xml", 2, "--tp 2", ""},
+        {"models/gpt2.xml", 2, "--pp 2", ""},                      /* 1F1B; the tied embedding on both stages */
+        {"models/gpt2.xml", 2, "--pp 2 --pipeline-schedule gpipe", ""},
+        {"models/gpt2.xml", 8, "--tp 2 --pp 2", ""},              /* and dp 2 */
+        {"models/gpt2.xml", 4, "--pp 4", "--num-layers 4"},
+        {"models/gpt2.xml", 4, "--tp 2 --pp 2 --num-layers-per-virtual-pipeline-stage 1", "--num-layers 4"}, /* interleaved */
+        {"models/gpt2.xml", 2, "--pp 2 --decoder-first-pipeline-num-layers 1", "--num-layers 4"},        /* uneven stages */
+        {"models/llama2.xml", 2, "--pp 2", ""},
+        {"models/mixtral.xml", 2, "--pp 2", ""},
+        {"models/t5.xml", 3, "--pp 2 --epp 1", ""},               /* the encoder's own stage; its output relayed */
+        {"models/llava.xml", 3, "--pp 2 --epp 1", ""},
+        {"models/t5.xml", 2, "--tp 2", ""},                       /* the relative position bias sliced by heads */
+        /* sequence parallel: gathers and reduce-scatters along the sequence, packed where micro-batches > 1 */
+        {"models/gpt2.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 4, "--tp 4 --sequence-parallel", ""},
+        {"models/gpt2.xml", 8, "--tp 2 --pp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/llama2.xml", 4, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/mixtral.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/llava.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/t5.xml", 6, "--tp 2 --pp 2 --epp 1 --sequence-parallel", "--micro-batch-size 2"},
+        /* expert parallel: tokens to their experts' ranks and back, all-to-all (and the adjoints) */
+        {"models/mixtral.xml", 2, "--ep 2", ""},
+        {"models/mixtral.xml", 4, "--ep 4", ""},
+        {"models/mixtral.xml", 4, "--ep 2 --pp 2", "--micro-batch-size 2"},
+        {"models/mixtral.xml", 4, "--ep 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        /* context parallel: keys and values gathered over cp (their fused QKV's sequence), queries at their offset */
+        {"models/gpt2.xml", 2, "--cp 2", ""},
+        {"models/llama2.xml", 2, "--cp 2", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 8, "--cp 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
+        {"models/gpt2.xml", 4, "--cp 2 --pp 2", ""},
+        {"models/llava.xml", 2, "--cp 2", ""},                    /* replicated over cp after its concat */
+        {"models/mixtral.xml", 4, "--cp 2 --ep 2", ""},
+        {"models/t5.xml", 2, "--cp 2", ""},
+    };
+
+/* A case's flags as a layout, a schedule (-1: the default) and model
+ * overrides: --name value (a bool layout flag takes none). */
+static int case_config(const struct layout_case *k, struct par_config *pc, int *sched, struct fe_override *ov, char *words)
+{
+    *pc = par_config_default();
+    pc->world_size = k->ranks, pc->global_batch = 8;
+    *sched = -1;
+    snprintf(words, 256, "%s %s", k->layout, k->sizes);
+    int n = 0;
+    for (char *f = strtok(words, " "); f; f = strtok(NULL, " ")) {
+        const struct par_flag *pf = par_flag_find(f + 2);
+        if (!strcmp(f, "--pipeline-schedule"))
+            *sched = ir_sched_parse(strtok(NULL, " "));
+        else if (pf && pf->is_bool)
+            *(bool *)((char *)pc + pf->offset) = true;
+        else if (pf)
+            *(int *)((char *)pc + pf->offset) = atoi(strtok(NULL, " "));
+        else
+            ov[n++] = (struct fe_override){.kind = FE_FLAG, .key = f + 2, .value = strtok(NULL, " ")};
+    }
+    return n;
+}
+
 /* mpirun -np ranks weft run plan --steps steps --log log: the losses and
  * norms it logged; with params, the parameters after the steps there
  * (--dump-params). */
@@ -355,72 +429,25 @@ static void test_layouts_match_one_rank(void **state)
     (void)state;
     if (!have_mpirun())
         SKIP_BECAUSE("needs mpirun (Open MPI)");
-    static const struct {
-        const char *model;
-        int ranks;
-        const char *layout;
-        const char *sizes; /* model flags, for the one rank too */
-    } cases[] = {
-        {"models/gpt2.xml", 2, "", ""},
-        {"models/gpt2.xml", 4, "", ""},
-        {"models/llama2.xml", 2, "", ""},
-        {"models/gpt2.xml", 2, "--tp 2", ""},
-        {"models/gpt2.xml", 4, "--tp 4", ""},
-        {"models/gpt2.xml", 4, "--tp 2", ""},
-        {"models/llama2.xml", 2, "--tp 2", ""},
-        {"models/mixtral.xml", 2, "--tp 2", ""},
-        {"models/llava.xml", 2, "--tp 2", ""},
-        {"models/gpt2.xml", 2, "--pp 2", ""},                      /* 1F1B; the tied embedding on both stages */
-        {"models/gpt2.xml", 2, "--pp 2 --pipeline-schedule gpipe", ""},
-        {"models/gpt2.xml", 8, "--tp 2 --pp 2", ""},              /* and dp 2 */
-        {"models/gpt2.xml", 4, "--pp 4", "--num-layers 4"},
-        {"models/gpt2.xml", 4, "--tp 2 --pp 2 --num-layers-per-virtual-pipeline-stage 1", "--num-layers 4"}, /* interleaved */
-        {"models/gpt2.xml", 2, "--pp 2 --decoder-first-pipeline-num-layers 1", "--num-layers 4"},        /* uneven stages */
-        {"models/llama2.xml", 2, "--pp 2", ""},
-        {"models/mixtral.xml", 2, "--pp 2", ""},
-        {"models/t5.xml", 3, "--pp 2 --epp 1", ""},               /* the encoder's own stage; its output relayed */
-        {"models/llava.xml", 3, "--pp 2 --epp 1", ""},
-        {"models/t5.xml", 2, "--tp 2", ""},                       /* the relative position bias sliced by heads */
-        /* sequence parallel: gathers and reduce-scatters along the sequence, packed where micro-batches > 1 */
-        {"models/gpt2.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/gpt2.xml", 4, "--tp 4 --sequence-parallel", ""},
-        {"models/gpt2.xml", 8, "--tp 2 --pp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/llama2.xml", 4, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/mixtral.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/llava.xml", 2, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/t5.xml", 6, "--tp 2 --pp 2 --epp 1 --sequence-parallel", "--micro-batch-size 2"},
-        /* expert parallel: tokens to their experts' ranks and back, all-to-all (and the adjoints) */
-        {"models/mixtral.xml", 2, "--ep 2", ""},
-        {"models/mixtral.xml", 4, "--ep 4", ""},
-        {"models/mixtral.xml", 4, "--ep 2 --pp 2", "--micro-batch-size 2"},
-        {"models/mixtral.xml", 4, "--ep 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        /* context parallel: keys and values gathered over cp (their fused QKV's sequence), queries at their offset */
-        {"models/gpt2.xml", 2, "--cp 2", ""},
-        {"models/llama2.xml", 2, "--cp 2", "--micro-batch-size 2"},
-        {"models/gpt2.xml", 8, "--cp 2 --tp 2 --sequence-parallel", "--micro-batch-size 2"},
-        {"models/gpt2.xml", 4, "--cp 2 --pp 2", ""},
-        {"models/llava.xml", 2, "--cp 2", ""},                    /* replicated over cp after its concat */
-        {"models/mixtral.xml", 4, "--cp 2 --ep 2", ""},
-        {"models/t5.xml", 2, "--cp 2", ""},
-    };
+
     enum { STEPS = 3 };
-    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+    for (size_t c = 0; c < WF_COUNT(matrix); c++) {
         char one[] = "/tmp/weft-test-dp1-XXXXXX", many[] = "/tmp/weft-test-dpn-XXXXXX";
         close(mkstemp(one));
         close(mkstemp(many));
         char layout[256];
-        snprintf(layout, sizeof layout, "%s %s", cases[c].layout, cases[c].sizes);
-        compile_layout(cases[c].model, 1, cases[c].sizes, one);
-        compile_layout(cases[c].model, cases[c].ranks, layout, many);
+        snprintf(layout, sizeof layout, "%s %s", matrix[c].layout, matrix[c].sizes);
+        compile_layout(matrix[c].model, 1, matrix[c].sizes, one);
+        compile_layout(matrix[c].model, matrix[c].ranks, layout, many);
         double l1[STEPS], n1[STEPS], ln[STEPS], nn[STEPS];
         char p1[64], pn[64];
         snprintf(p1, sizeof p1, "%s.params", one);
         snprintf(pn, sizeof pn, "%s.params", many);
         struct run r;
-        if (mpi_run_params(one, 1, STEPS, l1, n1, p1, &r) || mpi_run_params(many, cases[c].ranks, STEPS, ln, nn, pn, &r))
-            fail_msg("%s: weft run exited %d: %s%s", cases[c].model, r.status, r.out, r.err);
+        if (mpi_run_params(one, 1, STEPS, l1, n1, p1, &r) || mpi_run_params(many, matrix[c].ranks, STEPS, ln, nn, pn, &r))
+            fail_msg("%s: weft run exited %d: %s%s", matrix[c].model, r.status, r.out, r.err);
         char what[256];
-        snprintf(what, sizeof what, "%s on %d ranks %s, after %d steps", cases[c].model, cases[c].ranks, cases[c].layout, STEPS);
+        snprintf(what, sizeof what, "%s on %d ranks %s, after %d steps", matrix[c].model, matrix[c].ranks, matrix[c].layout, STEPS);
         struct params want, got;
         params_read(p1, &want);
         params_read(pn, &got);
@@ -433,12 +460,12 @@ static void test_layouts_match_one_rank(void **state)
         for (int i = 0; i < STEPS; i++) {
             double dl = fabs(ln[i] - l1[i]) / fabs(l1[i]), dn = fabs(nn[i] - n1[i]) / fabs(n1[i]);
             if (!(dl < 1e-5 && dn < 1e-5))
-                fail_msg("%s on %d ranks %s, step %d: loss %.9g (one rank %.9g), grad norm %.9g (one rank %.9g)", cases[c].model,
-                         cases[c].ranks, cases[c].layout, i + 1, ln[i], l1[i], nn[i], n1[i]);
+                fail_msg("%s on %d ranks %s, step %d: loss %.9g (one rank %.9g), grad norm %.9g (one rank %.9g)", matrix[c].model,
+                         matrix[c].ranks, matrix[c].layout, i + 1, ln[i], l1[i], nn[i], n1[i]);
             worst = fmax(worst, fmax(dl, dn));
         }
         printf("    %-18s %d ranks %-58s from one rank: losses, norms %.1e, parameters %.1e (losses %.4f .. %.4f)\n",
-               cases[c].model, cases[c].ranks, layout[1] ? layout : "(data parallel)", worst, pworst, ln[0], ln[STEPS - 1]);
+               matrix[c].model, matrix[c].ranks, layout[1] ? layout : "(data parallel)", worst, pworst, ln[0], ln[STEPS - 1]);
         unlink(one);
         unlink(many);
     }
@@ -592,26 +619,21 @@ static bool same_list(const struct ir_action_list *a, const struct ir_action_lis
 static void test_plan_holds_the_actions(void **state)
 {
     (void)state;
-    static const struct {
-        const char *model;
-        int world, tp, pp, cp, ep, epp;
-        bool sp;
-    } cases[] = {
-        {"models/gpt2.xml", 8, 2, 2, 1, 1, -1, false}, {"models/gpt2.xml", 4, 2, 1, 1, 1, -1, true},
-        {"models/gpt2.xml", 4, 2, 1, 2, 1, -1, false}, {"models/mixtral.xml", 4, 1, 1, 1, 2, -1, false},
-        {"models/t5.xml", 6, 2, 2, 1, 1, 1, false},    {"models/llava.xml", 3, 1, 2, 1, 1, 1, false},
-    };
-    for (size_t c = 0; c < WF_COUNT(cases); c++) {
-        struct par_config pc = par_config_default();
-        pc.world_size = cases[c].world, pc.tp = cases[c].tp, pc.pp = cases[c].pp, pc.cp = cases[c].cp, pc.ep = cases[c].ep;
-        pc.epp = cases[c].epp, pc.sequence_parallel = cases[c].sp;
-        struct optim_config opt = optim_config_default();
+    long total = 0;
+    for (size_t c = 0; c < WF_COUNT(matrix); c++) {
+        struct fe_override ov[8];
+        char words[256];
+        struct compile_request q = compile_request_default();
+        q.model = matrix[c].model;
+        int n_ov = case_config(&matrix[c], &q.pc, &q.schedule, ov, words);
+        q.fe = (struct fe_options){.variant = "tiny", .overrides = ov, .n_overrides = n_ov};
         struct compiled C;
-        compile_or_fail(&C, cases[c].model, "tiny", pc, NULL, 0, &opt, NULL, 0);
-        char plan[] = "/tmp/weft-test-holds-XXXXXX";
-        close(mkstemp(plan));
         struct diag d;
         diag_init(&d);
+        if (compile_plan(&q, &C, &d))
+            fail_msg("%s %s: %s", matrix[c].model, matrix[c].layout, diag_first_error(&d));
+        char plan[] = "/tmp/weft-test-holds-XXXXXX";
+        close(mkstemp(plan));
         if (emit_plan(&C, plan, &d))
             fail_msg("%s", diag_first_error(&d));
         struct plan *p = plan_open(plan, &d);
@@ -627,23 +649,42 @@ static void test_plan_holds_the_actions(void **state)
             for (int v = 0; v < x->n_vstages; v++) {
                 if (!same_list(&x->forward[v], &y->forward[v], why, sizeof why, "forward") ||
                     !same_list(&x->backward[v], &y->backward[v], why, sizeof why, "backward"))
-                    fail_msg("%s stage %d: %s", cases[c].model, s, why);
+                    fail_msg("%s %s stage %d: %s", matrix[c].model, matrix[c].layout, s, why);
                 n += x->forward[v].n + x->backward[v].n;
             }
             for (int i = 0; i < x->n_ins; i++) {
                 if (!same_list(&x->ins[i], &y->ins[i], why, sizeof why, "program"))
-                    fail_msg("%s stage %d instruction %d: %s", cases[c].model, s, i, why);
+                    fail_msg("%s %s stage %d instruction %d: %s", matrix[c].model, matrix[c].layout, s, i, why);
                 n += x->ins[i].n;
             }
         }
-        printf("    %-18s %d ranks (tp %d, pp %d, cp %d, ep %d%s): %d actions read back as built\n", cases[c].model, cases[c].world,
-               cases[c].tp, cases[c].pp, cases[c].cp, cases[c].ep, cases[c].sp ? ", sp" : "", n);
+        /* and byte for byte: what was read, written again, is the section the compiler wrote (every field) */
+        char again[] = "/tmp/weft-test-again-XXXXXX";
+        close(mkstemp(again));
+        struct plan_writer *w = plan_writer_new("test");
+        ir_actions_write(w, &A);
+        struct plan *p2 = NULL;
+        if (plan_writer_finish(w, again, &d) || !(p2 = plan_open(again, &d)))
+            fail_msg("%s", diag_first_error(&d));
+        for (int s = 0; s < C.A.n_stages; s++) {
+            char name[PLAN_NAME_MAX];
+            snprintf(name, sizeof name, "actions.%d", s);
+            struct plan_reader r1, r2;
+            if (plan_read(p, name, &r1, &d) || plan_read(p2, name, &r2, &d))
+                fail_msg("%s", diag_first_error(&d));
+            if (r1.end - r1.at != r2.end - r2.at || memcmp(r1.at, r2.at, (size_t)(r1.end - r1.at)))
+                fail_msg("%s %s: section %s read and written again differs from the compiler's", matrix[c].model, matrix[c].layout, name);
+        }
+        plan_close(p2);
+        unlink(again);
+        total += n;
         ir_actions_free(&A);
         plan_close(p);
         diag_free(&d);
         compiled_free(&C);
         unlink(plan);
     }
+    printf("    %zu layouts of the matrix: %ld actions read back as built\n", WF_COUNT(matrix), total);
 }
 
 /* A plan that is not whole: weft run refuses it, naming the section, before any step. */

@@ -57,8 +57,9 @@ static void print_summary(const struct compiled *C, const char *output, const in
     const struct ir_schedule *S = &C->S;
     const struct par_config *pc = &P->L->pc;
     char a[32], b[32];
-    printf("%s: %s on %d ranks (tp %d x pp %d x dp %d%s), %s schedule%s, %d micro-batch%s; verified\n", output,
-           P->g->name, P->L->n_ranks, pc->tp, pc->pp, pc->dp, P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
+    char lay[128];
+    printf("%s: %s on %d ranks (%s%s), %s schedule%s, %d micro-batch%s; verified\n", output,
+           P->g->name, P->L->n_ranks, par_layout_str(pc, lay, sizeof lay), P->L->has_encoder && pc->epp ? ", encoder of its own" : "",
            ir_sched_name(S->kind), S->forward_only ? " forward only (--mode infer)" : "", S->n_micro, S->n_micro == 1 ? "" : "es");
     printf("  %-18s %-9s %-20s %6s %10s %10s %10s %10s %10s %10s %10s %10s\n", "role", "ranks", "layers", "instrs",
            "params", "grads", "optimizer", "activ.", "working", "comm", "workspace", "total");

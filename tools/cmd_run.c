@@ -133,9 +133,10 @@ int cmd_run(int argc, char **argv)
         comm_close(comm);
         return rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
     }
+    char lay[128];
     if (lead)
-        printf("%s: %d rank%s (tp %d, pp %d, dp %d), %d micro-batch%s a step; %d BLAS thread%s a rank%s, OpenBLAS %s kernels\n", path, comm->size,
-               comm->size == 1 ? "" : "s", R.L->pc.tp, R.L->pc.pp, R.L->pc.dp, R.schedule.n_micro, R.schedule.n_micro == 1 ? "" : "es",
+        printf("%s: %d rank%s (%s), %d micro-batch%s a step; %d BLAS thread%s a rank%s, OpenBLAS %s kernels\n", path, comm->size,
+               comm->size == 1 ? "" : "s", par_layout_str(&R.L->pc, lay, sizeof lay), R.schedule.n_micro, R.schedule.n_micro == 1 ? "" : "es",
                threads ? threads : openblas_get_num_threads(), (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s",
                threads ? "" : " (as the environment says)", openblas_get_corename());
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
