@@ -671,6 +671,11 @@ static void tied_actions(const struct lowering *w, const struct ir_schedule *S, 
     const struct partition *P = w->P;
     const struct ir_graph *g = P->g;
     uint8_t *on = wf_calloc((size_t)S->n_stages + 1, 1);
+    bool shared = false; /* pipelines share a rank: the tied group spans several */
+    int *component = ir_pp_components(P->L);
+    for (int k = 0; k < P->L->groups[PAR_GROUP_PP].n_groups; k++)
+        shared |= component[k] != k;
+    free(component);
     for (int t = 0; t < g->n_tensors; t++) {
         int64_t held;
         bool alike;
@@ -680,7 +685,11 @@ static void tied_actions(const struct lowering *w, const struct ir_schedule *S, 
         int64_t start, bytes = grad_extent(w->m, t, &start);
         (void)start;
         struct ir_action a = sum_in_place(IR_GROUP_TIED, set, (struct ir_ref){.what = IR_BUF_GRAD, .id = t}, bytes);
-        if (!alike)
+        bool split = false; /* over tp: pipelines sharing an encoder rank would sum different pieces */
+        for (int k = 0; k < g->tensors[t].shape.rank; k++)
+            split |= (P->shard[t].split[k] & IR_PDIM_BIT(IR_PDIM_TP)) != 0;
+        a.coll.copies = shared;
+        if (!alike || (shared && split))
             a.kind = IR_ACT_PENDING;
         ir_action_push(out, &a);
     }

@@ -789,6 +789,18 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
         free(st->fwd_first), free(st->fwd_last), free(st->bwd_first), free(st->bwd_last);
     }
     free(steps);
+    /* An encoder rank below a wider decoder (--etp below --tp) gets a gradient's copy from each decoder
+     * tensor-parallel rank above it: the first into its buffer, the others into COMM (exec.c). */
+    const struct par_config *pc = &P->L->pc;
+    if (P->L->has_encoder && pc->etp < pc->tp && pc->etp > 0) {
+        int64_t back = 0;
+        for (int x = 0; x < P->n_xfers; x++)
+            if (P->xfers[x].kind == PART_XFER_SEND && P->chunks[P->xfers[x].from_chunk].stage == stage &&
+                P->chunks[P->xfers[x].from_chunk].part == IR_PART_ENCODER)
+                back += align_up(P->xfers[x].bytes);
+        back *= pc->tp / pc->etp - 1;
+        m->size[IR_REGION_COMM] = back > m->size[IR_REGION_COMM] ? back : m->size[IR_REGION_COMM];
+    }
     m->size[IR_REGION_WORKSPACE] = WORKSPACE_BYTES;
     m->bufs = bufs.v;
     m->n_bufs = bufs.n;

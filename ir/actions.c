@@ -213,7 +213,7 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
     case IR_ACT_COLL:
     case IR_ACT_PENDING: /* PENDING: the collective it would be (IR_COLL_COUNT: none, a pipeline transfer) */
         plan_put_i32(w, a->coll.set);
-        plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype);
+        plan_put_u8(w, a->coll.coll), plan_put_u8(w, a->coll.group), plan_put_u8(w, a->coll.dtype), plan_put_u8(w, a->coll.copies);
         put_ref(w, &a->coll.buf);
         plan_put_i64(w, a->coll.bytes);
         put_ref(w, &a->coll.out);
@@ -307,7 +307,7 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
     case IR_ACT_COLL:
     case IR_ACT_PENDING:
         a->coll.set = plan_get_i32(r);
-        a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r);
+        a->coll.coll = plan_get_u8(r), a->coll.group = plan_get_u8(r), a->coll.dtype = plan_get_u8(r), a->coll.copies = plan_get_u8(r);
         get_ref(r, &a->coll.buf);
         a->coll.bytes = plan_get_i64(r);
         get_ref(r, &a->coll.out);

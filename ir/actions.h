@@ -92,6 +92,8 @@ struct ir_coll_action {
     uint8_t dtype;  /* element type of the payload */
     struct ir_ref buf;
     int64_t bytes;  /* payload, this rank's */
+    uint8_t copies;    /* TIED, over pipelines sharing an encoder rank: each stage's first rank of them adds its
+                        * gradient, the others hold copies of it and add zeros (ir_tied_contributes) */
     struct ir_ref out; /* where the result goes: buf for an all-reduce; an all-gather's pieces side by side, in the
                         * order of the members' coordinates; a reduce-scatter's share; an all-to-all's pieces */
     int64_t out_bytes;

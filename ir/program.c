@@ -144,6 +144,46 @@ int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r
     return n;
 }
 
+int *ir_pp_components(const struct rank_layout *L)
+{
+    const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
+    int *component = wf_calloc((size_t)pp->n_groups + 1, sizeof *component), *first = wf_calloc((size_t)L->n_ranks + 1, sizeof *first);
+    for (int g = 0; g < pp->n_groups; g++)
+        component[g] = g;
+    for (int r = 0; r < L->n_ranks; r++)
+        first[r] = -1;
+    for (bool changed = true; changed;) { /* a rank in two pipelines joins their components, the smaller index wins */
+        changed = false;
+        for (int g = 0; g < pp->n_groups; g++)
+            for (int s = 0; s < pp->sizes[g]; s++) {
+                int q = pp->ranks[g][s];
+                if (first[q] < 0)
+                    first[q] = g;
+                int a = component[first[q]], b = component[g];
+                if (a == b)
+                    continue;
+                int lo = a < b ? a : b;
+                for (int h = 0; h < pp->n_groups; h++)
+                    if (component[h] == a || component[h] == b)
+                        component[h] = lo;
+                changed = true;
+            }
+    }
+    free(first);
+    return component;
+}
+
+bool ir_tied_contributes(const struct rank_layout *L, const int *component, int r)
+{
+    const struct rank_groups *pp = &L->groups[PAR_GROUP_PP];
+    int c = component[rank_layout_group_of(L, PAR_GROUP_PP, r)];
+    for (int g = 0; g < pp->n_groups; g++) /* the first rank, in the groups' order, at r's stage of r's component */
+        for (int s = 0; component[g] == c && s < pp->sizes[g]; s++)
+            if (L->ranks[pp->ranks[g][s]].stage == L->ranks[r].stage)
+                return pp->ranks[g][s] == r;
+    return true;
+}
+
 /* ---- the verifier ---------------------------------------------------------------- */
 
 struct vrank {
@@ -611,24 +651,7 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
             int q = pp->ranks[g][s];
             v.pp_of[q][count[q]++] = g;
         }
-    /* Pipelines sharing a rank form one component (the tied group spans it). */
-    v.component = wf_calloc((size_t)pp->n_groups + 1, sizeof *v.component);
-    for (int g = 0; g < pp->n_groups; g++)
-        v.component[g] = g;
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (int r = 0; r < L->n_ranks; r++)
-            for (int k = 1; v.pp_of[r][k] >= 0; k++) {
-                int a = v.component[v.pp_of[r][0]], b = v.component[v.pp_of[r][k]];
-                if (a != b) {
-                    int lo = a < b ? a : b;
-                    for (int g = 0; g < pp->n_groups; g++)
-                        if (v.component[g] == a || v.component[g] == b)
-                            v.component[g] = lo;
-                    changed = true;
-                }
-            }
-    }
+    v.component = ir_pp_components(L);
     for (int k = 0; k < IR_GROUP_COUNT; k++) {
         if (k == IR_GROUP_TIED)
             continue;

@@ -171,6 +171,15 @@ int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L,
 /* The ranks at the stage of `chunk` in rank r's pipelines: one, or several
  * where an encoder rank feeds several decoder ranks. */
 int ir_p2p_peers(const struct ir_schedule *S, const struct rank_layout *L, int r, int chunk, int *out, int max);
+/* Per pipeline-parallel group, its component: pipelines that share a rank
+ * (an encoder rank under several decoder tensor-parallel ranks, --etp
+ * below --tp) are one, named by its smallest group.  A tied set's group
+ * spans a component's ranks at the set's stages.  Freed by the caller. */
+int *ir_pp_components(const struct rank_layout *L);
+/* Whether rank r is the first of its component's ranks at its stage: the
+ * one whose copy of a tied parameter a component of several pipelines
+ * counts (the others hold copies of it). */
+bool ir_tied_contributes(const struct rank_layout *L, const int *component, int r);
 
 /* The plan file's "layout", "meta" (part of it), "tied" and "program.N"
  * sections: what a rank needs to know whom it talks to and what it runs. */

@@ -285,14 +285,18 @@ int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_sch
         return -1;
     m->n_tied = S ? S->n_tied : 0;
     m->tied = wf_calloc((size_t)m->n_tied + 1, sizeof *m->tied);
-    for (int t = 0; t < m->n_tied; t++) { /* the ranks of one pipeline at the set's stages */
+    int *component = ir_pp_components(L);
+    for (int t = 0; t < m->n_tied; t++) { /* the ranks of one pipeline (or of pipelines sharing an encoder rank: the
+                                           * proof's component) at the set's stages */
         const struct rank_coords *rc = &L->ranks[c->rank];
-        int color = rc->stage < S->n_stages && S->tied_stages[t][rc->stage] ? rank_layout_group_of(L, PAR_GROUP_PP, c->rank) : -1;
+        int color = rc->stage < S->n_stages && S->tied_stages[t][rc->stage] ? component[rank_layout_group_of(L, PAR_GROUP_PP, c->rank)] : -1;
         if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->tied[t]) != MPI_SUCCESS) {
             diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for tied set %d failed", c->rank, t);
+            free(component);
             return -1;
         }
     }
+    free(component);
     for (int g = 0; g < IR_GROUP_COUNT; g++) {
         int k = ir_group_layout_kind((enum ir_group)g);
         if (k < 0)

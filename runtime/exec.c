@@ -22,6 +22,7 @@ struct exec {
     int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
     int64_t loss_rows;       /* per micro-batch: this rank's */
     uint8_t loss_only_first; /* the parallel dimensions over which the rows are copies (IR_PDIM_BIT) */
+    bool tied_first;         /* this rank adds its tied parameters' gradients (ir_tied_contributes) */
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum;
     long iteration;
@@ -233,7 +234,8 @@ static int64_t gemm_scratch(const struct ir_stage_actions *acts)
 static double loss_tokens(const struct exec *x)
 {
     const struct par_config *pc = &x->R->L->pc;
-    return (double)x->loss_rows * x->R->schedule.n_micro * pc->dp * pc->cp;
+    bool tp_splits = !(x->loss_only_first & IR_PDIM_BIT(IR_PDIM_TP)); /* its rows (sequence parallel): a tp rank's share */
+    return (double)x->loss_rows * x->R->schedule.n_micro * pc->dp * pc->cp * (tp_splits ? pc->tp : 1);
 }
 
 /* Whether this rank counts its rows of the loss: copies count once. */
@@ -352,27 +354,41 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
             break;
         case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
         case IR_ACT_SEND:
-        case IR_ACT_RECV: { /* this and the halves after it: one exchange */
-            int n = 0;
+        case IR_ACT_RECV: { /* this and the halves after it: one exchange.  A half with several peers (an encoder
+                             * rank and the decoder's tensor-parallel ranks above it): a value goes to each; a
+                             * gradient comes from each, copies of one another (whole over the decoder's tp), the
+                             * first into the buffer and the others into the packing scratch */
+            int n = 0, m = 0, max = x->R->L->n_ranks;
             while (i + n < l->n && (l->v[i + n].kind == IR_ACT_SEND || l->v[i + n].kind == IR_ACT_RECV))
                 n++;
-            struct comm_msg *msgs = wf_calloc((size_t)n + 1, sizeof *msgs);
-            int rc = 0;
+            struct comm_msg *msgs = wf_calloc((size_t)n * (size_t)max + 1, sizeof *msgs);
+            int *peers = wf_calloc((size_t)max + 1, sizeof *peers), rc = 0;
+            int64_t scratch_bytes;
+            struct ir_ref scratch = {.what = IR_BUF_PACK, .id = -1};
+            ir_memory_find(x->m, IR_BUF_PACK, -1, v, j, &scratch_bytes);
             for (int k = 0; k < n && !rc; k++) {
                 const struct ir_action *h = &l->v[i + k];
-                int peers[2];
-                int np = ir_p2p_peers(&x->R->schedule, x->R->L, x->R->rank, h->p2p.peer_chunk, peers, 2);
-                if (np != 1) {
-                    diag_error(d, NULL, 0, "rank %d: a pipeline transfer with %d peers (an encoder rank feeding several decoder "
-                                           "ranks): weft run does not run it yet", x->R->rank, np);
-                    rc = -1;
+                int np = ir_p2p_peers(&x->R->schedule, x->R->L, x->R->rank, h->p2p.peer_chunk, peers, max);
+                for (int q = 0; q < np && !rc; q++) {
+                    bool copy = q > 0 && h->kind == IR_ACT_RECV;
+                    if (copy && scratch.offset + h->p2p.bytes > scratch_bytes) {
+                        diag_error(d, NULL, 0, "rank %d: a gradient's copy from rank %d (%lld bytes) does not fit the packing scratch "
+                                               "(%lld): the plan is inconsistent", x->R->rank, peers[q], (long long)h->p2p.bytes,
+                                   (long long)scratch_bytes);
+                        rc = -1;
+                        break;
+                    }
+                    msgs[m++] = (struct comm_msg){.send = h->kind == IR_ACT_SEND, .peer = peers[q], .tag = h->p2p.tag,
+                                                  .buf = copy ? at(x, &scratch, v, j) : at(x, &h->p2p.buf, h->p2p.vstage, h->p2p.micro),
+                                                  .bytes = h->p2p.bytes};
+                    if (copy)
+                        scratch.offset += (h->p2p.bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN;
                 }
-                msgs[k] = (struct comm_msg){.send = h->kind == IR_ACT_SEND, .peer = peers[0], .tag = h->p2p.tag,
-                                            .buf = at(x, &h->p2p.buf, h->p2p.vstage, h->p2p.micro), .bytes = h->p2p.bytes};
             }
             if (!rc && x->comm)
-                rc = x->comm->ops->exchange(x->comm, n, msgs, d);
+                rc = x->comm->ops->exchange(x->comm, m, msgs, d);
             free(msgs);
+            free(peers);
             if (rc)
                 return -1;
             i += n - 1;
@@ -380,6 +396,8 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         }
         case IR_ACT_COLL: {
             const struct ir_coll_action *c = &a->coll;
+            if (c->copies && !x->tied_first) /* a copy another rank of the group adds */
+                memset(at(x, &c->buf, v, j), 0, (size_t)c->bytes);
             if (x->comm && x->comm->ops->collective(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll,
                                                     at(x, &c->buf, v, j), at(x, &c->out, v, j),
                                                     c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, d))
@@ -439,8 +457,7 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             char a[256] = "its actions are missing";
             if (l)
                 ir_action_str(&l->v[pending], a, sizeof a);
-            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet (data, "
-                                   "tensor, sequence, context, expert and pipeline parallel layouts run)",
+            diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet",
                        R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
             return NULL;
         }
@@ -451,6 +468,9 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
     }
     struct exec *x = wf_calloc(1, sizeof *x);
     x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1;
+    int *component = ir_pp_components(R->L);
+    x->tied_first = ir_tied_contributes(R->L, component, R->rank);
+    free(component);
     x->m = &R->memory.roles[R->stage];
     x->kernel_seconds = wf_calloc((size_t)R->kernels.n_kernels + 1, sizeof *x->kernel_seconds);
     x->micro_batch = 1;

@@ -291,6 +291,9 @@ static const struct layout_case {
         {"models/llava.xml", 2, "--cp 2", ""},                    /* replicated over cp after its concat */
         {"models/mixtral.xml", 4, "--cp 2 --ep 2", ""},
         {"models/t5.xml", 2, "--cp 2", ""},
+        /* an encoder narrower than the decoder: its rank feeds, and hears from, each decoder tp rank above it */
+        {"models/t5.xml", 5, "--tp 2 --pp 2 --epp 1 --etp 1", ""},
+        {"models/t5.xml", 5, "--tp 2 --pp 2 --epp 1 --etp 1 --sequence-parallel", "--micro-batch-size 2"},
     };
 
 /* A case's flags as a layout, a schedule (-1: the default) and model
