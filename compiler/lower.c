@@ -373,6 +373,13 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
         break;
     }
     case PART_XFER_SLICE: { /* the rank's piece along the axis, cut at once from before the slices that precede it */
+        int next = memory_xfer_next(P, x);
+        bool read = false;
+        for (int i = 0; i < P->g->n_ops && !read; i++)
+            for (int k = 0; k < P->g->ops[i].n_in; k++)
+                read |= partition_reads_via(P, i, k) == x;
+        if (!read && next >= 0 && P->xfers[next].kind == PART_XFER_SLICE && P->xfers[next].axis == px->axis)
+            break; /* the next slice cuts from where this one starts */
         int first = slices_from(P, x), pdims = slice_pdims(P, first, x), n = partition_degrees(P, part, (uint8_t)pdims);
         struct ir_ref from = in;
         bool a;
