@@ -381,10 +381,10 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
         if (!read && next >= 0 && P->xfers[next].kind == PART_XFER_SLICE && P->xfers[next].axis == px->axis)
             break; /* the next slice cuts from where this one starts */
         int first = slices_from(P, x), pdims = slice_pdims(P, first, x), n = partition_degrees(P, part, (uint8_t)pdims);
-        struct ir_ref from = in;
+        struct ir_ref from = in, first_out;
         bool a;
         if (first != x)
-            memory_xfer_place(P, w->pos, first, restaged, &from, &in, &a);
+            memory_xfer_place(P, w->pos, first, restaged, &from, &first_out, &a);
         int64_t outer = memory_outer(&before, m.axis), width = out_bytes / outer;
         push_copy(list, (struct ir_copy){.src = from, .dst = out, .planes = 1, .rows = outer, .width = width,
                                          .src_pitch = n * width, .dst_pitch = width, .src_pdim = (uint8_t)pdims,

@@ -7,12 +7,17 @@
  *
  * requires: a partition, its schedule, the fused kernels and the memory plan
  * produces: per stage and virtual stage, the forward step's actions (in op
- *           order: GEMMs, launches, the loss's sum), the backward's (in
- *           reverse: a gradient zeroed where its buffer starts to live, the
- *           GEMMs of a matmul's two gradients, a group's backward launch),
- *           and the optimizer's (each parameter's sums of squares, then its
- *           AdamW launch).  Refuses (with the reason in d) what the executor
- *           cannot run yet. */
+ *           order: the transfers that bring a group's inputs, its GEMMs or
+ *           launches, the loss's sum), the backward's (in reverse: a
+ *           gradient zeroed where its buffer starts to live, the forward's
+ *           gathers brought again where a backward reads them, the GEMMs of
+ *           a matmul's two gradients, a group's backward launch, then the
+ *           conversions of the gradients it gave), the program's
+ *           collectives and pipeline transfers, and the optimizer's (each
+ *           parameter's sums of squares, then its AdamW launch).  Where
+ *           each transfer reads and writes is memory.c's
+ *           (memory_xfer_place), so the lowering and the memory plan agree.
+ *           What it cannot lower is PENDING, and the executor refuses it. */
 #ifndef WEFT_LOWER_H
 #define WEFT_LOWER_H
 

@@ -40,8 +40,8 @@
     X(SQSUM, "sqsum")   /* a gradient's per-row sums of squares added into the norm's, where the rank counts it */ \
     X(SEND, "send")     /* a pipeline transfer's half: to the ranks that run peer_chunk */ \
     X(RECV, "recv")     /* ... and from them; a P2P instruction's halves are posted together, then waited for */ \
-    X(PENDING, "pending") /* what the compiler does not lower yet (a tensor-parallel, tied or norm collective, a pipeline \
-                             transfer): an executor refuses the plan, naming it */
+    X(PENDING, "pending") /* what the compiler does not lower yet (a tied table split over tp across pipelines that \
+                             share an encoder rank; a gather whose pieces do not nest): an executor refuses the plan, naming it */
 
 enum ir_act_kind {
 #define X(id, name) IR_ACT_##id,
@@ -119,8 +119,8 @@ struct ir_copy {
 
 struct ir_action {
     uint8_t kind; /* enum ir_act_kind */
-    bool awaits;  /* it reads or writes across a tensor, context or expert parallel transfer, which is not lowered yet:
-                   * its operands are where the transfer will put them, unchecked; a plan with one does not run */
+    bool awaits;  /* it reads or writes across a transfer the lowering cannot move (PENDING): its operands are
+                   * unchecked, and a plan with one does not run */
     struct ir_gemm gemm;
     struct ir_launch launch;
     struct ir_ref zero;  /* ZERO */

@@ -14,10 +14,11 @@
  * tensor (as runtime/ref.c draws them), so every layout starts from one
  * model; inputs are synthetic token ids (exec_token), the same sample for
  * the same global index whatever the layout.
- * Collectives go through the communicator's table (comm.h).  Not yet:
- * tensor, context and expert parallel transfers, tied and norm collectives,
- * pipeline transfers (a plan that needs them is refused by exec_new,
- * naming the instruction). */
+ * Collectives and pipeline transfers go through the communicator's table
+ * (comm.h); a COPY action moves or adds bytes within the arena (a slice,
+ * a collective's pieces packed, a converted gradient added).  A plan with
+ * an action the compiler could not lower (PENDING, or one that awaits a
+ * transfer) is refused by exec_new, naming it. */
 #ifndef WEFT_EXEC_H
 #define WEFT_EXEC_H
 
