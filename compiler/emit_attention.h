@@ -2,8 +2,9 @@
  * the flash-attention manner: keys and values in tiles (in shared memory
  * on the GPU), an online softmax, no Sq x Sk matrix in memory.  Causal or
  * not, grouped-query (Hk divides Hq), with an additive bias (T5's relative
- * positions) and its gradient.  One text serves C and CUDA C: macros say
- * what a thread is.
+ * positions) and its gradient.  C and CUDA C share the loads, masks and
+ * offsets; the loops differ (a thread a row on the GPU, a block of rows
+ * against each tile on the CPU).
  *
  *   struct kn_attn c = {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true, .backward = true};
  *   char *src = emit_attention(&c, "k7_attention", KN_LANG_CUDA);

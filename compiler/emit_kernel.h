@@ -42,4 +42,13 @@ char *emit_kernel(const struct kn_kernel *k, const char *name, enum kn_lang lang
 /* Several kernels in one translation unit (the CPU backend's object). */
 char *emit_kernels(const struct kn_kernel *const *ks, const char *const *names, int n, enum kn_lang lang);
 
+/* What the generated C (fused kernels and attention) shares: KN_CLONES,
+ * the attribute that compiles an exported kernel for x86-64-v4 (AVX-512),
+ * x86-64-v3 (AVX2, FMA) and the baseline, the machine picking one when the
+ * object loads (GCC on x86-64; elsewhere nothing, the baseline only), so a
+ * plan compiled on one machine runs on any; and kn_expf and kn_tanhf,
+ * branch-free forms of expf and tanhf (within 2 ulp, Cephes's polynomials)
+ * that the compiler can vectorise, where libm's are calls. */
+extern const char emit_c_math[];
+
 #endif
