@@ -7,8 +7,13 @@
  * Both define `void NAME(const struct kn_args *a)` (C) or
  * `extern "C" __global__ void NAME(struct kn_args a)` (CUDA) over the
  * kernel's rows x cols domain:
- *   C     a loop over rows; in each, one loop over the columns per pass,
- *         plain arithmetic the compiler can vectorise
+ *   C     a loop over rows; in each, one loop over the columns per pass;
+ *         where the accesses allow a vector (as for CUDA, below) and the
+ *         row's length is a multiple of 16, the columns go 16 at a time
+ *         through arrays (loads, then the arithmetic lane by lane, then
+ *         the stores; sums and maxima per lane), which the compiler
+ *         vectorises, else one at a time.  exp, tanh and max are
+ *         emit_c_math's, which vectorise where libm's calls do not
  *   CUDA  a kernel with reductions or accumulations: a block per row
  *         (grid-stride over rows), threads striding over the columns, a
  *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop
