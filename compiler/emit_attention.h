@@ -15,6 +15,10 @@
  *   NAME_bwd_kv    dk, dv (written, not added), a kv head summing its group
  *   NAME_bwd_q     dq, and dbias when the config asks
  * (the last three only with .backward: a forward-only plan needs none).
+ * C also has each as NAME_fn_heads(a, h0, h1): heads h0 .. h1 only (kv
+ * heads for bwd_kv), for the backend's threads; every batch's rows of a
+ * head are one thread's, so a bias gradient summed over the batch is too
+ * (not one shared by the heads, bias_sh 0: run that bwd_q whole).
  * CUDA launches (ir/launch.h, kn_attn_grid): KN_ATTN_THREADS (BM) threads
  * a block; fwd, delta: grid (ceil(Sq/BM), Hq, B); bwd_kv: (ceil(Sk/BM),
  * Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or (.., .., 1) with bias_grad (the block walks the batch, so a bias shared

@@ -332,6 +332,7 @@ struct emitter {
     int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
     int pass;                   /* the pass being written */
     bool rowwise;               /* no value varies along a row: CUDA runs a thread per row */
+    bool split;                 /* C: rows are independent (nothing is added into), the body is NAME_rows(a, r0, r1) */
     int vec;                    /* CUDA: 0, or the variant that takes vec columns a thread (c0 ..), per-element
                                  * slots read into and written from arrays (kn_in<slot>[kn_v], kn_out<slot>[kn_v]) */
 };
@@ -822,7 +823,7 @@ static void rows_loop(struct emitter *e, enum kn_cuda_shape shape, int passes)
     else if (cuda)
         put(&e->t, "    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {\n");
     else
-        put(&e->t, "    for (int64_t r = 0; r < rows; r++) {\n");
+        put(&e->t, e->split ? "    for (int64_t r = r0; r < r1; r++) {\n" : "    for (int64_t r = 0; r < rows; r++) {\n");
     for (int p = 0; p < passes; p++) {
         e->pass = p;
         /* this pass's per-row values (after the reductions before it) */
@@ -860,11 +861,16 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             e.stored[n->a] = i;
     }
     bool cuda = lang == KN_LANG_CUDA;
+    e.split = !cuda;
+    for (int i = 0; i < k->n_nodes; i++)
+        e.split &= k->nodes[i].op != KN_ACCUM;
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
         put(&e.t, "extern \"C\" __global__ void __launch_bounds__(%d) %s(const struct kn_args args)\n{\n"
                   "    const struct kn_args *a = &args;\n", KN_CUDA_THREADS, kname);
+    else if (e.split)
+        put(&e.t, "KN_CLONES void %s_rows(const struct kn_args *a, int64_t r0, int64_t r1)\n{\n", kname);
     else
         put(&e.t, "KN_CLONES void %s(const struct kn_args *a)\n{\n", kname);
     put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
@@ -925,6 +931,8 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         }
         put(&e.t, "    }\n}\n");
     }
+    if (e.split)
+        put(&e.t, "void %s(const struct kn_args *a) { %s_rows(a, 0, a->rows); }\n", kname, kname);
     *t = e.t;
 }
 
