@@ -332,7 +332,8 @@ struct emitter {
     int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
     int pass;                   /* the pass being written */
     bool rowwise;               /* no value varies along a row: CUDA runs a thread per row */
-    bool split;                 /* C: rows are independent (nothing is added into), the body is NAME_rows(a, r0, r1) */
+    bool split;                 /* C: rows are independent (nothing is added into but whole rows of FULL outputs, which
+                                 * the backend splits only where no output has a modulus), the body is NAME_rows(a, r0, r1) */
     int vec;                    /* CUDA: 0, or the variant that takes vec columns a thread (c0 ..), per-element
                                  * slots read into and written from arrays (kn_in<slot>[kn_v], kn_out<slot>[kn_v]) */
 };
@@ -863,7 +864,7 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     bool cuda = lang == KN_LANG_CUDA;
     e.split = !cuda;
     for (int i = 0; i < k->n_nodes; i++)
-        e.split &= k->nodes[i].op != KN_ACCUM;
+        e.split &= k->nodes[i].op != KN_ACCUM || k->out[k->nodes[i].slot].access == KN_FULL;
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)

@@ -14,9 +14,10 @@
  *         the stores; sums and maxima per lane), which the compiler
  *         vectorises, else one at a time.  exp, tanh and max are
  *         emit_c_math's, which vectorise where libm's calls do not.
- *         A kernel that adds into no output (its rows independent) is
- *         NAME_rows(a, r0, r1), rows r0 .. r1 only, with NAME(a) calling
- *         it for every row: the backend's threads take a range each
+ *         A kernel whose rows are independent (it adds into no output
+ *         but the rows of FULL ones) is NAME_rows(a, r0, r1), rows r0 ..
+ *         r1 only, with NAME(a) calling it for every row: the backend's
+ *         threads take a range each where no output has a modulus (omod)
  *   CUDA  a kernel with reductions or accumulations: a block per row
  *         (grid-stride over rows), threads striding over the columns, a
  *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop

@@ -160,7 +160,10 @@ static int cpu_fused(struct backend *be, int kernel, const struct kn_args *a, st
     struct cpu *c = (struct cpu *)be;
     struct job j = {.fused = a, .n = a->rows};
     *(void **)&j.rows = c->parts[(size_t)kernel * KN_ATTN_FNS];
-    if (j.rows && a->rows * a->cols >= CPU_SPLIT_ELEMENTS) {
+    bool rows_apart = true; /* no output adds rows r = i mod m together (kn_args.omod) */
+    for (int i = 0; i < KN_MAX_SLOTS; i++)
+        rows_apart &= a->omod[i] == 0;
+    if (j.rows && rows_apart && a->rows * a->cols >= CPU_SPLIT_ELEMENTS) {
         pool_run(&c->pool, &j);
         return 0;
     }
