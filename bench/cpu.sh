@@ -6,8 +6,9 @@
 # PyTorch's; then weft's time by kind of action and its slowest kernels.
 #   bench/cpu.sh [STEPS]      (default 6; the first 2 are warm-up for both)
 # OpenBLAS picks its kernels by the CPU it recognises: the banner of weft run
-# names them.  Set OPENBLAS_CORETYPE (e.g. SkylakeX) where it guesses wrong,
-# for both programs alike (PyTorch uses its own BLAS).
+# names them, and says where weft run chose others for a CPU OpenBLAS did not
+# know (tools/cmd_run.c; PyTorch uses its own BLAS).  A step takes up to
+# twice as long while another process holds a core: run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-6}

@@ -36,7 +36,7 @@ int cc_shared_object(const char *const *sources, int n_sources, const char *so_p
     const char *cc = getenv("CC");
     if (written == n_sources && m < sizeof files) {
         char cmd[10000];
-        snprintf(cmd, sizeof cmd, "%s -std=c11 -O3 -fno-math-errno -fPIC -shared -o '%s'%s -lm > '%s' 2>&1",
+        snprintf(cmd, sizeof cmd, "%s " CC_FLAGS " -o '%s'%s -lm > '%s' 2>&1",
                  cc && *cc ? cc : "cc", so_path, files, out);
         status = system(cmd);
     }

@@ -2,8 +2,9 @@
  * the flash-attention manner: keys and values in tiles (in shared memory
  * on the GPU), an online softmax, no Sq x Sk matrix in memory.  Causal or
  * not, grouped-query (Hk divides Hq), with an additive bias (T5's relative
- * positions) and its gradient.  One text serves C and CUDA C: macros say
- * what a thread is.
+ * positions) and its gradient.  C and CUDA C share the loads, masks and
+ * offsets; the loops differ (a thread a row on the GPU, a block of rows
+ * against each tile on the CPU).
  *
  *   struct kn_attn c = {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true, .backward = true};
  *   char *src = emit_attention(&c, "k7_attention", KN_LANG_CUDA);
@@ -14,6 +15,10 @@
  *   NAME_bwd_kv    dk, dv (written, not added), a kv head summing its group
  *   NAME_bwd_q     dq, and dbias when the config asks
  * (the last three only with .backward: a forward-only plan needs none).
+ * C also has each as NAME_fn_heads(a, h0, h1): heads h0 .. h1 only (kv
+ * heads for bwd_kv), for the backend's threads; every batch's rows of a
+ * head are one thread's, so a bias gradient summed over the batch is too
+ * (not one shared by the heads, bias_sh 0: run that bwd_q whole).
  * CUDA launches (ir/launch.h, kn_attn_grid): KN_ATTN_THREADS (BM) threads
  * a block; fwd, delta: grid (ceil(Sq/BM), Hq, B); bwd_kv: (ceil(Sk/BM),
  * Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or (.., .., 1) with bias_grad (the block walks the batch, so a bias shared

@@ -168,6 +168,100 @@ static const char cuda_vector[] =
     "    *(kn_x8 *)((uint8_t *)p + i) = kn_x8{lo, hi};\n"
     "}\n";
 
+const char emit_c_math[] =
+    "#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11\n"
+    "#define KN_CLONES __attribute__((target_clones(\"arch=x86-64-v4\", \"arch=x86-64-v3\", \"default\")))\n"
+    "#else\n"
+    "#define KN_CLONES\n"
+    "#endif\n"
+    "/* e^x = 2^n e^r, n = x / ln 2 rounded, |r| <= ln 2 / 2 (Cephes's expf); 2^n as two factors, so that\n"
+    " * x may run past the exponent's range either way: inf past 88.72, 0 below -103.9 and for -inf */\n"
+    "static inline float kn_expf(float x)\n"
+    "{\n"
+    "    const float xc = x > 89.f ? 89.f : x > -110.f ? x : -110.f;\n"
+    "    const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f; /* to nearest: 1.5 * 2^23 */\n"
+    "    const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;\n"
+    "    float p = 1.9875691500e-4f;\n"
+    "    p = p * r + 1.3981999507e-3f;\n"
+    "    p = p * r + 8.3334519073e-3f;\n"
+    "    p = p * r + 4.1665795894e-2f;\n"
+    "    p = p * r + 1.6666665459e-1f;\n"
+    "    p = p * r + 5.0000001201e-1f;\n"
+    "    const int32_t i = (int32_t)n, h = i / 2;\n"
+    "    const uint32_t u1 = (uint32_t)(h + 127) << 23, u2 = (uint32_t)(i - h + 127) << 23;\n"
+    "    float s1, s2;\n"
+    "    memcpy(&s1, &u1, 4);\n"
+    "    memcpy(&s2, &u2, 4);\n"
+    "    return x != x ? x : (p * r * r + r + 1.f) * s1 * s2;\n"
+    "}\n"
+    "/* fmaxf (a NaN loses), as a select: libm's is a call */\n"
+    "static inline float kn_fmaxf(float x, float y) { return x > y || y != y ? x : y; }\n"
+    "/* below |x| 0.625 x + x^3 P(x^2) (Cephes's tanhf), above 1 - 2 / (e^2|x| + 1) with x's sign */\n"
+    "static inline float kn_tanhf(float x)\n"
+    "{\n"
+    "    const float ax = fabsf(x), z = x * x;\n"
+    "    const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -\n"
+    "                     3.33332819422e-1f) * z * x + x;\n"
+    "    const float e = 1.f - 2.f / (kn_expf(2.f * ax) + 1.f);\n"
+    "    return ax < 0.625f ? p : x < 0.f ? -e : e;\n"
+    "}\n";
+
+/* C: KN_C_LANES consecutive columns at a time, read into arrays before the
+ * arithmetic and written after it, as the CUDA variant does; the compiler
+ * vectorises the loop over the lanes.  (Plain column loops did not
+ * vectorise: an output that is also an input, as AdamW's moments are,
+ * fails the compiler's run-time overlap check, and a sum into one float
+ * is a chain the compiler may not reorder.)  Sums and maxima run per lane,
+ * then across the lanes in a fixed order. */
+#define KN_C_LANES 16
+static const char c_vector[] =
+    "#define KN_LANES 16\n"
+    "static inline void kn_ld16_f32(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        v[j] = ((const float *)p)[i + j];\n"
+    "}\n"
+    "static inline void kn_st16_f32(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        ((float *)p)[i + j] = v[j];\n"
+    "}\n"
+    "static inline void kn_ld16_bf16(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        v[j] = kn_from_bf16(((const uint16_t *)p)[i + j]);\n"
+    "}\n"
+    "static inline void kn_st16_bf16(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        ((uint16_t *)p)[i + j] = kn_to_bf16(v[j]);\n"
+    "}\n"
+    "static inline void kn_ld16_u8(const void *p, int64_t i, float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        v[j] = (float)((const uint8_t *)p)[i + j];\n"
+    "}\n"
+    "static inline void kn_st16_u8(void *p, int64_t i, const float *v)\n"
+    "{\n"
+    "    for (int j = 0; j < KN_LANES; j++)\n"
+    "        ((uint8_t *)p)[i + j] = (uint8_t)(v[j] != 0.f);\n"
+    "}\n"
+    "/* across the lanes, halving: the same order on every machine */\n"
+    "static inline float kn_lanes_sum(float *v)\n"
+    "{\n"
+    "    for (int w = KN_LANES / 2; w > 0; w /= 2)\n"
+    "        for (int j = 0; j < w; j++)\n"
+    "            v[j] += v[j + w];\n"
+    "    return v[0];\n"
+    "}\n"
+    "static inline float kn_lanes_max(float *v)\n"
+    "{\n"
+    "    for (int w = KN_LANES / 2; w > 0; w /= 2)\n"
+    "        for (int j = 0; j < w; j++)\n"
+    "            v[j] = kn_fmaxf(v[j], v[j + w]);\n"
+    "    return v[0];\n"
+    "}\n";
+
 static const char c_prelude[] =
     "#include <math.h>\n"
     "#include <stdint.h>\n"
@@ -238,6 +332,8 @@ struct emitter {
     int stored[KN_MAX_NODES];   /* a per-element value stored whole: the STORE node, else -1 */
     int pass;                   /* the pass being written */
     bool rowwise;               /* no value varies along a row: CUDA runs a thread per row */
+    bool split;                 /* C: rows are independent (nothing is added into but whole rows of FULL outputs, which
+                                 * the backend splits only where no output has a modulus), the body is NAME_rows(a, r0, r1) */
     int vec;                    /* CUDA: 0, or the variant that takes vec columns a thread (c0 ..), per-element
                                  * slots read into and written from arrays (kn_in<slot>[kn_v], kn_out<slot>[kn_v]) */
 };
@@ -313,6 +409,20 @@ static int vector_width(const struct kn_kernel *k, const bool *per)
             width = 4;
     }
     return width;
+}
+
+/* C: KN_C_LANES where the CUDA variant could take a vector (its accesses
+ * allow it) and some value varies along the row, else 0. */
+static int c_lanes(const struct kn_kernel *k, const bool *per)
+{
+    bool any = false;
+    for (int i = 0; i < k->n_nodes; i++) {
+        const struct kn_node *n = &k->nodes[i];
+        any |= per[i];
+        if (per[i] && n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && !vec_type(k->out[n->slot].dtype))
+            return 0; /* C adds a column's sums into the output itself */
+    }
+    return any && vector_width(k, per) ? KN_C_LANES : 0;
 }
 
 static void load(struct emitter *e, const struct kn_node *n)
@@ -413,9 +523,9 @@ static void define(struct emitter *e, int i)
     case KN_COORD: put(&e->t, "kn_coord(a, r, %d)", (int)n->imm); break;
     case KN_KEEP: put(&e->t, "kn_keep(a, %d, r, c, %.17g) ? 1.f : 0.f", n->slot, n->imm); break;
     case KN_NEG: put(&e->t, "-%s", a); break;
-    case KN_EXP: put(&e->t, "expf(%s)", a); break;
+    case KN_EXP: put(&e->t, cuda ? "expf(%s)" : "kn_expf(%s)", a); break;
     case KN_LOG: put(&e->t, "logf(%s)", a); break;
-    case KN_TANH: put(&e->t, "tanhf(%s)", a); break;
+    case KN_TANH: put(&e->t, cuda ? "tanhf(%s)" : "kn_tanhf(%s)", a); break;
     case KN_ERF: put(&e->t, "erff(%s)", a); break;
     case KN_RSQRT: put(&e->t, cuda ? "rsqrtf(%s)" : "1.f / sqrtf(%s)", a); break;
     case KN_RECIP: put(&e->t, "1.f / %s", a); break;
@@ -427,7 +537,7 @@ static void define(struct emitter *e, int i)
     case KN_SUB: put(&e->t, "%s - %s", a, b); break;
     case KN_MUL: put(&e->t, "%s * %s", a, b); break;
     case KN_DIV: put(&e->t, "%s / %s", a, b); break;
-    case KN_MAX: put(&e->t, "fmaxf(%s, %s)", a, b); break;
+    case KN_MAX: put(&e->t, cuda ? "fmaxf(%s, %s)" : "kn_fmaxf(%s, %s)", a, b); break;
     case KN_LT: put(&e->t, "%s < %s ? 1.f : 0.f", a, b); break;
     case KN_LE: put(&e->t, "%s <= %s ? 1.f : 0.f", a, b); break;
     case KN_EQ: put(&e->t, "%s == %s ? 1.f : 0.f", a, b); break;
@@ -563,9 +673,13 @@ static void vec_preload(struct emitter *e, int p)
                 put(&e->t, "            kn_ld%d_%s(a->out[%d], %s + c0, kn_out%d);\n", e->vec, vec_type(k->out[n->slot].dtype), n->slot,
                     row_base(&k->out[n->slot], n->slot, false, 0, base, sizeof base), n->slot);
         }
-        if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN)
+        if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN &&
+            e->lang == KN_LANG_CUDA)
             put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
                 n->slot, e->vec, e->vec, kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN) /* C: the sums themselves */
+            put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_%s(a->out[%d], c0, kn_ps%d);\n", n->slot, e->vec, e->vec,
+                vec_type(k->out[n->slot].dtype), n->slot, n->slot);
     }
 }
 
@@ -579,9 +693,11 @@ static void vec_write(struct emitter *e, int p)
         const struct kn_node *n = &k->nodes[i];
         if ((n->op != KN_STORE && n->op != KN_ACCUM) || !e->per[i] || e->phase[i] != p || done[n->slot])
             continue;
-        if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN)
+        if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && e->lang == KN_LANG_CUDA)
             put(&e->t, "            kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n", e->vec,
                 kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN)
+            put(&e->t, "            kn_st%d_%s(a->out[%d], c0, kn_ps%d);\n", e->vec, vec_type(k->out[n->slot].dtype), n->slot, n->slot);
         done[n->slot] = true;
         if (k->out[n->slot].access != KN_FULL)
             continue;
@@ -597,9 +713,15 @@ static void pass(struct emitter *e, int p, bool elementwise)
     bool cuda = e->lang == KN_LANG_CUDA;
     memset(e->need, 0, sizeof e->need);
     bool any = false;
+    const char *lanes = !cuda && e->vec ? "[kn_v]" : ""; /* C's vector variant: a reduction's lane */
     for (int i = 0; i < k->n_nodes; i++) {
         const struct kn_node *n = &k->nodes[i];
-        if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a]) {
+        if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a] && !cuda && e->vec) { /* a sum or maximum per lane */
+            put(&e->t, "        float acc%d[KN_LANES];\n        for (int kn_v = 0; kn_v < KN_LANES; kn_v++)\n"
+                       "            acc%d[kn_v] = %s;\n", i, i, n->op == KN_ROWSUM ? "0.f" : "-INFINITY");
+            mark(e, n->a);
+            any = true;
+        } else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a]) {
             put(&e->t, "        float acc%d = %s;\n", i, n->op == KN_ROWSUM ? "0.f" : "-INFINITY");
             mark(e, n->a);
             any = true;
@@ -609,8 +731,10 @@ static void pass(struct emitter *e, int p, bool elementwise)
         }
     }
     if (any && e->vec) {
-        if (!elementwise)
+        if (!elementwise && cuda)
             put(&e->t, "        for (int64_t c0 = threadIdx.x * (int64_t)%d; c0 < cols; c0 += blockDim.x * (int64_t)%d) {\n", e->vec, e->vec);
+        else if (!elementwise)
+            put(&e->t, "        for (int64_t c0 = 0; c0 < cols; c0 += %d) {\n", e->vec);
         vec_preload(e, p);
         bool column = false; /* whether the lanes need their column */
         for (int i = 0; i < k->n_nodes; i++) {
@@ -618,8 +742,7 @@ static void pass(struct emitter *e, int p, bool elementwise)
             column |= e->need[i] && (n->op == KN_COL || n->op == KN_GCOL || n->op == KN_KEEP);
             column |= n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN;
         }
-        put(&e->t, "#pragma unroll\n"
-                   "            for (int kn_v = 0; kn_v < %d; kn_v++) {\n", e->vec);
+        put(&e->t, "%s            for (int kn_v = 0; kn_v < %d; kn_v++) {\n", cuda ? "#pragma unroll\n" : "", e->vec);
         if (column)
             put(&e->t, "            const int64_t c = c0 + kn_v;\n");
     } else if (any && !elementwise)
@@ -630,9 +753,9 @@ static void pass(struct emitter *e, int p, bool elementwise)
         if (e->need[i] && n->op != KN_STORE && n->op != KN_ACCUM)
             define(e, i);
         else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a] && n->op == KN_ROWSUM)
-            put(&e->t, "            acc%d += e%d;\n", i, n->a);
+            put(&e->t, "            acc%d%s += e%d;\n", i, lanes, n->a);
         else if (is_reduction(n) && e->phase[n->a] == p && e->per[n->a])
-            put(&e->t, "            acc%d = fmaxf(acc%d, e%d);\n", i, i, n->a);
+            put(&e->t, "            acc%d%s = %s(acc%d%s, e%d);\n", i, lanes, cuda ? "fmaxf" : "kn_fmaxf", i, lanes, n->a);
         else if ((n->op == KN_STORE || n->op == KN_ACCUM) && e->per[i] && e->phase[i] == p)
             store(e, i);
     }
@@ -653,6 +776,8 @@ static void pass(struct emitter *e, int p, bool elementwise)
             put(&e->t, "        const float v%d = %sv%d;\n", i, n->op == KN_ROWSUM ? "(float)cols * " : "", n->a);
         else if (cuda)
             put(&e->t, "        const float v%d = kn_block_reduce(acc%d, %d);\n", i, i, n->op == KN_ROWMAX);
+        else if (e->vec)
+            put(&e->t, "        const float v%d = kn_lanes_%s(acc%d);\n", i, n->op == KN_ROWMAX ? "max" : "sum", i);
         else
             put(&e->t, "        const float v%d = acc%d;\n", i, i);
     }
@@ -699,7 +824,7 @@ static void rows_loop(struct emitter *e, enum kn_cuda_shape shape, int passes)
     else if (cuda)
         put(&e->t, "    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {\n");
     else
-        put(&e->t, "    for (int64_t r = 0; r < rows; r++) {\n");
+        put(&e->t, e->split ? "    for (int64_t r = r0; r < r1; r++) {\n" : "    for (int64_t r = 0; r < rows; r++) {\n");
     for (int p = 0; p < passes; p++) {
         e->pass = p;
         /* this pass's per-row values (after the reductions before it) */
@@ -737,40 +862,48 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
             e.stored[n->a] = i;
     }
     bool cuda = lang == KN_LANG_CUDA;
+    e.split = !cuda;
+    for (int i = 0; i < k->n_nodes; i++)
+        e.split &= k->nodes[i].op != KN_ACCUM || k->out[k->nodes[i].slot].access == KN_FULL;
     put(&e.t, "\n/* %s: %d node%s, %d pass%s */\n", kname, k->n_nodes, k->n_nodes == 1 ? "" : "s", passes,
         passes == 1 ? "" : "es");
     if (cuda)
         put(&e.t, "extern \"C\" __global__ void __launch_bounds__(%d) %s(const struct kn_args args)\n{\n"
                   "    const struct kn_args *a = &args;\n", KN_CUDA_THREADS, kname);
+    else if (e.split)
+        put(&e.t, "KN_CLONES void %s_rows(const struct kn_args *a, int64_t r0, int64_t r1)\n{\n", kname);
     else
-        put(&e.t, "void %s(const struct kn_args *a)\n{\n", kname);
+        put(&e.t, "KN_CLONES void %s(const struct kn_args *a)\n{\n", kname);
     put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
     int column_sums = kn_column_sums(k);
     if (cuda && column_sums) /* this block's partial sums start at zero */
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
-    int vec = cuda && (shape == KN_CUDA_PER_ELEMENT || shape == KN_CUDA_BLOCK_ROWS) ? vector_width(k, e.per) : 0;
+    int vec = !cuda ? c_lanes(k, e.per) : shape == KN_CUDA_PER_ELEMENT || shape == KN_CUDA_BLOCK_ROWS ? vector_width(k, e.per) : 0;
     if (vec) { /* the vector variant where the row's length and every pointer allow it */
         bool halves = false;
         for (int i = 0; i < k->n_nodes; i++)
             halves |= k->nodes[i].op == KN_LOAD && k->nodes[i].imm == 1 && contiguous(k->in[k->nodes[i].slot].access);
         put(&e.t, "    const int kn_vec = cols %% %d == 0", halves ? 2 * vec : vec);
-        for (int slot = 0; slot < k->n_in; slot++)
+        for (int slot = 0; cuda && slot < k->n_in; slot++) /* C reads and writes lanes at any address */
             if (contiguous(k->in[slot].access))
                 put(&e.t, " && kn_aligned(a->in[%d])", slot);
-        for (int slot = 0; slot < k->n_in; slot++)
+        for (int slot = 0; cuda && slot < k->n_in; slot++)
             if (k->in[slot].access == KN_HEADS)
                 put(&e.t, " && kn_view_ok(a->vin[%d])", slot);
-        if (column_sums)
+        if (cuda && column_sums)
             put(&e.t, " && kn_aligned(a->partial)");
-        for (int slot = 0; slot < k->n_out; slot++)
+        for (int slot = 0; cuda && slot < k->n_out; slot++)
             if (k->out[slot].access == KN_FULL)
                 put(&e.t, " && kn_aligned(a->out[%d])", slot);
         for (int i = 0; i < k->n_out; i++) /* two outputs that are one buffer take their adds one element at a time */
-            for (int j = i + 1; j < k->n_out; j++)
-                if (k->out[i].access == KN_FULL && k->out[j].access == KN_FULL)
+            for (int j = i + 1; j < k->n_out; j++) {
+                bool lanes_i = k->out[i].access == KN_FULL || (!cuda && k->out[i].access == KN_COLUMN);
+                bool lanes_j = k->out[j].access == KN_FULL || (!cuda && k->out[j].access == KN_COLUMN);
+                if (lanes_i && lanes_j)
                     put(&e.t, " && a->out[%d] != a->out[%d]", i, j);
+            }
         put(&e.t, ";\n    if (kn_vec) {\n");
     }
     for (int variant = 0; variant < (vec ? 2 : 1); variant++) { /* the vector loops, then the scalar ones */
@@ -799,6 +932,8 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         }
         put(&e.t, "    }\n}\n");
     }
+    if (e.split)
+        put(&e.t, "void %s(const struct kn_args *a) { %s_rows(a, 0, a->rows); }\n", kname, kname);
     *t = e.t;
 }
 
@@ -806,7 +941,8 @@ char *emit_kernels(const struct kn_kernel *const *ks, const char *const *names, 
 {
     struct text t = {0};
     put(&t, "/* generated by weft " WEFT_VERSION " from fused-kernel descriptions */\n");
-    put(&t, "%s%s%s%s", lang == KN_LANG_CUDA ? cuda_prelude : c_prelude, kn_args_source, common, lang == KN_LANG_CUDA ? cuda_vector : "");
+    bool cuda = lang == KN_LANG_CUDA;
+    put(&t, "%s%s%s%s%s", cuda ? cuda_prelude : c_prelude, cuda ? "" : emit_c_math, kn_args_source, common, cuda ? cuda_vector : c_vector);
     for (int i = 0; i < n; i++)
         function(&t, ks[i], names[i], lang);
     return t.s;

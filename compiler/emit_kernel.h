@@ -7,8 +7,17 @@
  * Both define `void NAME(const struct kn_args *a)` (C) or
  * `extern "C" __global__ void NAME(struct kn_args a)` (CUDA) over the
  * kernel's rows x cols domain:
- *   C     a loop over rows; in each, one loop over the columns per pass,
- *         plain arithmetic the compiler can vectorise
+ *   C     a loop over rows; in each, one loop over the columns per pass;
+ *         where the accesses allow a vector (as for CUDA, below) and the
+ *         row's length is a multiple of 16, the columns go 16 at a time
+ *         through arrays (loads, then the arithmetic lane by lane, then
+ *         the stores; sums and maxima per lane), which the compiler
+ *         vectorises, else one at a time.  exp, tanh and max are
+ *         emit_c_math's, which vectorise where libm's calls do not.
+ *         A kernel whose rows are independent (it adds into no output
+ *         but the rows of FULL ones) is NAME_rows(a, r0, r1), rows r0 ..
+ *         r1 only, with NAME(a) calling it for every row: the backend's
+ *         threads take a range each where no output has a modulus (omod)
  *   CUDA  a kernel with reductions or accumulations: a block per row
  *         (grid-stride over rows), threads striding over the columns, a
  *         block reduction per ROWSUM/ROWMAX; without: a grid-stride loop
@@ -41,5 +50,14 @@ enum kn_lang { KN_LANG_C, KN_LANG_CUDA };
 char *emit_kernel(const struct kn_kernel *k, const char *name, enum kn_lang lang);
 /* Several kernels in one translation unit (the CPU backend's object). */
 char *emit_kernels(const struct kn_kernel *const *ks, const char *const *names, int n, enum kn_lang lang);
+
+/* What the generated C (fused kernels and attention) shares: KN_CLONES,
+ * the attribute that compiles an exported kernel for x86-64-v4 (AVX-512),
+ * x86-64-v3 (AVX2, FMA) and the baseline, the machine picking one when the
+ * object loads (GCC on x86-64; elsewhere nothing, the baseline only), so a
+ * plan compiled on one machine runs on any; and kn_expf and kn_tanhf,
+ * branch-free forms of expf and tanhf (within 2 ulp, Cephes's polynomials)
+ * that the compiler can vectorise, where libm's are calls. */
+extern const char emit_c_math[];
 
 #endif

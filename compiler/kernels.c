@@ -247,7 +247,7 @@ static int cpu_units(struct kn_set *F, const char *const *units, int n_units, ui
                      struct kernel_stats *st, struct diag *d)
 {
     const char *cc = getenv("CC");
-    uint64_t key = wf_hash(cc ? cc : "cc", strlen(cc ? cc : "cc"), hash);
+    uint64_t key = wf_hash(cc ? cc : "cc", strlen(cc ? cc : "cc"), wf_hash(CC_FLAGS, strlen(CC_FLAGS), hash));
     char name[64];
     snprintf(name, sizeof name, "%016llx.so", (unsigned long long)key);
     if ((F->cpu_object = cache_get(dir, name, false, &F->cpu_size))) {

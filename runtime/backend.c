@@ -1,20 +1,148 @@
 /* backend.c: the backends' common face, and the CPU backend: the plan's
- * shared object, written to a temporary file and dlopen'd (see backend.h). */
+ * shared object, written to a temporary file and dlopen'd (see backend.h).
+ *
+ * The CPU backend runs a launch on as many threads as the BLAS has (the
+ * node's cores over its ranks: tools/cmd_run.c), the caller one of them,
+ * where the object offers a launch in parts: a fused kernel whose rows are
+ * independent as NAME_rows(a, r0, r1), attention as NAME_fn_heads(a, h0,
+ * h1) (emit_kernel.h, emit_attention.h).  Each thread takes a contiguous
+ * range; what a part computes does not depend on how many there are, so
+ * the results are the same on any number of threads. */
 #include "backend_impl.h"
 #include "util.h"
 
+#include <cblas.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* A launch in parts, [0, n) cut into a range a thread: a fused kernel's
+ * rows or attention's heads. */
+struct job {
+    void (*rows)(const struct kn_args *a, int64_t r0, int64_t r1);
+    const struct kn_args *fused;
+    void (*heads)(const struct kn_attn_args *a, int64_t h0, int64_t h1);
+    const struct kn_attn_args *attn;
+    int64_t n;
+};
+
+struct pool {
+    int n_threads;              /* the caller included */
+    pthread_t *threads;         /* n_threads - 1 workers */
+    pthread_mutex_t lock;
+    pthread_cond_t go, done;
+    unsigned long generation;   /* one more per job */
+    int running;                /* workers not yet done with this job */
+    bool stop;
+    struct job job;
+};
+
+struct worker {
+    struct pool *p;
+    int part;
+};
+
+static void job_part(const struct job *j, int part, int parts)
+{
+    int64_t lo = j->n * part / parts, hi = j->n * (part + 1) / parts;
+    if (lo < hi && j->rows)
+        j->rows(j->fused, lo, hi);
+    else if (lo < hi)
+        j->heads(j->attn, lo, hi);
+}
+
+static void *pool_worker(void *arg)
+{
+    struct worker *w = arg;
+    struct pool *p = w->p;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->generation == seen && !p->stop)
+            pthread_cond_wait(&p->go, &p->lock);
+        if (p->stop)
+            break;
+        seen = p->generation;
+        struct job j = p->job;
+        pthread_mutex_unlock(&p->lock);
+        job_part(&j, w->part, p->n_threads);
+        pthread_mutex_lock(&p->lock);
+        if (--p->running == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    free(w);
+    return NULL;
+}
+
+/* n threads, the caller one; fewer if the system will not start them. */
+static void pool_init(struct pool *p, int n)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->threads = wf_calloc((size_t)(n > 1 ? n - 1 : 1), sizeof *p->threads);
+    p->n_threads = 1;
+    for (int t = 1; t < n; t++) {
+        struct worker *w = wf_calloc(1, sizeof *w);
+        *w = (struct worker){.p = p, .part = t};
+        if (pthread_create(&p->threads[t - 1], NULL, pool_worker, w)) {
+            free(w);
+            break;
+        }
+        p->n_threads++;
+    }
+}
+
+static void pool_run(struct pool *p, const struct job *j)
+{
+    if (p->n_threads == 1 || j->n < 2) {
+        job_part(j, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->job = *j;
+    p->running = p->n_threads - 1;
+    p->generation++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->lock);
+    job_part(j, 0, p->n_threads);
+    pthread_mutex_lock(&p->lock);
+    while (p->running)
+        pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void pool_free(struct pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->lock);
+    for (int t = 0; t < p->n_threads - 1; t++)
+        pthread_join(p->threads[t], NULL);
+    free(p->threads);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->lock);
+}
+
 struct cpu {
     struct backend be;
     void *lib;
     void **fns;     /* per kernel: its function (fused, routing), or attention's [KN_ATTN_FNS] */
+    void **parts;   /* the same in parts (NAME_rows, NAME_fn_heads), or NULL */
+    struct pool pool;
 };
+
+/* A fused launch below this many elements runs on the caller alone: waking
+ * the other threads costs more than they save. */
+#define CPU_SPLIT_ELEMENTS 16384
 
 static int cpu_missing(struct diag *d, const struct kn_entry *K, const char *suffix)
 {
@@ -29,8 +157,18 @@ static void *cpu_fn(struct cpu *c, int kernel, int fn)
 
 static int cpu_fused(struct backend *be, int kernel, const struct kn_args *a, struct diag *d)
 {
+    struct cpu *c = (struct cpu *)be;
+    struct job j = {.fused = a, .n = a->rows};
+    *(void **)&j.rows = c->parts[(size_t)kernel * KN_ATTN_FNS];
+    bool rows_apart = true; /* no output adds rows r = i mod m together (kn_args.omod) */
+    for (int i = 0; i < KN_MAX_SLOTS; i++)
+        rows_apart &= a->omod[i] == 0;
+    if (j.rows && rows_apart && a->rows * a->cols >= CPU_SPLIT_ELEMENTS) {
+        pool_run(&c->pool, &j);
+        return 0;
+    }
     void (*f)(const struct kn_args *);
-    *(void **)&f = cpu_fn((struct cpu *)be, kernel, 0);
+    *(void **)&f = cpu_fn(c, kernel, 0);
     if (!f)
         return cpu_missing(d, &be->F->kernels[kernel], "");
     f(a);
@@ -39,8 +177,15 @@ static int cpu_fused(struct backend *be, int kernel, const struct kn_args *a, st
 
 static int cpu_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const struct kn_attn_args *a, struct diag *d)
 {
+    struct cpu *c = (struct cpu *)be;
+    struct job j = {.attn = a, .n = fn == KN_ATTN_BWD_KV ? a->Hk : a->Hq};
+    *(void **)&j.heads = c->parts[(size_t)kernel * KN_ATTN_FNS + (size_t)fn];
+    if (j.heads && !(fn == KN_ATTN_BWD_Q && a->dbias && a->bias_sh == 0)) { /* heads that share a bias add into one gradient */
+        pool_run(&c->pool, &j);
+        return 0;
+    }
     void (*f)(const struct kn_attn_args *);
-    *(void **)&f = cpu_fn((struct cpu *)be, kernel, fn);
+    *(void **)&f = cpu_fn(c, kernel, fn);
     if (!f)
         return cpu_missing(d, &be->F->kernels[kernel], kn_attn_fn_suffix[fn]);
     f(a);
@@ -88,9 +233,11 @@ static int cpu_sync(struct backend *be, struct diag *d)
 static void cpu_close(struct backend *be)
 {
     struct cpu *c = (struct cpu *)be;
+    pool_free(&c->pool);
     if (c->lib)
         dlclose(c->lib);
     free(c->fns);
+    free(c->parts);
     free(c);
 }
 
@@ -130,14 +277,19 @@ static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
     snprintf(c->be.description, sizeof c->be.description, "cpu");
     c->lib = lib;
     c->fns = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->fns);
+    c->parts = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->parts);
     for (int k = 0; k < F->n_kernels; k++) {
         const struct kn_entry *K = &F->kernels[k];
         for (int f = 0; f < (K->kind == KN_KIND_ATTENTION ? KN_ATTN_FNS : 1); f++) {
-            char name[160];
+            char name[160], parts[180];
             snprintf(name, sizeof name, "%s%s", K->name, K->kind == KN_KIND_ATTENTION ? kn_attn_fn_suffix[f] : "");
             c->fns[(size_t)k * KN_ATTN_FNS + (size_t)f] = dlsym(lib, name);
+            snprintf(parts, sizeof parts, "%s%s", name, K->kind == KN_KIND_ATTENTION ? "_heads" : K->kind == KN_KIND_FUSED ? "_rows" : "");
+            c->parts[(size_t)k * KN_ATTN_FNS + (size_t)f] = K->kind != KN_KIND_ROUTE ? dlsym(lib, parts) : NULL;
         }
     }
+    int threads = openblas_get_num_threads();
+    pool_init(&c->pool, threads < 1 ? 1 : threads > 256 ? 256 : threads);
     return &c->be;
 }
 

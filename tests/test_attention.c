@@ -32,7 +32,7 @@ static void build(const struct kn_attn *c, struct kernels *k)
     char *src = emit_attention(c, "attn", KN_LANG_C);
     char so[128], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-attn-%d.so", (int)getpid());
-    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
+    if (cc_cached(src, so, log, sizeof log))
         fail_msg("the attention kernel does not compile:\n%s", log);
     free(src);
     k->lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);

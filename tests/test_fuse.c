@@ -212,7 +212,7 @@ static double check_kernel(const struct partition *P, const struct kn_set *F, in
     char *src = kernels_source(K, KN_LANG_C);
     char so[256], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
-    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
+    if (cc_cached(src, so, log, sizeof log))
         fail_msg("%s does not compile:\n%s\n%s", K->name, log, src);
     free(src);
     void *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
@@ -433,7 +433,7 @@ static void *load_kernel(const struct kn_entry *K, void **lib, char *so, size_t 
 {
     char *src = kernels_source(K, KN_LANG_C), log[8192];
     snprintf(so, n, "/tmp/weft-test-fuse-%d-%s.so", (int)getpid(), K->name);
-    if (cc_shared_object((const char *const *)&src, 1, so, log, sizeof log))
+    if (cc_cached(src, so, log, sizeof log))
         fail_msg("%s does not compile:\n%s\n%s", K->name, log, src);
     free(src);
     *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);

@@ -28,7 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cc.h"
 #include "compiler.h"
+#include "kernels.h"
 #include "nvrtc.h"
 #include "partition.h"
 #include "pipeline.h"
@@ -234,6 +236,31 @@ static inline void compile_or_fail(struct compiled *C, const char *file, const c
     if (compile_plan(&q, C, &d))
         fail_msg("%s: %s", file, diag_first_error(&d));
     diag_free(&d);
+}
+
+/* Compile C source into the shared object `so` (cc.h), through a cache of
+ * such objects in the kernel cache's directory keyed by the source, $CC and
+ * CC_FLAGS: the kernels the tests compile one by one recur across tests and
+ * runs (the plain suite and the sanitizers'), and a kernel compiled for
+ * three instruction sets takes seconds.  The object is a hard link to the
+ * cached one, so the caller may unlink it. */
+static inline int cc_cached(const char *src, const char *so, char *log, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    const char *cc = getenv("CC"), *parts[3] = {src, CC_FLAGS, cc ? cc : "cc"};
+    for (int k = 0; k < 3; k++)
+        for (const char *p = parts[k]; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    char dir[512], path[640];
+    bool cached = kernels_cache_dir(dir, sizeof dir) != NULL;
+    snprintf(path, sizeof path, "%s/test-cc-%016llx.so", cached ? dir : "/tmp", (unsigned long long)h);
+    unlink(so);
+    if (cached && link(path, so) == 0)
+        return 0;
+    int rc = cc_shared_object(&src, 1, so, log, n);
+    if (!rc && cached)
+        (void)link(so, path); /* another process may have put it there first: either is the same */
+    return rc;
 }
 
 static inline const char *shape_sizes(const struct ir_shape *s, char *buf, size_t n)

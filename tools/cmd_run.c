@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -22,16 +23,67 @@ static const char usage[] =
     "iteration; --log FILE writes one JSON object per iteration (iteration,\n"
     "loss, lr, grad_norm, step_time, tokens_per_s).\n"
     "One process per rank, under mpirun or srun (the plan's world size).  The\n"
-    "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides).\n"
-    "Data, tensor, sequence, pipeline and expert parallel plans run; a plan\n"
-    "with what this weft does not run yet (context parallelism) is refused,\n"
-    "naming it.\n"
+    "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides),\n"
+    "and so do the kernels between the GEMMs.  Unless the environment names them,\n"
+    "weft run sets OpenBLAS's OPENBLAS_THREAD_TIMEOUT (its threads sleep after a\n"
+    "GEMM, leaving the cores to the kernels) and, where OpenBLAS did not know the\n"
+    "CPU and took pre-AVX2 kernels, OPENBLAS_CORETYPE (SkylakeX or Haswell, as\n"
+    "the CPU allows); OpenBLAS reads both as it loads, so weft runs itself again.\n"
+    "Data, tensor, sequence, context, expert and pipeline parallel plans run; a\n"
+    "plan with an action this weft cannot run is refused, naming it.\n"
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
+
+/* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
+ * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
+static bool blas_fallback(const char *core)
+{
+    static const char *const old[] = {"Unknown", "Katmai", "Coppermine", "Northwood", "Prescott", "Banias",
+                                      "Atom",    "Core2",  "Penryn",     "Dunnington", "Nehalem", "Sandybridge"};
+    for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
+        if (!strcasecmp(core, old[i]))
+            return true;
+    return false;
+}
+
+/* OpenBLAS reads two settings from the environment once, as it loads
+ * (before main), so weft run sets them where the user did not and runs
+ * itself again, once (WEFT_BLAS_ENV marks the second time):
+ * - OPENBLAS_THREAD_TIMEOUT 4: OpenBLAS's threads spin for 2^28 cycles
+ *   (about 0.1 s) after each GEMM by default, taking the cores from the
+ *   kernels' threads (runtime/backend.c) that run between GEMMs; at 2^4 they
+ *   sleep at once, and waking them costs microseconds a GEMM.  On GPT-2 124M
+ *   (bench/README.md) attention and AdamW took half the time with it.
+ * - OPENBLAS_CORETYPE: OpenBLAS picks its kernels by the CPU's model; one it
+ *   does not know (a new model, or a VM's generic "Intel(R) Xeon(R)
+ *   Processor") gets Prescott's, 1.6 times slower there than SkylakeX's.
+ *   Set only where OpenBLAS took a pre-AVX2 fallback on a CPU with AVX2
+ *   and FMA (Haswell) or AVX-512 (SkylakeX).
+ * Before MPI starts: a rank that replaces itself keeps its process. */
+void cmd_run_blas_env(char **argv)
+{
+    if (getenv("WEFT_BLAS_ENV"))
+        return;
+    bool again = false;
+    const char *mark = "1";
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
+        again |= !setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1);
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *want = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+                           ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell"
+                                                                                          : NULL;
+    if (!getenv("OPENBLAS_CORETYPE") && want && blas_fallback(openblas_get_corename()) && !setenv("OPENBLAS_CORETYPE", want, 1))
+        again = true, mark = openblas_get_corename(); /* what OpenBLAS took, for the banner */
+#endif
+    if (!again || setenv("WEFT_BLAS_ENV", mark, 1))
+        return;
+    execv("/proc/self/exe", argv); /* where it fails, run on as we are */
+}
 
 /* The BLAS's threads: the node's cores over its ranks, unless the user says. */
 static int blas_threads(void)
@@ -133,12 +185,16 @@ int cmd_run(int argc, char **argv)
         comm_close(comm);
         return rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
     }
+    const char *took = getenv("WEFT_BLAS_ENV"); /* the kernels OpenBLAS took before cmd_run_blas_env chose others, or "1" */
+    bool chose = took && *took && strcmp(took, "1");
     char lay[128];
     if (lead)
-        printf("%s: %d rank%s (%s), %d micro-batch%s a step; %d BLAS thread%s a rank%s, OpenBLAS %s kernels\n", path, comm->size,
-               comm->size == 1 ? "" : "s", par_layout_str(&R.L->pc, lay, sizeof lay), R.schedule.n_micro, R.schedule.n_micro == 1 ? "" : "es",
-               threads ? threads : openblas_get_num_threads(), (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s",
-               threads ? "" : " (as the environment says)", openblas_get_corename());
+        printf("%s: %d rank%s (%s), %d micro-batch%s a step; %d BLAS thread%s a rank%s, OpenBLAS %s kernels%s%s%s\n", path,
+               comm->size, comm->size == 1 ? "" : "s", par_layout_str(&R.L->pc, lay, sizeof lay), R.schedule.n_micro,
+               R.schedule.n_micro == 1 ? "" : "es", threads ? threads : openblas_get_num_threads(),
+               (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
+               openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
+               chose ? "'s for this CPU)" : "");
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
     for (long it = 0; it < steps; it++) {

@@ -40,6 +40,8 @@ int main(int argc, char **argv)
         printf("weft %s\n", WEFT_VERSION);
         return EXIT_OK;
     }
+    if (!strcmp(argv[1], "run"))
+        cmd_run_blas_env(argv);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) {
             int rc = commands[i].run(argc - 2, argv + 2);
