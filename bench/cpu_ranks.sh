@@ -13,7 +13,7 @@ steps=${1:-6}
 make --no-print-directory build/weft >/dev/null
 out=build/bench-cpu-ranks
 mkdir -p "$out"
-mpi=(mpirun --oversubscribe)
+mpi=(mpirun --oversubscribe --bind-to none) # bound to one core each, a lone rank could not use the other
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%F)"
 base=""
