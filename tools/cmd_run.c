@@ -1,10 +1,12 @@
 /* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE]`: train. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "cli.h"
 #include "comm.h"
 #include "exec.h"
 #include "util.h"
 
 #include <cblas.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +97,9 @@ static int blas_threads(void)
         local = getenv("SLURM_NTASKS_PER_NODE");
     long ranks = local ? strtol(local, NULL, 10) : 1, cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)(cores / (ranks > 0 ? ranks : 1));
+    cpu_set_t mine; /* no more than the cores this rank may run on (mpirun binds a rank to one core by default) */
+    if (!sched_getaffinity(0, sizeof mine, &mine) && CPU_COUNT(&mine) < n)
+        n = CPU_COUNT(&mine);
     n = n < 1 ? 1 : n;
     openblas_set_num_threads(n);
     return n;
