@@ -16,10 +16,15 @@
 /* The options every compile gets: a part of the kernel cache's key, so
  * that changing them compiles the kernels again.  (-ffp-contract=fast, FMAs
  * in the attention's loops, measured no faster on GPT-2 124M.) */
-#define CC_FLAGS "-std=c11 -O3 -fno-math-errno -fPIC -shared"
+#define CC_COMPILE_FLAGS "-std=c11 -O3 -fno-math-errno -fPIC"
+#define CC_LINK_FLAGS "-shared"
+#define CC_FLAGS CC_COMPILE_FLAGS " " CC_LINK_FLAGS
 
-/* Translation units sources[0..n_sources) into one shared object.  0 on
- * success; -1 with the compiler's messages (or why it did not run) in log. */
+/* Translation units sources[0..n_sources) into one shared object: each
+ * unit compiled by its own compiler process, all at once (a plan's kernels
+ * come in several units, so a cold compile takes the machine's cores),
+ * then linked.  0 on success; -1 with the compiler's messages (or why it
+ * did not run) in log. */
 int cc_shared_object(const char *const *sources, int n_sources, const char *so_path, char *log, size_t n);
 
 #endif

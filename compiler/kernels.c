@@ -20,6 +20,8 @@ static int by_number(const void *a, const void *b) { return *(const int *)a - *(
 
 int kernels_parse_archs(const char *s, int *archs, int max, struct diag *d)
 {
+    if (!strcmp(s, "cpu"))
+        return 0; /* a plan for CPU ranks only: no GPU binaries */
     int known[64], n_known = nvrtc_archs(known, 64), n = 0;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
@@ -275,21 +277,27 @@ static int cpu_units(struct kn_set *F, const char *const *units, int n_units, ui
     return 0;
 }
 
-/* One translation unit for the fused kernels, one per attention (each
- * defines its own configuration's macros). */
+/* The fused kernels in translation units of CPU_UNIT_KERNELS each (the C
+ * compiler runs one process a unit, at once: cc.h), one unit per attention
+ * (each defines its own configuration's macros).  A fixed size, not the
+ * machine's cores: the units, and so the cached object, are the same
+ * wherever the plan is compiled. */
+enum { CPU_UNIT_KERNELS = 6 };
+
 static int cpu_object(struct kn_set *F, const char *dir, struct kernel_stats *st, struct diag *d)
 {
     const struct kn_kernel **ks = wf_calloc((size_t)F->n_kernels + 1, sizeof *ks);
     const char **names = wf_calloc((size_t)F->n_kernels + 1, sizeof *names);
     char **units = wf_calloc((size_t)F->n_kernels + 2, sizeof *units);
-    int n = 0, n_units = 1;
+    int n = 0, n_units = 0;
     for (int k = 0; k < F->n_kernels; k++)
         if (F->kernels[k].kind == KN_KIND_FUSED) {
             ks[n] = &F->kernels[k].k;
             names[n++] = F->kernels[k].name;
         } else
             units[n_units++] = kernels_source(&F->kernels[k], KN_LANG_C);
-    units[0] = emit_kernels(ks, names, n, KN_LANG_C);
+    for (int at = 0; at < n || (!n && !at); at += CPU_UNIT_KERNELS) /* an empty set: one empty unit, still an object */
+        units[n_units++] = emit_kernels(ks + at, names + at, n - at < CPU_UNIT_KERNELS ? n - at : CPU_UNIT_KERNELS, KN_LANG_C);
     free(ks);
     free(names);
     uint64_t h = 0;

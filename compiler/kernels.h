@@ -31,8 +31,9 @@ struct kernel_stats {
     int ptx_arch;         /* the PTX's virtual architecture */
 };
 
-/* "sm_90,sm_80" (or "90,80") into architecture numbers, sorted, each once.
- * An architecture NVRTC does not know is an error listing those it does.
+/* "sm_90,sm_80" (or "90,80") into architecture numbers, sorted, each once;
+ * "cpu": none (a plan for CPU ranks only, compiled without NVRTC).  An
+ * architecture NVRTC does not know is an error listing those it does.
  * Returns the count, or -1. */
 int kernels_parse_archs(const char *s, int *archs, int max, struct diag *d);
 /* 0; or -1 if NVRTC rejects a kernel (a weft bug: the diagnosis names the

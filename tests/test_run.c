@@ -229,7 +229,7 @@ static void compile_layout(const char *model, int ranks, const char *layout, con
     /* AdamW's eps 1e-4, not 1e-8: a gradient zero in exact arithmetic (a key's bias: softmax ignores what is added to
      * every score) is rounding noise, which eps 1e-8 would turn into steps of lr's size that differ between layouts */
     const char *args[32] = {"compile", model, "--variant", "tiny", "--world-size", world, "--global-batch-size", "8", "--lr", "1e-3",
-                            "--adam-eps", "1e-4", "--arch", "sm_90", "-o", plan};
+                            "--adam-eps", "1e-4", "--arch", "cpu", "-o", plan}; /* CPU ranks: no GPU binaries */
     int n = 16;
     for (char *f = strtok(flags, " "); f && n < 31; f = strtok(NULL, " "))
         args[n++] = f;
@@ -630,6 +630,8 @@ static void test_plan_holds_the_actions(void **state)
         q.model = matrix[c].model;
         int n_ov = case_config(&matrix[c], &q.pc, &q.schedule, ov, words);
         q.fe = (struct fe_options){.variant = "tiny", .overrides = ov, .n_overrides = n_ov};
+        q.archs = NULL, q.n_archs = 0, q.opt.lr = 1e-3, q.opt.eps = 1e-4; /* as compile_layout compiles it: its CPU object
+                                                                          * comes from the cache */
         struct compiled C;
         struct diag d;
         diag_init(&d);

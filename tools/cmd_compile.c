@@ -13,7 +13,7 @@ static const char usage[] =
     "                     --lr-decay-iters 320000 --lr-decay-style cosine --train-iters N\n"
     "                     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --clip-grad 1.0]\n"
     "                    [--gpu h100|a100 | --device-file FILE] [--bf16] [--memory-limit 80GiB]\n"
-    "                    [--arch sm_80,sm_90] -o MODEL.plan\n"
+    "                    [--arch sm_80,sm_90|cpu] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
     "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
@@ -24,7 +24,8 @@ static const char usage[] =
     "own, each group's backward and the optimizer step too): CUDA C compiled by\n"
     "NVRTC to a cubin per --arch (default sm_80,sm_90) and PTX for newer GPUs,\n"
     "and C compiled by the system compiler for the CPU backend, both in the\n"
-    "plan; a cache in $XDG_CACHE_HOME/weft keeps NVRTC's work between compiles.\n"
+    "plan (--arch cpu: the CPU's only); a cache in $XDG_CACHE_HOME/weft keeps\n"
+    "the compilers' work between compiles.\n"
     "The optimizer is AdamW with fp32 master weights and Megatron's learning-rate\n"
     "schedule, set by Megatron's flags (defaults: lr 1e-4, linear decay, weight\n"
     "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n";
