@@ -59,16 +59,21 @@ static int transfer_of(const struct partition *P, int op, int t)
     return -1;
 }
 
+/* How op reads tensor t: after the transfers that bring it, else as held. */
+static const struct ir_shard *read_shard(const struct partition *P, int op, int t)
+{
+    int via = transfer_of(P, op, t);
+    return via >= 0 ? &P->xfers[via].after : &P->shard[t];
+}
+
 /* Tensor t as this rank holds it where the current op reads it: after its
  * transfers, if they bring it; as its producer makes it, outside any op
  * (b->op < 0: the domain of the group that makes it). */
 static struct ir_shape local(const struct builder *b, int t)
 {
     const struct ir_tensor *x = &b->P->g->tensors[t];
-    int via = b->op >= 0 ? transfer_of(b->P, b->op, t) : -1;
     struct ir_shard made = partition_made_shard(b->P, t);
-    return partition_local_shape(b->P, b->P->chunks[b->chunk].part, &x->shape,
-                                 via >= 0 ? &b->P->xfers[via].after : b->op < 0 ? &made : &b->P->shard[t]);
+    return partition_local_shape(b->P, b->P->chunks[b->chunk].part, &x->shape, b->op >= 0 ? read_shard(b->P, b->op, t) : &made);
 }
 
 /* Whether a transfer reads tensor t: its readers read it from memory,
@@ -479,8 +484,8 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     enum ir_part part = P->chunks[c].part;
     struct ir_shape qs = partition_local_shape(P, part, &g->tensors[o->in[0]].shape, &P->shard[o->in[0]]);
     int via[3] = {transfer_of(P, op, o->in[0]), transfer_of(P, op, o->in[1]), transfer_of(P, op, o->in[2])};
-    struct ir_shape ks = partition_local_shape(P, part, &g->tensors[o->in[1]].shape, via[1] >= 0 ? &P->xfers[via[1]].after : &P->shard[o->in[1]]);
-    struct ir_shape vs = partition_local_shape(P, part, &g->tensors[o->in[2]].shape, via[2] >= 0 ? &P->xfers[via[2]].after : &P->shard[o->in[2]]);
+    struct ir_shape ks = partition_local_shape(P, part, &g->tensors[o->in[1]].shape, read_shard(P, op, o->in[1]));
+    struct ir_shape vs = partition_local_shape(P, part, &g->tensors[o->in[2]].shape, read_shard(P, op, o->in[2]));
     bool bias = o->n_in > 3 && o->in[3] >= 0;
     const struct ir_tensor *q = &g->tensors[o->in[0]];
     struct kn_attn a = {.dtype = ir_dtype_is_float(q->dtype) && partition_elem_bytes(P, q) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32,
@@ -506,8 +511,7 @@ static void attention(const struct partition *P, int op, bool train, const bool 
     x.o_sb = x.Sq * x.Hq * vs.ax[3].size, x.o_sh = vs.ax[3].size, x.o_ss = x.Hq * vs.ax[3].size;
     int bias_via = bias ? transfer_of(P, op, o->in[3]) : -1; /* sliced by heads, as the queries */
     if (bias) {
-        struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape,
-                                                   bias_via >= 0 ? &P->xfers[bias_via].after : &P->shard[o->in[3]]);
+        struct ir_shape bs = partition_local_shape(P, part, &g->tensors[o->in[3]].shape, read_shard(P, op, o->in[3]));
         bool batched = bs.rank == 4 && bs.ax[0].size > 1;
         x.bias_sb = batched ? x.Hq * x.Sq * x.Sk : 0;
         x.bias_sh = x.Sq * x.Sk, x.bias_si = x.Sk;
@@ -813,9 +817,8 @@ void fuse_route_sizes(const struct partition *P, int op, int64_t *entries, int64
     const struct ir_op *o = &P->g->ops[op];
     int idx, buf;
     moe_tensors(o, &idx, &buf);
-    int x = transfer_of(P, op, idx);
     const struct ir_tensor *t = &P->g->tensors[idx], *e = &P->g->tensors[buf];
-    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[op]].part, &t->shape, x >= 0 ? &P->xfers[x].after : &P->shard[idx]);
+    struct ir_shape l = partition_local_shape(P, P->chunks[P->op_chunk[op]].part, &t->shape, read_shard(P, op, idx));
     *entries = ir_shape_numel(&l);
     *topk = l.rank ? l.ax[l.rank - 1].size : 1;
     *experts = e->shape.ax[0].size; /* the whole buffer: dispatch writes it before its all-to-all, combine reads it after */
@@ -1017,7 +1020,7 @@ static void relpos_bias(const struct partition *P, int op, bool backward, const 
         return;
     enum ir_part part = P->chunks[P->op_chunk[op]].part;
     int tx = transfer_of(P, op, table);
-    struct ir_shape tl = partition_local_shape(P, part, &P->g->tensors[table].shape, tx >= 0 ? &P->xfers[tx].after : &P->shard[table]);
+    struct ir_shape tl = partition_local_shape(P, part, &P->g->tensors[table].shape, read_shard(P, op, table));
     struct ir_shape ol = partition_local_shape(P, part, &P->g->tensors[out].shape, &P->shard[out]);
     if (tl.rank != 2 || ol.rank != 3)
         return;

@@ -19,6 +19,7 @@ struct lowering {
     int *pos;     /* per op: its place in the step being lowered, from 1; 0 outside it */
     int *lead;    /* per op: the first op of its fused group */
     int stage, v; /* the stage and virtual stage being lowered */
+    bool *moves;  /* per transfer: the lowering moves it in the step being lowered (lowered()) */
 };
 
 static struct ir_ref ref(const struct lowering *w, int what, int t)
@@ -26,31 +27,23 @@ static struct ir_ref ref(const struct lowering *w, int what, int t)
     return (struct ir_ref){.what = (uint8_t)what, .id = memory_root(w->P, w->pos, t)};
 }
 
-/* Where transfer x leaves its result (restaged: brought again for a
- * backward) and where it reads from (memory_xfer_place). */
-static struct ir_ref xfer_out(const struct lowering *w, int x, bool restaged)
+/* Where transfer x reads (input) or leaves its result (restaged: brought
+ * again for a backward): memory_xfer_place's.  Where it cannot be placed,
+ * the tensor's `fallback` buffer: its op awaits it, unchecked, never run. */
+static struct ir_ref xfer_side(const struct lowering *w, int x, bool restaged, bool input, int fallback)
 {
     struct ir_ref in, out;
     bool adds;
     if (!memory_xfer_place(w->P, w->pos, x, restaged, &in, &out, &adds))
-        return ref(w, IR_BUF_VALUE, w->P->xfers[x].tensor); /* an op that awaits it: unchecked, never run */
-    return out;
-}
-
-static struct ir_ref xfer_in(const struct lowering *w, int x)
-{
-    struct ir_ref in, out;
-    bool adds;
-    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
-        return ref(w, IR_BUF_VALUE, w->P->xfers[x].tensor);
-    return in;
+        return ref(w, fallback, w->P->xfers[x].tensor);
+    return input ? in : out;
 }
 
 /* Where op reads its input k: through the transfers that bring it, or as held. */
 static struct ir_ref value_ref(const struct lowering *w, int op, int k, bool backward)
 {
     int x = partition_reads_via(w->P, op, k);
-    return x >= 0 ? xfer_out(w, x, backward) : ref(w, IR_BUF_VALUE, w->P->g->ops[op].in[k]);
+    return x >= 0 ? xfer_side(w, x, backward, false, IR_BUF_VALUE) : ref(w, IR_BUF_VALUE, w->P->g->ops[op].in[k]);
 }
 
 /* Where op's producer writes tensor t: the partial sums a reduce-scatter
@@ -66,21 +59,7 @@ static struct ir_ref made_ref(const struct lowering *w, int t)
 static struct ir_ref grad_ref(const struct lowering *w, int op, int k)
 {
     int x = partition_grad_via(w->P, op, k);
-    if (x < 0)
-        return ref(w, IR_BUF_GRAD, w->P->g->ops[op].in[k]);
-    struct ir_ref in, out;
-    bool adds;
-    if (!memory_xfer_place(w->P, w->pos, x, false, &in, &out, &adds))
-        return ref(w, IR_BUF_GRAD, w->P->g->ops[op].in[k]);
-    return in;
-}
-
-/* Op's input k as op reads it. */
-static struct ir_shape read_shape(const struct lowering *w, int op, int k)
-{
-    int t = w->P->g->ops[op].in[k], x = partition_reads_via(w->P, op, k);
-    const struct ir_tensor *tt = &w->P->g->tensors[t];
-    return partition_local_shape(w->P, tt->part, &tt->shape, x >= 0 ? &w->P->xfers[x].after : &w->P->shard[t]);
+    return x >= 0 ? xfer_side(w, x, false, true, IR_BUF_GRAD) : ref(w, IR_BUF_GRAD, w->P->g->ops[op].in[k]);
 }
 
 /* Tensor t as its producer makes it. */
@@ -138,7 +117,7 @@ static int slice_pdims(const struct partition *P, int first, int x)
 }
 
 /* Whether the lowering moves transfer x itself (a send is the program's; a
- * parameter's gradient is summed by the program). */
+ * parameter's gradient is summed by the program): once a step, in moves. */
 static bool lowered(const struct lowering *w, int x)
 {
     const struct part_xfer *px = &w->P->xfers[x];
@@ -168,7 +147,7 @@ static bool lowered(const struct lowering *w, int x)
 static bool awaits(const struct lowering *w, int op)
 {
     for (int x = 0; x < w->P->n_xfers; x++)
-        if (w->P->xfers[x].op == op && !lowered(w, x))
+        if (w->P->xfers[x].op == op && !w->moves[x])
             return true;
     return false;
 }
@@ -178,7 +157,7 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
 {
     const struct ir_op *o = &w->P->g->ops[op];
     bool ta = ir_op_int(o, IR_ATTR_TRANSPOSE_A), tb = ir_op_int(o, IR_ATTR_TRANSPOSE_B);
-    struct ir_shape A = read_shape(w, op, 0), B = read_shape(w, op, 1), C = made_shape(w, o->out[0]);
+    struct ir_shape A = partition_read_shape(w->P, op, 0), B = partition_read_shape(w->P, op, 1), C = made_shape(w, o->out[0]);
     int64_t M = C.ax[C.rank - 2].size, N = C.ax[C.rank - 1].size, Kd = ta ? A.ax[A.rank - 2].size : A.ax[A.rank - 1].size;
     int64_t nb = batch_of(&C), na = batch_of(&A), nbb = batch_of(&B);
     int dtype = partition_elem_bytes(w->P, &w->P->g->tensors[o->in[0]]) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
@@ -249,10 +228,8 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         int k, reader;
         if (ir_buf_of_op(b->what) || b->what == IR_BUF_SUMSQ || b->id < 0)
             *r = (struct ir_ref){.what = b->what, .id = b->id};
-        else if (b->xfer >= 0 && i >= L->n_in) /* what the transfer takes */
-            *r = xfer_in(w, b->xfer);
-        else if (b->xfer >= 0)
-            *r = xfer_out(w, b->xfer, backward && b->what == IR_BUF_VALUE);
+        else if (b->xfer >= 0) /* an output: what the transfer takes; an input: its result */
+            *r = xfer_side(w, b->xfer, i < L->n_in && backward && b->what == IR_BUF_VALUE, i >= L->n_in, IR_BUF_VALUE);
         else if (i >= L->n_in && b->what == IR_BUF_VALUE && L->when == KN_WHEN_FORWARD)
             *r = made_ref(w, b->id);
         else if (i >= L->n_in && b->what == IR_BUF_GRAD && L->when == KN_WHEN_BACKWARD && e->kind == KN_KIND_FUSED &&
@@ -270,9 +247,8 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
     }
     if (e->kind == KN_KIND_ATTENTION) { /* where this rank's queries and keys sit along the sequence */
         const struct ir_op *o = &w->P->g->ops[w->K->ops[L->first_op]];
-        int kv = partition_reads_via(w->P, w->K->ops[L->first_op], 1);
         x.launch.q_pos_pdim = w->P->shard[o->in[0]].split[2];
-        x.launch.k_pos_pdim = (kv >= 0 ? &w->P->xfers[kv].after : &w->P->shard[o->in[1]])->split[2];
+        x.launch.k_pos_pdim = partition_read_shard(w->P, w->K->ops[L->first_op], 1)->split[2];
         double scale = ir_op_float(&w->P->g->ops[w->K->ops[w->K->launches[l].first_op]], IR_ATTR_SCALE);
         x.launch.scale = (float)(isnan(scale) ? 1 / sqrt((double)e->attn.D) : scale);
     }
@@ -298,7 +274,7 @@ static void transfer(const struct lowering *w, int x, bool restaged, struct ir_a
     const struct part_xfer *px = &P->xfers[x];
     struct ir_ref in, out;
     bool adds;
-    if (!lowered(w, x) || !memory_xfer_place(P, w->pos, x, restaged, &in, &out, &adds)) {
+    if (!w->moves[x] || !memory_xfer_place(P, w->pos, x, restaged, &in, &out, &adds)) {
         ir_action_push(list, &(struct ir_action){.kind = IR_ACT_PENDING, .coll = {.coll = (uint8_t)(px->kind == PART_XFER_SLICE ? IR_COLL_COUNT : part_xfer_coll(px->kind)),
                                                                                   .group = (uint8_t)ir_group_of_pdim(px->over)}});
         return;
@@ -494,10 +470,9 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
         }
         if (loss >= 0 && o->out[0] == loss) { /* the loss's row losses, summed by the executor */
             struct ir_action x = {.kind = IR_ACT_LOSS, .loss = {.what = IR_BUF_ROWSTATS, .id = op}};
-            struct ir_shape s = read_shape(w, op, 0);
+            struct ir_shape s = partition_read_shape(w->P, op, 0);
             x.loss_rows = ir_shape_numel(&s) / s.ax[s.rank - 1].size;
-            int via = partition_reads_via(w->P, op, 0);
-            const struct ir_shard *rows = via >= 0 ? &w->P->xfers[via].after : &w->P->shard[o->in[0]];
+            const struct ir_shard *rows = partition_read_shard(w->P, op, 0);
             uint8_t split = 0; /* the groups that split the rows; over the others they are copies, counted once */
             for (int k = 0; k + 1 < s.rank; k++)
                 split |= rows->split[k];
@@ -829,6 +804,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     if (!S->forward_only)
         autodiff_needs_grad(g, ir_graph_loss(g), w.needs);
     w.pos = wf_calloc((size_t)g->n_ops + 1, sizeof *w.pos);
+    w.moves = wf_calloc((size_t)P->n_xfers + 1, sizeof *w.moves);
     w.lead = wf_calloc((size_t)g->n_ops + 1, sizeof *w.lead);
     for (int i = 0; i < g->n_ops; i++)
         w.lead[i] = i;
@@ -853,6 +829,8 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
                     ops[n++] = i;
                     w.pos[i] = n;
                 }
+            for (int x = 0; x < P->n_xfers; x++)
+                w.moves[x] = lowered(&w, x);
             forward_step(&w, ops, n, &st->forward[v]);
             if (!S->forward_only)
                 rc = backward_step(&w, ops, n, &st->backward[v], d);
@@ -867,6 +845,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     free(ops);
     free(w.needs);
     free(w.pos);
+    free(w.moves);
     free(w.lead);
     if (rc)
         ir_actions_free(A);

@@ -104,20 +104,20 @@ int memory_root(const struct partition *P, const int *pos, int t)
     }
 }
 
-static int64_t held_bytes(const struct partition *P, int t)
+static int64_t shard_bytes_of(const struct partition *P, int t, const struct ir_shard *sh)
 {
     const struct ir_tensor *x = &P->g->tensors[t];
-    struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &P->shard[t]);
+    struct ir_shape l = partition_local_shape(P, x->part, &x->shape, sh);
     return ir_shape_numel(&l) * partition_elem_bytes(P, x);
 }
+
+static int64_t held_bytes(const struct partition *P, int t) { return shard_bytes_of(P, t, &P->shard[t]); }
 
 /* A gradient is held as its tensor is made (partition_made_shard). */
 static int64_t grad_bytes(const struct partition *P, int t)
 {
-    const struct ir_tensor *x = &P->g->tensors[t];
     struct ir_shard made = partition_made_shard(P, t);
-    struct ir_shape l = partition_local_shape(P, x->part, &x->shape, &made);
-    return ir_shape_numel(&l) * partition_elem_bytes(P, x);
+    return shard_bytes_of(P, t, &made);
 }
 
 /* The buffer an op's backward reads that is not a tensor: a dropout mask
@@ -149,7 +149,7 @@ int memory_xfer_next(const struct partition *P, int x)
     return x + 1 < P->n_xfers && P->xfers[x + 1].prev == x ? x + 1 : -1;
 }
 
-bool memory_xfer_inner(const struct partition *P, int x)
+bool memory_xfer_loss_stats(const struct partition *P, int x)
 {
     const struct part_xfer *px = &P->xfers[x];
     return px->inner && (px->kind == PART_XFER_ALL_REDUCE || px->kind == PART_XFER_ALL_REDUCE_MAX);
@@ -176,7 +176,7 @@ static bool param_bytes(const struct partition *P, int t)
 int memory_xfer_elem_bytes(const struct partition *P, int x)
 {
     const struct part_xfer *px = &P->xfers[x];
-    if (memory_xfer_inner(P, x) || (px->grad && param_bytes(P, px->tensor)))
+    if (memory_xfer_loss_stats(P, x) || (px->grad && param_bytes(P, px->tensor)))
         return 4; /* the loss's f32 statistics; a parameter's f32 gradient */
     return partition_elem_bytes(P, &P->g->tensors[px->tensor]);
 }
@@ -227,7 +227,7 @@ bool memory_xfer_moved(const struct partition *P, int x, struct memory_moved *m)
 static int64_t shard_bytes(const struct partition *P, int x, bool after)
 {
     const struct part_xfer *px = &P->xfers[x];
-    if (memory_xfer_inner(P, x))
+    if (memory_xfer_loss_stats(P, x))
         return px->bytes;
     struct memory_moved m;
     if (!memory_xfer_moved(P, x, &m))
@@ -303,7 +303,7 @@ bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool re
     }
     struct ir_ref mine = {.what = restaged ? IR_BUF_RESTAGED : IR_BUF_STAGED, .id = x};
     bool ok = true;
-    if (memory_xfer_inner(P, x)) { /* the loss's launches write it and read it */
+    if (memory_xfer_loss_stats(P, x)) { /* the loss's launches write it and read it */
         *in = *out = (struct ir_ref){.what = IR_BUF_STAGED, .id = x};
         return true;
     }
@@ -345,7 +345,7 @@ bool memory_xfer_place(const struct partition *P, const int *pos, int x, bool re
 bool memory_backward_rereads(const struct partition *P, const struct kn_set *K, int x)
 {
     const struct part_xfer *px = &P->xfers[x];
-    if (!px->inner || px->grad || memory_xfer_inner(P, x) || made_by(P, px->op, px->tensor))
+    if (!px->inner || px->grad || memory_xfer_loss_stats(P, x) || made_by(P, px->op, px->tensor))
         return false;
     for (int l = 0; K && l < K->n_launches; l++)
         for (int i = 0; K->launches[l].when == KN_WHEN_BACKWARD && K->ops[K->launches[l].first_op] == px->op &&
@@ -603,7 +603,7 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             continue;
         int last = at; /* forward: to the last reader of the chain it is in */
         int rfirst = 0, rlast = 0; /* the backwards that bring it again */
-        for (int i = 0; !px->grad && !memory_xfer_inner(P, x) && i < g->n_ops; i++)
+        for (int i = 0; !px->grad && !memory_xfer_loss_stats(P, x) && i < g->n_ops; i++)
             for (int k = 0; st->pos[i] && k < g->ops[i].n_in; k++) {
                 bool reads = false;
                 for (int y = partition_reads_via(P, i, k); y >= 0 && !reads; y = P->xfers[y].prev)

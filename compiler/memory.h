@@ -80,7 +80,7 @@ bool memory_backward_rereads(const struct partition *P, const struct kn_set *K, 
 bool memory_backward_reads(const struct partition *P, const struct kn_set *K, const bool *needs, int op, int k);
 /* Whether transfer x is the vocab-parallel loss's own (its row maxima, its
  * sums): written by one of its launches and read by the next. */
-bool memory_xfer_inner(const struct partition *P, int x);
+bool memory_xfer_loss_stats(const struct partition *P, int x);
 /* Whether transfer x moves what its op makes (an op's own exchange of its
  * output, or of its output's gradient: run after the op's forward, before
  * its backward). */

@@ -103,6 +103,10 @@ int partition_made_xfer(const struct partition *P, int t);
  * -1 for none, and for a partition read from a plan. */
 int partition_reads_via(const struct partition *P, int op, int k);
 int partition_grad_via(const struct partition *P, int op, int k);
+/* How op reads its input k: after the transfers that bring it, else as
+ * held; and that shard's shape on a rank of op's part. */
+const struct ir_shard *partition_read_shard(const struct partition *P, int op, int k);
+struct ir_shape partition_read_shape(const struct partition *P, int op, int k);
 
 /* The number of ranks a pdim spans for a part (tp, or etp for the encoder). */
 int partition_degree(const struct partition *P, enum ir_part part, enum ir_pdim p);

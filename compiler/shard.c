@@ -143,6 +143,18 @@ int partition_grad_via(const struct partition *P, int op, int k)
     return P->grad_via ? P->grad_via[(size_t)op * IR_MAX_IN + (size_t)k] : -1;
 }
 
+const struct ir_shard *partition_read_shard(const struct partition *P, int op, int k)
+{
+    int x = partition_reads_via(P, op, k);
+    return x >= 0 ? &P->xfers[x].after : &P->shard[P->g->ops[op].in[k]];
+}
+
+struct ir_shape partition_read_shape(const struct partition *P, int op, int k)
+{
+    const struct ir_tensor *t = &P->g->tensors[P->g->ops[op].in[k]];
+    return partition_local_shape(P, P->chunks[P->op_chunk[op]].part, &t->shape, partition_read_shard(P, op, k));
+}
+
 /* ---- the context of one op ---------------------------------------------------------- */
 
 struct sctx {

@@ -23,6 +23,7 @@ struct exec {
     int64_t loss_rows;       /* per micro-batch: this rank's */
     uint8_t loss_only_first; /* the parallel dimensions over which the rows are copies (IR_PDIM_BIT) */
     bool tied_first;         /* this rank adds its tied parameters' gradients (ir_tied_contributes) */
+    int max_peers;           /* the most peers a pipeline transfer can have: the pipelines this rank is in */
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum;
     long iteration;
@@ -358,7 +359,7 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
                              * rank and the decoder's tensor-parallel ranks above it): a value goes to each; a
                              * gradient comes from each, copies of one another (whole over the decoder's tp), the
                              * first into the buffer and the others into the packing scratch */
-            int n = 0, m = 0, max = x->R->L->n_ranks;
+            int n = 0, m = 0, max = x->max_peers;
             while (i + n < l->n && (l->v[i + n].kind == IR_ACT_SEND || l->v[i + n].kind == IR_ACT_RECV))
                 n++;
             struct comm_msg *msgs = wf_calloc((size_t)n * (size_t)max + 1, sizeof *msgs);
@@ -471,6 +472,10 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
     int *component = ir_pp_components(R->L);
     x->tied_first = ir_tied_contributes(R->L, component, R->rank);
     free(component);
+    const struct rank_groups *pp = &R->L->groups[PAR_GROUP_PP];
+    for (int g = 0; g < pp->n_groups; g++)
+        for (int k = 0; k < pp->sizes[g]; k++)
+            x->max_peers += pp->ranks[g][k] == R->rank;
     x->m = &R->memory.roles[R->stage];
     x->kernel_seconds = wf_calloc((size_t)R->kernels.n_kernels + 1, sizeof *x->kernel_seconds);
     x->micro_batch = 1;
