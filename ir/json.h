@@ -35,4 +35,34 @@ void json_bool(struct json *j, const char *key, bool v);
 void json_null(struct json *j, const char *key);
 void json_finish(struct json *j);
 
+/* Reading: a whole text parsed into a tree (RFC 8259; a safetensors
+ * header, a vocab.json, a JSON line).
+ *
+ *   char err[128];
+ *   struct json_value *v = json_parse(text, len, err, sizeof err);  // NULL: err says where and what
+ *   const struct json_value *s = json_get(v, "shape");             // NULL where absent or v is no object
+ *   json_free(v);
+ *
+ * Strings are UTF-8 with their escapes resolved (a \u0000 stays in: len
+ * counts it); a number keeps its double and, where its text is an integer
+ * that fits, that integer exactly (is_int).  Nesting is bounded (256), so
+ * a hostile text cannot exhaust the stack. */
+enum json_type { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT };
+
+struct json_value {
+    enum json_type type;
+    bool boolean, is_int;
+    double number;
+    int64_t integer;
+    char *string;               /* JSON_STRING: NUL-terminated, len bytes */
+    size_t len;
+    int n;                      /* JSON_ARRAY, JSON_OBJECT: the members, in order */
+    struct json_value *items;
+    char **keys;                /* JSON_OBJECT: items[i]'s key */
+};
+
+struct json_value *json_parse(const char *text, size_t len, char *err, size_t err_n);
+void json_free(struct json_value *v);
+const struct json_value *json_get(const struct json_value *object, const char *key);
+
 #endif
