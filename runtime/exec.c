@@ -87,6 +87,60 @@ static int64_t whole_index(const struct exec *x, const struct rank_tensor *t, in
     return idx;
 }
 
+/* Whether this rank stores tensor t's slices: the replica at 0 along each
+ * parallel dimension that holds copies of them (exec_param_runs). */
+static bool stores_once(const struct exec *x, const struct rank_tensor *t)
+{
+    uint8_t splits = 0;
+    for (int k = 0; k < t->rank; k++)
+        splits |= t->split[k];
+    const struct rank_coords *rc = &x->R->coords;
+    if (splits & IR_PDIM_BIT(IR_PDIM_EP)) /* an expert's: copies over expert data parallel alone */
+        return rc->expert_dp == 0 && (rc->expert_tp == 0 || (splits & IR_PDIM_BIT(IR_PDIM_XTP)));
+    for (int p = IR_PDIM_TP; p <= IR_PDIM_CP; p++)
+        if (!(splits & IR_PDIM_BIT(p)) && par_pdim_coord(rc, p))
+            return false;
+    return rc->dp == 0;
+}
+
+int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx)
+{
+    const struct rank_tensor *T = &x->R->tensors[t];
+    static const enum ir_buf_what what[EXEC_STATE_COUNT] = {IR_BUF_VALUE, IR_BUF_EXP_AVG, IR_BUF_EXP_AVG_SQ};
+    enum ir_buf_what w = s == EXEC_WEIGHTS && x->R->L->pc.bf16 ? IR_BUF_MASTER : what[s];
+    int64_t bytes, o = T->kind == IR_TENSOR_PARAM ? ir_memory_find(x->m, w, t, -1, -1, &bytes) : -1;
+    if (o < 0 || (stored_once && !stores_once(x, T)))
+        return 0;
+    float *local = (float *)(void *)(x->arena + o);
+    int64_t n = bytes / 4, row = T->rank ? T->shape[T->rank - 1] : 1;
+    for (int p = 1; T->rank && p < IR_PDIM_COUNT; p++) /* the last axis's length here: a run at most */
+        if (T->split[T->rank - 1] & IR_PDIM_BIT(p))
+            row /= par_pdim_degree(&x->R->L->pc, x->R->coords.part, p);
+    for (int64_t e = 0; e < n;) { /* rows of the last axis, joined where the whole tensor continues them */
+        int64_t first = whole_index(x, T, e), count = row;
+        while (e + count < n && whole_index(x, T, e + count) == first + count)
+            count += row;
+        int rc = fn(ctx, first, local + e, count);
+        if (rc)
+            return rc;
+        e += count;
+    }
+    return 0;
+}
+
+void exec_weights_loaded(struct exec *x)
+{
+    if (!x->R->L->pc.bf16)
+        return;
+    for (int b = 0; b < x->m->n_bufs; b++) {
+        const struct ir_buf *p = &x->m->bufs[b];
+        int64_t bytes, mo = p->region == IR_REGION_PARAMS && p->what == IR_BUF_VALUE ? ir_memory_find(x->m, IR_BUF_MASTER, p->id, -1, -1, &bytes) : -1;
+        uint16_t *w = (uint16_t *)(void *)(x->arena + x->m->base[IR_REGION_PARAMS] + p->offset);
+        for (int64_t e = 0; mo >= 0 && e < p->bytes / 2; e++)
+            w[e] = wf_bf16(((const float *)(const void *)(x->arena + mo))[e]);
+    }
+}
+
 /* Each parameter from the seed; under bf16 its fp32 master weights too, the
  * bf16 copy rounded from them. */
 static void init_params(struct exec *x)

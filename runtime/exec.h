@@ -49,6 +49,26 @@ void exec_free(struct exec *x);
  * little-endian.  For comparing layouts (a test's, a
  * user's): no checkpoint, which also keeps the optimizer's state. */
 int exec_dump_params(struct exec *x, FILE *f, struct diag *d);
+/* What a checkpoint holds of a parameter: its weights (the fp32 master
+ * weights under --bf16) and AdamW's two moments. */
+enum exec_state { EXEC_WEIGHTS, EXEC_EXP_AVG, EXEC_EXP_AVG_SQ, EXEC_STATE_COUNT };
+/* Calls fn(ctx, whole_first, local, count) for each run of consecutive
+ * elements of the whole tensor that this rank holds of parameter tensor t's
+ * state: local (fp32, in the arena) holds whole elements [whole_first,
+ * whole_first + count).  Reading or writing through local is how a rank
+ * loads or saves its slices of the full tensors, whatever the layout.
+ * stored_once: only where this rank is the replica that stores its slices
+ * (data parallel rank 0 of its slices; 0 along the parallel dimensions that
+ * do not split t; for experts' weights, expert data parallel rank 0), so
+ * that the rank holding every slice once writes it; a tensor on two
+ * pipeline stages (a tied embedding) is written by both, identical bytes.
+ * No calls where this rank holds none of t (another stage's) or the state
+ * is absent (no optimizer).  Returns fn's first non-zero, else 0. */
+typedef int (*exec_run_fn)(void *ctx, int64_t whole_first, float *local, int64_t count);
+int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx);
+/* After the weights were written through exec_param_runs: rounds the bf16
+ * copies the kernels read from the fp32 master weights (nothing under fp32). */
+void exec_weights_loaded(struct exec *x);
 /* Memory the executor holds beside the arena: the bf16 GEMMs' widened
  * operands on the CPU (0 for a fp32 plan). */
 int64_t exec_scratch_bytes(const struct exec *x);
