@@ -74,6 +74,30 @@ static void test_usage_errors(void **state)
     assert_int_equal(R->status, 2);
 }
 
+/* Megatron's dropout flags set the probabilities of the ops that bind them
+ * (models/gpt2.xml binds --hidden-dropout on its 5 dropouts); one that no op
+ * binds is an error naming it and the model file unless it is 0 (nothing
+ * would drop); a probability outside [0, 1) is an error naming the flag. */
+static void test_dropout_flags(void **state)
+{
+    (void)state;
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--hidden-dropout", "0.3", "--attention-dropout", "0", NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--attention-dropout", "0.1", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--attention-dropout 0.1: no op of models/gpt2.xml binds this flag"));
+    run_weft(R, "check", "models/llama2.xml", "--variant", "tiny", "--hidden-dropout", "0.1", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--hidden-dropout 0.1: no op of models/llama2.xml binds this flag"));
+    static const char *const bad[] = {"1", "-0.1", "1.5", "nan", "x"};
+    for (size_t i = 0; i < WF_COUNT(bad); i++) {
+        run_weft(R, "check", "models/gpt2.xml", "--hidden-dropout", bad[i], NULL);
+        assert_int_equal(R->status, 2);
+        assert_non_null(strstr(R->err, "--hidden-dropout"));
+        assert_non_null(strstr(R->err, "expected a probability in [0, 1)"));
+    }
+}
+
 static void test_help(void **state)
 {
     (void)state;
@@ -250,7 +274,7 @@ int main(void)
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
         cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
         cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
-        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags),
+        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);

@@ -12,18 +12,24 @@
 
 enum { SEED = 1234 };
 
-/* Compile a model for one rank with one micro-batch, write its plan. */
-static void compile_to(const char *model, const char *plan, double lr, struct compiled *C)
+/* Compile a model for one rank with one micro-batch, write its plan (with
+ * the flags ov, n_ov). */
+static void compile_ov(const char *model, const struct fe_override *ov, int n_ov, const char *plan, double lr, struct compiled *C)
 {
     struct par_config pc = par_config_default();
     struct optim_config opt = optim_config_default();
     opt.lr = lr, opt.decay_style = OPTIM_DECAY_CONSTANT;
-    compile_or_fail(C, model, "tiny", pc, NULL, 0, &opt, NULL, 0);
+    compile_or_fail(C, model, "tiny", pc, ov, n_ov, &opt, NULL, 0);
     struct diag d;
     diag_init(&d);
     if (emit_plan(C, plan, &d))
         fail_msg("%s", diag_first_error(&d));
     diag_free(&d);
+}
+
+static void compile_to(const char *model, const char *plan, double lr, struct compiled *C)
+{
+    compile_ov(model, NULL, 0, plan, lr, C);
 }
 
 static struct exec *run_plan(const char *plan, struct rank_plan *R)
@@ -49,11 +55,11 @@ struct one_step {
     struct ref *r;
 };
 
-static void one_step(const char *model, struct one_step *s)
+static void one_step_ov(const char *model, const struct fe_override *ov, int n_ov, struct one_step *s)
 {
     snprintf(s->plan, sizeof s->plan, "/tmp/weft-test-run-XXXXXX");
     close(mkstemp(s->plan));
-    compile_to(model, s->plan, 1e-4, &s->C);
+    compile_ov(model, ov, n_ov, s->plan, 1e-4, &s->C);
     s->x = run_plan(s->plan, &s->R);
     struct diag d;
     diag_init(&d);
@@ -80,6 +86,11 @@ static void one_step(const char *model, struct one_step *s)
     diag_free(&d);
 }
 
+static void one_step(const char *model, struct one_step *s)
+{
+    one_step_ov(model, NULL, 0, s);
+}
+
 static void one_step_free(struct one_step *s)
 {
     ref_free(s->r);
@@ -104,6 +115,55 @@ static void test_loss_matches_reference(void **state)
         assert_true(rel < 1e-5);
         one_step_free(&s);
     }
+}
+
+/* --hidden-dropout reaches the kernels: GPT-2 compiled with 0 computes the
+ * first step's loss of the reference without dropout (the model file with
+ * every dropout written as a scale by 1, which the flag does not touch; the
+ * parameters are drawn by name, so they are the same), and with 0.3 a
+ * loss apart from it that its own reference (p 0.3) computes.  The plan
+ * records what it used: 5 dropouts (the embedding's, and 2 in each of 2
+ * layers) at the flag's p. */
+static void test_dropout_flag(void **state)
+{
+    (void)state;
+    size_t len;
+    char *text = wf_read_file("models/gpt2.xml", 1 << 20, &len), *nodrop = calloc(2 * len + 1, 1), *o = nodrop;
+    for (const char *p = text; *p;) { /* kind="dropout" -> kind="scale", p="0.1" flag="hidden-dropout" -> by="1" */
+        static const char *const from[] = {"kind=\"dropout\"", "p=\"0.1\" flag=\"hidden-dropout\""}, *const to[] = {"kind=\"scale\"", "by=\"1\""};
+        int k = !strncmp(p, from[0], strlen(from[0])) ? 0 : !strncmp(p, from[1], strlen(from[1])) ? 1 : -1;
+        if (k < 0)
+            *o++ = *p++;
+        else
+            o = stpcpy(o, to[k]), p += strlen(from[k]);
+    }
+    char model[] = "/tmp/weft-test-nodrop-XXXXXX";
+    int fd = mkstemp(model);
+    assert_true(fd >= 0 && write(fd, nodrop, strlen(nodrop)) == (ssize_t)strlen(nodrop));
+    close(fd);
+    struct one_step none, zero, more;
+    one_step(model, &none);
+    double want = ref_data(none.r, none.C.P->g->outputs[0])[0];
+    struct fe_override p0 = {FE_FLAG, "hidden-dropout", "0"}, p3 = {FE_FLAG, "hidden-dropout", "0.3"};
+    one_step_ov("models/gpt2.xml", &p0, 1, &zero);
+    one_step_ov("models/gpt2.xml", &p3, 1, &more);
+    double own = ref_data(more.r, more.C.P->g->outputs[0])[0];
+    printf("    --hidden-dropout 0: loss %.7f, the reference without dropout %.7f; 0.3: %.7f (its reference %.7f)\n", zero.st.loss, want,
+           more.st.loss, own);
+    assert_true(fabs(zero.st.loss - want) / want < 1e-5);
+    assert_true(fabs(more.st.loss - want) / want > 1e-3);
+    assert_true(fabs(more.st.loss - own) / own < 1e-5);
+    assert_int_equal(zero.R.meta.n_dropout, 1);
+    assert_string_equal(zero.R.meta.dropout[0].flag, "hidden-dropout");
+    assert_true(zero.R.meta.dropout[0].p == 0 && zero.R.meta.dropout[0].ops == 5);
+    assert_true(more.R.meta.dropout[0].p == 0.3 && more.R.meta.dropout[0].ops == 5);
+    assert_int_equal(none.R.meta.n_dropout, 0);
+    one_step_free(&none);
+    one_step_free(&zero);
+    one_step_free(&more);
+    unlink(model);
+    free(text);
+    free(nodrop);
 }
 
 /* The reference's gradient of the loss with respect to every tensor, by
@@ -738,6 +798,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_matches_reference),
+        cmocka_unit_test(test_dropout_flag),
         cmocka_unit_test(test_gradients_match_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
         cmocka_unit_test(test_layouts_match_one_rank),
