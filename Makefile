@@ -17,8 +17,8 @@ CFLAGS    ?= -O2 -g
 WARN      := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              $(if $(filter true,$(CI)),-Werror)
 CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Iruntime -Itools
-XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc openblas ompi-c)
-XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc openblas ompi-c) -ldl
+XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc openblas ompi-c cairo)
+XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc openblas ompi-c cairo) -ldl
 
 IR_OBJ       := $(patsubst %.c,$(BUILD)/%.o,$(wildcard ir/*.c))
 COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/schema.o
