@@ -493,6 +493,8 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
                 for (int i = 0; i < g->n_dims; i++)
                     if (g->dims[i].flag)
                         wf_suggest_add(&sg, g->dims[i].flag);
+                for (int i = 0; fe_prob_flags[i]; i++)
+                    wf_suggest_add(&sg, fe_prob_flags[i]);
                 if (opt->offer_flags)
                     opt->offer_flags(&sg, opt->offer_ctx);
                 char hint[160];

@@ -257,8 +257,7 @@ static double step_norm(struct exec *x)
 {
     if (x->norm < 0) {
         struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
-        float sq = *(const float *)at(x, &r, -1, -1);
-        x->norm = isnan(sq) ? NAN : sqrt(sq);
+        x->norm = sqrt(*(const float *)at(x, &r, -1, -1)); /* NaN or infinite: the update is skipped (launch) */
         x->clip = optim_clip_coeff(&x->R->opt, x->norm);
     }
     return x->norm;

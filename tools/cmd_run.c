@@ -327,7 +327,7 @@ int cmd_run(int argc, char **argv)
         tokens += st.tokens;
         for (int k = 0; k < IR_ACT_COUNT; k++)
             by_kind[k] += st.action_seconds[k];
-        in_a_row = st.skipped ? in_a_row + 1 : 0; /* the same on every rank: the norm and the loss are global */
+        in_a_row = st.skipped ? in_a_row + 1 : 0; /* the same on every rank: each skips by the global norm */
         if (lead) {
             in.advanced += !st.skipped, in.skipped += st.skipped, in.nan += st.skipped && !isfinite(st.loss);
             in.loss_sum += st.skipped ? 0 : st.loss;
@@ -356,17 +356,15 @@ int cmd_run(int argc, char **argv)
             if (bar)
                 bar_draw(it + 1, steps, total);
         }
-        if (in_a_row >= skip_limit) {
+        if (in_a_row >= skip_limit) { /* every rank stops here: they count alike */
+            char l[32], g[32];
             if (bar)
                 bar_wipe();
             if (lead)
-            {
-                char l[32], g[32];
                 fprintf(stderr, "weft run: iterations %ld to %ld skipped, %ld in a row (--skip-limit %ld): the loss or the gradient "
                                 "norm is not finite (at iteration %ld: loss %s, grad norm %s); stopping at iteration %ld\n",
                         it + 2 - in_a_row, it + 1, in_a_row, skip_limit, it + 1, num_str(l, "%g", st.loss),
                         num_str(g, "%g", st.grad_norm), it + 1);
-            }
             rc = EXIT_FAILURE_RUN;
             break;
         }
