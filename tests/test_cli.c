@@ -1,7 +1,10 @@
 /* test_cli.c: the weft command as a user meets it: output, JSON, exit codes. */
 #include "testing.h"
 
+#include "json.h"
+
 #include <libxml/parser.h>
+#include <math.h>
 
 static struct run *R;
 
@@ -98,6 +101,43 @@ static void test_dropout_flags(void **state)
         assert_non_null(strstr(R->err, "--hidden-dropout"));
         assert_non_null(strstr(R->err, "expected a probability in [0, 1)"));
     }
+}
+
+/* A plan records the dropout it uses and its model FLOPs a step; weft
+ * inspect shows both.  The FLOPs: weft check's training FLOPs a token
+ * times the tokens of a step (tokens_per_sample is tiny's micro-batch of 2
+ * x 32; a global batch of 8 is 4 of them), two counts of one model (the
+ * plan's from its pipeline chunks, check's from the whole graph). */
+static void test_inspect_records(void **state)
+{
+    (void)state;
+    char plan[] = "/tmp/weft-test-records-XXXXXX";
+    close(mkstemp(plan));
+    run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--arch", "cpu", "--world-size", "2", "--pp", "2", "--global-batch-size",
+             "8", "--hidden-dropout", "0.2", "-o", plan, NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "inspect", plan, NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "  dropout   --hidden-dropout 0.2 (5 ops)\n"));
+    run_weft(R, "inspect", plan, "--json", NULL);
+    assert_int_equal(R->status, 0);
+    char err[128];
+    struct json_value *in = json_parse(R->out, strlen(R->out), err, sizeof err);
+    assert_non_null(in);
+    const struct json_value *drop = json_get(in, "dropout");
+    assert_true(drop && drop->type == JSON_ARRAY && drop->n == 1);
+    assert_string_equal(json_get(&drop->items[0], "flag")->string, "hidden-dropout");
+    assert_true(json_get(&drop->items[0], "p")->number == 0.2 && json_get(&drop->items[0], "ops")->integer == 5);
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--json", NULL);
+    struct json_value *check = json_parse(R->out, strlen(R->out), err, sizeof err);
+    assert_non_null(check);
+    double want = json_get(json_get(check, "flops_per_token"), "training")->number * json_get(check, "tokens_per_sample")->number * 4;
+    double got = json_get(in, "flops_per_step")->number;
+    printf("    model FLOPs a step: %.0f (weft check: %.0f)\n", got, want);
+    assert_true(fabs(got - want) <= 1e-9 * want);
+    json_free(in);
+    json_free(check);
+    unlink(plan);
 }
 
 /* The paths of an SVG whose style strokes with color (cairo writes
@@ -384,7 +424,7 @@ int main(void)
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
         cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
         cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
-        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags),
+        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags), cmocka_unit_test(test_inspect_records),
         cmocka_unit_test(test_plot),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
