@@ -17,8 +17,8 @@ CFLAGS    ?= -O2 -g
 WARN      := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              $(if $(filter true,$(CI)),-Werror)
 CPPFLAGS  += -D_POSIX_C_SOURCE=200809L -Iir -Icompiler -Iruntime -Itools
-XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc openblas ompi-c)
-XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc openblas ompi-c) -ldl
+XML_CFLAGS = $(shell pkg-config --cflags libxml-2.0 libcgraph libgvc openblas ompi-c cairo)
+XML_LIBS   = $(shell pkg-config --libs libxml-2.0 libcgraph libgvc openblas ompi-c cairo) -ldl
 
 IR_OBJ       := $(patsubst %.c,$(BUILD)/%.o,$(wildcard ir/*.c))
 COMPILER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard compiler/*.c)) $(BUILD)/schema.o
@@ -108,6 +108,9 @@ pictures: all
 	$(BUILD)/weft dot models/llava.xml --world-size 24 --tp 4 --pp 2 --etp 2 --epp 2 -o docs/llava-etp2-epp2.svg
 	$(BUILD)/weft simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \
 	    -o docs/schedule-gpt2-1f1b.svg
+	$(BUILD)/weft compile models/gpt2.xml --variant tiny --global-batch-size 8 --lr 3e-3 --arch cpu -o $(BUILD)/loss.plan
+	$(BUILD)/weft run $(BUILD)/loss.plan --steps 150 --log-interval 50 --log $(BUILD)/loss.jsonl > /dev/null
+	$(BUILD)/weft plot $(BUILD)/loss.jsonl --title "tiny GPT-2 on one rank: weft run --log" -o docs/loss-gpt2-tiny.svg
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -6,6 +6,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Whether ops a and b are forward dropouts with one flag and one p. */
+static bool same_dropout(const struct ir_op *a, const struct ir_op *b)
+{
+    return a->kind == IR_OP_DROPOUT && b->kind == IR_OP_DROPOUT && a->grad_of < 0 && b->grad_of < 0 &&
+           ir_op_float(a, IR_ATTR_P) == ir_op_float(b, IR_ATTR_P) && !strcmp(a->flag ? a->flag : "", b->flag ? b->flag : "");
+}
+
+/* For the first forward dropout of its (flag, p): the ops that share them;
+ * 0 for any other op. */
+static int dropout_ops(const struct ir_graph *g, int i)
+{
+    int n = 0;
+    for (int k = 0; k < g->n_ops; k++)
+        if (same_dropout(&g->ops[k], &g->ops[i])) {
+            if (k < i)
+                return 0;
+            n++;
+        }
+    return n;
+}
+
 int emit_plan(const struct compiled *C, const char *path, struct diag *d)
 {
     const struct partition *P = C->P;
@@ -30,6 +51,30 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     plan_put_str(w, sim->dev ? sim->dev->name : "");
     plan_put_f64(w, sim->step_time);
     plan_put_f64(w, sim->bubble);
+    /* The dropout probabilities the ops use (after --hidden-dropout and
+     * the like): each distinct flag and p once, with its count of ops. */
+    int n_drop = 0;
+    for (int i = 0; i < g->n_ops; i++)
+        n_drop += dropout_ops(g, i) > 0;
+    plan_put_u32(w, (uint32_t)n_drop);
+    for (int i = 0; i < g->n_ops; i++) {
+        int n = dropout_ops(g, i);
+        if (n > 0) {
+            plan_put_str(w, g->ops[i].flag ? g->ops[i].flag : "");
+            plan_put_f64(w, ir_op_float(&g->ops[i], IR_ATTR_P));
+            plan_put_u32(w, (uint32_t)n);
+        }
+    }
+    /* The model FLOPs of one step, whole (every replica's micro-batches):
+     * each chunk's forward FLOPs a micro-batch (ir_op_flops summed, as weft
+     * check counts them), times the micro-batches of a step (each replica's
+     * schedule's, over the data-parallel replicas), times 3
+     * when training (the backward twice the forward, as weft check and
+     * Megatron's num_floating_point_operations count it). */
+    double flops = 0;
+    for (int c = 0; c < P->n_chunks; c++)
+        flops += P->chunks[c].flops;
+    plan_put_f64(w, flops * S->n_micro * P->L->pc.dp * (C->train ? 3 : 1));
 
     ir_layout_write(w, &P->L->pc, P->L->has_encoder);
 

@@ -3,7 +3,8 @@
  *   emit_plan(&C, "gpt2.plan", &diag);      // C: a whole compile (pipeline.h)
  *
  * Sections: "meta" (the model: name, file, its digest, every dimension; the
- * prediction), "layout", "chunks", "tensors" (with each one's shard), "ops",
+ * prediction; the dropout probabilities used, by flag; the model FLOPs of a
+ * step, which weft run's throughput divides), "layout", "chunks", "tensors" (with each one's shard), "ops",
  * "xfers", "roles" (per stage: a rank's memory by category, micro-batches in flight),
  * "optimizer" (training only), "schedule" and one "program.N" per pipeline
  * stage. */

@@ -83,7 +83,20 @@ struct fe {
         int block;
     } *blocks; /* one ir_block per <repeat> element */
     int n_blocks, cap_blocks;
+    const struct fe_options *opt;
+    double *prob;    /* per override: the probability a probability flag gives, NaN for the others */
+    bool *prob_used; /* per override: an op binds its flag */
 };
+
+const char *const fe_prob_flags[] = {"hidden-dropout", "attention-dropout", NULL};
+
+static bool is_prob_flag(const char *key)
+{
+    for (int i = 0; fe_prob_flags[i]; i++)
+        if (!strcmp(fe_prob_flags[i], key))
+            return true;
+    return false;
+}
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -451,9 +464,22 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
                 set_dim(fe, i, eq + 1, by);
         }
     }
+    fe->prob = wf_calloc((size_t)opt->n_overrides + 1, sizeof *fe->prob);
+    fe->prob_used = wf_calloc((size_t)opt->n_overrides + 1, sizeof *fe->prob_used);
     for (int k = 0; k < opt->n_overrides; k++) {
         const struct fe_override *o = &opt->overrides[k];
         char by[160];
+        fe->prob[k] = NAN;
+        if (o->kind != FE_SET && is_prob_flag(o->key)) { /* an op's probability, set as the ops are read (bind_prob) */
+            char *end;
+            errno = 0;
+            double p = strtod(o->value, &end);
+            if (!*o->value || *end || errno || !(p >= 0 && p < 1))
+                diag_error(fe->d, NULL, 0, "--%s %s: expected a probability in [0, 1)", o->key, o->value);
+            else
+                fe->prob[k] = p;
+            continue;
+        }
         if (o->kind == FE_FLAG || o->kind == FE_FLAG_IF_BOUND) {
             snprintf(by, sizeof by, "--%s", o->key);
             bool found = false;
@@ -467,6 +493,8 @@ static void read_dims(struct fe *fe, const xmlNode *root, const struct fe_option
                 for (int i = 0; i < g->n_dims; i++)
                     if (g->dims[i].flag)
                         wf_suggest_add(&sg, g->dims[i].flag);
+                for (int i = 0; fe_prob_flags[i]; i++)
+                    wf_suggest_add(&sg, fe_prob_flags[i]);
                 if (opt->offer_flags)
                     opt->offer_flags(&sg, opt->offer_ctx);
                 char hint[160];
@@ -841,7 +869,7 @@ static void set_attrs(struct fe *fe, struct ir_op *op, const xmlNode *n, const c
     const char *given[IR_MAX_ATTRS] = {0};
     for (const xmlAttr *p = n->properties; p; p = p->next) {
         const char *name = (const char *)p->name;
-        if (!strcmp(name, "kind") || !strcmp(name, "in") || !strcmp(name, "out"))
+        if (!strcmp(name, "kind") || !strcmp(name, "in") || !strcmp(name, "out") || !strcmp(name, "flag"))
             continue;
         int slot = -1;
         for (int a = 0; a < info->n_attrs; a++)
@@ -887,6 +915,53 @@ static void set_attrs(struct fe *fe, struct ir_op *op, const xmlNode *n, const c
             diag_error(fe->d, fe->file, line, "%s: attribute %s: %s", where, ir_attr_name(id), err);
         if (rc)
             op->n_attrs--;
+    }
+}
+
+/* An op's flag="...": its p follows that flag where the command line gives
+ * it (the last time given wins), and is as written otherwise. */
+static void bind_prob(struct fe *fe, struct ir_op *op, const xmlNode *n, const char *where)
+{
+    const char *flag = attr(fe, n, "flag");
+    if (!flag)
+        return;
+    struct ir_attr *p = NULL;
+    for (int a = 0; a < op->n_attrs; a++)
+        if (op->attrs[a].id == IR_ATTR_P)
+            p = &op->attrs[a];
+    if (!p) {
+        diag_error(fe->d, fe->file, line_of(n), "%s: flag=\"%s\" binds a probability p, and %s has none", where, flag,
+                   ir_op_info(op->kind)->name);
+        return;
+    }
+    op->flag = flag;
+    for (int k = 0; k < fe->opt->n_overrides; k++)
+        if (fe->opt->overrides[k].kind != FE_SET && !strcmp(fe->opt->overrides[k].key, flag)) {
+            fe->prob_used[k] = true;
+            if (!isnan(fe->prob[k]))
+                p->f = fe->prob[k];
+        }
+}
+
+/* A probability flag given non-zero that no op binds: the user meant it to
+ * change the model, and it would not. */
+static void check_prob_flags(struct fe *fe)
+{
+    for (int k = 0; k < fe->opt->n_overrides; k++) {
+        if (isnan(fe->prob[k]) || fe->prob_used[k] || fe->prob[k] == 0)
+            continue;
+        char bound[256] = "";
+        size_t len = 0;
+        for (int i = 0; fe_prob_flags[i]; i++) {
+            bool binds = false;
+            for (int o = 0; o < fe->g->n_ops && !binds; o++)
+                binds = fe->g->ops[o].flag && !strcmp(fe->g->ops[o].flag, fe_prob_flags[i]);
+            if (binds && len < sizeof bound)
+                len += (size_t)snprintf(bound + len, sizeof bound - len, "%s--%s", len ? ", " : "", fe_prob_flags[i]);
+        }
+        diag_error(fe->d, NULL, 0, "--%s %s: no op of %s binds this flag (no <op flag=\"%s\">; its ops bind %s)",
+                   fe->opt->overrides[k].key, fe->opt->overrides[k].value, fe->file, fe->opt->overrides[k].key,
+                   len ? bound : "none");
     }
 }
 
@@ -937,6 +1012,7 @@ static void emit_op(struct fe *fe, struct scope *s, const xmlNode *n)
     o->iter = s->iter;
     o->layer = s->layer;
     set_attrs(fe, o, n, where);
+    bind_prob(fe, o, n, where);
     for (int k = 0; k < n_in; k++) {
         int t = resolve(fe, s, ins[k], line, where); /* -1: reported; the load fails */
         if (t < 0)
@@ -1161,6 +1237,7 @@ static void read_parts(struct fe *fe, const xmlNode *root)
         diag_error(fe->d, fe->file, line_of(root),
                    "<model>: no <output>; name what the model computes, e.g. <output name=\"loss\"/>");
     check_order(fe);
+    check_prob_flags(fe);
     if (!fe->d->n_errors)
         warn_unused(fe);
     for (int p = IR_PART_ENCODER; p < IR_PART_COUNT; p++)
@@ -1180,6 +1257,7 @@ struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, c
     int errors = d->n_errors;
     if (!opt)
         opt = &none;
+    fe.opt = opt;
     struct ir_graph *g = NULL;
     if (sniff(&fe, buf, len) == 0 && (fe.doc = parse(&fe, buf, len))) {
         xmlNode *root = xmlDocGetRootElement(fe.doc);
@@ -1198,6 +1276,8 @@ struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, c
     }
     free(fe.dim_state);
     free(fe.dim_stack);
+    free(fe.prob);
+    free(fe.prob_used);
     free(fe.fwd);
     free(fe.blocks);
     parsing = outer;

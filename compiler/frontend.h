@@ -32,8 +32,16 @@ enum fe_override_kind {
 struct fe_override {
     enum fe_override_kind kind;
     const char *key;   /* flag without dashes, or dimension name */
-    const char *value; /* an integer expression */
+    const char *value; /* an integer expression; for a probability flag, a number in [0, 1) */
 };
+
+/* The flags that set ops' probabilities rather than dimensions (Megatron's
+ * --hidden-dropout, --attention-dropout): an op binds one with
+ * flag="hidden-dropout", and a FE_FLAG override of that key sets its p.
+ * Such a flag given non-zero that no op of the model binds is an error
+ * naming the flag and the file; a value outside [0, 1) is one naming the
+ * flag.  NULL-terminated. */
+extern const char *const fe_prob_flags[];
 
 struct fe_options {
     const char *variant; /* <variant name=...> to apply first, or NULL */

@@ -251,6 +251,7 @@ struct ir_op {
     int out[IR_MAX_IN];  /* IR_MAX_IN: a backward op has one per forward input */
     int n_attrs;
     struct ir_attr attrs[IR_MAX_ATTRS];
+    const char *flag;     /* the Megatron flag its probability p follows ("hidden-dropout"), or NULL */
     enum ir_part part;
     int block, iter, layer; /* as for tensors */
     struct ir_loc loc;

@@ -28,7 +28,7 @@
 #include "diag.h"
 
 #define PLAN_MAGIC "WEFTPLAN"
-#define PLAN_VERSION_MAJOR 4
+#define PLAN_VERSION_MAJOR 5
 #define PLAN_VERSION_MINOR 0
 #define PLAN_NAME_MAX 24
 

@@ -100,6 +100,20 @@ int plan_meta_read(struct plan *p, struct plan_meta *m, struct diag *d)
     plan_get_str(&r, m->device, sizeof m->device);
     m->step = plan_get_f64(&r);
     m->bubble = plan_get_f64(&r);
+    uint32_t nd = plan_get_u32(&r);
+    if (r.bad || nd > (uint64_t)(r.end - r.at) / 16) { /* a probability takes at least 16 bytes */
+        diag_error(d, NULL, 0, "plan section 'meta': %u dropout probabilities: the plan is corrupted", nd);
+        plan_meta_free(m);
+        return -1;
+    }
+    m->dropout = wf_calloc((size_t)nd + 1, sizeof *m->dropout);
+    for (uint32_t i = 0; i < nd && !r.bad; i++) {
+        plan_get_str(&r, m->dropout[i].flag, sizeof m->dropout[i].flag);
+        m->dropout[i].p = plan_get_f64(&r);
+        m->dropout[i].ops = (int)plan_get_u32(&r);
+    }
+    m->n_dropout = (int)nd;
+    m->flops_step = plan_get_f64(&r);
     if (r.bad) {
         diag_error(d, NULL, 0, "plan section 'meta' is shorter than its fields: the plan is corrupted");
         plan_meta_free(m);
@@ -112,6 +126,7 @@ void plan_meta_free(struct plan_meta *m)
 {
     free(m->dim_name);
     free(m->dim_value);
+    free(m->dropout);
     memset(m, 0, sizeof *m);
 }
 

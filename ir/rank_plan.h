@@ -19,7 +19,14 @@
 #include "optim.h"
 #include "program.h"
 
-/* The plan's "meta" section: the model, its dimensions, the prediction. */
+/* The plan's "meta" section: the model, its dimensions, the prediction,
+ * the dropout probabilities used and the model FLOPs of a step. */
+struct plan_dropout {
+    char flag[32];         /* the Megatron flag its ops follow ("hidden-dropout"), "" for none */
+    double p;
+    int ops;               /* the forward ops that drop with p */
+};
+
 struct plan_meta {
     char model[256], file[1024], variant[64], device[64];
     uint64_t digest;
@@ -27,6 +34,9 @@ struct plan_meta {
     char (*dim_name)[64];
     int64_t *dim_value;
     double step, bubble;   /* the predicted step (seconds) and bubble on device */
+    int n_dropout;
+    struct plan_dropout *dropout; /* each distinct (flag, p) once */
+    double flops_step;     /* model FLOPs of one step, all ranks together: 3x the forward's when training */
 };
 
 int plan_meta_read(struct plan *p, struct plan_meta *m, struct diag *d);

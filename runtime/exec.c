@@ -30,6 +30,7 @@ struct exec {
     double lr;               /* this step's learning rate */
     double norm;             /* the gradients' global norm, once the updates begin; -1 before */
     double clip;             /* the factor the updates scale gradients by */
+    long skipped;            /* updates skipped in this run (a non-finite norm): the schedule and Adam count the others */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
     float *scratch;          /* bf16 GEMMs' operands widened (gemm_scratch) */
@@ -302,6 +303,20 @@ static bool counts_loss(const struct exec *x)
     return x->loss_rows > 0;
 }
 
+/* The gradients' global norm, read once the updates begin: every sum of
+ * squares is in, summed over the model's ranks, so every rank reads the same
+ * (and so agrees whether to skip the update).  A rank whose rows of the loss
+ * were not finite made it NaN (IR_ACT_LOSS): such a loss skips the update too. */
+static double step_norm(struct exec *x)
+{
+    if (x->norm < 0) {
+        struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
+        x->norm = sqrt(*(const float *)at(x, &r, -1, -1)); /* NaN or infinite: the update is skipped (launch) */
+        x->clip = optim_clip_coeff(&x->R->opt, x->norm);
+    }
+    return x->norm;
+}
+
 static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a)
 {
     if (L->when == KN_WHEN_BACKWARD)
@@ -309,12 +324,8 @@ static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args
             if (L->in[i].what == IR_BUF_ROWSTATS && L->in[i].id == x->loss_op) /* the mean over every token */
                 a->arg[0] = (float)(1.0 / loss_tokens(x));
     if (L->when == KN_WHEN_OPTIMIZER) {
-        if (x->norm < 0) { /* the first update: every sum of squares is in, summed over the model's ranks */
-            struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
-            x->norm = sqrt(*(const float *)at(x, &r, -1, -1));
-            x->clip = optim_clip_coeff(&x->R->opt, x->norm);
-        }
-        long t = x->iteration + 1;
+        step_norm(x);
+        long t = x->iteration - x->skipped + 1; /* Adam's step: the updates taken, this one included */
         a->arg[0] = (float)x->lr, a->arg[1] = (float)x->clip;
         a->arg[2] = (float)(1 / (1 - pow(x->R->opt.beta1, (double)t))), a->arg[3] = (float)(1 / (1 - pow(x->R->opt.beta2, (double)t)));
     }
@@ -324,6 +335,8 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
 {
     const struct kn_launch *L = &x->R->kernels.launches[il->launch];
     const struct kn_entry *e = &x->R->kernels.kernels[L->kernel];
+    if (L->when == KN_WHEN_OPTIMIZER && !isfinite(step_norm(x)))
+        return 0; /* a skipped update: no parameter or optimizer state changes (the optimizer's launches are all it writes) */
     if (e->kind == KN_KIND_FUSED) {
         struct kn_args a;
         ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
@@ -464,8 +477,14 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         case IR_ACT_COPY: copy(x, &a->copy, v, j); break;
         case IR_ACT_LOSS: {
             const float *s = at(x, &a->loss, v, j);
+            double sum = 0;
             for (int64_t r = 0; r < a->loss_rows; r++)
-                x->loss_sum += s[2 * r + 1];
+                sum += s[2 * r + 1];
+            x->loss_sum += sum;
+            if (!isfinite(sum)) { /* into the norm's sum, which every rank that updates reads (step_norm) */
+                struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
+                *(float *)at(x, &nr, -1, -1) = NAN;
+            }
             break;
         }
         case IR_ACT_SQSUM: {
@@ -578,7 +597,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     x->iteration = iteration;
     x->loss_sum = 0;
     x->norm = -1, x->clip = 1;
-    x->lr = x->R->train ? optim_lr(&x->R->opt, iteration) : 0;
+    x->lr = x->R->train ? optim_lr(&x->R->opt, iteration - x->skipped) : 0; /* Megatron's schedule steps on updates taken */
     memset(x->action_seconds, 0, sizeof x->action_seconds);
     memset(x->arena + x->m->base[IR_REGION_GRADS], 0, (size_t)x->m->size[IR_REGION_GRADS]);
     struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
@@ -614,10 +633,13 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
         return -1;
     st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
-    st->grad_norm = x->norm < 0 ? 0 : x->norm;
+    st->grad_norm = x->R->train ? step_norm(x) : 0;
+    st->skipped = x->R->train && !isfinite(st->grad_norm);
+    x->skipped += st->skipped;
     st->lr = x->lr;
     st->seconds = wf_seconds() - t0;
     st->tokens = (int64_t)sum[1];
+    st->samples = x->micro_batch * x->R->schedule.n_micro * pc->dp;
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

@@ -8,7 +8,8 @@
  *
  * It walks the rank's program: a forward or backward step runs that step's
  * actions for its micro-batch, the optimizer the norm's sums and then the
- * updates.  It decides nothing the compiler could have: every address is
+ * updates, unless the norm (or the loss) is not finite: then it skips them
+ * on every rank (exec_stats.skipped).  It decides nothing the compiler could have: every address is
  * the memory plan's (ir_memory_offset), every size the actions'.  Each
  * parameter starts from the seed by its elements' indices in the whole
  * tensor (as runtime/ref.c draws them), so every layout starts from one
@@ -31,9 +32,13 @@
 struct exec;
 
 struct exec_stats {
-    double loss, grad_norm, lr;
+    double loss, grad_norm, lr;  /* grad_norm NaN or infinite: the update was skipped */
+    bool skipped;    /* no update this step: the gradients' global norm (every rank's the same) or the loss was
+                      * not finite, so no optimizer launch ran on any rank; the schedule and Adam's step count
+                      * only the updates taken, as Megatron's do */
     double seconds;
     int64_t tokens;  /* the step's, across the data-parallel ranks */
+    int64_t samples; /* the step's samples, across the data-parallel ranks: the global batch */
     double action_seconds[IR_ACT_COUNT]; /* this rank's time in each kind of action (GEMMs, launches, collectives, ...) */
 };
 

@@ -1,6 +1,11 @@
 /* test_cli.c: the weft command as a user meets it: output, JSON, exit codes. */
 #include "testing.h"
 
+#include "json.h"
+
+#include <libxml/parser.h>
+#include <math.h>
+
 static struct run *R;
 
 static void test_check_text(void **state)
@@ -72,6 +77,175 @@ static void test_usage_errors(void **state)
     assert_non_null(strstr(R->err, "unknown command 'frobnicate'"));
     run_weft(R, NULL);
     assert_int_equal(R->status, 2);
+}
+
+/* Megatron's dropout flags set the probabilities of the ops that bind them
+ * (models/gpt2.xml binds --hidden-dropout on its 5 dropouts); one that no op
+ * binds is an error naming it and the model file unless it is 0 (nothing
+ * would drop); a probability outside [0, 1) is an error naming the flag. */
+static void test_dropout_flags(void **state)
+{
+    (void)state;
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--hidden-dropout", "0.3", "--attention-dropout", "0", NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--attention-dropout", "0.1", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--attention-dropout 0.1: no op of models/gpt2.xml binds this flag"));
+    run_weft(R, "check", "models/llama2.xml", "--variant", "tiny", "--hidden-dropout", "0.1", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "--hidden-dropout 0.1: no op of models/llama2.xml binds this flag"));
+    static const char *const bad[] = {"1", "-0.1", "1.5", "nan", "x"};
+    for (size_t i = 0; i < WF_COUNT(bad); i++) {
+        run_weft(R, "check", "models/gpt2.xml", "--hidden-dropout", bad[i], NULL);
+        assert_int_equal(R->status, 2);
+        assert_non_null(strstr(R->err, "--hidden-dropout"));
+        assert_non_null(strstr(R->err, "expected a probability in [0, 1)"));
+    }
+}
+
+/* A plan records the dropout it uses and its model FLOPs a step; weft
+ * inspect shows both.  The FLOPs: weft check's training FLOPs a token
+ * times the tokens of a step (tokens_per_sample is tiny's micro-batch of 2
+ * x 32; a global batch of 8 is 4 of them), two counts of one model (the
+ * plan's from its pipeline chunks, check's from the whole graph). */
+static void test_inspect_records(void **state)
+{
+    (void)state;
+    char plan[] = "/tmp/weft-test-records-XXXXXX";
+    close(mkstemp(plan));
+    run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--arch", "cpu", "--world-size", "2", "--pp", "2", "--global-batch-size",
+             "8", "--hidden-dropout", "0.2", "-o", plan, NULL);
+    assert_int_equal(R->status, 0);
+    run_weft(R, "inspect", plan, NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "  dropout   --hidden-dropout 0.2 (5 ops)\n"));
+    run_weft(R, "inspect", plan, "--json", NULL);
+    assert_int_equal(R->status, 0);
+    char err[128];
+    struct json_value *in = json_parse(R->out, strlen(R->out), err, sizeof err);
+    assert_non_null(in);
+    const struct json_value *drop = json_get(in, "dropout");
+    assert_true(drop && drop->type == JSON_ARRAY && drop->n == 1);
+    assert_string_equal(json_get(&drop->items[0], "flag")->string, "hidden-dropout");
+    assert_true(json_get(&drop->items[0], "p")->number == 0.2 && json_get(&drop->items[0], "ops")->integer == 5);
+    run_weft(R, "check", "models/gpt2.xml", "--variant", "tiny", "--json", NULL);
+    struct json_value *check = json_parse(R->out, strlen(R->out), err, sizeof err);
+    assert_non_null(check);
+    double want = json_get(json_get(check, "flops_per_token"), "training")->number * json_get(check, "tokens_per_sample")->number * 4;
+    double got = json_get(in, "flops_per_step")->number;
+    printf("    model FLOPs a step: %.0f (weft check: %.0f)\n", got, want);
+    assert_true(fabs(got - want) <= 1e-9 * want);
+    json_free(in);
+    json_free(check);
+    unlink(plan);
+}
+
+/* The paths of an SVG whose style strokes with color (cairo writes
+ * "stroke:rgb(...)") and the most line segments (" L ") one of them has
+ * (a curve broken by a gap is one path of two "M"s). */
+static int svg_segments(xmlNode *n, const char *color, int *paths)
+{
+    int most = -1;
+    for (; n; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE)
+            continue;
+        if (!strcmp((const char *)n->name, "path")) {
+            xmlChar *style = xmlGetProp(n, (const xmlChar *)"style"), *d = xmlGetProp(n, (const xmlChar *)"d");
+            if (style && d && strstr((const char *)style, color)) {
+                int segs = 0;
+                for (const char *p = (const char *)d; (p = strstr(p, " L ")); p++)
+                    segs++;
+                most = segs > most ? segs : most;
+                ++*paths;
+            }
+            xmlFree(style);
+            xmlFree(d);
+        }
+        int inner = svg_segments(n->children, color, paths);
+        most = inner > most ? inner : most;
+    }
+    return most;
+}
+
+/* weft plot: the loss (20 points), the validation loss (4, on every fifth
+ * line) and tokens/s (20) of a JSONL file drawn as an SVG that parses as
+ * XML with each curve a polyline of its points (n points: n - 1 segments;
+ * a null loss, a skipped iteration's, breaks the line into 10 + 9 points)
+ * in its color, and as a PNG (its signature, 960 x 640 in its IHDR).  Bad
+ * input names file:line and exits 2. */
+static void test_plot(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/weft-test-plot-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char jsonl[96], svg[96], png[96], bad[96];
+    snprintf(jsonl, sizeof jsonl, "%s/m.jsonl", dir);
+    snprintf(svg, sizeof svg, "%s/loss.svg", dir);
+    snprintf(png, sizeof png, "%s/loss.png", dir);
+    snprintf(bad, sizeof bad, "%s/bad.jsonl", dir);
+    FILE *f = fopen(jsonl, "w");
+    for (int i = 1; i <= 20; i++) {
+        fprintf(f, "{\"iteration\": %d, \"loss\": ", i);
+        if (i == 11)
+            fprintf(f, "null");
+        else
+            fprintf(f, "%.9g", 2 + 4.0 / i); /* no three points on a line: cairo drops the middle one */
+        fprintf(f, ", \"tokens_per_s\": %d%s", 5000 + 100 * (i % 2), i % 5 ? "" : ", \"val_loss\": ");
+        if (i % 5 == 0)
+            fprintf(f, "%.9g", 2.2 + 4.0 / i);
+        fprintf(f, "}\n");
+    }
+    fclose(f);
+    run_weft(R, "plot", jsonl, "-o", svg, "--title", "tiny GPT-2", NULL);
+    assert_int_equal(R->status, 0);
+    xmlDoc *doc = xmlReadFile(svg, NULL, XML_PARSE_NONET);
+    assert_non_null(doc);
+    xmlNode *root = xmlDocGetRootElement(doc);
+    assert_string_equal((const char *)root->name, "svg");
+    int paths = 0;
+    assert_int_equal(svg_segments(root, "stroke:rgb(12.2%,46.7%,70.6%)", &paths), 9 + 8); /* loss: 1..10, then 12..20 */
+    paths = 0;
+    assert_int_equal(svg_segments(root, "stroke:rgb(85.1%,37.3%,0.8%)", &paths), 3);  /* validation: 4 points */
+    paths = 0;
+    assert_int_equal(svg_segments(root, "stroke:rgb(17.2%,62.7%,17.2%)", &paths), 19); /* tokens/s: 20 points */
+    xmlFreeDoc(doc);
+    run_weft(R, "plot", jsonl, "-o", png, NULL);
+    assert_int_equal(R->status, 0);
+    unsigned char head[24];
+    f = fopen(png, "rb");
+    assert_true(f && fread(head, 1, sizeof head, f) == sizeof head);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fclose(f);
+    assert_memory_equal(head, "\x89PNG\r\n\x1a\n", 8);
+    assert_int_equal((head[16] << 24 | head[17] << 16 | head[18] << 8 | head[19]), 960);
+    assert_int_equal((head[20] << 24 | head[21] << 16 | head[22] << 8 | head[23]), 640);
+    assert_true(size > 10000 && size < 2000000);
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"{\"iteration\": 1, \"loss\": 5}\n{\"iteration\": 2, \"loss\": 4.5\n", "bad.jsonl:2: not JSON"},
+        {"{\"iteration\": 1, \"lr\": 5}\n\n{\"iteration\": 2, \"loss\": null}\n", "bad.jsonl:3: no loss values"},
+        {"{\"loss\": 5}\n", "bad.jsonl:1: no number \"iteration\""},
+        {"{\"iteration\": 1, \"loss\": \"5\"}\n", "bad.jsonl:1: \"loss\" is not a number"},
+        {"[1, 2]\n", "bad.jsonl:1: not a JSON object"},
+    };
+    for (size_t i = 0; i < WF_COUNT(cases); i++) {
+        f = fopen(bad, "w");
+        fputs(cases[i].text, f);
+        fclose(f);
+        run_weft(R, "plot", bad, "-o", svg, NULL);
+        if (R->status != 2 || !strstr(R->err, cases[i].want))
+            fail_msg("case %zu: exit %d, %s; want exit 2 and \"%s\"", i, R->status, R->err, cases[i].want);
+    }
+    run_weft(R, "plot", "no-such.jsonl", "-o", svg, NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "no-such.jsonl: cannot read"));
+    run_weft(R, "plot", jsonl, "-o", "loss.pdf", NULL);
+    assert_int_equal(R->status, 2);
+    assert_non_null(strstr(R->err, "expected a .svg or .png file"));
+    unlink(jsonl), unlink(svg), unlink(png), unlink(bad);
+    rmdir(dir);
 }
 
 static void test_help(void **state)
@@ -250,7 +424,8 @@ int main(void)
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
         cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
         cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
-        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags),
+        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags), cmocka_unit_test(test_inspect_records),
+        cmocka_unit_test(test_plot),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);
     free(R);

@@ -12,18 +12,24 @@
 
 enum { SEED = 1234 };
 
-/* Compile a model for one rank with one micro-batch, write its plan. */
-static void compile_to(const char *model, const char *plan, double lr, struct compiled *C)
+/* Compile a model for one rank with one micro-batch, write its plan (with
+ * the flags ov, n_ov). */
+static void compile_ov(const char *model, const struct fe_override *ov, int n_ov, const char *plan, double lr, struct compiled *C)
 {
     struct par_config pc = par_config_default();
     struct optim_config opt = optim_config_default();
     opt.lr = lr, opt.decay_style = OPTIM_DECAY_CONSTANT;
-    compile_or_fail(C, model, "tiny", pc, NULL, 0, &opt, NULL, 0);
+    compile_or_fail(C, model, "tiny", pc, ov, n_ov, &opt, NULL, 0);
     struct diag d;
     diag_init(&d);
     if (emit_plan(C, plan, &d))
         fail_msg("%s", diag_first_error(&d));
     diag_free(&d);
+}
+
+static void compile_to(const char *model, const char *plan, double lr, struct compiled *C)
+{
+    compile_ov(model, NULL, 0, plan, lr, C);
 }
 
 static struct exec *run_plan(const char *plan, struct rank_plan *R)
@@ -49,11 +55,11 @@ struct one_step {
     struct ref *r;
 };
 
-static void one_step(const char *model, struct one_step *s)
+static void one_step_ov(const char *model, const struct fe_override *ov, int n_ov, struct one_step *s)
 {
     snprintf(s->plan, sizeof s->plan, "/tmp/weft-test-run-XXXXXX");
     close(mkstemp(s->plan));
-    compile_to(model, s->plan, 1e-4, &s->C);
+    compile_ov(model, ov, n_ov, s->plan, 1e-4, &s->C);
     s->x = run_plan(s->plan, &s->R);
     struct diag d;
     diag_init(&d);
@@ -80,6 +86,11 @@ static void one_step(const char *model, struct one_step *s)
     diag_free(&d);
 }
 
+static void one_step(const char *model, struct one_step *s)
+{
+    one_step_ov(model, NULL, 0, s);
+}
+
 static void one_step_free(struct one_step *s)
 {
     ref_free(s->r);
@@ -104,6 +115,55 @@ static void test_loss_matches_reference(void **state)
         assert_true(rel < 1e-5);
         one_step_free(&s);
     }
+}
+
+/* --hidden-dropout reaches the kernels: GPT-2 compiled with 0 computes the
+ * first step's loss of the reference without dropout (the model file with
+ * every dropout written as a scale by 1, which the flag does not touch; the
+ * parameters are drawn by name, so they are the same), and with 0.3 a
+ * loss apart from it that its own reference (p 0.3) computes.  The plan
+ * records what it used: 5 dropouts (the embedding's, and 2 in each of 2
+ * layers) at the flag's p. */
+static void test_dropout_flag(void **state)
+{
+    (void)state;
+    size_t len;
+    char *text = wf_read_file("models/gpt2.xml", 1 << 20, &len), *nodrop = calloc(2 * len + 1, 1), *o = nodrop;
+    for (const char *p = text; *p;) { /* kind="dropout" -> kind="scale", p="0.1" flag="hidden-dropout" -> by="1" */
+        static const char *const from[] = {"kind=\"dropout\"", "p=\"0.1\" flag=\"hidden-dropout\""}, *const to[] = {"kind=\"scale\"", "by=\"1\""};
+        int k = !strncmp(p, from[0], strlen(from[0])) ? 0 : !strncmp(p, from[1], strlen(from[1])) ? 1 : -1;
+        if (k < 0)
+            *o++ = *p++;
+        else
+            o = stpcpy(o, to[k]), p += strlen(from[k]);
+    }
+    char model[] = "/tmp/weft-test-nodrop-XXXXXX";
+    int fd = mkstemp(model);
+    assert_true(fd >= 0 && write(fd, nodrop, strlen(nodrop)) == (ssize_t)strlen(nodrop));
+    close(fd);
+    struct one_step none, zero, more;
+    one_step(model, &none);
+    double want = ref_data(none.r, none.C.P->g->outputs[0])[0];
+    struct fe_override p0 = {FE_FLAG, "hidden-dropout", "0"}, p3 = {FE_FLAG, "hidden-dropout", "0.3"};
+    one_step_ov("models/gpt2.xml", &p0, 1, &zero);
+    one_step_ov("models/gpt2.xml", &p3, 1, &more);
+    double own = ref_data(more.r, more.C.P->g->outputs[0])[0];
+    printf("    --hidden-dropout 0: loss %.7f, the reference without dropout %.7f; 0.3: %.7f (its reference %.7f)\n", zero.st.loss, want,
+           more.st.loss, own);
+    assert_true(fabs(zero.st.loss - want) / want < 1e-5);
+    assert_true(fabs(more.st.loss - want) / want > 1e-3);
+    assert_true(fabs(more.st.loss - own) / own < 1e-5);
+    assert_int_equal(zero.R.meta.n_dropout, 1);
+    assert_string_equal(zero.R.meta.dropout[0].flag, "hidden-dropout");
+    assert_true(zero.R.meta.dropout[0].p == 0 && zero.R.meta.dropout[0].ops == 5);
+    assert_true(more.R.meta.dropout[0].p == 0.3 && more.R.meta.dropout[0].ops == 5);
+    assert_int_equal(none.R.meta.n_dropout, 0);
+    one_step_free(&none);
+    one_step_free(&zero);
+    one_step_free(&more);
+    unlink(model);
+    free(text);
+    free(nodrop);
 }
 
 /* The reference's gradient of the loss with respect to every tensor, by
@@ -340,7 +400,8 @@ static int mpi_run_params(const char *plan, int ranks, int steps, double *loss, 
         const char *l = strstr(line, "\"loss\": "), *g = strstr(line, "\"grad_norm\": ");
         if (!l || !g)
             break;
-        loss[got] = strtod(l + 8, NULL), norm[got] = strtod(g + 13, NULL);
+        loss[got] = strncmp(l + 8, "null", 4) ? strtod(l + 8, NULL) : NAN; /* null: not finite (a skipped update) */
+        norm[got] = strncmp(g + 13, "null", 4) ? strtod(g + 13, NULL) : NAN;
         got++;
     }
     if (f)
@@ -512,6 +573,144 @@ static void test_bf16_near_fp32(void **state)
     }
     unlink(fp32);
     unlink(bf16);
+}
+
+/* The JSON lines of a --log file: each line's value of key (NAN for null). */
+static int log_values(const char *path, const char *key, double *v, int max)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024], k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    int n = 0;
+    while (f && n < max && fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, k);
+        if (!at)
+            fail_msg("%s: no %s in %s", path, key, line);
+        at += strlen(k);
+        v[n++] = !strncmp(at, "null", 4) ? NAN : strtod(at, NULL);
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Megatron's log line (megatron/training/training.py, training_log), rank
+ * 0's, every --log-interval iterations and after the first: at interval 2
+ * over 4 iterations, lines for 1, 2 and 4.  The first line starts no new
+ * interval, so the second averages iterations 1 and 2 and the third 3 and 4
+ * (Megatron's lm loss: the mean over the interval's updates).  Consumed
+ * samples: a global batch (8) an iteration.  The widths are Megatron's
+ * format strings ({:8d}, {:12d}, {:5d}, {:.6E}, {:.3f}, {:3d}).  Piped, no
+ * progress bar (no carriage return, no erase). */
+static void test_log_line(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    char plan[] = "/tmp/weft-test-log-XXXXXX", log[64];
+    close(mkstemp(plan));
+    snprintf(log, sizeof log, "%s.jsonl", plan);
+    compile_dp("models/gpt2.xml", 1, plan);
+    struct run r;
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "4", "--log-interval", "2", "--log", log, NULL});
+    if (r.status)
+        fail_msg("weft run: %s%s", r.out, r.err);
+    double loss[4], lr[4], norm[4], consumed[4];
+    assert_int_equal(log_values(log, "loss", loss, 4), 4);
+    assert_int_equal(log_values(log, "lr", lr, 4), 4);
+    assert_int_equal(log_values(log, "grad_norm", norm, 4), 4);
+    assert_int_equal(log_values(log, "consumed_samples", consumed, 4), 4);
+    const char *line[3];
+    int n = 0;
+    for (const char *p = strstr(r.out, "] iteration "); p; p = strstr(p + 1, "] iteration "))
+        line[n < 3 ? n : 2] = p, n++;
+    assert_int_equal(n, 3);
+    static const int at[] = {1, 2, 4};
+    for (int i = 0; i < 3; i++) {
+        int it = at[i], first = i == 2 ? 2 : 0; /* the iterations the line averages: first .. it-1 (0-based) */
+        assert_true(consumed[it - 1] == 8.0 * it);
+        char want[512];
+        snprintf(want, sizeof want, "] iteration %8d/%8d | consumed samples: %12d | elapsed time per iteration (ms): ", it, 4, 8 * it);
+        assert_int_equal(strncmp(line[i], want, strlen(want)), 0);
+        const char *end = strchr(line[i], '\n');
+        char text[1024];
+        snprintf(text, sizeof text, "%.*s", (int)(end - line[i]), line[i]);
+        snprintf(want, sizeof want, " | learning rate: %.6E | global batch size:     8 | lm loss: %.6E | loss scale: 1.0 | grad norm: %.3f | "
+                 "number of skipped iterations:   0 | number of nan iterations:   0 | tokens/s: ", lr[it - 1],
+                 i == 0 ? loss[0] : (loss[first] + loss[it - 1]) / 2, norm[it - 1]);
+        if (!strstr(text, want))
+            fail_msg("line %d: %s\nwants: %s", i, text, want);
+        assert_non_null(strstr(text, " | throughput per GPU (TFLOP/s/GPU): "));
+        const char *start = line[i];
+        while (start > r.out && start[-1] != '\n')
+            start--;
+        assert_true(start[0] == ' ' && start[1] == '[' && line[i] - start == 28); /* " [2026-12-07 03:05:17.305076" */
+    }
+    assert_null(strchr(r.out, '\r'));
+    assert_null(strchr(r.err, '\r'));
+    assert_null(strstr(r.err, "\033[K"));
+    printf("    %.*s", (int)(strchr(line[2], '\n') - line[2] + 1 + 28), line[2] - 28);
+    /* On a terminal (script gives the run a pseudo-terminal), the bar */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s run %s --steps 2", weft_bin(), plan);
+    if (run_prog(&r, "script", "-qec", cmd, "/dev/null", NULL) == 0 && r.status != 127) {
+        assert_int_equal(r.status, 0);
+        assert_non_null(strstr(r.out, "\r\033[K["));
+        assert_non_null(strstr(r.out, "] 2/2 iterations"));
+    }
+    unlink(plan);
+    unlink(log);
+}
+
+/* A loss or gradient norm that is not finite skips the update on every
+ * rank and is counted; --skip-limit in a row stop the run (exit 1, naming
+ * the iterations).  The non-finite values are real: at lr 1e30 the first
+ * update moves each weight by about 1e30 (Adam's first step is lr times
+ * the gradient's sign), so the next forward's products (1e30 x 1e30 >
+ * FLT_MAX) overflow and every later iteration's loss and norm are NaN.
+ * Iterations 2 and 3 skipped: the parameters after 3 are those after 1,
+ * byte for byte (at tp 2, the ranks agreeing). */
+static void test_nonfinite_skips_the_update(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    char plan[] = "/tmp/weft-test-nan-XXXXXX", p1[64], p3[64];
+    close(mkstemp(plan));
+    snprintf(p1, sizeof p1, "%s.1", plan);
+    snprintf(p3, sizeof p3, "%s.3", plan);
+    compile_layout("models/gpt2.xml", 2, "--tp 2 --lr 1e30", plan);
+    double loss[3], norm[3];
+    struct run r;
+    if (mpi_run_params(plan, 2, 1, loss, norm, p1, &r) || !isfinite(loss[0]) || !isfinite(norm[0]))
+        fail_msg("weft run: %s%s", r.out, r.err);
+    if (mpi_run_params(plan, 2, 3, loss, norm, p3, &r))
+        fail_msg("weft run: %s%s", r.out, r.err);
+    assert_true(isnan(loss[1]) && isnan(norm[1]) && isnan(loss[2]) && isnan(norm[2]));
+    assert_non_null(strstr(r.out, " iteration        2/       3 |"));
+    assert_non_null(strstr(r.out, "| grad norm: nan | number of skipped iterations:   1 | number of nan iterations:   1 |"));
+    struct params a, b;
+    params_read(p1, &a);
+    params_read(p3, &b);
+    assert_int_equal(a.n, b.n);
+    for (int t = 0; t < a.n; t++) {
+        assert_int_equal(a.count[t], b.count[t]);
+        if (memcmp(a.v[t], b.v[t], (size_t)a.count[t] * 4))
+            fail_msg("%s changed in a skipped iteration", a.names[t]);
+    }
+    params_free(&a);
+    params_free(&b);
+    run_mpi(&r, (const char *const[]){"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", weft_bin(), "run", plan, "--steps",
+                                      "10", "--skip-limit", "3", NULL});
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "weft run: iterations 2 to 4 skipped, 3 in a row (--skip-limit 3)"));
+    assert_non_null(strstr(r.err, "stopping at iteration 4"));
+    assert_null(strstr(r.out, " iteration        5/"));
+    const char *said = strstr(r.err, "weft run: iterations");
+    printf("    %.*s\n", (int)strcspn(said, "\n"), said);
+    unlink(plan);
+    unlink(p1);
+    unlink(p3);
 }
 
 /* A plan run on the wrong number of ranks: every rank exits 2, rank 0 says
@@ -738,10 +937,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_matches_reference),
+        cmocka_unit_test(test_dropout_flag),
         cmocka_unit_test(test_gradients_match_reference),
         cmocka_unit_test(test_training_lowers_the_loss),
         cmocka_unit_test(test_layouts_match_one_rank),
         cmocka_unit_test(test_bf16_near_fp32),
+        cmocka_unit_test(test_log_line),
+        cmocka_unit_test(test_nonfinite_skips_the_update),
         cmocka_unit_test(test_wrong_world_size),
         cmocka_unit_test(test_actions_checked),
         cmocka_unit_test(test_plan_holds_the_actions),

@@ -300,6 +300,19 @@ int cmd_inspect(int argc, char **argv)
         json_string(&j, "schedule", ir_sched_name(S.kind));
         json_string(&j, "mode", S.forward_only ? "infer" : "train");
         json_int(&j, "micro_batches", S.n_micro);
+        json_double(&j, "flops_per_step", m.flops_step);
+        json_begin_array(&j, "dropout"); /* the probabilities the ops use, by the flag they follow */
+        for (int i = 0; i < m.n_dropout; i++) {
+            json_begin_object(&j, NULL);
+            if (m.dropout[i].flag[0])
+                json_string(&j, "flag", m.dropout[i].flag);
+            else
+                json_null(&j, "flag");
+            json_double(&j, "p", m.dropout[i].p);
+            json_int(&j, "ops", m.dropout[i].ops);
+            json_end_object(&j);
+        }
+        json_end_array(&j);
         if (has_opt) {
             json_begin_object(&j, "optimizer");
             json_string(&j, "kind", "adamw");
@@ -403,6 +416,14 @@ int cmd_inspect(int argc, char **argv)
         printf("  dims     ");
         for (int i = 0; i < m.n_dims; i++)
             printf(" %s=%" PRId64, m.dim_name[i], m.dim_value[i]);
+        printf("\n  dropout  ");
+        for (int i = 0; i < m.n_dropout; i++)
+            printf("%s %s%s%s%g (%d op%s%s)", i ? "," : "", m.dropout[i].flag[0] ? "--" : "", m.dropout[i].flag[0] ? m.dropout[i].flag : "",
+                   m.dropout[i].flag[0] ? " " : "", m.dropout[i].p, m.dropout[i].ops, m.dropout[i].ops == 1 ? "" : "s", m.dropout[i].flag[0] ? "" : ", bound to no flag");
+        if (!m.n_dropout)
+            printf(" none");
+        char fl[32];
+        printf("\n  FLOPs     %s a step (model FLOPs, all ranks)", wf_si(m.flops_step, "FLOP", fl));
         printf("\n  layout    %d ranks: tp %d x pp %d x dp %d, cp %d, ep %d%s\n", L->n_ranks, pc.tp, pc.pp, pc.dp, pc.cp,
                pc.ep, enc && pc.epp ? "; encoder of its own" : "");
         printf("  schedule  %s%s, %d micro-batch%s, %d stage%s; predicted %s %.3f ms on %s, bubble %.1f%%\n",

@@ -1,4 +1,4 @@
-/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE]`: train. */
+/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N]`: train. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include "cli.h"
 #include "comm.h"
@@ -11,19 +11,32 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <math.h>
 #include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS] [--dump-params FILE]\n"
+    "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
+    "                                    [--timeout SECONDS] [--dump-params FILE]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
     "tensor, so every layout starts from the same model), and walks its\n"
     "actions: GEMMs through OpenBLAS, kernels from the plan's CPU object.\n"
-    "The data are synthetic token ids from the seed.  Prints one line per\n"
-    "iteration; --log FILE writes one JSON object per iteration (iteration,\n"
-    "loss, lr, grad_norm, step_time, tokens_per_s).\n"
+    "The data are synthetic token ids from the seed.  Rank 0 prints Megatron's\n"
+    "training_log line every --log-interval iterations (and after the first),\n"
+    "averaged over the interval as Megatron does, then weft's tokens/s; the\n"
+    "throughput is the plan's model FLOPs a step (weft inspect shows them) per\n"
+    "rank per second.  On a terminal a progress bar runs on stderr, never in a\n"
+    "file or a pipe.  --log FILE writes one JSON object per iteration\n"
+    "(iteration, loss, lr, grad_norm, step_time, tokens_per_s, consumed_samples;\n"
+    "null for a value that is not finite).\n"
+    "An iteration whose loss or gradient norm is not finite skips its update on\n"
+    "every rank (no parameter or optimizer state changes; the learning rate's\n"
+    "schedule and Adam's step count only the updates taken) and is counted as\n"
+    "Megatron counts it; --skip-limit iterations skipped in a row stop the run.\n"
     "One process per rank, under mpirun or srun (the plan's world size).  The\n"
     "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides),\n"
     "and so do the kernels between the GEMMs.  Unless the environment names them,\n"
@@ -36,6 +49,8 @@ static const char usage[] =
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
+    "  --log-interval N  iterations between log lines (default 1; Megatron's is 100)\n"
+    "  --skip-limit N    stop (exit 1) after N iterations skipped in a row (default 5)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
@@ -105,10 +120,97 @@ static int blas_threads(void)
     return n;
 }
 
+/* Samples the run has consumed after `iterations` iterations: each takes
+ * one global batch (exec_stats.samples), the same every iteration. */
+static int64_t consumed_samples(long iterations, int64_t global_batch)
+{
+    return (int64_t)iterations * global_batch;
+}
+
+/* A number as Python formats it in Megatron's log ("nan", never glibc's "-nan"). */
+static const char *num_str(char buf[32], const char *fmt, double v)
+{
+    if (isnan(v))
+        return "nan";
+    snprintf(buf, 32, fmt, v);
+    return buf;
+}
+
+/* A JSON number, or null where it is not finite (JSON has no NaN). */
+static void put_json(FILE *f, const char *key, const char *fmt, double v)
+{
+    fprintf(f, ", \"%s\": ", key);
+    if (isfinite(v))
+        fprintf(f, fmt, v);
+    else
+        fputs("null", f);
+}
+
+/* What Megatron's training_log sums between two log lines. */
+struct log_interval {
+    int advanced, skipped, nan; /* iterations updated, skipped, skipped with a loss not finite */
+    double loss_sum, seconds;   /* the advanced iterations' losses; every iteration's seconds */
+    int64_t tokens;
+};
+
+/* Megatron's training_log line (megatron/training/training.py), field by
+ * field with its widths, for a log interval ending at `iteration` (1-based)
+ * of `iterations`: the time and throughput per iteration of the interval,
+ * the loss averaged over the updates taken in it, the learning rate and the
+ * norm of its last iteration; loss scale 1.0 (bf16 and fp32 need none).
+ * Throughput: the plan's model FLOPs a step (plan_meta.flops_step) over the
+ * ranks and the seconds, as Megatron's throughput per GPU is
+ * num_floating_point_operations / (seconds * 1e12 * world_size).  Then
+ * weft's: tokens/s over all ranks. */
+static void log_line(FILE *f, long iteration, long iterations, int64_t consumed, const struct log_interval *in,
+                     const struct exec_stats *st, int64_t global_batch, double flops_step, int world)
+{
+    int n = in->advanced + in->skipped;
+    double per = in->seconds / (n ? n : 1);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    localtime_r(&tv.tv_sec, &tm);
+    char when[32];
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    fprintf(f, " [%s.%06ld] iteration %8ld/%8ld | consumed samples: %12lld | elapsed time per iteration (ms): %.1f |", when,
+            (long)tv.tv_usec, iteration, iterations, (long long)consumed, per * 1e3);
+    fprintf(f, " throughput per GPU (TFLOP/s/GPU): %.1f |", flops_step / (per * 1e12 * world));
+    fprintf(f, " learning rate: %.6E | global batch size: %5lld |", st->lr, (long long)global_batch);
+    double avg = in->loss_sum / (in->advanced > 1 ? in->advanced : 1);
+    char b[32];
+    if (avg >= 0.0) /* Megatron's test */
+        fprintf(f, " lm loss: %s |", num_str(b, "%.6E", avg));
+    fprintf(f, " loss scale: 1.0 | grad norm: %s", num_str(b, "%.3f", st->grad_norm));
+    fprintf(f, " | number of skipped iterations: %3d | number of nan iterations: %3d |", in->skipped, in->nan);
+    fprintf(f, " tokens/s: %.0f |\n", in->seconds > 0 ? (double)in->tokens / in->seconds : 0);
+}
+
+/* The progress bar: on stderr, only where stderr is a terminal, redrawn in
+ * place (and wiped before a log line, so the two never mix). */
+static void bar_draw(long done, long total, double seconds)
+{
+    enum { WIDTH = 30 };
+    int full = total ? (int)(WIDTH * done / total) : WIDTH;
+    char bar[WIDTH + 1];
+    for (int i = 0; i < WIDTH; i++)
+        bar[i] = i < full ? '#' : '.';
+    bar[WIDTH] = 0;
+    double left = done ? seconds / (double)done * (double)(total - done) : 0;
+    fprintf(stderr, "\r\033[K[%s] %ld/%ld iterations, %.0f s left", bar, done, total, left);
+    fflush(stderr);
+}
+
+static void bar_wipe(void)
+{
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *path = NULL, *log = NULL, *dump = NULL;
-    long steps = 10;
+    long steps = 10, log_interval = 1, skip_limit = 5;
     double timeout = 300;
     bool profile = false;
     unsigned long long seed = 1234;
@@ -126,6 +228,13 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "weft run: --steps %s: expected a count of iterations\n", argv[i]);
                 return EXIT_BAD_INPUT;
             }
+        } else if ((!strcmp(a, "--log-interval") || !strcmp(a, "--skip-limit")) && has) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || argv[i][0] == 0) {
+                fprintf(stderr, "weft run: %s %s: expected a count of iterations, at least 1\n", a, argv[i]);
+                return EXIT_BAD_INPUT;
+            }
+            *(a[2] == 'l' ? &log_interval : &skip_limit) = v;
         } else if (!strcmp(a, "--seed") && has) {
             seed = strtoull(argv[++i], &end, 10);
             if (*end) {
@@ -202,9 +311,14 @@ int cmd_run(int argc, char **argv)
                chose ? "'s for this CPU)" : "");
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
+    struct log_interval in = {0};
+    bool bar = lead && isatty(STDERR_FILENO);
+    long in_a_row = 0; /* iterations skipped in a row */
     for (long it = 0; it < steps; it++) {
         struct exec_stats st;
         if (exec_step(x, it, &st, &d)) {
+            if (bar)
+                bar_wipe();
             diag_print(&d, stderr); /* this rank's failure: the others wait on it, so end them all */
             fflush(NULL);
             comm_abort(comm, EXIT_FAILURE_RUN);
@@ -213,15 +327,53 @@ int cmd_run(int argc, char **argv)
         tokens += st.tokens;
         for (int k = 0; k < IR_ACT_COUNT; k++)
             by_kind[k] += st.action_seconds[k];
-        if (!lead)
-            continue;
-        printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
-               st.lr, st.grad_norm, st.seconds * 1e3, (double)st.tokens / st.seconds);
-        if (lf)
-            fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
-                    it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
+        in_a_row = st.skipped ? in_a_row + 1 : 0; /* the same on every rank: each skips by the global norm */
+        if (lead) {
+            in.advanced += !st.skipped, in.skipped += st.skipped, in.nan += st.skipped && !isfinite(st.loss);
+            in.loss_sum += st.skipped ? 0 : st.loss;
+            in.seconds += st.seconds, in.tokens += st.tokens;
+            int64_t consumed = consumed_samples(it + 1, st.samples);
+            if (lf) {
+                fprintf(lf, "{\"iteration\": %ld", it + 1);
+                put_json(lf, "loss", "%.9g", st.loss);
+                put_json(lf, "lr", "%.9g", st.lr);
+                put_json(lf, "grad_norm", "%.9g", st.grad_norm);
+                put_json(lf, "step_time", "%.6f", st.seconds);
+                put_json(lf, "tokens_per_s", "%.1f", (double)st.tokens / st.seconds);
+                fprintf(lf, ", \"consumed_samples\": %lld}\n", (long long)consumed);
+            }
+            /* Megatron logs after the first iteration too, without starting a new interval there, unless the first
+             * ends one (at --log-interval 1 Megatron's second line would average two iterations) */
+            bool ends = (it + 1) % log_interval == 0;
+            if (ends || it == 0 || in_a_row >= skip_limit) {
+                if (bar)
+                    bar_wipe();
+                log_line(stdout, it + 1, steps, consumed, &in, &st, st.samples, R.meta.flops_step, comm->size);
+                fflush(stdout);
+                if (ends)
+                    in = (struct log_interval){0};
+            }
+            if (bar)
+                bar_draw(it + 1, steps, total);
+        }
+        if (in_a_row >= skip_limit) { /* every rank stops here: they count alike */
+            char l[32], g[32];
+            if (bar)
+                bar_wipe();
+            if (lead)
+                fprintf(stderr, "weft run: iterations %ld to %ld skipped, %ld in a row (--skip-limit %ld): the loss or the gradient "
+                                "norm is not finite (at iteration %ld: loss %s, grad norm %s); stopping at iteration %ld\n",
+                        it + 2 - in_a_row, it + 1, in_a_row, skip_limit, it + 1, num_str(l, "%g", st.loss),
+                        num_str(g, "%g", st.grad_norm), it + 1);
+            rc = EXIT_FAILURE_RUN;
+            break;
+        }
     }
-    if (dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
+    if (bar)
+        bar_wipe();
+    if (rc && df) /* stopped: no parameters to compare */
+        fclose(df);
+    if (rc == 0 && dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
         diag_print(&d, stderr);
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);

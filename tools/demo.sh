@@ -2,7 +2,7 @@
 # demo.sh: the tour `make demo` runs: check every model, compile one for 8
 # ranks (its fused kernels compiled by NVRTC and the C compiler), prove the
 # plan cannot hang, look inside, draw it, predict its step, then train tiny
-# GPT-2 on 8 local CPU ranks (tp 2 x pp 2 x dp 2).
+# GPT-2 on 8 local CPU ranks (tp 2 x pp 2 x dp 2) and draw its loss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 weft=${WEFT:-build/weft}
@@ -30,5 +30,6 @@ mpi=(mpirun --oversubscribe -np 8)
 [ "$(id -u)" != 0 ] || mpi+=(--allow-run-as-root)
 step "$weft" compile models/gpt2.xml "${layout[@]}" --lr 3e-3 -o "$out/gpt2-train.plan"
 step "${mpi[@]}" "$weft" run "$out/gpt2-train.plan" --steps 40 --log "$out/metrics.jsonl"
-printf '\nThe pictures: %s/gpt2.svg (the partitioned model), %s/schedule.svg (the timeline);\n' "$out" "$out"
-printf 'the training log: %s/metrics.jsonl (one JSON object per iteration).\n' "$out"
+step "$weft" plot "$out/metrics.jsonl" -o "$out/loss.svg"
+printf '\nThe pictures: %s/gpt2.svg (the partitioned model), %s/schedule.svg (the timeline),\n' "$out" "$out"
+printf '%s/loss.svg (the loss and tokens/s); the training log: %s/metrics.jsonl (one JSON object per iteration).\n' "$out" "$out"

@@ -12,6 +12,7 @@ packages=(
   libopenmpi-dev openmpi-bin    # weft run: one process per rank
   libopenblas-dev               # CPU GEMMs
   libcmocka-dev                 # the test framework
+  libcairo2-dev fonts-dejavu-core  # weft plot: SVG and PNG from one drawing, its text's font
   "$@"
 )
 
