@@ -19,7 +19,8 @@ static const struct {
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
     {"simulate", cmd_simulate, "predict a training step's time and bubble; draw its timeline (.svg)"},
-    {"run", cmd_run, "train: run a plan (one rank for now) on the CPU"},
+    {"run", cmd_run, "train: run a plan on CPU ranks (synthetic data, or --data-path)"},
+    {"data", cmd_data, "make training data: JSON lines into Megatron's indexed dataset (.bin, .idx)"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
 
