@@ -1,11 +1,13 @@
-/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE]`: train. */
+/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--data-path P]`: train. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include "cli.h"
 #include "comm.h"
+#include "data.h"
 #include "exec.h"
 #include "util.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,14 +18,20 @@
 
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS] [--dump-params FILE]\n"
+    "                                [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
     "tensor, so every layout starts from the same model), and walks its\n"
     "actions: GEMMs through OpenBLAS, kernels from the plan's CPU object.\n"
-    "The data are synthetic token ids from the seed.  Prints one line per\n"
-    "iteration; --log FILE writes one JSON object per iteration (iteration,\n"
-    "loss, lr, grad_norm, step_time, tokens_per_s).\n"
+    "The data are Megatron's: --data-path PREFIX reads PREFIX.bin and PREFIX.idx\n"
+    "(weft data makes them; so does Megatron's preprocess_data.py) and makes the\n"
+    "samples Megatron's GPTDataset makes (seq-length + 1 tokens each, shuffled by\n"
+    "--seed, split by --split), dealt to the data-parallel ranks as Megatron's\n"
+    "sampler deals them; without it, synthetic token ids from the seed.  Prints\n"
+    "one line per iteration; --log FILE writes one JSON object per iteration\n"
+    "(iteration, loss, lr, grad_norm, step_time, tokens_per_s; val_loss where it\n"
+    "validated).\n"
     "One process per rank, under mpirun or srun (the plan's world size).  The\n"
     "BLAS takes the node's cores over its ranks (OPENBLAS_NUM_THREADS overrides),\n"
     "and so do the kernels between the GEMMs.  Unless the environment names them,\n"
@@ -38,7 +46,13 @@ static const char usage[] =
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
-    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
+    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
+    "  --data-path PREFIX   train on PREFIX.bin/.idx (a decoder's plan: its tokens and labels); every token\n"
+    "                       is checked against the plan's vocabulary before the first step\n"
+    "  --split A,B,C        the train, valid and test shares of the documents (default 969,30,1)\n"
+    "  --eval-interval N    every N iterations, and after the last, the validation loss: the mean over\n"
+    "  --eval-iters K       the tokens of K global batches of the valid split (forward only, no update;\n"
+    "                       dropout applies, as compiled), read in order across validations\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -105,10 +119,41 @@ static int blas_threads(void)
     return n;
 }
 
+static const char dashes[] = "--------------------------------------------------------------------------------"
+                             "--------------------------------------------------------------------------------"
+                             "--------------------------------------------------------------------------------";
+
+/* The validation loss: the mean over the tokens of `iters` global batches of
+ * valid's samples from *consumed (which it advances by gb a batch), printed on rank 0 as
+ * Megatron prints it. */
+static double validate(struct exec *x, struct comm *comm, const struct data_gpt *valid, long iters, int64_t gb, int64_t *consumed,
+                       long iteration, const char *where, struct diag *d)
+{
+    double sum = 0, count = 0;
+    for (long k = 0; k < iters; k++) {
+        double s, n;
+        if (exec_evaluate(x, valid, *consumed, &s, &n, d)) {
+            diag_print(d, stderr); /* as a step's failure: end every rank */
+            fflush(NULL);
+            comm_abort(comm, EXIT_FAILURE_RUN);
+        }
+        sum += s, count += n;
+        *consumed += gb;
+    }
+    double val = count > 0 ? sum / count : 0;
+    if (comm->rank == 0) {
+        char line[256];
+        int n = snprintf(line, sizeof line, " validation loss at iteration %ld%s | lm loss value: %.6E | lm loss PPL: %.6E | ", iteration,
+                         where, val, exp(val < 20 ? val : 20));
+        printf("%.*s\n%s\n%.*s\n", n + 1, dashes, line, n + 1, dashes);
+    }
+    return val;
+}
+
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL;
-    long steps = 10;
+    const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1";
+    long steps = 10, eval_interval = 0, eval_iters = 0;
     double timeout = 300;
     bool profile = false;
     unsigned long long seed = 1234;
@@ -138,7 +183,18 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "weft run: --timeout %s: expected seconds above 0\n", argv[i]);
                 return EXIT_BAD_INPUT;
             }
-        } else if (!strcmp(a, "--profile"))
+        } else if ((!strcmp(a, "--eval-interval") || !strcmp(a, "--eval-iters")) && has) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1) {
+                fprintf(stderr, "weft run: %s %s: expected a count above 0\n", a, argv[i]);
+                return EXIT_BAD_INPUT;
+            }
+            *(!strcmp(a, "--eval-interval") ? &eval_interval : &eval_iters) = v;
+        } else if (!strcmp(a, "--data-path") && has)
+            data_path = argv[++i];
+        else if (!strcmp(a, "--split") && has)
+            split_arg = argv[++i];
+        else if (!strcmp(a, "--profile"))
             profile = true;
         else if (!strcmp(a, "--log") && has)
             log = argv[++i];
@@ -153,6 +209,15 @@ int cmd_run(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "weft run: no plan file given\n%s", usage);
+        return EXIT_BAD_INPUT;
+    }
+    if ((eval_interval > 0) != (eval_iters > 0) || (eval_interval && !data_path)) {
+        fprintf(stderr, "weft run: %s\n", eval_interval && eval_iters ? "--eval-interval validates on --data-path's valid split: give --data-path"
+                                                                       : "--eval-interval and --eval-iters go together");
+        return EXIT_BAD_INPUT;
+    }
+    if (data_path && seed > 0xffffffffull) {
+        fprintf(stderr, "weft run: --seed %llu: with --data-path the seed shuffles as numpy's RandomState, 0 to 2^32-1\n", seed);
         return EXIT_BAD_INPUT;
     }
     struct diag d;
@@ -177,11 +242,26 @@ int cmd_run(int argc, char **argv)
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
+    /* The data: every rank opens and checks the files and builds the splits' indices (as each Megatron rank
+     * reads the cached ones), for the samples this run asks: its steps' global batches from the samples
+     * consumed, and Megatron's count for validation, (steps / interval + 1) * eval-iters batches. */
+    struct data_indexed D = {0};
+    struct data_gpt train = {0}, valid = {0};
+    double split[3];
+    int64_t seq = x && !d.n_errors && data_path ? exec_data_seq(x, &d) : -1, gb = x ? exec_global_batch(x) : 0;
+    if (seq > 0 && !data_split_parse(split_arg, split, &d) && !data_indexed_open(&D, data_path, R.vocab, &d) &&
+        !data_gpt_build(&train, &D, split, DATA_SPLIT_TRAIN, seq, exec_consumed_samples(x) + steps * gb, (uint32_t)seed, &d) &&
+        (!eval_interval || !data_gpt_build(&valid, &D, split, DATA_SPLIT_VALID, seq, (steps / eval_interval + 1) * eval_iters * gb,
+                                           (uint32_t)seed, &d)))
+        exec_set_data(x, &train);
     if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
         if (lead)
             diag_print(&d, stderr);
         diag_free(&d);
         exec_free(x);
+        data_gpt_free(&train);
+        data_gpt_free(&valid);
+        data_indexed_close(&D);
         rank_plan_free(&R);
         if (lf)
             fclose(lf);
@@ -200,8 +280,12 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    if (lead && data_path)
+        printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
+               (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
+               eval_interval ? ", validation from its own split" : "");
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
-    int64_t tokens = 0;
+    int64_t tokens = 0, val_consumed = 0;
     for (long it = 0; it < steps; it++) {
         struct exec_stats st;
         if (exec_step(x, it, &st, &d)) {
@@ -213,13 +297,22 @@ int cmd_run(int argc, char **argv)
         tokens += st.tokens;
         for (int k = 0; k < IR_ACT_COUNT; k++)
             by_kind[k] += st.action_seconds[k];
-        if (!lead)
-            continue;
-        printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
-               st.lr, st.grad_norm, st.seconds * 1e3, (double)st.tokens / st.seconds);
-        if (lf)
-            fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
+        if (lead)
+            printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
+                   st.lr, st.grad_norm, st.seconds * 1e3, (double)st.tokens / st.seconds);
+        /* Megatron's evaluate_and_print_results: every eval-interval iterations, and once more after the last */
+        double val = NAN;
+        if (eval_interval && (it + 1) % eval_interval == 0)
+            val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, "", &d);
+        if (eval_interval && it + 1 == steps)
+            val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, " on validation set", &d);
+        if (lf) {
+            fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f",
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
+            if (!isnan(val))
+                fprintf(lf, ", \"val_loss\": %.9g", val);
+            fprintf(lf, "}\n");
+        }
     }
     if (dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
         diag_print(&d, stderr);
@@ -264,6 +357,9 @@ int cmd_run(int argc, char **argv)
     if (lf)
         fclose(lf);
     exec_free(x);
+    data_gpt_free(&train);
+    data_gpt_free(&valid);
+    data_indexed_close(&D);
     rank_plan_free(&R);
     comm_close(comm);
     return rc;
