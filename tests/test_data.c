@@ -332,8 +332,10 @@ static void run_data(const char *plan, int ranks, const char *data, int steps, c
  * text; validation leaves training alone (the same training losses with
  * and without it: no update, no state touched); 2 data-parallel ranks read
  * disjoint halves of each batch and give one rank's losses, training and
- * validation; so do 2 pipeline stages (forward-only validation through the
- * stages, no hang), also with virtual stages (interleaved 1F1B). */
+ * validation; so do 2 context-parallel ranks (each its half of every
+ * sequence), 2 tensor-parallel ranks, and 2 pipeline stages (forward-only
+ * validation through the stages, no hang), also with virtual stages
+ * (interleaved 1F1B). */
 static void test_run_on_real_text(void **state)
 {
     (void)state;
@@ -362,6 +364,8 @@ static void test_run_on_real_text(void **state)
         const char *layout, *what;
     } layouts[] = {
         {2, "", "dp 2"},
+        {2, "--cp 2", "cp 2"},
+        {2, "--tp 2 --sequence-parallel", "tp 2, sequence parallel"},
         {2, "--pp 2", "pp 2"},
         {2, "--pp 2 --num-layers 4 --num-layers-per-virtual-pipeline-stage 1", "pp 2, 2 virtual stages"},
     };
