@@ -147,7 +147,7 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
-/* weft data's bad inputs: each exits 2 naming the file and line. */
+/* weft data's bad inputs: each exits 2 naming the file and line, and writes nothing. */
 static void test_weft_data_bad_input(void **state)
 {
     (void)state;
@@ -167,6 +167,7 @@ static void test_weft_data_bad_input(void **state)
         printf("    exit %d: %s", r.status, r.err);
         assert_int_equal(r.status, 2);
         assert_non_null(strstr(r.err, cases[c].expect));
+        assert_int_equal(access("/tmp/weft-test-bad_text_document.bin", F_OK), -1); /* no half-made dataset */
     }
     struct run r;
     run_weft(&r, "data", "--input", "/tmp/weft-test-bad.jsonl", "--output-prefix", "/tmp/weft-test-bad", "--tokenizer-type",

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: weft data --input FILE.jsonl --output-prefix P [--json-keys text ...]\n"
@@ -30,7 +31,7 @@ static const char usage[] =
     "                         --vocab-size N, EOD N\n"
     "  --append-eod           end each document with the EOD token\n"
     "A line that is not a JSON object, a missing key, a text that does not tokenize\n"
-    "(an id out of range) exit 2 naming FILE:LINE.\n";
+    "(an id out of range) exit 2 naming FILE:LINE, and leave no output files.\n";
 
 #define MAX_KEYS 16
 
@@ -123,7 +124,7 @@ int cmd_data(int argc, char **argv)
         lineno++;
         struct json_value *v = json_parse(line, (size_t)len, err, sizeof err);
         if (!v || v->type != JSON_OBJECT) {
-            diag_error(&d, input, (int)lineno, "%s", v ? "expected a JSON object (a document)" : err);
+            diag_error(&d, input, (int)lineno, "%s%s", v ? "expected a JSON object (a document)" : "not JSON: ", v ? "" : err);
             json_free(v);
             break;
         }
@@ -162,10 +163,17 @@ int cmd_data(int argc, char **argv)
         json_free(v);
         docs++;
     }
-    for (int k = 0; k < n_keys; k++)
+    for (int k = 0; k < n_keys; k++) {
+        char path[1040];
         if (w[k] && data_writer_close(w[k], &d) == 0 && !d.n_errors)
             printf("%s: %lld documents, %lld tokens (%s, %lld ids) -> %s_%s_document.bin, .idx\n", input, (long long)docs,
                    (long long)tokens[k], dtype == DATA_UINT16 ? "uint16" : "int32", (long long)tokenizer_vocab(t), prefix, keys[k]);
+        else if (w[k]) /* no half-made dataset left behind */
+            for (int e = 0; e < 2; e++) {
+                snprintf(path, sizeof path, "%s_%s_document.%s", prefix, keys[k], e ? "idx" : "bin");
+                unlink(path);
+            }
+    }
     if (in)
         fclose(in);
     free(line);
