@@ -147,6 +147,54 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
+/* What preprocess_data.py writes for a NullTokenizer of 70000 ids (EOD
+ * 70000: 70001 ids, past DType.optimal_dtype's 65500, so int32) and for a
+ * document given as sentences (a sequence each; an empty one none, the EOD
+ * ending the last): each expected value from those rules. */
+static void test_weft_data_null_and_sentences(void **state)
+{
+    (void)state;
+    write_text("/tmp/weft-test-null.jsonl", "{\"text\": \"1 2 3\"}\n{\"text\": \"69999 0\"}\n{\"text\": \"\"}\n");
+    struct run r;
+    run_weft(&r, "data", "--input", "/tmp/weft-test-null.jsonl", "--output-prefix", "/tmp/weft-test-null", "--tokenizer-type",
+             "NullTokenizer", "--vocab-size", "70000", "--append-eod", NULL);
+    if (r.status)
+        fail_msg("weft data exited %d: %s", r.status, r.err);
+    struct diag d;
+    diag_init(&d);
+    struct data_indexed D;
+    if (data_indexed_open(&D, "/tmp/weft-test-null_text_document", 70001, &d))
+        fail_msg("%s", diag_first_error(&d));
+    assert_int_equal(D.dtype, DATA_INT32);
+    assert_int_equal(D.n_seqs, 2);
+    assert_int_equal(D.n_docs, 4); /* three documents, the empty one a boundary only */
+    static const int64_t want[2][4] = {{1, 2, 3, 70000}, {69999, 0, 70000}};
+    static const int lens[2] = {4, 3};
+    for (int s = 0; s < 2; s++) {
+        assert_int_equal(D.lengths[s], lens[s]);
+        for (int k = 0; k < lens[s]; k++)
+            assert_int_equal(data_indexed_token(&D, s, k), want[s][k]);
+    }
+    data_indexed_close(&D);
+    write_text("/tmp/weft-test-null.jsonl", "{\"text\": [\"a b\", \"\", \"c\"]}\n");
+    run_weft(&r, "data", "--input", "/tmp/weft-test-null.jsonl", "--output-prefix", "/tmp/weft-test-null", "--append-eod", NULL);
+    if (r.status)
+        fail_msg("weft data exited %d: %s", r.status, r.err);
+    if (data_indexed_open(&D, "/tmp/weft-test-null_text_document", 257, &d))
+        fail_msg("%s", diag_first_error(&d));
+    assert_int_equal(D.dtype, DATA_UINT16);
+    assert_int_equal(D.n_seqs, 2); /* "a b" and "c" + EOD */
+    assert_int_equal(D.lengths[0], 3);
+    assert_int_equal(D.lengths[1], 2);
+    assert_int_equal(data_indexed_token(&D, 1, 0), 'c');
+    assert_int_equal(data_indexed_token(&D, 1, 1), 256);
+    data_indexed_close(&D);
+    diag_free(&d);
+    unlink("/tmp/weft-test-null.jsonl");
+    unlink("/tmp/weft-test-null_text_document.bin");
+    unlink("/tmp/weft-test-null_text_document.idx");
+}
+
 /* weft data's bad inputs: each exits 2 naming the file and line, and writes nothing. */
 static void test_weft_data_bad_input(void **state)
 {
@@ -402,6 +450,7 @@ int main(void)
         cmocka_unit_test(test_samples_match_megatron),
         cmocka_unit_test(test_weft_data_byte_identical),
         cmocka_unit_test(test_bpe_matches_reference),
+        cmocka_unit_test(test_weft_data_null_and_sentences),
         cmocka_unit_test(test_weft_data_bad_input),
         cmocka_unit_test(test_run_bad_data),
         cmocka_unit_test(test_run_on_real_text),
