@@ -76,6 +76,8 @@ struct tokenizer {
     int64_t vocab, eod;
     struct strmap ids;   /* GPT2_BPE: a token (GPT-2's characters, UTF-8) -> its id */
     struct strmap ranks; /* "first second" -> the merge's rank */
+    struct strmap cache; /* a piece (its bytes) -> where its ids are in cached: start << 16 | count (encoder.py's cache) */
+    struct tokenizer_ids cached;
     char byte_char[256][3]; /* GPT-2's character for each byte, UTF-8 (2 bytes at most) */
 };
 
@@ -188,6 +190,8 @@ void tokenizer_free(struct tokenizer *t)
         return;
     strmap_free(&t->ids);
     strmap_free(&t->ranks);
+    strmap_free(&t->cache);
+    free(t->cached.v);
     free(t);
 }
 
@@ -368,8 +372,17 @@ int tokenizer_encode(struct tokenizer *t, const char *text, size_t len, struct t
     }
     for (size_t i = 0; i < len;) {
         size_t n = gpt2_piece(s, len, i);
-        if (bpe(t, s + i, n, ids, err, err_n))
+        int64_t at = memchr(s + i, 0, n) ? -1 : strmap_get(&t->cache, text + i, n), before = ids->n;
+        if (at >= 0) /* a piece seen before: its ids again */
+            for (int64_t k = 0; k < (at & 0xffff); k++)
+                push(ids, t->cached.v[(at >> 16) + k]);
+        else if (bpe(t, s + i, n, ids, err, err_n))
             return -1;
+        else if (ids->n - before < 0xffff && t->cache.n < (1u << 20) && !memchr(s + i, 0, n)) { /* pieces without NULs, a million at most */
+            strmap_put(&t->cache, text + i, n, t->cached.n << 16 | (ids->n - before));
+            for (int64_t k = before; k < ids->n; k++)
+                push(&t->cached, ids->v[k]);
+        }
         i += n;
     }
     return 0;
