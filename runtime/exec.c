@@ -32,6 +32,7 @@ struct exec {
     const struct data_gpt *data; /* where the batch's samples come from (a split's GPTDataset); NULL: synthetic */
     const struct data_gpt *train; /* the training samples (exec_set_data), or NULL */
     int tokens_in;           /* the plan's tokens input (exec_data_seq); labels are R->labels */
+    bool validating;         /* in exec_evaluate: dropout off (the launches' arg[KN_ARG_EVAL]) */
     int32_t *sample;         /* one sample's tokens, seq + 1 */
     double lr;               /* this step's learning rate */
     double norm;             /* the gradients' global norm, once the updates begin; -1 before */
@@ -293,6 +294,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
         ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
         a.seed = dropout_seed(x, j);
         float_args(x, L, &a);
+        a.arg[KN_ARG_EVAL] = x->validating ? 1.0f : 0.0f;
         for (int i = 0; i < L->n_in; i++)
             a.in[i] = at(x, &il->in[i], v, j);
         for (int i = 0; i < L->n_out; i++)
@@ -634,6 +636,7 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
 {
     x->base = first, x->data = valid;
     x->loss_sum = 0;
+    x->validating = true;
     WF_ASSERT(!valid || x->tokens_in >= 0); /* exec_data_seq found the plan's tokens */
     if (valid && !x->sample)
         x->sample = wf_calloc((size_t)valid->seq + 1, sizeof *x->sample);
@@ -660,6 +663,7 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
         }
     }
     free(sends.v);
+    x->validating = false;
     float sum[2];
     if (rc || loss_sums(x, sum, d))
         return -1;

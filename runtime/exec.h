@@ -67,8 +67,8 @@ void exec_set_data(struct exec *x, const struct data_gpt *train);
  * and optimizer state stay as they are), over one global batch of valid's
  * samples from its sample `first` (dealt as a training batch is).  The
  * loss summed over the batch's tokens and their count, the same on every
- * rank.  Dropout applies as in training: its rate is compiled into the
- * plan's kernels. */
+ * rank.  Dropout is off (every element kept, unscaled), as in Megatron's
+ * evaluation: the plan's dropout kernels read it from arg[KN_ARG_EVAL]. */
 int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, double *loss_sum, double *tokens, struct diag *d);
 void exec_free(struct exec *x);
 /* Every parameter, whole, as the model holds it now (fp32; the master

@@ -444,6 +444,47 @@ static void test_run_on_real_text(void **state)
     unlink("/tmp/weft-test-gpl_text_document.idx");
 }
 
+/* Validation runs without dropout, as Megatron evaluates: tiny GPT-2 (its
+ * dropout p 0.1) and the same model with p 0 give the same validation loss
+ * after a step at lr 0 (the parameters unchanged, drawn from one seed),
+ * while their training losses differ (dropout applies in training). */
+static void test_validation_without_dropout(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    size_t n;
+    char *xml = wf_read_file("models/gpt2.xml", 1 << 20, &n);
+    assert_non_null(xml);
+    FILE *f = fopen("/tmp/weft-test-nodrop.xml", "w");
+    int swapped = 0;
+    for (char *q; (q = strstr(xml, "p=\"0.1\"")); swapped++) /* every p="0.1" as p="0.0" */
+        q[5] = '0';
+    fputs(xml, f);
+    fclose(f);
+    free(xml);
+    assert_true(swapped >= 3);
+    const char *data = gpl_data();
+    if (!data)
+        SKIP_BECAUSE("no /usr/share/common-licenses/GPL-3 to train on");
+    const char *models[2] = {"models/gpt2.xml", "/tmp/weft-test-nodrop.xml"}, *plan = "/tmp/weft-test-nodrop.plan";
+    double loss[2][2], val[2][2];
+    for (int m = 0; m < 2; m++) {
+        struct run r;
+        run_weft(&r, "compile", models[m], "--variant", "tiny", "--global-batch-size", "4", "--lr", "0", "--arch", "cpu", "-o", plan, NULL);
+        if (r.status)
+            fail_msg("weft compile %s: %s", models[m], r.err);
+        run_data(plan, 1, data, 2, "--eval-interval 1 --eval-iters 2", loss[m], val[m]);
+    }
+    printf("    dropout 0.1 and 0: training loss %.7f and %.7f, validation %.7f and %.7f\n", loss[0][0], loss[1][0], val[0][0], val[1][0]);
+    assert_true(loss[0][0] != loss[1][0]);
+    assert_true(fabs(val[0][0] - val[1][0]) < 1e-6 * val[1][0]);
+    unlink(plan);
+    unlink("/tmp/weft-test-nodrop.xml");
+    unlink("/tmp/weft-test-gpl_text_document.bin");
+    unlink("/tmp/weft-test-gpl_text_document.idx");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_weft_data_bad_input),
         cmocka_unit_test(test_run_bad_data),
         cmocka_unit_test(test_run_on_real_text),
+        cmocka_unit_test(test_validation_without_dropout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,7 +52,7 @@ static const char usage[] =
     "  --split A,B,C        the train, valid and test shares of the documents (default 969,30,1)\n"
     "  --eval-interval N    every N iterations, and after the last, the validation loss: the mean over\n"
     "  --eval-iters K       the tokens of K global batches of the valid split (forward only, no update;\n"
-    "                       dropout applies, as compiled), read in order across validations\n";
+    "                       dropout off), read in order across validations\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
