@@ -267,8 +267,9 @@ static void big_token(char *b, size_t *n) { (void)n, b[40] = 0x58, b[41] = 0x02;
 static void count_off(char *b, size_t *n) { (void)n, b[18]++; }                    /* one sequence more than the arrays hold */
 
 /* weft run --data-path with a bad dataset: exit 2 before any step, the
- * error naming both files and what is wrong; and a plan whose inputs are
- * not a decoder's tokens and labels (T5) is refused. */
+ * error naming both files and what is wrong; a file one rank alone cannot
+ * open stops every rank at once; and a plan whose inputs are not a
+ * decoder's tokens and labels (T5) is refused. */
 static void test_run_bad_data(void **state)
 {
     (void)state;
@@ -300,6 +301,18 @@ static void test_run_bad_data(void **state)
     }
     unlink("/tmp/weft-test-baddata.bin");
     unlink("/tmp/weft-test-baddata.idx");
+    /* a file only rank 0 fails on (its --log): both ranks stop at once, none waits for the other */
+    const char *two = "/tmp/weft-test-data-dp2.plan";
+    compile_cpu_plan("models/gpt2.xml", 2, "", two);
+    struct run r2;
+    time_t t0 = time(NULL);
+    run_mpi(&r2, (const char *const[]){"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", weft_bin(), "run", two, "--steps", "1",
+                                       "--data-path", FIX "megatron_text_document", "--log", "/nonexistent/weft.jsonl", NULL});
+    printf("    exit %d after %lld s: %.*s\n", r2.status, (long long)(time(NULL) - t0), (int)strcspn(r2.err, "\n"), r2.err);
+    assert_int_not_equal(r2.status, 0);
+    assert_false(r2.timed_out);
+    assert_non_null(strstr(r2.err, "--log /nonexistent/weft.jsonl: cannot write it"));
+    unlink(two);
     const char *t5 = "/tmp/weft-test-data-t5.plan";
     compile_cpu_plan("models/t5.xml", 1, "", t5);
     struct run r;

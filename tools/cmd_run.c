@@ -254,8 +254,24 @@ int cmd_run(int argc, char **argv)
         (!eval_interval || !data_gpt_build(&valid, &D, split, DATA_SPLIT_VALID, seq, (steps / eval_interval + 1) * eval_iters * gb,
                                            (uint32_t)seed, &d)))
         exec_set_data(x, &train);
+    /* Each rank read the files itself (--data-path; rank 0 alone --log and --dump-params): where some could
+     * not (a file only some nodes see), every rank stops before the first step rather than wait on them.
+     * Rank 0 says why, or, where it could, that the others could not and they say why. */
+    bool speak = lead;
+    if (x && comm->size > 1) {
+        float bad[2] = {d.n_errors ? 1.0f : 0.0f, lead && d.n_errors ? 1.0f : 0.0f};
+        bool mine = d.n_errors > 0;
+        if (comm->ops->collective(comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, bad, bad, 2, IR_DTYPE_F32, &d))
+            rc = EXIT_FAILURE_RUN, speak = true;
+        else if (bad[0] > 0 && !mine)
+            diag_error(&d, NULL, 0, "%.0f rank%s could not start (what each found is below)", bad[0], bad[0] == 1 ? "" : "s");
+        else if (mine && bad[1] == 0)
+            speak = true;
+    }
     if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
-        if (lead)
+        if (speak && !lead)
+            fprintf(stderr, "rank %d: ", comm->rank);
+        if (speak)
             diag_print(&d, stderr);
         diag_free(&d);
         exec_free(x);
