@@ -278,7 +278,11 @@ static bool lower(struct builder *b, int op_index)
         if (keep >= 0)
             b->k.nodes[keep].slot = (uint8_t)b->n_streams;
         b->streams[b->n_streams++] = kn_stream(b->P->g->tensors[o->out[0]].name);
-        y = kn_node(&b->k, KN_SELECT, keep, op2(b, KN_MUL, x, cst(b, 1 / (1 - p))), cst(b, 0), 0);
+        int eval = kn_node(&b->k, KN_ARG, -1, -1, -1, 0); /* 1 in validation: every element kept, unscaled */
+        if (eval >= 0)
+            b->k.nodes[eval].slot = KN_ARG_EVAL;
+        int scale = kn_node(&b->k, KN_SELECT, eval, cst(b, 1), cst(b, 1 / (1 - p)), 0);
+        y = kn_node(&b->k, KN_SELECT, op2(b, KN_MAX, keep, eval), op2(b, KN_MUL, x, scale), cst(b, 0), 0);
         int m = kn_output(&b->k, KN_DTYPE_U8, KN_FULL);
         b->out[m] = (struct kn_bind){.what = IR_BUF_MASK, .id = op_index, .xfer = -1};
         kn_store(&b->k, m, keep);

@@ -62,7 +62,7 @@ int kn_output(struct kn_kernel *k, int dtype, enum kn_access access)
 
 int kn_arg(struct kn_kernel *k)
 {
-    if (k->n_args == 8) {
+    if (k->n_args == KN_ARG_EVAL) {
         k->full = true;
         return 0;
     }

@@ -124,7 +124,11 @@ int kn_op_arity(enum kn_op op);
 void kn_init(struct kn_kernel *k);
 int kn_input(struct kn_kernel *k, int dtype, enum kn_access access);
 int kn_output(struct kn_kernel *k, int dtype, enum kn_access access);
-int kn_arg(struct kn_kernel *k); /* a float argument: its slot */
+int kn_arg(struct kn_kernel *k); /* a float argument: its slot (below KN_ARG_EVAL) */
+/* The float argument every launch's arg[7] is: 1 in validation's forward
+ * (weft run --eval-interval), where dropout keeps every element unscaled;
+ * 0 in training.  kn_arg hands out the slots below it. */
+#define KN_ARG_EVAL 7
 /* A node; returns its index (-1 once full). */
 int kn_node(struct kn_kernel *k, enum kn_op op, int a, int b, int c, double imm);
 int kn_load(struct kn_kernel *k, int slot);

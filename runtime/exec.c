@@ -27,6 +27,13 @@ struct exec {
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum;
     long iteration;
+    int64_t consumed;        /* training samples consumed: every global batch before this step's */
+    int64_t base;            /* the first global sample of the batch being run (consumed, or a validation batch's first) */
+    const struct data_gpt *data; /* where the batch's samples come from (a split's GPTDataset); NULL: synthetic */
+    const struct data_gpt *train; /* the training samples (exec_set_data), or NULL */
+    int tokens_in;           /* the plan's tokens input (exec_data_seq); labels are R->labels */
+    bool validating;         /* in exec_evaluate: dropout off (the launches' arg[KN_ARG_EVAL]) */
+    int32_t *sample;         /* one sample's tokens, seq + 1 */
     double lr;               /* this step's learning rate */
     double norm;             /* the gradients' global norm, once the updates begin; -1 before */
     double clip;             /* the factor the updates scale gradients by */
@@ -39,6 +46,9 @@ struct exec {
 
 double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
 int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
+int64_t exec_consumed_samples(const struct exec *x) { return x->consumed; }
+void exec_set_consumed_samples(struct exec *x, int64_t samples) { x->consumed = samples; }
+int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->L->pc.dp * x->R->schedule.n_micro; }
 
 
 void *exec_arena(struct exec *x) { return x->arena; }
@@ -172,12 +182,13 @@ static void init_params(struct exec *x)
 }
 
 /* The first global sample of micro-batch j on this rank: samples are dealt
- * as Megatron's sampler deals a global batch, micro-batch j of every
- * data-parallel rank in turn. */
+ * as Megatron's sampler deals a global batch (from the batch's first, the
+ * samples consumed before it), micro-batch j of every data-parallel rank
+ * in turn. */
 static int64_t first_sample(const struct exec *x, int j, int64_t micro_batch)
 {
     const struct par_config *pc = &x->R->L->pc;
-    return (int64_t)x->iteration * pc->global_batch + ((int64_t)j * pc->dp + x->R->coords.dp) * micro_batch;
+    return x->base + ((int64_t)j * pc->dp + x->R->coords.dp) * micro_batch;
 }
 
 /* Dropout's draws for micro-batch j: keyed by its first global sample, so
@@ -189,7 +200,9 @@ static uint64_t dropout_seed(const struct exec *x, int j)
 }
 
 /* Micro-batch j's inputs on this rank (its samples from first_sample); the
- * loss's labels read each sample one token on. */
+ * loss's labels read each sample one token on.  With data (exec_set_data)
+ * the tokens are sample[0:seq] of the dataset's samples and the labels
+ * sample[1:seq+1]; else synthetic (exec_token). */
 static void fill_inputs(struct exec *x, int v, int j)
 {
     for (int t = 0; t < x->R->n_tensors; t++) {
@@ -208,9 +221,15 @@ static void fill_inputs(struct exec *x, int v, int j)
                 if (T->split[k] & IR_PDIM_BIT(p))
                     n /= par_pdim_degree(&x->R->L->pc, x->R->coords.part, p);
         bool half = T->dtype != IR_DTYPE_I32 && bytes == n * 2; /* a float input held as bf16 */
+        bool real = x->data && (t == x->tokens_in || t == x->R->labels);
+        int64_t have = -1; /* the sample in x->sample */
         for (int64_t e = 0; e < n; e++) { /* this rank's elements (context parallel: its piece of the sequence) */
             int64_t i = whole_index(x, T, e), b = i / per;
-            if (T->dtype == IR_DTYPE_I32)
+            if (real) {
+                if (first + b != have)
+                    data_gpt_sample(x->data, have = first + b, x->sample);
+                ((int32_t *)(void *)(x->arena + o))[e] = x->sample[i % per + shift];
+            } else if (T->dtype == IR_DTYPE_I32)
                 ((int32_t *)(void *)(x->arena + o))[e] = exec_token(x->seed, first + b, i % per % S + shift, vocab);
             else if (half)
                 ((uint16_t *)(void *)(x->arena + o))[e] = wf_bf16((float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i)));
@@ -342,6 +361,7 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
         ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
         a.seed = dropout_seed(x, j);
         float_args(x, L, &a);
+        a.arg[KN_ARG_EVAL] = x->validating ? 1.0f : 0.0f;
         for (int i = 0; i < L->n_in; i++)
             a.in[i] = at(x, &il->in[i], v, j);
         for (int i = 0; i < L->n_out; i++)
@@ -541,7 +561,7 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
         return NULL;
     }
     struct exec *x = wf_calloc(1, sizeof *x);
-    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1;
+    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1;
     int *component = ir_pp_components(R->L);
     x->tied_first = ir_tied_contributes(R->L, component, R->rank);
     free(component);
@@ -588,13 +608,32 @@ void exec_free(struct exec *x)
     free(x->arena);
     free(x->kernel_seconds);
     free(x->scratch);
+    free(x->sample);
     free(x);
+}
+
+/* The batch's loss, the same on every rank: the last stage's row losses
+ * (each tensor-parallel rank has them all: its rank 0 counts them), summed
+ * over the model's ranks and the replicas, and the tokens they came from
+ * (Megatron averages its log's loss so): sum[0], sum[1]. */
+static int loss_sums(struct exec *x, float sum[2], struct diag *d)
+{
+    const struct par_config *pc = &x->R->L->pc;
+    bool counts = counts_loss(x);
+    sum[0] = counts ? (float)x->loss_sum : 0, sum[1] = counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0;
+    if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
+        x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
+        return -1;
+    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
+        return -1;
+    return 0;
 }
 
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d)
 {
     double t0 = wf_seconds();
     x->iteration = iteration;
+    x->base = x->consumed, x->data = x->train;
     x->loss_sum = 0;
     x->norm = -1, x->clip = 1;
     x->lr = x->R->train ? optim_lr(&x->R->opt, iteration - x->skipped) : 0; /* Megatron's schedule steps on updates taken */
@@ -620,18 +659,10 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
             return -1;
         }
     }
-    /* The loss for the log, the same on every rank: the last stage's row
-     * losses (each tensor-parallel rank has them all: its rank 0 counts
-     * them), summed over the model's ranks and the replicas, over the
-     * tokens they came from (Megatron averages its log's loss so). */
-    const struct par_config *pc = &x->R->L->pc;
-    bool counts = counts_loss(x);
-    float sum[2] = {counts ? (float)x->loss_sum : 0, counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0};
-    if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
-        x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
+    float sum[2];
+    if (loss_sums(x, sum, d))
         return -1;
-    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
-        return -1;
+    x->consumed += exec_global_batch(x);
     st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
     st->grad_norm = x->R->train ? step_norm(x) : 0;
     st->skipped = x->R->train && !isfinite(st->grad_norm);
@@ -639,8 +670,80 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     st->lr = x->lr;
     st->seconds = wf_seconds() - t0;
     st->tokens = (int64_t)sum[1];
-    st->samples = x->micro_batch * x->R->schedule.n_micro * pc->dp;
+    st->samples = exec_global_batch(x);
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
+    return 0;
+}
+
+int64_t exec_data_seq(struct exec *x, struct diag *d)
+{
+    const struct rank_plan *R = x->R;
+    int n = 0, tokens = -1;
+    char names[256] = "";
+    for (int t = 0; t < R->n_tensors; t++) {
+        const struct rank_tensor *T = &R->tensors[t];
+        if (T->kind != IR_TENSOR_INPUT)
+            continue;
+        size_t at = strlen(names);
+        snprintf(names + at, sizeof names - at, "%s%s", n++ ? ", " : "", T->name);
+        if (t != R->labels)
+            tokens = t;
+    }
+    const struct rank_tensor *T = tokens >= 0 ? &R->tensors[tokens] : NULL, *L = R->labels >= 0 ? &R->tensors[R->labels] : NULL;
+    if (n != 2 || !T || !L || T->dtype != IR_DTYPE_I32 || L->dtype != IR_DTYPE_I32 || T->rank != 2 || L->rank != 2 ||
+        T->shape[0] != L->shape[0] || T->shape[1] != L->shape[1]) {
+        diag_error(d, NULL, 0, "--data-path feeds a decoder's token ids and their labels (two (batch, seq) inputs of i32, the loss "
+                               "reading the second); this plan (%s) takes %d input%s: %s", R->meta.model, n, n == 1 ? "" : "s", names);
+        return -1;
+    }
+    x->tokens_in = tokens;
+    return T->shape[1];
+}
+
+void exec_set_data(struct exec *x, const struct data_gpt *train)
+{
+    WF_ASSERT(!train || x->tokens_in >= 0); /* exec_data_seq found the plan's tokens */
+    x->train = train;
+    free(x->sample);
+    x->sample = train ? wf_calloc((size_t)train->seq + 1, sizeof *x->sample) : NULL;
+}
+
+int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, double *loss_sum, double *tokens, struct diag *d)
+{
+    x->base = first, x->data = valid;
+    x->loss_sum = 0;
+    x->validating = true;
+    WF_ASSERT(!valid || x->tokens_in >= 0); /* exec_data_seq found the plan's tokens */
+    if (valid && !x->sample)
+        x->sample = wf_calloc((size_t)valid->seq + 1, sizeof *x->sample);
+    const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
+    struct ir_action_list sends = {0};
+    int rc = 0;
+    for (int i = 0; i < prog->n && !rc; i++) {
+        const struct ir_ins *ins = &prog->ins[i];
+        if (ins->kind == IR_INS_FORWARD) {
+            fill_inputs(x, ins->vstage, ins->micro);
+            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
+        } else if (ins->kind == IR_INS_P2P) { /* its activations, not its gradients: every rank drops the same halves */
+            sends.n = 0;
+            for (int k = 0; k < x->acts->ins[i].n; k++)
+                if (x->acts->ins[i].v[k].p2p.buf.what != IR_BUF_GRAD) {
+                    WF_GROW(sends.v, sends.n, sends.cap);
+                    sends.v[sends.n++] = x->acts->ins[i].v[k];
+                }
+            rc = run_list(x, &sends, -1, -1, d);
+        }
+        if (rc) {
+            char s[256];
+            diag_note(d, NULL, 0, "rank %d was at instruction %d of its program (%s), in validation", x->R->rank, i, ir_ins_str(ins, s, sizeof s));
+        }
+    }
+    free(sends.v);
+    x->validating = false;
+    float sum[2];
+    if (rc || loss_sums(x, sum, d))
+        return -1;
+    *loss_sum = sum[0], *tokens = sum[1];
     return 0;
 }
 

@@ -13,8 +13,10 @@
  * the memory plan's (ir_memory_offset), every size the actions'.  Each
  * parameter starts from the seed by its elements' indices in the whole
  * tensor (as runtime/ref.c draws them), so every layout starts from one
- * model; inputs are synthetic token ids (exec_token), the same sample for
- * the same global index whatever the layout.
+ * model; inputs are a dataset's samples (exec_set_data) or synthetic token
+ * ids (exec_token), the same sample for the same global index whatever the
+ * layout.  A step's batch starts at the samples consumed before it
+ * (exec_consumed_samples), which the step advances by the global batch.
  * Collectives and pipeline transfers go through the communicator's table
  * (comm.h); a COPY action moves or adds bytes within the arena (a slice,
  * a collective's pieces packed, a converted gradient added).  A plan with
@@ -24,6 +26,7 @@
 #define WEFT_EXEC_H
 
 #include "comm.h"
+#include "data.h"
 #include "diag.h"
 #include "rank_plan.h"
 
@@ -44,7 +47,34 @@ struct exec_stats {
 
 /* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
+/* One training step (iteration counts from 0: the learning rate's and
+ * AdamW's step) over the global batch from exec_consumed_samples. */
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
+/* The training samples consumed so far: the next step's batch starts at
+ * this global sample.  Set it when resuming, so a run goes on with the
+ * sample after the last one it trained on. */
+int64_t exec_consumed_samples(const struct exec *x);
+void exec_set_consumed_samples(struct exec *x, int64_t samples);
+/* The samples a step takes: micro-batch x data-parallel ranks x micro-batches
+ * (--global-batch-size where the plan was given one). */
+int64_t exec_global_batch(const struct exec *x);
+
+/* Real data, for a decoder whose inputs are its token ids and their labels
+ * (any other plan: an error naming its inputs, -1): the sequence length the
+ * samples must have.  Then exec_set_data gives the training samples (G
+ * outlives x; NULL: synthetic again): micro-batch j's tokens are each of its
+ * samples' [0:seq], its labels [1:seq+1], every rank reading only its own
+ * samples (and a context-parallel rank its piece of them). */
+int64_t exec_data_seq(struct exec *x, struct diag *d);
+void exec_set_data(struct exec *x, const struct data_gpt *train);
+/* Validation: the forward steps of every rank's program and their
+ * activations' transfers, nothing else (no gradient, no update: parameters
+ * and optimizer state stay as they are), over one global batch of valid's
+ * samples from its sample `first` (dealt as a training batch is).  The
+ * loss summed over the batch's tokens and their count, the same on every
+ * rank.  Dropout is off (every element kept, unscaled), as in Megatron's
+ * evaluation: the plan's dropout kernels read it from arg[KN_ARG_EVAL]. */
+int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, double *loss_sum, double *tokens, struct diag *d);
 void exec_free(struct exec *x);
 /* Every parameter, whole, as the model holds it now (fp32; the master
  * weights under --bf16), assembled from every rank's shards: a collective,

@@ -248,7 +248,10 @@ static void test_gradients_match_reference(void **state)
 
 /* The loss falls: the synthetic tokens are each a function of the one
  * before, which the model learns; 40 steps at lr 3e-3 take it well below
- * its start (ln of the vocabulary, near 6.2 for tiny GPT-2). */
+ * its start (ln of the vocabulary, near 6.2 for tiny GPT-2).  Each step
+ * reads new samples (the ones after those consumed), so this is learning
+ * the walk, not memorising one batch: 0.4 below the start, where one batch
+ * seen 40 times fell by more than 1. */
 static void test_training_lowers_the_loss(void **state)
 {
     (void)state;
@@ -271,7 +274,7 @@ static void test_training_lowers_the_loss(void **state)
         last = st.loss;
     }
     printf("    tiny GPT-2, 40 steps at lr 3e-3: loss %.3f -> %.3f\n", first, last);
-    assert_true(last < first - 1.0);
+    assert_true(last < first - 0.4);
     exec_free(x);
     rank_plan_free(&R);
     compiled_free(&C);

@@ -75,6 +75,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_ops(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 /* Before weft run: OpenBLAS's environment, which may run weft again (argv: main's, whole). */
 void cmd_run_blas_env(char **argv);
 

@@ -1,11 +1,13 @@
-/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N]`: train. */
+/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--data-path P] ...`: train. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include "cli.h"
 #include "comm.h"
+#include "data.h"
 #include "exec.h"
 #include "util.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,19 +22,25 @@
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
     "                                    [--timeout SECONDS] [--dump-params FILE]\n"
+    "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
     "tensor, so every layout starts from the same model), and walks its\n"
     "actions: GEMMs through OpenBLAS, kernels from the plan's CPU object.\n"
-    "The data are synthetic token ids from the seed.  Rank 0 prints Megatron's\n"
+    "The data are Megatron's: --data-path PREFIX reads PREFIX.bin and PREFIX.idx\n"
+    "(weft data makes them; so does Megatron's preprocess_data.py) and makes the\n"
+    "samples Megatron's GPTDataset makes (seq-length + 1 tokens each, shuffled by\n"
+    "--seed, split by --split), dealt to the data-parallel ranks as Megatron's\n"
+    "sampler deals them; without it, synthetic token ids from the seed.\n"
+    "Rank 0 prints Megatron's\n"
     "training_log line every --log-interval iterations (and after the first),\n"
     "averaged over the interval as Megatron does, then weft's tokens/s; the\n"
     "throughput is the plan's model FLOPs a step (weft inspect shows them) per\n"
     "rank per second.  On a terminal a progress bar runs on stderr, never in a\n"
     "file or a pipe.  --log FILE writes one JSON object per iteration\n"
     "(iteration, loss, lr, grad_norm, step_time, tokens_per_s, consumed_samples;\n"
-    "null for a value that is not finite).\n"
+    "val_loss where it validated; null for a value that is not finite).\n"
     "An iteration whose loss or gradient norm is not finite skips its update on\n"
     "every rank (no parameter or optimizer state changes; the learning rate's\n"
     "schedule and Adam's step count only the updates taken) and is counted as\n"
@@ -53,7 +61,13 @@ static const char usage[] =
     "  --skip-limit N    stop (exit 1) after N iterations skipped in a row (default 5)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
-    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
+    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
+    "  --data-path PREFIX   train on PREFIX.bin/.idx (a decoder's plan: its tokens and labels); every token\n"
+    "                       is checked against the plan's vocabulary before the first step\n"
+    "  --split A,B,C        the train, valid and test shares of the documents (default 969,30,1)\n"
+    "  --eval-interval N    every N iterations, and after the last, the validation loss: the mean over\n"
+    "  --eval-iters K       the tokens of K global batches of the valid split (forward only, no update;\n"
+    "                       dropout off), read in order across validations\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -118,13 +132,6 @@ static int blas_threads(void)
     n = n < 1 ? 1 : n;
     openblas_set_num_threads(n);
     return n;
-}
-
-/* Samples the run has consumed after `iterations` iterations: each takes
- * one global batch (exec_stats.samples), the same every iteration. */
-static int64_t consumed_samples(long iterations, int64_t global_batch)
-{
-    return (int64_t)iterations * global_batch;
 }
 
 /* A number as Python formats it in Megatron's log ("nan", never glibc's "-nan"). */
@@ -207,10 +214,41 @@ static void bar_wipe(void)
     fflush(stderr);
 }
 
+static const char dashes[] = "--------------------------------------------------------------------------------"
+                             "--------------------------------------------------------------------------------"
+                             "--------------------------------------------------------------------------------";
+
+/* The validation loss: the mean over the tokens of `iters` global batches of
+ * valid's samples from *consumed (which it advances by gb a batch), printed on rank 0 as
+ * Megatron prints it. */
+static double validate(struct exec *x, struct comm *comm, const struct data_gpt *valid, long iters, int64_t gb, int64_t *consumed,
+                       long iteration, const char *where, struct diag *d)
+{
+    double sum = 0, count = 0;
+    for (long k = 0; k < iters; k++) {
+        double s, n;
+        if (exec_evaluate(x, valid, *consumed, &s, &n, d)) {
+            diag_print(d, stderr); /* as a step's failure: end every rank */
+            fflush(NULL);
+            comm_abort(comm, EXIT_FAILURE_RUN);
+        }
+        sum += s, count += n;
+        *consumed += gb;
+    }
+    double val = count > 0 ? sum / count : 0;
+    if (comm->rank == 0) {
+        char line[256];
+        int n = snprintf(line, sizeof line, " validation loss at iteration %ld%s | lm loss value: %.6E | lm loss PPL: %.6E | ", iteration,
+                         where, val, exp(val < 20 ? val : 20));
+        printf("%.*s\n%s\n%.*s\n", n + 1, dashes, line, n + 1, dashes);
+    }
+    return val;
+}
+
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL;
-    long steps = 10, log_interval = 1, skip_limit = 5;
+    const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1";
+    long steps = 10, log_interval = 1, skip_limit = 5, eval_interval = 0, eval_iters = 0;
     double timeout = 300;
     bool profile = false;
     unsigned long long seed = 1234;
@@ -247,7 +285,18 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "weft run: --timeout %s: expected seconds above 0\n", argv[i]);
                 return EXIT_BAD_INPUT;
             }
-        } else if (!strcmp(a, "--profile"))
+        } else if ((!strcmp(a, "--eval-interval") || !strcmp(a, "--eval-iters")) && has) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1) {
+                fprintf(stderr, "weft run: %s %s: expected a count above 0\n", a, argv[i]);
+                return EXIT_BAD_INPUT;
+            }
+            *(!strcmp(a, "--eval-interval") ? &eval_interval : &eval_iters) = v;
+        } else if (!strcmp(a, "--data-path") && has)
+            data_path = argv[++i];
+        else if (!strcmp(a, "--split") && has)
+            split_arg = argv[++i];
+        else if (!strcmp(a, "--profile"))
             profile = true;
         else if (!strcmp(a, "--log") && has)
             log = argv[++i];
@@ -262,6 +311,15 @@ int cmd_run(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "weft run: no plan file given\n%s", usage);
+        return EXIT_BAD_INPUT;
+    }
+    if ((eval_interval > 0) != (eval_iters > 0) || (eval_interval && !data_path)) {
+        fprintf(stderr, "weft run: %s\n", eval_interval && eval_iters ? "--eval-interval validates on --data-path's valid split: give --data-path"
+                                                                       : "--eval-interval and --eval-iters go together");
+        return EXIT_BAD_INPUT;
+    }
+    if (data_path && seed > 0xffffffffull) {
+        fprintf(stderr, "weft run: --seed %llu: with --data-path the seed shuffles as numpy's RandomState, 0 to 2^32-1\n", seed);
         return EXIT_BAD_INPUT;
     }
     struct diag d;
@@ -286,11 +344,42 @@ int cmd_run(int argc, char **argv)
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
+    /* The data: every rank opens and checks the files and builds the splits' indices (as each Megatron rank
+     * reads the cached ones), for the samples this run asks: its steps' global batches from the samples
+     * consumed, and Megatron's count for validation, (steps / interval + 1) * eval-iters batches. */
+    struct data_indexed D = {0};
+    struct data_gpt train = {0}, valid = {0};
+    double split[3];
+    int64_t seq = x && !d.n_errors && data_path ? exec_data_seq(x, &d) : -1, gb = x ? exec_global_batch(x) : 0;
+    if (seq > 0 && !data_split_parse(split_arg, split, &d) && !data_indexed_open(&D, data_path, R.vocab, &d) &&
+        !data_gpt_build(&train, &D, split, DATA_SPLIT_TRAIN, seq, exec_consumed_samples(x) + steps * gb, (uint32_t)seed, &d) &&
+        (!eval_interval || !data_gpt_build(&valid, &D, split, DATA_SPLIT_VALID, seq, (steps / eval_interval + 1) * eval_iters * gb,
+                                           (uint32_t)seed, &d)))
+        exec_set_data(x, &train);
+    /* Each rank read the files itself (--data-path; rank 0 alone --log and --dump-params): where some could
+     * not (a file only some nodes see), every rank stops before the first step rather than wait on them.
+     * Rank 0 says why, or, where it could, that the others could not and they say why. */
+    bool speak = lead;
+    if (x && comm->size > 1) {
+        float bad[2] = {d.n_errors ? 1.0f : 0.0f, lead && d.n_errors ? 1.0f : 0.0f};
+        bool mine = d.n_errors > 0;
+        if (comm->ops->collective(comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, bad, bad, 2, IR_DTYPE_F32, &d))
+            rc = EXIT_FAILURE_RUN, speak = true;
+        else if (bad[0] > 0 && !mine)
+            diag_error(&d, NULL, 0, "%.0f rank%s could not start (what each found is below)", bad[0], bad[0] == 1 ? "" : "s");
+        else if (mine && bad[1] == 0)
+            speak = true;
+    }
     if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
-        if (lead)
+        if (speak && !lead)
+            fprintf(stderr, "rank %d: ", comm->rank);
+        if (speak)
             diag_print(&d, stderr);
         diag_free(&d);
         exec_free(x);
+        data_gpt_free(&train);
+        data_gpt_free(&valid);
+        data_indexed_close(&D);
         rank_plan_free(&R);
         if (lf)
             fclose(lf);
@@ -309,8 +398,12 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    if (lead && data_path)
+        printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
+               (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
+               eval_interval ? ", validation from its own split" : "");
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
-    int64_t tokens = 0;
+    int64_t tokens = 0, val_consumed = 0;
     struct log_interval in = {0};
     bool bar = lead && isatty(STDERR_FILENO);
     long in_a_row = 0; /* iterations skipped in a row */
@@ -332,16 +425,7 @@ int cmd_run(int argc, char **argv)
             in.advanced += !st.skipped, in.skipped += st.skipped, in.nan += st.skipped && !isfinite(st.loss);
             in.loss_sum += st.skipped ? 0 : st.loss;
             in.seconds += st.seconds, in.tokens += st.tokens;
-            int64_t consumed = consumed_samples(it + 1, st.samples);
-            if (lf) {
-                fprintf(lf, "{\"iteration\": %ld", it + 1);
-                put_json(lf, "loss", "%.9g", st.loss);
-                put_json(lf, "lr", "%.9g", st.lr);
-                put_json(lf, "grad_norm", "%.9g", st.grad_norm);
-                put_json(lf, "step_time", "%.6f", st.seconds);
-                put_json(lf, "tokens_per_s", "%.1f", (double)st.tokens / st.seconds);
-                fprintf(lf, ", \"consumed_samples\": %lld}\n", (long long)consumed);
-            }
+            int64_t consumed = exec_consumed_samples(x);
             /* Megatron logs after the first iteration too, without starting a new interval there, unless the first
              * ends one (at --log-interval 1 Megatron's second line would average two iterations) */
             bool ends = (it + 1) % log_interval == 0;
@@ -355,6 +439,26 @@ int cmd_run(int argc, char **argv)
             }
             if (bar)
                 bar_draw(it + 1, steps, total);
+        }
+        /* Megatron's evaluate_and_print_results: every eval-interval iterations, and once more after the last */
+        double val = NAN;
+        if (bar && eval_interval && ((it + 1) % eval_interval == 0 || it + 1 == steps))
+            bar_wipe();
+        if (eval_interval && (it + 1) % eval_interval == 0)
+            val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, "", &d);
+        if (eval_interval && it + 1 == steps)
+            val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, " on validation set", &d);
+        if (lf) { /* after the validation, whose loss it holds */
+            fprintf(lf, "{\"iteration\": %ld", it + 1);
+            put_json(lf, "loss", "%.9g", st.loss);
+            put_json(lf, "lr", "%.9g", st.lr);
+            put_json(lf, "grad_norm", "%.9g", st.grad_norm);
+            put_json(lf, "step_time", "%.6f", st.seconds);
+            put_json(lf, "tokens_per_s", "%.1f", (double)st.tokens / st.seconds);
+            fprintf(lf, ", \"consumed_samples\": %lld", (long long)exec_consumed_samples(x));
+            if (!isnan(val))
+                put_json(lf, "val_loss", "%.9g", val);
+            fprintf(lf, "}\n");
         }
         if (in_a_row >= skip_limit) { /* every rank stops here: they count alike */
             char l[32], g[32];
@@ -416,6 +520,9 @@ int cmd_run(int argc, char **argv)
     if (lf)
         fclose(lf);
     exec_free(x);
+    data_gpt_free(&train);
+    data_gpt_free(&valid);
+    data_indexed_close(&D);
     rank_plan_free(&R);
     comm_close(comm);
     return rc;

@@ -19,7 +19,8 @@ static const struct {
     {"layout", cmd_layout, "lay a model out on ranks: coordinates, stages, layers, groups"},
     {"dot", cmd_dot, "draw the partitioned model: stages, layers or ops, transfers (.svg .png .dot)"},
     {"simulate", cmd_simulate, "predict a training step's time and bubble; draw its timeline (.svg)"},
-    {"run", cmd_run, "train: run a plan on CPU ranks (under mpirun or srun)"},
+    {"run", cmd_run, "train: run a plan on CPU ranks (synthetic data, or --data-path), under mpirun or srun"},
+    {"data", cmd_data, "make training data: JSON lines into Megatron's indexed dataset (.bin, .idx)"},
     {"plot", cmd_plot, "draw a run's loss, validation loss and tokens/s from its --log (.svg .png)"},
     {"ops", cmd_ops, "list the op kinds a model file can use"},
 };
