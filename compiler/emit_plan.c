@@ -1,10 +1,94 @@
 /* emit_plan.c: a compiled model into the plan file's sections. */
 #include "emit_plan.h"
+#include "expr.h"
 #include "plan.h"
 #include "util.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A dimension as the model file and its flags set it: the vocabulary
+ * before the layout padded it (partition.c), so token ids stay below it
+ * and a Hugging Face file's shapes are its own. */
+static int64_t dim_written(const struct partition *P, const struct ir_dim *dm)
+{
+    return P->vocab && dm->flag && !strcmp(dm->flag, "vocab-size") ? P->vocab : dm->value;
+}
+
+static int lookup_written(void *ctx, const char *name, int64_t *v, char *err, size_t n)
+{
+    const struct partition *P = ctx;
+    for (int i = 0; i < P->g->n_dims; i++)
+        if (!strcmp(P->g->dims[i].name, name)) {
+            *v = dim_written(P, &P->g->dims[i]);
+            return 0;
+        }
+    snprintf(err, n, "no dimension '%s'", name);
+    return -1;
+}
+
+/* An expression the frontend checked, over the dimensions as written. */
+static int64_t eval_written(const struct partition *P, const char *text)
+{
+    char err[256];
+    int64_t v = 0;
+    struct expr *e = expr_parse(P->g->arena, text, err, sizeof err);
+    WF_ASSERT(e && !expr_eval(e, lookup_written, (void *)P, &v, err, sizeof err));
+    return v;
+}
+
+/* Section "hf" (present where the model file has <huggingface>): model_type,
+ * architecture, the optional prefix; config.json's keys (key, kind, value as
+ * text: an INT evaluated); per mapped param its tensor, blocks and sources
+ * (name, transpose, chunks, rank, the shape in Hugging Face's orientation
+ * with the dimensions as written). */
+static void emit_hf(struct plan_writer *w, const struct partition *P)
+{
+    const struct ir_hf *hf = P->g->hf;
+    plan_section(w, "hf");
+    plan_put_str(w, hf->model_type);
+    plan_put_str(w, hf->architecture);
+    plan_put_str(w, hf->optional_prefix);
+    plan_put_u32(w, (uint32_t)hf->n_config);
+    for (int i = 0; i < hf->n_config; i++) {
+        const struct ir_hf_config *c = &hf->config[i];
+        char num[32];
+        if (c->kind == IR_HF_INT)
+            snprintf(num, sizeof num, "%" PRId64, eval_written(P, c->value));
+        plan_put_str(w, c->key);
+        plan_put_u8(w, (uint8_t)c->kind);
+        plan_put_str(w, c->kind == IR_HF_INT ? num : c->value);
+    }
+    plan_put_u32(w, (uint32_t)hf->n_maps);
+    for (int i = 0; i < hf->n_maps; i++) {
+        const struct ir_hf_map *m = &hf->maps[i];
+        plan_put_i32(w, m->tensor);
+        plan_put_i64(w, eval_written(P, m->blocks));
+        plan_put_u32(w, (uint32_t)m->n_sources);
+        for (int k = 0; k < m->n_sources; k++) {
+            const struct ir_hf_source *src = &m->sources[k];
+            plan_put_str(w, src->name);
+            plan_put_u8(w, src->transpose);
+            plan_put_i64(w, src->chunks);
+            char axes[IR_MAX_RANK][128];
+            int n = 0;
+            for (const char *q = src->shape; *q && n < IR_MAX_RANK;) { /* the frontend checked: 1..IR_MAX_RANK axes */
+                while (*q == ' ' || *q == '\t' || *q == '\n')
+                    q++;
+                size_t len = strcspn(q, " \t\n");
+                if (!len)
+                    break;
+                snprintf(axes[n++], sizeof axes[0], "%.*s", (int)len, q);
+                q += len;
+            }
+            plan_put_u8(w, (uint8_t)n);
+            for (int a = 0; a < n; a++)
+                plan_put_i64(w, eval_written(P, axes[a]));
+        }
+    }
+}
 
 int emit_plan(const struct compiled *C, const char *path, struct diag *d)
 {
@@ -25,7 +109,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     plan_put_u32(w, (uint32_t)g->n_dims);
     for (int i = 0; i < g->n_dims; i++) {
         plan_put_str(w, g->dims[i].name);
-        plan_put_i64(w, g->dims[i].value);
+        plan_put_i64(w, dim_written(P, &g->dims[i]));
     }
     plan_put_str(w, sim->dev ? sim->dev->name : "");
     plan_put_f64(w, sim->step_time);
@@ -120,6 +204,8 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     }
     plan_put_i32(w, labels);
 
+    if (g->hf)
+        emit_hf(w, P);
     ir_memory_write(w, &C->M);
     ir_actions_write(w, &C->A);
     kn_set_write(w, &C->K);
