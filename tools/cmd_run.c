@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "comm.h"
 #include "exec.h"
+#include "hf.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -38,7 +39,12 @@ static const char usage[] =
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
-    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
+    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
+    "  --load PATH  start from Hugging Face weights: a .safetensors file, or a directory with\n"
+    "               model.safetensors or model.safetensors.index.json and its shards (the model\n"
+    "               file's <hf> names say how; each rank reads its slices)\n"
+    "  --save DIR --save-format hf  at the end, the weights as Hugging Face's: DIR/model.safetensors\n"
+    "               and DIR/config.json (transformers' from_pretrained loads them)\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -107,7 +113,7 @@ static int blas_threads(void)
 
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL;
+    const char *path = NULL, *log = NULL, *dump = NULL, *load = NULL, *save = NULL, *save_format = NULL;
     long steps = 10;
     double timeout = 300;
     bool profile = false;
@@ -144,6 +150,12 @@ int cmd_run(int argc, char **argv)
             log = argv[++i];
         else if (!strcmp(a, "--dump-params") && has)
             dump = argv[++i];
+        else if (!strcmp(a, "--load") && has)
+            load = argv[++i];
+        else if (!strcmp(a, "--save") && has)
+            save = argv[++i];
+        else if (!strcmp(a, "--save-format") && has)
+            save_format = argv[++i];
         else if (a[0] != '-' && !path)
             path = a;
         else {
@@ -153,6 +165,19 @@ int cmd_run(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "weft run: no plan file given\n%s", usage);
+        return EXIT_BAD_INPUT;
+    }
+    if (save_format && strcmp(save_format, "hf")) {
+        fprintf(stderr, "weft run: --save-format %s: expected hf (Hugging Face's safetensors and config.json)\n", save_format);
+        return EXIT_BAD_INPUT;
+    }
+    if (!save != !save_format) {
+        fprintf(stderr, "weft run: %s: give --save DIR with --save-format hf\n", save ? "--save" : "--save-format");
+        return EXIT_BAD_INPUT;
+    }
+    if (load && !hf_is_checkpoint(load)) {
+        fprintf(stderr, "weft run: --load %s: not a Hugging Face checkpoint (a .safetensors file, or a directory with "
+                        "model.safetensors or model.safetensors.index.json)\n", load);
         return EXIT_BAD_INPUT;
     }
     struct diag d;
@@ -169,6 +194,8 @@ int cmd_run(int argc, char **argv)
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    if (x && load && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
+        diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
@@ -177,7 +204,7 @@ int cmd_run(int argc, char **argv)
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
-    if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
+    if (!x || rc || d.n_errors) { /* every rank finds the same: rank 0 says it */
         if (lead)
             diag_print(&d, stderr);
         diag_free(&d);
@@ -222,6 +249,11 @@ int cmd_run(int argc, char **argv)
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
     }
     if (dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
+        diag_print(&d, stderr);
+        fflush(NULL);
+        comm_abort(comm, EXIT_FAILURE_RUN);
+    }
+    if (save && hf_write(x, &R, comm, save, &d)) {
         diag_print(&d, stderr);
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);
