@@ -1340,6 +1340,17 @@ static void check_hf(struct fe *fe)
             return;
         }
     }
+    for (int i = 0; i < hf->n_maps; i++) /* one tensor of the file, one source: a name given twice would be written twice */
+        for (int k = 0; k < hf->maps[i].n_sources; k++)
+            for (int j = 0; j <= i; j++)
+                for (int l = 0; l < (j == i ? k : hf->maps[j].n_sources); l++)
+                    if (!strcmp(hf->maps[i].sources[k].name, hf->maps[j].sources[l].name)) {
+                        diag_error(fe->d, fe->file, hf->maps[i].sources[k].loc.line, "<hf name=\"%s\">: '%s' names it, and '%s' "
+                                   "did (line %d): each Hugging Face tensor is the source of one param", hf->maps[i].sources[k].name,
+                                   fe->g->tensors[hf->maps[i].tensor].name, fe->g->tensors[hf->maps[j].tensor].name,
+                                   hf->maps[j].sources[l].loc.line);
+                        return;
+                    }
 }
 
 struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, const struct fe_options *opt,
