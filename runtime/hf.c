@@ -339,10 +339,9 @@ static int in_open(struct hf_in *in, const char *path, const char *prefix, struc
     snprintf(p, n, "%s/model.safetensors.index.json", path);
     int rc = 0;
     if (stat(p, &st)) { /* no index: the one file */
-        in->where = hf_strdup(path);
-        rc = in_add(in, path, "model.safetensors", d);
-        free(p);
-        return rc;
+        snprintf(p, n, "%s/model.safetensors", path);
+        in->where = p;
+        return in_add(in, path, "model.safetensors", d);
     }
     in->where = p;
     size_t len = 0;
@@ -413,7 +412,7 @@ static char *shape_str(int rank, const int64_t *shape, char *buf, size_t n)
  * same checks on every rank (the headers only), so all find the same. */
 static int in_check(const struct hf_in *in, const struct rank_plan *R, struct diag *d)
 {
-    int rc = 0;
+    int rc = 0, missing = 0;
     for (int i = 0; i < R->hf.n_maps; i++) {
         const struct rank_hf_map *m = &R->hf.maps[i];
         for (int s = 0; s < m->n_sources; s++) {
@@ -424,8 +423,10 @@ static int in_check(const struct hf_in *in, const struct rank_plan *R, struct di
             size_t pl = in->prefix ? strlen(in->prefix) : 0;
             bool stripped = pl && !strncmp(src->name, in->prefix, pl);
             if (!t) {
-                diag_error(d, f ? f->path : in->where, 0, "no tensor '%s'%s%s%s, which weft's '%s' is made of", src->name,
-                           stripped ? " (nor '" : "", stripped ? src->name + pl : "", stripped ? "')" : "", R->tensors[m->tensor].name);
+                if (missing++ < 4) /* a file of another model misses them all: the first few say it */
+                    diag_error(d, f ? f->path : in->where, 0, "no tensor '%s'%s%s%s, which weft's '%s' is made of", src->name,
+                               stripped ? " (nor '" : "", stripped ? src->name + pl : "", stripped ? "')" : "",
+                               R->tensors[m->tensor].name);
                 rc = 2;
                 continue;
             }
@@ -445,6 +446,9 @@ static int in_check(const struct hf_in *in, const struct rank_plan *R, struct di
             }
         }
     }
+    if (missing > 4)
+        diag_error(d, in->where, 0, "%d more of the model's tensors are missing (a file of another model? this plan's is %s, %s)", missing - 4,
+                   R->hf.model_type, R->hf.architecture);
     return rc;
 }
 
