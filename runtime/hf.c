@@ -38,7 +38,7 @@ struct geom {
     int64_t cols, block; /* the last axis; a block's width */
     int n_pieces;
     struct piece *pieces;
-    int64_t ws[8][IR_MAX_RANK]; /* per source (the first 8), its shape in weft's orientation */
+    int64_t (*ws)[IR_MAX_RANK]; /* per source, its shape in weft's orientation */
     bool single;                /* one piece in one block: columns past it are padding */
 };
 
@@ -48,19 +48,21 @@ struct seg {
     int64_t len;
 };
 
-static const int64_t *source_ws(const struct geom *g, int s) { return g->ws[s]; }
+static void geom_free(struct geom *g)
+{
+    free(g->pieces);
+    free(g->ws);
+    g->pieces = NULL;
+    g->ws = NULL;
+}
 
 static int geom_init(struct geom *g, const struct rank_plan *R, const struct rank_hf_map *m, struct diag *d)
 {
     memset(g, 0, sizeof *g);
     g->T = &R->tensors[m->tensor];
     g->m = m;
-    if (m->n_sources > 8 || g->T->rank != m->sources[0].rank) {
-        diag_error(d, NULL, 0, "plan section 'hf': '%s' is mapped from %d tensors of %d axes: the plan is corrupted", g->T->name,
-                   m->n_sources, m->sources[0].rank);
-        return -1;
-    }
     int r = g->T->rank;
+    g->ws = wf_calloc((size_t)m->n_sources, sizeof *g->ws);
     g->cols = g->T->shape[r - 1];
     for (int s = 0; s < m->n_sources; s++) {
         const struct rank_hf_source *src = &m->sources[s];
@@ -75,7 +77,7 @@ static int geom_init(struct geom *g, const struct rank_plan *R, const struct ran
                 goto bad;
         g->n_pieces += (int)src->chunks;
     }
-    g->pieces = wf_calloc((size_t)g->n_pieces, sizeof *g->pieces);
+    g->pieces = wf_calloc((size_t)g->n_pieces + 1, sizeof *g->pieces);
     int p = 0;
     for (int s = 0; s < m->n_sources; s++) {
         const struct rank_hf_source *src = &m->sources[s];
@@ -95,8 +97,7 @@ static int geom_init(struct geom *g, const struct rank_plan *R, const struct ran
     }
 bad:
     diag_error(d, NULL, 0, "plan section 'hf': the tensors mapped to '%s' do not fit its shape: the plan is corrupted", g->T->name);
-    free(g->pieces);
-    g->pieces = NULL;
+    geom_free(g);
     return -1;
 }
 
@@ -113,7 +114,7 @@ static struct seg seg_at(const struct geom *g, int64_t flat, int64_t left)
         p++;
     const struct piece *pc = &g->pieces[p];
     struct seg sg = {.source = pc->source, .len = left};
-    const int64_t *ws = source_ws(g, pc->source);
+    const int64_t *ws = g->ws[pc->source];
     if (o >= pc->at + pc->width) { /* past a single source's last column: padding to the row's end */
         sg.source = -1;
         return sg;
@@ -482,7 +483,7 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
     }
     free(slab);
     free(rs.v);
-    free(g.pieces);
+    geom_free(&g);
     return rc;
 }
 
@@ -541,7 +542,7 @@ static int write_map(struct exec *x, const struct rank_plan *R, const struct st_
     free(slab);
     free(mask);
     free(rs.v);
-    free(g.pieces);
+    geom_free(&g);
     return rc;
 }
 

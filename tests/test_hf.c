@@ -159,11 +159,11 @@ static void loss_from(const char *plan, const char *path, double want)
 /* ---- comparing files ------------------------------------------------------------- */
 
 /* The .safetensors files of a directory (or the one file). */
-static int files_of(const char *path, char names[8][256])
+static int files_of(const char *path, char names[8][512])
 {
     struct stat st;
     if (!stat(path, &st) && S_ISREG(st.st_mode)) {
-        snprintf(names[0], 256, "%s", path);
+        snprintf(names[0], 512, "%.500s", path);
         return 1;
     }
     int n = 0;
@@ -171,7 +171,7 @@ static int files_of(const char *path, char names[8][256])
     for (struct dirent *e; dp && (e = readdir(dp)) && n < 8;) {
         size_t len = strlen(e->d_name);
         if (len > 12 && !strcmp(e->d_name + len - 12, ".safetensors"))
-            snprintf(names[n++], 256, "%s/%s", path, e->d_name);
+            snprintf(names[n++], 512, "%.250s/%.255s", path, e->d_name);
     }
     if (dp)
         closedir(dp);
@@ -182,7 +182,7 @@ static int files_of(const char *path, char names[8][256])
  * fp32 values bit for bit, and got has no other. */
 static void same_tensors(const char *want, const char *got)
 {
-    char names[8][256];
+    char names[8][512];
     int n = files_of(want, names), count = 0;
     struct diag d;
     diag_init(&d);
@@ -457,7 +457,7 @@ static void test_bad_files(void **state)
     expect_bad(at("i32.safetensors"), at("g1.plan"), "tensor 'transformer.h.1.mlp.c_fc.bias' is I32");
     expect_bad(GPT2_FILE, at("l1.plan"), "no tensor 'model.embed_tokens.weight'"); /* another model's file */
     /* an index naming a shard that is not there */
-    char shards[8][256], cmd[1024];
+    char shards[8][512], cmd[2048];
     int n = files_of(LLAMA, shards);
     assert_int_equal(n, 3);
     snprintf(cmd, sizeof cmd, "mkdir -p %s/shards && cp %s/model.safetensors.index.json %s %s %s/shards/", dir, LLAMA, shards[0],
