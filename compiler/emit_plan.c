@@ -29,14 +29,56 @@ static int lookup_written(void *ctx, const char *name, int64_t *v, char *err, si
     return -1;
 }
 
-/* An expression the frontend checked, over the dimensions as written. */
-static int64_t eval_written(const struct partition *P, const char *text)
+/* An expression the frontend checked over the dimensions the compile used,
+ * now over the dimensions as written (an unpadded vocabulary may not divide
+ * where the padded one did: an error at loc). */
+static int64_t eval_written(const struct partition *P, const char *text, struct ir_loc loc, struct diag *d)
 {
     char err[256];
     int64_t v = 0;
     struct expr *e = expr_parse(P->g->arena, text, err, sizeof err);
-    WF_ASSERT(e && !expr_eval(e, lookup_written, (void *)P, &v, err, sizeof err));
+    if (!e || expr_eval(e, lookup_written, (void *)P, &v, err, sizeof err) || v < 1) {
+        diag_error(d, loc.file, loc.line, "'%s' with the vocabulary as written (%" PRId64 "): %s", text, P->vocab,
+                   v < 1 ? "less than 1" : err);
+        return 1;
+    }
     return v;
+}
+
+/* A shape's axes as written (the frontend checked: 1..IR_MAX_RANK of them). */
+static int shape_axes(const char *shape, char axes[IR_MAX_RANK][128])
+{
+    int n = 0;
+    for (const char *q = shape; *q && n < IR_MAX_RANK;) {
+        while (*q == ' ' || *q == '\t' || *q == '\n')
+            q++;
+        size_t len = strcspn(q, " \t\n");
+        if (!len)
+            break;
+        snprintf(axes[n++], sizeof axes[0], "%.*s", (int)len, q);
+        q += len;
+    }
+    return n;
+}
+
+/* Every expression of the "hf" section evaluates over the dimensions as written. */
+static int hf_check(const struct partition *P, struct diag *d)
+{
+    const struct ir_hf *hf = P->g->hf;
+    int errors = d->n_errors;
+    for (int i = 0; i < hf->n_config; i++)
+        if (hf->config[i].kind == IR_HF_INT)
+            eval_written(P, hf->config[i].value, hf->config[i].loc, d);
+    for (int i = 0; i < hf->n_maps; i++) {
+        eval_written(P, hf->maps[i].blocks, P->g->tensors[hf->maps[i].tensor].loc, d);
+        for (int k = 0; k < hf->maps[i].n_sources; k++) {
+            char axes[IR_MAX_RANK][128];
+            int n = shape_axes(hf->maps[i].sources[k].shape, axes);
+            for (int a = 0; a < n; a++)
+                eval_written(P, axes[a], hf->maps[i].sources[k].loc, d);
+        }
+    }
+    return d->n_errors != errors ? -1 : 0;
 }
 
 /* Section "hf" (present where the model file has <huggingface>): model_type,
@@ -44,7 +86,7 @@ static int64_t eval_written(const struct partition *P, const char *text)
  * text: an INT evaluated); per mapped param its tensor, blocks and sources
  * (name, transpose, chunks, rank, the shape in Hugging Face's orientation
  * with the dimensions as written). */
-static void emit_hf(struct plan_writer *w, const struct partition *P)
+static void emit_hf(struct plan_writer *w, const struct partition *P, struct diag *d)
 {
     const struct ir_hf *hf = P->g->hf;
     plan_section(w, "hf");
@@ -56,7 +98,7 @@ static void emit_hf(struct plan_writer *w, const struct partition *P)
         const struct ir_hf_config *c = &hf->config[i];
         char num[32];
         if (c->kind == IR_HF_INT)
-            snprintf(num, sizeof num, "%" PRId64, eval_written(P, c->value));
+            snprintf(num, sizeof num, "%" PRId64, eval_written(P, c->value, c->loc, d));
         plan_put_str(w, c->key);
         plan_put_u8(w, (uint8_t)c->kind);
         plan_put_str(w, c->kind == IR_HF_INT ? num : c->value);
@@ -65,7 +107,7 @@ static void emit_hf(struct plan_writer *w, const struct partition *P)
     for (int i = 0; i < hf->n_maps; i++) {
         const struct ir_hf_map *m = &hf->maps[i];
         plan_put_i32(w, m->tensor);
-        plan_put_i64(w, eval_written(P, m->blocks));
+        plan_put_i64(w, eval_written(P, m->blocks, P->g->tensors[m->tensor].loc, d));
         plan_put_u32(w, (uint32_t)m->n_sources);
         for (int k = 0; k < m->n_sources; k++) {
             const struct ir_hf_source *src = &m->sources[k];
@@ -73,19 +115,10 @@ static void emit_hf(struct plan_writer *w, const struct partition *P)
             plan_put_u8(w, src->transpose);
             plan_put_i64(w, src->chunks);
             char axes[IR_MAX_RANK][128];
-            int n = 0;
-            for (const char *q = src->shape; *q && n < IR_MAX_RANK;) { /* the frontend checked: 1..IR_MAX_RANK axes */
-                while (*q == ' ' || *q == '\t' || *q == '\n')
-                    q++;
-                size_t len = strcspn(q, " \t\n");
-                if (!len)
-                    break;
-                snprintf(axes[n++], sizeof axes[0], "%.*s", (int)len, q);
-                q += len;
-            }
+            int n = shape_axes(src->shape, axes);
             plan_put_u8(w, (uint8_t)n);
             for (int a = 0; a < n; a++)
-                plan_put_i64(w, eval_written(P, axes[a]));
+                plan_put_i64(w, eval_written(P, axes[a], src->loc, d));
         }
     }
 }
@@ -97,6 +130,8 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     const struct sim_result *sim = &C->sim;
     const char *model_path = C->model;
     const struct ir_graph *g = P->g;
+    if (g->hf && hf_check(P, d))
+        return -1;
     struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
     size_t len = 0;
     char *src = wf_read_file(model_path, 64u << 20, &len);
@@ -205,7 +240,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     plan_put_i32(w, labels);
 
     if (g->hf)
-        emit_hf(w, P);
+        emit_hf(w, P, d); /* hf_check passed */
     ir_memory_write(w, &C->M);
     ir_actions_write(w, &C->A);
     kn_set_write(w, &C->K);
