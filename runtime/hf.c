@@ -6,9 +6,10 @@
  * tensor (exec_param_runs) are cut into segments, each a stretch of one row
  * that maps to consecutive columns of one source (in weft's orientation), or
  * to padding.  A source is then read, or written, in slabs of its own rows
- * (Hugging Face's orientation): the rows this rank's segments touch, so a
- * transposed slice is gathered or scattered in memory, and the file sees
- * whole rows read and runs of a row written. */
+ * (Hugging Face's orientation) that this rank's segments touch: of each row
+ * the span from the first to the last column touched is read (rows that
+ * continue each other in one read), runs of a row are written, and a
+ * transposed slice is gathered or scattered in memory in between. */
 #include "hf.h"
 #include "json.h"
 #include "safetensors.h"
@@ -225,6 +226,29 @@ static void slab_copy(const struct geom *g, const struct runs *rs, int s, int64_
                     slab[at] = local[j], mask[at] = 1;
                 else
                     local[j] = slab[at];
+            }
+        }
+}
+
+/* Per file row of the slab [first, end), the columns [lo, hi) that source
+ * s's segments touch (lo >= hi: none). */
+static void slab_spans(const struct geom *g, const struct runs *rs, int s, int64_t first, int64_t end, int64_t *lo, int64_t *hi)
+{
+    for (int64_t r = 0; r < end - first; r++)
+        lo[r] = INT64_MAX, hi[r] = 0;
+    bool tr = g->m->sources[s].transpose;
+    for (int i = 0; i < rs->n; i++)
+        for (int64_t e = 0; e < rs->v[i].count;) {
+            struct seg sg = seg_at(g, rs->v[i].first + e, rs->v[i].count - e);
+            e += sg.len;
+            if (sg.source != s)
+                continue;
+            for (int64_t j = 0; j < (tr ? sg.len : 1); j++) { /* transposed: one column of each of len rows */
+                int64_t fr = file_row(g, &sg, j) - first, a = tr ? sg.hrow : sg.scol, b = tr ? a + 1 : a + sg.len;
+                if (fr < 0 || fr >= end - first)
+                    continue;
+                lo[fr] = a < lo[fr] ? a : lo[fr];
+                hi[fr] = b > hi[fr] ? b : hi[fr];
             }
         }
 }
@@ -466,6 +490,7 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
         memset(rs.v[i].local, 0, (size_t)rs.v[i].count * sizeof(float));
     int rc = 0;
     float *slab = NULL;
+    int64_t *span_lo = NULL, *span_hi = NULL;
     for (int s = 0; s < m->n_sources && !rc; s++) {
         int64_t lo, hi, len = file_row_len(&g, s);
         rows_touched(&g, &rs, s, &lo, &hi);
@@ -475,13 +500,30 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
         for (int64_t a = lo; t && a < hi && !rc; a += per) {
             int64_t b = a + per < hi ? a + per : hi;
             slab = wf_realloc(slab, (size_t)((b - a) * len) * sizeof *slab);
-            if (st_read_f32(f, t, a * len, (b - a) * len, slab, d))
-                rc = 1;
-            else
+            span_lo = wf_realloc(span_lo, (size_t)(b - a) * sizeof *span_lo);
+            span_hi = wf_realloc(span_hi, (size_t)(b - a) * sizeof *span_hi);
+            slab_spans(&g, &rs, s, a, b, span_lo, span_hi);
+            /* only the touched span of each row, rows that continue each other in one read */
+            int64_t at = -1, n = 0;
+            for (int64_t r = 0; r <= b - a && !rc; r++) {
+                bool some = r < b - a && span_lo[r] < span_hi[r];
+                int64_t from = some ? (a + r) * len + span_lo[r] : -1;
+                if (n && (!some || from != at + n)) {
+                    rc = st_read_f32(f, t, at, n, slab + (at - a * len), d) ? 1 : 0;
+                    n = 0;
+                }
+                if (some) {
+                    at = n ? at : from;
+                    n += span_hi[r] - span_lo[r];
+                }
+            }
+            if (!rc)
                 slab_copy(&g, &rs, s, a, b, slab, NULL, false);
         }
     }
     free(slab);
+    free(span_lo);
+    free(span_hi);
     free(rs.v);
     geom_free(&g);
     return rc;

@@ -9,10 +9,11 @@
  *   rc = hf_write(x, &R, comm, "out/", &d);               // out/model.safetensors, out/config.json
  *
  * Both are collectives: every rank of the world calls them, and every rank
- * returns the same status.  Each rank reads only the rows of a tensor that
- * hold its slices and writes its own slices (exec_param_runs: the replica
- * that stores a slice writes it once) in place in the one file, as runs of
- * consecutive elements (a transposed slice is transposed in memory first). */
+ * returns the same status.  Each rank reads of each row of a tensor the
+ * span that holds its slices, and writes its own slices (exec_param_runs:
+ * the replica that stores a slice writes it once) in place in the one file,
+ * as runs of consecutive elements (a transposed slice is transposed in
+ * memory between). */
 #ifndef WEFT_HF_H
 #define WEFT_HF_H
 
