@@ -6,10 +6,9 @@
  * tensor (exec_param_runs) are cut into segments, each a stretch of one row
  * that maps to consecutive columns of one source (in weft's orientation), or
  * to padding.  A source is then read, or written, in slabs of its own rows
- * (Hugging Face's orientation) that this rank's segments touch: of each row
- * the span from the first to the last column touched is read (rows that
- * continue each other in one read), runs of a row are written, and a
- * transposed slice is gathered or scattered in memory in between. */
+ * (Hugging Face's orientation) that this rank's segments touch: the
+ * elements they touch are read (slab_ranges), runs of a row are written,
+ * and a transposed slice is gathered or scattered in memory in between. */
 #include "hf.h"
 #include "json.h"
 #include "safetensors.h"
@@ -230,27 +229,71 @@ static void slab_copy(const struct geom *g, const struct runs *rs, int s, int64_
         }
 }
 
-/* Per file row of the slab [first, end), the columns [lo, hi) that source
- * s's segments touch (lo >= hi: none). */
-static void slab_spans(const struct geom *g, const struct runs *rs, int s, int64_t first, int64_t end, int64_t *lo, int64_t *hi)
+/* The file's elements of the slab [first, end) that source s's segments
+ * touch, as ranges of the tensor's elements, sorted and joined where they
+ * meet: a segment is one range where the source is not transposed; a
+ * transposed one touches a column of several rows, so of each row the span
+ * from its first to its last column touched is taken. */
+struct range {
+    int64_t at, n;
+};
+
+static int range_order(const void *a, const void *b)
 {
-    for (int64_t r = 0; r < end - first; r++)
-        lo[r] = INT64_MAX, hi[r] = 0;
+    const struct range *x = a, *y = b;
+    return (x->at > y->at) - (x->at < y->at);
+}
+
+static int slab_ranges(const struct geom *g, const struct runs *rs, int s, int64_t first, int64_t end, struct range **out)
+{
+    int64_t rows = end - first, len = file_row_len(g, s);
     bool tr = g->m->sources[s].transpose;
+    int64_t *lo = tr ? wf_calloc((size_t)rows, sizeof *lo) : NULL, *hi = tr ? wf_calloc((size_t)rows, sizeof *hi) : NULL;
+    for (int64_t r = 0; tr && r < rows; r++)
+        lo[r] = INT64_MAX;
+    struct range *v = NULL;
+    int n = 0, cap = 0;
     for (int i = 0; i < rs->n; i++)
         for (int64_t e = 0; e < rs->v[i].count;) {
             struct seg sg = seg_at(g, rs->v[i].first + e, rs->v[i].count - e);
             e += sg.len;
             if (sg.source != s)
                 continue;
-            for (int64_t j = 0; j < (tr ? sg.len : 1); j++) { /* transposed: one column of each of len rows */
-                int64_t fr = file_row(g, &sg, j) - first, a = tr ? sg.hrow : sg.scol, b = tr ? a + 1 : a + sg.len;
-                if (fr < 0 || fr >= end - first)
-                    continue;
-                lo[fr] = a < lo[fr] ? a : lo[fr];
-                hi[fr] = b > hi[fr] ? b : hi[fr];
+            if (!tr) {
+                if (sg.hrow >= first && sg.hrow < end) {
+                    WF_GROW(v, n, cap);
+                    v[n++] = (struct range){sg.hrow * len + sg.scol, sg.len};
+                }
+                continue;
+            }
+            for (int64_t j = 0; j < sg.len; j++) {
+                int64_t fr = file_row(g, &sg, j) - first;
+                if (fr >= 0 && fr < rows) {
+                    lo[fr] = sg.hrow < lo[fr] ? sg.hrow : lo[fr];
+                    hi[fr] = sg.hrow + 1 > hi[fr] ? sg.hrow + 1 : hi[fr];
+                }
             }
         }
+    for (int64_t r = 0; tr && r < rows; r++)
+        if (lo[r] < hi[r]) {
+            WF_GROW(v, n, cap);
+            v[n++] = (struct range){(first + r) * len + lo[r], hi[r] - lo[r]};
+        }
+    free(lo);
+    free(hi);
+    if (n)
+        qsort(v, (size_t)n, sizeof *v, range_order);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (k && v[i].at <= v[k - 1].at + v[k - 1].n) {
+            int64_t e = v[i].at + v[i].n;
+            if (e > v[k - 1].at + v[k - 1].n)
+                v[k - 1].n = e - v[k - 1].at;
+        } else
+            v[k++] = v[i];
+    }
+    *out = v;
+    return k;
 }
 
 /* The status every rank of the world reaches: the largest. */
@@ -490,7 +533,6 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
         memset(rs.v[i].local, 0, (size_t)rs.v[i].count * sizeof(float));
     int rc = 0;
     float *slab = NULL;
-    int64_t *span_lo = NULL, *span_hi = NULL;
     for (int s = 0; s < m->n_sources && !rc; s++) {
         int64_t lo, hi, len = file_row_len(&g, s);
         rows_touched(&g, &rs, s, &lo, &hi);
@@ -500,30 +542,16 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
         for (int64_t a = lo; t && a < hi && !rc; a += per) {
             int64_t b = a + per < hi ? a + per : hi;
             slab = wf_realloc(slab, (size_t)((b - a) * len) * sizeof *slab);
-            span_lo = wf_realloc(span_lo, (size_t)(b - a) * sizeof *span_lo);
-            span_hi = wf_realloc(span_hi, (size_t)(b - a) * sizeof *span_hi);
-            slab_spans(&g, &rs, s, a, b, span_lo, span_hi);
-            /* only the touched span of each row, rows that continue each other in one read */
-            int64_t at = -1, n = 0;
-            for (int64_t r = 0; r <= b - a && !rc; r++) {
-                bool some = r < b - a && span_lo[r] < span_hi[r];
-                int64_t from = some ? (a + r) * len + span_lo[r] : -1;
-                if (n && (!some || from != at + n)) {
-                    rc = st_read_f32(f, t, at, n, slab + (at - a * len), d) ? 1 : 0;
-                    n = 0;
-                }
-                if (some) {
-                    at = n ? at : from;
-                    n += span_hi[r] - span_lo[r];
-                }
-            }
+            struct range *v = NULL;
+            int n = slab_ranges(&g, &rs, s, a, b, &v);
+            for (int i = 0; i < n && !rc; i++)
+                rc = st_read_f32(f, t, v[i].at, v[i].n, slab + (v[i].at - a * len), d) ? 1 : 0;
+            free(v);
             if (!rc)
                 slab_copy(&g, &rs, s, a, b, slab, NULL, false);
         }
     }
     free(slab);
-    free(span_lo);
-    free(span_hi);
     free(rs.v);
     geom_free(&g);
     return rc;
