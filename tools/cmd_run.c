@@ -194,8 +194,10 @@ int cmd_run(int argc, char **argv)
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    double load_s = wf_seconds();
     if (x && load && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
         diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
+    load_s = wf_seconds() - load_s;
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
@@ -227,6 +229,8 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    if (load && lead)
+        printf("%s: the weights of %s, read in %.2f s\n", load, R.hf.architecture, load_s);
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
     for (long it = 0; it < steps; it++) {
@@ -253,11 +257,14 @@ int cmd_run(int argc, char **argv)
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);
     }
+    double t1 = wf_seconds();
     if (save && hf_write(x, &R, comm, save, &d)) {
         diag_print(&d, stderr);
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);
     }
+    if (save && lead)
+        printf("%s: model.safetensors and config.json (%s), written in %.2f s\n", save, R.hf.architecture, wf_seconds() - t1);
     if (rc == 0 && steps && lead) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
