@@ -62,6 +62,8 @@ static int setup(void **state)
     compile((const char *const[]){"compile", "models/llama2.xml", LLAMA_DIMS, "-o", at("l1.plan"), NULL});
     compile((const char *const[]){"compile", "tests/models/gpt2-nodropout.xml", GPT2_DIMS, "--tp", "2", "--pp", "2", "-o", at("g4.plan"), NULL});
     compile((const char *const[]){"compile", "models/llama2.xml", LLAMA_DIMS, "--tp", "2", "--pp", "2", "-o", at("l4.plan"), NULL});
+    compile((const char *const[]){"compile", "models/llama2.xml", LLAMA_DIMS, "--tp", "2", "--world-size", "4", "--bf16", "-o",
+                                  at("ldp.plan"), NULL});
     /* 256 padded to 384: weft's output embedding has 128 rows more than the file */
     compile((const char *const[]){"compile", "tests/models/gpt2-nodropout.xml", GPT2_DIMS, "--make-vocab-size-divisible-by", "384", "-o",
                                   at("gpad.plan"), NULL});
@@ -432,6 +434,22 @@ static void test_tp2_pp2(void **state)
     }
 }
 
+/* tp 2 x dp 2 under --bf16: the fp32 master weights are what is loaded
+ * (the bf16 copies rounded from them) and what the one replica of each
+ * slice writes back. */
+static void test_bf16_data_parallel(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    struct run r;
+    run_mpi(&r, (const char *const[]){"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", weft_bin(), "run", at("ldp.plan"),
+                                      "--steps", "0", "--load", LLAMA, "--save", at("ldp.out"), "--save-format", "hf", NULL});
+    if (r.status)
+        fail_msg("weft run --save: %s", r.err);
+    same_tensors(LLAMA, at("ldp.out/model.safetensors"));
+}
+
 /* Bad files: an error naming the tensor (or shard) and the file, before any weight is read. */
 static void expect_bad(const char *path, const char *plan, const char *what)
 {
@@ -491,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_write_after_load),
         cmocka_unit_test(test_padded_vocabulary),
         cmocka_unit_test(test_tp2_pp2),
+        cmocka_unit_test(test_bf16_data_parallel),
         cmocka_unit_test(test_bad_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
