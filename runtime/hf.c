@@ -576,7 +576,13 @@ int hf_load(struct exec *x, const struct rank_plan *R, struct comm *comm, const 
 
 /* ---- writing ------------------------------------------------------------------- */
 
-static int write_map(struct exec *x, const struct rank_plan *R, const struct st_writer *w, int k0, int fd, const char *path,
+static int source_order(const void *a, const void *b)
+{
+    return strcmp((*(const struct rank_hf_source *const *)a)->name, (*(const struct rank_hf_source *const *)b)->name);
+}
+
+/* Map m's slices held here into the file; k[s]: source s's tensor in w. */
+static int write_map(struct exec *x, const struct rank_plan *R, const struct st_writer *w, const int *k, int fd, const char *path,
                      const struct rank_hf_map *m, struct diag *d)
 {
     struct geom g;
@@ -605,7 +611,7 @@ static int write_map(struct exec *x, const struct rank_plan *R, const struct st_
                 int64_t f = e;
                 while (e < n && mask[e] && (e == f || (e % len))) /* a run within one row */
                     e++;
-                rc = st_writer_put_f32(w, fd, path, k0 + s, a * len + f, slab + f, e - f, d) ? 1 : 0;
+                rc = st_writer_put_f32(w, fd, path, k[s], a * len + f, slab + f, e - f, d) ? 1 : 0;
             }
         }
     }
@@ -653,15 +659,28 @@ int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const
 {
     if (!R->hf.present)
         return no_names(R, d);
-    struct st_writer *w = st_writer_new();
-    int *first = wf_calloc((size_t)R->hf.n_maps + 1, sizeof *first); /* each map's first tensor in the file */
+    /* The tensors in the order of their names, as Hugging Face's writer puts
+     * tensors of one dtype: the same file save_pretrained writes. */
+    int n_src = 0;
     for (int i = 0; i < R->hf.n_maps; i++)
-        for (int s = 0; s < R->hf.maps[i].n_sources; s++) {
-            const struct rank_hf_source *src = &R->hf.maps[i].sources[s];
-            int k = st_writer_add(w, src->name, ST_F32, src->rank, src->shape);
-            if (!s)
-                first[i] = k;
-        }
+        n_src += R->hf.maps[i].n_sources;
+    const struct rank_hf_source **by_name = wf_calloc((size_t)n_src + 1, sizeof *by_name);
+    int *first = wf_calloc((size_t)R->hf.n_maps + 1, sizeof *first), *slot = wf_calloc((size_t)n_src + 1, sizeof *slot);
+    for (int i = 0, k = 0; i < R->hf.n_maps; i++) {
+        first[i] = k; /* the map's sources from here in slot[] */
+        for (int s = 0; s < R->hf.maps[i].n_sources; s++)
+            by_name[k++] = &R->hf.maps[i].sources[s];
+    }
+    qsort(by_name, (size_t)n_src, sizeof *by_name, source_order);
+    struct st_writer *w = st_writer_new();
+    for (int k = 0; k < n_src; k++)
+        st_writer_add(w, by_name[k]->name, ST_F32, by_name[k]->rank, by_name[k]->shape);
+    for (int i = 0; i < R->hf.n_maps; i++)
+        for (int s = 0; s < R->hf.maps[i].n_sources; s++)
+            for (int k = 0; k < n_src; k++)
+                if (by_name[k] == &R->hf.maps[i].sources[s])
+                    slot[first[i] + s] = k;
+    free(by_name);
     st_writer_meta(w, "format", "pt");
     st_writer_finish(w);
     size_t n = strlen(dir) + 32;
@@ -690,7 +709,7 @@ int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const
             rc = 1;
         }
         for (int i = 0; !rc && i < R->hf.n_maps; i++)
-            rc = write_map(x, R, w, first[i], fd, path, &R->hf.maps[i], d);
+            rc = write_map(x, R, w, slot + first[i], fd, path, &R->hf.maps[i], d);
         if (fd >= 0 && (fsync(fd) | close(fd)) && !rc) {
             diag_error(d, path, 0, "cannot write it: %s", strerror(errno));
             rc = 1;
@@ -700,6 +719,7 @@ int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const
     free(path);
     free(config);
     free(first);
+    free(slot);
     st_writer_free(w);
     return rc;
 }

@@ -39,6 +39,8 @@ int hf_load(struct exec *x, const struct rank_plan *R, struct comm *comm, const 
 /* The model's weights as Hugging Face's: dir/model.safetensors (F32, the
  * names, shapes and order the model file gives, the vocabulary unpadded)
  * and dir/config.json (model_type, architectures, the model file's keys).
+ * The tensors are in the order of their names, as the safetensors package
+ * writes them: a model transformers saved comes back byte for byte.
  * dir is made if absent (its parent must exist).  Returns 0; 2 where the
  * plan has no Hugging Face names; 1 for a failure while writing. */
 int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const char *dir, struct diag *d);

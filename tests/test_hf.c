@@ -8,7 +8,8 @@
  * cross-entropy over them.  weft's first loss from those weights must be
  * transformers' within 1e-5 (fp32, no dropout: GPT-2 from
  * tests/models/gpt2-nodropout.xml); the files weft writes back after no
- * step must hold the fixture's tensors bit for bit. */
+ * step must hold the fixture's tensors bit for bit (GPT-2's, one file, must
+ * be save_pretrained's file byte for byte). */
 #include "testing.h"
 
 #include "exec.h"
@@ -220,6 +221,23 @@ static void same_tensors(const char *want, const char *got)
     diag_free(&d);
 }
 
+/* The same bytes: weft writes the tensors in the order of their names, as
+ * Hugging Face's writer does, so its file is save_pretrained's. */
+static void same_bytes(const char *want, const char *got)
+{
+    size_t na = 0, nb = 0;
+    char *a = wf_read_file(want, 64 << 20, &na), *b = wf_read_file(got, 64 << 20, &nb);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(na, nb);
+    for (size_t i = 0; i < na; i++)
+        if (a[i] != b[i])
+            fail_msg("%s differs from %s at byte %zu of %zu", got, want, i, na);
+    printf("    %s: save_pretrained's file, byte for byte (%zu bytes)\n", got, na);
+    free(a);
+    free(b);
+}
+
 /* A copy of the GPT-2 fixture file with one change: victim dropped, shaped
  * (2, n/2), or stored as I32; every tensor as BF16; or every name without
  * "transformer.". */
@@ -336,6 +354,8 @@ static void test_write_after_load(void **state)
         char path[256], err[128];
         snprintf(path, sizeof path, "%s/model.safetensors", outs[m]);
         same_tensors(fixtures[m], path);
+        if (!m)
+            same_bytes(GPT2_FILE, path);
         snprintf(path, sizeof path, "%s/config.json", outs[m]);
         size_t len;
         char *text = wf_read_file(path, 1 << 20, &len);
@@ -391,7 +411,7 @@ static void test_padded_vocabulary(void **state)
     assert_int_equal(nonzero[0], 0);
     assert_int_equal(nonzero[1], 256 * 32);
     assert_int_equal(hf_write(o.x, &o.R, NULL, at("gpad.out"), &o.d), 0);
-    same_tensors(GPT2_FILE, at("gpad.out/model.safetensors"));
+    same_bytes(GPT2_FILE, at("gpad.out/model.safetensors"));
     double loss = one_loss(&o);
     printf("    padded to 384: loss %.9f, transformers' over logits widened by zeros %.9f\n", loss, e.loss_padded);
     assert_true(fabs(loss - e.loss_padded) <= TOL);
@@ -431,6 +451,8 @@ static void test_tp2_pp2(void **state)
         char path[256];
         snprintf(path, sizeof path, "%s/model.safetensors", outs[m]);
         same_tensors(fixtures[m], path);
+        if (!m)
+            same_bytes(GPT2_FILE, path);
     }
 }
 
