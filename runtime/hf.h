@@ -37,7 +37,7 @@ bool hf_is_checkpoint(const char *path);
 int hf_load(struct exec *x, const struct rank_plan *R, struct comm *comm, const char *path, struct diag *d);
 
 /* The model's weights as Hugging Face's: dir/model.safetensors (F32, the
- * names, shapes and order the model file gives, the vocabulary unpadded)
+ * names and shapes the model file gives, the vocabulary unpadded)
  * and dir/config.json (model_type, architectures, the model file's keys).
  * The tensors are in the order of their names, as the safetensors package
  * writes them: a model transformers saved comes back byte for byte.
