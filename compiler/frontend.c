@@ -647,7 +647,10 @@ static void read_huggingface(struct fe *fe, const xmlNode *root)
             char err[512];
             int64_t v;
             char *end = NULL;
-            if (k->kind == IR_HF_INT && eval_text(fe, k->value, &v, err, sizeof err) == -1)
+            if (strlen(k->key) > 127 || strlen(k->value) > 255) /* the plan's limits (rank_plan.h) */
+                diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%.40s\">: a key of at most 127 bytes, a value of at most 255",
+                           k->key);
+            else if (k->kind == IR_HF_INT && eval_text(fe, k->value, &v, err, sizeof err) == -1)
                 diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%s\">: value: %s", k->key, err);
             else if (k->kind == IR_HF_NUMBER && (strtod(k->value, &end), *end || end == k->value))
                 diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%s\">: number '%s' is not a number", k->key, k->value);
@@ -730,6 +733,10 @@ static void declare_hf(struct fe *fe, struct scope *s, const xmlNode *n, int t, 
         snprintf(swhere, sizeof swhere, "%s: <hf name=\"%s\">", where, attr(fe, c, "name"));
         if (!(src->name = hf_name(fe, s, attr(fe, c, "name"), at, where)))
             return;
+        if (strlen(src->name) > 255) { /* the plan's limit (rank_plan.h) */
+            diag_error(fe->d, fe->file, at, "%s: the name is %zu bytes; at most 255", swhere, strlen(src->name));
+            return;
+        }
         struct ir_shape hs;
         if (parse_shape(fe, src->shape, &hs, swhere, at))
             return;
