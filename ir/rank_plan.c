@@ -75,10 +75,10 @@ static int read_outputs(struct plan *p, struct rank_plan *R, struct diag *d)
     return 0;
 }
 
-static int read_hf(struct plan *p, struct rank_plan *R, struct diag *d)
+int rank_hf_read(struct plan *p, int n_tensors, struct rank_hf *hf, struct diag *d)
 {
     struct plan_reader r;
-    struct rank_hf *hf = &R->hf;
+    memset(hf, 0, sizeof *hf);
     if (!plan_has(p, "hf"))
         return 0;
     if (plan_read(p, "hf", &r, d))
@@ -109,7 +109,7 @@ static int read_hf(struct plan *p, struct rank_plan *R, struct diag *d)
         m->tensor = plan_get_i32(&r);
         m->blocks = plan_get_i64(&r);
         uint32_t ns = plan_get_u32(&r);
-        if (r.bad || m->tensor < 0 || m->tensor >= R->n_tensors || m->blocks < 1 || ns < 1 || ns > (uint64_t)(r.end - r.at) / 14)
+        if (r.bad || m->tensor < 0 || m->tensor >= n_tensors || m->blocks < 1 || ns < 1 || ns > (uint64_t)(r.end - r.at) / 14)
             goto bad;
         m->n_sources = (int)ns;
         m->sources = wf_calloc(ns, sizeof *m->sources);
@@ -133,7 +133,7 @@ bad:
     return -1;
 }
 
-static void rank_hf_free(struct rank_hf *hf)
+void rank_hf_free(struct rank_hf *hf)
 {
     for (int i = 0; i < hf->n_maps; i++)
         free(hf->maps[i].sources);
@@ -211,7 +211,7 @@ int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan 
         goto out;
     R->coords = R->L->ranks[rank];
     R->stage = R->coords.stage;
-    if (read_tensors(p, R, d) || read_outputs(p, R, d) || read_hf(p, R, d) || plan_meta_read(p, &R->meta, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
+    if (read_tensors(p, R, d) || read_outputs(p, R, d) || rank_hf_read(p, R->n_tensors, &R->hf, d) || plan_meta_read(p, &R->meta, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
         ir_memory_read(p, R->schedule.n_stages, R->stage, &R->memory, d) ||
         (plan_has(p, "actions.0") ? ir_actions_read(p, R->schedule.n_stages, R->stage, &R->actions, d)
                                   : (diag_error(d, NULL, 0, "%s has no actions: compile the plan again with this weft", path), -1)) ||

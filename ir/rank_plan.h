@@ -77,6 +77,11 @@ struct rank_hf {
     struct rank_hf_map *maps;
 };
 
+/* The "hf" section (hf->present false where the plan has none); a map
+ * naming a tensor at or past n_tensors is corruption.  0, or -1 with d. */
+int rank_hf_read(struct plan *p, int n_tensors, struct rank_hf *hf, struct diag *d);
+void rank_hf_free(struct rank_hf *hf);
+
 struct rank_plan {
     int rank, stage;
     struct rank_layout *L;
