@@ -75,6 +75,8 @@ static int geom_init(struct geom *g, const struct rank_plan *R, const struct ran
         for (int a = 0; a + 1 < r; a++)
             if (g->ws[s][a] > g->T->shape[a])
                 goto bad;
+        if (src->chunks > g->ws[s][r - 1] || m->blocks > g->ws[s][r - 1] || g->n_pieces + src->chunks > g->cols)
+            goto bad; /* more pieces than columns: no product below overflows */
         g->n_pieces += (int)src->chunks;
     }
     g->pieces = wf_calloc((size_t)g->n_pieces + 1, sizeof *g->pieces);
