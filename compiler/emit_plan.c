@@ -1,8 +1,11 @@
 /* emit_plan.c: a compiled model into the plan file's sections. */
 #include "emit_plan.h"
+#include "expr.h"
 #include "plan.h"
 #include "util.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +30,120 @@ static int dropout_ops(const struct ir_graph *g, int i)
     return n;
 }
 
+/* A dimension as the model file and its flags set it: the vocabulary
+ * before the layout padded it (partition.c), so token ids stay below it
+ * and a Hugging Face file's shapes are its own. */
+static int64_t dim_written(const struct partition *P, const struct ir_dim *dm)
+{
+    return P->vocab && dm->flag && !strcmp(dm->flag, "vocab-size") ? P->vocab : dm->value;
+}
+
+static int lookup_written(void *ctx, const char *name, int64_t *v, char *err, size_t n)
+{
+    const struct partition *P = ctx;
+    for (int i = 0; i < P->g->n_dims; i++)
+        if (!strcmp(P->g->dims[i].name, name)) {
+            *v = dim_written(P, &P->g->dims[i]);
+            return 0;
+        }
+    snprintf(err, n, "no dimension '%s'", name);
+    return -1;
+}
+
+/* An expression the frontend checked over the dimensions the compile used,
+ * now over the dimensions as written (an unpadded vocabulary may not divide
+ * where the padded one did: an error at loc). */
+static int64_t eval_written(const struct partition *P, const char *text, struct ir_loc loc, struct diag *d)
+{
+    char err[256];
+    int64_t v = 0;
+    struct expr *e = expr_parse(P->g->arena, text, err, sizeof err);
+    if (!e || expr_eval(e, lookup_written, (void *)P, &v, err, sizeof err) || v < 1) {
+        diag_error(d, loc.file, loc.line, "'%s' with the vocabulary as written (%" PRId64 "): %s", text, P->vocab,
+                   v < 1 ? "less than 1" : err);
+        return 1;
+    }
+    return v;
+}
+
+/* A shape's axes as written (the frontend checked: 1..IR_MAX_RANK of them). */
+static int shape_axes(const char *shape, char axes[IR_MAX_RANK][128])
+{
+    int n = 0;
+    for (const char *q = shape; *q && n < IR_MAX_RANK;) {
+        while (*q == ' ' || *q == '\t' || *q == '\n')
+            q++;
+        size_t len = strcspn(q, " \t\n");
+        if (!len)
+            break;
+        snprintf(axes[n++], sizeof axes[0], "%.*s", (int)len, q);
+        q += len;
+    }
+    return n;
+}
+
+/* Every expression of the "hf" section evaluates over the dimensions as written. */
+static int hf_check(const struct partition *P, struct diag *d)
+{
+    const struct ir_hf *hf = P->g->hf;
+    int errors = d->n_errors;
+    for (int i = 0; i < hf->n_config; i++)
+        if (hf->config[i].kind == IR_HF_INT)
+            eval_written(P, hf->config[i].value, hf->config[i].loc, d);
+    for (int i = 0; i < hf->n_maps; i++) {
+        eval_written(P, hf->maps[i].blocks, P->g->tensors[hf->maps[i].tensor].loc, d);
+        for (int k = 0; k < hf->maps[i].n_sources; k++) {
+            char axes[IR_MAX_RANK][128];
+            int n = shape_axes(hf->maps[i].sources[k].shape, axes);
+            for (int a = 0; a < n; a++)
+                eval_written(P, axes[a], hf->maps[i].sources[k].loc, d);
+        }
+    }
+    return d->n_errors != errors ? -1 : 0;
+}
+
+/* Section "hf" (present where the model file has <huggingface>): model_type,
+ * architecture, the optional prefix; config.json's keys (key, kind, value as
+ * text: an INT evaluated); per mapped param its tensor, blocks and sources
+ * (name, transpose, chunks, rank, the shape in Hugging Face's orientation
+ * with the dimensions as written). */
+static void emit_hf(struct plan_writer *w, const struct partition *P, struct diag *d)
+{
+    const struct ir_hf *hf = P->g->hf;
+    plan_section(w, "hf");
+    plan_put_str(w, hf->model_type);
+    plan_put_str(w, hf->architecture);
+    plan_put_str(w, hf->optional_prefix);
+    plan_put_u32(w, (uint32_t)hf->n_config);
+    for (int i = 0; i < hf->n_config; i++) {
+        const struct ir_hf_config *c = &hf->config[i];
+        char num[32];
+        if (c->kind == IR_HF_INT)
+            snprintf(num, sizeof num, "%" PRId64, eval_written(P, c->value, c->loc, d));
+        plan_put_str(w, c->key);
+        plan_put_u8(w, (uint8_t)c->kind);
+        plan_put_str(w, c->kind == IR_HF_INT ? num : c->value);
+    }
+    plan_put_u32(w, (uint32_t)hf->n_maps);
+    for (int i = 0; i < hf->n_maps; i++) {
+        const struct ir_hf_map *m = &hf->maps[i];
+        plan_put_i32(w, m->tensor);
+        plan_put_i64(w, eval_written(P, m->blocks, P->g->tensors[m->tensor].loc, d));
+        plan_put_u32(w, (uint32_t)m->n_sources);
+        for (int k = 0; k < m->n_sources; k++) {
+            const struct ir_hf_source *src = &m->sources[k];
+            plan_put_str(w, src->name);
+            plan_put_u8(w, src->transpose);
+            plan_put_i64(w, src->chunks);
+            char axes[IR_MAX_RANK][128];
+            int n = shape_axes(src->shape, axes);
+            plan_put_u8(w, (uint8_t)n);
+            for (int a = 0; a < n; a++)
+                plan_put_i64(w, eval_written(P, axes[a], src->loc, d));
+        }
+    }
+}
+
 int emit_plan(const struct compiled *C, const char *path, struct diag *d)
 {
     const struct partition *P = C->P;
@@ -34,6 +151,8 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     const struct sim_result *sim = &C->sim;
     const char *model_path = C->model;
     const struct ir_graph *g = P->g;
+    if (g->hf && hf_check(P, d))
+        return -1;
     struct plan_writer *w = plan_writer_new("weft " WEFT_VERSION);
     size_t len = 0;
     char *src = wf_read_file(model_path, 64u << 20, &len);
@@ -46,7 +165,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     plan_put_u32(w, (uint32_t)g->n_dims);
     for (int i = 0; i < g->n_dims; i++) {
         plan_put_str(w, g->dims[i].name);
-        plan_put_i64(w, g->dims[i].value);
+        plan_put_i64(w, dim_written(P, &g->dims[i]));
     }
     plan_put_str(w, sim->dev ? sim->dev->name : "");
     plan_put_f64(w, sim->step_time);
@@ -165,6 +284,8 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     }
     plan_put_i32(w, labels);
 
+    if (g->hf)
+        emit_hf(w, P, d); /* hf_check passed */
     ir_memory_write(w, &C->M);
     ir_actions_write(w, &C->A);
     kn_set_write(w, &C->K);

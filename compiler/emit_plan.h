@@ -6,8 +6,8 @@
  * prediction; the dropout probabilities used, by flag; the model FLOPs of a
  * step, which weft run's throughput divides), "layout", "chunks", "tensors" (with each one's shard), "ops",
  * "xfers", "roles" (per stage: a rank's memory by category, micro-batches in flight),
- * "optimizer" (training only), "schedule" and one "program.N" per pipeline
- * stage. */
+ * "optimizer" (training only), "schedule", one "program.N" per pipeline
+ * stage, and "hf" where the model file names its Hugging Face tensors. */
 #ifndef WEFT_EMIT_PLAN_H
 #define WEFT_EMIT_PLAN_H
 

@@ -644,6 +644,163 @@ static bool define(struct fe *fe, struct scope *s, const char *name, int tensor,
     return true;
 }
 
+
+/* ---- Hugging Face's names ------------------------------------------------------- */
+
+/* <huggingface model_type="gpt2" architectures="GPT2LMHeadModel" optional_prefix="transformer.">
+ *   <config key="n_embd" value="hidden"/> ...  (config.json's keys)
+ * The params' <hf> elements say how each is made of the file's tensors. */
+static void read_huggingface(struct fe *fe, const xmlNode *root)
+{
+    for (const xmlNode *n = root->children; n; n = n->next) {
+        if (!is_elem(n, "huggingface"))
+            continue;
+        struct ir_hf *hf = fe->g->hf = arena_alloc(fe->g->arena, sizeof *hf);
+        hf->model_type = attr(fe, n, "model_type");
+        hf->architecture = attr(fe, n, "architectures");
+        hf->optional_prefix = attr(fe, n, "optional_prefix");
+        hf->loc = (struct ir_loc){fe->file, line_of(n)};
+        for (const xmlNode *c = n->children; c; c = c->next) {
+            if (!is_elem(c, "config"))
+                continue;
+            static const char *const kinds[] = {"value", "number", "string", "bool"};
+            WF_GROW(hf->config, hf->n_config, hf->cap_config);
+            struct ir_hf_config *k = &hf->config[hf->n_config++];
+            *k = (struct ir_hf_config){.key = attr(fe, c, "key"), .loc = {fe->file, line_of(c)}};
+            for (int i = 0; i < 4; i++) /* the schema allows exactly one */
+                if ((k->value = attr(fe, c, kinds[i]))) {
+                    k->kind = (enum ir_hf_value)i;
+                    break;
+                }
+            char err[512];
+            int64_t v;
+            char *end = NULL;
+            if (strlen(k->key) > 127 || strlen(k->value) > 255) /* the plan's limits (rank_plan.h) */
+                diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%.40s\">: a key of at most 127 bytes, a value of at most 255",
+                           k->key);
+            else if (k->kind == IR_HF_INT && eval_text(fe, k->value, &v, err, sizeof err) == -1)
+                diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%s\">: value: %s", k->key, err);
+            else if (k->kind == IR_HF_NUMBER && (strtod(k->value, &end), *end || end == k->value))
+                diag_error(fe->d, fe->file, k->loc.line, "<config key=\"%s\">: number '%s' is not a number", k->key, k->value);
+        }
+    }
+}
+
+/* A Hugging Face name with each {R} replaced by the iteration of the
+ * enclosing <repeat name="R">: "model.layers.{layer}.mlp.up_proj.weight". */
+static const char *hf_name(struct fe *fe, struct scope *s, const char *pattern, int line, const char *where)
+{
+    char out[512];
+    size_t o = 0;
+    for (const char *p = pattern; *p && o < sizeof out - 24;) {
+        if (*p != '{') {
+            out[o++] = *p++;
+            continue;
+        }
+        const char *close = strchr(p, '}');
+        size_t len = close ? (size_t)(close - p - 1) : 0;
+        const struct scope *sc = s;
+        for (; sc; sc = sc->parent) {
+            if (sc->block < 0)
+                continue;
+            const char *full = fe->g->blocks[sc->block].name, *dot = strrchr(full, '.');
+            const char *rep = dot ? dot + 1 : full;
+            if (close && strlen(rep) == len && !strncmp(rep, p + 1, len))
+                break;
+        }
+        if (!sc) {
+            diag_error(fe->d, fe->file, line, "%s: <hf name=\"%s\">: '%.*s' names no enclosing <repeat>; write {NAME} for the "
+                       "iteration of <repeat name=\"NAME\">", where, pattern, close ? (int)(close - p + 1) : (int)strlen(p), p);
+            return NULL;
+        }
+        o += (size_t)snprintf(out + o, sizeof out - o, "%d", sc->iter);
+        p = close + 1;
+    }
+    out[o < sizeof out ? o : sizeof out - 1] = 0;
+    return arena_strdup(fe->g->arena, out);
+}
+
+/* The <hf> elements of a param, checked against its shape: each source
+ * shaped, chunked and blocked evenly, the pieces filling the last axis
+ * (or, a single one, no more than it: a padded vocabulary), the other axes
+ * no longer than the param's. */
+static void declare_hf(struct fe *fe, struct scope *s, const xmlNode *n, int t, const struct ir_shape *shape, const char *where)
+{
+    int n_src = 0;
+    for (const xmlNode *c = n->children; c; c = c->next)
+        n_src += is_elem(c, "hf");
+    if (!n_src || t < 0)
+        return;
+    int line = line_of(n);
+    if (!fe->g->hf) {
+        diag_error(fe->d, fe->file, line, "%s: <hf> needs the model's <huggingface> element (model_type, config.json's keys)", where);
+        return;
+    }
+    struct ir_hf *hf = fe->g->hf;
+    WF_GROW(hf->maps, hf->n_maps, hf->cap_maps);
+    struct ir_hf_map *m = &hf->maps[hf->n_maps++];
+    const char *blocks = attr(fe, n, "hf_blocks");
+    *m = (struct ir_hf_map){.tensor = t, .blocks = blocks ? blocks : "1", .n_sources = n_src,
+                            .sources = arena_alloc(fe->g->arena, (size_t)n_src * sizeof *m->sources)};
+    char err[512];
+    int64_t n_blocks = 1, width = 0, last = shape->ax[shape->rank - 1].size;
+    if (eval_text(fe, m->blocks, &n_blocks, err, sizeof err) == -1) {
+        diag_error(fe->d, fe->file, line, "%s: hf_blocks: %s", where, err);
+        return;
+    }
+    int k = 0, pieces = 0;
+    for (const xmlNode *c = n->children; c; c = c->next) {
+        if (!is_elem(c, "hf"))
+            continue;
+        struct ir_hf_source *src = &m->sources[k++];
+        int at = line_of(c);
+        const char *tr = attr(fe, c, "transpose"), *chunks = attr(fe, c, "chunks");
+        *src = (struct ir_hf_source){.shape = attr(fe, c, "shape"), .transpose = tr && !strcmp(tr, "true"),
+                                     .chunks = chunks ? strtoll(chunks, NULL, 10) : 1, .loc = {fe->file, at}};
+        char swhere[768];
+        snprintf(swhere, sizeof swhere, "%s: <hf name=\"%s\">", where, attr(fe, c, "name"));
+        if (!(src->name = hf_name(fe, s, attr(fe, c, "name"), at, where)))
+            return;
+        if (strlen(src->name) > 255) { /* the plan's limit (rank_plan.h) */
+            diag_error(fe->d, fe->file, at, "%s: the name is %zu bytes; at most 255", swhere, strlen(src->name));
+            return;
+        }
+        struct ir_shape hs;
+        if (parse_shape(fe, src->shape, &hs, swhere, at))
+            return;
+        if (src->transpose && hs.rank != 2) {
+            diag_error(fe->d, fe->file, at, "%s: transpose needs a matrix; shape '%s' has %d axes", swhere, src->shape, hs.rank);
+            return;
+        }
+        if (hs.rank != shape->rank) {
+            diag_error(fe->d, fe->file, at, "%s: shape '%s' has %d axes; the param has %d", swhere, src->shape, hs.rank, shape->rank);
+            return;
+        }
+        if (src->transpose) {
+            struct ir_axis a = hs.ax[0];
+            hs.ax[0] = hs.ax[1];
+            hs.ax[1] = a;
+        }
+        for (int a = 0; a + 1 < hs.rank; a++)
+            if (hs.ax[a].size > shape->ax[a].size) {
+                diag_error(fe->d, fe->file, at, "%s: axis '%s' (%" PRId64 ") is longer than the param's '%s' (%" PRId64 ")",
+                           swhere, hs.ax[a].label, hs.ax[a].size, shape->ax[a].label, shape->ax[a].size);
+                return;
+            }
+        int64_t hl = hs.ax[hs.rank - 1].size;
+        if (src->chunks < 1 || hl % (src->chunks * n_blocks)) {
+            diag_error(fe->d, fe->file, at, "%s: its last axis in weft's orientation (%" PRId64 ") does not divide into %" PRId64
+                       " chunks of %" PRId64 " blocks (hf_blocks)", swhere, hl, src->chunks, n_blocks);
+            return;
+        }
+        width += hl / n_blocks;
+        pieces += (int)src->chunks;
+    }
+    if (pieces == 1 && n_blocks == 1 ? width > last : width * n_blocks != last)
+        diag_error(fe->d, fe->file, line, "%s: its <hf> tensors give its last axis %" PRId64 " entries; the param has %" PRId64,
+                   where, width * n_blocks, last);
+}
+
 /* ---- declare: the tensors a scope defines ------------------------------------- */
 
 static void declare_param(struct fe *fe, struct scope *s, const xmlNode *n)
@@ -703,6 +860,7 @@ static void declare_param(struct fe *fe, struct scope *s, const xmlNode *n)
         }
     }
     define(fe, s, name, t, line, where);
+    declare_hf(fe, s, n, t, &shape, where);
 }
 
 static void declare_input(struct fe *fe, struct scope *s, const xmlNode *n)
@@ -1247,6 +1405,38 @@ static void read_parts(struct fe *fe, const xmlNode *root)
     memset(fe->parts, 0, sizeof fe->parts);
 }
 
+/* With <huggingface>, every parameter needs its <hf>: a file loads whole. */
+static void check_hf(struct fe *fe)
+{
+    const struct ir_hf *hf = fe->g->hf;
+    if (!hf)
+        return;
+    for (int t = 0; t < fe->g->n_tensors; t++) {
+        const struct ir_tensor *x = &fe->g->tensors[t];
+        if (x->kind != IR_TENSOR_PARAM)
+            continue;
+        int i = 0;
+        while (i < hf->n_maps && hf->maps[i].tensor != t)
+            i++;
+        if (i == hf->n_maps) {
+            diag_error(fe->d, x->loc.file, x->loc.line, "<param name=\"%s\">: no <hf> child: with <huggingface> (line %d) every "
+                       "param names the Hugging Face tensors it is made of", x->local_name, hf->loc.line);
+            return;
+        }
+    }
+    for (int i = 0; i < hf->n_maps; i++) /* one tensor of the file, one source: a name given twice would be written twice */
+        for (int k = 0; k < hf->maps[i].n_sources; k++)
+            for (int j = 0; j <= i; j++)
+                for (int l = 0; l < (j == i ? k : hf->maps[j].n_sources); l++)
+                    if (!strcmp(hf->maps[i].sources[k].name, hf->maps[j].sources[l].name)) {
+                        diag_error(fe->d, fe->file, hf->maps[i].sources[k].loc.line, "<hf name=\"%s\">: '%s' names it, and '%s' "
+                                   "did (line %d): each Hugging Face tensor is the source of one param", hf->maps[i].sources[k].name,
+                                   fe->g->tensors[hf->maps[i].tensor].name, fe->g->tensors[hf->maps[j].tensor].name,
+                                   hf->maps[j].sources[l].loc.line);
+                        return;
+                    }
+}
+
 struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, const struct fe_options *opt,
                                 struct diag *d)
 {
@@ -1269,7 +1459,11 @@ struct ir_graph *fe_load_memory(const char *name, const char *buf, size_t len, c
             g->variant = arena_strdup(g->arena, opt->variant);
         read_dims(&fe, root, opt);
         if (d->n_errors == errors)
+            read_huggingface(&fe, root);
+        if (d->n_errors == errors)
             read_parts(&fe, root);
+        if (d->n_errors == errors)
+            check_hf(&fe);
         if (d->n_errors == errors)
             ir_verify(g, false, d);
         xmlFreeDoc(fe.doc);

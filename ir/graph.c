@@ -175,6 +175,10 @@ void ir_graph_free(struct ir_graph *g)
     free(g->blocks);
     free(g->outputs);
     free(g->variants);
+    if (g->hf) { /* the struct and its sources are in the arena */
+        free(g->hf->config);
+        free(g->hf->maps);
+    }
     arena_free(g->arena);
     free(g);
 }

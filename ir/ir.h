@@ -314,6 +314,49 @@ struct ir_block {
     struct ir_loc loc;
 };
 
+/* Hugging Face's names for a model's parameters (a model file's
+ * <huggingface> and its params' <hf>): how a parameter's whole tensor is
+ * made of Hugging Face tensors.  Along the weft tensor's last axis, blocks
+ * (hf_blocks) repeat; each block holds, in order, one equal piece of every
+ * source chunk (a source's last axis, in weft's orientation, cut into
+ * `chunks` equal chunks, each cut into `blocks` equal pieces).  A source
+ * with transpose holds the weft matrix transposed (torch's Linear stores
+ * (out, in)).  A source axis shorter than weft's (a padded vocabulary):
+ * weft's extra entries are zeros on load and dropped on save. */
+struct ir_hf_source {
+    const char *name;  /* resolved: "transformer.h.3.attn.c_attn.weight" */
+    const char *shape; /* as written, in Hugging Face's orientation: "hidden 3*hidden" */
+    bool transpose;
+    int64_t chunks;
+    struct ir_loc loc;
+};
+
+struct ir_hf_map {
+    int tensor;          /* the PARAM */
+    const char *blocks;  /* an expression, "1" where not written */
+    int n_sources;
+    struct ir_hf_source *sources;
+};
+
+/* One key of config.json: value is an integer expression of the model's
+ * dimensions (INT), a number, a string or true/false as written. */
+enum ir_hf_value { IR_HF_INT, IR_HF_NUMBER, IR_HF_STRING, IR_HF_BOOL };
+struct ir_hf_config {
+    const char *key, *value;
+    enum ir_hf_value kind;
+    struct ir_loc loc;
+};
+
+struct ir_hf {
+    const char *model_type, *architecture;
+    const char *optional_prefix; /* a prefix of names that files may leave out ("transformer."), or NULL */
+    int n_config, cap_config;
+    struct ir_hf_config *config;
+    int n_maps, cap_maps;
+    struct ir_hf_map *maps;
+    struct ir_loc loc;
+};
+
 struct ir_graph {
     struct arena *arena;
     const char *name, *file, *variant;
@@ -329,6 +372,7 @@ struct ir_graph {
     int n_outputs, cap_outputs;
     bool has_part[IR_PART_COUNT];
     const char **variants; /* the variants the file offers */
+    struct ir_hf *hf;      /* Hugging Face's names (<huggingface>), or NULL */
     int n_variants, cap_variants;
 };
 

@@ -29,7 +29,7 @@
 
 #define PLAN_MAGIC "WEFTPLAN"
 #define PLAN_VERSION_MAJOR 5
-#define PLAN_VERSION_MINOR 0
+#define PLAN_VERSION_MINOR 1 /* 5.1: section "hf" (Hugging Face's names) */
 #define PLAN_NAME_MAX 24
 
 uint32_t plan_crc32(const void *p, size_t n);

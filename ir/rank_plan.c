@@ -75,6 +75,73 @@ static int read_outputs(struct plan *p, struct rank_plan *R, struct diag *d)
     return 0;
 }
 
+int rank_hf_read(struct plan *p, int n_tensors, struct rank_hf *hf, struct diag *d)
+{
+    struct plan_reader r;
+    memset(hf, 0, sizeof *hf);
+    if (!plan_has(p, "hf"))
+        return 0;
+    if (plan_read(p, "hf", &r, d))
+        return -1;
+    hf->present = true;
+    plan_get_str(&r, hf->model_type, sizeof hf->model_type);
+    plan_get_str(&r, hf->architecture, sizeof hf->architecture);
+    plan_get_str(&r, hf->optional_prefix, sizeof hf->optional_prefix);
+    uint32_t n = plan_get_u32(&r);
+    if (r.bad || n > (uint64_t)(r.end - r.at) / 9) /* a key takes at least 9 bytes */
+        goto bad;
+    hf->n_config = (int)n;
+    hf->config = wf_calloc((size_t)n + 1, sizeof *hf->config);
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        plan_get_str(&r, hf->config[i].key, sizeof hf->config[i].key);
+        hf->config[i].kind = plan_get_u8(&r);
+        plan_get_str(&r, hf->config[i].value, sizeof hf->config[i].value);
+        if (hf->config[i].kind > IR_HF_BOOL)
+            r.bad = true;
+    }
+    n = plan_get_u32(&r);
+    if (r.bad || n > (uint64_t)(r.end - r.at) / 16) /* a map takes at least 16 bytes */
+        goto bad;
+    hf->n_maps = (int)n;
+    hf->maps = wf_calloc((size_t)n + 1, sizeof *hf->maps);
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        struct rank_hf_map *m = &hf->maps[i];
+        m->tensor = plan_get_i32(&r);
+        m->blocks = plan_get_i64(&r);
+        uint32_t ns = plan_get_u32(&r);
+        if (r.bad || m->tensor < 0 || m->tensor >= n_tensors || m->blocks < 1 || ns < 1 || ns > (uint64_t)(r.end - r.at) / 14)
+            goto bad;
+        m->n_sources = (int)ns;
+        m->sources = wf_calloc(ns, sizeof *m->sources);
+        for (uint32_t k = 0; k < ns && !r.bad; k++) {
+            struct rank_hf_source *src = &m->sources[k];
+            plan_get_str(&r, src->name, sizeof src->name);
+            src->transpose = plan_get_u8(&r);
+            src->chunks = plan_get_i64(&r);
+            src->rank = plan_get_u8(&r);
+            if (src->rank < 1 || src->rank > IR_MAX_RANK || src->chunks < 1 || (src->transpose && src->rank != 2))
+                goto bad;
+            for (int a = 0; a < src->rank; a++)
+                if ((src->shape[a] = plan_get_i64(&r)) < 1)
+                    goto bad;
+        }
+    }
+    if (!r.bad)
+        return 0;
+bad:
+    diag_error(d, NULL, 0, "plan section 'hf' is corrupted");
+    return -1;
+}
+
+void rank_hf_free(struct rank_hf *hf)
+{
+    for (int i = 0; i < hf->n_maps; i++)
+        free(hf->maps[i].sources);
+    free(hf->maps);
+    free(hf->config);
+    memset(hf, 0, sizeof *hf);
+}
+
 int plan_meta_read(struct plan *p, struct plan_meta *m, struct diag *d)
 {
     memset(m, 0, sizeof *m);
@@ -159,7 +226,7 @@ int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan 
         goto out;
     R->coords = R->L->ranks[rank];
     R->stage = R->coords.stage;
-    if (read_tensors(p, R, d) || read_outputs(p, R, d) || plan_meta_read(p, &R->meta, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
+    if (read_tensors(p, R, d) || read_outputs(p, R, d) || rank_hf_read(p, R->n_tensors, &R->hf, d) || plan_meta_read(p, &R->meta, d) || ir_schedule_read(p, R->stage, &R->schedule, d) ||
         ir_memory_read(p, R->schedule.n_stages, R->stage, &R->memory, d) ||
         (plan_has(p, "actions.0") ? ir_actions_read(p, R->schedule.n_stages, R->stage, &R->actions, d)
                                   : (diag_error(d, NULL, 0, "%s has no actions: compile the plan again with this weft", path), -1)) ||
@@ -181,6 +248,7 @@ void rank_plan_free(struct rank_plan *R)
     free(R->tensors);
     free(R->outputs);
     plan_meta_free(&R->meta);
+    rank_hf_free(&R->hf);
     ir_schedule_free(&R->schedule);
     ir_memory_free(&R->memory);
     ir_actions_free(&R->actions);

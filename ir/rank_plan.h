@@ -55,6 +55,43 @@ struct rank_tensor {
     double init_std;
 };
 
+/* The plan's "hf" section: the model in Hugging Face's layout (ir.h's
+ * struct ir_hf says the mapping; runtime/hf.h uses it).  Shapes are in
+ * Hugging Face's orientation, with the vocabulary as written (unpadded). */
+struct rank_hf_source {
+    char name[256];
+    bool transpose;
+    int64_t chunks;
+    int rank;
+    int64_t shape[IR_MAX_RANK];
+};
+
+struct rank_hf_map {
+    int32_t tensor;
+    int64_t blocks;
+    int n_sources;
+    struct rank_hf_source *sources;
+};
+
+struct rank_hf_config {
+    char key[128], value[256];
+    uint8_t kind; /* enum ir_hf_value */
+};
+
+struct rank_hf {
+    bool present;
+    char model_type[64], architecture[128], optional_prefix[64];
+    int n_config;
+    struct rank_hf_config *config;
+    int n_maps;
+    struct rank_hf_map *maps;
+};
+
+/* The "hf" section (hf->present false where the plan has none); a map
+ * naming a tensor at or past n_tensors is corruption.  0, or -1 with d. */
+int rank_hf_read(struct plan *p, int n_tensors, struct rank_hf *hf, struct diag *d);
+void rank_hf_free(struct rank_hf *hf);
+
 struct rank_plan {
     int rank, stage;
     struct rank_layout *L;
@@ -72,6 +109,7 @@ struct rank_plan {
     struct optim_config opt;
     struct plan_meta meta;
     int64_t vocab;             /* the dimension "vocab" as written (token ids are below it; 0: none) */
+    struct rank_hf hf;         /* absent (present false) where the model file names no Hugging Face tensors */
 };
 
 int rank_plan_load(const char *path, int rank, int world_size, struct rank_plan *R, struct diag *d);

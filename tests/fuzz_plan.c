@@ -7,6 +7,7 @@
 #include "partition.h"
 #include "optim.h"
 #include "plan.h"
+#include "rank_plan.h"
 #include "program.h"
 #include "util.h"
 
@@ -81,6 +82,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kn_set K;
     if (p && plan_has(p, "kernels") && kn_set_read(p, &K, &d) == 0)
         kn_set_free(&K);
+    struct rank_hf hf;
+    if (p) { /* Hugging Face's names: maps may name any of a million tensors here */
+        rank_hf_read(p, 1 << 20, &hf, &d);
+        rank_hf_free(&hf);
+    }
     plan_close(p);
     diag_free(&d);
     free(buf);

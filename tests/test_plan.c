@@ -150,8 +150,8 @@ static void test_bad_plans(void **state)
             bad[64 + i] = (char)(crc >> (8 * i));
         write_bytes(path("other.plan"), bad, n);
         char want[128];
-        snprintf(want, sizeof want, "plan format %d.0 is %s than this weft reads (%d.x)", bad[8], older ? "older" : "newer",
-                 PLAN_VERSION_MAJOR);
+        snprintf(want, sizeof want, "plan format %d.%d is %s than this weft reads (%d.x)", bad[8], PLAN_VERSION_MINOR,
+                 older ? "older" : "newer", PLAN_VERSION_MAJOR);
         expect_bad("inspect", path("other.plan"), want);
     }
 

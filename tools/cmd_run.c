@@ -4,6 +4,7 @@
 #include "comm.h"
 #include "data.h"
 #include "exec.h"
+#include "hf.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -67,7 +68,12 @@ static const char usage[] =
     "  --split A,B,C        the train, valid and test shares of the documents (default 969,30,1)\n"
     "  --eval-interval N    every N iterations, and after the last, the validation loss: the mean over\n"
     "  --eval-iters K       the tokens of K global batches of the valid split (forward only, no update;\n"
-    "                       dropout off), read in order across validations\n";
+    "                       dropout off), read in order across validations\n"
+    "  --load PATH  start from Hugging Face weights: a .safetensors file, or a directory with\n"
+    "               model.safetensors or model.safetensors.index.json and its shards (the model\n"
+    "               file's <hf> names say how; each rank reads its slices)\n"
+    "  --save DIR --save-format hf  at the end, the weights as Hugging Face's: DIR/model.safetensors\n"
+    "               and DIR/config.json (transformers' from_pretrained loads them)\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -247,7 +253,8 @@ static double validate(struct exec *x, struct comm *comm, const struct data_gpt 
 
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1";
+    const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1", *load = NULL, *save = NULL,
+               *save_format = NULL;
     long steps = 10, log_interval = 1, skip_limit = 5, eval_interval = 0, eval_iters = 0;
     double timeout = 300;
     bool profile = false;
@@ -302,6 +309,12 @@ int cmd_run(int argc, char **argv)
             log = argv[++i];
         else if (!strcmp(a, "--dump-params") && has)
             dump = argv[++i];
+        else if (!strcmp(a, "--load") && has)
+            load = argv[++i];
+        else if (!strcmp(a, "--save") && has)
+            save = argv[++i];
+        else if (!strcmp(a, "--save-format") && has)
+            save_format = argv[++i];
         else if (a[0] != '-' && !path)
             path = a;
         else {
@@ -311,6 +324,19 @@ int cmd_run(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "weft run: no plan file given\n%s", usage);
+        return EXIT_BAD_INPUT;
+    }
+    if (save_format && strcmp(save_format, "hf")) {
+        fprintf(stderr, "weft run: --save-format %s: expected hf (Hugging Face's safetensors and config.json)\n", save_format);
+        return EXIT_BAD_INPUT;
+    }
+    if (!save != !save_format) {
+        fprintf(stderr, "weft run: %s: give --save DIR with --save-format hf\n", save ? "--save" : "--save-format");
+        return EXIT_BAD_INPUT;
+    }
+    if (load && !hf_is_checkpoint(load)) {
+        fprintf(stderr, "weft run: --load %s: not a Hugging Face checkpoint (a .safetensors file, or a directory with "
+                        "model.safetensors or model.safetensors.index.json)\n", load);
         return EXIT_BAD_INPUT;
     }
     if ((eval_interval > 0) != (eval_iters > 0) || (eval_interval && !data_path)) {
@@ -336,6 +362,10 @@ int cmd_run(int argc, char **argv)
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    double load_s = wf_seconds();
+    if (x && load && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
+        diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
+    load_s = wf_seconds() - load_s;
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
@@ -370,7 +400,7 @@ int cmd_run(int argc, char **argv)
         else if (mine && bad[1] == 0)
             speak = true;
     }
-    if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
+    if (!x || rc || d.n_errors) { /* every rank finds the same: rank 0 says it */
         if (speak && !lead)
             fprintf(stderr, "rank %d: ", comm->rank);
         if (speak)
@@ -402,6 +432,8 @@ int cmd_run(int argc, char **argv)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
                eval_interval ? ", validation from its own split" : "");
+    if (load && lead)
+        printf("%s: the weights of %s, read in %.2f s\n", load, R.hf.architecture, load_s);
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0, val_consumed = 0;
     struct log_interval in = {0};
@@ -482,6 +514,14 @@ int cmd_run(int argc, char **argv)
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);
     }
+    double t1 = wf_seconds();
+    if (save && hf_write(x, &R, comm, save, &d)) {
+        diag_print(&d, stderr);
+        fflush(NULL);
+        comm_abort(comm, EXIT_FAILURE_RUN);
+    }
+    if (save && lead)
+        printf("%s: model.safetensors and config.json (%s), written in %.2f s\n", save, R.hf.architecture, wf_seconds() - t1);
     if (rc == 0 && steps && lead) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
