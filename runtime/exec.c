@@ -27,6 +27,7 @@ struct exec {
     int64_t micro_batch;     /* samples a micro-batch: the inputs' first axis */
     double loss_sum;
     long iteration;
+    int64_t consumed;        /* global samples the steps before this one consumed (exec_consumed_samples) */
     double lr;               /* this step's learning rate */
     double norm;             /* the gradients' global norm, once the updates begin; -1 before */
     double clip;             /* the factor the updates scale gradients by */
@@ -37,6 +38,8 @@ struct exec {
 };
 
 double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
+int64_t exec_consumed_samples(const struct exec *x) { return x->consumed; }
+void exec_set_consumed_samples(struct exec *x, int64_t n) { x->consumed = n; }
 int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
 
 
@@ -171,12 +174,12 @@ static void init_params(struct exec *x)
 }
 
 /* The first global sample of micro-batch j on this rank: samples are dealt
- * as Megatron's sampler deals a global batch, micro-batch j of every
- * data-parallel rank in turn. */
+ * as Megatron's sampler deals a global batch, after the samples consumed
+ * so far, micro-batch j of every data-parallel rank in turn. */
 static int64_t first_sample(const struct exec *x, int j, int64_t micro_batch)
 {
     const struct par_config *pc = &x->R->L->pc;
-    return (int64_t)x->iteration * pc->global_batch + ((int64_t)j * pc->dp + x->R->coords.dp) * micro_batch;
+    return x->consumed + ((int64_t)j * pc->dp + x->R->coords.dp) * micro_batch;
 }
 
 /* Dropout's draws for micro-batch j: keyed by its first global sample, so
@@ -618,6 +621,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     st->lr = x->lr;
     st->seconds = wf_seconds() - t0;
     st->tokens = (int64_t)sum[1];
+    x->consumed += x->R->L->pc.global_batch;
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

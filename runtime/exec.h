@@ -39,7 +39,15 @@ struct exec_stats {
 
 /* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
+/* iteration: the absolute one (from 0; a resumed run continues from its
+ * checkpoint's), which AdamW's bias correction and the learning rate's
+ * schedule read.  The step's samples follow the consumed ones, and a step
+ * that succeeds advances the count by the global batch. */
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
+/* Global samples consumed so far (0 after exec_new): where the next step's
+ * data begin.  A checkpoint saves and restores it. */
+int64_t exec_consumed_samples(const struct exec *x);
+void exec_set_consumed_samples(struct exec *x, int64_t n);
 void exec_free(struct exec *x);
 /* Every parameter, whole, as the model holds it now (fp32; the master
  * weights under --bf16), assembled from every rank's shards: a collective,

@@ -1,5 +1,6 @@
-/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE]`: train. */
+/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--save DIR] [--load PATH]`: train. */
 #define _GNU_SOURCE /* sched_getaffinity */
+#include "checkpoint.h"
 #include "cli.h"
 #include "comm.h"
 #include "exec.h"
@@ -7,6 +8,7 @@
 
 #include <cblas.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,7 @@
 
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--timeout SECONDS] [--dump-params FILE]\n"
+    "                                [--save DIR [--save-interval N]] [--load PATH]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
@@ -38,7 +41,23 @@ static const char usage[] =
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
-    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n";
+    "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
+    "  --save DIR   checkpoints in DIR, as Megatron lays them out: DIR/iter_0000100/\n"
+    "               (model.safetensors: every parameter whole, fp32, by its plan name;\n"
+    "               optimizer.safetensors: AdamW's exp_avg, exp_avg_sq; checkpoint.json:\n"
+    "               iteration, consumed samples, seed, data, model) and\n"
+    "               DIR/latest_checkpointed_iteration.txt, written last.  Saved at the end\n"
+    "               of the run, and every --save-interval iterations.  Every rank writes its\n"
+    "               own slices in place; a save is complete or absent (a temporary directory,\n"
+    "               fsync, renamed): a crash or a full disk leaves the previous one (a save\n"
+    "               that fails ends the run with status 1)\n"
+    "  --save-interval N  a checkpoint every N iterations (with --save)\n"
+    "  --load PATH  resume: DIR loads the checkpoint its tracker names, DIR/iter_N that one;\n"
+    "               any layout loads any checkpoint of the same model (a vocabulary padded\n"
+    "               otherwise: its real rows, the padding zero).  Iterations, the learning\n"
+    "               rate's schedule, Adam's bias correction, the consumed samples and the\n"
+    "               seed continue from it; --steps N runs N more.  With --save naming the\n"
+    "               same DIR, a DIR with no checkpoint yet starts from the seed\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -107,8 +126,9 @@ static int blas_threads(void)
 
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL;
-    long steps = 10;
+    const char *path = NULL, *log = NULL, *dump = NULL, *save = NULL, *load = NULL;
+    long steps = 10, save_interval = 0;
+    bool seed_given = false;
     double timeout = 300;
     bool profile = false;
     unsigned long long seed = 1234;
@@ -128,6 +148,7 @@ int cmd_run(int argc, char **argv)
             }
         } else if (!strcmp(a, "--seed") && has) {
             seed = strtoull(argv[++i], &end, 10);
+            seed_given = true;
             if (*end) {
                 fprintf(stderr, "weft run: --seed %s: expected an integer\n", argv[i]);
                 return EXIT_BAD_INPUT;
@@ -144,6 +165,17 @@ int cmd_run(int argc, char **argv)
             log = argv[++i];
         else if (!strcmp(a, "--dump-params") && has)
             dump = argv[++i];
+        else if (!strcmp(a, "--save") && has)
+            save = argv[++i];
+        else if (!strcmp(a, "--load") && has)
+            load = argv[++i];
+        else if (!strcmp(a, "--save-interval") && has) {
+            save_interval = strtol(argv[++i], &end, 10);
+            if (*end || save_interval < 1) {
+                fprintf(stderr, "weft run: --save-interval %s: expected a count of iterations above 0\n", argv[i]);
+                return EXIT_BAD_INPUT;
+            }
+        }
         else if (a[0] != '-' && !path)
             path = a;
         else {
@@ -155,6 +187,11 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "weft run: no plan file given\n%s", usage);
         return EXIT_BAD_INPUT;
     }
+    if (save_interval && !save) {
+        fprintf(stderr, "weft run: --save-interval needs --save DIR\n");
+        return EXIT_BAD_INPUT;
+    }
+    signal(SIGXFSZ, SIG_IGN); /* a file past RLIMIT_FSIZE: the write fails (EFBIG) and the save says so */
     struct diag d;
     diag_init(&d);
     struct comm *comm = comm_mpi_open(NULL, NULL, timeout, &d);
@@ -168,7 +205,17 @@ int cmd_run(int argc, char **argv)
     int rc = rank_plan_load(path, comm->rank, comm->size, &R, &d);
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
+    struct ckpt_found found;
+    int have = 1; /* 0: a checkpoint to load */
+    if (!rc && load && (have = ckpt_find(comm, load, save && !strcmp(save, load), &found, &d)) == 2)
+        rc = EXIT_BAD_INPUT;
+    if (!have && seed_given && found.state.seed != seed && lead)
+        printf("note: --seed %llu: the checkpoint's seed %llu continues its randomness\n", seed, (unsigned long long)found.state.seed);
+    if (!have)
+        seed = found.state.seed;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    if (x && !have && ckpt_load(x, &R, comm, &found, &d))
+        rc = EXIT_BAD_INPUT;
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
@@ -177,8 +224,9 @@ int cmd_run(int argc, char **argv)
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
-    if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it */
-        if (lead)
+    if (!x || d.n_errors) { /* every rank finds the same: rank 0 says it (a checkpoint's reader gives another rank
+                             * only what rank 0 did not find) */
+        if (lead || (load && d.n_errors))
             diag_print(&d, stderr);
         diag_free(&d);
         exec_free(x);
@@ -200,9 +248,26 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    long start = have ? 0 : found.state.iteration, saved_at = -1, end = start + steps;
+    if (!have && lead)
+        printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s)\n", found.dir, start,
+               (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size, found.world_size == 1 ? "" : "s",
+               found.layout);
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
-    for (long it = 0; it < steps; it++) {
+    for (long it = start; it <= end && !rc; it++) {
+        if (save && it > start && ((save_interval && it % save_interval == 0) || it == end)) { /* after iteration it's step */
+            struct ckpt_state cs = {.iteration = it, .consumed_samples = exec_consumed_samples(x), .seed = seed};
+            struct ckpt_saved sv;
+            if (ckpt_save(x, &R, comm, save, &cs, &ckpt_weft_model, &sv, &d))
+                rc = EXIT_FAILURE_RUN; /* every rank: they agreed */
+            else if (lead)
+                printf("saved checkpoint of iteration %ld to %s: %.1f MB in %.3f s (%.2f GB/s)\n", it, sv.dir, (double)sv.bytes / 1e6,
+                       sv.seconds, (double)sv.bytes / sv.seconds / 1e9);
+            saved_at = it;
+        }
+        if (it == end || rc)
+            break;
         struct exec_stats st;
         if (exec_step(x, it, &st, &d)) {
             diag_print(&d, stderr); /* this rank's failure: the others wait on it, so end them all */
@@ -215,11 +280,32 @@ int cmd_run(int argc, char **argv)
             by_kind[k] += st.action_seconds[k];
         if (!lead)
             continue;
-        printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, steps, st.loss,
+        printf("iteration %6ld/%ld | loss %.6f | lr %.3e | grad norm %.4f | %.1f ms | %.0f tokens/s\n", it + 1, end, st.loss,
                st.lr, st.grad_norm, st.seconds * 1e3, (double)st.tokens / st.seconds);
         if (lf)
             fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
+    }
+    if (save && saved_at < 0 && !rc) { /* --steps 0 with --save: the loaded (or initial) state, as it is */
+        struct ckpt_state cs = {.iteration = start, .consumed_samples = exec_consumed_samples(x), .seed = seed};
+        struct ckpt_saved sv;
+        if (ckpt_save(x, &R, comm, save, &cs, &ckpt_weft_model, &sv, &d))
+            rc = EXIT_FAILURE_RUN;
+        else if (lead)
+            printf("saved checkpoint of iteration %ld to %s: %.1f MB in %.3f s (%.2f GB/s)\n", start, sv.dir, (double)sv.bytes / 1e6,
+                   sv.seconds, (double)sv.bytes / sv.seconds / 1e9);
+    }
+    if (rc) { /* a save failed on some rank: each says its own reason, rank 0 what is kept */
+        diag_print(&d, stderr);
+        diag_free(&d);
+        if (lf)
+            fclose(lf);
+        if (df)
+            fclose(df);
+        exec_free(x);
+        rank_plan_free(&R);
+        comm_close(comm);
+        return rc;
     }
     if (dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
         diag_print(&d, stderr);
