@@ -23,9 +23,10 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     free(src);
     plan_put_str(w, g->variant);
     plan_put_u32(w, (uint32_t)g->n_dims);
-    for (int i = 0; i < g->n_dims; i++) {
+    for (int i = 0; i < g->n_dims; i++) { /* as written: the vocabulary unpadded (the tensors hold it padded) */
+        bool vocab = g->dims[i].flag && !strcmp(g->dims[i].flag, "vocab-size") && P->vocab;
         plan_put_str(w, g->dims[i].name);
-        plan_put_i64(w, g->dims[i].value);
+        plan_put_i64(w, vocab ? P->vocab : g->dims[i].value);
     }
     plan_put_str(w, sim->dev ? sim->dev->name : "");
     plan_put_f64(w, sim->step_time);

@@ -374,10 +374,12 @@ failed:
         fmt(tracker, sizeof tracker, "%s/%s", dir, CKPT_TRACKER);
         size_t tlen;
         char *was = wf_read_file(tracker, 64, &tlen);
-        diag_error(d, dir, 0, "checkpoint of iteration %ld not saved (a rank's error above); %s", s->iteration,
-                   was ? "the tracker still names iteration" : "no earlier checkpoint is there");
         if (was)
-            diag_note(d, tracker, 0, "still names iteration %s, whose checkpoint is as it was", was);
+            diag_error(d, dir, 0, "checkpoint of iteration %ld not saved (the error above): %s still names iteration %s, whose "
+                                  "checkpoint is as it was", s->iteration, CKPT_TRACKER, was);
+        else
+            diag_error(d, dir, 0, "checkpoint of iteration %ld not saved (the error above); no earlier checkpoint is there",
+                       s->iteration);
         free(was);
     }
     return -1;
@@ -446,8 +448,9 @@ static int find_local(const char *path, bool empty_ok, struct ckpt_found *f, str
         while (end && (*end == '\n' || *end == ' '))
             end++;
         if (!text || end == text || *end || it < 0) {
-            diag_error(d, p, 0, "names no iteration (\"%.20s\"): a tracker holds the last saved iteration's number",
-                       text ? text : strerror(errno));
+            int n = text ? (int)strcspn(text, "\n") : 0;
+            diag_error(d, p, 0, "names no iteration (\"%.*s\"): a tracker holds the last saved iteration's number", n < 20 ? n : 20,
+                       text ? text : "");
             free(text);
             return 2;
         }
