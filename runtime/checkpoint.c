@@ -419,6 +419,12 @@ static int read_json(const char *dir, struct ckpt_found *f, struct diag *d)
     fmt(f->layout, sizeof f->layout, "%s", lay && lay->type == JSON_STRING ? lay->string : "?");
     f->world_size = ws && ws->is_int ? (int)ws->integer : 0;
     json_free(v);
+    static const char *const files[] = {CKPT_JSON, CKPT_MODEL, CKPT_OPTIM};
+    for (int i = 0; i < 3; i++) {
+        struct stat sb;
+        fmt(path, sizeof path, "%s/%s", dir, files[i]);
+        f->bytes += stat(path, &sb) ? 0 : sb.st_size;
+    }
     return 0;
 }
 

@@ -92,6 +92,7 @@ struct ckpt_found {
     char model[256];          /* the model's name, as the plan that saved it had it */
     char layout[256];         /* how the saving run was laid out (for the user) */
     int world_size;
+    int64_t bytes;            /* its files' sizes, together */
 };
 
 /* Resolves --load PATH: a directory with the tracker loads the iteration

@@ -621,7 +621,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     st->lr = x->lr;
     st->seconds = wf_seconds() - t0;
     st->tokens = (int64_t)sum[1];
-    x->consumed += pc->global_batch ? pc->global_batch : x->micro_batch * x->R->schedule.n_micro * pc->dp; /* unset: micro x dp */
+    x->consumed += x->R->L->pc.global_batch;
     memcpy(st->action_seconds, x->action_seconds, sizeof st->action_seconds);
     return 0;
 }

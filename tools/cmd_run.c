@@ -214,8 +214,10 @@ int cmd_run(int argc, char **argv)
     if (!have)
         seed = found.state.seed;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    double load_s = wf_seconds();
     if (x && !have && ckpt_load(x, &R, comm, &found, &d))
         rc = EXIT_BAD_INPUT;
+    load_s = wf_seconds() - load_s;
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
@@ -250,9 +252,9 @@ int cmd_run(int argc, char **argv)
                chose ? "'s for this CPU)" : "");
     long start = have ? 0 : found.state.iteration, saved_at = -1, end = start + steps;
     if (!have && lead)
-        printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s)\n", found.dir, start,
-               (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size, found.world_size == 1 ? "" : "s",
-               found.layout);
+        printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s); %.1f MB in %.3f s (%.2f GB/s)\n",
+               found.dir, start, (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size,
+               found.world_size == 1 ? "" : "s", found.layout, (double)found.bytes / 1e6, load_s, (double)found.bytes / load_s / 1e9);
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
     for (long it = start; it <= end && !rc; it++) {
