@@ -375,6 +375,8 @@ failed:
         size_t tlen;
         char *was = wf_read_file(tracker, 64, &tlen);
         if (was)
+            was[strcspn(was, "\r\n")] = 0;
+        if (was)
             diag_error(d, dir, 0, "checkpoint of iteration %ld not saved (the error above): %s still names iteration %s, whose "
                                   "checkpoint is as it was", s->iteration, CKPT_TRACKER, was);
         else
