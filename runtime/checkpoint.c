@@ -484,9 +484,10 @@ static int find_local(const char *path, bool empty_ok, struct ckpt_found *f, str
         bool iters = false, any = false;
         DIR *dp = is_dir(path) ? opendir(path) : NULL;
         struct dirent *e;
-        while (dp && (e = readdir(dp))) {
-            any |= strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-            iters |= !strncmp(e->d_name, "iter_", 5);
+        while (dp && (e = readdir(dp))) { /* what an interrupted save left (*.tmp) does not count */
+            bool tmp = ends_with(e->d_name, ".tmp");
+            any |= strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !tmp;
+            iters |= !strncmp(e->d_name, "iter_", 5) && !tmp;
         }
         if (dp)
             closedir(dp);

@@ -101,7 +101,8 @@ struct ckpt_found {
  * .tmp (an interrupted save).  Anything else is not a weft checkpoint (a
  * Hugging Face file or folder among them: not loaded yet).  empty_ok
  * (Megatron's `--save D --load D` on a new D): a missing directory, or one
- * with neither tracker nor iter_*, returns 1 (nothing to load).  Every rank
+ * with nothing but what interrupted saves left (*.tmp), returns 1 (nothing
+ * to load).  Every rank
  * calls it and gets the same: 0 (f filled), 1, or 2 with the error in d. */
 int ckpt_find(struct comm *c, const char *path, bool empty_ok, struct ckpt_found *f, struct diag *d);
 

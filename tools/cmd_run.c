@@ -223,6 +223,8 @@ int cmd_run(int argc, char **argv)
     FILE *lf = NULL;
     if (x && !d.n_errors && log && lead && !(lf = fopen(log, "w")))
         diag_error(&d, NULL, 0, "--log %s: cannot write it", log);
+    if (lf)
+        setvbuf(lf, NULL, _IOLBF, 0); /* each iteration's line out at once: a run killed keeps its log */
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
