@@ -298,11 +298,16 @@ static int publish(const char *dir, const char *tmp, const char *final, long ite
         return -1;
     }
     if (exists(final)) { /* saved before (a run resumed from an earlier one): swap, so final is never missing */
-        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE)) {
+        char old[CKPT_PATH_MAX + 64];
+        fmt(old, sizeof old, "%s.old.tmp", final);
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0)
+            remove_dir(tmp); /* the old one, now under the temporary name */
+        else if ((errno == EINVAL || errno == ENOSYS) && !rename(final, old) && !rename(tmp, final))
+            remove_dir(old); /* a file system without the swap: final was missing for a moment */
+        else {
             diag_error(d, final, 0, "cannot replace it with %s: %s", tmp, strerror(errno));
             return -1;
         }
-        remove_dir(tmp); /* the old one, now under the temporary name */
     } else if (rename(tmp, final)) {
         diag_error(d, final, 0, "cannot rename %s to it: %s", tmp, strerror(errno));
         return -1;

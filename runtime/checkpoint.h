@@ -6,7 +6,7 @@
  *   ckpt_save(x, &R, comm, "ckpt", &s, &ckpt_weft_model, &saved, &d);   // every rank calls it
  *
  *   struct ckpt_found f;
- *   ckpt_find(comm, "ckpt", NULL, &f, &d);      // the tracker's iteration (or "ckpt/iter_0000100" itself)
+ *   ckpt_find(comm, "ckpt", false, &f, &d);     // the tracker's iteration (or "ckpt/iter_0000100" itself)
  *   struct exec *x = exec_new(&R, comm, f.state.seed, &d);
  *   ckpt_load(x, &R, comm, &f, &d);             // weights, moments, consumed samples: whatever layout saved them
  *   for (long it = f.state.iteration; ...) exec_step(x, it, ...);

@@ -7,6 +7,7 @@
 #include "testing.h"
 #include "safetensors.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
 #include <sys/resource.h>
@@ -451,12 +452,18 @@ static long tracker(const char *dir)
     return it;
 }
 
-/* Whether an interrupted save's remains are in dir (an *.tmp). */
+/* Whether a save's temporary remains are in dir (an *.tmp): a save under
+ * way, or one interrupted. */
 static bool has_tmp(const char *dir)
 {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "ls %s | grep -q '\\.tmp$'", dir);
-    return system(cmd) == 0;
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    bool found = false;
+    while (dp && !found && (e = readdir(dp)))
+        found = strlen(e->d_name) > 4 && !strcmp(e->d_name + strlen(e->d_name) - 4, ".tmp");
+    if (dp)
+        closedir(dp);
+    return found;
 }
 
 /* A run saving every iteration, killed (SIGKILL) after a seeded random
@@ -489,6 +496,14 @@ static void test_kill_while_saving(void **state)
         long before = tracker(ck);
         long delay = 500000 + (long)(rand() % 800) * 1000; /* microseconds, 0.5 to 1.3 s: MPI's start, then steps and saves */
         nanosleep(&(struct timespec){delay / 1000000, delay % 1000000 * 1000}, NULL);
+        if (k % 2) { /* every other kill inside a save: once its .tmp directory appears, 0 to 3 ms on */
+            double t0 = wf_seconds();
+            while (!has_tmp(ck) && wf_seconds() - t0 < 10)
+                ;
+            long more = rand() % 3000;
+            nanosleep(&(struct timespec){0, more * 1000}, NULL);
+            delay += (long)((wf_seconds() - t0) * 1e6);
+        }
         kill(pid, SIGKILL);
         int st;
         waitpid(pid, &st, 0);
@@ -535,6 +550,7 @@ static void test_kill_while_saving(void **state)
                 checked++;
     }
     assert_true(checked >= at + 2); /* every iteration was logged (line by line) by some run, and each checked */
+    assert_true(mid_save >= KILLS / 2 - 1); /* the kills aimed at a save mostly found one (it may have just ended) */
     printf("    %d kills (%d during a save), then the last complete checkpoint (iteration %ld) resumed: %d logged losses, each the "
            "uninterrupted run's\n", KILLS, mid_save, at, checked);
     free(got), free(want);
@@ -547,15 +563,17 @@ static void test_kill_while_saving(void **state)
 static void test_full_disk(void **state)
 {
     (void)state;
-    char ck[128], cmd[512];
+    char ck[128], cmd[512], plan[128];
     snprintf(ck, sizeof ck, "%s/full", g.dir);
+    snprintf(plan, sizeof plan, "%s/wide.plan", g.dir);
+    compile_gpt2(plan, 1, "--hidden-size 128"); /* model.safetensors 1.9 MB: well above the plan's CPU kernels */
     struct run r;
-    WEFT_RUN(&r, 1, g.one, "--steps", "2", "--save", ck);
+    WEFT_RUN(&r, 1, plan, "--steps", "2", "--save", ck);
     must(r.status, "the first save");
-    /* 520 KiB a file at most (ulimit -f counts 512-byte blocks in sh): the plan's CPU kernels, which weft run writes to a
-     * temporary file, fit; model.safetensors, 537.4 KiB, does not.  PMIx's
-     * shared-memory store (Open MPI's start) would pass the limit itself: its hash store instead */
-    snprintf(cmd, sizeof cmd, "ulimit -f 1040 && PMIX_MCA_gds=hash exec %s run %s --steps 2 --load %s --save %s", weft_bin(), g.one, ck, ck);
+    /* 1.5 MB a file at most (ulimit -f counts 512-byte blocks in sh): the plan's CPU kernels, which weft run writes to
+     * a temporary file, fit; model.safetensors does not.  PMIx's shared-memory store (Open MPI's start) would pass the
+     * limit itself: its hash store instead */
+    snprintf(cmd, sizeof cmd, "ulimit -f 3000 && PMIX_MCA_gds=hash exec %s run %s --steps 2 --load %s --save %s", weft_bin(), plan, ck, ck);
     const char *argv[] = {"sh", "-c", cmd, NULL};
     run_mpi(&r, argv);
     if (r.status != 1 || !strstr(r.err, "File too large") || !strstr(r.err, "checkpoint of iteration 4 not saved"))
@@ -567,7 +585,7 @@ static void test_full_disk(void **state)
     struct stat sb;
     assert_int_not_equal(stat(p, &sb), 0);
     assert_false(has_tmp(ck));
-    WEFT_RUN(&r, 1, g.one, "--steps", "1", "--load", ck);
+    WEFT_RUN(&r, 1, plan, "--steps", "1", "--load", ck);
     must(r.status, "loading the earlier checkpoint");
     printf("    the tracker still at 2, which loads; no iter_0000004, no .tmp left\n");
 }

@@ -206,16 +206,19 @@ int cmd_run(int argc, char **argv)
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
     struct ckpt_found found;
-    int have = 1; /* 0: a checkpoint to load */
-    if (!rc && load && (have = ckpt_find(comm, load, save && !strcmp(save, load), &found, &d)) == 2)
-        rc = EXIT_BAD_INPUT;
-    if (!have && seed_given && found.state.seed != seed && lead)
+    bool resume = false; /* a checkpoint found to load */
+    if (!rc && load) {
+        int got = ckpt_find(comm, load, save && !strcmp(save, load), &found, &d); /* 1: none yet, in --save's own DIR */
+        rc = got == 2 ? EXIT_BAD_INPUT : rc;
+        resume = got == 0;
+    }
+    if (resume && seed_given && found.state.seed != seed && lead)
         printf("note: --seed %llu: the checkpoint's seed %llu continues its randomness\n", seed, (unsigned long long)found.state.seed);
-    if (!have)
+    if (resume)
         seed = found.state.seed;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
     double load_s = wf_seconds();
-    if (x && !have && ckpt_load(x, &R, comm, &found, &d))
+    if (x && resume && ckpt_load(x, &R, comm, &found, &d))
         rc = EXIT_BAD_INPUT;
     load_s = wf_seconds() - load_s;
     if (!rc && !R.train)
@@ -252,8 +255,8 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
-    long start = have ? 0 : found.state.iteration, saved_at = -1, end = start + steps;
-    if (!have && lead)
+    long start = resume ? found.state.iteration : 0, saved_at = -1, end = start + steps;
+    if (resume && lead)
         printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s); %.1f MB in %.3f s (%.2f GB/s)\n",
                found.dir, start, (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size,
                found.world_size == 1 ? "" : "s", found.layout, (double)found.bytes / 1e6, load_s, (double)found.bytes / load_s / 1e9);
