@@ -530,7 +530,7 @@ static void test_kill_while_saving(void **state)
     int top = read_losses(log, got, MAXIT);
     assert_int_equal(top, (at > 0 ? at : 0) + 2);
     last = top > last ? top : last;
-    char steps[16];
+    char steps[24];
     snprintf(steps, sizeof steps, "%ld", last);
     WEFT_RUN(&r, 1, g.one, "--steps", steps, "--log", ref);
     must(r.status, "the uninterrupted run");
