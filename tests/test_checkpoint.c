@@ -91,6 +91,8 @@ static void must(int rc, const char *what)
         fail_msg("%s failed", what);
 }
 
+static long tracker(const char *dir);
+
 /* Plans and the uninterrupted run they are held to, made once. */
 static struct {
     char dir[64], one[96], tp2pp2[96], dp2[96], pp2[96], tp2[96], bf16[96];
@@ -166,6 +168,17 @@ static void test_resume_is_exact(void **state)
         assert_true(same_file(p1, p2));
         if (c == 0)
             memcpy(g.loss, a, sizeof g.loss);
+        /* loaded and saved again at once (--steps 0): the same bytes, swapped in for the existing iter_0000003 */
+        char it3[160], keep[192], again[192];
+        snprintf(it3, sizeof it3, "%s/iter_0000003", ck);
+        snprintf(keep, sizeof keep, "%s.model", ck);
+        snprintf(again, sizeof again, "%s/model.safetensors", it3);
+        assert_int_equal(rename(again, keep), 0); /* aside: the swap replaces the whole directory */
+        assert_int_equal(link(keep, again), 0);
+        WEFT_RUN(&r, cases[c].ranks, cases[c].plan, "--steps", "0", "--load", it3, "--save", ck);
+        must(r.status, "saving a loaded checkpoint again");
+        assert_true(same_file(keep, again));
+        assert_int_equal(tracker(ck), 3);
         static const char *const name[] = {"1 rank", "tp 2 x pp 2", "bf16, pp 2"};
         printf("    %-12s iterations 4-6 resumed from 3 = straight (losses %.6f %.6f %.6f), parameters bit for bit\n", name[c], b[4],
                b[5], b[6]);

@@ -124,6 +124,22 @@ static int blas_threads(void)
     return n;
 }
 
+/* A checkpoint of the run as it is, iterations [0, it) done (every rank
+ * calls it); rank 0 says where and how fast.  0, or 1 on every rank where
+ * any failed (d says why). */
+static int save_checkpoint(struct exec *x, const struct rank_plan *R, struct comm *comm, const char *dir, long it, uint64_t seed,
+                           struct diag *d)
+{
+    struct ckpt_state cs = {.iteration = it, .consumed_samples = exec_consumed_samples(x), .seed = seed};
+    struct ckpt_saved sv;
+    if (ckpt_save(x, R, comm, dir, &cs, &ckpt_weft_model, &sv, d))
+        return EXIT_FAILURE_RUN; /* every rank: they agreed */
+    if (comm->rank == 0)
+        printf("saved checkpoint of iteration %ld to %s: %.1f MB in %.3f s (%.2f GB/s)\n", it, sv.dir, (double)sv.bytes / 1e6,
+               sv.seconds, (double)sv.bytes / sv.seconds / 1e9);
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *path = NULL, *log = NULL, *dump = NULL, *save = NULL, *load = NULL;
@@ -263,16 +279,8 @@ int cmd_run(int argc, char **argv)
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
     int64_t tokens = 0;
     for (long it = start; it <= end && !rc; it++) {
-        if (save && it > start && ((save_interval && it % save_interval == 0) || it == end)) { /* after iteration it's step */
-            struct ckpt_state cs = {.iteration = it, .consumed_samples = exec_consumed_samples(x), .seed = seed};
-            struct ckpt_saved sv;
-            if (ckpt_save(x, &R, comm, save, &cs, &ckpt_weft_model, &sv, &d))
-                rc = EXIT_FAILURE_RUN; /* every rank: they agreed */
-            else if (lead)
-                printf("saved checkpoint of iteration %ld to %s: %.1f MB in %.3f s (%.2f GB/s)\n", it, sv.dir, (double)sv.bytes / 1e6,
-                       sv.seconds, (double)sv.bytes / sv.seconds / 1e9);
-            saved_at = it;
-        }
+        if (save && save_interval && it > start && it % save_interval == 0) /* iterations [0, it) done */
+            rc = save_checkpoint(x, &R, comm, save, it, seed, &d), saved_at = it;
         if (it == end || rc)
             break;
         struct exec_stats st;
@@ -293,15 +301,8 @@ int cmd_run(int argc, char **argv)
             fprintf(lf, "{\"iteration\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"step_time\": %.6f, \"tokens_per_s\": %.1f}\n",
                     it + 1, st.loss, st.lr, st.grad_norm, st.seconds, (double)st.tokens / st.seconds);
     }
-    if (save && saved_at < 0 && !rc) { /* --steps 0 with --save: the loaded (or initial) state, as it is */
-        struct ckpt_state cs = {.iteration = start, .consumed_samples = exec_consumed_samples(x), .seed = seed};
-        struct ckpt_saved sv;
-        if (ckpt_save(x, &R, comm, save, &cs, &ckpt_weft_model, &sv, &d))
-            rc = EXIT_FAILURE_RUN;
-        else if (lead)
-            printf("saved checkpoint of iteration %ld to %s: %.1f MB in %.3f s (%.2f GB/s)\n", start, sv.dir, (double)sv.bytes / 1e6,
-                   sv.seconds, (double)sv.bytes / sv.seconds / 1e9);
-    }
+    if (save && saved_at != end && !rc) /* at the end, as Megatron (with --steps 0: the loaded or initial state, as it is) */
+        rc = save_checkpoint(x, &R, comm, save, end, seed, &d);
     if (rc) { /* a save failed on some rank: each says its own reason, rank 0 what is kept */
         diag_print(&d, stderr);
         diag_free(&d);
