@@ -178,6 +178,8 @@ static int write_full_tensors(struct exec *x, const struct rank_plan *R, struct 
                 continue;
             struct put_ctx p = {w, fd, index[k * R->n_tensors + t], path, d};
             rc = exec_param_runs(x, t, states[k], true, put_run, &p);
+            if (rc && c)
+                diag_note(d, path, 0, "rank %d on %s was writing its slices", c->rank, c->host);
         }
     if (!rc && fsync(fd)) {
         diag_error(d, path, 0, "rank %d: fsync: %s", c ? c->rank : 0, strerror(errno));

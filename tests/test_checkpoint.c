@@ -601,6 +601,25 @@ static void test_full_disk(void **state)
     WEFT_RUN(&r, 1, plan, "--steps", "1", "--load", ck);
     must(r.status, "loading the earlier checkpoint");
     printf("    the tracker still at 2, which loads; no iter_0000004, no .tmp left\n");
+
+    /* At tp 2, the limit on rank 1 alone: rank 0 creates the files at their full size, rank 1's writes past the limit
+     * fail (EFBIG) while rank 0's succeed; the ranks agree that the save failed, and both exit 1.  (Open MPI warns that
+     * rank 1's shared-memory segment could not be sized under the limit, and carries on.) */
+    char tp2[128];
+    snprintf(tp2, sizeof tp2, "%s/wide-tp2.plan", g.dir);
+    compile_gpt2(tp2, 2, "--hidden-size 128 --tp 2");
+    snprintf(cmd, sizeof cmd, "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then ulimit -f 3000; fi; exec %s run %s --steps 2 --load %s --save %s",
+             weft_bin(), tp2, ck, ck);
+    const char *argv2[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "PMIX_MCA_gds=hash", "sh", "-c", cmd, NULL};
+    run_mpi(&r, argv2);
+    if (r.status != 1 || !strstr(r.err, "tensor '") || !strstr(r.err, "rank 1 on ") || !strstr(r.err, "File too large") ||
+        !strstr(r.err, "checkpoint of iteration 4 not saved"))
+        fail_msg("expected exit 1 with rank 1's write failing: exit %d\n%s%s", r.status, r.out, r.err);
+    assert_false(r.timed_out);
+    assert_int_equal(tracker(ck), 2);
+    assert_int_not_equal(stat(p, &sb), 0);
+    assert_false(has_tmp(ck));
+    printf("    one rank's writes failing (tp 2, rank 1 limited): both exit 1, the tracker still at 2; it said:\n%s", r.err);
 }
 
 int main(void)
