@@ -163,7 +163,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
     free(src);
     plan_put_str(w, g->variant);
     plan_put_u32(w, (uint32_t)g->n_dims);
-    for (int i = 0; i < g->n_dims; i++) {
+    for (int i = 0; i < g->n_dims; i++) { /* as written: the vocabulary unpadded (the tensors hold it padded) */
         plan_put_str(w, g->dims[i].name);
         plan_put_i64(w, dim_written(P, &g->dims[i]));
     }

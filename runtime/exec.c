@@ -48,6 +48,8 @@ double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_
 int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
 int64_t exec_consumed_samples(const struct exec *x) { return x->consumed; }
 void exec_set_consumed_samples(struct exec *x, int64_t samples) { x->consumed = samples; }
+long exec_skipped_updates(const struct exec *x) { return x->skipped; }
+void exec_set_skipped_updates(struct exec *x, long skipped) { x->skipped = skipped; }
 int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->L->pc.dp * x->R->schedule.n_micro; }
 
 

@@ -47,14 +47,21 @@ struct exec_stats {
 
 /* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
-/* One training step (iteration counts from 0: the learning rate's and
- * AdamW's step) over the global batch from exec_consumed_samples. */
+/* One training step over the global batch from exec_consumed_samples.
+ * iteration: the absolute one (from 0; a resumed run continues from its
+ * checkpoint's).  A step that succeeds advances the consumed samples by the
+ * global batch. */
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d);
 /* The training samples consumed so far: the next step's batch starts at
  * this global sample.  Set it when resuming, so a run goes on with the
  * sample after the last one it trained on. */
 int64_t exec_consumed_samples(const struct exec *x);
 void exec_set_consumed_samples(struct exec *x, int64_t samples);
+/* Updates skipped so far (a gradient not finite): the learning rate's
+ * schedule and Adam's step count the updates taken, so a resumed run
+ * restores it from its checkpoint. */
+long exec_skipped_updates(const struct exec *x);
+void exec_set_skipped_updates(struct exec *x, long skipped);
 /* The samples a step takes: micro-batch x data-parallel ranks x micro-batches
  * (--global-batch-size where the plan was given one). */
 int64_t exec_global_batch(const struct exec *x);

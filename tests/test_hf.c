@@ -448,8 +448,8 @@ static void test_tp2_pp2(void **state)
                                           "--steps", "0", "--load", fixtures[m], "--save", outs[m], "--save-format", "hf", NULL});
         if (r.status)
             fail_msg("weft run --save: %s", r.err);
-        char path[256];
-        snprintf(path, sizeof path, "%s/model.safetensors", outs[m]);
+        char path[256]; /* a checkpoint of iteration 0, its model as Hugging Face's */
+        snprintf(path, sizeof path, "%s/iter_0000000/model.safetensors", outs[m]);
         same_tensors(fixtures[m], path);
         if (!m)
             same_bytes(GPT2_FILE, path);
@@ -469,7 +469,7 @@ static void test_bf16_data_parallel(void **state)
                                       "--steps", "0", "--load", LLAMA, "--save", at("ldp.out"), "--save-format", "hf", NULL});
     if (r.status)
         fail_msg("weft run --save: %s", r.err);
-    same_tensors(LLAMA, at("ldp.out/model.safetensors"));
+    same_tensors(LLAMA, at("ldp.out/iter_0000000/model.safetensors"));
 }
 
 /* Bad files: an error naming the tensor (or shard) and the file, before any weight is read. */
@@ -517,7 +517,7 @@ static void test_bad_files(void **state)
     assert_non_null(strstr(r.err, victim));
     run_mpi(&r, (const char *const[]){weft_bin(), "run", at("g1.plan"), "--steps", "1", "--load", "tests/fixtures", NULL});
     assert_int_equal(r.status, 2);
-    assert_non_null(strstr(r.err, "not a Hugging Face checkpoint"));
+    assert_non_null(strstr(r.err, "neither weft's (latest_checkpointed_iteration.txt or checkpoint.json) nor Hugging Face's"));
     printf("    %s", r.err);
 }
 

@@ -1,5 +1,6 @@
-/* cmd_run.c: `weft run PLAN [--steps N] [--seed S] [--log FILE] [--data-path P] ...`: train. */
+/* cmd_run.c: `weft run PLAN [--steps N] [--data-path P] [--save DIR] [--load PATH] ...`: train. */
 #define _GNU_SOURCE /* sched_getaffinity */
+#include "checkpoint.h"
 #include "cli.h"
 #include "comm.h"
 #include "data.h"
@@ -10,6 +11,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@ static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
     "                                    [--timeout SECONDS] [--dump-params FILE]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
+    "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
@@ -54,7 +57,8 @@ static const char usage[] =
     "CPU and took pre-AVX2 kernels, OPENBLAS_CORETYPE (SkylakeX or Haswell, as\n"
     "the CPU allows); OpenBLAS reads both as it loads, so weft runs itself again.\n"
     "Data, tensor, sequence, context, expert and pipeline parallel plans run; a\n"
-    "plan with an action this weft cannot run is refused, naming it.\n"
+    "plan with an action this weft cannot run is refused, naming it.\n";
+static const char usage_flags[] =
     "  --steps N    iterations to run (default 10)\n"
     "  --seed S     the parameters' and the data's seed (default 1234)\n"
     "  --log FILE   the per-iteration JSON lines (rank 0)\n"
@@ -69,11 +73,28 @@ static const char usage[] =
     "  --eval-interval N    every N iterations, and after the last, the validation loss: the mean over\n"
     "  --eval-iters K       the tokens of K global batches of the valid split (forward only, no update;\n"
     "                       dropout off), read in order across validations\n"
-    "  --load PATH  start from Hugging Face weights: a .safetensors file, or a directory with\n"
+    "  --save DIR   checkpoints in DIR, as Megatron lays them out: DIR/iter_0000100/\n"
+    "               (model.safetensors: every parameter whole, fp32, by its plan name;\n"
+    "               optimizer.safetensors: AdamW's exp_avg, exp_avg_sq; checkpoint.json:\n"
+    "               iteration, consumed samples, seed, data, model) and\n"
+    "               DIR/latest_checkpointed_iteration.txt, written last.  Saved at the end\n"
+    "               of the run, and every --save-interval iterations.  Every rank writes its\n"
+    "               own slices in place; a save is complete or absent (a temporary directory,\n"
+    "               fsync, renamed): a crash or a full disk leaves the previous one (a save\n"
+    "               that fails ends the run with status 1)\n"
+    "  --save-interval N  a checkpoint every N iterations (with --save)\n"
+    "  --save-format F  weft (the default), or hf: the model as Hugging Face's (model.safetensors by\n"
+    "               the model file's <hf> names, and config.json: transformers' from_pretrained loads\n"
+    "               DIR/iter_N), beside the optimizer's state and checkpoint.json\n"
+    "  --load PATH  resume: DIR loads the checkpoint its tracker names, DIR/iter_N that one;\n"
+    "               any layout loads any checkpoint of the same model (a vocabulary padded\n"
+    "               otherwise: its real rows, the padding zero).  Iterations, the learning\n"
+    "               rate's schedule, Adam's bias correction, the consumed samples and the\n"
+    "               seed continue from it; --steps N runs N more.  With --save naming the\n"
+    "               same DIR, a DIR with no checkpoint yet starts from the seed\n"
+    "               Or start from Hugging Face weights: a .safetensors file, or a directory with\n"
     "               model.safetensors or model.safetensors.index.json and its shards (the model\n"
-    "               file's <hf> names say how; each rank reads its slices)\n"
-    "  --save DIR --save-format hf  at the end, the weights as Hugging Face's: DIR/model.safetensors\n"
-    "               and DIR/config.json (transformers' from_pretrained loads them)\n";
+    "               file's <hf> names say how; each rank reads its slices)\n";
 
 /* OpenBLAS's kernels where it did not know the CPU: its names for x86 cores
  * before AVX2 (dynamic.c), which a CPU with AVX2 or AVX-512 does not need. */
@@ -251,18 +272,41 @@ static double validate(struct exec *x, struct comm *comm, const struct data_gpt 
     return val;
 }
 
+/* A checkpoint of the run as it is, iterations [0, it) done (every rank
+ * calls it): *run's data and seed, the executor's position, the
+ * validation's; rank 0 says where and how fast.  0, or 1 on every rank
+ * where any failed (d says why). */
+static int save_checkpoint(struct exec *x, const struct rank_plan *R, struct comm *comm, const char *dir,
+                           const struct ckpt_model_writer *mw, long it, int64_t valid_consumed, const struct ckpt_state *run,
+                           struct diag *d)
+{
+    struct ckpt_state cs = *run;
+    cs.iteration = it, cs.consumed_samples = exec_consumed_samples(x), cs.skipped = exec_skipped_updates(x);
+    cs.valid_consumed = valid_consumed;
+    struct ckpt_saved sv;
+    if (ckpt_save(x, R, comm, dir, &cs, mw, &sv, d))
+        return EXIT_FAILURE_RUN; /* every rank: they agreed */
+    if (comm->rank == 0)
+        printf("saved checkpoint of iteration %ld to %s%s: %.1f MB in %.3f s (%.2f GB/s)\n", it, sv.dir,
+               mw == &ckpt_weft_model ? "" : " (the model as Hugging Face's)", (double)sv.bytes / 1e6, sv.seconds,
+               (double)sv.bytes / sv.seconds / 1e9);
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1", *load = NULL, *save = NULL,
                *save_format = NULL;
     long steps = 10, log_interval = 1, skip_limit = 5, eval_interval = 0, eval_iters = 0;
+    long save_interval = 0;
+    bool seed_given = false;
     double timeout = 300;
     bool profile = false;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
+            fputs(usage, stdout), fputs(usage_flags, stdout);
             return EXIT_OK;
         }
         bool has = i + 1 < argc;
@@ -282,6 +326,7 @@ int cmd_run(int argc, char **argv)
             *(a[2] == 'l' ? &log_interval : &skip_limit) = v;
         } else if (!strcmp(a, "--seed") && has) {
             seed = strtoull(argv[++i], &end, 10);
+            seed_given = true;
             if (*end) {
                 fprintf(stderr, "weft run: --seed %s: expected an integer\n", argv[i]);
                 return EXIT_BAD_INPUT;
@@ -315,28 +360,30 @@ int cmd_run(int argc, char **argv)
             save = argv[++i];
         else if (!strcmp(a, "--save-format") && has)
             save_format = argv[++i];
+        else if (!strcmp(a, "--save-interval") && has) {
+            save_interval = strtol(argv[++i], &end, 10);
+            if (*end || save_interval < 1) {
+                fprintf(stderr, "weft run: --save-interval %s: expected a count of iterations above 0\n", argv[i]);
+                return EXIT_BAD_INPUT;
+            }
+        }
         else if (a[0] != '-' && !path)
             path = a;
         else {
-            fprintf(stderr, "weft run: %s: unknown flag or missing value\n%s", a, usage);
+            fprintf(stderr, "weft run: %s: unknown flag or missing value\n%s%s", a, usage, usage_flags);
             return EXIT_BAD_INPUT;
         }
     }
     if (!path) {
-        fprintf(stderr, "weft run: no plan file given\n%s", usage);
+        fprintf(stderr, "weft run: no plan file given\n%s%s", usage, usage_flags);
         return EXIT_BAD_INPUT;
     }
-    if (save_format && strcmp(save_format, "hf")) {
-        fprintf(stderr, "weft run: --save-format %s: expected hf (Hugging Face's safetensors and config.json)\n", save_format);
+    if (save_format && strcmp(save_format, "hf") && strcmp(save_format, "weft")) {
+        fprintf(stderr, "weft run: --save-format %s: expected weft or hf (Hugging Face's safetensors and config.json)\n", save_format);
         return EXIT_BAD_INPUT;
     }
-    if (!save != !save_format) {
-        fprintf(stderr, "weft run: %s: give --save DIR with --save-format hf\n", save ? "--save" : "--save-format");
-        return EXIT_BAD_INPUT;
-    }
-    if (load && !hf_is_checkpoint(load)) {
-        fprintf(stderr, "weft run: --load %s: not a Hugging Face checkpoint (a .safetensors file, or a directory with "
-                        "model.safetensors or model.safetensors.index.json)\n", load);
+    if ((save_format || save_interval) && !save) {
+        fprintf(stderr, "weft run: %s needs --save DIR\n", save_format ? "--save-format" : "--save-interval");
         return EXIT_BAD_INPUT;
     }
     if ((eval_interval > 0) != (eval_iters > 0) || (eval_interval && !data_path)) {
@@ -348,6 +395,7 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "weft run: --seed %llu: with --data-path the seed shuffles as numpy's RandomState, 0 to 2^32-1\n", seed);
         return EXIT_BAD_INPUT;
     }
+    signal(SIGXFSZ, SIG_IGN); /* a file past RLIMIT_FSIZE: the write fails (EFBIG) and the save says so */
     struct diag d;
     diag_init(&d);
     struct comm *comm = comm_mpi_open(NULL, NULL, timeout, &d);
@@ -361,19 +409,40 @@ int cmd_run(int argc, char **argv)
     int rc = rank_plan_load(path, comm->rank, comm->size, &R, &d);
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
+    struct ckpt_found found;
+    bool resume = false; /* a weft checkpoint found to load */
+    bool hf_weights = load && !ckpt_is_checkpoint(load) && hf_is_checkpoint(load); /* Hugging Face's weights to start from */
+    if (!rc && load && !hf_weights) {
+        int got = ckpt_find(comm, load, save && !strcmp(save, load), &found, &d); /* 1: none yet, in --save's own DIR */
+        rc = got == 2 ? EXIT_BAD_INPUT : rc;
+        resume = got == 0;
+    }
+    if (resume && seed_given && found.state.seed != seed && lead)
+        printf("note: --seed %llu: the checkpoint's seed %llu continues its randomness\n", seed, (unsigned long long)found.state.seed);
+    if (resume)
+        seed = found.state.seed;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
     double load_s = wf_seconds();
-    if (x && load && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
+    if (x && hf_weights && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
         diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
+    if (x && resume && ckpt_load(x, &R, comm, &found, &d))
+        rc = EXIT_BAD_INPUT;
     load_s = wf_seconds() - load_s;
     if (!rc && !R.train)
         diag_error(&d, NULL, 0, "%s is a forward-only plan (--mode infer): weft run trains; compile it for training", path);
     FILE *lf = NULL;
     if (x && !d.n_errors && log && lead && !(lf = fopen(log, "w")))
         diag_error(&d, NULL, 0, "--log %s: cannot write it", log);
+    if (lf)
+        setvbuf(lf, NULL, _IOLBF, 0); /* each iteration's line out at once: a run killed keeps its log */
     FILE *df = NULL;
     if (x && !d.n_errors && dump && lead && !(df = fopen(dump, "wb")))
         diag_error(&d, NULL, 0, "--dump-params %s: cannot write it", dump);
+    struct ckpt_state run = {.seed = seed}; /* what a checkpoint records of this run beside its position */
+    snprintf(run.data_path, sizeof run.data_path, "%s", data_path ? data_path : "");
+    snprintf(run.split, sizeof run.split, "%s", data_path ? split_arg : "");
+    const struct ckpt_model_writer *model_writer = save_format && !strcmp(save_format, "hf") ? &ckpt_hf_model : &ckpt_weft_model;
+    int64_t valid_from = resume ? found.state.valid_consumed : 0;
     /* The data: every rank opens and checks the files and builds the splits' indices (as each Megatron rank
      * reads the cached ones), for the samples this run asks: its steps' global batches from the samples
      * consumed, and Megatron's count for validation, (steps / interval + 1) * eval-iters batches. */
@@ -383,7 +452,7 @@ int cmd_run(int argc, char **argv)
     int64_t seq = x && !d.n_errors && data_path ? exec_data_seq(x, &d) : -1, gb = x ? exec_global_batch(x) : 0;
     if (seq > 0 && !data_split_parse(split_arg, split, &d) && !data_indexed_open(&D, data_path, R.vocab, &d) &&
         !data_gpt_build(&train, &D, split, DATA_SPLIT_TRAIN, seq, exec_consumed_samples(x) + steps * gb, (uint32_t)seed, &d) &&
-        (!eval_interval || !data_gpt_build(&valid, &D, split, DATA_SPLIT_VALID, seq, (steps / eval_interval + 1) * eval_iters * gb,
+        (!eval_interval || !data_gpt_build(&valid, &D, split, DATA_SPLIT_VALID, seq, valid_from + (steps / eval_interval + 1) * eval_iters * gb,
                                            (uint32_t)seed, &d)))
         exec_set_data(x, &train);
     /* Each rank read the files itself (--data-path; rank 0 alone --log and --dump-params): where some could
@@ -432,14 +501,23 @@ int cmd_run(int argc, char **argv)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
                eval_interval ? ", validation from its own split" : "");
-    if (load && lead)
+    if (hf_weights && lead)
         printf("%s: the weights of %s, read in %.2f s\n", load, R.hf.architecture, load_s);
+    long start = resume ? found.state.iteration : 0, saved_at = -1, end = start + steps;
+    if (resume && lead)
+        printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s); %.1f MB in %.3f s (%.2f GB/s)\n",
+               found.dir, start, (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size,
+               found.world_size == 1 ? "" : "s", found.layout, (double)found.bytes / 1e6, load_s, (double)found.bytes / load_s / 1e9);
     double total = 0, by_kind[IR_ACT_COUNT] = {0};
-    int64_t tokens = 0, val_consumed = 0;
+    int64_t tokens = 0, val_consumed = valid_from;
     struct log_interval in = {0};
     bool bar = lead && isatty(STDERR_FILENO);
     long in_a_row = 0; /* iterations skipped in a row */
-    for (long it = 0; it < steps; it++) {
+    for (long it = start; it <= end && !rc; it++) {
+        if (save && save_interval && it > start && it % save_interval == 0) /* iterations [0, it) done */
+            rc = save_checkpoint(x, &R, comm, save, model_writer, it, val_consumed, &run, &d), saved_at = it;
+        if (it == end || rc)
+            break;
         struct exec_stats st;
         if (exec_step(x, it, &st, &d)) {
             if (bar)
@@ -461,24 +539,24 @@ int cmd_run(int argc, char **argv)
             /* Megatron logs after the first iteration too, without starting a new interval there, unless the first
              * ends one (at --log-interval 1 Megatron's second line would average two iterations) */
             bool ends = (it + 1) % log_interval == 0;
-            if (ends || it == 0 || in_a_row >= skip_limit) {
+            if (ends || it == start || in_a_row >= skip_limit) {
                 if (bar)
                     bar_wipe();
-                log_line(stdout, it + 1, steps, consumed, &in, &st, st.samples, R.meta.flops_step, comm->size);
+                log_line(stdout, it + 1, end, consumed, &in, &st, st.samples, R.meta.flops_step, comm->size);
                 fflush(stdout);
                 if (ends)
                     in = (struct log_interval){0};
             }
             if (bar)
-                bar_draw(it + 1, steps, total);
+                bar_draw(it + 1 - start, steps, total);
         }
         /* Megatron's evaluate_and_print_results: every eval-interval iterations, and once more after the last */
         double val = NAN;
-        if (bar && eval_interval && ((it + 1) % eval_interval == 0 || it + 1 == steps))
+        if (bar && eval_interval && ((it + 1) % eval_interval == 0 || it + 1 == end))
             bar_wipe();
         if (eval_interval && (it + 1) % eval_interval == 0)
             val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, "", &d);
-        if (eval_interval && it + 1 == steps)
+        if (eval_interval && it + 1 == end)
             val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, " on validation set", &d);
         if (lf) { /* after the validation, whose loss it holds */
             fprintf(lf, "{\"iteration\": %ld", it + 1);
@@ -507,6 +585,24 @@ int cmd_run(int argc, char **argv)
     }
     if (bar)
         bar_wipe();
+    bool stopped = rc != 0; /* --skip-limit: nothing worth saving or comparing */
+    if (save && saved_at != end && !rc) /* at the end, as Megatron (with --steps 0: the loaded or initial state, as it is) */
+        rc = save_checkpoint(x, &R, comm, save, model_writer, end, val_consumed, &run, &d);
+    if (rc && !stopped) { /* a save failed on some rank: each says its own reason, rank 0 what is kept */
+        diag_print(&d, stderr);
+        diag_free(&d);
+        if (lf)
+            fclose(lf);
+        if (df)
+            fclose(df);
+        exec_free(x);
+        data_gpt_free(&train);
+        data_gpt_free(&valid);
+        data_indexed_close(&D);
+        rank_plan_free(&R);
+        comm_close(comm);
+        return rc;
+    }
     if (rc && df) /* stopped: no parameters to compare */
         fclose(df);
     if (rc == 0 && dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
@@ -514,14 +610,6 @@ int cmd_run(int argc, char **argv)
         fflush(NULL);
         comm_abort(comm, EXIT_FAILURE_RUN);
     }
-    double t1 = wf_seconds();
-    if (save && hf_write(x, &R, comm, save, &d)) {
-        diag_print(&d, stderr);
-        fflush(NULL);
-        comm_abort(comm, EXIT_FAILURE_RUN);
-    }
-    if (save && lead)
-        printf("%s: model.safetensors and config.json (%s), written in %.2f s\n", save, R.hf.architecture, wf_seconds() - t1);
     if (rc == 0 && steps && lead) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
