@@ -472,6 +472,48 @@ static void test_bf16_data_parallel(void **state)
     same_tensors(LLAMA, at("ldp.out/iter_0000000/model.safetensors"));
 }
 
+/* The losses a run's --log holds, in order (at most n). */
+static int losses_of(const char *log, double *loss, int n)
+{
+    size_t len;
+    char *text = wf_read_file(log, 1 << 20, &len);
+    assert_non_null(text);
+    int k = 0;
+    for (const char *l = text; k < n && (l = strstr(l, "\"loss\": ")); l += 8)
+        loss[k++] = strtod(l + 8, NULL);
+    free(text);
+    return k;
+}
+
+/* A checkpoint saved with --save-format hf (the model by Hugging Face's
+ * names, config.json, the optimizer's state and checkpoint.json) resumes:
+ * from the fixture, 2 iterations, saved, loaded, 2 more: the losses of 4
+ * straight, bit for bit (one layout). */
+static void test_hf_checkpoint_resumes(void **state)
+{
+    (void)state;
+    struct run r;
+    run_weft(&r, "run", at("g1.plan"), "--steps", "4", "--load", GPT2, "--log", at("straight.jsonl"), NULL);
+    if (r.status)
+        fail_msg("weft run: %s", r.err);
+    run_weft(&r, "run", at("g1.plan"), "--steps", "2", "--load", GPT2, "--save", at("hfck"), "--save-format", "hf", NULL);
+    if (r.status)
+        fail_msg("weft run --save-format hf: %s", r.err);
+    char path[256];
+    snprintf(path, sizeof path, "%s/iter_0000002/config.json", at("hfck"));
+    assert_int_equal(access(path, R_OK), 0);
+    run_weft(&r, "run", at("g1.plan"), "--steps", "2", "--load", at("hfck"), "--log", at("resumed.jsonl"), NULL);
+    if (r.status)
+        fail_msg("weft run --load (an hf checkpoint): %s", r.err);
+    assert_non_null(strstr(r.out, "loaded "));
+    double straight[4] = {0}, resumed[2] = {0};
+    assert_int_equal(losses_of(at("straight.jsonl"), straight, 4), 4);
+    assert_int_equal(losses_of(at("resumed.jsonl"), resumed, 2), 2);
+    printf("    iterations 3, 4: %.9f %.9f straight, %.9f %.9f resumed from the hf checkpoint\n", straight[2], straight[3], resumed[0],
+           resumed[1]);
+    assert_true(straight[2] == resumed[0] && straight[3] == resumed[1]);
+}
+
 /* Bad files: an error naming the tensor (or shard) and the file, before any weight is read. */
 static void expect_bad(const char *path, const char *plan, const char *what)
 {
@@ -532,6 +574,7 @@ int main(void)
         cmocka_unit_test(test_padded_vocabulary),
         cmocka_unit_test(test_tp2_pp2),
         cmocka_unit_test(test_bf16_data_parallel),
+        cmocka_unit_test(test_hf_checkpoint_resumes),
         cmocka_unit_test(test_bad_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
