@@ -108,9 +108,8 @@ pictures: all
 	$(BUILD)/weft dot models/llava.xml --world-size 24 --tp 4 --pp 2 --etp 2 --epp 2 -o docs/llava-etp2-epp2.svg
 	$(BUILD)/weft simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \
 	    -o docs/schedule-gpt2-1f1b.svg
-	$(BUILD)/weft compile models/gpt2.xml --variant tiny --global-batch-size 8 --lr 3e-3 --arch cpu -o $(BUILD)/loss.plan
-	$(BUILD)/weft run $(BUILD)/loss.plan --steps 150 --log-interval 50 --log $(BUILD)/loss.jsonl > /dev/null
-	$(BUILD)/weft plot $(BUILD)/loss.jsonl --title "tiny GPT-2 on one rank: weft run --log" -o docs/loss-gpt2-tiny.svg
+	WEFT=$(BUILD)/weft DEMO_OUT=$(BUILD)/demo tools/demo.sh > /dev/null
+	cp $(BUILD)/demo/loss.svg docs/loss-demo.svg
 
 clean:
 	rm -rf build build-asan build-fuzz

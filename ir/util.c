@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 void wf_assert_fail(const char *file, int line, const char *cond)
@@ -189,4 +190,22 @@ float wf_bf16_float(uint16_t h)
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+int wf_make_dirs(const char *path)
+{
+    size_t n = strlen(path);
+    char *p = wf_calloc(n + 1, 1);
+    memcpy(p, path, n);
+    int rc = 0;
+    for (char *s = p + 1; *s && !rc; s++)
+        if (*s == '/') {
+            *s = 0;
+            rc = mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
+            *s = '/';
+        }
+    if (!rc)
+        rc = mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
+    free(p);
+    return rc;
 }

@@ -44,6 +44,8 @@ char *wf_si(double v, const char *unit, char buf[32]);
 /* Read a whole file into memory (NUL-terminated, *len excludes the NUL).
  * Returns NULL and sets errno on failure; files over max_bytes fail with EFBIG. */
 char *wf_read_file(const char *path, size_t max_bytes, size_t *len);
+/* mkdir -p: path and the directories above it (0, or -1 with errno). */
+int wf_make_dirs(const char *path);
 /* Seconds on the monotonic clock (for durations). */
 double wf_seconds(void);
 /* bf16 as every kernel of the plan rounds it (to nearest, ties to even), and back. */

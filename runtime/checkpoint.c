@@ -91,21 +91,6 @@ static void remove_dir(const char *path)
     rmdir(path);
 }
 
-/* mkdir -p. */
-static int make_dirs(const char *path)
-{
-    char p[CKPT_PATH_MAX];
-    fmt(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, 0755) && errno != EEXIST)
-                return -1;
-            *s = '/';
-        }
-    return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
-}
-
 /* Writes one safetensors file of full tensors: for each state in states,
  * every parameter (its name + suffix), fp32.  Every rank fixes the same
  * header; rank 0 creates the file at its full size; after a barrier each
@@ -283,7 +268,7 @@ static int write_json(const struct rank_plan *R, const char *dir, const struct c
  * tracker's temporary) is gone; then a fresh tmp directory. */
 static int prepare(const char *dir, const char *tmp, struct diag *d)
 {
-    if (make_dirs(dir)) {
+    if (wf_make_dirs(dir)) {
         diag_error(d, dir, 0, "cannot make the checkpoint directory: %s", strerror(errno));
         return -1;
     }

@@ -187,6 +187,12 @@ struct data_writer {
 struct data_writer *data_writer_open(const char *prefix, int dtype, struct diag *d)
 {
     char bin[1024];
+    snprintf(bin, sizeof bin, "%s", prefix);
+    char *slash = strrchr(bin, '/');
+    if (slash && slash != bin) { /* the prefix's directory, made as needed */
+        *slash = 0;
+        wf_make_dirs(bin);
+    }
     snprintf(bin, sizeof bin, "%s.bin", prefix);
     FILE *f = fopen(bin, "wb");
     if (!f) {

@@ -691,7 +691,7 @@ int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const
     snprintf(config, n, "%s/config.json", dir);
     int rc = 0, fd = -1;
     if (!comm || comm->rank == 0) { /* the directory, the file at its size with its header, config.json */
-        if (mkdir(dir, 0777) && errno != EEXIST) {
+        if (wf_make_dirs(dir)) {
             diag_error(d, dir, 0, "cannot make the directory: %s", strerror(errno));
             rc = 1;
         } else if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666)) < 0) {
