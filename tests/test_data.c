@@ -457,43 +457,67 @@ static void test_run_on_real_text(void **state)
     unlink("/tmp/weft-test-gpl_text_document.idx");
 }
 
-/* Validation runs without dropout, as Megatron evaluates: tiny GPT-2 (its
- * dropout p 0.1) and the same model with p 0 give the same validation loss
- * after a step at lr 0 (the parameters unchanged, drawn from one seed),
- * while their training losses differ (dropout applies in training). */
+/* Validation runs without dropout, as Megatron evaluates: tiny GPT-2 at
+ * its dropout p 0.1 and at --hidden-dropout 0 give the same validation
+ * loss after a step at lr 0 (the parameters unchanged, drawn from one
+ * seed), while their training losses differ (dropout applies in
+ * training). */
 static void test_validation_without_dropout(void **state)
 {
     (void)state;
     if (!have_mpirun())
         SKIP_BECAUSE("needs mpirun (Open MPI)");
-    size_t n;
-    char *xml = wf_read_file("models/gpt2.xml", 1 << 20, &n);
-    assert_non_null(xml);
-    FILE *f = fopen("/tmp/weft-test-nodrop.xml", "w");
-    int swapped = 0;
-    for (char *q; (q = strstr(xml, "p=\"0.1\"")); swapped++) /* every p="0.1" as p="0.0" */
-        q[5] = '0';
-    fputs(xml, f);
-    fclose(f);
-    free(xml);
-    assert_true(swapped >= 3);
     const char *data = gpl_data();
     if (!data)
         SKIP_BECAUSE("no /usr/share/common-licenses/GPL-3 to train on");
-    const char *models[2] = {"models/gpt2.xml", "/tmp/weft-test-nodrop.xml"}, *plan = "/tmp/weft-test-nodrop.plan";
+    const char *dropout[2] = {"0.1", "0"}, *plan = "/tmp/weft-test-nodrop.plan";
     double loss[2][2], val[2][2];
     for (int m = 0; m < 2; m++) {
         struct run r;
-        run_weft(&r, "compile", models[m], "--variant", "tiny", "--global-batch-size", "4", "--lr", "0", "--arch", "cpu", "-o", plan, NULL);
+        run_weft(&r, "compile", "models/gpt2.xml", "--variant", "tiny", "--hidden-dropout", dropout[m], "--global-batch-size", "4", "--lr",
+                 "0", "--arch", "cpu", "-o", plan, NULL);
         if (r.status)
-            fail_msg("weft compile %s: %s", models[m], r.err);
+            fail_msg("weft compile --hidden-dropout %s: %s", dropout[m], r.err);
         run_data(plan, 1, data, 2, "--eval-interval 1 --eval-iters 2", loss[m], val[m]);
     }
     printf("    dropout 0.1 and 0: training loss %.7f and %.7f, validation %.7f and %.7f\n", loss[0][0], loss[1][0], val[0][0], val[1][0]);
     assert_true(loss[0][0] != loss[1][0]);
     assert_true(fabs(val[0][0] - val[1][0]) < 1e-6 * val[1][0]);
     unlink(plan);
-    unlink("/tmp/weft-test-nodrop.xml");
+    unlink("/tmp/weft-test-gpl_text_document.bin");
+    unlink("/tmp/weft-test-gpl_text_document.idx");
+}
+
+/* A run on real data resumed from its checkpoint goes on with the next
+ * samples, training and validation: 6 iterations straight, validating every
+ * 2, against 3 + save + load + 3 on 2 data-parallel ranks: the same losses
+ * and validation losses, bit for bit. */
+static void test_resume_on_real_text(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    const char *data = gpl_data();
+    if (!data)
+        SKIP_BECAUSE("no /usr/share/common-licenses/GPL-3 to train on");
+    const char *plan = "/tmp/weft-test-resume.plan";
+    compile_cpu_plan("models/gpt2.xml", 2, "", plan);
+    assert_int_equal(system("rm -rf /tmp/weft-test-resume.ckpt"), 0);
+    double loss[6], val[6], first[3], fval[3], second[3], sval[3];
+    run_data(plan, 2, data, 6, "--eval-interval 2 --eval-iters 2", loss, val);
+    run_data(plan, 2, data, 3, "--eval-interval 2 --eval-iters 2 --save /tmp/weft-test-resume.ckpt", first, fval);
+    run_data(plan, 2, data, 3, "--eval-interval 2 --eval-iters 2 --load /tmp/weft-test-resume.ckpt", second, sval);
+    for (int i = 0; i < 6; i++) {
+        double l = i < 3 ? first[i] : second[i - 3], v = i < 3 ? fval[i] : sval[i - 3];
+        if (i == 2) /* the first run's last iteration also validated at its end, as Megatron does */
+            v = val[i];
+        if (l != loss[i] || !(v == val[i] || (isnan(v) && isnan(val[i]))))
+            fail_msg("iteration %d: loss %.9g, validation %.9g resumed; %.9g, %.9g straight", i + 1, l, v, loss[i], val[i]);
+    }
+    printf("    6 iterations straight = 3 + save + load + 3: losses %.6f .. %.6f, validation %.6f %.6f %.6f\n", loss[0], loss[5], val[1],
+           val[3], val[5]);
+    assert_int_equal(system("rm -rf /tmp/weft-test-resume.ckpt"), 0);
+    unlink(plan);
     unlink("/tmp/weft-test-gpl_text_document.bin");
     unlink("/tmp/weft-test-gpl_text_document.idx");
 }
@@ -509,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_run_bad_data),
         cmocka_unit_test(test_run_on_real_text),
         cmocka_unit_test(test_validation_without_dropout),
+        cmocka_unit_test(test_resume_on_real_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -556,8 +556,11 @@ int cmd_run(int argc, char **argv)
             bar_wipe();
         if (eval_interval && (it + 1) % eval_interval == 0)
             val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, "", &d);
-        if (eval_interval && it + 1 == end)
-            val = validate(x, comm, &valid, eval_iters, gb, &val_consumed, it + 1, " on validation set", &d);
+        if (eval_interval && it + 1 == end) { /* after training, as Megatron's; its samples are not consumed (a checkpoint
+                                                * saved now resumes with the next interval's) */
+            int64_t after = val_consumed;
+            val = validate(x, comm, &valid, eval_iters, gb, &after, it + 1, " on validation set", &d);
+        }
         if (lf) { /* after the validation, whose loss it holds */
             fprintf(lf, "{\"iteration\": %ld", it + 1);
             put_json(lf, "loss", "%.9g", st.loss);
