@@ -474,18 +474,8 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "rank %d: ", comm->rank);
         if (speak)
             diag_print(&d, stderr);
-        diag_free(&d);
-        exec_free(x);
-        data_gpt_free(&train);
-        data_gpt_free(&valid);
-        data_indexed_close(&D);
-        rank_plan_free(&R);
-        if (lf)
-            fclose(lf);
-        if (df)
-            fclose(df);
-        comm_close(comm);
-        return rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
+        rc = rc == EXIT_FAILURE_RUN ? rc : EXIT_BAD_INPUT;
+        goto done;
     }
     const char *took = getenv("WEFT_BLAS_ENV"); /* the kernels OpenBLAS took before cmd_run_blas_env chose others, or "1" */
     bool chose = took && *took && strcmp(took, "1");
@@ -593,25 +583,16 @@ int cmd_run(int argc, char **argv)
         rc = save_checkpoint(x, &R, comm, save, model_writer, end, val_consumed, &run, &d);
     if (rc && !stopped) { /* a save failed on some rank: each says its own reason, rank 0 what is kept */
         diag_print(&d, stderr);
-        diag_free(&d);
-        if (lf)
-            fclose(lf);
-        if (df)
-            fclose(df);
-        exec_free(x);
-        data_gpt_free(&train);
-        data_gpt_free(&valid);
-        data_indexed_close(&D);
-        rank_plan_free(&R);
-        comm_close(comm);
-        return rc;
+        goto done;
     }
-    if (rc && df) /* stopped: no parameters to compare */
-        fclose(df);
-    if (rc == 0 && dump && (exec_dump_params(x, df, &d) || (df && fclose(df)))) {
-        diag_print(&d, stderr);
-        fflush(NULL);
-        comm_abort(comm, EXIT_FAILURE_RUN);
+    if (rc == 0 && dump) { /* (stopped: no parameters to compare) */
+        int bad = exec_dump_params(x, df, &d) || (df && fclose(df));
+        df = NULL;
+        if (bad) {
+            diag_print(&d, stderr);
+            fflush(NULL);
+            comm_abort(comm, EXIT_FAILURE_RUN);
+        }
     }
     if (rc == 0 && steps && lead) {
         struct rusage ru;
@@ -647,9 +628,12 @@ int cmd_run(int argc, char **argv)
         }
     }
     diag_print(&d, stderr);
+done:
     diag_free(&d);
     if (lf)
         fclose(lf);
+    if (df)
+        fclose(df);
     exec_free(x);
     data_gpt_free(&train);
     data_gpt_free(&valid);
