@@ -493,16 +493,18 @@ static void test_hf_checkpoint_resumes(void **state)
 {
     (void)state;
     struct run r;
-    run_weft(&r, "run", at("g1.plan"), "--steps", "4", "--load", GPT2, "--log", at("straight.jsonl"), NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", at("g1.plan"), "--steps", "4", "--load", GPT2, "--log", at("straight.jsonl"), NULL});
     if (r.status)
         fail_msg("weft run: %s", r.err);
-    run_weft(&r, "run", at("g1.plan"), "--steps", "2", "--load", GPT2, "--save", at("hfck"), "--save-format", "hf", NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", at("g1.plan"), "--steps", "2", "--load", GPT2, "--save", at("hfck"), "--save-format",
+                                      "hf", NULL});
     if (r.status)
         fail_msg("weft run --save-format hf: %s", r.err);
     char path[256];
     snprintf(path, sizeof path, "%s/iter_0000002/config.json", at("hfck"));
     assert_int_equal(access(path, R_OK), 0);
-    run_weft(&r, "run", at("g1.plan"), "--steps", "2", "--load", at("hfck"), "--log", at("resumed.jsonl"), NULL);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", at("g1.plan"), "--steps", "2", "--load", at("hfck"), "--log", at("resumed.jsonl"),
+                                      NULL});
     if (r.status)
         fail_msg("weft run --load (an hf checkpoint): %s", r.err);
     assert_non_null(strstr(r.out, "loaded "));

@@ -656,7 +656,7 @@ static void test_log_line(void **state)
     /* On a terminal (script gives the run a pseudo-terminal), the bar */
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s run %s --steps 2", weft_bin(), plan);
-    if (run_prog(&r, "script", "-qec", cmd, "/dev/null", NULL) == 0 && r.status != 127) {
+    if (run_mpi(&r, (const char *const[]){"script", "-qec", cmd, "/dev/null", NULL}) == 0 && r.status != 127) { /* MPI inside */
         assert_int_equal(r.status, 0);
         assert_non_null(strstr(r.out, "\r\033[K["));
         assert_non_null(strstr(r.out, "] 2/2 iterations"));
