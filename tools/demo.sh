@@ -26,19 +26,19 @@ step "$weft" dot models/gpt2.xml "${layout[@]}" -o "$out/gpt2.svg"
 step "$weft" simulate models/gpt2.xml --world-size 16 --tp 2 --pp 4 --micro-batch-size 4 --global-batch-size 128 --bf16 \
   -o "$out/schedule.svg"
 # Training for real, on 8 local CPU ranks: text every Debian machine has
-# (the licenses in /usr/share/common-licenses, and this README), one JSON
-# line a paragraph, made into Megatron's indexed dataset by weft data
-# (byte-level: 256 byte ids and the end of a document, so a model that
-# knew nothing would score ln 257 = 5.55).  Tiny GPT-2 trains on it at
+# (the licenses in /usr/share/common-licenses, the same everywhere, so the
+# run is too), one JSON line a paragraph, made into Megatron's indexed
+# dataset by weft data (byte-level: 256 byte ids and the end of a document,
+# so a model that knew nothing would score ln 257 = 5.55).  Tiny GPT-2 trains on it at
 # tp 2 x pp 2 x dp 2, validating and saving every 100 iterations for 500; then 4
 # ranks laid out otherwise (pp 2 x dp 2) load that checkpoint and train 500 more.
 # mpirun refuses root unless told.
 mpi=(mpirun --oversubscribe)
 [ "$(id -u)" != 0 ] || mpi+=(--allow-run-as-root)
 licenses=/usr/share/common-licenses
-printf '\n%s$ awk (a JSON line a paragraph) %s/{GPL-3,GPL-2,LGPL-2.1,Apache-2.0,MPL-2.0,Artistic} README.md > %s%s\n' \
+printf '\n%s$ awk (a JSON line a paragraph) %s/{GPL-3,GPL-2,LGPL-2.1,Apache-2.0,MPL-2.0,Artistic} > %s%s\n' \
   "$bold" "$licenses" "$out/corpus.jsonl" "$plain"
-for f in "$licenses"/GPL-3 "$licenses"/GPL-2 "$licenses"/LGPL-2.1 "$licenses"/Apache-2.0 "$licenses"/MPL-2.0 "$licenses"/Artistic README.md; do
+for f in "$licenses"/GPL-3 "$licenses"/GPL-2 "$licenses"/LGPL-2.1 "$licenses"/Apache-2.0 "$licenses"/MPL-2.0 "$licenses"/Artistic; do
   [ -f "$f" ] && cat "$f" && printf '\n\n'
 done | awk 'BEGIN { RS = "" } {
   gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r"); gsub(/\f/, "\\f"); gsub(/\n/, "\\n")
@@ -55,9 +55,9 @@ step "$weft" compile models/gpt2.xml "${train[@]}" --world-size 4 --pp 2 -o "$ou
 step "${mpi[@]}" -np 4 "$weft" run "$out/train-4.plan" "${data[@]}" --steps 500 --load "$out/ckpt" --save "$out/ckpt" \
   --log "$out/metrics-4.jsonl"
 cat "$out/metrics-8.jsonl" "$out/metrics-4.jsonl" > "$out/metrics.jsonl"
-step "$weft" plot "$out/metrics.jsonl" --title "tiny GPT-2 on licenses and a README: 8 ranks, then 4 from the checkpoint" \
+step "$weft" plot "$out/metrics.jsonl" --title "tiny GPT-2 on the licenses: 8 ranks, then 4 from the checkpoint" \
   -o "$out/loss.svg"
-"$weft" plot "$out/metrics.jsonl" --title "tiny GPT-2 on licenses and a README: 8 ranks, then 4 from the checkpoint" \
+"$weft" plot "$out/metrics.jsonl" --title "tiny GPT-2 on the licenses: 8 ranks, then 4 from the checkpoint" \
   -o "$out/loss.png"
 last=$(tail -n 1 "$out/metrics.jsonl")
 printf '\nThe loss: %s at iteration 1, %s at iteration %s (validation %s); the byte-level uniform is 5.55.\n' \
