@@ -19,7 +19,9 @@ static const struct optim_config train = {.lr = 1e-4, .min_lr = 0, .decay_style 
  * (bf16): tensor parallel with sequence parallelism (vocab-parallel loss,
  * sharded tables), experts over ranks.  The GPU's kernels take eight
  * columns a thread where rows allow it: GPT-2 at hidden 60 (rows of 60 and
- * 180, heads of 15) runs them one at a time. */
+ * 180, heads of 15) runs them one at a time.  Llama-2 at hidden 256 (heads
+ * of 64, bf16, grouped, causal, 32 rows: half a block's) takes attention's
+ * tensor-core forward (kn_attn_mma). */
 static const struct {
     const char *file;
     int tp, ep;
@@ -29,6 +31,7 @@ static const struct {
     {"models/gpt2.xml", 1, 1, true, false, "60"},
     {"models/gpt2.xml", 1, 1, false, false, NULL},   {"models/gpt2.xml", 2, 1, true, true, NULL},
     {"models/llama2.xml", 1, 1, false, false, NULL}, {"models/llama2.xml", 2, 1, true, false, NULL},
+    {"models/llama2.xml", 1, 1, true, false, "256"},
     {"models/mixtral.xml", 1, 1, true, false, NULL}, {"models/mixtral.xml", 1, 2, false, false, NULL},
     {"models/t5.xml", 1, 1, false, false, NULL},     {"models/t5.xml", 2, 1, true, false, NULL},
     {"models/llava.xml", 1, 1, true, false, NULL},
