@@ -2,7 +2,8 @@
  * softmax(q k^T * scale + bias) v, forward and backward, computed here in
  * double with the whole probability matrix: causal and not, grouped-query,
  * with a bias shared by the batch or one per sample, q/k/v as views of a
- * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC. */
+ * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC,
+ * the tensor-core forward's with ptxas's report (no spills) and its SASS. */
 #include "testing.h"
 
 #include "cc.h"
