@@ -85,7 +85,8 @@ static const char common[] =
     "    return e < 0 ? 0 : e < a->Sk ? e : a->Sk;\n"
     "}\n";
 
-/* The GPU's kernels, in pieces (C99 promises string literals of 4095 bytes) */
+/* The GPU's kernels, in pieces (C99 promises string literals of 4095 bytes): [0] the tiles' load,
+ * [1] the CUDA-core forward, then the backward's */
 static const char *const gpu_body[] = {
     "/* keys j0 .. j0+BN of kv head hk into a tile (zeros past the end); every thread takes its share */\n"
     "KN_FN void load_kv(const struct kn_attn_args *a, int64_t b, int64_t hk, int64_t j0, float (*ks)[D], float (*vs)[DV])\n"
@@ -95,7 +96,7 @@ static const char *const gpu_body[] = {
     "    ROLLED for (int t = TID; t < BN * DV; t += NTHREADS)\n"
     "        vs[t / DV][t % DV] = j0 + t / DV < a->Sk ? LDF(a->v, AT(v, b, hk, j0 + t / DV) + t % DV) : 0.f;\n"
     "}\n"
-    "\n"
+    "\n",
     "/* out and stats: per row, key tiles with an online softmax */\n"
     "KERNEL(fwd)\n"
     "{\n"
@@ -296,6 +297,184 @@ static const char *const gpu_body[] = {
     "#endif\n"
     "}\n"
     "#endif /* BACKWARD */\n",
+};
+
+/* The tensor-core forward (kn_attn_mma's configs), in place of the CUDA-core one */
+static const char *const gpu_mma_fwd[] = {
+    "/* The forward on the tensor cores, FlashAttention-2's way: MMA_ROWS query\n"
+    " * rows a block, 16 a warp; K and V tiles of MBN keys through shared memory\n"
+    " * (cp.async into two buffers: the next tile loads while this one is used);\n"
+    " * S = Q K^T and O += P V by mma.sync m16n8k16 (bf16 in, fp32 accumulation),\n"
+    " * fragments from shared memory by ldmatrix; the online softmax in\n"
+    " * registers (a thread holds two rows' quarter: the quad of lanes 4g .. 4g+3\n"
+    " * shares rows g and g + 8); O normalised once at the end; stats as the\n"
+    " * CUDA-core forward writes them (max score, sum of exponentials). */\n"
+    "#define KS (D + 8)  /* a shared K row's bf16s: 16 bytes of padding put ldmatrix's 8 rows in distinct banks */\n"
+    "#define VS (DV + 8)\n"
+    "#define LOG2E 1.4426950408889634f\n"
+    "KN_FN uint32_t smem_at(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }\n"
+    "/* 16 bytes from global to shared memory, or 16 zero bytes unless full */\n"
+    "KN_FN void cp16(void *dst, const void *src, int full)\n"
+    "{\n"
+    "    asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16, %2;\\n\" ::\"r\"(smem_at(dst)), \"l\"(src), \"r\"(full ? 16 : 0) : \"memory\");\n"
+    "}\n"
+    "KN_FN void cp_commit(void) { asm volatile(\"cp.async.commit_group;\\n\" ::: \"memory\"); }\n"
+    "/* every group but the newest has landed (this thread's copies) */\n"
+    "KN_FN void cp_wait_all_but_newest(void) { asm volatile(\"cp.async.wait_group 1;\\n\" ::: \"memory\"); }\n"
+    "/* four 8x8 bf16 matrices: lane l gives the address of row l % 8 of matrix l / 8 */\n"
+    "KN_FN void ldsm4(uint32_t *r, const T *p)\n"
+    "{\n"
+    "    asm volatile(\"ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\\n\"\n"
+    "                 : \"=r\"(r[0]), \"=r\"(r[1]), \"=r\"(r[2]), \"=r\"(r[3]) : \"r\"(smem_at(p)) : \"memory\");\n"
+    "}\n"
+    "/* the same, each matrix transposed */\n"
+    "KN_FN void ldsm4_t(uint32_t *r, const T *p)\n"
+    "{\n"
+    "    asm volatile(\"ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\\n\"\n"
+    "                 : \"=r\"(r[0]), \"=r\"(r[1]), \"=r\"(r[2]), \"=r\"(r[3]) : \"r\"(smem_at(p)) : \"memory\");\n"
+    "}\n"
+    "/* c (16x8, fp32) += a (16x16, row) * b (16x8, col) */\n"
+    "KN_FN void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)\n"
+    "{\n"
+    "    asm(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\\n\"\n"
+    "        : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
+    "        : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b0), \"r\"(b1));\n"
+    "}\n"
+    "/* two floats as bf16s (round to nearest even), lo in the low half */\n"
+    "KN_FN uint32_t pack_bf16(float lo, float hi)\n"
+    "{\n"
+    "    uint32_t r;\n"
+    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\\n\" : \"=r\"(r) : \"f\"(hi), \"f\"(lo));\n"
+    "    return r;\n"
+    "}\n"
+    "\n"
+    "/* keys j0 .. j0+MBN of kv head hk into ks and vs (zeros past Sk): by cp.async\n"
+    " * when every row starts on 16 bytes (async), else by plain loads and stores */\n"
+    "KN_FN void mma_load_kv(const struct kn_attn_args *a, int64_t b, int64_t hk, int64_t j0, int async, T *ks, T *vs)\n"
+    "{\n"
+    "    ROLLED for (int t = threadIdx.x; t < MBN * (D / 8); t += MMA_THREADS) {\n"
+    "        const int r = t / (D / 8), c = t % (D / 8) * 8, in = j0 + r < a->Sk;\n"
+    "        const T *src = (const T *)a->k + AT(k, b, hk, in ? j0 + r : 0) + c;\n"
+    "        if (async)\n"
+    "            cp16(ks + r * KS + c, src, in);\n"
+    "        else\n"
+    "            for (int e = 0; e < 8; e++)\n"
+    "                ks[r * KS + c + e] = in ? src[e] : (T)0;\n"
+    "    }\n"
+    "    ROLLED for (int t = threadIdx.x; t < MBN * (DV / 8); t += MMA_THREADS) {\n"
+    "        const int r = t / (DV / 8), c = t % (DV / 8) * 8, in = j0 + r < a->Sk;\n"
+    "        const T *src = (const T *)a->v + AT(v, b, hk, in ? j0 + r : 0) + c;\n"
+    "        if (async)\n"
+    "            cp16(vs + r * VS + c, src, in);\n"
+    "        else\n"
+    "            for (int e = 0; e < 8; e++)\n"
+    "                vs[r * VS + c + e] = in ? src[e] : (T)0;\n"
+    "    }\n"
+    "}\n"
+    "\n"
+    "/* whether every K and V row starts on 16 bytes (cp.async's need) */\n"
+    "KN_FN int rows_aligned(const struct kn_attn_args *a)\n"
+    "{\n"
+    "    return ((uint64_t)a->k % 16 | (uint64_t)a->v % 16 | (uint64_t)(a->k_off | a->k_sb | a->k_sh | a->k_ss) % 8 |\n"
+    "            (uint64_t)(a->v_off | a->v_sb | a->v_sh | a->v_ss) % 8) == 0;\n"
+    "}\n",
+    "extern \"C\" __global__ void __launch_bounds__(MMA_THREADS) NAME(fwd)(const struct kn_attn_args args)\n"
+    "{\n"
+    "    const struct kn_attn_args *a = &args;\n"
+    "    __shared__ __align__(16) T ks[2][MBN * KS];\n"
+    "    __shared__ __align__(16) T vs[2][MBN * VS];\n"
+    "    const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / (a->Hq / a->Hk);\n"
+    "    const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;\n"
+    "    const int64_t i0 = blockIdx.x * (int64_t)MMA_ROWS + threadIdx.x / 32 * 16; /* the warp's first row */\n"
+    "    const T *qp = (const T *)a->q;\n"
+    "    uint32_t q[D / 16][4]; /* Q's A fragments, 16 dims each: rows g, g+8; dims 2t4, 2t4+1 and 8 on */\n"
+    "    for (int kk = 0; kk < D / 16; kk++)\n"
+    "        for (int x = 0; x < 4; x++) {\n"
+    "            const int64_t i = i0 + g + (x & 1) * 8;\n"
+    "            const int d = kk * 16 + (x >> 1) * 8 + 2 * t4;\n"
+    "            q[kk][x] = i < a->Sq ? (uint32_t)qp[ATQ(b, h, i) + d] | (uint32_t)qp[ATQ(b, h, i) + d + 1] << 16 : 0u;\n"
+    "        }\n"
+    "    float o[DV / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};\n"
+    "    for (int n = 0; n < DV / 8; n++)\n"
+    "        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;\n"
+    "    const int64_t last = blockIdx.x * (int64_t)MMA_ROWS + MMA_ROWS - 1;\n"
+    "    const int64_t kend = key_end(a, last < a->Sq ? last : a->Sq - 1); /* tiles past it are wholly masked */\n"
+    "    const int async = rows_aligned(a);\n"
+    "    if (kend > 0)\n"
+    "        mma_load_kv(a, b, hk, 0, async, ks[0], vs[0]);\n"
+    "    cp_commit();\n"
+    "    for (int64_t j0 = 0, tile = 0; j0 < kend; j0 += MBN, tile++) {\n"
+    "        const int buf = (int)(tile & 1);\n"
+    "        if (j0 + MBN < kend)\n"
+    "            mma_load_kv(a, b, hk, j0 + MBN, async, ks[buf ^ 1], vs[buf ^ 1]);\n"
+    "        cp_commit();\n"
+    "        cp_wait_all_but_newest();\n"
+    "        __syncthreads();\n"
+    "        float s[MBN / 8][4];\n"
+    "        for (int n = 0; n < MBN / 8; n++)\n"
+    "            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;\n"
+    "        for (int kk = 0; kk < D / 16; kk++)\n"
+    "            for (int jt = 0; jt < MBN / 16; jt++) { /* keys jt*16 .. +16: two n-tiles */\n"
+    "                uint32_t kf[4];\n"
+    "                ldsm4(kf, &ks[buf][(jt * 16 + (lane >> 4) * 8 + (lane & 7)) * KS + kk * 16 + ((lane >> 3) & 1) * 8]);\n"
+    "                mma16816(s[2 * jt], q[kk], kf[0], kf[1]);\n"
+    "                mma16816(s[2 * jt + 1], q[kk], kf[2], kf[3]);\n"
+    "            }\n",
+    "        float mt[2] = {-INFINITY, -INFINITY};\n"
+    "        for (int n = 0; n < MBN / 8; n++)\n"
+    "            for (int x = 0; x < 4; x++) {\n"
+    "                const int64_t i = i0 + g + (x >> 1) * 8, j = j0 + n * 8 + 2 * t4 + (x & 1);\n"
+    "                s[n][x] = i < a->Sq && j < a->Sk && VISIBLE(i, j) ? s[n][x] * a->scale + BIAS(b, h, i, j) : -INFINITY;\n"
+    "                mt[x >> 1] = fmaxf(mt[x >> 1], s[n][x]);\n"
+    "            }\n"
+    "        float mu[2];\n"
+    "        for (int r = 0; r < 2; r++) { /* the quad's max; the rescale of what came before */\n"
+    "            mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));\n"
+    "            mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));\n"
+    "            const float mn = fmaxf(m[r], mt[r]);\n"
+    "            mu[r] = mn == -INFINITY ? 0.f : mn; /* no key seen yet: every p is 0 */\n"
+    "            const float c = exp2f((m[r] - mu[r]) * LOG2E);\n"
+    "            l[r] *= c;\n"
+    "            for (int n = 0; n < DV / 8; n++)\n"
+    "                o[n][2 * r] *= c, o[n][2 * r + 1] *= c;\n"
+    "            m[r] = mn;\n"
+    "        }\n"
+    "        for (int n = 0; n < MBN / 8; n++)\n"
+    "            for (int x = 0; x < 4; x++) {\n"
+    "                s[n][x] = exp2f(s[n][x] * LOG2E - mu[x >> 1] * LOG2E);\n"
+    "                l[x >> 1] += s[n][x];\n"
+    "            }\n"
+    "        for (int kk = 0; kk < MBN / 16; kk++) { /* P's A fragment for keys kk*16 .. +16: C tiles 2kk, 2kk+1 */\n"
+    "            const uint32_t p[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),\n"
+    "                                   pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};\n"
+    "            for (int dt = 0; dt < DV / 16; dt++) {\n"
+    "                uint32_t vf[4];\n"
+    "                ldsm4_t(vf, &vs[buf][(kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * VS + dt * 16 + (lane >> 4) * 8]);\n"
+    "                mma16816(o[2 * dt], p, vf[0], vf[1]);\n"
+    "                mma16816(o[2 * dt + 1], p, vf[2], vf[3]);\n"
+    "            }\n"
+    "        }\n"
+    "        __syncthreads(); /* the next tile's copies may overwrite this buffer */\n"
+    "    }\n"
+    "    for (int r = 0; r < 2; r++) { /* the row's sum over its quad; out, normalised once; stats */\n"
+    "        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);\n"
+    "        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);\n"
+    "        const int64_t i = i0 + g + r * 8;\n"
+    "        if (i >= a->Sq)\n"
+    "            continue;\n"
+    "        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;\n"
+    "        for (int n = 0; n < DV / 8; n++) {\n"
+    "            STF(a->out, AT(o, b, h, i) + n * 8 + 2 * t4, o[n][2 * r] * inv);\n"
+    "            STF(a->out, AT(o, b, h, i) + n * 8 + 2 * t4 + 1, o[n][2 * r + 1] * inv);\n"
+    "        }\n"
+    "        const int64_t row = (b * a->Hq + h) * a->Sq + i;\n"
+    "        if (a->stats && t4 == 0) { /* NULL forward only */\n"
+    "            a->stats[2 * row] = m[r];\n"
+    "            a->stats[2 * row + 1] = l[r];\n"
+    "        }\n"
+    "    }\n"
+    "}\n"
+    "\n",
 };
 
 /* The CPU's kernels, in pieces.  Their tiles are on the stack: about 100 KiB at head dim 64, 200 KiB at 128 */
@@ -564,23 +743,43 @@ static const char *const cpu_body[] = {
     "#endif /* BACKWARD */\n",
 };
 
+/* Keys a tile of the tensor-core forward: 64 when two buffers of K and V
+ * tiles (padded rows) fit the 48 KiB of static shared memory, else 32. */
+static int mma_block_n(const struct kn_attn *c) { return 2 * 2 * 64 * (c->D + 8 + c->Dv + 8) <= 48 * 1024 ? 64 : 32; }
+
 char *emit_attention(const struct kn_attn *c, const char *name, enum kn_lang lang)
 {
-    bool cuda = lang == KN_LANG_CUDA;
+    bool cuda = lang == KN_LANG_CUDA, mma = cuda && kn_attn_mma(c);
     const char *macros = cuda ? cuda_macros : c_macros, *math = cuda ? "" : emit_c_math;
-    const char *const *body = cuda ? gpu_body : cpu_body;
-    size_t n_body = cuda ? WF_COUNT(gpu_body) : WF_COUNT(cpu_body);
+    const char *body[WF_COUNT(gpu_body) + WF_COUNT(gpu_mma_fwd) + WF_COUNT(cpu_body)];
+    size_t n_body = 0;
+    if (!cuda)
+        for (size_t i = 0; i < WF_COUNT(cpu_body); i++)
+            body[n_body++] = cpu_body[i];
+    else
+        for (size_t i = 0; i < WF_COUNT(gpu_body); i++)
+            if (!mma)
+                body[n_body++] = gpu_body[i];
+            else if (i == 1)
+                for (size_t k = 0; k < WF_COUNT(gpu_mma_fwd); k++)
+                    body[n_body++] = gpu_mma_fwd[k];
+            else if (i != 0 || c->backward) /* the tiles' load serves the CUDA-core forward and bwd_q */
+                body[n_body++] = gpu_body[i];
     size_t n = strlen(macros) + strlen(math) + strlen(kn_attn_args_source) + strlen(common) + 2048;
     for (size_t i = 0; i < n_body; i++)
         n += strlen(body[i]);
     char *src = wf_calloc(n, 1);
     int at = snprintf(src, n,
-                      "/* %s: attention, generated by weft " WEFT_VERSION ": %s, head dims %d/%d, %s%s%s%s */\n"
+                      "/* %s: attention, generated by weft " WEFT_VERSION ": %s, head dims %d/%d, %s%s%s%s; forward on the %s */\n"
                       "#define NAME(fn) %s_##fn\n#define BF16 %d\n#define D %d\n#define DV %d\n#define BM %d\n#define BN %d\n"
                       "#define CAUSAL %d\n#define HAS_BIAS %d\n#define BIAS_GRAD %d\n#define BACKWARD %d\n",
                       name, c->dtype == IR_DTYPE_BF16 ? "bf16" : "f32", c->D, c->Dv, c->causal ? "causal" : "not causal",
-                      c->bias ? ", with a bias" : "", c->bias_grad ? " and its gradient" : "", c->backward ? "; forward and backward" : "; forward", name,
+                      c->bias ? ", with a bias" : "", c->bias_grad ? " and its gradient" : "", c->backward ? "; forward and backward" : "; forward",
+                      !cuda ? "CPU" : mma ? "tensor cores (mma.sync)" : "CUDA cores", name,
                       c->dtype == IR_DTYPE_BF16, c->D, c->Dv, KN_ATTN_THREADS, attn_block_n(c), c->causal, c->bias, c->bias_grad, c->backward);
+    if (mma)
+        at += snprintf(src + at, n - (size_t)at, "#define MMA_THREADS %d\n#define MMA_ROWS %d\n#define MBN %d\n", KN_ATTN_MMA_THREADS,
+                       KN_ATTN_MMA_ROWS, mma_block_n(c));
     at += snprintf(src + at, n - (size_t)at, "%s%s%s%s", macros, math, kn_attn_args_source, common);
     for (size_t i = 0; i < n_body; i++)
         at += snprintf(src + at, n - (size_t)at, "%s", body[i]);

@@ -19,10 +19,15 @@
  * heads for bwd_kv), for the backend's threads; every batch's rows of a
  * head are one thread's, so a bias gradient summed over the batch is too
  * (not one shared by the heads, bias_sh 0: run that bwd_q whole).
- * CUDA launches (ir/launch.h, kn_attn_grid): KN_ATTN_THREADS (BM) threads
+ * CUDA launches (ir/launch.h, kn_attn_grid, kn_attn_threads): KN_ATTN_THREADS (BM) threads
  * a block; fwd, delta: grid (ceil(Sq/BM), Hq, B); bwd_kv: (ceil(Sk/BM),
  * Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or (.., .., 1) with bias_grad (the block walks the batch, so a bias shared
- * by the batch sums its gradient without atomics: deterministic). */
+ * by the batch sums its gradient without atomics: deterministic).
+ * Where kn_attn_mma(c) (bf16, head dims 64, 80, 96 or 128) the CUDA fwd is
+ * FlashAttention-2's on the tensor cores instead: KN_ATTN_MMA_THREADS (4
+ * warps of 16 query rows) a block, grid (ceil(Sq/KN_ATTN_MMA_ROWS), Hq, B),
+ * mma.sync m16n8k16 with fp32 accumulation; same out and stats.  The C
+ * functions are the same for every config (the reference). */
 #ifndef WEFT_EMIT_ATTENTION_H
 #define WEFT_EMIT_ATTENTION_H
 

@@ -113,7 +113,7 @@ static char *copy(const char *s)
     return c;
 }
 
-int nvrtc_compile(const char *src, const char *name, int arch, bool ptx, struct nvrtc_out *out)
+static int compile(const char *src, const char *name, int arch, bool ptx, bool report, struct nvrtc_out *out)
 {
     memset(out, 0, sizeof *out);
     if (!load()) {
@@ -132,8 +132,8 @@ int nvrtc_compile(const char *src, const char *name, int arch, bool ptx, struct 
     }
     char gpu[64];
     snprintf(gpu, sizeof gpu, "--gpu-architecture=%s_%d", ptx ? "compute" : "sm", arch);
-    const char *opts[] = {gpu, "--std=c++17", "-default-device", "--fmad=true"};
-    r = nv.compile(prog, (int)WF_COUNT(opts), opts);
+    const char *opts[] = {gpu, "--std=c++17", "-default-device", "--fmad=true", "--ptxas-options=-v"};
+    r = nv.compile(prog, (int)WF_COUNT(opts) - !report, opts);
     size_t n = 0;
     nv.log_size(prog, &n);
     out->log = wf_calloc(n + 1, 1);
@@ -156,6 +156,16 @@ int nvrtc_compile(const char *src, const char *name, int arch, bool ptx, struct 
         return -1;
     }
     return 0;
+}
+
+int nvrtc_compile(const char *src, const char *name, int arch, bool ptx, struct nvrtc_out *out)
+{
+    return compile(src, name, arch, ptx, false, out);
+}
+
+int nvrtc_compile_report(const char *src, const char *name, int arch, struct nvrtc_out *out)
+{
+    return compile(src, name, arch, false, true, out);
 }
 
 void nvrtc_out_free(struct nvrtc_out *o)

@@ -33,6 +33,9 @@ struct nvrtc_out {
 /* Compile for sm_<arch> (a cubin), or for compute_<arch> as PTX.  0 on
  * success; -1 with the log (or why NVRTC is missing) in out->log. */
 int nvrtc_compile(const char *src, const char *name, int arch, bool ptx, struct nvrtc_out *out);
+/* The same cubin, with ptxas's report in out->log (--ptxas-options=-v: per
+ * function "Used N registers", "N bytes spill stores", "N bytes smem"). */
+int nvrtc_compile_report(const char *src, const char *name, int arch, struct nvrtc_out *out);
 void nvrtc_out_free(struct nvrtc_out *o);
 
 #endif

@@ -172,9 +172,19 @@ int64_t kn_attn_extent(const struct kn_attn *c, const struct kn_attn_args *a, en
     }
 }
 
+static bool mma_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }
+
+bool kn_attn_mma(const struct kn_attn *c) { return c->dtype == IR_DTYPE_BF16 && mma_head_dim(c->D) && mma_head_dim(c->Dv); }
+
+int kn_attn_threads(const struct kn_attn *c, enum kn_attn_fn fn)
+{
+    return fn == KN_ATTN_FWD && kn_attn_mma(c) ? KN_ATTN_MMA_THREADS : KN_ATTN_THREADS;
+}
+
 void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_fn fn, int64_t grid[3])
 {
-    grid[0] = ceil_div(fn == KN_ATTN_BWD_KV ? a->Sk : a->Sq, KN_ATTN_THREADS);
+    int rows = fn == KN_ATTN_FWD && kn_attn_mma(c) ? KN_ATTN_MMA_ROWS : KN_ATTN_THREADS; /* a block's query (or key) rows */
+    grid[0] = ceil_div(fn == KN_ATTN_BWD_KV ? a->Sk : a->Sq, rows);
     grid[1] = fn == KN_ATTN_BWD_KV ? a->Hk : a->Hq;
     grid[2] = fn == KN_ATTN_BWD_Q && c->bias_grad ? 1 : a->B; /* with bias_grad a block walks the batch */
 }

@@ -15,9 +15,13 @@
 
 #include "kernel.h"
 
-/* Threads a CUDA block of a fused or routing kernel; of an attention kernel. */
+/* Threads a CUDA block of a fused or routing kernel; of an attention kernel
+ * on the CUDA cores (a thread a query or key row, KN_ATTN_THREADS rows a block). */
 #define KN_CUDA_THREADS 256
 #define KN_ATTN_THREADS 64
+/* The tensor-core forward (FlashAttention-2's): 4 warps of 16 query rows each. */
+#define KN_ATTN_MMA_THREADS 128
+#define KN_ATTN_MMA_ROWS 64
 
 /* How a fused kernel's CUDA threads cover its rows x cols domain. */
 enum kn_cuda_shape {
@@ -67,8 +71,16 @@ void **kn_attn_buf(struct kn_attn_args *a, enum kn_attn_buf b);
 /* Elements buffer b must hold (0: the configuration has none); stats two
  * floats a row, delta one. */
 int64_t kn_attn_extent(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_buf b);
-/* Function fn's grid (x, y, z), blockDim.x KN_ATTN_THREADS. */
+/* Whether config c's forward runs on the tensor cores (mma.sync, bf16 in,
+ * fp32 accumulation): bf16, head dims D and Dv each 64, 80, 96 or 128.  Every
+ * other config (fp32 plans among them) and every backward function runs on
+ * the CUDA cores.  The emitter and the launch both ask this. */
+bool kn_attn_mma(const struct kn_attn *c);
+/* Function fn's grid (x, y, z); kn_attn_threads: its blockDim.x
+ * (KN_ATTN_MMA_THREADS for a tensor-core forward, else KN_ATTN_THREADS).
+ * Both kinds take 64 query rows a block; no launch needs dynamic shared memory. */
 void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_fn fn, int64_t grid[3]);
+int kn_attn_threads(const struct kn_attn *c, enum kn_attn_fn fn);
 
 /* A template launch's integers (kn_launch.sizes: the args' integers come
  * first), out of the launch and into it; pointers and scale are the caller's. */

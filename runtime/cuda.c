@@ -281,9 +281,10 @@ static int cuda_attention(struct backend *be, int kernel, enum kn_attn_fn fn, co
     if (!f)
         return -1;
     int64_t grid[3];
-    kn_attn_grid(&be->F->kernels[kernel].attn, a, fn, grid);
+    const struct kn_attn *cfg = &be->F->kernels[kernel].attn;
+    kn_attn_grid(cfg, a, fn, grid);
     struct kn_attn_args x = *a;
-    return launch(c, kernel, f, grid, KN_ATTN_THREADS, &x, d);
+    return launch(c, kernel, f, grid, kn_attn_threads(cfg, fn), &x, d);
 }
 
 static int cuda_route(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d)

@@ -2,7 +2,8 @@
  * softmax(q k^T * scale + bias) v, forward and backward, computed here in
  * double with the whole probability matrix: causal and not, grouped-query,
  * with a bias shared by the batch or one per sample, q/k/v as views of a
- * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC. */
+ * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC,
+ * the tensor-core forward's with ptxas's report (no spills) and its SASS. */
 #include "testing.h"
 
 #include "cc.h"
@@ -12,6 +13,8 @@
 
 #include <dlfcn.h>
 #include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 struct shape {
     int64_t B, Hq, Hk, Sq, Sk, D, Dv;
@@ -306,11 +309,114 @@ static void test_nvrtc(void **state)
     printf("    %d attention cubins in %.2f s\n", n, seconds);
 }
 
+/* The first number after each `key` in ptxas's report (0 when none). */
+static long report_number(const char *log, const char *key)
+{
+    const char *at = strstr(log, key);
+    if (!at)
+        return 0;
+    while (at > log && (at[-1] == ' ' || (at[-1] >= '0' && at[-1] <= '9')))
+        at--;
+    return strtol(at, NULL, 10);
+}
+
+/* Whether SASS in cubin (bytes, size) names every one of ops, read by
+ * nvdisasm ($CUDA_HOME/bin, else the PATH); -1 with why when there is none. */
+static int sass_has(const void *bytes, size_t size, const char *const *ops, int n_ops, char *why, size_t n_why)
+{
+    const char *home = getenv("CUDA_HOME");
+    char path[512], cmd[1200], cubin[] = "/tmp/weft-attn-XXXXXX";
+    snprintf(path, sizeof path, "%s/bin/nvdisasm", home && *home ? home : "/usr/local/cuda");
+    if (access(path, X_OK) && system("command -v nvdisasm > /dev/null 2>&1") != 0) {
+        snprintf(why, n_why, "no nvdisasm (%s, nor on the PATH): the SASS is not read", path);
+        return -1;
+    }
+    int fd = mkstemp(cubin);
+    assert_true(fd >= 0 && write(fd, bytes, size) == (ssize_t)size);
+    close(fd);
+    snprintf(cmd, sizeof cmd, "%s %s", access(path, X_OK) ? "nvdisasm" : path, cubin);
+    FILE *p = popen(cmd, "r");
+    char line[512];
+    int seen = 0;
+    while (p && fgets(line, sizeof line, p))
+        for (int i = 0; i < n_ops; i++)
+            if (strstr(line, ops[i]))
+                seen |= 1 << i;
+    if (p)
+        pclose(p);
+    unlink(cubin);
+    return seen == (1 << n_ops) - 1;
+}
+
+/* The tensor-core forward (kn_attn_mma): which configs take it, the launch
+ * it needs, and every head dim through NVRTC for sm_80 and sm_90 with
+ * ptxas's report: no local memory (spills, stack), and in the SASS the
+ * tensor-core ops (HMMA) fed by ldmatrix (LDSM) where a disassembler is. */
+static void test_mma_forward(void **state)
+{
+    (void)state;
+    /* the predicate: bf16 and head dims of 64, 80, 96 or 128, else the CUDA cores */
+    assert_true(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_BF16, .D = 80, .Dv = 80}));
+    assert_true(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 128}));
+    assert_false(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64}));
+    assert_false(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_BF16, .D = 16, .Dv = 16}));
+    /* its launch: 4 warps of 16 query rows, so 64 rows a block: 1000 rows take 16 blocks; the backward's is unchanged */
+    const struct kn_attn fast = {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .backward = true};
+    const struct kn_attn_args args = {.B = 3, .Hq = 8, .Hk = 2, .Sq = 1000, .Sk = 1000};
+    int64_t grid[3];
+    kn_attn_grid(&fast, &args, KN_ATTN_FWD, grid);
+    assert_int_equal(kn_attn_threads(&fast, KN_ATTN_FWD), 128);
+    assert_true(grid[0] == 16 && grid[1] == 8 && grid[2] == 3);
+    assert_int_equal(kn_attn_threads(&fast, KN_ATTN_BWD_KV), KN_ATTN_THREADS);
+    char *src = emit_attention(&fast, "attn", KN_LANG_CUDA), *slow = emit_attention(&(struct kn_attn){.dtype = IR_DTYPE_F32, .D = 128, .Dv = 128}, "attn", KN_LANG_CUDA);
+    assert_non_null(strstr(src, "mma.sync.aligned.m16n8k16"));
+    assert_null(strstr(slow, "mma.sync"));
+    free(src), free(slow);
+
+    skip_without_nvrtc();
+    static const struct kn_attn configs[] = {
+        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .causal = true},
+        {.dtype = IR_DTYPE_BF16, .D = 80, .Dv = 80, .bias = true},
+        {.dtype = IR_DTYPE_BF16, .D = 96, .Dv = 96, .causal = true, .bias = true},
+        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true},
+    };
+    static const char *const tensor_ops[] = {"HMMA.16816.F32.BF16", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS"};
+    char why[600] = "";
+    int disassembled = 0;
+    for (size_t c = 0; c < WF_COUNT(configs); c++) {
+        src = emit_attention(&configs[c], "attn", KN_LANG_CUDA);
+        int archs[] = {80, 90};
+        for (int k = 0; k < 2; k++) {
+            struct nvrtc_out o;
+            if (nvrtc_compile_report(src, "attn", archs[k], &o))
+                fail_msg("NVRTC rejects the tensor-core forward, head dim %d, for sm_%d:\n%s", configs[c].D, archs[k], o.log);
+            long regs = report_number(o.log, " registers"), spills = report_number(o.log, " bytes spill stores"),
+                 stack = report_number(o.log, " bytes stack frame"), smem = report_number(o.log, " bytes smem");
+            printf("    head dim %3d%s%s, sm_%d: %ld registers, %ld bytes spilled, %ld bytes stack, %ld bytes shared\n", configs[c].D,
+                   configs[c].causal ? ", causal" : "", configs[c].bias ? ", bias" : "", archs[k], regs, spills, stack, smem);
+            if (spills || stack || regs > 255 || smem > 48 * 1024)
+                fail_msg("the tensor-core forward, head dim %d, sm_%d, uses local or too much shared memory:\n%s", configs[c].D,
+                         archs[k], o.log);
+            int has = sass_has(o.bytes, o.size, tensor_ops, (int)WF_COUNT(tensor_ops), why, sizeof why);
+            if (has == 0)
+                fail_msg("the SASS of head dim %d, sm_%d, lacks HMMA, LDSM or LDGSTS", configs[c].D, archs[k]);
+            disassembled += has == 1;
+            nvrtc_out_free(&o);
+        }
+        free(src);
+    }
+    if (disassembled)
+        printf("    %d cubins' SASS hold HMMA.16816.F32.BF16, LDSM (.M88 and .MT88) and LDGSTS\n", disassembled);
+    else
+        printf("    SASS not read: %s\n", why);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_naive),
         cmocka_unit_test(test_nvrtc),
+        cmocka_unit_test(test_mma_forward),
     };
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }

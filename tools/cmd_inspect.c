@@ -120,10 +120,12 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         ops_fused(P, &K, c->kernel, ops, sizeof ops);
         where_used(P, &K, c->kernel, where, sizeof where);
         if (e->kind == KN_KIND_ATTENTION)
-            printf("kernel %d: %s, attention in the flash-attention manner: %s, head dims %d/%d%s%s%s; %s\n", c->kernel,
+            printf("kernel %d: %s, attention in the flash-attention manner: %s, head dims %d/%d%s%s%s; %s; on the GPU its "
+                   "forward on the %s, its backward on the CUDA cores\n", c->kernel,
                    e->name, e->attn.dtype == IR_DTYPE_BF16 ? "bf16" : "f32", e->attn.D, e->attn.Dv,
                    e->attn.causal ? ", causal" : "", e->attn.bias ? ", a bias" : "", e->attn.bias_grad ? " and its gradient" : "",
-                   e->attn.backward ? "forward and backward" : "forward only");
+                   e->attn.backward ? "forward and backward" : "forward only",
+                   kn_attn_mma(&e->attn) ? "tensor cores (mma.sync, FlashAttention-2's tiles)" : "CUDA cores (a thread a row)");
         else if (e->kind == KN_KIND_ROUTE)
             printf("kernel %d: %s, MoE routing: each (token, choice)'s row of its expert's buffer, by a running count over the "
                    "tokens; for %s\n", c->kernel, e->name, ops);
@@ -166,14 +168,17 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         char launches[96];
         printf("%s: %d kernel%s for %s; CPU object %s\n", c->model, K.n_kernels, K.n_kernels == 1 ? "" : "s",
                kn_set_launches(&K, launches, sizeof launches), wf_bytes((double)K.cpu_size, a));
-        printf("  %3s  %-44s %8s %14s  %-30s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
+        printf("  %3s  %-44s %8s %14s  %-34s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
         for (int k = 0; k < K.n_kernels; k++) {
             int first = 0;
             while (K.launches[first].kernel != k)
                 first++;
             ops_fused(P, &K, k, ops, sizeof ops);
+            if (K.kernels[k].kind == KN_KIND_ATTENTION) /* which forward the GPU runs */
+                snprintf(ops + strlen(ops), sizeof ops - strlen(ops), " (forward: %s)",
+                         kn_attn_mma(&K.kernels[k].attn) ? "tensor cores" : "CUDA cores");
             where_used(P, &K, k, where, sizeof where);
-            printf("  %3d  %-44s %8d %14s  %-30s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
+            printf("  %3d  %-44s %8d %14s  %-34s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
                    wf_bytes((double)fuse_launch_bytes(P, &K, first), a), ops, where);
         }
         if (K.n_kernels && K.kernels[0].n_bins) {
