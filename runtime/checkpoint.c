@@ -21,19 +21,6 @@
 #define CKPT_MODEL "model.safetensors"
 #define CKPT_OPTIM "optimizer.safetensors"
 
-/* The ranks' statuses agreed over the world: the largest (0 every rank
- * succeeded, 1 a failure, 2 bad input), the same on every rank; *rank0
- * (may be NULL): rank 0's own.  A collective that fails is a failure. */
-static int agree(struct comm *c, int rc, int *rank0, struct diag *d)
-{
-    float v[2] = {(float)rc, c && c->rank ? 0.0f : (float)rc};
-    if (c && c->size > 1 && c->ops->collective(c, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE_MAX, v, v, 2, IR_DTYPE_F32, d))
-        v[0] = v[1] = 1;
-    if (rank0)
-        *rank0 = (int)v[1];
-    return (int)v[0];
-}
-
 /* snprintf for paths and names: one too long is cut (and then names no file). */
 static void fmt(char *buf, size_t n, const char *f, ...) __attribute__((format(printf, 3, 4)));
 static void fmt(char *buf, size_t n, const char *f, ...)
@@ -137,27 +124,7 @@ static int write_full_tensors(struct exec *x, const struct rank_plan *R, struct 
             index[k * R->n_tensors + t] = st_writer_add(w, name, ST_F32, T->rank, T->shape);
         }
     st_writer_finish(w);
-    int rc = 0, fd = -1;
-    if (lead(c)) {
-        fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-        if (fd < 0) {
-            diag_error(d, path, 0, "cannot create it: %s", strerror(errno));
-            rc = -1;
-        } else
-            rc = st_writer_create(w, fd, path, d);
-        if (fd >= 0)
-            close(fd);
-    }
-    if (agree(c, rc ? 1 : 0, NULL, d)) { /* the barrier: the file exists at its full size before any rank writes */
-        st_writer_free(w);
-        free(index);
-        return -1;
-    }
-    fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) {
-        diag_error(d, path, 0, "rank %d: cannot open it: %s", c ? c->rank : 0, strerror(errno));
-        rc = -1;
-    }
+    int fd = st_writer_open_shared(w, c, path, d), rc = fd < 0 ? -1 : 0;
     for (int k = 0; k < n_states && !rc; k++)
         for (int t = 0; t < R->n_tensors && !rc; t++) {
             if (R->tensors[t].kind != IR_TENSOR_PARAM)
@@ -167,14 +134,8 @@ static int write_full_tensors(struct exec *x, const struct rank_plan *R, struct 
             if (rc && c)
                 diag_note(d, path, 0, "rank %d on %s was writing its slices", c->rank, c->host);
         }
-    if (!rc && fsync(fd)) {
-        diag_error(d, path, 0, "rank %d: fsync: %s", c ? c->rank : 0, strerror(errno));
-        rc = -1;
-    }
-    if (fd >= 0 && close(fd) && !rc) {
-        diag_error(d, path, 0, "rank %d: close: %s", c ? c->rank : 0, strerror(errno));
-        rc = -1;
-    }
+    if (fd >= 0)
+        rc = st_writer_sync_close(fd, c, path, rc, d);
     st_writer_free(w);
     free(index);
     return rc;
@@ -350,7 +311,7 @@ int ckpt_save(struct exec *x, const struct rank_plan *R, struct comm *c, const c
     memset(saved, 0, sizeof *saved);
     fmt(saved->dir, sizeof saved->dir, "%s", final);
     int rc = lead(c) ? prepare(dir, tmp, d) : 0;
-    if (agree(c, rc ? 1 : 0, NULL, d))
+    if (comm_agree(c, rc ? 1 : 0, NULL, d))
         goto failed;
     /* from here every rank runs each writer, whatever the others found, so the barriers inside meet */
     rc = mw->write(x, R, c, tmp, s, d);
@@ -360,10 +321,10 @@ int ckpt_save(struct exec *x, const struct rank_plan *R, struct comm *c, const c
     rc |= write_full_tensors(x, R, c, path, 2, moments, names, s, d);
     if (lead(c))
         rc |= write_json(R, tmp, s, mw, d);
-    if (agree(c, rc ? 1 : 0, NULL, d))
+    if (comm_agree(c, rc ? 1 : 0, NULL, d))
         goto failed;
     rc = lead(c) ? publish(dir, tmp, final, s->iteration, d) : 0;
-    if (agree(c, rc ? 1 : 0, NULL, d))
+    if (comm_agree(c, rc ? 1 : 0, NULL, d))
         goto failed;
     if (lead(c)) { /* the bytes written: the directory's files */
         DIR *dp = opendir(final);
@@ -538,7 +499,7 @@ int ckpt_find(struct comm *c, const char *path, bool empty_ok, struct ckpt_found
     struct diag mine;
     diag_init(&mine);
     int rc = find_local(path, empty_ok, f, &mine), rank0;
-    int all = agree(c, rc, &rank0, d);
+    int all = comm_agree(c, rc, &rank0, d);
     relay(c, &mine, rc, rank0, d);
     if (all && !rc && lead(c))
         diag_error(d, path, 0, "another rank finds it otherwise (is the directory on every node?)");
@@ -683,7 +644,7 @@ int ckpt_load(struct exec *x, const struct rank_plan *R, struct comm *c, const s
     struct diag mine;
     diag_init(&mine);
     int rc = check_files(R, f, files, &mine), rank0;
-    int all = agree(c, rc, &rank0, d);
+    int all = comm_agree(c, rc, &rank0, d);
     relay(c, &mine, rc, rank0, d);
     if (all && !rc && lead(c))
         diag_error(d, f->dir, 0, "another rank finds this checkpoint otherwise (is it the same file on every node?)");
@@ -706,7 +667,7 @@ int ckpt_load(struct exec *x, const struct rank_plan *R, struct comm *c, const s
             rc = exec_param_runs(x, t, states[s], false, read_run, &r) ? 2 : 0;
         }
     if (!all)
-        all = agree(c, rc, NULL, d);
+        all = comm_agree(c, rc, NULL, d);
     st_close(&files[0]);
     st_close(&files[1]);
     if (all)

@@ -59,6 +59,12 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
 /* The layout's groups, one communicator each (MPI_Comm_split), and one per
  * tied set of S (the ranks of a pipeline at the set's stages); S may be NULL. */
 int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_schedule *S, struct diag *d);
+/* The status every rank of the world reaches: the largest of theirs (0
+ * every rank succeeded, 1 a failure, 2 bad input); *rank0 (may be NULL):
+ * rank 0's own.  A collective that fails is a failure; c NULL (one rank
+ * without MPI): rc itself.  Also the barrier before what every rank may
+ * do only once all could (write into a file rank 0 created). */
+int comm_agree(struct comm *c, int rc, int *rank0, struct diag *d);
 /* End the whole job now (every rank), with status. */
 void comm_abort(struct comm *c, int status);
 void comm_close(struct comm *c);

@@ -274,6 +274,16 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     return c;
 }
 
+int comm_agree(struct comm *c, int rc, int *rank0, struct diag *d)
+{
+    float v[2] = {(float)rc, c && c->rank ? 0.0f : (float)rc};
+    if (c && c->size > 1 && c->ops->collective(c, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE_MAX, v, v, 2, IR_DTYPE_F32, d))
+        v[0] = v[1] = 1;
+    if (rank0)
+        *rank0 = (int)v[1];
+    return (int)v[0];
+}
+
 int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_schedule *S, struct diag *d)
 {
     struct mpi *m = c->impl;

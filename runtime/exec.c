@@ -749,10 +749,23 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
     return 0;
 }
 
+/* A run of a parameter's elements (exec_param_runs) added into the whole
+ * tensor's sums, and counted among its copies. */
+struct dump_sums {
+    float *sum, *held;
+};
+
+static int add_run(void *ctx, int64_t whole_first, float *local, int64_t count)
+{
+    const struct dump_sums *s = ctx;
+    for (int64_t i = 0; i < count; i++)
+        s->sum[whole_first + i] += local[i], s->held[whole_first + i] += 1;
+    return 0;
+}
+
 int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
 {
     const struct rank_plan *R = x->R;
-    bool bf16 = R->L->pc.bf16;
     int rc = 0;
     if (f)
         fprintf(f, "weft-params 1\n");
@@ -760,16 +773,11 @@ int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
         const struct rank_tensor *T = &R->tensors[t];
         if (T->kind != IR_TENSOR_PARAM)
             continue;
-        int64_t n = 1, bytes;
+        int64_t n = 1;
         for (int k = 0; k < T->rank; k++)
             n *= T->shape[k];
         float *sum = wf_calloc((size_t)n * 2 + 1, sizeof *sum), *held = sum + n; /* values, and copies of each */
-        int64_t o = ir_memory_find(x->m, bf16 ? IR_BUF_MASTER : IR_BUF_VALUE, t, -1, -1, &bytes);
-        for (int64_t e = 0; o >= 0 && e < bytes / 4; e++) {
-            int64_t i = whole_index(x, T, e);
-            sum[i] += ((const float *)(const void *)(x->arena + o))[e];
-            held[i] += 1;
-        }
+        exec_param_runs(x, t, EXEC_WEIGHTS, false, add_run, &(struct dump_sums){sum, held});
         if (x->comm)
             rc = x->comm->ops->collective(x->comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, sum, sum, 2 * n, IR_DTYPE_F32, d);
         for (int64_t i = 0; i < n; i++) /* identical copies (data-parallel replicas, tensor-parallel duplicates): their mean */

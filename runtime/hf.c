@@ -298,17 +298,6 @@ static int slab_ranges(const struct geom *g, const struct runs *rs, int s, int64
     return k;
 }
 
-/* The status every rank of the world reaches: the largest. */
-static int agree(struct comm *c, int rc, struct diag *d)
-{
-    if (!c)
-        return rc;
-    float v = (float)rc;
-    if (c->ops->collective(c, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE_MAX, &v, &v, 1, IR_DTYPE_F32, d))
-        return 1;
-    return (int)v;
-}
-
 static int no_names(const struct rank_plan *R, struct diag *d)
 {
     diag_error(d, NULL, 0, "the plan's model (%s) names no Hugging Face tensors: its model file needs <huggingface> and <hf> "
@@ -570,7 +559,7 @@ int hf_load(struct exec *x, const struct rank_plan *R, struct comm *comm, const 
     for (int i = 0; !rc && i < R->hf.n_maps; i++)
         rc = load_map(x, R, &in, &R->hf.maps[i], d);
     in_close(&in);
-    rc = agree(comm, rc, d);
+    rc = comm_agree(comm, rc, NULL, d);
     if (!rc)
         exec_weights_loaded(x);
     return rc;
@@ -689,34 +678,22 @@ int hf_write(struct exec *x, const struct rank_plan *R, struct comm *comm, const
     char *path = wf_calloc(n, 1), *config = wf_calloc(n, 1);
     snprintf(path, n, "%s/model.safetensors", dir);
     snprintf(config, n, "%s/config.json", dir);
-    int rc = 0, fd = -1;
-    if (!comm || comm->rank == 0) { /* the directory, the file at its size with its header, config.json */
+    int rc = 0;
+    if (!comm || comm->rank == 0) { /* the directory and config.json */
         if (wf_make_dirs(dir)) {
             diag_error(d, dir, 0, "cannot make the directory: %s", strerror(errno));
             rc = 1;
-        } else if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666)) < 0) {
-            diag_error(d, path, 0, "cannot write it: %s", strerror(errno));
-            rc = 1;
-        } else {
-            rc = st_writer_create(w, fd, path, d) ? 1 : write_config(R, config, d);
-            if (close(fd) && !rc) {
-                diag_error(d, path, 0, "cannot write it: %s", strerror(errno));
-                rc = 1;
-            }
-        }
+        } else
+            rc = write_config(R, config, d);
     }
-    if (!(rc = agree(comm, rc, d))) {
-        if ((fd = open(path, O_WRONLY)) < 0) {
-            diag_error(d, path, 0, "cannot write it: %s", strerror(errno));
-            rc = 1;
-        }
+    if (!(rc = comm_agree(comm, rc, NULL, d))) {
+        int fd = st_writer_open_shared(w, comm, path, d); /* model.safetensors at its size, then each rank's slices */
+        rc = fd < 0;
         for (int i = 0; !rc && i < R->hf.n_maps; i++)
             rc = write_map(x, R, w, slot + first[i], fd, path, &R->hf.maps[i], d);
-        if (fd >= 0 && (fsync(fd) | close(fd)) && !rc) {
-            diag_error(d, path, 0, "cannot write it: %s", strerror(errno));
+        if (fd >= 0 && st_writer_sync_close(fd, comm, path, rc, d))
             rc = 1;
-        }
-        rc = agree(comm, rc, d);
+        rc = comm_agree(comm, rc, NULL, d);
     }
     free(path);
     free(config);

@@ -483,3 +483,38 @@ int st_writer_put_f32(const struct st_writer *w, int fd, const char *path, int k
         diag_error(d, path, 0, "tensor '%s': cannot write its data: %s", t->name, strerror(errno));
     return rc;
 }
+
+int st_writer_open_shared(const struct st_writer *w, struct comm *c, const char *path, struct diag *d)
+{
+    int rc = 0;
+    if (!c || c->rank == 0) {
+        int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            diag_error(d, path, 0, "cannot create it: %s", strerror(errno));
+            rc = 1;
+        } else {
+            rc = st_writer_create(w, fd, path, d) ? 1 : 0;
+            close(fd);
+        }
+    }
+    if (comm_agree(c, rc, NULL, d))
+        return -1;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        diag_error(d, path, 0, "rank %d: cannot open it: %s", c ? c->rank : 0, strerror(errno));
+    return fd;
+}
+
+int st_writer_sync_close(int fd, struct comm *c, const char *path, int status, struct diag *d)
+{
+    int rc = status ? -1 : 0;
+    if (!rc && fsync(fd)) {
+        diag_error(d, path, 0, "rank %d: fsync: %s", c ? c->rank : 0, strerror(errno));
+        rc = -1;
+    }
+    if (close(fd) && !rc) {
+        diag_error(d, path, 0, "rank %d: close: %s", c ? c->rank : 0, strerror(errno));
+        rc = -1;
+    }
+    return rc;
+}

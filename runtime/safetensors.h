@@ -28,6 +28,7 @@
 #ifndef WEFT_SAFETENSORS_H
 #define WEFT_SAFETENSORS_H
 
+#include "comm.h"
 #include "diag.h"
 
 #include <stdbool.h>
@@ -88,6 +89,15 @@ const struct st_tensor *st_writer_tensor(const struct st_writer *w, int k);
 /* The file at its full size (no data written yet: a hole) and its header.
  * path names the file in errors.  0, or -1 with an error (a full disk too). */
 int st_writer_create(const struct st_writer *w, int fd, const char *path, struct diag *d);
+/* Every rank's part in writing one file together: rank 0 creates path at
+ * its full size with its header (st_writer_create); once every rank agrees
+ * it did (comm_agree, the barrier), each opens it to write its own
+ * elements.  The descriptor, or -1: on every rank where rank 0 failed, on
+ * this one alone where only its open failed (d says why). */
+int st_writer_open_shared(const struct st_writer *w, struct comm *c, const char *path, struct diag *d);
+/* This rank's writes made durable (fsync, unless status already failed)
+ * and fd closed: 0, or -1 with the error naming path and the rank. */
+int st_writer_sync_close(int fd, struct comm *c, const char *path, int status, struct diag *d);
 /* Elements [first, first + count) of tensor k from fp32, narrowed to its
  * dtype (F32, BF16, F16), written at their place in the file. */
 int st_writer_put_f32(const struct st_writer *w, int fd, const char *path, int k, int64_t first, const float *src, int64_t count,
