@@ -23,10 +23,13 @@
  * a block; fwd, delta: grid (ceil(Sq/BM), Hq, B); bwd_kv: (ceil(Sk/BM),
  * Hk, B); bwd_q: (ceil(Sq/BM), Hq, B), or (.., .., 1) with bias_grad (the block walks the batch, so a bias shared
  * by the batch sums its gradient without atomics: deterministic).
- * Where kn_attn_mma(c) (bf16, head dims 64, 80, 96 or 128) the CUDA fwd is
- * FlashAttention-2's on the tensor cores instead: KN_ATTN_MMA_THREADS (4
- * warps of 16 query rows) a block, grid (ceil(Sq/KN_ATTN_MMA_ROWS), Hq, B),
- * mma.sync m16n8k16 with fp32 accumulation; same out and stats.  The C
+ * Where kn_attn_mma(c) (bf16, head dims 64, 80, 96 or 128) the CUDA fwd,
+ * bwd_kv and bwd_q are FlashAttention-2's on the tensor cores instead:
+ * KN_ATTN_MMA_THREADS (4 warps of 16 query, or key, rows) a block, the same
+ * grids (64 rows a block), tiles in dynamic shared memory
+ * (kn_attn_shared_bytes, checked by the source at compile time), mma.sync
+ * m16n8k16 with fp32 accumulation; the same out, stats and gradients (dq by
+ * its own pass over key tiles: deterministic, no atomics).  The C
  * functions are the same for every config (the reference). */
 #ifndef WEFT_EMIT_ATTENTION_H
 #define WEFT_EMIT_ATTENTION_H

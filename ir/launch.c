@@ -176,14 +176,36 @@ static bool mma_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 1
 
 bool kn_attn_mma(const struct kn_attn *c) { return c->dtype == IR_DTYPE_BF16 && mma_head_dim(c->D) && mma_head_dim(c->Dv); }
 
-int kn_attn_threads(const struct kn_attn *c, enum kn_attn_fn fn)
+/* Whether fn runs on the tensor cores: the delta pre-pass never does (it only reads, a thread a row). */
+static bool mma_fn(const struct kn_attn *c, enum kn_attn_fn fn) { return fn != KN_ATTN_DELTA && kn_attn_mma(c); }
+
+int kn_attn_threads(const struct kn_attn *c, enum kn_attn_fn fn) { return mma_fn(c, fn) ? KN_ATTN_MMA_THREADS : KN_ATTN_THREADS; }
+
+int kn_attn_mma_tile(const struct kn_attn *c, enum kn_attn_fn fn)
 {
-    return fn == KN_ATTN_FWD && kn_attn_mma(c) ? KN_ATTN_MMA_THREADS : KN_ATTN_THREADS;
+    if (!mma_fn(c, fn))
+        return 0;
+    int widest = c->D > c->Dv ? c->D : c->Dv;
+    /* bwd_kv and bwd_q hold two accumulators of a tile each besides their
+     * rows' (dK and dV, or dQ and dO's fragments): beyond head dim 64 a
+     * tile of 64 would not fit 255 registers without spilling */
+    return fn == KN_ATTN_FWD || widest <= 64 ? 64 : fn == KN_ATTN_BWD_KV && widest > 96 ? 16 : 32;
+}
+
+int64_t kn_attn_shared_bytes(const struct kn_attn *c, enum kn_attn_fn fn)
+{
+    int tile = kn_attn_mma_tile(c, fn);
+    if (!tile)
+        return 0;
+    int64_t row = 2 * ((int64_t)c->D + 8 + c->Dv + 8); /* a bf16 row of K and of V (or of Q and dO), padded by 16 bytes */
+    if (fn == KN_ATTN_BWD_KV) /* the block's keys; two buffers of query tiles, their log-sum-exps and deltas */
+        return KN_ATTN_MMA_ROWS * row + 2 * tile * row + 2 * 2 * tile * (int64_t)sizeof(float);
+    return 2 * tile * row; /* two buffers of key tiles */
 }
 
 void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_fn fn, int64_t grid[3])
 {
-    int rows = fn == KN_ATTN_FWD && kn_attn_mma(c) ? KN_ATTN_MMA_ROWS : KN_ATTN_THREADS; /* a block's query (or key) rows */
+    int rows = mma_fn(c, fn) ? KN_ATTN_MMA_ROWS : KN_ATTN_THREADS; /* a block's query (or key) rows */
     grid[0] = ceil_div(fn == KN_ATTN_BWD_KV ? a->Sk : a->Sq, rows);
     grid[1] = fn == KN_ATTN_BWD_KV ? a->Hk : a->Hq;
     grid[2] = fn == KN_ATTN_BWD_Q && c->bias_grad ? 1 : a->B; /* with bias_grad a block walks the batch */

@@ -19,7 +19,7 @@
  * on the CUDA cores (a thread a query or key row, KN_ATTN_THREADS rows a block). */
 #define KN_CUDA_THREADS 256
 #define KN_ATTN_THREADS 64
-/* The tensor-core forward (FlashAttention-2's): 4 warps of 16 query rows each. */
+/* The tensor-core kernels (FlashAttention-2's): 4 warps of 16 query (or key) rows each. */
 #define KN_ATTN_MMA_THREADS 128
 #define KN_ATTN_MMA_ROWS 64
 
@@ -71,16 +71,25 @@ void **kn_attn_buf(struct kn_attn_args *a, enum kn_attn_buf b);
 /* Elements buffer b must hold (0: the configuration has none); stats two
  * floats a row, delta one. */
 int64_t kn_attn_extent(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_buf b);
-/* Whether config c's forward runs on the tensor cores (mma.sync, bf16 in,
- * fp32 accumulation): bf16, head dims D and Dv each 64, 80, 96 or 128.  Every
- * other config (fp32 plans among them) and every backward function runs on
- * the CUDA cores.  The emitter and the launch both ask this. */
+/* Whether config c runs on the tensor cores (mma.sync, bf16 in, fp32
+ * accumulation): bf16, head dims D and Dv each 64, 80, 96 or 128; then its
+ * forward, bwd_kv and bwd_q are FlashAttention-2's kernels and only the
+ * delta pre-pass stays a thread a row.  Every other config (fp32 plans
+ * among them) runs on the CUDA cores.  The emitter and the launch both ask this. */
 bool kn_attn_mma(const struct kn_attn *c);
 /* Function fn's grid (x, y, z); kn_attn_threads: its blockDim.x
- * (KN_ATTN_MMA_THREADS for a tensor-core forward, else KN_ATTN_THREADS).
- * Both kinds take 64 query rows a block; no launch needs dynamic shared memory. */
+ * (KN_ATTN_MMA_THREADS on the tensor cores, else KN_ATTN_THREADS).  Both
+ * kinds take 64 query rows a block (bwd_kv: 64 keys). */
 void kn_attn_grid(const struct kn_attn *c, const struct kn_attn_args *a, enum kn_attn_fn fn, int64_t grid[3]);
 int kn_attn_threads(const struct kn_attn *c, enum kn_attn_fn fn);
+/* A tensor-core function's tile: the keys a tile of the forward and of
+ * bwd_q, the queries a tile of bwd_kv; 0 on the CUDA cores. */
+int kn_attn_mma_tile(const struct kn_attn *c, enum kn_attn_fn fn);
+/* The dynamic shared memory fn's launch gives a block, in bytes (0: none):
+ * the kernel's tiles, which its source checks at compile time against
+ * the same figure.  At most 70 KiB, within what every GPU from sm_80 on
+ * lets a block opt into (99 KiB on sm_86 and sm_89). */
+int64_t kn_attn_shared_bytes(const struct kn_attn *c, enum kn_attn_fn fn);
 
 /* A template launch's integers (kn_launch.sizes: the args' integers come
  * first), out of the launch and into it; pointers and scale are the caller's. */

@@ -20,7 +20,9 @@ typedef struct cu_mod *cu_module;
 typedef struct cu_func *cu_function;
 typedef unsigned long long cu_ptr; /* CUdeviceptr */
 
-enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76 };
+enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76, ATTR_SHARED_OPTIN = 97 };
+enum { FUNC_MAX_DYNAMIC_SHARED = 8 }; /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
+#define STATIC_SHARED_LIMIT (48 * 1024) /* what a block gets without opting in */
 
 static struct {
     bool tried;
@@ -38,6 +40,7 @@ static struct {
     cu_result (*module_load)(cu_module *, const void *);
     cu_result (*module_unload)(cu_module);
     cu_result (*module_function)(cu_function *, cu_module, const char *);
+    cu_result (*func_set_attribute)(cu_function, int, int);
     cu_result (*launch)(cu_function, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
                         void **);
     cu_result (*mem_alloc)(cu_ptr *, size_t);
@@ -74,6 +77,7 @@ static bool load(void)
     LOAD(module_load, "cuModuleLoadData");
     LOAD(module_unload, "cuModuleUnload");
     LOAD(module_function, "cuModuleGetFunction");
+    LOAD(func_set_attribute, "cuFuncSetAttribute");
     LOAD(launch, "cuLaunchKernel");
     LOAD(mem_alloc, "cuMemAlloc_v2");
     LOAD(mem_free, "cuMemFree_v2");
@@ -116,6 +120,7 @@ struct cuda {
     cu_device dev;
     cu_context ctx;
     int cc, sms;
+    int shared_optin;       /* the most shared memory a block may opt into, bytes */
     cu_module *modules;     /* per kernel, loaded on first use */
     cu_function *functions; /* per kernel: [KN_ATTN_FNS] (fused: NAME, NAME_colsum; others: NAME) */
     cu_ptr partial;         /* the column sums' scratch */
@@ -225,10 +230,21 @@ static cu_function function(struct cuda *c, int k, int fn, struct diag *d)
         fail(d, r, "the plan's binary has no function %s", name);
         return NULL;
     }
+    int64_t shared = K->kind == KN_KIND_ATTENTION ? kn_attn_shared_bytes(&K->attn, (enum kn_attn_fn)fn) : 0;
+    if (shared > c->shared_optin) {
+        diag_error(d, NULL, 0, "%s needs %lld bytes of shared memory a block; this GPU allows %d", name, (long long)shared, c->shared_optin);
+        *slot = NULL;
+        return NULL;
+    }
+    if (shared > STATIC_SHARED_LIMIT && (r = cu.func_set_attribute(*slot, FUNC_MAX_DYNAMIC_SHARED, (int)shared))) {
+        fail(d, r, "cannot give %s its shared memory", name);
+        *slot = NULL;
+        return NULL;
+    }
     return *slot;
 }
 
-static int launch(struct cuda *c, int k, cu_function f, const int64_t grid[3], int threads, void *args, struct diag *d)
+static int launch(struct cuda *c, int k, cu_function f, const int64_t grid[3], int threads, int64_t shared, void *args, struct diag *d)
 {
     for (int i = 0; i < 3; i++)
         if (grid[i] < 1 || grid[i] > (i ? 65535 : INT32_MAX)) {
@@ -238,7 +254,8 @@ static int launch(struct cuda *c, int k, cu_function f, const int64_t grid[3], i
         }
     void *params[] = {args};
     c->last = k;
-    cu_result r = cu.launch(f, (unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2], (unsigned)threads, 1, 1, 0, NULL, params, NULL);
+    cu_result r = cu.launch(f, (unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2], (unsigned)threads, 1, 1, (unsigned)shared, NULL, params,
+                            NULL);
     return r ? fail(d, r, "cannot launch %s", c->be.F->kernels[k].name) : 0;
 }
 
@@ -269,9 +286,9 @@ static int cuda_fused(struct backend *be, int kernel, const struct kn_args *a, s
     if (!f || (g.colsum_blocks && !fc))
         return -1;
     int64_t grid[3] = {g.blocks, 1, 1}, cgrid[3] = {g.colsum_blocks, 1, 1};
-    if (launch(c, kernel, f, grid, KN_CUDA_THREADS, &x, d))
+    if (launch(c, kernel, f, grid, KN_CUDA_THREADS, 0, &x, d))
         return -1;
-    return g.colsum_blocks ? launch(c, kernel, fc, cgrid, KN_CUDA_THREADS, &x, d) : 0;
+    return g.colsum_blocks ? launch(c, kernel, fc, cgrid, KN_CUDA_THREADS, 0, &x, d) : 0;
 }
 
 static int cuda_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const struct kn_attn_args *a, struct diag *d)
@@ -284,7 +301,7 @@ static int cuda_attention(struct backend *be, int kernel, enum kn_attn_fn fn, co
     const struct kn_attn *cfg = &be->F->kernels[kernel].attn;
     kn_attn_grid(cfg, a, fn, grid);
     struct kn_attn_args x = *a;
-    return launch(c, kernel, f, grid, kn_attn_threads(cfg, fn), &x, d);
+    return launch(c, kernel, f, grid, kn_attn_threads(cfg, fn), kn_attn_shared_bytes(cfg, fn), &x, d);
 }
 
 static int cuda_route(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d)
@@ -295,7 +312,7 @@ static int cuda_route(struct backend *be, int kernel, const struct kn_route_args
         return -1;
     int64_t grid[3] = {kn_route_grid(a, max_blocks(c)), 1, 1};
     struct kn_route_args x = *a;
-    return launch(c, kernel, f, grid, KN_CUDA_THREADS, &x, d);
+    return launch(c, kernel, f, grid, KN_CUDA_THREADS, 0, &x, d);
 }
 
 static void cuda_close(struct backend *be)
@@ -342,6 +359,7 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
     char name[100] = "";
     if ((r = cu.device_get(&c->dev, ordinal)) || (r = cu.device_attribute(&major, ATTR_CC_MAJOR, c->dev)) ||
         (r = cu.device_attribute(&minor, ATTR_CC_MINOR, c->dev)) || (r = cu.device_attribute(&c->sms, ATTR_MULTIPROCESSORS, c->dev)) ||
+        (r = cu.device_attribute(&c->shared_optin, ATTR_SHARED_OPTIN, c->dev)) ||
         (r = cu.device_name(name, sizeof name, c->dev)) || (r = cu.ctx_retain(&c->ctx, c->dev))) {
         fail(d, r, "cannot open GPU %s", env && *env ? env : "0");
         free(c);

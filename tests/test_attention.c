@@ -1,9 +1,13 @@
-/* test_attention.c: the fused attention kernel on the CPU against the naive
+/* test_attention.c: the fused attention kernels against the naive
  * softmax(q k^T * scale + bias) v, forward and backward, computed here in
  * double with the whole probability matrix: causal and not, grouped-query,
  * with a bias shared by the batch or one per sample, q/k/v as views of a
- * fused QKV buffer, bf16; and every configuration's CUDA C through NVRTC,
- * the tensor-core forward's with ptxas's report (no spills) and its SASS. */
+ * fused QKV buffer, bf16.  Each case runs twice: the CPU's kernels, and the
+ * GPU's CUDA source run on the CPU by tests/cuda_emu.h (thread by thread,
+ * warp collectives and cp.async as the PTX ISA defines them), launched as
+ * ir/launch.h says: the CUDA-core kernels and, at head dims 64 to 128 in
+ * bf16, the tensor-core ones.  And every configuration's CUDA C through
+ * NVRTC, the tensor-core kernels' with ptxas's report (no spills) and their SASS. */
 #include "testing.h"
 
 #include "cc.h"
@@ -22,30 +26,100 @@ struct shape {
     int bias; /* 0 none, 1 shared by the batch, 2 one per sample */
     bool fused; /* q, k, v as views of one (B, S, (Hq + 2 Hk) D) buffer, Megatron's grouped layout */
     bool bf16;
+    int shift; /* elements every buffer starts past 16-byte alignment (the GPU's plain loads instead of cp.async) */
 };
+
+/* Which kernels a case runs: the CPU's, or the GPU's source on the emulator. */
+enum side { ON_CPU, ON_EMULATED_GPU };
+static const char *const side_name[] = {"CPU", "emulated GPU"};
 
 struct kernels {
     void *lib;
-    void (*fwd)(const struct kn_attn_args *), (*delta)(const struct kn_attn_args *);
-    void (*bwd_kv)(const struct kn_attn_args *), (*bwd_q)(const struct kn_attn_args *);
+    struct kn_attn c;
+    void (*fn[KN_ATTN_FNS])(const struct kn_attn_args *);                                      /* the CPU's */
+    int (*launch)(int fn, const int64_t grid[3], int threads, size_t smem, const struct kn_attn_args *a, char *why, size_t n); /* the emulator's */
 };
 
-static void build(const struct kn_attn *c, struct kernels *k)
+static char *read_text(const char *path)
 {
-    char *src = emit_attention(c, "attn", KN_LANG_C);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s (the tests run from the repository's root)", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *s = calloc((size_t)n + 1, 1);
+    assert_true(fread(s, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    return s;
+}
+
+/* The GPU's source between the emulator and the table of its entries. */
+static char *emulated_source(const struct kn_attn *c)
+{
+    static const char entries[] =
+        "\nKN_EMU_ENTRY(attn_fwd, struct kn_attn_args)\n"
+        "#if BACKWARD\n"
+        "KN_EMU_ENTRY(attn_delta, struct kn_attn_args)\n"
+        "KN_EMU_ENTRY(attn_bwd_kv, struct kn_attn_args)\n"
+        "KN_EMU_ENTRY(attn_bwd_q, struct kn_attn_args)\n"
+        "#endif\n"
+        "int attn_launch(int fn, const int64_t grid[3], int threads, size_t smem, const struct kn_attn_args *a, char *why, size_t n)\n"
+        "{\n"
+        "#if BACKWARD\n"
+        "    static void (*const entry[])(const void *) = {kn_emu_entry_attn_fwd, kn_emu_entry_attn_delta, kn_emu_entry_attn_bwd_kv,\n"
+        "                                                 kn_emu_entry_attn_bwd_q};\n"
+        "#else\n"
+        "    static void (*const entry[])(const void *) = {kn_emu_entry_attn_fwd};\n"
+        "#endif\n"
+        "    return kn_emu_run(entry[fn], grid, threads, smem, a, why, n);\n"
+        "}\n";
+    char *emu = read_text("tests/cuda_emu.h"), *gpu = emit_attention(c, "attn", KN_LANG_CUDA);
+    size_t n = strlen(emu) + strlen(gpu) + sizeof entries + 8;
+    char *src = malloc(n);
+    snprintf(src, n, "%s\n%s%s", emu, gpu, entries);
+    free(emu), free(gpu);
+    return src;
+}
+
+static void build(const struct kn_attn *c, enum side side, struct kernels *k)
+{
+    memset(k, 0, sizeof *k);
+    k->c = *c;
+    char *src = side == ON_CPU ? emit_attention(c, "attn", KN_LANG_C) : emulated_source(c);
     char so[128], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-attn-%d.so", (int)getpid());
     if (cc_cached(src, so, log, sizeof log))
-        fail_msg("the attention kernel does not compile:\n%s", log);
+        fail_msg("the attention kernel (%s) does not compile:\n%s", side_name[side], log);
     free(src);
     k->lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     assert_non_null(k->lib);
-    *(void **)&k->fwd = dlsym(k->lib, "attn_fwd");
-    *(void **)&k->delta = dlsym(k->lib, "attn_delta");
-    *(void **)&k->bwd_kv = dlsym(k->lib, "attn_bwd_kv");
-    *(void **)&k->bwd_q = dlsym(k->lib, "attn_bwd_q");
-    assert_true(k->fwd && k->delta && k->bwd_kv && k->bwd_q);
     unlink(so);
+    if (side == ON_EMULATED_GPU) {
+        *(void **)&k->launch = dlsym(k->lib, "attn_launch");
+        assert_non_null(k->launch);
+        return;
+    }
+    for (int f = 0; f < KN_ATTN_FNS; f++) {
+        char name[32];
+        snprintf(name, sizeof name, "attn%s", kn_attn_fn_suffix[f]);
+        *(void **)&k->fn[f] = dlsym(k->lib, name);
+        assert_non_null(k->fn[f]);
+    }
+}
+
+/* Function fn of the kernels on args a: the CPU's call, or the GPU's launch (grid, block and shared memory as a GPU gets them). */
+static void call(const struct kernels *k, enum kn_attn_fn fn, const struct kn_attn_args *a)
+{
+    if (!k->launch) {
+        k->fn[fn](a);
+        return;
+    }
+    int64_t grid[3];
+    kn_attn_grid(&k->c, a, fn, grid);
+    char why[600];
+    if (k->launch(fn, grid, kn_attn_threads(&k->c, fn), (size_t)kn_attn_shared_bytes(&k->c, fn), a, why, sizeof why))
+        fail_msg("attn%s on the emulated GPU: %s", kn_attn_fn_suffix[fn], why);
 }
 
 static double rnd(uint64_t *s)
@@ -67,16 +141,20 @@ static float round_bf16(float f)
 struct buf {
     float *f;      /* the values (bf16-rounded when bf16) */
     void *raw;     /* what the kernel sees */
+    void *base;    /* raw's allocation */
     int64_t n;
     bool bf16;
 };
+
+static int shift; /* the case's: raw starts this many elements into base */
 
 static void make(struct buf *b, int64_t n, bool bf16, uint64_t *seed, double scale)
 {
     b->n = n;
     b->bf16 = bf16;
     b->f = calloc((size_t)n, sizeof *b->f);
-    b->raw = calloc((size_t)n, bf16 ? 2 : 4);
+    b->base = calloc((size_t)(n + shift), bf16 ? 2 : 4);
+    b->raw = (char *)b->base + shift * (bf16 ? 2 : 4);
     for (int64_t i = 0; seed && i < n; i++)
         b->f[i] = bf16 ? round_bf16((float)(rnd(seed) * scale)) : (float)(rnd(seed) * scale);
     for (int64_t i = 0; i < n; i++) {
@@ -103,11 +181,11 @@ static double get(const struct buf *b, int64_t i)
 static void unmake(struct buf *b)
 {
     free(b->f);
-    free(b->raw);
+    free(b->base);
 }
 
 /* Worst |got - want| / (|want| + 1) over a tensor read through strides. */
-static double compare(const char *what, const struct shape *s, const struct buf *got, const double *want, int64_t n)
+static double compare(const char *what, const struct shape *s, enum side side, const struct buf *got, const double *want, int64_t n)
 {
     double worst = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -116,18 +194,19 @@ static double compare(const char *what, const struct shape *s, const struct buf 
             worst = e;
     }
     if (!(worst < (s->bf16 ? 2e-2 : 1e-4)))
-        fail_msg("%s: worst error %g (B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld%s bias %d%s%s)", what, worst,
+        fail_msg("%s on the %s: worst error %g (B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld%s bias %d%s%s, shift %d)", what, side_name[side], worst,
                  (long long)s->B, (long long)s->Hq, (long long)s->Hk, (long long)s->Sq, (long long)s->Sk, (long long)s->D,
-                 (long long)s->Dv, s->causal ? " causal" : "", s->bias, s->fused ? " fused" : "", s->bf16 ? " bf16" : "");
+                 (long long)s->Dv, s->causal ? " causal" : "", s->bias, s->fused ? " fused" : "", s->bf16 ? " bf16" : "", s->shift);
     return worst;
 }
 
-static double run_case(const struct shape *s)
+static double run_case(const struct shape *s, enum side side)
 {
     struct kn_attn c = {.dtype = s->bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32, .D = (int)s->D, .Dv = (int)s->Dv,
                             .causal = s->causal, .bias = s->bias != 0, .bias_grad = s->bias != 0, .backward = true};
     struct kernels K;
-    build(&c, &K);
+    build(&c, side, &K);
+    shift = s->shift;
     uint64_t seed = 42;
     const int64_t B = s->B, Hq = s->Hq, Hk = s->Hk, Sq = s->Sq, Sk = s->Sk, D = s->D, Dv = s->Dv, G = Hq / Hk;
     struct kn_attn_args a = {.B = B, .Hq = Hq, .Hk = Hk, .Sq = Sq, .Sk = Sk, .scale = (float)(1 / sqrt((double)D))};
@@ -168,10 +247,8 @@ static double run_case(const struct shape *s)
     float *stats = calloc((size_t)(B * Hq * Sq * 2), 4), *delta = calloc((size_t)(B * Hq * Sq), 4);
     a.q = q.raw, a.k = k.raw, a.v = v.raw, a.bias = s->bias ? bias.raw : NULL, a.out = out.raw, a.stats = stats;
     a.delta = delta, a.dout = dout.raw, a.dq = dq.raw, a.dk = dk.raw, a.dv = dv.raw, a.dbias = dbias.raw;
-    K.fwd(&a);
-    K.delta(&a);
-    K.bwd_kv(&a);
-    K.bwd_q(&a);
+    for (int fn = 0; fn < KN_ATTN_FNS; fn++)
+        call(&K, fn, &a);
 
     /* the naive way, in double: P whole */
 #define QI(b, h, i) (a.q_off + (b) * a.q_sb + ((h) / a.q_hg) * a.q_sg + ((h) % a.q_hg) * a.q_sh + (i) * a.q_ss)
@@ -233,17 +310,17 @@ static double run_case(const struct shape *s)
                         wdb[BI(b, h, i, j)] += dS[i * Sk + j];
                 }
         }
-    double worst = compare("out", s, &out, wo, out.n);
+    double worst = compare("out", s, side, &out, wo, out.n);
     if (s->fused) /* dq, dk, dv fill one buffer, each its own columns */
         for (int64_t i = 0; i < dq.n; i++)
             wdq[i] += wdk[i] + wdv[i];
-    worst = fmax(worst, compare("dq", s, &dq, wdq, dq.n));
+    worst = fmax(worst, compare("dq", s, side, &dq, wdq, dq.n));
     if (!s->fused) {
-        worst = fmax(worst, compare("dk", s, &dk, wdk, dk.n));
-        worst = fmax(worst, compare("dv", s, &dv, wdv, dv.n));
+        worst = fmax(worst, compare("dk", s, side, &dk, wdk, dk.n));
+        worst = fmax(worst, compare("dv", s, side, &dv, wdv, dv.n));
     }
     if (s->bias)
-        worst = fmax(worst, compare("dbias", s, &dbias, wdb, dbias.n));
+        worst = fmax(worst, compare("dbias", s, side, &dbias, wdb, dbias.n));
     free(wo), free(wdq), free(wdk), free(wdv), free(wdb), free(P), free(dS), free(stats), free(delta);
     unmake(&q), unmake(&bias), unmake(&out), unmake(&dout), unmake(&dq), unmake(&dbias);
     if (!s->fused)
@@ -253,28 +330,81 @@ static double run_case(const struct shape *s)
 }
 
 static const struct shape cases[] = {
-    /* B  Hq Hk  Sq  Sk   D  Dv  causal bias fused bf16 */
-    {2, 4, 4, 37, 37, 16, 16, true, 0, false, false},  /* causal, tiles not filled */
-    {2, 4, 4, 37, 37, 16, 16, false, 0, false, false}, /* not causal */
-    {2, 4, 2, 37, 37, 16, 16, true, 0, false, false},  /* grouped-query */
-    {2, 4, 4, 21, 45, 8, 12, false, 0, false, false},  /* cross attention: Sq != Sk, D != Dv */
-    {2, 4, 4, 37, 37, 16, 16, false, 1, false, false}, /* a bias shared by the batch (T5) */
-    {2, 4, 4, 37, 37, 16, 16, true, 2, false, false},  /* one bias per sample, causal */
-    {2, 4, 2, 70, 70, 16, 16, true, 0, true, false},   /* views of a fused QKV, grouped, two key tiles */
-    {2, 4, 2, 37, 37, 16, 16, true, 1, false, true},   /* bf16 */
+    /* B  Hq Hk  Sq  Sk   D  Dv  causal bias fused bf16 shift */
+    {2, 4, 4, 37, 37, 16, 16, true, 0, false, false, 0},  /* causal, tiles not filled */
+    {2, 4, 4, 37, 37, 16, 16, false, 0, false, false, 0}, /* not causal */
+    {2, 4, 2, 37, 37, 16, 16, true, 0, false, false, 0},  /* grouped-query */
+    {2, 4, 4, 21, 45, 8, 12, false, 0, false, false, 0},  /* cross attention: Sq != Sk, D != Dv */
+    {2, 4, 4, 37, 37, 16, 16, false, 1, false, false, 0}, /* a bias shared by the batch (T5) */
+    {2, 4, 4, 37, 37, 16, 16, true, 2, false, false, 0},  /* one bias per sample, causal */
+    {2, 4, 2, 70, 70, 16, 16, true, 0, true, false, 0},   /* views of a fused QKV, grouped, two key tiles */
+    {2, 4, 2, 37, 37, 16, 16, true, 1, false, true, 0},   /* bf16 */
+    /* bf16 at head dims the GPU runs on its tensor cores (kn_attn_mma) */
+    {1, 2, 2, 100, 100, 64, 64, true, 0, false, true, 0},  /* causal, two query blocks, the last key tile not filled */
+    {1, 8, 1, 70, 70, 128, 128, true, 0, false, true, 0},  /* grouped-query, 8 query heads a key head */
+    {1, 2, 2, 37, 150, 80, 80, false, 0, false, true, 0},  /* cross attention: keys past a tile of queries */
+    {2, 2, 2, 50, 50, 96, 96, true, 1, false, true, 0},    /* T5's bias, shared by the batch, and its gradient */
+    {1, 2, 2, 40, 1, 64, 64, false, 0, false, true, 0},    /* one key */
+    {1, 2, 2, 90, 30, 64, 128, true, 0, false, true, 0},   /* causal with fewer keys than queries; D != Dv */
+    {2, 4, 2, 70, 70, 64, 64, true, 0, true, true, 0},     /* views of a fused QKV, grouped */
+    {1, 2, 2, 70, 70, 64, 64, false, 2, false, true, 1},   /* rows off 16 bytes: plain loads, not cp.async */
 };
 
+/* Shapes drawn from a fixed seed over the tensor cores' edges: every head
+ * dim, lengths from 1 to 150 (rarely a multiple of a tile), causal or not,
+ * grouped-query up to 8 query heads a key head, either kind of bias. */
+static struct shape random_shape(uint64_t *seed)
+{
+    static const int64_t dims[] = {64, 80, 96, 128}, groups[] = {1, 2, 4, 8};
+#define PICK(n) ((int64_t)((rnd(seed) + 1) / 2 * (n)) % (n))
+    struct shape s = {.B = 1 + PICK(2), .Hk = 1 + PICK(2), .Sq = 1 + PICK(150), .Sk = 1 + PICK(150), .D = dims[PICK(4)],
+                      .causal = PICK(2), .bias = (int)PICK(3), .bf16 = true};
+    s.Hq = s.Hk * groups[PICK(4)];
+    s.Dv = PICK(3) ? s.D : dims[PICK(4)];
+#undef PICK
+    return s;
+}
+
+enum { RANDOM_SHAPES = 6 };
+
+/* Every case on the CPU's kernels: the reference the plan's CPU backend runs. */
 static void test_matches_naive(void **state)
 {
     (void)state;
-    double worst = 0;
-    for (size_t i = 0; i < WF_COUNT(cases); i++)
-        worst = fmax(worst, cases[i].bf16 ? 0 : run_case(&cases[i]));
-    double bf = 0;
-    for (size_t i = 0; i < WF_COUNT(cases); i++)
-        bf = fmax(bf, cases[i].bf16 ? run_case(&cases[i]) : 0);
-    printf("    %zu cases, forward and backward: worst relative error %.2e (fp32), %.2e (bf16)\n", WF_COUNT(cases), worst,
-           bf);
+    double worst = 0, bf = 0;
+    for (size_t i = 0; i < WF_COUNT(cases); i++) {
+        double e = run_case(&cases[i], ON_CPU);
+        *(cases[i].bf16 ? &bf : &worst) = fmax(*(cases[i].bf16 ? &bf : &worst), e);
+    }
+    uint64_t seed = 7;
+    for (int i = 0; i < RANDOM_SHAPES; i++) {
+        struct shape s = random_shape(&seed);
+        bf = fmax(bf, run_case(&s, ON_CPU));
+    }
+    printf("    %zu cases and %d random shapes on the CPU, forward and backward: worst relative error %.2e (fp32), %.2e (bf16)\n",
+           WF_COUNT(cases), RANDOM_SHAPES, worst, bf);
+}
+
+/* Every case on the GPU's kernels, emulated: the CUDA-core ones, and the
+ * tensor-core ones where kn_attn_mma takes the configuration. */
+static void test_emulated_gpu(void **state)
+{
+    (void)state;
+    double worst = 0, bf = 0, mma = 0;
+    int n_mma = 0;
+    uint64_t seed = 7;
+    for (size_t i = 0; i < WF_COUNT(cases) + RANDOM_SHAPES; i++) {
+        struct shape drawn = i >= WF_COUNT(cases) ? random_shape(&seed) : (struct shape){0};
+        const struct shape *s = i < WF_COUNT(cases) ? &cases[i] : &drawn;
+        double e = run_case(s, ON_EMULATED_GPU);
+        bool tensor = kn_attn_mma(&(struct kn_attn){.dtype = s->bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32, .D = (int)s->D, .Dv = (int)s->Dv});
+        double *w = tensor ? &mma : s->bf16 ? &bf : &worst;
+        *w = fmax(*w, e);
+        n_mma += tensor;
+    }
+    printf("    %zu cases and %d random shapes on the emulated GPU, forward and backward: worst relative error %.2e (fp32), %.2e "
+           "(bf16), %.2e (bf16 on the tensor cores, %d of them)\n",
+           WF_COUNT(cases), RANDOM_SHAPES, worst, bf, mma, n_mma);
 }
 
 /* The configurations models use, through NVRTC for sm_80 and sm_90: GPT-2
@@ -348,11 +478,29 @@ static int sass_has(const void *bytes, size_t size, const char *const *ops, int 
     return seen == (1 << n_ops) - 1;
 }
 
-/* The tensor-core forward (kn_attn_mma): which configs take it, the launch
- * it needs, and every head dim through NVRTC for sm_80 and sm_90 with
- * ptxas's report: no local memory (spills, stack), and in the SASS the
- * tensor-core ops (HMMA) fed by ldmatrix (LDSM) where a disassembler is. */
-static void test_mma_forward(void **state)
+/* ptxas's report of one function in a log of several: the lines from its
+ * "Compiling entry function 'NAME'" to the next one (NULL when absent). */
+static char *function_report(const char *log, const char *name)
+{
+    char key[128];
+    snprintf(key, sizeof key, "entry function '%s'", name);
+    const char *at = strstr(log, key);
+    if (!at)
+        return NULL;
+    const char *end = strstr(at + strlen(key), "entry function '");
+    size_t n = end ? (size_t)(end - at) : strlen(at);
+    char *r = malloc(n + 1);
+    memcpy(r, at, n);
+    r[n] = 0;
+    return r;
+}
+
+/* The tensor-core kernels (kn_attn_mma): which configs take them, their
+ * launches, and every head dim through NVRTC for sm_80 and sm_90 with
+ * ptxas's report of each function: no local memory (spills, stack), and in
+ * the SASS the tensor-core ops (HMMA) fed by ldmatrix (LDSM) and cp.async
+ * (LDGSTS) where a disassembler is. */
+static void test_mma_kernels(void **state)
 {
     (void)state;
     /* the predicate: bf16 and head dims of 64, 80, 96 or 128, else the CUDA cores */
@@ -360,14 +508,21 @@ static void test_mma_forward(void **state)
     assert_true(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 128}));
     assert_false(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_F32, .D = 64, .Dv = 64}));
     assert_false(kn_attn_mma(&(struct kn_attn){.dtype = IR_DTYPE_BF16, .D = 16, .Dv = 16}));
-    /* its launch: 4 warps of 16 query rows, so 64 rows a block: 1000 rows take 16 blocks; the backward's is unchanged */
+    /* the launches: 4 warps of 16 rows, so 64 query rows (bwd_kv: keys) a block, 1000 rows in 16 blocks; delta stays a thread a row */
     const struct kn_attn fast = {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .backward = true};
-    const struct kn_attn_args args = {.B = 3, .Hq = 8, .Hk = 2, .Sq = 1000, .Sk = 1000};
+    const struct kn_attn_args args = {.B = 3, .Hq = 8, .Hk = 2, .Sq = 1000, .Sk = 900};
     int64_t grid[3];
     kn_attn_grid(&fast, &args, KN_ATTN_FWD, grid);
-    assert_int_equal(kn_attn_threads(&fast, KN_ATTN_FWD), 128);
     assert_true(grid[0] == 16 && grid[1] == 8 && grid[2] == 3);
-    assert_int_equal(kn_attn_threads(&fast, KN_ATTN_BWD_KV), KN_ATTN_THREADS);
+    kn_attn_grid(&fast, &args, KN_ATTN_BWD_KV, grid);
+    assert_true(grid[0] == 15 && grid[1] == 2 && grid[2] == 3);
+    for (int fn = 0; fn < KN_ATTN_FNS; fn++)
+        assert_int_equal(kn_attn_threads(&fast, fn), fn == KN_ATTN_DELTA ? KN_ATTN_THREADS : 128);
+    /* shared memory, counted by hand: two buffers of 64 keys of K and V rows padded to 136 bf16s; bwd_kv's
+     * block of 64 keys, two buffers of 16 queries' Q and dO rows, their log-sum-exps and deltas */
+    assert_int_equal(kn_attn_shared_bytes(&fast, KN_ATTN_FWD), 2 * 64 * 2 * 136 * 2);
+    assert_int_equal(kn_attn_shared_bytes(&fast, KN_ATTN_BWD_KV), 64 * 2 * 136 * 2 + 2 * 16 * 2 * 136 * 2 + 2 * 2 * 16 * 4);
+    assert_int_equal(kn_attn_shared_bytes(&fast, KN_ATTN_DELTA), 0);
     char *src = emit_attention(&fast, "attn", KN_LANG_CUDA), *slow = emit_attention(&(struct kn_attn){.dtype = IR_DTYPE_F32, .D = 128, .Dv = 128}, "attn", KN_LANG_CUDA);
     assert_non_null(strstr(src, "mma.sync.aligned.m16n8k16"));
     assert_null(strstr(slow, "mma.sync"));
@@ -375,12 +530,13 @@ static void test_mma_forward(void **state)
 
     skip_without_nvrtc();
     static const struct kn_attn configs[] = {
-        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .causal = true},
-        {.dtype = IR_DTYPE_BF16, .D = 80, .Dv = 80, .bias = true},
-        {.dtype = IR_DTYPE_BF16, .D = 96, .Dv = 96, .causal = true, .bias = true},
-        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true},
+        {.dtype = IR_DTYPE_BF16, .D = 64, .Dv = 64, .causal = true, .backward = true},
+        {.dtype = IR_DTYPE_BF16, .D = 80, .Dv = 80, .bias = true, .bias_grad = true, .backward = true},
+        {.dtype = IR_DTYPE_BF16, .D = 96, .Dv = 96, .causal = true, .bias = true, .backward = true},
+        {.dtype = IR_DTYPE_BF16, .D = 128, .Dv = 128, .causal = true, .backward = true},
     };
     static const char *const tensor_ops[] = {"HMMA.16816.F32.BF16", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS"};
+    static const enum kn_attn_fn fns[] = {KN_ATTN_FWD, KN_ATTN_BWD_KV, KN_ATTN_BWD_Q};
     char why[600] = "";
     int disassembled = 0;
     for (size_t c = 0; c < WF_COUNT(configs); c++) {
@@ -389,14 +545,24 @@ static void test_mma_forward(void **state)
         for (int k = 0; k < 2; k++) {
             struct nvrtc_out o;
             if (nvrtc_compile_report(src, "attn", archs[k], &o))
-                fail_msg("NVRTC rejects the tensor-core forward, head dim %d, for sm_%d:\n%s", configs[c].D, archs[k], o.log);
-            long regs = report_number(o.log, " registers"), spills = report_number(o.log, " bytes spill stores"),
-                 stack = report_number(o.log, " bytes stack frame"), smem = report_number(o.log, " bytes smem");
-            printf("    head dim %3d%s%s, sm_%d: %ld registers, %ld bytes spilled, %ld bytes stack, %ld bytes shared\n", configs[c].D,
-                   configs[c].causal ? ", causal" : "", configs[c].bias ? ", bias" : "", archs[k], regs, spills, stack, smem);
-            if (spills || stack || regs > 255 || smem > 48 * 1024)
-                fail_msg("the tensor-core forward, head dim %d, sm_%d, uses local or too much shared memory:\n%s", configs[c].D,
-                         archs[k], o.log);
+                fail_msg("NVRTC rejects the tensor-core kernels, head dim %d, for sm_%d:\n%s", configs[c].D, archs[k], o.log);
+            printf("    head dim %3d%s%s, sm_%d:", configs[c].D, configs[c].causal ? ", causal" : "", configs[c].bias ? ", bias" : "", archs[k]);
+            for (size_t f = 0; f < WF_COUNT(fns); f++) {
+                char name[32];
+                snprintf(name, sizeof name, "attn%s", kn_attn_fn_suffix[fns[f]]);
+                char *r = function_report(o.log, name);
+                if (!r)
+                    fail_msg("ptxas reports nothing of %s:\n%s", name, o.log);
+                long regs = report_number(r, " registers"), spills = report_number(r, " bytes spill stores"),
+                     stack = report_number(r, " bytes stack frame"), smem = report_number(r, " bytes smem");
+                int64_t dynamic = kn_attn_shared_bytes(&configs[c], fns[f]);
+                printf(" %s %ld registers%s", name + 5, regs, f + 1 < WF_COUNT(fns) ? "," : "");
+                if (spills || stack || regs > 255 || smem || dynamic > 99 * 1024)
+                    fail_msg("%s, head dim %d, sm_%d, uses local memory or static shared memory, or %lld bytes of dynamic:\n%s", name,
+                             configs[c].D, archs[k], (long long)dynamic, r);
+                free(r);
+            }
+            printf("; no spills, no stack\n");
             int has = sass_has(o.bytes, o.size, tensor_ops, (int)WF_COUNT(tensor_ops), why, sizeof why);
             if (has == 0)
                 fail_msg("the SASS of head dim %d, sm_%d, lacks HMMA, LDSM or LDGSTS", configs[c].D, archs[k]);
@@ -415,8 +581,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_naive),
+        cmocka_unit_test(test_emulated_gpu),
         cmocka_unit_test(test_nvrtc),
-        cmocka_unit_test(test_mma_forward),
+        cmocka_unit_test(test_mma_kernels),
     };
     return cmocka_run_group_tests_name("attention", tests, NULL, NULL);
 }

@@ -288,7 +288,7 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "23 kernels for 68 forward, 54 backward, 149 optimizer, 149 gradient-norm launches"));
     assert_non_null(strstr(R->out, "k4_bias_add_dropout_add_layernorm"));
     assert_non_null(strstr(R->out, "k3_attention"));
-    assert_non_null(strstr(R->out, "attention (forward: CUDA cores)")); /* an f32 plan: kn_attn_mma says no */
+    assert_non_null(strstr(R->out, "attention (CUDA cores)")); /* an f32 plan: kn_attn_mma says no */
     assert_non_null(strstr(R->out, "k14_bias_add_dropout_add_layernorm_backward"));
     assert_non_null(strstr(R->out, "k21_adamw_no_decay")); /* biases and norms: 1-D, no weight decay */
     assert_non_null(strstr(R->out, "k22_adamw "));
@@ -308,7 +308,7 @@ static void test_kernels(void **state)
     assert_non_null(strstr(R->out, "extern \"C\" __global__ void __launch_bounds__(256) k4_bias_add_dropout_add_layernorm("));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "3", NULL);
     assert_non_null(strstr(R->out, "attention in the flash-attention manner: f32, head dims 64/64, causal; forward and backward; "
-                                   "on the GPU its forward on the CUDA cores (a thread a row)")); /* fp32: no tensor cores */
+                                   "on the GPU on the CUDA cores (a thread a row)")); /* fp32: no tensor cores */
     assert_non_null(strstr(R->out, "in  0  q              decoder.layer.0.qkv"));
     run_weft(R, "inspect", path("k.plan"), "--kernel", "99", NULL);
     assert_int_equal(R->status, 2);

@@ -120,8 +120,8 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         ops_fused(P, &K, c->kernel, ops, sizeof ops);
         where_used(P, &K, c->kernel, where, sizeof where);
         if (e->kind == KN_KIND_ATTENTION)
-            printf("kernel %d: %s, attention in the flash-attention manner: %s, head dims %d/%d%s%s%s; %s; on the GPU its "
-                   "forward on the %s, its backward on the CUDA cores\n", c->kernel,
+            printf("kernel %d: %s, attention in the flash-attention manner: %s, head dims %d/%d%s%s%s; %s; on the GPU on the %s\n",
+                   c->kernel,
                    e->name, e->attn.dtype == IR_DTYPE_BF16 ? "bf16" : "f32", e->attn.D, e->attn.Dv,
                    e->attn.causal ? ", causal" : "", e->attn.bias ? ", a bias" : "", e->attn.bias_grad ? " and its gradient" : "",
                    e->attn.backward ? "forward and backward" : "forward only",
@@ -174,8 +174,8 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
             while (K.launches[first].kernel != k)
                 first++;
             ops_fused(P, &K, k, ops, sizeof ops);
-            if (K.kernels[k].kind == KN_KIND_ATTENTION) /* which forward the GPU runs */
-                snprintf(ops + strlen(ops), sizeof ops - strlen(ops), " (forward: %s)",
+            if (K.kernels[k].kind == KN_KIND_ATTENTION) /* which kernels the GPU runs */
+                snprintf(ops + strlen(ops), sizeof ops - strlen(ops), " (%s)",
                          kn_attn_mma(&K.kernels[k].attn) ? "tensor cores" : "CUDA cores");
             where_used(P, &K, k, where, sizeof where);
             printf("  %3d  %-44s %8d %14s  %-34s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
