@@ -10,21 +10,23 @@
 #   4. bench/attn_compare.py: weft's attention against PyTorch's flash SDPA,
 #      forward and backward, seq 1024/4096/8192, head dims 64/128, causal and
 #      not, into bench/results/YYYY-MM-DD-DEVICE.json;
-#   5. test_backends again under compute-sanitizer's memcheck, when there is one.
+#   5. test_backends again under compute-sanitizer's memcheck, then racecheck
+#      (shared memory: the tensor-core attention's tiles), when there is one.
 # Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
 # the test and the benchmark) and a GPU; PLAN may name a plan compiled
 # beforehand, else build/weft compiles it here.  STEPS picks steps by name
-# (default: all, "backends kernels torch attention memcheck", about 16 minutes
-# at their timeouts' worst); under a 10-minute limit run
-# STEPS="backends attention" first (attention's backward at seq 8192 takes
-# seconds a launch until it moves to the tensor cores), then the rest.
+# (default: all, "backends kernels torch attention memcheck racecheck", about
+# 19 minutes at their timeouts' worst); under a 10-minute limit run
+# STEPS="backends attention" first, then the rest.  Without a GPU,
+# build/tests/test_attention runs the attention's CUDA source on the CPU
+# (tests/cuda_emu.h): what this adds is the hardware, and the time.
 set -uo pipefail
 export PATH=$PATH:/usr/local/cuda/bin
 cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 mkdir -p "$out"
 plan=${PLAN:-$out/llama7b-2l.plan}
-steps=" ${STEPS:-backends kernels torch attention memcheck} "
+steps=" ${STEPS:-backends kernels torch attention memcheck racecheck} "
 step() { echo "== $*"; }
 want() { [[ $steps == *" $1 "* ]]; }
 
@@ -53,4 +55,10 @@ if want memcheck && command -v compute-sanitizer >/dev/null; then
   step "memcheck"
   timeout "${MEMCHECK_SECONDS:-150}" compute-sanitizer --tool memcheck --print-limit 20 build/tests/test_backends >"$out/memcheck.txt" 2>&1
   echo "memcheck: status $?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.txt" | head -20
+fi
+if want racecheck && command -v compute-sanitizer >/dev/null; then
+  step "racecheck"
+  timeout "${RACECHECK_SECONDS:-180}" compute-sanitizer --tool racecheck --print-limit 20 \
+    build/tests/test_backends >"$out/racecheck.txt" 2>&1
+  echo "racecheck: status $?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" "$out/racecheck.txt" | head -20
 fi

@@ -185,14 +185,21 @@ static void unmake(struct buf *b)
 }
 
 /* Worst |got - want| / (|want| + 1) over a tensor read through strides. */
+/* The worst normwise error seen so far, ||got - want|| / ||want||, of each side's bf16 buffers. */
+static double bf16_norm[2];
+
 static double compare(const char *what, const struct shape *s, enum side side, const struct buf *got, const double *want, int64_t n)
 {
-    double worst = 0;
+    double worst = 0, diff = 0, size = 0;
     for (int64_t i = 0; i < n; i++) {
         double e = fabs(get(got, i) - want[i]) / (fabs(want[i]) + 1);
         if (!(e <= worst))
             worst = e;
+        diff += (get(got, i) - want[i]) * (get(got, i) - want[i]);
+        size += want[i] * want[i];
     }
+    if (s->bf16 && size > 0)
+        bf16_norm[side] = fmax(bf16_norm[side], sqrt(diff / size));
     if (!(worst < (s->bf16 ? 2e-2 : 1e-4)))
         fail_msg("%s on the %s: worst error %g (B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld%s bias %d%s%s, shift %d)", what, side_name[side], worst,
                  (long long)s->B, (long long)s->Hq, (long long)s->Hk, (long long)s->Sq, (long long)s->Sk, (long long)s->D,
@@ -381,8 +388,9 @@ static void test_matches_naive(void **state)
         struct shape s = random_shape(&seed);
         bf = fmax(bf, run_case(&s, ON_CPU));
     }
-    printf("    %zu cases and %d random shapes on the CPU, forward and backward: worst relative error %.2e (fp32), %.2e (bf16)\n",
-           WF_COUNT(cases), RANDOM_SHAPES, worst, bf);
+    printf("    %zu cases and %d random shapes on the CPU, forward and backward: worst relative error %.2e (fp32), %.2e (bf16; "
+           "normwise %.2e)\n",
+           WF_COUNT(cases), RANDOM_SHAPES, worst, bf, bf16_norm[ON_CPU]);
 }
 
 /* Every case on the GPU's kernels, emulated: the CUDA-core ones, and the
@@ -403,8 +411,8 @@ static void test_emulated_gpu(void **state)
         n_mma += tensor;
     }
     printf("    %zu cases and %d random shapes on the emulated GPU, forward and backward: worst relative error %.2e (fp32), %.2e "
-           "(bf16), %.2e (bf16 on the tensor cores, %d of them)\n",
-           WF_COUNT(cases), RANDOM_SHAPES, worst, bf, mma, n_mma);
+           "(bf16), %.2e (bf16 on the tensor cores, %d of them); bf16 normwise %.2e\n",
+           WF_COUNT(cases), RANDOM_SHAPES, worst, bf, mma, n_mma, bf16_norm[ON_EMULATED_GPU]);
 }
 
 /* The configurations models use, through NVRTC for sm_80 and sm_90: GPT-2
