@@ -270,7 +270,9 @@ static const char c_prelude[] =
     "static inline float kn_bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }\n"
     "static inline uint32_t kn_float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }\n";
 
+/* (what tests/cuda_emu.h defines itself stays behind KN_EMULATE: it runs this source on the CPU) */
 static const char cuda_prelude[] =
+    "#ifndef KN_EMULATE\n"
     "typedef long long int64_t;\n"
     "typedef unsigned long long uint64_t;\n"
     "typedef unsigned int uint32_t;\n"
@@ -278,6 +280,7 @@ static const char cuda_prelude[] =
     "typedef unsigned short uint16_t;\n"
     "typedef unsigned char uint8_t;\n"
     "#define INFINITY __int_as_float(0x7f800000)\n"
+    "#endif\n"
     "#define KN_FN __device__ __forceinline__\n"
     "static KN_FN float kn_bits_float(uint32_t u) { return __uint_as_float(u); }\n"
     "static KN_FN uint32_t kn_float_bits(float f) { return __float_as_uint(f); }\n"
@@ -876,10 +879,12 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         put(&e.t, "KN_CLONES void %s(const struct kn_args *a)\n{\n", kname);
     put(&e.t, "    const int64_t rows = a->rows, cols = a->cols;\n");
     int column_sums = kn_column_sums(k);
-    if (cuda && column_sums) /* this block's partial sums start at zero */
+    if (cuda && column_sums) /* this block's partial sums start at zero, before any thread adds: the vector loops' thread
+                              * adds into columns 4t .. 4t+3, which other threads zeroed (tests/cuda_emu.h found the race) */
         put(&e.t, "    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)\n"
                   "        for (int j = 0; j < %d; j++)\n"
-                  "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n", column_sums);
+                  "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n"
+                  "    __syncthreads();\n", column_sums);
     int vec = !cuda ? c_lanes(k, e.per) : shape == KN_CUDA_PER_ELEMENT || shape == KN_CUDA_BLOCK_ROWS ? vector_width(k, e.per) : 0;
     if (vec) { /* the vector variant where the row's length and every pointer allow it */
         bool halves = false;

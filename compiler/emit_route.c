@@ -32,8 +32,10 @@ static const char c_body[] =
     "}\n";
 
 static const char cuda_body[] =
+    "#ifndef KN_EMULATE /* tests/cuda_emu.h runs this source on the CPU */\n"
     "typedef long long int64_t;\n"
     "typedef int int32_t;\n"
+    "#endif\n"
     "%s"
     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const struct kn_route_args args)\n"
     "{\n"

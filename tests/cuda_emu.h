@@ -1,14 +1,15 @@
 /* cuda_emu.h: the CUDA source of a kernel run on the CPU, thread by thread,
  * so that a machine without a GPU checks what the GPU would compute.  A
  * test puts this header before the generated CUDA source and compiles the
- * two as C (the source keeps its device-only definitions behind
+ * two as C++ (the source keeps its device-only definitions behind
  * `#ifndef KN_EMULATE`); kn_emu_run then runs a grid block after block,
  * each block's threads as coroutines of one OS thread.
  *
  * What it models, and how:
  * - __syncthreads: a thread waits until every thread of the block that has
  *   not returned waits there too;
- * - warp collectives (__shfl_xor_sync, ldmatrix, mma.sync m16n8k16): every
+ * - warp collectives (__shfl_sync, __shfl_xor_sync, __ballot_sync, ldmatrix,
+ *   mma.sync m16n8k16): every
  *   lane of the warp deposits its part, waits for the 31 others, computes
  *   its own result from all 32 parts as the PTX ISA lays the fragments out,
  *   and waits again; a warp whose lanes do not all arrive is an error
@@ -30,8 +31,9 @@
 #ifndef KN_CUDA_EMU_H
 #define KN_CUDA_EMU_H
 
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-#include <assert.h> /* static_assert */
+#endif
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -59,6 +61,7 @@ static struct kn_emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __trap() kn_emu_fail("__trap()")
 #define DYNAMIC_SHARED(name) unsigned char *name = kn_emu_smem
 
+static inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -172,6 +175,33 @@ static float __shfl_xor_sync(unsigned mask, float v, int lane_mask)
     return r;
 }
 
+static float __shfl_sync(unsigned mask, float v, int lane)
+{
+    if (mask != 0xffffffffu)
+        kn_emu_fail("__shfl_sync with mask %#x: the emulation takes whole warps only", mask);
+    memcpy(KN_EMU_PART(KN_EMU_LANE), &v, 4);
+    kn_emu_wait(KN_EMU_AT_WARP);
+    float r;
+    memcpy(&r, KN_EMU_PART(lane & 31), 4);
+    kn_emu_wait(KN_EMU_AT_WARP);
+    return r;
+}
+
+static unsigned __ballot_sync(unsigned mask, int predicate)
+{
+    if (mask != 0xffffffffu)
+        kn_emu_fail("__ballot_sync with mask %#x: the emulation takes whole warps only", mask);
+    KN_EMU_PART(KN_EMU_LANE)[0] = predicate != 0;
+    kn_emu_wait(KN_EMU_AT_WARP);
+    unsigned r = 0;
+    for (int l = 0; l < 32; l++)
+        r |= KN_EMU_PART(l)[0] << l;
+    kn_emu_wait(KN_EMU_AT_WARP);
+    return r;
+}
+
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
 /* ldmatrix .x4 (.trans): lane l gives the address of row l % 8 of matrix l / 8;
  * register i of lane l gets matrix i's elements (l / 4, 2 (l % 4)) and the next
  * column, or transposed (2 (l % 4), l / 4) and the next row. */
@@ -239,12 +269,13 @@ static void cp16(void *dst, const void *src, int full)
         kn_emu_fail("cp.async of 16 bytes from %p to %p: both must be 16-byte aligned", src, dst);
     if (t->n_copies == t->cap_copies) {
         t->cap_copies = t->cap_copies ? 2 * t->cap_copies : 64;
-        t->copies = realloc(t->copies, (size_t)t->cap_copies * sizeof *t->copies);
+        t->copies = (struct kn_emu_copy *)realloc(t->copies, (size_t)t->cap_copies * sizeof *t->copies);
         if (!t->copies)
             abort();
     }
     kn_emu_note_copy(dst);
-    t->copies[t->n_copies++] = (struct kn_emu_copy){dst, src, full, t->commits};
+    struct kn_emu_copy c = {dst, src, full, t->commits};
+    t->copies[t->n_copies++] = c;
 }
 static void cp_commit(void) { kn_emu_threads[kn_emu_current].commits++; }
 /* cp.async.wait_group n: the copies of every committed group but the newest n land */
@@ -334,25 +365,25 @@ static int kn_emu_run(void (*entry)(const void *), const int64_t grid[3], int th
         snprintf(why, n_why, "%d threads a block", threads);
         return -1;
     }
-    if (!(kn_emu_stacks = malloc((size_t)threads * kn_emu_stack_bytes)))
+    if (!(kn_emu_stacks = (char *)malloc((size_t)threads * kn_emu_stack_bytes)))
         abort();
-    unsigned char *mem = malloc(smem + 16);
-    struct kn_emu_chunk *chunks = malloc((smem / 16 + 1) * sizeof *chunks);
+    unsigned char *mem = (unsigned char *)malloc(smem + 16);
+    struct kn_emu_chunk *chunks = (struct kn_emu_chunk *)malloc((smem / 16 + 1) * sizeof *chunks);
     if (!mem || !chunks)
         abort();
     kn_emu_chunks = chunks;
     kn_emu_smem = mem, kn_emu_smem_bytes = smem;
     kn_emu_entry = entry, kn_emu_args = args, kn_emu_failed = 0;
-    blockDim = (struct kn_emu_dim3){(unsigned)threads, 1, 1};
-    gridDim = (struct kn_emu_dim3){(unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2]};
+    blockDim.x = (unsigned)threads, blockDim.y = blockDim.z = 1;
+    gridDim.x = (unsigned)grid[0], gridDim.y = (unsigned)grid[1], gridDim.z = (unsigned)grid[2];
     int rc = 0;
     for (int64_t z = 0; z < grid[2] && !rc; z++)
         for (int64_t y = 0; y < grid[1] && !rc; y++)
             for (int64_t x = 0; x < grid[0] && !rc; x++) {
-                blockIdx = (struct kn_emu_dim3){(unsigned)x, (unsigned)y, (unsigned)z};
+                blockIdx.x = (unsigned)x, blockIdx.y = (unsigned)y, blockIdx.z = (unsigned)z;
                 memset(mem, 0xff, smem + 16);
                 for (size_t c = 0; c <= smem / 16; c++)
-                    chunks[c] = (struct kn_emu_chunk){.read_epoch = -1, .reader = -1, .from = -1, .landed = -1, .writer = -1};
+                    chunks[c].read_epoch = chunks[c].reader = chunks[c].from = chunks[c].landed = chunks[c].writer = -1;
                 kn_emu_epoch = 0;
                 rc = kn_emu_block(threads);
             }

@@ -348,14 +348,15 @@ static inline int lrun_check(const struct lrun *x, enum backend_kind kind, char 
 }
 
 struct lrun_diff {
-    double worst;      /* the largest |a - b| / (|b| + floor), floor a hundredth of the buffer's rms */
+    double worst;      /* the largest |a - b| / (|b| + floor), floor a share of the buffer's rms (a hundredth, by default) */
     double norm;       /* the largest ||a - b|| / ||b|| over the buffers */
     int64_t mismatch;  /* integer or byte outputs that differ, NaN against a number, poison against a value */
     char where[160];   /* the worst element, or the first mismatch */
 };
 
-/* Backend CUDA's results against the CPU's, output by output. */
-static inline void lrun_compare(const struct lrun *x, struct lrun_diff *r)
+/* Backend CUDA's results against the CPU's, output by output; elementwise errors relative to the element, or to
+ * floor_share of the buffer's rms where that is larger. */
+static inline void lrun_compare_floor(const struct lrun *x, double floor_share, struct lrun_diff *r)
 {
     memset(r, 0, sizeof *r);
     for (int i = 0; i < x->n_bufs; i++) {
@@ -371,7 +372,7 @@ static inline void lrun_compare(const struct lrun *x, struct lrun_diff *r)
             if (isfinite(w))
                 ss += w * w, counted++;
         }
-        double floor = 0.01 * sqrt(ss / (double)(counted ? counted : 1)) + 1e-30;
+        double floor = floor_share * sqrt(ss / (double)(counted ? counted : 1)) + 1e-30;
         for (int64_t e = 0; e < b->elems; e++) {
             bool pc = lrun_poisoned(cpu, b->dtype, e), pg = lrun_poisoned(gpu, b->dtype, e);
             double w = lrun_value(cpu, b->dtype, e), g = lrun_value(gpu, b->dtype, e);
@@ -393,5 +394,7 @@ static inline void lrun_compare(const struct lrun *x, struct lrun_diff *r)
         r->norm = norm > r->norm ? norm : r->norm;
     }
 }
+
+static inline void lrun_compare(const struct lrun *x, struct lrun_diff *r) { lrun_compare_floor(x, 0.01, r); }
 
 #endif

@@ -11,6 +11,7 @@
 #include "testing.h"
 
 #include "cc.h"
+#include "emulated.h"
 #include "emit_attention.h"
 #include "kernel.h"
 #include "nvrtc.h"
@@ -35,71 +36,30 @@ static const char *const side_name[] = {"CPU", "emulated GPU"};
 
 struct kernels {
     void *lib;
-    struct kn_attn c;
-    void (*fn[KN_ATTN_FNS])(const struct kn_attn_args *);                                      /* the CPU's */
-    int (*launch)(int fn, const int64_t grid[3], int threads, size_t smem, const struct kn_attn_args *a, char *why, size_t n); /* the emulator's */
+    void (*fn[KN_ATTN_FNS])(const struct kn_attn_args *); /* the CPU's */
+    struct kn_set set;                                     /* the GPU's: one kernel, on the emulated backend */
+    struct kn_entry entry;
+    struct backend *emulated;
 };
-
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s (the tests run from the repository's root)", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *s = calloc((size_t)n + 1, 1);
-    assert_true(fread(s, 1, (size_t)n, f) == (size_t)n);
-    fclose(f);
-    return s;
-}
-
-/* The GPU's source between the emulator and the table of its entries. */
-static char *emulated_source(const struct kn_attn *c)
-{
-    static const char entries[] =
-        "\nKN_EMU_ENTRY(attn_fwd, struct kn_attn_args)\n"
-        "#if BACKWARD\n"
-        "KN_EMU_ENTRY(attn_delta, struct kn_attn_args)\n"
-        "KN_EMU_ENTRY(attn_bwd_kv, struct kn_attn_args)\n"
-        "KN_EMU_ENTRY(attn_bwd_q, struct kn_attn_args)\n"
-        "#endif\n"
-        "int attn_launch(int fn, const int64_t grid[3], int threads, size_t smem, const struct kn_attn_args *a, char *why, size_t n)\n"
-        "{\n"
-        "#if BACKWARD\n"
-        "    static void (*const entry[])(const void *) = {kn_emu_entry_attn_fwd, kn_emu_entry_attn_delta, kn_emu_entry_attn_bwd_kv,\n"
-        "                                                 kn_emu_entry_attn_bwd_q};\n"
-        "#else\n"
-        "    static void (*const entry[])(const void *) = {kn_emu_entry_attn_fwd};\n"
-        "#endif\n"
-        "    return kn_emu_run(entry[fn], grid, threads, smem, a, why, n);\n"
-        "}\n";
-    char *emu = read_text("tests/cuda_emu.h"), *gpu = emit_attention(c, "attn", KN_LANG_CUDA);
-    size_t n = strlen(emu) + strlen(gpu) + sizeof entries + 8;
-    char *src = malloc(n);
-    snprintf(src, n, "%s\n%s%s", emu, gpu, entries);
-    free(emu), free(gpu);
-    return src;
-}
 
 static void build(const struct kn_attn *c, enum side side, struct kernels *k)
 {
     memset(k, 0, sizeof *k);
-    k->c = *c;
-    char *src = side == ON_CPU ? emit_attention(c, "attn", KN_LANG_C) : emulated_source(c);
+    if (side == ON_EMULATED_GPU) {
+        k->entry = (struct kn_entry){.kind = KN_KIND_ATTENTION, .attn = *c, .name = "attn"};
+        k->set = (struct kn_set){.n_kernels = 1, .kernels = &k->entry};
+        k->emulated = emulated_backend_open(&k->set);
+        return;
+    }
+    char *src = emit_attention(c, "attn", KN_LANG_C);
     char so[128], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-attn-%d.so", (int)getpid());
     if (cc_cached(src, so, log, sizeof log))
-        fail_msg("the attention kernel (%s) does not compile:\n%s", side_name[side], log);
+        fail_msg("the attention kernel does not compile:\n%s", log);
     free(src);
     k->lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     assert_non_null(k->lib);
     unlink(so);
-    if (side == ON_EMULATED_GPU) {
-        *(void **)&k->launch = dlsym(k->lib, "attn_launch");
-        assert_non_null(k->launch);
-        return;
-    }
     for (int f = 0; f < KN_ATTN_FNS; f++) {
         char name[32];
         snprintf(name, sizeof name, "attn%s", kn_attn_fn_suffix[f]);
@@ -111,15 +71,22 @@ static void build(const struct kn_attn *c, enum side side, struct kernels *k)
 /* Function fn of the kernels on args a: the CPU's call, or the GPU's launch (grid, block and shared memory as a GPU gets them). */
 static void call(const struct kernels *k, enum kn_attn_fn fn, const struct kn_attn_args *a)
 {
-    if (!k->launch) {
+    if (!k->emulated) {
         k->fn[fn](a);
         return;
     }
-    int64_t grid[3];
-    kn_attn_grid(&k->c, a, fn, grid);
-    char why[600];
-    if (k->launch(fn, grid, kn_attn_threads(&k->c, fn), (size_t)kn_attn_shared_bytes(&k->c, fn), a, why, sizeof why))
-        fail_msg("attn%s on the emulated GPU: %s", kn_attn_fn_suffix[fn], why);
+    struct diag d;
+    diag_init(&d);
+    if (backend_attention(k->emulated, 0, fn, a, &d))
+        fail_msg("%s", diag_first_error(&d));
+    diag_free(&d);
+}
+
+static void unbuild(struct kernels *k)
+{
+    if (k->lib)
+        dlclose(k->lib);
+    backend_close(k->emulated);
 }
 
 static double rnd(uint64_t *s)
@@ -332,7 +299,7 @@ static double run_case(const struct shape *s, enum side side)
     unmake(&q), unmake(&bias), unmake(&out), unmake(&dout), unmake(&dq), unmake(&dbias);
     if (!s->fused)
         unmake(&k), unmake(&v), unmake(&dk), unmake(&dv);
-    dlclose(K.lib);
+    unbuild(&K);
     return worst;
 }
 

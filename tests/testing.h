@@ -238,30 +238,64 @@ static inline void compile_or_fail(struct compiled *C, const char *file, const c
     diag_free(&d);
 }
 
-/* Compile C source into the shared object `so` (cc.h), through a cache of
- * such objects in the kernel cache's directory keyed by the source, $CC and
- * CC_FLAGS: the kernels the tests compile one by one recur across tests and
+/* The flags and compiler of the C++ compile below (tests/cuda_emu.h's GPU source on the CPU). */
+#define CXX_FLAGS "-std=c++17 -O1 -fPIC -shared -w"
+
+/* C++ source into the shared object `so`: ${CXX:-g++} CXX_FLAGS; 0, or -1 with its messages in log. */
+static inline int cxx_shared_object(const char *const *sources, int n_sources, const char *so, char *log, size_t n)
+{
+    (void)n_sources; /* one unit */
+    char cpp[] = "/tmp/weft-test-cxx-XXXXXX", err[] = "/tmp/weft-test-cxx-log-XXXXXX";
+    int fd = mkstemp(cpp), fe = mkstemp(err);
+    if (fd < 0 || fe < 0) {
+        snprintf(log, n, "cannot make a temporary file");
+        return -1;
+    }
+    size_t len = strlen(sources[0]);
+    bool wrote = write(fd, sources[0], len) == (ssize_t)len;
+    close(fd), close(fe);
+    const char *cxx = getenv("CXX");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s " CXX_FLAGS " -x c++ '%s' -o '%s' 2> '%s'", cxx && *cxx ? cxx : "g++", cpp, so, err);
+    int rc = wrote ? system(cmd) : -1;
+    log[0] = 0;
+    FILE *f = fopen(err, "r");
+    if (f) {
+        size_t got = fread(log, 1, n - 1, f);
+        log[got] = 0;
+        fclose(f);
+    }
+    unlink(cpp), unlink(err);
+    return rc == 0 ? 0 : -1;
+}
+
+/* Compile source into the shared object `so` by compile (cc_shared_object,
+ * cc.h, for C; cxx_shared_object for C++), through a cache of such objects
+ * in the kernel cache's directory keyed by the source, the compiler and its
+ * flags: the kernels the tests compile one by one recur across tests and
  * runs (the plain suite and the sanitizers'), and a kernel compiled for
  * three instruction sets takes seconds.  The object is a hard link to the
  * cached one, so the caller may unlink it. */
-static inline int cc_cached(const char *src, const char *so, char *log, size_t n)
+static inline int compile_cached(const char *src, const char *so, char *log, size_t n, bool cxx)
 {
     uint64_t h = 1469598103934665603ull;
-    const char *cc = getenv("CC"), *parts[3] = {src, CC_FLAGS, cc ? cc : "cc"};
+    const char *cc = getenv(cxx ? "CXX" : "CC"), *parts[3] = {src, cxx ? CXX_FLAGS : CC_FLAGS, cc ? cc : cxx ? "g++" : "cc"};
     for (int k = 0; k < 3; k++)
         for (const char *p = parts[k]; *p; p++)
             h = (h ^ (uint8_t)*p) * 1099511628211ull;
     char dir[512], path[640];
     bool cached = kernels_cache_dir(dir, sizeof dir) != NULL;
-    snprintf(path, sizeof path, "%s/test-cc-%016llx.so", cached ? dir : "/tmp", (unsigned long long)h);
+    snprintf(path, sizeof path, "%s/test-%s-%016llx.so", cached ? dir : "/tmp", cxx ? "cxx" : "cc", (unsigned long long)h);
     unlink(so);
     if (cached && link(path, so) == 0)
         return 0;
-    int rc = cc_shared_object(&src, 1, so, log, n);
+    int rc = (cxx ? cxx_shared_object : cc_shared_object)(&src, 1, so, log, n);
     if (!rc && cached)
         (void)link(so, path); /* another process may have put it there first: either is the same */
     return rc;
 }
+
+static inline int cc_cached(const char *src, const char *so, char *log, size_t n) { return compile_cached(src, so, log, n, false); }
 
 static inline const char *shape_sizes(const struct ir_shape *s, char *buf, size_t n)
 {
