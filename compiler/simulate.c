@@ -79,9 +79,10 @@ void simulate_fit(const struct partition *P, const struct ir_schedule *S, const 
 {
     *fitted = *dev;
     double *gemm = wf_calloc((size_t)S->n_stages, sizeof *gemm), *kernels = wf_calloc((size_t)S->n_stages, sizeof *kernels);
-    /* An op's time is a maximum of terms, not all of which a scale moves
-     * (an fp32 GEMM's rate also bounds the elementwise ops): a few rounds
-     * of rescaling converge. */
+    /* A kernel's terms all scale with k (its bytes, its FLOPs at the fp32
+     * peak, attention's); a GEMM's with g, but an fp32 plan's GEMMs run at
+     * the fp32 peak that k moved, and a GEMM's bytes can bound it: a few
+     * rounds of rescaling converge. */
     for (int round = 0; round < 8; round++) {
         stage_seconds(P, S, fitted, gemm, kernels);
         double model_gemm = 0, model_kernels = 0;
@@ -98,6 +99,7 @@ void simulate_fit(const struct partition *P, const struct ir_schedule *S, const 
             double k = model_kernels / m->kernels;
             fitted->hbm_efficiency *= k;
             fitted->attention_efficiency *= k;
+            fitted->fp32_flops *= k;
         }
     }
     free(gemm);

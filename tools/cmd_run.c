@@ -303,11 +303,11 @@ static int by_seconds(const void *a, const void *b)
 
 /* Every rank, before the first step: the link between this run's ranks as
  * the device model has it, measured over the world: an all-reduce of one
- * float (the latency) and of 1 Mi floats (the bus bandwidth: a ring moves
+ * float (the latency) and of 1 MiB (the bus bandwidth: a ring moves
  * 2(n-1)/n of the buffer), each the median of a few. */
 static int measure_link(struct comm *comm, struct device *dev, struct diag *d)
 {
-    enum { REPS = 7, BIG = 1 << 20 };
+    enum { REPS = 7, BIG = 1 << 18 };
     float *buf = wf_calloc(BIG, sizeof *buf);
     double t[2][REPS];
     int rc = 0;
@@ -359,11 +359,13 @@ static void predict_step(struct comm *comm, const char *path, const struct devic
     if (comm->rank == 0 && simulate_plan(path, dev, &m, &r, &d) == 0) {
         printf("step time: predicted %.1f ms, measured %.1f ms (ratio %.2f)\n", r.step_time * 1e3, measured * 1e3,
                measured > 0 ? r.step_time / measured : 0);
-        printf("  predicted on %s: GEMMs and kernels at the rates of this run's (%.1f and %.1f ms a step, summed over the ranks), "
-               "collectives and transfers at the link measured before the first step (%.0f us, %.2f GB/s); bubble %.1f%%, "
-               "tp communication %.1f ms, gradient reduction %.1f ms\n",
-               r.dev.name, m.gemm * 1e3, m.kernels * 1e3, r.dev.link_latency * 1e6, r.dev.link_bytes / 1e9, 100 * r.bubble,
-               r.tp_comm * 1e3, r.dp_comm * 1e3);
+        char link[160] = "";
+        if (comm->size > 1)
+            snprintf(link, sizeof link, ", collectives and transfers at the link measured before the first step (%.0f us, %.2f GB/s)",
+                     r.dev.link_latency * 1e6, r.dev.link_bytes / 1e9);
+        printf("  predicted on %s: GEMMs and kernels at the rates of this run's (%.1f and %.1f ms a step, summed over the ranks)%s; "
+               "bubble %.1f%%, tp communication %.1f ms, gradient reduction %.1f ms\n",
+               r.dev.name, m.gemm * 1e3, m.kernels * 1e3, link, 100 * r.bubble, r.tp_comm * 1e3, r.dp_comm * 1e3);
         sim_result_free(&r);
     } else if (comm->rank == 0) {
         fprintf(stderr, "weft run: no predicted step: ");
