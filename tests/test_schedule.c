@@ -664,6 +664,17 @@ static void test_simulate_cli(void **state)
     assert_int_equal(r->status, 2);
     assert_non_null(strstr(r->err, "--arch sm_75: no built-in device for it"));
 
+    /* A plan is costed on the device it was compiled for: --arch cpu, a CPU. */
+    char plan[64];
+    snprintf(plan, sizeof plan, "/tmp/weft-sim-cpu-%d.plan", (int)getpid());
+    run_ok(r, "compile", "models/gpt2.xml", "--variant", "tiny", "--arch", "cpu", "-o", plan, NULL);
+    assert_non_null(strstr(r->out, " on cpu, bubble "));
+    run_ok(r, "simulate", plan, "--json", NULL);
+    assert_non_null(strstr(r->out, "\"device\": \"cpu\""));
+    run_ok(r, "simulate", plan, "--gpu", "a100", "--json", NULL);
+    assert_non_null(strstr(r->out, "\"device\": \"a100\""));
+    unlink(plan);
+
     /* A calibration file replaces a constant: half the GEMM ceiling, a slower step. */
     snprintf(dev, sizeof dev, "/tmp/weft-calibration-%d.json", (int)getpid());
     FILE *f = fopen(dev, "w");
@@ -688,6 +699,10 @@ static void test_simulate_cli(void **state)
         if (!strstr(r->err, dev) || !strstr(r->err, bad[i][1]))
             fail_msg("calibration %s: want '%s' naming %s, got: %s", bad[i][0], bad[i][1], dev, r->err);
     }
+    run_weft(r, "run", "no.plan", "--calibration", dev, NULL); /* weft run reads it before it starts */
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, dev));
+    assert_non_null(strstr(r->err, "a calibration file is one JSON object"));
     unlink(dev);
     run_weft(r, "simulate", "models/gpt2.xml", "--calibration", dev, NULL);
     assert_int_equal(r->status, 2);
