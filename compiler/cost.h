@@ -1,38 +1,30 @@
-/* cost.h: how long things take on a device: a roofline per op.
+/* cost.h: how long an op takes on a device (ir/device.h's model and table).
  *
  *   const struct device *dev = device_find("h100");
- *   double t = cost_op_seconds(P, op, dev);   // one rank's time for one micro-batch
+ *   double t = cost_op_seconds(P, op, dev);   // one rank's time for one micro-batch's forward
  *
- * An op costs the larger of its FLOPs over the device's bf16 peak and its
- * bytes (inputs and outputs as one rank holds them: fp32, or bf16 with
- * --bf16) over memory
- * bandwidth.  A first model, good enough to balance pipeline stages and to
- * predict a step; its numbers are the vendors' dense peaks. */
+ * An op's FLOPs and bytes are what one rank holds of it (inputs and outputs:
+ * fp32, or bf16 with --bf16).  A matmul is a GEMM of its local m x n x k at
+ * the GEMM model's efficiency for that shape; fused attention runs at the
+ * device's attention efficiency; every other op takes the larger of its
+ * FLOPs at the fp32 peak and its bytes at the kernels' share of the memory
+ * bandwidth.  The GEMM efficiency is symmetric in m, n and k, so a matmul's
+ * backward (two GEMMs of the same three sizes, permuted) is twice its
+ * forward, as simulate.c counts it. */
 #ifndef WEFT_COST_H
 #define WEFT_COST_H
 
+#include "device.h"
 #include "partition.h"
 
-struct device {
-    const char *name;
-    double bf16_flops;   /* dense, per second */
-    double hbm_bytes;    /* per second */
-    double nvlink_bytes; /* per second, per direction, within a node */
-    double net_bytes;    /* per second, per GPU, between nodes */
-    int64_t memory;      /* bytes */
-    int gpus_per_node;
-};
-
-const struct device *device_find(const char *name); /* NULL if unknown */
-/* Read a device description: "key = value" lines (name, bf16_tflops,
- * hbm_gbps, nvlink_gbps, network_gbps, memory_gib, gpus_per_node; # comments).
- * Errors name the file and line. */
-int device_read(const char *path, struct device *dev, struct diag *d);
-extern const struct device device_default;          /* the H100 */
+/* The device a command uses unless told otherwise (--gpu, --arch, a plan's own). */
+#define DEVICE_DEFAULT "h100"
 
 /* A rank's FLOPs for one op: the op's FLOPs scaled by the smallest fraction
  * of any activation it touches that the rank holds. */
 double cost_op_flops(const struct partition *P, int op);
 double cost_op_seconds(const struct partition *P, int op, const struct device *dev);
+/* Whether the op runs as a GEMM (a BLAS or cuBLAS call; the rest are kernels). */
+bool cost_op_is_gemm(const struct partition *P, int op);
 
 #endif

@@ -167,7 +167,7 @@ int emit_plan(const struct compiled *C, const char *path, struct diag *d)
         plan_put_str(w, g->dims[i].name);
         plan_put_i64(w, dim_written(P, &g->dims[i]));
     }
-    plan_put_str(w, sim->dev ? sim->dev->name : "");
+    plan_put_str(w, sim->dev.name);
     plan_put_f64(w, sim->step_time);
     plan_put_f64(w, sim->bubble);
     /* The dropout probabilities the ops use (after --hidden-dropout and

@@ -347,7 +347,7 @@ static int place(struct partition *P, const struct par_config *pc, struct diag *
     if (partition_shard(P, d))
         return -1;
     for (int i = 0; i < P->g->n_ops; i++)
-        P->chunks[P->op_chunk[i]].seconds += cost_op_seconds(P, i, &device_default);
+        P->chunks[P->op_chunk[i]].seconds += cost_op_seconds(P, i, device_find(DEVICE_DEFAULT));
     return 0;
 }
 
@@ -413,7 +413,7 @@ static int balance(struct partition *P, struct par_config *pc, struct diag *d)
     for (int i = 0; i < P->g->n_ops; i++) {
         if (P->chunks[P->op_chunk[i]].part != IR_PART_DECODER)
             continue;
-        double t = cost_op_seconds(P, i, &device_default);
+        double t = cost_op_seconds(P, i, device_find(DEVICE_DEFAULT));
         int l = partition_op_layer(P->g, &P->g->ops[i]);
         if (l >= 0) {
             layer[l] += t;

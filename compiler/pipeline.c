@@ -89,7 +89,7 @@ static int pass_kernels(const struct compile_request *q, struct compiled *C, str
  *   produces: C->sim */
 static int pass_simulate(const struct compile_request *q, struct compiled *C, struct diag *d)
 {
-    return simulate(C->P, &C->S, q->dev ? q->dev : &device_default, &C->sim, d) ? REFUSED : 0;
+    return simulate(C->P, &C->S, q->dev ? q->dev : device_find(DEVICE_DEFAULT), &C->sim, d) ? REFUSED : 0;
 }
 
 static const struct {

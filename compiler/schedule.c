@@ -269,6 +269,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     struct step *steps = wf_calloc((size_t)(2 * m * v + 2), sizeof *steps);
     int64_t *buckets = wf_calloc(SCHED_MAX_BUCKETS, sizeof *buckets);
     struct pending pending = {0};
+    struct ir_program reductions = {0}; /* a chunk's gradient reductions, posted after its last backward's sends */
     int rc = 0;
     for (int s = 0; s < S->n_stages; s++) {
         struct ir_program *prog = &S->programs[s];
@@ -315,12 +316,12 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                         if (px->kind == PART_XFER_ALL_REDUCE)
                             coalesced[(enum ir_group)ir_group_of_pdim(px->over)] += bytes;
                         else
-                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = part_xfer_coll(px->kind),
+                            ir_program_push(&reductions, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = part_xfer_coll(px->kind),
                                                                    .group = (enum ir_group)ir_group_of_pdim(px->over), .tag = x, .bytes = bytes});
                     }
                     for (int g = 0; g < IR_GROUP_COUNT; g++)
                         if (coalesced[g])
-                            ir_program_push(prog, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
+                            ir_program_push(&reductions, &(struct ir_ins){.kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                                    .group = (enum ir_group)g,
                                                                    .tag = SCHED_TAG_PARAM_GRADS + c * IR_GROUP_COUNT + g,
                                                                    .bytes = coalesced[g]});
@@ -330,7 +331,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                         bool reduced = experts ? P->L->pc.expert_dp > 1 : P->L->pc.dp * P->L->pc.cp > 1;
                         int nb = reduced ? schedule_grad_buckets(P, c, experts, buckets, NULL, NULL) : 0;
                         for (int b = 0; b < nb; b++)
-                            ir_program_push(prog, &(struct ir_ins){
+                            ir_program_push(&reductions, &(struct ir_ins){
                                                       .kind = IR_INS_COLLECTIVE, .coll = IR_COLL_ALL_REDUCE,
                                                       .group = experts ? IR_GROUP_EXPERT_DP : IR_GROUP_DP_CP,
                                                       .tag = (experts ? SCHED_TAG_EXPERT_GRADS : SCHED_TAG_GRADS) + c * SCHED_MAX_BUCKETS + b,
@@ -338,6 +339,15 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                     }
                 }
                 p2p_of(P, s, st, true, &pending);
+                /* Megatron's order at the end of 1F1B: the last backward's
+                 * send_backward, then finalize_model_grads (the gradients'
+                 * reductions), so the stage before waits on the gradient
+                 * it needs, not on this stage's reductions. */
+                if (reductions.n && (rc = p2p_flush(prog, &pending, d)))
+                    break;
+                for (int r = 0; r < reductions.n; r++)
+                    ir_program_push(prog, &reductions.ins[r]);
+                reductions.n = 0;
             }
             i = end + 1;
         }
@@ -364,6 +374,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
     free(buckets);
     free(tied_bytes);
     free(pending.v);
+    free(reductions.ins);
     if (rc)
         ir_schedule_free(S);
     return rc;

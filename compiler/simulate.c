@@ -1,6 +1,7 @@
 /* simulate.c: a training step's time from the schedule and the cost model,
  * and its timeline as SVG. */
 #include "simulate.h"
+#include "plan.h"
 #include "util.h"
 
 #include <errno.h>
@@ -8,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define COLLECTIVE_LATENCY 5e-6
 
 struct sim_ctx {
     const struct partition *P;
@@ -31,15 +30,15 @@ static double compute(void *ctx, int stage, const struct ir_ins *ins)
 static double comm(void *ctx, const struct ir_ins *ins, int k, int n, bool inter_node)
 {
     const struct sim_ctx *c = ctx;
-    double bw = inter_node ? c->dev->net_bytes : c->dev->nvlink_bytes;
+    double bw = inter_node ? c->dev->network_bytes : c->dev->link_bytes, lat = c->dev->link_latency;
     if (ins->kind == IR_INS_P2P)
-        return (double)ins->p2p[k].bytes / bw;
+        return lat + (double)ins->p2p[k].bytes / bw;
     double b = (double)ins->bytes, f = (double)(n - 1) / n;
     switch (ins->coll) {
     case IR_COLL_ALL_REDUCE:
-    case IR_COLL_ALL_REDUCE_MAX: return COLLECTIVE_LATENCY + 2 * f * b / bw;
-    case IR_COLL_ALL_GATHER: return COLLECTIVE_LATENCY + (n - 1) * b / bw;
-    default: return COLLECTIVE_LATENCY + f * b / bw;
+    case IR_COLL_ALL_REDUCE_MAX: return lat + 2 * f * b / bw;
+    case IR_COLL_ALL_GATHER: return lat + (n - 1) * b / bw;
+    default: return lat + f * b / bw;
     }
 }
 
@@ -51,11 +50,67 @@ static double tokens_per_micro(const struct ir_graph *g)
     return 1;
 }
 
+/* AdamW per parameter a rank of the stage holds: read weight, gradient and
+ * two moments, write weight and moments, all fp32: 28 bytes. */
+static double optimizer_seconds(const struct partition *P, int stage, const struct device *dev)
+{
+    return (double)partition_stage_param_elems(P, stage) * 28 / (dev->hbm_bytes * dev->hbm_efficiency);
+}
+
+/* A step's seconds on one rank of each stage: its GEMMs' and its other
+ * kernels' (the optimizer's included), forward once and backward twice per
+ * micro-batch. */
+static void stage_seconds(const struct partition *P, const struct ir_schedule *S, const struct device *dev, double *gemm,
+                          double *kernels)
+{
+    double steps = S->forward_only ? S->n_micro : 3.0 * S->n_micro;
+    for (int s = 0; s < S->n_stages; s++) {
+        gemm[s] = 0;
+        kernels[s] = S->forward_only ? 0 : optimizer_seconds(P, s, dev);
+    }
+    for (int i = 0; i < P->g->n_ops; i++) {
+        int s = P->chunks[P->op_chunk[i]].stage;
+        (cost_op_is_gemm(P, i) ? gemm : kernels)[s] += steps * cost_op_seconds(P, i, dev);
+    }
+}
+
+void simulate_fit(const struct partition *P, const struct ir_schedule *S, const struct device *dev,
+                  const struct sim_measured *m, struct device *fitted)
+{
+    *fitted = *dev;
+    double *gemm = wf_calloc((size_t)S->n_stages, sizeof *gemm), *kernels = wf_calloc((size_t)S->n_stages, sizeof *kernels);
+    /* A kernel's terms all scale with k (its bytes, its FLOPs at the fp32
+     * peak, attention's); a GEMM's with g, but an fp32 plan's GEMMs run at
+     * the fp32 peak that k moved, and a GEMM's bytes can bound it: a few
+     * rounds of rescaling converge. */
+    for (int round = 0; round < 8; round++) {
+        stage_seconds(P, S, fitted, gemm, kernels);
+        double model_gemm = 0, model_kernels = 0;
+        for (int r = 0; r < P->L->n_ranks; r++) {
+            model_gemm += gemm[P->L->ranks[r].stage];
+            model_kernels += kernels[P->L->ranks[r].stage];
+        }
+        if (m->gemm > 0 && model_gemm > 0) {
+            double g = model_gemm / m->gemm;
+            fitted->gemm_ceiling *= g;
+            fitted->gemm_launch /= g;
+        }
+        if (m->kernels > 0 && model_kernels > 0) {
+            double k = model_kernels / m->kernels;
+            fitted->hbm_efficiency *= k;
+            fitted->attention_efficiency *= k;
+            fitted->fp32_flops *= k;
+        }
+    }
+    free(gemm);
+    free(kernels);
+}
+
 int simulate(const struct partition *P, const struct ir_schedule *S, const struct device *dev, struct sim_result *r,
              struct diag *d)
 {
     memset(r, 0, sizeof *r);
-    r->dev = dev;
+    r->dev = *dev;
     struct sim_ctx c = {.P = P, .dev = dev, .n_stages = S->n_stages, .v = S->virtual_stages};
     c.fwd = wf_calloc((size_t)(S->n_stages * S->virtual_stages), sizeof *c.fwd);
     c.optimizer = wf_calloc((size_t)S->n_stages, sizeof *c.optimizer);
@@ -64,28 +119,61 @@ int simulate(const struct partition *P, const struct ir_schedule *S, const struc
         const struct part_chunk *ch = &P->chunks[P->op_chunk[i]];
         c.fwd[ch->stage * c.v + ch->vstage] += cost_op_seconds(P, i, dev);
     }
-    /* AdamW per parameter a rank holds: read weight, gradient and two moments,
-     * write weight and moments, all fp32: 28 bytes. */
     for (int s = 0; s < S->n_stages; s++)
-        c.optimizer[s] = (double)partition_stage_param_elems(P, s) * 28 / dev->hbm_bytes;
-    struct ir_costs costs = {compute, comm, &c, dev->gpus_per_node};
+        c.optimizer[s] = optimizer_seconds(P, s, dev);
+    struct ir_costs costs = {compute, comm, &c, (int)dev->gpus_per_node};
     int rc = ir_schedule_run(S, P->L, &costs, &r->tl, d);
     if (rc == 0) {
-        r->step_time = r->tl.step_time;
-        for (int q = 0; q < P->L->n_ranks; q++)
-            r->compute_time = r->tl.busy[q] > r->compute_time ? r->tl.busy[q] : r->compute_time;
-        r->bubble = r->compute_time > 0 ? (r->step_time - r->compute_time) / r->compute_time : 0;
+        const struct ir_timeline *tl = &r->tl;
+        int n = P->L->n_ranks;
+        r->step_time = tl->step_time;
+        double idle = 0;
+        for (int q = 0; q < n; q++) {
+            r->compute_time = tl->busy[q] > r->compute_time ? tl->busy[q] : r->compute_time;
+            idle += ir_timeline_idle(tl, q);
+            r->optimizer_time += tl->optimizer[q] / n;
+            for (int k = 0; k < IR_GROUP_COUNT; k++) {
+                bool tp = k == IR_GROUP_TP || k == IR_GROUP_CP || k == IR_GROUP_EP || k == IR_GROUP_EXPERT_TP;
+                *(tp ? &r->tp_comm : &r->dp_comm) += tl->coll[(size_t)q * IR_GROUP_COUNT + k] / n;
+            }
+        }
+        r->bubble = r->step_time > 0 ? idle / n / r->step_time : 0;
         double flops = 0;
         for (int i = 0; i < g->n_ops; i++)
             flops += ir_op_flops(g, &g->ops[i]);
         int replicas = P->L->pc.dp;
         r->tokens_per_step = tokens_per_micro(g) * S->n_micro * replicas;
         r->tokens_per_s = r->step_time > 0 ? r->tokens_per_step / r->step_time : 0;
-        r->model_flops = 3 * flops * S->n_micro * replicas;
-        r->mfu = r->step_time > 0 ? r->model_flops / (r->step_time * P->L->n_ranks * dev->bf16_flops) : 0;
+        r->model_flops = (S->forward_only ? 1 : 3) * flops * S->n_micro * replicas;
+        r->mfu = r->step_time > 0 ? r->model_flops / (r->step_time * n * dev->bf16_flops) : 0;
     }
     free(c.fwd);
     free(c.optimizer);
+    return rc;
+}
+
+int simulate_plan(const char *path, const struct device *dev, const struct sim_measured *m, struct sim_result *r,
+                  struct diag *d)
+{
+    memset(r, 0, sizeof *r);
+    struct partition *P = partition_from_plan(path, d);
+    if (!P)
+        return -1;
+    struct ir_schedule S;
+    struct plan *p = plan_open(path, d);
+    int rc = p ? ir_schedule_read(p, -1, &S, d) : -1;
+    plan_close(p);
+    if (rc == 0) {
+        struct device fitted = *dev;
+        if (m)
+            simulate_fit(P, &S, dev, m, &fitted);
+        rc = simulate(P, &S, &fitted, r, d);
+        free(r->tl.spans); /* they point into S */
+        r->tl.spans = NULL;
+        r->tl.n_spans = r->tl.cap_spans = 0;
+        ir_schedule_free(&S);
+    }
+    partition_free(P);
     return rc;
 }
 
@@ -121,10 +209,11 @@ int simulate_svg(const struct partition *P, const struct ir_schedule *S, const s
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"15\">%s · %s · tp %d, pp %d, dp %d%s · %d micro-batch%s · %s</text>\n",
             left, P->g->name, ir_sched_name(S->kind), pc->tp, pc->pp, pc->dp,
-            S->virtual_stages > 1 ? " (virtual stages)" : "", S->n_micro, S->n_micro == 1 ? "" : "es", r->dev->name);
-    fprintf(f, "<text x=\"%d\" y=\"42\" font-size=\"12\" fill=\"#444\">step %.3f ms · bubble %.1f%% · %.0f tokens/s · MFU %.1f%% "
-               "(predicted: roofline compute, ring collectives)</text>\n",
-            left, r->step_time * 1e3, 100 * r->bubble, r->tokens_per_s, 100 * r->mfu);
+            S->virtual_stages > 1 ? " (virtual stages)" : "", S->n_micro, S->n_micro == 1 ? "" : "es", r->dev.name);
+    fprintf(f, "<text x=\"%d\" y=\"42\" font-size=\"12\" fill=\"#444\">step %.3f ms · bubble %.1f%% · tp comm %.1f%% · "
+               "dp comm %.1f%% · %.0f tokens/s · MFU %.1f%% (predicted: GEMMs by shape, ring collectives)</text>\n",
+            left, r->step_time * 1e3, 100 * r->bubble, r->step_time > 0 ? 100 * r->tp_comm / r->step_time : 0,
+            r->step_time > 0 ? 100 * r->dp_comm / r->step_time : 0, r->tokens_per_s, 100 * r->mfu);
     for (int s = 0; s < rows; s++)
         fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"12\" text-anchor=\"end\">stage %d</text>\n", left - 8,
                 top + s * row + row / 2 + 4, s);

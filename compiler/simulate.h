@@ -1,18 +1,31 @@
 /* simulate.h: predict a training step: the schedule run with the cost model.
  *
  *   struct sim_result r;
- *   simulate(P, &S, device_find("h100"), &r, &diag);   // r.step_time, r.bubble
+ *   simulate(P, &S, device_find("h100"), &r, &diag);   // r.step_time, r.bubble, r.dp_comm ...
  *   simulate_svg(P, &S, &r, "schedule.svg", &diag);     // the first pipeline's timeline
  *   sim_result_free(&r);
  *
- * Forward time per chunk comes from cost.c's roofline, backward is twice
- * forward, the optimizer reads and writes 28 bytes per parameter (AdamW:
- * fp32 weight, gradient and two moments).  Transfers: a p2p send takes its
- * bytes over NVLink within a node, the network between nodes; collectives
- * take the ring's time: all-reduce 2(n-1)/n of the bytes, all-gather n-1
- * shards, reduce-scatter and all-to-all (n-1)/n, plus 5 us each.
- * The bubble is the time the busiest rank is not computing, over its compute:
- * with equal stages and free transfers, (p-1)/m for 1F1B. */
+ * Forward time per chunk is the sum of its ops' times (cost.h), backward is
+ * twice forward, the optimizer reads and writes 28 bytes per parameter
+ * (AdamW: fp32 weight, gradient and two moments) at the kernels' share of
+ * the memory bandwidth.  Transfers: a pipeline send takes the device's
+ * latency and its bytes over the link within a node, the network between
+ * nodes; a collective the latency and its ring's bytes: all-reduce 2(n-1)/n
+ * of the buffer, all-gather n-1 shards, reduce-scatter and all-to-all
+ * (n-1)/n.  Every rank waits in order: a collective or a send holds up what
+ * follows it in the rank's program (weft's executor runs them so).
+ *
+ * Where the time goes, each rank's, averaged over the ranks:
+ *   bubble    the pipeline's idle time, as Megatron counts its bubble: a rank
+ *             waiting on another stage, in its pipeline transfers (posted
+ *             until done), for the members of a collective to arrive, and
+ *             from its finish to the step's end; over the step time.  One
+ *             rank, or one stage of identical ranks, has none; ideal 1F1B
+ *             (equal stages, free transfers) has (p-1)/(m+p-1).
+ *   tp_comm   collectives of the tensor, context and expert parallel groups
+ *   dp_comm   the gradients' reductions: data parallel, tied parameters,
+ *             the norm's sums
+ * each from the moment the whole group is there, so what overlaps nothing. */
 #ifndef WEFT_SIMULATE_H
 #define WEFT_SIMULATE_H
 
@@ -20,17 +33,38 @@
 #include "program.h"
 
 struct sim_result {
-    const struct device *dev;
+    struct device dev;         /* the device it was costed on */
     double step_time, bubble;
-    double compute_time;       /* of the busiest rank */
+    double compute_time;       /* of the busiest rank: forward and backward */
+    double tp_comm, dp_comm;   /* seconds a step, the ranks' mean */
+    double optimizer_time;     /* seconds a step, the ranks' mean */
     double tokens_per_step, tokens_per_s;
     double model_flops;        /* per step, whole model (3 x forward) */
-    double mfu;                /* model FLOPs / (step time x ranks x peak) */
+    double mfu;                /* model FLOPs / (step time x ranks x bf16 peak) */
     struct ir_timeline tl;
 };
 
 int simulate(const struct partition *P, const struct ir_schedule *S, const struct device *dev, struct sim_result *r,
              struct diag *d);
+
+/* What a run measured, seconds a step summed over every rank: its GEMMs,
+ * and its other kernels (launches, copies, zeroing, the loss's and norm's
+ * sums; the optimizer's among them).  Collectives and transfers are not
+ * fitted: they are what the schedule and the device predict. */
+struct sim_measured {
+    double gemm, kernels;
+};
+/* dev with its GEMM efficiency (ceiling and launch) and its kernels' (memory
+ * and attention efficiency) scaled so that the model's GEMM and kernel
+ * seconds of a step, summed over the ranks, are those measured; a CPU's
+ * rates are its BLAS's and its kernels', which no datasheet gives. */
+void simulate_fit(const struct partition *P, const struct ir_schedule *S, const struct device *dev,
+                  const struct sim_measured *m, struct device *fitted);
+/* weft simulate PLAN: the plan's own partition and schedule on dev (fitted
+ * to m first unless m is NULL; r->dev says what it was costed on).  r's
+ * timeline keeps the ranks' figures, not its spans. */
+int simulate_plan(const char *path, const struct device *dev, const struct sim_measured *m, struct sim_result *r,
+                  struct diag *d);
 int simulate_svg(const struct partition *P, const struct ir_schedule *S, const struct sim_result *r, const char *path,
                  struct diag *d);
 void sim_result_free(struct sim_result *r);

@@ -325,8 +325,8 @@ static int step(struct verifier *v, int r, bool *moved)
     case IR_INS_BACKWARD:
     case IR_INS_OPTIMIZER: {
         double t = v->costs ? v->costs->compute(v->costs->ctx, v->L->ranks[r].stage, ins) : 0;
-        if (v->tl && ins->kind != IR_INS_OPTIMIZER)
-            v->tl->busy[r] += t;
+        if (v->tl)
+            (ins->kind == IR_INS_OPTIMIZER ? v->tl->optimizer : v->tl->busy)[r] += t;
         advance(v, r, me->clock + t);
         *moved = true;
         return 0;
@@ -384,7 +384,10 @@ static int step(struct verifier *v, int r, bool *moved)
         }
         if (done) {
             memset(met_of(v, r, 0), 0, (size_t)v->max_p2p * (size_t)v->max_peers);
-            advance(v, r, me->done_at > me->clock ? me->done_at : me->clock);
+            double end = me->done_at > me->clock ? me->done_at : me->clock;
+            if (v->tl)
+                v->tl->waiting[r] += end - me->clock;
+            advance(v, r, end);
             *moved = true;
         }
         return 0;
@@ -439,6 +442,10 @@ static int step(struct verifier *v, int r, bool *moved)
             start = v->r[buf[i]].clock > start ? v->r[buf[i]].clock : start;
         end = start + (v->costs && n > 1 ? v->costs->comm(v->costs->ctx, ins, 0, n, inter_node(v, buf, n)) : 0);
         for (int i = 0; i < n; i++) {
+            if (v->tl) {
+                v->tl->waiting[buf[i]] += start - v->r[buf[i]].clock;
+                v->tl->coll[(size_t)buf[i] * IR_GROUP_COUNT + ins->group] += end - start;
+            }
             if (v->costs) /* a member that arrived early waits: draw the collective from the common start */
                 v->r[buf[i]].clock = start;
             advance(v, buf[i], end);
@@ -595,10 +602,15 @@ static int check_steps(const struct ir_schedule *S, struct diag *d)
 void ir_timeline_free(struct ir_timeline *t)
 {
     free(t->busy);
+    free(t->optimizer);
+    free(t->waiting);
+    free(t->coll);
     free(t->finish);
     free(t->spans);
     memset(t, 0, sizeof *t);
 }
+
+double ir_timeline_idle(const struct ir_timeline *t, int r) { return t->waiting[r] + (t->step_time - t->finish[r]); }
 
 int ir_schedule_verify(const struct ir_schedule *S, const struct rank_layout *L, struct diag *d)
 {
@@ -618,6 +630,9 @@ int ir_schedule_run(const struct ir_schedule *S, const struct rank_layout *L, co
     if (v.tl) { /* draw the first pipeline: one row per stage */
         memset(v.tl, 0, sizeof *v.tl);
         v.tl->busy = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->busy);
+        v.tl->optimizer = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->optimizer);
+        v.tl->waiting = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->waiting);
+        v.tl->coll = wf_calloc((size_t)L->n_ranks * IR_GROUP_COUNT, sizeof *v.tl->coll);
         v.tl->finish = wf_calloc((size_t)L->n_ranks, sizeof *v.tl->finish);
         const struct rank_groups *g0 = &L->groups[PAR_GROUP_PP];
         for (int s = 0; s < g0->sizes[0]; s++)

@@ -151,13 +151,21 @@ struct ir_span {
 
 struct ir_timeline {
     double step_time;  /* the last rank's finish */
-    double *busy;      /* [ranks]: seconds of compute */
+    double *busy;      /* [ranks]: seconds of compute (forward and backward steps) */
+    double *optimizer; /* [ranks]: seconds of the update */
+    double *waiting;   /* [ranks]: seconds in pipeline transfers (from posting them until they are done)
+                        * and waiting for the other members of a collective to arrive */
+    double *coll;      /* [ranks * IR_GROUP_COUNT]: seconds in each group's collectives, from the moment
+                        * the whole group is there */
     double *finish;    /* [ranks] */
     int n_spans, cap_spans;
     struct ir_span *spans;
 };
 
 void ir_timeline_free(struct ir_timeline *t);
+/* Rank r's pipeline idle time: waiting on other ranks (in its transfers, for
+ * a collective's group) and from its finish to the step's end. */
+double ir_timeline_idle(const struct ir_timeline *t, int r);
 
 /* Run every rank's program against the others (sends meet receives of the
  * same tensor, micro-batch and size; collectives are entered by their whole

@@ -387,7 +387,7 @@ static void test_own_flags(void **state)
         const char *want;
     } cases[] = {
         {{"check", "models/gpt2.xml", "--memory-limit", "1G"}, "weft check: --memory-limit is a flag of weft compile, not of weft check"},
-        {{"layout", "models/gpt2.xml", "--arch", "sm_90"}, "weft layout: --arch is a flag of weft compile, not of weft layout"},
+        {{"layout", "models/gpt2.xml", "--arch", "sm_90"}, "weft layout: --arch is a flag of weft compile and simulate, not of weft layout"},
         {{"layout", "models/gpt2.xml", "-o", "x.svg"}, "-o is a flag of weft compile, dot and simulate, not of weft layout"},
         {{"verify", "x.plan", "--tp", "2"}, "weft verify: --tp is a layout flag of weft check, layout, compile, dot and simulate, not of weft verify"},
         {{"simulate", "models/gpt2.xml", "--lr", "1e-3"}, "--lr is an optimizer flag of weft compile, not of weft simulate"},

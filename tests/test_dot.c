@@ -120,7 +120,7 @@ static void test_from_plan(void **state)
     free(tb);
     run_weft(R, "simulate", plan, "--json", NULL);
     assert_int_equal(R->status, 0);
-    char from_plan[256];
+    char from_plan[4096]; /* the prediction and the device table it used */
     snprintf(from_plan, sizeof from_plan, "%s", strstr(R->out, "\"step_time\""));
     run_weft(R, "simulate", "models/t5.xml", "--variant", "tiny", "--world-size", "10", "--tp", "2", "--pp", "2", "--etp",
              "1", "--epp", "1", "--global-batch-size", "8", "--json", NULL);

@@ -623,6 +623,15 @@ static void test_log_line(void **state)
     assert_int_equal(log_values(log, "lr", lr, 4), 4);
     assert_int_equal(log_values(log, "grad_norm", norm, 4), 4);
     assert_int_equal(log_values(log, "consumed_samples", consumed, 4), 4);
+    /* The predicted step beside the measured one: the mean of iterations 2
+     * to 4 (the first a warm-up), as the log has them, printed to 0.1 ms. */
+    double step[4], predicted, measured, ratio;
+    assert_int_equal(log_values(log, "step_time", step, 4), 4);
+    const char *pred = strstr(r.out, "step time: predicted ");
+    assert_non_null(pred);
+    assert_int_equal(sscanf(pred, "step time: predicted %lf ms, measured %lf ms (ratio %lf)", &predicted, &measured, &ratio), 3);
+    assert_true(fabs(measured - 1e3 * (step[1] + step[2] + step[3]) / 3) < 0.051 + 1e-3 * measured);
+    assert_true(predicted > 0 && fabs(ratio - predicted / measured) < 0.01 + 0.06 / measured);
     const char *line[3];
     int n = 0;
     for (const char *p = strstr(r.out, "] iteration "); p; p = strstr(p + 1, "] iteration "))

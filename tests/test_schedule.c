@@ -254,6 +254,16 @@ static double free_comm(void *ctx, const struct ir_ins *ins, int k, int n, bool 
     return 0;
 }
 
+/* The bubble as simulate.h counts it: the ranks' mean idle time (waiting on
+ * other stages, and after finishing) over the step. */
+static double timeline_bubble(const struct ir_timeline *tl, int n_ranks)
+{
+    double idle = 0;
+    for (int r = 0; r < n_ranks; r++)
+        idle += ir_timeline_idle(tl, r);
+    return idle / n_ranks / tl->step_time;
+}
+
 static double bubble(struct built *b)
 {
     int v = b->S.virtual_stages;
@@ -262,17 +272,12 @@ static double bubble(struct built *b)
     struct diag d;
     diag_init(&d);
     assert_int_equal(ir_schedule_run(&b->S, b->P->L, &costs, &tl, &d), 0);
-    double busy = 0;
-    for (int r = 0; r < b->P->L->n_ranks; r++)
-        busy = tl.busy[r] > busy ? tl.busy[r] : busy;
-    double x = (tl.step_time - busy) / busy;
+    double x = timeline_bubble(&tl, b->P->L->n_ranks);
     ir_timeline_free(&tl);
     diag_free(&d);
     return x;
 }
 
-/* The bubble of the classic analysis: (p-1)/m for GPipe and 1F1B, and
- * (p-1)/(v*m) for interleaved 1F1B with v virtual stages. */
 /* Gradient reduction over data-parallel ranks: Megatron's buckets of at
  * least max(40M, 1M x dp) elements, each chunk's issued right after the
  * last micro-batch's backward of that chunk, holding every local parameter
@@ -403,6 +408,12 @@ static void test_tied_bytes(void **state)
     unbuild(&b);
 }
 
+/* The bubble of the classic analysis (Narayanan et al. 2021, section 2.2):
+ * with equal stages and free transfers every stage idles p-1 forward and
+ * backward pairs of its chunks (1/v of its layers each) while computing m v
+ * of them, so the bubble is (p-1)/(v m + p - 1) of the step: (p-1)/m of the
+ * compute, as the paper writes it, for GPipe and 1F1B; (p-1)/(v m) with
+ * v virtual stages. */
 static void test_bubble(void **state)
 {
     (void)state;
@@ -418,12 +429,140 @@ static void test_bubble(void **state)
         struct built b;
         build(&b, "models/gpt2.xml", NULL, pc, cases[i].kind);
         int v = b.S.virtual_stages, p = cases[i].pp, m = cases[i].m;
-        double want = (double)(p - 1) / (v * m), got = bubble(&b);
-        printf("    %s pp %d m %d v %d: bubble %.6f, want (p-1)/(v*m) = %.6f\n", ir_sched_name(b.S.kind), p, m, v, got, want);
+        double want = (double)(p - 1) / (v * m + p - 1), got = bubble(&b);
+        printf("    %s pp %d m %d v %d: bubble %.6f, want (p-1)/(v*m+p-1) = %.6f\n", ir_sched_name(b.S.kind), p, m, v, got, want);
         if (fabs(got - want) > 1e-9)
             fail_msg("%s pp %d m %d v %d: bubble %.6f, want %.6f", ir_sched_name(b.S.kind), p, m, v, got, want);
         unbuild(&b);
     }
+}
+
+/* No pipeline, no bubble: one rank, and data or tensor parallel ranks that
+ * are all at one stage, wait on no other stage (the old count, "not
+ * computing", called 51% of a step at pp 1 and 99% on one rank bubble).
+ * Their collectives are reported apart. */
+static void test_no_pipeline_no_bubble(void **state)
+{
+    (void)state;
+    static const struct {
+        int world, tp;
+    } cfg[] = {{1, 1}, {2, 1}, {2, 2}};
+    for (size_t i = 0; i < WF_COUNT(cfg); i++) {
+        struct par_config pc = par_config_default();
+        pc.world_size = cfg[i].world, pc.tp = cfg[i].tp, pc.global_batch = 8;
+        struct built b;
+        build(&b, "models/gpt2.xml", "tiny", pc, -1);
+        struct sim_result r;
+        struct diag d;
+        diag_init(&d);
+        assert_int_equal(simulate(b.P, &b.S, device_find("h100"), &r, &d), 0);
+        printf("    %d rank%s, tp %d: bubble %g, tp comm %.3g ms, dp comm %.3g ms\n", cfg[i].world, cfg[i].world == 1 ? "" : "s",
+               cfg[i].tp, r.bubble, r.tp_comm * 1e3, r.dp_comm * 1e3);
+        assert_true(r.bubble == 0);
+        assert_true(cfg[i].tp > 1 ? r.tp_comm > 0 : r.tp_comm == 0);
+        assert_true(cfg[i].world > 1 ? r.dp_comm > 0 : r.dp_comm == 0); /* the norm's sum over tp counts as one */
+        sim_result_free(&r);
+        diag_free(&d);
+        unbuild(&b);
+    }
+}
+
+/* Equal stages, free transfers, and data-parallel reductions of A seconds. */
+#define REDUCTION_SECONDS 10.0
+static double reduction_comm(void *ctx, const struct ir_ins *ins, int k, int n, bool inter)
+{
+    (void)ctx, (void)k, (void)n, (void)inter;
+    return ins->kind == IR_INS_COLLECTIVE && ins->group == IR_GROUP_DP_CP ? REDUCTION_SECONDS : 0;
+}
+
+static double timed_step(struct built *b, double *bubble_out)
+{
+    int v = 1;
+    struct ir_costs costs = {equal_compute, reduction_comm, &v, 8};
+    struct ir_timeline tl;
+    struct diag d;
+    diag_init(&d);
+    if (ir_schedule_run(&b->S, b->P->L, &costs, &tl, &d))
+        fail_msg("%s", diag_first_error(&d));
+    double t = tl.step_time;
+    *bubble_out = timeline_bubble(&tl, b->P->L->n_ranks);
+    ir_timeline_free(&tl);
+    diag_free(&d);
+    return t;
+}
+
+/* The order before: a stage's gradient reductions, then its last backward's
+ * sends (the P2P right after the last backward moved behind them). */
+static void reductions_first(struct ir_program *p)
+{
+    int last = -1;
+    for (int i = 0; i < p->n; i++)
+        last = p->ins[i].kind == IR_INS_BACKWARD ? i : last;
+    assert_true(last >= 0 && last + 2 < p->n && p->ins[last + 1].kind == IR_INS_P2P);
+    int end = last + 2;
+    while (end < p->n && p->ins[end].kind == IR_INS_COLLECTIVE && p->ins[end].group == IR_GROUP_DP_CP)
+        end++;
+    assert_true(end > last + 2); /* the reductions follow the sends */
+    struct ir_ins sends = p->ins[last + 1];
+    memmove(&p->ins[last + 1], &p->ins[last + 2], (size_t)(end - last - 2) * sizeof *p->ins);
+    p->ins[end - 1] = sends;
+}
+
+/* Megatron's end of 1F1B: the last backward's send_backward, then the
+ * gradients' reductions (schedules.py: the cool-down loop, then
+ * finalize_model_grads).  Two stages, two replicas, forward 1, backward 2,
+ * a reduction A, transfers free: stage 0's last backward starts when stage
+ * 1's ends, at 3(m+1) - 2, so the step ends at 3(m+1) + A, stage 0's own
+ * reduction last.  Reductions before the send made stage 0 wait for stage
+ * 1's: 3(m+1) + 2A. */
+static void test_cooldown_sends_before_reductions(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 4, pc.pp = 2, pc.global_batch = 8;
+    struct built b;
+    build(&b, "models/gpt2.xml", "tiny", pc, IR_SCHED_1F1B);
+    int m = b.S.n_micro;
+    for (int s = 0; s < 2; s++) { /* one bucket a stage (tiny): one reduction of A */
+        int buckets = 0;
+        for (int i = 0; i < b.S.programs[s].n; i++)
+            buckets += b.S.programs[s].ins[i].kind == IR_INS_COLLECTIVE && b.S.programs[s].ins[i].group == IR_GROUP_DP_CP;
+        assert_int_equal(buckets, 1);
+    }
+    double now_bubble, before_bubble;
+    double now = timed_step(&b, &now_bubble);
+    reductions_first(&b.S.programs[1]);
+    struct diag d;
+    const char *why = verify(&b, &d);
+    if (why)
+        fail_msg("the order before hangs:\n%s", why);
+    diag_free(&d);
+    double before = timed_step(&b, &before_bubble);
+    printf("    pp 2, dp 2, m %d: step %g (sends first), %g (reductions first); bubble %.4f, %.4f\n", m, now, before, now_bubble,
+           before_bubble);
+    assert_true(fabs(now - (3.0 * (m + 1) + REDUCTION_SECONDS)) < 1e-9);
+    assert_true(fabs(before - (3.0 * (m + 1) + 2 * REDUCTION_SECONDS)) < 1e-9);
+    assert_true(now_bubble < before_bubble);
+    unbuild(&b);
+}
+
+/* The GEMM model by hand: H100, bf16, 4096^3: each dimension's factor
+ * 4096/(4096+128) = 32/33, so 0.75 x (32/33)^3 = 0.683863 of 989 TFLOP/s;
+ * 2 x 4096^3 FLOPs take 203.21 us, plus the 3 us launch: 206.21 us.  A
+ * tile of 128 along every dimension runs at 0.75 / 8 = 0.09375. */
+static void test_gemm_model(void **state)
+{
+    (void)state;
+    const struct device *h100 = device_find("h100");
+    assert_true(fabs(device_gemm_efficiency(h100, 4096, 4096, 4096) - 0.683863) < 1e-6);
+    assert_true(fabs(device_gemm_seconds(h100, true, 4096, 4096, 4096) - 206.21e-6) < 0.01e-6);
+    assert_true(fabs(device_gemm_efficiency(h100, 128, 128, 128) - 0.09375) < 1e-12);
+    /* skinny GEMMs are slower per FLOP, and the fp32 plan's are at 67 TFLOP/s */
+    double big = device_gemm_seconds(h100, true, 8192, 8192, 8192) / (2.0 * 8192 * 8192 * 8192);
+    double skinny = device_gemm_seconds(h100, true, 8192, 64, 8192) / (2.0 * 8192 * 64 * 8192);
+    assert_true(skinny > 2 * big);
+    double fp32 = 3e-6 + 2.0 * 4096 * 4096 * 4096 / (67e12 * 0.683863);
+    assert_true(fabs(device_gemm_seconds(h100, false, 4096, 4096, 4096) / fp32 - 1) < 1e-5);
 }
 
 /* Mixtral 8x7B on 64 H100s (pp 8, so 4 layers a stage and dp 8; bf16;
@@ -472,6 +611,24 @@ static void test_expert_parallel_mfu(void **state)
     }
 }
 
+/* The number after the first `key` in text (a JSON key and its ": "). */
+static double json_number_after(const char *text, const char *key)
+{
+    const char *at = strstr(text, key);
+    if (!at)
+        fail_msg("no %s in: %s", key, text);
+    return strtod(at + strlen(key), NULL);
+}
+
+#define run_ok(r, ...) run_ok_((r), (const char *const[]){__VA_ARGS__})
+static const char *run_ok_(struct run *r, const char *const *argv)
+{
+    run_weftv(r, argv);
+    if (r->status)
+        fail_msg("weft %s: exit %d: %s", argv[0], r->status, r->err);
+    return r->out;
+}
+
 static void test_simulate_cli(void **state)
 {
     (void)state;
@@ -493,21 +650,63 @@ static void test_simulate_cli(void **state)
     free(text);
     run_weft(r, "simulate", "models/gpt2.xml", "--gpu", "tpu", NULL);
     assert_int_equal(r->status, 2);
-    assert_non_null(strstr(r->err, "--gpu tpu: unknown device (built in: h100, a100"));
-    snprintf(dev, sizeof dev, "/tmp/weft-dev-%d.txt", (int)getpid());
-    FILE *f = fopen(dev, "w");
-    fputs("# a device\nname = h200\nbf16_tflops = 989\nhbm_gbps = fast\n", f);
-    fclose(f);
-    run_weft(r, "simulate", "models/gpt2.xml", "--device-file", dev, NULL);
+    assert_non_null(strstr(r->err, "--gpu tpu: unknown device (built in: h100, a100, cpu"));
+
+    /* The device follows --arch: sm_80 is an A100 (312 TFLOP/s dense bf16), sm_90 an H100 (989). */
+    double a100_step = json_number_after(run_ok(r, "simulate", "models/gpt2.xml", "--arch", "sm_80", "--json", NULL), "\"step_time\": ");
+    assert_non_null(strstr(r->out, "\"device\": \"a100\""));
+    assert_true(json_number_after(r->out, "\"bf16_tflops\": ") == 312);
+    double h100_step = json_number_after(run_ok(r, "simulate", "models/gpt2.xml", "--arch", "sm_80,sm_90", "--json", NULL), "\"step_time\": ");
+    assert_non_null(strstr(r->out, "\"device\": \"h100\""));
+    assert_true(json_number_after(r->out, "\"bf16_tflops\": ") == 989);
+    assert_true(h100_step < a100_step);
+    run_weft(r, "simulate", "models/gpt2.xml", "--arch", "sm_75", NULL);
     assert_int_equal(r->status, 2);
-    assert_non_null(strstr(r->err, ":4: hbm_gbps: 'fast' is not a positive number"));
-    f = fopen(dev, "w");
-    fputs("name = h200\nbf16_tflops = 989\nhbm_gbps = 4800\nmemory_gib = 141\n", f);
+    assert_non_null(strstr(r->err, "--arch sm_75: no built-in device for it"));
+
+    /* A plan is costed on the device it was compiled for: --arch cpu, a CPU. */
+    char plan[64];
+    snprintf(plan, sizeof plan, "/tmp/weft-sim-cpu-%d.plan", (int)getpid());
+    run_ok(r, "compile", "models/gpt2.xml", "--variant", "tiny", "--arch", "cpu", "-o", plan, NULL);
+    assert_non_null(strstr(r->out, " on cpu, bubble "));
+    run_ok(r, "simulate", plan, "--json", NULL);
+    assert_non_null(strstr(r->out, "\"device\": \"cpu\""));
+    run_ok(r, "simulate", plan, "--gpu", "a100", "--json", NULL);
+    assert_non_null(strstr(r->out, "\"device\": \"a100\""));
+    unlink(plan);
+
+    /* A calibration file replaces a constant: half the GEMM ceiling, a slower step. */
+    snprintf(dev, sizeof dev, "/tmp/weft-calibration-%d.json", (int)getpid());
+    FILE *f = fopen(dev, "w");
+    fputs("{\"name\": \"h100-half\", \"gemm_ceiling\": 0.375}\n", f);
     fclose(f);
-    run_weft(r, "simulate", "models/gpt2.xml", "--device-file", dev, NULL);
+    double half_step = json_number_after(run_ok(r, "simulate", "models/gpt2.xml", "--calibration", dev, "--json", NULL), "\"step_time\": ");
+    assert_non_null(strstr(r->out, "\"device\": \"h100-half\""));
+    assert_true(json_number_after(r->out, "\"gemm_ceiling\": ") == 0.375);
+    assert_true(half_step > 1.5 * h100_step);
+    /* A bad file exits 2, naming the file and what is wrong. */
+    static const char *bad[][2] = {
+        {"{\"gemm_ceiling\": \"high\"}", "gemm_ceiling: expected a positive number"},
+        {"{\"hbm_gb\": 3350}", "unknown key 'hbm_gb' (keys: name, arch, bf16_tflops"},
+        {"gemm_ceiling = 0.5", "a calibration file is one JSON object"},
+    };
+    for (size_t i = 0; i < WF_COUNT(bad); i++) {
+        f = fopen(dev, "w");
+        fputs(bad[i][0], f);
+        fclose(f);
+        run_weft(r, "simulate", "models/gpt2.xml", "--calibration", dev, NULL);
+        assert_int_equal(r->status, 2);
+        if (!strstr(r->err, dev) || !strstr(r->err, bad[i][1]))
+            fail_msg("calibration %s: want '%s' naming %s, got: %s", bad[i][0], bad[i][1], dev, r->err);
+    }
+    run_weft(r, "run", "no.plan", "--calibration", dev, NULL); /* weft run reads it before it starts */
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, dev));
+    assert_non_null(strstr(r->err, "a calibration file is one JSON object"));
     unlink(dev);
-    assert_int_equal(r->status, 0);
-    assert_non_null(strstr(r->out, "on h200"));
+    run_weft(r, "simulate", "models/gpt2.xml", "--calibration", dev, NULL);
+    assert_int_equal(r->status, 2);
+    assert_non_null(strstr(r->err, dev));
     free(r);
 }
 
@@ -670,6 +869,9 @@ int main(void)
         cmocka_unit_test(test_tied_bytes),
         cmocka_unit_test(test_param_grads_once),
         cmocka_unit_test(test_bubble),
+        cmocka_unit_test(test_no_pipeline_no_bubble),
+        cmocka_unit_test(test_cooldown_sends_before_reductions),
+        cmocka_unit_test(test_gemm_model),
         cmocka_unit_test(test_expert_parallel_mfu),
         cmocka_unit_test(test_simulate_cli),
         cmocka_unit_test(test_thousands_of_ranks),

@@ -4,6 +4,7 @@
 #include "memory.h"
 #include "plan.h"
 #include "program.h"
+#include "rank_plan.h"
 #include "schedule.h"
 #include "util.h"
 
@@ -44,9 +45,9 @@ static const struct cli_flag {
     {"mode", "layout compile simulate", CLI_VALUE, NULL},
     {"<optimizer>", "compile", CLI_VALUE, "an optimizer flag"},
     {"memory-limit", "compile", CLI_VALUE, NULL},
-    {"arch", "compile", CLI_VALUE, NULL},
+    {"arch", "compile simulate", CLI_VALUE, NULL},
     {"gpu", "compile simulate", CLI_VALUE, NULL},
-    {"device-file", "compile simulate", CLI_VALUE, NULL},
+    {"calibration", "compile simulate", CLI_VALUE, NULL},
     {"detail", "dot", CLI_VALUE, NULL},
     {"o", "compile dot simulate", CLI_VALUE, NULL},
     {"output", "compile dot simulate", CLI_VALUE, NULL},
@@ -239,8 +240,8 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             c->kernel = (int)v;
         } else if (!strcmp(key, "gpu")) {
             c->gpu = value;
-        } else if (!strcmp(key, "device-file")) {
-            c->device_file = value;
+        } else if (!strcmp(key, "calibration")) {
+            c->calibration = value;
         } else if (!strcmp(key, "detail")) {
             c->detail = value;
         } else if (!strcmp(key, "variant")) {
@@ -289,22 +290,40 @@ struct ir_graph *cli_load_model(struct cli *c)
     return g;
 }
 
-const struct device *cli_device(struct cli *c, struct device *file_dev)
+const struct device *cli_device(struct cli *c, struct device *dev)
 {
-    const struct device *dev = &device_default;
-    if (c->device_file) {
-        struct diag d;
-        diag_init(&d);
-        int rc = device_read(c->device_file, file_dev, &d);
-        diag_print(&d, stderr);
-        diag_free(&d);
-        dev = rc ? NULL : file_dev;
-    } else if (c->gpu && !(dev = device_find(c->gpu))) {
-        fprintf(stderr, "weft %s: --gpu %s: unknown device (built in: h100, a100; or --device-file FILE)\n", c->cmd, c->gpu);
+    struct diag d;
+    diag_init(&d);
+    const struct device *base = NULL;
+    if (c->gpu) {
+        if (!(base = device_find(c->gpu)))
+            diag_error(&d, NULL, 0, "--gpu %s: unknown device (built in: %s; --calibration FILE changes one's constants)", c->gpu,
+                       device_names());
+    } else if (c->model && cli_is_plan(c->model)) { /* the device it was compiled for */
+        struct plan *p = plan_open(c->model, &d);
+        struct plan_meta m;
+        if (p && plan_meta_read(p, &m, &d) == 0) {
+            if (!(base = device_find(m.device)))
+                diag_error(&d, NULL, 0, "%s was compiled for device '%s', which is not built in (%s): name one with --gpu",
+                           c->model, m.device, device_names());
+            plan_meta_free(&m);
+        }
+        plan_close(p);
+    } else if (c->arch) {
+        base = device_for_archs(c->arch, &d);
+    } else {
+        base = device_find(DEVICE_DEFAULT);
     }
-    if (!dev)
+    if (base) {
+        *dev = *base;
+        if (c->calibration && device_calibrate(dev, c->calibration, &d))
+            base = NULL;
+    }
+    diag_print(&d, stderr);
+    diag_free(&d);
+    if (!base)
         c->status = EXIT_BAD_INPUT;
-    return dev;
+    return base ? dev : NULL;
 }
 
 bool cli_is_plan(const char *path)

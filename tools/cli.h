@@ -34,7 +34,7 @@ struct cli {
     const char *schedule; /* --pipeline-schedule */
     bool infer;           /* --mode infer (train by default) */
     struct optim_config opt; /* --lr, --clip-grad, ... (Megatron's names) */
-    const char *gpu, *device_file; /* weft simulate */
+    const char *gpu, *calibration; /* --gpu NAME, --calibration FILE (weft compile, simulate) */
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
     const char *arch;     /* --arch (weft compile); NULL: the default */
@@ -56,9 +56,11 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
 struct ir_graph *cli_load_model(struct cli *c);
 /* Lay the model out by the parallel flags; errors printed: NULL. */
 struct partition *cli_partition(struct cli *c);
-/* The device --gpu or --device-file names (file_dev holds one read from a
- * file), else the default; errors printed: NULL. */
-const struct device *cli_device(struct cli *c, struct device *file_dev);
+/* The device a command costs a step on, into dev: --gpu's; else a plan's
+ * own (the one it was compiled for); else --arch's (sm_90: h100, sm_80:
+ * a100, cpu); else DEVICE_DEFAULT; then --calibration's constants over it.
+ * Errors printed: NULL. */
+const struct device *cli_device(struct cli *c, struct device *dev);
 /* Whether a path is a plan file (by its magic), not a model file. */
 bool cli_is_plan(const char *path);
 /* The step's schedule: a plan's own, or built from --pipeline-schedule and

@@ -12,7 +12,7 @@ static const char usage[] =
     "                    [--mode train|infer] [--lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 2000\n"
     "                     --lr-decay-iters 320000 --lr-decay-style cosine --train-iters N\n"
     "                     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --clip-grad 1.0]\n"
-    "                    [--gpu h100|a100 | --device-file FILE] [--bf16] [--memory-limit 80GiB]\n"
+    "                    [--gpu h100|a100|cpu] [--calibration FILE] [--bf16] [--memory-limit 80GiB]\n"
     "                    [--arch sm_80,sm_90|cpu] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
@@ -100,7 +100,7 @@ static void print_summary(const struct compiled *C, const char *output, const in
     printf("  largest rank: %s (stage %d%s)%s\n", wf_bytes((double)big->total, a), largest, flight,
            pc->bf16 ? "" : "; fp32 throughout (--bf16 for mixed precision)");
     print_kernels(&C->K, &C->ks, archs, n_archs);
-    printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S->forward_only ? "forward pass" : "step", C->sim.step_time * 1e3, C->sim.dev->name, 100 * C->sim.bubble);
+    printf("  predicted %s %.3f ms on %s, bubble %.1f%%\n", S->forward_only ? "forward pass" : "step", C->sim.step_time * 1e3, C->sim.dev.name, 100 * C->sim.bubble);
 }
 
 int cmd_compile(int argc, char **argv)
@@ -116,8 +116,8 @@ int cmd_compile(int argc, char **argv)
         fprintf(stderr, "weft compile: -o FILE.plan is needed\n");
         return EXIT_BAD_INPUT;
     }
-    struct device file_dev;
-    const struct device *dev = cli_device(&c, &file_dev);
+    struct device chosen;
+    const struct device *dev = cli_device(&c, &chosen);
     if (!dev)
         return c.status;
     char err[256];

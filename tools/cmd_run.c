@@ -6,6 +6,7 @@
 #include "data.h"
 #include "exec.h"
 #include "hf.h"
+#include "simulate.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -66,6 +67,8 @@ static const char usage_flags[] =
     "  --skip-limit N    stop (exit 1) after N iterations skipped in a row (default 5)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
+    "  --calibration FILE  constants of the CPU model the predicted step is costed on (weft simulate --help says\n"
+    "                       the keys; its GEMM and kernel rates are fitted to the run, its link measured at the start)\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
     "  --data-path PREFIX   train on PREFIX.bin/.idx (a decoder's plan: its tokens and labels); every token\n"
     "                       is checked against the plan's vocabulary before the first step\n"
@@ -293,9 +296,88 @@ static int save_checkpoint(struct exec *x, const struct rank_plan *R, struct com
     return 0;
 }
 
+static int by_seconds(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every rank, before the first step: the link between this run's ranks as
+ * the device model has it, measured over the world: an all-reduce of one
+ * float (the latency) and of 1 MiB (the bus bandwidth: a ring moves
+ * 2(n-1)/n of the buffer), each the median of a few. */
+static int measure_link(struct comm *comm, struct device *dev, struct diag *d)
+{
+    enum { REPS = 7, BIG = 1 << 18 };
+    float *buf = wf_calloc(BIG, sizeof *buf);
+    double t[2][REPS];
+    int rc = 0;
+    for (int size = 0; size < 2 && !rc; size++)
+        for (int i = 0; i < REPS && !rc; i++) {
+            double t0 = wf_seconds();
+            rc = comm->ops->collective(comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, buf, buf, size ? BIG : 1, IR_DTYPE_F32, d);
+            t[size][i] = wf_seconds() - t0;
+        }
+    free(buf);
+    if (rc)
+        return rc;
+    qsort(t[0], REPS, sizeof t[0][0], by_seconds);
+    qsort(t[1], REPS, sizeof t[1][0], by_seconds);
+    double latency = t[0][REPS / 2], big = t[1][REPS / 2], n = comm->size;
+    dev->link_latency = latency;
+    if (big > latency)
+        dev->link_bytes = dev->network_bytes = 2 * (n - 1) / n * BIG * sizeof(float) / (big - latency);
+    return 0;
+}
+
+/* Every rank: the step weft simulate predicts for the plan on these ranks
+ * against the one measured, on rank 0.  A CPU's GEMM and kernel rates are
+ * no datasheet's: they are fitted to this run's own GEMM and kernel
+ * seconds (summed over the ranks, the first step left out as a warm-up
+ * where there are more), so what is predicted is the rest: the schedule,
+ * the waits between stages, the collectives and transfers. */
+static void predict_step(struct comm *comm, const char *path, const struct device *dev, long steps, double total,
+                         const double *by_kind, double first_seconds, const double *first_kind)
+{
+    bool warm = steps > 1; /* leave the first out */
+    double n = (double)(warm ? steps - 1 : steps), measured = (total - (warm ? first_seconds : 0)) / n;
+    float sums[2] = {0, 0}; /* per step, this rank's: GEMMs, other kernels */
+    for (int k = 0; k < IR_ACT_COUNT; k++) {
+        double t = (by_kind[k] - (warm ? first_kind[k] : 0)) / n;
+        if (k == IR_ACT_GEMM)
+            sums[0] += (float)t;
+        else if (k == IR_ACT_LAUNCH || k == IR_ACT_ZERO || k == IR_ACT_COPY || k == IR_ACT_LOSS || k == IR_ACT_SQSUM)
+            sums[1] += (float)t;
+    }
+    struct diag d;
+    diag_init(&d);
+    if (comm->size > 1 && comm->ops->collective(comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, sums, sums, 2, IR_DTYPE_F32, &d)) {
+        diag_free(&d);
+        return; /* the run is over: no prediction rather than no summary */
+    }
+    struct sim_measured m = {sums[0], sums[1]};
+    struct sim_result r;
+    if (comm->rank == 0 && simulate_plan(path, dev, &m, &r, &d) == 0) {
+        printf("step time: predicted %.1f ms, measured %.1f ms (ratio %.2f)\n", r.step_time * 1e3, measured * 1e3,
+               measured > 0 ? r.step_time / measured : 0);
+        char link[160] = "";
+        if (comm->size > 1)
+            snprintf(link, sizeof link, ", collectives and transfers at the link measured before the first step (%.0f us, %.2f GB/s)",
+                     r.dev.link_latency * 1e6, r.dev.link_bytes / 1e9);
+        printf("  predicted on %s: GEMMs and kernels at the rates of this run's (%.1f and %.1f ms a step, summed over the ranks)%s; "
+               "bubble %.1f%%, tp communication %.1f ms, gradient reduction %.1f ms\n",
+               r.dev.name, m.gemm * 1e3, m.kernels * 1e3, link, 100 * r.bubble, r.tp_comm * 1e3, r.dp_comm * 1e3);
+        sim_result_free(&r);
+    } else if (comm->rank == 0) {
+        fprintf(stderr, "weft run: no predicted step: ");
+        diag_print(&d, stderr);
+    }
+    diag_free(&d);
+}
+
 int cmd_run(int argc, char **argv)
 {
-    const char *path = NULL, *log = NULL, *dump = NULL, *data_path = NULL, *split_arg = "969,30,1", *load = NULL, *save = NULL,
+    const char *path = NULL, *log = NULL, *dump = NULL, *calibration = NULL, *data_path = NULL, *split_arg = "969,30,1", *load = NULL, *save = NULL,
                *save_format = NULL;
     long steps = 10, log_interval = 1, skip_limit = 5, eval_interval = 0, eval_iters = 0;
     long save_interval = 0;
@@ -354,6 +436,8 @@ int cmd_run(int argc, char **argv)
             log = argv[++i];
         else if (!strcmp(a, "--dump-params") && has)
             dump = argv[++i];
+        else if (!strcmp(a, "--calibration") && has)
+            calibration = argv[++i];
         else if (!strcmp(a, "--load") && has)
             load = argv[++i];
         else if (!strcmp(a, "--save") && has)
@@ -394,6 +478,16 @@ int cmd_run(int argc, char **argv)
     if (data_path && seed > 0xffffffffull) {
         fprintf(stderr, "weft run: --seed %llu: with --data-path the seed shuffles as numpy's RandomState, 0 to 2^32-1\n", seed);
         return EXIT_BAD_INPUT;
+    }
+    struct device model = *device_find("cpu"); /* what the predicted step is costed on: these CPU ranks */
+    if (calibration) {
+        struct diag cd;
+        diag_init(&cd);
+        int bad = device_calibrate(&model, calibration, &cd);
+        diag_print(&cd, stderr);
+        diag_free(&cd);
+        if (bad)
+            return EXIT_BAD_INPUT;
     }
     signal(SIGXFSZ, SIG_IGN); /* a file past RLIMIT_FSIZE: the write fails (EFBIG) and the save says so */
     struct diag d;
@@ -498,7 +592,12 @@ int cmd_run(int argc, char **argv)
         printf("loaded %s: iteration %ld, %lld samples consumed, seed %llu (saved by %d rank%s: %s); %.1f MB in %.3f s (%.2f GB/s)\n",
                found.dir, start, (long long)found.state.consumed_samples, (unsigned long long)seed, found.world_size,
                found.world_size == 1 ? "" : "s", found.layout, (double)found.bytes / 1e6, load_s, (double)found.bytes / load_s / 1e9);
-    double total = 0, by_kind[IR_ACT_COUNT] = {0};
+    if (comm->size > 1 && steps && measure_link(comm, &model, &d)) {
+        diag_print(&d, stderr);
+        rc = EXIT_FAILURE_RUN;
+        goto done;
+    }
+    double total = 0, by_kind[IR_ACT_COUNT] = {0}, first_kind[IR_ACT_COUNT] = {0}, first_seconds = 0;
     int64_t tokens = 0, val_consumed = valid_from;
     struct log_interval in = {0};
     bool bar = lead && isatty(STDERR_FILENO);
@@ -515,6 +614,10 @@ int cmd_run(int argc, char **argv)
             diag_print(&d, stderr); /* this rank's failure: the others wait on it, so end them all */
             fflush(NULL);
             comm_abort(comm, EXIT_FAILURE_RUN);
+        }
+        if (it == start) { /* the first step warms up (pages, threads): the prediction is compared with the others */
+            first_seconds = st.seconds;
+            memcpy(first_kind, st.action_seconds, sizeof first_kind);
         }
         total += st.seconds;
         tokens += st.tokens;
@@ -594,6 +697,8 @@ int cmd_run(int argc, char **argv)
             comm_abort(comm, EXIT_FAILURE_RUN);
         }
     }
+    if (rc == 0 && steps)
+        predict_step(comm, path, &model, steps, total, by_kind, first_seconds, first_kind);
     if (rc == 0 && steps && lead) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */

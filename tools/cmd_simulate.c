@@ -12,23 +12,26 @@
 static const char usage[] =
     "usage: weft simulate MODEL.xml [layout flags...] [--pipeline-schedule gpipe|1f1b|interleaved] [--mode train|infer]\n"
     "       weft simulate MODEL.plan\n"
-    "                     [--gpu h100|a100 | --device-file FILE] [-o schedule.svg] [--json]\n"
+    "                     [--gpu h100|a100|cpu | --arch sm_90|sm_80|cpu] [--calibration FILE] [-o schedule.svg] [--json]\n"
     "\n"
     "Predict one training step: every rank's instruction stream run against the\n"
     "others with each op's roofline time on the device and ring-model collectives.\n"
-    "Prints the step time, the pipeline bubble, tokens/s and MFU; -o draws the\n"
-    "first pipeline's timeline (ranks as rows, forward, backward and transfers).\n"
-    "With --mode infer, it predicts a forward pass instead.\n"
-    "A device file holds lines: name, bf16_tflops, hbm_gbps, nvlink_gbps,\n"
-    "network_gbps, memory_gib, gpus_per_node (KEY = VALUE).\n";
+    "Prints the step time, the pipeline bubble (time a rank waits on other stages),\n"
+    "the exposed tensor- and data-parallel communication, tokens/s and MFU; -o\n"
+    "draws the first pipeline's timeline (stages as rows, forward, backward and\n"
+    "transfers).  With --mode infer, it predicts a forward pass instead.\n"
+    "The device: --gpu's, else a plan's own (the one it was compiled for), else\n"
+    "--arch's (sm_90: h100, sm_80: a100), else h100.  --calibration FILE replaces\n"
+    "its constants with a JSON object's (weft simulate --json prints the table\n"
+    "used, with every key: bf16_tflops, gemm_ceiling, hbm_gbps, link_gbps, ...).\n";
 
 int cmd_simulate(int argc, char **argv)
 {
     struct cli c;
     if (cli_parse(&c, argc, argv, "simulate", usage))
         return c.status;
-    struct device file_dev;
-    const struct device *dev = cli_device(&c, &file_dev);
+    struct device chosen;
+    const struct device *dev = cli_device(&c, &chosen);
     if (!dev)
         return c.status;
     struct diag d;
@@ -60,15 +63,22 @@ int cmd_simulate(int argc, char **argv)
         json_double(&j, "step_time", r.step_time);
         json_double(&j, "bubble", r.bubble);
         json_double(&j, "compute_time", r.compute_time);
+        json_double(&j, "tp_comm", r.tp_comm);
+        json_double(&j, "dp_comm", r.dp_comm);
+        json_double(&j, "optimizer_time", r.optimizer_time);
         json_double(&j, "tokens_per_s", r.tokens_per_s);
         json_double(&j, "mfu", r.mfu);
+        device_json(&j, "calibration", &r.dev);
         json_end_object(&j);
         json_finish(&j);
     } else if (rc == 0) {
         printf("%s on %d ranks, %s schedule, %d micro-batch%s, on %s\n", P->g->name, P->L->n_ranks, ir_sched_name(S.kind),
                S.n_micro, S.n_micro == 1 ? "" : "es", dev->name);
         printf("  step time   %.3f ms  (the busiest rank computes %.3f ms)\n", r.step_time * 1e3, r.compute_time * 1e3);
-        printf("  bubble      %.1f%% of compute\n", 100 * r.bubble);
+        double step = r.step_time > 0 ? r.step_time : 1;
+        printf("  bubble      %.1f%% of the step (pipeline idle: waiting on other stages)\n", 100 * r.bubble);
+        printf("  exposed     tp/cp/ep communication %.3f ms (%.1f%%), gradient reduction %.3f ms (%.1f%%), optimizer %.3f ms\n",
+               r.tp_comm * 1e3, 100 * r.tp_comm / step, r.dp_comm * 1e3, 100 * r.dp_comm / step, r.optimizer_time * 1e3);
         printf("  throughput  %.0f tokens/s, MFU %.1f%%\n", r.tokens_per_s, 100 * r.mfu);
         if (c.output)
             printf("  timeline    %s\n", c.output);
