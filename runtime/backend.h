@@ -64,6 +64,11 @@ struct backend_gemm {
     void *c;
 };
 int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d);
+/* Whether cuBLASLt takes the descriptors cuda.c makes for g (its
+ * layouts, transposes, batch and strides, the heuristic's preferences):
+ * host work, so it needs cuBLASLt's library and no GPU.  0, or -1 saying
+ * why (no library, or the value it refused). */
+int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d);
 /* bytes at p set to 0 (asynchronous on a GPU, in order with launches). */
 int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d);
 /* planes x rows of width bytes from src to dst, each with its own strides

@@ -340,65 +340,117 @@ static lt_status lt_layout_make(lt_layout *l, int type, int64_t rows, int64_t co
 /* The plan's row-major c (m x n) = op(a) @ op(b) is cuBLAS's column-major
  * c^T (n x m) = op(b)^T @ op(a)^T: a row-major matrix read column-major is
  * its transpose, so cuBLAS's A is the plan's b (stored n x k when tb, read
- * transposed; else k x n), its B the plan's a, and m and n swap. */
+ * transposed; else k x n), its B the plan's a, and m and n swap.  The
+ * descriptors and the heuristic's preferences (host work: no GPU needed). */
+static lt_status lt_describe(const struct lt_key *K, struct lt_gemm *p, lt_pref *pref)
+{
+    int32_t op_a = K->tb ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N, op_b = K->ta ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N;
+    uint64_t workspace = LT_WORKSPACE_BYTES;
+    lt_status st;
+    if ((st = lt.desc_create(&p->desc, ABI_CUBLAS_COMPUTE_32F, ABI_CUDA_R_32F)) ||
+        (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) ||
+        (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b)) ||
+        (st = lt_layout_make(&p->a, lt_type(K->dtype), K->tb ? K->k : K->n, K->tb ? K->n : K->k, K->ldb, K->batch, K->stride_b)) ||
+        (st = lt_layout_make(&p->b, lt_type(K->dtype), K->ta ? K->m : K->k, K->ta ? K->k : K->m, K->lda, K->batch, K->stride_a)) ||
+        (st = lt_layout_make(&p->c, lt_type(K->c_dtype), K->n, K->m, K->ldc, K->batch, K->stride_c)) || (st = lt.pref_create(pref)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &K->align_b, sizeof K->align_b)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &K->align_a, sizeof K->align_a)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &K->align_c, sizeof K->align_c)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &K->align_c, sizeof K->align_c)))
+        return st;
+    return 0;
+}
+
+/* "a GEMM of 64 x 48 x 32 (batch 1, a, b transposed, bf16 into f32)" */
+static const char *lt_key_str(const struct lt_key *K, char *buf, size_t n)
+{
+    snprintf(buf, n, "a GEMM of %lld x %lld x %lld (batch %lld, %s%s, %s into %s)", (long long)K->m, (long long)K->n, (long long)K->k,
+             (long long)K->batch, K->ta ? "a transposed" : "a", K->tb ? ", b transposed" : "", ir_dtype_name((enum ir_dtype)K->dtype),
+             ir_dtype_name((enum ir_dtype)K->c_dtype));
+    return buf;
+}
+
+/* g's key, for its call z of calls (products added into one c are calls
+ * of one matrix each, one after another; else one call of the batch),
+ * and where that call's a and b start. */
+static void lt_key_make(const struct backend_gemm *g, int64_t calls, int64_t z, struct lt_key *K, const void **a, const void **b)
+{
+    int64_t e = g->dtype == IR_DTYPE_BF16 ? 2 : 4, ec = g->c_dtype == IR_DTYPE_BF16 ? 2 : 4;
+    memset(K, 0, sizeof *K); /* the padding too: keys are compared as bytes */
+    K->batch = g->batch / calls, K->m = g->m, K->n = g->n, K->k = g->k, K->lda = g->lda, K->ldb = g->ldb, K->ldc = g->ldc;
+    K->stride_a = g->stride_a, K->stride_b = g->stride_b, K->stride_c = g->stride_c;
+    K->ta = g->ta, K->tb = g->tb, K->dtype = g->dtype, K->c_dtype = g->c_dtype, K->accumulate = g->beta != 0;
+    *a = (const char *)g->a + z * g->stride_a * e, *b = (const char *)g->b + z * g->stride_b * e;
+    K->align_a = lt_alignment(*a, g->stride_a * e, K->batch), K->align_b = lt_alignment(*b, g->stride_b * e, K->batch);
+    K->align_c = lt_alignment(g->c, g->stride_c * ec, K->batch);
+}
+
+static int64_t lt_calls(const struct backend_gemm *g) { return g->stride_c == 0 && g->batch > 1 ? g->batch : 1; }
+
+/* The GEMM's descriptors and algorithm: made on its key's first call, kept. */
 static struct lt_gemm *lt_gemm_make(struct lt_gemms *G, const struct lt_key *K, struct diag *d)
 {
     for (int i = 0; i < G->n; i++)
         if (!memcmp(&G->v[i].key, K, sizeof *K))
             return &G->v[i];
     struct lt_gemm p = {.key = *K};
-    int32_t op_a = K->tb ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N, op_b = K->ta ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N;
-    uint64_t workspace = LT_WORKSPACE_BYTES;
     lt_pref pref = NULL;
     struct lt_heuristic found;
     int returned = 0;
-    lt_status st;
-    if ((st = lt.desc_create(&p.desc, ABI_CUBLAS_COMPUTE_32F, ABI_CUDA_R_32F)) ||
-        (st = lt.desc_set(p.desc, ABI_CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) ||
-        (st = lt.desc_set(p.desc, ABI_CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b)) ||
-        (st = lt_layout_make(&p.a, lt_type(K->dtype), K->tb ? K->k : K->n, K->tb ? K->n : K->k, K->ldb, K->batch, K->stride_b)) ||
-        (st = lt_layout_make(&p.b, lt_type(K->dtype), K->ta ? K->m : K->k, K->ta ? K->k : K->m, K->lda, K->batch, K->stride_a)) ||
-        (st = lt_layout_make(&p.c, lt_type(K->c_dtype), K->n, K->m, K->ldc, K->batch, K->stride_c)) || (st = lt.pref_create(&pref)) ||
-        (st = lt.pref_set(pref, ABI_CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) ||
-        (st = lt.pref_set(pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &K->align_b, sizeof K->align_b)) ||
-        (st = lt.pref_set(pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &K->align_a, sizeof K->align_a)) ||
-        (st = lt.pref_set(pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &K->align_c, sizeof K->align_c)) ||
-        (st = lt.pref_set(pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &K->align_c, sizeof K->align_c)) ||
-        (st = lt.heuristic(G->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &found, &returned)) || returned < 1) {
+    lt_status st = lt_describe(K, &p, &pref);
+    if (!st)
+        st = lt.heuristic(G->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &found, &returned);
+    if (pref)
+        lt.pref_destroy(pref);
+    if (st || returned < 1) {
         char what[200];
-        snprintf(what, sizeof what, "a GEMM of %lld x %lld x %lld (batch %lld, %s%s, %s into %s)", (long long)K->m, (long long)K->n,
-                 (long long)K->k, (long long)K->batch, K->ta ? "a transposed" : "a", K->tb ? ", b transposed" : "",
-                 ir_dtype_name((enum ir_dtype)K->dtype), ir_dtype_name((enum ir_dtype)K->c_dtype));
-        if (pref)
-            lt.pref_destroy(pref);
+        lt_key_str(K, what, sizeof what);
         lt_gemm_release(&p);
-        if (!st)
+        if (st)
+            lt_fail(d, st, what);
+        else
             diag_error(d, NULL, 0, "cuBLASLt has no algorithm for %s", what);
-        return st ? (lt_fail(d, st, what), NULL) : NULL;
+        return NULL;
     }
-    lt.pref_destroy(pref);
     p.algo = found.algo;
     WF_GROW(G->v, G->n, G->cap);
     G->v[G->n] = p;
     return &G->v[G->n++];
 }
 
+int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d)
+{
+    if (!lt_load()) {
+        diag_error(d, NULL, 0, "%s", lt.why);
+        return -1;
+    }
+    int rc = 0;
+    for (int64_t z = 0, calls = lt_calls(g); z < calls && !rc; z++) {
+        struct lt_key K;
+        const void *a, *b;
+        lt_key_make(g, calls, z, &K, &a, &b);
+        struct lt_gemm p = {.key = K};
+        lt_pref pref = NULL;
+        lt_status st = lt_describe(&K, &p, &pref);
+        if (pref)
+            lt.pref_destroy(pref);
+        lt_gemm_release(&p);
+        char what[200];
+        rc = st ? lt_fail(d, st, lt_key_str(&K, what, sizeof what)) : 0;
+    }
+    return rc;
+}
+
 static int cuda_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
     struct lt_gemms *G = c->gemms;
-    int64_t e = g->dtype == IR_DTYPE_BF16 ? 2 : 4, ec = g->c_dtype == IR_DTYPE_BF16 ? 2 : 4;
-    int64_t calls = g->stride_c == 0 && g->batch > 1 ? g->batch : 1; /* products added into one c: one after another */
-    struct lt_key K;
-    memset(&K, 0, sizeof K); /* the padding too: keys are compared as bytes */
-    K.batch = g->batch / calls, K.m = g->m, K.n = g->n, K.k = g->k, K.lda = g->lda, K.ldb = g->ldb, K.ldc = g->ldc;
-    K.stride_a = g->stride_a, K.stride_b = g->stride_b, K.stride_c = g->stride_c;
-    K.ta = g->ta, K.tb = g->tb, K.dtype = g->dtype, K.c_dtype = g->c_dtype, K.accumulate = g->beta != 0;
     float one = 1.0f, beta = g->beta;
-    for (int64_t z = 0; z < calls; z++) {
-        const char *a = (const char *)g->a + z * g->stride_a * e, *b = (const char *)g->b + z * g->stride_b * e;
-        K.align_a = lt_alignment(a, g->stride_a * e, K.batch), K.align_b = lt_alignment(b, g->stride_b * e, K.batch);
-        K.align_c = lt_alignment(g->c, g->stride_c * ec, K.batch);
+    for (int64_t z = 0, calls = lt_calls(g); z < calls; z++) {
+        struct lt_key K;
+        const void *a, *b;
+        lt_key_make(g, calls, z, &K, &a, &b);
         const struct lt_gemm *p = lt_gemm_make(G, &K, d);
         if (!p)
             return -1;

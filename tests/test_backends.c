@@ -349,7 +349,8 @@ static void test_gemm(void **state)
         {3, 24, 40, 16, true, false, 1, IR_DTYPE_BF16, IR_DTYPE_F32, 4, 2},
         {2, 9, 11, 13, false, true, 0, IR_DTYPE_BF16, IR_DTYPE_F32, 3, 1},
     };
-    int checked = 0;
+    int checked = 0, described = 0;
+    char no_lt[512] = "";
     for (size_t t = 0; t < WF_COUNT(cases); t++) {
         int64_t B = cases[t].batch, M = cases[t].m, N = cases[t].n, K = cases[t].k, pad = cases[t].pad;
         bool ta = cases[t].ta, tb = cases[t].tb;
@@ -360,6 +361,18 @@ static void test_gemm(void **state)
         int64_t na = B * sa, nb = (sb ? B : 1) * br * ldb, nc = (sc ? B : 1) * M * ldc;
         size_t e = dt == IR_DTYPE_BF16 ? 2 : 4, ec = ct == IR_DTYPE_BF16 ? 2 : 4;
         void *a = draw(dt, na, 100 + t), *b = draw(dt, nb, 200 + t), *c0 = draw(ct, nc, 300 + t), *got = calloc((size_t)nc + 1, ec);
+        struct backend_gemm host = {.batch = B, .m = M, .n = N, .k = K, .ta = ta, .tb = tb, .beta = cases[t].beta, .dtype = dt,
+                                    .c_dtype = ct, .lda = lda, .ldb = ldb, .ldc = ldc, .stride_a = sa, .stride_b = sb, .stride_c = sc,
+                                    .a = a, .b = b, .c = c0};
+        struct diag dl;
+        diag_init(&dl);
+        if (!no_lt[0] && backend_cuda_gemm_check(&host, &dl)) { /* cuBLASLt takes its descriptors (no GPU needed) */
+            if (!strstr(diag_first_error(&dl), "no cuBLASLt"))
+                fail_msg("case %zu: %s", t, diag_first_error(&dl));
+            snprintf(no_lt, sizeof no_lt, "%s", diag_first_error(&dl));
+        }
+        described += !no_lt[0];
+        diag_free(&dl);
         for (int k = 0; k < n_be; k++) {
             struct diag d;
             diag_init(&d);
@@ -411,6 +424,7 @@ static void test_gemm(void **state)
     }
     printf("    %d GEMMs within their bounds%s%s\n", checked, n_be > 1 ? " on the CPU and " : "; no GPU run: ",
            n_be > 1 ? backend_describe(be[1]) : why);
+    printf("    cuBLASLt took the descriptors of %d of them%s%s\n", described, no_lt[0] ? ": " : "", no_lt);
     backend_close(be[0]);
     backend_close(be[1]);
 }
