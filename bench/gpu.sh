@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # gpu.sh [OUTDIR]: weft's kernels on a GPU, in one go.
 #   1. build/tests/test_backends: every launch of every tiny model (9
-#      layouts) on the CUDA backend against the CPU backend;
+#      layouts) on the CUDA backend against the CPU backend, and the
+#      executor's GEMMs (cuBLASLt) and strided copies against their
+#      definitions;
 #   2. build/bench/kernel_time: each kernel of Llama-2 7B (2 layers, seq 4096,
 #      micro-batch 1, bf16, one GPU) at its real size, against the GPU's
 #      copy bandwidth measured in the same run;

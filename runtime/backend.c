@@ -462,13 +462,13 @@ int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *
 {
     bool bf16 = g->dtype == IR_DTYPE_BF16;
     if ((g->dtype != IR_DTYPE_F32 && !bf16) || (g->c_dtype != IR_DTYPE_F32 && !(bf16 && g->c_dtype == IR_DTYPE_BF16)) ||
-        (g->beta != 0 && g->beta != 1) || g->batch < 1 || g->m < 1 || g->n < 1 || g->k < 1) {
+        (g->beta != 0 && g->beta != 1) || g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0) {
         diag_error(d, NULL, 0, "a GEMM of %lld x %lld x %lld (batch %lld, %s x %s into %s, beta %g): not one a backend runs",
                    (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch, ir_dtype_name((enum ir_dtype)g->dtype),
                    ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta);
         return -1;
     }
-    return be->ops->gemm(be, g, d);
+    return g->batch && g->m && g->n ? be->ops->gemm(be, g, d) : 0;
 }
 
 int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d) { return bytes ? be->ops->zero(be, p, bytes, d) : 0; }

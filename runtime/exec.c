@@ -76,7 +76,8 @@ int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->
 
 void *exec_arena(struct exec *x) { return x->arena; }
 
-/* The host scratch, at least bytes of it. */
+/* The host scratch, at least bytes of it; host_release gives back what a
+ * parameter needed (a step's inputs need little). */
 static void *host_scratch(struct exec *x, int64_t bytes)
 {
     if (bytes > x->host_bytes) {
@@ -85,6 +86,14 @@ static void *host_scratch(struct exec *x, int64_t bytes)
         x->host_bytes = bytes;
     }
     return x->host;
+}
+
+static void host_release(struct exec *x)
+{
+    free(x->host);
+    x->host = NULL, x->host_bytes = 0;
+    free(x->param_host);
+    x->param_host = NULL, x->param_host_bytes = 0, x->param_bytes = 0;
 }
 
 int32_t exec_token(uint64_t seed, int64_t sample, int64_t pos, int64_t vocab)
@@ -206,6 +215,7 @@ int exec_weights_loaded(struct exec *x, struct diag *d)
         if (backend_put(x->be, x->arena + x->m->base[IR_REGION_PARAMS] + p->offset, w, (size_t)n * 2, d))
             return -1;
     }
+    host_release(x);
     return 0;
 }
 
@@ -240,6 +250,7 @@ static int init_params(struct exec *x, struct diag *d)
             (master && backend_put(x->be, x->arena + mo, master, (size_t)n * 4, d)))
             return -1;
     }
+    host_release(x);
     return 0;
 }
 
@@ -733,6 +744,8 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     memset(x->action_seconds, 0, sizeof x->action_seconds);
     x->n_reads = 0, x->reads_used = 0;
     x->norm_sum = 0, x->norm_in_arena = false;
+    if (x->param_host)
+        host_release(x); /* a checkpoint's, or a load's */
     if (backend_zero(x->be, x->arena + x->m->base[IR_REGION_GRADS], (size_t)x->m->size[IR_REGION_GRADS], d))
         return -1;
     const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];

@@ -122,8 +122,8 @@ enum exec_state { EXEC_WEIGHTS, EXEC_EXP_AVG, EXEC_EXP_AVG_SQ, EXEC_STATE_COUNT 
  * is absent (no optimizer).  Returns fn's first non-zero, else 0. */
 typedef int (*exec_run_fn)(void *ctx, int64_t whole_first, float *local, int64_t count);
 /* local points into a host copy of the rank's state of t (got from the
- * backend), valid until the next call; exec_param_store puts what was
- * written into it back.  Returns fn's first non-zero, else 0; -1 (d says
+ * backend), valid until the next call (or step); exec_param_store puts
+ * what was written into it back.  Returns fn's first non-zero, else 0; -1 (d says
  * why) where the backend could not give it. */
 int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx, struct diag *d);
 int exec_param_store(struct exec *x, struct diag *d);
