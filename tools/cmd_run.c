@@ -643,7 +643,7 @@ int cmd_run(int argc, char **argv)
                 rest -= by_kind[k];
             }
         printf(" the rest (data, waits) %.1f%%\n", 100 * rest / total);
-        for (int shown = 0, *done = wf_calloc((size_t)R.kernels.n_kernels + 1, sizeof *done); profile; shown++) {
+        for (int shown = 0, *done = profile ? wf_calloc((size_t)R.kernels.n_kernels + 1, sizeof *done) : NULL; profile; shown++) {
             int best = -1;
             for (int k = 0; k < R.kernels.n_kernels; k++)
                 if (!done[k] && (best < 0 || exec_kernel_seconds(x, k) > exec_kernel_seconds(x, best)))
