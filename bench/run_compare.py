@@ -12,6 +12,7 @@ difference and where it is; exits 1 when any is past R, 2 on bad input.
 """
 import argparse
 import json
+import os
 import struct
 import sys
 
@@ -43,6 +44,10 @@ def main():
     ap.add_argument("--rtol", type=float, default=1e-4)
     args = ap.parse_args()
     bad = 0
+    missing = [p for p in (args.a + ".jsonl", args.b + ".jsonl", args.a + ".params", args.b + ".params") if not os.path.exists(p)]
+    if missing:
+        print(f"FAIL: no {', '.join(missing)} (the run stopped before its end? its log says why)")
+        return 1
     la, lb = losses(args.a + ".jsonl"), losses(args.b + ".jsonl")
     if len(la) != len(lb) or not la:
         print(f"iterations: {len(la)} in {args.a}.jsonl, {len(lb)} in {args.b}.jsonl")
