@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # gpu.sh [OUTDIR]: weft's kernels on a GPU, in one go.
 #   1. build/tests/test_backends: every launch of every tiny model (9
-#      layouts) on the CUDA backend against the CPU backend;
+#      layouts) on the CUDA backend against the CPU backend, and the
+#      executor's GEMMs (cuBLASLt) and strided copies against their
+#      definitions;
 #   2. build/bench/kernel_time: each kernel of Llama-2 7B (2 layers, seq 4096,
 #      micro-batch 1, bf16, one GPU) at its real size, against the GPU's
 #      copy bandwidth measured in the same run;
@@ -11,22 +13,27 @@
 #      forward and backward, seq 1024/4096/8192, head dims 64/128, causal and
 #      not, into bench/results/YYYY-MM-DD-DEVICE.json;
 #   5. test_backends again under compute-sanitizer's memcheck, then racecheck
-#      (shared memory: the tensor-core attention's tiles), when there is one.
+#      (shared memory: the tensor-core attention's tiles), when there is one;
+#   6. weft run on the GPU: tiny GPT-2, Llama-2 and T5 (fp32, 3 steps) with
+#      --device cuda against --device cpu, losses and parameters within 1e-4
+#      (bench/run_compare.py), on one rank and on 4 (tp 2, pp 2) sharing the
+#      GPU through MPI; then GPT-2 124M (bf16, micro-batch 16, seq 1024,
+#      AdamW) training on the GPU: its tokens/s and its device memory.
 # Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
 # the test and the benchmark) and a GPU; PLAN may name a plan compiled
 # beforehand, else build/weft compiles it here.  STEPS picks steps by name
-# (default: all, "backends kernels torch attention memcheck racecheck", about
-# 19 minutes at their timeouts' worst); under a 10-minute limit run
+# (default: all, "backends kernels torch attention memcheck racecheck run",
+# about 23 minutes at their timeouts' worst); under a 10-minute limit run
 # STEPS="backends attention" first, then the rest.  Without a GPU,
-# build/tests/test_attention runs the attention's CUDA source on the CPU
-# (tests/cuda_emu.h): what this adds is the hardware, and the time.
+# build/tests/test_attention and test_backends run the kernels' CUDA source
+# on the CPU (tests/cuda_emu.h): what this adds is the hardware, and the time.
 set -uo pipefail
 export PATH=$PATH:/usr/local/cuda/bin
 cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 mkdir -p "$out"
 plan=${PLAN:-$out/llama7b-2l.plan}
-steps=" ${STEPS:-backends kernels torch attention memcheck racecheck} "
+steps=" ${STEPS:-backends kernels torch attention memcheck racecheck run} "
 step() { echo "== $*"; }
 want() { [[ $steps == *" $1 "* ]]; }
 
@@ -61,4 +68,35 @@ if want racecheck && command -v compute-sanitizer >/dev/null; then
   timeout "${RACECHECK_SECONDS:-180}" compute-sanitizer --tool racecheck --print-limit 20 \
     build/tests/test_backends >"$out/racecheck.txt" 2>&1
   echo "racecheck: status $?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" "$out/racecheck.txt" | head -20
+fi
+if want run; then
+  step "weft run: CUDA against the CPU (tiny models, fp32, 3 steps), then GPT-2 124M bf16 training"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fails=0
+  for model in gpt2 llama2 t5; do
+    for ranks in 1 4; do
+      lay=(); [ "$ranks" = 4 ] && lay=(--world-size 4 --tp 2 --pp 2 --global-batch-size 4)
+      [ "$ranks" = 4 ] && [ "$model" = t5 ] && lay=(--world-size 4 --tp 2 --global-batch-size 4) # T5: pp 2 needs --epp
+      p="$out/run-$model-$ranks"
+      build/weft compile "models/$model.xml" --variant tiny "${lay[@]}" -o "$p.plan" >"$p.compile.txt" 2>&1 ||
+        { echo "$model x$ranks: compile failed"; tail -3 "$p.compile.txt"; fails=$((fails + 1)); continue; }
+      launch=(); [ "$ranks" = 4 ] && launch=(mpirun --oversubscribe -np 4)
+      for dev in cpu cuda; do
+        timeout 120 "${launch[@]}" build/weft run "$p.plan" --steps 3 --device "$dev" --log "$p.$dev.jsonl" \
+          --dump-params "$p.$dev.params" >"$p.$dev.txt" 2>&1 || { echo "$model x$ranks --device $dev: status $?"; tail -5 "$p.$dev.txt"; }
+      done
+      echo "-- $model, $ranks rank(s): cuda against cpu"
+      python3 bench/run_compare.py "$p.cuda" "$p.cpu" --rtol 1e-4 | tail -6 || fails=$((fails + 1))
+    done
+  done
+  echo "run comparisons failed: $fails"
+  p="$out/gpt2-124m-bf16"
+  if [ -f "$p.plan" ] || timeout 300 build/weft compile models/gpt2.xml --bf16 --micro-batch-size 16 --global-batch-size 16 \
+      --seq-length 1024 --arch sm_90 -o "$p.plan" >"$p.compile.txt" 2>&1; then
+    timeout "${TRAIN_SECONDS:-180}" build/weft run "$p.plan" --device cuda --steps "${TRAIN_STEPS:-30}" --log-interval 10 \
+      --log "$p.jsonl" 2>&1 | tee "$p.txt" | grep -vE "^ \[" | tail -8
+    grep -E "tokens/s|device memory" "$p.txt" | tail -3
+  else
+    echo "GPT-2 124M: compile failed"; tail -3 "$p.compile.txt"
+  fi
 fi

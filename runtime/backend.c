@@ -138,6 +138,7 @@ struct cpu {
     void **fns;     /* per kernel: its function (fused, routing), or attention's [KN_ATTN_FNS] */
     void **parts;   /* the same in parts (NAME_rows, NAME_fn_heads), or NULL */
     struct pool pool;
+    float *widened; /* bf16 GEMMs' operands and result widened to fp32 (cpu_gemm), be.scratch_bytes of them */
 };
 
 /* A fused launch below this many elements runs on the caller alone: waking
@@ -205,7 +206,7 @@ static int cpu_route(struct backend *be, int kernel, const struct kn_route_args 
 static void *cpu_alloc(struct backend *be, size_t bytes, struct diag *d)
 {
     (void)be;
-    void *p = malloc(bytes ? bytes : 1);
+    void *p = aligned_alloc(IR_ALIGN, (bytes + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN + (bytes ? 0 : IR_ALIGN)); /* as cuMemAlloc aligns */
     if (!p)
         diag_error(d, NULL, 0, "out of memory: %zu bytes", bytes);
     return p;
@@ -220,8 +221,101 @@ static void cpu_free(struct backend *be, void *p)
 static int cpu_copy(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d)
 {
     (void)be, (void)d;
-    memcpy(dst, src, bytes);
+    memmove(dst, src, bytes);
     return 0;
+}
+
+static int cpu_zero(struct backend *be, void *p, size_t bytes, struct diag *d)
+{
+    (void)be, (void)d;
+    memset(p, 0, bytes);
+    return 0;
+}
+
+/* A stored matrix (rows x cols, leading dimension ld) of bf16, widened into dense fp32. */
+static void widen(const uint16_t *src, int64_t rows, int64_t cols, int64_t ld, float *dst)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[r * cols + c] = wf_bf16_float(src[r * ld + c]);
+}
+
+/* Through sgemm.  bf16 operands (OpenBLAS as Debian builds it has no
+ * sbgemm) are widened into the backend's scratch, grown to the largest
+ * GEMM's operands and result, and a bf16 result rounded back (to nearest
+ * even, as the kernels round); a fp32 result (a parameter's gradient) is
+ * added into directly. */
+static int cpu_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d)
+{
+    struct cpu *cp = (struct cpu *)be;
+    enum CBLAS_TRANSPOSE ta = g->ta ? CblasTrans : CblasNoTrans, tb = g->tb ? CblasTrans : CblasNoTrans;
+    if (g->dtype == IR_DTYPE_F32) {
+        const float *a = g->a, *b = g->b;
+        float *c = g->c;
+        for (int64_t z = 0; z < g->batch; z++)
+            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, a + z * g->stride_a, (blasint)g->lda,
+                        b + z * g->stride_b, (blasint)g->ldb, g->beta, c + z * g->stride_c, (blasint)g->ldc);
+        return 0;
+    }
+    const uint16_t *a = g->a, *b = g->b;
+    int64_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k, br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+    int64_t need = (ar * ac + br * bc + g->m * g->n) * (int64_t)sizeof(float);
+    if (need > be->scratch_bytes) {
+        float *w = realloc(cp->widened, (size_t)need);
+        if (!w) {
+            diag_error(d, NULL, 0, "out of memory: the bf16 GEMMs' scratch (%lld bytes)", (long long)need);
+            return -1;
+        }
+        cp->widened = w, be->scratch_bytes = need;
+    }
+    float *fa = cp->widened, *fb = fa + ar * ac, *fc = fb + br * bc;
+    for (int64_t z = 0; z < g->batch; z++) {
+        widen(a + z * g->stride_a, ar, ac, g->lda, fa);
+        widen(b + z * g->stride_b, br, bc, g->ldb, fb);
+        if (g->c_dtype == IR_DTYPE_F32) {
+            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc,
+                        g->beta, (float *)g->c + z * g->stride_c, (blasint)g->ldc);
+            continue;
+        }
+        cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc, 0.0f, fc,
+                    (blasint)g->n);
+        uint16_t *c = (uint16_t *)g->c + z * g->stride_c;
+        for (int64_t i = 0; i < g->m; i++)
+            for (int64_t k = 0; k < g->n; k++)
+                c[i * g->ldc + k] = wf_bf16(fc[i * g->n + k] + (g->beta != 0 ? g->beta * wf_bf16_float(c[i * g->ldc + k]) : 0.0f));
+    }
+    return 0;
+}
+
+static int cpu_copy_rows(struct backend *be, const struct backend_rows *x, struct diag *d)
+{
+    (void)be, (void)d;
+    const char *src = x->src;
+    char *dst = x->dst;
+    for (int64_t p = 0; p < x->planes; p++)
+        for (int64_t r = 0; r < x->rows; r++) {
+            const char *s = src + p * x->src_plane + r * x->src_pitch;
+            char *o = dst + p * x->dst_plane + r * x->dst_pitch;
+            if (!x->add)
+                memcpy(o, s, (size_t)x->width);
+            else if (x->dtype == IR_DTYPE_BF16)
+                for (int64_t i = 0; i < x->width / 2; i++) {
+                    uint16_t a, b;
+                    memcpy(&a, s + 2 * i, 2), memcpy(&b, o + 2 * i, 2);
+                    b = wf_bf16(wf_bf16_float(a) + wf_bf16_float(b));
+                    memcpy(o + 2 * i, &b, 2);
+                }
+            else
+                for (int64_t i = 0; i < x->width / 4; i++)
+                    ((float *)(void *)o)[i] += ((const float *)(const void *)s)[i];
+        }
+    return 0;
+}
+
+static void cpu_memory(struct backend *be, struct backend_memory *m)
+{
+    (void)be;
+    m->at_open = m->peak = m->now = -1;
 }
 
 static int cpu_sync(struct backend *be, struct diag *d)
@@ -238,16 +332,29 @@ static void cpu_close(struct backend *be)
         dlclose(c->lib);
     free(c->fns);
     free(c->parts);
+    free(c->widened);
     free(c);
 }
 
-static const struct backend_ops cpu_ops = {cpu_alloc, cpu_free, cpu_copy, cpu_copy, cpu_copy, cpu_fused, cpu_attention, cpu_route,
-                                           cpu_sync, cpu_close};
+static const struct backend_ops cpu_ops = {
+    .alloc = cpu_alloc, .free = cpu_free, .put = cpu_copy, .get = cpu_copy, .copy = cpu_copy, .fused = cpu_fused,
+    .attention = cpu_attention, .route = cpu_route, .sync = cpu_sync, .gemm = cpu_gemm, .zero = cpu_zero,
+    .copy_rows = cpu_copy_rows, .memory = cpu_memory, .close = cpu_close};
 
 static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
 {
+    struct cpu *c = wf_calloc(1, sizeof *c);
+    c->be = (struct backend){.ops = &cpu_ops, .F = F, .kind = BACKEND_CPU};
+    snprintf(c->be.description, sizeof c->be.description, "cpu");
+    c->fns = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->fns);
+    c->parts = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->parts);
+    int threads = openblas_get_num_threads();
+    pool_init(&c->pool, threads < 1 ? 1 : threads > 256 ? 256 : threads);
+    if (!F->n_kernels) /* GEMMs and copies alone */
+        return &c->be;
     if (!F->cpu_object || !F->cpu_size) {
         diag_error(d, NULL, 0, "the plan has no CPU kernels (compiled without a C compiler?)");
+        cpu_close(&c->be);
         return NULL;
     }
     const char *tmp = getenv("TMPDIR");
@@ -256,6 +363,7 @@ static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
     int fd = mkstemp(path);
     if (fd < 0) {
         diag_error(d, NULL, 0, "cannot write the CPU kernels to %s: %s", path, strerror(errno));
+        cpu_close(&c->be);
         return NULL;
     }
     size_t done = 0;
@@ -270,14 +378,10 @@ static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
     unlink(path); /* the mapping stays */
     if (!lib) {
         diag_error(d, NULL, 0, "cannot load the plan's CPU kernels: %s", done == F->cpu_size ? dlerror() : "short write");
+        cpu_close(&c->be);
         return NULL;
     }
-    struct cpu *c = wf_calloc(1, sizeof *c);
-    c->be = (struct backend){.ops = &cpu_ops, .F = F, .kind = BACKEND_CPU};
-    snprintf(c->be.description, sizeof c->be.description, "cpu");
     c->lib = lib;
-    c->fns = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->fns);
-    c->parts = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->parts);
     for (int k = 0; k < F->n_kernels; k++) {
         const struct kn_entry *K = &F->kernels[k];
         for (int f = 0; f < (K->kind == KN_KIND_ATTENTION ? KN_ATTN_FNS : 1); f++) {
@@ -288,8 +392,6 @@ static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
             c->parts[(size_t)k * KN_ATTN_FNS + (size_t)f] = K->kind != KN_KIND_ROUTE ? dlsym(lib, parts) : NULL;
         }
     }
-    int threads = openblas_get_num_threads();
-    pool_init(&c->pool, threads < 1 ? 1 : threads > 256 ? 256 : threads);
     return &c->be;
 }
 
@@ -355,3 +457,50 @@ int backend_route(struct backend *be, int kernel, const struct kn_route_args *a,
 }
 
 int backend_sync(struct backend *be, struct diag *d) { return be->ops->sync(be, d); }
+
+int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d)
+{
+    bool bf16 = g->dtype == IR_DTYPE_BF16;
+    if ((g->dtype != IR_DTYPE_F32 && !bf16) || (g->c_dtype != IR_DTYPE_F32 && !(bf16 && g->c_dtype == IR_DTYPE_BF16)) ||
+        (g->beta != 0 && g->beta != 1) || g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0) {
+        diag_error(d, NULL, 0, "a GEMM of %lld x %lld x %lld (batch %lld, %s x %s into %s, beta %g): not one a backend runs",
+                   (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch, ir_dtype_name((enum ir_dtype)g->dtype),
+                   ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta);
+        return -1;
+    }
+    return g->batch && g->m && g->n ? be->ops->gemm(be, g, d) : 0;
+}
+
+int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d) { return bytes ? be->ops->zero(be, p, bytes, d) : 0; }
+
+int backend_copy_rows(struct backend *be, const struct backend_rows *r, struct diag *d)
+{
+    int64_t e = r->dtype == IR_DTYPE_BF16 ? 2 : 4;
+    if (r->add && ((r->dtype != IR_DTYPE_F32 && r->dtype != IR_DTYPE_BF16) || r->width % e || r->src_pitch % e || r->dst_pitch % e ||
+                   r->src_plane % e || r->dst_plane % e)) {
+        diag_error(d, NULL, 0, "an add of rows %lld bytes wide (pitches %lld, %lld): not whole elements of %s", (long long)r->width,
+                   (long long)r->src_pitch, (long long)r->dst_pitch, ir_dtype_name((enum ir_dtype)r->dtype));
+        return -1;
+    }
+    return r->planes > 0 && r->rows > 0 && r->width > 0 ? be->ops->copy_rows(be, r, d) : 0;
+}
+
+int64_t backend_scratch_bytes(const struct backend *be) { return be->scratch_bytes; }
+
+void backend_memory(struct backend *be, struct backend_memory *m) { be->ops->memory(be, m); }
+
+int backend_cuda_ordinal(int count, const char *device, const char *local_rank, struct diag *d)
+{
+    char *end = NULL;
+    if (device && *device) {
+        long o = strtol(device, &end, 10);
+        if (*end || o < 0 || o >= count) {
+            diag_error(d, NULL, 0, "WEFT_CUDA_DEVICE=%s: there %s %d GPU%s here (0 to %d)", device, count == 1 ? "is" : "are", count,
+                       count == 1 ? "" : "s", count - 1);
+            return -1;
+        }
+        return (int)o;
+    }
+    long local = local_rank && *local_rank ? strtol(local_rank, &end, 10) : 0;
+    return local_rank && *local_rank && !*end && local > 0 && count > 0 ? (int)(local % count) : 0;
+}

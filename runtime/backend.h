@@ -10,12 +10,15 @@
  *   backend_put(be, x, host, bytes);
  *   args.in[0] = x;  ...
  *   backend_fused(be, kernel, &args, &d);        // asynchronous on CUDA
+ *   backend_gemm(be, &(struct backend_gemm){.batch = 1, .m = M, .n = N, .k = K, .lda = K, .ldb = N, .ldc = N,
+ *                                           .a = x, .b = w, .c = y}, &d);   // y = x @ w, fp32
  *   backend_get(be, host, y, bytes, &d);         // waits for what came before
  *   backend_close(be);
  *
- * A backend keeps its own scratch: the CUDA column sums' partial sums.
- * Every call that can fail returns 0, or -1 with the reason in d (a
- * kernel's launch error names the kernel). */
+ * A backend keeps its own scratch (backend_scratch_bytes): the CPU's bf16
+ * GEMMs' operands widened to fp32, CUDA's cuBLASLt workspace and column
+ * sums' partial sums.  Every call that can fail returns 0, or -1 with the
+ * reason in d (a kernel's launch error names the kernel). */
 #ifndef WEFT_BACKEND_H
 #define WEFT_BACKEND_H
 
@@ -43,6 +46,60 @@ int backend_put(struct backend *be, void *dst, const void *src, size_t bytes, st
 int backend_get(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d);
 /* Within the backend's memory (asynchronous on a GPU, in order with launches). */
 int backend_copy(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d);
+
+/* c = op(a) @ op(b), or c += op(a) @ op(b) where beta is 1, for each of
+ * batch matrices: row-major, as a plan's GEMM action says (ir_gemm,
+ * ir/actions.h), with its dtypes: a and b fp32 or bf16, c fp32 or (with
+ * bf16 a and b) bf16.  The sums are fp32 (bf16 operands widened, a bf16
+ * result rounded to nearest even).  A batch stride of 0 reads (a, b) the
+ * same matrix for each, or (c) adds every product into one. */
+struct backend_gemm {
+    int64_t batch, m, n, k;
+    bool ta, tb;                 /* a is stored k x m (b: n x k) */
+    float beta;                  /* 0 or 1 */
+    int dtype, c_dtype;          /* enum ir_dtype: of a and b; of c */
+    int64_t lda, ldb, ldc;       /* elements between rows */
+    int64_t stride_a, stride_b, stride_c; /* elements between a batch's matrices */
+    const void *a, *b;
+    void *c;
+};
+int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d);
+/* Whether cuBLASLt takes the descriptors cuda.c makes for g (its
+ * layouts, transposes, batch and strides, the heuristic's preferences):
+ * host work, so it needs cuBLASLt's library and no GPU.  0, or -1 saying
+ * why (no library, or the value it refused). */
+int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d);
+/* bytes at p set to 0 (asynchronous on a GPU, in order with launches). */
+int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d);
+/* planes x rows of width bytes from src to dst, each with its own strides
+ * (bytes), or with add their elementwise sum into dst in dtype
+ * (IR_DTYPE_F32, or IR_DTYPE_BF16 summed in fp32 and rounded to nearest
+ * even; width and strides whole elements).  A plan's COPY action. */
+struct backend_rows {
+    void *dst;
+    const void *src;
+    int64_t planes, rows, width;
+    int64_t src_plane, src_pitch, dst_plane, dst_pitch;
+    bool add;
+    int dtype;
+};
+int backend_copy_rows(struct backend *be, const struct backend_rows *r, struct diag *d);
+/* What the backend allocated for itself (its scratch, its libraries'
+ * workspaces), beside what was allocated through it. */
+int64_t backend_scratch_bytes(const struct backend *be);
+/* The device's memory in use (all processes', total less free), in bytes:
+ * when the backend opened (the context, other processes), the most seen
+ * at any wait since (backend_sync, backend_get), and now.  All -1 on the
+ * CPU, where the process's resident set says it. */
+struct backend_memory {
+    int64_t at_open, peak, now;
+};
+void backend_memory(struct backend *be, struct backend_memory *m);
+/* Which of count GPUs a rank takes: $WEFT_CUDA_DEVICE (device), else its
+ * rank on the node (local_rank: $OMPI_COMM_WORLD_LOCAL_RANK or
+ * $SLURM_LOCALID) mod count, else 0; -1 with the reason in d where device
+ * names no GPU there is.  Either string may be NULL. */
+int backend_cuda_ordinal(int count, const char *device, const char *local_rank, struct diag *d);
 
 /* Launch kernel F->kernels[kernel] (of its kind) with args a. */
 int backend_fused(struct backend *be, int kernel, const struct kn_args *a, struct diag *d);

@@ -14,6 +14,10 @@ struct backend_ops {
     int (*attention)(struct backend *be, int kernel, enum kn_attn_fn fn, const struct kn_attn_args *a, struct diag *d);
     int (*route)(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d);
     int (*sync)(struct backend *be, struct diag *d);
+    int (*gemm)(struct backend *be, const struct backend_gemm *g, struct diag *d);
+    int (*zero)(struct backend *be, void *p, size_t bytes, struct diag *d);
+    int (*copy_rows)(struct backend *be, const struct backend_rows *r, struct diag *d);
+    void (*memory)(struct backend *be, struct backend_memory *m);
     void (*close)(struct backend *be);
 };
 
@@ -22,6 +26,7 @@ struct backend {
     const struct kn_set *F;
     enum backend_kind kind;
     char description[160];
+    int64_t scratch_bytes; /* backend_scratch_bytes */
 };
 
 struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d);

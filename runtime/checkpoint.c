@@ -130,7 +130,7 @@ static int write_full_tensors(struct exec *x, const struct rank_plan *R, struct 
             if (R->tensors[t].kind != IR_TENSOR_PARAM)
                 continue;
             struct put_ctx p = {w, fd, index[k * R->n_tensors + t], path, d};
-            rc = exec_param_runs(x, t, states[k], true, put_run, &p);
+            rc = exec_param_runs(x, t, states[k], true, put_run, &p, d);
             if (rc && c)
                 diag_note(d, path, 0, "rank %d on %s was writing its slices", c->rank, c->host);
         }
@@ -664,7 +664,7 @@ int ckpt_load(struct exec *x, const struct rank_plan *R, struct comm *c, const s
             const char *vocab = st_meta(sf, "weft.vocab");
             struct read_ctx r = {.f = sf, .T = T, .vocab = R->vocab, .d = d};
             check_entry(sf, name, T, R->vocab, vocab ? strtoll(vocab, NULL, 10) : -1, &r.t, &r.va, d);
-            rc = exec_param_runs(x, t, states[s], false, read_run, &r) ? 2 : 0;
+            rc = exec_param_runs(x, t, states[s], false, read_run, &r, d) ? 2 : exec_param_store(x, d) ? 1 : 0;
         }
     if (!all)
         all = comm_agree(c, rc, NULL, d);
@@ -672,7 +672,8 @@ int ckpt_load(struct exec *x, const struct rank_plan *R, struct comm *c, const s
     st_close(&files[1]);
     if (all)
         return 2;
-    exec_weights_loaded(x);
+    if (exec_weights_loaded(x, d))
+        return 1;
     exec_set_consumed_samples(x, f->state.consumed_samples);
     exec_set_skipped_updates(x, f->state.skipped);
     return 0;

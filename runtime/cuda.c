@@ -5,6 +5,7 @@
  * its first launch, from the plan's cubin for this GPU's architecture (or
  * its PTX, which the driver compiles, for a newer GPU). */
 #include "backend_impl.h"
+#include "cuda_abi.h"
 #include "util.h"
 
 #include <dlfcn.h>
@@ -23,6 +24,22 @@ typedef unsigned long long cu_ptr; /* CUdeviceptr */
 enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76, ATTR_SHARED_OPTIN = 97 };
 enum { FUNC_MAX_DYNAMIC_SHARED = 8 }; /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
 #define STATIC_SHARED_LIMIT (48 * 1024) /* what a block gets without opting in */
+/* CUDA_MEMCPY2D (cuda.h), field for field. */
+struct cu_memcpy_2d {
+    size_t src_x_bytes, src_y;
+    int src_memory_type;
+    const void *src_host;
+    cu_ptr src_device;
+    void *src_array;
+    size_t src_pitch;
+    size_t dst_x_bytes, dst_y;
+    int dst_memory_type;
+    void *dst_host;
+    cu_ptr dst_device;
+    void *dst_array;
+    size_t dst_pitch;
+    size_t width_bytes, height;
+};
 
 static struct {
     bool tried;
@@ -50,6 +67,9 @@ static struct {
     cu_result (*dtod)(cu_ptr, cu_ptr, size_t, void *);
     cu_result (*error_name)(cu_result, const char **);
     cu_result (*error_string)(cu_result, const char **);
+    cu_result (*memset_async)(cu_ptr, unsigned char, size_t, void *);
+    cu_result (*copy_2d_async)(const struct cu_memcpy_2d *, void *);
+    cu_result (*mem_info)(size_t *, size_t *);
 } cu;
 
 static bool load(void)
@@ -86,6 +106,9 @@ static bool load(void)
     LOAD(dtod, "cuMemcpyDtoDAsync_v2");
     LOAD(error_name, "cuGetErrorName");
     LOAD(error_string, "cuGetErrorString");
+    LOAD(memset_async, "cuMemsetD8Async");
+    LOAD(copy_2d_async, "cuMemcpy2DAsync_v2");
+    LOAD(mem_info, "cuMemGetInfo_v2");
 #undef LOAD
     if (cu.why[0]) {
         dlclose(cu.lib);
@@ -115,6 +138,8 @@ static int fail(struct diag *d, cu_result r, const char *fmt, const char *what)
     return -1;
 }
 
+struct lt_gemms;
+
 struct cuda {
     struct backend be;
     cu_device dev;
@@ -126,7 +151,387 @@ struct cuda {
     cu_ptr partial;         /* the column sums' scratch */
     size_t partial_bytes;
     int last;               /* the kernel launched last: an asynchronous failure is reported against it */
+    struct lt_gemms *gemms; /* cuBLASLt's handle, workspace and plans (lt_open) */
+    int64_t mem_at_open, mem_peak; /* the device's memory in use (backend_memory) */
 };
+
+/* ---- cuBLASLt: the GEMMs and the adding copies ------------------------------
+ * Opened at run time as the driver is, its entry points declared by their
+ * documented signatures (cublasLt.h; enums passed as int, as C passes them)
+ * and its constants in cuda_abi.h. */
+
+typedef int lt_status;
+typedef struct lt_handle_s *lt_handle;
+typedef struct lt_desc_s *lt_desc;
+typedef struct lt_layout_s *lt_layout;
+typedef struct lt_pref_s *lt_pref;
+typedef struct lt_transform_s *lt_transform;
+
+static struct {
+    bool tried;
+    void *lib;
+    char why[512];
+    lt_status (*create)(lt_handle *);
+    lt_status (*destroy)(lt_handle);
+    const char *(*status_string)(lt_status);
+    lt_status (*desc_create)(lt_desc *, int compute_type, int scale_type);
+    lt_status (*desc_destroy)(lt_desc);
+    lt_status (*desc_set)(lt_desc, int attr, const void *buf, size_t bytes);
+    lt_status (*layout_create)(lt_layout *, int type, uint64_t rows, uint64_t cols, int64_t ld);
+    lt_status (*layout_destroy)(lt_layout);
+    lt_status (*layout_set)(lt_layout, int attr, const void *buf, size_t bytes);
+    lt_status (*pref_create)(lt_pref *);
+    lt_status (*pref_destroy)(lt_pref);
+    lt_status (*pref_set)(lt_pref, int attr, const void *buf, size_t bytes);
+    lt_status (*heuristic)(lt_handle, lt_desc, lt_layout a, lt_layout b, lt_layout c, lt_layout d, lt_pref, int requested,
+                           struct lt_heuristic *results, int *returned);
+    lt_status (*matmul)(lt_handle, lt_desc, const void *alpha, const void *a, lt_layout, const void *b, lt_layout, const void *beta,
+                        const void *c, lt_layout, void *d, lt_layout, const struct lt_algo *, void *workspace, size_t workspace_bytes,
+                        void *stream);
+    lt_status (*transform_create)(lt_transform *, int scale_type);
+    lt_status (*transform_destroy)(lt_transform);
+    lt_status (*transform)(lt_handle, lt_transform, const void *alpha, const void *a, lt_layout, const void *beta, const void *b,
+                           lt_layout, void *c, lt_layout, void *stream);
+} lt;
+
+/* The sonames cuBLASLt has had: CUDA 13's first. */
+static const char *const lt_sonames[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so"};
+
+static bool lt_load(void)
+{
+    if (lt.tried)
+        return lt.lib != NULL;
+    lt.tried = true;
+    for (size_t i = 0; i < sizeof lt_sonames / sizeof *lt_sonames && !lt.lib; i++)
+        lt.lib = dlopen(lt_sonames[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lt.lib) {
+        snprintf(lt.why, sizeof lt.why, "no cuBLASLt: libcublasLt.so.13 (or .12, .11) not found (%s)", dlerror());
+        return false;
+    }
+#define LOAD(field, name)                                                                                                     \
+    if (!(*(void **)&lt.field = dlsym(lt.lib, name)) && !lt.why[0])                                                           \
+        snprintf(lt.why, sizeof lt.why, "cuBLASLt lacks %s", name);
+    LOAD(create, "cublasLtCreate");
+    LOAD(destroy, "cublasLtDestroy");
+    LOAD(status_string, "cublasLtGetStatusString");
+    LOAD(desc_create, "cublasLtMatmulDescCreate");
+    LOAD(desc_destroy, "cublasLtMatmulDescDestroy");
+    LOAD(desc_set, "cublasLtMatmulDescSetAttribute");
+    LOAD(layout_create, "cublasLtMatrixLayoutCreate");
+    LOAD(layout_destroy, "cublasLtMatrixLayoutDestroy");
+    LOAD(layout_set, "cublasLtMatrixLayoutSetAttribute");
+    LOAD(pref_create, "cublasLtMatmulPreferenceCreate");
+    LOAD(pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    LOAD(pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    LOAD(heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    LOAD(matmul, "cublasLtMatmul");
+    LOAD(transform_create, "cublasLtMatrixTransformDescCreate");
+    LOAD(transform_destroy, "cublasLtMatrixTransformDescDestroy");
+    LOAD(transform, "cublasLtMatrixTransform");
+#undef LOAD
+    if (lt.why[0]) {
+        dlclose(lt.lib);
+        lt.lib = NULL;
+        return false;
+    }
+    return true;
+}
+
+static int lt_fail(struct diag *d, lt_status st, const char *what)
+{
+    const char *text = lt.status_string ? lt.status_string(st) : NULL;
+    diag_error(d, NULL, 0, "cuBLASLt: %s: %s (%d)", what, text ? text : "unknown status", st);
+    return -1;
+}
+
+/* Hopper's recommended workspace (cuBLAS's documentation: 32 MiB on sm_90). */
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+
+/* What decides a GEMM's descriptors and algorithm: its shape, strides,
+ * types and its operands' alignment (the heuristic's preferences). */
+struct lt_key {
+    int64_t batch, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c;
+    int32_t ta, tb, dtype, c_dtype, accumulate;
+    uint32_t align_a, align_b, align_c;
+};
+
+/* A GEMM's descriptors and the heuristic's algorithm, made once per key. */
+struct lt_gemm {
+    struct lt_key key;
+    lt_desc desc;
+    lt_layout a, b, c; /* cuBLAS's column-major A, B, C (= D): the plan's b, a, c (lt_gemm_make) */
+    struct lt_algo algo;
+};
+
+struct lt_gemms {
+    lt_handle handle;
+    cu_ptr workspace;
+    lt_transform add; /* the adding copies: C = A + B */
+    struct lt_gemm *v;
+    int n, cap;
+};
+
+static void lt_gemm_release(struct lt_gemm *p)
+{
+    if (p->desc)
+        lt.desc_destroy(p->desc);
+    if (p->a)
+        lt.layout_destroy(p->a);
+    if (p->b)
+        lt.layout_destroy(p->b);
+    if (p->c)
+        lt.layout_destroy(p->c);
+}
+
+static void lt_close(struct lt_gemms *G)
+{
+    if (!G)
+        return;
+    for (int i = 0; i < G->n; i++)
+        lt_gemm_release(&G->v[i]);
+    free(G->v);
+    if (G->add)
+        lt.transform_destroy(G->add);
+    if (G->workspace)
+        cu.mem_free(G->workspace);
+    if (G->handle)
+        lt.destroy(G->handle);
+    free(G);
+}
+
+static struct lt_gemms *lt_open(struct diag *d)
+{
+    if (!lt_load()) {
+        diag_error(d, NULL, 0, "%s", lt.why);
+        return NULL;
+    }
+    struct lt_gemms *G = wf_calloc(1, sizeof *G);
+    lt_status st;
+    cu_result r;
+    if ((st = lt.create(&G->handle)) || (st = lt.transform_create(&G->add, ABI_CUDA_R_32F))) {
+        lt_fail(d, st, "cannot open it");
+        lt_close(G);
+        return NULL;
+    }
+    if ((r = cu.mem_alloc(&G->workspace, LT_WORKSPACE_BYTES))) {
+        fail(d, r, "cannot allocate %s on the GPU", "cuBLASLt's 32 MiB workspace");
+        lt_close(G);
+        return NULL;
+    }
+    return G;
+}
+
+static int lt_type(int dtype) { return dtype == IR_DTYPE_BF16 ? ABI_CUDA_R_16BF : ABI_CUDA_R_32F; }
+
+/* The largest power of two (at most 256) dividing the address and, in a
+ * batch, every matrix's: what cuBLASLt may assume of an operand. */
+static uint32_t lt_alignment(const void *p, int64_t stride_bytes, int64_t batch)
+{
+    uint64_t bits = (uint64_t)(uintptr_t)p | 256u | (batch > 1 ? (uint64_t)stride_bytes : 0);
+    return (uint32_t)(bits & -bits);
+}
+
+static lt_status lt_layout_make(lt_layout *l, int type, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride)
+{
+    int32_t count = (int32_t)batch;
+    lt_status st = lt.layout_create(l, type, (uint64_t)rows, (uint64_t)cols, ld);
+    if (!st && batch > 1)
+        st = lt.layout_set(*l, ABI_CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
+    if (!st && batch > 1)
+        st = lt.layout_set(*l, ABI_CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride);
+    return st;
+}
+
+/* The plan's row-major c (m x n) = op(a) @ op(b) is cuBLAS's column-major
+ * c^T (n x m) = op(b)^T @ op(a)^T: a row-major matrix read column-major is
+ * its transpose, so cuBLAS's A is the plan's b (stored n x k when tb, read
+ * transposed; else k x n), its B the plan's a, and m and n swap.  The
+ * descriptors and the heuristic's preferences (host work: no GPU needed). */
+static lt_status lt_describe(const struct lt_key *K, struct lt_gemm *p, lt_pref *pref)
+{
+    int32_t op_a = K->tb ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N, op_b = K->ta ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N;
+    uint64_t workspace = LT_WORKSPACE_BYTES;
+    lt_status st;
+    if ((st = lt.desc_create(&p->desc, ABI_CUBLAS_COMPUTE_32F, ABI_CUDA_R_32F)) ||
+        (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) ||
+        (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b)) ||
+        (st = lt_layout_make(&p->a, lt_type(K->dtype), K->tb ? K->k : K->n, K->tb ? K->n : K->k, K->ldb, K->batch, K->stride_b)) ||
+        (st = lt_layout_make(&p->b, lt_type(K->dtype), K->ta ? K->m : K->k, K->ta ? K->k : K->m, K->lda, K->batch, K->stride_a)) ||
+        (st = lt_layout_make(&p->c, lt_type(K->c_dtype), K->n, K->m, K->ldc, K->batch, K->stride_c)) || (st = lt.pref_create(pref)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &K->align_b, sizeof K->align_b)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &K->align_a, sizeof K->align_a)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &K->align_c, sizeof K->align_c)) ||
+        (st = lt.pref_set(*pref, ABI_CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &K->align_c, sizeof K->align_c)))
+        return st;
+    return 0;
+}
+
+/* "a GEMM of 64 x 48 x 32 (batch 1, a, b transposed, bf16 into f32)" */
+static const char *lt_key_str(const struct lt_key *K, char *buf, size_t n)
+{
+    snprintf(buf, n, "a GEMM of %lld x %lld x %lld (batch %lld, %s%s, %s into %s)", (long long)K->m, (long long)K->n, (long long)K->k,
+             (long long)K->batch, K->ta ? "a transposed" : "a", K->tb ? ", b transposed" : "", ir_dtype_name((enum ir_dtype)K->dtype),
+             ir_dtype_name((enum ir_dtype)K->c_dtype));
+    return buf;
+}
+
+/* g's key, for its call z of calls (products added into one c are calls
+ * of one matrix each, one after another; else one call of the batch),
+ * and where that call's a and b start. */
+static void lt_key_make(const struct backend_gemm *g, int64_t calls, int64_t z, struct lt_key *K, const void **a, const void **b)
+{
+    int64_t e = g->dtype == IR_DTYPE_BF16 ? 2 : 4, ec = g->c_dtype == IR_DTYPE_BF16 ? 2 : 4;
+    memset(K, 0, sizeof *K); /* the padding too: keys are compared as bytes */
+    K->batch = g->batch / calls, K->m = g->m, K->n = g->n, K->k = g->k, K->lda = g->lda, K->ldb = g->ldb, K->ldc = g->ldc;
+    K->stride_a = g->stride_a, K->stride_b = g->stride_b, K->stride_c = g->stride_c;
+    K->ta = g->ta, K->tb = g->tb, K->dtype = g->dtype, K->c_dtype = g->c_dtype, K->accumulate = g->beta != 0;
+    *a = (const char *)g->a + z * g->stride_a * e, *b = (const char *)g->b + z * g->stride_b * e;
+    K->align_a = lt_alignment(*a, g->stride_a * e, K->batch), K->align_b = lt_alignment(*b, g->stride_b * e, K->batch);
+    K->align_c = lt_alignment(g->c, g->stride_c * ec, K->batch);
+}
+
+static int64_t lt_calls(const struct backend_gemm *g) { return g->stride_c == 0 && g->batch > 1 ? g->batch : 1; }
+
+/* The GEMM's descriptors and algorithm: made on its key's first call, kept. */
+static struct lt_gemm *lt_gemm_make(struct lt_gemms *G, const struct lt_key *K, struct diag *d)
+{
+    for (int i = 0; i < G->n; i++)
+        if (!memcmp(&G->v[i].key, K, sizeof *K))
+            return &G->v[i];
+    struct lt_gemm p = {.key = *K};
+    lt_pref pref = NULL;
+    struct lt_heuristic found;
+    int returned = 0;
+    lt_status st = lt_describe(K, &p, &pref);
+    if (!st)
+        st = lt.heuristic(G->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &found, &returned);
+    if (pref)
+        lt.pref_destroy(pref);
+    if (st || returned < 1) {
+        char what[200];
+        lt_key_str(K, what, sizeof what);
+        lt_gemm_release(&p);
+        if (st)
+            lt_fail(d, st, what);
+        else
+            diag_error(d, NULL, 0, "cuBLASLt has no algorithm for %s", what);
+        return NULL;
+    }
+    p.algo = found.algo;
+    WF_GROW(G->v, G->n, G->cap);
+    G->v[G->n] = p;
+    return &G->v[G->n++];
+}
+
+int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d)
+{
+    if (!lt_load()) {
+        diag_error(d, NULL, 0, "%s", lt.why);
+        return -1;
+    }
+    int rc = 0;
+    for (int64_t z = 0, calls = lt_calls(g); z < calls && !rc; z++) {
+        struct lt_key K;
+        const void *a, *b;
+        lt_key_make(g, calls, z, &K, &a, &b);
+        struct lt_gemm p = {.key = K};
+        lt_pref pref = NULL;
+        lt_status st = lt_describe(&K, &p, &pref);
+        if (pref)
+            lt.pref_destroy(pref);
+        lt_gemm_release(&p);
+        char what[200];
+        rc = st ? lt_fail(d, st, lt_key_str(&K, what, sizeof what)) : 0;
+    }
+    return rc;
+}
+
+static int cuda_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    struct lt_gemms *G = c->gemms;
+    float one = 1.0f, beta = g->beta;
+    for (int64_t z = 0, calls = lt_calls(g); z < calls; z++) {
+        struct lt_key K;
+        const void *a, *b;
+        lt_key_make(g, calls, z, &K, &a, &b);
+        const struct lt_gemm *p = lt_gemm_make(G, &K, d);
+        if (!p)
+            return -1;
+        lt_status st = lt.matmul(G->handle, p->desc, &one, b, p->a, a, p->b, &beta, g->c, p->c, g->c, p->c, &p->algo,
+                                 (void *)(uintptr_t)G->workspace, LT_WORKSPACE_BYTES, NULL);
+        if (st)
+            return lt_fail(d, st, "cublasLtMatmul");
+    }
+    return 0;
+}
+
+static int cuda_copy_rows(struct backend *be, const struct backend_rows *x, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    cu_ptr src = (cu_ptr)(uintptr_t)x->src, dst = (cu_ptr)(uintptr_t)x->dst;
+    if (x->add) { /* dst = src + dst, each plane a column-major matrix of a row's elements by rows, planes its batch */
+        int64_t e = x->dtype == IR_DTYPE_BF16 ? 2 : 4, w = x->width / e;
+        int64_t lds = x->rows > 1 ? x->src_pitch / e : w, ldd = x->rows > 1 ? x->dst_pitch / e : w;
+        lt_layout ls = NULL, ld = NULL;
+        float one = 1.0f;
+        lt_status st;
+        if (!(st = lt_layout_make(&ls, lt_type(x->dtype), w, x->rows, lds, x->planes, x->src_plane / e)) &&
+            !(st = lt_layout_make(&ld, lt_type(x->dtype), w, x->rows, ldd, x->planes, x->dst_plane / e)))
+            st = lt.transform(c->gemms->handle, c->gemms->add, &one, x->src, ls, &one, x->dst, ld, x->dst, ld, NULL);
+        if (ls)
+            lt.layout_destroy(ls);
+        if (ld)
+            lt.layout_destroy(ld);
+        return st ? lt_fail(d, st, "cublasLtMatrixTransform (a copy that adds)") : 0;
+    }
+    /* As few copies as the strides allow: one block, one 2-D copy (of planes, or of every plane's rows), or one a plane. */
+    int64_t w = x->width;
+    bool plane_dense = x->rows == 1 || (x->src_pitch == w && x->dst_pitch == w);
+    bool rows_follow = x->planes == 1 || (x->src_plane == x->rows * x->src_pitch && x->dst_plane == x->rows * x->dst_pitch);
+    struct cu_memcpy_2d m = {.src_memory_type = ABI_CU_MEMORYTYPE_DEVICE, .src_device = src, .src_pitch = (size_t)x->src_pitch,
+                             .dst_memory_type = ABI_CU_MEMORYTYPE_DEVICE, .dst_device = dst, .dst_pitch = (size_t)x->dst_pitch,
+                             .width_bytes = (size_t)w, .height = (size_t)x->rows};
+    cu_result r = 0;
+    if (plane_dense && (x->planes == 1 || (x->src_plane == x->rows * w && x->dst_plane == x->rows * w)))
+        r = cu.dtod(dst, src, (size_t)(x->planes * x->rows * w), NULL);
+    else if (plane_dense) {
+        m.width_bytes = (size_t)(x->rows * w), m.height = (size_t)x->planes;
+        m.src_pitch = (size_t)x->src_plane, m.dst_pitch = (size_t)x->dst_plane;
+        r = cu.copy_2d_async(&m, NULL);
+    } else if (rows_follow) {
+        m.height = (size_t)(x->planes * x->rows);
+        r = cu.copy_2d_async(&m, NULL);
+    } else
+        for (int64_t p = 0; p < x->planes && !r; p++) {
+            m.src_device = src + (cu_ptr)(p * x->src_plane), m.dst_device = dst + (cu_ptr)(p * x->dst_plane);
+            r = cu.copy_2d_async(&m, NULL);
+        }
+    return r ? fail(d, r, "%s", "a copy of rows on the GPU") : 0;
+}
+
+static int cuda_zero(struct backend *be, void *p, size_t bytes, struct diag *d)
+{
+    (void)be;
+    cu_result r = cu.memset_async((cu_ptr)(uintptr_t)p, 0, bytes, NULL);
+    return r ? fail(d, r, "%s", "zeroing memory on the GPU") : 0;
+}
+
+/* The device's memory in use now (every process's): total less free. */
+static int64_t device_used(void)
+{
+    size_t free_bytes = 0, total = 0;
+    return cu.mem_info(&free_bytes, &total) ? -1 : (int64_t)(total - free_bytes);
+}
+
+static void cuda_memory(struct backend *be, struct backend_memory *m)
+{
+    struct cuda *c = (struct cuda *)be;
+    m->at_open = c->mem_at_open, m->now = device_used();
+    c->mem_peak = m->now > c->mem_peak ? m->now : c->mem_peak;
+    m->peak = c->mem_peak;
+}
 
 static int64_t max_blocks(const struct cuda *c) { return (int64_t)c->sms * 8; }
 
@@ -168,6 +573,8 @@ static int cuda_sync(struct backend *be, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
     cu_result r = cu.ctx_synchronize();
+    int64_t used = r ? -1 : device_used();
+    c->mem_peak = used > c->mem_peak ? used : c->mem_peak;
     if (!r)
         return 0;
     return fail(d, r, "a kernel failed on the GPU (the last launched: %s)", c->last >= 0 ? be->F->kernels[c->last].name : "none");
@@ -278,6 +685,7 @@ static int cuda_fused(struct backend *be, int kernel, const struct kn_args *a, s
             if (r)
                 return fail(d, r, "cannot allocate %s's column sums", be->F->kernels[kernel].name);
             c->partial_bytes = need;
+            be->scratch_bytes = (int64_t)(LT_WORKSPACE_BYTES + need);
         }
         x.partial = (float *)(uintptr_t)c->partial;
         x.nblocks = g.blocks;
@@ -319,6 +727,7 @@ static void cuda_close(struct backend *be)
 {
     struct cuda *c = (struct cuda *)be;
     cu.ctx_synchronize();
+    lt_close(c->gemms);
     if (c->partial)
         cu.mem_free(c->partial);
     for (int k = 0; k < be->F->n_kernels; k++)
@@ -330,8 +739,10 @@ static void cuda_close(struct backend *be)
     free(c);
 }
 
-static const struct backend_ops cuda_ops = {cuda_alloc, cuda_free, cuda_put, cuda_get, cuda_copy, cuda_fused, cuda_attention, cuda_route,
-                                            cuda_sync, cuda_close};
+static const struct backend_ops cuda_ops = {
+    .alloc = cuda_alloc, .free = cuda_free, .put = cuda_put, .get = cuda_get, .copy = cuda_copy, .fused = cuda_fused,
+    .attention = cuda_attention, .route = cuda_route, .sync = cuda_sync, .gemm = cuda_gemm, .zero = cuda_zero,
+    .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close};
 
 struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 {
@@ -346,12 +757,12 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
         diag_error(d, NULL, 0, "no CUDA GPU: %s", r ? describe(r, why, sizeof why) : "the driver sees none");
         return NULL;
     }
-    const char *env = getenv("WEFT_CUDA_DEVICE");
-    int ordinal = env && *env ? atoi(env) : 0;
-    if (ordinal < 0 || ordinal >= count) {
-        diag_error(d, NULL, 0, "WEFT_CUDA_DEVICE=%s: there are %d GPUs (0 to %d)", env, count, count - 1);
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    int ordinal = backend_cuda_ordinal(count, getenv("WEFT_CUDA_DEVICE"), local ? local : getenv("SLURM_LOCALID"), d);
+    if (ordinal < 0)
         return NULL;
-    }
+    char which[16];
+    snprintf(which, sizeof which, "%d", ordinal);
     struct cuda *c = wf_calloc(1, sizeof *c);
     c->be = (struct backend){.ops = &cuda_ops, .F = F, .kind = BACKEND_CUDA};
     c->last = -1;
@@ -361,12 +772,12 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
         (r = cu.device_attribute(&minor, ATTR_CC_MINOR, c->dev)) || (r = cu.device_attribute(&c->sms, ATTR_MULTIPROCESSORS, c->dev)) ||
         (r = cu.device_attribute(&c->shared_optin, ATTR_SHARED_OPTIN, c->dev)) ||
         (r = cu.device_name(name, sizeof name, c->dev)) || (r = cu.ctx_retain(&c->ctx, c->dev))) {
-        fail(d, r, "cannot open GPU %s", env && *env ? env : "0");
+        fail(d, r, "cannot open GPU %s", which);
         free(c);
         return NULL;
     }
     if ((r = cu.ctx_set_current(c->ctx))) {
-        fail(d, r, "cannot use GPU %s", env && *env ? env : "0");
+        fail(d, r, "cannot use GPU %s", which);
         cu.ctx_release(c->dev);
         free(c);
         return NULL;
@@ -375,5 +786,11 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
     snprintf(c->be.description, sizeof c->be.description, "%s (sm_%d, %d SMs)", name, c->cc, c->sms);
     c->modules = wf_calloc((size_t)F->n_kernels + 1, sizeof *c->modules);
     c->functions = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->functions);
+    c->mem_at_open = c->mem_peak = device_used();
+    if (!(c->gemms = lt_open(d))) {
+        cuda_close(&c->be);
+        return NULL;
+    }
+    c->be.scratch_bytes = (int64_t)LT_WORKSPACE_BYTES;
     return &c->be;
 }

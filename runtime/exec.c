@@ -4,7 +4,6 @@
 #include "launch.h"
 #include "util.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +16,8 @@ struct exec {
     const struct ir_role_memory *m;
     const struct ir_stage_actions *acts;
     struct backend *be;
-    uint8_t *arena;
+    uint8_t *arena;          /* the backend's memory: the memory plan's total, then the staging (reads_bytes) */
+    int64_t arena_bytes;
     uint64_t seed;
     int loss_op;             /* the op whose row losses are the loss (its LOSS action's), or -1 */
     int64_t loss_rows;       /* per micro-batch: this rank's */
@@ -40,12 +40,33 @@ struct exec {
     long skipped;            /* updates skipped in this run (a non-finite norm): the schedule and Adam count the others */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
-    float *scratch;          /* bf16 GEMMs' operands widened (gemm_scratch) */
-    int64_t scratch_bytes;
+    /* What the host reads of a step (the LOSS and SQSUM actions' rows): copied in the backend, in order,
+     * into the staging after the memory plan's arena, and read back together (flush_reads) when the
+     * norm or the loss is needed, so a GPU waits once or twice a step, not once a parameter. */
+    struct pending_read *reads;
+    int n_reads, max_reads;
+    int64_t reads_used, reads_bytes;  /* bytes of the staging taken this step, and its size */
+    float *reads_host;                /* the staging's copy on the host */
+    float norm_sum;          /* the norm's sum of squares as this rank adds it (LOSS, SQSUM), until put into the
+                              * arena's norm buffer for its collectives (norm_in_arena) */
+    bool norm_in_arena;
+    uint8_t *host;           /* host scratch: a buffer made here before it is put (inputs, parameters) */
+    int64_t host_bytes;
+    float *param_host;       /* exec_param_runs' host copy of a parameter's state, until the next call */
+    int64_t param_host_bytes, param_offset, param_bytes; /* ... its size, and where in the arena it came from */
+};
+
+/* A LOSS or SQSUM action's rows, staged at `at` (bytes into the staging). */
+struct pending_read {
+    bool loss;     /* LOSS: 2 floats a row (its second the row's loss); SQSUM: 1 */
+    bool counts;   /* SQSUM: this rank counts them (else it adds 0, staging nothing) */
+    int64_t at, rows;
 };
 
 double exec_kernel_seconds(const struct exec *x, int kernel) { return x->kernel_seconds[kernel]; }
-int64_t exec_scratch_bytes(const struct exec *x) { return x->scratch_bytes; }
+int64_t exec_scratch_bytes(const struct exec *x) { return backend_scratch_bytes(x->be); }
+int64_t exec_arena_bytes(const struct exec *x) { return x->arena_bytes; }
+struct backend *exec_backend(struct exec *x) { return x->be; }
 int64_t exec_consumed_samples(const struct exec *x) { return x->consumed; }
 void exec_set_consumed_samples(struct exec *x, int64_t samples) { x->consumed = samples; }
 long exec_skipped_updates(const struct exec *x) { return x->skipped; }
@@ -54,6 +75,26 @@ int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->
 
 
 void *exec_arena(struct exec *x) { return x->arena; }
+
+/* The host scratch, at least bytes of it; host_release gives back what a
+ * parameter needed (a step's inputs need little). */
+static void *host_scratch(struct exec *x, int64_t bytes)
+{
+    if (bytes > x->host_bytes) {
+        free(x->host);
+        x->host = wf_calloc((size_t)bytes, 1);
+        x->host_bytes = bytes;
+    }
+    return x->host;
+}
+
+static void host_release(struct exec *x)
+{
+    free(x->host);
+    x->host = NULL, x->host_bytes = 0;
+    free(x->param_host);
+    x->param_host = NULL, x->param_host_bytes = 0, x->param_bytes = 0;
+}
 
 int32_t exec_token(uint64_t seed, int64_t sample, int64_t pos, int64_t vocab)
 {
@@ -116,15 +157,24 @@ static bool stores_once(const struct exec *x, const struct rank_tensor *t)
     return rc->dp == 0;
 }
 
-int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx)
+int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx, struct diag *d)
 {
     const struct rank_tensor *T = &x->R->tensors[t];
     static const enum ir_buf_what what[EXEC_STATE_COUNT] = {IR_BUF_VALUE, IR_BUF_EXP_AVG, IR_BUF_EXP_AVG_SQ};
     enum ir_buf_what w = s == EXEC_WEIGHTS && x->R->L->pc.bf16 ? IR_BUF_MASTER : what[s];
     int64_t bytes, o = T->kind == IR_TENSOR_PARAM ? ir_memory_find(x->m, w, t, -1, -1, &bytes) : -1;
+    x->param_bytes = 0;
     if (o < 0 || (stored_once && !stores_once(x, T)))
         return 0;
-    float *local = (float *)(void *)(x->arena + o);
+    if (bytes > x->param_host_bytes) {
+        free(x->param_host);
+        x->param_host = wf_calloc((size_t)bytes, 1);
+        x->param_host_bytes = bytes;
+    }
+    if (backend_get(x->be, x->param_host, x->arena + o, (size_t)bytes, d))
+        return -1;
+    x->param_offset = o, x->param_bytes = bytes;
+    float *local = x->param_host;
     int64_t n = bytes / 4, row = T->rank ? T->shape[T->rank - 1] : 1;
     for (int p = 1; T->rank && p < IR_PDIM_COUNT; p++) /* the last axis's length here: a run at most */
         if (T->split[T->rank - 1] & IR_PDIM_BIT(p))
@@ -141,33 +191,49 @@ int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, 
     return 0;
 }
 
-void exec_weights_loaded(struct exec *x)
+int exec_param_store(struct exec *x, struct diag *d)
+{
+    return x->param_bytes ? backend_put(x->be, x->arena + x->param_offset, x->param_host, (size_t)x->param_bytes, d) : 0;
+}
+
+int exec_weights_loaded(struct exec *x, struct diag *d)
 {
     if (!x->R->L->pc.bf16)
-        return;
+        return 0;
     for (int b = 0; b < x->m->n_bufs; b++) {
         const struct ir_buf *p = &x->m->bufs[b];
         int64_t bytes, mo = p->region == IR_REGION_PARAMS && p->what == IR_BUF_VALUE ? ir_memory_find(x->m, IR_BUF_MASTER, p->id, -1, -1, &bytes) : -1;
-        uint16_t *w = (uint16_t *)(void *)(x->arena + x->m->base[IR_REGION_PARAMS] + p->offset);
-        for (int64_t e = 0; mo >= 0 && e < p->bytes / 2; e++)
-            w[e] = wf_bf16(((const float *)(const void *)(x->arena + mo))[e]);
+        if (mo < 0)
+            continue;
+        int64_t n = p->bytes / 2;
+        float *master = host_scratch(x, n * 6);
+        uint16_t *w = (uint16_t *)(master + n);
+        if (backend_get(x->be, master, x->arena + mo, (size_t)n * 4, d))
+            return -1;
+        for (int64_t e = 0; e < n; e++)
+            w[e] = wf_bf16(master[e]);
+        if (backend_put(x->be, x->arena + x->m->base[IR_REGION_PARAMS] + p->offset, w, (size_t)n * 2, d))
+            return -1;
     }
+    host_release(x);
+    return 0;
 }
 
 /* Each parameter from the seed; under bf16 its fp32 master weights too, the
  * bf16 copy rounded from them. */
-static void init_params(struct exec *x)
+static int init_params(struct exec *x, struct diag *d)
 {
     for (int b = 0; b < x->m->n_bufs; b++) {
         const struct ir_buf *p = &x->m->bufs[b];
         if (p->region != IR_REGION_PARAMS || p->what != IR_BUF_VALUE)
             continue;
         const struct rank_tensor *t = &x->R->tensors[p->id];
-        uint8_t *w = x->arena + x->m->base[IR_REGION_PARAMS] + p->offset;
         bool bf16 = x->R->L->pc.bf16;
         int64_t n = p->bytes / (bf16 ? 2 : 4), bytes; /* this rank's shard */
         int64_t mo = bf16 ? ir_memory_find(x->m, IR_BUF_MASTER, p->id, -1, -1, &bytes) : -1;
-        float *master = mo >= 0 ? (float *)(x->arena + mo) : NULL;
+        int64_t at_master = (p->bytes + 15) / 16 * 16;
+        uint8_t *w = host_scratch(x, at_master + (mo >= 0 ? n * 4 : 0)); /* the shard, then its master weights */
+        float *master = mo >= 0 ? (float *)(void *)(w + at_master) : NULL;
         uint64_t stream = kn_stream(t->name);
         for (int64_t e = 0; e < n; e++) {
             float f = t->init == IR_INIT_ONES ? 1.0f : t->init == IR_INIT_ZEROS ? 0.0f
@@ -180,7 +246,12 @@ static void init_params(struct exec *x)
                     master[e] = f;
             }
         }
+        if (backend_put(x->be, x->arena + x->m->base[IR_REGION_PARAMS] + p->offset, w, (size_t)n * (bf16 ? 2 : 4), d) ||
+            (master && backend_put(x->be, x->arena + mo, master, (size_t)n * 4, d)))
+            return -1;
     }
+    host_release(x);
+    return 0;
 }
 
 /* The first global sample of micro-batch j on this rank: samples are dealt
@@ -205,7 +276,7 @@ static uint64_t dropout_seed(const struct exec *x, int j)
  * loss's labels read each sample one token on.  With data (exec_set_data)
  * the tokens are sample[0:seq] of the dataset's samples and the labels
  * sample[1:seq+1]; else synthetic (exec_token). */
-static void fill_inputs(struct exec *x, int v, int j)
+static int fill_inputs(struct exec *x, int v, int j, struct diag *d)
 {
     for (int t = 0; t < x->R->n_tensors; t++) {
         const struct rank_tensor *T = &x->R->tensors[t];
@@ -224,83 +295,34 @@ static void fill_inputs(struct exec *x, int v, int j)
                     n /= par_pdim_degree(&x->R->L->pc, x->R->coords.part, p);
         bool half = T->dtype != IR_DTYPE_I32 && bytes == n * 2; /* a float input held as bf16 */
         bool real = x->data && (t == x->tokens_in || t == x->R->labels);
+        uint8_t *in = host_scratch(x, n * (half ? 2 : 4));
         int64_t have = -1; /* the sample in x->sample */
         for (int64_t e = 0; e < n; e++) { /* this rank's elements (context parallel: its piece of the sequence) */
             int64_t i = whole_index(x, T, e), b = i / per;
             if (real) {
                 if (first + b != have)
                     data_gpt_sample(x->data, have = first + b, x->sample);
-                ((int32_t *)(void *)(x->arena + o))[e] = x->sample[i % per + shift];
+                ((int32_t *)(void *)in)[e] = x->sample[i % per + shift];
             } else if (T->dtype == IR_DTYPE_I32)
-                ((int32_t *)(void *)(x->arena + o))[e] = exec_token(x->seed, first + b, i % per % S + shift, vocab);
+                ((int32_t *)(void *)in)[e] = exec_token(x->seed, first + b, i % per % S + shift, vocab);
             else if (half)
-                ((uint16_t *)(void *)(x->arena + o))[e] = wf_bf16((float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i)));
+                ((uint16_t *)(void *)in)[e] = wf_bf16((float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i)));
             else
-                ((float *)(void *)(x->arena + o))[e] = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i));
+                ((float *)(void *)in)[e] = (float)normal(x->seed, kn_stream(T->name), (uint64_t)(first * per + i));
         }
+        if (backend_put(x->be, x->arena + o, in, (size_t)(n * (half ? 2 : 4)), d))
+            return -1;
     }
+    return 0;
 }
 
-/* A stored matrix (rows x cols, leading dimension ld) of bf16, widened into dense fp32. */
-static void widen(const uint16_t *src, int64_t rows, int64_t cols, int64_t ld, float *dst)
+static int gemm(struct exec *x, const struct ir_gemm *g, int v, int j, struct diag *d)
 {
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++)
-            dst[r * cols + c] = wf_bf16_float(src[r * ld + c]);
-}
-
-/* c = a @ b (+ c) through sgemm.  bf16 operands (OpenBLAS as Debian builds
- * it has no sbgemm) are widened into the executor's GEMM scratch, and a bf16
- * result rounded back (to nearest even, as the kernels round); a fp32 result
- * (a parameter's gradient) is added into directly. */
-static void gemm(struct exec *x, const struct ir_gemm *g, int v, int j)
-{
-    enum CBLAS_TRANSPOSE ta = g->ta ? CblasTrans : CblasNoTrans, tb = g->tb ? CblasTrans : CblasNoTrans;
-    if (g->dtype == IR_DTYPE_F32) {
-        const float *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
-        float *c = at(x, &g->c, v, j);
-        for (int64_t z = 0; z < g->batch; z++)
-            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, a + z * g->stride_a, (blasint)g->lda,
-                        b + z * g->stride_b, (blasint)g->ldb, g->beta, c + z * g->stride_c, (blasint)g->ldc);
-        return;
-    }
-    const uint16_t *a = at(x, &g->a, v, j), *b = at(x, &g->b, v, j);
-    int64_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k, br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
-    float *fa = x->scratch, *fb = fa + ar * ac, *fc = fb + br * bc;
-    for (int64_t z = 0; z < g->batch; z++) {
-        widen(a + z * g->stride_a, ar, ac, g->lda, fa);
-        widen(b + z * g->stride_b, br, bc, g->ldb, fb);
-        if (g->c_dtype == IR_DTYPE_F32) {
-            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc,
-                        g->beta, (float *)at(x, &g->c, v, j) + z * g->stride_c, (blasint)g->ldc);
-            continue;
-        }
-        cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k, 1.0f, fa, (blasint)ac, fb, (blasint)bc, 0.0f, fc,
-                    (blasint)g->n);
-        uint16_t *c = (uint16_t *)at(x, &g->c, v, j) + z * g->stride_c;
-        for (int64_t i = 0; i < g->m; i++)
-            for (int64_t k = 0; k < g->n; k++)
-                c[i * g->ldc + k] = wf_bf16(fc[i * g->n + k] + (g->beta != 0 ? g->beta * wf_bf16_float(c[i * g->ldc + k]) : 0.0f));
-    }
-}
-
-/* The GEMM scratch a bf16 plan needs on the CPU: its largest GEMM's
- * operands and result widened to fp32 (0 for a fp32 plan). */
-static int64_t gemm_scratch(const struct ir_stage_actions *acts)
-{
-    int64_t most = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int v = 0; v < acts->n_vstages; v++) {
-            const struct ir_action_list *l = pass ? &acts->backward[v] : &acts->forward[v];
-            for (int i = 0; i < l->n; i++) {
-                const struct ir_gemm *g = &l->v[i].gemm;
-                if (l->v[i].kind != IR_ACT_GEMM || g->dtype != IR_DTYPE_BF16)
-                    continue;
-                int64_t n = g->m * g->k + g->k * g->n + g->m * g->n;
-                most = n > most ? n : most;
-            }
-        }
-    return most * 4;
+    struct backend_gemm b = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k, .ta = g->ta, .tb = g->tb, .beta = g->beta,
+                             .dtype = g->dtype, .c_dtype = g->c_dtype, .lda = g->lda, .ldb = g->ldb, .ldc = g->ldc,
+                             .stride_a = g->stride_a, .stride_b = g->stride_b, .stride_c = g->stride_c,
+                             .a = at(x, &g->a, v, j), .b = at(x, &g->b, v, j), .c = at(x, &g->c, v, j)};
+    return backend_gemm(x->be, &b, d);
 }
 
 /* The tokens each rank's loss gradient is over: its rows, every
@@ -324,18 +346,100 @@ static bool counts_loss(const struct exec *x)
     return x->loss_rows > 0;
 }
 
+/* The staging: after the memory plan's arena, the loss's two sums
+ * (loss_sums), then from IR_ALIGN on the rows the host reads (reads). */
+static uint8_t *staging(struct exec *x) { return x->arena + (x->m->total + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN; }
+
+/* A LOSS or SQSUM action: its rows copied into the staging, to be read
+ * with the step's others (flush_reads).  A SQSUM this rank does not count
+ * (a copy another rank counts) stages nothing. */
+static int stage_read(struct exec *x, const struct ir_action *a, int v, int j, struct diag *d)
+{
+    struct pending_read r = {.loss = a->kind == IR_ACT_LOSS, .counts = true, .at = x->reads_used, .rows = a->loss_rows};
+    for (int p = 0; !r.loss && p < IR_PDIM_COUNT; p++)
+        if ((a->sq_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
+            r.counts = false;
+    if (!r.loss && ((a->sq_replica == IR_SQ_DP0 && x->R->coords.dp) || (a->sq_replica == IR_SQ_EXPERT_DP0 && x->R->coords.expert_dp)))
+        r.counts = false;
+    int64_t bytes = r.counts ? r.rows * (r.loss ? 8 : 4) : 0;
+    WF_ASSERT(x->n_reads < x->max_reads && x->reads_used + bytes <= x->reads_bytes); /* plan_reads counted every one */
+    if (bytes && backend_copy(x->be, staging(x) + IR_ALIGN + x->reads_used, at(x, &a->loss, v, j), (size_t)bytes, d))
+        return -1;
+    x->reads[x->n_reads++] = r;
+    x->reads_used += bytes;
+    return 0;
+}
+
+/* The staged rows, read in one wait and summed in the order their actions
+ * ran: a LOSS's row losses into the step's loss (not finite: the norm is
+ * made NaN, so every rank that updates skips it), a SQSUM's into the norm's
+ * sum of squares. */
+static int flush_reads(struct exec *x, struct diag *d)
+{
+    if (x->reads_used && backend_get(x->be, x->reads_host, staging(x) + IR_ALIGN, (size_t)x->reads_used, d))
+        return -1;
+    for (int i = 0; i < x->n_reads; i++) {
+        const struct pending_read *r = &x->reads[i];
+        const float *s = x->reads_host + r->at / 4;
+        double sum = 0;
+        if (r->loss) {
+            for (int64_t k = 0; k < r->rows; k++)
+                sum += s[2 * k + 1];
+            x->loss_sum += sum;
+            if (!isfinite(sum))
+                x->norm_sum = NAN;
+            continue;
+        }
+        WF_ASSERT(!x->norm_in_arena); /* the lowering puts every sum before the norm's collectives */
+        for (int64_t k = 0; r->counts && k < r->rows; k++)
+            sum += s[k];
+        x->norm_sum += (float)sum;
+    }
+    x->n_reads = 0, x->reads_used = 0;
+    return 0;
+}
+
+/* How many LOSS and SQSUM actions a step runs, and the bytes their rows
+ * take: the staging's size. */
+static void plan_reads(struct exec *x)
+{
+    const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
+    for (int i = 0; i < prog->n; i++) {
+        const struct ir_ins *ins = &prog->ins[i];
+        const struct ir_action_list *l = ins->kind == IR_INS_FORWARD ? &x->acts->forward[ins->vstage]
+                                       : ins->kind == IR_INS_BACKWARD ? &x->acts->backward[ins->vstage] : &x->acts->ins[i];
+        for (int k = 0; k < l->n; k++)
+            if (l->v[k].kind == IR_ACT_LOSS || l->v[k].kind == IR_ACT_SQSUM) {
+                x->max_reads++;
+                x->reads_bytes += l->v[k].loss_rows * (l->v[k].kind == IR_ACT_LOSS ? 8 : 4);
+            }
+    }
+}
+
+/* The norm's sum of squares into the arena's norm buffer, for its collectives. */
+static int put_norm(struct exec *x, struct diag *d)
+{
+    struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
+    if (x->norm_in_arena || flush_reads(x, d))
+        return x->norm_in_arena ? 0 : -1;
+    x->norm_in_arena = true;
+    return backend_put(x->be, at(x, &r, -1, -1), &x->norm_sum, 4, d);
+}
+
 /* The gradients' global norm, read once the updates begin: every sum of
  * squares is in, summed over the model's ranks, so every rank reads the same
  * (and so agrees whether to skip the update).  A rank whose rows of the loss
- * were not finite made it NaN (IR_ACT_LOSS): such a loss skips the update too. */
-static double step_norm(struct exec *x)
+ * were not finite made it NaN (flush_reads): such a loss skips the update too. */
+static int read_norm(struct exec *x, struct diag *d)
 {
-    if (x->norm < 0) {
-        struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
-        x->norm = sqrt(*(const float *)at(x, &r, -1, -1)); /* NaN or infinite: the update is skipped (launch) */
-        x->clip = optim_clip_coeff(&x->R->opt, x->norm);
-    }
-    return x->norm;
+    if (!(x->norm < 0))
+        return 0;
+    struct ir_ref r = {.what = IR_BUF_NORM, .id = -1};
+    if (flush_reads(x, d) || (x->norm_in_arena && backend_get(x->be, &x->norm_sum, at(x, &r, -1, -1), 4, d)))
+        return -1;
+    x->norm = sqrt(x->norm_sum); /* NaN or infinite: the update is skipped (launch) */
+    x->clip = optim_clip_coeff(&x->R->opt, x->norm);
+    return 0;
 }
 
 static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args *a)
@@ -344,8 +448,7 @@ static void float_args(struct exec *x, const struct kn_launch *L, struct kn_args
         for (int i = 0; i < L->n_in; i++)
             if (L->in[i].what == IR_BUF_ROWSTATS && L->in[i].id == x->loss_op) /* the mean over every token */
                 a->arg[0] = (float)(1.0 / loss_tokens(x));
-    if (L->when == KN_WHEN_OPTIMIZER) {
-        step_norm(x);
+    if (L->when == KN_WHEN_OPTIMIZER) { /* after read_norm (launch) */
         long t = x->iteration - x->skipped + 1; /* Adam's step: the updates taken, this one included */
         a->arg[0] = (float)x->lr, a->arg[1] = (float)x->clip;
         a->arg[2] = (float)(1 / (1 - pow(x->R->opt.beta1, (double)t))), a->arg[3] = (float)(1 / (1 - pow(x->R->opt.beta2, (double)t)));
@@ -356,7 +459,9 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
 {
     const struct kn_launch *L = &x->R->kernels.launches[il->launch];
     const struct kn_entry *e = &x->R->kernels.kernels[L->kernel];
-    if (L->when == KN_WHEN_OPTIMIZER && !isfinite(step_norm(x)))
+    if (L->when == KN_WHEN_OPTIMIZER && read_norm(x, d))
+        return -1;
+    if (L->when == KN_WHEN_OPTIMIZER && !isfinite(x->norm))
         return 0; /* a skipped update: no parameter or optimizer state changes (the optimizer's launches are all it writes) */
     if (e->kind == KN_KIND_FUSED) {
         struct kn_args a;
@@ -406,28 +511,15 @@ static bool same_ref(const struct ir_ref *a, const struct ir_ref *b)
 }
 
 /* A COPY: planes x rows of width bytes, or their elementwise sum into dst. */
-static void copy(struct exec *x, const struct ir_copy *c, int v, int j)
+static int copy(struct exec *x, const struct ir_copy *c, int v, int j, struct diag *d)
 {
     const char *src = (const char *)at(x, &c->src, v, j) +
                       par_axis_coord(&x->R->L->pc, x->R->coords.part, c->src_pdim, &x->R->coords) * c->src_step;
     char *dst = (char *)at(x, &c->dst, v, j) + par_axis_coord(&x->R->L->pc, x->R->coords.part, c->dst_pdim, &x->R->coords) * c->dst_step;
-    for (int64_t p = 0; p < c->planes; p++)
-        for (int64_t r = 0; r < c->rows; r++) {
-            const char *s = src + p * c->src_plane + r * c->src_pitch;
-            char *o = dst + p * c->dst_plane + r * c->dst_pitch;
-            if (!c->add)
-                memcpy(o, s, (size_t)c->width);
-            else if (c->dtype == IR_DTYPE_BF16)
-                for (int64_t i = 0; i < c->width / 2; i++) {
-                    uint16_t a, b;
-                    memcpy(&a, s + 2 * i, 2), memcpy(&b, o + 2 * i, 2);
-                    b = wf_bf16(wf_bf16_float(a) + wf_bf16_float(b));
-                    memcpy(o + 2 * i, &b, 2);
-                }
-            else
-                for (int64_t i = 0; i < c->width / 4; i++)
-                    ((float *)(void *)o)[i] += ((const float *)(const void *)s)[i];
-        }
+    struct backend_rows r = {.dst = dst, .src = src, .planes = c->planes, .rows = c->rows, .width = c->width,
+                             .src_plane = c->src_plane, .src_pitch = c->src_pitch, .dst_plane = c->dst_plane,
+                             .dst_pitch = c->dst_pitch, .add = c->add, .dtype = c->dtype};
+    return backend_copy_rows(x->be, &r, d);
 }
 
 static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d)
@@ -436,13 +528,19 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         const struct ir_action *a = &l->v[i];
         double t0 = wf_seconds();
         switch (a->kind) {
-        case IR_ACT_GEMM: gemm(x, &a->gemm, v, j); break;
+        case IR_ACT_GEMM:
+            if (gemm(x, &a->gemm, v, j, d))
+                return -1;
+            break;
         case IR_ACT_LAUNCH:
             if (launch(x, &a->launch, v, j, d))
                 return -1;
             x->kernel_seconds[x->R->kernels.launches[a->launch.launch].kernel] += wf_seconds() - t0;
             break;
-        case IR_ACT_ZERO: memset(at(x, &a->zero, v, j), 0, (size_t)a->zero_bytes); break;
+        case IR_ACT_ZERO:
+            if (backend_zero(x->be, at(x, &a->zero, v, j), (size_t)a->zero_bytes, d))
+                return -1;
+            break;
         case IR_ACT_SEND:
         case IR_ACT_RECV: { /* this and the halves after it: one exchange.  A half with several peers (an encoder
                              * rank and the decoder's tensor-parallel ranks above it): a value goes to each; a
@@ -486,44 +584,29 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
         }
         case IR_ACT_COLL: {
             const struct ir_coll_action *c = &a->coll;
-            if (c->copies && !x->tied_first) /* a copy another rank of the group adds */
-                memset(at(x, &c->buf, v, j), 0, (size_t)c->bytes);
+            if (c->copies && !x->tied_first && backend_zero(x->be, at(x, &c->buf, v, j), (size_t)c->bytes, d)) /* a copy another
+                                                                                                              * rank of the group adds */
+                return -1;
+            if (c->buf.what == IR_BUF_NORM && put_norm(x, d))
+                return -1;
             if (x->comm && x->comm->ops->collective(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll,
                                                     at(x, &c->buf, v, j), at(x, &c->out, v, j),
                                                     c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, d))
                 return -1;
-            if (!x->comm && !same_ref(&c->buf, &c->out)) /* one rank: the group is itself */
-                memmove(at(x, &c->out, v, j), at(x, &c->buf, v, j), (size_t)c->out_bytes);
+            if (!x->comm && !same_ref(&c->buf, &c->out) && /* one rank: the group is itself */
+                backend_copy(x->be, at(x, &c->out, v, j), at(x, &c->buf, v, j), (size_t)c->out_bytes, d))
+                return -1;
             break;
         }
-        case IR_ACT_COPY: copy(x, &a->copy, v, j); break;
-        case IR_ACT_LOSS: {
-            const float *s = at(x, &a->loss, v, j);
-            double sum = 0;
-            for (int64_t r = 0; r < a->loss_rows; r++)
-                sum += s[2 * r + 1];
-            x->loss_sum += sum;
-            if (!isfinite(sum)) { /* into the norm's sum, which every rank that updates reads (step_norm) */
-                struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
-                *(float *)at(x, &nr, -1, -1) = NAN;
-            }
+        case IR_ACT_COPY:
+            if (copy(x, &a->copy, v, j, d))
+                return -1;
             break;
-        }
-        case IR_ACT_SQSUM: {
-            bool counts = true;
-            for (int p = 0; p < IR_PDIM_COUNT; p++)
-                if ((a->sq_only_first >> p & 1) && par_pdim_coord(&x->R->coords, p))
-                    counts = false;
-            if ((a->sq_replica == IR_SQ_DP0 && x->R->coords.dp) || (a->sq_replica == IR_SQ_EXPERT_DP0 && x->R->coords.expert_dp))
-                counts = false;
-            const float *s = at(x, &a->loss, v, j);
-            double sum = 0;
-            for (int64_t r = 0; counts && r < a->loss_rows; r++)
-                sum += s[r];
-            struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
-            *(float *)at(x, &nr, v, j) += (float)sum;
+        case IR_ACT_LOSS:
+        case IR_ACT_SQSUM:
+            if (stage_read(x, a, v, j, d))
+                return -1;
             break;
-        }
         default: {
             char s[256];
             diag_error(d, NULL, 0, "rank %d: action %d (%s): weft run does not run it yet", x->R->rank, i, ir_action_str(a, s, sizeof s));
@@ -535,7 +618,7 @@ static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j
     return 0;
 }
 
-struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d)
+int exec_check(const struct rank_plan *R, const struct comm *comm, struct diag *d)
 {
     const struct ir_program *prog = &R->schedule.programs[R->stage];
     const struct ir_stage_actions *acts = &R->actions.stages[R->stage];
@@ -555,13 +638,20 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
                 ir_action_str(&l->v[pending], a, sizeof a);
             diag_error(d, NULL, 0, "weft run: rank %d, instruction %d (%s), action %d (%s): this weft does not run it yet",
                        R->rank, i, ir_ins_str(ins, s, sizeof s), pending, a);
-            return NULL;
+            return -1;
         }
     }
     if (R->L->n_ranks > 1 && !comm) {
         diag_error(d, NULL, 0, "weft run: a plan for %d ranks needs a communicator", R->L->n_ranks);
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, enum backend_kind kind, struct diag *d)
+{
+    if (exec_check(R, comm, d))
+        return NULL;
     struct exec *x = wf_calloc(1, sizeof *x);
     x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1;
     int *component = ir_pp_components(R->L);
@@ -583,21 +673,24 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             if (x->acts->forward[v].v[i].kind == IR_ACT_LOSS)
                 x->loss_op = x->acts->forward[v].v[i].loss.id, x->loss_rows = x->acts->forward[v].v[i].loss_rows,
                 x->loss_only_first = x->acts->forward[v].v[i].sq_only_first;
-    x->arena = aligned_alloc(IR_ALIGN, (size_t)(x->m->total + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN);
-    if (!x->arena || !(x->be = backend_open(BACKEND_CPU, &R->kernels, d))) {
-        if (!x->arena)
-            diag_error(d, NULL, 0, "rank %d: cannot allocate the arena (%lld bytes)", R->rank, (long long)x->m->total);
+    if (!(x->be = backend_open(kind, &R->kernels, d))) {
         exec_free(x);
         return NULL;
     }
-    memset(x->arena, 0, (size_t)x->m->total);
-    x->scratch_bytes = gemm_scratch(x->acts);
-    if (x->scratch_bytes && !(x->scratch = malloc((size_t)x->scratch_bytes))) {
-        diag_error(d, NULL, 0, "rank %d: cannot allocate the bf16 GEMMs' scratch (%lld bytes)", R->rank, (long long)x->scratch_bytes);
+    plan_reads(x);
+    x->reads = wf_calloc((size_t)x->max_reads + 1, sizeof *x->reads);
+    x->reads_host = wf_calloc((size_t)x->reads_bytes / 4 + 1, sizeof *x->reads_host);
+    x->arena_bytes = (x->m->total + IR_ALIGN - 1) / IR_ALIGN * IR_ALIGN + IR_ALIGN + x->reads_bytes;
+    if (!(x->arena = backend_alloc(x->be, (size_t)x->arena_bytes, d))) {
+        diag_note(d, NULL, 0, "rank %d: the arena (the memory plan's %lld bytes, and %lld the executor stages its reads in) on %s",
+                  R->rank, (long long)x->m->total, (long long)(x->arena_bytes - x->m->total), backend_describe(x->be));
         exec_free(x);
         return NULL;
     }
-    init_params(x);
+    if (backend_zero(x->be, x->arena, (size_t)x->arena_bytes, d) || init_params(x, d)) {
+        exec_free(x);
+        return NULL;
+    }
     return x;
 }
 
@@ -605,11 +698,15 @@ void exec_free(struct exec *x)
 {
     if (!x)
         return;
-    if (x->be)
+    if (x->be) {
+        backend_free(x->be, x->arena);
         backend_close(x->be);
-    free(x->arena);
+    }
     free(x->kernel_seconds);
-    free(x->scratch);
+    free(x->reads);
+    free(x->reads_host);
+    free(x->host);
+    free(x->param_host);
     free(x->sample);
     free(x);
 }
@@ -621,14 +718,19 @@ void exec_free(struct exec *x)
 static int loss_sums(struct exec *x, float sum[2], struct diag *d)
 {
     const struct par_config *pc = &x->R->L->pc;
+    if (flush_reads(x, d))
+        return -1;
     bool counts = counts_loss(x);
     sum[0] = counts ? (float)x->loss_sum : 0, sum[1] = counts ? (float)((double)x->loss_rows * x->R->schedule.n_micro) : 0;
-    if (x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0) &&
-        x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
+    bool mp = x->comm && (pc->tp * pc->pp > 1 || pc->epp > 0), dp = x->comm && pc->dp * pc->cp > 1;
+    float *in_arena = (float *)(void *)staging(x); /* the communicator's buffers are the backend's */
+    if (!mp && !dp)
+        return 0;
+    if (backend_put(x->be, in_arena, sum, 2 * sizeof *sum, d) ||
+        (mp && x->comm->ops->collective(x->comm, IR_GROUP_MP, 0, IR_COLL_ALL_REDUCE, in_arena, in_arena, 2, IR_DTYPE_F32, d)) ||
+        (dp && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, in_arena, in_arena, 2, IR_DTYPE_F32, d)))
         return -1;
-    if (x->comm && pc->dp * pc->cp > 1 && x->comm->ops->collective(x->comm, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, sum, sum, 2, IR_DTYPE_F32, d))
-        return -1;
-    return 0;
+    return backend_get(x->be, sum, in_arena, 2 * sizeof *sum, d);
 }
 
 int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag *d)
@@ -640,17 +742,19 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     x->norm = -1, x->clip = 1;
     x->lr = x->R->train ? optim_lr(&x->R->opt, iteration - x->skipped) : 0; /* Megatron's schedule steps on updates taken */
     memset(x->action_seconds, 0, sizeof x->action_seconds);
-    memset(x->arena + x->m->base[IR_REGION_GRADS], 0, (size_t)x->m->size[IR_REGION_GRADS]);
-    struct ir_ref nr = {.what = IR_BUF_NORM, .id = -1};
-    *(float *)at(x, &nr, -1, -1) = 0;
+    x->n_reads = 0, x->reads_used = 0;
+    x->norm_sum = 0, x->norm_in_arena = false;
+    if (x->param_host)
+        host_release(x); /* a checkpoint's, or a load's */
+    if (backend_zero(x->be, x->arena + x->m->base[IR_REGION_GRADS], (size_t)x->m->size[IR_REGION_GRADS], d))
+        return -1;
     const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
     for (int i = 0; i < prog->n; i++) {
         const struct ir_ins *ins = &prog->ins[i];
         int rc = 0;
-        if (ins->kind == IR_INS_FORWARD) {
-            fill_inputs(x, ins->vstage, ins->micro);
-            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
-        } else if (ins->kind == IR_INS_BACKWARD)
+        if (ins->kind == IR_INS_FORWARD)
+            rc = fill_inputs(x, ins->vstage, ins->micro, d) || run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
+        else if (ins->kind == IR_INS_BACKWARD)
             rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, d);
         else
             rc = run_list(x, &x->acts->ins[i], -1, -1, d);
@@ -666,7 +770,9 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
         return -1;
     x->consumed += exec_global_batch(x);
     st->loss = sum[1] > 0 ? sum[0] / sum[1] : 0;
-    st->grad_norm = x->R->train ? step_norm(x) : 0;
+    if (x->R->train && read_norm(x, d))
+        return -1;
+    st->grad_norm = x->R->train ? x->norm : 0;
     st->skipped = x->R->train && !isfinite(st->grad_norm);
     x->skipped += st->skipped;
     st->lr = x->lr;
@@ -714,6 +820,7 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
 {
     x->base = first, x->data = valid;
     x->loss_sum = 0;
+    x->n_reads = 0, x->reads_used = 0;
     x->validating = true;
     WF_ASSERT(!valid || x->tokens_in >= 0); /* exec_data_seq found the plan's tokens */
     if (valid && !x->sample)
@@ -723,10 +830,9 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
     int rc = 0;
     for (int i = 0; i < prog->n && !rc; i++) {
         const struct ir_ins *ins = &prog->ins[i];
-        if (ins->kind == IR_INS_FORWARD) {
-            fill_inputs(x, ins->vstage, ins->micro);
-            rc = run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
-        } else if (ins->kind == IR_INS_P2P) { /* its activations, not its gradients: every rank drops the same halves */
+        if (ins->kind == IR_INS_FORWARD)
+            rc = fill_inputs(x, ins->vstage, ins->micro, d) || run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
+        else if (ins->kind == IR_INS_P2P) { /* its activations, not its gradients: every rank drops the same halves */
             sends.n = 0;
             for (int k = 0; k < x->acts->ins[i].n; k++)
                 if (x->acts->ins[i].v[k].p2p.buf.what != IR_BUF_GRAD) {
@@ -777,8 +883,8 @@ int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
         for (int k = 0; k < T->rank; k++)
             n *= T->shape[k];
         float *sum = wf_calloc((size_t)n * 2 + 1, sizeof *sum), *held = sum + n; /* values, and copies of each */
-        exec_param_runs(x, t, EXEC_WEIGHTS, false, add_run, &(struct dump_sums){sum, held});
-        if (x->comm)
+        rc = exec_param_runs(x, t, EXEC_WEIGHTS, false, add_run, &(struct dump_sums){sum, held}, d);
+        if (!rc && x->comm)
             rc = x->comm->ops->collective(x->comm, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE, sum, sum, 2 * n, IR_DTYPE_F32, d);
         for (int64_t i = 0; i < n; i++) /* identical copies (data-parallel replicas, tensor-parallel duplicates): their mean */
             sum[i] = held[i] > 0 ? sum[i] / held[i] : NAN;

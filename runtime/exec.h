@@ -1,7 +1,7 @@
 /* exec.h: the executor: one rank's plan run step by step on a backend.
  *
  *   struct rank_plan R;  rank_plan_load("gpt2.plan", rank, world, &R, &d);
- *   struct exec *x = exec_new(&R, comm, seed, &d); // one arena, parameters drawn from the seed
+ *   struct exec *x = exec_new(&R, comm, seed, BACKEND_CPU, &d); // one arena, parameters drawn from the seed
  *   struct exec_stats st;
  *   exec_step(x, iteration, &st, &d);            // st.loss, st.grad_norm, st.lr
  *   exec_free(x);
@@ -21,10 +21,19 @@
  * (comm.h); a COPY action moves or adds bytes within the arena (a slice,
  * a collective's pieces packed, a converted gradient added).  A plan with
  * an action the compiler could not lower (PENDING, or one that awaits a
- * transfer) is refused by exec_new, naming it. */
+ * transfer) is refused by exec_new, naming it.
+ *
+ * Everything runs on the backend (backend.h): the arena is one allocation
+ * of its memory, GEMMs are backend_gemm, COPY backend_copy_rows, and what
+ * the host makes or reads (inputs, parameters from the seed, checkpoints)
+ * crosses by backend_put and backend_get.  The host reads a step's loss
+ * rows and sums of squares together (the arena's staging), so a GPU waits
+ * for the host at the norm and at the step's end, not at every parameter.
+ * Every buffer handed to the communicator is in the arena. */
 #ifndef WEFT_EXEC_H
 #define WEFT_EXEC_H
 
+#include "backend.h"
 #include "comm.h"
 #include "data.h"
 #include "diag.h"
@@ -45,8 +54,13 @@ struct exec_stats {
     double action_seconds[IR_ACT_COUNT]; /* this rank's time in each kind of action (GEMMs, launches, collectives, ...) */
 };
 
-/* comm: the rank's communicator (its groups made), or NULL for a plan of one rank. */
-struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct diag *d);
+/* Whether this weft runs R's program (no action it cannot run; a
+ * communicator where the plan has several ranks): 0, or -1 naming what
+ * it cannot, a refusal of the plan (exec_new checks it first). */
+int exec_check(const struct rank_plan *R, const struct comm *comm, struct diag *d);
+/* comm: the rank's communicator (its groups made), or NULL for a plan of one rank; kind: the backend
+ * that runs the plan (BACKEND_CUDA: this rank's GPU, backend_open says which). */
+struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, enum backend_kind kind, struct diag *d);
 /* One training step over the global batch from exec_consumed_samples.
  * iteration: the absolute one (from 0; a resumed run continues from its
  * checkpoint's).  A step that succeeds advances the consumed samples by the
@@ -107,16 +121,26 @@ enum exec_state { EXEC_WEIGHTS, EXEC_EXP_AVG, EXEC_EXP_AVG_SQ, EXEC_STATE_COUNT 
  * No calls where this rank holds none of t (another stage's) or the state
  * is absent (no optimizer).  Returns fn's first non-zero, else 0. */
 typedef int (*exec_run_fn)(void *ctx, int64_t whole_first, float *local, int64_t count);
-int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx);
+/* local points into a host copy of the rank's state of t (got from the
+ * backend), valid until the next call (or step); exec_param_store puts
+ * what was written into it back.  Returns fn's first non-zero, else 0; -1 (d says
+ * why) where the backend could not give it. */
+int exec_param_runs(struct exec *x, int t, enum exec_state s, bool stored_once, exec_run_fn fn, void *ctx, struct diag *d);
+int exec_param_store(struct exec *x, struct diag *d);
 /* After the weights were written through exec_param_runs: rounds the bf16
  * copies the kernels read from the fp32 master weights (nothing under fp32). */
-void exec_weights_loaded(struct exec *x);
-/* Memory the executor holds beside the arena: the bf16 GEMMs' widened
- * operands on the CPU (0 for a fp32 plan). */
+int exec_weights_loaded(struct exec *x, struct diag *d);
+/* Memory the backend holds beside the arena: the bf16 GEMMs' widened
+ * operands on the CPU (0 for a fp32 plan), cuBLASLt's workspace on a GPU. */
 int64_t exec_scratch_bytes(const struct exec *x);
+/* The arena's bytes: the memory plan's total (aligned), and the staging
+ * of what the host reads of a step (its loss rows, its sums of squares). */
+int64_t exec_arena_bytes(const struct exec *x);
+struct backend *exec_backend(struct exec *x);
 /* Seconds spent in a kernel of the plan (its launches, all steps so far). */
 double exec_kernel_seconds(const struct exec *x, int kernel);
-/* The arena, and where a buffer is in it (tests read parameters). */
+/* The arena, in the backend's memory (on the CPU, where tests read
+ * parameters in it). */
 void *exec_arena(struct exec *x);
 
 /* Token `pos` of synthetic sample `sample`: a walk through the vocabulary

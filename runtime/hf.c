@@ -519,10 +519,9 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
     if (geom_init(&g, R, m, d))
         return 1;
     struct runs rs = {0};
-    exec_param_runs(x, m->tensor, EXEC_WEIGHTS, false, collect, &rs);
+    int rc = exec_param_runs(x, m->tensor, EXEC_WEIGHTS, false, collect, &rs, d) ? 1 : 0;
     for (int i = 0; i < rs.n; i++) /* padding stays zero */
         memset(rs.v[i].local, 0, (size_t)rs.v[i].count * sizeof(float));
-    int rc = 0;
     float *slab = NULL;
     for (int s = 0; s < m->n_sources && !rc; s++) {
         int64_t lo, hi, len = file_row_len(&g, s);
@@ -542,6 +541,8 @@ static int load_map(struct exec *x, const struct rank_plan *R, const struct hf_i
                 slab_copy(&g, &rs, s, a, b, slab, NULL, false);
         }
     }
+    if (!rc && exec_param_store(x, d))
+        rc = 1;
     free(slab);
     free(rs.v);
     geom_free(&g);
@@ -560,8 +561,8 @@ int hf_load(struct exec *x, const struct rank_plan *R, struct comm *comm, const 
         rc = load_map(x, R, &in, &R->hf.maps[i], d);
     in_close(&in);
     rc = comm_agree(comm, rc, NULL, d);
-    if (!rc)
-        exec_weights_loaded(x);
+    if (!rc && exec_weights_loaded(x, d))
+        rc = 1;
     return rc;
 }
 
@@ -580,8 +581,7 @@ static int write_map(struct exec *x, const struct rank_plan *R, const struct st_
     if (geom_init(&g, R, m, d))
         return 1;
     struct runs rs = {0};
-    exec_param_runs(x, m->tensor, EXEC_WEIGHTS, true, collect, &rs);
-    int rc = 0;
+    int rc = exec_param_runs(x, m->tensor, EXEC_WEIGHTS, true, collect, &rs, d) ? 1 : 0;
     float *slab = NULL;
     uint8_t *mask = NULL;
     for (int s = 0; s < m->n_sources && !rc; s++) {

@@ -9,8 +9,12 @@
  * thread) so do the launches of five layouts that hold every kind of kernel. */
 #include "testing.h"
 
+#include <ctype.h>
+#include <math.h>
+
 #include "backend.h"
 #include "emulated.h"
+#include "cuda_abi.h"
 #include "kernels.h"
 #include "launches.h"
 #include "optim.h"
@@ -314,6 +318,369 @@ static void test_route(void **state)
     kn_set_free(&F);
 }
 
+/* ---- GEMMs and copies: the executor's own operations --------------------- */
+
+/* The backends a test of the executor's operations runs on: the CPU
+ * always, a GPU where there is one (else *why says why not). */
+static int open_backends(const struct kn_set *none, struct backend *be[2], char *why, size_t n)
+{
+    struct diag d;
+    diag_init(&d);
+    be[0] = backend_open(BACKEND_CPU, none, &d);
+    if (!be[0])
+        fail_msg("%s", diag_first_error(&d));
+    be[1] = have_gpu(why, n) ? backend_open(BACKEND_CUDA, none, &d) : NULL;
+    diag_free(&d);
+    return be[1] ? 2 : 1;
+}
+
+/* Element i of a buffer of dtype (f32 or bf16), as a double. */
+static double elem(const void *p, int dtype, int64_t i)
+{
+    return dtype == IR_DTYPE_BF16 ? wf_bf16_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* A buffer of n elements of dtype drawn from seed in [-1, 1) (bf16: values bf16 holds exactly). */
+static void *draw(int dtype, int64_t n, uint64_t seed)
+{
+    size_t e = dtype == IR_DTYPE_BF16 ? 2 : 4;
+    void *p = calloc((size_t)n + 1, e);
+    for (int64_t i = 0; i < n; i++) {
+        float f = (float)(2 * kn_uniform(seed, 7, (uint64_t)i) - 1);
+        if (dtype == IR_DTYPE_BF16)
+            ((uint16_t *)p)[i] = wf_bf16(f);
+        else
+            ((float *)p)[i] = f;
+    }
+    return p;
+}
+
+/* backend_gemm against the definition, summed in double: c[z](i, j) =
+ * sum_k op(a)[z](i, k) op(b)[z](k, j) (+ c's before), every batch and
+ * stride the plans use: transposes, leading dimensions past the width,
+ * batches apart and broadcast (stride 0), products added into one c
+ * (a weight's gradient over a batch), bf16 operands into fp32 and into
+ * bf16.  The bound: fp32 sums err by at most k ulps of the sum of the
+ * products' magnitudes (k * 2^-24 * sum |a||b|, taken as 1e-5 of it);
+ * a bf16 result adds its own rounding, 2^-8 of itself.  Elements between
+ * a row's n and ldc are left as they were. */
+static void test_gemm(void **state)
+{
+    (void)state;
+    struct kn_set none;
+    memset(&none, 0, sizeof none);
+    struct backend *be[2];
+    char why[512];
+    int n_be = open_backends(&none, be, why, sizeof why);
+    struct {
+        int64_t batch, m, n, k;
+        bool ta, tb;
+        float beta;
+        int dtype, c_dtype;
+        int64_t pad;       /* leading dimensions past the minimum */
+        int broadcast;     /* 0; 1: b's stride 0; 2: c's stride 0 (the products added into one) */
+    } cases[] = {
+        {1, 5, 7, 9, false, false, 0, IR_DTYPE_F32, IR_DTYPE_F32, 0, 0},
+        {1, 5, 7, 9, true, false, 0, IR_DTYPE_F32, IR_DTYPE_F32, 3, 0},
+        {1, 5, 7, 9, false, true, 1, IR_DTYPE_F32, IR_DTYPE_F32, 1, 0},
+        {1, 33, 17, 65, true, true, 1, IR_DTYPE_F32, IR_DTYPE_F32, 2, 0},
+        {3, 6, 4, 8, false, false, 0, IR_DTYPE_F32, IR_DTYPE_F32, 0, 0},
+        {3, 6, 4, 8, true, false, 1, IR_DTYPE_F32, IR_DTYPE_F32, 5, 1},
+        {4, 6, 4, 8, true, false, 1, IR_DTYPE_F32, IR_DTYPE_F32, 0, 2},
+        {1, 64, 48, 32, false, false, 0, IR_DTYPE_BF16, IR_DTYPE_BF16, 8, 0},
+        {2, 16, 24, 40, false, true, 0, IR_DTYPE_BF16, IR_DTYPE_BF16, 0, 0},
+        {2, 16, 24, 40, true, false, 1, IR_DTYPE_BF16, IR_DTYPE_BF16, 8, 0},
+        {1, 24, 40, 16, true, false, 1, IR_DTYPE_BF16, IR_DTYPE_F32, 0, 0},
+        {3, 24, 40, 16, true, false, 1, IR_DTYPE_BF16, IR_DTYPE_F32, 4, 2},
+        {2, 9, 11, 13, false, true, 0, IR_DTYPE_BF16, IR_DTYPE_F32, 3, 1},
+    };
+    int checked = 0, described = 0;
+    char no_lt[512] = "";
+    for (size_t t = 0; t < WF_COUNT(cases); t++) {
+        int64_t B = cases[t].batch, M = cases[t].m, N = cases[t].n, K = cases[t].k, pad = cases[t].pad;
+        bool ta = cases[t].ta, tb = cases[t].tb;
+        int dt = cases[t].dtype, ct = cases[t].c_dtype;
+        int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+        int64_t lda = ac + pad, ldb = bc + pad, ldc = N + pad;
+        int64_t sa = ar * lda, sb = cases[t].broadcast == 1 ? 0 : br * ldb, sc = cases[t].broadcast == 2 ? 0 : M * ldc;
+        int64_t na = B * sa, nb = (sb ? B : 1) * br * ldb, nc = (sc ? B : 1) * M * ldc;
+        size_t e = dt == IR_DTYPE_BF16 ? 2 : 4, ec = ct == IR_DTYPE_BF16 ? 2 : 4;
+        void *a = draw(dt, na, 100 + t), *b = draw(dt, nb, 200 + t), *c0 = draw(ct, nc, 300 + t), *got = calloc((size_t)nc + 1, ec);
+        struct backend_gemm host = {.batch = B, .m = M, .n = N, .k = K, .ta = ta, .tb = tb, .beta = cases[t].beta, .dtype = dt,
+                                    .c_dtype = ct, .lda = lda, .ldb = ldb, .ldc = ldc, .stride_a = sa, .stride_b = sb, .stride_c = sc,
+                                    .a = a, .b = b, .c = c0};
+        struct diag dl;
+        diag_init(&dl);
+        if (!no_lt[0] && backend_cuda_gemm_check(&host, &dl)) { /* cuBLASLt takes its descriptors (no GPU needed) */
+            if (!strstr(diag_first_error(&dl), "no cuBLASLt"))
+                fail_msg("case %zu: %s", t, diag_first_error(&dl));
+            snprintf(no_lt, sizeof no_lt, "%s", diag_first_error(&dl));
+        }
+        described += !no_lt[0];
+        diag_free(&dl);
+        for (int k = 0; k < n_be; k++) {
+            struct diag d;
+            diag_init(&d);
+            void *da = backend_alloc(be[k], (size_t)na * e, &d), *db = backend_alloc(be[k], (size_t)nb * e, &d);
+            void *dc = backend_alloc(be[k], (size_t)nc * ec, &d);
+            struct backend_gemm g = {.batch = B, .m = M, .n = N, .k = K, .ta = ta, .tb = tb, .beta = cases[t].beta, .dtype = dt,
+                                     .c_dtype = ct, .lda = lda, .ldb = ldb, .ldc = ldc, .stride_a = sa, .stride_b = sb,
+                                     .stride_c = sc, .a = da, .b = db, .c = dc};
+            if (!da || !db || !dc || backend_put(be[k], da, a, (size_t)na * e, &d) || backend_put(be[k], db, b, (size_t)nb * e, &d) ||
+                backend_put(be[k], dc, c0, (size_t)nc * ec, &d) || backend_gemm(be[k], &g, &d) ||
+                backend_get(be[k], got, dc, (size_t)nc * ec, &d))
+                fail_msg("case %zu on %s: %s", t, backend_describe(be[k]), diag_first_error(&d));
+            double worst = 0;
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < ldc; j++) {
+                    int64_t zs = sc ? B : 1;
+                    for (int64_t zc = 0; zc < zs; zc++) {
+                        int64_t at = zc * sc + i * ldc + j;
+                        double want = elem(c0, ct, at), mag = cases[t].beta ? fabs(want) : 0;
+                        if (j >= N) { /* past the row: untouched */
+                            if (elem(got, ct, at) != want)
+                                fail_msg("case %zu on %s: c[%lld] past row %lld's %lld columns changed", t, backend_describe(be[k]),
+                                         (long long)at, (long long)i, (long long)N);
+                            continue;
+                        }
+                        double sum = cases[t].beta ? want : 0;
+                        for (int64_t z = sc ? zc : 0; z < (sc ? zc + 1 : B); z++)
+                            for (int64_t q = 0; q < K; q++) {
+                                double x = elem(a, dt, z * sa + (ta ? q * lda + i : i * lda + q));
+                                double y = elem(b, dt, z * sb + (tb ? j * ldb + q : q * ldb + j));
+                                sum += x * y, mag += fabs(x * y);
+                            }
+                        double err = fabs(elem(got, ct, at) - sum);
+                        double bound = 1e-5 * mag + (ct == IR_DTYPE_BF16 ? 0x1p-8 * fabs(sum) : 0) + 1e-30;
+                        worst = err / bound > worst ? err / bound : worst;
+                        if (err > bound)
+                            fail_msg("case %zu (batch %lld, %lld x %lld x %lld%s%s) on %s: c[%lld] = %.9g, want %.9g (bound %.3g)", t,
+                                     (long long)B, (long long)M, (long long)N, (long long)K, ta ? ", a^T" : "", tb ? ", b^T" : "",
+                                     backend_describe(be[k]), (long long)at, elem(got, ct, at), sum, bound);
+                    }
+                }
+            checked++;
+            backend_free(be[k], da);
+            backend_free(be[k], db);
+            backend_free(be[k], dc);
+            diag_free(&d);
+        }
+        free(a), free(b), free(c0), free(got);
+    }
+    printf("    %d GEMMs within their bounds%s%s\n", checked, n_be > 1 ? " on the CPU and " : "; no GPU run: ",
+           n_be > 1 ? backend_describe(be[1]) : why);
+    printf("    cuBLASLt took the descriptors of %d of them%s%s\n", described, no_lt[0] ? ": " : "", no_lt);
+    backend_close(be[0]);
+    backend_close(be[1]);
+}
+
+/* backend_copy_rows against the definition: planes x rows of width bytes
+ * from their strides, copied or added (fp32 exactly; bf16 summed in fp32
+ * and rounded to nearest even, as wf_bf16 rounds); bytes between the rows
+ * are left as they were. */
+static void test_copy_rows(void **state)
+{
+    (void)state;
+    struct kn_set none;
+    memset(&none, 0, sizeof none);
+    struct backend *be[2];
+    char why[512];
+    int n_be = open_backends(&none, be, why, sizeof why);
+    struct backend_rows cases[] = {
+        {.planes = 1, .rows = 1, .width = 40},
+        {.planes = 1, .rows = 6, .width = 24, .src_pitch = 24, .dst_pitch = 24},
+        {.planes = 3, .rows = 5, .width = 12, .src_plane = 80, .src_pitch = 16, .dst_plane = 64, .dst_pitch = 12},
+        {.planes = 2, .rows = 4, .width = 16, .src_plane = 64, .src_pitch = 16, .dst_plane = 160, .dst_pitch = 40},
+        {.planes = 2, .rows = 3, .width = 20, .src_plane = 100, .src_pitch = 28, .dst_plane = 128, .dst_pitch = 32, .add = true,
+         .dtype = IR_DTYPE_F32},
+        {.planes = 1, .rows = 7, .width = 14, .src_pitch = 16, .dst_pitch = 18, .add = true, .dtype = IR_DTYPE_BF16},
+        {.planes = 3, .rows = 1, .width = 8, .src_plane = 8, .dst_plane = 12, .add = true, .dtype = IR_DTYPE_BF16},
+    };
+    int checked = 0;
+    for (size_t t = 0; t < WF_COUNT(cases); t++) {
+        const struct backend_rows *c = &cases[t];
+        int64_t src_bytes = (c->planes - 1) * c->src_plane + (c->rows - 1) * c->src_pitch + c->width;
+        int64_t dst_bytes = (c->planes - 1) * c->dst_plane + (c->rows - 1) * c->dst_pitch + c->width + 32;
+        int dt = c->add ? c->dtype : IR_DTYPE_BF16; /* plain copies: bytes, drawn as bf16 */
+        int64_t e = dt == IR_DTYPE_BF16 ? 2 : 4;
+        uint8_t *src = draw(dt, src_bytes / e + 1, 400 + t), *dst0 = draw(dt, dst_bytes / e + 1, 500 + t);
+        uint8_t *want = malloc((size_t)dst_bytes), *got = malloc((size_t)dst_bytes);
+        memcpy(want, dst0, (size_t)dst_bytes);
+        for (int64_t p = 0; p < c->planes; p++)
+            for (int64_t r = 0; r < c->rows; r++)
+                for (int64_t i = 0; i < c->width / e; i++) {
+                    uint8_t *o = want + p * c->dst_plane + r * c->dst_pitch + i * e;
+                    const uint8_t *s = src + p * c->src_plane + r * c->src_pitch + i * e;
+                    if (!c->add)
+                        memcpy(o, s, (size_t)e);
+                    else if (dt == IR_DTYPE_F32) {
+                        float x, y;
+                        memcpy(&x, s, 4), memcpy(&y, o, 4);
+                        y += x;
+                        memcpy(o, &y, 4);
+                    } else {
+                        uint16_t x, y;
+                        memcpy(&x, s, 2), memcpy(&y, o, 2);
+                        y = wf_bf16(wf_bf16_float(x) + wf_bf16_float(y));
+                        memcpy(o, &y, 2);
+                    }
+                }
+        for (int k = 0; k < n_be; k++) {
+            struct diag d;
+            diag_init(&d);
+            struct backend_rows x = *c;
+            void *ds = backend_alloc(be[k], (size_t)src_bytes, &d), *dd = backend_alloc(be[k], (size_t)dst_bytes, &d);
+            x.src = ds, x.dst = dd;
+            if (!ds || !dd || backend_put(be[k], ds, src, (size_t)src_bytes, &d) || backend_put(be[k], dd, dst0, (size_t)dst_bytes, &d) ||
+                backend_copy_rows(be[k], &x, &d) || backend_get(be[k], got, dd, (size_t)dst_bytes, &d))
+                fail_msg("case %zu on %s: %s", t, backend_describe(be[k]), diag_first_error(&d));
+            for (int64_t i = 0; i < dst_bytes; i++)
+                if (got[i] != want[i])
+                    fail_msg("case %zu (%s) on %s: byte %lld is %d, want %d", t, c->add ? "add" : "copy", backend_describe(be[k]),
+                             (long long)i, got[i], want[i]);
+            checked++;
+            backend_free(be[k], ds);
+            backend_free(be[k], dd);
+            diag_free(&d);
+        }
+        free(src), free(dst0), free(want), free(got);
+    }
+    printf("    %d copies byte for byte%s%s\n", checked, n_be > 1 ? " on the CPU and " : "; no GPU run: ", n_be > 1 ? backend_describe(be[1]) : why);
+    backend_close(be[0]);
+    backend_close(be[1]);
+}
+
+/* Which GPU a rank takes: WEFT_CUDA_DEVICE where it is set (and names a
+ * GPU there is), else the rank on its node mod the node's GPUs. */
+static void test_cuda_ordinal(void **state)
+{
+    (void)state;
+    struct diag d;
+    diag_init(&d);
+    assert_int_equal(backend_cuda_ordinal(4, NULL, "5", &d), 1);
+    assert_int_equal(backend_cuda_ordinal(4, "", "3", &d), 3);
+    assert_int_equal(backend_cuda_ordinal(4, "2", "5", &d), 2);
+    assert_int_equal(backend_cuda_ordinal(8, NULL, NULL, &d), 0);
+    assert_int_equal(backend_cuda_ordinal(1, NULL, "7", &d), 0);
+    assert_int_equal(d.n_errors, 0);
+    assert_int_equal(backend_cuda_ordinal(4, "4", NULL, &d), -1);
+    assert_non_null(strstr(diag_first_error(&d), "WEFT_CUDA_DEVICE=4: there are 4 GPUs here (0 to 3)"));
+    assert_int_equal(backend_cuda_ordinal(2, "one", NULL, &d), -1);
+    diag_free(&d);
+}
+
+/* The text of file dir/name, or NULL. */
+static char *read_text(const char *dir, const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = calloc((size_t)n + 1, 1);
+    if (fread(s, 1, (size_t)n, f) != (size_t)n)
+        s[0] = 0;
+    fclose(f);
+    return s;
+}
+
+/* The value the header gives an enumerator ("NAME = 0x02,"), or -1. */
+static long header_value(const char *text, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = strstr(text, name); p; p = strstr(p + 1, name)) {
+        if ((p > text && (isalnum((unsigned char)p[-1]) || p[-1] == '_')) || isalnum((unsigned char)p[n]) || p[n] == '_')
+            continue;
+        const char *q = p + n;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (*q != '=')
+            continue;
+        return strtol(q + 1, NULL, 0);
+    }
+    return -1;
+}
+
+/* The declarations of the struct whose body `close` ends in text (from
+ * the "{" before it), its comments taken out and its spaces made single. */
+static void struct_fields(const char *text, const char *close, char *out, size_t n)
+{
+    out[0] = 0;
+    const char *b = strstr(text, close), *a = b;
+    while (a && a > text && *a != '{')
+        a--;
+    size_t len = 0;
+    bool space = false;
+    for (const char *p = a && *a == '{' ? a + 1 : NULL; p && p < b && len + 2 < n; p++) {
+        if (p[0] == '/' && p[1] == '*') {
+            const char *e = strstr(p + 2, "*/");
+            p = e ? e + 1 : b;
+            continue;
+        }
+        if (p[0] == '/' && p[1] == '/') {
+            while (p < b && *p != '\n')
+                p++;
+            continue;
+        }
+        if (isspace((unsigned char)*p)) {
+            space = len > 0;
+            continue;
+        }
+        if (space)
+            out[len++] = ' ';
+        space = false;
+        out[len++] = *p;
+    }
+    out[len] = 0;
+}
+
+/* cuda_abi.h against the toolkit's headers: every constant weft passes to
+ * the driver and cuBLASLt has the header's value, and the structs it
+ * lays out itself have the header's fields in the header's order. */
+static void test_cuda_abi(void **state)
+{
+    (void)state;
+    const char *home = getenv("CUDA_HOME");
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/include", home && *home ? home : "/usr/local/cuda");
+    char *lt_h = read_text(dir, "cublasLt.h");
+    if (!lt_h)
+        SKIP_BECAUSE("no CUDA toolkit headers at %s (cublasLt.h): the constants are checked where they are installed", dir);
+    const char *names[] = {"cuda.h", "library_types.h", "cublas_api.h"};
+    char *text[4] = {lt_h};
+    for (int i = 0; i < 3; i++)
+        if (!(text[i + 1] = read_text(dir, names[i])))
+            fail_msg("%s/%s is missing beside cublasLt.h", dir, names[i]);
+    int checked = 0;
+#define X(name, value)                                                                                                        \
+    {                                                                                                                         \
+        long got = -1;                                                                                                        \
+        for (int i = 0; i < 4 && got < 0; i++)                                                                                \
+            got = header_value(text[i], #name);                                                                               \
+        if (got != (value))                                                                                                   \
+            fail_msg("%s: cuda_abi.h says %d, the headers in %s say %ld", #name, (value), dir, got);                         \
+        checked++;                                                                                                            \
+    }
+    CUDA_ABI_CONSTANTS(X)
+#undef X
+    char fields[1024];
+    struct_fields(lt_h, "} cublasLtMatmulHeuristicResult_t;", fields, sizeof fields);
+    assert_string_equal(fields, "cublasLtMatmulAlgo_t algo; size_t workspaceSize; cublasStatus_t state; float wavesCount; int reserved[4];");
+    struct_fields(lt_h, "} cublasLtMatmulAlgo_t;", fields, sizeof fields);
+    assert_string_equal(fields, "uint64_t data[8];");
+    struct_fields(text[1], "} CUDA_MEMCPY2D_v2;", fields, sizeof fields);
+    assert_string_equal(fields, "size_t srcXInBytes; size_t srcY; CUmemorytype srcMemoryType; const void *srcHost; CUdeviceptr srcDevice; "
+                                "CUarray srcArray; size_t srcPitch; size_t dstXInBytes; size_t dstY; CUmemorytype dstMemoryType; "
+                                "void *dstHost; CUdeviceptr dstDevice; CUarray dstArray; size_t dstPitch; size_t WidthInBytes; "
+                                "size_t Height;");
+    printf("    %d constants and 3 structs as %s has them\n", checked, dir);
+    for (int i = 0; i < 4; i++)
+        free(text[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,6 +688,10 @@ int main(void)
         cmocka_unit_test(test_route),
         cmocka_unit_test(test_cuda_matches_cpu),
         cmocka_unit_test(test_emulated_gpu_matches_cpu),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_copy_rows),
+        cmocka_unit_test(test_cuda_ordinal),
+        cmocka_unit_test(test_cuda_abi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -126,7 +126,7 @@ struct one {
 static void one_open(struct one *o, const char *plan)
 {
     diag_init(&o->d);
-    if (rank_plan_load(plan, 0, 1, &o->R, &o->d) || !(o->x = exec_new(&o->R, NULL, SEED, &o->d)))
+    if (rank_plan_load(plan, 0, 1, &o->R, &o->d) || !(o->x = exec_new(&o->R, NULL, SEED, BACKEND_CPU, &o->d)))
         fail_msg("%s: %s", plan, diag_first_error(&o->d));
 }
 
@@ -407,7 +407,7 @@ static void test_padded_vocabulary(void **state)
     assert_int_equal(o.R.vocab, 256); /* the tokens stay below the vocabulary as written */
     assert_int_equal(hf_load(o.x, &o.R, NULL, GPT2_FILE, &o.d), 0);
     int64_t nonzero[2] = {0, 0};
-    exec_param_runs(o.x, wte, EXEC_WEIGHTS, false, wte_rows, nonzero);
+    exec_param_runs(o.x, wte, EXEC_WEIGHTS, false, wte_rows, nonzero, &o.d);
     assert_int_equal(nonzero[0], 0);
     assert_int_equal(nonzero[1], 256 * 32);
     assert_int_equal(hf_write(o.x, &o.R, NULL, at("gpad.out"), &o.d), 0);

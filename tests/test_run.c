@@ -6,6 +6,7 @@
 #include "exec.h"
 #include "ref.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <math.h>
 #include <sys/stat.h>
@@ -37,7 +38,7 @@ static struct exec *run_plan(const char *plan, struct rank_plan *R)
     struct diag d;
     diag_init(&d);
     struct exec *x = NULL;
-    if (rank_plan_load(plan, 0, 1, R, &d) || !(x = exec_new(R, NULL, SEED, &d)))
+    if (rank_plan_load(plan, 0, 1, R, &d) || !(x = exec_new(R, NULL, SEED, BACKEND_CPU, &d)))
         fail_msg("%s: %s", plan, diag_first_error(&d));
     diag_free(&d);
     return x;
@@ -945,6 +946,34 @@ static void test_run_refuses_a_broken_plan(void **state)
     unlink(plan);
 }
 
+/* --device cuda where there is no CUDA driver: every rank stops before its
+ * first step, status 1 (a failure while running, not bad input), with one
+ * line that says so; --device with anything else is a usage error. */
+static void test_device_cuda_without_driver(void **state)
+{
+    (void)state;
+    void *driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (driver) {
+        dlclose(driver);
+        SKIP_BECAUSE("a CUDA driver is installed here: the run without one is checked where there is none");
+    }
+    char plan[] = "/tmp/weft-test-device-XXXXXX";
+    close(mkstemp(plan));
+    compile_dp("models/gpt2.xml", 1, plan);
+    struct run r;
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "1", "--device", "cuda", NULL});
+    assert_int_equal(r.status, 1);
+    assert_null(strstr(r.out, "iteration"));
+    assert_non_null(strstr(r.err, "no CUDA driver: libcuda.so.1 not found"));
+    const char *nl = strchr(r.err, '\n');
+    assert_true(nl && nl[1] == 0); /* one line */
+    printf("    %s", r.err);
+    run_mpi(&r, (const char *const[]){weft_bin(), "run", plan, "--steps", "1", "--device", "gpu", NULL});
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--device gpu: expected cpu or cuda"));
+    unlink(plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -960,6 +989,7 @@ int main(void)
         cmocka_unit_test(test_actions_checked),
         cmocka_unit_test(test_plan_holds_the_actions),
         cmocka_unit_test(test_run_refuses_a_broken_plan),
+        cmocka_unit_test(test_device_cuda_without_driver),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,14 +25,16 @@
 
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
-    "                                    [--timeout SECONDS] [--dump-params FILE]\n"
+    "                                    [--timeout SECONDS] [--dump-params FILE] [--device cpu|cuda]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
     "Run a compiled plan: every rank allocates the one arena its memory plan\n"
     "sizes, draws the parameters from the seed (by their index in the whole\n"
     "tensor, so every layout starts from the same model), and walks its\n"
-    "actions: GEMMs through OpenBLAS, kernels from the plan's CPU object.\n"
+    "actions: on the CPU (the default) GEMMs through OpenBLAS and kernels from\n"
+    "the plan's CPU object; with --device cuda, one GPU per rank, GEMMs through\n"
+    "cuBLASLt and kernels from the plan's cubins (or PTX).\n"
     "The data are Megatron's: --data-path PREFIX reads PREFIX.bin and PREFIX.idx\n"
     "(weft data makes them; so does Megatron's preprocess_data.py) and makes the\n"
     "samples Megatron's GPTDataset makes (seq-length + 1 tokens each, shuffled by\n"
@@ -66,6 +68,9 @@ static const char usage_flags[] =
     "  --log-interval N  iterations between log lines (default 1; Megatron's is 100)\n"
     "  --skip-limit N    stop (exit 1) after N iterations skipped in a row (default 5)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
+    "  --device D   cpu (the default) or cuda: each rank on a GPU, $WEFT_CUDA_DEVICE or its rank on the\n"
+    "               node ($OMPI_COMM_WORLD_LOCAL_RANK) mod the node's GPUs; the plan's GEMMs through\n"
+    "               cuBLASLt (fp32 sums; bf16 operands under --bf16), its kernels from its cubins\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
     "  --calibration FILE  constants of the CPU model the predicted step is costed on (weft simulate --help says\n"
     "                       the keys; its GEMM and kernel rates are fitted to the run, its link measured at the start)\n"
@@ -384,6 +389,7 @@ int cmd_run(int argc, char **argv)
     bool seed_given = false;
     double timeout = 300;
     bool profile = false;
+    enum backend_kind device = BACKEND_CPU;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -426,6 +432,13 @@ int cmd_run(int argc, char **argv)
                 return EXIT_BAD_INPUT;
             }
             *(!strcmp(a, "--eval-interval") ? &eval_interval : &eval_iters) = v;
+        } else if (!strcmp(a, "--device") && has) {
+            const char *v = argv[++i];
+            if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
+                fprintf(stderr, "weft run: --device %s: expected cpu or cuda\n", v);
+                return EXIT_BAD_INPUT;
+            }
+            device = !strcmp(v, "cuda") ? BACKEND_CUDA : BACKEND_CPU;
         } else if (!strcmp(a, "--data-path") && has)
             data_path = argv[++i];
         else if (!strcmp(a, "--split") && has)
@@ -515,7 +528,11 @@ int cmd_run(int argc, char **argv)
         printf("note: --seed %llu: the checkpoint's seed %llu continues its randomness\n", seed, (unsigned long long)found.state.seed);
     if (resume)
         seed = found.state.seed;
-    struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    if (!rc && exec_check(&R, comm, &d))
+        rc = EXIT_BAD_INPUT;
+    struct exec *x = rc ? NULL : exec_new(&R, comm, seed, device, &d); /* NULL: the backend could not run it (no GPU) */
+    if (!rc && !x)
+        rc = EXIT_FAILURE_RUN;
     double load_s = wf_seconds();
     if (x && hf_weights && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
         diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
@@ -581,6 +598,8 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    if (lead && device == BACKEND_CUDA)
+        printf("rank 0's GPU: %s (GEMMs through cuBLASLt)\n", backend_describe(exec_backend(x)));
     if (lead && data_path)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
@@ -704,11 +723,22 @@ int cmd_run(int argc, char **argv)
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
         double peak = (double)ru.ru_maxrss * 1024, arena = (double)R.memory.roles[R.stage].total, scratch = (double)exec_scratch_bytes(x);
         printf("%ld iterations in %.2f s, %.0f tokens/s\n", steps, total, (double)tokens / total);
+        struct backend_memory mem;
+        backend_memory(exec_backend(x), &mem);
         char extra[96] = "";
-        if (scratch > 0)
+        if (scratch > 0 && device == BACKEND_CPU)
             snprintf(extra, sizeof extra, "the bf16 GEMMs' scratch %.1f MiB, ", scratch / 1048576);
-        printf("rank 0's peak resident memory %.1f MiB: the plan's arena %.1f MiB, %sthe rest %.1f MiB (the program, its "
-               "libraries, OpenBLAS's and MPI's buffers)\n", peak / 1048576, arena / 1048576, extra, (peak - arena - scratch) / 1048576);
+        if (device == BACKEND_CPU)
+            printf("rank 0's peak resident memory %.1f MiB: the plan's arena %.1f MiB, %sthe rest %.1f MiB (the program, its "
+                   "libraries, OpenBLAS's and MPI's buffers)\n", peak / 1048576, arena / 1048576, extra, (peak - arena - scratch) / 1048576);
+        else if (mem.peak >= 0) { /* measured: the most in use at a wait, less what was in use before the arena */
+            double staged = (double)exec_arena_bytes(x) - arena, used = (double)(mem.peak - mem.at_open);
+            printf("rank 0's device memory at its peak %.1f MiB beyond the %.1f MiB in use when it opened the GPU (the CUDA context, "
+                   "other processes); predicted %.1f MiB: the plan's arena %.1f MiB, the executor's staging %.2f MiB, the backend's "
+                   "own %.1f MiB (cuBLASLt's workspace, the column sums); measured less predicted %+.1f MiB\n",
+                   used / 1048576, (double)mem.at_open / 1048576, (arena + staged + scratch) / 1048576, arena / 1048576,
+                   staged / 1048576, scratch / 1048576, (used - arena - staged - scratch) / 1048576);
+        }
         double rest = total;
         printf("rank 0's time:");
         for (int k = 0; k < IR_ACT_COUNT; k++)
@@ -718,7 +748,7 @@ int cmd_run(int argc, char **argv)
                 rest -= by_kind[k];
             }
         printf(" the rest (data, waits) %.1f%%\n", 100 * rest / total);
-        for (int shown = 0, *done = wf_calloc((size_t)R.kernels.n_kernels + 1, sizeof *done); profile; shown++) {
+        for (int shown = 0, *done = profile ? wf_calloc((size_t)R.kernels.n_kernels + 1, sizeof *done) : NULL; profile; shown++) {
             int best = -1;
             for (int k = 0; k < R.kernels.n_kernels; k++)
                 if (!done[k] && (best < 0 || exec_kernel_seconds(x, k) > exec_kernel_seconds(x, best)))
