@@ -189,8 +189,12 @@ static inline void emulated_close(struct backend *be)
     free(x->libs), free(x->launches), free(x->partial), free(x);
 }
 
-static const struct backend_ops emulated_ops = {emulated_alloc, emulated_free,    emulated_copy,  emulated_copy, emulated_copy,
-                                                emulated_fused, emulated_attention, emulated_route, emulated_sync, emulated_close};
+/* The plan's kernels only: GEMMs and the executor's copies are the CUDA backend's own (cuBLASLt, the driver), which no
+ * emulation can stand for. */
+static const struct backend_ops emulated_ops = {.alloc = emulated_alloc, .free = emulated_free, .put = emulated_copy,
+                                                .get = emulated_copy, .copy = emulated_copy, .fused = emulated_fused,
+                                                .attention = emulated_attention, .route = emulated_route, .sync = emulated_sync,
+                                                .close = emulated_close};
 
 static inline struct backend *emulated_backend_open(const struct kn_set *F)
 {
