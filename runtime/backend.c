@@ -242,7 +242,7 @@ static void cpu_close(struct backend *be)
 }
 
 static const struct backend_ops cpu_ops = {cpu_alloc, cpu_free, cpu_copy, cpu_copy, cpu_copy, cpu_fused, cpu_attention, cpu_route,
-                                           cpu_sync, cpu_close};
+                                           cpu_sync, cpu_close, NULL, NULL, NULL};
 
 static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
 {
@@ -355,3 +355,7 @@ int backend_route(struct backend *be, int kernel, const struct kn_route_args *a,
 }
 
 int backend_sync(struct backend *be, struct diag *d) { return be->ops->sync(be, d); }
+
+bool backend_holds(struct backend *be, const void *p) { return be->ops->holds && be->ops->holds(be, p); }
+int backend_gpu(struct backend *be, struct backend_gpu *g, struct diag *d) { return be->ops->gpu ? be->ops->gpu(be, g, d) : 0; }
+int backend_poll(struct backend *be, struct diag *d) { return be->ops->poll ? be->ops->poll(be, d) : 1; }

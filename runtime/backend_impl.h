@@ -15,6 +15,10 @@ struct backend_ops {
     int (*route)(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d);
     int (*sync)(struct backend *be, struct diag *d);
     void (*close)(struct backend *be);
+    /* backend.h's communicators' view; NULL: host memory, no GPU, always done (the CPU) */
+    bool (*holds)(struct backend *be, const void *p);
+    int (*gpu)(struct backend *be, struct backend_gpu *g, struct diag *d);
+    int (*poll)(struct backend *be, struct diag *d);
 };
 
 struct backend {

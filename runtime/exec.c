@@ -792,3 +792,5 @@ int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
     }
     return rc;
 }
+
+struct backend *exec_backend(struct exec *x) { return x->be; }

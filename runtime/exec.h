@@ -118,6 +118,8 @@ int64_t exec_scratch_bytes(const struct exec *x);
 double exec_kernel_seconds(const struct exec *x, int kernel);
 /* The arena, and where a buffer is in it (tests read parameters). */
 void *exec_arena(struct exec *x);
+/* The backend the executor runs on (the communicator carries its memory: comm_use_device). */
+struct backend *exec_backend(struct exec *x);
 
 /* Token `pos` of synthetic sample `sample`: a walk through the vocabulary
  * that a model can learn (each token a function of the one before, with a

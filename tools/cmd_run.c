@@ -24,7 +24,7 @@
 
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
-    "                                    [--timeout SECONDS] [--dump-params FILE]\n"
+    "                                    [--timeout SECONDS] [--comm auto|mpi|nccl] [--dump-params FILE]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
@@ -65,6 +65,10 @@ static const char usage_flags[] =
     "  --log-interval N  iterations between log lines (default 1; Megatron's is 100)\n"
     "  --skip-limit N    stop (exit 1) after N iterations skipped in a row (default 5)\n"
     "  --timeout S  the longest any rank waits for another (default 300 s)\n"
+    "  --comm C     what carries a GPU run's collectives and transfers: nccl (one GPU a rank), mpi (device\n"
+    "               buffers staged through the host: several ranks may share a GPU), or auto (the default:\n"
+    "               nccl where libnccl.so.2 opens on every rank and no two ranks of one group share a GPU,\n"
+    "               else mpi); on the CPU, MPI carries the run (nccl there: an error)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
     "  --data-path PREFIX   train on PREFIX.bin/.idx (a decoder's plan: its tokens and labels); every token\n"
@@ -302,6 +306,8 @@ int cmd_run(int argc, char **argv)
     bool seed_given = false;
     double timeout = 300;
     bool profile = false;
+    const char *comm_arg = "auto";
+    enum comm_kind comm_kind = COMM_AUTO;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -344,6 +350,12 @@ int cmd_run(int argc, char **argv)
                 return EXIT_BAD_INPUT;
             }
             *(!strcmp(a, "--eval-interval") ? &eval_interval : &eval_iters) = v;
+        } else if (!strcmp(a, "--comm") && has) {
+            comm_arg = argv[++i];
+            if (comm_kind_parse(comm_arg, &comm_kind)) {
+                fprintf(stderr, "weft run: --comm %s: expected auto, mpi or nccl\n", comm_arg);
+                return EXIT_BAD_INPUT;
+            }
         } else if (!strcmp(a, "--data-path") && has)
             data_path = argv[++i];
         else if (!strcmp(a, "--split") && has)
@@ -422,6 +434,16 @@ int cmd_run(int argc, char **argv)
     if (resume)
         seed = found.state.seed;
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, &d);
+    char comm_why[768] = ""; /* why --comm auto took MPI on a GPU */
+    if (x) { /* the communicator carries the backend's memory: NCCL, MPI staged through the host, or MPI on the CPU */
+        struct diag cd;
+        diag_init(&cd);
+        if (comm_use_device(comm, exec_backend(x), comm_kind, comm_why, sizeof comm_why, &cd)) {
+            diag_error(&d, NULL, 0, "--comm %s: %s", comm_arg, diag_first_error(&cd));
+            rc = EXIT_FAILURE_RUN;
+        }
+        diag_free(&cd);
+    }
     double load_s = wf_seconds();
     if (x && hf_weights && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
         diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
@@ -487,6 +509,8 @@ int cmd_run(int argc, char **argv)
                (threads ? threads : openblas_get_num_threads()) == 1 ? "" : "s", threads ? "" : " (as the environment says)",
                openblas_get_corename(), chose ? " (weft set OPENBLAS_CORETYPE: OpenBLAS took " : "", chose ? took : "",
                chose ? "'s for this CPU)" : "");
+    if (lead && comm_why[0])
+        printf("note: --comm auto: %s: MPI carries the run, staged through the host\n", comm_why);
     if (lead && data_path)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
