@@ -10,11 +10,15 @@
 #   4. bench/attn_compare.py: weft's attention against PyTorch's flash SDPA,
 #      forward and backward, seq 1024/4096/8192, head dims 64/128, causal and
 #      not, into bench/results/YYYY-MM-DD-DEVICE.json;
-#   5. test_backends again under compute-sanitizer's memcheck, when there is one.
+#   5. test_backends again under compute-sanitizer's memcheck, when there is one;
+#   6. bench/comm_gpu.sh: a one-rank run over NCCL completes, and a rank stopped
+#      mid-run is named by the other, which ends the job within the deadline
+#      (over NCCL with two GPUs, over MPI staged through the host on one);
+#      test_comm (the communicators' own tests, NCCL's bootstrap on the GPU).
 # Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
 # the test and the benchmark) and a GPU; PLAN may name a plan compiled
 # beforehand, else build/weft compiles it here.  STEPS picks steps by name
-# (default: all, "backends kernels torch attention memcheck", about 16 minutes
+# (default: all, "backends kernels torch attention memcheck nccl", about 17 minutes
 # at their timeouts' worst); under a 10-minute limit run
 # STEPS="backends attention" first (attention's backward at seq 8192 takes
 # seconds a launch until it moves to the tensor cores), then the rest.
@@ -24,7 +28,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 mkdir -p "$out"
 plan=${PLAN:-$out/llama7b-2l.plan}
-steps=" ${STEPS:-backends kernels torch attention memcheck} "
+steps=" ${STEPS:-backends kernels torch attention memcheck nccl} "
 step() { echo "== $*"; }
 want() { [[ $steps == *" $1 "* ]]; }
 
@@ -53,4 +57,9 @@ if want memcheck && command -v compute-sanitizer >/dev/null; then
   step "memcheck"
   timeout "${MEMCHECK_SECONDS:-150}" compute-sanitizer --tool memcheck --print-limit 20 build/tests/test_backends >"$out/memcheck.txt" 2>&1
   echo "memcheck: status $?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$out/memcheck.txt" | head -20
+fi
+if want nccl; then
+  step "communicators: NCCL, a stopped rank"
+  timeout 200 bench/comm_gpu.sh "$out" 2>&1 | tee "$out/comm_gpu.txt"
+  timeout 120 build/tests/test_comm 2>&1 | tee "$out/test_comm.txt" | grep -E "^\[  |SKIP|took|rank [01]: "
 fi

@@ -207,10 +207,14 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
         return -1;
     }
     WF_ASSERT(c->splits); /* after comm_groups */
+    if (want == COMM_MPI) { /* every rank asked the same: no census */
+        comm_staged_push(c, be);
+        return 0;
+    }
     snprintf(mine.host, sizeof mine.host, "%s", c->host);
     snprintf(mine.bus_id, sizeof mine.bus_id, "%s", gpu.bus_id);
     char no_nccl[512] = "";
-    mine.nccl = want != COMM_MPI && comm_nccl_available(no_nccl, sizeof no_nccl);
+    mine.nccl = comm_nccl_available(no_nccl, sizeof no_nccl);
     /* every rank's GPU, so that every rank decides alike */
     _Static_assert(sizeof mine % 4 == 0, "struct comm_gpu travels as 32-bit words");
     all = wf_calloc((size_t)c->size + 1, sizeof *all);
@@ -221,12 +225,10 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
         return -1;
     }
     int split, a, b, lacking = -1;
-    for (int r = 0; r < c->size && lacking < 0 && want != COMM_MPI; r++)
+    for (int r = 0; r < c->size && lacking < 0; r++)
         if (!all[r].nccl)
             lacking = r;
-    if (want == COMM_MPI)
-        snprintf(reason, sizeof reason, "MPI as asked");
-    else if (lacking == c->rank)
+    if (lacking == c->rank)
         snprintf(reason, sizeof reason, "%s", no_nccl);
     else if (lacking >= 0)
         snprintf(reason, sizeof reason, "rank %d (%s) cannot open NCCL", lacking, all[lacking].host);
@@ -248,7 +250,7 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
     comm_staged_push(c, be); /* under NCCL too: the host's buffers and the world's sums go over MPI */
     if (!reason[0])
         return comm_nccl_push(c, be, d);
-    if (why && n && want == COMM_AUTO)
+    if (why && n)
         snprintf(why, n, "%s", reason);
     return 0;
 }

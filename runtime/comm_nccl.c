@@ -37,6 +37,7 @@ static struct {
     nc_result (*init_rank_config)(nc_comm *, int, nc_unique_id, int, nc_config *);
     nc_result (*get_async_error)(nc_comm, nc_result *);
     nc_result (*abort)(nc_comm);
+    nc_result (*finalize)(nc_comm);
     nc_result (*destroy)(nc_comm);
     const char *(*error_string)(nc_result);
     const char *(*last_error)(nc_comm); /* NCCL 2.13 on; NULL before */
@@ -69,6 +70,7 @@ static bool load(void)
     LOAD(init_rank_config, "ncclCommInitRankConfig");
     LOAD(get_async_error, "ncclCommGetAsyncError");
     LOAD(abort, "ncclCommAbort");
+    LOAD(finalize, "ncclCommFinalize");
     LOAD(destroy, "ncclCommDestroy");
     LOAD(error_string, "ncclGetErrorString");
     LOAD(all_reduce, "ncclAllReduce");
@@ -258,11 +260,27 @@ static int nccl_exchange(struct comm *c, int n, const struct comm_msg *msgs, str
 
 static int nccl_barrier(struct comm *c, struct diag *d) { return c->inner->ops->barrier(c->inner, d); }
 
-static void nccl_free(struct nccl *x)
+/* Every communicator finalised (its work flushed, with its members), then
+ * freed; one that fails or outlasts the deadline (a member gone) aborted. */
+static void nccl_free(struct nccl *x, double timeout)
 {
-    for (int s = 0; s < x->n_splits; s++)
-        if (x->comms[s])
+    for (int s = 0; s < x->n_splits; s++) {
+        nc_result r = x->comms[s] ? nc.finalize(x->comms[s]) : NC_SUCCESS;
+        if (r != NC_SUCCESS && r != NC_IN_PROGRESS)
+            abort_comm(x, s);
+    }
+    double end = wf_seconds() + timeout;
+    for (int s = 0; s < x->n_splits; s++) {
+        nc_result state = NC_IN_PROGRESS;
+        while (x->comms[s] && !nc.get_async_error(x->comms[s], &state) && state == NC_IN_PROGRESS && wf_seconds() < end) {
+            struct timespec nap = {0, 100000};
+            nanosleep(&nap, NULL);
+        }
+        if (x->comms[s] && state == NC_SUCCESS)
             nc.destroy(x->comms[s]);
+        else
+            abort_comm(x, s);
+    }
     free(x->comms);
     free(x->split_size);
     free(x->pipe_index);
@@ -271,7 +289,7 @@ static void nccl_free(struct nccl *x)
 
 static void nccl_close(struct comm *c)
 {
-    nccl_free(c->impl);
+    nccl_free(c->impl, c->timeout);
     comm_close(c->inner);
     free(c);
 }
@@ -339,7 +357,7 @@ int comm_nccl_push(struct comm *c, struct backend *be, struct diag *d)
     }
     free(members);
     if (rc) {
-        nccl_free(x);
+        nccl_free(x, 0); /* what was made, aborted */
         return -1;
     }
     comm_push(c, &nccl_ops, x);

@@ -511,6 +511,8 @@ int cmd_run(int argc, char **argv)
                chose ? "'s for this CPU)" : "");
     if (lead && comm_why[0])
         printf("note: --comm auto: %s: MPI carries the run, staged through the host\n", comm_why);
+    else if (lead && comm->inner) /* a GPU run: say which layer carries it */
+        printf("collectives and transfers over %s\n", comm->ops->name);
     if (lead && data_path)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
