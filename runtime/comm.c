@@ -102,10 +102,23 @@ int comm_agree(struct comm *c, int rc, int *rank0, struct diag *d)
     return (int)v[0];
 }
 
+void comm_leave_device(struct comm *c)
+{
+    while (c && c->inner) {
+        struct comm *inner = c->inner;
+        c->ops->close(c);
+        *c = *inner;
+        free(inner);
+    }
+}
+
 void comm_close(struct comm *c)
 {
-    if (c)
-        c->ops->close(c);
+    if (!c)
+        return;
+    comm_leave_device(c);
+    c->ops->close(c);
+    free(c);
 }
 
 void comm_push(struct comm *c, const struct comm_ops *ops, void *impl)

@@ -6,6 +6,7 @@
  *   comm_groups(c, L, &S, &d);                // one communicator per group of the layout, per tied set
  *   comm_use_device(c, be, COMM_AUTO, why, sizeof why, &d);  // a GPU backend: NCCL, or MPI staged
  *   c->ops->collective(c, IR_GROUP_DP_CP, 0, IR_COLL_ALL_REDUCE, buf, buf, n, IR_DTYPE_F32, &d);
+ *   comm_leave_device(c);                     // before backend_close(be)
  *   comm_close(c);
  *
  * Every wait has a deadline (timeout_s): a collective that has not
@@ -65,7 +66,7 @@ struct comm_ops {
     int (*exchange)(struct comm *c, int n, const struct comm_msg *msgs, struct diag *d);
     /* the same value on every rank of the world: 0 if so */
     int (*barrier)(struct comm *c, struct diag *d);
-    /* this layer's state, then the layers under it (comm_close) */
+    /* this layer's own state (comm_close, comm_leave_device free the rest) */
     void (*close)(struct comm *c);
 };
 
@@ -142,6 +143,10 @@ int comm_kind_parse(const char *s, enum comm_kind *k);
  * run is on the CPU); -1 with the reason in d, the same on every rank
  * where the reason is the layout's (a shared GPU). */
 int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, char *why, size_t n, struct diag *d);
+/* The layers comm_use_device put over c closed (NCCL's communicators
+ * finalised), c MPI's again: before the backend whose memory they carry
+ * closes. */
+void comm_leave_device(struct comm *c);
 
 /* Each rank's GPU, and whether it may use NCCL (comm_use_device gathers them). */
 struct comm_gpu {

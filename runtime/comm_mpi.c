@@ -175,7 +175,7 @@ static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll
     int split = split_of(c, g, set);
     MPI_Comm comm = g >= IR_GROUP_COUNT ? m->p2p : split >= 0 ? m->splits[split] : MPI_COMM_NULL;
     if (comm == MPI_COMM_NULL) {
-        diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, split_str(split),
+        diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, ir_group_name(g),
                    g == IR_GROUP_TIED ? " for this tied set" : "");
         return -1;
     }
@@ -276,7 +276,6 @@ static void mpi_close(struct comm *c)
     if (m->initialised_here)
         MPI_Finalize();
     free(m);
-    free(c);
 }
 
 static const struct comm_ops mpi_ops = {"mpi", mpi_collective, mpi_exchange, mpi_barrier, mpi_close};

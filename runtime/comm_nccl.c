@@ -287,12 +287,7 @@ static void nccl_free(struct nccl *x, double timeout)
     free(x);
 }
 
-static void nccl_close(struct comm *c)
-{
-    nccl_free(c->impl, c->timeout);
-    comm_close(c->inner);
-    free(c);
-}
+static void nccl_close(struct comm *c) { nccl_free(c->impl, c->timeout); }
 
 static const struct comm_ops nccl_ops = {"nccl", nccl_collective, nccl_exchange, nccl_barrier, nccl_close};
 

@@ -441,6 +441,8 @@ int cmd_run(int argc, char **argv)
         if (comm_use_device(comm, exec_backend(x), comm_kind, comm_why, sizeof comm_why, &cd)) {
             diag_error(&d, NULL, 0, "--comm %s: %s", comm_arg, diag_first_error(&cd));
             rc = EXIT_FAILURE_RUN;
+            comm_leave_device(comm);
+            exec_free(x), x = NULL; /* nothing to load or run */
         }
         diag_free(&cd);
     }
@@ -655,6 +657,7 @@ int cmd_run(int argc, char **argv)
     }
     diag_print(&d, stderr);
 done:
+    comm_leave_device(comm); /* before the backend whose memory it carries */
     diag_free(&d);
     if (lf)
         fclose(lf);
