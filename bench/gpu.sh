@@ -18,12 +18,16 @@
 #      --device cuda against --device cpu, losses and parameters within 1e-4
 #      (bench/run_compare.py), on one rank and on 4 (tp 2, pp 2) sharing the
 #      GPU through MPI; then GPT-2 124M (bf16, micro-batch 16, seq 1024,
-#      AdamW) training on the GPU: its tokens/s and its device memory.
+#      AdamW) training on the GPU: its tokens/s and its device memory;
+#   7. bench/comm_gpu.sh: a one-rank run over NCCL completes, and a rank stopped
+#      mid-run is named by the other, which ends the job within the deadline
+#      (over NCCL with two GPUs, over MPI staged through the host on one);
+#      test_comm (the communicators' own tests, NCCL's bootstrap on the GPU).
 # Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
 # the test and the benchmark) and a GPU; PLAN may name a plan compiled
 # beforehand, else build/weft compiles it here.  STEPS picks steps by name
-# (default: all, "backends kernels torch attention memcheck racecheck run",
-# about 23 minutes at their timeouts' worst); under a 10-minute limit run
+# (default: all, "backends kernels torch attention memcheck racecheck run
+# nccl", about 27 minutes at their timeouts' worst); under a 10-minute limit run
 # STEPS="backends attention" first, then the rest.  Without a GPU,
 # build/tests/test_attention and test_backends run the kernels' CUDA source
 # on the CPU (tests/cuda_emu.h): what this adds is the hardware, and the time.
@@ -33,7 +37,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 mkdir -p "$out"
 plan=${PLAN:-$out/llama7b-2l.plan}
-steps=" ${STEPS:-backends kernels torch attention memcheck racecheck run} "
+steps=" ${STEPS:-backends kernels torch attention memcheck racecheck run nccl} "
 step() { echo "== $*"; }
 want() { [[ $steps == *" $1 "* ]]; }
 
@@ -99,4 +103,9 @@ if want run; then
   else
     echo "GPT-2 124M: compile failed"; tail -3 "$p.compile.txt"
   fi
+fi
+if want nccl; then
+  step "communicators: NCCL, a stopped rank"
+  timeout 200 bench/comm_gpu.sh "$out" 2>&1 | tee "$out/comm_gpu.txt"
+  timeout 120 build/tests/test_comm 2>&1 | tee "$out/test_comm.txt" | grep -E "^\[  |SKIP|took|rank [01]: "
 fi

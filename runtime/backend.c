@@ -339,7 +339,7 @@ static void cpu_close(struct backend *be)
 static const struct backend_ops cpu_ops = {
     .alloc = cpu_alloc, .free = cpu_free, .put = cpu_copy, .get = cpu_copy, .copy = cpu_copy, .fused = cpu_fused,
     .attention = cpu_attention, .route = cpu_route, .sync = cpu_sync, .gemm = cpu_gemm, .zero = cpu_zero,
-    .copy_rows = cpu_copy_rows, .memory = cpu_memory, .close = cpu_close};
+    .copy_rows = cpu_copy_rows, .memory = cpu_memory, .close = cpu_close}; /* CPU memory: no holds, gpu, poll */
 
 static struct backend *cpu_open(const struct kn_set *F, struct diag *d)
 {
@@ -504,3 +504,7 @@ int backend_cuda_ordinal(int count, const char *device, const char *local_rank, 
     long local = local_rank && *local_rank ? strtol(local_rank, &end, 10) : 0;
     return local_rank && *local_rank && !*end && local > 0 && count > 0 ? (int)(local % count) : 0;
 }
+
+bool backend_holds(struct backend *be, const void *p) { return be->ops->holds && be->ops->holds(be, p); }
+int backend_gpu(struct backend *be, struct backend_gpu *g, struct diag *d) { return be->ops->gpu ? be->ops->gpu(be, g, d) : 0; }
+int backend_poll(struct backend *be, struct diag *d) { return be->ops->poll ? be->ops->poll(be, d) : 1; }

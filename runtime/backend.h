@@ -22,6 +22,7 @@
 #ifndef WEFT_BACKEND_H
 #define WEFT_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "diag.h"
@@ -107,5 +108,21 @@ int backend_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const 
 int backend_route(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d);
 /* Waits for every launch; reports the first failure among them. */
 int backend_sync(struct backend *be, struct diag *d);
+
+/* What a communicator needs of a GPU backend (comm_staged.c, comm_nccl.c).
+ * The CPU backend's memory is the host's: it holds nothing, has no GPU, and
+ * its work is always done. */
+struct backend_gpu {
+    int ordinal;      /* the CUDA device */
+    void *stream;     /* the CUstream NCCL's work joins, in order with the launches (NULL: the legacy default stream) */
+    char bus_id[32];  /* its PCI bus id, "0000:1B:00.0": one GPU of a node */
+};
+/* Whether p is memory of be that the host cannot read (the GPU's). */
+bool backend_holds(struct backend *be, const void *p);
+/* be's GPU into *g: 1, or 0 where be runs on the CPU, -1 on failure (d says why). */
+int backend_gpu(struct backend *be, struct backend_gpu *g, struct diag *d);
+/* Whether everything launched and copied so far has finished, without
+ * waiting: 1 yes, 0 not yet, -1 a failure (d says which). */
+int backend_poll(struct backend *be, struct diag *d);
 
 #endif

@@ -19,6 +19,10 @@ struct backend_ops {
     int (*copy_rows)(struct backend *be, const struct backend_rows *r, struct diag *d);
     void (*memory)(struct backend *be, struct backend_memory *m);
     void (*close)(struct backend *be);
+    /* backend.h's communicators' view; NULL: host memory, no GPU, always done (the CPU) */
+    bool (*holds)(struct backend *be, const void *p);
+    int (*gpu)(struct backend *be, struct backend_gpu *g, struct diag *d);
+    int (*poll)(struct backend *be, struct diag *d);
 };
 
 struct backend {

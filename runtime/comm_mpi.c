@@ -1,6 +1,8 @@
-/* comm_mpi.c: the communicator over MPI (comm.h).  Collectives are
- * non-blocking and polled against the deadline. */
-#include "comm.h"
+/* comm_mpi.c: the communicator over MPI (comm.h), on host memory.
+ * Collectives are non-blocking and polled against the deadline; a deadline
+ * passed is diagnosed here for every layer (comm_missed,
+ * comm_missed_transfer), with a roll call over MPI naming who stopped. */
+#include "comm_impl.h"
 #include "util.h"
 
 #include <mpi.h>
@@ -10,51 +12,46 @@
 #include <time.h>
 
 struct mpi {
-    MPI_Comm groups[IR_GROUP_COUNT];
-    MPI_Comm *tied;                /* per tied set (MPI_COMM_NULL where this rank holds none of it) */
-    int n_tied;
-    MPI_Comm p2p;                  /* the world, for pipeline transfers */
+    MPI_Comm *splits;              /* per split of comm_splits (MPI_COMM_NULL where this rank is in none) */
+    MPI_Comm *roll;                /* the same communicators, for the roll call after a deadline */
+    int n_splits;
+    struct comm_splits table;      /* the plan's communicators (comm->splits) */
+    MPI_Comm p2p;                  /* the world, for pipeline transfers and the world's sums */
     MPI_Op bf16_sum, bf16_max;
-    MPI_Comm roll[IR_GROUP_COUNT]; /* the same groups, for the roll call after a deadline */
-    const struct rank_layout *L;
     bool initialised_here;
 };
 
 
-static const char *group_str(enum ir_group g) { return g < IR_GROUP_COUNT ? ir_group_name(g) : "the world"; }
-
-/* Who is in rank's group of kind g, as "3, 7, 11", into buf. */
-static const char *members(const struct comm *c, enum ir_group g, char *buf, size_t n)
+/* The name of a split in messages: "dp_cp", "tied", "pipeline", or "the world" (split -1). */
+static const char *split_str(int split)
 {
-    const struct mpi *m = c->impl;
-    int k = ir_group_layout_kind(g), gi = k < 0 ? -1 : rank_layout_group_of(m->L, (enum par_group_kind)k, c->rank);
-    size_t at = 0;
-    buf[0] = 0;
-    if (gi < 0)
-        return buf;
-    const struct rank_groups *rg = rank_layout_groups(m->L, (enum par_group_kind)k);
-    for (int i = 0; i < rg->sizes[gi] && at + 16 < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, "%s%d", i ? ", " : "", rg->ranks[gi][i]);
-    return buf;
+    return split < 0 ? "the world" : split < IR_GROUP_COUNT ? ir_group_name((enum ir_group)split) : split == COMM_SPLIT_PIPE ? "pipeline" : "tied";
+}
+
+/* The split of a collective over g (tied set `set`), -1 for the world. */
+static int split_of(const struct comm *c, enum ir_group g, int set)
+{
+    return c->splits && g < IR_GROUP_COUNT ? comm_split_index(c->splits, g, set) : -1;
 }
 
 /* After a deadline: who else is waiting?  Each waiting member tells the
  * others so (on a communicator of its own), then listens for a grace
  * period; a member not heard from is the one that stopped answering.
  * Names them into buf ("rank 5" or "ranks 5, 7"), or "" if all answered. */
-static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t n)
+static const char *roll_call(struct comm *c, int split, char *buf, size_t n)
 {
     struct mpi *m = c->impl;
     buf[0] = 0;
-    if (g >= IR_GROUP_COUNT || m->roll[g] == MPI_COMM_NULL)
+    MPI_Comm roll = split >= 0 && split < m->n_splits ? m->roll[split] : MPI_COMM_NULL;
+    if (roll == MPI_COMM_NULL)
         return buf;
     int size, me;
-    MPI_Comm_size(m->roll[g], &size);
-    MPI_Comm_rank(m->roll[g], &me);
+    MPI_Comm_size(roll, &size);
+    MPI_Comm_rank(roll, &me);
     int *heard = wf_calloc((size_t)size, sizeof *heard), *world = wf_calloc((size_t)size, sizeof *world), mark = 1;
     MPI_Request *sends = wf_calloc((size_t)size, sizeof *sends);
     MPI_Group grp, wgrp;
-    MPI_Comm_group(m->roll[g], &grp);
+    MPI_Comm_group(roll, &grp);
     MPI_Comm_group(MPI_COMM_WORLD, &wgrp);
     int *idx = wf_calloc((size_t)size, sizeof *idx);
     for (int i = 0; i < size; i++)
@@ -62,7 +59,7 @@ static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t 
     MPI_Group_translate_ranks(grp, size, idx, wgrp, world);
     for (int i = 0; i < size; i++)
         if (i != me)
-            MPI_Isend(&mark, 1, MPI_INT, i, 77, m->roll[g], &sends[i]);
+            MPI_Isend(&mark, 1, MPI_INT, i, 77, roll, &sends[i]);
         else
             sends[i] = MPI_REQUEST_NULL;
     heard[me] = 1;
@@ -70,10 +67,10 @@ static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t 
     while (wf_seconds() < end) {
         int flag = 0;
         MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, 77, m->roll[g], &flag, &st);
+        MPI_Iprobe(MPI_ANY_SOURCE, 77, roll, &flag, &st);
         if (flag) {
             int got;
-            MPI_Recv(&got, 1, MPI_INT, st.MPI_SOURCE, 77, m->roll[g], MPI_STATUS_IGNORE);
+            MPI_Recv(&got, 1, MPI_INT, st.MPI_SOURCE, 77, roll, MPI_STATUS_IGNORE);
             heard[st.MPI_SOURCE] = 1;
         } else {
             struct timespec nap = {0, 1000000};
@@ -94,46 +91,50 @@ static const char *roll_call(struct comm *c, enum ir_group g, char *buf, size_t 
     return buf;
 }
 
-static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, enum ir_group g, const struct comm_msg *msgs,
-                    struct diag *d);
-
-static int wait_for(struct comm *c, MPI_Request *req, const char *what, enum ir_group g, struct diag *d)
+void comm_missed(struct comm *c, const char *what, int split, struct diag *d)
 {
-    return wait_all(c, 1, req, what, g, NULL, d);
+    char who[512], silent[512], in[600] = "";
+    roll_call(comm_mpi_of(c), split, silent, sizeof silent);
+    if (comm_members_str(c, split, who, sizeof who)[0])
+        snprintf(in, sizeof in, " (ranks %s)", who);
+    diag_error(d, NULL, 0, "rank %d (%s): %s over %s%s: nobody answered in %.0f s (--timeout): %s%s", c->rank, c->host, what,
+               split_str(split), in, c->timeout, silent[0] ? silent : "a rank", silent[0] ? " stopped answering" : " of the group stopped");
+}
+
+void comm_missed_transfer(struct comm *c, const char *what, int n, const struct comm_msg *msgs, const bool *pending, struct diag *d)
+{
+    char who[512] = "";
+    size_t at = 0;
+    for (int i = 0; i < n && at + 16 < sizeof who; i++)
+        if (!pending || pending[i])
+            at += (size_t)snprintf(who + at, sizeof who - at, "%s%s rank %d", at ? ", " : "", msgs[i].send ? "to" : "from", msgs[i].peer);
+    diag_error(d, NULL, 0, "rank %d (%s): %s: nothing moved in %.0f s (--timeout): %s", c->rank, c->host, what, c->timeout, who);
 }
 
 /* Every request done before the deadline; else the diagnosis, naming the
- * group's silent ranks (a collective) or the peers still awaited. */
-static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, enum ir_group g, const struct comm_msg *msgs,
-                    struct diag *d)
+ * group's silent ranks (a collective) or the peers still awaited (msgs). */
+static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, int split, const struct comm_msg *msgs, struct diag *d)
 {
     double end = wf_seconds() + c->timeout;
     int done = 0;
     while (!done) {
         if (MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
-            diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, group_str(g));
+            diag_error(d, NULL, 0, "rank %d (%s): %s over %s: MPI_Test failed", c->rank, c->host, what, split_str(split));
             return -1;
         }
         if (!done && wf_seconds() > end && msgs) { /* a pipeline transfer: name the peers not heard from */
-            char who[512] = "";
-            size_t at = 0;
-            for (int i = 0; i < n && at + 16 < sizeof who; i++) {
+            bool *pending = wf_calloc((size_t)n + 1, sizeof *pending);
+            for (int i = 0; i < n; i++) {
                 int one = 0;
                 MPI_Test(&req[i], &one, MPI_STATUS_IGNORE);
-                if (!one)
-                    at += (size_t)snprintf(who + at, sizeof who - at, "%s%s rank %d", at ? ", " : "", msgs[i].send ? "to" : "from", msgs[i].peer);
+                pending[i] = !one;
             }
-            diag_error(d, NULL, 0, "rank %d (%s): %s: nothing moved in %.0f s (--timeout): %s", c->rank, c->host, what, c->timeout, who);
+            comm_missed_transfer(c, what, n, msgs, pending, d);
+            free(pending);
             return -1;
         }
         if (!done && wf_seconds() > end) {
-            char who[512], silent[512];
-            roll_call(c, g, silent, sizeof silent);
-            char in[600] = "";
-            if (members(c, g, who, sizeof who)[0])
-                snprintf(in, sizeof in, " (ranks %s)", who);
-            diag_error(d, NULL, 0, "rank %d (%s): %s over %s%s: nobody answered in %.0f s (--timeout): %s%s", c->rank, c->host, what,
-                       group_str(g), in, c->timeout, silent[0] ? silent : "a rank", silent[0] ? " stopped answering" : " of the group stopped");
+            comm_missed(c, what, split, d);
             return -1;
         }
         if (!done) {
@@ -142,6 +143,11 @@ static int wait_all(struct comm *c, int n, MPI_Request *req, const char *what, e
         }
     }
     return 0;
+}
+
+static int wait_for(struct comm *c, MPI_Request *req, const char *what, int split, struct diag *d)
+{
+    return wait_all(c, 1, req, what, split, NULL, d);
 }
 
 /* bf16 sums and maxima, as MPI has no bf16: each element widened to fp32,
@@ -166,10 +172,10 @@ static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll
                           int64_t count, int dtype, struct diag *d)
 {
     struct mpi *m = c->impl;
-    MPI_Comm comm = g == IR_GROUP_TIED ? (set >= 0 && set < m->n_tied ? m->tied[set] : MPI_COMM_NULL)
-                  : g < IR_GROUP_COUNT ? m->groups[g] : m->p2p;
+    int split = split_of(c, g, set);
+    MPI_Comm comm = g >= IR_GROUP_COUNT ? m->p2p : split >= 0 ? m->splits[split] : MPI_COMM_NULL;
     if (comm == MPI_COMM_NULL) {
-        diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, group_str(g),
+        diag_error(d, NULL, 0, "rank %d: no %s communicator%s: the plan and the layout disagree", c->rank, ir_group_name(g),
                    g == IR_GROUP_TIED ? " for this tied set" : "");
         return -1;
     }
@@ -197,10 +203,10 @@ static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll
     default: rc = MPI_ERR_OP;
     }
     if (rc != MPI_SUCCESS) {
-        diag_error(d, NULL, 0, "rank %d: MPI %s over %s failed", c->rank, ir_coll_name(op), group_str(g));
+        diag_error(d, NULL, 0, "rank %d: MPI %s over %s failed", c->rank, ir_coll_name(op), split_str(split));
         return -1;
     }
-    return wait_for(c, &req, ir_coll_name(op), g, d);
+    return wait_for(c, &req, ir_coll_name(op), split, d);
 }
 
 static int mpi_barrier(struct comm *c, struct diag *d)
@@ -210,7 +216,7 @@ static int mpi_barrier(struct comm *c, struct diag *d)
         diag_error(d, NULL, 0, "rank %d: MPI_Ibarrier failed", c->rank);
         return -1;
     }
-    return wait_for(c, &req, "barrier", IR_GROUP_COUNT, d);
+    return wait_for(c, &req, "barrier", -1, d);
 }
 
 static int mpi_exchange(struct comm *c, int n, const struct comm_msg *msgs, struct diag *d)
@@ -232,12 +238,47 @@ static int mpi_exchange(struct comm *c, int n, const struct comm_msg *msgs, stru
         }
     }
     if (!rc)
-        rc = wait_all(c, n, req, "a pipeline transfer", IR_GROUP_COUNT, msgs, d);
+        rc = wait_all(c, n, req, "a pipeline transfer", -1, msgs, d);
     free(req);
     return rc;
 }
 
-static const struct comm_ops mpi_ops = {"mpi", mpi_collective, mpi_exchange, mpi_barrier};
+int comm_mpi_bcast(struct comm *c, int split, void *buf, int bytes, struct diag *d)
+{
+    c = comm_mpi_of(c);
+    struct mpi *m = c->impl;
+    MPI_Request req;
+    if (split < 0 || split >= m->n_splits || m->splits[split] == MPI_COMM_NULL ||
+        MPI_Ibcast(buf, bytes, MPI_BYTE, 0, m->splits[split], &req) != MPI_SUCCESS) {
+        char name[64];
+        diag_error(d, NULL, 0, "rank %d: a broadcast over %s failed", c->rank, comm_split_name(split, name, sizeof name));
+        return -1;
+    }
+    return wait_for(c, &req, "a broadcast", split, d);
+}
+
+static void mpi_close(struct comm *c)
+{
+    struct mpi *m = c->impl;
+    for (int s = 0; s < m->n_splits; s++) {
+        if (m->splits[s] != MPI_COMM_NULL)
+            MPI_Comm_free(&m->splits[s]);
+        if (m->roll[s] != MPI_COMM_NULL)
+            MPI_Comm_free(&m->roll[s]);
+    }
+    free(m->splits);
+    free(m->roll);
+    comm_splits_free(&m->table);
+    if (m->p2p != MPI_COMM_NULL)
+        MPI_Comm_free(&m->p2p);
+    MPI_Op_free(&m->bf16_sum);
+    MPI_Op_free(&m->bf16_max);
+    if (m->initialised_here)
+        MPI_Finalize();
+    free(m);
+}
+
+static const struct comm_ops mpi_ops = {"mpi", mpi_collective, mpi_exchange, mpi_barrier, mpi_close};
 
 struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d)
 {
@@ -261,8 +302,6 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     char host[MPI_MAX_PROCESSOR_NAME];
     MPI_Get_processor_name(host, &len);
     snprintf(c->host, sizeof c->host, "%s", host);
-    for (int g = 0; g < IR_GROUP_COUNT; g++)
-        m->groups[g] = m->roll[g] = MPI_COMM_NULL;
     m->p2p = MPI_COMM_NULL;
     MPI_Op_create(bf16_sum, 1, &m->bf16_sum);
     MPI_Op_create(bf16_max, 1, &m->bf16_max);
@@ -274,51 +313,30 @@ struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag 
     return c;
 }
 
-int comm_agree(struct comm *c, int rc, int *rank0, struct diag *d)
-{
-    float v[2] = {(float)rc, c && c->rank ? 0.0f : (float)rc};
-    if (c && c->size > 1 && c->ops->collective(c, IR_GROUP_COUNT, 0, IR_COLL_ALL_REDUCE_MAX, v, v, 2, IR_DTYPE_F32, d))
-        v[0] = v[1] = 1;
-    if (rank0)
-        *rank0 = (int)v[1];
-    return (int)v[0];
-}
-
 int comm_groups(struct comm *c, const struct rank_layout *L, const struct ir_schedule *S, struct diag *d)
 {
     struct mpi *m = c->impl;
-    m->L = L;
+    WF_ASSERT(!c->inner && !m->splits); /* once, on MPI itself */
     /* MPI_Comm_split has no deadline of its own: every rank answers a
      * barrier that has one first, so a rank missing at the start is named
      * before anyone blocks */
     if (mpi_barrier(c, d))
         return -1;
-    m->n_tied = S ? S->n_tied : 0;
-    m->tied = wf_calloc((size_t)m->n_tied + 1, sizeof *m->tied);
-    int *component = ir_pp_components(L);
-    for (int t = 0; t < m->n_tied; t++) { /* the ranks of one pipeline (or of pipelines sharing an encoder rank: the
-                                           * proof's component) at the set's stages */
-        const struct rank_coords *rc = &L->ranks[c->rank];
-        int color = rc->stage < S->n_stages && S->tied_stages[t][rc->stage] ? component[rank_layout_group_of(L, PAR_GROUP_PP, c->rank)] : -1;
-        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, c->rank, &m->tied[t]) != MPI_SUCCESS) {
-            diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for tied set %d failed", c->rank, t);
-            free(component);
-            return -1;
-        }
-    }
-    free(component);
-    for (int g = 0; g < IR_GROUP_COUNT; g++) {
-        int k = ir_group_layout_kind((enum ir_group)g);
-        if (k < 0)
-            continue;
-        int color = rank_layout_group_of(L, (enum par_group_kind)k, c->rank), key = c->rank;
-        const struct rank_groups *rg = rank_layout_groups(L, (enum par_group_kind)k);
-        for (int i = 0; color >= 0 && i < rg->sizes[color]; i++) /* members in the layout's order: a gather's pieces */
-            if (rg->ranks[color][i] == c->rank)
-                key = i;
-        if (MPI_Comm_split(MPI_COMM_WORLD, color < 0 ? MPI_UNDEFINED : color, key, &m->groups[g]) != MPI_SUCCESS ||
-            (m->groups[g] != MPI_COMM_NULL && MPI_Comm_dup(m->groups[g], &m->roll[g]) != MPI_SUCCESS)) {
-            diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for the %s groups failed", c->rank, ir_group_name((enum ir_group)g));
+    comm_splits_make(&m->table, L, S);
+    c->splits = &m->table;
+    m->n_splits = m->table.n_splits;
+    m->splits = wf_calloc((size_t)m->n_splits, sizeof *m->splits);
+    m->roll = wf_calloc((size_t)m->n_splits, sizeof *m->roll);
+    for (int s = 0; s < m->n_splits; s++)
+        m->splits[s] = m->roll[s] = MPI_COMM_NULL;
+    for (int s = 0; s < m->n_splits; s++) {
+        const struct comm_split *sp = comm_split_of(&m->table, c->rank, s);
+        if (s == IR_GROUP_TIED)
+            continue; /* the tied sets have splits of their own */
+        if (MPI_Comm_split(MPI_COMM_WORLD, sp->color < 0 ? MPI_UNDEFINED : sp->color, sp->key, &m->splits[s]) != MPI_SUCCESS ||
+            (m->splits[s] != MPI_COMM_NULL && MPI_Comm_dup(m->splits[s], &m->roll[s]) != MPI_SUCCESS)) {
+            char name[64];
+            diag_error(d, NULL, 0, "rank %d: MPI_Comm_split for %s failed", c->rank, comm_split_name(s, name, sizeof name));
             return -1;
         }
     }
@@ -329,29 +347,4 @@ void comm_abort(struct comm *c, int status)
 {
     (void)c;
     MPI_Abort(MPI_COMM_WORLD, status);
-}
-
-void comm_close(struct comm *c)
-{
-    if (!c)
-        return;
-    struct mpi *m = c->impl;
-    for (int g = 0; g < IR_GROUP_COUNT; g++) {
-        if (m->groups[g] != MPI_COMM_NULL)
-            MPI_Comm_free(&m->groups[g]);
-        if (m->roll[g] != MPI_COMM_NULL)
-            MPI_Comm_free(&m->roll[g]);
-    }
-    for (int t = 0; t < m->n_tied; t++)
-        if (m->tied[t] != MPI_COMM_NULL)
-            MPI_Comm_free(&m->tied[t]);
-    free(m->tied);
-    if (m->p2p != MPI_COMM_NULL)
-        MPI_Comm_free(&m->p2p);
-    MPI_Op_free(&m->bf16_sum);
-    MPI_Op_free(&m->bf16_max);
-    if (m->initialised_here)
-        MPI_Finalize();
-    free(m);
-    free(c);
 }

@@ -739,10 +739,15 @@ static void cuda_close(struct backend *be)
     free(c);
 }
 
+static bool cuda_holds(struct backend *be, const void *p);
+static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d);
+static int cuda_poll(struct backend *be, struct diag *d);
+
 static const struct backend_ops cuda_ops = {
     .alloc = cuda_alloc, .free = cuda_free, .put = cuda_put, .get = cuda_get, .copy = cuda_copy, .fused = cuda_fused,
     .attention = cuda_attention, .route = cuda_route, .sync = cuda_sync, .gemm = cuda_gemm, .zero = cuda_zero,
-    .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close};
+    .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close,
+    .holds = cuda_holds, .gpu = cuda_gpu, .poll = cuda_poll};
 
 struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 {
@@ -793,4 +798,62 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
     }
     c->be.scratch_bytes = (int64_t)LT_WORKSPACE_BYTES;
     return &c->be;
+}
+
+/* What the communicators need of the GPU (backend.h: backend_holds,
+ * backend_gpu, backend_poll).  Their driver entry points are looked up on
+ * first use, beside the backend's own. */
+enum { ATTR_POINTER_MEMORY_TYPE = 2, MEMORY_TYPE_DEVICE = 2, CU_NOT_READY = 600 };
+
+static struct {
+    bool tried;
+    cu_result (*pointer_attribute)(void *, int, cu_ptr);
+    cu_result (*stream_query)(void *);
+    cu_result (*bus_id)(char *, int, cu_device);
+} cu_comm;
+
+static bool comm_entry_points(struct diag *d)
+{
+    if (!cu_comm.tried) {
+        cu_comm.tried = true;
+        *(void **)&cu_comm.pointer_attribute = dlsym(cu.lib, "cuPointerGetAttribute");
+        *(void **)&cu_comm.stream_query = dlsym(cu.lib, "cuStreamQuery");
+        *(void **)&cu_comm.bus_id = dlsym(cu.lib, "cuDeviceGetPCIBusId");
+    }
+    if (cu_comm.pointer_attribute && cu_comm.stream_query && cu_comm.bus_id)
+        return true;
+    if (d)
+        diag_error(d, NULL, 0, "the CUDA driver lacks cuPointerGetAttribute, cuStreamQuery or cuDeviceGetPCIBusId");
+    return false;
+}
+
+static bool cuda_holds(struct backend *be, const void *p)
+{
+    (void)be;
+    unsigned type = 0;
+    return comm_entry_points(NULL) && !cu_comm.pointer_attribute(&type, ATTR_POINTER_MEMORY_TYPE, (cu_ptr)(uintptr_t)p) &&
+           type == MEMORY_TYPE_DEVICE;
+}
+
+static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    if (!comm_entry_points(d))
+        return -1;
+    memset(g, 0, sizeof *g);
+    g->ordinal = c->dev, g->stream = NULL; /* the launches' stream: the legacy default */
+    cu_result r = cu_comm.bus_id(g->bus_id, (int)sizeof g->bus_id, c->dev);
+    return r ? fail(d, r, "%s", "the GPU's PCI bus id") : 1;
+}
+
+static int cuda_poll(struct backend *be, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    if (!comm_entry_points(d))
+        return -1;
+    cu_result r = cu_comm.stream_query(NULL);
+    if (r == CU_NOT_READY)
+        return 0;
+    return r ? fail(d, r, "a kernel failed on the GPU (the last launched: %s)", c->last >= 0 ? be->F->kernels[c->last].name : "none")
+             : 1;
 }

@@ -898,3 +898,4 @@ int exec_dump_params(struct exec *x, FILE *f, struct diag *d)
     }
     return rc;
 }
+

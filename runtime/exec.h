@@ -136,12 +136,13 @@ int64_t exec_scratch_bytes(const struct exec *x);
 /* The arena's bytes: the memory plan's total (aligned), and the staging
  * of what the host reads of a step (its loss rows, its sums of squares). */
 int64_t exec_arena_bytes(const struct exec *x);
-struct backend *exec_backend(struct exec *x);
 /* Seconds spent in a kernel of the plan (its launches, all steps so far). */
 double exec_kernel_seconds(const struct exec *x, int kernel);
 /* The arena, in the backend's memory (on the CPU, where tests read
  * parameters in it). */
 void *exec_arena(struct exec *x);
+/* The backend the executor runs on (the communicator carries its memory: comm_use_device). */
+struct backend *exec_backend(struct exec *x);
 
 /* Token `pos` of synthetic sample `sample`: a walk through the vocabulary
  * that a model can learn (each token a function of the one before, with a

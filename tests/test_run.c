@@ -745,6 +745,33 @@ static void test_wrong_world_size(void **state)
     unlink(plan);
 }
 
+/* --comm: a word it knows, and nccl only where the run is on GPUs.  On the
+ * CPU every rank refuses it alike (exit 1, naming why); --comm mpi and auto
+ * run. */
+static void test_comm_flag(void **state)
+{
+    (void)state;
+    char plan[] = "/tmp/weft-test-comm-XXXXXX";
+    close(mkstemp(plan));
+    compile_dp("models/gpt2.xml", 1, plan);
+    struct run r;
+    const char *bogus[] = {weft_bin(), "run", plan, "--steps", "1", "--comm", "gloo", NULL};
+    run_mpi(&r, bogus);
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--comm gloo: expected auto, mpi or nccl"));
+    const char *nccl[] = {weft_bin(), "run", plan, "--steps", "1", "--comm", "nccl", NULL};
+    run_mpi(&r, nccl);
+    printf("    %s", r.err);
+    assert_false(r.timed_out);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "--comm nccl: NCCL carries GPU memory, and this run's buffers are on the CPU"));
+    const char *mpi[] = {weft_bin(), "run", plan, "--steps", "1", "--comm", "mpi", NULL};
+    run_mpi(&r, mpi);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "1 iterations in"));
+    unlink(plan);
+}
+
 /* weft verify checks every action; a GEMM past its buffer, a launch's slot
  * past its buffer and a bucket past GRADS are each caught, naming the action. */
 static void test_actions_checked(void **state)
@@ -986,6 +1013,7 @@ int main(void)
         cmocka_unit_test(test_log_line),
         cmocka_unit_test(test_nonfinite_skips_the_update),
         cmocka_unit_test(test_wrong_world_size),
+        cmocka_unit_test(test_comm_flag),
         cmocka_unit_test(test_actions_checked),
         cmocka_unit_test(test_plan_holds_the_actions),
         cmocka_unit_test(test_run_refuses_a_broken_plan),

@@ -26,6 +26,7 @@
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
     "                                    [--timeout SECONDS] [--dump-params FILE] [--device cpu|cuda]\n"
+    "                                    [--comm auto|mpi|nccl]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
@@ -71,8 +72,12 @@ static const char usage_flags[] =
     "  --device D   cpu (the default) or cuda: each rank on a GPU, $WEFT_CUDA_DEVICE or its rank on the\n"
     "               node ($OMPI_COMM_WORLD_LOCAL_RANK) mod the node's GPUs; the plan's GEMMs through\n"
     "               cuBLASLt (fp32 sums; bf16 operands under --bf16), its kernels from its cubins\n"
+    "  --comm C     what carries a GPU run's collectives and transfers: nccl (one GPU a rank), mpi (device\n"
+    "               buffers staged through the host: several ranks may share a GPU), or auto (the default:\n"
+    "               nccl where libnccl.so.2 opens on every rank and no two ranks of one group share a GPU,\n"
+    "               else mpi); on the CPU, MPI carries the run (nccl there: an error)\n"
     "  --profile    at the end, rank 0's ten slowest kernels\n"
-    "  --calibration FILE  constants of the CPU model the predicted step is costed on (weft simulate --help says\n"
+    "  --calibration FILE  constants of the device model the predicted step is costed on (weft simulate --help says\n"
     "                       the keys; its GEMM and kernel rates are fitted to the run, its link measured at the start)\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
     "  --data-path PREFIX   train on PREFIX.bin/.idx (a decoder's plan: its tokens and labels); every token\n"
@@ -340,8 +345,9 @@ static int measure_link(struct comm *comm, struct device *dev, struct diag *d)
  * no datasheet's: they are fitted to this run's own GEMM and kernel
  * seconds (summed over the ranks, the first step left out as a warm-up
  * where there are more), so what is predicted is the rest: the schedule,
- * the waits between stages, the collectives and transfers. */
-static void predict_step(struct comm *comm, const char *path, const struct device *dev, long steps, double total,
+ * the waits between stages, the collectives and transfers.  A GPU's come
+ * from its device table and --calibration, nothing fitted (fit false). */
+static void predict_step(struct comm *comm, const char *path, const struct device *dev, bool fit, long steps, double total,
                          const double *by_kind, double first_seconds, const double *first_kind)
 {
     bool warm = steps > 1; /* leave the first out */
@@ -362,16 +368,19 @@ static void predict_step(struct comm *comm, const char *path, const struct devic
     }
     struct sim_measured m = {sums[0], sums[1]};
     struct sim_result r;
-    if (comm->rank == 0 && simulate_plan(path, dev, &m, &r, &d) == 0) {
+    if (comm->rank == 0 && simulate_plan(path, dev, fit ? &m : NULL, &r, &d) == 0) {
         printf("step time: predicted %.1f ms, measured %.1f ms (ratio %.2f)\n", r.step_time * 1e3, measured * 1e3,
                measured > 0 ? r.step_time / measured : 0);
         char link[160] = "";
         if (comm->size > 1)
             snprintf(link, sizeof link, ", collectives and transfers at the link measured before the first step (%.0f us, %.2f GB/s)",
                      r.dev.link_latency * 1e6, r.dev.link_bytes / 1e9);
-        printf("  predicted on %s: GEMMs and kernels at the rates of this run's (%.1f and %.1f ms a step, summed over the ranks)%s; "
-               "bubble %.1f%%, tp communication %.1f ms, gradient reduction %.1f ms\n",
-               r.dev.name, m.gemm * 1e3, m.kernels * 1e3, link, 100 * r.bubble, r.tp_comm * 1e3, r.dp_comm * 1e3);
+        char rates[160] = ": GEMMs and kernels at its device table's rates";
+        if (fit)
+            snprintf(rates, sizeof rates, ": GEMMs and kernels at the rates of this run's (%.1f and %.1f ms a step, summed over the ranks)",
+                     m.gemm * 1e3, m.kernels * 1e3);
+        printf("  predicted on %s%s%s; bubble %.1f%%, tp communication %.1f ms, gradient reduction %.1f ms\n", r.dev.name, rates, link,
+               100 * r.bubble, r.tp_comm * 1e3, r.dp_comm * 1e3);
         sim_result_free(&r);
     } else if (comm->rank == 0) {
         fprintf(stderr, "weft run: no predicted step: ");
@@ -390,6 +399,8 @@ int cmd_run(int argc, char **argv)
     double timeout = 300;
     bool profile = false;
     enum backend_kind device = BACKEND_CPU;
+    const char *comm_arg = "auto";
+    enum comm_kind comm_kind = COMM_AUTO;
     unsigned long long seed = 1234;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -439,6 +450,12 @@ int cmd_run(int argc, char **argv)
                 return EXIT_BAD_INPUT;
             }
             device = !strcmp(v, "cuda") ? BACKEND_CUDA : BACKEND_CPU;
+        } else if (!strcmp(a, "--comm") && has) {
+            comm_arg = argv[++i];
+            if (comm_kind_parse(comm_arg, &comm_kind)) {
+                fprintf(stderr, "weft run: --comm %s: expected auto, mpi or nccl\n", comm_arg);
+                return EXIT_BAD_INPUT;
+            }
         } else if (!strcmp(a, "--data-path") && has)
             data_path = argv[++i];
         else if (!strcmp(a, "--split") && has)
@@ -492,8 +509,8 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "weft run: --seed %llu: with --data-path the seed shuffles as numpy's RandomState, 0 to 2^32-1\n", seed);
         return EXIT_BAD_INPUT;
     }
-    struct device model = *device_find("cpu"); /* what the predicted step is costed on: these CPU ranks */
-    if (calibration) {
+    struct device model = *device_find("cpu"); /* what the predicted step is costed on: these CPU ranks, or the plan's GPU */
+    if (calibration) { /* read here to refuse a bad file before MPI starts; again onto the plan's GPU below */
         struct diag cd;
         diag_init(&cd);
         int bad = device_calibrate(&model, calibration, &cd);
@@ -516,6 +533,12 @@ int cmd_run(int argc, char **argv)
     int rc = rank_plan_load(path, comm->rank, comm->size, &R, &d);
     if (!rc && comm_groups(comm, R.L, &R.schedule, &d))
         rc = EXIT_FAILURE_RUN;
+    if (!rc && device == BACKEND_CUDA) { /* the GPU the plan was compiled for, as weft simulate costs it */
+        const struct device *planned = device_find(R.meta.device);
+        model = *(planned ? planned : device_find(DEVICE_DEFAULT));
+        if (calibration && device_calibrate(&model, calibration, &d))
+            rc = EXIT_BAD_INPUT;
+    }
     struct ckpt_found found;
     bool resume = false; /* a weft checkpoint found to load */
     bool hf_weights = load && !ckpt_is_checkpoint(load) && hf_is_checkpoint(load); /* Hugging Face's weights to start from */
@@ -533,6 +556,18 @@ int cmd_run(int argc, char **argv)
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, device, &d); /* NULL: the backend could not run it (no GPU) */
     if (!rc && !x)
         rc = EXIT_FAILURE_RUN;
+    char comm_why[768] = ""; /* why --comm auto took MPI on a GPU */
+    if (x) { /* the communicator carries the backend's memory: NCCL, MPI staged through the host, or MPI on the CPU */
+        struct diag cd;
+        diag_init(&cd);
+        if (comm_use_device(comm, exec_backend(x), comm_kind, comm_why, sizeof comm_why, &cd)) {
+            diag_error(&d, NULL, 0, "--comm %s: %s", comm_arg, diag_first_error(&cd));
+            rc = EXIT_FAILURE_RUN;
+            comm_leave_device(comm);
+            exec_free(x), x = NULL; /* nothing to load or run */
+        }
+        diag_free(&cd);
+    }
     double load_s = wf_seconds();
     if (x && hf_weights && (rc = hf_load(x, &R, comm, load, &d)) == EXIT_FAILURE_RUN && !lead)
         diag_print(&d, stderr); /* a read that failed on this rank: rank 0 says only its own */
@@ -600,6 +635,10 @@ int cmd_run(int argc, char **argv)
                chose ? "'s for this CPU)" : "");
     if (lead && device == BACKEND_CUDA)
         printf("rank 0's GPU: %s (GEMMs through cuBLASLt)\n", backend_describe(exec_backend(x)));
+    if (lead && comm_why[0])
+        printf("note: --comm auto: %s: MPI carries the run, staged through the host\n", comm_why);
+    else if (lead && comm->inner) /* a GPU run: say which layer carries it */
+        printf("collectives and transfers over %s\n", comm->ops->name);
     if (lead && data_path)
         printf("%s: %lld sequences; %lld training samples of %lld+1 tokens in %d epoch%s%s\n", data_path, (long long)D.n_seqs,
                (long long)train.n_samples, (long long)seq, train.num_epochs, train.num_epochs == 1 ? "" : "s",
@@ -717,7 +756,7 @@ int cmd_run(int argc, char **argv)
         }
     }
     if (rc == 0 && steps)
-        predict_step(comm, path, &model, steps, total, by_kind, first_seconds, first_kind);
+        predict_step(comm, path, &model, device == BACKEND_CPU, steps, total, by_kind, first_seconds, first_kind);
     if (rc == 0 && steps && lead) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
@@ -764,6 +803,7 @@ int cmd_run(int argc, char **argv)
     }
     diag_print(&d, stderr);
 done:
+    comm_leave_device(comm); /* before the backend whose memory it carries */
     diag_free(&d);
     if (lf)
         fclose(lf);
