@@ -163,29 +163,20 @@ static void kn_emu_note_copy(void *dst)
 #define KN_EMU_LANE (kn_emu_current & 31)
 #define KN_EMU_PART(lane) (kn_emu_threads[(kn_emu_current & ~31) + (lane)].part)
 
-static float __shfl_xor_sync(unsigned mask, float v, int lane_mask)
+/* v of lane `from` of this warp (every lane takes part) */
+static float kn_emu_shfl(const char *what, unsigned mask, float v, int from)
 {
     if (mask != 0xffffffffu)
-        kn_emu_fail("__shfl_xor_sync with mask %#x: the emulation takes whole warps only", mask);
+        kn_emu_fail("%s with mask %#x: the emulation takes whole warps only", what, mask);
     memcpy(KN_EMU_PART(KN_EMU_LANE), &v, 4);
     kn_emu_wait(KN_EMU_AT_WARP);
     float r;
-    memcpy(&r, KN_EMU_PART(KN_EMU_LANE ^ lane_mask), 4);
+    memcpy(&r, KN_EMU_PART(from & 31), 4);
     kn_emu_wait(KN_EMU_AT_WARP);
     return r;
 }
-
-static float __shfl_sync(unsigned mask, float v, int lane)
-{
-    if (mask != 0xffffffffu)
-        kn_emu_fail("__shfl_sync with mask %#x: the emulation takes whole warps only", mask);
-    memcpy(KN_EMU_PART(KN_EMU_LANE), &v, 4);
-    kn_emu_wait(KN_EMU_AT_WARP);
-    float r;
-    memcpy(&r, KN_EMU_PART(lane & 31), 4);
-    kn_emu_wait(KN_EMU_AT_WARP);
-    return r;
-}
+static float __shfl_xor_sync(unsigned mask, float v, int lane_mask) { return kn_emu_shfl("__shfl_xor_sync", mask, v, KN_EMU_LANE ^ lane_mask); }
+static float __shfl_sync(unsigned mask, float v, int lane) { return kn_emu_shfl("__shfl_sync", mask, v, lane); }
 
 static unsigned __ballot_sync(unsigned mask, int predicate)
 {
