@@ -244,15 +244,15 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
     if (lacking == c->rank)
         snprintf(reason, sizeof reason, "%s", no_nccl);
     else if (lacking >= 0)
-        snprintf(reason, sizeof reason, "rank %d (%s) cannot open NCCL", lacking, all[lacking].host);
+        snprintf(reason, sizeof reason, "rank %d (%.128s) cannot open NCCL", lacking, all[lacking].host);
     else if (comm_gpu_shared(c->splits, all, &split, &a, &b)) {
-        char name[64], who[512] = "";
+        char name[64], who[160] = ""; /* the group's members, as many as fit */
         int *m = wf_calloc((size_t)c->size + 1, sizeof *m), k = comm_split_members(c->splits, a, split, m);
         size_t at = 0;
         for (int i = 0; i < k && at + 16 < sizeof who; i++)
             at += (size_t)snprintf(who + at, sizeof who - at, "%s%d", i ? ", " : "", m[i]);
         free(m);
-        snprintf(reason, sizeof reason, "ranks %d and %d of %s (ranks %s) share GPU %s on %s, and NCCL takes one GPU a rank", a, b,
+        snprintf(reason, sizeof reason, "ranks %d and %d of %s (ranks %s) share GPU %s on %.128s, and NCCL takes one GPU a rank", a, b,
                  comm_split_name(split, name, sizeof name), who, all[a].bus_id, all[a].host);
     }
     free(all);
