@@ -12,18 +12,18 @@ sdpa_kernel(FLASH_ATTENTION) on the same sizes in the same run (CUDA events
 around batches, the median of 7, as bench/torch_kernels.py).  FLOPs as
 kernel_time counts them: 4*B*H*S*S*D forward, 2.5 times that backward,
 halved when causal.  The entries are merged into
-bench/results/YYYY-MM-DD-DEVICE.json (a list; an entry of the same name,
-pass, head dim, seq and causal is replaced).
+bench/results/YYYY-MM-DD-DEVICE.json (bench/results.py; an entry of the same
+name, pass, head dim, seq and causal is replaced).
 
     python3 bench/attn_compare.py [--out build/gpu] [--seqs 1024,4096,8192] [--dims 64,128]
 """
 import argparse
-import datetime
-import json
 import os
 import re
 import subprocess
 import sys
+
+import results
 
 HEADS = 32
 
@@ -106,15 +106,8 @@ def main():
                                     "baseline_us": round(b[i], 1), "tflops": round(f / w[i] / 1e6, 2)})
                     print(f"{name:9} {d:4} {seq:6} {str(causal):>6} {w[i]:12.1f} {b[i]:10.1f} {w[i] / b[i]:7.1f}x"
                           f" {f / w[i] / 1e6:13.2f}", flush=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")
-    path = os.path.join("bench", "results", f"{datetime.date.today().isoformat()}-{slug}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = json.load(open(path)) if os.path.exists(path) else []
-    key = lambda e: (e["name"], e["pass"], e["head_dim"], e["seq"], e["causal"])
-    new = {key(e) for e in entries}
-    with open(path, "w") as f:
-        json.dump([e for e in old if key(e) not in new] + entries, f, indent=1)
-        f.write("\n")
+    path = results.path_for(device)
+    results.merge(path, entries, lambda e: tuple(e.get(k) for k in ("name", "pass", "head_dim", "seq", "causal")))
     print(f"# {len(entries)} entries in {path}")
 
 

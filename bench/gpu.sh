@@ -22,13 +22,24 @@
 #   7. bench/comm_gpu.sh: a one-rank run over NCCL completes, and a rank stopped
 #      mid-run is named by the other, which ends the job within the deadline
 #      (over NCCL with two GPUs, over MPI staged through the host on one);
-#      test_comm (the communicators' own tests, NCCL's bootstrap on the GPU).
+#      test_comm (the communicators' own tests, NCCL's bootstrap on the GPU);
+#   8. train: bench/train_compare.py, GPT-2 124M training (micro-batch 16, seq
+#      1024, bf16, AdamW) by weft, eager PyTorch and torch.compile (and
+#      llm.c where LLMC_DIR names a checkout carried to the machine): tokens/s,
+#      MFU, weft's predicted against measured step and device memory, into
+#      bench/results/YYYY-MM-DD-DEVICE.json (copied to OUTDIR too) and a
+#      markdown table; TRAIN_COMPARE_ARGS adds its flags (e.g. "--models
+#      124m,1.5b --micro-batch 8"); its timeout TRAIN_COMPARE_SECONDS, 540 s
+#      (not yet timed on a GPU: weft compiles the model, then three or four
+#      programs train it).
 # Logs go to OUTDIR (default build/gpu). Needs a built tree (make test builds
 # the test and the benchmark) and a GPU; PLAN may name a plan compiled
 # beforehand, else build/weft compiles it here.  STEPS picks steps by name
 # (default: all, "backends kernels torch attention memcheck racecheck run
-# nccl", about 27 minutes at their timeouts' worst); under a 10-minute limit run
-# STEPS="backends attention" first, then the rest.  Without a GPU,
+# train nccl", about 36 minutes at their timeouts' worst); under a 10-minute
+# limit run STEPS="backends attention" first, then STEPS=train in a call of
+# its own (timeout_s 600; build the tree in an earlier call), then the rest.
+# Without a GPU,
 # build/tests/test_attention and test_backends run the kernels' CUDA source
 # on the CPU (tests/cuda_emu.h): what this adds is the hardware, and the time.
 set -uo pipefail
@@ -37,7 +48,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/gpu}
 mkdir -p "$out"
 plan=${PLAN:-$out/llama7b-2l.plan}
-steps=" ${STEPS:-backends kernels torch attention memcheck racecheck run nccl} "
+steps=" ${STEPS:-backends kernels torch attention memcheck racecheck run train nccl} "
 step() { echo "== $*"; }
 want() { [[ $steps == *" $1 "* ]]; }
 
@@ -103,6 +114,13 @@ if want run; then
   else
     echo "GPT-2 124M: compile failed"; tail -3 "$p.compile.txt"
   fi
+fi
+if want train; then
+  step "training speed: GPT-2 124M, weft against eager PyTorch and torch.compile (and llm.c with LLMC_DIR)"
+  # shellcheck disable=SC2086 # TRAIN_COMPARE_ARGS: flags, split on spaces
+  PYTHONUNBUFFERED=1 timeout "${TRAIN_COMPARE_SECONDS:-540}" python3 bench/train_compare.py --out build/train_compare \
+    ${TRAIN_COMPARE_ARGS:-} 2>&1 | tee "$out/train_compare.txt"
+  cp bench/results/"$(date +%F)"-*.json "$out"/ 2>/dev/null
 fi
 if want nccl; then
   step "communicators: NCCL, a stopped rank"
