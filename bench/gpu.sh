@@ -17,8 +17,7 @@
 #   6. weft run on the GPU: tiny GPT-2, Llama-2 and T5 (fp32, 3 steps) with
 #      --device cuda against --device cpu, losses and parameters within 1e-4
 #      (bench/run_compare.py), on one rank and on 4 (tp 2, pp 2) sharing the
-#      GPU through MPI; then GPT-2 124M (bf16, micro-batch 16, seq 1024,
-#      AdamW) training on the GPU: its tokens/s and its device memory;
+#      GPU through MPI (GPT-2 124M's training speed is step 8's);
 #   7. bench/comm_gpu.sh: a one-rank run over NCCL completes, and a rank stopped
 #      mid-run is named by the other, which ends the job within the deadline
 #      (over NCCL with two GPUs, over MPI staged through the host on one);
@@ -39,9 +38,9 @@
 # train nccl", about 36 minutes at their timeouts' worst); under a 10-minute
 # limit run STEPS="backends attention" first, then STEPS=train in a call of
 # its own (timeout_s 600; build the tree in an earlier call), then the rest.
-# Without a GPU,
-# build/tests/test_attention and test_backends run the kernels' CUDA source
-# on the CPU (tests/cuda_emu.h): what this adds is the hardware, and the time.
+# Without a GPU, build/tests/test_attention and test_backends run the
+# kernels' CUDA source on the CPU (tests/cuda_emu.h): what this adds is the
+# hardware, and the time.
 set -uo pipefail
 export PATH=$PATH:/usr/local/cuda/bin
 cd "$(dirname "$0")/.."
@@ -105,15 +104,6 @@ if want run; then
     done
   done
   echo "run comparisons failed: $fails"
-  p="$out/gpt2-124m-bf16"
-  if [ -f "$p.plan" ] || timeout 300 build/weft compile models/gpt2.xml --bf16 --micro-batch-size 16 --global-batch-size 16 \
-      --seq-length 1024 --arch sm_90 -o "$p.plan" >"$p.compile.txt" 2>&1; then
-    timeout "${TRAIN_SECONDS:-180}" build/weft run "$p.plan" --device cuda --steps "${TRAIN_STEPS:-30}" --log-interval 10 \
-      --log "$p.jsonl" 2>&1 | tee "$p.txt" | grep -vE "^ \[" | tail -8
-    grep -E "tokens/s|device memory" "$p.txt" | tail -3
-  else
-    echo "GPT-2 124M: compile failed"; tail -3 "$p.compile.txt"
-  fi
 fi
 if want train; then
   step "training speed: GPT-2 124M, weft against eager PyTorch and torch.compile (and llm.c with LLMC_DIR)"
