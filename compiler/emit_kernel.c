@@ -550,6 +550,17 @@ static void define(struct emitter *e, int i)
     put(&e->t, ";\n");
 }
 
+/* C: whether output slot is a column sum held in a->partial (f32, a row
+ * of cols at its kn_column_sum_index) until the rows are done, then added
+ * into the output once: a bf16 output, which adding row by row would round
+ * at every row (CUDA sums every block's rows in a->partial anyway). */
+static bool c_staged_sum(const struct emitter *e, int slot)
+{
+    const struct kn_slot *s = &e->k->out[slot];
+    return e->lang == KN_LANG_C && kn_column_sum_index(e->k, slot) >= 0 &&
+           (s->dtype == IR_DTYPE_BF16 || s->dtype == IR_DTYPE_F16);
+}
+
 /* out[...] += v, in the output's type. */
 static void accumulate(struct emitter *e, const struct kn_slot *s, int slot, const char *index, const char *v, int indent)
 {
@@ -591,6 +602,10 @@ static void store(struct emitter *e, int i)
             put(&e->t, "%*sif (kn_holds(a->vout[%d], %s))\n", indent, "", n->slot, row);
             snprintf(index, sizeof index, "((int64_t)%s - a->vout[%d][0]) * cols + c", row, n->slot);
             accumulate(e, s, n->slot, index, v, indent + 4);
+            return;
+        }
+        if (c_staged_sum(e, n->slot)) {
+            put(&e->t, "%*sa->partial[%d * cols + c] += %s;\n", indent, "", kn_column_sum_index(e->k, n->slot), v);
             return;
         }
         if (s->access == KN_COLUMN)
@@ -680,6 +695,9 @@ static void vec_preload(struct emitter *e, int p)
             e->lang == KN_LANG_CUDA)
             put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
                 n->slot, e->vec, e->vec, kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && c_staged_sum(e, n->slot))
+            put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, %d * cols + c0, kn_ps%d);\n", n->slot, e->vec,
+                e->vec, kn_column_sum_index(k, n->slot), n->slot);
         else if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN) /* C: the sums themselves */
             put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_%s(a->out[%d], c0, kn_ps%d);\n", n->slot, e->vec, e->vec,
                 vec_type(k->out[n->slot].dtype), n->slot, n->slot);
@@ -699,6 +717,8 @@ static void vec_write(struct emitter *e, int p)
         if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && e->lang == KN_LANG_CUDA)
             put(&e->t, "            kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n", e->vec,
                 kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && c_staged_sum(e, n->slot))
+            put(&e->t, "            kn_st%d_f32(a->partial, %d * cols + c0, kn_ps%d);\n", e->vec, kn_column_sum_index(k, n->slot), n->slot);
         else if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN)
             put(&e->t, "            kn_st%d_%s(a->out[%d], c0, kn_ps%d);\n", e->vec, vec_type(k->out[n->slot].dtype), n->slot, n->slot);
         done[n->slot] = true;
@@ -885,6 +905,9 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
                   "        for (int j = 0; j < %d; j++)\n"
                   "            a->partial[(j * a->nblocks + blockIdx.x) * cols + c] = 0.f;\n"
                   "    __syncthreads();\n", column_sums);
+    for (int slot = 0; slot < k->n_out; slot++) /* C: a bf16 column sum's f32 row starts at zero */
+        if (c_staged_sum(&e, slot))
+            put(&e.t, "    for (int64_t c = 0; c < cols; c++)\n        a->partial[%d * cols + c] = 0.f;\n", kn_column_sum_index(k, slot));
     int vec = !cuda ? c_lanes(k, e.per) : shape == KN_CUDA_PER_ELEMENT || shape == KN_CUDA_BLOCK_ROWS ? vector_width(k, e.per) : 0;
     if (vec) { /* the vector variant where the row's length and every pointer allow it */
         bool halves = false;
@@ -917,6 +940,13 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
         if (vec)
             put(&e.t, variant ? "    }\n" : "    } else {\n");
     }
+    for (int slot = 0; slot < k->n_out; slot++) /* C: then added into the bf16 output once, as CUDA's _colsum adds */
+        if (c_staged_sum(&e, slot)) {
+            char v[64];
+            snprintf(v, sizeof v, "a->partial[%d * cols + c]", kn_column_sum_index(k, slot));
+            put(&e.t, "    for (int64_t c = 0; c < cols; c++)\n");
+            accumulate(&e, &k->out[slot], slot, "c", v, 8);
+        }
     put(&e.t, "}\n");
     if (cuda && column_sums) { /* then the blocks' partial sums, added in block order: deterministic */
         put(&e.t, "\n/* %s's column sums: launch after it, a thread per column */\n"

@@ -1052,7 +1052,7 @@ static void relpos_bias(const struct partition *P, int op, bool backward, const 
     int b = relpos_bucket(k, kn_node(k, KN_SUB, q, key, -1, 0), o, buckets);
     int g = solo_in(&c, held_dtype(P, out), KN_FULL, (struct kn_bind){.what = IR_BUF_GRAD, .id = out, .xfer = -1}); /* row mod heads */
     int picked = kn_node(k, KN_SELECT, kn_node(k, KN_EQ, b, mine, -1, 0), g, kn_const(k, 0), 0);
-    kn_accum(k, solo_out(&c, IR_DTYPE_F32, KN_ROW, (struct kn_bind){.what = IR_BUF_GRAD, .id = table, .xfer = -1}),
+    kn_accum(k, solo_out(&c, partition_grad_dtype(P), KN_ROW, (struct kn_bind){.what = IR_BUF_GRAD, .id = table, .xfer = -1}),
              kn_node(k, KN_ROWSUM, picked, -1, -1, 0));
     if (k->full)
         return;
@@ -1132,16 +1132,16 @@ static int saved_aux(struct bwd *w, int op, enum ir_buf_what what, int component
     return n;
 }
 
-/* The dtype a tensor's gradient is held in: fp32 for a parameter (main
- * gradients) or a position table's first rows (a view of it), else the
- * tensor's own. */
+/* The dtype a tensor's gradient is held in: a parameter's main gradient's
+ * (partition_grad_dtype) for a parameter or a position table's first rows
+ * (a view of it), else the tensor's own. */
 static int grad_dtype(struct builder *b, int t)
 {
     const struct ir_graph *g = b->P->g;
     int p = g->tensors[t].producer;
     if (p >= 0 && g->ops[p].kind == IR_OP_POSITION_EMBEDDING)
         t = g->ops[p].in[0];
-    return g->tensors[t].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : slot_dtype(b, t);
+    return g->tensors[t].kind == IR_TENSOR_PARAM ? partition_grad_dtype(b->P) : slot_dtype(b, t);
 }
 
 /* Add contribution c to input u's gradient: inside the group, to its node;
@@ -1367,12 +1367,13 @@ static bool backward(const struct partition *P, struct kn_set *F, int l, const b
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
  *   w = w - arg0 (wd w + (m arg2) / (sqrt(v arg3) + eps))   arg0 lr, arg2 1/(1-b1^t), arg3 1/(1-b2^t)
  * With --bf16 the fp32 master weights step and the bf16 parameter takes a
- * rounded copy. */
-static struct kn_kernel adamw(const struct optim_config *o, bool bf16)
+ * rounded copy; the gradient is read in its own type (partition_grad_dtype)
+ * and the update computed in fp32. */
+static struct kn_kernel adamw(const struct optim_config *o, bool bf16, int grad_dtype)
 {
     struct kn_kernel k;
     kn_init(&k);
-    int gs = kn_input(&k, IR_DTYPE_F32, KN_FULL), ms = kn_input(&k, IR_DTYPE_F32, KN_FULL);
+    int gs = kn_input(&k, grad_dtype, KN_FULL), ms = kn_input(&k, IR_DTYPE_F32, KN_FULL);
     int vs = kn_input(&k, IR_DTYPE_F32, KN_FULL), ws = kn_input(&k, IR_DTYPE_F32, KN_FULL);
     for (int a = 0; a < 4; a++)
         kn_arg(&k);
@@ -1399,11 +1400,11 @@ static struct kn_kernel adamw(const struct optim_config *o, bool bf16)
 
 /* Per row, the sum of squares of a parameter's gradient: the global
  * norm's first step (the rows' sums then add up, over the ranks too). */
-static struct kn_kernel sum_of_squares(void)
+static struct kn_kernel sum_of_squares(int grad_dtype)
 {
     struct kn_kernel k;
     kn_init(&k);
-    int g = kn_load(&k, kn_input(&k, IR_DTYPE_F32, KN_FULL));
+    int g = kn_load(&k, kn_input(&k, grad_dtype, KN_FULL));
     kn_store(&k, kn_output(&k, IR_DTYPE_F32, KN_ROW), kn_node(&k, KN_ROWSUM, kn_node(&k, KN_MUL, g, g, -1, 0), -1, -1, 0));
     return k;
 }
@@ -1417,7 +1418,8 @@ static void optimizer(const struct partition *P, const struct optim_config *o, s
     /* Megatron's default: no weight decay on biases and 1-D parameters (norms) */
     struct optim_config flat = *o;
     flat.weight_decay = 0;
-    struct kn_kernel step = adamw(o, bf16), step_flat = adamw(&flat, bf16), norm = sum_of_squares();
+    int gd = partition_grad_dtype(P);
+    struct kn_kernel step = adamw(o, bf16, gd), step_flat = adamw(&flat, bf16, gd), norm = sum_of_squares(gd);
     int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner);
     int stages = 0;
     for (int c = 0; c < P->n_chunks; c++)

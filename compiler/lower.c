@@ -179,14 +179,14 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
     struct ir_ref dc = ref(w, IR_BUF_GRAD, o->out[0]);
     if (w->needs[o->in[0]]) { /* dA = dC op(B)^T, or stored transposed: op(B) dC^T */
         struct ir_ref da = grad_ref(w, op, 0);
-        int dt = w->P->g->tensors[o->in[0]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
+        int dt = w->P->g->tensors[o->in[0]].kind == IR_TENSOR_PARAM ? partition_grad_dtype(w->P) : dtype;
         x.gemm = ta ? gemm(batch, Kd, M, N, tb, true, sb, sc, sa, b, dc, da, 1, dtype, dt)
                     : gemm(batch, M, Kd, N, false, !tb, sc, sb, sa, dc, b, da, 1, dtype, dt);
         ir_action_push(out, &x);
     }
     if (w->needs[o->in[1]]) { /* dB = op(A)^T dC, or stored transposed: dC^T op(A) */
         struct ir_ref db = grad_ref(w, op, 1);
-        int dt = w->P->g->tensors[o->in[1]].kind == IR_TENSOR_PARAM ? IR_DTYPE_F32 : dtype;
+        int dt = w->P->g->tensors[o->in[1]].kind == IR_TENSOR_PARAM ? partition_grad_dtype(w->P) : dtype;
         x.gemm = tb ? gemm(batch, N, Kd, M, true, ta, sc, sa, sb, dc, a, db, 1, dtype, dt)
                     : gemm(batch, Kd, N, M, !ta, false, sa, sc, sb, a, dc, db, 1, dtype, dt);
         ir_action_push(out, &x);
@@ -637,11 +637,11 @@ static void p2p_actions(const struct lowering *w, int stage, const struct ir_ins
     free(pos);
 }
 
-/* A sum of f32 gradients over a group, in place. */
-static struct ir_action sum_in_place(int group, int set, struct ir_ref buf, int64_t bytes)
+/* A sum over a group, in place, of elements of dtype (main gradients: partition_grad_dtype). */
+static struct ir_action sum_in_place(int group, int set, struct ir_ref buf, int64_t bytes, int dtype)
 {
     return (struct ir_action){.kind = IR_ACT_COLL, .coll = {.coll = IR_COLL_ALL_REDUCE, .group = (uint8_t)group, .set = set,
-                                                             .dtype = IR_DTYPE_F32, .buf = buf, .bytes = bytes, .out = buf,
+                                                             .dtype = (uint8_t)dtype, .buf = buf, .bytes = bytes, .out = buf,
                                                              .out_bytes = bytes}};
 }
 
@@ -666,7 +666,7 @@ static void tied_actions(const struct lowering *w, const struct ir_schedule *S, 
             continue;
         int64_t start, bytes = grad_extent(w->m, t, &start);
         (void)start;
-        struct ir_action a = sum_in_place(IR_GROUP_TIED, set, (struct ir_ref){.what = IR_BUF_GRAD, .id = t}, bytes);
+        struct ir_action a = sum_in_place(IR_GROUP_TIED, set, (struct ir_ref){.what = IR_BUF_GRAD, .id = t}, bytes, partition_grad_dtype(P));
         bool split = false; /* over tp: pipelines sharing an encoder rank would sum different pieces */
         for (int k = 0; k < g->tensors[t].shape.rank; k++)
             split |= (P->shard[t].split[k] & IR_PDIM_BIT(IR_PDIM_TP)) != 0;
@@ -748,7 +748,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                          schedule_is_expert_param(P, gb->id) != experts;
             }
             if (!mixed) {
-                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = first[b]}, hi + end - lo);
+                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = first[b]}, hi + end - lo, partition_grad_dtype(P));
                 ir_action_push(out, &a);
                 continue;
             }
@@ -756,7 +756,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                 const struct ir_buf *gb = &m->bufs[k];
                 if (gb->region != IR_REGION_GRADS || gb->offset < lo || gb->offset > hi || schedule_is_expert_param(P, gb->id) != experts)
                     continue;
-                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = gb->id}, gb->bytes);
+                struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = gb->id}, gb->bytes, partition_grad_dtype(P));
                 ir_action_push(out, &a);
             }
             continue;
@@ -770,7 +770,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
                     continue;
                 int64_t start, have = grad_extent(m, px->tensor, &start);
                 (void)start;
-                struct ir_action a = sum_in_place(g, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = px->tensor}, have);
+                struct ir_action a = sum_in_place(g, 0, (struct ir_ref){.what = IR_BUF_GRAD, .id = px->tensor}, have, partition_grad_dtype(P));
                 ir_action_push(out, &a);
             }
             continue;
@@ -779,7 +779,7 @@ static void program_actions(const struct lowering *w, const struct ir_schedule *
             if (!summed)
                 append(out, sums);
             summed = true;
-            struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_NORM, .id = -1}, 4);
+            struct ir_action a = sum_in_place(x->group, 0, (struct ir_ref){.what = IR_BUF_NORM, .id = -1}, 4, IR_DTYPE_F32);
             ir_action_push(out, &a);
             continue;
         }

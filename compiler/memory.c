@@ -176,8 +176,10 @@ static bool param_bytes(const struct partition *P, int t)
 int memory_xfer_elem_bytes(const struct partition *P, int x)
 {
     const struct part_xfer *px = &P->xfers[x];
-    if (memory_xfer_loss_stats(P, x) || (px->grad && param_bytes(P, px->tensor)))
-        return 4; /* the loss's f32 statistics; a parameter's f32 gradient */
+    if (memory_xfer_loss_stats(P, x))
+        return 4; /* the loss's f32 statistics */
+    if (px->grad && param_bytes(P, px->tensor))
+        return partition_grad_bytes(P); /* a parameter's main gradient */
     return partition_elem_bytes(P, &P->g->tensors[px->tensor]);
 }
 
@@ -714,6 +716,7 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
     const struct ir_graph *g = P->g;
     bool bf16 = P->L->pc.bf16, train = !S->forward_only;
     struct bufs bufs = {0}, items = {0};
+    m->grad_bytes = partition_grad_bytes(P);
     /* Parameters and their gradients, in the order the backward finishes them. */
     int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *owner = wf_calloc((size_t)g->n_tensors + 1, sizeof *owner);
     int np = partition_stage_params(P, stage, params, owner);
@@ -727,12 +730,12 @@ static void plan_role(const struct partition *P, const struct ir_schedule *S, co
         if (!train)
             continue;
         push(&bufs, (struct ir_buf){.what = IR_BUF_GRAD, .region = IR_REGION_GRADS, .id = params[i], .vstage = -1,
-                                    .micro = -1, .offset = m->size[IR_REGION_GRADS], .bytes = elems * 4});
-        m->size[IR_REGION_GRADS] += align_up(elems * 4);
+                                    .micro = -1, .offset = m->size[IR_REGION_GRADS], .bytes = elems * m->grad_bytes});
+        m->size[IR_REGION_GRADS] += align_up(elems * m->grad_bytes);
     }
     free(params);
     free(owner);
-    m->size[IR_REGION_OPTIMIZER] = m->size[IR_REGION_GRADS] * (bf16 ? 3 : 2);
+    m->size[IR_REGION_OPTIMIZER] = ir_memory_state_bytes(m) * (bf16 ? 3 : 2);
     /* Each virtual stage's step. */
     int V = S->virtual_stages, nt = g->n_tensors;
     m->n_vstages = V;

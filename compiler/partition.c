@@ -600,3 +600,10 @@ int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t)
 {
     return ir_dtype_is_float(t->dtype) && P->L->pc.bf16 ? 2 : ir_dtype_bytes(t->dtype);
 }
+
+int partition_grad_dtype(const struct partition *P)
+{
+    return P->L->pc.bf16 && P->L->pc.grad_reduce_in_bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
+}
+
+int partition_grad_bytes(const struct partition *P) { return ir_dtype_bytes((enum ir_dtype)partition_grad_dtype(P)); }

@@ -122,6 +122,12 @@ struct ir_shape partition_local_shape(const struct partition *P, enum ir_part pa
 /* Bytes of one element of a tensor as ranks hold and move it: 2 for a
  * floating-point tensor under --bf16, else its dtype's size. */
 int partition_elem_bytes(const struct partition *P, const struct ir_tensor *t);
+/* The type of a parameter's main gradient, where the backward accumulates
+ * it over micro-batches and the data-parallel ranks reduce it: fp32, or
+ * bf16 under --grad-reduce-in-bf16 (Megatron-Core's main_grad buffer with
+ * grad_reduce_in_fp32 off).  The optimizer reads it and updates fp32. */
+int partition_grad_dtype(const struct partition *P);
+int partition_grad_bytes(const struct partition *P); /* its size: 4 or 2 */
 /* The shard pass: run by partition_model after placing ops.
  *   requires: chunks and op_chunk
  *   produces: shard (per tensor), xfers (the collectives and sends; the

@@ -130,7 +130,8 @@ static bool is_param(const struct partition *P, int t) { return P->g->tensors[t]
  * a bucket closed once it holds max(40M, 1M x dp) elements.  A bucket is
  * reduced as soon as the last micro-batch's backward has finished it, while
  * the backward goes on.  A parameter read by several chunks of one stage is
- * the first chunk's.  Returns the buckets' sizes in fp32 bytes. */
+ * the first chunk's.  Returns the buckets' sizes in bytes of main
+ * gradients (partition_grad_bytes). */
 bool schedule_is_expert_param(const struct partition *P, int t)
 {
     for (int k = 0; k < P->g->tensors[t].shape.rank; k++)
@@ -156,12 +157,12 @@ int schedule_grad_buckets(const struct partition *P, int chunk, bool experts, in
             last[n] = params[i];
         fill += ir_shape_numel(&l);
         if (fill >= limit && n + 1 < SCHED_MAX_BUCKETS) {
-            out[n++] = fill * 4;
+            out[n++] = fill * partition_grad_bytes(P);
             fill = 0;
         }
     }
     if (fill)
-        out[n++] = fill * 4;
+        out[n++] = fill * partition_grad_bytes(P);
     free(params);
     free(chunks);
     return n;
@@ -216,7 +217,7 @@ static void find_tied(const struct partition *P, struct ir_schedule *S, int64_t 
             memcpy(S->tied_stages[set], on, (size_t)S->n_stages);
             (*bytes)[set] = 0;
         }
-        (*bytes)[set] += local * 4; /* fp32 gradients */
+        (*bytes)[set] += local * partition_grad_bytes(P); /* main gradients */
     }
     free(on);
 }
@@ -302,7 +303,8 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                  * a slice of the sequence) in one all-reduce per group, as
                  * Megatron coalesces its layer-norm gradients; then the
                  * reduction over data (and context) parallel ranks, bucket
-                 * by bucket.  Parameter gradients are fp32. */
+                 * by bucket.  Parameter gradients are main gradients (fp32, or
+                 * bf16 under --grad-reduce-in-bf16). */
                 for (int c = 0; st->backward && st->micro == m - 1 && c < P->n_chunks; c++) {
                     if (!in_step(P, s, st, c))
                         continue;
@@ -312,7 +314,7 @@ int schedule_build(const struct partition *P, enum ir_sched_kind kind, bool forw
                         if (!px->grad || px->to_chunk != c || px->kind == PART_XFER_SEND || px->kind == PART_XFER_SLICE ||
                             !is_param(P, px->tensor))
                             continue;
-                        int64_t bytes = ir_shape_numel(&px->shape) * 4;
+                        int64_t bytes = ir_shape_numel(&px->shape) * partition_grad_bytes(P);
                         if (px->kind == PART_XFER_ALL_REDUCE)
                             coalesced[(enum ir_group)ir_group_of_pdim(px->over)] += bytes;
                         else

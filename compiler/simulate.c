@@ -51,10 +51,11 @@ static double tokens_per_micro(const struct ir_graph *g)
 }
 
 /* AdamW per parameter a rank of the stage holds: read weight, gradient and
- * two moments, write weight and moments, all fp32: 28 bytes. */
+ * two moments, write weight and moments, fp32 but the gradient (bf16 under
+ * --grad-reduce-in-bf16): 24 bytes and the gradient's. */
 static double optimizer_seconds(const struct partition *P, int stage, const struct device *dev)
 {
-    return (double)partition_stage_param_elems(P, stage) * 28 / (dev->hbm_bytes * dev->hbm_efficiency);
+    return (double)partition_stage_param_elems(P, stage) * (24 + partition_grad_bytes(P)) / (dev->hbm_bytes * dev->hbm_efficiency);
 }
 
 /* A step's seconds on one rank of each stage: its GEMMs' and its other

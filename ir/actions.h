@@ -65,7 +65,8 @@ struct ir_gemm {
     bool ta, tb;
     float beta;     /* 0: overwrite c; 1: add into it */
     uint8_t dtype;  /* of a and b */
-    uint8_t c_dtype; /* of c: a parameter's gradient is f32, an activation's is the activations' type */
+    uint8_t c_dtype; /* of c: a parameter's gradient is its main gradient's type (f32, or bf16 under
+                      * --grad-reduce-in-bf16), an activation's is the activations' type */
     int64_t lda, ldb, ldc, stride_a, stride_b, stride_c; /* elements; a stride 0 broadcasts */
     struct ir_ref a, b, c;
 };

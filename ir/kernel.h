@@ -281,7 +281,7 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d);
     const void *in[KN_SLOTS_];                                                 \
     void *out[KN_SLOTS_];                                                      \
     int64_t vin[KN_SLOTS_][6], vout[KN_SLOTS_][6]; /* HEADS slots' views */ \
-    float *partial;  /* CUDA, COLUMN accumulations: nblocks x cols per output */ \
+    float *partial;  /* COLUMN accumulations: CUDA, nblocks x cols per output; C, cols per bf16 one */ \
     int64_t nblocks; /* the row kernel's gridDim.x, when partial is used */
 #define KN_SLOTS_ 8
 #define KN_RANK_ 6

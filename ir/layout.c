@@ -29,6 +29,8 @@ const struct par_flag par_flags[] = {
     {"decoder-last-pipeline-num-layers", NULL, F(last_stage_layers), false, 1, "layers on the last decoder stage"},
     {"balance-pipeline", NULL, F(balance_pipeline), true, 0, "choose the first and last stage sizes by the cost model"},
     {"bf16", NULL, F(bf16), true, 0, "mixed precision: bf16 activations and weights, fp32 master weights and gradients"},
+    {"grad-reduce-in-bf16", NULL, F(grad_reduce_in_bf16), true, 0,
+     "with --bf16: parameters' gradients accumulated and reduced over data-parallel ranks in bf16"},
     {"make-vocab-size-divisible-by", NULL, F(vocab_divisible_by), false, 1, "pad the vocabulary to a multiple of this times tp"},
 };
 #undef F
@@ -190,6 +192,10 @@ struct rank_layout *rank_layout_new(const struct par_config *in, bool has_encode
         if (d->n_errors == errors)
             diag_error(d, NULL, 0, "parallel sizes must be positive (world %d, etp %d, expert-tp %d, epp %d)",
                        pc.world_size, pc.etp, pc.expert_tp, pc.epp);
+        return NULL;
+    }
+    if (pc.grad_reduce_in_bf16 && !pc.bf16) {
+        diag_error(d, NULL, 0, "--grad-reduce-in-bf16 needs --bf16: without it gradients are fp32 like everything else");
         return NULL;
     }
     if (!pc.expert_tp)

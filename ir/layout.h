@@ -40,6 +40,8 @@ struct par_config {
     int first_stage_layers, last_stage_layers; /* --decoder-first/last-pipeline-num-layers */
     bool balance_pipeline;          /* --balance-pipeline: choose those two by the cost model */
     bool bf16;                      /* --bf16: activations and weights in bf16, fp32 master weights */
+    bool grad_reduce_in_bf16;       /* --grad-reduce-in-bf16 (with --bf16): parameters' main gradients accumulated
+                                     * and reduced in bf16, Megatron-Core's grad_reduce_in_fp32=False */
     int vocab_divisible_by;         /* --make-vocab-size-divisible-by; 128 */
     /* derived by rank_layout_new: */
     int dp, expert_dp;

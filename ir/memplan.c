@@ -143,6 +143,12 @@ int ir_memory_check(const struct ir_memory *M, struct diag *d)
     return errors ? -1 : 0;
 }
 
+/* How many times an fp32 element's bytes a gradient's are (a role laid out
+ * by hand, with no grad_bytes, has fp32 gradients). */
+static int64_t state_scale(const struct ir_role_memory *m) { return m->grad_bytes == 2 ? 2 : 1; }
+
+int64_t ir_memory_state_bytes(const struct ir_role_memory *m) { return m->size[IR_REGION_GRADS] * state_scale(m); }
+
 int64_t ir_memory_offset(const struct ir_role_memory *m, int what, int id, int vstage, int micro)
 {
     int64_t bytes;
@@ -164,10 +170,11 @@ int64_t ir_memory_find(const struct ir_role_memory *m, int what, int id, int vst
         *bytes = m->size[IR_REGION_WORKSPACE] - IR_ALIGN;
         return m->base[IR_REGION_WORKSPACE] + IR_ALIGN;
     }
-    if (what == IR_BUF_EXP_AVG || what == IR_BUF_EXP_AVG_SQ || what == IR_BUF_MASTER) { /* laid out like GRADS */
-        int64_t g = ir_memory_find(m, IR_BUF_GRAD, id, -1, -1, bytes);
-        return g < 0 ? -1 : g - m->base[IR_REGION_GRADS] + m->base[IR_REGION_OPTIMIZER] +
-                                (what - IR_BUF_EXP_AVG) * m->size[IR_REGION_GRADS];
+    if (what == IR_BUF_EXP_AVG || what == IR_BUF_EXP_AVG_SQ || what == IR_BUF_MASTER) { /* laid out like GRADS, in fp32 */
+        int64_t g = ir_memory_find(m, IR_BUF_GRAD, id, -1, -1, bytes), scale = state_scale(m);
+        *bytes *= scale;
+        return g < 0 ? -1 : (g - m->base[IR_REGION_GRADS]) * scale + m->base[IR_REGION_OPTIMIZER] +
+                                (what - IR_BUF_EXP_AVG) * ir_memory_state_bytes(m);
     }
     for (int i = 0; i < m->n_items; i++) {
         const struct ir_buf *x = &m->items[i];
@@ -255,6 +262,7 @@ void ir_memory_write(struct plan_writer *w, const struct ir_memory *M)
         plan_put_u32(w, (uint32_t)m->n_bufs);
         for (int i = 0; i < m->n_bufs; i++)
             put_buf(w, &m->bufs[i]);
+        plan_put_i32(w, m->grad_bytes); /* 5.2 */
     }
 }
 
@@ -301,6 +309,9 @@ static int read_role(struct plan *p, int s, struct ir_role_memory *m, struct dia
     for (uint32_t i = 0; i < nb; i++)
         if (!get_buf(&r, &m->bufs[i]))
             return corrupt(d, name, "a buffer out of range");
+    m->grad_bytes = r.at < r.end ? plan_get_i32(&r) : 4; /* (fields added later are read when present) */
+    if (r.bad || (m->grad_bytes != 4 && m->grad_bytes != 2))
+        return corrupt(d, name, "a gradient element of neither 4 nor 2 bytes");
     ir_role_memory_layout(m);
     return 0;
 }

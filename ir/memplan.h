@@ -11,11 +11,14 @@
  *
  * Regions, in the arena's order (each starts 256-byte aligned):
  *   PARAMS       every parameter the stage's chunks read, once
- *   GRADS        their fp32 gradients, in the order the backward finishes
- *                them, so a data-parallel bucket is a contiguous range
- *   OPTIMIZER    AdamW's moments (and fp32 master weights with --bf16), laid
- *                out like GRADS: exp_avg at GRADS' offsets, exp_avg_sq one
- *                GRADS-size further, master weights one further
+ *   GRADS        their main gradients (grad_bytes an element: fp32, or bf16
+ *                under --grad-reduce-in-bf16), in the order the backward
+ *                finishes them, so a data-parallel bucket is a contiguous range
+ *   OPTIMIZER    AdamW's moments (and fp32 master weights with --bf16), fp32,
+ *                laid out like GRADS scaled to 4 bytes an element
+ *                (ir_memory_state_bytes): exp_avg at GRADS' offsets times
+ *                4 / grad_bytes, exp_avg_sq one state size further, master
+ *                weights one further
  *   ACTIVATIONS  per micro-batch in flight: a block per (virtual stage,
  *                micro-batch) holding what the backward reads (items at
  *                offsets inside the block), and the boundary buffers that
@@ -112,7 +115,11 @@ struct ir_role_memory {
     struct ir_buf *items;   /* what a block holds, offsets within it; vstage says whose block */
     int n_vstages;
     int64_t *block_bytes;   /* [n_vstages] */
+    int grad_bytes;         /* of a main gradient's element: 4, or 2 under --grad-reduce-in-bf16 (plans before 5.2: 4) */
 };
+
+/* One of the optimizer's fp32 arrays: GRADS' size at 4 bytes an element. */
+int64_t ir_memory_state_bytes(const struct ir_role_memory *m);
 
 struct ir_memory {
     int n_roles;

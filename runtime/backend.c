@@ -139,6 +139,8 @@ struct cpu {
     void **parts;   /* the same in parts (NAME_rows, NAME_fn_heads), or NULL */
     struct pool pool;
     float *widened; /* bf16 GEMMs' operands and result widened to fp32 (cpu_gemm), be.scratch_bytes of them */
+    float *sums;    /* a fused kernel's column sums into bf16 outputs, in fp32 until added (kn_args.partial) */
+    int64_t sums_floats;
 };
 
 /* A fused launch below this many elements runs on the caller alone: waking
@@ -156,9 +158,25 @@ static void *cpu_fn(struct cpu *c, int kernel, int fn)
     return c->fns[(size_t)kernel * KN_ATTN_FNS + (size_t)fn];
 }
 
-static int cpu_fused(struct backend *be, int kernel, const struct kn_args *a, struct diag *d)
+static int cpu_fused(struct backend *be, int kernel, const struct kn_args *given, struct diag *d)
 {
     struct cpu *c = (struct cpu *)be;
+    struct kn_args with_sums;
+    const struct kn_args *a = given;
+    int64_t sums = kn_column_sums(&be->F->kernels[kernel].k) * given->cols;
+    if (sums) { /* a kernel with column sums runs whole, on this thread: one row of scratch a sum */
+        if (sums > c->sums_floats) {
+            float *s = realloc(c->sums, (size_t)sums * sizeof *s);
+            if (!s) {
+                diag_error(d, NULL, 0, "out of memory: the column sums' scratch (%lld floats)", (long long)sums);
+                return -1;
+            }
+            c->sums = s, c->sums_floats = sums;
+        }
+        with_sums = *given;
+        with_sums.partial = c->sums, with_sums.nblocks = 1;
+        a = &with_sums;
+    }
     struct job j = {.fused = a, .n = a->rows};
     *(void **)&j.rows = c->parts[(size_t)kernel * KN_ATTN_FNS];
     bool rows_apart = true; /* no output adds rows r = i mod m together (kn_args.omod) */
@@ -333,6 +351,7 @@ static void cpu_close(struct backend *be)
     free(c->fns);
     free(c->parts);
     free(c->widened);
+    free(c->sums);
     free(c);
 }
 

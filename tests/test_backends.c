@@ -34,14 +34,16 @@ static const struct {
     int tp, ep;
     bool bf16, sp;
     const char *hidden; /* --hidden-size, or NULL for the tiny variant's */
+    bool grads_bf16;    /* --grad-reduce-in-bf16: the backward adds into bf16 parameter gradients */
 } configs[] = {
-    {"models/gpt2.xml", 1, 1, true, false, "60"},
-    {"models/gpt2.xml", 1, 1, false, false, NULL},   {"models/gpt2.xml", 2, 1, true, true, NULL},
-    {"models/llama2.xml", 1, 1, false, false, NULL}, {"models/llama2.xml", 2, 1, true, false, NULL},
-    {"models/llama2.xml", 1, 1, true, false, "256"},
-    {"models/mixtral.xml", 1, 1, true, false, NULL}, {"models/mixtral.xml", 1, 2, false, false, NULL},
-    {"models/t5.xml", 1, 1, false, false, NULL},     {"models/t5.xml", 2, 1, true, false, NULL},
-    {"models/llava.xml", 1, 1, true, false, NULL},
+    {"models/gpt2.xml", 1, 1, true, false, "60", false},
+    {"models/gpt2.xml", 1, 1, false, false, NULL, false},   {"models/gpt2.xml", 2, 1, true, true, NULL, false},
+    {"models/llama2.xml", 1, 1, false, false, NULL, false}, {"models/llama2.xml", 2, 1, true, false, NULL, false},
+    {"models/llama2.xml", 1, 1, true, false, "256", false},
+    {"models/mixtral.xml", 1, 1, true, false, NULL, false}, {"models/mixtral.xml", 1, 2, false, false, NULL, false},
+    {"models/t5.xml", 1, 1, false, false, NULL, false},     {"models/t5.xml", 2, 1, true, false, NULL, false},
+    {"models/llava.xml", 1, 1, true, false, NULL, false},
+    {"models/gpt2.xml", 2, 1, true, true, NULL, true},
 };
 
 /* The config's model compiled for training (GPU binaries only when gpu). */
@@ -49,6 +51,7 @@ static void build(int c, bool gpu, struct compiled *C)
 {
     struct par_config pc = par_config_default();
     pc.tp = configs[c].tp, pc.ep = configs[c].ep, pc.bf16 = configs[c].bf16, pc.sequence_parallel = configs[c].sp;
+    pc.grad_reduce_in_bf16 = configs[c].grads_bf16;
     pc.world_size = pc.tp * pc.ep;
     struct fe_override hidden[] = {{FE_FLAG, "hidden-size", configs[c].hidden}};
     int archs[8], n = 0;
@@ -62,9 +65,9 @@ static void build(int c, bool gpu, struct compiled *C)
 
 static const char *config_name(int c, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s tp%d ep%d %s%s%s%s", strrchr(configs[c].file, '/') + 1, configs[c].tp, configs[c].ep,
+    snprintf(buf, n, "%s tp%d ep%d %s%s%s%s%s", strrchr(configs[c].file, '/') + 1, configs[c].tp, configs[c].ep,
              configs[c].bf16 ? "bf16" : "fp32", configs[c].sp ? " sp" : "", configs[c].hidden ? " hidden " : "",
-             configs[c].hidden ? configs[c].hidden : "");
+             configs[c].hidden ? configs[c].hidden : "", configs[c].grads_bf16 ? " grads bf16" : "");
     return buf;
 }
 
@@ -235,11 +238,12 @@ static void test_cuda_matches_cpu(void **state)
  * scalar and the vector loops (hidden 60, and tp 2 with sequence
  * parallelism and the vocabulary-parallel loss), experts over ranks
  * (routing, dispatch, combine), T5's bias, Llama-2 at hidden 256
- * (attention on the tensor cores). */
+ * (attention on the tensor cores), bf16 parameter gradients (column sums
+ * the GPU adds from its blocks' fp32 sums, the CPU from its own). */
 static void test_emulated_gpu_matches_cpu(void **state)
 {
     (void)state;
-    static const int chosen[] = {0, 2, 5, 7, 9};
+    static const int chosen[] = {0, 2, 5, 7, 9, 11};
     int failures = 0;
     for (size_t i = 0; i < WF_COUNT(chosen); i++)
         failures += gpu_matches_cpu(chosen[i], true);

@@ -95,7 +95,7 @@ static long tracker(const char *dir);
 
 /* Plans and the uninterrupted run they are held to, made once. */
 static struct {
-    char dir[64], one[96], tp2pp2[96], dp2[96], pp2[96], tp2[96], bf16[96];
+    char dir[64], one[96], tp2pp2[96], dp2[96], pp2[96], tp2[96], bf16[96], bf16_grads[96];
     double loss[16]; /* one rank, 6 straight iterations */
 } g;
 
@@ -117,6 +117,8 @@ static int setup(void **state)
     compile_gpt2(g.tp2, 2, "--tp 2");
     snprintf(g.bf16, sizeof g.bf16, "%s/bf16.plan", g.dir);
     compile_gpt2(g.bf16, 2, "--bf16 --pp 2");
+    snprintf(g.bf16_grads, sizeof g.bf16_grads, "%s/bf16grads.plan", g.dir);
+    compile_gpt2(g.bf16_grads, 4, "--bf16 --grad-reduce-in-bf16 --pp 2");
     return 0;
 }
 
@@ -141,7 +143,8 @@ static void test_resume_is_exact(void **state)
     const struct {
         const char *plan;
         int ranks;
-    } cases[] = {{g.one, 1}, {g.tp2pp2, 4}, {g.bf16, 2}}; /* bf16: the fp32 master weights saved, the bf16 copies rounded on load */
+    } cases[] = {{g.one, 1}, {g.tp2pp2, 4}, {g.bf16, 2}, /* bf16: the fp32 master weights saved, the bf16 copies rounded on load */
+                 {g.bf16_grads, 4}}; /* and bf16 gradients (dp 2, the tied embedding's sum over the stages), which no step keeps */
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
         char ck[128], log1[128], log2[128], p1[128], p2[128];
         snprintf(ck, sizeof ck, "%s/exact%zu", g.dir, c);
@@ -179,7 +182,7 @@ static void test_resume_is_exact(void **state)
         must(r.status, "saving a loaded checkpoint again");
         assert_true(same_file(keep, again));
         assert_int_equal(tracker(ck), 3);
-        static const char *const name[] = {"1 rank", "tp 2 x pp 2", "bf16, pp 2"};
+        static const char *const name[] = {"1 rank", "tp 2 x pp 2", "bf16, pp 2", "bf16 grads"};
         printf("    %-12s iterations 4-6 resumed from 3 = straight (losses %.6f %.6f %.6f), parameters bit for bit\n", name[c], b[4],
                b[5], b[6]);
     }

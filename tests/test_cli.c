@@ -355,6 +355,35 @@ static void test_ep_needs_experts(void **state)
         fail_msg("%s", R->err);
 }
 
+/* --grad-reduce-in-bf16 needs --bf16 (exit 2 naming both); with it the
+ * plan records it, and weft inspect says so, in text and JSON. */
+static void test_grad_reduce_in_bf16(void **state)
+{
+    (void)state;
+    char plan[] = "/tmp/weft-test-grb16-XXXXXX";
+    close(mkstemp(plan));
+    for (int k = 0; k < 2; k++) {
+        if (k)
+            run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--world-size", "2", "--grad-reduce-in-bf16", "--arch", "cpu",
+                     "-o", plan, NULL);
+        else
+            run_weft(R, "layout", "models/gpt2.xml", "--variant", "tiny", "--world-size", "2", "--grad-reduce-in-bf16", NULL);
+        assert_int_equal(R->status, 2);
+        assert_non_null(strstr(R->err, "--grad-reduce-in-bf16 needs --bf16"));
+    }
+    run_weft(R, "compile", "models/gpt2.xml", "--variant", "tiny", "--world-size", "2", "--global-batch-size", "4", "--bf16",
+             "--grad-reduce-in-bf16", "--arch", "cpu", "-o", plan, NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    run_weft(R, "inspect", plan, NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "  precision bf16 weights, activations and gradients (--grad-reduce-in-bf16: accumulated and reduced in bf16)"));
+    run_weft(R, "inspect", plan, "--json", NULL);
+    assert_int_equal(R->status, 0);
+    assert_non_null(strstr(R->out, "\"bf16\": true, \"grad_reduce_in_bf16\": true"));
+    unlink(plan);
+}
+
 /* A size of 0 is no size: --world-size 0 once meant "the smallest that fits". */
 static void test_sizes_positive(void **state)
 {
@@ -424,7 +453,8 @@ int main(void)
         cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_help), cmocka_unit_test(test_warning),
         cmocka_unit_test(test_layout_large), cmocka_unit_test(test_compile_takes_a_model),
         cmocka_unit_test(test_training_needs_a_loss), cmocka_unit_test(test_ep_needs_experts),
-        cmocka_unit_test(test_sizes_positive), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags), cmocka_unit_test(test_inspect_records),
+        cmocka_unit_test(test_sizes_positive),
+        cmocka_unit_test(test_grad_reduce_in_bf16), cmocka_unit_test(test_own_flags), cmocka_unit_test(test_dropout_flags), cmocka_unit_test(test_inspect_records),
         cmocka_unit_test(test_plot),
     };
     int rc = cmocka_run_group_tests_name("cli", tests, NULL, NULL);

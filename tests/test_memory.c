@@ -159,6 +159,50 @@ static void test_schedule_and_precision(void **state)
     unbuild(&g);
 }
 
+/* --grad-reduce-in-bf16: GPT-2 124M at dp 2 with --bf16 holds its main
+ * gradients in bf16, so GRADS is exactly half the fp32-reduced plan's: the
+ * by-hand count of test_gpt2_by_hand times 2 bytes (every parameter's
+ * elements are a multiple of 128, so no alignment pads either plan).  The
+ * optimizer's fp32 state keeps its size and every parameter's place in it
+ * (master weights, moments), and each gradient buffer is its parameter's
+ * elements times 2. */
+static void test_grad_reduce_in_bf16(void **state)
+{
+    (void)state;
+    struct par_config pc = par_config_default();
+    pc.world_size = 2, pc.micro_batch = 4, pc.bf16 = true;
+    const int64_t params = 124439808 + (50304 - 50257) * 768;
+    struct built f, h;
+    build(&f, "models/gpt2.xml", pc);
+    pc.grad_reduce_in_bf16 = true;
+    build(&h, "models/gpt2.xml", pc);
+    const struct ir_role_memory *mf = &f.M.roles[0], *mh = &h.M.roles[0];
+    assert_int_equal(mf->size[IR_REGION_GRADS], params * 4);
+    assert_int_equal(mh->size[IR_REGION_GRADS], params * 2);
+    assert_int_equal(mh->grad_bytes, 2);
+    assert_int_equal(mf->size[IR_REGION_OPTIMIZER], params * 12); /* master weights and two moments, fp32 */
+    assert_int_equal(mh->size[IR_REGION_OPTIMIZER], params * 12);
+    assert_int_equal(mf->total - mh->total, params * 2);
+    int n = 0;
+    for (int i = 0; i < mh->n_bufs; i++) {
+        const struct ir_buf *g = &mh->bufs[i];
+        if (g->region != IR_REGION_GRADS)
+            continue;
+        n++;
+        int64_t fb, hb;
+        assert_true(ir_memory_find(mf, IR_BUF_GRAD, g->id, -1, -1, &fb) >= 0);
+        assert_int_equal(g->bytes * 2, fb);
+        for (int what = IR_BUF_EXP_AVG; what <= IR_BUF_MASTER; what++) {
+            int64_t at_f = ir_memory_find(mf, what, g->id, -1, -1, &fb), at_h = ir_memory_find(mh, what, g->id, -1, -1, &hb);
+            assert_int_equal(at_h - mh->base[IR_REGION_OPTIMIZER], at_f - mf->base[IR_REGION_OPTIMIZER]);
+            assert_int_equal(hb, fb);
+        }
+    }
+    assert_int_equal(n, 148); /* GPT-2's 12 layers of 12 parameters, the two embeddings and the final norm's two */
+    unbuild(&f);
+    unbuild(&h);
+}
+
 /* Whether role m has a buffer holding `what` of tensor t. */
 static bool has_home(const struct ir_role_memory *m, enum ir_buf_what what, int t)
 {
@@ -320,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_gpt2_by_hand),
         cmocka_unit_test(test_gpt2_forward_only_by_hand),
         cmocka_unit_test(test_schedule_and_precision),
+        cmocka_unit_test(test_grad_reduce_in_bf16),
         cmocka_unit_test(test_every_model_has_a_home),
         cmocka_unit_test(test_check_catches_overlap),
         cmocka_unit_test(test_fused_values_need_no_buffer),

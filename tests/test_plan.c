@@ -46,6 +46,53 @@ static void test_byte_identical(void **state)
     assert_non_null(strstr(R->out, "verified on all 16 ranks"));
 }
 
+/* A plan of format 5.1, before --grad-reduce-in-bf16: its layout lacks the
+ * flag's byte and its memory sections the gradients' element size.  Made
+ * from a new plan by copying every section but those two kinds shortened;
+ * it verifies, and every rank's arena and program read as the new plan's
+ * (gradients fp32). */
+static void test_reads_format_5_1(void **state)
+{
+    (void)state;
+    static const char *const tiny[] = {"models/gpt2.xml", "--variant", "tiny", "--world-size", "4", "--pp", "2", "--bf16",
+                                       "--global-batch-size", "8", "--arch", "cpu", NULL};
+    compile(path("new.plan"), tiny);
+    struct diag d;
+    diag_init(&d);
+    struct plan *p = plan_open(path("new.plan"), &d);
+    assert_non_null(p);
+    struct plan_writer *w = plan_writer_new(plan_compiler(p));
+    int shortened = 0;
+    for (int i = 0; i < plan_n_sections(p); i++) {
+        const char *name = plan_section_name(p, i);
+        struct plan_reader r;
+        assert_int_equal(plan_read(p, name, &r, &d), 0);
+        size_t n = (size_t)(r.end - r.at), drop = !strcmp(name, "layout") ? 1 : !strncmp(name, "memory.", 7) ? 4 : 0;
+        shortened += drop > 0;
+        plan_section(w, name);
+        for (size_t k = 0; k + drop < n; k++)
+            plan_put_u8(w, r.at[k]);
+    }
+    assert_int_equal(shortened, 3); /* the layout, two stages' memory */
+    assert_int_equal(plan_writer_finish(w, path("old.plan"), &d), 0);
+    plan_close(p);
+    diag_free(&d);
+    run_weft(R, "verify", path("old.plan"), NULL);
+    if (R->status)
+        fail_msg("%s", R->err);
+    for (int rank = 0; rank < 4; rank += 2) {
+        char rk[8], *want;
+        snprintf(rk, sizeof rk, "%d", rank);
+        run_weft(R, "inspect", path("new.plan"), "--rank", rk, "--actions", NULL);
+        assert_int_equal(R->status, 0);
+        want = strdup(strchr(R->out, '\n'));
+        run_weft(R, "inspect", path("old.plan"), "--rank", rk, "--actions", NULL);
+        assert_int_equal(R->status, 0);
+        assert_string_equal(strchr(R->out, '\n'), want); /* all but the first line, which names the file */
+        free(want);
+    }
+}
+
 /* Every model compiles under each schedule, with tp, pp and dp, and T5 and
  * LLaVA with encoder degrees of their own; each plan verifies from the file. */
 static void test_every_model_verifies(void **state)
@@ -327,6 +374,7 @@ int main(void)
     R = malloc(sizeof *R);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_byte_identical),
+        cmocka_unit_test(test_reads_format_5_1),
         cmocka_unit_test(test_every_model_verifies),
         cmocka_unit_test(test_bad_plans),
         cmocka_unit_test(test_inspect),

@@ -579,6 +579,103 @@ static void test_bf16_near_fp32(void **state)
     unlink(bf16);
 }
 
+/* --grad-reduce-in-bf16 (Megatron-Core's grad_reduce_in_fp32=False): the
+ * main gradients accumulate over micro-batches, and sum over the
+ * data-parallel ranks, in bf16.  Tiny GPT-2 at dp 2, 4 micro-batches a
+ * rank, tracks the plan reduced in fp32 for 50 steps: every loss within
+ * 4e-3 relative.  The two differ only in where a gradient is rounded to
+ * bf16 (a micro-batch's sum added in, then the replicas' sum: 2^-9 of an
+ * element each); AdamW divides each gradient by its own magnitude, so a
+ * rounding moves a parameter by that share of lr's step and the loss
+ * follows it at that scale, bf16's one rounding of 2^-8 = 3.9e-3.  The
+ * gradient norms, sums of squares of the differently rounded gradients,
+ * are held to 2e-2. */
+static void test_grad_reduce_in_bf16_tracks_fp32_reduction(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    enum { STEPS = 50 };
+    char f32[] = "/tmp/weft-test-grf-XXXXXX", b16[] = "/tmp/weft-test-grb-XXXXXX";
+    close(mkstemp(f32));
+    close(mkstemp(b16));
+    compile_layout("models/gpt2.xml", 2, "--bf16", f32);
+    compile_layout("models/gpt2.xml", 2, "--bf16 --grad-reduce-in-bf16", b16);
+    double lf[STEPS], nf[STEPS], lb[STEPS], nb[STEPS];
+    struct run r;
+    if (mpi_run(f32, 2, STEPS, lf, nf, &r) || mpi_run(b16, 2, STEPS, lb, nb, &r))
+        fail_msg("weft run: %s%s", r.out, r.err);
+    double worst_l = 0, worst_n = 0;
+    for (int i = 0; i < STEPS; i++) {
+        worst_l = fmax(worst_l, fabs(lb[i] - lf[i]) / fabs(lf[i]));
+        worst_n = fmax(worst_n, fabs(nb[i] - nf[i]) / fabs(nf[i]));
+    }
+    printf("    gpt2 dp 2, %d steps: losses within %.1e of the fp32-reduced plan's (%.4f .. %.4f), gradient norms within %.1e\n",
+           STEPS, worst_l, lb[0], lb[STEPS - 1], worst_n);
+    assert_true(worst_l < 4e-3);
+    assert_true(worst_n < 2e-2);
+    assert_true(lb[STEPS - 1] < lb[0] - 1); /* and it trains */
+    unlink(f32);
+    unlink(b16);
+}
+
+/* With --grad-reduce-in-bf16 every layout still computes what one rank
+ * does, as the bf16 plans reduced in fp32 do: data, tensor and pipeline
+ * parallel with the tied embedding summed over its stages, expert and
+ * context parallel, an encoder's own stage (T5's shared table over three
+ * stages), sequence parallel (the norms' gradients all-reduced over tp).
+ * Each against one rank with the same flags, 3 steps: losses within 2e-4
+ * and gradient norms within 4e-3, relative.  Both plans are bf16 and sum
+ * in different orders over different splits (bf16 GEMMs of other shapes,
+ * partial sums rounded to bf16 before the reduction): the norm, a sum of
+ * squares of bf16 gradients, is held to bf16's one rounding (2^-8), the
+ * losses, averages over every token, to a twentieth of it.  The fp32-reduced
+ * twin of each case runs too, for the comparison printed. */
+static void test_grad_reduce_in_bf16_layouts_match_one_rank(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    enum { STEPS = 3 };
+    static const struct layout_case cases[] = {
+        {"models/gpt2.xml", 2, "", ""},
+        {"models/gpt2.xml", 8, "--tp 2 --pp 2", ""},
+        {"models/mixtral.xml", 2, "--ep 2", ""},
+        {"models/gpt2.xml", 2, "--cp 2", ""},
+        {"models/t5.xml", 3, "--pp 2 --epp 1", ""},
+        {"models/llama2.xml", 4, "--tp 2 --sequence-parallel", "--micro-batch-size 2"},
+    };
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        double worst[2][2] = {{0}};
+        for (int reduce = 0; reduce < 2; reduce++) {
+            char one[] = "/tmp/weft-test-gr1-XXXXXX", many[] = "/tmp/weft-test-grn-XXXXXX";
+            close(mkstemp(one));
+            close(mkstemp(many));
+            const char *precision = reduce ? "--bf16 --grad-reduce-in-bf16" : "--bf16";
+            char flags1[256], flagsn[256];
+            snprintf(flags1, sizeof flags1, "%s %s", precision, cases[c].sizes);
+            snprintf(flagsn, sizeof flagsn, "%s %s %s", precision, cases[c].layout, cases[c].sizes);
+            compile_layout(cases[c].model, 1, flags1, one);
+            compile_layout(cases[c].model, cases[c].ranks, flagsn, many);
+            double l1[STEPS], n1[STEPS], ln[STEPS], nn[STEPS];
+            struct run r;
+            if (mpi_run(one, 1, STEPS, l1, n1, &r) || mpi_run(many, cases[c].ranks, STEPS, ln, nn, &r))
+                fail_msg("%s %s: weft run exited %d: %s%s", cases[c].model, flagsn, r.status, r.out, r.err);
+            for (int i = 0; i < STEPS; i++) {
+                worst[reduce][0] = fmax(worst[reduce][0], fabs(ln[i] - l1[i]) / fabs(l1[i]));
+                worst[reduce][1] = fmax(worst[reduce][1], fabs(nn[i] - n1[i]) / fabs(n1[i]));
+            }
+            unlink(one);
+            unlink(many);
+        }
+        printf("    %-18s %d ranks %-40s from one rank: losses %.1e, norms %.1e (reduced in fp32: %.1e, %.1e)\n",
+               cases[c].model, cases[c].ranks, cases[c].layout[0] ? cases[c].layout : "(data parallel)", worst[1][0], worst[1][1],
+               worst[0][0], worst[0][1]);
+        assert_true(worst[1][0] < 2e-4);
+        assert_true(worst[1][1] < 4e-3);
+    }
+}
+
 /* The JSON lines of a --log file: each line's value of key (NAN for null). */
 static int log_values(const char *path, const char *key, double *v, int max)
 {
@@ -1010,6 +1107,8 @@ int main(void)
         cmocka_unit_test(test_training_lowers_the_loss),
         cmocka_unit_test(test_layouts_match_one_rank),
         cmocka_unit_test(test_bf16_near_fp32),
+        cmocka_unit_test(test_grad_reduce_in_bf16_tracks_fp32_reduction),
+        cmocka_unit_test(test_grad_reduce_in_bf16_layouts_match_one_rank),
         cmocka_unit_test(test_log_line),
         cmocka_unit_test(test_nonfinite_skips_the_update),
         cmocka_unit_test(test_wrong_world_size),

@@ -12,8 +12,8 @@ static const char usage[] =
     "                    [--mode train|infer] [--lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 2000\n"
     "                     --lr-decay-iters 320000 --lr-decay-style cosine --train-iters N\n"
     "                     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --clip-grad 1.0]\n"
-    "                    [--gpu h100|a100|cpu] [--calibration FILE] [--bf16] [--memory-limit 80GiB]\n"
-    "                    [--arch sm_80,sm_90|cpu] -o MODEL.plan\n"
+    "                    [--gpu h100|a100|cpu] [--calibration FILE] [--bf16 [--grad-reduce-in-bf16]]\n"
+    "                    [--memory-limit 80GiB] [--arch sm_80,sm_90|cpu] -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
     "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
@@ -28,7 +28,11 @@ static const char usage[] =
     "the compilers' work between compiles.\n"
     "The optimizer is AdamW with fp32 master weights and Megatron's learning-rate\n"
     "schedule, set by Megatron's flags (defaults: lr 1e-4, linear decay, weight\n"
-    "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n";
+    "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n"
+    "--bf16 is Megatron's mixed precision: bf16 weights and activations, fp32\n"
+    "master weights, optimizer state and gradients; --grad-reduce-in-bf16 keeps\n"
+    "the gradients in bf16 too (accumulated and reduced over data-parallel ranks\n"
+    "in bf16, half the bytes), as Megatron-Core's grad_reduce_in_fp32=False.\n";
 
 /* "kernels: 4 distinct for 49 launches; sm_80, sm_90 and PTX compute_90: ..." */
 static void print_kernels(const struct kn_set *K, const struct kernel_stats *st, const int *archs, int n_archs)

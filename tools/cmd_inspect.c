@@ -305,6 +305,8 @@ int cmd_inspect(int argc, char **argv)
         json_string(&j, "schedule", ir_sched_name(S.kind));
         json_string(&j, "mode", S.forward_only ? "infer" : "train");
         json_int(&j, "micro_batches", S.n_micro);
+        json_bool(&j, "bf16", pc.bf16);
+        json_bool(&j, "grad_reduce_in_bf16", pc.grad_reduce_in_bf16);
         json_double(&j, "flops_per_step", m.flops_step);
         json_begin_array(&j, "dropout"); /* the probabilities the ops use, by the flag they follow */
         for (int i = 0; i < m.n_dropout; i++) {
@@ -433,6 +435,12 @@ int cmd_inspect(int argc, char **argv)
                pc.ep, enc && pc.epp ? "; encoder of its own" : "");
         printf("  schedule  %s%s, %d micro-batch%s, %d stage%s; predicted %s %.3f ms on %s, bubble %.1f%%\n",
                ir_sched_name(S.kind), S.forward_only ? " forward only" : "", S.n_micro, S.n_micro == 1 ? "" : "es", S.n_stages, S.n_stages == 1 ? "" : "s", S.forward_only ? "forward pass" : "step", m.step * 1e3, m.device, 100 * m.bubble);
+        printf("  precision %s\n", !pc.bf16 ? "fp32 throughout"
+                                : S.forward_only ? "bf16 weights and activations"
+                                : pc.grad_reduce_in_bf16 ? "bf16 weights, activations and gradients (--grad-reduce-in-bf16: accumulated and "
+                                                           "reduced in bf16), fp32 master weights and optimizer state"
+                                                         : "bf16 weights and activations, fp32 gradients (accumulated and reduced), "
+                                                           "master weights and optimizer state");
         if (has_opt) {
             long decay = opt.decay_iters ? opt.decay_iters : opt.train_iters;
             printf("  optimizer AdamW, fp32 master weights: lr %g", opt.lr);
