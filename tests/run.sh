@@ -9,10 +9,13 @@ pass=0 fail=0 skip=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$(date +%s)
+times=""
 for t in "$build"/tests/test_*; do
   [ -x "$t" ] || continue
+  t0=$(date +%s)
   "$t" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
+  times="$times $(basename "$t") $(( $(date +%s) - t0 ))s,"
   # Count a result only right after its "[ RUN ]" line: cmocka repeats the
   # failed and skipped names in its closing summary.
   read -r p f s < <(awk '
@@ -27,6 +30,6 @@ for t in "$build"/tests/test_*; do
   fi
   pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 done
-echo "tests took $(( $(date +%s) - start ))s ($build)"
+echo "tests took $(( $(date +%s) - start ))s ($build):${times%,}"
 echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

@@ -81,7 +81,7 @@ static void test_reads_format_5_1(void **state)
     if (R->status)
         fail_msg("%s", R->err);
     for (int rank = 0; rank < 4; rank += 2) {
-        char rk[8], *want;
+        char rk[16], *want;
         snprintf(rk, sizeof rk, "%d", rank);
         run_weft(R, "inspect", path("new.plan"), "--rank", rk, "--actions", NULL);
         assert_int_equal(R->status, 0);
