@@ -6,7 +6,7 @@
  * a GPU (skipped, saying why, where there is none) every launch gives what
  * the CPU gives, within a stated tolerance; and on the emulated GPU
  * (tests/emulated.h: the same CUDA source run on the CPU, thread by
- * thread) so do the launches of five layouts that hold every kind of kernel. */
+ * thread) so do the launches of the layouts that hold every kind of kernel. */
 #include "testing.h"
 
 #include <ctype.h>
