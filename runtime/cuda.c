@@ -58,6 +58,9 @@ static struct {
     cu_result (*module_unload)(cu_module);
     cu_result (*module_function)(cu_function *, cu_module, const char *);
     cu_result (*func_set_attribute)(cu_function, int, int);
+    cu_result (*pointer_attribute)(void *, int, cu_ptr); /* the communicators' (backend_holds, _gpu, _poll) */
+    cu_result (*stream_query)(void *);
+    cu_result (*bus_id)(char *, int, cu_device);
     cu_result (*launch)(cu_function, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
                         void **);
     cu_result (*mem_alloc)(cu_ptr *, size_t);
@@ -98,6 +101,9 @@ static bool load(void)
     LOAD(module_unload, "cuModuleUnload");
     LOAD(module_function, "cuModuleGetFunction");
     LOAD(func_set_attribute, "cuFuncSetAttribute");
+    LOAD(pointer_attribute, "cuPointerGetAttribute");
+    LOAD(stream_query, "cuStreamQuery");
+    LOAD(bus_id, "cuDeviceGetPCIBusId");
     LOAD(launch, "cuLaunchKernel");
     LOAD(mem_alloc, "cuMemAlloc_v2");
     LOAD(mem_free, "cuMemFree_v2");
@@ -801,57 +807,29 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 }
 
 /* What the communicators need of the GPU (backend.h: backend_holds,
- * backend_gpu, backend_poll).  Their driver entry points are looked up on
- * first use, beside the backend's own. */
+ * backend_gpu, backend_poll). */
 enum { ATTR_POINTER_MEMORY_TYPE = 2, MEMORY_TYPE_DEVICE = 2, CU_NOT_READY = 600 };
-
-static struct {
-    bool tried;
-    cu_result (*pointer_attribute)(void *, int, cu_ptr);
-    cu_result (*stream_query)(void *);
-    cu_result (*bus_id)(char *, int, cu_device);
-} cu_comm;
-
-static bool comm_entry_points(struct diag *d)
-{
-    if (!cu_comm.tried) {
-        cu_comm.tried = true;
-        *(void **)&cu_comm.pointer_attribute = dlsym(cu.lib, "cuPointerGetAttribute");
-        *(void **)&cu_comm.stream_query = dlsym(cu.lib, "cuStreamQuery");
-        *(void **)&cu_comm.bus_id = dlsym(cu.lib, "cuDeviceGetPCIBusId");
-    }
-    if (cu_comm.pointer_attribute && cu_comm.stream_query && cu_comm.bus_id)
-        return true;
-    if (d)
-        diag_error(d, NULL, 0, "the CUDA driver lacks cuPointerGetAttribute, cuStreamQuery or cuDeviceGetPCIBusId");
-    return false;
-}
 
 static bool cuda_holds(struct backend *be, const void *p)
 {
     (void)be;
     unsigned type = 0;
-    return comm_entry_points(NULL) && !cu_comm.pointer_attribute(&type, ATTR_POINTER_MEMORY_TYPE, (cu_ptr)(uintptr_t)p) &&
-           type == MEMORY_TYPE_DEVICE;
+    return !cu.pointer_attribute(&type, ATTR_POINTER_MEMORY_TYPE, (cu_ptr)(uintptr_t)p) && type == MEMORY_TYPE_DEVICE;
 }
 
 static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
-    if (!comm_entry_points(d))
-        return -1;
     memset(g, 0, sizeof *g);
     g->ordinal = c->dev, g->stream = NULL; /* the launches' stream: the legacy default */
-    cu_result r = cu_comm.bus_id(g->bus_id, (int)sizeof g->bus_id, c->dev);
+    cu_result r = cu.bus_id(g->bus_id, (int)sizeof g->bus_id, c->dev);
     return r ? fail(d, r, "%s", "the GPU's PCI bus id") : 1;
 }
 
 static int cuda_poll(struct backend *be, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
-    if (!comm_entry_points(d))
-        return -1;
-    cu_result r = cu_comm.stream_query(NULL);
+    cu_result r = cu.stream_query(NULL);
     if (r == CU_NOT_READY)
         return 0;
     return r ? fail(d, r, "a kernel failed on the GPU (the last launched: %s)", c->last >= 0 ? be->F->kernels[c->last].name : "none")

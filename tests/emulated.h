@@ -31,6 +31,7 @@ struct emulated {
     void **libs;                  /* per kernel, compiled on first use */
     emulated_launch_fn *launches; /* per kernel: its source's emu_launch */
     float *partial;               /* the column sums' scratch */
+    char *emu;                    /* tests/cuda_emu.h's text, read once (NULL: it could not be read) */
     size_t partial_floats;
 };
 
@@ -90,13 +91,11 @@ static inline emulated_launch_fn emulated_kernel(struct emulated *x, int k, stru
     if (x->launches[k])
         return x->launches[k];
     const struct kn_entry *e = &x->be.F->kernels[k];
-    char *emu = emulated_read_text("tests/cuda_emu.h");
-    if (!emu) {
+    if (!x->emu) {
         diag_error(d, NULL, 0, "cannot read tests/cuda_emu.h (the tests run from the repository's root)");
         return NULL;
     }
-    char *src = emulated_source(e, emu), so[128], log[8192];
-    free(emu);
+    char *src = emulated_source(e, x->emu), so[128], log[8192];
     snprintf(so, sizeof so, "/tmp/weft-test-emu-%d-%d.so", (int)getpid(), k);
     int rc = compile_cached(src, so, log, sizeof log, true);
     free(src);
@@ -186,7 +185,7 @@ static inline void emulated_close(struct backend *be)
     for (int k = 0; k < be->F->n_kernels; k++)
         if (x->libs[k])
             dlclose(x->libs[k]);
-    free(x->libs), free(x->launches), free(x->partial), free(x);
+    free(x->libs), free(x->launches), free(x->partial), free(x->emu), free(x);
 }
 
 /* The plan's kernels only: GEMMs and the executor's copies are the CUDA backend's own (cuBLASLt, the driver), which no
@@ -203,6 +202,7 @@ static inline struct backend *emulated_backend_open(const struct kn_set *F)
     snprintf(x->be.description, sizeof x->be.description, "the emulated GPU (tests/cuda_emu.h)");
     x->libs = (void **)calloc((size_t)F->n_kernels + 1, sizeof *x->libs);
     x->launches = (emulated_launch_fn *)calloc((size_t)F->n_kernels + 1, sizeof *x->launches);
+    x->emu = emulated_read_text("tests/cuda_emu.h");
     return &x->be;
 }
 
