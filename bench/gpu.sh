@@ -17,7 +17,8 @@
 #   6. weft run on the GPU: tiny GPT-2, Llama-2 and T5 (fp32, 3 steps) with
 #      --device cuda against --device cpu, losses and parameters within 1e-4
 #      (bench/run_compare.py), on one rank and on 4 (tp 2, pp 2) sharing the
-#      GPU through MPI (GPT-2 124M's training speed is step 8's);
+#      GPU through MPI (GPT-2 124M's training speed is step 8's); and the
+#      same with --cuda-graphs off, bit for bit the runs replayed from graphs;
 #   7. bench/comm_gpu.sh: a one-rank run over NCCL completes, and a rank stopped
 #      mid-run is named by the other, which ends the job within the deadline
 #      (over NCCL with two GPUs, over MPI staged through the host on one);
@@ -101,6 +102,12 @@ if want run; then
       done
       echo "-- $model, $ranks rank(s): cuda against cpu"
       python3 bench/run_compare.py "$p.cuda" "$p.cpu" --rtol 1e-4 | tail -6 || fails=$((fails + 1))
+      grep "CUDA graphs" "$p.cuda.txt"
+      # the same steps launch by launch: step 3 replayed its graphs, so the two agree to the bit
+      timeout 120 "${launch[@]}" build/weft run "$p.plan" --steps 3 --device cuda --cuda-graphs off --log "$p.eager.jsonl" \
+        --dump-params "$p.eager.params" >"$p.eager.txt" 2>&1 || { echo "$model x$ranks --cuda-graphs off: status $?"; tail -5 "$p.eager.txt"; }
+      echo "-- $model, $ranks rank(s): CUDA graphs against launch by launch"
+      python3 bench/run_compare.py "$p.cuda" "$p.eager" --rtol 0 | tail -3 || fails=$((fails + 1))
     done
   done
   echo "run comparisons failed: $fails"

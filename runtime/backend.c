@@ -421,8 +421,10 @@ struct backend *backend_open(enum backend_kind kind, const struct kn_set *F, str
 
 void backend_close(struct backend *be)
 {
-    if (be)
-        be->ops->close(be);
+    if (!be)
+        return;
+    backend_graphs_free(be);
+    be->ops->close(be);
 }
 
 const char *backend_describe(const struct backend *be) { return be->description; }
@@ -443,7 +445,7 @@ int backend_get(struct backend *be, void *dst, const void *src, size_t bytes, st
 }
 int backend_copy(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d)
 {
-    return be->ops->copy(be, dst, src, bytes, d);
+    return backend_submit(be, &(struct backend_call){.kind = CALL_COPY, .u.copy = {dst, src, bytes}}, d);
 }
 
 static int bad_kernel(const struct backend *be, int kernel, enum kn_kind kind, struct diag *d)
@@ -456,7 +458,9 @@ static int bad_kernel(const struct backend *be, int kernel, enum kn_kind kind, s
 
 int backend_fused(struct backend *be, int kernel, const struct kn_args *a, struct diag *d)
 {
-    return bad_kernel(be, kernel, KN_KIND_FUSED, d) ? -1 : be->ops->fused(be, kernel, a, d);
+    if (bad_kernel(be, kernel, KN_KIND_FUSED, d))
+        return -1;
+    return backend_submit(be, &(struct backend_call){.kind = CALL_FUSED, .kernel = kernel, .u.fused = *a}, d);
 }
 
 int backend_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const struct kn_attn_args *a, struct diag *d)
@@ -467,12 +471,14 @@ int backend_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const 
         diag_error(d, NULL, 0, "%s has no backward (a forward-only plan)", be->F->kernels[kernel].name);
         return -1;
     }
-    return be->ops->attention(be, kernel, fn, a, d);
+    return backend_submit(be, &(struct backend_call){.kind = CALL_ATTENTION, .kernel = kernel, .fn = fn, .u.attn = *a}, d);
 }
 
 int backend_route(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d)
 {
-    return bad_kernel(be, kernel, KN_KIND_ROUTE, d) ? -1 : be->ops->route(be, kernel, a, d);
+    if (bad_kernel(be, kernel, KN_KIND_ROUTE, d))
+        return -1;
+    return backend_submit(be, &(struct backend_call){.kind = CALL_ROUTE, .kernel = kernel, .u.route = *a}, d);
 }
 
 int backend_sync(struct backend *be, struct diag *d) { return be->ops->sync(be, d); }
@@ -487,10 +493,13 @@ int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *
                    ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta);
         return -1;
     }
-    return g->batch && g->m && g->n ? be->ops->gemm(be, g, d) : 0;
+    return g->batch && g->m && g->n ? backend_submit(be, &(struct backend_call){.kind = CALL_GEMM, .u.gemm = *g}, d) : 0;
 }
 
-int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d) { return bytes ? be->ops->zero(be, p, bytes, d) : 0; }
+int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d)
+{
+    return bytes ? backend_submit(be, &(struct backend_call){.kind = CALL_ZERO, .u.copy = {.dst = p, .bytes = bytes}}, d) : 0;
+}
 
 int backend_copy_rows(struct backend *be, const struct backend_rows *r, struct diag *d)
 {
@@ -501,7 +510,9 @@ int backend_copy_rows(struct backend *be, const struct backend_rows *r, struct d
                    (long long)r->src_pitch, (long long)r->dst_pitch, ir_dtype_name((enum ir_dtype)r->dtype));
         return -1;
     }
-    return r->planes > 0 && r->rows > 0 && r->width > 0 ? be->ops->copy_rows(be, r, d) : 0;
+    if (r->planes <= 0 || r->rows <= 0 || r->width <= 0)
+        return 0;
+    return backend_submit(be, &(struct backend_call){.kind = CALL_ROWS, .u.rows = *r}, d);
 }
 
 int64_t backend_scratch_bytes(const struct backend *be) { return be->scratch_bytes; }

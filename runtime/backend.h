@@ -24,6 +24,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "diag.h"
 #include "kernel.h"
@@ -108,6 +109,33 @@ int backend_attention(struct backend *be, int kernel, enum kn_attn_fn fn, const 
 int backend_route(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d);
 /* Waits for every launch; reports the first failure among them. */
 int backend_sync(struct backend *be, struct diag *d);
+
+/* Segments: a run of calls (kernels, GEMMs, zeroing and copies within the
+ * backend's memory, nothing else) that the caller repeats step after step
+ * on the same buffers, marked by backend_segment_begin and _end under a key
+ * of the caller's: the same key, the same run up to the kernels' argument
+ * values.  On a backend with graphs (CUDA) a segment runs call by call the
+ * first time (modules load, GEMMs find their algorithms, scratch grows), is
+ * captured into a graph the second, and from the third on is one graph
+ * launch: kernels whose arguments changed (a dropout seed, a learning rate)
+ * have them set into their nodes first, and a run that changed otherwise
+ * (another kernel, a GEMM's shape or buffers) is captured anew; one that
+ * keeps changing runs call by call from then on.  Inside a segment the
+ * calls are held and run at its end (a call's error is backend_segment_end's).
+ * A backend without graphs (the CPU), or with them off, runs each call as it
+ * comes, and a call outside any segment always runs at once. */
+int backend_segment_begin(struct backend *be, uint64_t key, struct diag *d);
+int backend_segment_end(struct backend *be, struct diag *d);
+/* Graphs on or off (on by default where the backend has them). */
+void backend_use_graphs(struct backend *be, bool on);
+struct backend_graph_stats {
+    long eager;     /* segments run call by call (first runs, and runs that could not be graphs) */
+    long captured;  /* graphs made: second runs, and runs that changed */
+    long replayed;  /* graph launches */
+    long updated;   /* kernel nodes given new arguments before a launch */
+    long calls;     /* calls run by graph launches */
+};
+void backend_graph_stats(const struct backend *be, struct backend_graph_stats *s);
 
 /* What a communicator needs of a GPU backend (comm_staged.c, comm_nccl.c).
  * The CPU backend's memory is the host's: it holds nothing, has no GPU, and

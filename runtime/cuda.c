@@ -3,7 +3,9 @@
  * documented C signatures, so building weft needs neither a CUDA header nor
  * a driver; only running on a GPU does.  Each kernel's module is loaded on
  * its first launch, from the plan's cubin for this GPU's architecture (or
- * its PTX, which the driver compiles, for a newer GPU). */
+ * its PTX, which the driver compiles, for a newer GPU).  Every launch, copy
+ * and GEMM goes on the backend's one stream, in order; backend.h's
+ * segments are captured from it into graphs (segments.c decides when). */
 #include "backend_impl.h"
 #include "cuda_abi.h"
 #include "util.h"
@@ -20,6 +22,10 @@ typedef struct cu_ctx *cu_context;
 typedef struct cu_mod *cu_module;
 typedef struct cu_func *cu_function;
 typedef unsigned long long cu_ptr; /* CUdeviceptr */
+typedef struct cu_stream_s *cu_stream;
+typedef struct cu_graph_s *cu_graph;
+typedef struct cu_graph_exec_s *cu_graph_exec;
+typedef struct cu_graph_node_s *cu_graph_node;
 
 enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76, ATTR_SHARED_OPTIN = 97 };
 enum { FUNC_MAX_DYNAMIC_SHARED = 8 }; /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
@@ -39,6 +45,12 @@ struct cu_memcpy_2d {
     void *dst_array;
     size_t dst_pitch;
     size_t width_bytes, height;
+};
+/* CUDA_KERNEL_NODE_PARAMS_v1 (cuda.h), field for field. */
+struct cu_kernel_node {
+    cu_function func;
+    unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes;
+    void **params, **extra;
 };
 
 static struct {
@@ -65,7 +77,6 @@ static struct {
                         void **);
     cu_result (*mem_alloc)(cu_ptr *, size_t);
     cu_result (*mem_free)(cu_ptr);
-    cu_result (*htod)(cu_ptr, const void *, size_t);
     cu_result (*dtoh)(void *, cu_ptr, size_t);
     cu_result (*dtod)(cu_ptr, cu_ptr, size_t, void *);
     cu_result (*error_name)(cu_result, const char **);
@@ -73,6 +84,18 @@ static struct {
     cu_result (*memset_async)(cu_ptr, unsigned char, size_t, void *);
     cu_result (*copy_2d_async)(const struct cu_memcpy_2d *, void *);
     cu_result (*mem_info)(size_t *, size_t *);
+    cu_result (*stream_create)(cu_stream *, unsigned);
+    cu_result (*stream_destroy)(cu_stream);
+    cu_result (*stream_synchronize)(cu_stream);
+    cu_result (*htod_async)(cu_ptr, const void *, size_t, cu_stream);
+    cu_result (*begin_capture)(cu_stream, int mode);
+    cu_result (*end_capture)(cu_stream, cu_graph *);
+    cu_result (*capture_info)(cu_stream, int *status, unsigned long long *id, cu_graph *, const cu_graph_node **deps, size_t *n_deps);
+    cu_result (*graph_instantiate)(cu_graph_exec *, cu_graph, unsigned long long flags);
+    cu_result (*graph_launch)(cu_graph_exec, cu_stream);
+    cu_result (*graph_exec_destroy)(cu_graph_exec);
+    cu_result (*graph_destroy)(cu_graph);
+    cu_result (*graph_set_kernel)(cu_graph_exec, cu_graph_node, const struct cu_kernel_node *);
 } cu;
 
 static bool load(void)
@@ -107,7 +130,6 @@ static bool load(void)
     LOAD(launch, "cuLaunchKernel");
     LOAD(mem_alloc, "cuMemAlloc_v2");
     LOAD(mem_free, "cuMemFree_v2");
-    LOAD(htod, "cuMemcpyHtoD_v2");
     LOAD(dtoh, "cuMemcpyDtoH_v2");
     LOAD(dtod, "cuMemcpyDtoDAsync_v2");
     LOAD(error_name, "cuGetErrorName");
@@ -115,6 +137,18 @@ static bool load(void)
     LOAD(memset_async, "cuMemsetD8Async");
     LOAD(copy_2d_async, "cuMemcpy2DAsync_v2");
     LOAD(mem_info, "cuMemGetInfo_v2");
+    LOAD(stream_create, "cuStreamCreate");
+    LOAD(stream_destroy, "cuStreamDestroy_v2");
+    LOAD(stream_synchronize, "cuStreamSynchronize");
+    LOAD(htod_async, "cuMemcpyHtoDAsync_v2");
+    LOAD(begin_capture, "cuStreamBeginCapture_v2");
+    LOAD(end_capture, "cuStreamEndCapture");
+    LOAD(capture_info, "cuStreamGetCaptureInfo_v2");
+    LOAD(graph_instantiate, "cuGraphInstantiateWithFlags");
+    LOAD(graph_launch, "cuGraphLaunch");
+    LOAD(graph_exec_destroy, "cuGraphExecDestroy");
+    LOAD(graph_destroy, "cuGraphDestroy");
+    LOAD(graph_set_kernel, "cuGraphExecKernelNodeSetParams");
 #undef LOAD
     if (cu.why[0]) {
         dlclose(cu.lib);
@@ -146,10 +180,26 @@ static int fail(struct diag *d, cu_result r, const char *fmt, const char *what)
 
 struct lt_gemms;
 
+/* A segment's graph (backend.h): its kernel nodes in the order of their launches. */
+struct cuda_graph {
+    cu_graph graph;  /* what was captured: the nodes belong to it */
+    cu_graph_exec exec;
+    cu_graph_node *nodes;
+    int n, cap;
+};
+
+/* Where a kernel launch goes: the stream, a graph being captured (its node
+ * noted), or a node of a graph (its parameters set). */
+enum launch_mode { LAUNCH_RUN, LAUNCH_CAPTURE, LAUNCH_UPDATE };
+
 struct cuda {
     struct backend be;
     cu_device dev;
     cu_context ctx;
+    cu_stream stream;       /* every launch, copy and GEMM, in order (non-blocking: captured into graphs) */
+    enum launch_mode mode;
+    struct cuda_graph *graph; /* the one being captured or updated */
+    int cursor;               /* updating: its next kernel node */
     int cc, sms;
     int shared_optin;       /* the most shared memory a block may opt into, bytes */
     cu_module *modules;     /* per kernel, loaded on first use */
@@ -466,7 +516,7 @@ static int cuda_gemm(struct backend *be, const struct backend_gemm *g, struct di
         if (!p)
             return -1;
         lt_status st = lt.matmul(G->handle, p->desc, &one, b, p->a, a, p->b, &beta, g->c, p->c, g->c, p->c, &p->algo,
-                                 (void *)(uintptr_t)G->workspace, LT_WORKSPACE_BYTES, NULL);
+                                 (void *)(uintptr_t)G->workspace, LT_WORKSPACE_BYTES, c->stream);
         if (st)
             return lt_fail(d, st, "cublasLtMatmul");
     }
@@ -485,7 +535,7 @@ static int cuda_copy_rows(struct backend *be, const struct backend_rows *x, stru
         lt_status st;
         if (!(st = lt_layout_make(&ls, lt_type(x->dtype), w, x->rows, lds, x->planes, x->src_plane / e)) &&
             !(st = lt_layout_make(&ld, lt_type(x->dtype), w, x->rows, ldd, x->planes, x->dst_plane / e)))
-            st = lt.transform(c->gemms->handle, c->gemms->add, &one, x->src, ls, &one, x->dst, ld, x->dst, ld, NULL);
+            st = lt.transform(c->gemms->handle, c->gemms->add, &one, x->src, ls, &one, x->dst, ld, x->dst, ld, c->stream);
         if (ls)
             lt.layout_destroy(ls);
         if (ld)
@@ -501,26 +551,26 @@ static int cuda_copy_rows(struct backend *be, const struct backend_rows *x, stru
                              .width_bytes = (size_t)w, .height = (size_t)x->rows};
     cu_result r = 0;
     if (plane_dense && (x->planes == 1 || (x->src_plane == x->rows * w && x->dst_plane == x->rows * w)))
-        r = cu.dtod(dst, src, (size_t)(x->planes * x->rows * w), NULL);
+        r = cu.dtod(dst, src, (size_t)(x->planes * x->rows * w), c->stream);
     else if (plane_dense) {
         m.width_bytes = (size_t)(x->rows * w), m.height = (size_t)x->planes;
         m.src_pitch = (size_t)x->src_plane, m.dst_pitch = (size_t)x->dst_plane;
-        r = cu.copy_2d_async(&m, NULL);
+        r = cu.copy_2d_async(&m, c->stream);
     } else if (rows_follow) {
         m.height = (size_t)(x->planes * x->rows);
-        r = cu.copy_2d_async(&m, NULL);
+        r = cu.copy_2d_async(&m, c->stream);
     } else
         for (int64_t p = 0; p < x->planes && !r; p++) {
             m.src_device = src + (cu_ptr)(p * x->src_plane), m.dst_device = dst + (cu_ptr)(p * x->dst_plane);
-            r = cu.copy_2d_async(&m, NULL);
+            r = cu.copy_2d_async(&m, c->stream);
         }
     return r ? fail(d, r, "%s", "a copy of rows on the GPU") : 0;
 }
 
 static int cuda_zero(struct backend *be, void *p, size_t bytes, struct diag *d)
 {
-    (void)be;
-    cu_result r = cu.memset_async((cu_ptr)(uintptr_t)p, 0, bytes, NULL);
+    struct cuda *c = (struct cuda *)be;
+    cu_result r = cu.memset_async((cu_ptr)(uintptr_t)p, 0, bytes, c->stream);
     return r ? fail(d, r, "%s", "zeroing memory on the GPU") : 0;
 }
 
@@ -561,17 +611,20 @@ static void cuda_free(struct backend *be, void *p)
     cu.mem_free((cu_ptr)(uintptr_t)p);
 }
 
+/* In order with the stream's work, and done when it returns (src may be reused). */
 static int cuda_put(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d)
 {
-    (void)be;
-    cu_result r = cu.htod((cu_ptr)(uintptr_t)dst, src, bytes);
+    struct cuda *c = (struct cuda *)be;
+    cu_result r = cu.htod_async((cu_ptr)(uintptr_t)dst, src, bytes, c->stream);
+    if (!r)
+        r = cu.stream_synchronize(c->stream);
     return r ? fail(d, r, "%s", "copy to the GPU") : 0;
 }
 
 static int cuda_copy(struct backend *be, void *dst, const void *src, size_t bytes, struct diag *d)
 {
-    (void)be;
-    cu_result r = cu.dtod((cu_ptr)(uintptr_t)dst, (cu_ptr)(uintptr_t)src, bytes, NULL);
+    struct cuda *c = (struct cuda *)be;
+    cu_result r = cu.dtod((cu_ptr)(uintptr_t)dst, (cu_ptr)(uintptr_t)src, bytes, c->stream);
     return r ? fail(d, r, "%s", "copy on the GPU") : 0;
 }
 
@@ -667,9 +720,39 @@ static int launch(struct cuda *c, int k, cu_function f, const int64_t grid[3], i
         }
     void *params[] = {args};
     c->last = k;
-    cu_result r = cu.launch(f, (unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2], (unsigned)threads, 1, 1, (unsigned)shared, NULL, params,
-                            NULL);
-    return r ? fail(d, r, "cannot launch %s", c->be.F->kernels[k].name) : 0;
+    if (c->mode == LAUNCH_UPDATE) { /* the arguments (copied by the driver, as a launch copies them) into the next node */
+        struct cuda_graph *G = c->graph;
+        struct cu_kernel_node p = {.func = f, .grid_x = (unsigned)grid[0], .grid_y = (unsigned)grid[1], .grid_z = (unsigned)grid[2],
+                                   .block_x = (unsigned)threads, .block_y = 1, .block_z = 1, .shared_bytes = (unsigned)shared,
+                                   .params = params};
+        if (c->cursor >= G->n) {
+            diag_error(d, NULL, 0, "%s: the graph has no kernel node left to set", c->be.F->kernels[k].name);
+            return -1;
+        }
+        cu_result r = cu.graph_set_kernel(G->exec, G->nodes[c->cursor++], &p);
+        return r ? fail(d, r, "cannot set %s's node in a graph", c->be.F->kernels[k].name) : 0;
+    }
+    cu_result r = cu.launch(f, (unsigned)grid[0], (unsigned)grid[1], (unsigned)grid[2], (unsigned)threads, 1, 1, (unsigned)shared,
+                            c->stream, params, NULL);
+    if (r)
+        return fail(d, r, "cannot launch %s", c->be.F->kernels[k].name);
+    if (c->mode == LAUNCH_CAPTURE) { /* the node the launch made: the capture's one dependency now */
+        struct cuda_graph *G = c->graph;
+        const cu_graph_node *deps = NULL;
+        size_t n_deps = 0;
+        int status = 0;
+        unsigned long long id = 0;
+        cu_graph graph = NULL;
+        if ((r = cu.capture_info(c->stream, &status, &id, &graph, &deps, &n_deps)))
+            return fail(d, r, "cannot find %s's node in the graph being captured", c->be.F->kernels[k].name);
+        if (n_deps != 1) {
+            diag_error(d, NULL, 0, "%s: the capture ends in %zu nodes, not its one", c->be.F->kernels[k].name, n_deps);
+            return -1;
+        }
+        WF_GROW(G->nodes, G->n, G->cap);
+        G->nodes[G->n++] = deps[0];
+    }
+    return 0;
 }
 
 static int cuda_fused(struct backend *be, int kernel, const struct kn_args *a, struct diag *d)
@@ -681,6 +764,10 @@ static int cuda_fused(struct backend *be, int kernel, const struct kn_args *a, s
     struct kn_args x = *a;
     if (g.partial) {
         size_t need = (size_t)g.partial * sizeof(float);
+        if (need > c->partial_bytes && c->mode != LAUNCH_RUN) {
+            diag_error(d, NULL, 0, "%s: the column sums' scratch would grow inside a graph", be->F->kernels[kernel].name);
+            return -1;
+        }
         if (need > c->partial_bytes) { /* grow: after what may still read the old one */
             if (cuda_sync(be, d))
                 return -1;
@@ -691,6 +778,7 @@ static int cuda_fused(struct backend *be, int kernel, const struct kn_args *a, s
             if (r)
                 return fail(d, r, "cannot allocate %s's column sums", be->F->kernels[kernel].name);
             c->partial_bytes = need;
+            be->moves++;
             be->scratch_bytes = (int64_t)(LT_WORKSPACE_BYTES + need);
         }
         x.partial = (float *)(uintptr_t)c->partial;
@@ -734,6 +822,8 @@ static void cuda_close(struct backend *be)
     struct cuda *c = (struct cuda *)be;
     cu.ctx_synchronize();
     lt_close(c->gemms);
+    if (c->stream)
+        cu.stream_destroy(c->stream);
     if (c->partial)
         cu.mem_free(c->partial);
     for (int k = 0; k < be->F->n_kernels; k++)
@@ -745,6 +835,71 @@ static void cuda_close(struct backend *be)
     free(c);
 }
 
+/* ---- Graphs: backend.h's segments, captured from the stream ----------------
+ * Captured in thread-local mode: this thread may not synchronise or
+ * allocate meanwhile (the column sums' scratch refuses to grow), and a call
+ * that does fails the capture, which segments.c answers by running the
+ * calls one by one. */
+enum { STREAM_NON_BLOCKING = ABI_CU_STREAM_NON_BLOCKING, CAPTURE_THREAD_LOCAL = ABI_CU_STREAM_CAPTURE_MODE_THREAD_LOCAL };
+
+static void cuda_graph_free(struct backend *be, void *graph)
+{
+    (void)be;
+    struct cuda_graph *G = graph;
+    if (G->exec)
+        cu.graph_exec_destroy(G->exec);
+    if (G->graph)
+        cu.graph_destroy(G->graph);
+    free(G->nodes);
+    free(G);
+}
+
+static int cuda_capture_begin(struct backend *be, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    cu_result r = cu.begin_capture(c->stream, CAPTURE_THREAD_LOCAL);
+    if (r)
+        return fail(d, r, "%s", "cannot begin capturing a graph");
+    c->mode = LAUNCH_CAPTURE;
+    c->graph = wf_calloc(1, sizeof *c->graph);
+    return 0;
+}
+
+static int cuda_capture_end(struct backend *be, void **graph, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    struct cuda_graph *G = c->graph;
+    c->mode = LAUNCH_RUN, c->graph = NULL, *graph = NULL;
+    cu_result r = cu.end_capture(c->stream, &G->graph); /* the capture is over, even where it failed */
+    if (!r)
+        r = cu.graph_instantiate(&G->exec, G->graph, 0);
+    if (r) {
+        cuda_graph_free(be, G);
+        return fail(d, r, "%s", "cannot make a graph of the captured launches");
+    }
+    *graph = G;
+    return 0;
+}
+
+static int cuda_graph_nodes(struct backend *be)
+{
+    struct cuda *c = (struct cuda *)be;
+    return c->mode == LAUNCH_UPDATE ? c->cursor : c->graph ? c->graph->n : 0;
+}
+
+static void cuda_graph_update(struct backend *be, void *graph, int node)
+{
+    struct cuda *c = (struct cuda *)be;
+    c->mode = graph ? LAUNCH_UPDATE : LAUNCH_RUN, c->graph = graph, c->cursor = node;
+}
+
+static int cuda_graph_launch(struct backend *be, void *graph, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    cu_result r = cu.graph_launch(((struct cuda_graph *)graph)->exec, c->stream);
+    return r ? fail(d, r, "%s", "cannot launch a graph") : 0;
+}
+
 static bool cuda_holds(struct backend *be, const void *p);
 static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d);
 static int cuda_poll(struct backend *be, struct diag *d);
@@ -753,7 +908,9 @@ static const struct backend_ops cuda_ops = {
     .alloc = cuda_alloc, .free = cuda_free, .put = cuda_put, .get = cuda_get, .copy = cuda_copy, .fused = cuda_fused,
     .attention = cuda_attention, .route = cuda_route, .sync = cuda_sync, .gemm = cuda_gemm, .zero = cuda_zero,
     .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close,
-    .holds = cuda_holds, .gpu = cuda_gpu, .poll = cuda_poll};
+    .holds = cuda_holds, .gpu = cuda_gpu, .poll = cuda_poll, .capture_begin = cuda_capture_begin, .capture_end = cuda_capture_end,
+    .graph_nodes = cuda_graph_nodes, .graph_update = cuda_graph_update, .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free};
 
 struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 {
@@ -798,11 +955,17 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
     c->modules = wf_calloc((size_t)F->n_kernels + 1, sizeof *c->modules);
     c->functions = wf_calloc((size_t)F->n_kernels * KN_ATTN_FNS + 1, sizeof *c->functions);
     c->mem_at_open = c->mem_peak = device_used();
+    if ((r = cu.stream_create(&c->stream, STREAM_NON_BLOCKING))) {
+        fail(d, r, "cannot make a stream on GPU %s", which);
+        cuda_close(&c->be);
+        return NULL;
+    }
     if (!(c->gemms = lt_open(d))) {
         cuda_close(&c->be);
         return NULL;
     }
     c->be.scratch_bytes = (int64_t)LT_WORKSPACE_BYTES;
+    backend_use_graphs(&c->be, true);
     return &c->be;
 }
 
@@ -821,7 +984,7 @@ static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
     memset(g, 0, sizeof *g);
-    g->ordinal = c->dev, g->stream = NULL; /* the launches' stream: the legacy default */
+    g->ordinal = c->dev, g->stream = c->stream;
     cu_result r = cu.bus_id(g->bus_id, (int)sizeof g->bus_id, c->dev);
     return r ? fail(d, r, "%s", "the GPU's PCI bus id") : 1;
 }
@@ -829,7 +992,7 @@ static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d)
 static int cuda_poll(struct backend *be, struct diag *d)
 {
     struct cuda *c = (struct cuda *)be;
-    cu_result r = cu.stream_query(NULL);
+    cu_result r = cu.stream_query(c->stream);
     if (r == CU_NOT_READY)
         return 0;
     return r ? fail(d, r, "a kernel failed on the GPU (the last launched: %s)", c->last >= 0 ? be->F->kernels[c->last].name : "none")

@@ -38,6 +38,7 @@ struct exec {
     double norm;             /* the gradients' global norm, once the updates begin; -1 before */
     double clip;             /* the factor the updates scale gradients by */
     long skipped;            /* updates skipped in this run (a non-finite norm): the schedule and Adam count the others */
+    long segments;           /* the step's (or validation's) segments so far: the next one's key (run_list) */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
     /* What the host reads of a step (the LOSS and SQSUM actions' rows): copied in the backend, in order,
@@ -522,7 +523,49 @@ static int copy(struct exec *x, const struct ir_copy *c, int v, int j, struct di
     return backend_copy_rows(x->be, &r, d);
 }
 
+/* Whether a runs on the backend alone: a run of such actions is a segment
+ * (backend_segment_begin), which a GPU replays as one graph. */
+static bool device_only(const struct ir_action *a)
+{
+    return a->kind == IR_ACT_GEMM || a->kind == IR_ACT_LAUNCH || a->kind == IR_ACT_ZERO || a->kind == IR_ACT_COPY ||
+           a->kind == IR_ACT_LOSS || a->kind == IR_ACT_SQSUM;
+}
+
+static bool optimizer_launch(const struct exec *x, const struct ir_action *a)
+{
+    return a->kind == IR_ACT_LAUNCH && x->R->kernels.launches[a->launch.launch].when == KN_WHEN_OPTIMIZER;
+}
+
+static int run_actions(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d);
+
+/* l's actions for micro-batch j of virtual stage v, each run of device-only
+ * ones a segment keyed by its place in the step (a validation's apart), so
+ * the same run has the same key every step.  The optimizer's launches are
+ * segments of their own, after the host has read the gradients' norm. */
 static int run_list(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d)
+{
+    int rc = 0;
+    for (int first = 0, end; first < l->n && !rc; first = end) {
+        const struct ir_action *a = &l->v[first];
+        bool dev = device_only(a), opt = optimizer_launch(x, a);
+        for (end = first + 1; end < l->n && device_only(&l->v[end]) == dev && optimizer_launch(x, &l->v[end]) == opt; end++)
+            ;
+        struct ir_action_list part = {.v = l->v + first, .n = end - first};
+        if (!dev)
+            rc = run_actions(x, &part, v, j, d);
+        else if (!(opt && read_norm(x, d))) {
+            rc = backend_segment_begin(x->be, (uint64_t)x->validating << 63 | (uint64_t)x->segments++, d);
+            if (!rc)
+                rc = run_actions(x, &part, v, j, d);
+            if (backend_segment_end(x->be, d))
+                rc = -1;
+        } else
+            rc = -1;
+    }
+    return rc;
+}
+
+static int run_actions(struct exec *x, const struct ir_action_list *l, int v, int j, struct diag *d)
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
@@ -652,8 +695,18 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
 {
     if (exec_check(R, comm, d))
         return NULL;
+    struct backend *be = backend_open(kind, &R->kernels, d);
+    return be ? exec_new_on(R, comm, seed, be, d) : NULL;
+}
+
+struct exec *exec_new_on(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct backend *be, struct diag *d)
+{
+    if (exec_check(R, comm, d)) {
+        backend_close(be);
+        return NULL;
+    }
     struct exec *x = wf_calloc(1, sizeof *x);
-    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1;
+    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1, x->be = be;
     int *component = ir_pp_components(R->L);
     x->tied_first = ir_tied_contributes(R->L, component, R->rank);
     free(component);
@@ -673,10 +726,6 @@ struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t see
             if (x->acts->forward[v].v[i].kind == IR_ACT_LOSS)
                 x->loss_op = x->acts->forward[v].v[i].loss.id, x->loss_rows = x->acts->forward[v].v[i].loss_rows,
                 x->loss_only_first = x->acts->forward[v].v[i].sq_only_first;
-    if (!(x->be = backend_open(kind, &R->kernels, d))) {
-        exec_free(x);
-        return NULL;
-    }
     plan_reads(x);
     x->reads = wf_calloc((size_t)x->max_reads + 1, sizeof *x->reads);
     x->reads_host = wf_calloc((size_t)x->reads_bytes / 4 + 1, sizeof *x->reads_host);
@@ -744,6 +793,7 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
     memset(x->action_seconds, 0, sizeof x->action_seconds);
     x->n_reads = 0, x->reads_used = 0;
     x->norm_sum = 0, x->norm_in_arena = false;
+    x->segments = 0;
     if (x->param_host)
         host_release(x); /* a checkpoint's, or a load's */
     if (backend_zero(x->be, x->arena + x->m->base[IR_REGION_GRADS], (size_t)x->m->size[IR_REGION_GRADS], d))
@@ -822,6 +872,7 @@ int exec_evaluate(struct exec *x, const struct data_gpt *valid, int64_t first, d
     x->loss_sum = 0;
     x->n_reads = 0, x->reads_used = 0;
     x->validating = true;
+    x->segments = 0;
     WF_ASSERT(!valid || x->tokens_in >= 0); /* exec_data_seq found the plan's tokens */
     if (valid && !x->sample)
         x->sample = wf_calloc((size_t)valid->seq + 1, sizeof *x->sample);

@@ -26,7 +26,11 @@
  * Everything runs on the backend (backend.h): the arena is one allocation
  * of its memory, GEMMs are backend_gemm, COPY backend_copy_rows, and what
  * the host makes or reads (inputs, parameters from the seed, checkpoints)
- * crosses by backend_put and backend_get.  The host reads a step's loss
+ * crosses by backend_put and backend_get.  Each run of actions the backend
+ * does alone (kernels, GEMMs, zeroing, copies) between two of the host's
+ * (inputs, transfers, collectives, reading the norm) is a segment
+ * (backend_segment_begin) keyed by its place in the step, which a GPU
+ * replays as a CUDA graph.  The host reads a step's loss
  * rows and sums of squares together (the arena's staging), so a GPU waits
  * for the host at the norm and at the step's end, not at every parameter.
  * Every buffer handed to the communicator is in the arena. */
@@ -61,6 +65,9 @@ int exec_check(const struct rank_plan *R, const struct comm *comm, struct diag *
 /* comm: the rank's communicator (its groups made), or NULL for a plan of one rank; kind: the backend
  * that runs the plan (BACKEND_CUDA: this rank's GPU, backend_open says which). */
 struct exec *exec_new(const struct rank_plan *R, struct comm *comm, uint64_t seed, enum backend_kind kind, struct diag *d);
+/* The same on a backend already open (its kernels R's), which the executor takes: closed by exec_free, or here on
+ * failure. */
+struct exec *exec_new_on(const struct rank_plan *R, struct comm *comm, uint64_t seed, struct backend *be, struct diag *d);
 /* One training step over the global batch from exec_consumed_samples.
  * iteration: the absolute one (from 0; a resumed run continues from its
  * checkpoint's).  A step that succeeds advances the consumed samples by the

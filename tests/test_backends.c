@@ -677,7 +677,11 @@ static void test_cuda_abi(void **state)
                                 "CUarray srcArray; size_t srcPitch; size_t dstXInBytes; size_t dstY; CUmemorytype dstMemoryType; "
                                 "void *dstHost; CUdeviceptr dstDevice; CUarray dstArray; size_t dstPitch; size_t WidthInBytes; "
                                 "size_t Height;");
-    printf("    %d constants and 3 structs as %s has them\n", checked, dir);
+    struct_fields(text[1], "} CUDA_KERNEL_NODE_PARAMS_v1;", fields, sizeof fields);
+    assert_string_equal(fields, "CUfunction func; unsigned int gridDimX; unsigned int gridDimY; unsigned int gridDimZ; "
+                                "unsigned int blockDimX; unsigned int blockDimY; unsigned int blockDimZ; unsigned int sharedMemBytes; "
+                                "void **kernelParams; void **extra;");
+    printf("    %d constants and 4 structs as %s has them\n", checked, dir);
     for (int i = 0; i < 4; i++)
         free(text[i]);
 }

@@ -26,7 +26,7 @@
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
     "                                    [--timeout SECONDS] [--dump-params FILE] [--device cpu|cuda]\n"
-    "                                    [--comm auto|mpi|nccl]\n"
+    "                                    [--comm auto|mpi|nccl] [--cuda-graphs on|off]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
@@ -76,7 +76,9 @@ static const char usage_flags[] =
     "               buffers staged through the host: several ranks may share a GPU), or auto (the default:\n"
     "               nccl where libnccl.so.2 opens on every rank and no two ranks of one group share a GPU,\n"
     "               else mpi); on the CPU, MPI carries the run (nccl there: an error)\n"
-    "  --profile    at the end, rank 0's ten slowest kernels\n"
+    "  --cuda-graphs G  on (default) or off: a GPU replays each run of launches between host steps\n"
+    "               as a CUDA graph from its third step\n"
+    "  --profile    at the end, rank 0's ten slowest kernels (graphs off)\n"
     "  --calibration FILE  constants of the device model the predicted step is costed on (weft simulate --help says\n"
     "                       the keys; its GEMM and kernel rates are fitted to the run, its link measured at the start)\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
@@ -397,7 +399,7 @@ int cmd_run(int argc, char **argv)
     long save_interval = 0;
     bool seed_given = false;
     double timeout = 300;
-    bool profile = false;
+    bool profile = false, graphs = true;
     enum backend_kind device = BACKEND_CPU;
     const char *comm_arg = "auto";
     enum comm_kind comm_kind = COMM_AUTO;
@@ -450,6 +452,13 @@ int cmd_run(int argc, char **argv)
                 return EXIT_BAD_INPUT;
             }
             device = !strcmp(v, "cuda") ? BACKEND_CUDA : BACKEND_CPU;
+        } else if (!strcmp(a, "--cuda-graphs") && has) {
+            const char *v = argv[++i];
+            if (strcmp(v, "on") && strcmp(v, "off")) {
+                fprintf(stderr, "weft run: --cuda-graphs %s: expected on or off\n", v);
+                return EXIT_BAD_INPUT;
+            }
+            graphs = !strcmp(v, "on");
         } else if (!strcmp(a, "--comm") && has) {
             comm_arg = argv[++i];
             if (comm_kind_parse(comm_arg, &comm_kind)) {
@@ -556,6 +565,8 @@ int cmd_run(int argc, char **argv)
     struct exec *x = rc ? NULL : exec_new(&R, comm, seed, device, &d); /* NULL: the backend could not run it (no GPU) */
     if (!rc && !x)
         rc = EXIT_FAILURE_RUN;
+    if (x && (!graphs || profile)) /* --profile times each launch */
+        backend_use_graphs(exec_backend(x), false);
     char comm_why[768] = ""; /* why --comm auto took MPI on a GPU */
     if (x) { /* the communicator carries the backend's memory: NCCL, MPI staged through the host, or MPI on the CPU */
         struct diag cd;
@@ -778,6 +789,11 @@ int cmd_run(int argc, char **argv)
                    used / 1048576, (double)mem.at_open / 1048576, (arena + staged + scratch) / 1048576, arena / 1048576,
                    staged / 1048576, scratch / 1048576, (used - arena - staged - scratch) / 1048576);
         }
+        struct backend_graph_stats gs;
+        backend_graph_stats(exec_backend(x), &gs);
+        if (gs.captured)
+            printf("rank 0's CUDA graphs: %ld captured, %ld launches of them (%ld calls, %ld kernel nodes given new arguments), "
+                   "%ld runs call by call\n", gs.captured, gs.replayed, gs.calls, gs.updated, gs.eager);
         double rest = total;
         printf("rank 0's time:");
         for (int k = 0; k < IR_ACT_COUNT; k++)
