@@ -32,14 +32,6 @@ static struct {
     const char *(*error_string)(nvrtc_result);
 } nv;
 
-static void *sym(const char *name)
-{
-    void *p = dlsym(nv.lib, name);
-    if (!p && !nv.why[0])
-        snprintf(nv.why, sizeof nv.why, "NVRTC lacks %s", name);
-    return p;
-}
-
 static bool load(void)
 {
     if (nv.tried)
@@ -49,29 +41,20 @@ static bool load(void)
     char path[512];
     snprintf(path, sizeof path, "%s/lib64/libnvrtc.so", home && *home ? home : "/usr/local/cuda");
     const char *names[] = {path, "libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"};
-    for (size_t i = 0; i < WF_COUNT(names) && !nv.lib; i++)
-        nv.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    nv.lib = wf_dlopen_first(names, WF_COUNT(names));
     if (!nv.lib) {
         snprintf(nv.why, sizeof nv.why, "no NVRTC: %s not found (set CUDA_HOME to the CUDA toolkit)", path);
         return false;
     }
-    /* POSIX lets a data pointer hold a function's address (dlsym's contract) */
-#define LOAD(field, name) *(void **)&nv.field = sym(name)
-    LOAD(version_fn, "nvrtcVersion");
-    LOAD(num_archs, "nvrtcGetNumSupportedArchs");
-    LOAD(archs, "nvrtcGetSupportedArchs");
-    LOAD(create, "nvrtcCreateProgram");
-    LOAD(destroy, "nvrtcDestroyProgram");
-    LOAD(compile, "nvrtcCompileProgram");
-    LOAD(log_size, "nvrtcGetProgramLogSize");
-    LOAD(log, "nvrtcGetProgramLog");
-    LOAD(cubin_size, "nvrtcGetCUBINSize");
-    LOAD(cubin, "nvrtcGetCUBIN");
-    LOAD(ptx_size, "nvrtcGetPTXSize");
-    LOAD(ptx, "nvrtcGetPTX");
-    LOAD(error_string, "nvrtcGetErrorString");
-#undef LOAD
-    if (nv.why[0]) {
+    static const struct wf_dlsym syms[] = {
+        WF_DLSYM(nv, version_fn, "nvrtcVersion"), WF_DLSYM(nv, num_archs, "nvrtcGetNumSupportedArchs"),
+        WF_DLSYM(nv, archs, "nvrtcGetSupportedArchs"), WF_DLSYM(nv, create, "nvrtcCreateProgram"),
+        WF_DLSYM(nv, destroy, "nvrtcDestroyProgram"), WF_DLSYM(nv, compile, "nvrtcCompileProgram"),
+        WF_DLSYM(nv, log_size, "nvrtcGetProgramLogSize"), WF_DLSYM(nv, log, "nvrtcGetProgramLog"),
+        WF_DLSYM(nv, cubin_size, "nvrtcGetCUBINSize"), WF_DLSYM(nv, cubin, "nvrtcGetCUBIN"),
+        WF_DLSYM(nv, ptx_size, "nvrtcGetPTXSize"), WF_DLSYM(nv, ptx, "nvrtcGetPTX"),
+        WF_DLSYM(nv, error_string, "nvrtcGetErrorString")};
+    if (wf_dlsyms(nv.lib, syms, WF_COUNT(syms), "NVRTC", "", nv.why, sizeof nv.why)) {
         dlclose(nv.lib);
         nv.lib = NULL;
         return false;

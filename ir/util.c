@@ -1,6 +1,7 @@
 /* util.c: assertion, checked allocation, number formatting, file reading. */
 #include "util.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -208,4 +209,22 @@ int wf_make_dirs(const char *path)
         rc = mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
     free(p);
     return rc;
+}
+
+int wf_dlsyms(void *lib, const struct wf_dlsym *syms, size_t n, const char *what, const char *suffix, char *why, size_t why_n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(*syms[i].at = dlsym(lib, syms[i].name))) {
+            snprintf(why, why_n, "%s lacks %s%s", what, syms[i].name, suffix);
+            return -1;
+        }
+    return 0;
+}
+
+void *wf_dlopen_first(const char *const *names, size_t n)
+{
+    void *lib = NULL;
+    for (size_t i = 0; i < n && !lib; i++)
+        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    return lib;
 }

@@ -52,6 +52,22 @@ double wf_seconds(void);
 uint16_t wf_bf16(float f);
 float wf_bf16_float(uint16_t h);
 
+/* A library's entry points, opened at run time (the CUDA driver, cuBLASLt,
+ * NCCL, NVRTC: weft builds and runs without them).  Each entry's address
+ * goes into *at, a function pointer's storage (POSIX lets dlsym's data
+ * pointer hold a function's address):
+ *   static const struct wf_dlsym syms[] = {WF_DLSYM(cu, init, "cuInit"), ...};
+ *   if (wf_dlsyms(lib, syms, WF_COUNT(syms), "the CUDA driver", "", why, sizeof why)) ...
+ * 0, or -1 with why "WHAT lacks NAME" and suffix, for the first one missing. */
+struct wf_dlsym {
+    const char *name;
+    void **at;
+};
+#define WF_DLSYM(table, field, name) {name, (void **)&(table).field}
+int wf_dlsyms(void *lib, const struct wf_dlsym *syms, size_t n, const char *what, const char *suffix, char *why, size_t why_n);
+/* The first of n library names that opens (RTLD_NOW | RTLD_LOCAL), or NULL. */
+void *wf_dlopen_first(const char *const *names, size_t n);
+
 /* "did you mean": offer each candidate a misspelt word could have meant; the
  * closest by edit distance, within a third of the word's length plus one,
  * is the hint.  Flags, dimensions, tensors, attributes and op kinds all use it.

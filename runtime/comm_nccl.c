@@ -62,25 +62,15 @@ static bool load(void)
         snprintf(nc.why, sizeof nc.why, "no NCCL: %s not found (%s)", name, dlerror());
         return false;
     }
-#define LOAD(field, sym)                                                                                                      \
-    if (!(*(void **)&nc.field = dlsym(nc.lib, sym)) && !nc.why[0])                                                            \
-        snprintf(nc.why, sizeof nc.why, "%s lacks %s: NCCL 2.14 or later is needed", name, sym);
-    LOAD(get_version, "ncclGetVersion");
-    LOAD(get_unique_id, "ncclGetUniqueId");
-    LOAD(init_rank_config, "ncclCommInitRankConfig");
-    LOAD(get_async_error, "ncclCommGetAsyncError");
-    LOAD(abort, "ncclCommAbort");
-    LOAD(finalize, "ncclCommFinalize");
-    LOAD(destroy, "ncclCommDestroy");
-    LOAD(error_string, "ncclGetErrorString");
-    LOAD(all_reduce, "ncclAllReduce");
-    LOAD(all_gather, "ncclAllGather");
-    LOAD(reduce_scatter, "ncclReduceScatter");
-    LOAD(send, "ncclSend");
-    LOAD(recv, "ncclRecv");
-    LOAD(group_start, "ncclGroupStart");
-    LOAD(group_end, "ncclGroupEnd");
-#undef LOAD
+    static const struct wf_dlsym syms[] = {
+        WF_DLSYM(nc, get_version, "ncclGetVersion"), WF_DLSYM(nc, get_unique_id, "ncclGetUniqueId"),
+        WF_DLSYM(nc, init_rank_config, "ncclCommInitRankConfig"), WF_DLSYM(nc, get_async_error, "ncclCommGetAsyncError"),
+        WF_DLSYM(nc, abort, "ncclCommAbort"), WF_DLSYM(nc, finalize, "ncclCommFinalize"),
+        WF_DLSYM(nc, destroy, "ncclCommDestroy"), WF_DLSYM(nc, error_string, "ncclGetErrorString"),
+        WF_DLSYM(nc, all_reduce, "ncclAllReduce"), WF_DLSYM(nc, all_gather, "ncclAllGather"),
+        WF_DLSYM(nc, reduce_scatter, "ncclReduceScatter"), WF_DLSYM(nc, send, "ncclSend"), WF_DLSYM(nc, recv, "ncclRecv"),
+        WF_DLSYM(nc, group_start, "ncclGroupStart"), WF_DLSYM(nc, group_end, "ncclGroupEnd")};
+    wf_dlsyms(nc.lib, syms, WF_COUNT(syms), name, ": NCCL 2.14 or later is needed", nc.why, sizeof nc.why);
     *(void **)&nc.last_error = dlsym(nc.lib, "ncclGetLastError");
     if (!nc.why[0] && (nc.get_version(&nc.version) || nc.version < NC_VERSION_MIN))
         snprintf(nc.why, sizeof nc.why, "%s is NCCL %d.%d.%d: NCCL 2.14 or later is needed (non-blocking communicators)", name,

@@ -108,49 +108,26 @@ static bool load(void)
         snprintf(cu.why, sizeof cu.why, "no CUDA driver: libcuda.so.1 not found (%s)", dlerror());
         return false;
     }
-#define LOAD(field, name)                                                                                                     \
-    if (!(*(void **)&cu.field = dlsym(cu.lib, name)) && !cu.why[0])                                                           \
-        snprintf(cu.why, sizeof cu.why, "the CUDA driver lacks %s", name);
-    LOAD(init, "cuInit");
-    LOAD(device_count, "cuDeviceGetCount");
-    LOAD(device_get, "cuDeviceGet");
-    LOAD(device_name, "cuDeviceGetName");
-    LOAD(device_attribute, "cuDeviceGetAttribute");
-    LOAD(ctx_retain, "cuDevicePrimaryCtxRetain");
-    LOAD(ctx_release, "cuDevicePrimaryCtxRelease_v2");
-    LOAD(ctx_set_current, "cuCtxSetCurrent");
-    LOAD(ctx_synchronize, "cuCtxSynchronize");
-    LOAD(module_load, "cuModuleLoadData");
-    LOAD(module_unload, "cuModuleUnload");
-    LOAD(module_function, "cuModuleGetFunction");
-    LOAD(func_set_attribute, "cuFuncSetAttribute");
-    LOAD(pointer_attribute, "cuPointerGetAttribute");
-    LOAD(stream_query, "cuStreamQuery");
-    LOAD(bus_id, "cuDeviceGetPCIBusId");
-    LOAD(launch, "cuLaunchKernel");
-    LOAD(mem_alloc, "cuMemAlloc_v2");
-    LOAD(mem_free, "cuMemFree_v2");
-    LOAD(dtoh, "cuMemcpyDtoH_v2");
-    LOAD(dtod, "cuMemcpyDtoDAsync_v2");
-    LOAD(error_name, "cuGetErrorName");
-    LOAD(error_string, "cuGetErrorString");
-    LOAD(memset_async, "cuMemsetD8Async");
-    LOAD(copy_2d_async, "cuMemcpy2DAsync_v2");
-    LOAD(mem_info, "cuMemGetInfo_v2");
-    LOAD(stream_create, "cuStreamCreate");
-    LOAD(stream_destroy, "cuStreamDestroy_v2");
-    LOAD(stream_synchronize, "cuStreamSynchronize");
-    LOAD(htod_async, "cuMemcpyHtoDAsync_v2");
-    LOAD(begin_capture, "cuStreamBeginCapture_v2");
-    LOAD(end_capture, "cuStreamEndCapture");
-    LOAD(capture_info, "cuStreamGetCaptureInfo_v2");
-    LOAD(graph_instantiate, "cuGraphInstantiateWithFlags");
-    LOAD(graph_launch, "cuGraphLaunch");
-    LOAD(graph_exec_destroy, "cuGraphExecDestroy");
-    LOAD(graph_destroy, "cuGraphDestroy");
-    LOAD(graph_set_kernel, "cuGraphExecKernelNodeSetParams");
-#undef LOAD
-    if (cu.why[0]) {
+    static const struct wf_dlsym syms[] = {
+        WF_DLSYM(cu, init, "cuInit"), WF_DLSYM(cu, device_count, "cuDeviceGetCount"), WF_DLSYM(cu, device_get, "cuDeviceGet"),
+        WF_DLSYM(cu, device_name, "cuDeviceGetName"), WF_DLSYM(cu, device_attribute, "cuDeviceGetAttribute"),
+        WF_DLSYM(cu, ctx_retain, "cuDevicePrimaryCtxRetain"), WF_DLSYM(cu, ctx_release, "cuDevicePrimaryCtxRelease_v2"),
+        WF_DLSYM(cu, ctx_set_current, "cuCtxSetCurrent"), WF_DLSYM(cu, ctx_synchronize, "cuCtxSynchronize"),
+        WF_DLSYM(cu, module_load, "cuModuleLoadData"), WF_DLSYM(cu, module_unload, "cuModuleUnload"),
+        WF_DLSYM(cu, module_function, "cuModuleGetFunction"), WF_DLSYM(cu, func_set_attribute, "cuFuncSetAttribute"),
+        WF_DLSYM(cu, pointer_attribute, "cuPointerGetAttribute"), WF_DLSYM(cu, stream_query, "cuStreamQuery"),
+        WF_DLSYM(cu, bus_id, "cuDeviceGetPCIBusId"), WF_DLSYM(cu, launch, "cuLaunchKernel"),
+        WF_DLSYM(cu, mem_alloc, "cuMemAlloc_v2"), WF_DLSYM(cu, mem_free, "cuMemFree_v2"), WF_DLSYM(cu, dtoh, "cuMemcpyDtoH_v2"),
+        WF_DLSYM(cu, dtod, "cuMemcpyDtoDAsync_v2"), WF_DLSYM(cu, error_name, "cuGetErrorName"),
+        WF_DLSYM(cu, error_string, "cuGetErrorString"), WF_DLSYM(cu, memset_async, "cuMemsetD8Async"),
+        WF_DLSYM(cu, copy_2d_async, "cuMemcpy2DAsync_v2"), WF_DLSYM(cu, mem_info, "cuMemGetInfo_v2"),
+        WF_DLSYM(cu, stream_create, "cuStreamCreate"), WF_DLSYM(cu, stream_destroy, "cuStreamDestroy_v2"),
+        WF_DLSYM(cu, stream_synchronize, "cuStreamSynchronize"), WF_DLSYM(cu, htod_async, "cuMemcpyHtoDAsync_v2"),
+        WF_DLSYM(cu, begin_capture, "cuStreamBeginCapture_v2"), WF_DLSYM(cu, end_capture, "cuStreamEndCapture"),
+        WF_DLSYM(cu, capture_info, "cuStreamGetCaptureInfo_v2"), WF_DLSYM(cu, graph_instantiate, "cuGraphInstantiateWithFlags"),
+        WF_DLSYM(cu, graph_launch, "cuGraphLaunch"), WF_DLSYM(cu, graph_exec_destroy, "cuGraphExecDestroy"),
+        WF_DLSYM(cu, graph_destroy, "cuGraphDestroy"), WF_DLSYM(cu, graph_set_kernel, "cuGraphExecKernelNodeSetParams")};
+    if (wf_dlsyms(cu.lib, syms, WF_COUNT(syms), "the CUDA driver", "", cu.why, sizeof cu.why)) {
         dlclose(cu.lib);
         cu.lib = NULL;
         return false;
@@ -258,34 +235,22 @@ static bool lt_load(void)
     if (lt.tried)
         return lt.lib != NULL;
     lt.tried = true;
-    for (size_t i = 0; i < sizeof lt_sonames / sizeof *lt_sonames && !lt.lib; i++)
-        lt.lib = dlopen(lt_sonames[i], RTLD_NOW | RTLD_LOCAL);
+    lt.lib = wf_dlopen_first(lt_sonames, WF_COUNT(lt_sonames));
     if (!lt.lib) {
         snprintf(lt.why, sizeof lt.why, "no cuBLASLt: libcublasLt.so.13 (or .12, .11) not found (%s)", dlerror());
         return false;
     }
-#define LOAD(field, name)                                                                                                     \
-    if (!(*(void **)&lt.field = dlsym(lt.lib, name)) && !lt.why[0])                                                           \
-        snprintf(lt.why, sizeof lt.why, "cuBLASLt lacks %s", name);
-    LOAD(create, "cublasLtCreate");
-    LOAD(destroy, "cublasLtDestroy");
-    LOAD(status_string, "cublasLtGetStatusString");
-    LOAD(desc_create, "cublasLtMatmulDescCreate");
-    LOAD(desc_destroy, "cublasLtMatmulDescDestroy");
-    LOAD(desc_set, "cublasLtMatmulDescSetAttribute");
-    LOAD(layout_create, "cublasLtMatrixLayoutCreate");
-    LOAD(layout_destroy, "cublasLtMatrixLayoutDestroy");
-    LOAD(layout_set, "cublasLtMatrixLayoutSetAttribute");
-    LOAD(pref_create, "cublasLtMatmulPreferenceCreate");
-    LOAD(pref_destroy, "cublasLtMatmulPreferenceDestroy");
-    LOAD(pref_set, "cublasLtMatmulPreferenceSetAttribute");
-    LOAD(heuristic, "cublasLtMatmulAlgoGetHeuristic");
-    LOAD(matmul, "cublasLtMatmul");
-    LOAD(transform_create, "cublasLtMatrixTransformDescCreate");
-    LOAD(transform_destroy, "cublasLtMatrixTransformDescDestroy");
-    LOAD(transform, "cublasLtMatrixTransform");
-#undef LOAD
-    if (lt.why[0]) {
+    static const struct wf_dlsym syms[] = {
+        WF_DLSYM(lt, create, "cublasLtCreate"), WF_DLSYM(lt, destroy, "cublasLtDestroy"),
+        WF_DLSYM(lt, status_string, "cublasLtGetStatusString"), WF_DLSYM(lt, desc_create, "cublasLtMatmulDescCreate"),
+        WF_DLSYM(lt, desc_destroy, "cublasLtMatmulDescDestroy"), WF_DLSYM(lt, desc_set, "cublasLtMatmulDescSetAttribute"),
+        WF_DLSYM(lt, layout_create, "cublasLtMatrixLayoutCreate"), WF_DLSYM(lt, layout_destroy, "cublasLtMatrixLayoutDestroy"),
+        WF_DLSYM(lt, layout_set, "cublasLtMatrixLayoutSetAttribute"), WF_DLSYM(lt, pref_create, "cublasLtMatmulPreferenceCreate"),
+        WF_DLSYM(lt, pref_destroy, "cublasLtMatmulPreferenceDestroy"),
+        WF_DLSYM(lt, pref_set, "cublasLtMatmulPreferenceSetAttribute"), WF_DLSYM(lt, heuristic, "cublasLtMatmulAlgoGetHeuristic"),
+        WF_DLSYM(lt, matmul, "cublasLtMatmul"), WF_DLSYM(lt, transform_create, "cublasLtMatrixTransformDescCreate"),
+        WF_DLSYM(lt, transform_destroy, "cublasLtMatrixTransformDescDestroy"), WF_DLSYM(lt, transform, "cublasLtMatrixTransform")};
+    if (wf_dlsyms(lt.lib, syms, WF_COUNT(syms), "cuBLASLt", "", lt.why, sizeof lt.why)) {
         dlclose(lt.lib);
         lt.lib = NULL;
         return false;
