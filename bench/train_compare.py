@@ -205,12 +205,13 @@ def weft_plan(out, m, arch):
     return plan, json.loads(run([WEFT, "inspect", plan, "--json"], 60))["flops_per_step"]
 
 
-def weft_train(out, m, plan, device, steps, warmup, data, timeout):
-    """weft's figures: tokens/s (median step), step predicted and measured (ms), memory predicted and measured (MiB)."""
-    log = os.path.join(out, f"{m['name']}.{device}.jsonl")
+def weft_train(out, m, plan, device, steps, warmup, data, timeout, flags=(), tag=""):
+    """weft's figures: tokens/s (median step), step predicted and measured (ms), memory predicted and measured (MiB).
+    flags: weft run's own (the weft-eager baseline: --cuda-graphs off), its files tagged by tag."""
+    log = os.path.join(out, f"{m['name']}.{device}{tag}.jsonl")
     text = run([WEFT, "run", plan, "--device", device, "--steps", str(warmup + steps), "--data-path", data,
-                "--split", "1,0,0", "--seed", str(SEED), "--log", log, "--log-interval", str(warmup + steps)], timeout)
-    with open(os.path.join(out, f"{m['name']}.{device}.txt"), "w") as f:
+                "--split", "1,0,0", "--seed", str(SEED), "--log", log, "--log-interval", str(warmup + steps), *flags], timeout)
+    with open(os.path.join(out, f"{m['name']}.{device}{tag}.txt"), "w") as f:
         f.write(text)
     with open(log) as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -430,7 +431,8 @@ def main():
     ap.add_argument("--micro-batch", type=int, help="instead of the model's micro-batch (16): for 1.5b where 16 does not fit")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="steps run first and not timed (default 5)")
-    ap.add_argument("--baselines", default="torch-eager,torch-compile,llm.c")
+    ap.add_argument("--baselines", default="torch-eager,torch-compile,llm.c,weft-eager",
+                    help="weft-eager: weft itself with --cuda-graphs off (what the graphs gain, measured in the same run)")
     ap.add_argument("--torch-precision", default="master", help="master (Megatron's --bf16), autocast, or both: master,autocast")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, where it is no H100, H200 or A100")
     ap.add_argument("--timeout", type=int, default=240, help="seconds for each training run (default 240: weft's and two "
@@ -448,7 +450,8 @@ def main():
     a.results = a.results and os.path.abspath(a.results)
     keys, baselines = a.models.split(","), a.baselines.split(",")
     precisions = a.torch_precision.split(",")
-    bad = ([k for k in keys if k not in MODELS] + [b for b in baselines if b not in ("torch-eager", "torch-compile", "llm.c")]
+    bad = ([k for k in keys if k not in MODELS]
+           + [b for b in baselines if b not in ("torch-eager", "torch-compile", "llm.c", "weft-eager")]
            + [p for p in precisions if p not in ("master", "autocast")])
     if bad or a.steps < 1 or a.warmup < 1:
         ap.error(f"unknown: {', '.join(bad)}" if bad else "--steps and --warmup: at least 1 (the first step is never timed)")
@@ -483,7 +486,7 @@ def main():
             print(f"tokens: FAILED: {e}", flush=True)
             continue
         t0 = time.time()
-        w = {}
+        w, plan = {}, None
         try:
             plan, w["flops_step"] = weft_plan(a.out, m, arch)
             w.update(weft_train(a.out, m, plan, a.device, a.steps, a.warmup, data, a.timeout))
@@ -497,7 +500,7 @@ def main():
         measured = 0
         for b in baselines:
             for precision in precisions if b.startswith("torch") else ["-"]:
-                name = b if b == "llm.c" or precision == "master" else f"{b}-{precision}"
+                name = b if not b.startswith("torch") or precision == "master" else f"{b}-{precision}"
                 t0 = time.time()
                 try:
                     if b == "llm.c":
@@ -506,6 +509,13 @@ def main():
                                   flush=True)
                             continue
                         r = llmc_train(a.out, m, arch, a.steps, a.warmup, data, a.timeout)
+                    elif b == "weft-eager":
+                        if a.device != "cuda" or plan is None:
+                            print(f"{name}: skipped: {'CUDA graphs are a GPU run' if a.device != 'cuda' else 'no plan'}",
+                                  flush=True)
+                            continue
+                        r = weft_train(a.out, m, plan, a.device, a.steps, a.warmup, data, a.timeout, ("--cuda-graphs", "off"),
+                                       ".eager")
                     else:
                         if not have_torch:
                             print(f"{name}: skipped: torch is not installed here", flush=True)
