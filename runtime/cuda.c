@@ -835,6 +835,10 @@ static int cuda_capture_end(struct backend *be, void **graph, struct diag *d)
     struct cuda *c = (struct cuda *)be;
     struct cuda_graph *G = c->graph;
     c->mode = LAUNCH_RUN, c->graph = NULL, *graph = NULL;
+    if (!G) { /* capture_begin failed: nothing to end */
+        diag_error(d, NULL, 0, "no graph is being captured");
+        return -1;
+    }
     cu_result r = cu.end_capture(c->stream, &G->graph); /* the capture is over, even where it failed */
     if (!r)
         r = cu.graph_instantiate(&G->exec, G->graph, 0);

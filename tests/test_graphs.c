@@ -5,9 +5,13 @@
  * captured once; the kernels' arguments that change from step to step
  * (dropout seeds, the learning rate, Adam's bias corrections) are set into
  * the graphs, and without that the replay goes wrong; a backend that
- * refuses capture still runs everything; and a segment that keeps changing
- * stops being captured. */
+ * refuses capture still runs everything; a segment that keeps changing
+ * stops being captured; and on four ranks (tp 2, pp 2: segments between
+ * tensor-parallel all-reduces and pipeline transfers, under 1F1B) the
+ * replayed run is the run.  The multi-rank test runs this program again
+ * under mpirun, each process a rank (WEFT_TEST_GRAPHS_RANK). */
 #include "testing.h"
+#include "comm.h"
 #include "exec.h"
 #include "graphed.h"
 
@@ -200,13 +204,128 @@ static void test_changing_segment_stops_capturing(void **state)
     diag_free(&d);
 }
 
-int main(void)
+static const char *self;
+
+/* A rank of a run of plan WEFT_TEST_GRAPHS_PLAN, STEPS steps on the CPU
+ * backend, through graphs where mode is "graphs": rank 0 prints each
+ * step's loss and the graphs' figures, and the parameters go to
+ * WEFT_TEST_GRAPHS_PARAMS. */
+static int as_rank(const char *mode)
 {
+    struct diag d;
+    diag_init(&d);
+    struct comm *c = comm_mpi_open(NULL, NULL, 60, &d);
+    struct rank_plan R;
+    struct exec *x = NULL;
+    if (!c || rank_plan_load(getenv("WEFT_TEST_GRAPHS_PLAN"), c->rank, c->size, &R, &d) || comm_groups(c, R.L, &R.schedule, &d)) {
+        diag_print(&d, stderr);
+        return 1;
+    }
+    struct backend *be = backend_open(BACKEND_CPU, &R.kernels, &d);
+    if (be && !strcmp(mode, "graphs"))
+        be = graphed_open(be);
+    if (!be || !(x = exec_new_on(&R, c, SEED, be, &d))) {
+        diag_print(&d, stderr);
+        comm_abort(c, 1);
+    }
+    for (int s = 0; s < STEPS; s++) {
+        struct exec_stats st;
+        if (exec_step(x, s, &st, &d)) {
+            diag_print(&d, stderr);
+            comm_abort(c, 1);
+        }
+        if (c->rank == 0)
+            printf("step %d loss %.9g norm %.9g\n", s + 1, st.loss, st.grad_norm);
+    }
+    struct backend_graph_stats g;
+    backend_graph_stats(be, &g);
+    printf("rank %d: %ld captured, %ld launched, %ld updated, %ld call by call\n", c->rank, g.captured, g.replayed, g.updated, g.eager);
+    FILE *f = c->rank == 0 ? fopen(getenv("WEFT_TEST_GRAPHS_PARAMS"), "wb") : NULL;
+    if (exec_dump_params(x, f, &d) || (f && fclose(f))) {
+        diag_print(&d, stderr);
+        comm_abort(c, 1);
+    }
+    exec_free(x);
+    rank_plan_free(&R);
+    comm_close(c);
+    diag_free(&d);
+    return 0;
+}
+
+static void run_ranks(const char *mode, const char *plan4, const char *params, struct run *r)
+{
+    setenv("WEFT_TEST_GRAPHS_RANK", mode, 1);
+    setenv("WEFT_TEST_GRAPHS_PLAN", plan4, 1);
+    setenv("WEFT_TEST_GRAPHS_PARAMS", params, 1);
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", self, NULL};
+    run_mpi(r, argv);
+    unsetenv("WEFT_TEST_GRAPHS_RANK");
+    if (r->status)
+        fail_msg("%s run on 4 ranks: status %d: %s", mode, r->status, r->err);
+}
+
+/* Four ranks, tp 2 and pp 2, two micro-batches a step: the run through
+ * graphs prints the same losses and norms and ends with the same
+ * parameters, byte for byte, as the run call by call; every rank
+ * captured graphs and replayed them. */
+static void test_four_ranks_replayed_are_the_run(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    char plan4[] = "/tmp/weft-test-graphs4-XXXXXX", a[] = "/tmp/weft-test-graphs-a-XXXXXX", b[] = "/tmp/weft-test-graphs-b-XXXXXX";
+    close(mkstemp(plan4)), close(mkstemp(a)), close(mkstemp(b));
+    const char *args[] = {"compile", "models/gpt2.xml", "--variant", "tiny", "--world-size", "4", "--tp", "2", "--pp", "2",
+                          "--global-batch-size", "2", "--micro-batch-size", "1", "--lr", "1e-3", "--lr-warmup-iters", "4",
+                          "--arch", "cpu", "-o", plan4, NULL};
+    struct run r, plain, graphs;
+    run_weftv(&r, args);
+    if (r.status)
+        fail_msg("weft compile: %s", r.err);
+    run_ranks("plain", plan4, a, &plain);
+    run_ranks("graphs", plan4, b, &graphs);
+    size_t na, nb;
+    char *pa = wf_read_file(a, 1 << 26, &na), *pb = wf_read_file(b, 1 << 26, &nb);
+    for (const char *p = strstr(graphs.out, "step "); p; p = strstr(p + 1, "\nstep "))
+        printf("    %.*s\n", (int)strcspn(p + (*p == '\n'), "\n"), p + (*p == '\n'));
+    for (const char *p = strstr(graphs.out, "rank "); p; p = strstr(p + 1, "\nrank "))
+        printf("    %.*s\n", (int)strcspn(p + (*p == '\n'), "\n"), p + (*p == '\n'));
+    assert_non_null(pa);
+    assert_non_null(pb);
+    assert_true(na == nb && na > 64 && !memcmp(pa, pb, na));
+    for (int s = 1; s <= STEPS; s++) { /* rank 0's lines: the same losses and norms */
+        char key[32];
+        snprintf(key, sizeof key, "step %d loss", s);
+        const char *x = strstr(plain.out, key), *y = strstr(graphs.out, key);
+        assert_true(x && y && !strncmp(x, y, strcspn(x, "\n")));
+    }
+    for (int k = 0; k < 4; k++) { /* every rank replayed graphs */
+        char key[32];
+        snprintf(key, sizeof key, "rank %d: ", k);
+        const char *line = strstr(graphs.out, key);
+        long captured = 0, launched = 0;
+        assert_non_null(line);
+        assert_int_equal(sscanf(line + strlen(key), "%ld captured, %ld launched", &captured, &launched), 2);
+        assert_true(captured > 0 && launched >= (long)(STEPS - 1) * captured);
+    }
+    free(pa), free(pb);
+    unlink(plan4), unlink(a), unlink(b);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    self = argv[0];
+    const char *mode = getenv("WEFT_TEST_GRAPHS_RANK");
+    if (mode)
+        return as_rank(mode);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replayed_steps_are_the_steps),
         cmocka_unit_test(test_stale_arguments_change_the_run),
         cmocka_unit_test(test_refused_capture_runs_call_by_call),
         cmocka_unit_test(test_changing_segment_stops_capturing),
+        cmocka_unit_test(test_four_ranks_replayed_are_the_run),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
