@@ -538,3 +538,24 @@ int backend_cuda_ordinal(int count, const char *device, const char *local_rank, 
 bool backend_holds(struct backend *be, const void *p) { return be->ops->holds && be->ops->holds(be, p); }
 int backend_gpu(struct backend *be, struct backend_gpu *g, struct diag *d) { return be->ops->gpu ? be->ops->gpu(be, g, d) : 0; }
 int backend_poll(struct backend *be, struct diag *d) { return be->ops->poll ? be->ops->poll(be, d) : 1; }
+
+int backend_side_begin(struct backend *be, void **stream, struct diag *d)
+{
+    if (be->ops->side_begin)
+        return be->ops->side_begin(be, stream, d);
+    diag_error(d, NULL, 0, "%s has no second stream", be->description);
+    return -1;
+}
+int backend_side_end(struct backend *be, struct backend_mark **mark, struct diag *d)
+{
+    if (be->ops->side_end)
+        return be->ops->side_end(be, mark, d);
+    diag_error(d, NULL, 0, "%s has no second stream", be->description);
+    return -1;
+}
+int backend_side_done(struct backend *be, struct backend_mark *mark, struct diag *d) { return be->ops->side_done(be, mark, d); }
+void backend_mark_free(struct backend *be, struct backend_mark *mark)
+{
+    if (mark)
+        be->ops->mark_free(be, mark);
+}

@@ -145,6 +145,19 @@ struct backend_gpu {
     void *stream;     /* the CUstream NCCL's work joins, in order with the launches (NULL: the legacy default stream) */
     char bus_id[32];  /* its PCI bus id, "0000:1B:00.0": one GPU of a node */
 };
+/* A second stream, for the communicators' work beside the launches
+ * (comm_nccl.c's collectives): what is put on *stream after
+ * backend_side_begin waits for everything launched before it;
+ * backend_side_end marks the end of what was put there, and
+ * backend_side_done says without waiting whether the work up to a mark has
+ * run (1; 0 not yet; -1 a failure, d says which).  Begin and end return
+ * -1 where the backend has none (the CPU: the caller runs to the end
+ * instead) or on failure. */
+struct backend_mark;
+int backend_side_begin(struct backend *be, void **stream, struct diag *d);
+int backend_side_end(struct backend *be, struct backend_mark **mark, struct diag *d);
+int backend_side_done(struct backend *be, struct backend_mark *mark, struct diag *d);
+void backend_mark_free(struct backend *be, struct backend_mark *mark);
 /* Whether p is memory of be that the host cannot read (the GPU's). */
 bool backend_holds(struct backend *be, const void *p);
 /* be's GPU into *g: 1, or 0 where be runs on the CPU, -1 on failure (d says why). */

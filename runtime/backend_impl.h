@@ -23,6 +23,11 @@ struct backend_ops {
     bool (*holds)(struct backend *be, const void *p);
     int (*gpu)(struct backend *be, struct backend_gpu *g, struct diag *d);
     int (*poll)(struct backend *be, struct diag *d);
+    /* backend.h's second stream (NULL: none) */
+    int (*side_begin)(struct backend *be, void **stream, struct diag *d);
+    int (*side_end)(struct backend *be, struct backend_mark **mark, struct diag *d);
+    int (*side_done)(struct backend *be, struct backend_mark *mark, struct diag *d);
+    void (*mark_free)(struct backend *be, struct backend_mark *mark);
     /* Graphs (NULL: none; backend.h's segments run call by call).  capture_begin: the calls after it are recorded
      * into a graph, not run; capture_end: that graph made launchable (*graph), nothing run, and recording over
      * whether or not it succeeds.  graph_nodes: the kernel nodes recorded so far (capturing), or set so far

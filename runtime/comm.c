@@ -267,3 +267,19 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
         snprintf(why, n, "%s", reason);
     return 0;
 }
+
+int comm_start(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count, int dtype,
+               struct comm_pending *p, struct diag *d)
+{
+    p->layer = NULL, p->handle = NULL;
+    if (c->ops->start)
+        return c->ops->start(c, g, set, op, send, recv, count, dtype, p, d);
+    return c->ops->collective(c, g, set, op, send, recv, count, dtype, d);
+}
+
+int comm_finish(struct comm_pending *p, struct diag *d)
+{
+    struct comm *layer = p->layer;
+    p->layer = NULL;
+    return layer ? layer->ops->finish(layer, p, d) : 0;
+}

@@ -44,6 +44,12 @@
 struct comm;
 struct backend;
 
+/* A collective started and not yet finished (comm_start, comm_finish). */
+struct comm_pending {
+    struct comm *layer; /* the layer that started it and finishes it; NULL: it finished as it started */
+    void *handle;       /* that layer's */
+};
+
 /* One half of a pipeline transfer. */
 struct comm_msg {
     bool send;
@@ -68,7 +74,22 @@ struct comm_ops {
     int (*barrier)(struct comm *c, struct diag *d);
     /* this layer's own state (comm_close, comm_leave_device free the rest) */
     void (*close)(struct comm *c);
+    /* The collective as `collective` says, started and left running: *p for finish, which waits for it (the
+     * same deadline, the same messages).  The buffers are the collective's until then.  NULL: the layer runs
+     * its collectives to the end (comm_start does). */
+    int (*start)(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count,
+                 int dtype, struct comm_pending *p, struct diag *d);
+    int (*finish)(struct comm *c, struct comm_pending *p, struct diag *d);
 };
+
+/* A collective started, so that work that needs neither its buffers nor
+ * its result goes on meanwhile (a GPU's NCCL on a second stream, MPI's
+ * non-blocking collectives), by whichever layer can; one that cannot runs
+ * it to the end here.  Every comm_start is followed by comm_finish, on
+ * every member in the same order as the others' starts. */
+int comm_start(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count, int dtype,
+               struct comm_pending *p, struct diag *d);
+int comm_finish(struct comm_pending *p, struct diag *d);
 
 /* The communicators a plan's ranks use, each a split of the world: the
  * layout's groups by enum ir_group (TIED's slot holds none), then

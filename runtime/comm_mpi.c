@@ -168,8 +168,16 @@ static void bf16_max(void *in, void *inout, int *len, MPI_Datatype *type)
         b[i] = wf_bf16_float(a[i]) > wf_bf16_float(b[i]) ? a[i] : b[i];
 }
 
-static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv,
-                          int64_t count, int dtype, struct diag *d)
+/* What mpi_start left running: its request, and what a missed deadline names. */
+struct mpi_pending {
+    MPI_Request req;
+    enum ir_coll op;
+    int split;
+};
+
+/* The collective posted (MPI's non-blocking one) into *req, its split into *split. */
+static int post(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count, int dtype,
+                MPI_Request *req, int *split_out, struct diag *d)
 {
     struct mpi *m = c->impl;
     int split = split_of(c, g, set);
@@ -191,22 +199,51 @@ static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll
         return -1;
     }
     MPI_Op how = dtype == IR_DTYPE_BF16 ? (sums ? m->bf16_sum : m->bf16_max) : sums ? MPI_SUM : MPI_MAX;
-    MPI_Request req;
     int rc, n = (int)count;
     const void *in = send == recv ? MPI_IN_PLACE : send;
     switch (op) {
     case IR_COLL_ALL_REDUCE:
-    case IR_COLL_ALL_REDUCE_MAX: rc = MPI_Iallreduce(in, recv, n, t, how, comm, &req); break;
-    case IR_COLL_ALL_GATHER: rc = MPI_Iallgather(send, n, t, recv, n, t, comm, &req); break;
-    case IR_COLL_REDUCE_SCATTER: rc = MPI_Ireduce_scatter_block(send, recv, n / size, t, how, comm, &req); break;
-    case IR_COLL_ALL_TO_ALL: rc = MPI_Ialltoall(send, n / size, t, recv, n / size, t, comm, &req); break;
+    case IR_COLL_ALL_REDUCE_MAX: rc = MPI_Iallreduce(in, recv, n, t, how, comm, req); break;
+    case IR_COLL_ALL_GATHER: rc = MPI_Iallgather(send, n, t, recv, n, t, comm, req); break;
+    case IR_COLL_REDUCE_SCATTER: rc = MPI_Ireduce_scatter_block(send, recv, n / size, t, how, comm, req); break;
+    case IR_COLL_ALL_TO_ALL: rc = MPI_Ialltoall(send, n / size, t, recv, n / size, t, comm, req); break;
     default: rc = MPI_ERR_OP;
     }
     if (rc != MPI_SUCCESS) {
         diag_error(d, NULL, 0, "rank %d: MPI %s over %s failed", c->rank, ir_coll_name(op), split_str(split));
         return -1;
     }
-    return wait_for(c, &req, ir_coll_name(op), split, d);
+    *split_out = split;
+    return 0;
+}
+
+static int mpi_collective(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv,
+                          int64_t count, int dtype, struct diag *d)
+{
+    MPI_Request req;
+    int split;
+    return post(c, g, set, op, send, recv, count, dtype, &req, &split, d) ? -1 : wait_for(c, &req, ir_coll_name(op), split, d);
+}
+
+static int mpi_start(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count,
+                     int dtype, struct comm_pending *p, struct diag *d)
+{
+    struct mpi_pending *q = wf_calloc(1, sizeof *q);
+    q->op = op;
+    if (post(c, g, set, op, send, recv, count, dtype, &q->req, &q->split, d)) {
+        free(q);
+        return -1;
+    }
+    p->layer = c, p->handle = q;
+    return 0;
+}
+
+static int mpi_finish(struct comm *c, struct comm_pending *p, struct diag *d)
+{
+    struct mpi_pending *q = p->handle;
+    int rc = wait_for(c, &q->req, ir_coll_name(q->op), q->split, d);
+    free(q);
+    return rc;
 }
 
 static int mpi_barrier(struct comm *c, struct diag *d)
@@ -278,7 +315,8 @@ static void mpi_close(struct comm *c)
     free(m);
 }
 
-static const struct comm_ops mpi_ops = {"mpi", mpi_collective, mpi_exchange, mpi_barrier, mpi_close};
+static const struct comm_ops mpi_ops = {.name = "mpi", .collective = mpi_collective, .exchange = mpi_exchange, .barrier = mpi_barrier,
+                                        .close = mpi_close, .start = mpi_start, .finish = mpi_finish};
 
 struct comm *comm_mpi_open(int *argc, char ***argv, double timeout, struct diag *d)
 {

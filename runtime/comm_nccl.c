@@ -117,11 +117,11 @@ static void abort_comm(struct nccl *x, int split)
 
 /* Until the work enqueued on split's communicator is done: NCCL has put it
  * on the stream (its state no longer ncclInProgress) and, with `stream`,
- * the stream has run it.  NCCL's error, or the deadline passed: the
- * communicator aborted, and the failure said.  c: the communicator whose
- * rank and groups the messages name. */
-static int nccl_wait(struct comm *c, struct nccl *x, int split, bool stream, const char *what, int n_msgs, const struct comm_msg *msgs,
-                     struct diag *d)
+ * the stream has run it (with a mark, the second stream up to it).  NCCL's
+ * error, or the deadline passed: the communicator aborted, and the failure
+ * said.  c: the communicator whose rank and groups the messages name. */
+static int nccl_wait(struct comm *c, struct nccl *x, int split, bool stream, struct backend_mark *mark, const char *what, int n_msgs,
+                     const struct comm_msg *msgs, struct diag *d)
 {
     double end = wf_seconds() + c->timeout;
     for (;;) {
@@ -135,7 +135,7 @@ static int nccl_wait(struct comm *c, struct nccl *x, int split, bool stream, con
             return -1;
         }
         if (state == NC_SUCCESS) {
-            int done = stream ? backend_poll(x->be, d) : 1;
+            int done = mark ? backend_side_done(x->be, mark, d) : stream ? backend_poll(x->be, d) : 1;
             if (done)
                 return done < 0 ? -1 : 0;
         }
@@ -169,13 +169,20 @@ static int nc_dtype(int dtype)
     return dtype == IR_DTYPE_I32 ? NC_INT32 : dtype == IR_DTYPE_F32 ? NC_FLOAT32 : dtype == IR_DTYPE_BF16 ? NC_BFLOAT16 : -1;
 }
 
-static int nccl_collective(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count,
-                           int dtype, struct diag *d)
+/* Whether this layer runs the collective (device buffers, one of the plan's communicators): its split, else -1 (the
+ * world's sums, or host buffers: the layer below's). */
+static int own_split(struct comm *c, enum ir_group g, int set, const void *send, const void *recv)
 {
     struct nccl *x = c->impl;
     int split = g < IR_GROUP_COUNT ? comm_split_index(c->splits, g, set) : -1;
-    if (split < 0 || !backend_holds(x->be, send) || !backend_holds(x->be, recv)) /* the world's, or the host's */
-        return c->inner->ops->collective(c->inner, g, set, op, send, recv, count, dtype, d);
+    return split >= 0 && backend_holds(x->be, send) && backend_holds(x->be, recv) ? split : -1;
+}
+
+/* The collective put on stream over split's communicator (not waited for). */
+static int enqueue(struct comm *c, int split, enum ir_group g, enum ir_coll op, const void *send, void *recv, int64_t count, int dtype,
+                   void *stream, struct diag *d)
+{
+    struct nccl *x = c->impl;
     nc_comm comm = x->comms[split];
     int size = x->split_size[split], t = nc_dtype(dtype);
     if (!comm) {
@@ -191,23 +198,71 @@ static int nccl_collective(struct comm *c, enum ir_group g, int set, enum ir_col
     size_t n = (size_t)count, piece = n / (size_t)size, el = (size_t)ir_dtype_bytes((enum ir_dtype)dtype);
     nc_result r;
     switch (op) {
-    case IR_COLL_ALL_REDUCE: r = nc.all_reduce(send, recv, n, t, NC_SUM, comm, x->stream); break;
-    case IR_COLL_ALL_REDUCE_MAX: r = nc.all_reduce(send, recv, n, t, NC_MAX, comm, x->stream); break;
-    case IR_COLL_ALL_GATHER: r = nc.all_gather(send, recv, n, t, comm, x->stream); break;
-    case IR_COLL_REDUCE_SCATTER: r = nc.reduce_scatter(send, recv, piece, t, NC_SUM, comm, x->stream); break;
+    case IR_COLL_ALL_REDUCE: r = nc.all_reduce(send, recv, n, t, NC_SUM, comm, stream); break;
+    case IR_COLL_ALL_REDUCE_MAX: r = nc.all_reduce(send, recv, n, t, NC_MAX, comm, stream); break;
+    case IR_COLL_ALL_GATHER: r = nc.all_gather(send, recv, n, t, comm, stream); break;
+    case IR_COLL_REDUCE_SCATTER: r = nc.reduce_scatter(send, recv, piece, t, NC_SUM, comm, stream); break;
     default: /* all-to-all: each piece a send and a receive, in one group (ncclAlltoAll is 2.28's alone) */
         r = nc.group_start();
         for (int i = 0; i < size && (r == NC_SUCCESS || r == NC_IN_PROGRESS); i++) {
-            r = nc.send((const char *)send + (size_t)i * piece * el, piece, t, i, comm, x->stream);
+            r = nc.send((const char *)send + (size_t)i * piece * el, piece, t, i, comm, stream);
             if (r == NC_SUCCESS || r == NC_IN_PROGRESS)
-                r = nc.recv((char *)recv + (size_t)i * piece * el, piece, t, i, comm, x->stream);
+                r = nc.recv((char *)recv + (size_t)i * piece * el, piece, t, i, comm, stream);
         }
         nc_result end = nc.group_end();
         r = r == NC_SUCCESS || r == NC_IN_PROGRESS ? end : r;
     }
-    if (enqueued(c, x, split, r, ir_coll_name(op), d))
+    return enqueued(c, x, split, r, ir_coll_name(op), d);
+}
+
+static int nccl_collective(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count,
+                           int dtype, struct diag *d)
+{
+    struct nccl *x = c->impl;
+    int split = own_split(c, g, set, send, recv);
+    if (split < 0)
+        return c->inner->ops->collective(c->inner, g, set, op, send, recv, count, dtype, d);
+    if (enqueue(c, split, g, op, send, recv, count, dtype, x->stream, d))
         return -1;
-    return nccl_wait(c, x, split, true, ir_coll_name(op), 0, NULL, d);
+    return nccl_wait(c, x, split, true, NULL, ir_coll_name(op), 0, NULL, d);
+}
+
+/* What nccl_start left running: the second stream's mark after it. */
+struct nccl_pending {
+    int split;
+    enum ir_coll op;
+    struct backend_mark *mark;
+};
+
+/* On the backend's second stream, after everything launched so far: the
+ * launches after it run beside it until nccl_finish. */
+static int nccl_start(struct comm *c, enum ir_group g, int set, enum ir_coll op, const void *send, void *recv, int64_t count, int dtype,
+                      struct comm_pending *p, struct diag *d)
+{
+    struct nccl *x = c->impl;
+    int split = own_split(c, g, set, send, recv);
+    if (split < 0)
+        return comm_start(c->inner, g, set, op, send, recv, count, dtype, p, d);
+    void *side = NULL;
+    struct nccl_pending *q = wf_calloc(1, sizeof *q);
+    q->split = split, q->op = op;
+    if (backend_side_begin(x->be, &side, d) || enqueue(c, split, g, op, send, recv, count, dtype, side, d) ||
+        backend_side_end(x->be, &q->mark, d)) {
+        free(q);
+        return -1;
+    }
+    p->layer = c, p->handle = q;
+    return 0;
+}
+
+static int nccl_finish(struct comm *c, struct comm_pending *p, struct diag *d)
+{
+    struct nccl *x = c->impl;
+    struct nccl_pending *q = p->handle;
+    int rc = nccl_wait(c, x, q->split, true, q->mark, ir_coll_name(q->op), 0, NULL, d);
+    backend_mark_free(x->be, q->mark);
+    free(q);
+    return rc;
 }
 
 /* Pipeline transfers between two ranks pair in the order they are posted
@@ -243,7 +298,7 @@ static int nccl_exchange(struct comm *c, int n, const struct comm_msg *msgs, str
     nc_result end = nc.group_end();
     r = r == NC_SUCCESS || r == NC_IN_PROGRESS ? end : r;
     int rc = enqueued(c, x, COMM_SPLIT_PIPE, r, "a pipeline transfer", d) ||
-             nccl_wait(c, x, COMM_SPLIT_PIPE, true, "a pipeline transfer", n, v, d);
+             nccl_wait(c, x, COMM_SPLIT_PIPE, true, NULL, "a pipeline transfer", n, v, d);
     free(v);
     return rc ? -1 : 0;
 }
@@ -279,7 +334,8 @@ static void nccl_free(struct nccl *x, double timeout)
 
 static void nccl_close(struct comm *c) { nccl_free(c->impl, c->timeout); }
 
-static const struct comm_ops nccl_ops = {"nccl", nccl_collective, nccl_exchange, nccl_barrier, nccl_close};
+static const struct comm_ops nccl_ops = {.name = "nccl", .collective = nccl_collective, .exchange = nccl_exchange, .barrier = nccl_barrier,
+                                         .close = nccl_close, .start = nccl_start, .finish = nccl_finish};
 
 /* What the first member broadcasts: its unique id, or that it has none. */
 struct nccl_hello {
@@ -338,7 +394,7 @@ int comm_nccl_push(struct comm *c, struct backend *be, struct diag *d)
         snprintf(what, sizeof what, "weft %s", name);
         cfg.commName = what;
         r = nc.init_rank_config(&x->comms[s], k, hello.id, me, &cfg);
-        rc = enqueued(c, x, s, r, "ncclCommInitRankConfig", d) || nccl_wait(c, x, s, false, "ncclCommInitRankConfig", 0, NULL, d);
+        rc = enqueued(c, x, s, r, "ncclCommInitRankConfig", d) || nccl_wait(c, x, s, false, NULL, "ncclCommInitRankConfig", 0, NULL, d);
     }
     free(members);
     if (rc) {

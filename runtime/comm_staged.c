@@ -100,8 +100,8 @@ static void staged_close(struct comm *c)
     free(s);
 }
 
-static const struct comm_ops staged_ops = {"mpi, staged through the host", staged_collective, staged_exchange, staged_barrier,
-                                           staged_close};
+static const struct comm_ops staged_ops = {.name = "mpi, staged through the host", .collective = staged_collective,
+                                           .exchange = staged_exchange, .barrier = staged_barrier, .close = staged_close};
 
 void comm_staged_push(struct comm *c, struct backend *be)
 {

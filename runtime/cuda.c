@@ -26,9 +26,11 @@ typedef struct cu_stream_s *cu_stream;
 typedef struct cu_graph_s *cu_graph;
 typedef struct cu_graph_exec_s *cu_graph_exec;
 typedef struct cu_graph_node_s *cu_graph_node;
+typedef struct cu_event_s *cu_event;
 
 enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76, ATTR_SHARED_OPTIN = 97 };
 enum { FUNC_MAX_DYNAMIC_SHARED = 8 }; /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
+enum { CU_NOT_READY = ABI_CUDA_ERROR_NOT_READY }; /* a query's "not yet" */
 #define STATIC_SHARED_LIMIT (48 * 1024) /* what a block gets without opting in */
 /* CUDA_MEMCPY2D (cuda.h), field for field. */
 struct cu_memcpy_2d {
@@ -96,6 +98,11 @@ static struct {
     cu_result (*graph_exec_destroy)(cu_graph_exec);
     cu_result (*graph_destroy)(cu_graph);
     cu_result (*graph_set_kernel)(cu_graph_exec, cu_graph_node, const struct cu_kernel_node *);
+    cu_result (*event_create)(cu_event *, unsigned flags);
+    cu_result (*event_destroy)(cu_event);
+    cu_result (*event_record)(cu_event, cu_stream);
+    cu_result (*event_query)(cu_event);
+    cu_result (*stream_wait_event)(cu_stream, cu_event, unsigned flags);
 } cu;
 
 static bool load(void)
@@ -126,7 +133,10 @@ static bool load(void)
         WF_DLSYM(cu, begin_capture, "cuStreamBeginCapture_v2"), WF_DLSYM(cu, end_capture, "cuStreamEndCapture"),
         WF_DLSYM(cu, capture_info, "cuStreamGetCaptureInfo_v2"), WF_DLSYM(cu, graph_instantiate, "cuGraphInstantiateWithFlags"),
         WF_DLSYM(cu, graph_launch, "cuGraphLaunch"), WF_DLSYM(cu, graph_exec_destroy, "cuGraphExecDestroy"),
-        WF_DLSYM(cu, graph_destroy, "cuGraphDestroy"), WF_DLSYM(cu, graph_set_kernel, "cuGraphExecKernelNodeSetParams")};
+        WF_DLSYM(cu, graph_destroy, "cuGraphDestroy"), WF_DLSYM(cu, graph_set_kernel, "cuGraphExecKernelNodeSetParams"),
+        WF_DLSYM(cu, event_create, "cuEventCreate"), WF_DLSYM(cu, event_destroy, "cuEventDestroy_v2"),
+        WF_DLSYM(cu, event_record, "cuEventRecord"), WF_DLSYM(cu, event_query, "cuEventQuery"),
+        WF_DLSYM(cu, stream_wait_event, "cuStreamWaitEvent")};
     if (wf_dlsyms(cu.lib, syms, WF_COUNT(syms), "the CUDA driver", "", cu.why, sizeof cu.why)) {
         dlclose(cu.lib);
         cu.lib = NULL;
@@ -174,6 +184,7 @@ struct cuda {
     cu_device dev;
     cu_context ctx;
     cu_stream stream;       /* every launch, copy and GEMM, in order (non-blocking: captured into graphs) */
+    cu_stream side;         /* the communicators' second stream (backend_side_begin), made on first use */
     enum launch_mode mode;
     struct cuda_graph *graph; /* the one being captured or updated */
     int cursor;               /* updating: its next kernel node */
@@ -789,6 +800,8 @@ static void cuda_close(struct backend *be)
     lt_close(c->gemms);
     if (c->stream)
         cu.stream_destroy(c->stream);
+    if (c->side)
+        cu.stream_destroy(c->side);
     if (c->partial)
         cu.mem_free(c->partial);
     for (int k = 0; k < be->F->n_kernels; k++)
@@ -869,6 +882,50 @@ static int cuda_graph_launch(struct backend *be, void *graph, struct diag *d)
     return r ? fail(d, r, "%s", "cannot launch a graph") : 0;
 }
 
+/* ---- The second stream: the communicators' work beside the launches ------- */
+enum { EVENT_DISABLE_TIMING = ABI_CU_EVENT_DISABLE_TIMING };
+
+static int cuda_side_begin(struct backend *be, void **stream, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    cu_event ev = NULL;
+    cu_result r = c->side ? 0 : cu.stream_create(&c->side, STREAM_NON_BLOCKING);
+    if (!r)
+        r = cu.event_create(&ev, EVENT_DISABLE_TIMING);
+    if (!r)
+        r = cu.event_record(ev, c->stream);
+    if (!r)
+        r = cu.stream_wait_event(c->side, ev, 0);
+    if (ev)
+        cu.event_destroy(ev); /* its resources go once the wait has seen it */
+    *stream = c->side;
+    return r ? fail(d, r, "%s", "cannot order the second stream after the launches") : 0;
+}
+
+static int cuda_side_end(struct backend *be, struct backend_mark **mark, struct diag *d)
+{
+    struct cuda *c = (struct cuda *)be;
+    cu_event ev = NULL;
+    cu_result r = cu.event_create(&ev, EVENT_DISABLE_TIMING);
+    if (!r && (r = cu.event_record(ev, c->side)))
+        cu.event_destroy(ev);
+    *mark = r ? NULL : (struct backend_mark *)ev;
+    return r ? fail(d, r, "%s", "cannot mark the second stream") : 0;
+}
+
+static int cuda_side_done(struct backend *be, struct backend_mark *mark, struct diag *d)
+{
+    (void)be;
+    cu_result r = cu.event_query((cu_event)mark);
+    return r == CU_NOT_READY ? 0 : r ? fail(d, r, "%s", "the second stream's work failed") : 1;
+}
+
+static void cuda_mark_free(struct backend *be, struct backend_mark *mark)
+{
+    (void)be;
+    cu.event_destroy((cu_event)mark);
+}
+
 static bool cuda_holds(struct backend *be, const void *p);
 static int cuda_gpu(struct backend *be, struct backend_gpu *g, struct diag *d);
 static int cuda_poll(struct backend *be, struct diag *d);
@@ -879,7 +936,8 @@ static const struct backend_ops cuda_ops = {
     .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close,
     .holds = cuda_holds, .gpu = cuda_gpu, .poll = cuda_poll, .capture_begin = cuda_capture_begin, .capture_end = cuda_capture_end,
     .graph_nodes = cuda_graph_nodes, .graph_update = cuda_graph_update, .graph_launch = cuda_graph_launch,
-    .graph_free = cuda_graph_free};
+    .graph_free = cuda_graph_free, .side_begin = cuda_side_begin, .side_end = cuda_side_end, .side_done = cuda_side_done,
+    .mark_free = cuda_mark_free};
 
 struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 {
@@ -940,7 +998,7 @@ struct backend *backend_cuda_open(const struct kn_set *F, struct diag *d)
 
 /* What the communicators need of the GPU (backend.h: backend_holds,
  * backend_gpu, backend_poll). */
-enum { ATTR_POINTER_MEMORY_TYPE = 2, MEMORY_TYPE_DEVICE = 2, CU_NOT_READY = 600 };
+enum { ATTR_POINTER_MEMORY_TYPE = 2, MEMORY_TYPE_DEVICE = 2 };
 
 static bool cuda_holds(struct backend *be, const void *p)
 {

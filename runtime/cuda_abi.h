@@ -18,6 +18,8 @@
     X(CU_MEMORYTYPE_DEVICE, 2)                  /* cuda.h: CUmemorytype */                                            \
     X(CU_STREAM_NON_BLOCKING, 1)                /* CUstream_flags */                                                   \
     X(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, 1)   /* CUstreamCaptureMode */                                              \
+    X(CU_EVENT_DISABLE_TIMING, 2)               /* CUevent_flags */                                                    \
+    X(CUDA_ERROR_NOT_READY, 600)                /* CUresult */                                                         \
     X(CUDA_R_32F, 0)                            /* library_types.h: cudaDataType */                                    \
     X(CUDA_R_16BF, 14)                                                                                                    \
     X(CUBLAS_STATUS_SUCCESS, 0)                 /* cublas_api.h */                                                     \

@@ -39,6 +39,10 @@ struct exec {
     double clip;             /* the factor the updates scale gradients by */
     long skipped;            /* updates skipped in this run (a non-finite norm): the schedule and Adam count the others */
     long segments;           /* the step's (or validation's) segments so far: the next one's key (run_list) */
+    bool overlap;            /* collectives started and finished when an action needs their bytes (exec_set_overlap) */
+    struct inflight *inflight; /* started, not finished, in the order they started */
+    int n_inflight, cap_inflight;
+    long started, overlapped;  /* collectives started, and those an action ran beside (exec_overlap_counts) */
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
     /* What the host reads of a step (the LOSS and SQSUM actions' rows): copied in the backend, in order,
@@ -55,6 +59,18 @@ struct exec {
     int64_t host_bytes;
     float *param_host;       /* exec_param_runs' host copy of a parameter's state, until the next call */
     int64_t param_host_bytes, param_offset, param_bytes; /* ... its size, and where in the arena it came from */
+};
+
+/* Bytes [lo, hi) of the arena. */
+struct span {
+    int64_t lo, hi;
+};
+
+/* A collective started (comm_start) and not yet finished: the bytes it reads and writes. */
+struct inflight {
+    struct comm_pending p;
+    struct span buf, out;
+    bool overlapped; /* an action ran while it was in flight */
 };
 
 /* A LOSS or SQSUM action's rows, staged at `at` (bytes into the staging). */
@@ -76,6 +92,8 @@ int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->
 
 
 void *exec_arena(struct exec *x) { return x->arena; }
+void exec_set_overlap(struct exec *x, bool on) { x->overlap = on; }
+void exec_overlap_counts(const struct exec *x, long *started, long *overlapped) { *started = x->started, *overlapped = x->overlapped; }
 
 /* The host scratch, at least bytes of it; host_release gives back what a
  * parameter needed (a step's inputs need little). */
@@ -121,6 +139,116 @@ static void *at(struct exec *x, const struct ir_ref *r, int v, int micro)
         fprintf(stderr, "weft run: no buffer for %s %d (virtual stage %d, micro-batch %d)\n", ir_buf_what_name(r->what), r->id, v, micro);
     WF_ASSERT(o >= 0); /* ir_actions_check proved it at compile time */
     return x->arena + o + r->offset;
+}
+
+/* The whole buffer r names (its offset lies within it), as bytes of the
+ * arena; empty where the role has none. */
+static struct span ref_span(const struct exec *x, const struct ir_ref *r, int v, int j)
+{
+    int64_t bytes = 0, o = ir_memory_find(x->m, r->what, r->id, v, j, &bytes);
+    return o < 0 ? (struct span){0, 0} : (struct span){o, o + bytes};
+}
+
+/* The bytes a collective names: buf (or out) and its bytes, exactly (a bucket spans many gradients). */
+static struct span coll_span(struct exec *x, const struct ir_ref *r, int64_t bytes, int v, int j)
+{
+    int64_t o = (const uint8_t *)at(x, r, v, j) - x->arena;
+    return (struct span){o, o + bytes};
+}
+
+static bool meets(struct span a, struct span b) { return a.lo < b.hi && b.lo < a.hi; }
+
+enum { MAX_SPANS = 4 * KN_MAX_SLOTS + 8 };
+
+/* The buffers action i of l (micro-batch j of virtual stage v) reads or
+ * writes, at most MAX_SPANS (whole buffers: a superset); their count.  A
+ * pipeline transfer's: every half of the exchange it starts, and the
+ * packing scratch. */
+static int action_spans(struct exec *x, const struct ir_action_list *l, int i, int v, int j, struct span *s)
+{
+    const struct ir_action *a = &l->v[i];
+    int n = 0;
+    switch (a->kind) {
+    case IR_ACT_GEMM:
+        s[n++] = ref_span(x, &a->gemm.a, v, j), s[n++] = ref_span(x, &a->gemm.b, v, j), s[n++] = ref_span(x, &a->gemm.c, v, j);
+        break;
+    case IR_ACT_LAUNCH: {
+        const struct ir_launch *il = &a->launch;
+        for (int k = 0; k < il->n_in && k < KN_MAX_SLOTS; k++)
+            s[n++] = ref_span(x, &il->in[k], v, j);
+        for (int k = 0; k < il->n_out && k < KN_MAX_SLOTS; k++)
+            s[n++] = ref_span(x, &il->out[k], v, j);
+        if (il->fn_last > KN_ATTN_FWD) { /* attention's backward: its gradients, and the delta in the workspace */
+            struct ir_ref scratch = {.what = IR_BUF_SUMSQ, .id = -1};
+            for (int k = 0; k < 4; k++)
+                s[n++] = ref_span(x, &il->grad_in[k], v, j);
+            s[n++] = ref_span(x, &il->grad_out[0], v, j);
+            s[n++] = ref_span(x, &scratch, v, j);
+        }
+        break;
+    }
+    case IR_ACT_ZERO:
+        s[n++] = ref_span(x, &a->zero, v, j);
+        break;
+    case IR_ACT_COPY:
+        s[n++] = ref_span(x, &a->copy.src, v, j), s[n++] = ref_span(x, &a->copy.dst, v, j);
+        break;
+    case IR_ACT_SEND:
+    case IR_ACT_RECV: {
+        struct ir_ref pack = {.what = IR_BUF_PACK, .id = -1};
+        s[n++] = ref_span(x, &pack, v, j);
+        for (int k = i; k < l->n && n < MAX_SPANS && (l->v[k].kind == IR_ACT_SEND || l->v[k].kind == IR_ACT_RECV); k++)
+            s[n++] = ref_span(x, &l->v[k].p2p.buf, l->v[k].p2p.vstage, l->v[k].p2p.micro);
+        break;
+    }
+    case IR_ACT_COLL:
+        s[n++] = coll_span(x, &a->coll.buf, a->coll.bytes, v, j), s[n++] = coll_span(x, &a->coll.out, a->coll.out_bytes, v, j);
+        break;
+    case IR_ACT_LOSS:
+    case IR_ACT_SQSUM:
+        s[n++] = ref_span(x, &a->loss, v, j);
+        break;
+    default:
+        s[n++] = (struct span){0, x->arena_bytes}; /* anything */
+    }
+    return n;
+}
+
+/* The in-flight collectives finished, in the order they started, up to
+ * and including the one at `last`. */
+static int finish_upto(struct exec *x, int last, struct diag *d)
+{
+    double t0 = wf_seconds();
+    int rc = 0;
+    for (int i = 0; i <= last; i++) {
+        if (comm_finish(&x->inflight[i].p, d))
+            rc = -1;
+        x->overlapped += x->inflight[i].overlapped;
+    }
+    memmove(x->inflight, x->inflight + last + 1, (size_t)(x->n_inflight - last - 1) * sizeof *x->inflight);
+    x->n_inflight -= last + 1;
+    x->action_seconds[IR_ACT_COLL] += wf_seconds() - t0;
+    return rc;
+}
+
+/* Every in-flight collective finished: before the host reads or writes
+ * the backend's memory, or waits for it (a GPU's wait would not keep the
+ * deadline). */
+static int settle(struct exec *x, struct diag *d) { return x->n_inflight ? finish_upto(x, x->n_inflight - 1, d) : 0; }
+
+/* The in-flight collectives action i of l needs finished: those whose
+ * bytes it reads or writes (and the ones started before them). */
+static int settle_for(struct exec *x, const struct ir_action_list *l, int i, int v, int j, struct diag *d)
+{
+    if (!x->n_inflight)
+        return 0;
+    struct span s[MAX_SPANS];
+    int n = action_spans(x, l, i, v, j, s), last = -1;
+    for (int f = 0; f < x->n_inflight; f++)
+        for (int k = 0; k < n; k++)
+            if (meets(x->inflight[f].buf, s[k]) || meets(x->inflight[f].out, s[k]))
+                last = f;
+    return last < 0 ? 0 : finish_upto(x, last, d);
 }
 
 /* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
@@ -279,6 +407,8 @@ static uint64_t dropout_seed(const struct exec *x, int j)
  * sample[1:seq+1]; else synthetic (exec_token). */
 static int fill_inputs(struct exec *x, int v, int j, struct diag *d)
 {
+    if (settle(x, d))
+        return -1;
     for (int t = 0; t < x->R->n_tensors; t++) {
         const struct rank_tensor *T = &x->R->tensors[t];
         int64_t bytes, o = T->kind == IR_TENSOR_INPUT ? ir_memory_find(x->m, IR_BUF_VALUE, t, v, j, &bytes) : -1;
@@ -377,6 +507,8 @@ static int stage_read(struct exec *x, const struct ir_action *a, int v, int j, s
  * sum of squares. */
 static int flush_reads(struct exec *x, struct diag *d)
 {
+    if (settle(x, d))
+        return -1;
     if (x->reads_used && backend_get(x->be, x->reads_host, staging(x) + IR_ALIGN, (size_t)x->reads_used, d))
         return -1;
     for (int i = 0; i < x->n_reads; i++) {
@@ -569,6 +701,10 @@ static int run_actions(struct exec *x, const struct ir_action_list *l, int v, in
 {
     for (int i = 0; i < l->n; i++) {
         const struct ir_action *a = &l->v[i];
+        if (settle_for(x, l, i, v, j, d))
+            return -1;
+        for (int f = 0; f < x->n_inflight; f++)
+            x->inflight[f].overlapped = true;
         double t0 = wf_seconds();
         switch (a->kind) {
         case IR_ACT_GEMM:
@@ -632,9 +768,19 @@ static int run_actions(struct exec *x, const struct ir_action_list *l, int v, in
                 return -1;
             if (c->buf.what == IR_BUF_NORM && put_norm(x, d))
                 return -1;
-            if (x->comm && x->comm->ops->collective(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll,
-                                                    at(x, &c->buf, v, j), at(x, &c->out, v, j),
-                                                    c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype), c->dtype, d))
+            int64_t count = c->bytes / ir_dtype_bytes((enum ir_dtype)c->dtype);
+            x->started += x->comm != NULL;
+            if (x->comm && x->overlap) { /* finished when an action needs its bytes (settle_for), or the host does */
+                WF_GROW(x->inflight, x->n_inflight, x->cap_inflight);
+                struct inflight *f = &x->inflight[x->n_inflight];
+                f->overlapped = false;
+                f->buf = coll_span(x, &c->buf, c->bytes, v, j), f->out = coll_span(x, &c->out, c->out_bytes, v, j);
+                if (comm_start(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll, at(x, &c->buf, v, j),
+                               at(x, &c->out, v, j), count, c->dtype, &f->p, d))
+                    return -1;
+                x->n_inflight++;
+            } else if (x->comm && x->comm->ops->collective(x->comm, (enum ir_group)c->group, c->set, (enum ir_coll)c->coll,
+                                                           at(x, &c->buf, v, j), at(x, &c->out, v, j), count, c->dtype, d))
                 return -1;
             if (!x->comm && !same_ref(&c->buf, &c->out) && /* one rank: the group is itself */
                 backend_copy(x->be, at(x, &c->out, v, j), at(x, &c->buf, v, j), (size_t)c->out_bytes, d))
@@ -706,7 +852,7 @@ struct exec *exec_new_on(const struct rank_plan *R, struct comm *comm, uint64_t 
         return NULL;
     }
     struct exec *x = wf_calloc(1, sizeof *x);
-    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1, x->be = be;
+    x->R = R, x->comm = comm, x->seed = seed, x->loss_op = -1, x->tokens_in = -1, x->be = be, x->overlap = true;
     int *component = ir_pp_components(R->L);
     x->tied_first = ir_tied_contributes(R->L, component, R->rank);
     free(component);
@@ -752,6 +898,7 @@ void exec_free(struct exec *x)
         backend_close(x->be);
     }
     free(x->kernel_seconds);
+    free(x->inflight); /* after a failure: the job ends (comm_abort) with what was in flight */
     free(x->reads);
     free(x->reads_host);
     free(x->host);

@@ -148,6 +148,13 @@ double exec_kernel_seconds(const struct exec *x, int kernel);
 /* The arena, in the backend's memory (on the CPU, where tests read
  * parameters in it). */
 void *exec_arena(struct exec *x);
+/* Collectives started and left running until an action reads or writes
+ * their bytes (or the host waits), so that what needs neither goes on
+ * meanwhile: on by default; off, each runs to its end where it stands. */
+void exec_set_overlap(struct exec *x, bool on);
+/* The collectives the actions started so far (not the executor's own sums), and how many of them had
+ * another action run while they were in flight. */
+void exec_overlap_counts(const struct exec *x, long *started, long *overlapped);
 /* The backend the executor runs on (the communicator carries its memory: comm_use_device). */
 struct backend *exec_backend(struct exec *x);
 

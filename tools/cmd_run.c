@@ -26,7 +26,7 @@
 static const char usage[] =
     "usage: [mpirun -np N] weft run PLAN [--steps N] [--seed S] [--log FILE] [--log-interval N] [--skip-limit N]\n"
     "                                    [--timeout SECONDS] [--dump-params FILE] [--device cpu|cuda]\n"
-    "                                    [--comm auto|mpi|nccl] [--cuda-graphs on|off]\n"
+    "                                    [--comm auto|mpi|nccl] [--cuda-graphs on|off] [--overlap on|off]\n"
     "                                    [--data-path PREFIX [--split 969,30,1] [--eval-interval N --eval-iters K]]\n"
     "                                    [--save DIR [--save-interval N] [--save-format weft|hf]] [--load PATH]\n"
     "\n"
@@ -78,7 +78,11 @@ static const char usage_flags[] =
     "               else mpi); on the CPU, MPI carries the run (nccl there: an error)\n"
     "  --cuda-graphs G  on (default) or off: a GPU replays each run of launches between host steps\n"
     "               as a CUDA graph from its third step\n"
+    "  --overlap O  on (default) or off: a collective runs beside the actions that do not touch its\n"
+    "               buffers (NCCL on a second stream), until one does\n"
     "  --profile    at the end, rank 0's ten slowest kernels (graphs off)\n"
+    ;
+static const char usage_more_flags[] =
     "  --calibration FILE  constants of the device model the predicted step is costed on (weft simulate --help says\n"
     "                       the keys; its GEMM and kernel rates are fitted to the run, its link measured at the start)\n"
     "  --dump-params FILE  at the end, every parameter whole (rank 0 writes; exec.h says the format)\n"
@@ -399,7 +403,7 @@ int cmd_run(int argc, char **argv)
     long save_interval = 0;
     bool seed_given = false;
     double timeout = 300;
-    bool profile = false, graphs = true;
+    bool profile = false, graphs = true, overlap = true;
     enum backend_kind device = BACKEND_CPU;
     const char *comm_arg = "auto";
     enum comm_kind comm_kind = COMM_AUTO;
@@ -407,7 +411,7 @@ int cmd_run(int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout), fputs(usage_flags, stdout);
+            fputs(usage, stdout), fputs(usage_flags, stdout), fputs(usage_more_flags, stdout);
             return EXIT_OK;
         }
         bool has = i + 1 < argc;
@@ -452,13 +456,13 @@ int cmd_run(int argc, char **argv)
                 return EXIT_BAD_INPUT;
             }
             device = !strcmp(v, "cuda") ? BACKEND_CUDA : BACKEND_CPU;
-        } else if (!strcmp(a, "--cuda-graphs") && has) {
+        } else if ((!strcmp(a, "--cuda-graphs") || !strcmp(a, "--overlap")) && has) {
             const char *v = argv[++i];
             if (strcmp(v, "on") && strcmp(v, "off")) {
-                fprintf(stderr, "weft run: --cuda-graphs %s: expected on or off\n", v);
+                fprintf(stderr, "weft run: %s %s: expected on or off\n", a, v);
                 return EXIT_BAD_INPUT;
             }
-            graphs = !strcmp(v, "on");
+            *(!strcmp(a, "--overlap") ? &overlap : &graphs) = !strcmp(v, "on");
         } else if (!strcmp(a, "--comm") && has) {
             comm_arg = argv[++i];
             if (comm_kind_parse(comm_arg, &comm_kind)) {
@@ -493,12 +497,13 @@ int cmd_run(int argc, char **argv)
         else if (a[0] != '-' && !path)
             path = a;
         else {
-            fprintf(stderr, "weft run: %s: unknown flag or missing value\n%s%s", a, usage, usage_flags);
+            fprintf(stderr, "weft run: %s: unknown flag or missing value\n%s%s%s", a, usage, usage_flags,
+                    usage_more_flags);
             return EXIT_BAD_INPUT;
         }
     }
     if (!path) {
-        fprintf(stderr, "weft run: no plan file given\n%s%s", usage, usage_flags);
+        fprintf(stderr, "weft run: no plan file given\n%s%s%s", usage, usage_flags, usage_more_flags);
         return EXIT_BAD_INPUT;
     }
     if (save_format && strcmp(save_format, "hf") && strcmp(save_format, "weft")) {
@@ -567,6 +572,8 @@ int cmd_run(int argc, char **argv)
         rc = EXIT_FAILURE_RUN;
     if (x && (!graphs || profile)) /* --profile times each launch */
         backend_use_graphs(exec_backend(x), false);
+    if (x)
+        exec_set_overlap(x, overlap);
     char comm_why[768] = ""; /* why --comm auto took MPI on a GPU */
     if (x) { /* the communicator carries the backend's memory: NCCL, MPI staged through the host, or MPI on the CPU */
         struct diag cd;
@@ -794,6 +801,11 @@ int cmd_run(int argc, char **argv)
         if (gs.captured)
             printf("rank 0's CUDA graphs: %ld captured, %ld launches of them (%ld calls, %ld kernel nodes given new arguments), "
                    "%ld runs call by call\n", gs.captured, gs.replayed, gs.calls, gs.updated, gs.eager);
+        long started, overlapped;
+        exec_overlap_counts(x, &started, &overlapped);
+        if (started)
+            printf("rank 0's collectives: %ld started, %ld of them in flight while other actions ran (--overlap %s)\n", started,
+                   overlapped, overlap ? "on" : "off");
         double rest = total;
         printf("rank 0's time:");
         for (int k = 0; k < IR_ACT_COUNT; k++)
