@@ -127,7 +127,8 @@ static bool is_param(const struct partition *P, int t) { return P->g->tensors[t]
 
 /* Megatron's gradient buckets (distributed/param_and_grad_buffer.py): a
  * chunk's parameters in the order the backward finishes them (reverse),
- * a bucket closed once it holds max(40M, 1M x dp) elements.  A bucket is
+ * a bucket closed once it holds max(40M, 1M x dp) elements (or
+ * --ddp-bucket-size).  A bucket is
  * reduced as soon as the last micro-batch's backward has finished it, while
  * the backward goes on.  A parameter read by several chunks of one stage is
  * the first chunk's.  Returns the buckets' sizes in bytes of main
@@ -145,7 +146,7 @@ int schedule_grad_buckets(const struct partition *P, int chunk, bool experts, in
     const struct ir_graph *g = P->g;
     int n = 0;
     int64_t limit = (int64_t)P->L->pc.dp * 1000000, fill = 0;
-    limit = limit > 40000000 ? limit : 40000000;
+    limit = P->L->pc.ddp_bucket_size > 0 ? P->L->pc.ddp_bucket_size : limit > 40000000 ? limit : 40000000;
     int *params = wf_calloc((size_t)g->n_tensors + 1, sizeof *params), *chunks = wf_calloc((size_t)g->n_tensors + 1, sizeof *chunks);
     for (int i = 0, np = partition_stage_params(P, P->chunks[chunk].stage, params, chunks); i < np; i++) {
         if (chunks[i] != chunk || schedule_is_expert_param(P, params[i]) != experts)

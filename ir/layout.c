@@ -32,6 +32,8 @@ const struct par_flag par_flags[] = {
     {"grad-reduce-in-bf16", NULL, F(grad_reduce_in_bf16), true, 0,
      "with --bf16: parameters' gradients accumulated and reduced over data-parallel ranks in bf16"},
     {"make-vocab-size-divisible-by", NULL, F(vocab_divisible_by), false, 1, "pad the vocabulary to a multiple of this times tp"},
+    {"ddp-bucket-size", NULL, F(ddp_bucket_size), false, 1,
+     "elements a data-parallel gradient bucket holds at least (default max(40M, 1M x dp))"},
 };
 #undef F
 const int par_n_flags = (int)WF_COUNT(par_flags);

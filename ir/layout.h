@@ -43,6 +43,8 @@ struct par_config {
     bool grad_reduce_in_bf16;       /* --grad-reduce-in-bf16 (with --bf16): parameters' main gradients accumulated
                                      * and reduced in bf16, Megatron-Core's grad_reduce_in_fp32=False */
     int vocab_divisible_by;         /* --make-vocab-size-divisible-by; 128 */
+    int ddp_bucket_size;            /* --ddp-bucket-size: the elements a data-parallel gradient bucket holds at least;
+                                     * 0: Megatron's max(40M, 1M x dp) */
     /* derived by rank_layout_new: */
     int dp, expert_dp;
     int encoder_world, decoder_world;

@@ -27,6 +27,7 @@ void ir_layout_write(struct plan_writer *w, const struct par_config *pc, bool ha
     plan_put_u8(w, has_encoder);
     plan_put_u8(w, pc->bf16);
     plan_put_u8(w, pc->grad_reduce_in_bf16); /* 5.2 */
+    plan_put_i32(w, pc->ddp_bucket_size);    /* 5.3 */
 }
 
 int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, struct diag *d)
@@ -44,6 +45,7 @@ int ir_layout_read(struct plan *p, struct par_config *pc, bool *has_encoder, str
     /* Fields added later are read when present (older plans lack them). */
     pc->bf16 = r.at < r.end ? plan_get_u8(&r) : false;
     pc->grad_reduce_in_bf16 = r.at < r.end ? plan_get_u8(&r) : false;
+    pc->ddp_bucket_size = r.at < r.end ? plan_get_i32(&r) : 0;
     if (r.bad) {
         diag_error(d, NULL, 0, "plan section 'layout' is shorter than its fields: the plan is corrupted");
         return -1;

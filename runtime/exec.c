@@ -43,6 +43,10 @@ struct exec {
     struct inflight *inflight; /* started, not finished, in the order they started */
     int n_inflight, cap_inflight;
     long started, overlapped;  /* collectives started, and those an action ran beside (exec_overlap_counts) */
+    struct ir_action_list *early; /* per program instruction: a last backward with the collectives after it started
+                                   * within it (hoist), or an empty list (.v NULL): none */
+    bool *started_early;       /* per program instruction: its collective is started within the backward before it */
+    int n_early;
     double action_seconds[IR_ACT_COUNT];
     double *kernel_seconds;  /* per kernel of the plan, over the run */
     /* What the host reads of a step (the LOSS and SQSUM actions' rows): copied in the backend, in order,
@@ -93,7 +97,10 @@ int64_t exec_global_batch(const struct exec *x) { return x->micro_batch * x->R->
 
 void *exec_arena(struct exec *x) { return x->arena; }
 void exec_set_overlap(struct exec *x, bool on) { x->overlap = on; }
-void exec_overlap_counts(const struct exec *x, long *started, long *overlapped) { *started = x->started, *overlapped = x->overlapped; }
+void exec_overlap_counts(const struct exec *x, long *started, long *overlapped, int *early)
+{
+    *started = x->started, *overlapped = x->overlapped, *early = x->overlap ? x->n_early : 0;
+}
 
 /* The host scratch, at least bytes of it; host_release gives back what a
  * parameter needed (a step's inputs need little). */
@@ -132,14 +139,17 @@ static double normal(uint64_t seed, uint64_t stream, uint64_t index)
     return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-static void *at(struct exec *x, const struct ir_ref *r, int v, int micro)
+/* Where r is, in bytes from the arena's start. */
+static int64_t ref_offset(const struct exec *x, const struct ir_ref *r, int v, int micro)
 {
     int64_t o = ir_memory_offset(x->m, r->what, r->id, v, micro);
     if (o < 0)
         fprintf(stderr, "weft run: no buffer for %s %d (virtual stage %d, micro-batch %d)\n", ir_buf_what_name(r->what), r->id, v, micro);
     WF_ASSERT(o >= 0); /* ir_actions_check proved it at compile time */
-    return x->arena + o + r->offset;
+    return o + r->offset;
 }
+
+static void *at(struct exec *x, const struct ir_ref *r, int v, int micro) { return x->arena + ref_offset(x, r, v, micro); }
 
 /* The whole buffer r names (its offset lies within it), as bytes of the
  * arena; empty where the role has none. */
@@ -150,9 +160,9 @@ static struct span ref_span(const struct exec *x, const struct ir_ref *r, int v,
 }
 
 /* The bytes a collective names: buf (or out) and its bytes, exactly (a bucket spans many gradients). */
-static struct span coll_span(struct exec *x, const struct ir_ref *r, int64_t bytes, int v, int j)
+static struct span coll_span(const struct exec *x, const struct ir_ref *r, int64_t bytes, int v, int j)
 {
-    int64_t o = (const uint8_t *)at(x, r, v, j) - x->arena;
+    int64_t o = ref_offset(x, r, v, j);
     return (struct span){o, o + bytes};
 }
 
@@ -164,7 +174,7 @@ enum { MAX_SPANS = 4 * KN_MAX_SLOTS + 8 };
  * writes, at most MAX_SPANS (whole buffers: a superset); their count.  A
  * pipeline transfer's: every half of the exchange it starts, and the
  * packing scratch. */
-static int action_spans(struct exec *x, const struct ir_action_list *l, int i, int v, int j, struct span *s)
+static int action_spans(const struct exec *x, const struct ir_action_list *l, int i, int v, int j, struct span *s)
 {
     const struct ir_action *a = &l->v[i];
     int n = 0;
@@ -209,7 +219,7 @@ static int action_spans(struct exec *x, const struct ir_action_list *l, int i, i
         s[n++] = ref_span(x, &a->loss, v, j);
         break;
     default:
-        s[n++] = (struct span){0, x->arena_bytes}; /* anything */
+        s[n++] = (struct span){0, INT64_MAX}; /* anything */
     }
     return n;
 }
@@ -249,6 +259,85 @@ static int settle_for(struct exec *x, const struct ir_action_list *l, int i, int
             if (meets(x->inflight[f].buf, s[k]) || meets(x->inflight[f].out, s[k]))
                 last = f;
     return last < 0 ? 0 : finish_upto(x, last, d);
+}
+
+/* Whether any action of l (for micro-batch j of virtual stage v), from
+ * action `from` on, reads or writes bytes of s. */
+static bool list_meets(const struct exec *x, const struct ir_action_list *l, int from, int v, int j, const struct span *s, int n_s)
+{
+    struct span a[MAX_SPANS];
+    for (int i = from; i < l->n; i++)
+        for (int k = 0, n = action_spans(x, l, i, v, j, a); k < n; k++)
+            for (int q = 0; q < n_s; q++)
+                if (meets(a[k], s[q]))
+                    return true;
+    return false;
+}
+
+/* Megatron's --overlap-grad-reduce, derived from the actions: a collective
+ * that the schedule puts after a backward (a chunk's gradient buckets
+ * after its last micro-batch's) starts within that backward, right after
+ * the last action that reads or writes its bytes, provided nothing between
+ * there and its own place does either.  It then runs beside the rest of
+ * the backward.  Only collectives over groups within the stage move (tp,
+ * cp, ep, expert tp, dp, expert dp): every member of such a group runs
+ * this stage's actions on this memory plan, so all decide alike, and each
+ * communicator sees its collectives in one order on all its members (a
+ * bucket that finishes early may now start before one the backward
+ * finishes last: the tied embedding's, whose gradient its first and last
+ * actions write).  The first collective that cannot move stops the ones
+ * after it; one that zeroes copies or puts the norm first stays put. */
+static void hoist(struct exec *x)
+{
+    const struct ir_program *prog = &x->R->schedule.programs[x->R->stage];
+    x->early = wf_calloc((size_t)prog->n + 1, sizeof *x->early);
+    x->started_early = wf_calloc((size_t)prog->n + 1, sizeof *x->started_early);
+    int *moved_ins = wf_calloc((size_t)prog->n + 1, sizeof *moved_ins), *place = wf_calloc((size_t)prog->n + 1, sizeof *place);
+    for (int i = 0; i < prog->n; i++) {
+        if (prog->ins[i].kind != IR_INS_BACKWARD)
+            continue;
+        int v = prog->ins[i].vstage, j = prog->ins[i].micro, moved = 0;
+        const struct ir_action_list *l = &x->acts->backward[v];
+        for (int c = i + 1; c < prog->n && (prog->ins[c].kind == IR_INS_COLLECTIVE || prog->ins[c].kind == IR_INS_P2P); c++) {
+            const struct ir_action_list *own = &x->acts->ins[c];
+            if (prog->ins[c].kind == IR_INS_P2P)
+                continue; /* what it touches is checked for each collective after it */
+            const struct ir_coll_action *k = own->n == 1 && own->v[0].kind == IR_ACT_COLL ? &own->v[0].coll : NULL;
+            if (!k || k->copies || k->buf.what == IR_BUF_NORM || k->group == IR_GROUP_MP || k->group == IR_GROUP_TIED)
+                break;
+            struct span s[2] = {coll_span(x, &k->buf, k->bytes, -1, -1), coll_span(x, &k->out, k->out_bytes, -1, -1)};
+            struct span in_list = coll_span(x, &k->buf, k->bytes, v, j), out_in_list = coll_span(x, &k->out, k->out_bytes, v, j);
+            if (in_list.lo != s[0].lo || out_in_list.lo != s[1].lo) /* its buffers are not the same seen from the backward */
+                break;
+            int last = -1;
+            for (int a = 0; a < l->n; a++)
+                if (list_meets(x, &(struct ir_action_list){.v = l->v + a, .n = 1}, 0, v, j, s, 2))
+                    last = a;
+            bool between = false;
+            for (int b = i + 1; b < c && !between; b++)
+                between = !x->started_early[b] && list_meets(x, &x->acts->ins[b], 0, -1, -1, s, 2);
+            if (between)
+                break;
+            int q = moved++; /* kept in order of place, then of the program */
+            for (; q > 0 && place[q - 1] > last + 1; q--)
+                place[q] = place[q - 1], moved_ins[q] = moved_ins[q - 1];
+            place[q] = last + 1, moved_ins[q] = c;
+            x->started_early[c] = true;
+        }
+        if (!moved)
+            continue;
+        struct ir_action_list *e = &x->early[i];
+        e->v = wf_calloc((size_t)(l->n + moved), sizeof *e->v);
+        for (int a = 0, q = 0; a <= l->n; a++) { /* l's actions, each moved collective before the action at its place */
+            while (q < moved && place[q] == a)
+                e->v[e->n++] = x->acts->ins[moved_ins[q++]].v[0];
+            if (a < l->n)
+                e->v[e->n++] = l->v[a];
+        }
+        x->n_early += moved;
+    }
+    free(moved_ins);
+    free(place);
 }
 
 /* Element e of this rank's shard of tensor t, as its index in the whole tensor. */
@@ -867,6 +956,7 @@ struct exec *exec_new_on(const struct rank_plan *R, struct comm *comm, uint64_t 
         if (R->tensors[t].kind == IR_TENSOR_INPUT && R->tensors[t].rank)
             x->micro_batch = R->tensors[t].shape[0];
     x->acts = &R->actions.stages[R->stage];
+    hoist(x);
     for (int v = 0; v < x->acts->n_vstages; v++)
         for (int i = 0; i < x->acts->forward[v].n; i++)
             if (x->acts->forward[v].v[i].kind == IR_ACT_LOSS)
@@ -899,6 +989,10 @@ void exec_free(struct exec *x)
     }
     free(x->kernel_seconds);
     free(x->inflight); /* after a failure: the job ends (comm_abort) with what was in flight */
+    for (int i = 0; x->early && i < x->R->schedule.programs[x->R->stage].n; i++)
+        free(x->early[i].v);
+    free(x->early);
+    free(x->started_early);
     free(x->reads);
     free(x->reads_host);
     free(x->host);
@@ -952,8 +1046,8 @@ int exec_step(struct exec *x, long iteration, struct exec_stats *st, struct diag
         if (ins->kind == IR_INS_FORWARD)
             rc = fill_inputs(x, ins->vstage, ins->micro, d) || run_list(x, &x->acts->forward[ins->vstage], ins->vstage, ins->micro, d);
         else if (ins->kind == IR_INS_BACKWARD)
-            rc = run_list(x, &x->acts->backward[ins->vstage], ins->vstage, ins->micro, d);
-        else
+            rc = run_list(x, x->overlap && x->early[i].v ? &x->early[i] : &x->acts->backward[ins->vstage], ins->vstage, ins->micro, d);
+        else if (!(x->overlap && x->started_early[i])) /* else started within the backward before it (hoist) */
             rc = run_list(x, &x->acts->ins[i], -1, -1, d);
         if (rc) {
             char s[256];

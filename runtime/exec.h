@@ -152,9 +152,10 @@ void *exec_arena(struct exec *x);
  * their bytes (or the host waits), so that what needs neither goes on
  * meanwhile: on by default; off, each runs to its end where it stands. */
 void exec_set_overlap(struct exec *x, bool on);
-/* The collectives the actions started so far (not the executor's own sums), and how many of them had
- * another action run while they were in flight. */
-void exec_overlap_counts(const struct exec *x, long *started, long *overlapped);
+/* The collectives the actions started so far (not the executor's own sums), how many of them had
+ * another action run while they were in flight, and how many a step starts within the backward before
+ * them (a chunk's gradient buckets: Megatron's --overlap-grad-reduce, derived from the actions). */
+void exec_overlap_counts(const struct exec *x, long *started, long *overlapped, int *early);
 /* The backend the executor runs on (the communicator carries its memory: comm_use_device). */
 struct backend *exec_backend(struct exec *x);
 

@@ -673,43 +673,56 @@ static void test_grad_reduce_in_bf16_layouts_match_one_rank(void **state)
 
 /* The JSON lines of a --log file: each line's value of key (NAN for null). */
 /* Collectives left in flight beside the actions that do not touch their
- * bytes (--overlap on, the default): with interleaved stages and two
+ * bytes (--overlap on, the default).  With interleaved stages and two
  * data-parallel replicas, a chunk's gradient buckets reduce while the
- * other chunk's backward runs.  The parameters after three steps are the
- * bytes of a run whose every collective ran to its end where it stood. */
+ * other chunk's backward runs; with two replicas and small buckets
+ * (--ddp-bucket-size), the buckets start within the last backward, each
+ * after the last action that writes into it, as Megatron's
+ * --overlap-grad-reduce does.  Either way the parameters after three steps
+ * are the bytes of a run whose every collective ran to its end where the
+ * schedule put it (--overlap off). */
 static void test_overlap_changes_nothing(void **state)
 {
     (void)state;
     if (!have_mpirun())
         SKIP_BECAUSE("needs mpirun (Open MPI)");
-    char plan[] = "/tmp/weft-test-overlap-XXXXXX", on[64], off[64];
-    close(mkstemp(plan));
-    snprintf(on, sizeof on, "%s.on", plan), snprintf(off, sizeof off, "%s.off", plan);
-    compile_layout("models/gpt2.xml", 4, "--pp 2 --num-layers-per-virtual-pipeline-stage 1 --num-layers 4", plan);
-    struct run r[2];
-    for (int k = 0; k < 2; k++) {
-        const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", weft_bin(), "run", plan, "--steps", "3",
-                              "--overlap", k ? "off" : "on", "--dump-params", k ? off : on, NULL};
-        run_mpi(&r[k], argv);
-        if (r[k].status)
-            fail_msg("--overlap %s: %s", k ? "off" : "on", r[k].err);
+    static const struct {
+        int ranks;
+        const char *layout, *what;
+        int early; /* the least collectives a step starts within a backward */
+    } cases[] = {
+        {4, "--pp 2 --num-layers-per-virtual-pipeline-stage 1 --num-layers 4", "interleaved, dp 2", 0},
+        {2, "--ddp-bucket-size 20000", "dp 2, buckets of 20000 elements", 4},
+    };
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        char plan[] = "/tmp/weft-test-overlap-XXXXXX", on[64], off[64], np[8];
+        close(mkstemp(plan));
+        snprintf(on, sizeof on, "%s.on", plan), snprintf(off, sizeof off, "%s.off", plan);
+        snprintf(np, sizeof np, "%d", cases[c].ranks);
+        compile_layout("models/gpt2.xml", cases[c].ranks, cases[c].layout, plan);
+        struct run r[2];
+        long started[2] = {0}, overlapped[2] = {-1, -1};
+        int early[2] = {-1, -1};
+        for (int k = 0; k < 2; k++) {
+            const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan, "--steps", "3",
+                                  "--overlap", k ? "off" : "on", "--dump-params", k ? off : on, NULL};
+            run_mpi(&r[k], argv);
+            if (r[k].status)
+                fail_msg("%s, --overlap %s: %s", cases[c].what, k ? "off" : "on", r[k].err);
+            const char *line = strstr(r[k].out, "rank 0's collectives: ");
+            assert_true(line && sscanf(line, "rank 0's collectives: %ld started, %ld of them in flight while other actions ran, %d a step",
+                                       &started[k], &overlapped[k], &early[k]) == 3);
+        }
+        size_t na, nb;
+        char *a = wf_read_file(on, 1 << 24, &na), *b = wf_read_file(off, 1 << 24, &nb);
+        assert_true(a && b && na == nb && !memcmp(a, b, na));
+        printf("    %s: %ld of rank 0's %ld collectives in flight beside other actions, %d a step started within the backward; the "
+               "parameters the same bytes as with --overlap off\n", cases[c].what, overlapped[0], started[0], early[0]);
+        assert_true(overlapped[0] > 0 && overlapped[0] <= started[0] && early[0] >= cases[c].early);
+        assert_true(started[1] == started[0] && overlapped[1] == 0 && early[1] == 0);
+        free(a), free(b);
+        unlink(plan), unlink(on), unlink(off);
     }
-    const char *line = strstr(r[0].out, "rank 0's collectives: ");
-    long started = 0, overlapped = 0;
-    assert_non_null(line);
-    assert_int_equal(sscanf(line, "rank 0's collectives: %ld started, %ld of them", &started, &overlapped), 2);
-    assert_true(overlapped > 0 && overlapped < started);
-    long started_off = 0, overlapped_off = -1;
-    line = strstr(r[1].out, "rank 0's collectives: ");
-    assert_true(line && sscanf(line, "rank 0's collectives: %ld started, %ld of them", &started_off, &overlapped_off) == 2);
-    assert_true(started_off == started && overlapped_off == 0);
-    size_t na, nb;
-    char *a = wf_read_file(on, 1 << 24, &na), *b = wf_read_file(off, 1 << 24, &nb);
-    assert_true(a && b && na == nb && !memcmp(a, b, na));
-    printf("    interleaved, dp 2: %ld of rank 0's %ld collectives in flight beside other actions; the parameters the same bytes as "
-           "with --overlap off\n", overlapped, started);
-    free(a), free(b);
-    unlink(plan), unlink(on), unlink(off);
 }
 
 static int log_values(const char *path, const char *key, double *v, int max)

@@ -802,10 +802,11 @@ int cmd_run(int argc, char **argv)
             printf("rank 0's CUDA graphs: %ld captured, %ld launches of them (%ld calls, %ld kernel nodes given new arguments), "
                    "%ld runs call by call\n", gs.captured, gs.replayed, gs.calls, gs.updated, gs.eager);
         long started, overlapped;
-        exec_overlap_counts(x, &started, &overlapped);
+        int early;
+        exec_overlap_counts(x, &started, &overlapped, &early);
         if (started)
-            printf("rank 0's collectives: %ld started, %ld of them in flight while other actions ran (--overlap %s)\n", started,
-                   overlapped, overlap ? "on" : "off");
+            printf("rank 0's collectives: %ld started, %ld of them in flight while other actions ran, %d a step started within the "
+                   "backward (--overlap %s)\n", started, overlapped, early, overlap ? "on" : "off");
         double rest = total;
         printf("rank 0's time:");
         for (int k = 0; k < IR_ACT_COUNT; k++)
