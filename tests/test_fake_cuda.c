@@ -1,0 +1,225 @@
+/* test_fake_cuda.c: `weft run --device cuda` through runtime/cuda.c on a
+ * machine without a GPU, the driver and cuBLASLt being tests/fake_cuda.c
+ * (built here into libcuda.so.1 and libcublasLt.so.13, found first by
+ * LD_LIBRARY_PATH), whose kernels are the plan's CPU functions and whose
+ * graphs hold their nodes' arguments by value.  What it checks is cuda.c's
+ * host side, which no other test runs: its stream, its copies and memsets,
+ * the GEMMs' descriptors and their adding transforms, and the CUDA graphs
+ * (capture, node discovery, argument updates, replay):
+ * - five training steps of tiny GPT-2 (fp32, dropout, a warming learning
+ *   rate) through graphs end with the parameters, byte for byte, of the
+ *   same steps launched one by one (--cuda-graphs off), having replayed
+ *   graphs and set kernel nodes' arguments;
+ * - and within 1e-4 of the CPU backend's (the fake's GEMMs are loops). */
+#include "testing.h"
+#include "exec.h"
+#include "launch.h"
+
+#include <math.h>
+#include <sys/stat.h>
+
+static char dir[64];
+
+static void path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", dir, name); }
+
+/* The fake driver built, and the plan's CPU object and each GPU function's argument bytes where it reads them. */
+static void prepare(const char *plan, int world)
+{
+    char so[600], lt[600], kernels[600], manifest[600], log[8192];
+    size_t len;
+    char *src = wf_read_file("tests/fake_cuda.c", 1 << 20, &len);
+    assert_non_null(src);
+    path(so, sizeof so, "libcuda.so.1"), path(lt, sizeof lt, "libcublasLt.so.13");
+    if (cc_cached(src, so, log, sizeof log))
+        fail_msg("tests/fake_cuda.c does not build:\n%s", log);
+    free(src);
+    unlink(lt);
+    assert_int_equal(link(so, lt), 0);
+    struct diag d;
+    diag_init(&d);
+    struct rank_plan R;
+    if (rank_plan_load(plan, 0, world, &R, &d)) /* every rank has the kernels */
+        fail_msg("%s", diag_first_error(&d));
+    path(kernels, sizeof kernels, "kernels.so"), path(manifest, sizeof manifest, "manifest");
+    FILE *k = fopen(kernels, "wb"), *m = fopen(manifest, "w");
+    assert_true(k && m && fwrite(R.kernels.cpu_object, 1, R.kernels.cpu_size, k) == R.kernels.cpu_size);
+    for (int i = 0; i < R.kernels.n_kernels; i++) {
+        const struct kn_entry *e = &R.kernels.kernels[i];
+        if (e->kind == KN_KIND_FUSED)
+            fprintf(m, "%s %zu\n%s_colsum %zu\n", e->name, sizeof(struct kn_args), e->name, sizeof(struct kn_args));
+        else if (e->kind == KN_KIND_ROUTE)
+            fprintf(m, "%s %zu\n", e->name, sizeof(struct kn_route_args));
+        else
+            for (int f = 0; f < KN_ATTN_FNS; f++)
+                fprintf(m, "%s%s %zu\n", e->name, kn_attn_fn_suffix[f], sizeof(struct kn_attn_args));
+    }
+    fclose(k), fclose(m);
+    rank_plan_free(&R);
+    diag_free(&d);
+    setenv("LD_LIBRARY_PATH", dir, 1);
+    setenv("WEFT_FAKE_CUDA_KERNELS", kernels, 1);
+    setenv("WEFT_FAKE_CUDA_MANIFEST", manifest, 1);
+}
+
+/* The --dump-params file's floats, in order (names and counts skipped: both runs are of one plan). */
+static float *params(const char *file, size_t *n)
+{
+    size_t len;
+    char *b = wf_read_file(file, 1 << 26, &len);
+    assert_non_null(b);
+    float *v = malloc(len);
+    size_t at = strlen("weft-params 1\n"), got = 0;
+    while (at + 4 <= len) {
+        uint32_t nl;
+        int64_t count;
+        memcpy(&nl, b + at, 4), at += 4 + nl;
+        memcpy(&count, b + at, 8), at += 8;
+        memcpy(v + got, b + at, (size_t)count * 4), at += (size_t)count * 4, got += (size_t)count;
+    }
+    free(b);
+    *n = got;
+    return v;
+}
+
+/* Five steps of tiny GPT-2 (bf16 as --bf16 says, or fp32) through graphs, launch by launch, and on the CPU backend. */
+static void graphs_on_the_fake_driver(bool bf16, double tolerance)
+{
+    strcpy(dir, "/tmp/weft-test-fake-cuda-XXXXXX");
+    if (!mkdtemp(dir))
+        fail_msg("mkdtemp: %s", strerror(errno));
+    char plan[600], on[600], off[600], cpu[600], log[600];
+    path(plan, sizeof plan, "gpt2.plan"), path(on, sizeof on, "on.params"), path(off, sizeof off, "off.params");
+    path(cpu, sizeof cpu, "cpu.params"), path(log, sizeof log, "fake.log");
+    const char *compile[] = {"compile", "models/gpt2.xml", "--variant", "tiny", "--global-batch-size", "2", "--micro-batch-size", "1",
+                             "--lr", "1e-3", "--lr-warmup-iters", "4", "--arch", "sm_90", "-o", plan, bf16 ? "--bf16" : NULL, NULL};
+    struct run r;
+    run_weftv(&r, compile);
+    if (r.status) {
+        if (strstr(r.err, "NVRTC"))
+            SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r.err);
+        fail_msg("weft compile: %s", r.err);
+    }
+    prepare(plan, 1);
+    struct run runs[3];
+    const char *outs[] = {on, off, cpu};
+    for (int k = 0; k < 3; k++) {
+        setenv("WEFT_FAKE_CUDA_LOG", log, 1);
+        const char *argv[] = {weft_bin(), "run", plan, "--steps", "5", "--device", k == 2 ? "cpu" : "cuda", "--cuda-graphs",
+                              k == 1 ? "off" : "on", "--dump-params", outs[k], "--comm", "mpi", NULL}; /* NCCL would find no GPU */
+        run_mpi(&runs[k], argv); /* weft run starts MPI, whose own allocations outlive it */
+        if (runs[k].status)
+            fail_msg("weft run --device %s --cuda-graphs %s: status %d: %s", argv[6], argv[8], runs[k].status, runs[k].err);
+    }
+    unsetenv("LD_LIBRARY_PATH");
+    const char *graphs = strstr(runs[0].out, "rank 0's CUDA graphs: ");
+    long captured = 0, launched = 0, calls = 0, updated = 0;
+    assert_non_null(graphs);
+    assert_int_equal(sscanf(graphs, "rank 0's CUDA graphs: %ld captured, %ld launches of them (%ld calls, %ld kernel nodes", &captured,
+                            &launched, &calls, &updated), 4);
+    assert_null(strstr(runs[1].out, "rank 0's CUDA graphs: "));
+    char *fake = wf_read_file(log, 1 << 16, &(size_t){0});
+    assert_non_null(fake);
+    long replays = 0, node_sets = 0;
+    const char *line = strstr(fake, "launches"); /* the first run's line: the graphs' */
+    assert_true(line && sscanf(line, "launches %*d replays %ld node_sets %ld", &replays, &node_sets) == 2);
+    printf("    %ld graphs captured, %ld launched (%ld calls), %ld kernel nodes given new arguments; the fake driver ran %ld graph "
+           "launches and set %ld nodes\n", captured, launched, calls, updated, replays, node_sets);
+    assert_true(captured > 0 && launched >= 4 * captured && updated > 0);
+    assert_true(replays == launched && node_sets == updated);
+    size_t na, nb, nc;
+    float *a = params(on, &na), *b = params(off, &nb), *c = params(cpu, &nc);
+    assert_true(na == nb && na == nc && na > 1000);
+    assert_memory_equal(a, b, na * sizeof *a);
+    double worst = 0, top = 0;
+    for (size_t i = 0; i < na; i++) {
+        worst = fabs(a[i] - c[i]) > worst ? fabs(a[i] - c[i]) : worst;
+        top = fabs(c[i]) > top ? fabs(c[i]) : top;
+    }
+    printf("    %s: through graphs and launch by launch the same bytes; against the CPU backend the largest difference %.2e of the "
+           "largest parameter %.2e\n", bf16 ? "bf16" : "fp32", worst, top);
+    assert_true(worst <= tolerance * top);
+    free(a), free(b), free(c), free(fake);
+    char f[600];
+    static const char *const names[] = {"gpt2.plan", "on.params", "off.params", "cpu.params", "fake.log", "libcuda.so.1",
+                                        "libcublasLt.so.13", "kernels.so", "manifest"};
+    for (size_t i = 0; i < WF_COUNT(names); i++)
+        path(f, sizeof f, names[i]), unlink(f);
+    rmdir(dir);
+}
+
+static void test_fp32_on_the_fake_driver(void **state)
+{
+    (void)state;
+    graphs_on_the_fake_driver(false, 1e-4);
+}
+
+/* bf16 GEMM operands and results, fp32 master weights: the fake's sums in
+ * another order than OpenBLAS's, rounded to bf16, drift further. */
+static void test_bf16_on_the_fake_driver(void **state)
+{
+    (void)state;
+    graphs_on_the_fake_driver(true, 1e-2);
+}
+
+/* Four ranks on the one fake GPU (tp 2, pp 2): --comm auto finds them
+ * sharing it and takes MPI, staging the device buffers through the host;
+ * three steps end within 1e-4 of four CPU ranks'. */
+static void test_four_ranks_share_the_fake_gpu(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    strcpy(dir, "/tmp/weft-test-fake-cuda-XXXXXX");
+    if (!mkdtemp(dir))
+        fail_msg("mkdtemp: %s", strerror(errno));
+    char plan[600], gpu[600], cpu[600];
+    path(plan, sizeof plan, "gpt2-4.plan"), path(gpu, sizeof gpu, "gpu.params"), path(cpu, sizeof cpu, "cpu.params");
+    const char *compile[] = {"compile", "models/gpt2.xml", "--variant", "tiny", "--world-size", "4", "--tp", "2", "--pp", "2",
+                             "--global-batch-size", "4", "--arch", "sm_90", "-o", plan, NULL};
+    struct run r[2];
+    run_weftv(&r[0], compile);
+    if (r[0].status) {
+        if (strstr(r[0].err, "NVRTC"))
+            SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r[0].err);
+        fail_msg("weft compile: %s", r[0].err);
+    }
+    prepare(plan, 4);
+    for (int k = 0; k < 2; k++) {
+        const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", weft_bin(), "run", plan, "--steps", "3",
+                              "--device", k ? "cpu" : "cuda", "--dump-params", k ? cpu : gpu, NULL};
+        run_mpi(&r[k], argv);
+        if (r[k].status)
+            fail_msg("4 ranks, --device %s: status %d: %s", argv[11], r[k].status, r[k].err);
+    }
+    unsetenv("LD_LIBRARY_PATH");
+    const char *took = strstr(r[0].out, "note: --comm auto: ");
+    printf("    %.*s\n", took ? (int)strcspn(took, "\n") : 0, took ? took : r[0].out);
+    assert_true(took && strstr(took, "share") && strstr(took, "MPI carries the run, staged through the host"));
+    size_t na, nc;
+    float *a = params(gpu, &na), *c = params(cpu, &nc);
+    assert_true(na == nc && na > 1000);
+    double worst = 0, top = 0;
+    for (size_t i = 0; i < na; i++) {
+        worst = fabs(a[i] - c[i]) > worst ? fabs(a[i] - c[i]) : worst;
+        top = fabs(c[i]) > top ? fabs(c[i]) : top;
+    }
+    printf("    4 ranks on the fake GPU, staged through the host: against 4 CPU ranks the largest difference %.2e of %.2e\n", worst, top);
+    assert_true(worst <= 1e-4 * top);
+    free(a), free(c);
+    char f[600];
+    static const char *const names[] = {"gpt2-4.plan", "gpu.params", "cpu.params", "libcuda.so.1", "libcublasLt.so.13", "kernels.so",
+                                        "manifest"};
+    for (size_t i = 0; i < WF_COUNT(names); i++)
+        path(f, sizeof f, names[i]), unlink(f);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fp32_on_the_fake_driver),
+        cmocka_unit_test(test_bf16_on_the_fake_driver),
+        cmocka_unit_test(test_four_ranks_share_the_fake_gpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
