@@ -288,10 +288,12 @@ res cuDeviceGetAttribute(int *v, int attr, int dev)
     *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 16 ? 4 : attr == 97 ? 232448 : 0;
     return OK;
 }
+/* One GPU shared by the node's ranks, or ($WEFT_FAKE_CUDA_OWN_GPU) one of its own a rank, as NCCL wants. */
 res cuDeviceGetPCIBusId(char *id, int n, int dev)
 {
     (void)dev;
-    snprintf(id, (size_t)n, "0000:00:00.0");
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    snprintf(id, (size_t)n, "0000:%02x:00.0", getenv("WEFT_FAKE_CUDA_OWN_GPU") && rank ? atoi(rank) : 0);
     return OK;
 }
 res cuDevicePrimaryCtxRetain(void **ctx, int dev) { return (void)dev, *ctx = (void *)1, OK; }
