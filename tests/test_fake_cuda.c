@@ -7,9 +7,10 @@
  * the GEMMs' descriptors and their adding transforms, and the CUDA graphs
  * (capture, node discovery, argument updates, replay):
  * - five training steps of tiny GPT-2 (fp32, dropout, a warming learning
- *   rate) through graphs end with the parameters, byte for byte, of the
- *   same steps launched one by one (--cuda-graphs off), having replayed
- *   graphs and set kernel nodes' arguments;
+ *   rate) through graphs (and over NCCL, one rank) end with the
+ *   parameters, byte for byte, of the same steps launched one by one
+ *   (--cuda-graphs off), having replayed graphs and set kernel nodes'
+ *   arguments;
  * - and within 1e-4 of the CPU backend's (the fake's GEMMs are loops);
  * - bf16 likewise (within 1e-2);
  * - four ranks on one fake GPU take MPI staged through the host, and four
@@ -122,7 +123,7 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
     for (int k = 0; k < 3; k++) {
         setenv("WEFT_FAKE_CUDA_LOG", log, 1);
         const char *argv[] = {weft_bin(), "run", plan, "--steps", "5", "--device", k == 2 ? "cpu" : "cuda", "--cuda-graphs",
-                              k == 1 ? "off" : "on", "--dump-params", outs[k], "--comm", "mpi", NULL}; /* NCCL would find no GPU */
+                              k == 1 ? "off" : "on", "--dump-params", outs[k], "--comm", k ? "mpi" : "nccl", NULL};
         run_mpi(&runs[k], argv); /* weft run starts MPI, whose own allocations outlive it */
         if (runs[k].status)
             fail_msg("weft run --device %s --cuda-graphs %s: status %d: %s", argv[6], argv[8], runs[k].status, runs[k].err);
@@ -134,6 +135,7 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
     assert_int_equal(sscanf(graphs, "rank 0's CUDA graphs: %ld captured, %ld launches of them (%ld calls, %ld kernel nodes", &captured,
                             &launched, &calls, &updated), 4);
     assert_null(strstr(runs[1].out, "rank 0's CUDA graphs: "));
+    assert_non_null(strstr(runs[0].out, "collectives and transfers over nccl")); /* a one-rank NCCL run completes */
     char *fake = wf_read_file(log, 1 << 16, &(size_t){0});
     assert_non_null(fake);
     long replays = 0, node_sets = 0;
