@@ -13,7 +13,11 @@
  * nodes; a collective the latency and its ring's bytes: all-reduce 2(n-1)/n
  * of the buffer, all-gather n-1 shards, reduce-scatter and all-to-all
  * (n-1)/n.  Every rank waits in order: a collective or a send holds up what
- * follows it in the rank's program (weft's executor runs them so).
+ * follows it in the rank's program (weft run --overlap off runs them so;
+ * with --overlap on, the default, a chunk's gradient buckets start within
+ * its last backward and collectives run beside the actions that do not
+ * touch their bytes, so a data-parallel step can take up to dp_comm less
+ * than predicted: not modelled yet).
  *
  * Where the time goes, each rank's, averaged over the ranks:
  *   bubble    the pipeline's idle time, as Megatron counts its bubble: a rank
