@@ -12,6 +12,8 @@
  *   (--cuda-graphs off), having replayed graphs and set kernel nodes'
  *   arguments;
  * - and within 1e-4 of the CPU backend's (the fake's GEMMs are loops);
+ * - the device memory the run reports measured is what it predicted (the
+ *   fake's memory in use being exactly weft's allocations);
  * - bf16 likewise (within 1e-2);
  * - four ranks on one fake GPU take MPI staged through the host, and four
  *   on a fake GPU each take NCCL (tests/fake_nccl.c, over the ranks' MPI):
@@ -136,6 +138,12 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
                             &launched, &calls, &updated), 4);
     assert_null(strstr(runs[1].out, "rank 0's CUDA graphs: "));
     assert_non_null(strstr(runs[0].out, "collectives and transfers over nccl")); /* a one-rank NCCL run completes */
+    /* the fake's memory in use is what weft allocated: its accounting (the arena, the staging, cuBLASLt's workspace, the
+     * column sums) must come out exact */
+    const char *mem = strstr(runs[0].out, "measured less predicted ");
+    double excess = 1;
+    assert_true(mem && sscanf(mem, "measured less predicted %lf MiB", &excess) == 1);
+    assert_true(fabs(excess) < 0.05);
     char *fake = wf_read_file(log, 1 << 16, &(size_t){0});
     assert_non_null(fake);
     long replays = 0, node_sets = 0;
