@@ -28,6 +28,7 @@
 #include "exec.h"
 #include "launch.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <sys/stat.h>
 
@@ -79,6 +80,31 @@ static void prepare(const char *plan, int world)
     setenv("LD_LIBRARY_PATH", dir, 1);
     setenv("WEFT_FAKE_CUDA_KERNELS", kernels, 1);
     setenv("WEFT_FAKE_CUDA_MANIFEST", manifest, 1);
+}
+
+/* dir and everything in it gone. */
+static void remove_dir(void)
+{
+    DIR *d = opendir(dir);
+    char f[600];
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            path(f, sizeof f, e->d_name), unlink(f);
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* The largest difference between a and c (n floats), and c's largest magnitude in *top. */
+static double largest_difference(const float *a, const float *c, size_t n, double *top)
+{
+    double worst = 0;
+    *top = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fabs(a[i] - c[i]) > worst ? fabs(a[i] - c[i]) : worst;
+        *top = fabs(c[i]) > *top ? fabs(c[i]) : *top;
+    }
+    return worst;
 }
 
 /* The --dump-params file's floats, in order (names and counts skipped: both runs are of one plan). */
@@ -157,21 +183,12 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
     float *a = params(on, &na), *b = params(off, &nb), *c = params(cpu, &nc);
     assert_true(na == nb && na == nc && na > 1000);
     assert_memory_equal(a, b, na * sizeof *a);
-    double worst = 0, top = 0;
-    for (size_t i = 0; i < na; i++) {
-        worst = fabs(a[i] - c[i]) > worst ? fabs(a[i] - c[i]) : worst;
-        top = fabs(c[i]) > top ? fabs(c[i]) : top;
-    }
+    double top, worst = largest_difference(a, c, na, &top);
     printf("    %s: through graphs and launch by launch the same bytes; against the CPU backend the largest difference %.2e of the "
            "largest parameter %.2e\n", bf16 ? "bf16" : "fp32", worst, top);
     assert_true(worst <= tolerance * top);
     free(a), free(b), free(c), free(fake);
-    char f[600];
-    static const char *const names[] = {"gpt2.plan", "on.params", "off.params", "cpu.params", "fake.log", "libcuda.so.1",
-                                        "libcublasLt.so.13", "kernels.so", "manifest"};
-    for (size_t i = 0; i < WF_COUNT(names); i++)
-        path(f, sizeof f, names[i]), unlink(f);
-    rmdir(dir);
+    remove_dir();
 }
 
 static void test_fp32_on_the_fake_driver(void **state)
@@ -236,20 +253,11 @@ static void four_ranks(const char *layout, const char *comm, const char *want)
     size_t na, nc;
     float *a = params(gpu, &na), *c = params(cpu, &nc);
     assert_true(na == nc && na > 1000);
-    double worst = 0, top = 0;
-    for (size_t i = 0; i < na; i++) {
-        worst = fabs(a[i] - c[i]) > worst ? fabs(a[i] - c[i]) : worst;
-        top = fabs(c[i]) > top ? fabs(c[i]) : top;
-    }
+    double top, worst = largest_difference(a, c, na, &top);
     printf("    against 4 CPU ranks: the largest difference %.2e of %.2e\n", worst, top);
     assert_true(worst <= 1e-4 * top);
     free(a), free(c);
-    char f[600];
-    static const char *const names[] = {"gpt2-4.plan", "gpu.params", "cpu.params", "libcuda.so.1", "libcublasLt.so.13", "libnccl.so.2",
-                                        "kernels.so", "manifest"};
-    for (size_t i = 0; i < WF_COUNT(names); i++)
-        path(f, sizeof f, names[i]), unlink(f);
-    rmdir(dir);
+    remove_dir();
 }
 
 static void test_four_ranks_share_the_fake_gpu(void **state)
