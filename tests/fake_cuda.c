@@ -13,7 +13,10 @@
  * kernel does nothing, as the CPU function sums its columns itself.
  * $WEFT_FAKE_CUDA_MANIFEST lists each function's argument bytes ("name
  * bytes" a line): a driver learns them from the binary.  GEMMs are plain
- * loops with fp32 sums.  Counters go to $WEFT_FAKE_CUDA_LOG at exit. */
+ * loops with fp32 sums.  Counters go to $WEFT_FAKE_CUDA_LOG at exit.
+ * Faults on demand: $WEFT_FAKE_CUDA_MEMORY, the bytes the GPU has (an
+ * allocation past them fails as out of memory); $WEFT_FAKE_CUDA_NO_CAPTURE,
+ * every capture refused. */
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -81,8 +84,12 @@ struct alloc {
 static struct alloc *allocs;
 static int n_allocs;
 
+static size_t in_use(void);
 res cuMemAlloc_v2(unsigned long long *p, size_t bytes)
 {
+    const char *limit = getenv("WEFT_FAKE_CUDA_MEMORY");
+    if (limit && in_use() + bytes > strtoull(limit, NULL, 10))
+        return 2; /* CUDA_ERROR_OUT_OF_MEMORY */
     void *m = calloc(1, bytes ? bytes : 1);
     if (!m)
         return 2; /* CUDA_ERROR_OUT_OF_MEMORY */
@@ -114,12 +121,18 @@ res cuPointerGetAttribute(void *out, int attr, unsigned long long p)
     return ERR_INVALID;
 }
 
-res cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+static size_t in_use(void)
 {
     size_t used = 0;
     for (int i = 0; i < n_allocs; i++)
         used += allocs[i].bytes;
-    *total = (size_t)80 << 30, *free_bytes = *total - used;
+    return used;
+}
+
+res cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+{
+    const char *limit = getenv("WEFT_FAKE_CUDA_MEMORY");
+    *total = limit ? (size_t)strtoull(limit, NULL, 10) : (size_t)80 << 30, *free_bytes = *total - in_use();
     return OK;
 }
 
@@ -300,7 +313,11 @@ res cuDevicePrimaryCtxRetain(void **ctx, int dev) { return (void)dev, *ctx = (vo
 res cuDevicePrimaryCtxRelease_v2(int dev) { return (void)dev, OK; }
 res cuCtxSetCurrent(void *ctx) { return (void)ctx, OK; }
 res cuCtxSynchronize(void) { return OK; }
-res cuGetErrorName(res r, const char **s) { return *s = r == ERR_CAPTURE ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_FAKE", OK; }
+res cuGetErrorName(res r, const char **s)
+{
+    *s = r == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : r == ERR_CAPTURE ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_FAKE";
+    return OK;
+}
 res cuGetErrorString(res r, const char **s) { return (void)r, *s = "an error of the fake driver", OK; }
 
 res cuModuleLoadData(void **mod, const void *image) { return (void)image, *mod = (void *)1, OK; }
@@ -368,6 +385,8 @@ res cuStreamBeginCapture_v2(struct stream *s, int mode)
     (void)mode;
     if (!s || s->capturing)
         return ERR_INVALID;
+    if (getenv("WEFT_FAKE_CUDA_NO_CAPTURE"))
+        return 801; /* CUDA_ERROR_NOT_SUPPORTED */
     s->capturing = calloc(1, sizeof *s->capturing);
     last_node = NULL;
     return OK;

@@ -15,6 +15,8 @@
  * - the device memory the run reports measured is what it predicted (the
  *   fake's memory in use being exactly weft's allocations);
  * - bf16 likewise (within 1e-2);
+ * - a GPU that refuses capture runs the steps call by call, the same
+ *   bytes; one too small for the arena stops the run, saying so;
  * - four ranks on one fake GPU take MPI staged through the host, and four
  *   on a fake GPU each take NCCL (tests/fake_nccl.c, over the ranks' MPI):
  *   tensor-parallel all-reduces, pipeline sends and receives, gradient
@@ -127,6 +129,39 @@ static float *params(const char *file, size_t *n)
     return v;
 }
 
+/* The fake driver's faults on plan: a GPU that refuses every capture runs
+ * each segment call by call, the steps those launched one by one (their
+ * parameters at eager); one too small for the arena stops the run with
+ * status 1, naming the arena and the allocation. */
+static void faults(const char *plan, const char *eager)
+{
+    char refused[600];
+    path(refused, sizeof refused, "refused.params");
+    setenv("LD_LIBRARY_PATH", dir, 1);
+    setenv("WEFT_FAKE_CUDA_NO_CAPTURE", "1", 1);
+    struct run r;
+    const char *argv[] = {weft_bin(), "run", plan, "--steps", "5", "--device", "cuda", "--comm", "mpi", "--dump-params", refused, NULL};
+    run_mpi(&r, argv);
+    unsetenv("WEFT_FAKE_CUDA_NO_CAPTURE");
+    if (r.status)
+        fail_msg("captures refused: status %d: %s", r.status, r.err);
+    assert_null(strstr(r.out, "CUDA graphs:"));
+    size_t na, nb;
+    float *a = params(refused, &na), *b = params(eager, &nb);
+    assert_true(na == nb);
+    assert_memory_equal(a, b, na * sizeof *a);
+    free(a), free(b);
+    setenv("WEFT_FAKE_CUDA_MEMORY", "40000000", 1); /* past cuBLASLt's workspace, short of the arena */
+    const char *small[] = {weft_bin(), "run", plan, "--steps", "1", "--device", "cuda", "--comm", "mpi", NULL};
+    run_mpi(&r, small);
+    unsetenv("WEFT_FAKE_CUDA_MEMORY"), unsetenv("LD_LIBRARY_PATH");
+    printf("    every capture refused: the steps of launch by launch, byte for byte; 40 MB of GPU memory: status %d, %.*s\n", r.status,
+           (int)strcspn(r.err, "\n"), r.err);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "CUDA_ERROR_OUT_OF_MEMORY"));
+    assert_non_null(strstr(r.err, "the arena"));
+}
+
 /* Five steps of tiny GPT-2 (bf16 as --bf16 says, or fp32) through graphs, launch by launch, and on the CPU backend. */
 static void graphs_on_the_fake_driver(bool bf16, double tolerance)
 {
@@ -188,6 +223,8 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
            "largest parameter %.2e\n", bf16 ? "bf16" : "fp32", worst, top);
     assert_true(worst <= tolerance * top);
     free(a), free(b), free(c), free(fake);
+    if (!bf16)
+        faults(plan, off);
     remove_dir();
 }
 
