@@ -339,6 +339,9 @@ struct emitter {
                                  * the backend splits only where no output has a modulus), the body is NAME_rows(a, r0, r1) */
     int vec;                    /* CUDA: 0, or the variant that takes vec columns a thread (c0 ..), per-element
                                  * slots read into and written from arrays (kn_in<slot>[kn_v], kn_out<slot>[kn_v]) */
+    bool resident;              /* CUDA, a block a row, vector variant: where a row fits the block's threads (kn_resident),
+                                 * each thread keeps its columns' sums in registers (kn_rs<slot>) across the block's rows
+                                 * and writes them once, instead of adding into the block's partial sums row by row */
 };
 
 /* Whether pass e->pass reads node i back from the output an earlier pass
@@ -692,6 +695,12 @@ static void vec_preload(struct emitter *e, int p)
                     row_base(&k->out[n->slot], n->slot, false, 0, base, sizeof base), n->slot);
         }
         if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN &&
+            e->lang == KN_LANG_CUDA && e->resident)
+            put(&e->t, "            float kn_ps%d[%d];\n            if (kn_resident)\n"
+                       "                for (int kn_v = 0; kn_v < %d; kn_v++)\n                    kn_ps%d[kn_v] = kn_rs%d[kn_v];\n"
+                       "            else\n                kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
+                n->slot, e->vec, e->vec, n->slot, n->slot, e->vec, kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && e->per[i] && e->phase[i] == p && k->out[n->slot].access == KN_COLUMN &&
             e->lang == KN_LANG_CUDA)
             put(&e->t, "            float kn_ps%d[%d];\n            kn_ld%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
                 n->slot, e->vec, e->vec, kn_column_sum_index(k, n->slot), n->slot);
@@ -714,7 +723,12 @@ static void vec_write(struct emitter *e, int p)
         const struct kn_node *n = &k->nodes[i];
         if ((n->op != KN_STORE && n->op != KN_ACCUM) || !e->per[i] || e->phase[i] != p || done[n->slot])
             continue;
-        if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && e->lang == KN_LANG_CUDA)
+        if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && e->lang == KN_LANG_CUDA && e->resident)
+            put(&e->t, "            if (kn_resident)\n                for (int kn_v = 0; kn_v < %d; kn_v++)\n"
+                       "                    kn_rs%d[kn_v] = kn_ps%d[kn_v];\n"
+                       "            else\n                kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n",
+                e->vec, n->slot, n->slot, e->vec, kn_column_sum_index(k, n->slot), n->slot);
+        else if (n->op == KN_ACCUM && k->out[n->slot].access == KN_COLUMN && e->lang == KN_LANG_CUDA)
             put(&e->t, "            kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + c0, kn_ps%d);\n", e->vec,
                 kn_column_sum_index(k, n->slot), n->slot);
         else if (n->op == KN_ACCUM && c_staged_sum(e, n->slot))
@@ -936,7 +950,20 @@ static void function(struct text *t, const struct kn_kernel *k, const char *knam
     }
     for (int variant = 0; variant < (vec ? 2 : 1); variant++) { /* the vector loops, then the scalar ones */
         e.vec = variant ? 0 : vec;
+        e.resident = !variant && cuda && column_sums && shape == KN_CUDA_BLOCK_ROWS;
+        if (e.resident) { /* a thread's columns c0 .. c0 + vec, the same in every row: their sums stay in registers */
+            put(&e.t, "    const bool kn_resident = cols <= (int64_t)blockDim.x * %d;\n", vec);
+            for (int slot = 0; slot < k->n_out; slot++)
+                if (k->out[slot].access == KN_COLUMN && kn_column_sum_index(k, slot) >= 0)
+                    put(&e.t, "    float kn_rs%d[%d] = {0.f};\n", slot, vec);
+        }
         rows_loop(&e, shape, passes);
+        for (int slot = 0; e.resident && slot < k->n_out; slot++) /* then written once: every column is one thread's */
+            if (k->out[slot].access == KN_COLUMN && kn_column_sum_index(k, slot) >= 0)
+                put(&e.t, "    if (kn_resident && threadIdx.x * (int64_t)%d < cols)\n"
+                          "        kn_st%d_f32(a->partial, (%d * a->nblocks + blockIdx.x) * cols + threadIdx.x * (int64_t)%d, kn_rs%d);\n",
+                    vec, vec, kn_column_sum_index(k, slot), vec, slot);
+        e.resident = false;
         if (vec)
             put(&e.t, variant ? "    }\n" : "    } else {\n");
     }
