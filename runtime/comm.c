@@ -220,7 +220,9 @@ int comm_use_device(struct comm *c, struct backend *be, enum comm_kind want, cha
         return -1;
     }
     WF_ASSERT(c->splits); /* after comm_groups */
-    if (want == COMM_MPI) { /* every rank asked the same: no census */
+    if (want == COMM_MPI || (want == COMM_AUTO && c->size == 1)) { /* every rank asked the same: no census; or one rank, where
+                                                                      * nothing crosses: no NCCL communicators (their start-up
+                                                                      * and their memory on the GPU) */
         comm_staged_push(c, be);
         return 0;
     }

@@ -149,7 +149,8 @@ void comm_close(struct comm *c);
 
 /* weft run --comm: which communicator carries a GPU run's buffers. */
 enum comm_kind {
-    COMM_AUTO, /* NCCL where it can (libnccl loads on every rank, no two ranks of one communicator share a GPU), else MPI */
+    COMM_AUTO, /* NCCL where it can (libnccl loads on every rank, no two ranks of one communicator share a GPU), else MPI;
+                * one rank: MPI (nothing crosses, and NCCL's communicators would cost start-up and GPU memory) */
     COMM_MPI,  /* MPI, device buffers staged through the host */
     COMM_NCCL, /* NCCL, or a failure naming why not */
 };

@@ -186,7 +186,7 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
     for (int k = 0; k < 3; k++) {
         setenv("WEFT_FAKE_CUDA_LOG", log, 1);
         const char *argv[] = {weft_bin(), "run", plan, "--steps", "5", "--device", k == 2 ? "cpu" : "cuda", "--cuda-graphs",
-                              k == 1 ? "off" : "on", "--dump-params", outs[k], "--comm", k ? "mpi" : "nccl", NULL};
+                              k == 1 ? "off" : "on", "--dump-params", outs[k], "--comm", k ? "auto" : "nccl", NULL};
         run_mpi(&runs[k], argv); /* weft run starts MPI, whose own allocations outlive it */
         if (runs[k].status)
             fail_msg("weft run --device %s --cuda-graphs %s: status %d: %s", argv[6], argv[8], runs[k].status, runs[k].err);
@@ -199,6 +199,8 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
                             &launched, &calls, &updated), 4);
     assert_null(strstr(runs[1].out, "rank 0's CUDA graphs: "));
     assert_non_null(strstr(runs[0].out, "collectives and transfers over nccl")); /* a one-rank NCCL run completes */
+    /* one rank, --comm auto: MPI (no NCCL communicators of one rank each), without a note */
+    assert_true(strstr(runs[1].out, "collectives and transfers over mpi, staged through the host") && !strstr(runs[1].out, "note:"));
     /* the fake's memory in use is what weft allocated: its accounting (the arena, the staging, cuBLASLt's workspace, the
      * column sums) must come out exact */
     const char *mem = strstr(runs[0].out, "measured less predicted ");

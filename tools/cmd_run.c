@@ -75,7 +75,7 @@ static const char usage_flags[] =
     "  --comm C     what carries a GPU run's collectives and transfers: nccl (one GPU a rank), mpi (device\n"
     "               buffers staged through the host: several ranks may share a GPU), or auto (the default:\n"
     "               nccl where libnccl.so.2 opens on every rank and no two ranks of one group share a GPU,\n"
-    "               else mpi); on the CPU, MPI carries the run (nccl there: an error)\n"
+    "               else mpi; one rank: mpi, nothing crosses); on the CPU, MPI carries the run (nccl: an error)\n"
     "  --cuda-graphs G  on (default) or off: a GPU replays each run of launches between host steps\n"
     "               as a CUDA graph from its third step\n"
     "  --overlap O  on (default) or off: a collective runs beside the actions that do not touch its\n"
