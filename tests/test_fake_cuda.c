@@ -251,20 +251,25 @@ static void test_bf16_on_the_fake_driver(void **state)
  * at tp 2 and pp 2 (all-reduces, grouped sends and receives), and at dp 2
  * and pp 2 with small buckets (started within the backward on the second
  * stream, and the tied embedding's sum). */
-static void four_ranks(const char *layout, const char *comm, const char *want)
+/* Three steps of model's tiny variant on `ranks` ranks in layout (its flags, the global batch's among them) on fake GPUs
+ * over comm, against as many CPU ranks (AdamW's eps 1e-4, as test_run's layouts: a gradient that is zero in exact
+ * arithmetic is rounding noise, which eps 1e-8 would turn into steps of the learning rate's size); want: what the GPU
+ * run says. */
+static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout, const char *comm, const char *want)
 {
     if (!have_mpirun())
         SKIP_BECAUSE("needs mpirun (Open MPI)");
     strcpy(dir, "/tmp/weft-test-fake-cuda-XXXXXX");
     if (!mkdtemp(dir))
         fail_msg("mkdtemp: %s", strerror(errno));
-    char plan[600], gpu[600], cpu[600], flags[256];
-    path(plan, sizeof plan, "gpt2-4.plan"), path(gpu, sizeof gpu, "gpu.params"), path(cpu, sizeof cpu, "cpu.params");
-    const char *compile[32] = {"compile", "models/gpt2.xml", "--variant", "tiny", "--world-size", "4", "--global-batch-size", "4",
+    char plan[600], gpu[600], cpu[600], flags[256], np[16], file[128];
+    path(plan, sizeof plan, "layout.plan"), path(gpu, sizeof gpu, "gpu.params"), path(cpu, sizeof cpu, "cpu.params");
+    snprintf(np, sizeof np, "%d", ranks), snprintf(file, sizeof file, "models/%s.xml", model);
+    const char *compile[40] = {"compile", file, "--variant", "tiny", "--world-size", np, "--adam-eps", "1e-4", "--lr", "1e-3",
                                "--arch", "sm_90", "-o", plan};
-    int n = 12;
+    int n = 14;
     snprintf(flags, sizeof flags, "%s", layout);
-    for (char *f = strtok(flags, " "); f && n < 31; f = strtok(NULL, " "))
+    for (char *f = strtok(flags, " "); f && n < 39; f = strtok(NULL, " "))
         compile[n++] = f;
     struct run r[2];
     run_weftv(&r[0], compile);
@@ -273,19 +278,19 @@ static void four_ranks(const char *layout, const char *comm, const char *want)
             SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r[0].err);
         fail_msg("weft compile: %s", r[0].err);
     }
-    prepare(plan, 4);
+    prepare(plan, ranks);
     if (!strcmp(comm, "nccl"))
         setenv("WEFT_FAKE_CUDA_OWN_GPU", "1", 1);
     for (int k = 0; k < 2; k++) {
-        const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", weft_bin(), "run", plan, "--steps", "3",
+        const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan, "--steps", "3",
                               "--device", k ? "cpu" : "cuda", "--dump-params", k ? cpu : gpu, "--comm", k ? "auto" : comm, NULL};
         run_mpi(&r[k], argv);
         if (r[k].status)
-            fail_msg("4 ranks, %s, --device %s: status %d: %s", layout, argv[11], r[k].status, r[k].err);
+            fail_msg("%s on %d ranks, %s, --device %s: status %d: %s", model, ranks, layout, argv[11], r[k].status, r[k].err);
     }
     unsetenv("LD_LIBRARY_PATH"), unsetenv("WEFT_FAKE_CUDA_OWN_GPU"), unsetenv("WEFT_NCCL_LIB");
     const char *said = strstr(r[0].out, want);
-    printf("    %s, --comm %s: %.*s\n", layout, comm, said ? (int)strcspn(said, "\n") : 0, said ? said : "");
+    printf("    %s, %d ranks, %s, --comm %s: %.*s\n", model, ranks, layout, comm, said ? (int)strcspn(said, "\n") : 0, said ? said : "");
     assert_non_null(said);
     if (!strcmp(comm, "nccl"))
         assert_non_null(strstr(r[0].out, "collectives and transfers over nccl"));
@@ -293,7 +298,7 @@ static void four_ranks(const char *layout, const char *comm, const char *want)
     float *a = params(gpu, &na), *c = params(cpu, &nc);
     assert_true(na == nc && na > 1000);
     double top, worst = largest_difference(a, c, na, &top);
-    printf("    against 4 CPU ranks: the largest difference %.2e of %.2e\n", worst, top);
+    printf("    against %d CPU ranks: the largest difference %.2e of %.2e\n", ranks, worst, top);
     assert_true(worst <= 1e-4 * top);
     free(a), free(c);
     remove_dir();
@@ -302,14 +307,47 @@ static void four_ranks(const char *layout, const char *comm, const char *want)
 static void test_four_ranks_share_the_fake_gpu(void **state)
 {
     (void)state;
-    four_ranks("--tp 2 --pp 2", "auto", "note: --comm auto: ranks 0 and 1 of the tp group (ranks 0, 1) share GPU");
+    ranks_on_fake_gpus("gpt2", 4, "--tp 2 --pp 2 --global-batch-size 4", "auto",
+                       "note: --comm auto: ranks 0 and 1 of the tp group (ranks 0, 1) share GPU");
 }
 
 static void test_four_fake_gpus_over_nccl(void **state)
 {
     (void)state;
-    four_ranks("--tp 2 --pp 2", "nccl", "collectives and transfers over nccl");
-    four_ranks("--pp 2 --ddp-bucket-size 20000", "nccl", "a step started within the backward");
+    ranks_on_fake_gpus("gpt2", 4, "--tp 2 --pp 2 --global-batch-size 4", "nccl", "collectives and transfers over nccl");
+    ranks_on_fake_gpus("gpt2", 4, "--pp 2 --ddp-bucket-size 20000 --global-batch-size 4", "nccl", "a step started within the backward");
+}
+
+/* The layouts' matrix on fake GPUs over NCCL (and a few over MPI staged),
+ * each against CPU ranks: every kind of collective and transfer the plans
+ * use.  About three minutes with a cold kernel cache, so on demand:
+ * WEFT_FAKE_CUDA_MATRIX=1. */
+static void test_layouts_on_fake_gpus(void **state)
+{
+    (void)state;
+    if (!getenv("WEFT_FAKE_CUDA_MATRIX"))
+        SKIP_BECAUSE("WEFT_FAKE_CUDA_MATRIX=1 runs it: 13 layouts on fake GPUs, about three minutes with a cold kernel cache");
+    static const struct {
+        const char *model;
+        int ranks;
+        const char *layout, *comm;
+    } cases[] = {
+        {"mixtral", 2, "--ep 2 --global-batch-size 4", "nccl"},                                   /* all-to-all: grouped sends */
+        {"gpt2", 2, "--tp 2 --sequence-parallel --micro-batch-size 2 --global-batch-size 4", "nccl"}, /* gathers, reduce-scatters */
+        {"gpt2", 2, "--cp 2 --global-batch-size 4", "nccl"},
+        {"t5", 3, "--pp 2 --epp 1 --global-batch-size 4", "nccl"},                                 /* the encoder's own stage */
+        {"gpt2", 4, "--tp 2 --pp 2 --num-layers-per-virtual-pipeline-stage 1 --num-layers 4 --global-batch-size 4", "nccl"},
+        {"llama2", 4, "--pp 2 --ddp-bucket-size 20000 --global-batch-size 8", "nccl"},
+        {"t5", 5, "--tp 2 --pp 2 --epp 1 --etp 1 --global-batch-size 4", "nccl"},                 /* an encoder rank feeds two */
+        {"llava", 3, "--pp 2 --epp 1 --global-batch-size 4", "nccl"},
+        {"gpt2", 4, "--tp 2 --pp 2 --bf16 --grad-reduce-in-bf16 --global-batch-size 8", "nccl"}, /* bf16 over NCCL */
+        {"mixtral", 4, "--ep 2 --pp 2 --micro-batch-size 2 --global-batch-size 8", "nccl"},
+        {"gpt2", 8, "--tp 2 --pp 2 --ddp-bucket-size 20000 --global-batch-size 8", "nccl"},
+        {"mixtral", 4, "--ep 2 --pp 2 --micro-batch-size 2 --global-batch-size 8", "mpi"},
+        {"t5", 5, "--tp 2 --pp 2 --epp 1 --etp 1 --global-batch-size 4", "mpi"},
+    };
+    for (size_t c = 0; c < WF_COUNT(cases); c++)
+        ranks_on_fake_gpus(cases[c].model, cases[c].ranks, cases[c].layout, cases[c].comm, "collectives and transfers over");
 }
 
 int main(void)
@@ -319,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_bf16_on_the_fake_driver),
         cmocka_unit_test(test_four_ranks_share_the_fake_gpu),
         cmocka_unit_test(test_four_fake_gpus_over_nccl),
+        cmocka_unit_test(test_layouts_on_fake_gpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
