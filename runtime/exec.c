@@ -688,7 +688,10 @@ static int launch(struct exec *x, const struct ir_launch *il, int v, int j, stru
     if (e->kind == KN_KIND_FUSED) {
         struct kn_args a;
         ir_action_launch_args(il, &x->R->L->pc, &x->R->coords, &a);
-        a.seed = dropout_seed(x, j);
+        bool drops = false; /* a dropout's streams: only then does the seed matter (and a graph's node change with it) */
+        for (int s = 0; s < (int)(sizeof a.stream / sizeof *a.stream); s++)
+            drops |= a.stream[s] != 0;
+        a.seed = drops ? dropout_seed(x, j) : 0;
         float_args(x, L, &a);
         a.arg[KN_ARG_EVAL] = x->validating ? 1.0f : 0.0f;
         for (int i = 0; i < L->n_in; i++)
