@@ -300,8 +300,9 @@ static void hoist(struct exec *x)
         const struct ir_action_list *l = &x->acts->backward[v];
         for (int c = i + 1; c < prog->n && (prog->ins[c].kind == IR_INS_COLLECTIVE || prog->ins[c].kind == IR_INS_P2P); c++) {
             const struct ir_action_list *own = &x->acts->ins[c];
-            if (prog->ins[c].kind == IR_INS_P2P)
-                continue; /* what it touches is checked for each collective after it */
+            if (prog->ins[c].kind == IR_INS_P2P || !own->n)
+                continue; /* a transfer: what it touches is checked for each collective after it; or nothing at its place
+                           * (a backward's own collectives, which its actions run) */
             const struct ir_coll_action *k = own->n == 1 && own->v[0].kind == IR_ACT_COLL ? &own->v[0].coll : NULL;
             if (!k || k->copies || k->buf.what == IR_BUF_NORM || k->group == IR_GROUP_MP || k->group == IR_GROUP_TIED)
                 break;

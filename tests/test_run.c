@@ -693,6 +693,7 @@ static void test_overlap_changes_nothing(void **state)
     } cases[] = {
         {4, "--pp 2 --num-layers-per-virtual-pipeline-stage 1 --num-layers 4", "interleaved, dp 2", 0},
         {2, "--ddp-bucket-size 20000", "dp 2, buckets of 20000 elements", 4},
+        {8, "--tp 2 --pp 2", "tp 2, pp 2, dp 2 (the backward's own all-reduces between it and its bucket)", 1},
     };
     for (size_t c = 0; c < WF_COUNT(cases); c++) {
         char plan[] = "/tmp/weft-test-overlap-XXXXXX", on[64], off[64], np[8];
