@@ -116,8 +116,8 @@ int backend_sync(struct backend *be, struct diag *d);
  * of the caller's: the same key, the same run up to the kernels' argument
  * values.  On a backend with graphs (CUDA) a segment runs call by call the
  * first time (modules load, GEMMs find their algorithms, scratch grows), is
- * captured into a graph the second, and from the third on is one graph
- * launch: kernels whose arguments changed (a dropout seed, a learning rate)
+ * captured into a graph the second time and launched as one, and is one
+ * graph launch from then on: kernels whose arguments changed (a dropout seed, a learning rate)
  * have them set into their nodes first, and a run that changed otherwise
  * (another kernel, a GEMM's shape or buffers) is captured anew; one that
  * keeps changing runs call by call from then on.  Inside a segment the

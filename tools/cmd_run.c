@@ -77,7 +77,7 @@ static const char usage_flags[] =
     "               nccl where libnccl.so.2 opens on every rank and no two ranks of one group share a GPU,\n"
     "               else mpi; one rank: mpi, nothing crosses); on the CPU, MPI carries the run (nccl: an error)\n"
     "  --cuda-graphs G  on (default) or off: a GPU replays each run of launches between host steps\n"
-    "               as a CUDA graph from its third step\n"
+    "               as a CUDA graph (captured on its second step, replayed after)\n"
     "  --overlap O  on (default) or off: a collective runs beside the actions that do not touch its\n"
     "               buffers (NCCL on a second stream), until one does\n"
     "  --profile    at the end, rank 0's ten slowest kernels (graphs off)\n"
