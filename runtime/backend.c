@@ -539,19 +539,18 @@ bool backend_holds(struct backend *be, const void *p) { return be->ops->holds &&
 int backend_gpu(struct backend *be, struct backend_gpu *g, struct diag *d) { return be->ops->gpu ? be->ops->gpu(be, g, d) : 0; }
 int backend_poll(struct backend *be, struct diag *d) { return be->ops->poll ? be->ops->poll(be, d) : 1; }
 
-int backend_side_begin(struct backend *be, void **stream, struct diag *d)
+static int no_side(const struct backend *be, struct diag *d)
 {
-    if (be->ops->side_begin)
-        return be->ops->side_begin(be, stream, d);
     diag_error(d, NULL, 0, "%s has no second stream", be->description);
     return -1;
 }
+int backend_side_begin(struct backend *be, void **stream, struct diag *d)
+{
+    return be->ops->side_begin ? be->ops->side_begin(be, stream, d) : no_side(be, d);
+}
 int backend_side_end(struct backend *be, struct backend_mark **mark, struct diag *d)
 {
-    if (be->ops->side_end)
-        return be->ops->side_end(be, mark, d);
-    diag_error(d, NULL, 0, "%s has no second stream", be->description);
-    return -1;
+    return be->ops->side_end ? be->ops->side_end(be, mark, d) : no_side(be, d);
 }
 int backend_side_done(struct backend *be, struct backend_mark *mark, struct diag *d) { return be->ops->side_done(be, mark, d); }
 void backend_mark_free(struct backend *be, struct backend_mark *mark)

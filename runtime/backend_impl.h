@@ -61,6 +61,8 @@ struct backend_call {
         } copy;          /* ZERO: dst and bytes */
     } u;
 };
+/* Whether c launches a kernel (a graph's kernel node: its arguments may be set), not a GEMM or a copy. */
+static inline bool backend_call_is_kernel(const struct backend_call *c) { return c->kind <= CALL_ROUTE; }
 /* c run now through be's ops (a graph's recording, where be is capturing). */
 int backend_call_run(struct backend *be, const struct backend_call *c, struct diag *d);
 

@@ -261,12 +261,12 @@ static int settle_for(struct exec *x, const struct ir_action_list *l, int i, int
     return last < 0 ? 0 : finish_upto(x, last, d);
 }
 
-/* Whether any action of l (for micro-batch j of virtual stage v), from
- * action `from` on, reads or writes bytes of s. */
-static bool list_meets(const struct exec *x, const struct ir_action_list *l, int from, int v, int j, const struct span *s, int n_s)
+/* Whether any action of l (for micro-batch j of virtual stage v) reads or
+ * writes bytes of s. */
+static bool list_meets(const struct exec *x, const struct ir_action_list *l, int v, int j, const struct span *s, int n_s)
 {
     struct span a[MAX_SPANS];
-    for (int i = from; i < l->n; i++)
+    for (int i = 0; i < l->n; i++)
         for (int k = 0, n = action_spans(x, l, i, v, j, a); k < n; k++)
             for (int q = 0; q < n_s; q++)
                 if (meets(a[k], s[q]))
@@ -312,11 +312,11 @@ static void hoist(struct exec *x)
                 break;
             int last = -1;
             for (int a = 0; a < l->n; a++)
-                if (list_meets(x, &(struct ir_action_list){.v = l->v + a, .n = 1}, 0, v, j, s, 2))
+                if (list_meets(x, &(struct ir_action_list){.v = l->v + a, .n = 1}, v, j, s, 2))
                     last = a;
             bool between = false;
             for (int b = i + 1; b < c && !between; b++)
-                between = !x->started_early[b] && list_meets(x, &x->acts->ins[b], 0, -1, -1, s, 2);
+                between = !x->started_early[b] && list_meets(x, &x->acts->ins[b], -1, -1, s, 2);
             if (between)
                 break;
             int q = moved++; /* kept in order of place, then of the program */

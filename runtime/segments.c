@@ -98,8 +98,6 @@ void backend_graph_stats(const struct backend *be, struct backend_graph_stats *s
         *s = be->graphs->stats;
 }
 
-static bool is_kernel(const struct backend_call *c) { return c->kind <= CALL_ROUTE; }
-
 /* The bytes of c's arguments (its member of the union). */
 static size_t args_bytes(const struct backend_call *c)
 {
@@ -189,7 +187,7 @@ static int update(struct backend *be, struct graphs *G, struct segment *S)
     for (int i = 0; i < S->n; i++) {
         struct backend_call *was = &S->calls[i];
         const struct backend_call *now = &G->held[i];
-        if (!is_kernel(now) || !memcmp(&was->u, &now->u, args_bytes(now)))
+        if (!backend_call_is_kernel(now) || !memcmp(&was->u, &now->u, args_bytes(now)))
             continue;
         struct diag quiet;
         diag_init(&quiet);

@@ -45,7 +45,7 @@ static inline int graphed_call(struct backend *be, const struct backend_call *c,
     if (x->mode == GRAPHED_RUN)
         return backend_call_run(x->inner, c, d);
     if (x->mode == GRAPHED_UPDATE) {
-        if (c->kind > CALL_ROUTE || x->cursor >= g->nodes) {
+        if (!backend_call_is_kernel(c) || x->cursor >= g->nodes) {
             diag_error(d, NULL, 0, "the graph has no kernel node %d to set", x->cursor);
             return -1;
         }
@@ -64,7 +64,7 @@ static inline int graphed_call(struct backend *be, const struct backend_call *c,
         g->calls = (struct backend_call *)realloc(g->calls, (size_t)g->cap * sizeof *g->calls);
     }
     g->calls[g->n] = *c;
-    if (c->kind <= CALL_ROUTE) {
+    if (backend_call_is_kernel(c)) {
         if (g->nodes == g->node_cap) {
             g->node_cap = g->node_cap ? 2 * g->node_cap : 16;
             g->node_call = (int *)realloc(g->node_call, (size_t)g->node_cap * sizeof *g->node_call);

@@ -38,9 +38,17 @@ static char dir[64];
 
 static void path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", dir, name); }
 
-/* The fake driver built, and the plan's CPU object and each GPU function's argument bytes where it reads them. */
-static void prepare(const char *plan, int world)
+/* The plan compiled by `weft compile` with args compile (skipped without NVRTC: it needs GPU binaries), the fake driver
+ * built, and the plan's CPU object and each GPU function's argument bytes where it reads them. */
+static void prepare(const char *const *compile, const char *plan, int world)
 {
+    struct run r;
+    run_weftv(&r, compile);
+    if (r.status) {
+        if (strstr(r.err, "NVRTC"))
+            SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r.err);
+        fail_msg("weft compile: %s", r.err);
+    }
     char so[600], lt[600], kernels[600], manifest[600], log[8192];
     size_t len;
     char *src = wf_read_file("tests/fake_cuda.c", 1 << 20, &len);
@@ -173,14 +181,7 @@ static void graphs_on_the_fake_driver(bool bf16, double tolerance)
     path(cpu, sizeof cpu, "cpu.params"), path(log, sizeof log, "fake.log");
     const char *compile[] = {"compile", "models/gpt2.xml", "--variant", "tiny", "--global-batch-size", "2", "--micro-batch-size", "1",
                              "--lr", "1e-3", "--lr-warmup-iters", "4", "--arch", "sm_90", "-o", plan, bf16 ? "--bf16" : NULL, NULL};
-    struct run r;
-    run_weftv(&r, compile);
-    if (r.status) {
-        if (strstr(r.err, "NVRTC"))
-            SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r.err);
-        fail_msg("weft compile: %s", r.err);
-    }
-    prepare(plan, 1);
+    prepare(compile, plan, 1);
     struct run runs[3];
     const char *outs[] = {on, off, cpu};
     for (int k = 0; k < 3; k++) {
@@ -271,14 +272,8 @@ static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout,
     snprintf(flags, sizeof flags, "%s", layout);
     for (char *f = strtok(flags, " "); f && n < 39; f = strtok(NULL, " "))
         compile[n++] = f;
+    prepare(compile, plan, ranks);
     struct run r[2];
-    run_weftv(&r[0], compile);
-    if (r[0].status) {
-        if (strstr(r[0].err, "NVRTC"))
-            SKIP_BECAUSE("the plan's GPU binaries need NVRTC: %s", r[0].err);
-        fail_msg("weft compile: %s", r[0].err);
-    }
-    prepare(plan, ranks);
     if (!strcmp(comm, "nccl"))
         setenv("WEFT_FAKE_CUDA_OWN_GPU", "1", 1);
     for (int k = 0; k < 2; k++) {
