@@ -25,7 +25,8 @@
 #      test_comm (the communicators' own tests, NCCL's bootstrap on the GPU);
 #   8. train: bench/train_compare.py, GPT-2 124M training (micro-batch 16, seq
 #      1024, bf16, AdamW) by weft, eager PyTorch and torch.compile (and
-#      llm.c where LLMC_DIR names a checkout carried to the machine): tokens/s,
+#      llm.c where LLMC_DIR names a checkout carried to the machine), and by
+#      weft with --cuda-graphs off and with --gemm-epilogues off: tokens/s,
 #      MFU, weft's predicted against measured step and device memory, into
 #      bench/results/YYYY-MM-DD-DEVICE.json (copied to OUTDIR too) and a
 #      markdown table; TRAIN_COMPARE_ARGS adds its flags (e.g. "--models

@@ -196,12 +196,13 @@ def make_tokens(out, m, count):
     return prefix + "_text_document"
 
 
-def weft_plan(out, m, arch):
-    """(the plan compiled for the model on one rank, its model FLOPs a step)."""
-    plan = os.path.join(out, f"{m['name']}-mb{m['batch']}-bf16-{arch}.plan")
+def weft_plan(out, m, arch, flags=(), tag=""):
+    """(the plan compiled for the model on one rank, its model FLOPs a step); flags: weft compile's own (the
+    weft-no-epilogues baseline: --gemm-epilogues off), its file tagged by tag."""
+    plan = os.path.join(out, f"{m['name']}-mb{m['batch']}-bf16-{arch}{tag}.plan")
     dims = [a for k, flag in FLAGS.items() for a in (flag, str(m[k]))]
     run([WEFT, "compile", "models/gpt2.xml", *dims, "--global-batch-size", str(m["batch"]), "--bf16", "--arch", arch,
-         *WEFT_OPTIM, "-o", plan], 600)
+         *WEFT_OPTIM, *flags, "-o", plan], 600)
     return plan, json.loads(run([WEFT, "inspect", plan, "--json"], 60))["flops_per_step"]
 
 
@@ -431,8 +432,9 @@ def main():
     ap.add_argument("--micro-batch", type=int, help="instead of the model's micro-batch (16): for 1.5b where 16 does not fit")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="steps run first and not timed (default 5)")
-    ap.add_argument("--baselines", default="torch-eager,torch-compile,llm.c,weft-eager",
-                    help="weft-eager: weft itself with --cuda-graphs off (what the graphs gain, measured in the same run)")
+    ap.add_argument("--baselines", default="torch-eager,torch-compile,llm.c,weft-eager,weft-no-epilogues",
+                    help="weft-eager: weft itself with --cuda-graphs off (what the graphs gain, measured in the same run); "
+                         "weft-no-epilogues: its plan compiled --gemm-epilogues off (what cuBLASLt's epilogues gain)")
     ap.add_argument("--torch-precision", default="master", help="master (Megatron's --bf16), autocast, or both: master,autocast")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, where it is no H100, H200 or A100")
     ap.add_argument("--timeout", type=int, default=240, help="seconds for each training run (default 240: weft's and two "
@@ -451,7 +453,7 @@ def main():
     keys, baselines = a.models.split(","), a.baselines.split(",")
     precisions = a.torch_precision.split(",")
     bad = ([k for k in keys if k not in MODELS]
-           + [b for b in baselines if b not in ("torch-eager", "torch-compile", "llm.c", "weft-eager")]
+           + [b for b in baselines if b not in ("torch-eager", "torch-compile", "llm.c", "weft-eager", "weft-no-epilogues")]
            + [p for p in precisions if p not in ("master", "autocast")])
     if bad or a.steps < 1 or a.warmup < 1:
         ap.error(f"unknown: {', '.join(bad)}" if bad else "--steps and --warmup: at least 1 (the first step is never timed)")
@@ -516,6 +518,13 @@ def main():
                             continue
                         r = weft_train(a.out, m, plan, a.device, a.steps, a.warmup, data, a.timeout, ("--cuda-graphs", "off"),
                                        ".eager")
+                    elif b == "weft-no-epilogues":
+                        if a.device != "cuda" or plan is None:  # the CPU runs an epilogue's kernel after the GEMM either way
+                            print(f"{name}: skipped: {'cuBLASLt epilogues are a GPU run' if a.device != 'cuda' else 'no plan'}",
+                                  flush=True)
+                            continue
+                        plain, _ = weft_plan(a.out, m, arch, ("--gemm-epilogues", "off"), "-noepi")
+                        r = weft_train(a.out, m, plain, a.device, a.steps, a.warmup, data, a.timeout, (), ".noepi")
                     else:
                         if not have_torch:
                             print(f"{name}: skipped: torch is not installed here", flush=True)

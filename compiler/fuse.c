@@ -1791,3 +1791,105 @@ int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int
         }
     return bytes;
 }
+
+bool fuse_matmul_folds(const struct partition *P, int op)
+{
+    const struct ir_op *o = &P->g->ops[op];
+    const struct ir_tensor *c = &P->g->tensors[o->out[0]];
+    struct ir_shard made = partition_made_shard(P, o->out[0]);
+    struct ir_shape A = partition_read_shape(P, op, 0), B = partition_read_shape(P, op, 1),
+                    C = partition_local_shape(P, c->part, &c->shape, &made);
+    int64_t na = 1, nb = 1, nc = 1;
+    for (int i = 0; i + 2 < A.rank; i++)
+        na *= A.ax[i].size;
+    for (int i = 0; i + 2 < B.rank; i++)
+        nb *= B.ax[i].size;
+    for (int i = 0; i + 2 < C.rank; i++)
+        nc *= C.ax[i].size;
+    return nb == 1 && na == nc && !ir_op_int(o, IR_ATTR_TRANSPOSE_A);
+}
+
+/* The slot of L's (io: outputs, else inputs) that binds tensor t's value, or -1. */
+static int bound_slot(const struct kn_launch *L, bool io, int t)
+{
+    for (int i = 0; i < (io ? L->n_out : L->n_in); i++) {
+        const struct kn_bind *b = io ? &L->out[i] : &L->in[i];
+        if (b->what == IR_BUF_VALUE && b->id == t && b->xfer < 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Whether only `reader` reads tensor t, as its producer made it, and
+ * nothing keeps it for the backward, sends it or returns it. */
+static bool read_once(const struct partition *P, int t, int reader)
+{
+    const struct ir_graph *G = P->g;
+    for (int i = 0; i < G->n_outputs; i++)
+        if (G->outputs[i] == t)
+            return false;
+    for (int x = 0; x < P->n_xfers; x++)
+        if (P->xfers[x].tensor == t && !P->xfers[x].grad)
+            return false;
+    for (int i = 0; i < G->n_ops; i++)
+        for (int k = 0; k < G->ops[i].n_in; k++)
+            if (G->ops[i].in[k] == t && (i != reader || ir_op_keeps(&G->ops[i], t) || partition_reads_via(P, i, k) >= 0))
+                return false;
+    return !ir_op_keeps(&G->ops[G->tensors[t].producer], t);
+}
+
+int fuse_gemm_epilogue(const struct partition *P, const struct kn_set *F, int l, struct fuse_epilogue *ep)
+{
+    const struct kn_launch *L = &F->launches[l];
+    const struct kn_entry *e = &F->kernels[L->kernel];
+    const struct ir_graph *G = P->g;
+    *ep = (struct fuse_epilogue){.kind = IR_EPI_NONE, .matmul = -1};
+    if (L->when != KN_WHEN_FORWARD || e->kind != KN_KIND_FUSED || L->n_ops < 1 || L->n_ops > 2 || L->streams[0])
+        return IR_EPI_NONE;
+    const struct ir_op *add = &G->ops[F->ops[L->first_op]], *gelu = L->n_ops > 1 ? &G->ops[F->ops[L->first_op + 1]] : NULL;
+    if ((getenv("EPI_ONLY_BIAS") && gelu) || add->kind != IR_OP_BIAS_ADD || (gelu && (gelu->kind != IR_OP_GELU || !ir_op_int(gelu, IR_ATTR_TANH) || gelu->in[0] != add->out[0])))
+        return IR_EPI_NONE;
+    int x = add->in[0], p = G->tensors[x].producer;
+    if (p < 0 || G->ops[p].kind != IR_OP_MATMUL || P->op_chunk[p] != L->chunk || !fuse_matmul_folds(P, p) ||
+        !read_once(P, x, F->ops[L->first_op]))
+        return IR_EPI_NONE;
+    /* x and the bias in, the result (and with GELU, maybe x + bias) out, all of one type: the GEMM's */
+    int xs = bound_slot(L, false, x), bs = bound_slot(L, false, add->in[1]), out = gelu ? gelu->out[0] : add->out[0];
+    int os = bound_slot(L, true, out), aux = gelu ? bound_slot(L, true, add->out[0]) : -1;
+    if (L->n_in != 2 || xs < 0 || bs < 0 || e->k.in[bs].access != KN_COLUMN || e->k.in[xs].access != KN_FULL || os < 0 ||
+        L->n_out != 1 + (aux >= 0) || e->k.out[os].access != KN_FULL || (aux >= 0 && e->k.out[aux].access != KN_FULL))
+        return IR_EPI_NONE;
+    for (int i = 0; i < L->n_in + L->n_out; i++)
+        if ((i < L->n_in ? e->k.in[i] : e->k.out[i - L->n_in]).dtype != e->k.in[xs].dtype)
+            return IR_EPI_NONE;
+    *ep = (struct fuse_epilogue){.kind = !gelu ? IR_EPI_BIAS : aux >= 0 ? IR_EPI_GELU_AUX_BIAS : IR_EPI_GELU_BIAS,
+                                 .matmul = p, .x_slot = xs, .bias_slot = bs, .out_slot = os, .aux_slot = aux};
+    return ep->kind;
+}
+
+int fuse_gemm_epilogues(const struct partition *P, struct kn_set *F)
+{
+    int n = 0;
+    struct fuse_epilogue ep;
+    for (int l = 0; l < F->n_launches; l++)
+        if (fuse_gemm_epilogue(P, F, l, &ep) != IR_EPI_NONE)
+            F->launches[l].epilogue = 1, n++;
+    return n;
+}
+
+void fuse_leads(const struct partition *P, const struct kn_set *K, int *lead, int *epilogue)
+{
+    for (int i = 0; i < P->g->n_ops; i++) {
+        lead[i] = i;
+        if (epilogue)
+            epilogue[i] = -1;
+    }
+    for (int l = 0; K && l < K->n_launches; l++) {
+        const struct kn_launch *L = &K->launches[l];
+        int first = K->ops[L->first_op];
+        for (int i = 1; i < L->n_ops; i++)
+            lead[K->ops[L->first_op + i]] = first;
+        if (L->epilogue && epilogue)
+            epilogue[P->g->tensors[P->g->ops[first].in[0]].producer] = l;
+    }
+}

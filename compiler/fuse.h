@@ -61,6 +61,34 @@ void fuse_launch_template(const struct partition *P, const struct kn_set *F, int
  * whole: dispatch writes it before its all-to-all, combine reads it after). */
 void fuse_route_sizes(const struct partition *P, int op, int64_t *entries, int64_t *topk, int64_t *experts, int64_t *capacity);
 
+/* GEMM epilogues (run after fuse): a forward group that is only a bias_add
+ * on a matmul's output (BIAS), or that and a tanh GELU on its result
+ * (GELU_BIAS; GELU_AUX_BIAS where x + bias is kept for the backward), runs
+ * as the epilogue of the matmul's GEMM (cuBLASLt's, on a GPU): the matmul's
+ * output is then never stored.  Only where nothing else reads that output
+ * (no transfer, no backward, no other op), the GEMM is one of every row by
+ * a weight, and every slot has the GEMM's type.  The group's launch keeps
+ * its kernel and bindings (an executor whose backend has no such epilogue
+ * runs it after the GEMM), marked kn_launch.epilogue.  Returns how many. */
+int fuse_gemm_epilogues(const struct partition *P, struct kn_set *F);
+/* The epilogue launch l would be: its kind (enum ir_epilogue, returned;
+ * IR_EPI_NONE if none), its matmul, and its slots. */
+struct fuse_epilogue {
+    int kind, matmul;
+    int x_slot, bias_slot;  /* inputs: the matmul's output, the bias */
+    int out_slot, aux_slot; /* outputs: the result; x + bias before the GELU where kept (GELU_AUX_BIAS), else -1 */
+};
+int fuse_gemm_epilogue(const struct partition *P, const struct kn_set *F, int l, struct fuse_epilogue *ep);
+/* Per op, the first op of its fused group (lead; itself if none): a
+ * group's launches run at its place, forward and backward (but an
+ * epilogue's forward, in its matmul's GEMM).  epilogue (or NULL): per
+ * matmul, the launch its GEMM runs as its epilogue, else -1.  K NULL:
+ * every op its own. */
+void fuse_leads(const struct partition *P, const struct kn_set *K, int *lead, int *epilogue);
+/* Whether matmul op's forward is one GEMM of every row of its activation by
+ * a weight (b has no batch axes, a's batch is c's, a not transposed). */
+bool fuse_matmul_folds(const struct partition *P, int op);
+
 /* The bytes launch l reads and writes on one rank: every slot once. */
 int64_t fuse_launch_bytes(const struct partition *P, const struct kn_set *F, int l);
 

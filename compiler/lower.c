@@ -18,6 +18,7 @@ struct lowering {
     bool *needs;  /* per tensor: it gets a gradient */
     int *pos;     /* per op: its place in the step being lowered, from 1; 0 outside it */
     int *lead;    /* per op: the first op of its fused group */
+    int *epilogue; /* per matmul: the launch its GEMM runs as its epilogue, or -1 */
     int stage, v; /* the stage and virtual stage being lowered */
     bool *moves;  /* per transfer: the lowering moves it in the step being lowered (lowered()) */
 };
@@ -152,6 +153,29 @@ static bool awaits(const struct lowering *w, int op)
     return false;
 }
 
+static struct ir_action launch(const struct lowering *w, int l, int fn_first, int fn_last);
+
+/* The GEMM x runs launch l as its epilogue: it writes the launch's result
+ * (and x + bias, where kept) itself; the launch, for a backend without the
+ * epilogue, reads the product from where the GEMM would then write it. */
+static void epilogue(const struct lowering *w, int l, struct ir_action *x)
+{
+    struct fuse_epilogue ep;
+    struct ir_gemm *g = &x->gemm;
+    g->epilogue = (uint8_t)fuse_gemm_epilogue(w->P, w->K, l, &ep);
+    WF_ASSERT(g->epilogue != IR_EPI_NONE && g->batch == 1);
+    bool awaits = x->awaits;
+    struct ir_gemm keep = *g;
+    *x = launch(w, l, KN_ATTN_FWD, KN_ATTN_FWD);
+    x->kind = IR_ACT_GEMM, x->awaits |= awaits, x->gemm = keep;
+    g->gemm_in = (uint8_t)ep.x_slot;
+    g->bias = x->launch.in[ep.bias_slot];
+    g->c = x->launch.out[ep.out_slot];
+    if (ep.aux_slot >= 0)
+        g->aux = x->launch.out[ep.aux_slot];
+    x->launch.in[ep.x_slot] = ep.aux_slot >= 0 ? g->aux : g->c;
+}
+
 /* A matmul's GEMMs: its forward, or the gradients of the inputs that need one (added into their buffers). */
 static int matmul(const struct lowering *w, int op, bool backward, struct ir_action_list *out, struct diag *d)
 {
@@ -162,7 +186,7 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
     int64_t nb = batch_of(&C), na = batch_of(&A), nbb = batch_of(&B);
     int dtype = partition_elem_bytes(w->P, &w->P->g->tensors[o->in[0]]) == 2 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
     int64_t batch = nb, sa = M * Kd, sb = Kd * N, sc = M * N;
-    if (nbb == 1 && na == nb && !ta) /* a weight: every row of the activation at once */
+    if (fuse_matmul_folds(w->P, op)) /* a weight: every row of the activation at once */
         M *= nb, batch = 1, sa = sb = sc = 0;
     else if (na != nb || nbb != nb) {
         diag_error(d, NULL, 0, "%s:%d: matmul with batch %lld of %lld and %lld: the executor broadcasts only a weight",
@@ -173,6 +197,8 @@ static int matmul(const struct lowering *w, int op, bool backward, struct ir_act
     struct ir_ref a = value_ref(w, op, 0, backward), b = value_ref(w, op, 1, backward);
     if (!backward) {
         x.gemm = gemm(batch, M, N, Kd, ta, tb, sa, sb, sc, a, b, made_ref(w, o->out[0]), 0, dtype, dtype);
+        if (w->epilogue[op] >= 0)
+            epilogue(w, w->epilogue[op], &x);
         ir_action_push(out, &x);
         return 0;
     }
@@ -460,7 +486,7 @@ static void forward_step(const struct lowering *w, const int *ops, int n, struct
         }
         for (int l = 0; l < K->n_launches; l++) {
             const struct kn_launch *L = &K->launches[l];
-            if (L->when != KN_WHEN_FORWARD || K->ops[L->first_op] != op)
+            if (L->when != KN_WHEN_FORWARD || K->ops[L->first_op] != op || L->epilogue) /* an epilogue: its matmul's GEMM ran it */
                 continue;
             struct ir_action x = launch(w, l, KN_ATTN_FWD, KN_ATTN_FWD);
             ir_action_push(out, &x);
@@ -806,11 +832,8 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     w.pos = wf_calloc((size_t)g->n_ops + 1, sizeof *w.pos);
     w.moves = wf_calloc((size_t)P->n_xfers + 1, sizeof *w.moves);
     w.lead = wf_calloc((size_t)g->n_ops + 1, sizeof *w.lead);
-    for (int i = 0; i < g->n_ops; i++)
-        w.lead[i] = i;
-    for (int l = 0; l < K->n_launches; l++)
-        for (int i = 1; i < K->launches[l].n_ops; i++)
-            w.lead[K->ops[K->launches[l].first_op + i]] = K->ops[K->launches[l].first_op];
+    w.epilogue = wf_calloc((size_t)g->n_ops + 1, sizeof *w.epilogue);
+    fuse_leads(P, K, w.lead, w.epilogue);
     int *ops = wf_calloc((size_t)g->n_ops + 1, sizeof *ops);
     int rc = 0;
     for (int s = 0; s < S->n_stages && !rc; s++) {
@@ -847,6 +870,7 @@ int lower(const struct partition *P, const struct ir_schedule *S, const struct k
     free(w.pos);
     free(w.moves);
     free(w.lead);
+    free(w.epilogue);
     if (rc)
         ir_actions_free(A);
     return rc;

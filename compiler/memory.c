@@ -415,6 +415,7 @@ struct fused {
     uint8_t *routed;    /* per op: 1 its forward routes tokens, 2 its backward does (ROUTES and FILLS, working) */
     int *lead;          /* per op: the first op of its fused group (itself if none): one launch runs the group's ops
                          * together, forward and backward, so their buffers live as at that op */
+    int *made;          /* per op: where its forward writes its outputs: its lead's place, or an epilogue's matmul's */
 };
 
 static void plan_step(const struct partition *P, const struct ir_schedule *S, const bool *needs, const struct fused *fu,
@@ -480,7 +481,7 @@ static void plan_step(const struct partition *P, const struct ir_schedule *S, co
             if (st->home[r] != HOME_WORKING || fu->value[r])
                 continue;
             int p = g->tensors[r].producer;
-            span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? AT(p) : 1);
+            span_at(st->fwd_first, st->fwd_last, r, p >= 0 && st->pos[p] ? st->pos[fu->made[p]] : 1);
             span_at(st->fwd_first, st->fwd_last, r, AT(st->ops[a]));
         }
     }
@@ -581,7 +582,7 @@ static int64_t plan_transfers(const struct partition *P, const struct kn_set *K,
             int first = at;
             if (!px->grad && !px->inner) { /* from the producer */
                 int p = g->tensors[px->tensor].producer;
-                first = p >= 0 && st->pos[p] ? AT(p) : 1;
+                first = p >= 0 && st->pos[p] ? st->pos[fu->made[p]] : 1;
             }
             for (int i = 0; px->grad && i < g->n_ops; i++) /* from the first reader to give it */
                 for (int k = 0; k < g->ops[i].n_in; k++)
@@ -824,12 +825,18 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
         autodiff_needs_grad(g, loss, needs);
     struct fused fu = {.value = wf_calloc((size_t)g->n_tensors + 1, 1), .grad = wf_calloc((size_t)g->n_tensors + 1, 1),
                        .rowstats = wf_calloc((size_t)g->n_ops + 1, 1), .routed = wf_calloc((size_t)g->n_ops + 1, 1),
-                       .lead = wf_calloc((size_t)g->n_ops + 1, sizeof(int))};
-    for (int i = 0; i < g->n_ops; i++)
-        fu.lead[i] = i;
-    for (int l = 0; K && l < K->n_launches; l++)
-        for (int i = 1; i < K->launches[l].n_ops; i++)
-            fu.lead[K->ops[K->launches[l].first_op + i]] = K->ops[K->launches[l].first_op];
+                       .lead = wf_calloc((size_t)g->n_ops + 1, sizeof(int)), .made = wf_calloc((size_t)g->n_ops + 1, sizeof(int))};
+    int *epilogue = wf_calloc((size_t)g->n_ops + 1, sizeof *epilogue);
+    fuse_leads(P, K, fu.lead, epilogue);
+    memcpy(fu.made, fu.lead, (size_t)g->n_ops * sizeof *fu.made);
+    for (int i = 0; i < g->n_ops; i++) /* a GEMM that runs an epilogue writes the epilogue's results, never its own */
+        if (epilogue[i] >= 0) {
+            const struct kn_launch *L = &K->launches[epilogue[i]];
+            fu.value[g->ops[i].out[0]] = true;
+            for (int k = 0; k < L->n_ops; k++)
+                fu.made[K->ops[L->first_op + k]] = i;
+        }
+    free(epilogue);
     int *backward = wf_calloc((size_t)g->n_ops + 1, sizeof *backward); /* per first op: its group's backward + 1 */
     for (int l = 0; K && l < K->n_launches; l++)
         if (K->launches[l].when == KN_WHEN_BACKWARD)
@@ -865,6 +872,7 @@ void memory_plan(const struct partition *P, const struct ir_schedule *S, const s
     free(fu.rowstats);
     free(fu.routed);
     free(fu.lead);
+    free(fu.made);
     free(needs);
 }
 

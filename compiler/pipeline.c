@@ -36,13 +36,15 @@ static int pass_schedule(const struct compile_request *q, struct compiled *C, st
     return ir_schedule_verify(&C->S, C->P->L, d) ? BUG : 0;
 }
 
-/* fuse: everything between GEMMs into kernels.
+/* fuse: everything between GEMMs into kernels; a bias (and GELU) after a
+ * GEMM into its epilogue, unless asked not to.
  *   requires: C->P, C->S (forward only or not)
  *   produces: C->K (every kernel one the emitters take) */
 static int pass_fuse(const struct compile_request *q, struct compiled *C, struct diag *d)
 {
-    (void)q;
     fuse(C->P, C->train ? &C->opt : NULL, &C->K);
+    if (!q->no_gemm_epilogues)
+        fuse_gemm_epilogues(C->P, &C->K);
     for (int k = 0; k < C->K.n_kernels; k++)
         if (C->K.kernels[k].kind == KN_KIND_FUSED && !kn_valid(&C->K.kernels[k].k)) {
             diag_error(d, NULL, 0, "fuse: kernel %s breaks the kernel rules (kn_valid): weft's bug", C->K.kernels[k].name);

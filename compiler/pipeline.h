@@ -41,6 +41,7 @@ struct compile_request {
     const int *archs;            /* GPU architectures for NVRTC; n_archs 0: no GPU binaries */
     int n_archs;
     bool no_binaries;            /* skip the kernels pass (no NVRTC, no CPU object): a plan to look at, not run */
+    bool no_gemm_epilogues;      /* --gemm-epilogues off: every bias after a GEMM a launch of its own */
     const struct device *dev;    /* simulate's device; NULL: the default */
     int64_t memory_limit;        /* 0: none */
 };

@@ -16,6 +16,14 @@ static const char *const act_names[] = {
 
 const char *ir_act_name(enum ir_act_kind k) { return k < IR_ACT_COUNT ? act_names[k] : "?"; }
 
+static const char *const epilogue_names[] = {
+#define X(id, name) name,
+    IR_EPILOGUES(X)
+#undef X
+};
+
+const char *ir_epilogue_name(enum ir_epilogue e) { return e < IR_EPI_COUNT ? epilogue_names[e] : "?"; }
+
 void ir_action_push(struct ir_action_list *l, const struct ir_action *a)
 {
     WF_GROW(l->v, l->n, l->cap);
@@ -62,6 +70,13 @@ char *ir_action_str(const struct ir_action *a, char *buf, size_t n)
         snprintf(buf, n, "gemm %lldx(%lldx%lldx%lld)%s%s beta %g: [%s] = [%s] @ [%s]", (long long)g->batch, (long long)g->m,
                  (long long)g->n, (long long)g->k, g->ta ? " a^T" : "", g->tb ? " b^T" : "", g->beta, ref_str(&g->c, x, sizeof x),
                  ref_str(&g->a, y, sizeof y), ref_str(&g->b, z, sizeof z));
+        if (g->epilogue) {
+            size_t len = strlen(buf);
+            len += (size_t)snprintf(buf + len, n - len, ", then %s of [%s] (launch %d)", ir_epilogue_name((enum ir_epilogue)g->epilogue),
+                                    ref_str(&g->bias, x, sizeof x), a->launch.launch);
+            if (g->epilogue == IR_EPI_GELU_AUX_BIAS && len < n)
+                snprintf(buf + len, n - len, ", x + bias into [%s]", ref_str(&g->aux, x, sizeof x));
+        }
         break;
     }
     case IR_ACT_LAUNCH: {
@@ -159,6 +174,33 @@ static void get_i64s(struct plan_reader *r, int64_t *v, int n)
         v[i] = plan_get_i64(r);
 }
 
+/* Only the axes and slots in use: a launch a few hundred bytes, not a whole kn_args. */
+static void put_launch(struct plan_writer *w, const struct ir_launch *l)
+{
+    const struct kn_args *x = &l->args;
+    plan_put_i32(w, l->launch);
+    plan_put_u8(w, l->fn_first), plan_put_u8(w, l->fn_last);
+    plan_put_u8(w, l->q_pos_pdim), plan_put_u8(w, l->k_pos_pdim);
+    plan_put_f64(w, l->scale);
+    plan_put_i64(w, x->rows), plan_put_i64(w, x->cols), plan_put_i64(w, x->rank);
+    for (int i = 0; i < x->rank; i++) {
+        plan_put_i64(w, x->dim[i]), plan_put_i64(w, x->stride[i]);
+        plan_put_u8(w, l->off_pdim[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        plan_put_u64(w, x->stream[i]);
+    plan_put_u8(w, (uint8_t)l->n_in), plan_put_u8(w, (uint8_t)l->n_out);
+    for (int io = 0; io < 2; io++)
+        for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
+            put_ref(w, io ? &l->out[i] : &l->in[i]);
+            plan_put_i64(w, io ? x->omod[i] : x->mod[i]);
+            put_i64s(w, io ? x->vout[i] : x->vin[i], 6);
+            plan_put_u8(w, l->gather_pdim[io][i]);
+        }
+    for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
+        put_ref(w, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
+}
+
 static void put_action(struct plan_writer *w, const struct ir_action *a)
 {
     plan_put_u8(w, a->kind);
@@ -172,34 +214,17 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
         plan_put_f64(w, g->beta);
         plan_put_u8(w, g->dtype), plan_put_u8(w, g->c_dtype);
         put_ref(w, &g->a), put_ref(w, &g->b), put_ref(w, &g->c);
-        break;
-    }
-    case IR_ACT_LAUNCH: { /* only the axes and slots in use: a launch a few hundred bytes, not a whole kn_args */
-        const struct ir_launch *l = &a->launch;
-        const struct kn_args *x = &l->args;
-        plan_put_i32(w, l->launch);
-        plan_put_u8(w, l->fn_first), plan_put_u8(w, l->fn_last);
-        plan_put_u8(w, l->q_pos_pdim), plan_put_u8(w, l->k_pos_pdim);
-        plan_put_f64(w, l->scale);
-        plan_put_i64(w, x->rows), plan_put_i64(w, x->cols), plan_put_i64(w, x->rank);
-        for (int i = 0; i < x->rank; i++) {
-            plan_put_i64(w, x->dim[i]), plan_put_i64(w, x->stride[i]);
-            plan_put_u8(w, l->off_pdim[i]);
+        plan_put_u8(w, g->epilogue);
+        if (g->epilogue) {
+            plan_put_u8(w, g->gemm_in);
+            put_ref(w, &g->bias), put_ref(w, &g->aux);
+            put_launch(w, &a->launch);
         }
-        for (int i = 0; i < 4; i++)
-            plan_put_u64(w, x->stream[i]);
-        plan_put_u8(w, (uint8_t)l->n_in), plan_put_u8(w, (uint8_t)l->n_out);
-        for (int io = 0; io < 2; io++)
-            for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
-                put_ref(w, io ? &l->out[i] : &l->in[i]);
-                plan_put_i64(w, io ? x->omod[i] : x->mod[i]);
-                put_i64s(w, io ? x->vout[i] : x->vin[i], 6);
-                plan_put_u8(w, l->gather_pdim[io][i]);
-            }
-        for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
-            put_ref(w, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
         break;
     }
+    case IR_ACT_LAUNCH:
+        put_launch(w, &a->launch);
+        break;
     case IR_ACT_ZERO:
         put_ref(w, &a->zero);
         plan_put_i64(w, a->zero_bytes);
@@ -237,6 +262,40 @@ static void put_action(struct plan_writer *w, const struct ir_action *a)
     }
 }
 
+static void get_launch(struct plan_reader *r, struct ir_launch *l)
+{
+    struct kn_args *x = &l->args;
+    l->launch = plan_get_i32(r);
+    l->fn_first = plan_get_u8(r), l->fn_last = plan_get_u8(r);
+    l->q_pos_pdim = plan_get_u8(r), l->k_pos_pdim = plan_get_u8(r);
+    l->scale = (float)plan_get_f64(r);
+    x->rows = plan_get_i64(r), x->cols = plan_get_i64(r), x->rank = plan_get_i64(r);
+    if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS) {
+        r->bad = true;
+        return;
+    }
+    for (int i = 0; i < x->rank; i++) {
+        x->dim[i] = plan_get_i64(r), x->stride[i] = plan_get_i64(r);
+        l->off_pdim[i] = plan_get_u8(r);
+    }
+    for (int i = 0; i < 4; i++)
+        x->stream[i] = plan_get_u64(r);
+    l->n_in = plan_get_u8(r), l->n_out = plan_get_u8(r);
+    if (l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS) {
+        r->bad = true;
+        return;
+    }
+    for (int io = 0; io < 2; io++)
+        for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
+            get_ref(r, io ? &l->out[i] : &l->in[i]);
+            *(io ? &x->omod[i] : &x->mod[i]) = plan_get_i64(r);
+            get_i64s(r, io ? x->vout[i] : x->vin[i], 6);
+            l->gather_pdim[io][i] = plan_get_u8(r);
+        }
+    for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
+        get_ref(r, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
+}
+
 static void get_action(struct plan_reader *r, struct ir_action *a)
 {
     memset(a, 0, sizeof *a);
@@ -256,42 +315,18 @@ static void get_action(struct plan_reader *r, struct ir_action *a)
         if (g->dtype >= IR_DTYPE_COUNT || g->c_dtype >= IR_DTYPE_COUNT)
             r->bad = true;
         get_ref(r, &g->a), get_ref(r, &g->b), get_ref(r, &g->c);
+        g->epilogue = plan_get_u8(r);
+        if (g->epilogue) {
+            g->gemm_in = plan_get_u8(r);
+            get_ref(r, &g->bias), get_ref(r, &g->aux);
+            get_launch(r, &a->launch);
+            r->bad |= g->epilogue >= IR_EPI_COUNT || g->gemm_in >= a->launch.n_in || g->batch != 1 || g->beta != 0;
+        }
         break;
     }
-    case IR_ACT_LAUNCH: {
-        struct ir_launch *l = &a->launch;
-        struct kn_args *x = &l->args;
-        l->launch = plan_get_i32(r);
-        l->fn_first = plan_get_u8(r), l->fn_last = plan_get_u8(r);
-        l->q_pos_pdim = plan_get_u8(r), l->k_pos_pdim = plan_get_u8(r);
-        l->scale = (float)plan_get_f64(r);
-        x->rows = plan_get_i64(r), x->cols = plan_get_i64(r), x->rank = plan_get_i64(r);
-        if (x->rank < 0 || x->rank > KN_MAX_RANK || l->fn_first > l->fn_last || l->fn_last >= KN_ATTN_FNS) {
-            r->bad = true;
-            break;
-        }
-        for (int i = 0; i < x->rank; i++) {
-            x->dim[i] = plan_get_i64(r), x->stride[i] = plan_get_i64(r);
-            l->off_pdim[i] = plan_get_u8(r);
-        }
-        for (int i = 0; i < 4; i++)
-            x->stream[i] = plan_get_u64(r);
-        l->n_in = plan_get_u8(r), l->n_out = plan_get_u8(r);
-        if (l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS) {
-            r->bad = true;
-            break;
-        }
-        for (int io = 0; io < 2; io++)
-            for (int i = 0; i < (io ? l->n_out : l->n_in); i++) {
-                get_ref(r, io ? &l->out[i] : &l->in[i]);
-                *(io ? &x->omod[i] : &x->mod[i]) = plan_get_i64(r);
-                get_i64s(r, io ? x->vout[i] : x->vin[i], 6);
-                l->gather_pdim[io][i] = plan_get_u8(r);
-            }
-        for (int i = 0; l->fn_last > KN_ATTN_FWD && i < l->n_in + l->n_out; i++)
-            get_ref(r, i < l->n_in ? &l->grad_in[i] : &l->grad_out[i - l->n_in]);
+    case IR_ACT_LAUNCH:
+        get_launch(r, &a->launch);
         break;
-    }
     case IR_ACT_ZERO:
         get_ref(r, &a->zero);
         a->zero_bytes = plan_get_i64(r);
@@ -491,7 +526,11 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
         if (a->kind == IR_ACT_GEMM)
             bad = check_ref(m, &g->a, v, 0, LAST(g->lda, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->stride_a) * size) ||
                   check_ref(m, &g->b, v, 0, LAST(g->ldb, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->stride_b) * size) ||
-                  check_ref(m, &g->c, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * ir_dtype_bytes((enum ir_dtype)g->c_dtype));
+                  check_ref(m, &g->c, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * ir_dtype_bytes((enum ir_dtype)g->c_dtype)) ||
+                  (g->epilogue && (check_ref(m, &g->bias, v, 0, g->n * ir_dtype_bytes((enum ir_dtype)g->c_dtype)) ||
+                                   (g->epilogue == IR_EPI_GELU_AUX_BIAS &&
+                                    check_ref(m, &g->aux, v, 0, LAST(g->ldc, g->m, g->n, g->stride_c) * ir_dtype_bytes((enum ir_dtype)g->c_dtype))) ||
+                                   check_launch(&a->launch, m, K, v)));
 #undef LAST
         else if (a->kind == IR_ACT_ZERO)
             bad = check_ref(m, &a->zero, v, 0, a->zero_bytes);

@@ -60,6 +60,24 @@ struct ir_ref {
     int64_t offset; /* bytes */
 };
 
+/* What a GEMM does to its product before writing c, where the fusion pass
+ * folded the group after its matmul into it (fuse_gemm_epilogues): x is
+ * op(a) @ op(b), bias a row of n broadcast over the m rows. */
+#define IR_EPILOGUES(X)                                                        \
+    X(NONE, "none")                                                            \
+    X(BIAS, "bias")                   /* c = x + bias */                       \
+    X(GELU_BIAS, "gelu-bias")         /* c = gelu(x + bias), tanh's approximation */ \
+    X(GELU_AUX_BIAS, "gelu-aux-bias") /* aux = x + bias (kept for the backward), c = gelu(aux) */
+
+enum ir_epilogue {
+#define X(id, name) IR_EPI_##id,
+    IR_EPILOGUES(X)
+#undef X
+    IR_EPI_COUNT
+};
+
+const char *ir_epilogue_name(enum ir_epilogue e);
+
 struct ir_gemm {
     int64_t batch, m, n, k;
     bool ta, tb;
@@ -69,6 +87,12 @@ struct ir_gemm {
                       * --grad-reduce-in-bf16), an activation's is the activations' type */
     int64_t lda, ldb, ldc, stride_a, stride_b, stride_c; /* elements; a stride 0 broadcasts */
     struct ir_ref a, b, c;
+    uint8_t epilogue;    /* enum ir_epilogue; not NONE: batch 1, beta 0, and the action's launch is the group's
+                          * forward kernel, which computes the same from x read at its slot gemm_in (an executor
+                          * whose backend has no such epilogue writes x there and runs it: aux, else c) */
+    uint8_t gemm_in;     /* that slot */
+    struct ir_ref bias;  /* n elements of c_dtype */
+    struct ir_ref aux;   /* GELU_AUX_BIAS: m x n like c */
 };
 
 struct ir_launch {

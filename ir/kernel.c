@@ -329,17 +329,26 @@ void kn_set_free(struct kn_set *s)
 
 const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n)
 {
-    int count[KN_WHEN_COUNT] = {0};
-    for (int l = 0; l < s->n_launches; l++)
+    int count[KN_WHEN_COUNT] = {0}, epilogues = 0, total = 0;
+    for (int l = 0; l < s->n_launches; l++) {
+        if (s->launches[l].epilogue) {
+            epilogues++;
+            continue;
+        }
         count[s->launches[l].when < KN_WHEN_COUNT ? s->launches[l].when : 0]++;
+        total++;
+    }
     static const char *names[KN_WHEN_COUNT] = {"forward", "backward", "optimizer", "gradient-norm"};
     size_t m = 0;
     buf[0] = 0;
-    for (int w = 0; w < KN_WHEN_COUNT && m < n; w++)
+    for (int w = 0; w < KN_WHEN_COUNT && m < n; w++) {
         if (count[w] || w == KN_WHEN_FORWARD)
             m += (size_t)snprintf(buf + m, n - m, "%s%d %s", m ? ", " : "", count[w], names[w]);
+        if (w == KN_WHEN_FORWARD && epilogues && m < n)
+            m += (size_t)snprintf(buf + m, n - m, " (and %d in GEMMs' epilogues)", epilogues);
+    }
     if (m < n)
-        snprintf(buf + m, n - m, " launch%s", s->n_launches == 1 ? "" : "es");
+        snprintf(buf + m, n - m, " launch%s", total == 1 ? "" : "es");
     return buf;
 }
 
@@ -419,6 +428,7 @@ void kn_set_write(struct plan_writer *w, const struct kn_set *s)
             plan_put_u64(w, l->streams[j]);
         for (int j = 0; j < KN_SIZES; j++)
             plan_put_i64(w, l->sizes[j]);
+        plan_put_u8(w, l->epilogue);
     }
     put_bytes(w, s->cpu_object, s->cpu_size);
 }
@@ -561,6 +571,8 @@ int kn_set_read(struct plan *p, struct kn_set *s, struct diag *d)
             l->streams[j] = plan_get_u64(&r);
         for (int j = 0; j < KN_SIZES; j++)
             l->sizes[j] = plan_get_i64(&r);
+        l->epilogue = plan_get_u8(&r);
+        r.bad |= l->epilogue > 1 || (l->epilogue && l->when != KN_WHEN_FORWARD);
         const struct kn_entry *e = &s->kernels[l->kernel];
         r.bad |= l->n_in > KN_MAX_SLOTS || l->n_out > KN_MAX_SLOTS ||
                  (e->kind == KN_KIND_FUSED && (l->n_in != e->k.n_in || l->n_out != e->k.n_out)) ||

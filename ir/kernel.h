@@ -227,6 +227,8 @@ struct kn_launch {
                               * it moves; [1], [2]: rows and columns of a domain that is no tensor's (0: the domain
                               * tensor's; relpos_bias's backward: a row per table element, a column per (query, key)) */
     uint8_t when;          /* enum kn_when */
+    uint8_t epilogue;      /* a forward launch run as the epilogue of the GEMM that makes its first op's input 0
+                            * (fuse_gemm_epilogues), not on its own */
 };
 
 struct kn_entry {
@@ -255,7 +257,8 @@ struct kn_set {
 uint64_t kn_entry_hash(const struct kn_entry *e);
 
 void kn_set_free(struct kn_set *s);
-/* "52 forward, 49 backward, 150 optimizer launches" (a step's, one micro-batch, all stages), into buf. */
+/* "52 forward, 49 backward, 150 optimizer launches" (a step's, one micro-batch, all stages), into buf; a GEMM's
+ * epilogues are counted apart: "40 forward (and 4 in GEMMs' epilogues), ...". */
 const char *kn_set_launches(const struct kn_set *s, char *buf, size_t n);
 
 struct plan;

@@ -28,9 +28,9 @@
 #include "diag.h"
 
 #define PLAN_MAGIC "WEFTPLAN"
-#define PLAN_VERSION_MAJOR 5
-#define PLAN_VERSION_MINOR 3 /* 5.1: section "hf" (Hugging Face's names); 5.2: the layout's grad_reduce_in_bf16,
-                               * each role memory's gradient element bytes; 5.3: the layout's ddp_bucket_size */
+#define PLAN_VERSION_MAJOR 6
+#define PLAN_VERSION_MINOR 0 /* 6.0: GEMM epilogues (a GEMM action may carry its group's launch; kn_launch's
+                               * epilogue).  5.x: the hf section, grad_reduce_in_bf16, ddp_bucket_size */
 #define PLAN_NAME_MAX 24
 
 uint32_t plan_crc32(const void *p, size_t n);

@@ -9,6 +9,7 @@
  * range; what a part computes does not depend on how many there are, so
  * the results are the same on any number of threads. */
 #include "backend_impl.h"
+#include "actions.h"
 #include "util.h"
 
 #include <cblas.h>
@@ -487,13 +488,20 @@ int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *
 {
     bool bf16 = g->dtype == IR_DTYPE_BF16;
     if ((g->dtype != IR_DTYPE_F32 && !bf16) || (g->c_dtype != IR_DTYPE_F32 && !(bf16 && g->c_dtype == IR_DTYPE_BF16)) ||
-        (g->beta != 0 && g->beta != 1) || g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0) {
-        diag_error(d, NULL, 0, "a GEMM of %lld x %lld x %lld (batch %lld, %s x %s into %s, beta %g): not one a backend runs",
+        (g->beta != 0 && g->beta != 1) || g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->epilogue < 0 ||
+        g->epilogue >= IR_EPI_COUNT || (g->epilogue && (g->batch != 1 || g->beta != 0 || !backend_gemm_epilogue(be, g)))) {
+        diag_error(d, NULL, 0, "a GEMM of %lld x %lld x %lld (batch %lld, %s x %s into %s, beta %g%s%s): not one this backend runs",
                    (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch, ir_dtype_name((enum ir_dtype)g->dtype),
-                   ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta);
+                   ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta,
+                   g->epilogue ? ", epilogue " : "", g->epilogue ? ir_epilogue_name((enum ir_epilogue)g->epilogue) : "");
         return -1;
     }
     return g->batch && g->m && g->n ? backend_submit(be, &(struct backend_call){.kind = CALL_GEMM, .u.gemm = *g}, d) : 0;
+}
+
+bool backend_gemm_epilogue(struct backend *be, const struct backend_gemm *g)
+{
+    return be->ops->gemm_epilogue && be->ops->gemm_epilogue(be, g);
 }
 
 int backend_zero(struct backend *be, void *p, size_t bytes, struct diag *d)

@@ -64,8 +64,15 @@ struct backend_gemm {
     int64_t stride_a, stride_b, stride_c; /* elements between a batch's matrices */
     const void *a, *b;
     void *c;
+    int epilogue;                /* enum ir_epilogue (batch 1, beta 0): what is done to the product before c */
+    const void *bias;            /* its n elements, of c_dtype */
+    void *aux;                   /* GELU_AUX_BIAS: the product plus the bias, m x n like c */
 };
 int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d);
+/* Whether the backend runs g's epilogue within the GEMM (cuBLASLt, where
+ * it has an algorithm for it); if not, the caller runs the GEMM without it
+ * and the epilogue's kernel after (the CPU always). */
+bool backend_gemm_epilogue(struct backend *be, const struct backend_gemm *g);
 /* Whether cuBLASLt takes the descriptors cuda.c makes for g (its
  * layouts, transposes, batch and strides, the heuristic's preferences):
  * host work, so it needs cuBLASLt's library and no GPU.  0, or -1 saying

@@ -15,6 +15,7 @@ struct backend_ops {
     int (*route)(struct backend *be, int kernel, const struct kn_route_args *a, struct diag *d);
     int (*sync)(struct backend *be, struct diag *d);
     int (*gemm)(struct backend *be, const struct backend_gemm *g, struct diag *d);
+    bool (*gemm_epilogue)(struct backend *be, const struct backend_gemm *g); /* NULL: none */
     int (*zero)(struct backend *be, void *p, size_t bytes, struct diag *d);
     int (*copy_rows)(struct backend *be, const struct backend_rows *r, struct diag *d);
     void (*memory)(struct backend *be, struct backend_memory *m);

@@ -7,6 +7,7 @@
  * and GEMM goes on the backend's one stream, in order; backend.h's
  * segments are captured from it into graphs (segments.c decides when). */
 #include "backend_impl.h"
+#include "actions.h"
 #include "cuda_abi.h"
 #include "util.h"
 
@@ -283,8 +284,8 @@ static int lt_fail(struct diag *d, lt_status st, const char *what)
  * types and its operands' alignment (the heuristic's preferences). */
 struct lt_key {
     int64_t batch, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c;
-    int32_t ta, tb, dtype, c_dtype, accumulate;
-    uint32_t align_a, align_b, align_c;
+    int32_t ta, tb, dtype, c_dtype, accumulate, epilogue;
+    uint32_t align_a, align_b, align_c, align_bias, align_aux;
 };
 
 /* A GEMM's descriptors and the heuristic's algorithm, made once per key. */
@@ -293,6 +294,7 @@ struct lt_gemm {
     lt_desc desc;
     lt_layout a, b, c; /* cuBLAS's column-major A, B, C (= D): the plan's b, a, c (lt_gemm_make) */
     struct lt_algo algo;
+    bool none;         /* the heuristic found no algorithm (an epilogue's GEMM runs without it) */
 };
 
 struct lt_gemms {
@@ -379,13 +381,42 @@ static lt_status lt_layout_make(lt_layout *l, int type, int64_t rows, int64_t co
  * its transpose, so cuBLAS's A is the plan's b (stored n x k when tb, read
  * transposed; else k x n), its B the plan's a, and m and n swap.  The
  * descriptors and the heuristic's preferences (host work: no GPU needed). */
+/* cuBLAS's epilogue for the plan's: its bias is a row of n, D's rows (the
+ * plan's columns), and the GELU's input is kept with D's leading dimension. */
+static uint32_t lt_epilogue(int epilogue)
+{
+    switch (epilogue) {
+    case IR_EPI_BIAS: return ABI_CUBLASLT_EPILOGUE_BIAS;
+    case IR_EPI_GELU_BIAS: return ABI_CUBLASLT_EPILOGUE_GELU_BIAS;
+    case IR_EPI_GELU_AUX_BIAS: return ABI_CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    default: return ABI_CUBLASLT_EPILOGUE_DEFAULT;
+    }
+}
+
+/* The epilogue's pointers: set on the descriptor before each call (and
+ * before the heuristic, which reads their alignment from them). */
+static lt_status lt_point(const struct lt_gemm *p, const void *bias, void *aux)
+{
+    lt_status st = 0;
+    if (p->key.epilogue)
+        st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (!st && p->key.epilogue == IR_EPI_GELU_AUX_BIAS)
+        st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+    return st;
+}
+
 static lt_status lt_describe(const struct lt_key *K, struct lt_gemm *p, lt_pref *pref)
 {
     int32_t op_a = K->tb ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N, op_b = K->ta ? ABI_CUBLAS_OP_T : ABI_CUBLAS_OP_N;
     uint64_t workspace = LT_WORKSPACE_BYTES;
+    uint32_t epilogue = lt_epilogue(K->epilogue);
+    int64_t aux_ld = K->ldc;
     lt_status st;
     if ((st = lt.desc_create(&p->desc, ABI_CUBLAS_COMPUTE_32F, ABI_CUDA_R_32F)) ||
-        (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) ||
+        (K->epilogue && (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue))) ||
+        (K->epilogue == IR_EPI_GELU_AUX_BIAS && (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld))))
+        return st;
+    if ((st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) ||
         (st = lt.desc_set(p->desc, ABI_CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b)) ||
         (st = lt_layout_make(&p->a, lt_type(K->dtype), K->tb ? K->k : K->n, K->tb ? K->n : K->k, K->ldb, K->batch, K->stride_b)) ||
         (st = lt_layout_make(&p->b, lt_type(K->dtype), K->ta ? K->m : K->k, K->ta ? K->k : K->m, K->lda, K->batch, K->stride_a)) ||
@@ -402,9 +433,10 @@ static lt_status lt_describe(const struct lt_key *K, struct lt_gemm *p, lt_pref 
 /* "a GEMM of 64 x 48 x 32 (batch 1, a, b transposed, bf16 into f32)" */
 static const char *lt_key_str(const struct lt_key *K, char *buf, size_t n)
 {
-    snprintf(buf, n, "a GEMM of %lld x %lld x %lld (batch %lld, %s%s, %s into %s)", (long long)K->m, (long long)K->n, (long long)K->k,
-             (long long)K->batch, K->ta ? "a transposed" : "a", K->tb ? ", b transposed" : "", ir_dtype_name((enum ir_dtype)K->dtype),
-             ir_dtype_name((enum ir_dtype)K->c_dtype));
+    snprintf(buf, n, "a GEMM of %lld x %lld x %lld (batch %lld, %s%s, %s into %s%s%s)", (long long)K->m, (long long)K->n,
+             (long long)K->k, (long long)K->batch, K->ta ? "a transposed" : "a", K->tb ? ", b transposed" : "",
+             ir_dtype_name((enum ir_dtype)K->dtype), ir_dtype_name((enum ir_dtype)K->c_dtype), K->epilogue ? ", epilogue " : "",
+             K->epilogue ? ir_epilogue_name((enum ir_epilogue)K->epilogue) : "");
     return buf;
 }
 
@@ -421,12 +453,17 @@ static void lt_key_make(const struct backend_gemm *g, int64_t calls, int64_t z, 
     *a = (const char *)g->a + z * g->stride_a * e, *b = (const char *)g->b + z * g->stride_b * e;
     K->align_a = lt_alignment(*a, g->stride_a * e, K->batch), K->align_b = lt_alignment(*b, g->stride_b * e, K->batch);
     K->align_c = lt_alignment(g->c, g->stride_c * ec, K->batch);
+    K->epilogue = g->epilogue;
+    K->align_bias = g->epilogue ? lt_alignment(g->bias, 0, 1) : 0;
+    K->align_aux = g->epilogue == IR_EPI_GELU_AUX_BIAS ? lt_alignment(g->aux, 0, 1) : 0;
 }
 
 static int64_t lt_calls(const struct backend_gemm *g) { return g->stride_c == 0 && g->batch > 1 ? g->batch : 1; }
 
-/* The GEMM's descriptors and algorithm: made on its key's first call, kept. */
-static struct lt_gemm *lt_gemm_make(struct lt_gemms *G, const struct lt_key *K, struct diag *d)
+/* The GEMM's descriptors and algorithm: made on its key's first call, kept
+ * (with none where the heuristic has none: asked again, the answer is the
+ * same).  NULL where cuBLASLt refused the descriptors (d says why). */
+static struct lt_gemm *lt_gemm_make(struct lt_gemms *G, const struct lt_key *K, const struct backend_gemm *g, struct diag *d)
 {
     for (int i = 0; i < G->n; i++)
         if (!memcmp(&G->v[i].key, K, sizeof *K))
@@ -437,19 +474,18 @@ static struct lt_gemm *lt_gemm_make(struct lt_gemms *G, const struct lt_key *K, 
     int returned = 0;
     lt_status st = lt_describe(K, &p, &pref);
     if (!st)
+        st = lt_point(&p, g->bias, g->aux);
+    if (!st)
         st = lt.heuristic(G->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &found, &returned);
     if (pref)
         lt.pref_destroy(pref);
-    if (st || returned < 1) {
+    if (st) {
         char what[200];
-        lt_key_str(K, what, sizeof what);
+        lt_fail(d, st, lt_key_str(K, what, sizeof what));
         lt_gemm_release(&p);
-        if (st)
-            lt_fail(d, st, what);
-        else
-            diag_error(d, NULL, 0, "cuBLASLt has no algorithm for %s", what);
         return NULL;
     }
+    p.none = returned < 1;
     p.algo = found.algo;
     WF_GROW(G->v, G->n, G->cap);
     G->v[G->n] = p;
@@ -470,6 +506,8 @@ int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d)
         struct lt_gemm p = {.key = K};
         lt_pref pref = NULL;
         lt_status st = lt_describe(&K, &p, &pref);
+        if (!st)
+            st = lt_point(&p, g->bias, g->aux);
         if (pref)
             lt.pref_destroy(pref);
         lt_gemm_release(&p);
@@ -477,6 +515,23 @@ int backend_cuda_gemm_check(const struct backend_gemm *g, struct diag *d)
         rc = st ? lt_fail(d, st, lt_key_str(&K, what, sizeof what)) : 0;
     }
     return rc;
+}
+
+/* Whether cuBLASLt has an algorithm for g with its epilogue (the GELU's
+ * kept input needs a leading dimension that is a multiple of 8). */
+static bool cuda_gemm_epilogue(struct backend *be, const struct backend_gemm *g)
+{
+    struct cuda *c = (struct cuda *)be;
+    if (!g->epilogue || lt_calls(g) != 1 || (g->epilogue == IR_EPI_GELU_AUX_BIAS && g->ldc % 8))
+        return false;
+    struct lt_key K;
+    const void *a, *b;
+    lt_key_make(g, 1, 0, &K, &a, &b);
+    struct diag quiet;
+    diag_init(&quiet);
+    const struct lt_gemm *p = lt_gemm_make(c->gemms, &K, g, &quiet);
+    diag_free(&quiet);
+    return p && !p->none;
 }
 
 static int cuda_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d)
@@ -488,10 +543,18 @@ static int cuda_gemm(struct backend *be, const struct backend_gemm *g, struct di
         struct lt_key K;
         const void *a, *b;
         lt_key_make(g, calls, z, &K, &a, &b);
-        const struct lt_gemm *p = lt_gemm_make(G, &K, d);
+        const struct lt_gemm *p = lt_gemm_make(G, &K, g, d);
         if (!p)
             return -1;
-        lt_status st = lt.matmul(G->handle, p->desc, &one, b, p->a, a, p->b, &beta, g->c, p->c, g->c, p->c, &p->algo,
+        if (p->none) {
+            char what[200];
+            diag_error(d, NULL, 0, "cuBLASLt has no algorithm for %s", lt_key_str(&K, what, sizeof what));
+            return -1;
+        }
+        lt_status st = lt_point(p, g->bias, g->aux);
+        if (st)
+            return lt_fail(d, st, "the epilogue's pointers");
+        st = lt.matmul(G->handle, p->desc, &one, b, p->a, a, p->b, &beta, g->c, p->c, g->c, p->c, &p->algo,
                                  (void *)(uintptr_t)G->workspace, LT_WORKSPACE_BYTES, c->stream);
         if (st)
             return lt_fail(d, st, "cublasLtMatmul");
@@ -932,7 +995,8 @@ static int cuda_poll(struct backend *be, struct diag *d);
 
 static const struct backend_ops cuda_ops = {
     .alloc = cuda_alloc, .free = cuda_free, .put = cuda_put, .get = cuda_get, .copy = cuda_copy, .fused = cuda_fused,
-    .attention = cuda_attention, .route = cuda_route, .sync = cuda_sync, .gemm = cuda_gemm, .zero = cuda_zero,
+    .attention = cuda_attention, .route = cuda_route, .sync = cuda_sync, .gemm = cuda_gemm, .gemm_epilogue = cuda_gemm_epilogue,
+    .zero = cuda_zero,
     .copy_rows = cuda_copy_rows, .memory = cuda_memory, .close = cuda_close,
     .holds = cuda_holds, .gpu = cuda_gpu, .poll = cuda_poll, .capture_begin = cuda_capture_begin, .capture_end = cuda_capture_end,
     .graph_nodes = cuda_graph_nodes, .graph_update = cuda_graph_update, .graph_launch = cuda_graph_launch,

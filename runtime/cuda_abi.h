@@ -28,6 +28,14 @@
     X(CUBLAS_COMPUTE_32F, 68)                   /* fp32 sums, no TF32 */                                               \
     X(CUBLASLT_MATMUL_DESC_TRANSA, 3)           /* cublasLt.h: int32_t, a cublasOperation_t */                         \
     X(CUBLASLT_MATMUL_DESC_TRANSB, 4)                                                                                     \
+    X(CUBLASLT_MATMUL_DESC_EPILOGUE, 7)         /* uint32_t, a cublasLtEpilogue_t */                                   \
+    X(CUBLASLT_MATMUL_DESC_BIAS_POINTER, 8)     /* const void *: D's rows */                                           \
+    X(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, 11) /* void *: GELU's input */                                        \
+    X(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, 12) /* int64_t: a multiple of 8, at least D's rows */                       \
+    X(CUBLASLT_EPILOGUE_DEFAULT, 1)                                                                                       \
+    X(CUBLASLT_EPILOGUE_BIAS, 4)                                                                                          \
+    X(CUBLASLT_EPILOGUE_GELU_BIAS, 36)                                                                                    \
+    X(CUBLASLT_EPILOGUE_GELU_AUX_BIAS, 164)                                                                               \
     X(CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, 5)    /* int32_t */                                                          \
     X(CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, 6) /* int64_t, elements */                                          \
     X(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, 1) /* uint64_t */                                                      \

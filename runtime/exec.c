@@ -181,6 +181,10 @@ static int action_spans(const struct exec *x, const struct ir_action_list *l, in
     switch (a->kind) {
     case IR_ACT_GEMM:
         s[n++] = ref_span(x, &a->gemm.a, v, j), s[n++] = ref_span(x, &a->gemm.b, v, j), s[n++] = ref_span(x, &a->gemm.c, v, j);
+        if (a->gemm.epilogue)
+            s[n++] = ref_span(x, &a->gemm.bias, v, j);
+        if (a->gemm.epilogue == IR_EPI_GELU_AUX_BIAS)
+            s[n++] = ref_span(x, &a->gemm.aux, v, j);
         break;
     case IR_ACT_LAUNCH: {
         const struct ir_launch *il = &a->launch;
@@ -537,13 +541,27 @@ static int fill_inputs(struct exec *x, int v, int j, struct diag *d)
     return 0;
 }
 
-static int gemm(struct exec *x, const struct ir_gemm *g, int v, int j, struct diag *d)
+static int launch(struct exec *x, const struct ir_launch *il, int v, int j, struct diag *d);
+
+/* A GEMM action; with an epilogue, in the backend's GEMM where it has it,
+ * else the product written where the epilogue's launch reads it, then the
+ * launch. */
+static int gemm(struct exec *x, const struct ir_action *a, int v, int j, struct diag *d)
 {
+    const struct ir_gemm *g = &a->gemm;
     struct backend_gemm b = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k, .ta = g->ta, .tb = g->tb, .beta = g->beta,
                              .dtype = g->dtype, .c_dtype = g->c_dtype, .lda = g->lda, .ldb = g->ldb, .ldc = g->ldc,
                              .stride_a = g->stride_a, .stride_b = g->stride_b, .stride_c = g->stride_c,
-                             .a = at(x, &g->a, v, j), .b = at(x, &g->b, v, j), .c = at(x, &g->c, v, j)};
-    return backend_gemm(x->be, &b, d);
+                             .a = at(x, &g->a, v, j), .b = at(x, &g->b, v, j), .c = at(x, &g->c, v, j), .epilogue = g->epilogue};
+    if (!g->epilogue)
+        return backend_gemm(x->be, &b, d);
+    b.bias = at(x, &g->bias, v, j);
+    b.aux = g->epilogue == IR_EPI_GELU_AUX_BIAS ? at(x, &g->aux, v, j) : NULL;
+    if (backend_gemm_epilogue(x->be, &b))
+        return backend_gemm(x->be, &b, d);
+    b.epilogue = IR_EPI_NONE, b.bias = NULL, b.aux = NULL;
+    b.c = at(x, &a->launch.in[g->gemm_in], v, j);
+    return backend_gemm(x->be, &b, d) || launch(x, &a->launch, v, j, d) ? -1 : 0;
 }
 
 /* The tokens each rank's loss gradient is over: its rows, every
@@ -801,7 +819,7 @@ static int run_actions(struct exec *x, const struct ir_action_list *l, int v, in
         double t0 = wf_seconds();
         switch (a->kind) {
         case IR_ACT_GEMM:
-            if (gemm(x, &a->gemm, v, j, d))
+            if (gemm(x, a, v, j, d))
                 return -1;
             break;
         case IR_ACT_LAUNCH:

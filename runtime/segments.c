@@ -109,7 +109,7 @@ static bool same_gemm(const struct backend_gemm *a, const struct backend_gemm *b
     return a->batch == b->batch && a->m == b->m && a->n == b->n && a->k == b->k && a->ta == b->ta && a->tb == b->tb &&
            a->beta == b->beta && a->dtype == b->dtype && a->c_dtype == b->c_dtype && a->lda == b->lda && a->ldb == b->ldb &&
            a->ldc == b->ldc && a->stride_a == b->stride_a && a->stride_b == b->stride_b && a->stride_c == b->stride_c &&
-           a->a == b->a && a->b == b->b && a->c == b->c;
+           a->a == b->a && a->b == b->b && a->c == b->c && a->epilogue == b->epilogue && a->bias == b->bias && a->aux == b->aux;
 }
 
 static bool same_rows(const struct backend_rows *a, const struct backend_rows *b)

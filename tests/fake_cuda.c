@@ -18,6 +18,8 @@
  * allocation past them fails as out of memory); $WEFT_FAKE_CUDA_NO_CAPTURE,
  * every capture refused. */
 #include <dlfcn.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,14 +39,15 @@ struct fn {
 static void *kernels;
 static struct fn *fns;
 static int n_fns;
-static long launches, replays, node_sets, captures, gemms;
+static long launches, replays, node_sets, captures, gemms, epilogues;
 
 static void finish_log(void)
 {
     const char *path = getenv("WEFT_FAKE_CUDA_LOG");
     FILE *f = path ? fopen(path, "a") : NULL;
     if (f) {
-        fprintf(f, "launches %ld replays %ld node_sets %ld captures %ld gemms %ld\n", launches, replays, node_sets, captures, gemms);
+        fprintf(f, "launches %ld replays %ld node_sets %ld captures %ld gemms %ld epilogues %ld\n", launches, replays, node_sets, captures,
+                gemms, epilogues);
         fclose(f);
     }
 }
@@ -163,6 +166,10 @@ struct layout {
 
 struct desc {
     int32_t ta, tb;
+    uint32_t epilogue;      /* cublasLtEpilogue_t: 1 none, bit 4 bias, bit 32 GELU, bit 128 the GELU's input kept in aux */
+    const void *bias;       /* D's rows of D's type */
+    void *aux;
+    int64_t aux_ld;
 };
 
 struct node {
@@ -220,6 +227,7 @@ static void narrow(void *p, int type, int64_t i, float v)
 static void run_gemm(const struct node *x)
 {
     gemms++;
+    epilogues += x->desc.epilogue > 1;
     uint64_t m = x->ld.rows, n = x->ld.cols, k = x->desc.ta ? x->la.rows : x->la.cols;
     for (int32_t z = 0; z < (x->ld.batch > 1 ? x->ld.batch : 1); z++)
         for (uint64_t j = 0; j < n; j++)
@@ -232,6 +240,14 @@ static void run_gemm(const struct node *x)
                 }
                 int64_t ci = z * x->lc.stride + (int64_t)(j * (uint64_t)x->lc.ld + i), di = z * x->ld.stride + (int64_t)(j * (uint64_t)x->ld.ld + i);
                 float v = x->alpha * s + (x->beta != 0 ? x->beta * widen(x->c, x->lc.type, ci) : 0);
+                if (x->desc.epilogue & 4) /* bias, by D's row */
+                    v += widen(x->desc.bias, x->ld.type, (int64_t)i);
+                if (x->desc.epilogue & 128) /* the GELU's input, rounded to D's type */
+                    narrow(x->desc.aux, x->ld.type, (int64_t)(j * (uint64_t)x->desc.aux_ld + i), v);
+                if (x->desc.epilogue & 32) { /* tanh's GELU */
+                    float half = 0.5f * v;
+                    v = half * (1.f + tanhf(0.797884561f * (v + 0.044715f * (v * v * v))));
+                }
                 narrow(x->d, x->ld.type, di, v);
             }
 }
@@ -478,7 +494,13 @@ res cuGraphExecKernelNodeSetParams(struct graph *exec, const struct node *n, con
 res cublasLtCreate(void **h) { return *h = (void *)1, OK; }
 res cublasLtDestroy(void *h) { return (void)h, OK; }
 const char *cublasLtGetStatusString(res r) { return (void)r, "a cuBLASLt error of the fake"; }
-res cublasLtMatmulDescCreate(struct desc **d, int compute, int scale) { return (void)compute, (void)scale, *d = calloc(1, sizeof **d), OK; }
+res cublasLtMatmulDescCreate(struct desc **d, int compute, int scale)
+{
+    (void)compute, (void)scale;
+    *d = calloc(1, sizeof **d);
+    (*d)->epilogue = 1; /* CUBLASLT_EPILOGUE_DEFAULT */
+    return OK;
+}
 res cublasLtMatmulDescDestroy(struct desc *d) { return free(d), OK; }
 res cublasLtMatmulDescSetAttribute(struct desc *d, int attr, const void *buf, size_t n)
 {
@@ -487,6 +509,16 @@ res cublasLtMatmulDescSetAttribute(struct desc *d, int attr, const void *buf, si
         d->ta = *(const int32_t *)buf;
     else if (attr == 4)
         d->tb = *(const int32_t *)buf;
+    else if (attr == 7 && n == 4)
+        d->epilogue = *(const uint32_t *)buf;
+    else if (attr == 8 && n == sizeof(void *))
+        d->bias = *(const void *const *)buf;
+    else if (attr == 11 && n == sizeof(void *))
+        d->aux = *(void *const *)buf;
+    else if (attr == 12 && n == 8)
+        d->aux_ld = *(const int64_t *)buf;
+    else
+        return ERR_INVALID; /* an attribute the fake does not know: weft sets no other */
     return OK;
 }
 res cublasLtMatrixLayoutCreate(struct layout **l, int type, uint64_t rows, uint64_t cols, int64_t ld)
@@ -511,8 +543,14 @@ res cublasLtMatmulPreferenceSetAttribute(void *p, int attr, const void *buf, siz
 res cublasLtMatmulAlgoGetHeuristic(void *h, struct desc *d, struct layout *a, struct layout *b, struct layout *c, struct layout *dd,
                                    void *pref, int requested, void *results, int *returned)
 {
-    (void)h, (void)d, (void)a, (void)b, (void)c, (void)dd, (void)pref, (void)requested;
+    (void)h, (void)a, (void)b, (void)c, (void)pref, (void)requested;
     memset(results, 0, 96);
+    /* the documented needs: the bias's and the kept input's pointers, that input's leading dimension a multiple of 8
+     * and at least D's rows; only those epilogues */
+    bool known = d->epilogue == 1 || d->epilogue == 4 || d->epilogue == 36 || d->epilogue == 164;
+    bool aux_ok = !(d->epilogue & 128) || (d->aux && d->aux_ld % 8 == 0 && (uint64_t)d->aux_ld >= dd->rows);
+    if (!known || !aux_ok || ((d->epilogue & 4) && !d->bias))
+        return *returned = 0, OK;
     *returned = 1;
     return OK;
 }

@@ -477,6 +477,79 @@ static void test_gemm(void **state)
     backend_close(be[1]);
 }
 
+/* A GEMM's epilogues: cuBLASLt takes the descriptors cuda.c makes for each
+ * (its epilogue, the bias's and the kept input's pointers, that input's
+ * leading dimension), fp32 and bf16; the CPU backend runs none itself (the
+ * executor runs the epilogue's kernel after the GEMM) and refuses a GEMM
+ * that asks it to. */
+static void test_gemm_epilogues(void **state)
+{
+    (void)state;
+    struct backend *be[2];
+    char why[512];
+    int n_be = open_backends(be, why, sizeof why), described = 0, ran = 0;
+    enum { M = 64, N = 48, K = 32 };
+    char no_lt[512] = "";
+    for (int e = IR_EPI_BIAS; e < IR_EPI_COUNT; e++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            int dt = bf16 ? IR_DTYPE_BF16 : IR_DTYPE_F32;
+            size_t es = bf16 ? 2 : 4;
+            void *a = draw(dt, M * K, 10 + e), *b = draw(dt, K * N, 20 + e), *bias = draw(dt, N, 30 + e);
+            void *got = calloc(M * N, es), *got_aux = calloc(M * N, es);
+            struct backend_gemm g = {.batch = 1, .m = M, .n = N, .k = K, .dtype = dt, .c_dtype = dt, .lda = K, .ldb = N, .ldc = N,
+                                     .a = a, .b = b, .c = got, .epilogue = e, .bias = bias,
+                                     .aux = e == IR_EPI_GELU_AUX_BIAS ? got_aux : NULL};
+            struct diag d;
+            diag_init(&d);
+            if (!no_lt[0] && backend_cuda_gemm_check(&g, &d)) {
+                if (!strstr(diag_first_error(&d), "no cuBLASLt"))
+                    fail_msg("%s, %s: %s", ir_epilogue_name((enum ir_epilogue)e), ir_dtype_name((enum ir_dtype)dt), diag_first_error(&d));
+                snprintf(no_lt, sizeof no_lt, "%s", diag_first_error(&d));
+            }
+            described += !no_lt[0];
+            for (int k = 0; k < n_be; k++) { /* each backend that runs it: against the definition, in double */
+                void *da = backend_alloc(be[k], M * K * es, &d), *db = backend_alloc(be[k], K * N * es, &d);
+                void *dc = backend_alloc(be[k], M * N * es, &d), *dx = backend_alloc(be[k], M * N * es, &d);
+                void *dbias = backend_alloc(be[k], N * es, &d);
+                struct backend_gemm h = g;
+                h.a = da, h.b = db, h.c = dc, h.bias = dbias, h.aux = g.aux ? dx : NULL;
+                if (!da || !db || !dc || !dx || !dbias || backend_put(be[k], da, a, M * K * es, &d) ||
+                    backend_put(be[k], db, b, K * N * es, &d) || backend_put(be[k], dbias, bias, N * es, &d))
+                    fail_msg("%s: %s", backend_describe(be[k]), diag_first_error(&d));
+                if (!backend_gemm_epilogue(be[k], &h)) { /* the CPU's: refused when asked, the executor runs the kernel */
+                    assert_int_equal(backend_gemm(be[k], &h, &d), -1);
+                    assert_non_null(strstr(diag_first_error(&d), "): not one this backend runs"));
+                    diag_free(&d);
+                    diag_init(&d);
+                } else {
+                    if (backend_gemm(be[k], &h, &d) || backend_get(be[k], got, dc, M * N * es, &d) ||
+                        (h.aux && backend_get(be[k], got_aux, dx, M * N * es, &d)))
+                        fail_msg("%s on %s: %s", ir_epilogue_name((enum ir_epilogue)e), backend_describe(be[k]), diag_first_error(&d));
+                    for (int i = 0; i < M; i++)
+                        for (int j = 0; j < N; j++) {
+                            double x = elem(bias, dt, j), mag = fabs(x);
+                            for (int q = 0; q < K; q++)
+                                x += elem(a, dt, i * K + q) * elem(b, dt, q * N + j), mag += fabs(elem(a, dt, i * K + q) * elem(b, dt, q * N + j));
+                            double y = e == IR_EPI_BIAS ? x : 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+                            double bound = 1e-5 * mag + (bf16 ? 0x1p-7 * fabs(y) : 0) + 1e-6;
+                            if (fabs(elem(got, dt, i * N + j) - y) > bound || (h.aux && fabs(elem(got_aux, dt, i * N + j) - x) > bound + 0x1p-7 * fabs(x)))
+                                fail_msg("%s (%s) on %s: c[%d][%d] = %.7g (x + bias %.7g), want %.7g (%.7g)", ir_epilogue_name((enum ir_epilogue)e),
+                                         ir_dtype_name((enum ir_dtype)dt), backend_describe(be[k]), i, j, elem(got, dt, i * N + j),
+                                         h.aux ? elem(got_aux, dt, i * N + j) : NAN, y, x);
+                        }
+                    ran++;
+                }
+                backend_free(be[k], da), backend_free(be[k], db), backend_free(be[k], dc), backend_free(be[k], dx), backend_free(be[k], dbias);
+            }
+            diag_free(&d);
+            free(a), free(b), free(bias), free(got), free(got_aux);
+        }
+    printf("    cuBLASLt took the descriptors of %d of the 6 epilogues%s%s; %d run within their bounds%s%s (the CPU runs none "
+           "itself)\n", described, no_lt[0] ? ": " : "", no_lt, ran, n_be > 1 ? " on " : "; no GPU: ", n_be > 1 ? backend_describe(be[1]) : why);
+    backend_close(be[0]);
+    backend_close(be[1]);
+}
+
 /* backend_copy_rows against the definition: planes x rows of width bytes
  * from their strides, copied or added (fp32 exactly; bf16 summed in fp32
  * and rounded to nearest even, as wf_bf16 rounds); bytes between the rows
@@ -589,6 +662,8 @@ static char *read_text(const char *dir, const char *name)
 }
 
 /* The value the header gives an enumerator ("NAME = 0x02,"), or -1. */
+/* An enumerator's value: a number, or numbers and enumerators or'd
+ * together, in parentheses or not (cuBLASLt's epilogues are). */
 static long header_value(const char *text, const char *name)
 {
     size_t n = strlen(name);
@@ -600,7 +675,28 @@ static long header_value(const char *text, const char *name)
             q++;
         if (*q != '=')
             continue;
-        return strtol(q + 1, NULL, 0);
+        long v = 0;
+        for (q++;; q++) {
+            while (*q == ' ' || *q == '\t' || *q == '(' || *q == ')')
+                q++;
+            if (isdigit((unsigned char)*q))
+                v |= strtol(q, (char **)&q, 0);
+            else {
+                char term[128];
+                size_t k = 0;
+                while ((isalnum((unsigned char)q[k]) || q[k] == '_') && k + 1 < sizeof term)
+                    term[k] = q[k], k++;
+                term[k] = 0;
+                long t = k ? header_value(text, term) : -1;
+                if (t < 0)
+                    return -1;
+                v |= t, q += k;
+            }
+            while (*q == ' ' || *q == '\t' || *q == ')')
+                q++;
+            if (*q != '|')
+                return v;
+        }
     }
     return -1;
 }
@@ -694,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_cuda_matches_cpu),
         cmocka_unit_test(test_emulated_gpu_matches_cpu),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_epilogues),
         cmocka_unit_test(test_copy_rows),
         cmocka_unit_test(test_cuda_ordinal),
         cmocka_unit_test(test_cuda_abi),

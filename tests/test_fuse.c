@@ -908,6 +908,102 @@ static void test_small_models(void **state)
     }
 }
 
+/* Which matmul's GEMM runs which group as its epilogue (matmul's output name: kind). */
+static int epilogues_of(const struct partition *P, const struct kn_set *F, char names[][32], int *kinds, int max)
+{
+    int n = 0;
+    for (int l = 0; l < F->n_launches && n < max; l++) {
+        struct fuse_epilogue ep;
+        if (!F->launches[l].epilogue)
+            continue;
+        kinds[n] = fuse_gemm_epilogue(P, F, l, &ep);
+        snprintf(names[n++], 32, "%s", P->g->tensors[P->g->ops[ep.matmul].out[0]].name);
+    }
+    return n;
+}
+
+/* GEMM epilogues: GPT-2's QKV bias (BIAS) and its MLP's bias + GELU
+ * (GELU_AUX_BIAS: x + bias kept for GELU's backward; forward only, GELU_BIAS),
+ * each layer, tp 1 or 2 with the sequence split: column-parallel, their
+ * outputs are the rank's own.  Never the projections' (their biases join
+ * dropout, the residual and the next norm; under tp their products are
+ * partial sums, reduced before the bias), LLaVA's erf GELU (cuBLASLt's is
+ * tanh's), nor a product something else reads too.  Models without biases
+ * have none. */
+static void test_gemm_epilogues(void **state)
+{
+    (void)state;
+    char names[64][32];
+    int kinds[64];
+    for (int tp = 1; tp <= 2; tp++)
+        for (int infer = 0; infer < 2; infer++) {
+            struct par_config pc = par_config_default();
+            pc.tp = tp, pc.world_size = tp, pc.sequence_parallel = tp > 1;
+            struct partition *P = place_model("models/gpt2.xml", "tiny", pc, NULL, 0);
+            struct kn_set F;
+            fuse(P, infer ? NULL : &train, &F);
+            assert_int_equal(fuse_gemm_epilogues(P, &F), 4);
+            int n = epilogues_of(P, &F, names, kinds, 64);
+            assert_int_equal(n, 4);
+            for (int i = 0; i < n; i++) {
+                bool qkv = !strncmp(names[i], "decoder.layer.", 14) && strstr(names[i], ".qkv0");
+                bool fc = !strncmp(names[i], "decoder.layer.", 14) && strstr(names[i], ".fc0");
+                if (!qkv && !fc)
+                    fail_msg("tp %d: %s's GEMM runs an epilogue", tp, names[i]);
+                assert_int_equal(kinds[i], qkv ? IR_EPI_BIAS : infer ? IR_EPI_GELU_BIAS : IR_EPI_GELU_AUX_BIAS);
+            }
+            kn_set_free(&F);
+            partition_free(P);
+        }
+    for (size_t m = 1; m < WF_COUNT(models); m++) { /* no biases; LLaVA's projector GELU is erf's */
+        struct partition *P = place_model(models[m].file, models[m].variant, par_config_default(), NULL, 0);
+        struct kn_set F;
+        fuse(P, &train, &F);
+        bool llava = strstr(models[m].file, "llava");
+        int n = fuse_gemm_epilogues(P, &F);
+        epilogues_of(P, &F, names, kinds, 64);
+        printf("    %-20s %d GEMM epilogues", models[m].file, n);
+        for (int i = 0; i < n; i++)
+            printf("%s%s (%s)", i ? ", " : ": ", names[i], ir_epilogue_name((enum ir_epilogue)kinds[i]));
+        printf("\n");
+        /* LLaVA's vision layers are GPT-2's (tanh GELU), the projector's second bias is alone */
+        assert_int_equal(n, llava ? 2 * 2 + 1 : 0);
+        for (int i = 0; i < n; i++)
+            assert_true(strstr(names[i], "qkv0") || strstr(names[i], "f0") || !strcmp(names[i], "encoder.p4"));
+        kn_set_free(&F);
+        partition_free(P);
+    }
+    /* a product read twice (p: no epilogue), and a bias then a GELU whose
+     * input another op reads too (v: kept, forward only as well) */
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/weft-test-epilogue-%d.xml", (int)getpid());
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("<model xmlns=\"urn:weft:model:1\" name=\"small\"><dim name=\"B\" value=\"2\"/><dim name=\"S\" value=\"4\"/><decoder>"
+          "<param name=\"w1\" shape=\"8 8\"/><param name=\"b1\" shape=\"8\"/><param name=\"w2\" shape=\"8 8\"/>"
+          "<param name=\"b2\" shape=\"8\"/><param name=\"w3\" shape=\"8 8\"/>"
+          "<input name=\"x\" shape=\"B S 8\"/><input name=\"t\" shape=\"B S\" dtype=\"i32\"/>"
+          "<op kind=\"matmul\" in=\"x w1\" out=\"p\"/><op kind=\"bias_add\" in=\"p b1\" out=\"q\"/>"
+          "<op kind=\"matmul\" in=\"q w2\" out=\"u\"/><op kind=\"bias_add\" in=\"u b2\" out=\"v\"/>"
+          "<op kind=\"gelu\" in=\"v\" out=\"g\"/><op kind=\"matmul\" in=\"g w3\" out=\"h\"/>"
+          "<op kind=\"add\" in=\"h v\" out=\"r\"/><op kind=\"add\" in=\"r p\" out=\"y\"/>"
+          "<op kind=\"cross_entropy\" in=\"y t\" out=\"loss\"/><output name=\"loss\"/></decoder></model>", f);
+    fclose(f);
+    struct partition *P = place_model(path, NULL, par_config_default(), NULL, 0);
+    struct kn_set F;
+    fuse(P, NULL, &F);
+    int n = fuse_gemm_epilogues(P, &F);
+    epilogues_of(P, &F, names, kinds, 64);
+    printf("    a product read twice and a kept x + bias: %d GEMM epilogue%s: %s (%s)\n", n, n == 1 ? "" : "s", n ? names[0] : "-",
+           n ? ir_epilogue_name((enum ir_epilogue)kinds[0]) : "-");
+    kn_set_free(&F);
+    partition_free(P);
+    unlink(path);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], "decoder.u");
+    assert_int_equal(kinds[0], IR_EPI_GELU_AUX_BIAS);
+}
+
 /* The optimizer's launches: a gradient-norm and an AdamW launch per
  * parameter of each stage; AdamW's kernel against optim_adamw (the
  * reference step, in double) at step 3 with a clipping coefficient, fp32
@@ -1316,6 +1412,7 @@ int main(void)
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_small_models),
         cmocka_unit_test(test_optimizer),
+        cmocka_unit_test(test_gemm_epilogues),
         cmocka_unit_test(test_nvrtc_compiles_every_kernel),
         cmocka_unit_test(test_nvrtc_rejection_is_reported),
     };

@@ -726,6 +726,75 @@ static void test_overlap_changes_nothing(void **state)
     }
 }
 
+/* GEMM epilogues change no number on the CPU: its backend runs the GEMM,
+ * then the epilogue's kernel on the product where the GEMM wrote it, the
+ * arithmetic of a plan compiled --gemm-epilogues off (a GEMM, a launch).
+ * The parameters after three steps are the same bytes, fp32 and bf16, on
+ * one rank and split over tp (the sequence too) and pp; the plan has the
+ * epilogues, and less working memory. */
+static void test_gemm_epilogues_change_nothing(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        SKIP_BECAUSE("needs mpirun (Open MPI)");
+    static const struct {
+        const char *model;
+        int ranks;
+        const char *layout;
+    } cases[] = {
+        {"models/gpt2.xml", 1, ""},
+        {"models/gpt2.xml", 1, "--bf16"},
+        {"models/gpt2.xml", 4, "--tp 2 --sequence-parallel --pp 2"},
+        {"models/llava.xml", 1, ""},
+    };
+    for (size_t c = 0; c < WF_COUNT(cases); c++) {
+        char plan[2][64], dump[2][64], np[8], layout[256];
+        snprintf(np, sizeof np, "%d", cases[c].ranks);
+        for (int k = 0; k < 2; k++) { /* k 0: epilogues on (the default), 1: off */
+            snprintf(plan[k], sizeof plan[k], "/tmp/weft-test-epi-%d-%d.plan", (int)getpid(), k);
+            snprintf(dump[k], sizeof dump[k], "/tmp/weft-test-epi-%d-%d.params", (int)getpid(), k);
+            snprintf(layout, sizeof layout, "%s%s", cases[c].layout, k ? " --gemm-epilogues off" : "");
+            compile_layout(cases[c].model, cases[c].ranks, layout, plan[k]);
+            const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan[k],
+                                  "--steps", "3", "--dump-params", dump[k], NULL};
+            struct run r;
+            run_mpi(&r, argv);
+            if (r.status)
+                fail_msg("%s %s: %s", cases[c].model, layout, r.err);
+        }
+        struct diag d;
+        diag_init(&d);
+        struct plan *p[2] = {plan_open(plan[0], &d), plan_open(plan[1], &d)};
+        assert_true(p[0] && p[1]);
+        struct kn_set K[2];
+        struct ir_memory M[2];
+        int epilogues[2] = {0, 0};
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(kn_set_read(p[k], &K[k], &d), 0);
+            assert_int_equal(ir_memory_read(p[k], 1, 0, &M[k], &d), 0);
+            for (int l = 0; l < K[k].n_launches; l++)
+                epilogues[k] += K[k].launches[l].epilogue;
+        }
+        size_t na, nb;
+        char *a = wf_read_file(dump[0], 1 << 24, &na), *b = wf_read_file(dump[1], 1 << 24, &nb);
+        assert_true(a && b && na == nb && !memcmp(a, b, na));
+        int64_t work[2] = {M[0].roles[0].size[IR_REGION_WORKING], M[1].roles[0].size[IR_REGION_WORKING]};
+        printf("    %s %s, %d rank%s: %d GEMM epilogues; the parameters after 3 steps the same bytes as --gemm-epilogues off; "
+               "stage 0's working set %lld bytes (off: %lld)\n", cases[c].model, cases[c].layout, cases[c].ranks,
+               cases[c].ranks == 1 ? "" : "s", epilogues[0], (long long)work[0], (long long)work[1]);
+        assert_true(epilogues[0] > 0 && epilogues[1] == 0);
+        assert_true(work[0] <= work[1]);
+        for (int k = 0; k < 2; k++) {
+            kn_set_free(&K[k]);
+            ir_memory_free(&M[k]);
+            plan_close(p[k]);
+            unlink(plan[k]), unlink(dump[k]);
+        }
+        diag_free(&d);
+        free(a), free(b);
+    }
+}
+
 static int log_values(const char *path, const char *key, double *v, int max)
 {
     FILE *f = fopen(path, "r");
@@ -1159,6 +1228,7 @@ int main(void)
         cmocka_unit_test(test_grad_reduce_in_bf16_tracks_fp32_reduction),
         cmocka_unit_test(test_grad_reduce_in_bf16_layouts_match_one_rank),
         cmocka_unit_test(test_overlap_changes_nothing),
+        cmocka_unit_test(test_gemm_epilogues_change_nothing),
         cmocka_unit_test(test_log_line),
         cmocka_unit_test(test_nonfinite_skips_the_update),
         cmocka_unit_test(test_wrong_world_size),

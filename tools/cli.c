@@ -45,6 +45,7 @@ static const struct cli_flag {
     {"mode", "layout compile simulate", CLI_VALUE, NULL},
     {"<optimizer>", "compile", CLI_VALUE, "an optimizer flag"},
     {"memory-limit", "compile", CLI_VALUE, NULL},
+    {"gemm-epilogues", "compile", CLI_VALUE, NULL},
     {"arch", "compile simulate", CLI_VALUE, NULL},
     {"gpu", "compile simulate", CLI_VALUE, NULL},
     {"calibration", "compile simulate", CLI_VALUE, NULL},
@@ -230,6 +231,10 @@ int cli_parse(struct cli *c, int argc, char **argv, const char *cmd, const char 
             c->memory_limit = memory_parse_size(value);
             if (c->memory_limit <= 0)
                 return usage_error(c, "--memory-limit %s: expected a size such as 80GiB, 512MiB or 1e9%s", value, "");
+        } else if (!strcmp(key, "gemm-epilogues")) {
+            if (strcmp(value, "on") && strcmp(value, "off"))
+                return usage_error(c, "--gemm-epilogues %s: expected on or off%s", value, "");
+            c->no_gemm_epilogues = !strcmp(value, "off");
         } else if (!strcmp(key, "arch")) {
             c->arch = value;
         } else if (!strcmp(key, "kernel")) {

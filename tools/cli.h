@@ -38,6 +38,7 @@ struct cli {
     int rank;             /* --rank (weft inspect); -1: none */
     int64_t memory_limit; /* --memory-limit (weft compile); 0: none */
     const char *arch;     /* --arch (weft compile); NULL: the default */
+    bool no_gemm_epilogues; /* --gemm-epilogues off (weft compile) */
     bool kernels, source; /* --kernels, --source (weft inspect) */
     bool actions;         /* --actions (weft inspect --rank R) */
     int kernel;           /* --kernel N (weft inspect); -1: none */

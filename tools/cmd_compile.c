@@ -13,7 +13,8 @@ static const char usage[] =
     "                     --lr-decay-iters 320000 --lr-decay-style cosine --train-iters N\n"
     "                     --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --clip-grad 1.0]\n"
     "                    [--gpu h100|a100|cpu] [--calibration FILE] [--bf16 [--grad-reduce-in-bf16]]\n"
-    "                    [--memory-limit 80GiB] [--arch sm_80,sm_90|cpu] -o MODEL.plan\n"
+    "                    [--memory-limit 80GiB] [--arch sm_80,sm_90|cpu] [--gemm-epilogues on|off]\n"
+    "                    -o MODEL.plan\n"
     "\n"
     "Partition the model for the layout, build every rank's schedule, prove it\n"
     "cannot hang, plan each rank's memory, predict the step, and write one plan\n"
@@ -25,7 +26,10 @@ static const char usage[] =
     "NVRTC to a cubin per --arch (default sm_80,sm_90) and PTX for newer GPUs,\n"
     "and C compiled by the system compiler for the CPU backend, both in the\n"
     "plan (--arch cpu: the CPU's only); a cache in $XDG_CACHE_HOME/weft keeps\n"
-    "the compilers' work between compiles.\n"
+    "the compilers' work between compiles.  A bias after a GEMM (and a tanh GELU\n"
+    "after that) runs in the GEMM's epilogue where nothing else reads the GEMM's\n"
+    "product: cuBLASLt's on a GPU, the group's kernel after the GEMM on a CPU;\n"
+    "--gemm-epilogues off keeps it a launch of its own.\n"
     "The optimizer is AdamW with fp32 master weights and Megatron's learning-rate\n"
     "schedule, set by Megatron's flags (defaults: lr 1e-4, linear decay, weight\n"
     "decay 0.01, betas 0.9/0.999, eps 1e-8, clip-grad 1.0); the plan records it.\n"
@@ -42,6 +46,8 @@ static void print_kernels(const struct kn_set *K, const struct kernel_stats *st,
     printf("  kernels: %d distinct for %s; ", st->distinct, kn_set_launches(K, launches, sizeof launches));
     if (st->no_gpu[0])
         printf("no GPU binaries (%s)", st->no_gpu);
+    else if (!n_archs)
+        printf("no GPU binaries (--arch cpu)");
     else {
         for (int i = 0; i < n_archs; i++)
             printf("%ssm_%d", i ? ", " : "", archs[i]);
@@ -148,6 +154,7 @@ int cmd_compile(int argc, char **argv)
     q.n_archs = n_archs;
     q.dev = dev;
     q.memory_limit = c.memory_limit;
+    q.no_gemm_epilogues = c.no_gemm_epilogues;
     struct diag d;
     diag_init(&d);
     struct compiled C;

@@ -88,6 +88,11 @@ static void ops_fused(const struct partition *P, const struct kn_set *K, int k, 
     for (int i = 0; i < K->launches[l].n_ops && m < n; i++)
         m += (size_t)snprintf(out + m, n - m, "%s%s", i ? " " : "",
                               ir_op_info(P->g->ops[K->ops[K->launches[l].first_op + i]].kind)->name);
+    int epilogues = 0;
+    for (int i = 0; i < K->n_launches; i++)
+        epilogues += K->launches[i].kernel == k && K->launches[i].epilogue;
+    if (epilogues && m < n)
+        snprintf(out + m, n - m, epilogues == K->kernels[k].uses ? ", GEMM epilogue" : ", %d as GEMM epilogues", epilogues);
 }
 
 /* --kernels, --kernel N [--source]: the fused kernels a plan carries. */
@@ -168,7 +173,7 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
         char launches[96];
         printf("%s: %d kernel%s for %s; CPU object %s\n", c->model, K.n_kernels, K.n_kernels == 1 ? "" : "s",
                kn_set_launches(&K, launches, sizeof launches), wf_bytes((double)K.cpu_size, a));
-        printf("  %3s  %-44s %8s %14s  %-34s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
+        printf("  %3s  %-44s %8s %14s  %-40s %s\n", "#", "kernel", "launches", "bytes/launch", "ops fused", "where");
         for (int k = 0; k < K.n_kernels; k++) {
             int first = 0;
             while (K.launches[first].kernel != k)
@@ -178,7 +183,7 @@ static int inspect_kernels(struct plan *p, const struct cli *c, struct diag *d)
                 snprintf(ops + strlen(ops), sizeof ops - strlen(ops), " (%s)",
                          kn_attn_mma(&K.kernels[k].attn) ? "tensor cores" : "CUDA cores");
             where_used(P, &K, k, where, sizeof where);
-            printf("  %3d  %-44s %8d %14s  %-34s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
+            printf("  %3d  %-44s %8d %14s  %-40s %s\n", k, K.kernels[k].name, K.kernels[k].uses,
                    wf_bytes((double)fuse_launch_bytes(P, &K, first), a), ops, where);
         }
         if (K.n_kernels && K.kernels[0].n_bins) {
