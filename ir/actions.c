@@ -562,6 +562,86 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
     return 0;
 }
 
+/* The operands of action a, into r (at most IR_ACTION_REFS); their count. */
+enum { IR_ACTION_REFS = 4 * KN_MAX_SLOTS + 8 };
+static int action_refs(const struct ir_action *a, const struct ir_ref **r)
+{
+    int n = 0;
+    const struct ir_launch *l = NULL;
+    switch (a->kind) {
+    case IR_ACT_GEMM:
+        r[n++] = &a->gemm.a, r[n++] = &a->gemm.b, r[n++] = &a->gemm.c;
+        if (a->gemm.epilogue)
+            r[n++] = &a->gemm.bias, l = &a->launch;
+        if (a->gemm.epilogue == IR_EPI_GELU_AUX_BIAS)
+            r[n++] = &a->gemm.aux;
+        break;
+    case IR_ACT_LAUNCH: l = &a->launch; break;
+    case IR_ACT_ZERO: r[n++] = &a->zero; break;
+    case IR_ACT_COPY: r[n++] = &a->copy.src, r[n++] = &a->copy.dst; break;
+    case IR_ACT_COLL: r[n++] = &a->coll.buf, r[n++] = &a->coll.out; break;
+    case IR_ACT_LOSS:
+    case IR_ACT_SQSUM: r[n++] = &a->loss; break;
+    case IR_ACT_SEND:
+    case IR_ACT_RECV: r[n++] = &a->p2p.buf; break;
+    default: break;
+    }
+    for (int i = 0; l && i < l->n_in + l->n_out; i++) {
+        r[n++] = i < l->n_in ? &l->in[i] : &l->out[i - l->n_in];
+        if (l->fn_last > KN_ATTN_FWD && i <= l->n_in) /* attention's backward: its inputs' gradients, its output's */
+            r[n++] = i < l->n_in ? &l->grad_in[i] : &l->grad_out[0];
+    }
+    return n;
+}
+
+/* The working buffer (of virtual stage v) that r names, or -1. */
+static int working_buf(const struct ir_role_memory *m, const struct ir_ref *r, int v)
+{
+    for (int b = 0; b < m->n_bufs; b++)
+        if (m->bufs[b].region == IR_REGION_WORKING && m->bufs[b].what == r->what && m->bufs[b].id == r->id && m->bufs[b].vstage == v)
+            return b;
+    return -1;
+}
+
+/* The memory plan gave two working buffers the same bytes because their
+ * lives do not meet: so in the step's actions (forward, then backward),
+ * every action that touches one comes before every action that touches
+ * the other.  That the lowering runs each op where the plan placed it is
+ * what this checks: an action late for a buffer reads another's bytes. */
+static int check_lives(const struct ir_stage_actions *st, const struct ir_role_memory *m, int s, int v, struct diag *d)
+{
+    int *first = wf_calloc((size_t)m->n_bufs + 1, sizeof *first), *last = wf_calloc((size_t)m->n_bufs + 1, sizeof *last), rc = 0;
+    const struct ir_action_list *lists[2] = {&st->forward[v], &st->backward[v]};
+    int t = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < lists[k]->n; i++, t++) {
+            const struct ir_ref *r[IR_ACTION_REFS];
+            if (lists[k]->v[i].awaits)
+                continue;
+            for (int j = action_refs(&lists[k]->v[i], r) - 1; j >= 0; j--) {
+                int b = working_buf(m, r[j], v);
+                if (b >= 0 && !first[b])
+                    first[b] = t + 1;
+                if (b >= 0)
+                    last[b] = t + 1;
+            }
+        }
+    for (int a = 0; a < m->n_bufs && !rc; a++)
+        for (int b = a + 1; b < m->n_bufs && first[a] && !rc; b++) {
+            const struct ir_buf *x = &m->bufs[a], *y = &m->bufs[b];
+            if (!first[b] || x->offset >= y->offset + y->bytes || y->offset >= x->offset + x->bytes || first[a] > last[b] ||
+                first[b] > last[a])
+                continue;
+            diag_error(d, NULL, 0, "actions of stage %d, virtual stage %d: %s %d (actions %d to %d of the step) and %s %d (%d to %d) "
+                       "share bytes of the working set, yet their actions interleave", s, v, ir_buf_what_name(x->what), x->id,
+                       first[a] - 1, last[a] - 1, ir_buf_what_name(y->what), y->id, first[b] - 1, last[b] - 1);
+            rc = -1;
+        }
+    free(first);
+    free(last);
+    return rc;
+}
+
 int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, const struct kn_set *K, const struct ir_schedule *S,
                      struct diag *d)
 {
@@ -573,7 +653,7 @@ int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, cons
         }
         for (int v = 0; v < st->n_vstages; v++)
             if (check_list(&st->forward[v], &M->roles[s], K, s, v, "forward", d) ||
-                check_list(&st->backward[v], &M->roles[s], K, s, v, "backward", d))
+                check_list(&st->backward[v], &M->roles[s], K, s, v, "backward", d) || check_lives(st, &M->roles[s], s, v, d))
                 return -1;
         for (int i = 0; i < st->n_ins; i++)
             if (check_list(&st->ins[i], &M->roles[s], K, s, -1, "program", d))

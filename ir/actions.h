@@ -201,8 +201,9 @@ void ir_action_launch_args(const struct ir_launch *l, const struct par_config *p
 /* Every operand of every action a buffer of its role's memory plan, and
  * every access inside that buffer: a GEMM's last element of each matrix, a
  * fused launch's every slot as far as its kernel reaches for its sizes
- * (kn_slot_extent), a collective's payload, a zeroing; and every role's
- * program instruction has its actions.  K: the kernels the launches name
+ * (kn_slot_extent), a collective's payload, a zeroing; every role's
+ * program instruction has its actions; and two working buffers that share
+ * bytes are used one after the other in their step.  K: the kernels the launches name
  * (NULL: launch extents unchecked).  0, or -1 naming the action in d. */
 int ir_actions_check(const struct ir_actions *A, const struct ir_memory *M, const struct kn_set *K, const struct ir_schedule *S,
                      struct diag *d);

@@ -987,8 +987,19 @@ static void test_comm_flag(void **state)
     unlink(plan);
 }
 
+/* The working buffer (virtual stage 0) a ref names, or -1. */
+static int working_index(const struct ir_role_memory *m, const struct ir_ref *r)
+{
+    for (int b = 0; b < m->n_bufs; b++)
+        if (m->bufs[b].region == IR_REGION_WORKING && m->bufs[b].what == r->what && m->bufs[b].id == r->id && m->bufs[b].vstage == 0)
+            return b;
+    return -1;
+}
+
 /* weft verify checks every action; a GEMM past its buffer, a launch's slot
- * past its buffer and a bucket past GRADS are each caught, naming the action. */
+ * past its buffer and a bucket past GRADS are each caught, naming the
+ * action, and so is an action moved past the start of a buffer that shares
+ * its operand's bytes. */
 static void test_actions_checked(void **state)
 {
     (void)state;
@@ -1027,6 +1038,34 @@ static void test_actions_checked(void **state)
         assert_non_null(strstr(diag_first_error(&d), faults[f].what));
         *faults[f].field -= faults[f].by;
     }
+    /* an action run after a buffer that shares its operand's bytes began: a GEMM or launch of the backward
+     * moved past the zeroing of a working gradient whose bytes were its operand's */
+    struct ir_action_list *bw = &st->backward[0];
+    const struct ir_role_memory *m = &C.M.roles[0];
+    bool moved = false;
+    for (int z = 0; z < bw->n && !moved; z++) {
+        int x = bw->v[z].kind == IR_ACT_ZERO ? working_index(m, &bw->v[z].zero) : -1;
+        for (int i = z - 1; i >= 0 && x >= 0 && !moved; i--) {
+            const struct ir_action *a = &bw->v[i];
+            const struct ir_ref *ops[] = {&a->gemm.a, &a->gemm.b, &a->gemm.c, &a->launch.in[0], &a->launch.out[0]};
+            for (int k = a->kind == IR_ACT_GEMM ? 0 : 3; k < (a->kind == IR_ACT_GEMM ? 3 : a->kind == IR_ACT_LAUNCH ? 5 : 0) && !moved; k++) {
+                int y = working_index(m, ops[k]);
+                if (y < 0 || y == x || m->bufs[y].offset >= m->bufs[x].offset + m->bufs[x].bytes ||
+                    m->bufs[x].offset >= m->bufs[y].offset + m->bufs[y].bytes)
+                    continue;
+                struct ir_action late = *a; /* i to just after z */
+                memmove(&bw->v[i], &bw->v[i + 1], (size_t)(z - i) * sizeof *bw->v);
+                bw->v[z] = late;
+                diag_free(&d);
+                diag_init(&d);
+                assert_int_equal(ir_actions_check(&C.A, &C.M, &C.K, &C.S, &d), -1);
+                assert_non_null(strstr(diag_first_error(&d), "share bytes of the working set, yet their actions interleave"));
+                printf("    backward action %d moved after action %d: %s\n", i, z, diag_first_error(&d));
+                moved = true;
+            }
+        }
+    }
+    assert_true(moved);
     diag_free(&d);
     compiled_free(&C);
     /* from the plan file: verify reads the actions back, inspect shows them */
