@@ -53,17 +53,11 @@ static int span_order(const void *x, const void *y)
     return (a->lo > b->lo) - (a->lo < b->lo);
 }
 
-/* Offsets for v[0..n): largest first, each at the lowest aligned offset
- * where it shares no byte with a placed buffer it is alive with (greedy by
- * size, which places equal-sized buffers as an interval colouring would).
+/* Offsets for the buffers in the given order, each at the lowest aligned
+ * offset where it shares no byte with a placed buffer it is alive with.
  * Returns the bytes the buffers need. */
-static int64_t pack(struct ir_buf *v, int n)
+static int64_t place(struct ir_buf **order, int n, struct span *busy)
 {
-    struct ir_buf **order = wf_calloc((size_t)n + 1, sizeof *order);
-    struct span *busy = wf_calloc((size_t)n + 1, sizeof *busy);
-    for (int i = 0; i < n; i++)
-        order[i] = &v[i];
-    qsort(order, (size_t)n, sizeof *order, larger_first);
     int64_t size = 0;
     for (int a = 0; a < n; a++) {
         struct ir_buf *x = order[a];
@@ -80,8 +74,98 @@ static int64_t pack(struct ir_buf *v, int n)
         x->offset = at;
         size = at + x->bytes > size ? at + x->bytes : size;
     }
+    return size;
+}
+
+/* A buffer with the busiest moment of its life: the bytes alive then, and when. */
+struct breadth {
+    struct ir_buf *x;
+    int64_t bytes;
+    int vstage, at;
+};
+
+static int broader_first(const void *p, const void *q)
+{
+    const struct breadth *a = p, *b = q;
+    if (a->bytes != b->bytes)
+        return a->bytes < b->bytes ? 1 : -1;
+    if (a->vstage != b->vstage || a->at != b->at)
+        return a->vstage != b->vstage ? (a->vstage < b->vstage ? -1 : 1) : (a->at < b->at ? -1 : 1);
+    return larger_first(&a->x, &b->x);
+}
+
+/* The buffers by the busiest moment of their lives, busiest first (then
+ * by that moment, then largest first): the moments that set the size are
+ * packed first, their buffers side by side (TFLite's greedy by breadth).
+ * False where the moments are too many to count. */
+static bool by_breadth(struct ir_buf *v, int n, struct ir_buf **order)
+{
+    int T = 0, V = 1;
+    int64_t always = 0;
+    for (int i = 0; i < n; i++) {
+        T = v[i].last > T ? v[i].last : T;
+        if (v[i].region == IR_REGION_WORKING && v[i].vstage + 2 > V)
+            V = v[i].vstage + 2;
+    }
+    if ((int64_t)V * (T + 1) > 1 << 22)
+        return false;
+    int64_t *live = wf_calloc((size_t)V * (size_t)(T + 1) + 1, sizeof *live);
+#define SLOT(x) ((x)->region == IR_REGION_WORKING ? (x)->vstage + 1 : 0)
+    for (int i = 0; i < n; i++) { /* alive from first to last, or (0, 0) throughout */
+        if (!v[i].first && !v[i].last)
+            always += v[i].bytes;
+        for (int t = v[i].first; t <= v[i].last && (v[i].first || v[i].last); t++)
+            live[(size_t)SLOT(&v[i]) * (size_t)(T + 1) + (size_t)t] += v[i].bytes;
+    }
+    struct breadth *b = wf_calloc((size_t)n + 1, sizeof *b);
+    for (int i = 0; i < n; i++) {
+        b[i] = (struct breadth){.x = &v[i], .vstage = SLOT(&v[i]), .at = v[i].first};
+        bool throughout = !v[i].first && !v[i].last;
+        for (int s = throughout ? 0 : SLOT(&v[i]); s <= (throughout ? V - 1 : SLOT(&v[i])); s++)
+            for (int t = throughout ? 0 : v[i].first; t <= (throughout ? T : v[i].last); t++) {
+                int64_t here = live[(size_t)s * (size_t)(T + 1) + (size_t)t];
+                if (here > b[i].bytes)
+                    b[i].bytes = here, b[i].at = t;
+            }
+        b[i].bytes += always;
+    }
+#undef SLOT
+    qsort(b, (size_t)n, sizeof *b, broader_first);
+    for (int i = 0; i < n; i++)
+        order[i] = b[i].x;
+    free(b);
+    free(live);
+    return true;
+}
+
+/* Offsets for v[0..n): the smaller of two greedy placements, largest first
+ * (which places equal-sized buffers as an interval colouring would) and
+ * busiest moment first (by_breadth); neither is best for every step, and
+ * the placement is the arena's size.  Returns the bytes the buffers need. */
+static int64_t pack(struct ir_buf *v, int n)
+{
+    struct ir_buf **order = wf_calloc((size_t)n + 1, sizeof *order);
+    struct span *busy = wf_calloc((size_t)n + 1, sizeof *busy);
+    int64_t *best = wf_calloc((size_t)n + 1, sizeof *best), size = -1;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < n; i++)
+            order[i] = &v[i];
+        if (k == 0)
+            qsort(order, (size_t)n, sizeof *order, larger_first);
+        else if (!by_breadth(v, n, order))
+            break;
+        int64_t got = place(order, n, busy);
+        if (size < 0 || got < size) {
+            size = got;
+            for (int i = 0; i < n; i++)
+                best[i] = v[i].offset;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        v[i].offset = best[i];
     free(order);
     free(busy);
+    free(best);
     return size;
 }
 
