@@ -562,9 +562,7 @@ static int check_list(const struct ir_action_list *l, const struct ir_role_memor
     return 0;
 }
 
-/* The operands of action a, into r (at most IR_ACTION_REFS); their count. */
-enum { IR_ACTION_REFS = 4 * KN_MAX_SLOTS + 8 };
-static int action_refs(const struct ir_action *a, const struct ir_ref **r)
+int ir_action_refs(const struct ir_action *a, const struct ir_ref **r)
 {
     int n = 0;
     const struct ir_launch *l = NULL;
@@ -618,7 +616,7 @@ static int check_lives(const struct ir_stage_actions *st, const struct ir_role_m
             const struct ir_ref *r[IR_ACTION_REFS];
             if (lists[k]->v[i].awaits)
                 continue;
-            for (int j = action_refs(&lists[k]->v[i], r) - 1; j >= 0; j--) {
+            for (int j = ir_action_refs(&lists[k]->v[i], r) - 1; j >= 0; j--) {
                 int b = working_buf(m, r[j], v);
                 if (b >= 0 && !first[b])
                     first[b] = t + 1;
@@ -632,8 +630,8 @@ static int check_lives(const struct ir_stage_actions *st, const struct ir_role_m
             if (!first[b] || x->offset >= y->offset + y->bytes || y->offset >= x->offset + x->bytes || first[a] > last[b] ||
                 first[b] > last[a])
                 continue;
-            diag_error(d, NULL, 0, "actions of stage %d, virtual stage %d: %s %d (actions %d to %d of the step) and %s %d (%d to %d) "
-                       "share bytes of the working set, yet their actions interleave", s, v, ir_buf_what_name(x->what), x->id,
+            diag_error(d, NULL, 0, "actions of stage %d, virtual stage %d: %s %d (used by actions %d to %d of the step, its forward's "
+                       "then its backward's) and %s %d (%d to %d) share bytes of the working set, yet their actions interleave", s, v, ir_buf_what_name(x->what), x->id,
                        first[a] - 1, last[a] - 1, ir_buf_what_name(y->what), y->id, first[b] - 1, last[b] - 1);
             rc = -1;
         }

@@ -194,6 +194,14 @@ const struct ir_action_list *ir_actions_step(const struct ir_stage_actions *s, i
 /* "gemm 64x96x32 a=value 5+0 ..." into buf. */
 char *ir_action_str(const struct ir_action *a, char *buf, size_t n);
 
+/* The buffers action a reads or writes (r[0..n), n at most
+ * IR_ACTION_REFS), each as the action names it: a GEMM's matrices (and its
+ * epilogue's bias, kept input and launch's slots), a launch's slots (and
+ * attention's gradients), a zeroing's, a copy's two ends, a collective's
+ * buffer and result, a pipeline half's buffer, a loss's or sum's rows. */
+enum { IR_ACTION_REFS = 4 * KN_MAX_SLOTS + 8 };
+int ir_action_refs(const struct ir_action *a, const struct ir_ref **r);
+
 /* A fused launch's arguments for the rank at rc: the stored sizes, each
  * split axis's offset, a table's first row. */
 void ir_action_launch_args(const struct ir_launch *l, const struct par_config *pc, const struct rank_coords *rc, struct kn_args *a);

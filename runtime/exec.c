@@ -168,62 +168,39 @@ static struct span coll_span(const struct exec *x, const struct ir_ref *r, int64
 
 static bool meets(struct span a, struct span b) { return a.lo < b.hi && b.lo < a.hi; }
 
-enum { MAX_SPANS = 4 * KN_MAX_SLOTS + 8 };
+enum { MAX_SPANS = IR_ACTION_REFS + 1 };
 
 /* The buffers action i of l (micro-batch j of virtual stage v) reads or
- * writes, at most MAX_SPANS (whole buffers: a superset); their count.  A
- * pipeline transfer's: every half of the exchange it starts, and the
- * packing scratch. */
+ * writes, at most MAX_SPANS (whole buffers: a superset); their count:
+ * ir_action_refs's, but a collective's payload exactly (a bucket spans
+ * many gradients), every half of the exchange a pipeline transfer starts
+ * and the packing scratch, and attention's backward's workspace. */
 static int action_spans(const struct exec *x, const struct ir_action_list *l, int i, int v, int j, struct span *s)
 {
     const struct ir_action *a = &l->v[i];
     int n = 0;
-    switch (a->kind) {
-    case IR_ACT_GEMM:
-        s[n++] = ref_span(x, &a->gemm.a, v, j), s[n++] = ref_span(x, &a->gemm.b, v, j), s[n++] = ref_span(x, &a->gemm.c, v, j);
-        if (a->gemm.epilogue)
-            s[n++] = ref_span(x, &a->gemm.bias, v, j);
-        if (a->gemm.epilogue == IR_EPI_GELU_AUX_BIAS)
-            s[n++] = ref_span(x, &a->gemm.aux, v, j);
-        break;
-    case IR_ACT_LAUNCH: {
-        const struct ir_launch *il = &a->launch;
-        for (int k = 0; k < il->n_in && k < KN_MAX_SLOTS; k++)
-            s[n++] = ref_span(x, &il->in[k], v, j);
-        for (int k = 0; k < il->n_out && k < KN_MAX_SLOTS; k++)
-            s[n++] = ref_span(x, &il->out[k], v, j);
-        if (il->fn_last > KN_ATTN_FWD) { /* attention's backward: its gradients, and the delta in the workspace */
-            struct ir_ref scratch = {.what = IR_BUF_SUMSQ, .id = -1};
-            for (int k = 0; k < 4; k++)
-                s[n++] = ref_span(x, &il->grad_in[k], v, j);
-            s[n++] = ref_span(x, &il->grad_out[0], v, j);
-            s[n++] = ref_span(x, &scratch, v, j);
-        }
-        break;
+    if (a->kind == IR_ACT_COLL) {
+        s[n++] = coll_span(x, &a->coll.buf, a->coll.bytes, v, j), s[n++] = coll_span(x, &a->coll.out, a->coll.out_bytes, v, j);
+        return n;
     }
-    case IR_ACT_ZERO:
-        s[n++] = ref_span(x, &a->zero, v, j);
-        break;
-    case IR_ACT_COPY:
-        s[n++] = ref_span(x, &a->copy.src, v, j), s[n++] = ref_span(x, &a->copy.dst, v, j);
-        break;
-    case IR_ACT_SEND:
-    case IR_ACT_RECV: {
+    if (a->kind == IR_ACT_SEND || a->kind == IR_ACT_RECV) {
         struct ir_ref pack = {.what = IR_BUF_PACK, .id = -1};
         s[n++] = ref_span(x, &pack, v, j);
         for (int k = i; k < l->n && n < MAX_SPANS && (l->v[k].kind == IR_ACT_SEND || l->v[k].kind == IR_ACT_RECV); k++)
             s[n++] = ref_span(x, &l->v[k].p2p.buf, l->v[k].p2p.vstage, l->v[k].p2p.micro);
-        break;
+        return n;
     }
-    case IR_ACT_COLL:
-        s[n++] = coll_span(x, &a->coll.buf, a->coll.bytes, v, j), s[n++] = coll_span(x, &a->coll.out, a->coll.out_bytes, v, j);
-        break;
-    case IR_ACT_LOSS:
-    case IR_ACT_SQSUM:
-        s[n++] = ref_span(x, &a->loss, v, j);
-        break;
-    default:
+    const struct ir_ref *r[IR_ACTION_REFS];
+    int refs = ir_action_refs(a, r);
+    if (!refs) { /* PENDING: never runs */
         s[n++] = (struct span){0, INT64_MAX}; /* anything */
+        return n;
+    }
+    for (int k = 0; k < refs; k++)
+        s[n++] = ref_span(x, r[k], v, j);
+    if (a->kind == IR_ACT_LAUNCH && a->launch.fn_last > KN_ATTN_FWD) { /* attention's backward: the delta in the workspace */
+        struct ir_ref scratch = {.what = IR_BUF_SUMSQ, .id = -1};
+        s[n++] = ref_span(x, &scratch, v, j);
     }
     return n;
 }
