@@ -264,12 +264,12 @@ static struct ir_action launch(const struct lowering *w, int l, int fn_first, in
         else
             *r = ref(w, b->what, b->id);
     }
-    for (int i = 0; e->kind == KN_KIND_ATTENTION && backward && i < L->n_in + L->n_out; i++) { /* slot i: input i */
-        const struct kn_bind *b = i < L->n_in ? &L->in[i] : &L->out[i - L->n_in];
+    for (int i = 0; e->kind == KN_KIND_ATTENTION && backward && i <= L->n_in; i++) { /* slot i: input i; then the output's
+                                                                                     * (its row statistics have none) */
         if (i < L->n_in)
             x.launch.grad_in[i] = grad_ref(w, w->K->ops[L->first_op], i);
         else
-            x.launch.grad_out[i - L->n_in] = ref(w, IR_BUF_GRAD, b->id);
+            x.launch.grad_out[0] = ref(w, IR_BUF_GRAD, L->out[0].id);
     }
     if (e->kind == KN_KIND_ATTENTION) { /* where this rank's queries and keys sit along the sequence */
         const struct ir_op *o = &w->P->g->ops[w->K->ops[L->first_op]];

@@ -103,7 +103,7 @@ struct ir_launch {
     int n_in, n_out;
     struct ir_ref in[KN_MAX_SLOTS], out[KN_MAX_SLOTS]; /* the slots' buffers (a view's are its input's) */
     struct ir_ref grad_in[KN_MAX_SLOTS], grad_out[KN_MAX_SLOTS]; /* attention's backward (fn_last past KN_ATTN_FWD): where
-                                                                  * it adds its inputs' gradients, and reads its outputs' */
+                                                                  * it adds its inputs' gradients, and reads its output's (grad_out[0]) */
     uint8_t off_pdim[KN_MAX_RANK]; /* per domain axis: the parallel dimensions it is split over (IR_PDIM_BIT) */
     uint8_t gather_pdim[2][KN_MAX_SLOTS]; /* per GATHER slot (in, out): the table rows' split */
     uint8_t q_pos_pdim, k_pos_pdim; /* attention: the parallel dimensions splitting the queries' and keys' sequence:
