@@ -258,7 +258,7 @@ static void test_bf16_on_the_fake_driver(void **state)
  * over comm, against as many CPU ranks (AdamW's eps 1e-4, as test_run's layouts: a gradient that is zero in exact
  * arithmetic is rounding noise, which eps 1e-8 would turn into steps of the learning rate's size); want: what the GPU
  * run says. */
-static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout, const char *comm, const char *want)
+static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout, const char *comm, const char *want, long *epilogues)
 {
     if (!have_mpirun())
         SKIP_BECAUSE("needs mpirun (Open MPI)");
@@ -278,6 +278,9 @@ static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout,
     struct run r[2];
     if (!strcmp(comm, "nccl"))
         setenv("WEFT_FAKE_CUDA_OWN_GPU", "1", 1);
+    char log[600];
+    path(log, sizeof log, "fake.log");
+    setenv("WEFT_FAKE_CUDA_LOG", log, 1); /* each rank's counts, a line each */
     for (int k = 0; k < 2; k++) {
         const char *argv[] = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, weft_bin(), "run", plan, "--steps", "3",
                               "--device", k ? "cpu" : "cuda", "--dump-params", k ? cpu : gpu, "--comm", k ? "auto" : comm, NULL};
@@ -285,7 +288,11 @@ static void ranks_on_fake_gpus(const char *model, int ranks, const char *layout,
         if (r[k].status)
             fail_msg("%s on %d ranks, %s, --device %s: status %d: %s", model, ranks, layout, argv[11], r[k].status, r[k].err);
     }
-    unsetenv("LD_LIBRARY_PATH"), unsetenv("WEFT_FAKE_CUDA_OWN_GPU"), unsetenv("WEFT_NCCL_LIB");
+    unsetenv("LD_LIBRARY_PATH"), unsetenv("WEFT_FAKE_CUDA_OWN_GPU"), unsetenv("WEFT_NCCL_LIB"), unsetenv("WEFT_FAKE_CUDA_LOG");
+    char *fake = wf_read_file(log, 1 << 20, &(size_t){0});
+    for (const char *at = fake; epilogues && at && (at = strstr(at, "epilogues ")); at++)
+        *epilogues += strtol(at + strlen("epilogues "), NULL, 10);
+    free(fake);
     const char *said = strstr(r[0].out, want);
     printf("    %s, %d ranks, %s, --comm %s: %.*s\n", model, ranks, layout, comm, said ? (int)strcspn(said, "\n") : 0, said ? said : "");
     assert_non_null(said);
@@ -307,14 +314,31 @@ static void test_four_ranks_share_the_fake_gpu(void **state)
 {
     (void)state;
     ranks_on_fake_gpus("gpt2", 4, "--tp 2 --pp 2 --global-batch-size 4", "auto",
-                       "note: --comm auto: ranks 0 and 1 of the tp group (ranks 0, 1) share GPU");
+                       "note: --comm auto: ranks 0 and 1 of the tp group (ranks 0, 1) share GPU", NULL);
+}
+
+/* An epilogue cuBLASLt does not take runs as the CPU's do: the GEMM, then
+ * the group's kernel on the GPU.  At tp 2 the MLP's 200 columns are 100 a
+ * rank, and GELU's kept input needs a leading dimension that is a multiple
+ * of 8: the fc GEMM runs its epilogue's kernel after it, the QKV GEMM
+ * (a bias only) its epilogue in cuBLASLt; against 2 CPU ranks. */
+static void test_epilogue_declined_on_the_fake_gpu(void **state)
+{
+    (void)state;
+    long epilogues = 0;
+    ranks_on_fake_gpus("gpt2", 2, "--tp 2 --ffn-hidden-size 200 --global-batch-size 2", "auto",
+                       "note: --comm auto: ranks 0 and 1 of the tp group (ranks 0, 1) share GPU",
+                       &epilogues);
+    printf("    %ld GEMMs ran their epilogue in the fake cuBLASLt: the QKV's, 2 layers x 3 steps x 2 ranks\n", epilogues);
+    assert_int_equal(epilogues, 2 * 3 * 2);
 }
 
 static void test_four_fake_gpus_over_nccl(void **state)
 {
     (void)state;
-    ranks_on_fake_gpus("gpt2", 4, "--tp 2 --pp 2 --global-batch-size 4", "nccl", "collectives and transfers over nccl");
-    ranks_on_fake_gpus("gpt2", 4, "--pp 2 --ddp-bucket-size 20000 --global-batch-size 4", "nccl", "a step started within the backward");
+    ranks_on_fake_gpus("gpt2", 4, "--tp 2 --pp 2 --global-batch-size 4", "nccl", "collectives and transfers over nccl", NULL);
+    ranks_on_fake_gpus("gpt2", 4, "--pp 2 --ddp-bucket-size 20000 --global-batch-size 4", "nccl", "a step started within the backward",
+                       NULL);
 }
 
 /* The layouts' matrix on fake GPUs over NCCL (and a few over MPI staged),
@@ -346,7 +370,7 @@ static void test_layouts_on_fake_gpus(void **state)
         {"t5", 5, "--tp 2 --pp 2 --epp 1 --etp 1 --global-batch-size 4", "mpi"},
     };
     for (size_t c = 0; c < WF_COUNT(cases); c++)
-        ranks_on_fake_gpus(cases[c].model, cases[c].ranks, cases[c].layout, cases[c].comm, "collectives and transfers over");
+        ranks_on_fake_gpus(cases[c].model, cases[c].ranks, cases[c].layout, cases[c].comm, "collectives and transfers over", NULL);
 }
 
 int main(void)
@@ -355,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_fp32_on_the_fake_driver),
         cmocka_unit_test(test_bf16_on_the_fake_driver),
         cmocka_unit_test(test_four_ranks_share_the_fake_gpu),
+        cmocka_unit_test(test_epilogue_declined_on_the_fake_gpu),
         cmocka_unit_test(test_four_fake_gpus_over_nccl),
         cmocka_unit_test(test_layouts_on_fake_gpus),
     };
