@@ -2,6 +2,7 @@
  * Checksums are recomputed over the input first, so a mutation reaches the
  * section decoders instead of stopping at the CRC.  Any input must be read,
  * or refused with a message: never a crash, a leak or a hang. */
+#include "actions.h"
 #include "kernel.h"
 #include "memplan.h"
 #include "partition.h"
@@ -68,6 +69,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct ir_memory M;
             if (ir_memory_read(p, S.n_stages, -1, &M, &d) == 0) {
                 ir_memory_check(&M, &d);
+                struct ir_actions A; /* every step's actions, against the memory and the kernels */
+                struct kn_set K;
+                bool kernels = plan_has(p, "kernels") && kn_set_read(p, &K, &d) == 0;
+                if (ir_actions_read(p, S.n_stages, -1, &A, &d) == 0) {
+                    ir_actions_check(&A, &M, kernels ? &K : NULL, &S, &d);
+                    ir_actions_free(&A);
+                }
+                if (kernels)
+                    kn_set_free(&K);
                 ir_memory_free(&M);
             }
         }
