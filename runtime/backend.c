@@ -489,7 +489,7 @@ int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *
     bool bf16 = g->dtype == IR_DTYPE_BF16;
     if ((g->dtype != IR_DTYPE_F32 && !bf16) || (g->c_dtype != IR_DTYPE_F32 && !(bf16 && g->c_dtype == IR_DTYPE_BF16)) ||
         (g->beta != 0 && g->beta != 1) || g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->epilogue < 0 ||
-        g->epilogue >= IR_EPI_COUNT || (g->epilogue && (g->batch != 1 || g->beta != 0 || !backend_gemm_epilogue(be, g)))) {
+        g->epilogue >= IR_EPI_COUNT || (g->epilogue && (g->batch != 1 || g->beta != 0 || !be->ops->gemm_epilogue))) {
         diag_error(d, NULL, 0, "a GEMM of %lld x %lld x %lld (batch %lld, %s x %s into %s, beta %g%s%s): not one this backend runs",
                    (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch, ir_dtype_name((enum ir_dtype)g->dtype),
                    ir_dtype_name((enum ir_dtype)g->dtype), ir_dtype_name((enum ir_dtype)g->c_dtype), (double)g->beta,

@@ -71,7 +71,9 @@ struct backend_gemm {
 int backend_gemm(struct backend *be, const struct backend_gemm *g, struct diag *d);
 /* Whether the backend runs g's epilogue within the GEMM (cuBLASLt, where
  * it has an algorithm for it); if not, the caller runs the GEMM without it
- * and the epilogue's kernel after (the CPU always). */
+ * and the epilogue's kernel after (the CPU always).  Asked before
+ * backend_gemm: a backend with no epilogues refuses a GEMM with one, and
+ * CUDA's fails where cuBLASLt has no algorithm for it. */
 bool backend_gemm_epilogue(struct backend *be, const struct backend_gemm *g);
 /* Whether cuBLASLt takes the descriptors cuda.c makes for g (its
  * layouts, transposes, batch and strides, the heuristic's preferences):
